@@ -1,0 +1,237 @@
+//! The frame codec: bytes on a stream to [`Frame`]s and back, with every length capped.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::{ChunkHeader, Md5Digest, Message};
+
+/// One message and, for a chunk, its body.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub message: Message,
+    /// The chunk's bytes; empty for every other message.
+    pub body: Bytes,
+}
+
+impl Frame {
+    /// A chunk frame for `data` at `offset`, with its MD5 computed here.
+    pub fn chunk(offset: u64, data: Bytes) -> Self {
+        let header = ChunkHeader {
+            offset,
+            len: u32::try_from(data.len()).expect("chunk bodies are capped far below 4 GiB"),
+            md5: Md5Digest::of(&data),
+        };
+        Frame {
+            message: Message::Chunk(header),
+            body: data,
+        }
+    }
+}
+
+impl From<Message> for Frame {
+    fn from(message: Message) -> Self {
+        Frame {
+            message,
+            body: Bytes::new(),
+        }
+    }
+}
+
+// Bodies print as sizes: a megabyte of bytes in a log helps nobody.
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("message", &self.message)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// A header that was framed correctly but is not a message this version understands. The stream
+/// is still in step (no body follows such a header), so the connection can carry on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// The header's `type` field.
+    pub kind: String,
+    /// Why it was not understood (unknown type, missing field, ...).
+    pub reason: String,
+}
+
+/// What the decoder yields: a frame, or a header the peer should be told it got wrong.
+pub type Incoming = Result<Frame, Rejected>;
+
+/// Errors after which the byte stream can no longer be trusted; the connection must close.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("frame header of {0} bytes exceeds the limit of {1} bytes")]
+    HeaderTooLarge(u64, usize),
+    #[error("frame header length is zero")]
+    EmptyHeader,
+    #[error("chunk body of {0} bytes exceeds the limit of {1} bytes")]
+    BodyTooLarge(u64, usize),
+    #[error("frame header is not a JSON message: {0}")]
+    BadHeader(String),
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("chunk header declares {declared} bytes but the body has {actual}")]
+    BodyMismatch { declared: u64, actual: usize },
+    #[error("cannot encode message: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Length-prefixed JSON headers with optional binary bodies; see the crate docs for the layout.
+#[derive(Debug)]
+pub struct FrameCodec {
+    max_header: usize,
+    max_body: usize,
+    state: DecodeState,
+}
+
+#[derive(Debug)]
+enum DecodeState {
+    Header,
+    /// A chunk header was read; waiting for its body.
+    Body(ChunkHeader),
+}
+
+/// Only the tag, to tell an unknown but well-formed header from garbage.
+#[derive(Deserialize)]
+struct TypeOnly {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+impl FrameCodec {
+    /// A codec with the protocol's default caps.
+    pub fn new() -> Self {
+        Self::with_limits(crate::MAX_HEADER, crate::MAX_BODY)
+    }
+
+    pub fn with_limits(max_header: usize, max_body: usize) -> Self {
+        FrameCodec {
+            max_header,
+            max_body,
+            state: DecodeState::Header,
+        }
+    }
+
+    pub fn max_body(&self) -> usize {
+        self.max_body
+    }
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Incoming;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
+        if let DecodeState::Header = self.state {
+            if src.len() < 4 {
+                return Ok(None);
+            }
+            let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+            if len == 0 {
+                return Err(CodecError::EmptyHeader);
+            }
+            if len > self.max_header {
+                return Err(CodecError::HeaderTooLarge(len as u64, self.max_header));
+            }
+            if src.len() < 4 + len {
+                src.reserve(4 + len - src.len());
+                return Ok(None);
+            }
+            src.advance(4);
+            let raw = src.split_to(len);
+            match serde_json::from_slice::<Message>(&raw) {
+                Ok(Message::Chunk(header)) => {
+                    if header.len as usize > self.max_body {
+                        return Err(CodecError::BodyTooLarge(header.len.into(), self.max_body));
+                    }
+                    self.state = DecodeState::Body(header);
+                }
+                Ok(message) => return Ok(Some(Ok(message.into()))),
+                Err(e) => {
+                    return match serde_json::from_slice::<TypeOnly>(&raw) {
+                        // Without a valid chunk header we cannot know how long its body is.
+                        Ok(t) if t.kind != "chunk" => Ok(Some(Err(Rejected {
+                            kind: t.kind,
+                            reason: e.to_string(),
+                        }))),
+                        _ => Err(CodecError::BadHeader(e.to_string())),
+                    };
+                }
+            }
+        }
+        let DecodeState::Body(header) = self.state else {
+            unreachable!("header state returned above")
+        };
+        let len = header.len as usize;
+        if src.len() < len {
+            src.reserve(len - src.len());
+            return Ok(None);
+        }
+        let body = src.split_to(len).freeze();
+        self.state = DecodeState::Header;
+        Ok(Some(Ok(Frame {
+            message: Message::Chunk(header),
+            body,
+        })))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() && matches!(self.state, DecodeState::Header) => Ok(None),
+            None => Err(CodecError::Truncated),
+        }
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let header = serde_json::to_vec(&frame.message)?;
+        if header.len() > self.max_header {
+            return Err(CodecError::HeaderTooLarge(
+                header.len() as u64,
+                self.max_header,
+            ));
+        }
+        let declared = match &frame.message {
+            Message::Chunk(c) => c.len as u64,
+            _ => 0,
+        };
+        if declared != frame.body.len() as u64 {
+            return Err(CodecError::BodyMismatch {
+                declared,
+                actual: frame.body.len(),
+            });
+        }
+        dst.reserve(4 + header.len() + frame.body.len());
+        dst.put_u32(header.len() as u32);
+        dst.extend_from_slice(&header);
+        dst.extend_from_slice(&frame.body);
+        Ok(())
+    }
+}
+
+impl Encoder<Message> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, message: Message, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.encode(Frame::from(message), dst)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,226 @@
+//! The codec without sockets: every split point, merged reads, caps, and garbage.
+
+use super::*;
+use crate::{ErrorCode, ErrorReply, Get, Hello};
+use proptest::prelude::*;
+
+fn sample_frames() -> Vec<Frame> {
+    vec![
+        Message::Hello(Hello {
+            version: 1,
+            agent: "t".into(),
+            capabilities: vec!["resume".into()],
+            max_chunk: 1024,
+        })
+        .into(),
+        Frame::chunk(0, Bytes::from_static(b"hello world")),
+        Frame::chunk(11, Bytes::new()),
+        Message::Get(Get {
+            path: "ünïcødé/a b;c".into(),
+            offset: 3,
+            prefix_md5: Some(Md5Digest::of(b"abc")),
+        })
+        .into(),
+        Message::Error(ErrorReply::new(ErrorCode::Io, "disk").at(7)).into(),
+        Message::Bye.into(),
+    ]
+}
+
+fn encode_all(frames: &[Frame]) -> BytesMut {
+    let mut codec = FrameCodec::new();
+    let mut buf = BytesMut::new();
+    for f in frames {
+        codec.encode(f.clone(), &mut buf).unwrap();
+    }
+    buf
+}
+
+/// Feeds `wire` to a fresh decoder in pieces of the given sizes, then signals EOF.
+fn decode_in_pieces(wire: &[u8], cuts: &[usize]) -> Result<Vec<Incoming>, CodecError> {
+    let mut codec = FrameCodec::new();
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    for &cut in cuts.iter().chain(std::iter::once(&wire.len())) {
+        let end = cut.clamp(pos, wire.len());
+        buf.extend_from_slice(&wire[pos..end]);
+        pos = end;
+        while let Some(item) = codec.decode(&mut buf)? {
+            out.push(item);
+        }
+    }
+    while let Some(item) = codec.decode_eof(&mut buf)? {
+        out.push(item);
+    }
+    Ok(out)
+}
+
+fn ok_frames(items: Vec<Incoming>) -> Vec<Frame> {
+    items.into_iter().map(|i| i.expect("frame")).collect()
+}
+
+#[test]
+fn every_frame_split_at_every_byte() {
+    let frames = sample_frames();
+    let wire = encode_all(&frames);
+    for cut in 0..=wire.len() {
+        let got = ok_frames(decode_in_pieces(&wire, &[cut]).unwrap());
+        assert_eq!(got, frames, "split at byte {cut}");
+    }
+}
+
+#[test]
+fn one_byte_at_a_time() {
+    let frames = sample_frames();
+    let wire = encode_all(&frames);
+    let cuts: Vec<usize> = (0..wire.len()).collect();
+    assert_eq!(ok_frames(decode_in_pieces(&wire, &cuts).unwrap()), frames);
+}
+
+#[test]
+fn many_frames_merged_into_one_read() {
+    let frames: Vec<Frame> = sample_frames().into_iter().cycle().take(600).collect();
+    let wire = encode_all(&frames);
+    assert_eq!(ok_frames(decode_in_pieces(&wire, &[]).unwrap()), frames);
+}
+
+fn raw(header: &[u8]) -> Vec<u8> {
+    let mut v = (header.len() as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(header);
+    v
+}
+
+#[test]
+fn oversized_header_length_fails_before_allocating() {
+    let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+    let err = FrameCodec::new().decode(&mut buf).unwrap_err();
+    assert!(
+        matches!(err, CodecError::HeaderTooLarge(0xffff_ffff, _)),
+        "{err}"
+    );
+    assert!(
+        buf.capacity() < 1024,
+        "no buffer was grown for the claimed length"
+    );
+}
+
+#[test]
+fn zero_header_length_is_corrupt() {
+    let mut buf = BytesMut::from(&[0, 0, 0, 0][..]);
+    assert!(matches!(
+        FrameCodec::new().decode(&mut buf),
+        Err(CodecError::EmptyHeader)
+    ));
+}
+
+#[test]
+fn oversized_chunk_body_fails_before_allocating() {
+    let header = format!(
+        r#"{{"type":"chunk","offset":0,"len":{},"md5":"{}"}}"#,
+        u32::MAX,
+        Md5Digest::empty()
+    );
+    let mut buf = BytesMut::from(&raw(header.as_bytes())[..]);
+    let err = FrameCodec::new().decode(&mut buf).unwrap_err();
+    assert!(matches!(err, CodecError::BodyTooLarge(..)), "{err}");
+    assert!(buf.capacity() < 1024);
+}
+
+#[test]
+fn truncated_frames_are_errors_at_eof() {
+    let wire = encode_all(&[Frame::chunk(0, Bytes::from_static(b"0123456789"))]);
+    for cut in 1..wire.len() {
+        let mut codec = FrameCodec::new();
+        let mut buf = BytesMut::from(&wire[..cut]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(
+            matches!(codec.decode_eof(&mut buf), Err(CodecError::Truncated)),
+            "cut at {cut}"
+        );
+    }
+}
+
+#[test]
+fn invalid_json_is_fatal() {
+    for header in [
+        &b"not json"[..],
+        b"{\"no_type\":1}",
+        b"[1,2]",
+        b"\xff\xfe",
+        b"{\"type\":\"chunk\"}",
+    ] {
+        let mut buf = BytesMut::from(&raw(header)[..]);
+        let err = FrameCodec::new().decode(&mut buf).unwrap_err();
+        assert!(matches!(err, CodecError::BadHeader(_)), "{header:?}: {err}");
+    }
+}
+
+#[test]
+fn unknown_type_or_bad_fields_are_recoverable() {
+    let mut wire = raw(br#"{"type":"launch_missiles","target":"moon"}"#);
+    wire.extend(raw(br#"{"type":"get"}"#));
+    wire.extend(encode_all(&[Message::Bye.into()]));
+    let items = decode_in_pieces(&wire, &[]).unwrap();
+    assert_eq!(items.len(), 3);
+    assert!(matches!(&items[0], Err(Rejected { kind, .. }) if kind == "launch_missiles"));
+    assert!(
+        matches!(&items[1], Err(Rejected { kind, reason }) if kind == "get" && reason.contains("path"))
+    );
+    assert_eq!(items[2].as_ref().unwrap().message, Message::Bye);
+}
+
+#[test]
+fn encoder_refuses_inconsistent_bodies() {
+    let mut frame = Frame::chunk(0, Bytes::from_static(b"abc"));
+    frame.body = Bytes::from_static(b"abcd");
+    let err = FrameCodec::new()
+        .encode(frame, &mut BytesMut::new())
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        CodecError::BodyMismatch {
+            declared: 3,
+            actual: 4
+        }
+    ));
+    let mut bye = Frame::from(Message::Bye);
+    bye.body = Bytes::from_static(b"x");
+    assert!(FrameCodec::new().encode(bye, &mut BytesMut::new()).is_err());
+}
+
+fn arb_message() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
+            .prop_map(|(off, data)| Frame::chunk(off, Bytes::from(data))),
+        (".{0,40}", any::<u64>()).prop_map(|(path, offset)| Message::Get(Get {
+            path,
+            offset,
+            prefix_md5: None
+        })
+        .into()),
+        (".{0,40}", any::<u64>()).prop_map(|(message, off)| Message::Error(
+            ErrorReply::new(ErrorCode::Denied, message).at(off)
+        )
+        .into()),
+        Just(Message::Cancel.into()),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn round_trip_under_random_read_boundaries(
+        frames in proptest::collection::vec(arb_message(), 1..20),
+        cuts in proptest::collection::vec(0usize..4000, 0..30),
+    ) {
+        let wire = encode_all(&frames);
+        let mut cuts = cuts;
+        cuts.sort_unstable();
+        let got = ok_frames(decode_in_pieces(&wire, &cuts).unwrap());
+        prop_assert_eq!(got, frames);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode_in_pieces(&data, &[]);
+    }
+}

@@ -1,0 +1,42 @@
+//! The ftpd wire protocol: message types, the frame codec and MD5 helpers.
+//!
+//! Every message is one frame: a 4-byte big-endian length, that many bytes of UTF-8 JSON (the
+//! header, a [`Message`] tagged by its `"type"`), and, only when the header is a `chunk`, a binary
+//! body of exactly the header's `len` bytes:
+//!
+//! ```text
+//! +------------------+---------------------------------+--------------------------+
+//! | header length    | header                          | body (chunk frames only) |
+//! | u32, big-endian  | JSON object, `header length`    | `len` bytes, as declared |
+//! | 1 ..= 65536      | bytes, {"type": "...", ...}     | 0 ..= 8 MiB              |
+//! +------------------+---------------------------------+--------------------------+
+//! ```
+//!
+//! A reader therefore never guesses where a message ends, however TCP splits or merges the
+//! bytes. Both lengths are checked against their caps before anything is allocated.
+//! `docs/PROTOCOL.md` is the full contract; this crate implements it.
+
+mod codec;
+mod digest;
+mod message;
+
+pub use codec::{CodecError, Frame, FrameCodec, Incoming, Rejected};
+pub use digest::{Md5Digest, Md5Hasher};
+pub use message::{
+    ChunkHeader, Eof, ErrorCode, ErrorReply, Get, GetReady, Hello, Message, Put, PutReady,
+};
+
+/// The protocol version this crate speaks.
+pub const VERSION: u32 = 1;
+/// Largest JSON header accepted, in bytes.
+pub const MAX_HEADER: usize = 64 * 1024;
+/// Largest chunk body accepted, in bytes.
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
+/// Chunk size a sender uses unless told otherwise.
+pub const DEFAULT_CHUNK: u32 = 1024 * 1024;
+
+/// Names of optional features announced in [`Hello::capabilities`].
+pub mod capability {
+    /// `put` with `resume`/`upload_id` and `get` with `offset`/`prefix_md5`.
+    pub const RESUME: &str = "resume";
+}

@@ -1,0 +1,319 @@
+//! Every message of the protocol, as one serde enum tagged by its `type` field.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Md5Digest;
+
+/// One message header. The JSON object's `"type"` names the variant in snake_case; only
+/// [`Message::Chunk`] is followed by a binary body (see the crate docs for the frame layout).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// First message each way: protocol version and what each side can do.
+    Hello(Hello),
+    /// Client: store a file at `path`; the client streams its chunks after [`Message::PutReady`].
+    Put(Put),
+    /// Server: go ahead with the upload, starting at `offset` (0 unless resuming).
+    PutReady(PutReady),
+    /// Client: send me the file at `path`, from `offset`.
+    Get(Get),
+    /// Server: the file exists; its chunks follow, then [`Message::Eof`].
+    GetReady(GetReady),
+    /// Either way inside a transfer: one chunk header; `len` bytes of body follow.
+    Chunk(ChunkHeader),
+    /// The sender has sent every chunk: the whole file's size and MD5.
+    Eof(Eof),
+    /// The sender gives up on a transfer it started; no more chunks follow.
+    Abort(ErrorReply),
+    /// The receiver of a download asks the server to stop sending (answered by `abort`).
+    Cancel,
+    /// Server: the upload was verified and is now visible at its path.
+    Stored(Eof),
+    /// A command failed, or the connection is about to close; see [`ErrorCode`].
+    Error(ErrorReply),
+    /// Client: I am done; the server closes the connection.
+    Bye,
+}
+
+/// The handshake, sent by the client first and answered in kind by the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol version the sender speaks ([`crate::VERSION`]).
+    pub version: u32,
+    /// Free-form software name and version, for logs ("ftp-cli/0.1.0").
+    pub agent: String,
+    /// Optional features the sender supports (see [`crate::capability`]).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Largest chunk body the sender is willing to receive.
+    #[serde(default = "default_max_chunk")]
+    pub max_chunk: u32,
+}
+
+fn default_max_chunk() -> u32 {
+    crate::DEFAULT_CHUNK
+}
+
+/// Client request to upload a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Put {
+    /// Where the file goes, relative to the session's root.
+    pub path: String,
+    /// Exact size of the file; the upload must deliver exactly this many bytes.
+    pub size: u64,
+    /// Replace an existing file instead of failing with `exists`.
+    #[serde(default)]
+    pub overwrite: bool,
+    /// Continue the staged bytes of an earlier interrupted upload with the same `upload_id`.
+    #[serde(default)]
+    pub resume: bool,
+    /// The client's name for this upload, so that an interrupted upload can be found again and
+    /// another client's upload to the same path is never mixed in. 1 to 64 of `[0-9a-zA-Z_-]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_id: Option<String>,
+}
+
+/// Server answer to [`Put`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutReady {
+    /// The client sends bytes from here on; 0 unless a staged upload is being resumed.
+    pub offset: u64,
+    /// MD5 of the `offset` bytes already held, for the client to check against its own file.
+    pub md5: Md5Digest,
+}
+
+/// Client request to download a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Get {
+    /// The file to read, relative to the session's root.
+    pub path: String,
+    /// First byte to send; the client already holds the bytes before it.
+    #[serde(default)]
+    pub offset: u64,
+    /// MD5 of the client's first `offset` bytes; the server refuses with `prefix_mismatch` when its
+    /// own file's prefix differs, so a resumed download never splices two different files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_md5: Option<Md5Digest>,
+}
+
+/// Server answer to [`Get`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetReady {
+    /// Size of the whole file.
+    pub size: u64,
+    /// The offset the chunks start at (the request's).
+    pub offset: u64,
+    /// Modification time, seconds since the Unix epoch, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<i64>,
+}
+
+/// Header of one data chunk. Its body is the `len` bytes that follow the header on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkHeader {
+    /// Position of the body's first byte in the file.
+    pub offset: u64,
+    /// Body length in bytes (at most the receiver's `max_chunk`).
+    pub len: u32,
+    /// MD5 of the body alone.
+    pub md5: Md5Digest,
+}
+
+/// End of a data stream, and the server's receipt for an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Eof {
+    /// Size of the whole file.
+    pub size: u64,
+    /// MD5 of the whole file, from byte 0, including any resumed prefix.
+    pub md5: Md5Digest,
+}
+
+/// A failure: a stable code for programs and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+    /// For failures inside a transfer, the file offset they concern (a bad chunk's offset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            offset: None,
+        }
+    }
+
+    pub fn at(mut self, offset: u64) -> Self {
+        self.offset = Some(offset);
+        self
+    }
+}
+
+impl std::fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+/// Stable, machine-readable error codes. New codes may appear in later versions; a peer maps
+/// any code it does not know to [`ErrorCode::Unknown`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// No such file or directory.
+    NotFound,
+    /// The target exists and overwrite was not asked for.
+    Exists,
+    /// Not allowed: outside the root, a reserved name, or no permission.
+    Denied,
+    /// The request is malformed: a bad path, a field out of range, a message out of place.
+    BadRequest,
+    /// A chunk or a whole file did not match its MD5.
+    ChecksumMismatch,
+    /// A resumed transfer's prefix differs between client and server.
+    PrefixMismatch,
+    /// The path names a directory where a file was expected.
+    IsDirectory,
+    /// The storage failed to read or write.
+    Io,
+    /// The storage is full.
+    NoSpace,
+    /// A frame, file or quota limit was exceeded.
+    TooLarge,
+    /// The peer speaks another protocol version.
+    VersionMismatch,
+    /// A well-formed message of a type this peer does not handle.
+    Unsupported,
+    /// Too many connections, or the same upload is already running.
+    Busy,
+    /// The peer was silent for too long.
+    Timeout,
+    /// A bug on the server; the connection is closed.
+    Internal,
+    /// Any code this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The code as it is spelled on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Exists => "exists",
+            ErrorCode::Denied => "denied",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::ChecksumMismatch => "checksum_mismatch",
+            ErrorCode::PrefixMismatch => "prefix_mismatch",
+            ErrorCode::IsDirectory => "is_directory",
+            ErrorCode::Io => "io",
+            ErrorCode::NoSpace => "no_space",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::VersionMismatch => "version_mismatch",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_spelling_is_stable() {
+        let cases: Vec<(Message, &str)> = vec![
+            (Message::Bye, r#"{"type":"bye"}"#),
+            (Message::Cancel, r#"{"type":"cancel"}"#),
+            (
+                Message::Get(Get {
+                    path: "a b".into(),
+                    offset: 0,
+                    prefix_md5: None,
+                }),
+                r#"{"type":"get","path":"a b","offset":0}"#,
+            ),
+            (
+                Message::Error(ErrorReply::new(ErrorCode::NotFound, "no such file")),
+                r#"{"type":"error","code":"not_found","message":"no such file"}"#,
+            ),
+            (
+                Message::Chunk(ChunkHeader {
+                    offset: 5,
+                    len: 3,
+                    md5: Md5Digest::of(b"abc"),
+                }),
+                r#"{"type":"chunk","offset":5,"len":3,"md5":"900150983cd24fb0d6963f7d28e17f72"}"#,
+            ),
+        ];
+        for (msg, json) in cases {
+            assert_eq!(serde_json::to_string(&msg).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Message>(json).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn every_code_spells_as_serde_does() {
+        use ErrorCode::*;
+        for code in [
+            NotFound,
+            Exists,
+            Denied,
+            BadRequest,
+            ChecksumMismatch,
+            PrefixMismatch,
+            IsDirectory,
+            Io,
+            NoSpace,
+            TooLarge,
+            VersionMismatch,
+            Unsupported,
+            Busy,
+            Timeout,
+            Internal,
+            Unknown,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&code).unwrap(),
+                format!("\"{}\"", code.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_codes_and_fields_are_tolerated() {
+        let m: Message = serde_json::from_str(
+            r#"{"type":"error","code":"quota_exceeded","message":"x","extra":1}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            m,
+            Message::Error(ErrorReply {
+                code: ErrorCode::Unknown,
+                ..
+            })
+        ));
+        let h: Message =
+            serde_json::from_str(r#"{"type":"hello","version":1,"agent":"x"}"#).unwrap();
+        assert!(matches!(
+            h,
+            Message::Hello(Hello {
+                max_chunk: crate::DEFAULT_CHUNK,
+                ..
+            })
+        ));
+    }
+}

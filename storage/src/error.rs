@@ -1,0 +1,75 @@
+//! Storage errors, and the one place where an error becomes a wire code.
+
+use std::io;
+
+use protocol::ErrorCode;
+
+/// What went wrong in the storage root. Messages name the client's path, never a host path.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}: no such file or directory")]
+    NotFound(String),
+    #[error("{0}: already exists")]
+    Exists(String),
+    #[error("{path}: {reason}")]
+    Denied { path: String, reason: &'static str },
+    #[error("bad path {path:?}: {reason}")]
+    BadPath { path: String, reason: &'static str },
+    #[error("{0}: is a directory")]
+    IsDirectory(String),
+    #[error("{0}: not a regular file")]
+    NotAFile(String),
+    #[error("{path}: the upload is already in progress on another connection")]
+    Busy { path: String },
+    #[error("{path}: {what}")]
+    Mismatch {
+        path: String,
+        what: String,
+        code: ErrorCode,
+    },
+    #[error("{path}: no space left on the server")]
+    NoSpace { path: String },
+    #[error("{path}: {op} failed: {source}")]
+    Io {
+        path: String,
+        op: &'static str,
+        source: io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The wire code for this error; every storage failure a client sees is mapped here.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::Exists(_) => ErrorCode::Exists,
+            Error::Denied { .. } => ErrorCode::Denied,
+            Error::BadPath { .. } => ErrorCode::BadRequest,
+            Error::IsDirectory(_) => ErrorCode::IsDirectory,
+            Error::NotAFile(_) => ErrorCode::BadRequest,
+            Error::Busy { .. } => ErrorCode::Busy,
+            Error::Mismatch { code, .. } => *code,
+            Error::NoSpace { .. } => ErrorCode::NoSpace,
+            Error::Io { .. } => ErrorCode::Io,
+        }
+    }
+
+    /// Sorts an I/O error on `path` into the kinds a client can act on.
+    pub fn io(path: &str, op: &'static str, source: io::Error) -> Self {
+        let path = path.to_owned();
+        match source.kind() {
+            io::ErrorKind::NotFound => Error::NotFound(path),
+            io::ErrorKind::AlreadyExists => Error::Exists(path),
+            io::ErrorKind::IsADirectory => Error::IsDirectory(path),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Error::NoSpace { path },
+            // cap-std reports an attempt to leave the root (a `..` or a symlink) this way.
+            io::ErrorKind::PermissionDenied => Error::Denied {
+                path,
+                reason: "permission denied",
+            },
+            _ => Error::Io { path, op, source },
+        }
+    }
+}

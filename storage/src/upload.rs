@@ -1,0 +1,274 @@
+//! Staged uploads: bytes go to a private file and become visible whole, or not at all.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use md5::{Digest as _, Md5};
+use protocol::{ErrorCode, Md5Digest, Md5Hasher};
+
+use crate::{Error, Result, Root, VPath};
+
+/// What the client asked for when it started an upload.
+#[derive(Debug, Clone)]
+pub struct UploadRequest {
+    /// Exact size the finished file must have.
+    pub size: u64,
+    /// Replace an existing file.
+    pub overwrite: bool,
+    /// The client's stable name for this upload; required to resume it later.
+    pub upload_id: Option<String>,
+    /// Continue the staged bytes of an earlier attempt with the same `upload_id`.
+    pub resume: bool,
+}
+
+/// An upload in progress. Bytes are appended to a staging file; [`Upload::commit`] checks the
+/// whole-file MD5, syncs, and renames it into place. Dropping it without committing keeps the
+/// staged bytes when the upload has an id (so it can be resumed) and removes them otherwise.
+pub struct Upload {
+    root: Root,
+    target: VPath,
+    /// File name inside the staging directory.
+    staged: String,
+    file: File,
+    /// Bytes staged so far.
+    written: u64,
+    size: u64,
+    hasher: Md5Hasher,
+    /// Whether the staged bytes outlive this value (uploads with an id can be resumed).
+    keep: bool,
+    committed: bool,
+}
+
+static ANON: AtomicU64 = AtomicU64::new(0);
+
+fn valid_upload_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Upload {
+    pub(crate) fn begin(root: Root, target: &VPath, req: &UploadRequest) -> Result<Upload> {
+        let shown = target.to_string();
+        let Some((parent, _)) = target.split_last() else {
+            return Err(Error::IsDirectory(shown));
+        };
+        let dir = &root.inner.dir;
+        match dir.metadata(target.rel()) {
+            Ok(m) if m.is_dir() => return Err(Error::IsDirectory(shown)),
+            Ok(_) if !req.overwrite => return Err(Error::Exists(shown)),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&shown, "stat", e)),
+        }
+        match dir.metadata(parent.rel()) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(Error::NotFound(parent.to_string())),
+            Err(e) => return Err(Error::io(&parent.to_string(), "stat", e)),
+        }
+        let (staged, keep) = match &req.upload_id {
+            Some(id) if valid_upload_id(id) => {
+                // The key binds the id to the target, so one client's id never meets another path.
+                let key = Md5::new()
+                    .chain_update(target.rel())
+                    .chain_update([0])
+                    .chain_update(id);
+                (format!("{}.part", hex::encode(key.finalize())), true)
+            }
+            Some(_) => {
+                return Err(Error::BadPath {
+                    path: shown,
+                    reason: "upload_id must be 1 to 64 of [0-9A-Za-z_-]",
+                })
+            }
+            None => (
+                format!(
+                    "anon-{}-{}.part",
+                    std::process::id(),
+                    ANON.fetch_add(1, Ordering::Relaxed)
+                ),
+                false,
+            ),
+        };
+        if !root.inner.active.lock().unwrap().insert(staged.clone()) {
+            return Err(Error::Busy { path: shown });
+        }
+        let mut upload = Upload {
+            file: match open_staged(&root, &staged, req.resume) {
+                Ok(f) => f,
+                Err(e) => {
+                    root.inner.active.lock().unwrap().remove(&staged);
+                    return Err(Error::io(&shown, "create staging file for", e));
+                }
+            },
+            root,
+            target: target.clone(),
+            staged,
+            written: 0,
+            size: req.size,
+            hasher: Md5Hasher::new(),
+            keep,
+            committed: false,
+        };
+        if req.resume {
+            upload.rehash_prefix()?;
+        }
+        Ok(upload)
+    }
+
+    /// Reads back what an earlier attempt staged, so the running MD5 covers it.
+    fn rehash_prefix(&mut self) -> Result<()> {
+        let shown = self.target.to_string();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut held = 0u64;
+        loop {
+            let n = self
+                .file
+                .read(&mut buf)
+                .map_err(|e| Error::io(&shown, "read staged bytes of", e))?;
+            if n == 0 {
+                break;
+            }
+            let take = (n as u64).min(self.size.saturating_sub(held)) as usize;
+            self.hasher.update(&buf[..take]);
+            held += take as u64;
+            if take < n {
+                break;
+            }
+        }
+        if held < self.file.metadata().map(|m| m.len()).unwrap_or(held) {
+            // More staged than the file should have: the earlier attempt was another file.
+            self.file
+                .set_len(held)
+                .map_err(|e| Error::io(&shown, "truncate staged bytes of", e))?;
+        }
+        use std::io::Seek;
+        self.file
+            .seek(std::io::SeekFrom::Start(held))
+            .map_err(|e| Error::io(&shown, "seek staged bytes of", e))?;
+        self.written = held;
+        Ok(())
+    }
+
+    /// Bytes already staged; the client sends from here.
+    pub fn offset(&self) -> u64 {
+        self.written
+    }
+
+    /// MD5 of the bytes staged so far.
+    pub fn digest_so_far(&self) -> Md5Digest {
+        self.hasher.clone().finish()
+    }
+
+    pub fn target(&self) -> &VPath {
+        &self.target
+    }
+
+    /// Appends verified bytes. Refuses to grow past the declared size.
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        if self.written + data.len() as u64 > self.size {
+            return Err(Error::Mismatch {
+                path: self.target.to_string(),
+                what: format!("more bytes than the declared {}", self.size),
+                code: ErrorCode::TooLarge,
+            });
+        }
+        self.file
+            .write_all(data)
+            .map_err(|e| Error::io(&self.target.to_string(), "write", e))?;
+        self.hasher.update(data);
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Starts over: drops the staged bytes (a resume whose prefix the client rejected).
+    pub fn restart(&mut self) -> Result<()> {
+        use std::io::Seek;
+        let shown = self.target.to_string();
+        self.file
+            .set_len(0)
+            .and_then(|_| self.file.seek(std::io::SeekFrom::Start(0)))
+            .map_err(|e| Error::io(&shown, "truncate staged bytes of", e))?;
+        self.written = 0;
+        self.hasher = Md5Hasher::new();
+        Ok(())
+    }
+
+    /// Checks size and whole-file MD5, makes the bytes durable, and moves them into place.
+    /// Without `overwrite`, a file that appeared at the target meanwhile is left alone.
+    pub fn commit(mut self, expected: Md5Digest, overwrite: bool) -> Result<Md5Digest> {
+        let shown = self.target.to_string();
+        if self.written != self.size {
+            return Err(Error::Mismatch {
+                path: shown,
+                what: format!("got {} of {} bytes", self.written, self.size),
+                code: ErrorCode::BadRequest,
+            });
+        }
+        let actual = self.hasher.clone().finish();
+        if actual != expected {
+            // These bytes are wrong somewhere; resuming on top of them would only repeat it.
+            self.keep = false;
+            return Err(Error::Mismatch {
+                path: shown,
+                what: format!("whole-file MD5 is {actual}, client sent {expected}"),
+                code: ErrorCode::ChecksumMismatch,
+            });
+        }
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io(&shown, "sync", e))?;
+        let inner = &self.root.inner;
+        let placed = if overwrite {
+            inner
+                .staging
+                .rename(&self.staged, &inner.dir, self.target.rel())
+        } else {
+            // A hard link fails if the target exists: an atomic "rename unless present".
+            inner
+                .staging
+                .hard_link(&self.staged, &inner.dir, self.target.rel())
+                .and_then(|()| inner.staging.remove_file(&self.staged))
+        };
+        placed.map_err(|e| Error::io(&shown, "move into place", e))?;
+        self.committed = true;
+        let (parent, _) = self
+            .target
+            .split_last()
+            .expect("uploads never target the root");
+        if let Ok(d) = inner.dir.open_dir(parent.rel()) {
+            let _ = d.into_std_file().sync_all();
+        }
+        Ok(actual)
+    }
+}
+
+fn open_staged(root: &Root, name: &str, resume: bool) -> std::io::Result<File> {
+    let mut opts = cap_std::fs::OpenOptions::new();
+    opts.read(true).write(true).create(true);
+    if !resume {
+        opts.truncate(true);
+    }
+    Ok(root.inner.staging.open_with(name, &opts)?.into_std())
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.committed && !self.keep {
+            let _ = self.root.inner.staging.remove_file(&self.staged);
+        }
+        self.root.inner.active.lock().unwrap().remove(&self.staged);
+    }
+}
+
+impl std::fmt::Debug for Upload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upload")
+            .field("target", &self.target)
+            .field("written", &self.written)
+            .field("size", &self.size)
+            .finish()
+    }
+}

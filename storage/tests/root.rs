@@ -1,0 +1,160 @@
+//! The storage root against a real temp directory.
+
+use protocol::Md5Digest;
+use storage::{Error, Root, UploadRequest, VPath};
+
+fn setup() -> (tempfile::TempDir, Root) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::open(dir.path()).unwrap();
+    (dir, root)
+}
+
+fn p(s: &str) -> VPath {
+    VPath::resolve(&VPath::root(), s).unwrap()
+}
+
+fn req(size: u64) -> UploadRequest {
+    UploadRequest {
+        size,
+        overwrite: false,
+        upload_id: None,
+        resume: false,
+    }
+}
+
+#[test]
+fn upload_is_invisible_until_committed() {
+    let (dir, root) = setup();
+    let mut up = root.begin_upload(&p("a.bin"), &req(6)).unwrap();
+    up.write(b"abc").unwrap();
+    assert!(!dir.path().join("a.bin").exists());
+    up.write(b"def").unwrap();
+    assert!(!dir.path().join("a.bin").exists());
+    up.commit(Md5Digest::of(b"abcdef"), false).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("a.bin")).unwrap(), b"abcdef");
+    let staged: Vec<_> = std::fs::read_dir(dir.path().join(".ftpd/staging"))
+        .unwrap()
+        .collect();
+    assert!(staged.is_empty(), "staging is empty after commit");
+}
+
+#[test]
+fn wrong_whole_file_md5_never_becomes_visible() {
+    let (dir, root) = setup();
+    let mut up = root.begin_upload(&p("a.bin"), &req(3)).unwrap();
+    up.write(b"abc").unwrap();
+    let err = up.commit(Md5Digest::of(b"abd"), false).unwrap_err();
+    assert_eq!(err.code(), protocol::ErrorCode::ChecksumMismatch);
+    assert!(!dir.path().join("a.bin").exists());
+}
+
+#[test]
+fn refuses_to_overwrite_unless_asked() {
+    let (dir, root) = setup();
+    std::fs::write(dir.path().join("a"), "old").unwrap();
+    assert!(matches!(
+        root.begin_upload(&p("a"), &req(1)),
+        Err(Error::Exists(_))
+    ));
+    let mut r = req(3);
+    r.overwrite = true;
+    let mut up = root.begin_upload(&p("a"), &r).unwrap();
+    up.write(b"new").unwrap();
+    up.commit(Md5Digest::of(b"new"), true).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"new");
+}
+
+#[test]
+fn a_file_that_appears_meanwhile_is_not_clobbered() {
+    let (dir, root) = setup();
+    let mut up = root.begin_upload(&p("a"), &req(3)).unwrap();
+    up.write(b"new").unwrap();
+    std::fs::write(dir.path().join("a"), "raced").unwrap();
+    assert!(matches!(
+        up.commit(Md5Digest::of(b"new"), false),
+        Err(Error::Exists(_))
+    ));
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"raced");
+}
+
+#[test]
+fn writes_past_the_declared_size_are_refused() {
+    let (_dir, root) = setup();
+    let mut up = root.begin_upload(&p("a"), &req(2)).unwrap();
+    assert!(up.write(b"abc").is_err());
+}
+
+#[test]
+fn resume_continues_staged_bytes_with_the_same_id() {
+    let (dir, root) = setup();
+    let mut r = req(6);
+    r.upload_id = Some("id-1".into());
+    let mut up = root.begin_upload(&p("a"), &r).unwrap();
+    up.write(b"abc").unwrap();
+    drop(up); // connection lost
+    r.resume = true;
+    let mut up = root.begin_upload(&p("a"), &r).unwrap();
+    assert_eq!(up.offset(), 3);
+    assert_eq!(up.digest_so_far(), Md5Digest::of(b"abc"));
+    up.write(b"def").unwrap();
+    up.commit(Md5Digest::of(b"abcdef"), false).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"abcdef");
+
+    // Another id for the same path starts from nothing.
+    let mut other = req(1);
+    other.upload_id = Some("id-2".into());
+    other.resume = true;
+    other.overwrite = true;
+    assert_eq!(root.begin_upload(&p("a"), &other).unwrap().offset(), 0);
+}
+
+#[test]
+fn the_same_upload_cannot_run_twice_at_once() {
+    let (_dir, root) = setup();
+    let mut r = req(6);
+    r.upload_id = Some("same".into());
+    let _first = root.begin_upload(&p("a"), &r).unwrap();
+    assert!(matches!(
+        root.begin_upload(&p("a"), &r),
+        Err(Error::Busy { .. })
+    ));
+}
+
+#[test]
+fn reads_report_size_and_refuse_directories() {
+    let (dir, root) = setup();
+    std::fs::write(dir.path().join("f"), "12345").unwrap();
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    assert_eq!(root.open_read(&p("f")).unwrap().size, 5);
+    assert!(matches!(
+        root.open_read(&p("d")),
+        Err(Error::IsDirectory(_))
+    ));
+    assert!(matches!(
+        root.open_read(&p("nope")),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        root.begin_upload(&p("nodir/x"), &req(1)),
+        Err(Error::NotFound(_))
+    ));
+}
+
+#[cfg(unix)]
+#[test]
+fn symlinks_out_of_the_root_are_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "s3cret").unwrap();
+    let (dir, root) = setup();
+    std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("link")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).unwrap();
+    let err = root.open_read(&p("link")).unwrap_err();
+    assert_eq!(err.code(), protocol::ErrorCode::Denied, "{err}");
+    assert!(root.open_read(&p("out/secret")).is_err());
+    assert!(root.begin_upload(&p("out/new"), &req(1)).is_err());
+    assert!(!outside.path().join("new").exists());
+    // A link that stays inside the root is fine.
+    std::fs::write(dir.path().join("real"), "ok").unwrap();
+    std::os::unix::fs::symlink("real", dir.path().join("inside")).unwrap();
+    assert_eq!(root.open_read(&p("inside")).unwrap().size, 2);
+}
