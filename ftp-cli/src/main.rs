@@ -1,1 +1,73 @@
-fn main() {}
+//! The `ftp-cli` binary: flags and exit codes; the work is in the library.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use ftp_cli::app::App;
+use ftp_cli::error::ClientError;
+use ftp_cli::repl;
+
+/// Move files to and from an ftpd server, interactively or from scripts.
+#[derive(Parser, Debug)]
+#[command(
+    name = "ftp-cli",
+    version,
+    about,
+    after_help = "Exit status: 0 success; 2 usage error; 3 cannot connect or connection lost; \
+                  5 the server refused a command; 6 local file error; 7 verification or \
+                  protocol failure."
+)]
+struct Args {
+    /// Server to connect to, HOST or HOST:PORT (default port 2121).
+    host: String,
+
+    /// Run these commands (separated by `;`) and exit; stops at the first failure.
+    #[arg(short = 'c', long = "commands", conflicts_with = "batch")]
+    commands: Option<String>,
+
+    /// Run the commands in FILE, one per line, and exit; stops at the first failure.
+    #[arg(short = 'b', long = "batch")]
+    batch: Option<PathBuf>,
+
+    /// Longest wait for the server before giving up.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+
+    /// No progress bars.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ftp-cli: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), ClientError> {
+    let interactive =
+        args.commands.is_none() && args.batch.is_none() && std::io::stdin().is_terminal();
+    let mut app = App::new(&args.host, args.timeout, interactive && !args.quiet)?;
+    let result = if let Some(cmds) = args.commands {
+        app.connect()
+            .and_then(|()| repl::run_script(&mut app, std::iter::once(Ok(cmds))))
+    } else if let Some(batch) = args.batch {
+        app.connect()
+            .and_then(|()| repl::run_batch(&mut app, &batch))
+    } else if interactive {
+        repl::interactive(&mut app)
+    } else {
+        app.connect()
+            .and_then(|()| repl::run_script(&mut app, std::io::stdin().lock().lines()))
+    };
+    app.close();
+    result
+}

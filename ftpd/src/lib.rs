@@ -1,1 +1,13 @@
+//! The ftpd daemon as a library: [`Server::new`] opens the root, [`Server::run`] serves a
+//! listener the caller bound, until the shutdown future the caller chose completes.
 
+pub mod cmd;
+mod config;
+mod error;
+mod server;
+mod session;
+mod shutdown;
+
+pub use config::Config;
+pub use error::SessionError;
+pub use server::{bind, Server};

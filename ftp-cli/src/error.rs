@@ -1,0 +1,58 @@
+//! Everything that can go wrong for the client, each with the exit status scripts see.
+
+use protocol::{CodecError, ErrorReply};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("connection to the server lost: {0}")]
+    ConnectionLost(String),
+    #[error("server: {0}")]
+    Remote(ErrorReply),
+    #[error("{path}: {source}")]
+    Local {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    LocalExists(String),
+    #[error("verification failed: {0}")]
+    Verify(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// Exit status for scripts (documented in `ftp-cli --help`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Usage(_) => 2,
+            ClientError::Connect { .. } | ClientError::ConnectionLost(_) => 3,
+            ClientError::Remote(_) => 5,
+            ClientError::Local { .. } | ClientError::LocalExists(_) => 6,
+            ClientError::Verify(_) | ClientError::Protocol(_) => 7,
+        }
+    }
+
+    pub fn local(path: &std::path::Path, source: std::io::Error) -> Self {
+        ClientError::Local {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+impl From<CodecError> for ClientError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Io(e) => ClientError::ConnectionLost(e.to_string()),
+            CodecError::Truncated => ClientError::ConnectionLost(e.to_string()),
+            other => ClientError::Protocol(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;

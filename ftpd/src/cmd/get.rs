@@ -1,0 +1,180 @@
+//! `get`: stream a file as MD5-checked chunks, then its whole-file MD5.
+
+use std::fs::File;
+use std::io::Read;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use protocol::{Eof, ErrorCode, ErrorReply, Frame, Get, GetReady, Md5Hasher, Message};
+use storage::{Root, VPath};
+use tokio::sync::mpsc;
+
+use crate::cmd::TransferLog;
+use crate::error::{blocking, SessionError};
+use crate::session::{storage_reply, Session};
+
+/// Chunks read and hashed ahead of the socket.
+const READ_AHEAD: usize = 4;
+
+/// An open file positioned at the requested offset, with the MD5 of what precedes it.
+struct Prepared {
+    file: File,
+    size: u64,
+    mtime: Option<i64>,
+    hasher: Md5Hasher,
+}
+
+pub async fn run(s: &mut Session, req: Get) -> Result<(), SessionError> {
+    let started = Instant::now();
+    let path = match s.resolve(&req.path) {
+        Ok(p) => p,
+        Err(reply) => return s.send_error(reply).await,
+    };
+    let root = s.root.clone();
+    let (offset, prefix_md5) = (req.offset, req.prefix_md5);
+    let p = match blocking(move || prepare(&root, &path, offset, prefix_md5)).await? {
+        Ok(p) => p,
+        Err(reply) => return s.send_error(reply).await,
+    };
+    let size = p.size;
+    s.send(Message::GetReady(GetReady {
+        size,
+        offset,
+        mtime: p.mtime,
+    }))
+    .await?;
+
+    let chunk = s.config.chunk_size.min(s.client_max_chunk) as usize;
+    let (tx, mut rx) = mpsc::channel(READ_AHEAD);
+    tokio::task::spawn_blocking(move || read_chunks(p, offset, chunk, tx));
+    let mut sent = offset;
+    let outcome = loop {
+        if let Some(incoming) = s.poll_incoming() {
+            match incoming?.message {
+                Message::Cancel => {
+                    drop(rx);
+                    let reply = ErrorReply::new(ErrorCode::BadRequest, "cancelled by the client");
+                    s.send(Message::Abort(reply.clone().at(sent))).await?;
+                    break Err(reply);
+                }
+                other => {
+                    return Err(SessionError::Protocol(format!(
+                        "{other:?} in the middle of a download"
+                    )))
+                }
+            }
+        }
+        match rx.recv().await {
+            Some(Ok(frame)) => {
+                let eof = match &frame.message {
+                    Message::Chunk(h) => {
+                        sent = h.offset + u64::from(h.len);
+                        None
+                    }
+                    Message::Eof(eof) => Some(*eof),
+                    _ => None,
+                };
+                s.send(frame).await?;
+                if let Some(eof) = eof {
+                    break Ok(eof);
+                }
+            }
+            Some(Err(reply)) => {
+                s.send(Message::Abort(reply.clone())).await?;
+                break Err(reply);
+            }
+            None => return Err(SessionError::Internal("file reader stopped".into())),
+        }
+    };
+    let (md5, outcome) = match &outcome {
+        Ok(eof) => (Some(eof.md5), "ok".to_owned()),
+        Err(reply) => (None, reply.to_string()),
+    };
+    TransferLog {
+        peer: s.peer,
+        op: "get",
+        path: &req.path,
+        bytes: sent - offset,
+        elapsed: started.elapsed(),
+        md5,
+        outcome: &outcome,
+    }
+    .emit();
+    Ok(())
+}
+
+fn prepare(
+    root: &Root,
+    path: &VPath,
+    offset: u64,
+    prefix_md5: Option<protocol::Md5Digest>,
+) -> Result<Prepared, ErrorReply> {
+    let f = root.open_read(path).map_err(|e| storage_reply(&e))?;
+    if offset > f.size {
+        return Err(ErrorReply::new(
+            ErrorCode::BadRequest,
+            format!("{path}: offset {offset} is past the end ({} bytes)", f.size),
+        ));
+    }
+    let mut p = Prepared {
+        file: f.file,
+        size: f.size,
+        mtime: f.mtime,
+        hasher: Md5Hasher::new(),
+    };
+    // The whole-file MD5 covers the prefix the client already holds, so hash it here.
+    let mut left = offset;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        p.file
+            .read_exact(&mut buf[..want])
+            .map_err(|e| storage_reply(&storage::Error::io(&path.to_string(), "read", e)))?;
+        p.hasher.update(&buf[..want]);
+        left -= want as u64;
+    }
+    if let Some(want) = prefix_md5 {
+        let have = p.hasher.clone().finish();
+        if have != want {
+            return Err(ErrorReply::new(
+                ErrorCode::PrefixMismatch,
+                format!("{path}: the first {offset} bytes differ from the client's"),
+            ));
+        }
+    }
+    Ok(p)
+}
+
+/// Reads, hashes and frames chunks off the reactor thread; ends with `eof`, or an error.
+fn read_chunks(
+    mut p: Prepared,
+    mut pos: u64,
+    chunk: usize,
+    tx: mpsc::Sender<Result<Frame, ErrorReply>>,
+) {
+    while pos < p.size {
+        let want = (p.size - pos).min(chunk as u64) as usize;
+        let mut buf = BytesMut::zeroed(want);
+        if let Err(e) = p.file.read_exact(&mut buf) {
+            let msg = match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => "file shrank while it was being sent".into(),
+                _ => format!("read failed: {e}"),
+            };
+            let _ = tx.blocking_send(Err(ErrorReply::new(ErrorCode::Io, msg).at(pos)));
+            return;
+        }
+        p.hasher.update(&buf);
+        if tx
+            .blocking_send(Ok(Frame::chunk(pos, buf.freeze())))
+            .is_err()
+        {
+            return; // cancelled
+        }
+        pos += want as u64;
+    }
+    let eof = Eof {
+        size: p.size,
+        md5: p.hasher.finish(),
+    };
+    let _ = tx.blocking_send(Ok(Message::Eof(eof).into()));
+}

@@ -1,0 +1,54 @@
+//! The daemon's settings: every one a command-line flag with a documented default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Serve one directory to ftp-cli clients over the ftpd protocol (docs/PROTOCOL.md).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "ftpd", version, about)]
+pub struct Config {
+    /// Directory to serve; uploads are staged in its private `.ftpd` subdirectory.
+    #[arg(long, env = "FTPD_ROOT")]
+    pub root: PathBuf,
+
+    /// Address to listen on; port 0 picks a free port (the bound address is logged).
+    #[arg(long, env = "FTPD_LISTEN", default_value = "127.0.0.1:2121")]
+    pub listen: SocketAddr,
+
+    /// Most connections served at once; more are refused with a `busy` error.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+
+    /// Time a new client has to complete the hello exchange.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Time a client may stay silent between commands.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Time a transfer may wait for the next frame, or for the peer to take one, before it fails.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub stall_timeout: Duration,
+
+    /// After SIGTERM or SIGINT, time given to transfers in flight before they are cut.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Chunk size for downloads, in bytes (capped by what the client accepts).
+    #[arg(long, default_value_t = protocol::DEFAULT_CHUNK,
+          value_parser = clap::value_parser!(u32).range(1..=protocol::MAX_BODY as i64))]
+    pub chunk_size: u32,
+}
+
+impl Config {
+    /// Settings for a root with every other value at its default (tests, embedding).
+    pub fn for_root(root: impl Into<PathBuf>) -> Self {
+        let mut c = Config::parse_from(["ftpd", "--root", "."]);
+        c.root = root.into();
+        c
+    }
+}

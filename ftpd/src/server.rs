@@ -1,0 +1,109 @@
+//! The accept loop: a task per connection, a cap on how many, and graceful shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::SinkExt;
+use protocol::{ErrorCode, ErrorReply, FrameCodec, Message};
+use storage::Root;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio_util::codec::FramedWrite;
+use tracing::{error, info, warn};
+
+use crate::session::Session;
+use crate::shutdown::Shutdown;
+use crate::Config;
+
+/// A daemon ready to serve: its root is open and checked.
+pub struct Server {
+    root: Root,
+    config: Arc<Config>,
+}
+
+/// Binds `addr` with SO_REUSEADDR, so a restart right after a stop never finds the port taken.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+impl Server {
+    /// Opens the storage root named by `config`; fails when it is missing or not writable.
+    pub fn new(config: Config) -> Result<Server, storage::Error> {
+        let root = Root::open(&config.root)?;
+        Ok(Server {
+            root,
+            config: Arc::new(config),
+        })
+    }
+
+    /// Serves `listener` until `shutdown` completes, then gives sessions in flight the grace
+    /// period to finish before returning.
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let (notify, _) = broadcast::channel(1);
+        let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+        let slots = Arc::new(Semaphore::new(self.config.max_connections));
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors, most likely: back off instead of spinning.
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tokio::spawn(refuse(stream, peer, "too many connections"));
+                continue;
+            };
+            let session = Session::new(
+                stream,
+                peer,
+                self.root.clone(),
+                self.config.clone(),
+                Shutdown::new(notify.subscribe()),
+            );
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                // A panic inside the session ends that connection alone.
+                if let Err(e) = tokio::spawn(session.run()).await {
+                    error!(%peer, "session task failed: {e}; connection closed");
+                }
+                drop(permit);
+                drop(done);
+            });
+        }
+        drop(listener);
+        info!("shutting down: no new connections");
+        let _ = notify.send(());
+        drop(done_tx);
+        if tokio::time::timeout(self.config.shutdown_grace, done_rx.recv())
+            .await
+            .is_err()
+        {
+            warn!("grace period over; closing the remaining connections");
+        }
+    }
+}
+
+/// Tells a client it cannot be served right now, then closes.
+async fn refuse(stream: TcpStream, peer: SocketAddr, why: &str) {
+    info!(%peer, reason = why, "connection refused");
+    let mut w = FramedWrite::new(stream, FrameCodec::new());
+    let reply = ErrorReply::new(ErrorCode::Busy, format!("server busy: {why}"));
+    let _ = tokio::time::timeout(Duration::from_secs(2), w.send(Message::Error(reply))).await;
+}

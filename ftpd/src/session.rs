@@ -1,0 +1,228 @@
+//! One connection: the hello exchange, then commands until the client leaves.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use protocol::{
+    capability, ErrorCode, ErrorReply, Frame, FrameCodec, Hello, Incoming, Message, VERSION,
+};
+use storage::{Root, VPath};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tracing::{debug, info};
+
+use crate::error::SessionError;
+use crate::shutdown::Shutdown;
+use crate::{cmd, Config};
+
+/// State of one client connection.
+pub struct Session {
+    /// Frames from the client.
+    reader: FramedRead<OwnedReadHalf, FrameCodec>,
+    /// Frames to the client.
+    writer: FramedWrite<OwnedWriteHalf, FrameCodec>,
+    /// Who is on the other end, for logs.
+    pub peer: SocketAddr,
+    /// The storage this session may touch.
+    pub root: Root,
+    /// Current directory for relative paths.
+    pub cwd: VPath,
+    /// The daemon's settings.
+    pub config: Arc<Config>,
+    /// Largest chunk the client said it accepts.
+    pub client_max_chunk: u32,
+    /// Tells the session the daemon is stopping.
+    shutdown: Shutdown,
+}
+
+impl Session {
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        root: Root,
+        config: Arc<Config>,
+        shutdown: Shutdown,
+    ) -> Self {
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        Session {
+            reader: FramedRead::with_capacity(r, FrameCodec::new(), 256 * 1024),
+            writer: FramedWrite::new(w, FrameCodec::new()),
+            peer,
+            root,
+            cwd: VPath::root(),
+            config,
+            client_max_chunk: protocol::DEFAULT_CHUNK,
+            shutdown,
+        }
+    }
+
+    /// Runs the session to its end and logs why it ended.
+    pub async fn run(mut self) {
+        info!(peer = %self.peer, "connection opened");
+        let outcome = match self.handshake().await {
+            Ok(()) => self.command_loop().await,
+            Err(e) => Err(e),
+        };
+        let reason = match &outcome {
+            Ok(()) => "client said bye".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        if let Err(e) = outcome {
+            if let Some(reply) = e.farewell() {
+                // Best effort: the peer may already be gone or not reading.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    self.writer.send(Frame::from(Message::Error(reply))),
+                )
+                .await;
+            }
+        }
+        info!(peer = %self.peer, %reason, "connection closed");
+    }
+
+    async fn handshake(&mut self) -> Result<(), SessionError> {
+        let limit = self.config.handshake_timeout;
+        let hello = match tokio::time::timeout(limit, self.reader.next()).await {
+            Err(_) => return Err(SessionError::Timeout("hello")),
+            Ok(None) => return Err(SessionError::Closed),
+            Ok(Some(item)) => item?,
+        };
+        let hello = match hello {
+            Ok(Frame {
+                message: Message::Hello(h),
+                ..
+            }) => h,
+            _ => return Err(SessionError::Protocol("expected hello first".into())),
+        };
+        if hello.version != VERSION {
+            return Err(SessionError::Refused(ErrorReply::new(
+                ErrorCode::VersionMismatch,
+                format!(
+                    "server speaks protocol version {VERSION}, client speaks {}",
+                    hello.version
+                ),
+            )));
+        }
+        debug!(peer = %self.peer, agent = %hello.agent, "hello");
+        self.client_max_chunk = hello.max_chunk.clamp(1, protocol::MAX_BODY as u32);
+        self.send(Message::Hello(Hello {
+            version: VERSION,
+            agent: concat!("ftpd/", env!("CARGO_PKG_VERSION")).into(),
+            capabilities: vec![capability::RESUME.into()],
+            max_chunk: protocol::MAX_BODY as u32,
+        }))
+        .await
+    }
+
+    async fn command_loop(&mut self) -> Result<(), SessionError> {
+        loop {
+            let idle = self.config.idle_timeout;
+            let incoming = tokio::select! {
+                biased;
+                _ = self.shutdown.recv() => return Err(SessionError::Shutdown),
+                next = tokio::time::timeout(idle, self.reader.next()) => match next {
+                    Err(_) => return Err(SessionError::Timeout("command")),
+                    Ok(None) => return Err(SessionError::Closed),
+                    Ok(Some(item)) => item?,
+                },
+            };
+            let frame = match incoming {
+                Ok(frame) => frame,
+                Err(rejected) => {
+                    self.send_error(ErrorReply::new(
+                        ErrorCode::Unsupported,
+                        format!(
+                            "cannot handle {:?} message: {}",
+                            rejected.kind, rejected.reason
+                        ),
+                    ))
+                    .await?;
+                    continue;
+                }
+            };
+            match frame.message {
+                Message::Put(req) => cmd::put::run(self, req).await?,
+                Message::Get(req) => cmd::get::run(self, req).await?,
+                Message::Bye => return Ok(()),
+                // A cancel that crossed the end of a download on the wire: nothing left to stop.
+                Message::Cancel => {}
+                Message::Hello(_) => {
+                    self.send_error(ErrorReply::new(
+                        ErrorCode::BadRequest,
+                        "hello was already exchanged",
+                    ))
+                    .await?
+                }
+                Message::Chunk(_) | Message::Eof(_) | Message::Abort(_) => {
+                    self.send_error(ErrorReply::new(
+                        ErrorCode::BadRequest,
+                        "no transfer in progress",
+                    ))
+                    .await?
+                }
+                Message::PutReady(_)
+                | Message::GetReady(_)
+                | Message::Stored(_)
+                | Message::Error(_) => {
+                    self.send_error(ErrorReply::new(
+                        ErrorCode::BadRequest,
+                        "that message is sent by servers, not clients",
+                    ))
+                    .await?
+                }
+            }
+        }
+    }
+
+    /// Sends one frame, failing the session if the client does not take it in time.
+    pub async fn send(&mut self, frame: impl Into<Frame>) -> Result<(), SessionError> {
+        match tokio::time::timeout(self.config.stall_timeout, self.writer.send(frame.into())).await
+        {
+            Err(_) => Err(SessionError::Timeout("progress sending to the client")),
+            Ok(r) => Ok(r?),
+        }
+    }
+
+    pub async fn send_error(&mut self, reply: ErrorReply) -> Result<(), SessionError> {
+        self.send(Message::Error(reply)).await
+    }
+
+    /// The next frame inside a transfer, within the stall timeout.
+    pub async fn next_in_transfer(&mut self) -> Result<Frame, SessionError> {
+        match tokio::time::timeout(self.config.stall_timeout, self.reader.next()).await {
+            Err(_) => Err(SessionError::Timeout("data from the client")),
+            Ok(None) => Err(SessionError::Closed),
+            Ok(Some(item)) => incoming_in_transfer(item?),
+        }
+    }
+
+    /// A frame the client has already sent, if any, without waiting (a download's `cancel`).
+    pub fn poll_incoming(&mut self) -> Option<Result<Frame, SessionError>> {
+        use futures::FutureExt;
+        match self.reader.next().now_or_never()? {
+            None => Some(Err(SessionError::Closed)),
+            Some(Err(e)) => Some(Err(e.into())),
+            Some(Ok(item)) => Some(incoming_in_transfer(item)),
+        }
+    }
+
+    /// Resolves a client path against the current directory.
+    pub fn resolve(&self, path: &str) -> Result<VPath, ErrorReply> {
+        VPath::resolve(&self.cwd, path).map_err(|e| storage_reply(&e))
+    }
+}
+
+fn incoming_in_transfer(item: Incoming) -> Result<Frame, SessionError> {
+    item.map_err(|r| {
+        SessionError::Protocol(format!("unexpected {:?} message in a transfer", r.kind))
+    })
+}
+
+/// A storage error as the client sees it.
+pub fn storage_reply(e: &storage::Error) -> ErrorReply {
+    ErrorReply::new(e.code(), e.to_string())
+}
