@@ -62,6 +62,8 @@ pub struct Summary {
 pub struct TransferOptions {
     /// Replace an existing target.
     pub overwrite: bool,
+    /// Continue what an earlier attempt left (staged bytes on the server, `.ftp-part` here).
+    pub resume: bool,
 }
 
 /// An open, greeted connection to a server.
@@ -186,7 +188,8 @@ impl Client {
         }
     }
 
-    /// Uploads `local` to `remote` (a path on the server).
+    /// Uploads `local` to `remote` (a path on the server). With `opts.resume`, continues from
+    /// the bytes an earlier attempt left staged on the server, once their MD5 matches ours.
     pub async fn put(
         &mut self,
         local: &Path,
@@ -204,31 +207,46 @@ impl Client {
             )));
         }
         let size = meta.len();
-        self.send(Message::Put(Put {
-            path: remote.to_owned(),
-            size,
-            overwrite: opts.overwrite,
-            resume: false,
-            upload_id: None,
-        }))
-        .await?;
-        let ready = match self.recv().await?.message {
-            Message::PutReady(r) => r,
-            Message::Error(e) => return Err(ClientError::Remote(e)),
-            other => return Err(unexpected("put_ready", &other)),
-        };
-        let offset = ready.offset;
-        progress.start(remote, size, offset);
-        let result = self.stream_up(file, offset, size, progress).await;
-        progress.finish();
-        let md5 = result?;
-        Ok(Summary {
-            name: remote.to_owned(),
-            sent: size - offset,
-            size,
-            elapsed: started.elapsed(),
-            md5,
-        })
+        let upload_id = upload_id(local, &meta, remote);
+        let mut resume = opts.resume;
+        loop {
+            self.send(Message::Put(Put {
+                path: remote.to_owned(),
+                size,
+                overwrite: opts.overwrite,
+                resume,
+                upload_id: Some(upload_id.clone()),
+            }))
+            .await?;
+            let ready = match self.recv().await?.message {
+                Message::PutReady(r) if r.offset <= size => r,
+                Message::Error(e) => return Err(ClientError::Remote(e)),
+                other => return Err(unexpected("put_ready", &other)),
+            };
+            let offset = ready.offset;
+            let (file, hasher) = hash_prefix_of(&file, local, offset).await?;
+            if offset > 0 && hasher.clone().finish() != ready.md5 {
+                // What the server staged is not the start of this file: upload it afresh.
+                let reply = ErrorReply::new(
+                    ErrorCode::PrefixMismatch,
+                    "staged bytes differ from the file",
+                );
+                self.send(Message::Abort(reply)).await?;
+                let _ = self.recv().await?; // the server answers an abort with one error
+                resume = false;
+                continue;
+            }
+            progress.start(remote, size, offset);
+            let result = self.stream_up(file, offset, size, hasher, progress).await;
+            progress.finish();
+            return Ok(Summary {
+                name: remote.to_owned(),
+                sent: size - offset,
+                size,
+                elapsed: started.elapsed(),
+                md5: result?,
+            });
+        }
     }
 
     async fn stream_up(
@@ -236,12 +254,13 @@ impl Client {
         file: File,
         offset: u64,
         size: u64,
+        hasher: Md5Hasher,
         progress: &mut dyn Progress,
     ) -> Result<Md5Digest> {
         let chunk = self.server.max_chunk.clamp(1, protocol::DEFAULT_CHUNK) as usize;
         let (tx, mut rx) = mpsc::channel(PIPELINE_DEPTH);
         let reader =
-            tokio::task::spawn_blocking(move || read_chunks(file, offset, size, chunk, tx));
+            tokio::task::spawn_blocking(move || read_chunks(file, offset, size, chunk, hasher, tx));
         loop {
             tokio::select! {
                 biased;
@@ -290,7 +309,9 @@ impl Client {
     }
 
     /// Downloads `remote` to `local`. The bytes go to `LOCAL.ftp-part` first and are renamed
-    /// into place only once the whole-file MD5 matches.
+    /// into place only once the whole-file MD5 matches. With `opts.resume`, continues the
+    /// `.ftp-part` left by an earlier attempt (or `local` itself, a partial copy made some other
+    /// way) once the server confirms it is the start of the same file.
     pub async fn get(
         &mut self,
         remote: &str,
@@ -299,37 +320,69 @@ impl Client {
         progress: &mut dyn Progress,
     ) -> Result<Summary> {
         let started = Instant::now();
-        if !opts.overwrite && local.symlink_metadata().is_ok() {
+        if !opts.resume && !opts.overwrite && local.symlink_metadata().is_ok() {
             return Err(ClientError::LocalExists(format!(
                 "{}: already exists (use get -f to overwrite)",
                 local.display()
             )));
         }
         let part = part_path(local);
-        let file = File::create(&part).map_err(|e| ClientError::local(&part, e))?;
-        self.send(Message::Get(Get {
-            path: remote.to_owned(),
-            offset: 0,
-            prefix_md5: None,
-        }))
-        .await?;
-        let ready = match self.recv().await?.message {
-            Message::GetReady(r) => r,
-            Message::Error(e) => {
-                let _ = std::fs::remove_file(&part);
-                return Err(ClientError::Remote(e));
+        let moved = opts.resume && !part.exists() && local.is_file();
+        if moved {
+            std::fs::rename(local, &part).map_err(|e| ClientError::local(local, e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(!opts.resume)
+            .open(&part)
+            .map_err(|e| ClientError::local(&part, e))?;
+        let held = file
+            .metadata()
+            .map_err(|e| ClientError::local(&part, e))?
+            .len();
+        let (file, hasher) = hash_prefix_of(&file, &part, held).await?;
+        let mut start = (file, hasher, held);
+        let ready = match self.request_get(remote, held, &start.1).await {
+            Ok(ready) => ready,
+            Err(ClientError::Remote(e))
+                if held > 0
+                    && matches!(e.code, ErrorCode::PrefixMismatch | ErrorCode::BadRequest) =>
+            {
+                if !opts.overwrite {
+                    if moved {
+                        let _ = std::fs::rename(&part, local);
+                    }
+                    return Err(ClientError::Remote(ErrorReply::new(
+                        ErrorCode::PrefixMismatch,
+                        format!(
+                            "the {held} bytes held locally are not the start of {remote} \
+                             (use get -c -f to download it again)"
+                        ),
+                    )));
+                }
+                let (file, _) = hash_prefix_of(&start.0, &part, 0).await?; // rewound to 0
+                file.set_len(0).map_err(|e| ClientError::local(&part, e))?;
+                start = (file, Md5Hasher::new(), 0);
+                self.request_get(remote, 0, &start.1).await?
             }
-            other => return Err(unexpected("get_ready", &other)),
+            Err(e) => {
+                remove_if_empty(&part);
+                return Err(e);
+            }
         };
-        progress.start(remote, ready.size, ready.offset);
+        let (file, hasher, offset) = start;
+        progress.start(remote, ready.size, offset);
         let result = self
-            .stream_down(file, ready.offset, ready.size, progress)
+            .stream_down(file, offset, ready.size, hasher, progress)
             .await;
         progress.finish();
         let (file, md5) = match result {
             Ok(ok) => ok,
             Err(e) => {
-                let _ = std::fs::remove_file(&part);
+                // Verified bytes stay in the .ftp-part for `get -c`; nothing else is written.
+                remove_if_empty(&part);
                 return Err(e);
             }
         };
@@ -337,14 +390,65 @@ impl Client {
             let _ = file.set_modified(UNIX_EPOCH + Duration::from_secs(mtime.max(0) as u64));
         }
         drop(file);
-        place(&part, local, opts.overwrite)?;
+        place(&part, local, opts.overwrite || opts.resume)?;
         Ok(Summary {
             name: remote.to_owned(),
-            sent: ready.size - ready.offset,
+            sent: ready.size - offset,
             size: ready.size,
             elapsed: started.elapsed(),
             md5,
         })
+    }
+
+    /// Sends `get` from `offset` (with the MD5 of what we hold) and reads the server's answer.
+    async fn request_get(
+        &mut self,
+        remote: &str,
+        offset: u64,
+        held: &Md5Hasher,
+    ) -> Result<protocol::GetReady> {
+        self.send(Message::Get(Get {
+            path: remote.to_owned(),
+            offset,
+            prefix_md5: (offset > 0).then(|| held.clone().finish()),
+        }))
+        .await?;
+        match self.recv().await?.message {
+            Message::GetReady(r) if r.offset == offset && r.offset <= r.size => Ok(r),
+            Message::Error(e) => Err(ClientError::Remote(e)),
+            other => Err(unexpected("get_ready", &other)),
+        }
+    }
+
+    /// Whether the server's `remote` is exactly `local` (size and whole-file MD5), asked as a
+    /// download from the very end: the server checks our MD5 against its whole file.
+    pub async fn same_as_remote(&mut self, local: &Path, remote: &str) -> Result<bool> {
+        let file = File::open(local).map_err(|e| ClientError::local(local, e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| ClientError::local(local, e))?
+            .len();
+        let (_, hasher) = hash_prefix_of(&file, local, size).await?;
+        match self.request_get(remote, size, &hasher).await {
+            Ok(ready) if ready.size == size => {}
+            Ok(_) => {
+                // Larger on the server: drain what it sends and say no.
+                loop {
+                    match self.recv().await?.message {
+                        Message::Chunk(_) => {}
+                        Message::Eof(_) | Message::Abort(_) => return Ok(false),
+                        other => return Err(unexpected("eof", &other)),
+                    }
+                }
+            }
+            Err(ClientError::Remote(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        match self.recv().await?.message {
+            Message::Eof(eof) => Ok(eof.md5 == hasher.finish()),
+            Message::Abort(_) => Ok(false),
+            other => Err(unexpected("eof", &other)),
+        }
     }
 
     async fn stream_down(
@@ -352,10 +456,11 @@ impl Client {
         file: File,
         offset: u64,
         size: u64,
+        hasher: Md5Hasher,
         progress: &mut dyn Progress,
     ) -> Result<(File, Md5Digest)> {
         let (tx, rx) = mpsc::channel::<(ChunkHeader, Bytes)>(PIPELINE_DEPTH);
-        let writer = tokio::task::spawn_blocking(move || write_chunks(file, rx));
+        let writer = tokio::task::spawn_blocking(move || write_chunks(file, hasher, rx));
         let mut expected = offset;
         let mut failure: Option<ClientError> = None;
         let eof = loop {
@@ -376,7 +481,7 @@ impl Client {
                     expected += u64::from(h.len);
                     let n = u64::from(h.len);
                     if tx.send((h, frame.body)).await.is_err() {
-                        // The writer refused a chunk; stop the server and drain.
+                        // The writer refused a chunk (its error says why); stop the server.
                         failure = Some(ClientError::Verify("writer stopped".into()));
                         self.send(Message::Cancel).await?;
                         continue;
@@ -408,7 +513,7 @@ impl Client {
                 "server ended the file at {expected} of {size} bytes"
             )));
         }
-        // Resumed downloads hash the prefix already on disk, so the digest covers the file.
+        // The hasher started with the prefix already on disk, so this covers the whole file.
         if md5 != eof.md5 {
             return Err(ClientError::Verify(format!(
                 "whole-file MD5 is {md5}, server says {}",
@@ -416,6 +521,64 @@ impl Client {
             )));
         }
         Ok((file, md5))
+    }
+}
+
+/// The client's stable name for uploading this file to `remote`: the same file (path, size,
+/// modification time) to the same place gets the same id, so a later `put -c` finds its bytes.
+fn upload_id(local: &Path, meta: &std::fs::Metadata, remote: &str) -> String {
+    let path = std::fs::canonicalize(local).unwrap_or_else(|_| local.to_owned());
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let digest = Md5::new()
+        .chain_update(path.as_os_str().as_encoded_bytes())
+        .chain_update([0])
+        .chain_update(meta.len().to_be_bytes())
+        .chain_update(mtime.to_be_bytes())
+        .chain_update(remote.as_bytes())
+        .finalize();
+    hex::encode(digest)
+}
+
+/// A clone of `file` positioned at `len`, with the MD5 of its first `len` bytes.
+async fn hash_prefix_of(file: &File, path: &Path, len: u64) -> Result<(File, Md5Hasher)> {
+    let mut file = file.try_clone().map_err(|e| ClientError::local(path, e))?;
+    let shown = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Seek, SeekFrom};
+        file.seek(SeekFrom::Start(0))?;
+        let mut hasher = Md5Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            file.read_exact(&mut buf[..want])?;
+            hasher.update(&buf[..want]);
+            left -= want as u64;
+        }
+        Ok((file, hasher))
+    })
+    .await
+    .map_err(|e| ClientError::Protocol(format!("hashing failed: {e}")))?
+    .map_err(|e| ClientError::local(&shown, e))
+}
+
+/// The whole-file MD5 of a local file.
+pub async fn md5_of_file(path: &Path) -> Result<Md5Digest> {
+    let file = File::open(path).map_err(|e| ClientError::local(path, e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| ClientError::local(path, e))?
+        .len();
+    Ok(hash_prefix_of(&file, path, size).await?.1.finish())
+}
+
+fn remove_if_empty(path: &Path) {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -447,32 +610,17 @@ fn place(part: &Path, local: &Path, overwrite: bool) -> Result<()> {
     })
 }
 
-/// Reads and hashes chunks off the reactor; returns the whole-file MD5.
+/// Reads and hashes chunks off the reactor, from `file`'s current position (`offset`);
+/// `whole` already holds the MD5 state of the bytes before it. Returns the whole-file MD5.
 fn read_chunks(
     mut file: File,
     offset: u64,
     size: u64,
     chunk: usize,
+    mut whole: Md5Hasher,
     tx: mpsc::Sender<Result<Frame>>,
 ) -> Md5Digest {
-    use std::io::{Seek, SeekFrom};
-    let mut whole = Md5::new();
-    let mut pos = 0u64;
-    let mut buf = vec![0u8; chunk];
-    // Bytes before the offset are already on the server; hash them for the whole-file MD5.
-    while pos < offset {
-        let want = (offset - pos).min(chunk as u64) as usize;
-        if let Err(e) = file.read_exact(&mut buf[..want]) {
-            let _ = tx.blocking_send(Err(ClientError::Local {
-                path: "local file".into(),
-                source: e,
-            }));
-            return Md5Digest::default();
-        }
-        whole.update(&buf[..want]);
-        pos += want as u64;
-    }
-    let _ = file.seek(SeekFrom::Start(offset));
+    let mut pos = offset;
     while pos < size {
         let want = (size - pos).min(chunk as u64) as usize;
         let mut data = BytesMut::zeroed(want);
@@ -492,32 +640,27 @@ fn read_chunks(
         }
         pos += want as u64;
     }
-    Md5Digest(whole.finalize().into())
+    whole.finish()
 }
 
 /// Verifies each chunk and appends it; returns the file and its whole-file MD5.
 fn write_chunks(
     mut file: File,
+    mut whole: Md5Hasher,
     mut rx: mpsc::Receiver<(ChunkHeader, Bytes)>,
 ) -> Result<(File, Md5Digest)> {
-    let mut whole = Md5Hasher::new();
+    let failed = |source| ClientError::Local {
+        path: "download".into(),
+        source,
+    };
     while let Some((h, body)) = rx.blocking_recv() {
         if Md5Digest::of(&body) != h.md5 {
-            return Err(ClientError::Verify(format!(
-                "chunk at offset {} failed its MD5 check; nothing of it was written",
-                h.offset
-            )));
+            return Err(ClientError::BadChunk { offset: h.offset });
         }
-        file.write_all(&body).map_err(|e| ClientError::Local {
-            path: "download".into(),
-            source: e,
-        })?;
+        file.write_all(&body).map_err(failed)?;
         whole.update(&body);
     }
-    file.sync_all().map_err(|e| ClientError::Local {
-        path: "download".into(),
-        source: e,
-    })?;
+    file.sync_all().map_err(failed)?;
     Ok((file, whole.finish()))
 }
 

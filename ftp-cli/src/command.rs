@@ -10,12 +10,14 @@ pub enum Command {
         local: String,
         remote: Option<String>,
         force: bool,
+        resume: bool,
     },
     /// Download a remote file.
     Get {
         remote: String,
         local: Option<String>,
         force: bool,
+        resume: bool,
     },
     /// Show help, for every command or one.
     Help(Option<String>),
@@ -27,16 +29,36 @@ pub enum Command {
 pub const COMMANDS: &[(&str, &str, &str)] = &[
     (
         "put",
-        "put [-f] LOCAL [REMOTE]",
-        "upload LOCAL (to REMOTE, default its file name); -f replaces an existing remote file",
+        "put [-f] [-c] LOCAL [REMOTE]",
+        "upload LOCAL (to REMOTE, default its file name); -f replaces an existing remote file, \
+         -c continues an interrupted upload",
     ),
     (
         "get",
-        "get [-f] REMOTE [LOCAL]",
-        "download REMOTE (to LOCAL, default its file name here); -f replaces an existing local file",
+        "get [-f] [-c] REMOTE [LOCAL]",
+        "download REMOTE (to LOCAL, default its file name here); -f replaces an existing local \
+         file, -c continues a partial download (with -f: starts over if it does not match)",
     ),
-    ("help", "help [COMMAND]", "list the commands, or explain one"),
-    ("quit", "quit | exit | Ctrl-D", "close the connection and leave"),
+    (
+        "reput",
+        "reput LOCAL [REMOTE]",
+        "put -c: continue an interrupted upload",
+    ),
+    (
+        "reget",
+        "reget REMOTE [LOCAL]",
+        "get -c: continue a partial download",
+    ),
+    (
+        "help",
+        "help [COMMAND]",
+        "list the commands, or explain one",
+    ),
+    (
+        "quit",
+        "quit | exit | Ctrl-D",
+        "close the connection and leave",
+    ),
 ];
 
 /// The help text for one command, or all of them.
@@ -122,12 +144,15 @@ pub fn parse_words(words: &[String]) -> Result<Command, ClientError> {
         .ok_or_else(|| ClientError::Usage("empty command".into()))?;
     let bad = |why: &str| ClientError::Usage(format!("{name}: {why}; usage: {}", usage_of(name)));
     let mut force = false;
+    let mut resume = matches!(name.as_str(), "reput" | "reget");
     let mut args = Vec::new();
     let mut flags_done = false;
     for w in rest {
         match w.as_str() {
             "--" if !flags_done => flags_done = true,
             "-f" | "--force" if !flags_done => force = true,
+            "-c" | "--continue" if !flags_done => resume = true,
+            "-fc" | "-cf" if !flags_done => (force, resume) = (true, true),
             f if !flags_done && f.starts_with('-') && f.len() > 1 => {
                 return Err(bad(&format!("unknown option {f}")))
             }
@@ -135,34 +160,26 @@ pub fn parse_words(words: &[String]) -> Result<Command, ClientError> {
         }
     }
     let no_flags = |cmd: Command| {
-        if force {
-            Err(bad("takes no -f"))
+        if force || resume {
+            Err(bad("takes no options"))
         } else {
             Ok(cmd)
         }
     };
     match (name.as_str(), args.as_slice()) {
-        ("put", [local]) => Ok(Command::Put {
+        ("put" | "reput", [local, rest @ ..]) if rest.len() <= 1 => Ok(Command::Put {
             local: local.clone(),
-            remote: None,
+            remote: rest.first().cloned(),
             force,
+            resume,
         }),
-        ("put", [local, remote]) => Ok(Command::Put {
-            local: local.clone(),
-            remote: Some(remote.clone()),
-            force,
-        }),
-        ("get", [remote]) => Ok(Command::Get {
+        ("get" | "reget", [remote, rest @ ..]) if rest.len() <= 1 => Ok(Command::Get {
             remote: remote.clone(),
-            local: None,
+            local: rest.first().cloned(),
             force,
+            resume,
         }),
-        ("get", [remote, local]) => Ok(Command::Get {
-            remote: remote.clone(),
-            local: Some(local.clone()),
-            force,
-        }),
-        ("put" | "get", _) => Err(bad("wrong number of arguments")),
+        ("put" | "get" | "reput" | "reget", _) => Err(bad("wrong number of arguments")),
         ("help" | "?", []) => no_flags(Command::Help(None)),
         ("help" | "?", [topic]) => no_flags(Command::Help(Some(topic.clone()))),
         ("help" | "?", _) => Err(bad("too many arguments")),
@@ -183,6 +200,7 @@ mod tests {
             local: local.into(),
             remote: remote.map(Into::into),
             force,
+            resume: false,
         }
     }
 
@@ -191,7 +209,16 @@ mod tests {
             remote: remote.into(),
             local: local.map(Into::into),
             force,
+            resume: false,
         }
+    }
+
+    fn resumed(mut c: Command) -> Command {
+        match &mut c {
+            Command::Put { resume, .. } | Command::Get { resume, .. } => *resume = true,
+            _ => {}
+        }
+        c
     }
 
     #[test]
@@ -217,6 +244,17 @@ mod tests {
             ("put ünï\\ cødé", Ok(vec![put("ünï cødé", None, false)])),
             ("  ;; ;", Ok(vec![])),
             ("", Ok(vec![])),
+            ("put -c a b", Ok(vec![resumed(put("a", Some("b"), false))])),
+            ("reput a", Ok(vec![resumed(put("a", None, false))])),
+            ("get -c x", Ok(vec![resumed(get("x", None, false))])),
+            (
+                "get -c -f x y",
+                Ok(vec![resumed(get("x", Some("y"), true))]),
+            ),
+            ("get -cf x", Ok(vec![resumed(get("x", None, true))])),
+            ("reget x y", Ok(vec![resumed(get("x", Some("y"), false))])),
+            ("reget", Err("wrong number")),
+            ("help -c", Err("takes no options")),
             ("help", Ok(vec![Command::Help(None)])),
             ("help get", Ok(vec![Command::Help(Some("get".into()))])),
             ("quit", Ok(vec![Command::Quit])),

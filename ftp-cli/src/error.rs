@@ -19,6 +19,8 @@ pub enum ClientError {
     },
     #[error("{0}")]
     LocalExists(String),
+    #[error("chunk at offset {offset} failed its MD5 check; nothing of it was written")]
+    BadChunk { offset: u64 },
     #[error("verification failed: {0}")]
     Verify(String),
     #[error("protocol error: {0}")]
@@ -33,7 +35,27 @@ impl ClientError {
             ClientError::Connect { .. } | ClientError::ConnectionLost(_) => 3,
             ClientError::Remote(_) => 5,
             ClientError::Local { .. } | ClientError::LocalExists(_) => 6,
-            ClientError::Verify(_) | ClientError::Protocol(_) => 7,
+            ClientError::BadChunk { .. } | ClientError::Verify(_) | ClientError::Protocol(_) => 7,
+        }
+    }
+
+    /// Whether reconnecting and resuming from the last verified byte can cure this: the link
+    /// failed or garbled data, not the request itself.
+    pub fn is_retriable(&self) -> bool {
+        use protocol::ErrorCode;
+        match self {
+            ClientError::Connect { .. }
+            | ClientError::ConnectionLost(_)
+            | ClientError::Protocol(_)
+            | ClientError::BadChunk { .. } => true,
+            ClientError::Remote(e) => matches!(
+                e.code,
+                ErrorCode::ChecksumMismatch | ErrorCode::Timeout | ErrorCode::Busy
+            ),
+            ClientError::Usage(_)
+            | ClientError::Local { .. }
+            | ClientError::LocalExists(_)
+            | ClientError::Verify(_) => false,
         }
     }
 

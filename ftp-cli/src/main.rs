@@ -36,6 +36,11 @@ struct Args {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     timeout: Duration,
 
+    /// How often a transfer whose connection fails, stalls or delivers a damaged chunk is
+    /// resumed (after reconnecting) before the command fails.
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+
     /// No progress bars.
     #[arg(short, long)]
     quiet: bool,
@@ -55,7 +60,12 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<(), ClientError> {
     let interactive =
         args.commands.is_none() && args.batch.is_none() && std::io::stdin().is_terminal();
-    let mut app = App::new(&args.host, args.timeout, interactive && !args.quiet)?;
+    let mut app = App::new(
+        &args.host,
+        args.timeout,
+        args.retries,
+        interactive && !args.quiet,
+    )?;
     let result = if let Some(cmds) = args.commands {
         app.connect()
             .and_then(|()| repl::run_script(&mut app, std::iter::once(Ok(cmds))))

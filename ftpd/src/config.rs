@@ -38,6 +38,11 @@ pub struct Config {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Staged bytes of an interrupted upload are kept this long for `put -c` to resume, then
+    /// removed (checked at startup and every hour).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub staging_max_age: Duration,
+
     /// Chunk size for downloads, in bytes (capped by what the client accepts).
     #[arg(long, default_value_t = protocol::DEFAULT_CHUNK,
           value_parser = clap::value_parser!(u32).range(1..=protocol::MAX_BODY as i64))]

@@ -18,6 +18,9 @@ use crate::session::Session;
 use crate::shutdown::Shutdown;
 use crate::Config;
 
+/// How often abandoned staged uploads are looked for.
+const STAGING_SWEEP_PERIOD: Duration = Duration::from_secs(3600);
+
 /// A daemon ready to serve: its root is open and checked.
 pub struct Server {
     root: Root,
@@ -40,6 +43,7 @@ impl Server {
     /// Opens the storage root named by `config`; fails when it is missing or not writable.
     pub fn new(config: Config) -> Result<Server, storage::Error> {
         let root = Root::open(&config.root)?;
+        sweep(&root, config.staging_max_age);
         Ok(Server {
             root,
             config: Arc::new(config),
@@ -52,6 +56,11 @@ impl Server {
         let (notify, _) = broadcast::channel(1);
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let slots = Arc::new(Semaphore::new(self.config.max_connections));
+        let sweeper = tokio::spawn(sweep_every(
+            self.root.clone(),
+            self.config.staging_max_age,
+            STAGING_SWEEP_PERIOD.min(self.config.staging_max_age.max(Duration::from_secs(1))),
+        ));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -88,6 +97,7 @@ impl Server {
             });
         }
         drop(listener);
+        sweeper.abort();
         info!("shutting down: no new connections");
         let _ = notify.send(());
         drop(done_tx);
@@ -106,4 +116,23 @@ async fn refuse(stream: TcpStream, peer: SocketAddr, why: &str) {
     let mut w = FramedWrite::new(stream, FrameCodec::new());
     let reply = ErrorReply::new(ErrorCode::Busy, format!("server busy: {why}"));
     let _ = tokio::time::timeout(Duration::from_secs(2), w.send(Message::Error(reply))).await;
+}
+
+/// Removes staged uploads older than `max_age`, logging what it did.
+fn sweep(root: &Root, max_age: Duration) {
+    match root.sweep_staging(max_age) {
+        Ok(0) => {}
+        Ok(n) => info!(removed = n, "removed abandoned staged uploads"),
+        Err(e) => warn!("cannot sweep staged uploads: {e}"),
+    }
+}
+
+async fn sweep_every(root: Root, max_age: Duration, period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.tick().await; // the first tick is immediate; startup already swept
+    loop {
+        tick.tick().await;
+        let root = root.clone();
+        let _ = tokio::task::spawn_blocking(move || sweep(&root, max_age)).await;
+    }
 }

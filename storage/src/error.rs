@@ -19,7 +19,7 @@ pub enum Error {
     IsDirectory(String),
     #[error("{0}: not a regular file")]
     NotAFile(String),
-    #[error("{path}: the upload is already in progress on another connection")]
+    #[error("{path}: a newer attempt at the same upload took over")]
     Busy { path: String },
     #[error("{path}: {what}")]
     Mismatch {

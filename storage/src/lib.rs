@@ -11,7 +11,7 @@ mod error;
 mod path;
 mod upload;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -40,8 +40,9 @@ struct Inner {
     staging: Dir,
     /// The root's host path, for log lines only.
     host_path: PathBuf,
-    /// Staged uploads open right now, so the same upload never runs twice at once.
-    active: Mutex<HashSet<String>>,
+    /// Staged uploads open right now, by staging name, so that a newer attempt at the same
+    /// upload (a client that reconnected) takes over from the older one instead of mixing in.
+    active: Mutex<HashMap<String, Arc<upload::Lease>>>,
 }
 
 /// A file opened for reading, with what a client is told about it.
@@ -76,7 +77,7 @@ impl Root {
                 dir,
                 staging,
                 host_path: path.to_owned(),
-                active: Mutex::new(HashSet::new()),
+                active: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -110,6 +111,35 @@ impl Root {
             size: meta.len(),
             mtime,
         })
+    }
+
+    /// Removes staged uploads untouched for longer than `max_age` (abandoned, never resumed).
+    /// Returns how many were removed.
+    pub fn sweep_staging(&self, max_age: std::time::Duration) -> Result<usize> {
+        let shown = "staging directory";
+        let active = self.inner.active.lock().unwrap();
+        let mut removed = 0;
+        for entry in self
+            .inner
+            .staging
+            .entries()
+            .map_err(|e| Error::io(shown, "list", e))?
+        {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if active.contains_key(&name) {
+                continue;
+            }
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| t.into_std().elapsed().unwrap_or_default() > max_age)
+                .unwrap_or(false);
+            if old && self.inner.staging.remove_file(&name).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Starts (or resumes) a staged upload to `path`; see [`Upload`].

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use md5::{Digest as _, Md5};
 use protocol::{ErrorCode, Md5Digest, Md5Hasher};
@@ -37,10 +38,19 @@ pub struct Upload {
     hasher: Md5Hasher,
     /// Whether the staged bytes outlive this value (uploads with an id can be resumed).
     keep: bool,
+    /// This attempt's claim on the staging file.
+    lease: Arc<Lease>,
     committed: bool,
 }
 
 static ANON: AtomicU64 = AtomicU64::new(0);
+
+/// One upload's claim on its staging file. A newer attempt at the same upload sets
+/// `superseded` while holding the lock, so the older attempt never writes again after that.
+#[derive(Default)]
+pub(crate) struct Lease {
+    superseded: Mutex<bool>,
+}
 
 fn valid_upload_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
@@ -92,17 +102,26 @@ impl Upload {
                 false,
             ),
         };
-        if !root.inner.active.lock().unwrap().insert(staged.clone()) {
-            return Err(Error::Busy { path: shown });
+        let lease = Arc::new(Lease::default());
+        let older = root
+            .inner
+            .active
+            .lock()
+            .unwrap()
+            .insert(staged.clone(), lease.clone());
+        if let Some(older) = older {
+            // Waits for a write in flight, then the older attempt stops for good.
+            *older.superseded.lock().unwrap() = true;
         }
         let mut upload = Upload {
             file: match open_staged(&root, &staged, req.resume) {
                 Ok(f) => f,
                 Err(e) => {
-                    root.inner.active.lock().unwrap().remove(&staged);
+                    release(&root, &staged, &lease);
                     return Err(Error::io(&shown, "create staging file for", e));
                 }
             },
+            lease,
             root,
             target: target.clone(),
             staged,
@@ -175,9 +194,15 @@ impl Upload {
                 code: ErrorCode::TooLarge,
             });
         }
-        self.file
-            .write_all(data)
-            .map_err(|e| Error::io(&self.target.to_string(), "write", e))?;
+        let lease = self.lease.clone();
+        let superseded = lease.superseded.lock().unwrap();
+        if *superseded {
+            return Err(self.superseded());
+        }
+        if let Err(e) = self.file.write_all(data) {
+            return Err(self.failed(Error::io(&self.target.to_string(), "write", e)));
+        }
+        drop(superseded);
         self.hasher.update(data);
         self.written += data.len() as u64;
         Ok(())
@@ -217,9 +242,14 @@ impl Upload {
                 code: ErrorCode::ChecksumMismatch,
             });
         }
-        self.file
-            .sync_all()
-            .map_err(|e| Error::io(&shown, "sync", e))?;
+        let lease = self.lease.clone();
+        let superseded = lease.superseded.lock().unwrap();
+        if *superseded {
+            return Err(self.superseded());
+        }
+        if let Err(e) = self.file.sync_all() {
+            return Err(self.failed(Error::io(&shown, "sync", e)));
+        }
         let inner = &self.root.inner;
         let placed = if overwrite {
             inner
@@ -234,6 +264,7 @@ impl Upload {
         };
         placed.map_err(|e| Error::io(&shown, "move into place", e))?;
         self.committed = true;
+        drop(superseded);
         let (parent, _) = self
             .target
             .split_last()
@@ -242,6 +273,31 @@ impl Upload {
             let _ = d.into_std_file().sync_all();
         }
         Ok(actual)
+    }
+}
+
+impl Upload {
+    /// The newer attempt owns the staged bytes now (see `Drop`, which leaves them alone).
+    fn superseded(&self) -> Error {
+        Error::Busy {
+            path: self.target.to_string(),
+        }
+    }
+
+    /// A full disk gives its space back: the staged bytes are removed, not kept for resume.
+    fn failed(&mut self, e: Error) -> Error {
+        if let Error::NoSpace { .. } = e {
+            self.keep = false;
+        }
+        e
+    }
+}
+
+/// Forgets `lease` as the active attempt, unless a newer attempt took its place.
+fn release(root: &Root, staged: &str, lease: &Arc<Lease>) {
+    let mut active = root.inner.active.lock().unwrap();
+    if active.get(staged).is_some_and(|l| Arc::ptr_eq(l, lease)) {
+        active.remove(staged);
     }
 }
 
@@ -256,10 +312,11 @@ fn open_staged(root: &Root, name: &str, resume: bool) -> std::io::Result<File> {
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        if !self.committed && !self.keep {
+        let superseded = *self.lease.superseded.lock().unwrap();
+        if !self.committed && !self.keep && !superseded {
             let _ = self.root.inner.staging.remove_file(&self.staged);
         }
-        self.root.inner.active.lock().unwrap().remove(&self.staged);
+        release(&self.root, &self.staged, &self.lease);
     }
 }
 

@@ -108,16 +108,46 @@ fn resume_continues_staged_bytes_with_the_same_id() {
     assert_eq!(root.begin_upload(&p("a"), &other).unwrap().offset(), 0);
 }
 
+/// A client that reconnects while the daemon still holds its old, stalled connection must be
+/// able to resume; the old attempt must never write again, nor remove the staged bytes.
 #[test]
-fn the_same_upload_cannot_run_twice_at_once() {
-    let (_dir, root) = setup();
+fn a_newer_attempt_at_the_same_upload_supersedes_the_older() {
+    let (dir, root) = setup();
     let mut r = req(6);
     r.upload_id = Some("same".into());
-    let _first = root.begin_upload(&p("a"), &r).unwrap();
-    assert!(matches!(
-        root.begin_upload(&p("a"), &r),
-        Err(Error::Busy { .. })
-    ));
+    let mut older = root.begin_upload(&p("a"), &r).unwrap();
+    older.write(b"abc").unwrap();
+    r.resume = true;
+    let mut newer = root.begin_upload(&p("a"), &r).unwrap();
+    assert_eq!(newer.offset(), 3);
+    assert!(matches!(older.write(b"XXX"), Err(Error::Busy { .. })));
+    // The older attempt ends (and is dropped) without touching the newer one's bytes.
+    assert!(older.commit(Md5Digest::of(b"abc"), false).is_err());
+    newer.write(b"def").unwrap();
+    newer.commit(Md5Digest::of(b"abcdef"), false).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"abcdef");
+}
+
+#[test]
+fn sweep_removes_only_old_idle_staged_uploads() {
+    let (dir, root) = setup();
+    let mut r = req(6);
+    r.upload_id = Some("kept".into());
+    let mut up = root.begin_upload(&p("a"), &r).unwrap();
+    up.write(b"abc").unwrap();
+    // Still active: never swept, however old.
+    assert_eq!(root.sweep_staging(std::time::Duration::ZERO).unwrap(), 0);
+    drop(up);
+    assert_eq!(
+        root.sweep_staging(std::time::Duration::from_secs(3600))
+            .unwrap(),
+        0
+    );
+    assert_eq!(root.sweep_staging(std::time::Duration::ZERO).unwrap(), 1);
+    let left: Vec<_> = std::fs::read_dir(dir.path().join(".ftpd/staging"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty());
 }
 
 #[test]
