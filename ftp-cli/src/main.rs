@@ -15,7 +15,6 @@ use ftp_cli::repl;
 #[command(
     name = "ftp-cli",
     version,
-    about,
     after_help = "Exit status: 0 success; 2 usage error; 3 cannot connect or connection lost; \
                   5 the server refused a command; 6 local file error; 7 verification or \
                   protocol failure."

@@ -8,7 +8,7 @@ use clap::Parser;
 
 /// Serve one directory to ftp-cli clients over the ftpd protocol (docs/PROTOCOL.md).
 #[derive(Parser, Debug, Clone)]
-#[command(name = "ftpd", version, about)]
+#[command(name = "ftpd", version)]
 pub struct Config {
     /// Directory to serve; uploads are staged in its private `.ftpd` subdirectory.
     #[arg(long, env = "FTPD_ROOT")]
@@ -19,8 +19,21 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Most connections served at once; more are refused with a `busy` error.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 512)]
     pub max_connections: usize,
+
+    /// Most connections from one IP address at once; more are refused with a `busy` error.
+    #[arg(long, default_value_t = 64)]
+    pub max_connections_per_ip: usize,
+
+    /// Largest file an upload may create (e.g. 10G, 500MiB); none by default.
+    #[arg(long, value_parser = parse_bytes)]
+    pub max_file_size: Option<u64>,
+
+    /// Most bytes all files in the root may take together (e.g. 100G); none by default.
+    /// Uploads that would go over it are refused before any byte is sent.
+    #[arg(long, value_parser = parse_bytes)]
+    pub quota: Option<u64>,
 
     /// Time a new client has to complete the hello exchange.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -56,4 +69,11 @@ impl Config {
         c.root = root.into();
         c
     }
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|e| format!("{e} (try 500M, 10G or a number of bytes)"))
 }

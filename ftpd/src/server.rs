@@ -1,9 +1,12 @@
 //! The accept loop: a task per connection, a cap on how many, and graceful shutdown.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::SinkExt;
@@ -42,7 +45,11 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 impl Server {
     /// Opens the storage root named by `config`; fails when it is missing or not writable.
     pub fn new(config: Config) -> Result<Server, storage::Error> {
-        let root = Root::open(&config.root)?;
+        let limits = storage::Limits {
+            max_file_size: config.max_file_size,
+            quota: config.quota,
+        };
+        let root = Root::open_with_limits(&config.root, limits)?;
         sweep(&root, config.staging_max_age);
         Ok(Server {
             root,
@@ -56,6 +63,7 @@ impl Server {
         let (notify, _) = broadcast::channel(1);
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let slots = Arc::new(Semaphore::new(self.config.max_connections));
+        let per_ip = Arc::new(Mutex::new(HashMap::new()));
         let sweeper = tokio::spawn(sweep_every(
             self.root.clone(),
             self.config.staging_max_age,
@@ -79,6 +87,15 @@ impl Server {
                 tokio::spawn(refuse(stream, peer, "too many connections"));
                 continue;
             };
+            let Some(per_ip) = PerIp::claim(&per_ip, peer.ip(), self.config.max_connections_per_ip)
+            else {
+                tokio::spawn(refuse(
+                    stream,
+                    peer,
+                    "too many connections from your address",
+                ));
+                continue;
+            };
             let session = Session::new(
                 stream,
                 peer,
@@ -93,6 +110,7 @@ impl Server {
                     error!(%peer, "session task failed: {e}; connection closed");
                 }
                 drop(permit);
+                drop(per_ip);
                 drop(done);
             });
         }
@@ -110,6 +128,39 @@ impl Server {
     }
 }
 
+/// One connection's place in the count of connections from its IP address.
+struct PerIp {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn claim(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<Self> {
+        let mut map = counts.lock().unwrap();
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PerIp {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIp {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Tells a client it cannot be served right now, then closes.
 async fn refuse(stream: TcpStream, peer: SocketAddr, why: &str) {
     info!(%peer, reason = why, "connection refused");
@@ -120,6 +171,7 @@ async fn refuse(stream: TcpStream, peer: SocketAddr, why: &str) {
 
 /// Removes staged uploads older than `max_age`, logging what it did.
 fn sweep(root: &Root, max_age: Duration) {
+    root.recount_usage();
     match root.sweep_staging(max_age) {
         Ok(0) => {}
         Ok(n) => info!(removed = n, "removed abandoned staged uploads"),

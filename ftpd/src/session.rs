@@ -49,7 +49,7 @@ impl Session {
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
         Session {
-            reader: FramedRead::with_capacity(r, FrameCodec::new(), 256 * 1024),
+            reader: FramedRead::new(r, FrameCodec::new()),
             writer: FramedWrite::new(w, FrameCodec::new()),
             peer,
             root,

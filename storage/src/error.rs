@@ -27,6 +27,8 @@ pub enum Error {
         what: String,
         code: ErrorCode,
     },
+    #[error("{path}: {what}")]
+    TooLarge { path: String, what: String },
     #[error("{path}: no space left on the server")]
     NoSpace { path: String },
     #[error("{path}: {op} failed: {source}")]
@@ -52,6 +54,7 @@ impl Error {
             Error::Busy { .. } => ErrorCode::Busy,
             Error::Mismatch { code, .. } => *code,
             Error::NoSpace { .. } => ErrorCode::NoSpace,
+            Error::TooLarge { .. } => ErrorCode::TooLarge,
             Error::Io { .. } => ErrorCode::Io,
         }
     }

@@ -27,6 +27,22 @@ pub use upload::{Upload, UploadRequest};
 /// Where staged uploads live, under [`PRIVATE_DIR`].
 const STAGING_DIR: &str = ".ftpd/staging";
 
+/// Size limits the root enforces on uploads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Largest file an upload may create.
+    pub max_file_size: Option<u64>,
+    /// Most bytes all files in the root may take together, uploads in progress included.
+    pub quota: Option<u64>,
+}
+
+/// Bytes in the root, and bytes promised to uploads in progress.
+#[derive(Debug, Default)]
+struct Usage {
+    used: u64,
+    reserved: u64,
+}
+
 /// An open storage root. Cloning is cheap; clones share the same directory handles.
 #[derive(Clone)]
 pub struct Root {
@@ -40,6 +56,10 @@ struct Inner {
     staging: Dir,
     /// The root's host path, for log lines only.
     host_path: PathBuf,
+    /// Upload size limits.
+    limits: Limits,
+    /// What the files in the root take, for the quota (counted only when there is one).
+    usage: Mutex<Usage>,
     /// Staged uploads open right now, by staging name, so that a newer attempt at the same
     /// upload (a client that reconnected) takes over from the older one instead of mixing in.
     active: Mutex<HashMap<String, Arc<upload::Lease>>>,
@@ -58,6 +78,11 @@ impl Root {
     /// Opens `path` as a storage root, creating its private staging directory. Fails when the
     /// root is missing, not a directory, or not writable.
     pub fn open(path: &Path) -> Result<Root> {
+        Self::open_with_limits(path, Limits::default())
+    }
+
+    /// Like [`Root::open`], enforcing `limits` on uploads.
+    pub fn open_with_limits(path: &Path, limits: Limits) -> Result<Root> {
         let shown = path.display().to_string();
         let dir = Dir::open_ambient_dir(path, ambient_authority())
             .map_err(|e| Error::io(&shown, "open storage root", e))?;
@@ -72,14 +97,66 @@ impl Root {
             .create(&probe)
             .and_then(|_| staging.remove_file(&probe))
             .map_err(|e| Error::io(&shown, "write to", e))?;
-        Ok(Root {
+        let root = Root {
             inner: Arc::new(Inner {
                 dir,
                 staging,
                 host_path: path.to_owned(),
+                limits,
+                usage: Mutex::new(Usage::default()),
                 active: Mutex::new(HashMap::new()),
             }),
-        })
+        };
+        root.recount_usage();
+        Ok(root)
+    }
+
+    /// Counts what the files in the root take, when there is a quota to check against. Run at
+    /// startup and with every sweep, so changes made outside the daemon are noticed.
+    pub fn recount_usage(&self) {
+        if self.inner.limits.quota.is_none() {
+            return;
+        }
+        let used = tree_size(&self.inner.dir, true);
+        self.inner.usage.lock().unwrap().used = used;
+    }
+
+    /// Checks an upload of `size` bytes against the limits and reserves `grow` bytes of quota.
+    pub(crate) fn reserve(&self, path: &VPath, size: u64, grow: u64) -> Result<()> {
+        let limits = self.inner.limits;
+        let too_large = |what: String| Error::TooLarge {
+            path: path.to_string(),
+            what,
+        };
+        if let Some(max) = limits.max_file_size {
+            if size > max {
+                return Err(too_large(format!(
+                    "{size} bytes is over the server's largest file size of {max} bytes"
+                )));
+            }
+        }
+        if let Some(quota) = limits.quota {
+            let mut usage = self.inner.usage.lock().unwrap();
+            if usage.used + usage.reserved + grow > quota {
+                return Err(too_large(format!(
+                    "storing {grow} more bytes would exceed the server's quota of {quota} bytes"
+                )));
+            }
+            usage.reserved += grow;
+        }
+        Ok(())
+    }
+
+    /// Gives back a reservation; `stored` is what the root grew by, if the upload was committed.
+    pub(crate) fn settle(&self, reserved: u64, stored: Option<i128>) {
+        if self.inner.limits.quota.is_none() {
+            return;
+        }
+        let mut usage = self.inner.usage.lock().unwrap();
+        usage.reserved -= reserved;
+        if let Some(delta) = stored {
+            usage.used = (i128::from(usage.used) + delta).max(0) as u64;
+        }
     }
 
     pub fn host_path(&self) -> &Path {
@@ -146,4 +223,25 @@ impl Root {
     pub fn begin_upload(&self, path: &VPath, req: &UploadRequest) -> Result<Upload> {
         Upload::begin(self.clone(), path, req)
     }
+}
+
+/// Bytes taken by regular files under `dir`, symlinks not followed; the private directory is
+/// skipped at the top.
+fn tree_size(dir: &Dir, top: bool) -> u64 {
+    let Ok(entries) = dir.entries() else { return 0 };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let Ok(ft) = entry.file_type() else { continue };
+        if ft.is_dir() {
+            if top && entry.file_name() == PRIVATE_DIR {
+                continue;
+            }
+            if let Ok(sub) = entry.open_dir() {
+                total += tree_size(&sub, false);
+            }
+        } else if ft.is_file() {
+            total += entry.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    total
 }

@@ -40,6 +40,10 @@ pub struct Upload {
     keep: bool,
     /// This attempt's claim on the staging file.
     lease: Arc<Lease>,
+    /// Size of the file this upload will replace, for the quota's count.
+    replaced: u64,
+    /// Bytes of quota held for this upload until it ends.
+    reserved: u64,
     committed: bool,
 }
 
@@ -78,6 +82,10 @@ impl Upload {
             Ok(_) => return Err(Error::NotFound(parent.to_string())),
             Err(e) => return Err(Error::io(&parent.to_string(), "stat", e)),
         }
+        let replaced = match dir.metadata(target.rel()) {
+            Ok(m) if m.is_file() => m.len(),
+            _ => 0,
+        };
         let (staged, keep) = match &req.upload_id {
             Some(id) if valid_upload_id(id) => {
                 // The key binds the id to the target, so one client's id never meets another path.
@@ -102,6 +110,9 @@ impl Upload {
                 false,
             ),
         };
+        // Replacing a file grows the root only by the difference.
+        let reserved = req.size.saturating_sub(replaced);
+        root.reserve(target, req.size, reserved)?;
         let lease = Arc::new(Lease::default());
         let older = root
             .inner
@@ -118,10 +129,13 @@ impl Upload {
                 Ok(f) => f,
                 Err(e) => {
                     release(&root, &staged, &lease);
+                    root.settle(reserved, None);
                     return Err(Error::io(&shown, "create staging file for", e));
                 }
             },
             lease,
+            replaced,
+            reserved,
             root,
             target: target.clone(),
             staged,
@@ -317,6 +331,10 @@ impl Drop for Upload {
             let _ = self.root.inner.staging.remove_file(&self.staged);
         }
         release(&self.root, &self.staged, &self.lease);
+        let grew = self
+            .committed
+            .then(|| i128::from(self.size) - i128::from(self.replaced));
+        self.root.settle(self.reserved, grew);
     }
 }
 

@@ -188,3 +188,55 @@ fn symlinks_out_of_the_root_are_refused() {
     std::os::unix::fs::symlink("real", dir.path().join("inside")).unwrap();
     assert_eq!(root.open_read(&p("inside")).unwrap().size, 2);
 }
+
+#[test]
+fn max_file_size_is_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = storage::Limits {
+        max_file_size: Some(10),
+        quota: None,
+    };
+    let root = Root::open_with_limits(dir.path(), limits).unwrap();
+    let err = root.begin_upload(&p("big"), &req(11)).unwrap_err();
+    assert_eq!(err.code(), protocol::ErrorCode::TooLarge, "{err}");
+    assert!(root.begin_upload(&p("ok"), &req(10)).is_ok());
+}
+
+#[test]
+fn quota_counts_existing_files_uploads_in_flight_and_replacements() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    std::fs::write(dir.path().join("d/old"), [0u8; 40]).unwrap();
+    let limits = storage::Limits {
+        max_file_size: None,
+        quota: Some(100),
+    };
+    let root = Root::open_with_limits(dir.path(), limits).unwrap();
+    // 40 used: 60 fit, 61 do not.
+    assert!(root.begin_upload(&p("a"), &req(61)).is_err());
+    let mut a = root.begin_upload(&p("a"), &req(30)).unwrap();
+    // 40 used + 30 reserved: another 31 do not fit while `a` is in flight.
+    assert!(root.begin_upload(&p("b"), &req(31)).is_err());
+    a.write(&[1u8; 30]).unwrap();
+    a.commit(Md5Digest::of(&[1u8; 30]), false).unwrap();
+    assert!(root.begin_upload(&p("b"), &req(31)).is_err());
+    assert!(root.begin_upload(&p("b"), &req(30)).is_ok());
+    // Replacing the 40-byte file grows the root only by the difference: 71 bytes would be 31
+    // more, one too many; 40 bytes are none more.
+    let mut r = req(71);
+    r.overwrite = true;
+    assert!(root.begin_upload(&p("d/old"), &r).is_err());
+    let mut r = req(40);
+    r.overwrite = true;
+    let mut up = root.begin_upload(&p("d/old"), &r).unwrap();
+    up.write(&[2u8; 40]).unwrap();
+    up.commit(Md5Digest::of(&[2u8; 40]), true).unwrap();
+    assert!(
+        root.begin_upload(&p("c"), &req(31)).is_err(),
+        "70 used, 30 free"
+    );
+    assert!(
+        root.begin_upload(&p("c"), &req(30)).is_ok(),
+        "70 used, 30 free"
+    );
+}
