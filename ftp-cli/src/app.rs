@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use indicatif::HumanBytes;
 
-use crate::client::{Client, NoProgress, Progress, Summary, TransferOptions};
+use crate::client::{Client, Credentials, NoProgress, Progress, Summary, TransferOptions};
 use crate::command::{self, Command};
 use crate::error::{ClientError, Result};
 use crate::progress::Bar;
@@ -63,10 +63,18 @@ pub struct App {
     bars: bool,
     /// How often a failed transfer is resumed before the command fails.
     retries: u32,
+    /// Who to log in as, when the server has users.
+    creds: Option<Credentials>,
 }
 
 impl App {
-    pub fn new(addr: &str, timeout: Duration, retries: u32, bars: bool) -> Result<App> {
+    pub fn new(
+        addr: &str,
+        timeout: Duration,
+        retries: u32,
+        creds: Option<Credentials>,
+        bars: bool,
+    ) -> Result<App> {
         let runtime = tokio::runtime::Runtime::new()
             .map_err(|e| ClientError::Usage(format!("cannot start the async runtime: {e}")))?;
         Ok(App {
@@ -76,20 +84,26 @@ impl App {
             timeout,
             bars: bars && std::io::stderr().is_terminal(),
             retries,
+            creds,
         })
     }
 
-    /// The server's address for prompts.
-    pub fn addr(&self) -> &str {
-        &self.addr
+    /// The server's address for prompts, with the user when there is one.
+    pub fn addr(&self) -> String {
+        match &self.creds {
+            Some(c) => format!("{}@{}", c.user, self.addr),
+            None => self.addr.clone(),
+        }
     }
 
     /// Connects now (a session's first act); later commands reconnect if the link was lost.
     pub fn connect(&mut self) -> Result<()> {
         if self.client.is_none() {
-            let client = self
-                .runtime
-                .block_on(Client::connect(&self.addr, self.timeout))?;
+            let client = self.runtime.block_on(Client::connect(
+                &self.addr,
+                self.timeout,
+                self.creds.as_ref(),
+            ))?;
             self.client = Some(client);
         }
         Ok(())

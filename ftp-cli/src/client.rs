@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use md5::{Digest as _, Md5};
+use protocol::auth::{self, Role};
 use protocol::{
     ChunkHeader, Eof, ErrorCode, ErrorReply, Frame, FrameCodec, Get, Hello, Md5Digest, Md5Hasher,
     Message, Put, VERSION,
@@ -66,6 +67,19 @@ pub struct TransferOptions {
     pub resume: bool,
 }
 
+/// A user name and the secret shared with the server. `Debug` never shows the secret.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, ***)", self.user)
+    }
+}
+
 /// An open, greeted connection to a server.
 pub struct Client {
     reader: FramedRead<OwnedReadHalf, FrameCodec>,
@@ -93,8 +107,14 @@ pub fn normalize_addr(addr: &str) -> String {
 }
 
 impl Client {
-    /// Connects and exchanges hellos.
-    pub async fn connect(addr: &str, timeout: Duration) -> Result<Client> {
+    /// Connects, exchanges hellos and, when the server has users, authenticates both ways.
+    /// With credentials, a server that does not ask for them is refused: it could be an
+    /// impostor that does not know the secret.
+    pub async fn connect(
+        addr: &str,
+        timeout: Duration,
+        creds: Option<&Credentials>,
+    ) -> Result<Client> {
         let target = normalize_addr(addr);
         let fail = |reason: String| ClientError::Connect {
             addr: target.clone(),
@@ -148,7 +168,85 @@ impl Client {
             Ok(other) => return Err(fail(format!("unexpected greeting {:?}", other.message))),
             Err(e) => return Err(fail(e.to_string())),
         }
+        let wants_auth = client
+            .server
+            .capabilities
+            .iter()
+            .any(|c| c == protocol::capability::AUTH_HMAC_SHA256);
+        match (wants_auth, creds) {
+            (false, None) => {}
+            (true, Some(creds)) => client.authenticate(creds).await?,
+            (true, None) => {
+                return Err(ClientError::Auth(format!(
+                    "{target} requires a user name: connect with -u NAME"
+                )))
+            }
+            (false, Some(creds)) => {
+                return Err(ClientError::Auth(format!(
+                    "{target} does not ask {} to authenticate, so it cannot prove it is the \
+                     server that knows the secret; not using it",
+                    creds.user
+                )))
+            }
+        }
         Ok(client)
+    }
+
+    async fn authenticate(&mut self, creds: &Credentials) -> Result<()> {
+        let who = format!("{}@{}", creds.user, self.addr);
+        let server_nonce = match self.recv().await?.message {
+            Message::AuthChallenge(c) => c.nonce,
+            Message::Error(e) => return Err(ClientError::Auth(format!("{who}: {e}"))),
+            other => return Err(unexpected("auth_challenge", &other)),
+        };
+        let client_nonce = auth::nonce();
+        let t = auth::transcript(
+            Role::Client,
+            VERSION,
+            &server_nonce,
+            &client_nonce,
+            &creds.user,
+        );
+        self.send(Message::Auth(protocol::Auth {
+            user: creds.user.clone(),
+            nonce: client_nonce,
+            mac: auth::sign(&creds.secret, &t),
+        }))
+        .await?;
+        let proof = match self.recv().await {
+            Ok(Frame {
+                message: Message::AuthOk(ok),
+                ..
+            }) => ok.mac,
+            Ok(Frame {
+                message: Message::Error(e),
+                ..
+            }) if e.code == ErrorCode::AuthFailed => {
+                return Err(ClientError::Auth(format!(
+                    "authentication failed for {who}"
+                )))
+            }
+            Ok(Frame {
+                message: Message::Error(e),
+                ..
+            }) => return Err(ClientError::Auth(format!("{who}: {e}"))),
+            Ok(other) => return Err(unexpected("auth_ok", &other.message)),
+            Err(e) => return Err(e),
+        };
+        let t = auth::transcript(
+            Role::Server,
+            VERSION,
+            &server_nonce,
+            &client_nonce,
+            &creds.user,
+        );
+        if !auth::verify(&creds.secret, &t, &proof) {
+            return Err(ClientError::Auth(format!(
+                "the server at {} could not prove it knows the secret for {}; not trusting it",
+                self.addr, creds.user
+            )));
+        }
+        Ok(())
     }
 
     /// `host:port` this client is connected to.

@@ -8,6 +8,8 @@ pub enum ClientError {
     Usage(String),
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
+    #[error("{0}")]
+    Auth(String),
     #[error("connection to the server lost: {0}")]
     ConnectionLost(String),
     #[error("server: {0}")]
@@ -33,6 +35,7 @@ impl ClientError {
         match self {
             ClientError::Usage(_) => 2,
             ClientError::Connect { .. } | ClientError::ConnectionLost(_) => 3,
+            ClientError::Auth(_) => 4,
             ClientError::Remote(_) => 5,
             ClientError::Local { .. } | ClientError::LocalExists(_) => 6,
             ClientError::BadChunk { .. } | ClientError::Verify(_) | ClientError::Protocol(_) => 7,
@@ -53,6 +56,7 @@ impl ClientError {
                 ErrorCode::ChecksumMismatch | ErrorCode::Timeout | ErrorCode::Busy
             ),
             ClientError::Usage(_)
+            | ClientError::Auth(_)
             | ClientError::Local { .. }
             | ClientError::LocalExists(_)
             | ClientError::Verify(_) => false,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ftp_cli::app::App;
+use ftp_cli::client::Credentials;
 use ftp_cli::error::ClientError;
 use ftp_cli::repl;
 
@@ -16,7 +17,7 @@ use ftp_cli::repl;
     name = "ftp-cli",
     version,
     after_help = "Exit status: 0 success; 2 usage error; 3 cannot connect or connection lost; \
-                  5 the server refused a command; 6 local file error; 7 verification or \
+                  4 authentication failed; 5 the server refused a command; 6 local file error; 7 verification or \
                   protocol failure."
 )]
 struct Args {
@@ -34,6 +35,15 @@ struct Args {
     /// Longest wait for the server before giving up.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+
+    /// Log in as this user (the server must have it in its users file).
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+
+    /// Read the user's secret from FILE (one trailing newline is ignored); else the
+    /// FTP_CLI_SECRET environment variable; else it is asked for without echo.
+    #[arg(long, value_name = "FILE", requires = "user")]
+    secret_file: Option<PathBuf>,
 
     /// How often a transfer whose connection fails, stalls or delivers a damaged chunk is
     /// resumed (after reconnecting) before the command fails.
@@ -59,10 +69,18 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<(), ClientError> {
     let interactive =
         args.commands.is_none() && args.batch.is_none() && std::io::stdin().is_terminal();
+    let creds = match &args.user {
+        Some(user) => Some(Credentials {
+            user: user.clone(),
+            secret: secret(user, &args.host, args.secret_file.as_deref())?,
+        }),
+        None => None,
+    };
     let mut app = App::new(
         &args.host,
         args.timeout,
         args.retries,
+        creds,
         interactive && !args.quiet,
     )?;
     let result = if let Some(cmds) = args.commands {
@@ -79,4 +97,34 @@ fn run(args: Args) -> Result<(), ClientError> {
     };
     app.close();
     result
+}
+
+/// The secret for `user`: from a file, the environment, or a prompt that does not echo.
+fn secret(user: &str, host: &str, file: Option<&std::path::Path>) -> Result<Vec<u8>, ClientError> {
+    let secret = if let Some(file) = file {
+        let mut text = std::fs::read(file).map_err(|e| ClientError::local(file, e))?;
+        if text.ends_with(b"\n") {
+            text.pop();
+            if text.ends_with(b"\r") {
+                text.pop();
+            }
+        }
+        text
+    } else if let Some(env) = std::env::var_os("FTP_CLI_SECRET") {
+        env.into_encoded_bytes()
+    } else {
+        rpassword::prompt_password(format!("Secret for {user}@{host}: "))
+            .map_err(|e| {
+                ClientError::Usage(format!(
+                    "no secret for {user}: give --secret-file FILE or set FTP_CLI_SECRET ({e})"
+                ))
+            })?
+            .into_bytes()
+    };
+    if secret.is_empty() {
+        return Err(ClientError::Usage(format!(
+            "the secret for {user} is empty"
+        )));
+    }
+    Ok(secret)
 }

@@ -18,6 +18,15 @@ pub struct Config {
     #[arg(long, env = "FTPD_LISTEN", default_value = "127.0.0.1:2121")]
     pub listen: SocketAddr,
 
+    /// Users file (TOML, one [[user]] table each: name, secret or secret_file, home,
+    /// read_only). Without it, anyone who can connect has full access to the root.
+    #[arg(long, env = "FTPD_USERS")]
+    pub users: Option<PathBuf>,
+
+    /// Serve anonymously (no --users) on an address that is not loopback.
+    #[arg(long)]
+    pub allow_anonymous: bool,
+
     /// Most connections served at once; more are refused with a `busy` error.
     #[arg(long, default_value_t = 512)]
     pub max_connections: usize,

@@ -1,13 +1,15 @@
 //! The ftpd daemon as a library: [`Server::new`] opens the root, [`Server::run`] serves a
 //! listener the caller bound, until the shutdown future the caller chose completes.
 
+mod auth;
 pub mod cmd;
 mod config;
 mod error;
 mod server;
 mod session;
 mod shutdown;
+pub mod users;
 
 pub use config::Config;
 pub use error::SessionError;
-pub use server::{bind, Server};
+pub use server::{bind, Server, Shared};

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let (listen, root) = (config.listen, config.root.clone());
-    let server = Server::new(config).context("cannot serve the storage root")?;
+    let server = Server::new(config)?;
     let listener = ftpd::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     info!(root = %root.display(), "listening on {}", listener.local_addr()?);
     server.run(listener, shutdown_signal()).await;

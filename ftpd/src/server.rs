@@ -17,17 +17,31 @@ use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio_util::codec::FramedWrite;
 use tracing::{error, info, warn};
 
+use anyhow::Context;
+
+use crate::auth::Authenticator;
 use crate::session::Session;
 use crate::shutdown::Shutdown;
+use crate::users::Users;
 use crate::Config;
 
 /// How often abandoned staged uploads are looked for.
 const STAGING_SWEEP_PERIOD: Duration = Duration::from_secs(3600);
 
-/// A daemon ready to serve: its root is open and checked.
+/// A daemon ready to serve: its root is open and checked, its users loaded.
 pub struct Server {
-    root: Root,
-    config: Arc<Config>,
+    shared: Shared,
+}
+
+/// What every session shares.
+#[derive(Clone)]
+pub struct Shared {
+    /// The storage root.
+    pub root: Root,
+    /// The daemon's settings.
+    pub config: Arc<Config>,
+    /// Who may log in.
+    pub auth: Arc<Authenticator>,
 }
 
 /// Binds `addr` with SO_REUSEADDR, so a restart right after a stop never finds the port taken.
@@ -44,17 +58,43 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 impl Server {
     /// Opens the storage root named by `config`; fails when it is missing or not writable.
-    pub fn new(config: Config) -> Result<Server, storage::Error> {
+    pub fn new(config: Config) -> anyhow::Result<Server> {
         let limits = storage::Limits {
             max_file_size: config.max_file_size,
             quota: config.quota,
         };
-        let root = Root::open_with_limits(&config.root, limits)?;
+        let root = Root::open_with_limits(&config.root, limits)
+            .context("cannot serve the storage root")?;
+        let users = match &config.users {
+            Some(path) => Some(Users::load(path, &root)?),
+            None => None,
+        };
+        match &users {
+            Some(users) => info!(users = users.len(), "authentication required"),
+            None if config.listen.ip().is_loopback() => {}
+            None if config.allow_anonymous => warn!(
+                "serving anonymously on {}: anyone who can connect can read and write the root",
+                config.listen
+            ),
+            None => anyhow::bail!(
+                "refusing to serve anonymously on {}, which is not a loopback address: \
+                 give --users FILE, or --allow-anonymous to let anyone who can connect in",
+                config.listen
+            ),
+        }
         sweep(&root, config.staging_max_age);
         Ok(Server {
-            root,
-            config: Arc::new(config),
+            shared: Shared {
+                root,
+                config: Arc::new(config),
+                auth: Arc::new(Authenticator::new(users)),
+            },
         })
+    }
+
+    /// What sessions share (tests and reload reach the users through it).
+    pub fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// Serves `listener` until `shutdown` completes, then gives sessions in flight the grace
@@ -62,12 +102,13 @@ impl Server {
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let (notify, _) = broadcast::channel(1);
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-        let slots = Arc::new(Semaphore::new(self.config.max_connections));
+        let config = self.shared.config.clone();
+        let slots = Arc::new(Semaphore::new(config.max_connections));
         let per_ip = Arc::new(Mutex::new(HashMap::new()));
         let sweeper = tokio::spawn(sweep_every(
-            self.root.clone(),
-            self.config.staging_max_age,
-            STAGING_SWEEP_PERIOD.min(self.config.staging_max_age.max(Duration::from_secs(1))),
+            self.shared.root.clone(),
+            config.staging_max_age,
+            STAGING_SWEEP_PERIOD.min(config.staging_max_age.max(Duration::from_secs(1))),
         ));
         tokio::pin!(shutdown);
         loop {
@@ -87,7 +128,7 @@ impl Server {
                 tokio::spawn(refuse(stream, peer, "too many connections"));
                 continue;
             };
-            let Some(per_ip) = PerIp::claim(&per_ip, peer.ip(), self.config.max_connections_per_ip)
+            let Some(per_ip) = PerIp::claim(&per_ip, peer.ip(), config.max_connections_per_ip)
             else {
                 tokio::spawn(refuse(
                     stream,
@@ -99,8 +140,7 @@ impl Server {
             let session = Session::new(
                 stream,
                 peer,
-                self.root.clone(),
-                self.config.clone(),
+                self.shared.clone(),
                 Shutdown::new(notify.subscribe()),
             );
             let done = done_tx.clone();
@@ -119,7 +159,7 @@ impl Server {
         info!("shutting down: no new connections");
         let _ = notify.send(());
         drop(done_tx);
-        if tokio::time::timeout(self.config.shutdown_grace, done_rx.recv())
+        if tokio::time::timeout(config.shutdown_grace, done_rx.recv())
             .await
             .is_err()
         {

@@ -6,16 +6,20 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use protocol::{
-    capability, ErrorCode, ErrorReply, Frame, FrameCodec, Hello, Incoming, Message, VERSION,
+    auth, capability, AuthChallenge, AuthOk, ErrorCode, ErrorReply, Frame, FrameCodec, Hello,
+    Incoming, Message, VERSION,
 };
 use storage::{Root, VPath};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_util::codec::{FramedRead, FramedWrite};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
+use crate::auth::Authenticator;
 use crate::error::SessionError;
+use crate::server::Shared;
 use crate::shutdown::Shutdown;
+use crate::users::User;
 use crate::{cmd, Config};
 
 /// State of one client connection.
@@ -28,7 +32,13 @@ pub struct Session {
     pub peer: SocketAddr,
     /// The storage this session may touch.
     pub root: Root,
-    /// Current directory for relative paths.
+    /// Who may log in.
+    auth: Arc<Authenticator>,
+    /// The logged-in user; `None` when the daemon serves anonymously.
+    pub user: Option<Arc<User>>,
+    /// Where the client's `/` is inside the root: the user's home, or the root itself.
+    pub home: VPath,
+    /// Current directory for relative paths, as the client sees it (inside `home`).
     pub cwd: VPath,
     /// The daemon's settings.
     pub config: Arc<Config>,
@@ -39,22 +49,19 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(
-        stream: TcpStream,
-        peer: SocketAddr,
-        root: Root,
-        config: Arc<Config>,
-        shutdown: Shutdown,
-    ) -> Self {
+    pub fn new(stream: TcpStream, peer: SocketAddr, shared: Shared, shutdown: Shutdown) -> Self {
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
         Session {
             reader: FramedRead::new(r, FrameCodec::new()),
             writer: FramedWrite::new(w, FrameCodec::new()),
             peer,
-            root,
+            root: shared.root,
+            auth: shared.auth,
+            user: None,
+            home: VPath::root(),
             cwd: VPath::root(),
-            config,
+            config: shared.config,
             client_max_chunk: protocol::DEFAULT_CHUNK,
             shutdown,
         }
@@ -64,7 +71,10 @@ impl Session {
     pub async fn run(mut self) {
         info!(peer = %self.peer, "connection opened");
         let outcome = match self.handshake().await {
-            Ok(()) => self.command_loop().await,
+            Ok(()) => match self.authenticate().await {
+                Ok(()) => self.command_loop().await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         let reason = match &outcome {
@@ -109,13 +119,69 @@ impl Session {
         }
         debug!(peer = %self.peer, agent = %hello.agent, "hello");
         self.client_max_chunk = hello.max_chunk.clamp(1, protocol::MAX_BODY as u32);
+        let mut capabilities = vec![capability::RESUME.into()];
+        if self.auth.users().is_some() {
+            capabilities.push(capability::AUTH_HMAC_SHA256.into());
+        }
         self.send(Message::Hello(Hello {
             version: VERSION,
             agent: concat!("ftpd/", env!("CARGO_PKG_VERSION")).into(),
-            capabilities: vec![capability::RESUME.into()],
+            capabilities,
             max_chunk: protocol::MAX_BODY as u32,
         }))
         .await
+    }
+
+    /// With users configured: challenge, check the client's proof, prove ourselves. Nothing
+    /// but `auth` is accepted until then, and a failure closes the connection.
+    async fn authenticate(&mut self) -> Result<(), SessionError> {
+        let Some(users) = self.auth.users() else {
+            return Ok(());
+        };
+        let server_nonce = auth::nonce();
+        self.send(Message::AuthChallenge(AuthChallenge {
+            nonce: server_nonce,
+        }))
+        .await?;
+        let limit = self.config.handshake_timeout;
+        let answer = match tokio::time::timeout(limit, self.reader.next()).await {
+            Err(_) => return Err(SessionError::Timeout("authentication")),
+            Ok(None) => return Err(SessionError::Closed),
+            Ok(Some(item)) => item?,
+        };
+        let Ok(Frame {
+            message: Message::Auth(answer),
+            ..
+        }) = answer
+        else {
+            return Err(SessionError::Refused(ErrorReply::new(
+                ErrorCode::AuthRequired,
+                "authenticate first: this server has users",
+            )));
+        };
+        let found = self.auth.verify(
+            &users,
+            &answer.user,
+            &server_nonce,
+            &answer.nonce,
+            &answer.mac,
+        );
+        let Some(user) = found else {
+            let delay = self.auth.failed(self.peer.ip());
+            warn!(peer = %self.peer, user = %answer.user, "authentication failed");
+            tokio::time::sleep(delay).await;
+            return Err(SessionError::Refused(ErrorReply::new(
+                ErrorCode::AuthFailed,
+                "authentication failed",
+            )));
+        };
+        self.auth.succeeded(self.peer.ip());
+        let mac = Authenticator::proof(&user, &server_nonce, &answer.nonce);
+        self.send(Message::AuthOk(AuthOk { mac })).await?;
+        info!(peer = %self.peer, user = %user.name, home = %user.home, "authenticated");
+        self.home = user.home.clone();
+        self.user = Some(user);
+        Ok(())
     }
 
     async fn command_loop(&mut self) -> Result<(), SessionError> {
@@ -150,6 +216,13 @@ impl Session {
                 Message::Bye => return Ok(()),
                 // A cancel that crossed the end of a download on the wire: nothing left to stop.
                 Message::Cancel => {}
+                Message::Auth(_) => {
+                    self.send_error(ErrorReply::new(
+                        ErrorCode::BadRequest,
+                        "already authenticated",
+                    ))
+                    .await?
+                }
                 Message::Hello(_) => {
                     self.send_error(ErrorReply::new(
                         ErrorCode::BadRequest,
@@ -166,6 +239,8 @@ impl Session {
                 }
                 Message::PutReady(_)
                 | Message::GetReady(_)
+                | Message::AuthChallenge(_)
+                | Message::AuthOk(_)
                 | Message::Stored(_)
                 | Message::Error(_) => {
                     self.send_error(ErrorReply::new(
@@ -210,9 +285,22 @@ impl Session {
         }
     }
 
-    /// Resolves a client path against the current directory.
+    /// Resolves a client path against the current directory, to a path inside the home.
     pub fn resolve(&self, path: &str) -> Result<VPath, ErrorReply> {
-        VPath::resolve(&self.cwd, path).map_err(|e| storage_reply(&e))
+        VPath::resolve(&self.cwd, path)
+            .map(|p| self.home.join(&p))
+            .map_err(|e| storage_reply(&e))
+    }
+
+    /// Refuses writes for read-only users.
+    pub fn check_writable(&self) -> Result<(), ErrorReply> {
+        match &self.user {
+            Some(u) if u.read_only => Err(ErrorReply::new(
+                ErrorCode::Denied,
+                format!("user {} has read-only access", u.name),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 

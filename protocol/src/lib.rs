@@ -16,6 +16,7 @@
 //! bytes. Both lengths are checked against their caps before anything is allocated.
 //! `docs/PROTOCOL.md` is the full contract; this crate implements it.
 
+pub mod auth;
 mod codec;
 mod digest;
 mod message;
@@ -23,7 +24,8 @@ mod message;
 pub use codec::{CodecError, Frame, FrameCodec, Incoming, Rejected};
 pub use digest::{Md5Digest, Md5Hasher};
 pub use message::{
-    ChunkHeader, Eof, ErrorCode, ErrorReply, Get, GetReady, Hello, Message, Put, PutReady,
+    Auth, AuthChallenge, AuthOk, ChunkHeader, Eof, ErrorCode, ErrorReply, Get, GetReady, Hello,
+    Message, Put, PutReady,
 };
 
 /// The protocol version this crate speaks.
@@ -39,4 +41,6 @@ pub const DEFAULT_CHUNK: u32 = 1024 * 1024;
 pub mod capability {
     /// `put` with `resume`/`upload_id` and `get` with `offset`/`prefix_md5`.
     pub const RESUME: &str = "resume";
+    /// The server has users: an `auth_challenge` follows its hello.
+    pub const AUTH_HMAC_SHA256: &str = "auth-hmac-sha256";
 }

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Bytes32;
 use crate::Md5Digest;
 
 /// One message header. The JSON object's `"type"` names the variant in snake_case; only
@@ -11,6 +12,12 @@ use crate::Md5Digest;
 pub enum Message {
     /// First message each way: protocol version and what each side can do.
     Hello(Hello),
+    /// Server, right after its hello when it has users: prove you know a user's secret.
+    AuthChallenge(AuthChallenge),
+    /// Client: who I am, my own nonce, and my proof.
+    Auth(Auth),
+    /// Server: you are in; here is my proof that I know your secret too.
+    AuthOk(AuthOk),
     /// Client: store a file at `path`; the client streams its chunks after [`Message::PutReady`].
     Put(Put),
     /// Server: go ahead with the upload, starting at `offset` (0 unless resuming).
@@ -52,6 +59,30 @@ pub struct Hello {
 
 fn default_max_chunk() -> u32 {
     crate::DEFAULT_CHUNK
+}
+
+/// The server's challenge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthChallenge {
+    /// 32 fresh random bytes; never used twice.
+    pub nonce: Bytes32,
+}
+
+/// The client's answer to [`AuthChallenge`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Auth {
+    pub user: String,
+    /// 32 fresh random bytes of the client's, so the server's proof is fresh too.
+    pub nonce: Bytes32,
+    /// HMAC-SHA256(secret, client transcript); see [`crate::auth::transcript`].
+    pub mac: Bytes32,
+}
+
+/// The server's proof, sent when the client's checked out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthOk {
+    /// HMAC-SHA256(secret, server transcript).
+    pub mac: Bytes32,
 }
 
 /// Client request to upload a file.
@@ -188,8 +219,12 @@ pub enum ErrorCode {
     VersionMismatch,
     /// A well-formed message of a type this peer does not handle.
     Unsupported,
-    /// Too many connections, or the same upload is already running.
+    /// Too many connections, or a newer attempt at the same upload took over.
     Busy,
+    /// The server needs authentication before this message.
+    AuthRequired,
+    /// Unknown user or wrong proof (the server never says which).
+    AuthFailed,
     /// The peer was silent for too long.
     Timeout,
     /// A bug on the server; the connection is closed.
@@ -216,6 +251,8 @@ impl ErrorCode {
             ErrorCode::VersionMismatch => "version_mismatch",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Busy => "busy",
+            ErrorCode::AuthRequired => "auth_required",
+            ErrorCode::AuthFailed => "auth_failed",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",

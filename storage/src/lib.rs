@@ -219,6 +219,14 @@ impl Root {
         Ok(removed)
     }
 
+    /// Creates `path` and its missing parents as directories.
+    pub fn create_dir_all(&self, path: &VPath) -> Result<()> {
+        self.inner
+            .dir
+            .create_dir_all(path.rel())
+            .map_err(|e| Error::io(&path.to_string(), "create directory", e))
+    }
+
     /// Starts (or resumes) a staged upload to `path`; see [`Upload`].
     pub fn begin_upload(&self, path: &VPath, req: &UploadRequest) -> Result<Upload> {
         Upload::begin(self.clone(), path, req)

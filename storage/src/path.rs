@@ -78,6 +78,15 @@ impl VPath {
         Ok(VPath(parts.join("/")))
     }
 
+    /// `rel` taken as a path inside `self` (a user's home and a path the user sees).
+    pub fn join(&self, rel: &VPath) -> VPath {
+        match (self.is_root(), rel.is_root()) {
+            (true, _) => rel.clone(),
+            (_, true) => self.clone(),
+            _ => VPath(format!("{}/{}", self.0, rel.0)),
+        }
+    }
+
     pub fn is_root(&self) -> bool {
         self.0.is_empty()
     }

@@ -26,7 +26,7 @@ enum End {
 
 pub async fn run(s: &mut Session, req: Put) -> Result<(), SessionError> {
     let started = Instant::now();
-    let path = match s.resolve(&req.path) {
+    let path = match s.check_writable().and_then(|()| s.resolve(&req.path)) {
         Ok(p) => p,
         Err(reply) => return s.send_error(reply).await,
     };
