@@ -1,25 +1,49 @@
 //! Runs parsed commands against a server: the one place commands take effect.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use indicatif::HumanBytes;
+use protocol::{Entry, EntryKind, ErrorCode};
+use serde::Serialize;
 
 use crate::client::{Client, Credentials, NoProgress, Progress, Summary, TransferOptions};
-use crate::command::{self, Command};
+use crate::command::{self, Command, Flags};
 use crate::error::{ClientError, Result};
-use crate::progress::Bar;
-
-/// One file to move.
-enum Transfer {
-    Put { local: PathBuf, remote: String },
-    Get { remote: String, local: PathBuf },
-}
+use crate::progress::{Bar, BatchBars};
 
 /// Wait before the first retry; doubled for each further one, up to [`MAX_BACKOFF`].
 const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// How long a remote listing is reused for tab completion.
+const COMPLETION_CACHE: Duration = Duration::from_secs(5);
+/// Deepest directory tree `get -r` descends into.
+const MAX_DEPTH: usize = 64;
+
+/// One file to move.
+#[derive(Debug, Clone)]
+pub enum Transfer {
+    Put { local: PathBuf, remote: String },
+    Get { remote: String, local: PathBuf },
+}
+
+impl Transfer {
+    fn name(&self) -> String {
+        match self {
+            Transfer::Put { local, .. } => local.display().to_string(),
+            Transfer::Get { remote, .. } => remote.clone(),
+        }
+    }
+
+    fn op(&self) -> &'static str {
+        match self {
+            Transfer::Put { .. } => "put",
+            Transfer::Get { .. } => "get",
+        }
+    }
+}
 
 /// Passes progress on, remembering how far the transfer got, for retry messages.
 struct Tracked<'a> {
@@ -50,7 +74,17 @@ pub enum Flow {
     Quit,
 }
 
-/// A client session as the user sees it: a server address, a connection made on demand.
+/// How the user wants output.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    /// Draw progress bars (only when stderr is a terminal).
+    pub bars: bool,
+    /// Print listings, stat and transfer summaries as JSON lines.
+    pub json: bool,
+}
+
+/// A client session as the user sees it: a server address, a connection made on demand, the
+/// remote directory (restored when the connection has to be made again).
 pub struct App {
     runtime: tokio::runtime::Runtime,
     /// The server as the user named it.
@@ -59,12 +93,27 @@ pub struct App {
     client: Option<Client>,
     /// Longest wait for the server.
     timeout: Duration,
-    /// Draw progress bars (stderr is a terminal and the user did not ask for quiet).
-    bars: bool,
     /// How often a failed transfer is resumed before the command fails.
     retries: u32,
     /// Who to log in as, when the server has users.
     creds: Option<Credentials>,
+    output: Output,
+    /// The remote directory, as the server last named it.
+    cwd: String,
+    /// Recent remote listings, for tab completion.
+    listings: HashMap<String, (Instant, Vec<Entry>)>,
+}
+
+/// Runs an async client call on the connection (made first if needed), and forgets a
+/// connection that failed under it.
+macro_rules! remote {
+    ($app:expr, $c:ident => $call:expr) => {{
+        $app.connect()?;
+        let $c = $app.client.as_mut().expect("connected above");
+        let r = $app.runtime.block_on(async { $call.await });
+        $app.forget_if_broken(&r);
+        r
+    }};
 }
 
 impl App {
@@ -73,7 +122,7 @@ impl App {
         timeout: Duration,
         retries: u32,
         creds: Option<Credentials>,
-        bars: bool,
+        output: Output,
     ) -> Result<App> {
         let runtime = tokio::runtime::Runtime::new()
             .map_err(|e| ClientError::Usage(format!("cannot start the async runtime: {e}")))?;
@@ -82,102 +131,436 @@ impl App {
             addr: addr.to_owned(),
             client: None,
             timeout,
-            bars: bars && std::io::stderr().is_terminal(),
             retries,
             creds,
+            output: Output {
+                bars: output.bars && std::io::stderr().is_terminal(),
+                json: output.json,
+            },
+            cwd: "/".into(),
+            listings: HashMap::new(),
         })
     }
 
-    /// The server's address for prompts, with the user when there is one.
-    pub fn addr(&self) -> String {
-        match &self.creds {
+    /// The prompt: server, user and remote directory (`ftp alice@127.0.0.1:2121:/photos> `).
+    pub fn prompt(&self) -> String {
+        let who = match &self.creds {
             Some(c) => format!("{}@{}", c.user, self.addr),
             None => self.addr.clone(),
-        }
+        };
+        format!("ftp {who}:{}> ", self.cwd)
     }
 
-    /// Connects now (a session's first act); later commands reconnect if the link was lost.
+    /// Connects if there is no live connection, logging in and going back to the remote
+    /// directory the user was in.
     pub fn connect(&mut self) -> Result<()> {
-        if self.client.is_none() {
-            let client = self.runtime.block_on(Client::connect(
-                &self.addr,
-                self.timeout,
-                self.creds.as_ref(),
-            ))?;
-            self.client = Some(client);
+        if let Some(c) = self.client.as_mut() {
+            if c.is_alive() {
+                return Ok(());
+            }
+            self.client = None;
+        }
+        let cwd = self.cwd.clone();
+        let client = self.runtime.block_on(async {
+            let mut c = Client::connect(&self.addr, self.timeout, self.creds.as_ref()).await?;
+            if cwd != "/" {
+                c.cd(&cwd).await?;
+            }
+            Ok::<_, ClientError>(c)
+        });
+        match client {
+            Ok(c) => self.client = Some(c),
+            Err(ClientError::Remote(_)) => {
+                // The old directory is gone: start over at the top.
+                self.cwd = "/".into();
+                return self.connect();
+            }
+            Err(e) => return Err(e),
         }
         Ok(())
     }
 
+    fn forget_if_broken<T>(&mut self, r: &Result<T>) {
+        if let Err(ClientError::ConnectionLost(_) | ClientError::Protocol(_)) = r {
+            self.client = None;
+        }
+    }
+
     /// Runs one command.
     pub fn run(&mut self, cmd: Command) -> Result<Flow> {
+        if !matches!(cmd, Command::Ls { .. } | Command::Stat { .. }) {
+            self.listings.clear();
+        }
         match cmd {
-            Command::Help(topic) => {
-                println!("{}", command::help(topic.as_deref())?);
-                Ok(Flow::Continue)
-            }
-            Command::Quit => Ok(Flow::Quit),
+            Command::Help(topic) => println!("{}", command::help(topic.as_deref())?),
+            Command::Quit => return Ok(Flow::Quit),
             Command::Put {
                 local,
                 remote,
-                force,
-                resume,
+                flags,
             } => {
                 let local = PathBuf::from(local);
                 let remote = match remote {
                     Some(r) => r,
                     None => file_name(&local)?,
                 };
-                let opts = TransferOptions {
-                    overwrite: force,
-                    resume,
-                };
-                let summary = self.transfer(Transfer::Put { local, remote }, opts)?;
-                report("put", &summary);
-                Ok(Flow::Continue)
+                if flags.recursive {
+                    self.put_tree(&local, &remote, flags)?;
+                } else {
+                    self.single(Transfer::Put { local, remote }, flags)?;
+                }
             }
             Command::Get {
                 remote,
                 local,
-                force,
-                resume,
+                flags,
             } => {
-                let mut local = match local {
+                let local = match local {
                     Some(l) => PathBuf::from(l),
                     None => PathBuf::from(file_name(Path::new(&remote))?),
                 };
-                if local.is_dir() {
-                    local.push(file_name(Path::new(&remote))?);
+                if flags.recursive {
+                    self.get_tree(&remote, &local, flags)?;
+                } else {
+                    let local = if local.is_dir() {
+                        local.join(file_name(Path::new(&remote))?)
+                    } else {
+                        local
+                    };
+                    self.single(Transfer::Get { remote, local }, flags)?;
                 }
-                let opts = TransferOptions {
-                    overwrite: force,
-                    resume,
+            }
+            Command::Mput { patterns, flags } => self.mput(&patterns, flags)?,
+            Command::Mget { patterns, flags } => self.mget(&patterns, flags)?,
+            Command::Ls { long, path } => self.ls(path.as_deref().unwrap_or("."), long)?,
+            Command::Cd(path) => {
+                self.cwd = remote!(self, c => c.cd(&path))?;
+            }
+            Command::Pwd => {
+                let cwd = remote!(self, c => c.pwd())?;
+                println!("{cwd}");
+                self.cwd = cwd;
+            }
+            Command::Mkdir { parents, path } => remote!(self, c => c.mkdir(&path, parents))?,
+            Command::Rm(paths) => {
+                let total = paths.len();
+                let mut failed = 0;
+                for path in paths {
+                    if let Err(e) = remote!(self, c => c.rm(&path)) {
+                        if total == 1 {
+                            return Err(e);
+                        }
+                        eprintln!("ftp-cli: rm {path}: {e}");
+                        failed += 1;
+                    }
+                }
+                if failed > 0 {
+                    return Err(ClientError::SomeFailed { failed, total });
+                }
+            }
+            Command::Rmdir(path) => remote!(self, c => c.rmdir(&path))?,
+            Command::Rename { from, to } => remote!(self, c => c.rename(&from, &to))?,
+            Command::Stat { md5, path } => {
+                let r = remote!(self, c => c.stat(&path, md5))?;
+                if self.output.json {
+                    println!("{}", json(&r));
+                } else {
+                    let md5 = r.md5.map(|m| format!("  MD5 {m}")).unwrap_or_default();
+                    let e = &r.entry;
+                    println!(
+                        "{}  {}  {} bytes  modified {}{md5}",
+                        e.name,
+                        kind_name(e.kind),
+                        e.size,
+                        time(e.mtime)
+                    );
+                }
+            }
+            Command::Lcd(path) => {
+                let dir = match path {
+                    Some(p) => PathBuf::from(p),
+                    None => dirs::home_dir()
+                        .ok_or_else(|| ClientError::Usage("lcd: no home directory".into()))?,
                 };
-                let summary = self.transfer(Transfer::Get { remote, local }, opts)?;
-                report("get", &summary);
-                Ok(Flow::Continue)
+                std::env::set_current_dir(&dir).map_err(|e| ClientError::local(&dir, e))?;
+            }
+            Command::Lpwd => {
+                let dir =
+                    std::env::current_dir().map_err(|e| ClientError::local(Path::new("."), e))?;
+                println!("{}", dir.display());
+            }
+            Command::Lls(path) => {
+                let dir = PathBuf::from(path.unwrap_or_else(|| ".".into()));
+                let mut names: Vec<String> = std::fs::read_dir(&dir)
+                    .map_err(|e| ClientError::local(&dir, e))?
+                    .flatten()
+                    .map(|e| {
+                        let slash = if e.path().is_dir() { "/" } else { "" };
+                        format!("{}{slash}", e.file_name().to_string_lossy())
+                    })
+                    .collect();
+                names.sort();
+                for n in names {
+                    println!("{n}");
+                }
+            }
+            Command::Shell(cmd) => {
+                let status = std::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(&cmd)
+                    .status()
+                    .map_err(|e| ClientError::local(Path::new("sh"), e))?;
+                if !status.success() {
+                    return Err(ClientError::Local {
+                        path: format!("!{cmd}"),
+                        source: std::io::Error::other(format!("exited with {status}")),
+                    });
+                }
             }
         }
+        Ok(Flow::Continue)
+    }
+
+    fn ls(&mut self, path: &str, long: bool) -> Result<()> {
+        let mut entries = remote!(self, c => c.list(path))?;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        if self.output.json {
+            for e in &entries {
+                println!("{}", json(e));
+            }
+            return Ok(());
+        }
+        let width = entries
+            .iter()
+            .map(|e| e.size.to_string().len())
+            .max()
+            .unwrap_or(1);
+        for e in &entries {
+            let slash = if e.kind == EntryKind::Dir { "/" } else { "" };
+            if long {
+                println!(
+                    "{} {:>width$}  {}  {}{slash}",
+                    kind_char(e.kind),
+                    e.size,
+                    time(e.mtime),
+                    e.name
+                );
+            } else {
+                println!("{}{slash}", e.name);
+            }
+        }
+        Ok(())
+    }
+
+    fn list(&mut self, dir: &str) -> Result<Vec<Entry>> {
+        remote!(self, c => c.list(dir))
+    }
+
+    /// Remote entries of `dir` for tab completion, from a listing at most a few seconds old.
+    pub fn complete_remote(&mut self, dir: &str) -> Vec<Entry> {
+        if let Some((at, entries)) = self.listings.get(dir) {
+            if at.elapsed() < COMPLETION_CACHE {
+                return entries.clone();
+            }
+        }
+        let entries = self.list(dir).unwrap_or_default();
+        self.listings
+            .insert(dir.to_owned(), (Instant::now(), entries.clone()));
+        entries
+    }
+
+    /// One file, with a bar of its own, and its summary line.
+    fn single(&mut self, t: Transfer, flags: Flags) -> Result<()> {
+        let mut bar = Bar::default();
+        let mut none = NoProgress;
+        let progress: &mut dyn Progress = if self.output.bars {
+            &mut bar
+        } else {
+            &mut none
+        };
+        let summary = self.transfer(&t, options(flags), progress)?;
+        self.report(t.op(), &summary);
+        Ok(())
+    }
+
+    /// Many files: one overall bar and one for the current file. A failure is reported and the
+    /// rest go on; the command fails at the end if any did.
+    fn batch(&mut self, items: Vec<(Transfer, u64)>, flags: Flags) -> Result<()> {
+        let total = items.len();
+        let bytes = items.iter().map(|(_, size)| size).sum();
+        let mut bars = BatchBars::new(self.output.bars, total, bytes);
+        let mut failed = 0;
+        for (t, size) in items {
+            let result = self.transfer(&t, options(flags), &mut bars);
+            bars.file_done(size);
+            match result {
+                Ok(summary) => bars.suspend(|| self.report(t.op(), &summary)),
+                Err(ClientError::Cancelled) => return Err(ClientError::Cancelled),
+                Err(e) => {
+                    failed += 1;
+                    bars.suspend(|| eprintln!("ftp-cli: {} {}: {e}", t.op(), t.name()));
+                }
+            }
+        }
+        bars.finish();
+        if failed > 0 {
+            return Err(ClientError::SomeFailed { failed, total });
+        }
+        Ok(())
+    }
+
+    fn put_tree(&mut self, local: &Path, remote: &str, flags: Flags) -> Result<()> {
+        let mut dirs = vec![String::new()];
+        let mut files = Vec::new();
+        walk_local(local, "", &mut dirs, &mut files)?;
+        for d in &dirs {
+            let path = join(remote, d);
+            remote!(self, c => c.mkdir(&path, true))?;
+        }
+        let items = files
+            .into_iter()
+            .map(|(rel, size)| {
+                let t = Transfer::Put {
+                    local: local.join(&rel),
+                    remote: join(remote, &rel),
+                };
+                (t, size)
+            })
+            .collect();
+        self.batch(items, flags)
+    }
+
+    fn get_tree(&mut self, remote: &str, local: &Path, flags: Flags) -> Result<()> {
+        let mut items = Vec::new();
+        let mut pending = vec![(String::new(), 0usize)];
+        while let Some((rel, depth)) = pending.pop() {
+            let dir = local.join(&rel);
+            std::fs::create_dir_all(&dir).map_err(|e| ClientError::local(&dir, e))?;
+            let path = join(remote, &rel);
+            let mut entries = remote!(self, c => c.list(&path))?;
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            for e in entries {
+                let child = join(&rel, &e.name);
+                match e.kind {
+                    EntryKind::File => items.push((
+                        Transfer::Get {
+                            remote: join(remote, &child),
+                            local: local.join(&child),
+                        },
+                        e.size,
+                    )),
+                    EntryKind::Dir if depth < MAX_DEPTH => pending.push((child, depth + 1)),
+                    _ => eprintln!(
+                        "ftp-cli: skipping {}: not a file or directory",
+                        join(remote, &child)
+                    ),
+                }
+            }
+        }
+        self.batch(items, flags)
+    }
+
+    fn mput(&mut self, patterns: &[String], flags: Flags) -> Result<()> {
+        let mut items = Vec::new();
+        for pattern in patterns {
+            let paths = glob::glob(pattern)
+                .map_err(|e| ClientError::Usage(format!("mput: bad pattern {pattern:?}: {e}")))?;
+            let before = items.len();
+            for path in paths.flatten() {
+                if !path.is_file() {
+                    continue;
+                }
+                let size = path.metadata().map(|m| m.len()).unwrap_or(0);
+                let remote = file_name(&path)?;
+                items.push((
+                    Transfer::Put {
+                        local: path,
+                        remote,
+                    },
+                    size,
+                ));
+            }
+            if items.len() == before {
+                eprintln!("ftp-cli: mput: no local file matches {pattern}");
+            }
+        }
+        if items.is_empty() {
+            return Err(ClientError::Usage("mput: nothing to send".into()));
+        }
+        self.batch(items, flags)
+    }
+
+    fn mget(&mut self, patterns: &[String], flags: Flags) -> Result<()> {
+        let mut items = Vec::new();
+        for pattern in patterns {
+            let (dir, name) = match pattern.rsplit_once('/') {
+                Some(("", name)) => ("/", name),
+                Some((dir, name)) => (dir, name),
+                None => (".", pattern.as_str()),
+            };
+            let matcher = glob::Pattern::new(name)
+                .map_err(|e| ClientError::Usage(format!("mget: bad pattern {pattern:?}: {e}")))?;
+            let mut entries = remote!(self, c => c.list(dir))?;
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            let before = items.len();
+            for e in entries {
+                if e.kind == EntryKind::File && matcher.matches(&e.name) {
+                    let remote = if dir == "." {
+                        e.name.clone()
+                    } else {
+                        join(dir, &e.name)
+                    };
+                    items.push((
+                        Transfer::Get {
+                            remote,
+                            local: PathBuf::from(&e.name),
+                        },
+                        e.size,
+                    ));
+                }
+            }
+            if items.len() == before {
+                eprintln!("ftp-cli: mget: no remote file matches {pattern}");
+            }
+        }
+        if items.is_empty() {
+            return Err(ClientError::Usage("mget: nothing to fetch".into()));
+        }
+        self.batch(items, flags)
     }
 
     /// Runs a transfer, and when the link fails or garbles data, reconnects and resumes from
-    /// the last verified byte, up to `retries` times, saying so on stderr.
-    fn transfer(&mut self, t: Transfer, mut opts: TransferOptions) -> Result<Summary> {
-        let mut bar = Bar::default();
-        let mut none = NoProgress;
-        let inner: &mut dyn Progress = if self.bars { &mut bar } else { &mut none };
+    /// the last verified byte, up to `retries` times, saying so on stderr. Ctrl-C stops it
+    /// cleanly: the connection stays usable and what was moved stays resumable.
+    fn transfer(
+        &mut self,
+        t: &Transfer,
+        mut opts: TransferOptions,
+        inner: &mut dyn Progress,
+    ) -> Result<Summary> {
         let mut progress = Tracked { inner, pos: 0 };
         let mut attempt = 0;
         loop {
             let result = self.connect().and_then(|()| {
                 let client = self.client.as_mut().expect("connected above");
+                let cancel = client.cancel_token();
                 self.runtime.block_on(async {
-                    match &t {
-                        Transfer::Put { local, remote } => {
-                            client.put(local, remote, opts, &mut progress).await
+                    let run = async {
+                        match t {
+                            Transfer::Put { local, remote } => {
+                                client.put(local, remote, opts, &mut progress).await
+                            }
+                            Transfer::Get { remote, local } => {
+                                client.get(remote, local, opts, &mut progress).await
+                            }
                         }
-                        Transfer::Get { remote, local } => {
-                            client.get(remote, local, opts, &mut progress).await
+                    };
+                    tokio::pin!(run);
+                    tokio::select! {
+                        r = &mut run => r,
+                        _ = tokio::signal::ctrl_c() => {
+                            cancel.cancel();
+                            run.await
                         }
                     }
                 })
@@ -187,9 +570,9 @@ impl App {
                 Err(e) => e,
             };
             if attempt > 0 {
-                if let (Transfer::Put { local, remote }, ClientError::Remote(e)) = (&t, &err) {
+                if let (Transfer::Put { local, remote }, ClientError::Remote(e)) = (t, &err) {
                     // Our earlier attempt may have been stored just before the link failed.
-                    if e.code == protocol::ErrorCode::Exists && self.same_as_remote(local, remote) {
+                    if e.code == ErrorCode::Exists && self.same_as_remote(local, remote) {
                         return self.already_stored(local, remote);
                     }
                 }
@@ -240,6 +623,45 @@ impl App {
         })
     }
 
+    /// One line per finished transfer, on stdout.
+    fn report(&self, op: &str, s: &Summary) {
+        let secs = s.elapsed.as_secs_f64().max(1e-6);
+        if self.output.json {
+            #[derive(Serialize)]
+            struct Line<'a> {
+                op: &'a str,
+                name: &'a str,
+                size: u64,
+                sent: u64,
+                seconds: f64,
+                md5: String,
+            }
+            let line = Line {
+                op,
+                name: &s.name,
+                size: s.size,
+                sent: s.sent,
+                seconds: s.elapsed.as_secs_f64(),
+                md5: s.md5.to_string(),
+            };
+            println!("{}", json(&line));
+            return;
+        }
+        let resumed = if s.sent < s.size {
+            format!(", {} of it sent this time", HumanBytes(s.sent))
+        } else {
+            String::new()
+        };
+        println!(
+            "{op} {}: {} ({} bytes{resumed}) in {secs:.2} s, {}/s, MD5 {} verified",
+            s.name,
+            HumanBytes(s.size),
+            s.size,
+            HumanBytes((s.sent as f64 / secs) as u64),
+            s.md5
+        );
+    }
+
     /// Says goodbye to the server, if connected.
     pub fn close(&mut self) {
         if let Some(c) = self.client.take() {
@@ -250,26 +672,120 @@ impl App {
     }
 }
 
+fn options(flags: Flags) -> TransferOptions {
+    TransferOptions {
+        overwrite: flags.force,
+        resume: flags.resume,
+    }
+}
+
+/// `base/rel`, for remote paths (`rel` may be empty).
+fn join(base: &str, rel: &str) -> String {
+    match (base, rel) {
+        (b, "") => b.to_owned(),
+        ("", r) | (".", r) => r.to_owned(),
+        (b, r) if b.ends_with('/') => format!("{b}{r}"),
+        (b, r) => format!("{b}/{r}"),
+    }
+}
+
+/// Collects a local tree: directories and files (with sizes), relative to `root`, `/`-joined.
+/// Symlinks are skipped, so a loop cannot trap the walk.
+fn walk_local(
+    root: &Path,
+    rel: &str,
+    dirs: &mut Vec<String>,
+    files: &mut Vec<(String, u64)>,
+) -> Result<()> {
+    let dir = root.join(rel);
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .map_err(|e| ClientError::local(&dir, e))?
+        .flatten()
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let child = join(rel, &name);
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            dirs.push(child.clone());
+            walk_local(root, &child, dirs, files)?;
+        } else if ft.is_file() {
+            files.push((child, e.metadata().map(|m| m.len()).unwrap_or(0)));
+        } else {
+            eprintln!(
+                "ftp-cli: skipping {}: not a file or directory",
+                e.path().display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn file_name(path: &Path) -> Result<String> {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| ClientError::Usage(format!("{}: has no file name", path.display())))
 }
 
-/// One line per finished transfer, on stdout.
-fn report(op: &str, s: &Summary) {
-    let secs = s.elapsed.as_secs_f64().max(1e-6);
-    let resumed = if s.sent < s.size {
-        format!(", {} of it sent this time", HumanBytes(s.sent))
-    } else {
-        String::new()
-    };
-    println!(
-        "{op} {}: {} ({} bytes{resumed}) in {secs:.2} s, {}/s, MD5 {} verified",
-        s.name,
-        HumanBytes(s.size),
-        s.size,
-        HumanBytes((s.sent as f64 / secs) as u64),
-        s.md5
-    );
+fn json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).expect("plain data serializes")
+}
+
+fn kind_char(kind: EntryKind) -> char {
+    match kind {
+        EntryKind::File => '-',
+        EntryKind::Dir => 'd',
+        EntryKind::Symlink => 'l',
+        EntryKind::Other | EntryKind::Unknown => '?',
+    }
+}
+
+fn kind_name(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::File => "file",
+        EntryKind::Dir => "directory",
+        EntryKind::Symlink => "symlink",
+        EntryKind::Other | EntryKind::Unknown => "other",
+    }
+}
+
+/// A modification time as `2026-11-22 01:05:54` (UTC).
+fn time(mtime: Option<i64>) -> String {
+    match mtime {
+        Some(secs) if secs >= 0 => {
+            let t = UNIX_EPOCH + Duration::from_secs(secs as u64);
+            humantime::format_rfc3339_seconds(t)
+                .to_string()
+                .replace('T', " ")
+                .trim_end_matches('Z')
+                .to_owned()
+        }
+        _ => "-".repeat(19),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins() {
+        for (b, r, want) in [
+            ("d", "", "d"),
+            ("", "f", "f"),
+            (".", "f", "f"),
+            ("/", "f", "/f"),
+            ("d", "f", "d/f"),
+            ("d/", "f", "d/f"),
+        ] {
+            assert_eq!(join(b, r), want);
+        }
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(time(Some(0)), "1970-01-01 00:00:00");
+        assert_eq!(time(None).len(), 19);
+    }
 }

@@ -10,13 +10,14 @@ use futures::{SinkExt, StreamExt};
 use md5::{Digest as _, Md5};
 use protocol::auth::{self, Role};
 use protocol::{
-    ChunkHeader, Eof, ErrorCode, ErrorReply, Frame, FrameCodec, Get, Hello, Md5Digest, Md5Hasher,
-    Message, Put, VERSION,
+    ChunkHeader, Entry, Eof, ErrorCode, ErrorReply, Frame, FrameCodec, Get, Hello, Md5Digest,
+    Md5Hasher, Message, Mkdir, PathArg, Put, Rename, Stat, StatReply, VERSION,
 };
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{ClientError, Result};
 
@@ -90,6 +91,8 @@ pub struct Client {
     timeout: Duration,
     /// `host:port` as the user gave it, for messages.
     addr: String,
+    /// Set to stop the transfer in progress cleanly (the user pressed Ctrl-C).
+    cancel: CancellationToken,
 }
 
 /// Turns `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address into something to dial.
@@ -138,6 +141,7 @@ impl Client {
             },
             timeout,
             addr: target.clone(),
+            cancel: CancellationToken::new(),
         };
         client
             .send(Message::Hello(Hello {
@@ -249,6 +253,21 @@ impl Client {
         Ok(())
     }
 
+    /// A fresh token that stops the next transfer cleanly when cancelled: an upload is aborted
+    /// (its staged bytes stay resumable), a download stopped and drained; the connection stays
+    /// in step either way.
+    pub fn cancel_token(&mut self) -> CancellationToken {
+        self.cancel = CancellationToken::new();
+        self.cancel.clone()
+    }
+
+    /// Whether the connection still looks open: the server has not closed it (an idle timeout,
+    /// a restart) nor sent anything unasked. Checked before reusing a connection.
+    pub fn is_alive(&mut self) -> bool {
+        use futures::FutureExt;
+        self.reader.next().now_or_never().is_none()
+    }
+
     /// `host:port` this client is connected to.
     pub fn addr(&self) -> &str {
         &self.addr
@@ -286,6 +305,94 @@ impl Client {
         }
     }
 
+    /// Sends a request whose answer is `ok`.
+    async fn request_ok(&mut self, msg: Message) -> Result<()> {
+        self.send(msg).await?;
+        match self.recv().await?.message {
+            Message::Ok => Ok(()),
+            Message::Error(e) => Err(ClientError::Remote(e)),
+            other => Err(unexpected("ok", &other)),
+        }
+    }
+
+    /// The entries of a remote directory, in the server's order.
+    pub async fn list(&mut self, path: &str) -> Result<Vec<Entry>> {
+        self.send(Message::List(PathArg { path: path.into() }))
+            .await?;
+        let mut entries = Vec::new();
+        loop {
+            match self.recv().await?.message {
+                Message::Listing(batch) => entries.extend(batch.entries),
+                Message::ListEnd(end) if end.count == entries.len() as u64 => return Ok(entries),
+                Message::ListEnd(end) => {
+                    return Err(ClientError::Protocol(format!(
+                        "listing announced {} entries but sent {}",
+                        end.count,
+                        entries.len()
+                    )))
+                }
+                Message::Error(e) => return Err(ClientError::Remote(e)),
+                other => return Err(unexpected("listing", &other)),
+            }
+        }
+    }
+
+    /// Describes a remote path; with `md5`, also its content's MD5 (computed by the server).
+    pub async fn stat(&mut self, path: &str, md5: bool) -> Result<StatReply> {
+        self.send(Message::Stat(Stat {
+            path: path.into(),
+            md5,
+        }))
+        .await?;
+        match self.recv().await?.message {
+            Message::StatReply(r) => Ok(r),
+            Message::Error(e) => Err(ClientError::Remote(e)),
+            other => Err(unexpected("stat_reply", &other)),
+        }
+    }
+
+    /// Changes the remote directory; returns the new one.
+    pub async fn cd(&mut self, path: &str) -> Result<String> {
+        self.send(Message::Cd(PathArg { path: path.into() }))
+            .await?;
+        self.cwd_reply().await
+    }
+
+    /// The remote directory.
+    pub async fn pwd(&mut self) -> Result<String> {
+        self.send(Message::Pwd).await?;
+        self.cwd_reply().await
+    }
+
+    async fn cwd_reply(&mut self) -> Result<String> {
+        match self.recv().await?.message {
+            Message::Cwd(c) => Ok(c.path),
+            Message::Error(e) => Err(ClientError::Remote(e)),
+            other => Err(unexpected("cwd", &other)),
+        }
+    }
+
+    pub async fn mkdir(&mut self, path: &str, parents: bool) -> Result<()> {
+        let path = path.into();
+        self.request_ok(Message::Mkdir(Mkdir { path, parents }))
+            .await
+    }
+
+    pub async fn rm(&mut self, path: &str) -> Result<()> {
+        self.request_ok(Message::Rm(PathArg { path: path.into() }))
+            .await
+    }
+
+    pub async fn rmdir(&mut self, path: &str) -> Result<()> {
+        self.request_ok(Message::Rmdir(PathArg { path: path.into() }))
+            .await
+    }
+
+    pub async fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        let (from, to) = (from.into(), to.into());
+        self.request_ok(Message::Rename(Rename { from, to })).await
+    }
+
     /// Uploads `local` to `remote` (a path on the server). With `opts.resume`, continues from
     /// the bytes an earlier attempt left staged on the server, once their MD5 matches ours.
     pub async fn put(
@@ -314,6 +421,7 @@ impl Client {
                 overwrite: opts.overwrite,
                 resume,
                 upload_id: Some(upload_id.clone()),
+                mtime: mtime_of(&meta),
             }))
             .await?;
             let ready = match self.recv().await?.message {
@@ -362,6 +470,12 @@ impl Client {
         loop {
             tokio::select! {
                 biased;
+                () = self.cancel.cancelled() => {
+                    drop(rx);
+                    self.send(Message::Abort(ErrorReply::new(ErrorCode::BadRequest, "cancelled by the user"))).await?;
+                    let _ = self.recv().await?; // the server answers an abort with one error
+                    return Err(ClientError::Cancelled);
+                }
                 // The server may refuse part-way; it then skips our chunks until eof or abort.
                 early = self.reader.next() => {
                     drop(rx);
@@ -561,8 +675,20 @@ impl Client {
         let writer = tokio::task::spawn_blocking(move || write_chunks(file, hasher, rx));
         let mut expected = offset;
         let mut failure: Option<ClientError> = None;
+        let cancel = self.cancel.clone();
         let eof = loop {
-            let frame = self.recv().await?;
+            let frame = if failure.is_some() {
+                self.recv().await?
+            } else {
+                tokio::select! {
+                    frame = self.recv() => frame?,
+                    () = cancel.cancelled() => {
+                        failure = Some(ClientError::Cancelled);
+                        self.send(Message::Cancel).await?;
+                        continue;
+                    }
+                }
+            };
             match frame.message {
                 Message::Chunk(h) => {
                     if failure.is_some() {
@@ -639,6 +765,11 @@ fn upload_id(local: &Path, meta: &std::fs::Metadata, remote: &str) -> String {
         .chain_update(remote.as_bytes())
         .finalize();
     hex::encode(digest)
+}
+
+fn mtime_of(meta: &std::fs::Metadata) -> Option<i64> {
+    let t = meta.modified().ok()?;
+    Some(t.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64)
 }
 
 /// A clone of `file` positioned at `len`, with the MD5 of its first `len` bytes.

@@ -10,6 +10,10 @@ pub enum ClientError {
     Connect { addr: String, reason: String },
     #[error("{0}")]
     Auth(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("{failed} of {total} files failed")]
+    SomeFailed { failed: usize, total: usize },
     #[error("connection to the server lost: {0}")]
     ConnectionLost(String),
     #[error("server: {0}")]
@@ -36,6 +40,8 @@ impl ClientError {
             ClientError::Usage(_) => 2,
             ClientError::Connect { .. } | ClientError::ConnectionLost(_) => 3,
             ClientError::Auth(_) => 4,
+            ClientError::SomeFailed { .. } => 8,
+            ClientError::Cancelled => 130,
             ClientError::Remote(_) => 5,
             ClientError::Local { .. } | ClientError::LocalExists(_) => 6,
             ClientError::BadChunk { .. } | ClientError::Verify(_) | ClientError::Protocol(_) => 7,
@@ -57,6 +63,8 @@ impl ClientError {
             ),
             ClientError::Usage(_)
             | ClientError::Auth(_)
+            | ClientError::Cancelled
+            | ClientError::SomeFailed { .. }
             | ClientError::Local { .. }
             | ClientError::LocalExists(_)
             | ClientError::Verify(_) => false,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ftp_cli::app::App;
+use ftp_cli::app::{App, Output};
 use ftp_cli::client::Credentials;
 use ftp_cli::error::ClientError;
 use ftp_cli::repl;
@@ -50,6 +50,10 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     retries: u32,
 
+    /// Print listings, stat and transfer summaries as JSON lines, for scripts.
+    #[arg(long)]
+    json: bool,
+
     /// No progress bars.
     #[arg(short, long)]
     quiet: bool,
@@ -76,13 +80,11 @@ fn run(args: Args) -> Result<(), ClientError> {
         }),
         None => None,
     };
-    let mut app = App::new(
-        &args.host,
-        args.timeout,
-        args.retries,
-        creds,
-        interactive && !args.quiet,
-    )?;
+    let output = Output {
+        bars: interactive && !args.quiet,
+        json: args.json,
+    };
+    let mut app = App::new(&args.host, args.timeout, args.retries, creds, output)?;
     let result = if let Some(cmds) = args.commands {
         app.connect()
             .and_then(|()| repl::run_script(&mut app, std::iter::once(Ok(cmds))))
@@ -90,7 +92,7 @@ fn run(args: Args) -> Result<(), ClientError> {
         app.connect()
             .and_then(|()| repl::run_batch(&mut app, &batch))
     } else if interactive {
-        repl::interactive(&mut app)
+        return repl::interactive(app);
     } else {
         app.connect()
             .and_then(|()| repl::run_script(&mut app, std::io::stdin().lock().lines()))

@@ -119,7 +119,7 @@ impl Session {
         }
         debug!(peer = %self.peer, agent = %hello.agent, "hello");
         self.client_max_chunk = hello.max_chunk.clamp(1, protocol::MAX_BODY as u32);
-        let mut capabilities = vec![capability::RESUME.into()];
+        let mut capabilities = vec![capability::RESUME.into(), capability::FILES.into()];
         if self.auth.users().is_some() {
             capabilities.push(capability::AUTH_HMAC_SHA256.into());
         }
@@ -213,6 +213,14 @@ impl Session {
             match frame.message {
                 Message::Put(req) => cmd::put::run(self, req).await?,
                 Message::Get(req) => cmd::get::run(self, req).await?,
+                Message::List(req) => cmd::list::run(self, req).await?,
+                Message::Stat(req) => cmd::stat::run(self, req).await?,
+                Message::Cd(req) => cmd::cd::cd(self, req).await?,
+                Message::Pwd => cmd::cd::pwd(self).await?,
+                Message::Mkdir(req) => cmd::mkdir::run(self, req).await?,
+                Message::Rm(req) => cmd::rm::rm(self, req).await?,
+                Message::Rmdir(req) => cmd::rm::rmdir(self, req).await?,
+                Message::Rename(req) => cmd::rename::run(self, req).await?,
                 Message::Bye => return Ok(()),
                 // A cancel that crossed the end of a download on the wire: nothing left to stop.
                 Message::Cancel => {}
@@ -241,6 +249,11 @@ impl Session {
                 | Message::GetReady(_)
                 | Message::AuthChallenge(_)
                 | Message::AuthOk(_)
+                | Message::Listing(_)
+                | Message::ListEnd(_)
+                | Message::StatReply(_)
+                | Message::Cwd(_)
+                | Message::Ok
                 | Message::Stored(_)
                 | Message::Error(_) => {
                     self.send_error(ErrorReply::new(
@@ -287,9 +300,35 @@ impl Session {
 
     /// Resolves a client path against the current directory, to a path inside the home.
     pub fn resolve(&self, path: &str) -> Result<VPath, ErrorReply> {
-        VPath::resolve(&self.cwd, path)
-            .map(|p| self.home.join(&p))
-            .map_err(|e| storage_reply(&e))
+        self.resolve_both(path).map(|(_, full)| full)
+    }
+
+    /// The path as the client sees it, and as it is inside the root.
+    pub fn resolve_both(&self, path: &str) -> Result<(VPath, VPath), ErrorReply> {
+        let visible = VPath::resolve(&self.cwd, path).map_err(|e| self.user_reply(&e))?;
+        let full = self.home.join(&visible);
+        Ok((visible, full))
+    }
+
+    /// A storage error as this client sees it: paths shown from the client's `/`, so a user
+    /// never learns where their home is in the root.
+    pub fn user_reply(&self, e: &storage::Error) -> ErrorReply {
+        self.scrub(storage_reply(e))
+    }
+
+    /// Rewrites a reply's leading path from the root's view to the client's.
+    pub fn scrub(&self, mut reply: ErrorReply) -> ErrorReply {
+        if !self.home.is_root() {
+            let home = self.home.to_string();
+            if let Some(rest) = reply.message.strip_prefix(&home) {
+                if rest.starts_with('/') {
+                    reply.message = rest.to_owned();
+                } else if rest.starts_with(':') {
+                    reply.message = format!("/{rest}");
+                }
+            }
+        }
+        reply
     }
 
     /// Refuses writes for read-only users.

@@ -24,8 +24,9 @@ mod message;
 pub use codec::{CodecError, Frame, FrameCodec, Incoming, Rejected};
 pub use digest::{Md5Digest, Md5Hasher};
 pub use message::{
-    Auth, AuthChallenge, AuthOk, ChunkHeader, Eof, ErrorCode, ErrorReply, Get, GetReady, Hello,
-    Message, Put, PutReady,
+    Auth, AuthChallenge, AuthOk, ChunkHeader, Entry, EntryKind, Eof, ErrorCode, ErrorReply, Get,
+    GetReady, Hello, ListEnd, Listing, Message, Mkdir, PathArg, Put, PutReady, Rename, Stat,
+    StatReply,
 };
 
 /// The protocol version this crate speaks.
@@ -34,6 +35,9 @@ pub const VERSION: u32 = 1;
 pub const MAX_HEADER: usize = 64 * 1024;
 /// Largest chunk body accepted, in bytes.
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
+/// A `listing` frame's header is kept at most this long, half of [`MAX_HEADER`], however many
+/// entries the directory has: a large directory takes many frames, never one huge one.
+pub const LISTING_BATCH_BYTES: usize = 32 * 1024;
 /// Chunk size a sender uses unless told otherwise.
 pub const DEFAULT_CHUNK: u32 = 1024 * 1024;
 
@@ -41,6 +45,8 @@ pub const DEFAULT_CHUNK: u32 = 1024 * 1024;
 pub mod capability {
     /// `put` with `resume`/`upload_id` and `get` with `offset`/`prefix_md5`.
     pub const RESUME: &str = "resume";
+    /// `list`, `stat`, `cd`, `pwd`, `mkdir`, `rm`, `rmdir`, `rename`.
+    pub const FILES: &str = "files";
     /// The server has users: an `auth_challenge` follows its hello.
     pub const AUTH_HMAC_SHA256: &str = "auth-hmac-sha256";
 }

@@ -38,8 +38,108 @@ pub enum Message {
     Stored(Eof),
     /// A command failed, or the connection is about to close; see [`ErrorCode`].
     Error(ErrorReply),
+    /// Client: list the directory at `path`; answered by `listing` frames, then `list_end`.
+    List(PathArg),
+    /// Server: some of a directory's entries (a large directory takes many such frames).
+    Listing(Listing),
+    /// Server: the listing is complete.
+    ListEnd(ListEnd),
+    /// Client: describe one path, optionally with the MD5 of its content.
+    Stat(Stat),
+    /// Server: the answer to `stat`.
+    StatReply(StatReply),
+    /// Client: change the session's current directory.
+    Cd(PathArg),
+    /// Client: what is the current directory?
+    Pwd,
+    /// Server: the current directory, as the client sees it (answer to `cd` and `pwd`).
+    Cwd(PathArg),
+    /// Client: create a directory.
+    Mkdir(Mkdir),
+    /// Client: remove a file.
+    Rm(PathArg),
+    /// Client: remove an empty directory.
+    Rmdir(PathArg),
+    /// Client: rename (move) a file or directory; fails with `exists` if `to` exists.
+    Rename(Rename),
+    /// Server: the command succeeded and has nothing else to say.
+    Ok,
     /// Client: I am done; the server closes the connection.
     Bye,
+}
+
+/// A request naming one path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathArg {
+    pub path: String,
+}
+
+/// What kind of thing a directory entry is. Symbolic links are reported, not followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+    /// A kind this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// One directory entry, or the answer to `stat`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The entry's name (in a listing) or the path as the client sees it (in `stat_reply`).
+    pub name: String,
+    pub kind: EntryKind,
+    /// Size in bytes (0 for directories).
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<i64>,
+}
+
+/// A batch of directory entries, in no particular order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    pub entries: Vec<Entry>,
+}
+
+/// End of a listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListEnd {
+    /// How many entries were sent in all.
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stat {
+    pub path: String,
+    /// Also compute the MD5 of a file's content.
+    #[serde(default)]
+    pub md5: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatReply {
+    pub entry: Entry,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<Md5Digest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mkdir {
+    pub path: String,
+    /// Create missing parents too, and succeed if the directory exists.
+    #[serde(default)]
+    pub parents: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rename {
+    pub from: String,
+    pub to: String,
 }
 
 /// The handshake, sent by the client first and answered in kind by the server.
@@ -102,6 +202,9 @@ pub struct Put {
     /// another client's upload to the same path is never mixed in. 1 to 64 of `[0-9a-zA-Z_-]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_id: Option<String>,
+    /// Modification time to give the stored file, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<i64>,
 }
 
 /// Server answer to [`Put`].
@@ -209,6 +312,10 @@ pub enum ErrorCode {
     PrefixMismatch,
     /// The path names a directory where a file was expected.
     IsDirectory,
+    /// The path names something else where a directory was expected.
+    NotADirectory,
+    /// The directory is not empty.
+    NotEmpty,
     /// The storage failed to read or write.
     Io,
     /// The storage is full.
@@ -245,6 +352,8 @@ impl ErrorCode {
             ErrorCode::ChecksumMismatch => "checksum_mismatch",
             ErrorCode::PrefixMismatch => "prefix_mismatch",
             ErrorCode::IsDirectory => "is_directory",
+            ErrorCode::NotADirectory => "not_a_directory",
+            ErrorCode::NotEmpty => "not_empty",
             ErrorCode::Io => "io",
             ErrorCode::NoSpace => "no_space",
             ErrorCode::TooLarge => "too_large",

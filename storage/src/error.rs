@@ -19,6 +19,10 @@ pub enum Error {
     IsDirectory(String),
     #[error("{0}: not a regular file")]
     NotAFile(String),
+    #[error("{0}: not a directory")]
+    NotADirectory(String),
+    #[error("{0}: directory not empty")]
+    NotEmpty(String),
     #[error("{path}: a newer attempt at the same upload took over")]
     Busy { path: String },
     #[error("{path}: {what}")]
@@ -51,6 +55,8 @@ impl Error {
             Error::BadPath { .. } => ErrorCode::BadRequest,
             Error::IsDirectory(_) => ErrorCode::IsDirectory,
             Error::NotAFile(_) => ErrorCode::BadRequest,
+            Error::NotADirectory(_) => ErrorCode::NotADirectory,
+            Error::NotEmpty(_) => ErrorCode::NotEmpty,
             Error::Busy { .. } => ErrorCode::Busy,
             Error::Mismatch { code, .. } => *code,
             Error::NoSpace { .. } => ErrorCode::NoSpace,
@@ -66,6 +72,8 @@ impl Error {
             io::ErrorKind::NotFound => Error::NotFound(path),
             io::ErrorKind::AlreadyExists => Error::Exists(path),
             io::ErrorKind::IsADirectory => Error::IsDirectory(path),
+            io::ErrorKind::NotADirectory => Error::NotADirectory(path),
+            io::ErrorKind::DirectoryNotEmpty => Error::NotEmpty(path),
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Error::NoSpace { path },
             // cap-std reports an attempt to leave the root (a `..` or a symlink) this way.
             io::ErrorKind::PermissionDenied => Error::Denied {

@@ -19,6 +19,7 @@ use std::time::UNIX_EPOCH;
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
+use protocol::{Entry, EntryKind};
 
 pub use error::{Error, Result};
 pub use path::{VPath, MAX_NAME, MAX_PATH, PRIVATE_DIR};
@@ -219,6 +220,130 @@ impl Root {
         Ok(removed)
     }
 
+    /// The entries of the directory at `path`, symlinks reported as such, not followed. The
+    /// private directory is never listed.
+    pub fn list(&self, path: &VPath) -> Result<impl Iterator<Item = Entry>> {
+        let shown = path.to_string();
+        let dir = self.open_dir(path)?;
+        let top = path.is_root();
+        let entries = dir.entries().map_err(|e| Error::io(&shown, "list", e))?;
+        Ok(entries.filter_map(move |entry| {
+            let entry = entry.ok()?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if top && name == PRIVATE_DIR {
+                return None;
+            }
+            let meta = entry.metadata().ok()?;
+            Some(entry_of(name, &meta))
+        }))
+    }
+
+    /// Describes `path`, following a symlink that stays inside the root.
+    pub fn stat(&self, path: &VPath) -> Result<Entry> {
+        let shown = path.to_string();
+        let meta = self
+            .inner
+            .dir
+            .metadata(path.rel())
+            .map_err(|e| Error::io(&shown, "stat", e))?;
+        Ok(entry_of(shown, &meta))
+    }
+
+    fn open_dir(&self, path: &VPath) -> Result<Dir> {
+        let shown = path.to_string();
+        match self.inner.dir.open_dir(path.rel()) {
+            Ok(d) => Ok(d),
+            Err(e) if self.stat(path).is_ok_and(|m| m.kind != EntryKind::Dir) => {
+                let _ = e;
+                Err(Error::NotADirectory(shown))
+            }
+            Err(e) => Err(Error::io(&shown, "open directory", e)),
+        }
+    }
+
+    /// Checks that `path` is a directory (for `cd`).
+    pub fn check_dir(&self, path: &VPath) -> Result<()> {
+        self.open_dir(path).map(drop)
+    }
+
+    /// Creates a directory; with `parents`, missing parents too, and an existing one is fine.
+    pub fn mkdir(&self, path: &VPath, parents: bool) -> Result<()> {
+        let shown = path.to_string();
+        if path.is_root() {
+            return Err(Error::Exists(shown));
+        }
+        let r = if parents {
+            self.inner.dir.create_dir_all(path.rel())
+        } else {
+            self.inner.dir.create_dir(path.rel())
+        };
+        r.map_err(|e| Error::io(&shown, "create directory", e))
+    }
+
+    /// Removes a file (not a directory).
+    pub fn remove_file(&self, path: &VPath) -> Result<()> {
+        let shown = path.to_string();
+        let meta = self
+            .inner
+            .dir
+            .symlink_metadata(path.rel())
+            .map_err(|e| Error::io(&shown, "stat", e))?;
+        if meta.is_dir() {
+            return Err(Error::IsDirectory(shown));
+        }
+        let size = if meta.is_file() { meta.len() } else { 0 };
+        self.inner
+            .dir
+            .remove_file(path.rel())
+            .map_err(|e| Error::io(&shown, "remove", e))?;
+        self.settle(0, Some(-i128::from(size)));
+        Ok(())
+    }
+
+    /// Removes an empty directory; never the root.
+    pub fn remove_dir(&self, path: &VPath) -> Result<()> {
+        let shown = path.to_string();
+        if path.is_root() {
+            return Err(Error::Denied {
+                path: shown,
+                reason: "cannot remove the root",
+            });
+        }
+        self.inner.dir.remove_dir(path.rel()).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::DirectoryNotEmpty {
+                Error::NotEmpty(shown.clone())
+            } else if e.kind() == std::io::ErrorKind::NotADirectory {
+                Error::NotADirectory(shown.clone())
+            } else {
+                Error::io(&shown, "remove directory", e)
+            }
+        })
+    }
+
+    /// Renames `from` to `to`; refuses to replace anything at `to`.
+    pub fn rename(&self, from: &VPath, to: &VPath) -> Result<()> {
+        if from.is_root() || to.is_root() {
+            return Err(Error::Denied {
+                path: from.to_string(),
+                reason: "cannot rename the root",
+            });
+        }
+        if to.rel().starts_with(&format!("{}/", from.rel())) {
+            return Err(Error::Denied {
+                path: to.to_string(),
+                reason: "cannot move a directory inside itself",
+            });
+        }
+        let dir = &self.inner.dir;
+        match dir.symlink_metadata(to.rel()) {
+            Ok(_) => return Err(Error::Exists(to.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&to.to_string(), "stat", e)),
+        }
+        dir.rename(from.rel(), dir, to.rel())
+            .map_err(|e| Error::io(&from.to_string(), "rename", e))
+    }
+
     /// Creates `path` and its missing parents as directories.
     pub fn create_dir_all(&self, path: &VPath) -> Result<()> {
         self.inner
@@ -230,6 +355,33 @@ impl Root {
     /// Starts (or resumes) a staged upload to `path`; see [`Upload`].
     pub fn begin_upload(&self, path: &VPath, req: &UploadRequest) -> Result<Upload> {
         Upload::begin(self.clone(), path, req)
+    }
+}
+
+fn entry_of(name: String, meta: &cap_std::fs::Metadata) -> Entry {
+    let ft = meta.file_type();
+    let kind = if ft.is_file() {
+        EntryKind::File
+    } else if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_symlink() {
+        EntryKind::Symlink
+    } else {
+        EntryKind::Other
+    };
+    Entry {
+        name,
+        kind,
+        size: if kind == EntryKind::Dir {
+            0
+        } else {
+            meta.len()
+        },
+        mtime: meta
+            .modified()
+            .ok()
+            .and_then(|t| t.into_std().duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64),
     }
 }
 

@@ -21,6 +21,8 @@ pub struct UploadRequest {
     pub upload_id: Option<String>,
     /// Continue the staged bytes of an earlier attempt with the same `upload_id`.
     pub resume: bool,
+    /// Modification time for the stored file, seconds since the Unix epoch.
+    pub mtime: Option<i64>,
 }
 
 /// An upload in progress. Bytes are appended to a staging file; [`Upload::commit`] checks the
@@ -44,6 +46,8 @@ pub struct Upload {
     replaced: u64,
     /// Bytes of quota held for this upload until it ends.
     reserved: u64,
+    /// Modification time to give the file when it is stored.
+    mtime: Option<i64>,
     committed: bool,
 }
 
@@ -136,6 +140,7 @@ impl Upload {
             lease,
             replaced,
             reserved,
+            mtime: req.mtime,
             root,
             target: target.clone(),
             staged,
@@ -260,6 +265,10 @@ impl Upload {
         let superseded = lease.superseded.lock().unwrap();
         if *superseded {
             return Err(self.superseded());
+        }
+        if let Some(secs) = self.mtime {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+            let _ = self.file.set_modified(t);
         }
         if let Err(e) = self.file.sync_all() {
             return Err(self.failed(Error::io(&shown, "sync", e)));

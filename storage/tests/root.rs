@@ -19,6 +19,7 @@ fn req(size: u64) -> UploadRequest {
         overwrite: false,
         upload_id: None,
         resume: false,
+        mtime: None,
     }
 }
 
@@ -238,5 +239,66 @@ fn quota_counts_existing_files_uploads_in_flight_and_replacements() {
     assert!(
         root.begin_upload(&p("c"), &req(30)).is_ok(),
         "70 used, 30 free"
+    );
+}
+
+#[test]
+fn listing_hides_the_private_directory_and_reports_kinds() {
+    let (dir, root) = setup();
+    std::fs::write(dir.path().join("f"), "12345").unwrap();
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    std::os::unix::fs::symlink("f", dir.path().join("l")).unwrap();
+    let mut got: Vec<_> = root
+        .list(&VPath::root())
+        .unwrap()
+        .map(|e| (e.name, e.kind, e.size))
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    use protocol::EntryKind::*;
+    assert_eq!(
+        got,
+        [
+            ("d".into(), Dir, 0),
+            ("f".into(), File, 5),
+            ("l".into(), Symlink, 1)
+        ]
+    );
+    assert!(matches!(root.list(&p("f")), Err(Error::NotADirectory(_))));
+    assert!(matches!(root.list(&p("nope")), Err(Error::NotFound(_))));
+}
+
+#[test]
+fn file_management() {
+    let (dir, root) = setup();
+    root.mkdir(&p("a"), false).unwrap();
+    assert!(matches!(root.mkdir(&p("a"), false), Err(Error::Exists(_))));
+    root.mkdir(&p("a"), true).unwrap();
+    assert!(root.mkdir(&p("x/y"), false).is_err());
+    root.mkdir(&p("x/y/z"), true).unwrap();
+    std::fs::write(dir.path().join("a/f"), "1").unwrap();
+    assert!(matches!(root.remove_dir(&p("a")), Err(Error::NotEmpty(_))));
+    assert!(matches!(
+        root.remove_file(&p("a")),
+        Err(Error::IsDirectory(_))
+    ));
+    assert!(matches!(
+        root.rename(&p("a/f"), &p("x")),
+        Err(Error::Exists(_))
+    ));
+    assert!(matches!(
+        root.rename(&p("x"), &p("x/y/in")),
+        Err(Error::Denied { .. })
+    ));
+    root.rename(&p("a/f"), &p("x/g")).unwrap();
+    assert!(dir.path().join("x/g").exists());
+    root.remove_file(&p("x/g")).unwrap();
+    root.remove_dir(&p("a")).unwrap();
+    assert!(matches!(
+        root.remove_dir(&VPath::root()),
+        Err(Error::Denied { .. })
+    ));
+    assert!(
+        dir.path().join(".ftpd").exists(),
+        "the private dir survives"
     );
 }

@@ -34,7 +34,7 @@ pub async fn run(s: &mut Session, req: Get) -> Result<(), SessionError> {
     let (offset, prefix_md5) = (req.offset, req.prefix_md5);
     let p = match blocking(move || prepare(&root, &path, offset, prefix_md5)).await? {
         Ok(p) => p,
-        Err(reply) => return s.send_error(reply).await,
+        Err(reply) => return s.send_error(s.scrub(reply)).await,
     };
     let size = p.size;
     s.send(Message::GetReady(GetReady {

@@ -1,12 +1,34 @@
 //! One module per command a client can send.
 
+pub mod cd;
 pub mod get;
+pub mod list;
+pub mod mkdir;
 pub mod put;
+pub mod rename;
+pub mod rm;
+pub mod stat;
 
 use std::time::Duration;
 
-use protocol::Md5Digest;
+use protocol::{Md5Digest, Message};
+use storage::Root;
 use tracing::info;
+
+use crate::error::{blocking, SessionError};
+use crate::session::Session;
+
+/// Runs a storage change off the reactor and answers `ok`, or the error.
+pub(crate) async fn answer_ok<F>(s: &mut Session, f: F) -> Result<(), SessionError>
+where
+    F: FnOnce(&Root) -> storage::Result<()> + Send + 'static,
+{
+    let root = s.root.clone();
+    match blocking(move || f(&root)).await? {
+        Ok(()) => s.send(Message::Ok).await,
+        Err(e) => s.send_error(s.user_reply(&e)).await,
+    }
+}
 
 /// What a finished (or failed) transfer leaves in the log: one line, like vsftpd's xferlog.
 pub(crate) struct TransferLog<'a> {

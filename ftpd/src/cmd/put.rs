@@ -36,11 +36,12 @@ pub async fn run(s: &mut Session, req: Put) -> Result<(), SessionError> {
         overwrite: req.overwrite,
         upload_id: req.upload_id.clone(),
         resume: req.resume,
+        mtime: req.mtime,
     };
     let target = path.clone();
     let upload = match blocking(move || root.begin_upload(&target, &ureq)).await? {
         Ok(u) => u,
-        Err(e) => return s.send_error(storage_reply(&e)).await,
+        Err(e) => return s.send_error(s.user_reply(&e)).await,
     };
     let offset = upload.offset();
     s.send(Message::PutReady(PutReady {
@@ -99,6 +100,7 @@ pub async fn run(s: &mut Session, req: Put) -> Result<(), SessionError> {
         .await
         .map_err(|e| SessionError::Internal(format!("upload writer failed: {e}")))?;
 
+    let written = written.map_err(|r| s.scrub(r));
     let result = match end {
         End::Eof(eof) => match written {
             Err(reply) => Err(reply),
