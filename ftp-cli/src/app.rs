@@ -591,7 +591,12 @@ impl App {
                     format!("chunk at offset {offset} failed its MD5 check")
                 }
                 ClientError::Connect { .. } => "cannot reconnect".to_owned(),
-                other => format!("{other} (at {})", HumanBytes(progress.pos)),
+                other => match t {
+                    Transfer::Put { .. } => {
+                        format!("{other} (after sending {})", HumanBytes(progress.pos))
+                    }
+                    Transfer::Get { .. } => format!("{other} (at {})", HumanBytes(progress.pos)),
+                },
             };
             eprintln!("ftp-cli: {what}, resuming ({attempt}/{})", self.retries);
             let backoff = RETRY_BACKOFF * 2u32.pow(attempt - 1);

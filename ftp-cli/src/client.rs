@@ -487,7 +487,7 @@ impl Client {
                         None => return Err(ClientError::ConnectionLost("server closed the connection".into())),
                     };
                     self.send(Message::Abort(ErrorReply::new(reply.code, "stopping after the server's error"))).await?;
-                    return Err(ClientError::Remote(reply));
+                    return Err(refused_mid_stream(reply));
                 }
                 item = rx.recv() => match item {
                     Some(Ok(frame)) => {
@@ -515,7 +515,7 @@ impl Client {
                 "server stored {} bytes with MD5 {}, we sent {size} bytes with MD5 {md5}",
                 s.size, s.md5
             ))),
-            Message::Error(e) => Err(ClientError::Remote(e)),
+            Message::Error(e) => Err(refused_mid_stream(e)),
             other => Err(unexpected("stored", &other)),
         }
     }
@@ -808,6 +808,18 @@ pub async fn md5_of_file(path: &Path) -> Result<Md5Digest> {
 fn remove_if_empty(path: &Path) {
     if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+/// An error the server sent while our chunks were on the wire. A malformed or out-of-place
+/// frame there means the bytes were damaged in transit (the server closes the connection after
+/// a framing error), so it counts as a lost link, which a retry can cure; the rest are answers.
+fn refused_mid_stream(reply: ErrorReply) -> ClientError {
+    match reply.code {
+        ErrorCode::BadRequest | ErrorCode::TooLarge => {
+            ClientError::ConnectionLost(format!("the server received damaged data: {reply}"))
+        }
+        _ => ClientError::Remote(reply),
     }
 }
 

@@ -54,6 +54,14 @@ struct Args {
     #[arg(long)]
     json: bool,
 
+    /// Print the man page (roff) and exit: `ftp-cli --man x > ftp-cli.1`.
+    #[arg(long, hide = true)]
+    man: bool,
+
+    /// Print a shell completion script and exit: `ftp-cli --completions bash x`.
+    #[arg(long, hide = true, value_name = "SHELL")]
+    completions: Option<clap_complete::Shell>,
+
     /// No progress bars.
     #[arg(short, long)]
     quiet: bool,
@@ -61,11 +69,38 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.man || args.completions.is_some() {
+        return print_docs(args.man, args.completions);
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ftp-cli: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `--man` and `--completions SHELL`: generated from the flag definitions themselves.
+fn print_docs(man: bool, shell: Option<clap_complete::Shell>) -> ExitCode {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut out = Vec::new();
+    if man {
+        if let Err(e) = clap_mangen::Man::new(Args::command()).render(&mut out) {
+            eprintln!("ftp-cli: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(shell) = shell {
+        clap_complete::generate(shell, &mut Args::command(), "ftp-cli", &mut out);
+    }
+    match std::io::stdout().write_all(&out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ftp-cli: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,22 +1,45 @@
-//! The daemon's settings: every one a command-line flag with a documented default.
+//! The daemon's settings: every one a flag, an `FTPD_*` environment variable, or a key of the
+//! `--config` file, in that order of precedence, each with a documented default.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use anyhow::{bail, Context};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use serde::Serialize;
 
 /// Serve one directory to ftp-cli clients over the ftpd protocol (docs/PROTOCOL.md).
-#[derive(Parser, Debug, Clone)]
-#[command(name = "ftpd", version)]
+///
+/// Every setting can also be given in a TOML file (--config) under the flag's name, e.g.
+/// `root = "/srv/ftp"` or `max-connections = 100`; a flag beats its FTPD_* environment
+/// variable, which beats the file, which beats the default.
+#[derive(Parser, Debug, Clone, Serialize)]
+#[command(name = "ftpd", version, args_override_self = true)]
+#[serde(rename_all = "kebab-case")]
 pub struct Config {
-    /// Directory to serve; uploads are staged in its private `.ftpd` subdirectory.
+    /// Directory to serve (required, here or in the settings file); uploads are staged in its
+    /// private `.ftpd` subdirectory.
     #[arg(long, env = "FTPD_ROOT")]
-    pub root: PathBuf,
+    pub root: Option<PathBuf>,
 
-    /// Address to listen on; port 0 picks a free port (the bound address is logged).
+    /// Address to listen on; port 0 picks a free port (the bound address is logged). Ignored
+    /// when systemd passes a listening socket (socket activation).
     #[arg(long, env = "FTPD_LISTEN", default_value = "127.0.0.1:2121")]
     pub listen: SocketAddr,
+
+    /// Settings file (TOML): any flag's long name as a key.
+    #[arg(long, env = "FTPD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Check the settings (and the root and users file), print the effective configuration,
+    /// and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
 
     /// Users file (TOML, one [[user]] table each: name, secret or secret_file, home,
     /// read_only). Without it, anyone who can connect has full access to the root.
@@ -24,60 +47,189 @@ pub struct Config {
     pub users: Option<PathBuf>,
 
     /// Serve anonymously (no --users) on an address that is not loopback.
-    #[arg(long)]
+    #[arg(long, env = "FTPD_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
 
     /// Most connections served at once; more are refused with a `busy` error.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, env = "FTPD_MAX_CONNECTIONS", default_value_t = 512)]
     pub max_connections: usize,
 
     /// Most connections from one IP address at once; more are refused with a `busy` error.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, env = "FTPD_MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
     pub max_connections_per_ip: usize,
 
     /// Largest file an upload may create (e.g. 10G, 500MiB); none by default.
-    #[arg(long, value_parser = parse_bytes)]
+    #[arg(long, env = "FTPD_MAX_FILE_SIZE", value_parser = parse_bytes)]
     pub max_file_size: Option<u64>,
 
     /// Most bytes all files in the root may take together (e.g. 100G); none by default.
     /// Uploads that would go over it are refused before any byte is sent.
-    #[arg(long, value_parser = parse_bytes)]
+    #[arg(long, env = "FTPD_QUOTA", value_parser = parse_bytes)]
     pub quota: Option<u64>,
 
-    /// Time a new client has to complete the hello exchange.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Time a new client has to complete the hello exchange (and authentication).
+    #[arg(long, env = "FTPD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "duration")]
     pub handshake_timeout: Duration,
 
     /// Time a client may stay silent between commands.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "FTPD_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "duration")]
     pub idle_timeout: Duration,
 
     /// Time a transfer may wait for the next frame, or for the peer to take one, before it fails.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "FTPD_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "duration")]
     pub stall_timeout: Duration,
 
-    /// After SIGTERM or SIGINT, time given to transfers in flight before they are cut.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    /// After SIGTERM or SIGINT, time given to transfers in flight before they are cut (their
+    /// staged bytes stay resumable).
+    #[arg(long, env = "FTPD_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "duration")]
     pub shutdown_grace: Duration,
 
     /// Staged bytes of an interrupted upload are kept this long for `put -c` to resume, then
     /// removed (checked at startup and every hour).
-    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "FTPD_STAGING_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "duration")]
     pub staging_max_age: Duration,
 
     /// Chunk size for downloads, in bytes (capped by what the client accepts).
-    #[arg(long, default_value_t = protocol::DEFAULT_CHUNK,
+    #[arg(long, env = "FTPD_CHUNK_SIZE", default_value_t = protocol::DEFAULT_CHUNK,
           value_parser = clap::value_parser!(u32).range(1..=protocol::MAX_BODY as i64))]
     pub chunk_size: u32,
+
+    /// Log filter: a level (error, warn, info, debug, trace) or RUST_LOG-style directives.
+    /// Without it, RUST_LOG is used, else info. Reloaded on SIGHUP.
+    #[arg(long, env = "FTPD_LOG_LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Log line format: human-readable text, or one JSON object per line for collectors.
+    #[arg(long, env = "FTPD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// Print the man page (roff) and exit: `ftpd --man > ftpd.1`.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub man: bool,
+
+    /// Print a shell completion script and exit: `ftpd --completions bash`.
+    #[arg(long, hide = true, value_name = "SHELL")]
+    #[serde(skip)]
+    pub completions: Option<clap_complete::Shell>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Flags that make no sense in a settings file.
+const NOT_IN_FILE: &[&str] = &[
+    "config",
+    "check-config",
+    "man",
+    "completions",
+    "help",
+    "version",
+];
 
 impl Config {
     /// Settings for a root with every other value at its default (tests, embedding).
     pub fn for_root(root: impl Into<PathBuf>) -> Self {
         let mut c = Config::parse_from(["ftpd", "--root", "."]);
-        c.root = root.into();
+        c.root = Some(root.into());
         c
     }
+
+    /// The storage root (present in every loaded configuration).
+    pub fn root(&self) -> &std::path::Path {
+        self.root.as_deref().expect("Config::load requires a root")
+    }
+
+    /// Settings that only make sense together.
+    fn checked(self) -> anyhow::Result<Config> {
+        if self.root.is_none() && !self.man && self.completions.is_none() {
+            bail!("no storage root: give --root DIR (or root = \"DIR\" in the --config file)");
+        }
+        Ok(self)
+    }
+
+    /// Parses the command line, the environment and, when named, the settings file. Errors
+    /// from clap itself (including --help and --version) come back as `clap::Error`.
+    pub fn load(args: &[OsString]) -> anyhow::Result<Config> {
+        let cmd = Config::command();
+        let matches = cmd.clone().try_get_matches_from(args)?;
+        let first = Config::from_arg_matches(&matches)?;
+        let Some(path) = first.config.clone() else {
+            return first.checked();
+        };
+        let shown = path.display();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read settings file {shown}"))?;
+        let table: toml::Table = text
+            .parse()
+            .with_context(|| format!("settings file {shown} is not valid TOML"))?;
+        let mut from_file: Vec<OsString> = Vec::new();
+        for (key, value) in table {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_long() == Some(key.as_str()))
+                .filter(|_| !NOT_IN_FILE.contains(&key.as_str()));
+            let Some(arg) = arg else {
+                bail!(
+                    "settings file {shown}, line {}: unknown setting `{key}` (run ftpd --help)",
+                    line_of(&text, &key)
+                );
+            };
+            if matches!(
+                matches.value_source(arg.get_id().as_str()),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            ) {
+                continue; // a flag or the environment said otherwise
+            }
+            let flag = OsString::from(format!("--{key}"));
+            match value {
+                toml::Value::String(s) => from_file.extend([flag, s.into()]),
+                toml::Value::Integer(i) => from_file.extend([flag, i.to_string().into()]),
+                toml::Value::Boolean(b) if !arg.get_action().takes_values() => {
+                    if b {
+                        from_file.push(flag);
+                    }
+                }
+                other => bail!(
+                    "settings file {shown}, line {}: `{key}` cannot be {}",
+                    line_of(&text, &key),
+                    other.type_str()
+                ),
+            }
+        }
+        let mut all = vec![args.first().cloned().unwrap_or_else(|| "ftpd".into())];
+        all.extend(from_file);
+        all.extend(args.iter().skip(1).cloned());
+        let matches = cmd
+            .try_get_matches_from(all)
+            .with_context(|| format!("in settings file {shown}"))?;
+        Config::from_arg_matches(&matches)?.checked()
+    }
+
+    /// The effective settings as a settings file would spell them.
+    pub fn effective(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print settings: {e}\n"))
+    }
+}
+
+/// The line where `key` is set, for error messages.
+fn line_of(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map_or(0, |i| i + 1)
 }
 
 fn parse_bytes(s: &str) -> Result<u64, String> {
@@ -85,4 +237,93 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .with_binary()
         .parse_size(s)
         .map_err(|e| format!("{e} (try 500M, 10G or a number of bytes)"))
+}
+
+fn duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ftpd.toml");
+        std::fs::write(&path, file).unwrap();
+        let mut argv: Vec<OsString> = vec!["ftpd".into(), "--config".into(), path.into()];
+        argv.extend(args.iter().map(OsString::from));
+        // The environment layer is exercised through clap's own `env` support; set variables
+        // only for the keys a case needs and remove them after.
+        for (k, v) in env {
+            std::env::set_var(k, v);
+        }
+        let r = Config::load(&argv);
+        for (k, _) in env {
+            std::env::remove_var(k);
+        }
+        r
+    }
+
+    #[test]
+    fn file_fills_in_what_flags_do_not_say() {
+        let c = load(
+            "root = \"/srv/x\"\nmax-connections = 7\nidle-timeout = \"2m\"\nallow-anonymous = true\n",
+            &["--max-connections", "9"],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.root(), std::path::Path::new("/srv/x"));
+        assert_eq!(c.max_connections, 9, "the flag wins over the file");
+        assert_eq!(c.idle_timeout, Duration::from_secs(120));
+        assert!(c.allow_anonymous);
+        assert_eq!(c.stall_timeout, Duration::from_secs(60), "default");
+    }
+
+    #[test]
+    fn environment_beats_the_file() {
+        let c = load(
+            "root = \"/srv/x\"\nmax-file-size = \"1G\"\n",
+            &[],
+            &[("FTPD_MAX_FILE_SIZE", "2G")],
+        )
+        .unwrap();
+        assert_eq!(c.max_file_size, Some(2 << 30));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_line() {
+        let err = load("root = \"/x\"\n\nlisten-adress = \"1.2.3.4:5\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 3") && err.contains("listen-adress"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            load("root = \"/x\"\nidle-timeout = \"soon\"\n", &[], &[]).unwrap_err()
+        );
+        assert!(
+            err.contains("idle-timeout") || err.contains("soon"),
+            "{err}"
+        );
+        let err = load("root = [1]\n", &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("root"), "{err}");
+        let err = load("config = \"other.toml\"\n", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown setting `config`"), "{err}");
+    }
+
+    #[test]
+    fn effective_settings_read_back_as_a_settings_file() {
+        let c = load("root = \"/srv/x\"\nquota = \"10G\"\n", &[], &[]).unwrap();
+        let text = c.effective();
+        assert!(text.contains("root = \"/srv/x\""), "{text}");
+        assert!(text.contains("idle-timeout = \"5m\""), "{text}");
+        let again = load(&text, &[], &[]).unwrap();
+        assert_eq!(again.quota, c.quota);
+        assert_eq!(again.idle_timeout, c.idle_timeout);
+    }
 }

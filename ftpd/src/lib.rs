@@ -3,8 +3,9 @@
 
 mod auth;
 pub mod cmd;
-mod config;
+pub mod config;
 mod error;
+pub mod logging;
 mod server;
 mod session;
 mod shutdown;

@@ -1,23 +1,38 @@
-//! The `ftpd` binary: flags, logging, signals; the daemon itself is in the library.
+//! The `ftpd` binary: settings, logging, signals and systemd; the daemon is in the library.
 
-use std::io::IsTerminal;
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
-use ftpd::{Config, Server};
-use tracing::info;
-use tracing_subscriber::EnvFilter;
+use clap::CommandFactory;
+use ftpd::logging::{self, LogLevel};
+use ftpd::{Config, Server, Shared};
+use sd_notify::NotifyState;
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
-    let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let config = match Config::load(&args) {
+        Ok(c) => c,
+        Err(e) => match e.downcast::<clap::Error>() {
+            Ok(clap_error) => clap_error.exit(),
+            Err(e) => {
+                eprintln!("ftpd: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    if config.man || config.completions.is_some() {
+        return print_docs(config.man, config.completions);
+    }
+    let log = match logging::init(&config) {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("ftpd: bad --log-level: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -25,26 +40,111 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, args, log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            error!("{e:#}");
             eprintln!("ftpd: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let (listen, root) = (config.listen, config.root.clone());
-    let server = Server::new(config)?;
-    let listener = ftpd::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
-    info!(root = %root.display(), "listening on {}", listener.local_addr()?);
+/// `--man` and `--completions SHELL`: generated from the flag definitions themselves.
+fn print_docs(man: bool, shell: Option<clap_complete::Shell>) -> ExitCode {
+    let mut out = Vec::new();
+    if man {
+        if let Err(e) = clap_mangen::Man::new(Config::command()).render(&mut out) {
+            eprintln!("ftpd: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(shell) = shell {
+        clap_complete::generate(shell, &mut Config::command(), "ftpd", &mut out);
+    }
+    use std::io::Write;
+    match std::io::stdout().write_all(&out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ftpd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config, args: Vec<OsString>, log: LogLevel) -> anyhow::Result<()> {
+    let check_only = config.check_config;
+    let listen = config.listen;
+    let root = config.root().to_owned();
+    let server = Server::new(config.clone())?;
+    if check_only {
+        print!("{}", config.effective());
+        return Ok(());
+    }
+    let listener = listener(listen)?;
+    let addr = listener.local_addr()?;
+    server.check_exposure(addr)?;
+    info!(root = %root.display(), "listening on {addr}");
+    // Only now is the service usable: the root is checked and the socket accepts.
+    let _ = sd_notify::notify(&[NotifyState::Ready]);
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        tokio::spawn(watchdog(period));
+    }
+    tokio::spawn(reload_on_hangup(server.shared().clone(), args, log));
     server.run(listener, shutdown_signal()).await;
     info!("stopped");
     Ok(())
 }
 
-/// Completes on SIGINT or SIGTERM.
+/// The socket systemd passed (socket activation), or one bound to `listen`.
+fn listener(listen: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if let Some(std_listener) = fds
+        .take_tcp_listener(0)
+        .context("cannot use the socket passed by systemd")?
+    {
+        std_listener.set_nonblocking(true)?;
+        info!("using the listening socket passed by systemd");
+        return Ok(TcpListener::from_std(std_listener)?);
+    }
+    ftpd::bind(listen).with_context(|| format!("cannot listen on {listen}"))
+}
+
+/// Pings systemd's watchdog at half its period.
+async fn watchdog(period: std::time::Duration) {
+    let mut tick = tokio::time::interval(period / 2);
+    loop {
+        tick.tick().await;
+        let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+    }
+}
+
+/// SIGHUP re-reads the settings: the log filter and the users file take effect for new
+/// connections; connections already open are left alone.
+async fn reload_on_hangup(shared: Shared, args: Vec<OsString>, log: LogLevel) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot watch for SIGHUP; reloading is off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let outcome = Config::load(&args).and_then(|config| {
+            log.set(&config)?;
+            match &config.users {
+                Some(path) => shared.reload_users(path).map(Some),
+                None => Ok(None),
+            }
+        });
+        match outcome {
+            Ok(Some(n)) => info!(users = n, "reloaded settings and users"),
+            Ok(None) => info!("reloaded settings"),
+            Err(e) => error!("reload failed, keeping the settings in force: {e:#}"),
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM, telling systemd the service is stopping.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
@@ -52,4 +152,5 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
 }

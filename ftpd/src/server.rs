@@ -33,6 +33,16 @@ pub struct Server {
     shared: Shared,
 }
 
+impl Shared {
+    /// Loads the users file again and puts it in force for new connections.
+    pub fn reload_users(&self, path: &std::path::Path) -> anyhow::Result<usize> {
+        let users = Users::load(path, &self.root)?;
+        let n = users.len();
+        self.auth.replace(users);
+        Ok(n)
+    }
+}
+
 /// What every session shares.
 #[derive(Clone)]
 pub struct Shared {
@@ -63,24 +73,14 @@ impl Server {
             max_file_size: config.max_file_size,
             quota: config.quota,
         };
-        let root = Root::open_with_limits(&config.root, limits)
+        let root = Root::open_with_limits(config.root(), limits)
             .context("cannot serve the storage root")?;
         let users = match &config.users {
             Some(path) => Some(Users::load(path, &root)?),
             None => None,
         };
-        match &users {
-            Some(users) => info!(users = users.len(), "authentication required"),
-            None if config.listen.ip().is_loopback() => {}
-            None if config.allow_anonymous => warn!(
-                "serving anonymously on {}: anyone who can connect can read and write the root",
-                config.listen
-            ),
-            None => anyhow::bail!(
-                "refusing to serve anonymously on {}, which is not a loopback address: \
-                 give --users FILE, or --allow-anonymous to let anyone who can connect in",
-                config.listen
-            ),
+        if let Some(users) = &users {
+            info!(users = users.len(), "authentication required");
         }
         sweep(&root, config.staging_max_age);
         Ok(Server {
@@ -90,6 +90,22 @@ impl Server {
                 auth: Arc::new(Authenticator::new(users)),
             },
         })
+    }
+
+    /// Refuses to serve anonymously on an address others can reach, unless told to.
+    pub fn check_exposure(&self, addr: SocketAddr) -> anyhow::Result<()> {
+        let config = &self.shared.config;
+        if self.shared.auth.users().is_some() || addr.ip().is_loopback() {
+            return Ok(());
+        }
+        if !config.allow_anonymous {
+            anyhow::bail!(
+                "refusing to serve anonymously on {addr}, which is not a loopback address: \
+                 give --users FILE, or --allow-anonymous to let anyone who can connect in"
+            );
+        }
+        warn!("serving anonymously on {addr}: anyone who can connect can read and write the root");
+        Ok(())
     }
 
     /// What sessions share (tests and reload reach the users through it).

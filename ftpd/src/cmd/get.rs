@@ -92,6 +92,7 @@ pub async fn run(s: &mut Session, req: Get) -> Result<(), SessionError> {
     };
     TransferLog {
         peer: s.peer,
+        user: s.user.as_ref().map(|u| u.name.as_str()),
         op: "get",
         path: &req.path,
         bytes: sent - offset,

@@ -33,6 +33,7 @@ where
 /// What a finished (or failed) transfer leaves in the log: one line, like vsftpd's xferlog.
 pub(crate) struct TransferLog<'a> {
     pub peer: std::net::SocketAddr,
+    pub user: Option<&'a str>,
     pub op: &'static str,
     pub path: &'a str,
     pub bytes: u64,
@@ -52,6 +53,7 @@ impl TransferLog<'_> {
         info!(
             target: "ftpd::xfer",
             peer = %self.peer,
+            user = self.user.unwrap_or("-"),
             op = self.op,
             path = self.path,
             bytes = self.bytes,

@@ -203,6 +203,7 @@ fn log(
 ) {
     TransferLog {
         peer: s.peer,
+        user: s.user.as_ref().map(|u| u.name.as_str()),
         op: "put",
         path: &req.path,
         bytes,
