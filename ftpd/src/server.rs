@@ -228,6 +228,10 @@ async fn refuse(stream: TcpStream, peer: SocketAddr, why: &str) {
 /// Removes staged uploads older than `max_age`, logging what it did.
 fn sweep(root: &Root, max_age: Duration) {
     root.recount_usage();
+    let stale = root.sweep_digests();
+    if stale > 0 {
+        info!(removed = stale, "removed digests of files changed or gone");
+    }
     match root.sweep_staging(max_age) {
         Ok(0) => {}
         Ok(n) => info!(removed = n, "removed abandoned staged uploads"),

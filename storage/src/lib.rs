@@ -7,6 +7,7 @@
 //! each name beneath it and refuses to follow `..` or a symlink out of it, the same guarantee
 //! `openat2(RESOLVE_BENEATH)` gives, so a symlink swapped in mid-transfer cannot lead outside.
 
+mod digests;
 mod error;
 mod path;
 mod upload;
@@ -21,6 +22,7 @@ use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use protocol::{Entry, EntryKind};
 
+pub use digests::Recorded;
 pub use error::{Error, Result};
 pub use path::{VPath, MAX_NAME, MAX_PATH, PRIVATE_DIR};
 pub use upload::{Upload, UploadRequest};
@@ -55,6 +57,8 @@ struct Inner {
     dir: Dir,
     /// Capability handle on the staging directory.
     staging: Dir,
+    /// Capability handle on the recorded digests.
+    digests: Dir,
     /// The root's host path, for log lines only.
     host_path: PathBuf,
     /// Upload size limits.
@@ -73,6 +77,8 @@ pub struct ReadFile {
     pub size: u64,
     /// Seconds since the Unix epoch.
     pub mtime: Option<i64>,
+    /// The digests recorded when it was uploaded, if it is unchanged since.
+    pub recorded: Option<Recorded>,
 }
 
 impl Root {
@@ -92,6 +98,11 @@ impl Root {
         let staging = dir
             .open_dir(STAGING_DIR)
             .map_err(|e| Error::io(&shown, "open staging directory in", e))?;
+        dir.create_dir_all(digests::DIGESTS_DIR)
+            .map_err(|e| Error::io(&shown, "create digests directory in", e))?;
+        let digests = dir
+            .open_dir(digests::DIGESTS_DIR)
+            .map_err(|e| Error::io(&shown, "open digests directory in", e))?;
         // Prove we can write, rather than find out at the first upload.
         let probe = format!("probe-{}", std::process::id());
         staging
@@ -102,6 +113,7 @@ impl Root {
             inner: Arc::new(Inner {
                 dir,
                 staging,
+                digests,
                 host_path: path.to_owned(),
                 limits,
                 usage: Mutex::new(Usage::default()),
@@ -184,10 +196,16 @@ impl Root {
             .ok()
             .and_then(|t| t.into_std().duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_secs() as i64);
+        let file = file.into_std();
+        let recorded = file
+            .metadata()
+            .ok()
+            .and_then(|m| digests::load(&self.inner.digests, path, &m));
         Ok(ReadFile {
-            file: file.into_std(),
+            file,
             size: meta.len(),
             mtime,
+            recorded,
         })
     }
 
@@ -296,6 +314,7 @@ impl Root {
             .dir
             .remove_file(path.rel())
             .map_err(|e| Error::io(&shown, "remove", e))?;
+        digests::forget(&self.inner.digests, path);
         self.settle(0, Some(-i128::from(size)));
         Ok(())
     }
@@ -341,7 +360,9 @@ impl Root {
             Err(e) => return Err(Error::io(&to.to_string(), "stat", e)),
         }
         dir.rename(from.rel(), dir, to.rel())
-            .map_err(|e| Error::io(&from.to_string(), "rename", e))
+            .map_err(|e| Error::io(&from.to_string(), "rename", e))?;
+        digests::forget(&self.inner.digests, from);
+        Ok(())
     }
 
     /// Creates `path` and its missing parents as directories.
@@ -350,6 +371,11 @@ impl Root {
             .dir
             .create_dir_all(path.rel())
             .map_err(|e| Error::io(&path.to_string(), "create directory", e))
+    }
+
+    /// Removes recorded digests of files that are gone or changed; returns how many.
+    pub fn sweep_digests(&self) -> usize {
+        digests::sweep(&self.inner.digests, &self.inner.dir)
     }
 
     /// Starts (or resumes) a staged upload to `path`; see [`Upload`].

@@ -17,6 +17,11 @@ pub const PRIVATE_DIR: &str = ".ftpd";
 pub struct VPath(String);
 
 impl VPath {
+    /// A path already normalized (as stored in the daemon's own records).
+    pub(crate) fn from_rel(rel: &str) -> Self {
+        VPath(rel.trim_matches('/').to_owned())
+    }
+
     /// The root.
     pub fn root() -> Self {
         VPath(String::new())

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use md5::{Digest as _, Md5};
 use protocol::{ErrorCode, Md5Digest, Md5Hasher};
 
+use crate::digests::{self, Recorded};
 use crate::{Error, Result, Root, VPath};
 
 /// What the client asked for when it started an upload.
@@ -48,10 +49,41 @@ pub struct Upload {
     reserved: u64,
     /// Modification time to give the file when it is stored.
     mtime: Option<i64>,
+    /// The chunks' MD5s as verified, to record with the file; `None` once the chunks are not
+    /// all of one length (but the last), or the upload resumed bytes hashed without them.
+    chunks: Option<ChunkLog>,
     committed: bool,
 }
 
 static ANON: AtomicU64 = AtomicU64::new(0);
+
+/// The chunks of an upload so far: their common length and MD5s.
+#[derive(Default)]
+struct ChunkLog {
+    /// Length of every chunk but possibly the last; 0 before the first.
+    len: u32,
+    md5s: Vec<Md5Digest>,
+    /// A chunk shorter than `len` arrived: it must have been the last.
+    ended: bool,
+}
+
+impl ChunkLog {
+    /// Records a chunk; false when the chunks no longer follow one length.
+    fn push(&mut self, len: u32, md5: Md5Digest) -> bool {
+        if self.ended || len == 0 {
+            return false;
+        }
+        if self.len == 0 {
+            self.len = len;
+        } else if len > self.len {
+            return false;
+        } else if len < self.len {
+            self.ended = true;
+        }
+        self.md5s.push(md5);
+        true
+    }
+}
 
 /// One upload's claim on its staging file. A newer attempt at the same upload sets
 /// `superseded` while holding the lock, so the older attempt never writes again after that.
@@ -141,6 +173,7 @@ impl Upload {
             replaced,
             reserved,
             mtime: req.mtime,
+            chunks: Some(ChunkLog::default()),
             root,
             target: target.clone(),
             staged,
@@ -152,6 +185,9 @@ impl Upload {
         };
         if req.resume {
             upload.rehash_prefix()?;
+            if upload.written > 0 {
+                upload.chunks = None;
+            }
         }
         Ok(upload)
     }
@@ -227,6 +263,17 @@ impl Upload {
         Ok(())
     }
 
+    /// Appends one verified chunk, remembering its MD5 to record with the file.
+    pub fn write_chunk(&mut self, data: &[u8], md5: Md5Digest) -> Result<()> {
+        self.write(data)?;
+        if let Some(log) = &mut self.chunks {
+            if !log.push(data.len() as u32, md5) {
+                self.chunks = None;
+            }
+        }
+        Ok(())
+    }
+
     /// Starts over: drops the staged bytes (a resume whose prefix the client rejected).
     pub fn restart(&mut self) -> Result<()> {
         use std::io::Seek;
@@ -237,6 +284,7 @@ impl Upload {
             .map_err(|e| Error::io(&shown, "truncate staged bytes of", e))?;
         self.written = 0;
         self.hasher = Md5Hasher::new();
+        self.chunks = Some(ChunkLog::default());
         Ok(())
     }
 
@@ -273,6 +321,7 @@ impl Upload {
         if let Err(e) = self.file.sync_all() {
             return Err(self.failed(Error::io(&shown, "sync", e)));
         }
+        let stored_meta = self.file.metadata().ok();
         let inner = &self.root.inner;
         let placed = if overwrite {
             inner
@@ -288,6 +337,13 @@ impl Upload {
         placed.map_err(|e| Error::io(&shown, "move into place", e))?;
         self.committed = true;
         drop(superseded);
+        match (self.chunks.take(), stored_meta) {
+            (Some(log), Some(meta)) => {
+                let rec = Recorded::new(&self.target, &meta, log.len, log.md5s, actual);
+                digests::save(&inner.digests, &rec);
+            }
+            _ => digests::forget(&inner.digests, &self.target),
+        }
         let (parent, _) = self
             .target
             .split_last()

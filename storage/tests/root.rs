@@ -302,3 +302,40 @@ fn file_management() {
         "the private dir survives"
     );
 }
+
+/// Downloads may send the digests recorded at upload only while the file is exactly as it was.
+#[test]
+fn digests_are_recorded_at_upload_and_dropped_when_the_file_changes() {
+    let (dir, root) = setup();
+    let data: Vec<u8> = (0..10u8).collect();
+    let mut up = root.begin_upload(&p("f"), &req(10)).unwrap();
+    for piece in data.chunks(4) {
+        up.write_chunk(piece, Md5Digest::of(piece)).unwrap();
+    }
+    up.commit(Md5Digest::of(&data), false).unwrap();
+    let rec = root.open_read(&p("f")).unwrap().recorded.expect("recorded");
+    assert_eq!(rec.chunk, 4);
+    assert_eq!(rec.md5, Md5Digest::of(&data));
+    assert_eq!(
+        rec.chunks,
+        [
+            Md5Digest::of(&data[..4]),
+            Md5Digest::of(&data[4..8]),
+            Md5Digest::of(&data[8..])
+        ]
+    );
+
+    // Rewritten in place (new content and mtime): the record no longer applies.
+    std::fs::write(dir.path().join("f"), b"0123456789").unwrap();
+    assert!(root.open_read(&p("f")).unwrap().recorded.is_none());
+    assert_eq!(root.sweep_digests(), 1);
+
+    // Chunks of uneven length are not recorded.
+    let mut up = root.begin_upload(&p("g"), &req(10)).unwrap();
+    up.write_chunk(&data[..3], Md5Digest::of(&data[..3]))
+        .unwrap();
+    up.write_chunk(&data[3..], Md5Digest::of(&data[3..]))
+        .unwrap();
+    up.commit(Md5Digest::of(&data), false).unwrap();
+    assert!(root.open_read(&p("g")).unwrap().recorded.is_none());
+}

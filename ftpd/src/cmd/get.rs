@@ -5,8 +5,8 @@ use std::io::Read;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use protocol::{Eof, ErrorCode, ErrorReply, Frame, Get, GetReady, Md5Hasher, Message};
-use storage::{Root, VPath};
+use protocol::{ChunkHeader, Eof, ErrorCode, ErrorReply, Frame, Get, GetReady, Md5Hasher, Message};
+use storage::{Recorded, Root, VPath};
 use tokio::sync::mpsc;
 
 use crate::cmd::TransferLog;
@@ -22,6 +22,9 @@ struct Prepared {
     size: u64,
     mtime: Option<i64>,
     hasher: Md5Hasher,
+    /// The digests recorded at upload, when the download can send them as they are: then
+    /// nothing is hashed here, only by the client.
+    recorded: Option<Recorded>,
 }
 
 pub async fn run(s: &mut Session, req: Get) -> Result<(), SessionError> {
@@ -32,7 +35,8 @@ pub async fn run(s: &mut Session, req: Get) -> Result<(), SessionError> {
     };
     let root = s.root.clone();
     let (offset, prefix_md5) = (req.offset, req.prefix_md5);
-    let p = match blocking(move || prepare(&root, &path, offset, prefix_md5)).await? {
+    let max_chunk = s.client_max_chunk;
+    let p = match blocking(move || prepare(&root, &path, offset, prefix_md5, max_chunk)).await? {
         Ok(p) => p,
         Err(reply) => return s.send_error(s.scrub(reply)).await,
     };
@@ -109,6 +113,7 @@ fn prepare(
     path: &VPath,
     offset: u64,
     prefix_md5: Option<protocol::Md5Digest>,
+    max_chunk: u32,
 ) -> Result<Prepared, ErrorReply> {
     let f = root.open_read(path).map_err(|e| storage_reply(&e))?;
     if offset > f.size {
@@ -117,12 +122,24 @@ fn prepare(
             format!("{path}: offset {offset} is past the end ({} bytes)", f.size),
         ));
     }
+    let recorded = f
+        .recorded
+        .filter(|r| r.chunk <= max_chunk && offset.is_multiple_of(u64::from(r.chunk)));
     let mut p = Prepared {
         file: f.file,
         size: f.size,
         mtime: f.mtime,
         hasher: Md5Hasher::new(),
+        recorded,
     };
+    if p.recorded.is_some() && prefix_md5.is_none() {
+        // Recorded digests cover the whole file already: skip to the offset unhashed.
+        use std::io::{Seek, SeekFrom};
+        p.file
+            .seek(SeekFrom::Start(offset))
+            .map_err(|e| storage_reply(&storage::Error::io(&path.to_string(), "seek", e)))?;
+        return Ok(p);
+    }
     // The whole-file MD5 covers the prefix the client already holds, so hash it here.
     let mut left = offset;
     let mut buf = vec![0u8; 1 << 20];
@@ -153,6 +170,7 @@ fn read_chunks(
     chunk: usize,
     tx: mpsc::Sender<Result<Frame, ErrorReply>>,
 ) {
+    let chunk = p.recorded.as_ref().map_or(chunk, |r| r.chunk as usize);
     while pos < p.size {
         let want = (p.size - pos).min(chunk as u64) as usize;
         let mut buf = BytesMut::zeroed(want);
@@ -164,18 +182,30 @@ fn read_chunks(
             let _ = tx.blocking_send(Err(ErrorReply::new(ErrorCode::Io, msg).at(pos)));
             return;
         }
-        p.hasher.update(&buf);
-        if tx
-            .blocking_send(Ok(Frame::chunk(pos, buf.freeze())))
-            .is_err()
-        {
+        let frame = match &p.recorded {
+            // As recorded at upload: the client's check then also proves the bytes unchanged.
+            Some(r) => Frame {
+                message: Message::Chunk(ChunkHeader {
+                    offset: pos,
+                    len: want as u32,
+                    md5: r.chunks[(pos / chunk as u64) as usize],
+                }),
+                body: buf.freeze(),
+            },
+            None => {
+                p.hasher.update(&buf);
+                Frame::chunk(pos, buf.freeze())
+            }
+        };
+        if tx.blocking_send(Ok(frame)).is_err() {
             return; // cancelled
         }
         pos += want as u64;
     }
-    let eof = Eof {
-        size: p.size,
-        md5: p.hasher.finish(),
+    let md5 = match &p.recorded {
+        Some(r) => r.md5,
+        None => p.hasher.finish(),
     };
+    let eof = Eof { size: p.size, md5 };
     let _ = tx.blocking_send(Ok(Message::Eof(eof).into()));
 }

@@ -1,0 +1,121 @@
+//! Digests recorded at upload: every chunk's MD5 and the whole file's, kept in the private
+//! directory so that a download can send them as recorded instead of hashing the file again.
+//! They also prove, end to end, that the bytes downloaded are the bytes that were uploaded: a
+//! file changed or rotted on disk no longer matches them, and the client's check says so.
+//!
+//! A record is keyed by the file's path and trusted only while the file keeps the inode, size
+//! and modification time it had when the record was made; anything else is treated as no record.
+
+use std::os::unix::fs::MetadataExt;
+
+use cap_std::fs::Dir;
+use md5::{Digest as _, Md5};
+use protocol::Md5Digest;
+use serde::{Deserialize, Serialize};
+
+use crate::VPath;
+
+/// Where records live, under the private directory.
+pub(crate) const DIGESTS_DIR: &str = ".ftpd/digests";
+
+/// What an upload's chunks were, for a download to repeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recorded {
+    /// The file this describes, relative to the root.
+    path: String,
+    /// The file as it was when recorded; any change makes the record void.
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+    /// Every chunk but the last has this length.
+    pub chunk: u32,
+    /// MD5 of each chunk, in order.
+    pub chunks: Vec<Md5Digest>,
+    /// MD5 of the whole file.
+    pub md5: Md5Digest,
+}
+
+impl Recorded {
+    pub(crate) fn new(
+        path: &VPath,
+        meta: &std::fs::Metadata,
+        chunk: u32,
+        chunks: Vec<Md5Digest>,
+        md5: Md5Digest,
+    ) -> Self {
+        Recorded {
+            path: path.rel().to_owned(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+            chunk,
+            chunks,
+            md5,
+        }
+    }
+
+    fn describes(&self, path: &VPath, meta: &std::fs::Metadata) -> bool {
+        self.path == path.rel()
+            && self.ino == meta.ino()
+            && self.size == meta.len()
+            && self.mtime == meta.mtime()
+            && self.mtime_nsec == meta.mtime_nsec()
+            && self.chunk > 0
+            && self.chunks.len() as u64 == self.size.div_ceil(u64::from(self.chunk))
+    }
+}
+
+fn record_name(path: &VPath) -> String {
+    format!("{}.json", hex::encode(Md5::digest(path.rel().as_bytes())))
+}
+
+/// Saves a record; failing to is harmless (downloads then hash as usual).
+pub(crate) fn save(dir: &Dir, rec: &Recorded) {
+    let name = record_name(&VPath::from_rel(&rec.path));
+    let tmp = format!("{name}.tmp");
+    if let Ok(json) = serde_json::to_vec(rec) {
+        if dir.write(&tmp, json).is_ok() && dir.rename(&tmp, dir, &name).is_err() {
+            let _ = dir.remove_file(&tmp);
+        }
+    }
+}
+
+/// The record for `path`, if there is one and the file is still as it was recorded.
+pub(crate) fn load(dir: &Dir, path: &VPath, meta: &std::fs::Metadata) -> Option<Recorded> {
+    let json = dir.read(record_name(path)).ok()?;
+    let rec: Recorded = serde_json::from_slice(&json).ok()?;
+    rec.describes(path, meta).then_some(rec)
+}
+
+/// Forgets the record of `path` (the file was removed or renamed).
+pub(crate) fn forget(dir: &Dir, path: &VPath) {
+    let _ = dir.remove_file(record_name(path));
+}
+
+/// Removes records whose file is gone or changed; returns how many.
+pub(crate) fn sweep(digests: &Dir, root: &Dir) -> usize {
+    let Ok(entries) = digests.entries() else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let stale = match digests.read(&name) {
+            Ok(json) => match serde_json::from_slice::<Recorded>(&json) {
+                Ok(rec) => {
+                    let path = VPath::from_rel(&rec.path);
+                    let meta = root.open(path.rel()).and_then(|f| f.into_std().metadata());
+                    !meta.is_ok_and(|m| rec.describes(&path, &m))
+                }
+                Err(_) => true,
+            },
+            Err(_) => false,
+        };
+        if stale && digests.remove_file(&name).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
