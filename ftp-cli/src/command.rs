@@ -194,16 +194,20 @@ pub fn help(topic: Option<&str>) -> Result<String, ClientError> {
 /// quotes, then each command into words with shell quoting rules. A line starting with `!` is
 /// one shell command, passed on whole.
 pub fn parse_line(line: &str) -> Result<Vec<Command>, ClientError> {
-    if let Some(cmd) = line.trim_start().strip_prefix('!') {
-        return Ok(vec![Command::Shell(cmd.trim().to_owned())]);
-    }
-    split_commands(line)?
+    let (commands, shell) = split_commands(line)?;
+    let mut out = commands
         .iter()
         .map(|words| parse_words(words))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    out.extend(shell.map(Command::Shell));
+    Ok(out)
 }
 
-fn split_commands(line: &str) -> Result<Vec<Vec<String>>, ClientError> {
+/// The commands before a `!`, split into words, and the shell command the `!` starts, which
+/// runs to the end of the line (`;` included), as in other FTP clients.
+type Split = (Vec<Vec<String>>, Option<String>);
+
+fn split_commands(line: &str) -> Result<Split, ClientError> {
     let mut out = Vec::new();
     let mut current = String::new();
     let (mut single, mut double, mut escaped) = (false, false, false);
@@ -216,7 +220,11 @@ fn split_commands(line: &str) -> Result<Vec<Vec<String>>, ClientError> {
         current.clear();
         Ok(())
     };
-    for c in line.chars() {
+    for (i, c) in line.char_indices() {
+        if c == '!' && !single && !double && !escaped && current.trim().is_empty() {
+            flush(&mut current)?;
+            return Ok((out, Some(line[i + 1..].trim().to_owned())));
+        }
         if escaped {
             escaped = false;
         } else if c == '\\' && !single {
@@ -232,7 +240,7 @@ fn split_commands(line: &str) -> Result<Vec<Vec<String>>, ClientError> {
         current.push(c);
     }
     flush(&mut current)?;
-    Ok(out)
+    Ok((out, None))
 }
 
 fn usage_of(name: &str) -> &'static str {
@@ -504,6 +512,11 @@ mod tests {
             ("lpwd", Ok(vec![Lpwd])),
             ("lls", Ok(vec![Lls(None)])),
             ("!ls -l; echo hi", Ok(vec![Shell("ls -l; echo hi".into())])),
+            (
+                "lcd d; !touch m; x",
+                Ok(vec![Lcd(Some("d".into())), Shell("touch m; x".into())]),
+            ),
+            ("put 'a!b'", Ok(vec![put("a!b", None, "")])),
             ("  ;; ;", Ok(vec![])),
             ("", Ok(vec![])),
             ("help", Ok(vec![Help(None)])),

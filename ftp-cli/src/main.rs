@@ -17,8 +17,10 @@ use ftp_cli::repl;
     name = "ftp-cli",
     version,
     after_help = "Exit status: 0 success; 2 usage error; 3 cannot connect or connection lost; \
-                  4 authentication failed; 5 the server refused a command; 6 local file error; 7 verification or \
-                  protocol failure."
+                  4 authentication failed; 5 the server refused a command; 6 local file error; \
+                  7 verification or protocol failure; 8 some files of a multi-file command \
+                  failed; 130 cancelled (Ctrl-C).\n\n\
+                  The connection is made by the first command that needs the server."
 )]
 struct Args {
     /// Server to connect to, HOST or HOST:PORT (default port 2121).
@@ -121,16 +123,13 @@ fn run(args: Args) -> Result<(), ClientError> {
     };
     let mut app = App::new(&args.host, args.timeout, args.retries, creds, output)?;
     let result = if let Some(cmds) = args.commands {
-        app.connect()
-            .and_then(|()| repl::run_script(&mut app, std::iter::once(Ok(cmds))))
+        repl::run_script(&mut app, std::iter::once(Ok(cmds)))
     } else if let Some(batch) = args.batch {
-        app.connect()
-            .and_then(|()| repl::run_batch(&mut app, &batch))
+        repl::run_batch(&mut app, &batch)
     } else if interactive {
         return repl::interactive(app);
     } else {
-        app.connect()
-            .and_then(|()| repl::run_script(&mut app, std::io::stdin().lock().lines()))
+        repl::run_script(&mut app, std::io::stdin().lock().lines())
     };
     app.close();
     result
