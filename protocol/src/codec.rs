@@ -1,7 +1,6 @@
 //! The frame codec: bytes on a stream to [`Frame`]s and back, with every length capped.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use serde::Deserialize;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::{ChunkHeader, Md5Digest, Message};
@@ -97,13 +96,6 @@ enum DecodeState {
     Body(ChunkHeader),
 }
 
-/// Only the tag, to tell an unknown but well-formed header from garbage.
-#[derive(Deserialize)]
-struct TypeOnly {
-    #[serde(rename = "type")]
-    kind: String,
-}
-
 impl FrameCodec {
     /// A codec with the protocol's default caps.
     pub fn new() -> Self {
@@ -160,10 +152,15 @@ impl Decoder for FrameCodec {
                 }
                 Ok(message) => return Ok(Some(Ok(message.into()))),
                 Err(e) => {
-                    return match serde_json::from_slice::<TypeOnly>(&raw) {
-                        // Without a valid chunk header we cannot know how long its body is.
-                        Ok(t) if t.kind != "chunk" => Ok(Some(Err(Rejected {
-                            kind: t.kind,
+                    // Recoverable only if the header is well-formed JSON (valid UTF-8, valid
+                    // escapes) with a string type; and never a chunk, whose body length we
+                    // could not know.
+                    let kind = serde_json::from_slice::<serde_json::Value>(&raw)
+                        .ok()
+                        .and_then(|v| Some(v.get("type")?.as_str()?.to_owned()));
+                    return match kind {
+                        Some(kind) if kind != "chunk" => Ok(Some(Err(Rejected {
+                            kind,
                             reason: e.to_string(),
                         }))),
                         _ => Err(CodecError::BadHeader(e.to_string())),

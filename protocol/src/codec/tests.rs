@@ -148,6 +148,10 @@ fn invalid_json_is_fatal() {
         b"[1,2]",
         b"\xff\xfe",
         b"{\"type\":\"chunk\"}",
+        // Regressions from the abuse test: an invalid escape or invalid UTF-8 in another
+        // field once passed as a recoverable header of an unknown shape.
+        br#"{"type":"get","path":"\ud800"}"#,
+        b"{\"type\":\"get\",\"path\":\"a\xff\xfe\xc3(b\"}",
     ] {
         let mut buf = BytesMut::from(&raw(header)[..]);
         let err = FrameCodec::new().decode(&mut buf).unwrap_err();
