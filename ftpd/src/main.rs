@@ -9,7 +9,8 @@ use ftpd::logging::{self, LogLevel};
 use ftpd::{Config, Server, Shared};
 use sd_notify::NotifyState;
 use tokio::net::TcpListener;
-use tracing::{error, info, warn};
+use tokio::signal::unix::Signal;
+use tracing::{error, info};
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -43,7 +44,6 @@ fn main() -> ExitCode {
     match runtime.block_on(run(config, args, log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
             eprintln!("ftpd: {e:#}");
             ExitCode::FAILURE
         }
@@ -82,6 +82,12 @@ async fn run(config: Config, args: Vec<OsString>, log: LogLevel) -> anyhow::Resu
         print!("{}", config.effective());
         return Ok(());
     }
+    // Signal handlers exist before READY=1: a stop or reload right after start must be handled,
+    // not kill the process with the default action.
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+    let int = signal(SignalKind::interrupt()).context("cannot watch for SIGINT")?;
+    let hup = signal(SignalKind::hangup()).context("cannot watch for SIGHUP")?;
     let listener = listener(listen)?;
     let addr = listener.local_addr()?;
     server.check_exposure(addr)?;
@@ -91,8 +97,8 @@ async fn run(config: Config, args: Vec<OsString>, log: LogLevel) -> anyhow::Resu
     if let Some(period) = sd_notify::watchdog_enabled() {
         tokio::spawn(watchdog(period));
     }
-    tokio::spawn(reload_on_hangup(server.shared().clone(), args, log));
-    server.run(listener, shutdown_signal()).await;
+    tokio::spawn(reload_on_hangup(hup, server.shared().clone(), args, log));
+    server.run(listener, shutdown_signal(term, int)).await;
     info!("stopped");
     Ok(())
 }
@@ -122,12 +128,7 @@ async fn watchdog(period: std::time::Duration) {
 
 /// SIGHUP re-reads the settings: the log filter and the users file take effect for new
 /// connections; connections already open are left alone.
-async fn reload_on_hangup(shared: Shared, args: Vec<OsString>, log: LogLevel) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        warn!("cannot watch for SIGHUP; reloading is off");
-        return;
-    };
+async fn reload_on_hangup(mut hup: Signal, shared: Shared, args: Vec<OsString>, log: LogLevel) {
     while hup.recv().await.is_some() {
         let outcome = Config::load(&args).and_then(|config| {
             log.set(&config)?;
@@ -145,11 +146,9 @@ async fn reload_on_hangup(shared: Shared, args: Vec<OsString>, log: LogLevel) {
 }
 
 /// Completes on SIGINT or SIGTERM, telling systemd the service is stopping.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+async fn shutdown_signal(mut term: Signal, mut int: Signal) {
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
