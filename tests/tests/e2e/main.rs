@@ -16,3 +16,22 @@ mod concurrency;
 // Refusing to overwrite without `-f`, missing files on either side, and stopping at the first
 // failed command, whether commands come from `-c`, `-b` or stdin.
 mod overwrite;
+
+// A proxy that corrupts, cuts and stalls the stream; a daemon killed mid-upload; a full disk:
+// each ends in an identical file or a clear error, never a wrong file.
+mod faults;
+
+// Users: logging in both ways, homes, read-only users, and refusing unsafe users files.
+mod auth;
+
+// Every client command and its failures, from `ls` to a 100,000-file listing, JSON and exit codes.
+mod client;
+
+// The interactive shell on a real pseudo-terminal: tab completion, Ctrl-C and Ctrl-D.
+mod pty;
+
+// Running as a service: systemd notifications and sockets, SIGTERM and SIGHUP, settings, logs.
+mod service;
+
+// Hostile input and limits: garbage frames, path tricks, floods, slow clients, quotas.
+mod abuse;

@@ -65,11 +65,27 @@ pub struct Daemon {
     /// The address it reported in its `listening on` line.
     addr: SocketAddr,
     /// The served directory; declared after `child` so it is removed after the daemon is gone.
-    root: TempDir,
+    root: Root,
     /// Everything the daemon has written to stderr so far, for failure messages.
     log: Arc<Mutex<String>>,
     /// Keeps draining stderr so the daemon never blocks on a full pipe; ends at EOF.
     drain: Option<JoinHandle<()>>,
+}
+
+/// The directory a daemon serves: its own temp dir, or one the test owns (to restart a daemon on
+/// the same files, or to serve a special file system).
+enum Root {
+    Temp(TempDir),
+    Given(PathBuf),
+}
+
+impl Root {
+    fn path(&self) -> &Path {
+        match self {
+            Root::Temp(dir) => dir.path(),
+            Root::Given(path) => path,
+        }
+    }
 }
 
 impl Daemon {
@@ -81,6 +97,16 @@ impl Daemon {
             .prefix("e2e-root-")
             .tempdir()
             .expect("cannot create temp root");
+        Daemon::spawn(Root::Temp(root))
+    }
+
+    /// Starts `ftpd` like [`Daemon::start`], serving `root`, an existing directory the caller
+    /// keeps (and removes). A daemon restarted on the root of a killed one gets a new port.
+    pub fn start_on(root: impl AsRef<Path>) -> Daemon {
+        Daemon::spawn(Root::Given(root.as_ref().to_owned()))
+    }
+
+    fn spawn(root: Root) -> Daemon {
         let mut child = Command::new(bin("ftpd"))
             .arg("--root")
             .arg(root.path())
@@ -129,7 +155,6 @@ impl Daemon {
     }
 
     /// The address clients connect to.
-    #[allow(dead_code)] // `cli()` covers today's tests; kept for tests that speak raw TCP.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -137,6 +162,13 @@ impl Daemon {
     /// The directory the daemon serves.
     pub fn root(&self) -> &Path {
         self.root.path()
+    }
+
+    /// Kills the daemon with SIGKILL (no chance to clean up) and reaps it. Its root stays if the
+    /// test owns it ([`Daemon::start_on`]).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Where the remote path `name` lives on disk.
@@ -250,7 +282,8 @@ pub struct Cli {
 }
 
 impl Cli {
-    fn new(addr: SocketAddr) -> Cli {
+    /// A client command aimed at `addr`, for a server that is not a [`Daemon`] (a proxy).
+    pub fn new(addr: SocketAddr) -> Cli {
         Cli {
             args: vec![addr.to_string().into()],
             cwd: None,

@@ -1,0 +1,1194 @@
+//! Hostile input and limits: garbage and oversized frames, path tricks and symlinks out of the
+//! root, slow, silent and flooding clients, oversized uploads and quotas. None of it may disturb a
+//! normal client, leak descriptors in the daemon, or touch anything outside the root.
+//!
+//! The attacker speaks the protocol directly with the small blocking [`Peer`] at the bottom of
+//! this file. In the big test it connects from 127.0.0.2, so the per-address cap applies to it
+//! and not to the real client on 127.0.0.1.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use protocol::{ChunkHeader, ErrorCode, ErrorReply, Get, Hello, Md5Digest, Message, Put, VERSION};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tempfile::TempDir;
+
+use crate::util::{
+    assert_missing, assert_same_file, bin, md5_file, tmpdir, wait_until, write_file, write_random,
+    Cli, Daemon, MIB,
+};
+
+/// How long a daemon may take to say it listens.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one frame from the daemon, or one client run, may take here.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Where the attacker connects from: another loopback address than the normal client's.
+const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+/// The big test's `--handshake-timeout`.
+const HANDSHAKE: Duration = Duration::from_secs(2);
+/// The big test's `--max-connections-per-ip`.
+const PER_IP_CAP: usize = 32;
+/// How late after its timeout the daemon may close a connection, on a loaded machine.
+const CLOSE_MARGIN: Duration = Duration::from_secs(4);
+/// Connections the flood opens and abandons, and how many it holds open at once: small enough
+/// for a test process limited to 1024 descriptors, next to the other tests in this binary.
+const FLOOD: usize = 1000;
+const WAVE: usize = 250;
+/// Descriptors the daemon may hold after the attack beyond what it held at startup.
+const FD_SLACK: usize = 10;
+/// Pace of the slow client's hello.
+const DRIP: Duration = Duration::from_millis(500);
+
+// ---------------------------------------------------------------------------------------------
+// The attack, next to a normal client
+
+#[test]
+fn attacker_does_not_disturb_a_normal_client() {
+    let site = Site::new();
+    // Symlinks planted inside the root (as a local user could), all pointing out of it.
+    symlink("/etc", site.root().join("escape")).unwrap();
+    symlink("/etc/passwd", site.root().join("passwd")).unwrap();
+    symlink(site.sentinel(), site.root().join("outside")).unwrap();
+    let planted = format!("e2e-abuse-planted-{}", std::process::id());
+    assert_missing(Path::new("/etc").join(&planted));
+    let parent_before = names(site.base.path());
+    let sentinel_before = snapshot(&site.sentinel());
+
+    let d = start_ftpd(
+        &site.root(),
+        &[
+            "--handshake-timeout",
+            "2s",
+            "--max-connections-per-ip",
+            &PER_IP_CAP.to_string(),
+        ],
+    );
+    let fds_start = d.open_fds();
+    let (stop_watching, watcher) = watch_fds(d.pid());
+
+    // The normal client puts and gets 32 MiB over and over until the attack is over.
+    let work = tmpdir();
+    let big = work.path().join("big.bin");
+    write_random(&big, 32 * MIB, 7);
+    let (attack_over, attack_running) = mpsc::channel::<()>();
+    let normal = {
+        let cli = d.cli().cwd(&work).timeout(Duration::from_secs(120));
+        let (big, back, stored) = (
+            big.clone(),
+            work.path().join("back.bin"),
+            site.root().join("big.bin"),
+        );
+        thread::spawn(move || {
+            let mut rounds = 0;
+            loop {
+                cli.clone()
+                    .cmds("put -f big.bin; get -f big.bin back.bin")
+                    .run()
+                    .ok()
+                    .verified(&big, 2);
+                assert_same_file(&big, &stored);
+                assert_same_file(&big, &back);
+                rounds += 1;
+                if !matches!(attack_running.try_recv(), Err(TryRecvError::Empty)) {
+                    return rounds;
+                }
+            }
+        })
+    };
+
+    // The attack. Answers that are wrong but leave the attack able to go on are collected, so
+    // one of them does not hide the others or the checks after the attack.
+    let addr = d.addr();
+    let drip = thread::spawn(move || slow_drip(addr));
+    let mut wrong = Vec::new();
+    garbage(addr);
+    unknown_type(addr);
+    short_body(addr);
+    assert_missing(site.root().join("short.bin"));
+    wrong.extend(hostile_paths(addr, &planted));
+    wrong.extend(malformed_strings(addr));
+    let (lived, farewell) = drip.join().expect("the slow client panicked");
+    let (busy, timed_out) = flood(addr);
+    let _ = attack_over.send(());
+    let rounds = normal
+        .join()
+        .expect("the normal client failed during the attack");
+
+    // The daemon still serves, with no more descriptors than it started with, and nothing
+    // outside its root changed.
+    let small = work.path().join("small.bin");
+    write_random(&small, 100_000, 8);
+    d.cli()
+        .cwd(&work)
+        .cmds("put small.bin; get small.bin small-back.bin")
+        .timeout(STEP_TIMEOUT)
+        .run()
+        .ok()
+        .verified(&small, 2);
+    assert_same_file(&small, work.path().join("small-back.bin"));
+    let fds_end = wait_for_fds(&d, fds_start + FD_SLACK);
+    let _ = stop_watching.send(());
+    let fds_peak = watcher.join().unwrap();
+    eprintln!(
+        "abuse: daemon fds start {fds_start}, peak {fds_peak}, end {fds_end}; \
+         flood: {busy} refused busy, {timed_out} closed by the handshake timeout; \
+         slow client closed after {lived:?}; normal client rounds: {rounds}"
+    );
+    assert!(
+        fds_peak > fds_start,
+        "the descriptor watcher never saw the flood (start {fds_start}, peak {fds_peak})"
+    );
+    assert_missing(Path::new("/etc").join(&planted));
+    assert_eq!(
+        snapshot(&site.sentinel()),
+        sentinel_before,
+        "the directory next to the root changed"
+    );
+    assert_eq!(
+        names(site.base.path()),
+        parent_before,
+        "files appeared or vanished next to the root"
+    );
+    wait_until("no staged upload is left behind", STEP_TIMEOUT, || {
+        staged_bytes(&site.root()) == 0
+    });
+
+    // The slow client: closed by the server within the handshake timeout, with a reason.
+    assert!(
+        lived < HANDSHAKE + CLOSE_MARGIN,
+        "a client dripping its hello lived {lived:?}; the handshake timeout is {HANDSHAKE:?}"
+    );
+    assert!(
+        matches!(&farewell, Some(Message::Error(e)) if e.code == ErrorCode::Timeout),
+        "the slow client was closed with {farewell:?}, expected error timeout"
+    );
+    assert!(
+        wrong.is_empty(),
+        "hostile requests got wrong answers:\n{}",
+        wrong.join("\n")
+    );
+}
+
+/// Random bytes, a length prefix of 0xFFFFFFFF, a header that is not JSON (before and after
+/// hello): each gets an error that says why, then the server closes the connection.
+fn garbage(addr: SocketAddr) {
+    let mut noise = vec![0u8; 64];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for byte in &mut noise {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *byte = state as u8;
+    }
+    let mut peer = Peer::connect_from(ATTACKER, addr);
+    peer.send_bytes(&noise);
+    peer.expect_error_in(&[ErrorCode::TooLarge, ErrorCode::BadRequest]);
+    peer.expect_closed();
+
+    let mut peer = Peer::connect_from(ATTACKER, addr);
+    peer.send_bytes(&[0xFF; 4]);
+    peer.expect_error(ErrorCode::TooLarge);
+    peer.expect_closed();
+
+    let mut peer = Peer::connect_from(ATTACKER, addr);
+    peer.send_header(b"this is not { JSON");
+    peer.expect_error(ErrorCode::BadRequest);
+    peer.expect_closed();
+
+    let mut peer = Peer::session_from(ATTACKER, addr);
+    peer.send_header(b"{\"type\": \"get\", \"path\": ");
+    peer.expect_error(ErrorCode::BadRequest);
+    peer.expect_closed();
+}
+
+/// A well-formed message of a type the server does not know, after hello: `unsupported`, and
+/// the session goes on until `bye`.
+fn unknown_type(addr: SocketAddr) {
+    let mut peer = Peer::session_from(ATTACKER, addr);
+    peer.send_header(br#"{"type":"format_disk","disk":"C:"}"#);
+    peer.expect_error(ErrorCode::Unsupported);
+    peer.expect_usable();
+    peer.send(&Message::Bye);
+    peer.expect_closed();
+}
+
+/// A chunk whose body stops short of its declared length, then the attacker closes.
+fn short_body(addr: SocketAddr) {
+    let mut peer = Peer::session_from(ATTACKER, addr);
+    peer.send(&put("short.bin", 100));
+    match peer.recv() {
+        Message::PutReady(_) => {}
+        other => panic!("expected put_ready for short.bin, got {other:?}"),
+    }
+    peer.send(&Message::Chunk(ChunkHeader {
+        offset: 0,
+        len: 100,
+        md5: Md5Digest::of(&[7; 100]),
+    }));
+    peer.send_bytes(&[7; 10]);
+    drop(peer);
+}
+
+/// Every path trick, asked through one valid session. Returns what was answered wrongly.
+fn hostile_paths(addr: SocketAddr, planted: &str) -> Vec<String> {
+    use ErrorCode::{BadRequest, Denied, NotFound};
+    let cases: Vec<(String, ErrorCode)> = vec![
+        ("../etc/passwd".into(), Denied),
+        ("/../x".into(), Denied),
+        ("a/../../x".into(), Denied),
+        ("..".into(), Denied),
+        ("./../x".into(), Denied),
+        // A host path means nothing here: it names /etc/passwd inside the root, which is absent.
+        ("/etc/passwd".into(), NotFound),
+        ("a\0b".into(), BadRequest),
+        ("..\\..\\x".into(), BadRequest),
+        ("C:\\Windows".into(), BadRequest),
+        ("C:/x".into(), BadRequest),
+        ("".into(), BadRequest),
+        ("n".repeat(300), BadRequest),
+        ("d/".repeat(2500), BadRequest),
+        (".ftpd/staging/x".into(), Denied),
+        ("/.ftpd".into(), Denied),
+        ("a/../.ftpd/staging".into(), Denied),
+        ("bell\u{7}name".into(), BadRequest),
+        ("esc\u{1b}[2Jname".into(), BadRequest),
+        // Symlinks inside the root that lead out of it.
+        ("escape/passwd".into(), Denied),
+        ("passwd".into(), Denied),
+        ("outside/keep.txt".into(), Denied),
+    ];
+    let mut wrong = Vec::new();
+    let mut peer = Peer::session_from(ATTACKER, addr);
+    let mut ask = |peer: &mut Peer, what: String, request: Message, want: ErrorCode| {
+        peer.send(&request);
+        let problem = match peer.try_recv() {
+            Some(Message::Error(e)) if e.code == want => None,
+            Some(Message::Error(e)) => Some(format!("expected {want}, got {e}")),
+            Some(Message::GetReady(r)) => {
+                peer.skip_transfer();
+                Some(format!("the server sent {} bytes", r.size))
+            }
+            Some(Message::PutReady(_)) => {
+                // Finish the upload to see whether it lands outside; the checks after the
+                // attack look there.
+                peer.send(&Message::Chunk(ChunkHeader {
+                    offset: 0,
+                    len: 5,
+                    md5: Md5Digest::of(b"owned"),
+                }));
+                peer.send_bytes(b"owned");
+                peer.send(&Message::Eof(protocol::Eof {
+                    size: 5,
+                    md5: Md5Digest::of(b"owned"),
+                }));
+                Some(format!(
+                    "the server accepted the upload and answered {:?}",
+                    peer.try_recv()
+                ))
+            }
+            Some(other) => Some(format!("expected error {want}, got {other:?}")),
+            None => Some("the server closed the connection".into()),
+        };
+        if let Some(problem) = problem {
+            wrong.push(format!("{what}: {problem}"));
+        }
+        // A refused request leaves the session usable: another request gets its answer.
+        if !peer.is_usable() {
+            wrong.push(format!("{what}: the session was not usable afterwards"));
+            *peer = Peer::session_from(ATTACKER, addr);
+        }
+    };
+    for (path, want) in cases {
+        let what = format!("get {:?}", shorten(&path));
+        ask(&mut peer, what, get(&path), want);
+    }
+    for dir in ["escape", "outside"] {
+        let path = format!("{dir}/{planted}");
+        ask(&mut peer, format!("put {path:?}"), put(&path, 5), Denied);
+    }
+    peer.send(&Message::Bye);
+    peer.expect_closed();
+    wrong
+}
+
+/// Headers whose JSON strings are not valid Unicode: a lone surrogate escape and raw bytes that
+/// are not UTF-8. The header is then not a valid message at all: `bad_request`, and close.
+/// Returns what was answered wrongly.
+fn malformed_strings(addr: SocketAddr) -> Vec<String> {
+    let cases: [(&str, &[u8]); 2] = [
+        ("lone surrogate", br#"{"type":"get","path":"\ud800"}"#),
+        (
+            "invalid UTF-8",
+            b"{\"type\":\"get\",\"path\":\"a\xff\xfe\xc3(b\"}",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, header) in cases {
+        let mut peer = Peer::session_from(ATTACKER, addr);
+        peer.send_header(header);
+        let what = format!(
+            "get with a path holding a {what} ({})",
+            String::from_utf8_lossy(header)
+        );
+        match peer.try_recv() {
+            Some(Message::Error(e)) if e.code == ErrorCode::BadRequest => {
+                if let Some(m) = peer.try_recv() {
+                    wrong.push(format!(
+                        "{what}: expected the close after the error, got {m:?}"
+                    ));
+                }
+            }
+            Some(other) => {
+                let usable = peer.is_usable();
+                wrong.push(format!(
+                    "{what}: expected error bad_request and the close, got {other:?} \
+                     (the session {} usable afterwards)",
+                    if usable { "was still" } else { "was not" }
+                ));
+                if usable {
+                    peer.send(&Message::Bye);
+                }
+            }
+            None => wrong.push(format!(
+                "{what}: expected error bad_request, the server closed without it"
+            )),
+        }
+    }
+    wrong
+}
+
+/// A client that sends its hello one byte every [`DRIP`]. Returns how long the server let it
+/// live and the frame it was closed with.
+fn slow_drip(addr: SocketAddr) -> (Duration, Option<Message>) {
+    let mut peer = Peer::connect_from(ATTACKER, addr);
+    let connected = Instant::now();
+    let mut reader = Peer::from(peer.stream.try_clone().unwrap());
+    let (closed_tx, closed_rx) = mpsc::channel();
+    let reading = thread::spawn(move || {
+        let farewell = reader.try_recv();
+        if farewell.is_some() {
+            if let Some(more) = reader.try_recv() {
+                panic!("the server sent {more:?} after {farewell:?} to the slow client");
+            }
+        }
+        let _ = closed_tx.send(connected.elapsed());
+        farewell
+    });
+    let mut hello = Vec::new();
+    let header = serde_json::to_vec(&hello_message()).unwrap();
+    hello.extend_from_slice(&u32::try_from(header.len()).unwrap().to_be_bytes());
+    hello.extend_from_slice(&header);
+    // Half a drip first, so no byte is on the wire just as the server's timer fires.
+    let mut wait = DRIP / 2;
+    let mut bytes = hello.iter();
+    let lived = loop {
+        match closed_rx.recv_timeout(wait) {
+            Ok(lived) => break lived,
+            Err(RecvTimeoutError::Disconnected) => panic!("the slow client's reader failed"),
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        wait = DRIP;
+        if connected.elapsed() > HANDSHAKE + CLOSE_MARGIN {
+            // Unblock the reader; the caller fails the test on the time.
+            let _ = peer.stream.shutdown(Shutdown::Both);
+            break connected.elapsed();
+        }
+        let Some(&byte) = bytes.next() else {
+            panic!("the server took a whole hello sent a byte every {DRIP:?}")
+        };
+        // A write into a connection the server closed fails; the reader reports the close.
+        let _ = peer.stream.write_all(&[byte]);
+    };
+    (lived, reading.join().expect("the slow client's reader"))
+}
+
+/// Opens [`FLOOD`] connections from the attacker's address, [`WAVE`] at a time, and abandons
+/// them: each must be refused with `busy` (over the per-address cap) or closed with `timeout`
+/// by the handshake timeout. Returns how many got each.
+fn flood(addr: SocketAddr) -> (usize, usize) {
+    let (mut busy, mut timed_out) = (0, 0);
+    for wave in 0..FLOOD.div_ceil(WAVE) {
+        let opened = Instant::now();
+        let mut peers: Vec<Peer> = (0..WAVE)
+            .map(|_| Peer::connect_from(ATTACKER, addr))
+            .collect();
+        let mut accepted = 0;
+        for peer in &mut peers {
+            let reply = peer.expect_error_in(&[ErrorCode::Busy, ErrorCode::Timeout]);
+            peer.expect_closed();
+            if reply.code == ErrorCode::Busy {
+                busy += 1;
+                continue;
+            }
+            accepted += 1;
+            timed_out += 1;
+            assert!(
+                opened.elapsed() < HANDSHAKE + CLOSE_MARGIN,
+                "a silent connection lived {:?} with a handshake timeout of {HANDSHAKE:?}",
+                opened.elapsed()
+            );
+        }
+        assert!(
+            accepted <= PER_IP_CAP,
+            "wave {wave}: {accepted} connections from one address were served, the cap is \
+             {PER_IP_CAP}"
+        );
+    }
+    (busy, timed_out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// One limit at a time
+
+#[test]
+fn header_over_the_cap_gets_too_large_and_close() {
+    let d = Daemon::start();
+    let mut peer = Peer::session(d.addr());
+    // Exactly at the cap is still a frame: a `get` of a path far too long, refused and
+    // recoverable.
+    let frame = |path_len: usize| serde_json::to_vec(&get(&"p".repeat(path_len))).unwrap();
+    let overhead = frame(0).len();
+    let header = frame(protocol::MAX_HEADER - overhead);
+    assert_eq!(header.len(), protocol::MAX_HEADER);
+    peer.send_header(&header);
+    peer.expect_error(ErrorCode::BadRequest);
+    peer.expect_usable();
+
+    // One byte over: refused from the length alone. The server answers before a single header
+    // byte is sent, so it cannot be waiting to buffer them.
+    peer.send_bytes(&(protocol::MAX_HEADER as u32 + 1).to_be_bytes());
+    peer.expect_error(ErrorCode::TooLarge);
+    peer.expect_closed();
+
+    Peer::session(d.addr()).expect_usable();
+}
+
+#[test]
+fn unknown_message_type_leaves_the_connection_usable() {
+    let d = Daemon::start();
+    let mut peer = Peer::session(d.addr());
+    peer.send_header(br#"{"type":"teleport","to":"mars"}"#);
+    peer.expect_error(ErrorCode::Unsupported);
+    peer.expect_usable();
+    // A known type with an ill-typed field is just as recoverable.
+    peer.send_header(br#"{"type":"get","path":42}"#);
+    peer.expect_error(ErrorCode::Unsupported);
+    peer.expect_usable();
+    peer.send(&Message::Bye);
+    peer.expect_closed();
+
+    // Before hello, though, anything else is refused and the connection closed.
+    let mut peer = Peer::connect(d.addr());
+    peer.send_header(br#"{"type":"teleport","to":"mars"}"#);
+    peer.expect_error(ErrorCode::BadRequest);
+    peer.expect_closed();
+}
+
+#[test]
+fn body_shorter_than_declared_then_close_leaves_daemon_serving() {
+    let d = Daemon::start();
+    let mut peer = Peer::session(d.addr());
+    peer.send(&put("short.bin", 100));
+    match peer.recv() {
+        Message::PutReady(p) => assert_eq!(p.offset, 0),
+        other => panic!("expected put_ready, got {other:?}"),
+    }
+    peer.send(&Message::Chunk(ChunkHeader {
+        offset: 0,
+        len: 100,
+        md5: Md5Digest::of(&[7; 100]),
+    }));
+    peer.send_bytes(&[7; 10]);
+    peer.stream.shutdown(Shutdown::Write).unwrap();
+    // The stream ends mid-frame: at most an error saying so, then the close.
+    if let Some(m) = peer.try_recv() {
+        assert!(
+            matches!(&m, Message::Error(e) if e.code == ErrorCode::BadRequest),
+            "expected error bad_request or a plain close, got {m:?}"
+        );
+        peer.expect_closed();
+    }
+    assert_missing(d.path("short.bin"));
+    wait_until("the staged bytes are removed", STEP_TIMEOUT, || {
+        staged_bytes(d.root()) == 0
+    });
+
+    let work = tmpdir();
+    let src = work.path().join("a.bin");
+    write_random(&src, 300_000, 3);
+    d.cli()
+        .cwd(&work)
+        .cmds("put a.bin; get a.bin back.bin")
+        .timeout(STEP_TIMEOUT)
+        .run()
+        .ok()
+        .verified(&src, 2);
+    assert_same_file(&src, d.path("a.bin"));
+    assert_same_file(&src, work.path().join("back.bin"));
+}
+
+#[test]
+fn max_file_size_is_refused_up_front() {
+    let site = Site::new();
+    let d = start_ftpd(&site.root(), &["--max-file-size", "1M"]);
+
+    // Over the limit: refused in answer to the `put`, before any byte is sent.
+    let mut peer = Peer::session(d.addr());
+    peer.send(&put("raw.bin", 2 * MIB));
+    peer.expect_error(ErrorCode::TooLarge);
+    peer.expect_usable();
+
+    let work = tmpdir();
+    write_random(work.path().join("big.bin"), 2 * MIB, 4);
+    let started = Instant::now();
+    d.cli()
+        .cwd(&work)
+        .cmds("put big.bin")
+        .timeout(STEP_TIMEOUT)
+        .run()
+        .fails()
+        .stderr_has_any(&["too_large", "too large"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refusing an oversized put took {:?}",
+        started.elapsed()
+    );
+    assert_missing(site.root().join("big.bin"));
+    assert_missing(site.root().join("raw.bin"));
+    assert_eq!(
+        staged_bytes(&site.root()),
+        0,
+        "an oversized upload was staged"
+    );
+
+    // Under the limit (in decimal or binary megabytes) is fine.
+    let small = work.path().join("small.bin");
+    write_random(&small, 900_000, 5);
+    d.cli()
+        .cwd(&work)
+        .cmds("put small.bin")
+        .timeout(STEP_TIMEOUT)
+        .run()
+        .ok();
+    assert_same_file(&small, site.root().join("small.bin"));
+}
+
+#[test]
+fn quota_is_enforced() {
+    let site = Site::new();
+    let d = start_ftpd(&site.root(), &["--quota", "3M"]);
+    let work = tmpdir();
+    write_random(work.path().join("a1.bin"), MIB, 1);
+    write_random(work.path().join("a2.bin"), MIB, 2);
+    write_random(work.path().join("b.bin"), 2 * MIB, 3);
+    write_random(work.path().join("c.bin"), 3 * MIB / 2, 4);
+    let cli = || d.cli().cwd(&work).timeout(STEP_TIMEOUT);
+
+    cli().cmds("put a1.bin; put a2.bin").run().ok();
+    cli()
+        .cmds("put b.bin")
+        .run()
+        .fails()
+        .stderr_has_any(&["too_large", "too large", "quota"]);
+    assert_missing(site.root().join("b.bin"));
+    assert_eq!(
+        staged_bytes(&site.root()),
+        0,
+        "an upload over quota was staged"
+    );
+
+    cli().cmds("rm a1.bin; put c.bin").run().ok();
+    assert_missing(site.root().join("a1.bin"));
+    for name in ["a2.bin", "c.bin"] {
+        assert_same_file(work.path().join(name), site.root().join(name));
+    }
+}
+
+#[test]
+fn upload_longer_than_declared_is_stopped() {
+    let d = Daemon::start();
+    let mut peer = Peer::session(d.addr());
+    peer.send(&put("ten.bin", 10));
+    match peer.recv() {
+        Message::PutReady(_) => {}
+        other => panic!("expected put_ready, got {other:?}"),
+    }
+    let body = [b'x'; 20];
+    peer.send(&Message::Chunk(ChunkHeader {
+        offset: 0,
+        len: 20,
+        md5: Md5Digest::of(&body),
+    }));
+    peer.send_bytes(&body);
+    peer.expect_error(ErrorCode::TooLarge);
+    // As a client does when refused mid-upload; the server answers nothing more to it.
+    peer.send(&Message::Abort(ErrorReply::new(
+        ErrorCode::BadRequest,
+        "refused",
+    )));
+    peer.expect_usable();
+    assert_missing(d.path("ten.bin"));
+}
+
+#[test]
+fn idle_client_is_closed_after_idle_timeout() {
+    let site = Site::new();
+    let d = start_ftpd(&site.root(), &["--idle-timeout", "1s"]);
+    let mut peer = Peer::session(d.addr());
+    let silent = Instant::now();
+    peer.expect_error(ErrorCode::Timeout);
+    peer.expect_closed();
+    let waited = silent.elapsed();
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(3)).contains(&waited),
+        "an idle session was closed after {waited:?}, the idle timeout is 1 s"
+    );
+}
+
+#[test]
+fn stalled_upload_is_closed_after_stall_timeout() {
+    let site = Site::new();
+    let d = start_ftpd(&site.root(), &["--stall-timeout", "1s"]);
+    let mut peer = Peer::session(d.addr());
+    peer.send(&put("stalled.bin", 100));
+    match peer.recv() {
+        Message::PutReady(_) => {}
+        other => panic!("expected put_ready, got {other:?}"),
+    }
+    let silent = Instant::now();
+    peer.expect_error(ErrorCode::Timeout);
+    peer.expect_closed();
+    let waited = silent.elapsed();
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(3)).contains(&waited),
+        "a stalled upload was closed after {waited:?}, the stall timeout is 1 s"
+    );
+    assert_missing(site.root().join("stalled.bin"));
+}
+
+#[test]
+fn per_ip_limit_refuses_with_busy() {
+    let site = Site::new();
+    let d = start_ftpd(&site.root(), &["--max-connections-per-ip", "2"]);
+    let mut first = Peer::session(d.addr());
+    let mut second = Peer::session(d.addr());
+
+    let mut third = Peer::connect(d.addr());
+    third.expect_error(ErrorCode::Busy);
+    third.expect_closed();
+    second.expect_usable();
+
+    first.send(&Message::Bye);
+    first.expect_closed();
+    // The server frees the slot just after it closes the connection: try until it has.
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let mut fourth = loop {
+        let mut peer = Peer::connect(d.addr());
+        peer.send(&hello_message());
+        match peer.try_recv() {
+            Some(Message::Hello(_)) => break peer,
+            Some(Message::Error(e)) if e.code == ErrorCode::Busy => {}
+            None => {}
+            Some(other) => panic!("expected hello or error busy, got {other:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a connection is still refused {STEP_TIMEOUT:?} after one of two closed"
+        );
+    };
+    fourth.expect_usable();
+    second.expect_usable();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers: a root with a sentinel next to it, a daemon with chosen flags, what is on disk.
+
+/// A root to serve and, next to it, a sentinel directory with known contents: anything that
+/// escaped the root would land beside them.
+struct Site {
+    base: TempDir,
+}
+
+impl Site {
+    fn new() -> Site {
+        let base = tempfile::Builder::new()
+            .prefix("e2e-abuse-")
+            .tempdir()
+            .expect("cannot create temp dir");
+        fs::create_dir(base.path().join("root")).unwrap();
+        let sentinel = base.path().join("sentinel");
+        fs::create_dir_all(sentinel.join("inner")).unwrap();
+        write_file(
+            sentinel.join("keep.txt"),
+            "nothing from the daemon may touch this\n",
+        );
+        write_random(sentinel.join("inner").join("deep.bin"), 10_000, 9);
+        Site { base }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.base.path().join("root")
+    }
+
+    fn sentinel(&self) -> PathBuf {
+        self.base.path().join("sentinel")
+    }
+}
+
+/// Sorted names in `dir`.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Everything under `dir`: each path with its kind, and a file's size and MD5.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let what = if meta.is_dir() {
+                todo.push(path.clone());
+                "dir".to_owned()
+            } else if meta.is_file() {
+                format!("file {} {}", meta.len(), md5_file(&path))
+            } else {
+                format!("other {:?}", meta.file_type())
+            };
+            out.insert(path.strip_prefix(dir).unwrap().to_owned(), what);
+        }
+    }
+    out
+}
+
+/// Bytes in the daemon's staging directory (0 when it does not exist).
+fn staged_bytes(root: &Path) -> u64 {
+    let staging = root.join(".ftpd").join("staging");
+    let Ok(entries) = fs::read_dir(&staging) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// A path for a failure message: long ones cut short.
+fn shorten(path: &str) -> String {
+    if path.len() > 40 {
+        format!("{}… ({} bytes)", &path[..40], path.len())
+    } else {
+        path.to_owned()
+    }
+}
+
+/// An `ftpd` on a given root and port 0, with the flags a test chose. Killed (and reaped) on
+/// drop.
+struct Ftpd {
+    child: Child,
+    /// The address from its `listening on` line.
+    addr: SocketAddr,
+    /// Its stderr so far, for failure messages.
+    log: Arc<Mutex<String>>,
+    /// Copies stderr into `log` until EOF.
+    drain: Option<JoinHandle<()>>,
+}
+
+/// Starts `ftpd --root ROOT --listen 127.0.0.1:0 ARGS` and waits for its `listening on` line;
+/// panics with its output if it exits or stays silent instead.
+fn start_ftpd(root: &Path, args: &[&str]) -> Ftpd {
+    let mut cmd = Command::new(bin("ftpd"));
+    cmd.arg("--root")
+        .arg(root)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // Settings from the environment would change what the test means.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("FTPD_") {
+            cmd.env_remove(key);
+        }
+    }
+    let mut child = cmd.spawn().expect("cannot spawn ftpd");
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let drain = {
+        let log = Arc::clone(&log);
+        thread::spawn(move || {
+            let mut ready = Some(ready_tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let addr = line
+                    .split_once("listening on ")
+                    .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok());
+                if let (Some(addr), Some(tx)) = (addr, ready.take()) {
+                    let _ = tx.send(addr);
+                }
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        })
+    };
+    match ready_rx.recv_timeout(START_TIMEOUT) {
+        Ok(addr) => Ftpd {
+            child,
+            addr,
+            log,
+            drain: Some(drain),
+        },
+        Err(_) => {
+            let _ = child.kill();
+            let status = child.wait();
+            let _ = drain.join();
+            panic!(
+                "ftpd {args:?} did not start ({status:?}); its stderr:\n{}",
+                log.lock().unwrap()
+            );
+        }
+    }
+}
+
+impl Ftpd {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn open_fds(&self) -> usize {
+        open_fds(self.pid())
+    }
+
+    fn cli(&self) -> Cli {
+        Cli::new(self.addr)
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Ftpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(drain) = self.drain.take() {
+            let _ = drain.join();
+        }
+        if thread::panicking() {
+            eprintln!("--- ftpd stderr ---\n{}--- end ftpd stderr ---", self.log());
+        }
+    }
+}
+
+/// How many descriptors process `pid` has open.
+fn open_fds(pid: u32) -> usize {
+    let dir = format!("/proc/{pid}/fd");
+    fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {dir}: {e}"))
+        .count()
+}
+
+/// Samples the descriptors of `pid` every few milliseconds until told to stop; the thread
+/// returns the most it saw.
+fn watch_fds(pid: u32) -> (mpsc::Sender<()>, JoinHandle<usize>) {
+    let (stop_tx, stop_rx) = mpsc::channel();
+    let watcher = thread::spawn(move || {
+        let mut peak = 0;
+        loop {
+            // The daemon may be gone if the test failed; the test reports that, not us.
+            if let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) {
+                peak = peak.max(dir.count());
+            }
+            match stop_rx.recv_timeout(Duration::from_millis(5)) {
+                Err(RecvTimeoutError::Timeout) => {}
+                _ => return peak,
+            }
+        }
+    });
+    (stop_tx, watcher)
+}
+
+/// Waits until the daemon holds at most `max` descriptors; returns how many it holds then.
+#[track_caller]
+fn wait_for_fds(d: &Ftpd, max: usize) -> usize {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        let n = d.open_fds();
+        if n <= max {
+            return n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon still holds {n} descriptors {STEP_TIMEOUT:?} after the attack, at most \
+             {max} expected; /proc/{}/fd:\n{}",
+            d.pid(),
+            fd_targets(d.pid())
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What each descriptor of `pid` points at, for a failure message.
+fn fd_targets(pid: u32) -> String {
+    let mut lines: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| {
+                let e = e.ok()?;
+                let target = fs::read_link(e.path()).ok()?;
+                Some(format!(
+                    "{} -> {}",
+                    e.file_name().to_string_lossy(),
+                    target.display()
+                ))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    lines.sort();
+    lines.join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// A blocking peer that speaks frames directly, including ones no real client would send.
+
+fn hello_message() -> Message {
+    Message::Hello(Hello {
+        version: VERSION,
+        agent: "e2e-abuse/0".into(),
+        capabilities: vec![],
+        max_chunk: protocol::DEFAULT_CHUNK,
+    })
+}
+
+fn get(path: &str) -> Message {
+    Message::Get(Get {
+        path: path.into(),
+        offset: 0,
+        prefix_md5: None,
+    })
+}
+
+fn put(path: &str, size: u64) -> Message {
+    Message::Put(Put {
+        path: path.into(),
+        size,
+        overwrite: false,
+        resume: false,
+        upload_id: None,
+        mtime: None,
+    })
+}
+
+struct Peer {
+    stream: TcpStream,
+}
+
+impl From<TcpStream> for Peer {
+    fn from(stream: TcpStream) -> Peer {
+        stream.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(STEP_TIMEOUT)).unwrap();
+        Peer { stream }
+    }
+}
+
+impl Peer {
+    /// Connects from the default local address (127.0.0.1 for a daemon on it).
+    #[track_caller]
+    fn connect(addr: SocketAddr) -> Peer {
+        let stream = TcpStream::connect_timeout(&addr, STEP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        Peer::from(stream)
+    }
+
+    /// Connects from `ip`, another loopback address.
+    #[track_caller]
+    fn connect_from(ip: IpAddr, addr: SocketAddr) -> Peer {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
+            .expect("cannot create a socket");
+        socket
+            .bind(&SockAddr::from(SocketAddr::new(ip, 0)))
+            .unwrap_or_else(|e| panic!("cannot bind to {ip}: {e}"));
+        socket
+            .connect_timeout(&SockAddr::from(addr), STEP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("cannot connect from {ip} to {addr}: {e}"));
+        Peer::from(TcpStream::from(socket))
+    }
+
+    /// A connection past the hello exchange.
+    #[track_caller]
+    fn session(addr: SocketAddr) -> Peer {
+        let mut peer = Peer::connect(addr);
+        peer.hello();
+        peer
+    }
+
+    /// [`Peer::session`] from `ip`.
+    #[track_caller]
+    fn session_from(ip: IpAddr, addr: SocketAddr) -> Peer {
+        let mut peer = Peer::connect_from(ip, addr);
+        peer.hello();
+        peer
+    }
+
+    #[track_caller]
+    fn hello(&mut self) {
+        self.send(&hello_message());
+        match self.recv() {
+            Message::Hello(h) => assert_eq!(h.version, VERSION),
+            other => panic!("expected the server's hello, got {other:?}"),
+        }
+    }
+
+    fn send(&mut self, message: &Message) {
+        self.send_header(&serde_json::to_vec(message).unwrap());
+    }
+
+    /// One frame with `header` as it is, valid or not.
+    fn send_header(&mut self, header: &[u8]) {
+        let mut frame = u32::try_from(header.len()).unwrap().to_be_bytes().to_vec();
+        frame.extend_from_slice(header);
+        self.send_bytes(&frame);
+    }
+
+    fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream
+            .write_all(bytes)
+            .unwrap_or_else(|e| panic!("cannot send {} bytes: {e}", bytes.len()));
+    }
+
+    /// The next message; panics if the server closes the connection instead.
+    #[track_caller]
+    fn recv(&mut self) -> Message {
+        match self.try_recv() {
+            Some(m) => m,
+            None => panic!("the server closed the connection instead of answering"),
+        }
+    }
+
+    /// The next message (a chunk's body is read and dropped), or `None` once the server has
+    /// closed the connection.
+    #[track_caller]
+    fn try_recv(&mut self) -> Option<Message> {
+        let mut len = [0u8; 4];
+        match self.stream.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if closed(&e) => return None,
+            Err(e) => panic!("no frame from the server within {STEP_TIMEOUT:?}: {e}"),
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        assert!(
+            (1..=protocol::MAX_HEADER).contains(&len),
+            "the server sent a header length of {len}"
+        );
+        let mut header = vec![0; len];
+        self.stream
+            .read_exact(&mut header)
+            .unwrap_or_else(|e| panic!("a frame from the server was cut short: {e}"));
+        let message: Message = serde_json::from_slice(&header).unwrap_or_else(|e| {
+            panic!(
+                "the server sent a bad header {:?}: {e}",
+                String::from_utf8_lossy(&header)
+            )
+        });
+        if let Message::Chunk(c) = &message {
+            assert!(c.len as usize <= protocol::MAX_BODY, "chunk of {}", c.len);
+            io::copy(
+                &mut (&mut self.stream).take(u64::from(c.len)),
+                &mut io::sink(),
+            )
+            .unwrap_or_else(|e| panic!("a chunk from the server was cut short: {e}"));
+        }
+        Some(message)
+    }
+
+    /// Reads a download's frames until it ends.
+    fn skip_transfer(&mut self) {
+        while let Some(m) = self.try_recv() {
+            if matches!(m, Message::Eof(_) | Message::Abort(_) | Message::Error(_)) {
+                return;
+            }
+        }
+    }
+
+    #[track_caller]
+    fn expect_error(&mut self, code: ErrorCode) -> ErrorReply {
+        self.expect_error_in(&[code])
+    }
+
+    #[track_caller]
+    fn expect_error_in(&mut self, codes: &[ErrorCode]) -> ErrorReply {
+        match self.recv() {
+            Message::Error(e) if codes.contains(&e.code) => e,
+            other => panic!("expected an error with a code in {codes:?}, got {other:?}"),
+        }
+    }
+
+    /// Panics unless the server closes the connection without sending anything more.
+    #[track_caller]
+    fn expect_closed(&mut self) {
+        if let Some(m) = self.try_recv() {
+            panic!("expected the server to close the connection, got {m:?}");
+        }
+    }
+
+    /// Panics unless the session still answers a command.
+    #[track_caller]
+    fn expect_usable(&mut self) {
+        self.send(&Message::Pwd);
+        match self.recv() {
+            Message::Cwd(_) => {}
+            other => panic!("expected cwd in answer to pwd, got {other:?}"),
+        }
+    }
+
+    /// Whether the session still answers a command (`pwd`).
+    fn is_usable(&mut self) -> bool {
+        if self.stream.write_all(&frame_of(&Message::Pwd)).is_err() {
+            return false;
+        }
+        matches!(self.try_recv(), Some(Message::Cwd(_)))
+    }
+}
+
+fn frame_of(message: &Message) -> Vec<u8> {
+    let header = serde_json::to_vec(message).unwrap();
+    let mut frame = u32::try_from(header.len()).unwrap().to_be_bytes().to_vec();
+    frame.extend_from_slice(&header);
+    frame
+}
+
+/// Whether a read failed because the peer closed the connection.
+fn closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
+}

@@ -1,0 +1,711 @@
+//! A bad network and a bad day: transfers through a proxy that corrupts, cuts or stalls the
+//! stream, a daemon killed mid-upload, a full disk. Each ends in a byte-identical file or a clear
+//! one-line error, never a wrong file where the user looks for the right one.
+//!
+//! Every case prints one `fault-table` row on stderr; `cargo test --test e2e faults --
+//! --nocapture` shows which outcome each fault actually had.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::proxy::{Direction, Fault, FrameRef, Proxy};
+use tempfile::TempDir;
+
+use crate::util::{
+    assert_missing, assert_same_file, tmpdir, wait_until, write_random, Cli, Daemon, Run, MIB,
+};
+
+use Direction::{ClientToServer as C2S, ServerToClient as S2C};
+
+/// Six chunks of the default 1 MiB, the last one short.
+const SIZE: u64 = 5 * MIB + 123;
+/// The file's name on both sides.
+const NAME: &str = "data.bin";
+/// Halfway through the file, in the middle of a chunk.
+const MIDWAY: u64 = 5 * MIB / 2;
+/// Inside the first chunk: a connection cut or stalled here never verifies a byte.
+const FIRST_CHUNK: u64 = MIB / 2;
+/// The client's `--timeout` in these tests: stalls are measured against it.
+const CLIENT_TIMEOUT: &str = "2s";
+/// How long one client run may take before the test fails instead of hanging.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    Put,
+    Get,
+}
+
+/// What a case may end in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Allowed {
+    /// The file arrives identical, after at least one reconnect-and-resume.
+    Resumed,
+    /// The file arrives identical without any retry.
+    Clean,
+    /// Either an identical file (retries or not) or a clear error.
+    IdenticalOrError,
+    /// A clear error after exactly `attempts` connections (`None`: at most `1 + retries`), and
+    /// no file at the target.
+    Fails { attempts: Option<usize> },
+}
+
+/// What a case ended in.
+#[derive(Debug)]
+enum Outcome {
+    /// Exit 0, the target byte-identical, after `retries` resumes.
+    Identical { retries: usize },
+    /// Non-zero exit with this one-line error, after `retries` resumes.
+    Failed { retries: usize, error: String },
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Identical { retries } => write!(f, "identical   | retries {retries}"),
+            Outcome::Failed { retries, error } => {
+                write!(f, "clear error | retries {retries} | {error}")
+            }
+        }
+    }
+}
+
+/// One transfer through a faulty proxy.
+struct Case {
+    /// The row's name in the table.
+    name: &'static str,
+    op: Op,
+    faults: Vec<Fault>,
+    /// `--retries` for the client (its default when `None`).
+    retries: Option<usize>,
+    allowed: Allowed,
+}
+
+impl Case {
+    fn new(name: &'static str, op: Op, fault: Fault, allowed: Allowed) -> Case {
+        Case {
+            name,
+            op,
+            faults: vec![fault],
+            retries: None,
+            allowed,
+        }
+    }
+
+    /// The fault on every connection and `--retries 2`: each attempt meets it and the client
+    /// gives up after three.
+    fn every(name: &'static str, op: Op, fault: Fault, attempts: Option<usize>) -> Case {
+        Case {
+            name,
+            op,
+            faults: vec![fault.on_every_connection()],
+            retries: Some(2),
+            allowed: Allowed::Fails { attempts },
+        }
+    }
+
+    /// Runs the transfer, checks what it left behind, prints the table row and checks the
+    /// outcome is one this case allows.
+    fn run(self) {
+        let daemon = Daemon::start();
+        let work = tmpdir();
+        let reference = tmpdir();
+        let src = reference.path().join(NAME);
+        write_random(&src, SIZE, 0xfa17);
+        let (target, command) = match self.op {
+            Op::Put => {
+                fs::copy(&src, work.path().join(NAME)).expect("cannot copy the test file");
+                (daemon.path(NAME), format!("put {NAME}"))
+            }
+            Op::Get => {
+                fs::copy(&src, daemon.path(NAME)).expect("cannot copy the test file");
+                (work.path().join(NAME), format!("get {NAME}"))
+            }
+        };
+
+        let proxy = Proxy::start(daemon.addr(), self.faults.clone());
+        let mut cli = Cli::new(proxy.addr())
+            .cwd(&work)
+            .timeout(RUN_LIMIT)
+            .arg("--timeout")
+            .arg(CLIENT_TIMEOUT);
+        if let Some(n) = self.retries {
+            cli = cli.arg("--retries").arg(n.to_string());
+        }
+        let run = cli.cmds(&command).run();
+        let attempts = proxy.connections();
+        let events = proxy.events();
+        drop(proxy);
+
+        let outcome = classify(&run, &src, &target);
+        let faults: Vec<String> = self.faults.iter().map(ToString::to_string).collect();
+        let notice = run.stderr.lines().find(|l| l.contains("resuming"));
+        eprintln!(
+            "fault-table | {:<34} | {:?} | {:<32} | {outcome} | connections {attempts} | {} | {}",
+            self.name,
+            self.op,
+            faults.join(", "),
+            notice.unwrap_or("-"),
+            events.join("; ")
+        );
+        assert!(
+            !events.is_empty(),
+            "{}: the fault never fired, so the case tested nothing; {run}",
+            self.name
+        );
+        self.check_leftovers(&daemon, &work, &outcome, &run);
+
+        let retries = match &outcome {
+            Outcome::Identical { retries } | Outcome::Failed { retries, .. } => *retries,
+        };
+        assert_eq!(
+            retries + 1,
+            attempts,
+            "{}: each reconnect should say it is resuming, and each resume reconnect; {run}",
+            self.name
+        );
+        match (self.allowed, &outcome) {
+            (Allowed::Resumed, Outcome::Identical { retries }) => {
+                assert!(*retries >= 1, "{}: no resume reported; {run}", self.name);
+            }
+            (Allowed::Clean, Outcome::Identical { retries: 0 }) => {}
+            (Allowed::IdenticalOrError, _) => {}
+            (Allowed::Fails { attempts: want }, Outcome::Failed { .. }) => {
+                assert_missing(&target);
+                let max = 1 + self.retries.unwrap_or(3);
+                match want {
+                    Some(want) => assert_eq!(
+                        attempts, want,
+                        "{}: expected {want} connections; {run}",
+                        self.name
+                    ),
+                    None => assert!(
+                        attempts <= max,
+                        "{}: {attempts} connections, more than 1 + --retries; {run}",
+                        self.name
+                    ),
+                }
+            }
+            (allowed, outcome) => {
+                panic!(
+                    "{}: expected {allowed:?}, got {outcome:?}; {run}\ndaemon log:\n{}",
+                    self.name,
+                    daemon.log()
+                )
+            }
+        }
+    }
+
+    /// Whatever the outcome, nothing that looks like the target may be wrong or half there:
+    /// the daemon shows no other file, the client's directory holds at most a `.ftp-part`.
+    fn check_leftovers(&self, daemon: &Daemon, work: &TempDir, outcome: &Outcome, run: &Run) {
+        let visible = daemon.visible_files();
+        let local = files_in(work.path());
+        match self.op {
+            Op::Put => {
+                assert!(
+                    visible.is_empty() || visible == [NAME],
+                    "{}: the daemon shows {visible:?}; {run}",
+                    self.name
+                );
+                assert_eq!(local, [NAME], "{}: {run}", self.name);
+            }
+            Op::Get => {
+                assert_eq!(visible, [NAME], "{}: {run}", self.name);
+                for name in &local {
+                    let ok = name == NAME
+                        || (matches!(outcome, Outcome::Failed { .. })
+                            && name.ends_with(".ftp-part"));
+                    assert!(
+                        ok,
+                        "{}: left {name:?} in the client's dir; {run}",
+                        self.name
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Sorts a run into its outcome, checking the invariants every outcome shares: exit 0 means an
+/// identical target and a verified summary; a failure is one error line, and whatever sits at
+/// the target then is still never a wrong file. Resume notices are counted, not errors.
+#[track_caller]
+fn classify(run: &Run, src: &Path, target: &Path) -> Outcome {
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let retries = lines.iter().filter(|l| l.contains("resuming")).count();
+    let others: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| !l.contains("resuming"))
+        .collect();
+    if target.exists() {
+        assert_same_file(src, target);
+    }
+    if run.status.success() {
+        assert!(
+            target.exists(),
+            "exit 0 but {} is missing; {run}",
+            target.display()
+        );
+        assert!(
+            others.is_empty(),
+            "exit 0 but stderr has more than resume notices; {run}"
+        );
+        let md5 = crate::util::md5_file(src);
+        assert!(
+            run.stdout
+                .lines()
+                .any(|l| l.contains("verified") && l.contains(&md5)),
+            "exit 0 without a verified summary; {run}"
+        );
+        Outcome::Identical { retries }
+    } else {
+        assert!(run.status.code().is_some(), "killed by a signal; {run}");
+        assert_eq!(others.len(), 1, "expected exactly one error line; {run}");
+        assert!(
+            !others[0].contains("panicked"),
+            "the client panicked; {run}"
+        );
+        Outcome::Failed {
+            retries,
+            error: others[0].to_owned(),
+        }
+    }
+}
+
+/// Names of the files in `dir`, sorted.
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("cannot list dir")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+// A flipped body byte is exactly what the per-chunk MD5 is for: the receiver refuses the chunk
+// and the client resumes from the last good one.
+
+#[test]
+fn chunk_body_flipped_on_put() {
+    let fault = Fault::flip_chunk_body(C2S, 2);
+    Case::new("chunk body flipped", Op::Put, fault, Allowed::Resumed).run();
+}
+
+#[test]
+fn chunk_body_flipped_on_get() {
+    let fault = Fault::flip_chunk_body(S2C, 2);
+    Case::new("chunk body flipped", Op::Get, fault, Allowed::Resumed).run();
+}
+
+// A flipped header bit may leave valid JSON with a wrong value in it (an offset, an MD5, a
+// length); whatever the receiver makes of it, no wrong file may come of it.
+
+#[test]
+fn chunk_header_flipped_on_put() {
+    let fault = Fault::flip_header(C2S, FrameRef::chunk(2));
+    Case::new(
+        "chunk header flipped",
+        Op::Put,
+        fault,
+        Allowed::IdenticalOrError,
+    )
+    .run();
+}
+
+#[test]
+fn chunk_header_flipped_on_get() {
+    let fault = Fault::flip_header(S2C, FrameRef::chunk(2));
+    Case::new(
+        "chunk header flipped",
+        Op::Get,
+        fault,
+        Allowed::IdenticalOrError,
+    )
+    .run();
+}
+
+/// The `get` request itself, the only frame the client sends in a download besides `hello`.
+#[test]
+fn get_request_flipped() {
+    let fault = Fault::flip_header(C2S, FrameRef::first("get"));
+    Case::new(
+        "get request flipped",
+        Op::Get,
+        fault,
+        Allowed::IdenticalOrError,
+    )
+    .run();
+}
+
+/// The server's `put_ready`, which tells the client where to start.
+#[test]
+fn put_ready_flipped() {
+    let fault = Fault::flip_header(S2C, FrameRef::first("put_ready"));
+    Case::new(
+        "put_ready flipped",
+        Op::Put,
+        fault,
+        Allowed::IdenticalOrError,
+    )
+    .run();
+}
+
+#[test]
+fn length_prefix_flipped_on_put() {
+    let fault = Fault::flip_length(C2S, FrameRef::chunk(2));
+    Case::new(
+        "length prefix flipped",
+        Op::Put,
+        fault,
+        Allowed::IdenticalOrError,
+    )
+    .run();
+}
+
+#[test]
+fn length_prefix_flipped_on_get() {
+    let fault = Fault::flip_length(S2C, FrameRef::chunk(2));
+    Case::new(
+        "length prefix flipped",
+        Op::Get,
+        fault,
+        Allowed::IdenticalOrError,
+    )
+    .run();
+}
+
+// A cut connection loses nothing that was verified: the client reconnects and resumes.
+
+#[test]
+fn cut_midway_on_put() {
+    let fault = Fault::cut(C2S, MIDWAY);
+    Case::new("cut midway", Op::Put, fault, Allowed::Resumed).run();
+}
+
+#[test]
+fn cut_midway_on_get() {
+    let fault = Fault::cut(S2C, MIDWAY);
+    Case::new("cut midway", Op::Get, fault, Allowed::Resumed).run();
+}
+
+/// Every chunk got through, the `eof` did not: the resume has nothing left to send but `eof`.
+#[test]
+fn cut_before_eof_on_put() {
+    let fault = Fault::cut_before(C2S, FrameRef::first("eof"));
+    Case::new("cut before eof", Op::Put, fault, Allowed::Resumed).run();
+}
+
+#[test]
+fn cut_before_eof_on_get() {
+    let fault = Fault::cut_before(S2C, FrameRef::first("eof"));
+    Case::new("cut before eof", Op::Get, fault, Allowed::Resumed).run();
+}
+
+/// The daemon stored the file but its `stored` reply is lost: the file is there, and the client
+/// may find that out or report an error, but must not report a wrong file.
+#[test]
+fn stored_reply_lost() {
+    let fault = Fault::cut_before(S2C, FrameRef::first("stored"));
+    Case::new(
+        "stored reply lost",
+        Op::Put,
+        fault,
+        Allowed::IdenticalOrError,
+    )
+    .run();
+}
+
+// A stall shorter than the client's timeout is only slow; a longer one is a lost connection.
+
+#[test]
+fn short_stall_on_put() {
+    let fault = Fault::stall(C2S, MIDWAY, Duration::from_secs(1));
+    Case::new("stall 1s < timeout", Op::Put, fault, Allowed::Clean).run();
+}
+
+#[test]
+fn short_stall_on_get() {
+    let fault = Fault::stall(S2C, MIDWAY, Duration::from_secs(1));
+    Case::new("stall 1s < timeout", Op::Get, fault, Allowed::Clean).run();
+}
+
+#[test]
+fn long_stall_on_put() {
+    let fault = Fault::stall(C2S, MIDWAY, Duration::from_secs(4));
+    Case::new(
+        "stall 4s > timeout",
+        Op::Put,
+        fault,
+        Allowed::IdenticalOrError,
+    )
+    .run();
+}
+
+#[test]
+fn long_stall_on_get() {
+    let fault = Fault::stall(S2C, MIDWAY, Duration::from_secs(4));
+    Case::new(
+        "stall 4s > timeout",
+        Op::Get,
+        fault,
+        Allowed::IdenticalOrError,
+    )
+    .run();
+}
+
+// The same fault on every connection: retries cannot help, and the client must say so after
+// `--retries 2` more attempts, leaving nothing at the target.
+
+#[test]
+fn chunk_body_flipped_every_time_on_put() {
+    let fault = Fault::flip_chunk_body(C2S, 0);
+    Case::every("every conn: chunk body flipped", Op::Put, fault, Some(3)).run();
+}
+
+#[test]
+fn chunk_body_flipped_every_time_on_get() {
+    let fault = Fault::flip_chunk_body(S2C, 0);
+    Case::every("every conn: chunk body flipped", Op::Get, fault, Some(3)).run();
+}
+
+/// A corrupt header may also be refused outright, which ends the command at once.
+#[test]
+fn chunk_header_flipped_every_time_on_put() {
+    let fault = Fault::flip_header(C2S, FrameRef::chunk(0));
+    Case::every("every conn: chunk header flipped", Op::Put, fault, None).run();
+}
+
+#[test]
+fn length_prefix_flipped_every_time_on_get() {
+    let fault = Fault::flip_length(S2C, FrameRef::chunk(0));
+    Case::every("every conn: length prefix flipped", Op::Get, fault, None).run();
+}
+
+#[test]
+fn cut_every_time_on_put() {
+    let fault = Fault::cut(C2S, FIRST_CHUNK);
+    Case::every("every conn: cut in chunk 0", Op::Put, fault, Some(3)).run();
+}
+
+#[test]
+fn cut_every_time_on_get() {
+    let fault = Fault::cut(S2C, FIRST_CHUNK);
+    Case::every("every conn: cut in chunk 0", Op::Get, fault, Some(3)).run();
+}
+
+#[test]
+fn stall_every_time_on_put() {
+    let fault = Fault::stall_forever(C2S, FIRST_CHUNK);
+    Case::every("every conn: stall forever", Op::Put, fault, Some(3)).run();
+}
+
+#[test]
+fn stall_every_time_on_get() {
+    let fault = Fault::stall_forever(S2C, FIRST_CHUNK);
+    Case::every("every conn: stall forever", Op::Get, fault, Some(3)).run();
+}
+
+/// The largest staging file under `dir`, searched recursively: how far an upload got.
+fn staged_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => staged_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The daemon dies (SIGKILL) with three chunks of an upload staged; a new daemon on the same
+/// root lets `put -c` carry on from them instead of starting over.
+#[test]
+fn put_continues_after_the_daemon_is_killed() {
+    let root = tempfile::Builder::new()
+        .prefix("e2e-root-")
+        .tempdir()
+        .expect("cannot create temp root");
+    let work = tmpdir();
+    let src = work.path().join("big.bin");
+    let size = 8 * MIB + 5;
+    write_random(&src, size, 0xdead);
+
+    let daemon = Daemon::start_on(root.path());
+    let staging = daemon.staging();
+    // The stall holds the upload right after its third chunk, so the daemon is killed with
+    // exactly 3 MiB staged, however fast the machine.
+    let proxy = Proxy::start(
+        daemon.addr(),
+        vec![Fault::stall_forever(C2S, 3 * MIB + 64 * 1024)],
+    );
+    let mut upload = Cli::new(proxy.addr())
+        .cwd(&work)
+        .cmds("put big.bin")
+        .spawn();
+    wait_until("3 MiB are staged", Duration::from_secs(30), || {
+        upload.assert_running();
+        staged_bytes(&staging) >= 3 * MIB
+    });
+    daemon.kill();
+    upload.kill();
+    drop(proxy);
+    assert_missing(root.path().join("big.bin"));
+
+    let daemon = Daemon::start_on(root.path());
+    let run = daemon
+        .cli()
+        .cwd(&work)
+        .timeout(RUN_LIMIT)
+        .cmds("put -c big.bin")
+        .run()
+        .ok()
+        .verified(&src, 1);
+    eprintln!(
+        "fault-table | {:<34} | Put | {:<32} | identical   | stdout: {} | stderr: {}",
+        "daemon killed, put -c",
+        "SIGKILL with 3 MiB staged",
+        run.stdout.trim(),
+        run.stderr.trim()
+    );
+    assert_same_file(&src, daemon.path("big.bin"));
+    assert_eq!(daemon.visible_files(), ["big.bin"]);
+    // The summary reports what went over the wire: the 5 MiB after the 3 MiB staged, not 8.
+    let sent = sent_this_time(&run.stdout);
+    let rest = (size - 3 * MIB) as f64;
+    assert!(
+        sent.is_some_and(|sent| (sent - rest).abs() < 0.01 * MIB as f64),
+        "put -c does not report sending only the {rest} bytes after the 3 MiB staged \
+         (summary says {sent:?}); {run}\ndaemon log:\n{}",
+        daemon.log()
+    );
+}
+
+/// How much the client's summary says it sent this time, from a line like `put big.bin: 8.00 MiB
+/// (8388613 bytes, 5.00 MiB of it sent this time) in ...`; `None` without such a line (a
+/// transfer that sent the whole file says nothing of the kind).
+fn sent_this_time(stdout: &str) -> Option<f64> {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(" of it sent this time"))?;
+    let (before, _) = line.split_once(" of it sent this time")?;
+    let amount = before.rsplit(", ").next()?;
+    let (number, unit) = amount.split_once(' ')?;
+    let scale = match unit {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => MIB as f64,
+        "GiB" => (1024 * MIB) as f64,
+        _ => return None,
+    };
+    Some(number.parse::<f64>().ok()? * scale)
+}
+
+/// A tmpfs mounted on a temp dir, unmounted on drop.
+struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`4m`), or says why not and returns `None` (not root, no mount).
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tmpdir();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Some(Tmpfs { dir }),
+            Ok(out) => {
+                eprintln!(
+                    "skipping: cannot mount a tmpfs: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipping: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Busy (a process still inside): detach it now, the kernel frees it when it can.
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+/// A 16 MiB upload to a 4 MiB file system fails with `no_space`, leaves nothing visible, and
+/// the daemon goes on serving what fits.
+#[test]
+fn full_disk_fails_cleanly() {
+    let Some(disk) = Tmpfs::mount("4m") else {
+        return;
+    };
+    // Declared after `disk`, so the daemon is gone before the unmount.
+    let daemon = Daemon::start_on(disk.path());
+    let work = tmpdir();
+    write_random(work.path().join("huge.bin"), 16 * MIB, 0xf011);
+    let run = daemon
+        .cli()
+        .cwd(&work)
+        .timeout(RUN_LIMIT)
+        .cmds("put huge.bin")
+        .run()
+        .fails()
+        .stderr_has_any(&["no_space", "no space"])
+        .one_line_error();
+    eprintln!(
+        "fault-table | {:<34} | Put | {:<32} | clear error | {}",
+        "disk full",
+        "16 MiB onto a 4 MiB tmpfs",
+        run.stderr.trim()
+    );
+    assert_missing(daemon.path("huge.bin"));
+    assert!(
+        daemon.visible_files().is_empty(),
+        "{:?}",
+        daemon.visible_files()
+    );
+
+    let small = work.path().join("small.bin");
+    write_random(&small, 100 * 1024 + 1, 5);
+    daemon
+        .cli()
+        .cwd(&work)
+        .timeout(RUN_LIMIT)
+        .cmds("put small.bin; get small.bin small-back.bin")
+        .run()
+        .ok()
+        .verified(&small, 2);
+    assert_same_file(&small, daemon.path("small.bin"));
+    assert_same_file(&small, work.path().join("small-back.bin"));
+}
