@@ -1,0 +1,1047 @@
+#!/usr/bin/env python3
+"""The benchmark driver. Run it through `bench/run`, which installs the peers, builds the
+binaries, makes the work directory and cleans everything up; see bench/README.md.
+
+Every workload is run by every tool that can do it, round-robin (run 1 of each tool, then run 2
+of each, ...), so that the noise of a shared machine falls on all of them alike and the ratios,
+which are all taken within this one run, stay meaningful.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+MB = 1e6  # throughput is reported in MB/s = 10^6 bytes per second
+CLK = os.sysconf("SC_CLK_TCK")
+CIPHER = "aes128-gcm@openssh.com"
+TIME = "/usr/bin/time"
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def fmt_bytes(n):
+    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} B"
+
+
+# --------------------------------------------------------------------------------------------
+# Processes: every daemon we start gets a pid file in WORK/pids, so that bench/run's EXIT trap
+# can stop it by PID even if this driver dies.
+# --------------------------------------------------------------------------------------------
+
+
+class Daemon:
+    def __init__(self, env, name, argv, cwd=None):
+        self.env = env
+        self.name = name
+        self.log_path = env.work / "logs" / f"{name}.{time.monotonic_ns()}.log"
+        self.logf = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.pid = self.proc.pid
+        self.pidfile = env.work / "pids" / f"{name}.{self.pid}"
+        self.pidfile.write_text(f"{self.pid}\n")
+        env.daemons.append(self)
+
+    def log_text(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def cpu(self):
+        """user+sys seconds of the process itself and of the children it has reaped."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # after the ')' field 0 is state (field 3 of proc(5)); utime=14, stime=15, cutime=16, cstime=17
+        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+        return (utime + stime) / CLK, (cutime + cstime) / CLK
+
+    def hwm_kib(self):
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.logf.close()
+        self.pidfile.unlink(missing_ok=True)
+        if self in self.env.daemons:
+            self.env.daemons.remove(self)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port):
+    want = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        parts = line.split()
+        if parts[1] == want and parts[3] == "0A":
+            return True
+    return False
+
+
+def wait_until(pred, what, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+class Timed:
+    """One command under /usr/bin/time: wall (our own clock), user, sys, max RSS, exit code."""
+
+    def __init__(self, env, argv, cwd=None, tag="cmd"):
+        self.tfile = env.work / "logs" / f"time.{tag}.{time.monotonic_ns()}"
+        self.ofile = env.work / "logs" / f"out.{tag}.{time.monotonic_ns()}"
+        self.argv = argv
+        self.out = open(self.ofile, "wb")
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [TIME, "-f", "%e %U %S %M", "-o", str(self.tfile), *argv], cwd=cwd,
+            stdin=subprocess.DEVNULL, stdout=self.out, stderr=subprocess.STDOUT,
+        )
+
+    def wait(self, timeout=3600):
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self.wall = time.monotonic() - self.t0
+        self.out.close()
+        self.rc = rc
+        self.user = self.sys = 0.0
+        self.rss_kib = 0
+        try:
+            last = self.tfile.read_text().strip().splitlines()[-1].split()
+            _, u, s, m = last
+            self.user, self.sys, self.rss_kib = float(u), float(s), int(m)
+        except (OSError, ValueError, IndexError):
+            pass
+        return self
+
+    @property
+    def cpu(self):
+        return self.user + self.sys
+
+    def output(self, limit=2000):
+        try:
+            return self.ofile.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+
+def run_timed(env, argv, cwd=None, tag="cmd"):
+    return Timed(env, argv, cwd=cwd, tag=tag).wait()
+
+
+def sh(*argv, check=True):
+    return subprocess.run(argv, check=check, stdin=subprocess.DEVNULL)
+
+
+def rmtree(path):
+    if path.exists():
+        sh("rm", "-rf", "--one-file-system", str(path))
+
+
+def fresh_dir(path):
+    rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def settle():
+    """Before a timed run: write back the previous run's dirty pages so that no run pays for
+    another's, and give daemons a moment to reap their children."""
+    sh("sync")
+    time.sleep(0.2)
+
+
+def warm(*paths):
+    """Read every file once so that the timed runs read from the page cache."""
+    for p in paths:
+        if p.is_dir():
+            sh("sh", "-c", 'find "$1" -type f -exec cat {} + > /dev/null', "sh", str(p))
+        else:
+            sh("sh", "-c", 'cat "$1" > /dev/null', "sh", str(p))
+
+
+def same_file(a, b):
+    return b.exists() and subprocess.run(["cmp", "-s", str(a), str(b)]).returncode == 0
+
+
+def same_tree(a, b):
+    return b.is_dir() and subprocess.run(
+        ["diff", "-rq", str(a), str(b)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    ).returncode == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Environment: binaries, data, peers.
+# --------------------------------------------------------------------------------------------
+
+
+class Env:
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(args.work).resolve()
+        self.bin = Path(args.bin).resolve()
+        self.ftpd = str(self.bin / "ftpd")
+        self.cli = str(self.bin / "ftp-cli")
+        self.daemons = []
+        for d in ("pids", "logs", "src", "peer-root", "ssh", "rsync"):
+            (self.work / d).mkdir(parents=True, exist_ok=True)
+        help_text = subprocess.run([self.ftpd, "--help"], capture_output=True, text=True).stdout
+        self.ftpd_extra = []
+        if "--max-connections-per-ip" in help_text:
+            self.ftpd_extra += ["--max-connections-per-ip", "512"]
+        if "--max-connections " in help_text or "--max-connections <" in help_text:
+            self.ftpd_extra += ["--max-connections", "1024"]
+        self.sshd = None
+        self.rsyncd = None
+
+    # ---- ours ----
+
+    def start_ftpd(self, root):
+        d = Daemon(self, "ftpd", [self.ftpd, "--root", str(root), "--listen", "127.0.0.1:0",
+                                  *self.ftpd_extra])
+        addr = []
+
+        def up():
+            if d.proc.poll() is not None:
+                raise RuntimeError(f"ftpd exited: {d.log_text()[-2000:]}")
+            for line in d.log_text().splitlines():
+                if "listening on " in line:
+                    addr.append(line.split("listening on ", 1)[1].split()[0])
+                    return True
+            return False
+
+        wait_until(up, "ftpd to listen")
+        d.addr = addr[0]
+        return d
+
+    def cli_argv(self, addr, commands):
+        return [self.cli, addr, "-q", "-c", commands]
+
+    # ---- sshd: a private one on a free port of 127.0.0.1 with its own keys ----
+
+    def start_sshd(self):
+        d = self.work / "ssh"
+        for key in ("host_ed25519", "client_ed25519"):
+            if not (d / key).exists():
+                sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"bench-{key}",
+                   "-f", str(d / key))
+        (d / "authorized_keys").write_text((d / "client_ed25519.pub").read_text())
+        os.chmod(d / "authorized_keys", 0o600)
+        port = free_port()
+        conf = d / "sshd_config"
+        conf.write_text(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n"
+            f"PidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n"
+            "PermitRootLogin prohibit-password\nPubkeyAuthentication yes\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+            "StrictModes no\nCompression no\nMaxStartups 100\nMaxSessions 100\n"
+            f"Ciphers {CIPHER}\nLogLevel ERROR\n"
+            "Subsystem sftp /usr/lib/openssh/sftp-server\n"
+        )
+        sh("/usr/sbin/sshd", "-t", "-f", str(conf))
+        self.sshd = Daemon(self, "sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)])
+        self.ssh_port = port
+        wait_until(lambda: listening(port), "sshd to listen")
+        self.ssh_opts = [
+            "-F", "/dev/null", "-i", str(d / "client_ed25519"), "-o", "IdentitiesOnly=yes",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "Compression=no", "-c", CIPHER,
+        ]
+        t = run_timed(self, ["ssh", *self.ssh_opts, "-p", str(port), "root@127.0.0.1", "true"],
+                      tag="ssh-check")
+        if t.rc != 0:
+            raise RuntimeError(f"cannot log in to the private sshd: {t.output()}"
+                               f"\n{self.sshd.log_text()[-2000:]}")
+
+    def scp_argv(self, *args):
+        return ["scp", "-q", *self.ssh_opts, "-P", str(self.ssh_port), *args]
+
+    def sftp_argv(self, batch_lines, tag):
+        batch = self.work / "logs" / f"sftp.{tag}.{time.monotonic_ns()}"
+        batch.write_text("".join(line + "\n" for line in batch_lines))
+        return ["sftp", "-q", *self.ssh_opts, "-P", str(self.ssh_port), "-b", str(batch),
+                "root@127.0.0.1"]
+
+    # ---- rsync daemon on a free port of 127.0.0.1; module `bench` is the work directory ----
+
+    def start_rsyncd(self):
+        d = self.work / "rsync"
+        port = free_port()
+        conf = d / "rsyncd.conf"
+        conf.write_text(
+            f"pid file = {d}/rsyncd.pid\nlog file = {d}/rsyncd.log\nuse chroot = false\n"
+            f"max connections = 0\n[bench]\n  path = {self.work}\n  read only = false\n"
+            "  uid = root\n  gid = root\n"
+        )
+        self.rsyncd = Daemon(self, "rsyncd", ["rsync", "--daemon", "--no-detach",
+                                              f"--config={conf}", "--address=127.0.0.1",
+                                              f"--port={port}"])
+        self.rsync_port = port
+        wait_until(lambda: listening(port), "rsync daemon to listen")
+
+    def rsync_url(self, rel):
+        return f"rsync://127.0.0.1:{self.rsync_port}/bench/{rel}"
+
+    def stop_all(self):
+        for d in list(self.daemons):
+            try:
+                d.stop()
+            except Exception as e:  # keep stopping the others
+                log(f"stopping {d.name} {d.pid}: {e}")
+
+
+def make_random(path, size):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 8 * MiB)
+            f.write(os.urandom(n))
+            left -= n
+
+
+# --------------------------------------------------------------------------------------------
+# Results.
+# --------------------------------------------------------------------------------------------
+
+
+class Run:
+    """One timed run of one tool on one workload."""
+
+    def __init__(self, ok, wall, nbytes, nfiles, cli_cpu=0.0, srv_cpu=0.0, cli_rss=0,
+                 srv_rss=0, failures=0, note=""):
+        self.ok, self.wall, self.nbytes, self.nfiles = ok, wall, nbytes, nfiles
+        self.cli_cpu, self.srv_cpu = cli_cpu, srv_cpu
+        self.cli_rss, self.srv_rss = cli_rss, srv_rss
+        self.failures, self.note = failures, note
+
+    @property
+    def mbps(self):
+        return self.nbytes / self.wall / MB
+
+    @property
+    def fps(self):
+        return self.nfiles / self.wall
+
+    @property
+    def cpu(self):
+        return self.cli_cpu + self.srv_cpu
+
+    def as_dict(self):
+        d = dict(self.__dict__)
+        d.update(mbps=self.mbps, fps=self.fps)
+        return d
+
+
+class Results:
+    def __init__(self):
+        self.workloads = []  # (key, title, unit) in order
+        self.runs = {}  # key -> tool -> [Run]
+        self.tools = {}  # key -> [tool] in order
+
+    def workload(self, key, title, unit):
+        self.workloads.append((key, title, unit))
+        self.runs[key] = {}
+        self.tools[key] = []
+
+    def add(self, key, tool, run):
+        if tool not in self.runs[key]:
+            self.runs[key][tool] = []
+            self.tools[key].append(tool)
+        self.runs[key][tool].append(run)
+        status = "ok" if run.ok else f"FAILED {run.note}"
+        log(f"  {key:8} {tool:22} {run.wall:8.2f} s {run.mbps:9.1f} MB/s {run.fps:9.1f} files/s "
+            f"cpu {run.cli_cpu:.2f}+{run.srv_cpu:.2f} s  {status}")
+
+    def good(self, key, tool):
+        return [r for r in self.runs.get(key, {}).get(tool, []) if r.ok]
+
+    def median(self, key, tool, attr):
+        rs = self.good(key, tool)
+        return statistics.median(getattr(r, attr) for r in rs) if rs else None
+
+    def peak(self, key, tool, attr):
+        rs = self.runs.get(key, {}).get(tool, [])
+        return max((getattr(r, attr) for r in rs), default=None)
+
+
+# --------------------------------------------------------------------------------------------
+# The workloads.
+# --------------------------------------------------------------------------------------------
+
+OURS = "ours (ftpd+ftp-cli)"
+
+
+def peer_cpu_before(env, daemon):
+    return sum(daemon.cpu()) if daemon else 0.0
+
+
+def peer_run(env, argv, daemon, tag, check, nbytes, nfiles, extra_procs=()):
+    """Time a peer's client command; the server side's CPU is the daemon's own and its reaped
+    children's (sshd and rsync fork one child per connection and wait for it)."""
+    settle()
+    before = peer_cpu_before(env, daemon)
+    t = run_timed(env, argv, tag=tag)
+    srv = 0.0
+    if daemon:
+        # the connection's child is reaped just after the client exits
+        time.sleep(0.3)
+        srv = sum(daemon.cpu()) - before
+    ok = t.rc == 0 and check()
+    return Run(ok, t.wall, nbytes, nfiles, cli_cpu=t.cpu, srv_cpu=srv,
+               note="" if ok else f"rc={t.rc} {t.output(500)!r}")
+
+
+def ours_run(env, root, commands, tag, check, nbytes, nfiles):
+    settle()
+    d = env.start_ftpd(root)
+    try:
+        t = run_timed(env, env.cli_argv(d.addr, commands), tag=tag)
+        own, _ = d.cpu()
+        hwm = d.hwm_kib()
+    finally:
+        d.stop()
+    ok = t.rc == 0 and check()
+    return Run(ok, t.wall, nbytes, nfiles, cli_cpu=t.cpu, srv_cpu=own, cli_rss=t.rss_kib,
+               srv_rss=hwm, note="" if ok else f"rc={t.rc} {t.output(500)!r}")
+
+
+def md5sum_run(env, paths, nbytes, nfiles, tag):
+    settle()
+    t = run_timed(env, ["md5sum", *map(str, paths)], tag=tag)
+    return Run(t.rc == 0, t.wall, nbytes, nfiles, cli_cpu=t.cpu, note=f"rc={t.rc}")
+
+
+def socat_run(env, src, dst, nbytes):
+    settle()
+    dst.unlink(missing_ok=True)
+    port = free_port()
+    srv = Timed(env, ["socat", "-u", "-b", "131072",
+                      f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr",
+                      f"OPEN:{dst},creat,trunc"], tag="socat-srv")
+    (env.work / "pids" / f"socat.{srv.proc.pid}").write_text(f"{srv.proc.pid}\n")
+    wait_until(lambda: listening(port), "socat to listen")
+    t0 = time.monotonic()
+    cli = Timed(env, ["socat", "-u", "-b", "131072", f"OPEN:{src}", f"TCP:127.0.0.1:{port}"],
+                tag="socat-cli").wait()
+    srv.wait()
+    wall = time.monotonic() - t0
+    (env.work / "pids" / f"socat.{srv.proc.pid}").unlink(missing_ok=True)
+    ok = cli.rc == 0 and srv.rc == 0 and same_file(src, dst)
+    dst.unlink(missing_ok=True)
+    return Run(ok, wall, nbytes, 1, cli_cpu=cli.cpu, srv_cpu=srv.cpu,
+               note="" if ok else f"rc={cli.rc}/{srv.rc}")
+
+
+def bench_one_file(env, res, runs, size, src, served_rel):
+    """put and get of one large file, against every peer."""
+    w = env.work
+    name = src.name
+    kput, kget = "put1", "get1"
+    res.workload(kput, f"{fmt_bytes(size)} file put", "MB/s")
+    res.workload(kget, f"{fmt_bytes(size)} file get", "MB/s")
+    put_root = w / "put-root"
+    peer_put = w / "peer-root" / "put"
+    get_dst = w / "get-dst"
+    served = w / "served" / served_rel
+    warm(src, served)
+
+    def ours_put():
+        fresh_dir(put_root)
+        r = ours_run(env, put_root, f"put {shlex.quote(str(src))} {name}", "ours-put",
+                     lambda: same_file(src, put_root / name), size, 1)
+        rmtree(put_root)
+        return r
+
+    def ours_get():
+        fresh_dir(get_dst)
+        r = ours_run(env, w / "served", f"get {served_rel} {shlex.quote(str(get_dst / name))}",
+                     "ours-get", lambda: same_file(src, get_dst / name), size, 1)
+        rmtree(get_dst)
+        return r
+
+    def peer_put_run(argv, tag, daemon):
+        def go():
+            fresh_dir(peer_put)
+            r = peer_run(env, argv(), daemon, tag, lambda: same_file(src, peer_put / name),
+                         size, 1)
+            rmtree(peer_put)
+            return r
+        return go
+
+    def peer_get_run(argv, tag, daemon):
+        def go():
+            fresh_dir(get_dst)
+            r = peer_run(env, argv(), daemon, tag, lambda: same_file(src, get_dst / name),
+                         size, 1)
+            rmtree(get_dst)
+            return r
+        return go
+
+    rs = env.rsync_url
+    puts = [
+        (OURS, ours_put),
+        ("sftp", peer_put_run(lambda: env.sftp_argv([f"put {src} {peer_put}/{name}"], "put"),
+                              "sftp-put", env.sshd)),
+        ("scp", peer_put_run(lambda: env.scp_argv(str(src), f"root@127.0.0.1:{peer_put}/{name}"),
+                             "scp-put", env.sshd)),
+        ("rsync", peer_put_run(lambda: ["rsync", str(src), rs(f"peer-root/put/{name}")],
+                               "rsync-put", env.rsyncd)),
+        ("rsync md5", peer_put_run(lambda: ["rsync", "--checksum-choice=md5", str(src),
+                                            rs(f"peer-root/put/{name}")],
+                                   "rsync-md5-put", env.rsyncd)),
+        ("socat (TCP copy)", lambda: socat_run(env, src, w / "peer-root" / f"socat-{name}", size)),
+        ("md5sum", lambda: md5sum_run(env, [src], size, 1, "md5sum")),
+    ]
+    gets = [
+        (OURS, ours_get),
+        ("sftp", peer_get_run(lambda: env.sftp_argv([f"get {served} {get_dst}/{name}"], "get"),
+                              "sftp-get", env.sshd)),
+        ("scp", peer_get_run(lambda: env.scp_argv(f"root@127.0.0.1:{served}", f"{get_dst}/{name}"),
+                             "scp-get", env.sshd)),
+        ("rsync", peer_get_run(lambda: ["rsync", rs(f"served/{served_rel}"), f"{get_dst}/{name}"],
+                               "rsync-get", env.rsyncd)),
+        ("rsync md5", peer_get_run(lambda: ["rsync", "--checksum-choice=md5",
+                                            rs(f"served/{served_rel}"), f"{get_dst}/{name}"],
+                                   "rsync-md5-get", env.rsyncd)),
+        ("md5sum", lambda: md5sum_run(env, [served], size, 1, "md5sum-get")),
+    ]
+    for i in range(runs):
+        log(f"{fmt_bytes(size)} put/get, run {i + 1}/{runs}")
+        for tool, fn in puts:
+            res.add(kput, tool, fn())
+        for tool, fn in gets:
+            res.add(kget, tool, fn())
+
+
+def bench_tree(env, res, runs, nfiles, fsize, src):
+    """put -r and get -r of a directory of many small files."""
+    w = env.work
+    kput, kget = "putR", "getR"
+    res.workload(kput, f"{nfiles} x {fmt_bytes(fsize)} files put -r", "files/s")
+    res.workload(kget, f"{nfiles} x {fmt_bytes(fsize)} files get -r", "files/s")
+    total = nfiles * fsize
+    put_root = w / "put-root"
+    peer_put = w / "peer-root" / "put"
+    get_dst = w / "get-dst"
+    served = w / "served" / "small"
+    warm(src, served)
+
+    def ours_put():
+        fresh_dir(put_root)
+        r = ours_run(env, put_root, f"put -r {shlex.quote(str(src))} small", "ours-putr",
+                     lambda: same_tree(src, put_root / "small"), total, nfiles)
+        rmtree(put_root)
+        return r
+
+    def ours_get():
+        fresh_dir(get_dst)
+        r = ours_run(env, w / "served", f"get -r small {shlex.quote(str(get_dst / 'small'))}",
+                     "ours-getr", lambda: same_tree(src, get_dst / "small"), total, nfiles)
+        rmtree(get_dst)
+        return r
+
+    def peer_put_run(argv, tag, daemon):
+        def go():
+            fresh_dir(peer_put)
+            r = peer_run(env, argv(), daemon, tag, lambda: same_tree(src, peer_put / "small"),
+                         total, nfiles)
+            rmtree(peer_put)
+            return r
+        return go
+
+    def peer_get_run(argv, tag, daemon):
+        def go():
+            fresh_dir(get_dst)
+            r = peer_run(env, argv(), daemon, tag, lambda: same_tree(src, get_dst / "small"),
+                         total, nfiles)
+            rmtree(get_dst)
+            return r
+        return go
+
+    rs = env.rsync_url
+    files = sorted(src.iterdir())
+    puts = [
+        (OURS, ours_put),
+        ("sftp", peer_put_run(lambda: env.sftp_argv(
+            [f"put -r {src} {peer_put}"], "putr"),
+            "sftp-putr", env.sshd)),
+        ("scp", peer_put_run(lambda: env.scp_argv("-r", str(src), f"root@127.0.0.1:{peer_put}/small"),
+                             "scp-putr", env.sshd)),
+        ("rsync", peer_put_run(lambda: ["rsync", "-a", f"{src}/", rs("peer-root/put/small/")],
+                               "rsync-putr", env.rsyncd)),
+        ("rsync md5", peer_put_run(lambda: ["rsync", "-a", "--checksum-choice=md5", f"{src}/",
+                                            rs("peer-root/put/small/")],
+                                   "rsync-md5-putr", env.rsyncd)),
+        ("md5sum", lambda: md5sum_run(env, files, total, nfiles, "md5sum-r")),
+    ]
+    gets = [
+        (OURS, ours_get),
+        ("sftp", peer_get_run(lambda: env.sftp_argv([f"get -r {served} {get_dst}/small"], "getr"),
+                              "sftp-getr", env.sshd)),
+        ("scp", peer_get_run(lambda: env.scp_argv("-r", f"root@127.0.0.1:{served}",
+                                                  f"{get_dst}/small"), "scp-getr", env.sshd)),
+        ("rsync", peer_get_run(lambda: ["rsync", "-a", rs("served/small/"), f"{get_dst}/small/"],
+                               "rsync-getr", env.rsyncd)),
+        ("rsync md5", peer_get_run(lambda: ["rsync", "-a", "--checksum-choice=md5",
+                                            rs("served/small/"), f"{get_dst}/small/"],
+                                   "rsync-md5-getr", env.rsyncd)),
+    ]
+    for i in range(runs):
+        log(f"{nfiles} small files put -r/get -r, run {i + 1}/{runs}")
+        for tool, fn in puts:
+            res.add(kput, tool, fn())
+        for tool, fn in gets:
+            res.add(kget, tool, fn())
+
+
+def bench_concurrent(env, res, runs, nclients, fsize, src):
+    """nclients ftp-cli processes at once, each putting its own file and getting it back."""
+    w = env.work
+    key = "conc"
+    res.workload(key, f"{nclients} concurrent clients, each put+get {fmt_bytes(fsize)}", "MB/s")
+    root = w / "put-root"
+    out = w / "conc-out"
+    files = sorted(src.iterdir())[:nclients]
+    warm(src)
+    for i in range(runs):
+        log(f"{nclients} concurrent clients, run {i + 1}/{runs}")
+        fresh_dir(root)
+        fresh_dir(out)
+        settle()
+        d = env.start_ftpd(root)
+        try:
+            t0 = time.monotonic()
+            procs = [Timed(env, env.cli_argv(d.addr, f"put {f} {f.name}; get {f.name} {out / f.name}"),
+                           tag=f"conc{j}") for j, f in enumerate(files)]
+            for p in procs:
+                p.wait()
+            wall = time.monotonic() - t0
+            own, _ = d.cpu()
+            hwm = d.hwm_kib()
+        finally:
+            d.stop()
+        failed = [p for p in procs if p.rc != 0]
+        bad = [f for f in files if not (same_file(f, root / f.name) and same_file(f, out / f.name))]
+        note = ""
+        if failed:
+            note += f"{len(failed)} clients failed, e.g. rc={failed[0].rc} {failed[0].output(300)!r}; "
+        if bad:
+            note += f"{len(bad)} files not byte-identical"
+        r = Run(not failed and not bad, wall, 2 * fsize * len(files), 2 * len(files),
+                cli_cpu=sum(p.cpu for p in procs), srv_cpu=own,
+                cli_rss=max(p.rss_kib for p in procs), srv_rss=hwm,
+                failures=len(set(failed) | set(bad)), note=note)
+        r.client_failures = len(failed)
+        r.not_identical = len(bad)
+        res.add(key, OURS, r)
+        rmtree(root)
+        rmtree(out)
+
+
+def bench_huge(env, res, runs, size, src):
+    """One very large put: does ftpd's memory stay flat?"""
+    w = env.work
+    key = "huge"
+    res.workload(key, f"{fmt_bytes(size)} file put (memory)", "MB/s")
+    root = w / "put-root"
+    warm(src)
+    for i in range(runs):
+        log(f"{fmt_bytes(size)} put, run {i + 1}/{runs}")
+        fresh_dir(root)
+        res.add(key, OURS, ours_run(env, root, f"put {src} {src.name}", "ours-huge",
+                                    lambda: same_file(src, root / src.name), size, 1))
+        rmtree(root)
+        res.add(key, "md5sum", md5sum_run(env, [src], size, 1, "md5sum-huge"))
+
+
+# --------------------------------------------------------------------------------------------
+# Report.
+# --------------------------------------------------------------------------------------------
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def f2(x, nd=2, suffix=""):
+    return "—" if x is None else f"{x:.{nd}f}{suffix}"
+
+
+def mib(kib):
+    return "—" if not kib else f"{kib / 1024:.1f}"
+
+
+def results_rows(res):
+    header = ["workload", "tool", "ok runs", "median MB/s", "median files/s", "ours/theirs",
+              "CPU s (client+server)", "CPU s/GiB", "ftpd peak RSS MiB", "ftp-cli peak RSS MiB"]
+    rows = []
+    for key, title, unit in res.workloads:
+        attr = "mbps" if unit == "MB/s" else "fps"
+        ours = res.median(key, OURS, attr)
+        for tool in res.tools[key]:
+            runs = res.runs[key][tool]
+            good = res.good(key, tool)
+            mb = res.median(key, tool, "mbps")
+            fps = res.median(key, tool, "fps")
+            cli = res.median(key, tool, "cli_cpu")
+            srv = res.median(key, tool, "srv_cpu")
+            cpu = res.median(key, tool, "cpu")
+            nbytes = good[0].nbytes if good else 0
+            per_gib = cpu / (nbytes / GiB) if good and nbytes else None
+            if tool == "md5sum" or tool.startswith("socat"):
+                cpu_s = f2(cli) if tool == "md5sum" else f"{f2(cli)}+{f2(srv)}"
+            elif tool == OURS:
+                cpu_s = f"{f2(cli)}+{f2(srv)}"
+            else:
+                cpu_s = f"{f2(cli)}+{f2(srv)}"
+            rel = "—" if tool == OURS else f2(ratio(ours, res.median(key, tool, attr)), 2, "x")
+            rows.append([
+                title, tool, f"{len(good)}/{len(runs)}", f2(mb, 1),
+                f2(fps, 1) if unit == "files/s" or key == "conc" else "—", rel, cpu_s,
+                f2(per_gib), mib(res.peak(key, tool, "srv_rss")) if tool == OURS else "—",
+                mib(res.peak(key, tool, "cli_rss")) if tool == OURS else "—",
+            ])
+    return header, rows
+
+
+def targets(res):
+    """(target, measured, threshold, met) rows; met is True/False/None (report only)."""
+    out = []
+    med = res.median
+
+    def row(name, value, shown, threshold, met):
+        out.append([name, shown if value is not None else "not measured", threshold,
+                    "report" if met is None else ("met" if met else "NOT MET")
+                    if value is not None else "NOT MET (not measured)"])
+
+    md5 = med("put1", "md5sum", "mbps")
+    copy = med("put1", "socat (TCP copy)", "mbps")
+    put = med("put1", OURS, "mbps")
+    get = med("get1", OURS, "mbps")
+    bound = 1 / (2 / md5 + 1 / copy) if md5 and copy else None
+    r = ratio(put, bound)
+    row("put vs bound 1/(2/md5sum + 1/socat)", r,
+        f"{f2(r)}x ({f2(put, 1)} vs {f2(bound, 1)} MB/s; md5sum {f2(md5, 1)}, socat {f2(copy, 1)})",
+        ">= 0.85x", r is not None and r >= 0.85)
+    r = ratio(put, med("put1", "rsync md5", "mbps"))
+    row("put vs rsync --checksum-choice=md5", r, f"{f2(r)}x", ">= 1.25x", r is not None and r >= 1.25)
+    r = ratio(put, med("put1", "rsync", "mbps"))
+    row("put vs rsync (default checksum)", r, f"{f2(r)}x", "report", None)
+    for peer in ("sftp", "scp"):
+        r = ratio(put, med("put1", peer, "mbps"))
+        row(f"put vs {peer}", r, f"{f2(r)}x", "report", None)
+    for peer in ("sftp", "scp"):
+        r = ratio(get, med("get1", peer, "mbps"))
+        row(f"get vs {peer}", r, f"{f2(r)}x", ">= 1.30x", r is not None and r >= 1.3)
+    for key, limit in (("put1", 2.4), ("get1", 1.4)):
+        ours_cpu = med(key, OURS, "cpu")
+        cli = med(key, OURS, "cli_cpu")
+        srv = med(key, OURS, "srv_cpu")
+        m = med(key, "md5sum", "cpu")
+        good = res.good(key, OURS)
+        gib = good[0].nbytes / GiB if good else None
+        r = ratio(ours_cpu, m)
+        row(f"{key[:3]} CPU s/GiB, ftpd+ftp-cli vs md5sum", r,
+            f"{f2(r)}x ({f2(ratio(ours_cpu, gib))} vs {f2(ratio(m, gib))} s/GiB; "
+            f"ftp-cli {f2(ratio(cli, gib))}, ftpd {f2(ratio(srv, gib))})" if gib else "—",
+            f"<= {limit:.2f}x", r is not None and r <= limit)
+    for key in ("putR", "getR"):
+        r = ratio(med(key, OURS, "fps"), med(key, "rsync", "fps"))
+        row(f"{key[:3]} -r small files, files/s vs rsync daemon", r,
+            f"{f2(r)}x ({f2(med(key, OURS, 'fps'), 1)} vs {f2(med(key, 'rsync', 'fps'), 1)} files/s)",
+            ">= 1.00x", r is not None and r >= 1.0)
+    conc = res.runs.get("conc", {}).get(OURS, [])
+    if conc:
+        fails = sum(getattr(x, "client_failures", 0) for x in conc)
+        bad = sum(getattr(x, "not_identical", 0) for x in conc)
+        row("concurrent clients: failed clients (all runs)", fails, str(fails), "0", fails == 0)
+        row("concurrent clients: files not byte-identical (all runs)", bad, str(bad), "0", bad == 0)
+        hwm = res.peak("conc", OURS, "srv_rss")
+        row("concurrent clients: ftpd peak RSS", hwm, f"{mib(hwm)} MiB", "< 64 MiB",
+            hwm is not None and hwm < 64 * 1024)
+    else:
+        row("concurrent clients", None, "", "0 failures", False)
+    hwm = res.peak("huge", OURS, "srv_rss")
+    title = next((t for k, t, _ in res.workloads if k == "huge"), "big file put")
+    row(f"{title}: ftpd peak RSS", hwm, f"{mib(hwm)} MiB", "< 32 MiB",
+        hwm is not None and hwm < 32 * 1024)
+    return ["target", "measured (same run)", "threshold", "result"], out
+
+
+def text_table(header, rows):
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), sep, *map(line, rows)])
+
+
+def md_table(header, rows):
+    esc = lambda s: str(s).replace("|", "\\|")
+    out = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(map(esc, r)) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def machine():
+    def first(path, prefix):
+        try:
+            for line in Path(path).read_text().splitlines():
+                if line.startswith(prefix):
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return "?"
+
+    def ver(argv):
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True)
+            return (p.stdout + p.stderr).strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "?"
+
+    mem_kib = int(first("/proc/meminfo", "MemTotal").split()[0])
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": first("/proc/cpuinfo", "model name"),
+        "memory": f"{mem_kib / (1 << 20):.1f} GiB",
+        "kernel": f"{platform.system()} {platform.release()}",
+        "load average at start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        "OpenSSH": ver(["ssh", "-V"]),
+        "rsync": ver(["rsync", "--version"]),
+        "socat": ver(["socat", "-V"]).replace("socat by Gerhard Rieger and contributors - see www.dest-unreach.org", "")
+        or ver(["sh", "-c", "socat -V | sed -n 2p"]),
+        "md5sum": ver(["md5sum", "--version"]),
+    }
+
+
+def report(env, res, info, params, started, path):
+    th, trows = targets(res)
+    rh, rrows = results_rows(res)
+    text = ["", "== Targets (ratios from this one run) ==", text_table(th, trows), "",
+            "== Results (medians of the ok runs) ==", text_table(rh, rrows), ""]
+    print("\n".join(text))
+    met = sum(1 for r in trows if r[3] == "met")
+    not_met = sum(1 for r in trows if r[3].startswith("NOT"))
+    print(f"targets: {met} met, {not_met} not met, {len(trows) - met - not_met} report only")
+
+    per_run_h = ["workload", "tool", "run", "ok", "wall s", "MB/s", "files/s", "client CPU s",
+                 "server CPU s", "ftpd RSS MiB", "ftp-cli RSS MiB", "note"]
+    per_run = []
+    for key, title, _ in res.workloads:
+        for tool in res.tools[key]:
+            for i, r in enumerate(res.runs[key][tool], 1):
+                per_run.append([key, tool, i, "yes" if r.ok else "NO", f"{r.wall:.2f}",
+                                f"{r.mbps:.1f}", f"{r.fps:.1f}", f"{r.cli_cpu:.2f}",
+                                f"{r.srv_cpu:.2f}", mib(r.srv_rss), mib(r.cli_rss),
+                                (r.note or "")[:120].replace("\n", " ")])
+    elapsed = time.monotonic() - started
+    info = dict(info)
+    info["load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    md = [
+        "# Benchmarks",
+        "",
+        f"Generated by `{params['command']}` on {info['date']} "
+        f"({'quick mode' if params['quick'] else 'full mode'}, {params['runs']} run(s) per tool, "
+        f"{elapsed / 60:.0f} minutes). The suite overwrites this file; see `bench/README.md` for "
+        "what is measured and how.",
+        "",
+        "Every ratio below is taken between tools measured in this same run, round-robin, on a "
+        "machine that other work shares; absolute numbers move from run to run, ratios much less.",
+        "",
+        "## Machine",
+        "",
+        *[f"- {k}: {v}" for k, v in info.items()],
+        f"- product: {params['git']}",
+        "",
+        "## Targets",
+        "",
+        md_table(th, trows),
+        "",
+        f"{met} met, {not_met} not met, {len(trows) - met - not_met} reported without a target.",
+        "",
+        "## Results",
+        "",
+        "Medians of the runs that succeeded and were verified byte for byte. MB/s is 10^6 "
+        "bytes per second of file content (for the concurrent workload: all bytes put and got, "
+        "over the wall time of the whole batch; files/s counts each put and each get). "
+        "CPU s is user+sys: for ours, ftp-cli (from `/usr/bin/time`) + ftpd (from "
+        "`/proc/PID/stat` just before it is stopped); for sftp/scp/rsync, the client + the "
+        "daemon's reaped per-connection children; for socat, receiver + sender. Peak RSS is "
+        "the largest over the runs: ftpd's VmHWM read from `/proc/PID/status` before it stops, "
+        "ftp-cli's `/usr/bin/time %M` (the largest of all clients for the concurrent workload).",
+        "",
+        md_table(rh, rrows),
+        "",
+        "## Every run",
+        "",
+        md_table(per_run_h, per_run),
+        "",
+        "## Notes",
+        "",
+        *[f"- {n}" for n in NOTES],
+        "",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(md))
+    raw = {"machine": info, "params": params,
+           "runs": {k: {t: [r.as_dict() for r in rs] for t, rs in v.items()}
+                    for k, v in res.runs.items()}}
+    (Path(params["repo"]) / "target" / "bench-last.json").write_text(json.dumps(raw, indent=1))
+    log(f"wrote {path} and target/bench-last.json")
+    return not_met
+
+
+NOTES = [
+    "Data is random (incompressible), lives on the same disk as the repository (not tmpfs), "
+    "and is read once before the timed runs so that every tool reads it from the page cache. "
+    "`sync` runs (untimed) before each timed run so that no run pays for another's writeback.",
+    "ftpd and ftp-cli fsync every file they complete (uploads before they become visible, "
+    "downloads before the rename); sftp, scp, rsync and socat do not, so ours pays for the "
+    "writeback of what it writes inside its timed run, and they do not.",
+    "A get is of a file that was uploaded with ftp-cli (untimed, before the runs), as in real "
+    "use: ftpd then sends the chunk digests recorded at upload instead of hashing the file again.",
+    "ftpd is started afresh for each run of ours, with default settings except the connection "
+    "caps (`--max-connections-per-ip 512`, `--max-connections 1024`).",
+    f"sftp and scp use a private sshd on 127.0.0.1 with cipher {CIPHER}; this OpenSSH's scp "
+    "speaks the SFTP protocol by default, so scp and sftp differ mostly by client. rsync "
+    "talks to a private `rsync --daemon` (rsync://, no ssh); `rsync md5` adds "
+    "`--checksum-choice=md5`, plain rsync uses its default (xxh128 on this build). socat is "
+    "file -> TCP -> file with 128 KiB buffers: the plain copy that the bound uses.",
+    "The bound for a put is 1 / (2/md5sum + 1/copy): the time to hash the file twice (sender and "
+    "receiver) plus copy it once, with nothing overlapped; a pipelined put can beat it.",
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--repo", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--runs", type=int)
+    ap.add_argument("--only", default="one,tree,conc,huge")
+    ap.add_argument("--command", default="bench/run")
+    args = ap.parse_args()
+
+    started = time.monotonic()
+    quick = args.quick
+    runs = args.runs or (1 if quick else 3)
+    big = 256 * MiB if quick else 1 * GiB
+    huge = 512 * MiB if quick else 4 * GiB
+    nsmall = 200 if quick else 1000
+    small = 64 * KiB
+    nclients = 50 if quick else 200
+    conc_size = 1 * MiB
+    only = set(args.only.split(","))
+
+    env = Env(args)
+    info = machine()
+    git = subprocess.run(["git", "-C", args.repo, "describe", "--always", "--dirty"],
+                         capture_output=True, text=True).stdout.strip() or "?"
+    params = {"quick": quick, "runs": runs, "command": args.command, "repo": args.repo,
+              "git": f"commit {git}", "big": big, "huge": huge, "nsmall": nsmall,
+              "nclients": nclients}
+    res = Results()
+    src = env.work / "src"
+    try:
+        log(f"work dir {env.work}; making data")
+        if "one" in only:
+            make_random(src / "big.bin", big)
+        if "tree" in only:
+            for i in range(nsmall):
+                make_random(src / "small" / f"f{i:04}.bin", small)
+        if "conc" in only:
+            for i in range(nclients):
+                make_random(src / "conc" / f"c{i:03}.bin", conc_size)
+        if "huge" in only:
+            make_random(src / "huge.bin", huge)
+        sh("sync")
+
+        # What the gets read: uploaded with ftp-cli, as in real use (digests recorded).
+        served = fresh_dir(env.work / "served")
+        setup = []
+        if "one" in only:
+            setup.append(f"put {src / 'big.bin'} big.bin")
+        if "tree" in only:
+            setup.append(f"put -r {src / 'small'} small")
+        if setup:
+            d = env.start_ftpd(served)
+            try:
+                t = run_timed(env, env.cli_argv(d.addr, "; ".join(setup)), tag="setup")
+            finally:
+                d.stop()
+            if t.rc != 0:
+                raise RuntimeError(f"setup upload failed: {t.output()}")
+
+        if only & {"one", "tree"}:
+            env.start_sshd()
+            env.start_rsyncd()
+            log(f"sshd on 127.0.0.1:{env.ssh_port}, rsync daemon on 127.0.0.1:{env.rsync_port}")
+
+        if "one" in only:
+            bench_one_file(env, res, runs, big, src / "big.bin", "big.bin")
+        if "tree" in only:
+            bench_tree(env, res, runs, nsmall, small, src / "small")
+        if "conc" in only:
+            bench_concurrent(env, res, runs, nclients, conc_size, src / "conc")
+        if "huge" in only:
+            bench_huge(env, res, runs, huge, src / "huge.bin")
+    finally:
+        env.stop_all()
+    report(env, res, info, params, started, Path(args.out))
+    failed = [(k, t) for k, v in res.runs.items() for t, rs in v.items() if any(not r.ok for r in rs)]
+    if failed:
+        log(f"some runs failed: {failed}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
