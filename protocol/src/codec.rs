@@ -96,6 +96,49 @@ enum DecodeState {
     Body(ChunkHeader),
 }
 
+/// Every `"type"` a header object names. JSON parsers keep one of duplicate keys, and which
+/// one differs between them: a header that says `chunk` in one `type` and something else in
+/// another must not pass as a harmless unknown message, or its body would be read as frames.
+struct TypeKeys(Vec<Option<String>>);
+
+impl TypeKeys {
+    /// The type, if the header names exactly one, as a string.
+    fn only(self) -> Option<String> {
+        match <[_; 1]>::try_from(self.0) {
+            Ok([kind]) => kind,
+            Err(_) => None,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TypeKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = TypeKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TypeKeys, A::Error> {
+                let mut kinds = Vec::new();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "type" {
+                        let v: serde_json::Value = map.next_value()?;
+                        kinds.push(v.as_str().map(str::to_owned));
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(TypeKeys(kinds))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 impl FrameCodec {
     /// A codec with the protocol's default caps.
     pub fn new() -> Self {
@@ -155,9 +198,11 @@ impl Decoder for FrameCodec {
                     // Recoverable only if the header is well-formed JSON (valid UTF-8, valid
                     // escapes) with a string type; and never a chunk, whose body length we
                     // could not know.
-                    let kind = serde_json::from_slice::<serde_json::Value>(&raw)
+                    let well_formed = serde_json::from_slice::<serde_json::Value>(&raw).is_ok();
+                    let kind = serde_json::from_slice::<TypeKeys>(&raw)
                         .ok()
-                        .and_then(|v| Some(v.get("type")?.as_str()?.to_owned()));
+                        .filter(|_| well_formed)
+                        .and_then(TypeKeys::only);
                     return match kind {
                         Some(kind) if kind != "chunk" => Ok(Some(Err(Rejected {
                             kind,

@@ -152,6 +152,10 @@ fn invalid_json_is_fatal() {
         // field once passed as a recoverable header of an unknown shape.
         br#"{"type":"get","path":"\ud800"}"#,
         b"{\"type\":\"get\",\"path\":\"a\xff\xfe\xc3(b\"}",
+        // Regression (found reading the code while fuzzing): two type keys, one of them chunk.
+        br#"{"type":"chunk","offset":0,"len":5,"md5":"00000000000000000000000000000000","type":"x"}"#,
+        br#"{"type":"x","type":"chunk"}"#,
+        br#"{"type":"x","type":"y"}"#,
     ] {
         let mut buf = BytesMut::from(&raw(header)[..]);
         let err = FrameCodec::new().decode(&mut buf).unwrap_err();
