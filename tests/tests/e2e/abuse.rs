@@ -2,34 +2,27 @@
 //! root, slow, silent and flooding clients, oversized uploads and quotas. None of it may disturb a
 //! normal client, leak descriptors in the daemon, or touch anything outside the root.
 //!
-//! The attacker speaks the protocol directly with the small blocking [`Peer`] at the bottom of
-//! this file. In the big test it connects from 127.0.0.2, so the per-address cap applies to it
-//! and not to the real client on 127.0.0.1.
+//! The attacker speaks the protocol directly with [`Raw`]. In the big test it connects from
+//! 127.0.0.2, so the per-address cap applies to it and not to the real client on 127.0.0.1.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
-use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use protocol::{ChunkHeader, ErrorCode, ErrorReply, Get, Hello, Md5Digest, Message, Put, VERSION};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tempfile::TempDir;
+use protocol::{ErrorCode, ErrorReply, Md5Digest, Message};
 
+use crate::raw::{chunk, encode, get, hello_message, put, Raw};
 use crate::util::{
-    assert_missing, assert_same_file, bin, md5_file, tmpdir, wait_until, write_file, write_random,
-    Cli, Daemon, MIB,
+    assert_missing, assert_same_file, md5_file, names, staged_bytes, tmpdir, wait_until,
+    write_file, write_random, Daemon, Site, MIB,
 };
 
-/// How long a daemon may take to say it listens.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long one frame from the daemon, or one client run, may take here.
+/// How long one client run, or one wait for the daemon to tidy up, may take here.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where the attacker connects from: another loopback address than the normal client's.
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -54,25 +47,23 @@ const DRIP: Duration = Duration::from_millis(500);
 #[test]
 fn attacker_does_not_disturb_a_normal_client() {
     let site = Site::new();
+    let sentinel = plant_sentinel(&site);
     // Symlinks planted inside the root (as a local user could), all pointing out of it.
     symlink("/etc", site.root().join("escape")).unwrap();
     symlink("/etc/passwd", site.root().join("passwd")).unwrap();
-    symlink(site.sentinel(), site.root().join("outside")).unwrap();
+    symlink(&sentinel, site.root().join("outside")).unwrap();
     let planted = format!("e2e-abuse-planted-{}", std::process::id());
     assert_missing(Path::new("/etc").join(&planted));
-    let parent_before = names(site.base.path());
-    let sentinel_before = snapshot(&site.sentinel());
+    let parent_before = names(site.dir());
+    let sentinel_before = snapshot(&sentinel);
 
-    let d = start_ftpd(
-        &site.root(),
-        &[
-            "--handshake-timeout",
-            "2s",
-            "--max-connections-per-ip",
-            &PER_IP_CAP.to_string(),
-        ],
-    );
-    let fds_start = d.open_fds();
+    let d = site
+        .daemon()
+        .args(["--handshake-timeout", "2s"])
+        .arg("--max-connections-per-ip")
+        .arg(PER_IP_CAP.to_string())
+        .start();
+    let fds_start = open_fds(d.pid());
     let (stop_watching, watcher) = watch_fds(d.pid());
 
     // The normal client puts and gets 32 MiB over and over until the attack is over.
@@ -129,12 +120,8 @@ fn attacker_does_not_disturb_a_normal_client() {
     write_random(&small, 100_000, 8);
     d.cli()
         .cwd(&work)
-        .cmds("put small.bin; get small.bin small-back.bin")
         .timeout(STEP_TIMEOUT)
-        .run()
-        .ok()
-        .verified(&small, 2);
-    assert_same_file(&small, work.path().join("small-back.bin"));
+        .round_trip("small.bin", "small-back.bin");
     let fds_end = wait_for_fds(&d, fds_start + FD_SLACK);
     let _ = stop_watching.send(());
     let fds_peak = watcher.join().unwrap();
@@ -149,17 +136,17 @@ fn attacker_does_not_disturb_a_normal_client() {
     );
     assert_missing(Path::new("/etc").join(&planted));
     assert_eq!(
-        snapshot(&site.sentinel()),
+        snapshot(&sentinel),
         sentinel_before,
         "the directory next to the root changed"
     );
     assert_eq!(
-        names(site.base.path()),
+        names(site.dir()),
         parent_before,
         "files appeared or vanished next to the root"
     );
     wait_until("no staged upload is left behind", STEP_TIMEOUT, || {
-        staged_bytes(&site.root()) == 0
+        staged_bytes(&d.staging()) == 0
     });
 
     // The slow client: closed by the server within the handshake timeout, with a reason.
@@ -189,22 +176,22 @@ fn garbage(addr: SocketAddr) {
         state ^= state << 17;
         *byte = state as u8;
     }
-    let mut peer = Peer::connect_from(ATTACKER, addr);
+    let mut peer = attacker(addr);
     peer.send_bytes(&noise);
     peer.expect_error_in(&[ErrorCode::TooLarge, ErrorCode::BadRequest]);
     peer.expect_closed();
 
-    let mut peer = Peer::connect_from(ATTACKER, addr);
+    let mut peer = attacker(addr);
     peer.send_bytes(&[0xFF; 4]);
     peer.expect_error(ErrorCode::TooLarge);
     peer.expect_closed();
 
-    let mut peer = Peer::connect_from(ATTACKER, addr);
+    let mut peer = attacker(addr);
     peer.send_header(b"this is not { JSON");
     peer.expect_error(ErrorCode::BadRequest);
     peer.expect_closed();
 
-    let mut peer = Peer::session_from(ATTACKER, addr);
+    let mut peer = attacker(addr).hello();
     peer.send_header(b"{\"type\": \"get\", \"path\": ");
     peer.expect_error(ErrorCode::BadRequest);
     peer.expect_closed();
@@ -213,7 +200,7 @@ fn garbage(addr: SocketAddr) {
 /// A well-formed message of a type the server does not know, after hello: `unsupported`, and
 /// the session goes on until `bye`.
 fn unknown_type(addr: SocketAddr) {
-    let mut peer = Peer::session_from(ATTACKER, addr);
+    let mut peer = attacker(addr).hello();
     peer.send_header(br#"{"type":"format_disk","disk":"C:"}"#);
     peer.expect_error(ErrorCode::Unsupported);
     peer.expect_usable();
@@ -223,17 +210,10 @@ fn unknown_type(addr: SocketAddr) {
 
 /// A chunk whose body stops short of its declared length, then the attacker closes.
 fn short_body(addr: SocketAddr) {
-    let mut peer = Peer::session_from(ATTACKER, addr);
+    let mut peer = attacker(addr).hello();
     peer.send(&put("short.bin", 100));
-    match peer.recv() {
-        Message::PutReady(_) => {}
-        other => panic!("expected put_ready for short.bin, got {other:?}"),
-    }
-    peer.send(&Message::Chunk(ChunkHeader {
-        offset: 0,
-        len: 100,
-        md5: Md5Digest::of(&[7; 100]),
-    }));
+    peer.expect_put_ready();
+    peer.send(&chunk(0, &[7; 100]));
     peer.send_bytes(&[7; 10]);
     drop(peer);
 }
@@ -267,8 +247,8 @@ fn hostile_paths(addr: SocketAddr, planted: &str) -> Vec<String> {
         ("outside/keep.txt".into(), Denied),
     ];
     let mut wrong = Vec::new();
-    let mut peer = Peer::session_from(ATTACKER, addr);
-    let mut ask = |peer: &mut Peer, what: String, request: Message, want: ErrorCode| {
+    let mut peer = attacker(addr).hello();
+    let mut ask = |peer: &mut Raw, what: String, request: Message, want: ErrorCode| {
         peer.send(&request);
         let problem = match peer.try_recv() {
             Some(Message::Error(e)) if e.code == want => None,
@@ -280,12 +260,7 @@ fn hostile_paths(addr: SocketAddr, planted: &str) -> Vec<String> {
             Some(Message::PutReady(_)) => {
                 // Finish the upload to see whether it lands outside; the checks after the
                 // attack look there.
-                peer.send(&Message::Chunk(ChunkHeader {
-                    offset: 0,
-                    len: 5,
-                    md5: Md5Digest::of(b"owned"),
-                }));
-                peer.send_bytes(b"owned");
+                peer.send_chunk(0, b"owned");
                 peer.send(&Message::Eof(protocol::Eof {
                     size: 5,
                     md5: Md5Digest::of(b"owned"),
@@ -304,7 +279,7 @@ fn hostile_paths(addr: SocketAddr, planted: &str) -> Vec<String> {
         // A refused request leaves the session usable: another request gets its answer.
         if !peer.is_usable() {
             wrong.push(format!("{what}: the session was not usable afterwards"));
-            *peer = Peer::session_from(ATTACKER, addr);
+            *peer = attacker(addr).hello();
         }
     };
     for (path, want) in cases {
@@ -333,7 +308,7 @@ fn malformed_strings(addr: SocketAddr) -> Vec<String> {
     ];
     let mut wrong = Vec::new();
     for (what, header) in cases {
-        let mut peer = Peer::session_from(ATTACKER, addr);
+        let mut peer = attacker(addr).hello();
         peer.send_header(header);
         let what = format!(
             "get with a path holding a {what} ({})",
@@ -369,9 +344,9 @@ fn malformed_strings(addr: SocketAddr) -> Vec<String> {
 /// A client that sends its hello one byte every [`DRIP`]. Returns how long the server let it
 /// live and the frame it was closed with.
 fn slow_drip(addr: SocketAddr) -> (Duration, Option<Message>) {
-    let mut peer = Peer::connect_from(ATTACKER, addr);
+    let mut peer = attacker(addr);
     let connected = Instant::now();
-    let mut reader = Peer::from(peer.stream.try_clone().unwrap());
+    let mut reader = peer.try_clone();
     let (closed_tx, closed_rx) = mpsc::channel();
     let reading = thread::spawn(move || {
         let farewell = reader.try_recv();
@@ -383,10 +358,7 @@ fn slow_drip(addr: SocketAddr) -> (Duration, Option<Message>) {
         let _ = closed_tx.send(connected.elapsed());
         farewell
     });
-    let mut hello = Vec::new();
-    let header = serde_json::to_vec(&hello_message()).unwrap();
-    hello.extend_from_slice(&u32::try_from(header.len()).unwrap().to_be_bytes());
-    hello.extend_from_slice(&header);
+    let hello = encode(&hello_message());
     // Half a drip first, so no byte is on the wire just as the server's timer fires.
     let mut wait = DRIP / 2;
     let mut bytes = hello.iter();
@@ -399,14 +371,14 @@ fn slow_drip(addr: SocketAddr) -> (Duration, Option<Message>) {
         wait = DRIP;
         if connected.elapsed() > HANDSHAKE + CLOSE_MARGIN {
             // Unblock the reader; the caller fails the test on the time.
-            let _ = peer.stream.shutdown(Shutdown::Both);
+            peer.close();
             break connected.elapsed();
         }
         let Some(&byte) = bytes.next() else {
             panic!("the server took a whole hello sent a byte every {DRIP:?}")
         };
         // A write into a connection the server closed fails; the reader reports the close.
-        let _ = peer.stream.write_all(&[byte]);
+        peer.try_send_bytes(&[byte]);
     };
     (lived, reading.join().expect("the slow client's reader"))
 }
@@ -418,9 +390,7 @@ fn flood(addr: SocketAddr) -> (usize, usize) {
     let (mut busy, mut timed_out) = (0, 0);
     for wave in 0..FLOOD.div_ceil(WAVE) {
         let opened = Instant::now();
-        let mut peers: Vec<Peer> = (0..WAVE)
-            .map(|_| Peer::connect_from(ATTACKER, addr))
-            .collect();
+        let mut peers: Vec<Raw> = (0..WAVE).map(|_| attacker(addr)).collect();
         let mut accepted = 0;
         for peer in &mut peers {
             let reply = peer.expect_error_in(&[ErrorCode::Busy, ErrorCode::Timeout]);
@@ -452,7 +422,7 @@ fn flood(addr: SocketAddr) -> (usize, usize) {
 #[test]
 fn header_over_the_cap_gets_too_large_and_close() {
     let d = Daemon::start();
-    let mut peer = Peer::session(d.addr());
+    let mut peer = Raw::connect(d.addr()).hello();
     // Exactly at the cap is still a frame: a `get` of a path far too long, refused and
     // recoverable.
     let frame = |path_len: usize| serde_json::to_vec(&get(&"p".repeat(path_len))).unwrap();
@@ -469,13 +439,13 @@ fn header_over_the_cap_gets_too_large_and_close() {
     peer.expect_error(ErrorCode::TooLarge);
     peer.expect_closed();
 
-    Peer::session(d.addr()).expect_usable();
+    Raw::connect(d.addr()).hello().expect_usable();
 }
 
 #[test]
 fn unknown_message_type_leaves_the_connection_usable() {
     let d = Daemon::start();
-    let mut peer = Peer::session(d.addr());
+    let mut peer = Raw::connect(d.addr()).hello();
     peer.send_header(br#"{"type":"teleport","to":"mars"}"#);
     peer.expect_error(ErrorCode::Unsupported);
     peer.expect_usable();
@@ -487,7 +457,7 @@ fn unknown_message_type_leaves_the_connection_usable() {
     peer.expect_closed();
 
     // Before hello, though, anything else is refused and the connection closed.
-    let mut peer = Peer::connect(d.addr());
+    let mut peer = Raw::connect(d.addr());
     peer.send_header(br#"{"type":"teleport","to":"mars"}"#);
     peer.expect_error(ErrorCode::BadRequest);
     peer.expect_closed();
@@ -496,19 +466,12 @@ fn unknown_message_type_leaves_the_connection_usable() {
 #[test]
 fn body_shorter_than_declared_then_close_leaves_daemon_serving() {
     let d = Daemon::start();
-    let mut peer = Peer::session(d.addr());
+    let mut peer = Raw::connect(d.addr()).hello();
     peer.send(&put("short.bin", 100));
-    match peer.recv() {
-        Message::PutReady(p) => assert_eq!(p.offset, 0),
-        other => panic!("expected put_ready, got {other:?}"),
-    }
-    peer.send(&Message::Chunk(ChunkHeader {
-        offset: 0,
-        len: 100,
-        md5: Md5Digest::of(&[7; 100]),
-    }));
+    assert_eq!(peer.expect_put_ready().offset, 0);
+    peer.send(&chunk(0, &[7; 100]));
     peer.send_bytes(&[7; 10]);
-    peer.stream.shutdown(Shutdown::Write).unwrap();
+    peer.close_write();
     // The stream ends mid-frame: at most an error saying so, then the close.
     if let Some(m) = peer.try_recv() {
         assert!(
@@ -519,7 +482,7 @@ fn body_shorter_than_declared_then_close_leaves_daemon_serving() {
     }
     assert_missing(d.path("short.bin"));
     wait_until("the staged bytes are removed", STEP_TIMEOUT, || {
-        staged_bytes(d.root()) == 0
+        staged_bytes(&d.staging()) == 0
     });
 
     let work = tmpdir();
@@ -527,22 +490,17 @@ fn body_shorter_than_declared_then_close_leaves_daemon_serving() {
     write_random(&src, 300_000, 3);
     d.cli()
         .cwd(&work)
-        .cmds("put a.bin; get a.bin back.bin")
         .timeout(STEP_TIMEOUT)
-        .run()
-        .ok()
-        .verified(&src, 2);
+        .round_trip("a.bin", "back.bin");
     assert_same_file(&src, d.path("a.bin"));
-    assert_same_file(&src, work.path().join("back.bin"));
 }
 
 #[test]
 fn max_file_size_is_refused_up_front() {
-    let site = Site::new();
-    let d = start_ftpd(&site.root(), &["--max-file-size", "1M"]);
+    let d = Daemon::with_args(["--max-file-size", "1M"]);
 
     // Over the limit: refused in answer to the `put`, before any byte is sent.
-    let mut peer = Peer::session(d.addr());
+    let mut peer = Raw::connect(d.addr()).hello();
     peer.send(&put("raw.bin", 2 * MIB));
     peer.expect_error(ErrorCode::TooLarge);
     peer.expect_usable();
@@ -562,10 +520,10 @@ fn max_file_size_is_refused_up_front() {
         "refusing an oversized put took {:?}",
         started.elapsed()
     );
-    assert_missing(site.root().join("big.bin"));
-    assert_missing(site.root().join("raw.bin"));
+    assert_missing(d.path("big.bin"));
+    assert_missing(d.path("raw.bin"));
     assert_eq!(
-        staged_bytes(&site.root()),
+        staged_bytes(&d.staging()),
         0,
         "an oversized upload was staged"
     );
@@ -579,13 +537,12 @@ fn max_file_size_is_refused_up_front() {
         .timeout(STEP_TIMEOUT)
         .run()
         .ok();
-    assert_same_file(&small, site.root().join("small.bin"));
+    assert_same_file(&small, d.path("small.bin"));
 }
 
 #[test]
 fn quota_is_enforced() {
-    let site = Site::new();
-    let d = start_ftpd(&site.root(), &["--quota", "3M"]);
+    let d = Daemon::with_args(["--quota", "3M"]);
     let work = tmpdir();
     write_random(work.path().join("a1.bin"), MIB, 1);
     write_random(work.path().join("a2.bin"), MIB, 2);
@@ -599,36 +556,27 @@ fn quota_is_enforced() {
         .run()
         .fails()
         .stderr_has_any(&["too_large", "too large", "quota"]);
-    assert_missing(site.root().join("b.bin"));
+    assert_missing(d.path("b.bin"));
     assert_eq!(
-        staged_bytes(&site.root()),
+        staged_bytes(&d.staging()),
         0,
         "an upload over quota was staged"
     );
 
     cli().cmds("rm a1.bin; put c.bin").run().ok();
-    assert_missing(site.root().join("a1.bin"));
+    assert_missing(d.path("a1.bin"));
     for name in ["a2.bin", "c.bin"] {
-        assert_same_file(work.path().join(name), site.root().join(name));
+        assert_same_file(work.path().join(name), d.path(name));
     }
 }
 
 #[test]
 fn upload_longer_than_declared_is_stopped() {
     let d = Daemon::start();
-    let mut peer = Peer::session(d.addr());
+    let mut peer = Raw::connect(d.addr()).hello();
     peer.send(&put("ten.bin", 10));
-    match peer.recv() {
-        Message::PutReady(_) => {}
-        other => panic!("expected put_ready, got {other:?}"),
-    }
-    let body = [b'x'; 20];
-    peer.send(&Message::Chunk(ChunkHeader {
-        offset: 0,
-        len: 20,
-        md5: Md5Digest::of(&body),
-    }));
-    peer.send_bytes(&body);
+    peer.expect_put_ready();
+    peer.send_chunk(0, &[b'x'; 20]);
     peer.expect_error(ErrorCode::TooLarge);
     // As a client does when refused mid-upload; the server answers nothing more to it.
     peer.send(&Message::Abort(ErrorReply::new(
@@ -641,48 +589,28 @@ fn upload_longer_than_declared_is_stopped() {
 
 #[test]
 fn idle_client_is_closed_after_idle_timeout() {
-    let site = Site::new();
-    let d = start_ftpd(&site.root(), &["--idle-timeout", "1s"]);
-    let mut peer = Peer::session(d.addr());
-    let silent = Instant::now();
-    peer.expect_error(ErrorCode::Timeout);
-    peer.expect_closed();
-    let waited = silent.elapsed();
-    assert!(
-        (Duration::from_millis(900)..Duration::from_secs(3)).contains(&waited),
-        "an idle session was closed after {waited:?}, the idle timeout is 1 s"
-    );
+    let d = Daemon::with_args(["--idle-timeout", "1s"]);
+    let mut peer = Raw::connect(d.addr()).hello();
+    expect_timed_out(&mut peer, "an idle session", "idle timeout");
 }
 
 #[test]
 fn stalled_upload_is_closed_after_stall_timeout() {
-    let site = Site::new();
-    let d = start_ftpd(&site.root(), &["--stall-timeout", "1s"]);
-    let mut peer = Peer::session(d.addr());
+    let d = Daemon::with_args(["--stall-timeout", "1s"]);
+    let mut peer = Raw::connect(d.addr()).hello();
     peer.send(&put("stalled.bin", 100));
-    match peer.recv() {
-        Message::PutReady(_) => {}
-        other => panic!("expected put_ready, got {other:?}"),
-    }
-    let silent = Instant::now();
-    peer.expect_error(ErrorCode::Timeout);
-    peer.expect_closed();
-    let waited = silent.elapsed();
-    assert!(
-        (Duration::from_millis(900)..Duration::from_secs(3)).contains(&waited),
-        "a stalled upload was closed after {waited:?}, the stall timeout is 1 s"
-    );
-    assert_missing(site.root().join("stalled.bin"));
+    peer.expect_put_ready();
+    expect_timed_out(&mut peer, "a stalled upload", "stall timeout");
+    assert_missing(d.path("stalled.bin"));
 }
 
 #[test]
 fn per_ip_limit_refuses_with_busy() {
-    let site = Site::new();
-    let d = start_ftpd(&site.root(), &["--max-connections-per-ip", "2"]);
-    let mut first = Peer::session(d.addr());
-    let mut second = Peer::session(d.addr());
+    let d = Daemon::with_args(["--max-connections-per-ip", "2"]);
+    let mut first = Raw::connect(d.addr()).hello();
+    let mut second = Raw::connect(d.addr()).hello();
 
-    let mut third = Peer::connect(d.addr());
+    let mut third = Raw::connect(d.addr());
     third.expect_error(ErrorCode::Busy);
     third.expect_closed();
     second.expect_usable();
@@ -692,7 +620,7 @@ fn per_ip_limit_refuses_with_busy() {
     // The server frees the slot just after it closes the connection: try until it has.
     let deadline = Instant::now() + STEP_TIMEOUT;
     let mut fourth = loop {
-        let mut peer = Peer::connect(d.addr());
+        let mut peer = Raw::connect(d.addr());
         peer.send(&hello_message());
         match peer.try_recv() {
             Some(Message::Hello(_)) => break peer,
@@ -710,48 +638,19 @@ fn per_ip_limit_refuses_with_busy() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Helpers: a root with a sentinel next to it, a daemon with chosen flags, what is on disk.
+// Helpers: a sentinel next to the root, the attacker, what is on disk and in /proc.
 
-/// A root to serve and, next to it, a sentinel directory with known contents: anything that
-/// escaped the root would land beside them.
-struct Site {
-    base: TempDir,
-}
-
-impl Site {
-    fn new() -> Site {
-        let base = tempfile::Builder::new()
-            .prefix("e2e-abuse-")
-            .tempdir()
-            .expect("cannot create temp dir");
-        fs::create_dir(base.path().join("root")).unwrap();
-        let sentinel = base.path().join("sentinel");
-        fs::create_dir_all(sentinel.join("inner")).unwrap();
-        write_file(
-            sentinel.join("keep.txt"),
-            "nothing from the daemon may touch this\n",
-        );
-        write_random(sentinel.join("inner").join("deep.bin"), 10_000, 9);
-        Site { base }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.base.path().join("root")
-    }
-
-    fn sentinel(&self) -> PathBuf {
-        self.base.path().join("sentinel")
-    }
-}
-
-/// Sorted names in `dir`.
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+/// Creates `sentinel/` beside the site's root, with known contents nothing from the daemon may
+/// touch, and returns its path.
+fn plant_sentinel(site: &Site) -> PathBuf {
+    let sentinel = site.path("sentinel");
+    fs::create_dir_all(sentinel.join("inner")).unwrap();
+    write_file(
+        sentinel.join("keep.txt"),
+        "nothing from the daemon may touch this\n",
+    );
+    write_random(sentinel.join("inner").join("deep.bin"), 10_000, 9);
+    sentinel
 }
 
 /// Everything under `dir`: each path with its kind, and a file's size and MD5.
@@ -776,17 +675,24 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
-/// Bytes in the daemon's staging directory (0 when it does not exist).
-fn staged_bytes(root: &Path) -> u64 {
-    let staging = root.join(".ftpd").join("staging");
-    let Ok(entries) = fs::read_dir(&staging) else {
-        return 0;
-    };
-    entries
-        .filter_map(|e| e.ok()?.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
+/// Panics unless the daemon closes `peer`, silent from now on, with error `timeout` once its
+/// 1 s `limit` is over, and not much later. `what` names the session in the message.
+#[track_caller]
+fn expect_timed_out(peer: &mut Raw, what: &str, limit: &str) {
+    let silent = Instant::now();
+    peer.expect_error(ErrorCode::Timeout);
+    peer.expect_closed();
+    let waited = silent.elapsed();
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(3)).contains(&waited),
+        "{what} was closed after {waited:?}, the {limit} is 1 s"
+    );
+}
+
+/// A raw connection from the attacker's address.
+#[track_caller]
+fn attacker(addr: SocketAddr) -> Raw {
+    Raw::connect_from(ATTACKER, addr)
 }
 
 /// A path for a failure message: long ones cut short.
@@ -795,114 +701,6 @@ fn shorten(path: &str) -> String {
         format!("{}… ({} bytes)", &path[..40], path.len())
     } else {
         path.to_owned()
-    }
-}
-
-/// An `ftpd` on a given root and port 0, with the flags a test chose. Killed (and reaped) on
-/// drop.
-struct Ftpd {
-    child: Child,
-    /// The address from its `listening on` line.
-    addr: SocketAddr,
-    /// Its stderr so far, for failure messages.
-    log: Arc<Mutex<String>>,
-    /// Copies stderr into `log` until EOF.
-    drain: Option<JoinHandle<()>>,
-}
-
-/// Starts `ftpd --root ROOT --listen 127.0.0.1:0 ARGS` and waits for its `listening on` line;
-/// panics with its output if it exits or stays silent instead.
-fn start_ftpd(root: &Path, args: &[&str]) -> Ftpd {
-    let mut cmd = Command::new(bin("ftpd"));
-    cmd.arg("--root")
-        .arg(root)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    // Settings from the environment would change what the test means.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("FTPD_") {
-            cmd.env_remove(key);
-        }
-    }
-    let mut child = cmd.spawn().expect("cannot spawn ftpd");
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let drain = {
-        let log = Arc::clone(&log);
-        thread::spawn(move || {
-            let mut ready = Some(ready_tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let addr = line
-                    .split_once("listening on ")
-                    .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok());
-                if let (Some(addr), Some(tx)) = (addr, ready.take()) {
-                    let _ = tx.send(addr);
-                }
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        })
-    };
-    match ready_rx.recv_timeout(START_TIMEOUT) {
-        Ok(addr) => Ftpd {
-            child,
-            addr,
-            log,
-            drain: Some(drain),
-        },
-        Err(_) => {
-            let _ = child.kill();
-            let status = child.wait();
-            let _ = drain.join();
-            panic!(
-                "ftpd {args:?} did not start ({status:?}); its stderr:\n{}",
-                log.lock().unwrap()
-            );
-        }
-    }
-}
-
-impl Ftpd {
-    fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn open_fds(&self) -> usize {
-        open_fds(self.pid())
-    }
-
-    fn cli(&self) -> Cli {
-        Cli::new(self.addr)
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Ftpd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(drain) = self.drain.take() {
-            let _ = drain.join();
-        }
-        if thread::panicking() {
-            eprintln!("--- ftpd stderr ---\n{}--- end ftpd stderr ---", self.log());
-        }
     }
 }
 
@@ -936,10 +734,10 @@ fn watch_fds(pid: u32) -> (mpsc::Sender<()>, JoinHandle<usize>) {
 
 /// Waits until the daemon holds at most `max` descriptors; returns how many it holds then.
 #[track_caller]
-fn wait_for_fds(d: &Ftpd, max: usize) -> usize {
+fn wait_for_fds(d: &Daemon, max: usize) -> usize {
     let deadline = Instant::now() + STEP_TIMEOUT;
     loop {
-        let n = d.open_fds();
+        let n = open_fds(d.pid());
         if n <= max {
             return n;
         }
@@ -972,223 +770,4 @@ fn fd_targets(pid: u32) -> String {
         .unwrap_or_default();
     lines.sort();
     lines.join("\n")
-}
-
-// ---------------------------------------------------------------------------------------------
-// A blocking peer that speaks frames directly, including ones no real client would send.
-
-fn hello_message() -> Message {
-    Message::Hello(Hello {
-        version: VERSION,
-        agent: "e2e-abuse/0".into(),
-        capabilities: vec![],
-        max_chunk: protocol::DEFAULT_CHUNK,
-    })
-}
-
-fn get(path: &str) -> Message {
-    Message::Get(Get {
-        path: path.into(),
-        offset: 0,
-        prefix_md5: None,
-    })
-}
-
-fn put(path: &str, size: u64) -> Message {
-    Message::Put(Put {
-        path: path.into(),
-        size,
-        overwrite: false,
-        resume: false,
-        upload_id: None,
-        mtime: None,
-    })
-}
-
-struct Peer {
-    stream: TcpStream,
-}
-
-impl From<TcpStream> for Peer {
-    fn from(stream: TcpStream) -> Peer {
-        stream.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(STEP_TIMEOUT)).unwrap();
-        Peer { stream }
-    }
-}
-
-impl Peer {
-    /// Connects from the default local address (127.0.0.1 for a daemon on it).
-    #[track_caller]
-    fn connect(addr: SocketAddr) -> Peer {
-        let stream = TcpStream::connect_timeout(&addr, STEP_TIMEOUT)
-            .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
-        Peer::from(stream)
-    }
-
-    /// Connects from `ip`, another loopback address.
-    #[track_caller]
-    fn connect_from(ip: IpAddr, addr: SocketAddr) -> Peer {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
-            .expect("cannot create a socket");
-        socket
-            .bind(&SockAddr::from(SocketAddr::new(ip, 0)))
-            .unwrap_or_else(|e| panic!("cannot bind to {ip}: {e}"));
-        socket
-            .connect_timeout(&SockAddr::from(addr), STEP_TIMEOUT)
-            .unwrap_or_else(|e| panic!("cannot connect from {ip} to {addr}: {e}"));
-        Peer::from(TcpStream::from(socket))
-    }
-
-    /// A connection past the hello exchange.
-    #[track_caller]
-    fn session(addr: SocketAddr) -> Peer {
-        let mut peer = Peer::connect(addr);
-        peer.hello();
-        peer
-    }
-
-    /// [`Peer::session`] from `ip`.
-    #[track_caller]
-    fn session_from(ip: IpAddr, addr: SocketAddr) -> Peer {
-        let mut peer = Peer::connect_from(ip, addr);
-        peer.hello();
-        peer
-    }
-
-    #[track_caller]
-    fn hello(&mut self) {
-        self.send(&hello_message());
-        match self.recv() {
-            Message::Hello(h) => assert_eq!(h.version, VERSION),
-            other => panic!("expected the server's hello, got {other:?}"),
-        }
-    }
-
-    fn send(&mut self, message: &Message) {
-        self.send_header(&serde_json::to_vec(message).unwrap());
-    }
-
-    /// One frame with `header` as it is, valid or not.
-    fn send_header(&mut self, header: &[u8]) {
-        let mut frame = u32::try_from(header.len()).unwrap().to_be_bytes().to_vec();
-        frame.extend_from_slice(header);
-        self.send_bytes(&frame);
-    }
-
-    fn send_bytes(&mut self, bytes: &[u8]) {
-        self.stream
-            .write_all(bytes)
-            .unwrap_or_else(|e| panic!("cannot send {} bytes: {e}", bytes.len()));
-    }
-
-    /// The next message; panics if the server closes the connection instead.
-    #[track_caller]
-    fn recv(&mut self) -> Message {
-        match self.try_recv() {
-            Some(m) => m,
-            None => panic!("the server closed the connection instead of answering"),
-        }
-    }
-
-    /// The next message (a chunk's body is read and dropped), or `None` once the server has
-    /// closed the connection.
-    #[track_caller]
-    fn try_recv(&mut self) -> Option<Message> {
-        let mut len = [0u8; 4];
-        match self.stream.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(e) if closed(&e) => return None,
-            Err(e) => panic!("no frame from the server within {STEP_TIMEOUT:?}: {e}"),
-        }
-        let len = u32::from_be_bytes(len) as usize;
-        assert!(
-            (1..=protocol::MAX_HEADER).contains(&len),
-            "the server sent a header length of {len}"
-        );
-        let mut header = vec![0; len];
-        self.stream
-            .read_exact(&mut header)
-            .unwrap_or_else(|e| panic!("a frame from the server was cut short: {e}"));
-        let message: Message = serde_json::from_slice(&header).unwrap_or_else(|e| {
-            panic!(
-                "the server sent a bad header {:?}: {e}",
-                String::from_utf8_lossy(&header)
-            )
-        });
-        if let Message::Chunk(c) = &message {
-            assert!(c.len as usize <= protocol::MAX_BODY, "chunk of {}", c.len);
-            io::copy(
-                &mut (&mut self.stream).take(u64::from(c.len)),
-                &mut io::sink(),
-            )
-            .unwrap_or_else(|e| panic!("a chunk from the server was cut short: {e}"));
-        }
-        Some(message)
-    }
-
-    /// Reads a download's frames until it ends.
-    fn skip_transfer(&mut self) {
-        while let Some(m) = self.try_recv() {
-            if matches!(m, Message::Eof(_) | Message::Abort(_) | Message::Error(_)) {
-                return;
-            }
-        }
-    }
-
-    #[track_caller]
-    fn expect_error(&mut self, code: ErrorCode) -> ErrorReply {
-        self.expect_error_in(&[code])
-    }
-
-    #[track_caller]
-    fn expect_error_in(&mut self, codes: &[ErrorCode]) -> ErrorReply {
-        match self.recv() {
-            Message::Error(e) if codes.contains(&e.code) => e,
-            other => panic!("expected an error with a code in {codes:?}, got {other:?}"),
-        }
-    }
-
-    /// Panics unless the server closes the connection without sending anything more.
-    #[track_caller]
-    fn expect_closed(&mut self) {
-        if let Some(m) = self.try_recv() {
-            panic!("expected the server to close the connection, got {m:?}");
-        }
-    }
-
-    /// Panics unless the session still answers a command.
-    #[track_caller]
-    fn expect_usable(&mut self) {
-        self.send(&Message::Pwd);
-        match self.recv() {
-            Message::Cwd(_) => {}
-            other => panic!("expected cwd in answer to pwd, got {other:?}"),
-        }
-    }
-
-    /// Whether the session still answers a command (`pwd`).
-    fn is_usable(&mut self) -> bool {
-        if self.stream.write_all(&frame_of(&Message::Pwd)).is_err() {
-            return false;
-        }
-        matches!(self.try_recv(), Some(Message::Cwd(_)))
-    }
-}
-
-fn frame_of(message: &Message) -> Vec<u8> {
-    let header = serde_json::to_vec(message).unwrap();
-    let mut frame = u32::try_from(header.len()).unwrap().to_be_bytes().to_vec();
-    frame.extend_from_slice(&header);
-    frame
-}
-
-/// Whether a read failed because the peer closed the connection.
-fn closed(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::UnexpectedEof
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-    )
 }

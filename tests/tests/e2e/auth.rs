@@ -3,33 +3,26 @@
 //!
 //! Most tests drive the real client; the ones about what goes over the wire (a replayed `auth`,
 //! a command before `auth`, a server that cannot prove itself) speak the protocol directly with
-//! the small blocking frame reader and writer at the bottom of this file.
+//! [`Raw`].
 
-use std::cell::Cell;
-use std::ffi::OsString;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
+use std::ops::Deref;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::path::PathBuf;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use protocol::auth::{self, Bytes32, Role};
-use protocol::{capability, Auth, AuthChallenge, AuthOk, ErrorCode, ErrorReply, Get, Hello};
+use protocol::{capability, Auth, AuthChallenge, AuthOk, ErrorCode, Hello};
 use protocol::{Message, VERSION};
-use tempfile::TempDir;
 
+use crate::raw::{get, Raw};
 use crate::util::{
-    assert_missing, assert_same_file, bin, tmpdir, wait_until, write_file, write_random, Cli,
-    Daemon, Run,
+    assert_missing, assert_same_file, tmpdir, write_private, write_random, Cli, Daemon,
+    DaemonBuilder, Keys, Site,
 };
 
-/// How long a daemon may take to say it listens, or to refuse to start.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one client run or one frame from a peer may take here: every test is small.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -68,12 +61,8 @@ fn right_secret_puts_and_gets_within_the_home() {
 
     d.login("alice", ALICE)
         .cwd(&work)
-        .cmds("put a.bin; get a.bin back.bin")
-        .run()
-        .ok()
-        .verified(&src, 2);
+        .round_trip("a.bin", "back.bin");
     assert_same_file(&src, d.home("alice").join("a.bin"));
-    assert_same_file(&src, work.path().join("back.bin"));
     assert_missing(d.root().join("a.bin"));
 
     // Bob's secret comes from a secret file on both sides; `/` is his home, not the root.
@@ -110,7 +99,7 @@ fn wrong_secret_is_refused() {
         d.visible("alice").is_empty(),
         "a refused client wrote a file"
     );
-    d.wait_for_log_line(&["WARN", "authentication failed", "alice"]);
+    d.wait_for_log(&["WARN", "authentication failed", "alice"]);
 }
 
 /// The answer must not tell an attacker which user names exist.
@@ -127,7 +116,7 @@ fn unknown_user_gets_the_same_error_as_a_wrong_secret() {
     unknown
         .one_line_error()
         .stderr_has(&format!("authentication failed for mallory@{}", d.addr()));
-    d.wait_for_log_line(&["WARN", "authentication failed", "mallory"]);
+    d.wait_for_log(&["WARN", "authentication failed", "mallory"]);
 }
 
 /// Each failure from an address doubles the wait before the next answer: 250 ms, 500 ms, 1 s.
@@ -174,10 +163,7 @@ fn client_with_a_user_refuses_an_anonymous_server() {
     daemon
         .cli()
         .cwd(&work)
-        .arg("-u")
-        .arg("alice")
-        .arg("--secret-file")
-        .arg(&secret)
+        .user("alice", &secret)
         .cmds("put a.bin")
         .timeout(STEP_TIMEOUT)
         .run()
@@ -261,7 +247,7 @@ fn users_cannot_reach_each_others_homes() {
 fn replayed_auth_is_refused() {
     let d = standard_daemon();
 
-    let mut first = Raw::connect(d.addr());
+    let mut first = Raw::connect(d.addr()).within(STEP_TIMEOUT);
     let server_nonce = first.hello_and_challenge();
     let client_nonce = auth::nonce();
     let mac = sign(Role::Client, ALICE, &server_nonce, &client_nonce, "alice");
@@ -281,26 +267,22 @@ fn replayed_auth_is_refused() {
     }
     first.send(&Message::Bye);
 
-    let mut second = Raw::connect(d.addr());
+    let mut second = Raw::connect(d.addr()).within(STEP_TIMEOUT);
     let new_nonce = second.hello_and_challenge();
     assert_ne!(new_nonce, server_nonce, "the server reused its nonce");
     second.send(&recorded);
     second.expect_error(ErrorCode::AuthFailed);
     second.expect_closed();
-    d.wait_for_log_line(&["WARN", "authentication failed", "alice"]);
+    d.wait_for_log(&["WARN", "authentication failed", "alice"]);
 }
 
 #[test]
 fn commands_before_auth_are_refused() {
     let d = standard_daemon();
     write_random(d.home("alice").join("f"), 100, 9);
-    let mut raw = Raw::connect(d.addr());
+    let mut raw = Raw::connect(d.addr()).within(STEP_TIMEOUT);
     raw.hello_and_challenge();
-    raw.send(&Message::Get(Get {
-        path: "/alice/f".into(),
-        offset: 0,
-        prefix_md5: None,
-    }));
+    raw.send(&get("/alice/f"));
     raw.expect_error(ErrorCode::AuthRequired);
     raw.expect_closed();
 }
@@ -319,10 +301,7 @@ fn client_refuses_a_server_that_cannot_prove_the_secret() {
     write_private(&secret, ALICE);
     Cli::new(addr)
         .cwd(&work)
-        .arg("-u")
-        .arg("alice")
-        .arg("--secret-file")
-        .arg(&secret)
+        .user("alice", &secret)
         .arg("--timeout")
         .arg("10s")
         .cmds("put a.bin")
@@ -345,7 +324,7 @@ fn client_refuses_a_server_that_cannot_prove_the_secret() {
 /// returns what the client sent after `auth_ok` (but `bye`), until it closed.
 fn fake_server(listener: TcpListener, user: &str, wrong_secret: &[u8]) -> Vec<Message> {
     let (stream, _) = listener.accept().expect("the client never connected");
-    let mut peer = Raw::from(stream);
+    let mut peer = Raw::from(stream).within(STEP_TIMEOUT);
     match peer.recv() {
         Message::Hello(h) => assert_eq!(h.version, VERSION),
         other => panic!("expected the client's hello, got {other:?}"),
@@ -392,30 +371,31 @@ fn fake_server(listener: TcpListener, user: &str, wrong_secret: &[u8]) -> Vec<Me
 #[test]
 fn world_readable_users_file_stops_startup() {
     let site = Site::new();
-    let users = site.users(USERS);
-    site.secret_file("bob.secret", "bob's secret\n");
+    let users = site.private_file(USERS_FILE, USERS);
+    site.private_file("etc/bob.secret", "bob's secret\n");
     fs::set_permissions(&users, fs::Permissions::from_mode(0o644)).unwrap();
-    let stderr = refuses_to_start(&site.args());
+    let stderr = with_users(&site).refuses_to_start();
     assert_names(&stderr, &["chmod 600", &users.display().to_string()]);
 }
 
 #[test]
 fn group_readable_secret_file_stops_startup() {
     let site = Site::new();
-    site.users(USERS);
-    let secret = site.secret_file("bob.secret", "bob's secret\n");
+    site.private_file(USERS_FILE, USERS);
+    let secret = site.private_file("etc/bob.secret", "bob's secret\n");
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o640)).unwrap();
-    let stderr = refuses_to_start(&site.args());
+    let stderr = with_users(&site).refuses_to_start();
     assert_names(&stderr, &["chmod 600", &secret.display().to_string()]);
 }
 
 #[test]
 fn home_outside_the_root_stops_startup() {
     let site = Site::new();
-    site.users("[[user]]\nname = \"eve\"\nsecret = \"s\"\nhome = \"../escape\"\n");
-    let stderr = refuses_to_start(&site.args());
+    let eve = "[[user]]\nname = \"eve\"\nsecret = \"s\"\nhome = \"../escape\"\n";
+    site.private_file(USERS_FILE, eve);
+    let stderr = with_users(&site).refuses_to_start();
     assert_names(&stderr, &["outside the root"]);
-    assert_missing(site.base.path().join("escape"));
+    assert_missing(site.path("escape"));
 }
 
 /// Without users, anyone who reaches the port gets the whole root: fine on loopback, a flag
@@ -423,19 +403,13 @@ fn home_outside_the_root_stops_startup() {
 #[test]
 fn anonymous_daemon_on_a_public_address_needs_allow_anonymous() {
     let root = tmpdir();
-    let mut args: Vec<OsString> = vec![
-        "--root".into(),
-        root.path().into(),
-        "--listen".into(),
-        "0.0.0.0:0".into(),
-    ];
-    let stderr = refuses_to_start(&args);
+    let public = || Daemon::builder().root(root.path()).listen("0.0.0.0:0");
+    let stderr = public().refuses_to_start();
     assert_names(&stderr, &["--allow-anonymous"]);
 
-    args.push("--allow-anonymous".into());
-    let daemon = Ftpd::start(&args);
-    daemon.wait_for_log_line(&["WARN", "anonymously"]);
-    let local = SocketAddr::from(([127, 0, 0, 1], daemon.addr.port()));
+    let daemon = public().arg("--allow-anonymous").start();
+    daemon.wait_for_log(&["WARN", "anonymously"]);
+    let local = SocketAddr::from(([127, 0, 0, 1], daemon.addr().port()));
     let work = tmpdir();
     write_random(work.path().join("a.bin"), 1000, 11);
     Cli::new(local)
@@ -449,293 +423,64 @@ fn anonymous_daemon_on_a_public_address_needs_allow_anonymous() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Helpers: a site (root plus users file), a daemon started on it, exit codes.
+// Helpers: a daemon with users, and logging in to it.
 
-/// A root to serve and, next to it, the private directory holding the users file and secret
-/// files. Both live in one temp dir, so a home that escaped the root would appear beside them.
-struct Site {
-    base: TempDir,
-}
+/// Where the users file goes beside the root; its `secret_file`s are read from beside it.
+const USERS_FILE: &str = "etc/users.toml";
 
-impl Site {
-    fn new() -> Site {
-        let base = tempfile::Builder::new()
-            .prefix("e2e-site-")
-            .tempdir()
-            .expect("cannot create temp dir");
-        fs::create_dir(base.path().join("root")).unwrap();
-        fs::create_dir(base.path().join("etc")).unwrap();
-        Site { base }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.base.path().join("root")
-    }
-
-    fn users_file(&self) -> PathBuf {
-        self.base.path().join("etc").join("users.toml")
-    }
-
-    /// Writes the users file, readable by its owner only.
-    fn users(&self, toml: &str) -> PathBuf {
-        let path = self.users_file();
-        write_private(&path, toml);
-        path
-    }
-
-    /// Writes a secret file next to the users file, readable by its owner only.
-    fn secret_file(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.base.path().join("etc").join(name);
-        write_private(&path, contents);
-        path
-    }
-
-    fn args(&self) -> Vec<OsString> {
-        vec![
-            "--root".into(),
-            self.root().into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--users".into(),
-            self.users_file().into(),
-        ]
-    }
+/// `ftpd` on the site's root with the site's users file, not started yet.
+fn with_users(site: &Site) -> DaemonBuilder {
+    site.daemon().arg("--users").arg(site.path(USERS_FILE))
 }
 
 /// A daemon with [`USERS`]. Bob's secret file ends in a newline that is not part of it.
 fn standard_daemon() -> UsersDaemon {
     let site = Site::new();
-    site.users(USERS);
-    site.secret_file("bob.secret", &format!("{BOB}\n"));
-    let ftpd = Ftpd::start(&site.args());
+    site.private_file(USERS_FILE, USERS);
+    site.private_file("etc/bob.secret", format!("{BOB}\n"));
     UsersDaemon {
-        ftpd,
-        site,
-        keys: tmpdir(),
-        logins: Cell::new(0),
+        daemon: with_users(&site).start(),
+        _site: site,
+        keys: Keys::new(),
     }
 }
 
 /// A running `ftpd` with a users file, and the client's side of the secrets.
 struct UsersDaemon {
     /// Declared first so the daemon is gone before its directories are removed.
-    ftpd: Ftpd,
-    site: Site,
+    daemon: Daemon,
+    /// Holds the root and the users file.
+    _site: Site,
     /// Secret files for the client, one per login.
-    keys: TempDir,
-    /// Numbers the secret files in `keys`.
-    logins: Cell<u32>,
+    keys: Keys,
+}
+
+impl Deref for UsersDaemon {
+    type Target = Daemon;
+
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
 }
 
 impl UsersDaemon {
-    fn addr(&self) -> SocketAddr {
-        self.ftpd.addr
-    }
-
-    fn root(&self) -> PathBuf {
-        self.site.root()
-    }
-
     /// The home directory of a user of [`USERS`] on disk.
     fn home(&self, user: &str) -> PathBuf {
         let dir = match user {
             "reader" => "shared",
             other => other,
         };
-        self.root().join(dir)
-    }
-
-    /// Names in `dir` under the root (the root itself for `""`), but the private `.ftpd`.
-    fn visible(&self, dir: &str) -> Vec<String> {
-        let path = self.root().join(dir);
-        let mut names: Vec<String> = fs::read_dir(&path)
-            .unwrap_or_else(|e| panic!("cannot list {}: {e}", path.display()))
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n != ".ftpd")
-            .collect();
-        names.sort();
-        names
+        self.path(dir)
     }
 
     /// A client logging in as `user` with `secret`, read from a file that ends in a newline.
     fn login(&self, user: &str, secret: &str) -> Cli {
-        let n = self.logins.get();
-        self.logins.set(n + 1);
-        let file = self.keys.path().join(format!("{user}-{n}.secret"));
-        write_private(&file, format!("{secret}\n"));
-        Cli::new(self.addr())
-            .arg("-u")
-            .arg(user)
-            .arg("--secret-file")
-            .arg(file)
+        self.cli()
+            .user(user, self.keys.secret(user, secret))
             .arg("--timeout")
             .arg("10s")
             .timeout(STEP_TIMEOUT)
     }
-
-    fn log(&self) -> String {
-        self.ftpd.log()
-    }
-
-    #[track_caller]
-    fn wait_for_log_line(&self, words: &[&str]) {
-        self.ftpd.wait_for_log_line(words);
-    }
-}
-
-/// An `ftpd` started with the flags a test chose. Killed (and reaped) on drop.
-struct Ftpd {
-    child: Child,
-    /// The address from its `listening on` line.
-    addr: SocketAddr,
-    /// Its stderr so far.
-    log: Arc<Mutex<String>>,
-    /// Copies stderr into `log` until EOF.
-    drain: Option<JoinHandle<()>>,
-}
-
-impl Ftpd {
-    /// Starts `ftpd ARGS` and waits for its `listening on` line; panics with its output if it
-    /// exits or stays silent instead.
-    fn start(args: &[OsString]) -> Ftpd {
-        let mut child = ftpd(args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot spawn ftpd");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let drain = {
-            let log = Arc::clone(&log);
-            thread::spawn(move || {
-                let mut ready = Some(ready_tx);
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(addr) = ready_addr(&line) {
-                        if let Some(tx) = ready.take() {
-                            let _ = tx.send(addr);
-                        }
-                    }
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            })
-        };
-        match ready_rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => Ftpd {
-                child,
-                addr,
-                log,
-                drain: Some(drain),
-            },
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait();
-                let _ = drain.join();
-                panic!(
-                    "ftpd {args:?} did not start ({status:?}); its stderr:\n{}",
-                    log.lock().unwrap()
-                );
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits until one line of the log has all of `words` (the drain thread may lag behind).
-    #[track_caller]
-    fn wait_for_log_line(&self, words: &[&str]) {
-        let found = || {
-            self.log()
-                .lines()
-                .any(|line| words.iter().all(|w| line.contains(w)))
-        };
-        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_until("the log has the line", Duration::from_secs(5), found)
-        }));
-        if waited.is_err() {
-            panic!(
-                "no daemon log line has all of {words:?}; the log:\n{}",
-                self.log()
-            );
-        }
-    }
-}
-
-impl Drop for Ftpd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(drain) = self.drain.take() {
-            let _ = drain.join();
-        }
-        if thread::panicking() {
-            eprintln!("--- ftpd stderr ---\n{}--- end ftpd stderr ---", self.log());
-        }
-    }
-}
-
-fn ftpd(args: &[OsString]) -> Command {
-    let mut cmd = Command::new(bin("ftpd"));
-    cmd.args(args)
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .env_remove("FTPD_ROOT")
-        .env_remove("FTPD_LISTEN")
-        .env_remove("FTPD_USERS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    cmd
-}
-
-/// The address in the daemon's `… listening on 127.0.0.1:4242 …` line.
-fn ready_addr(line: &str) -> Option<SocketAddr> {
-    let (_, rest) = line.split_once("listening on ")?;
-    rest.split_whitespace().next()?.parse().ok()
-}
-
-/// Runs `ftpd ARGS`, which must exit with a failure status within the start timeout; returns
-/// its stderr. A daemon that starts instead is killed and the test fails.
-#[track_caller]
-fn refuses_to_start(args: &[OsString]) -> String {
-    let mut child = ftpd(args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot spawn ftpd");
-    let mut pipe = child.stderr.take().unwrap();
-    let stderr = thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        text
-    });
-    let deadline = Instant::now() + START_TIMEOUT;
-    let status: ExitStatus = loop {
-        if let Some(status) = child.try_wait().expect("cannot poll ftpd") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "ftpd {args:?} was expected to refuse to start but is still running; stderr:\n{}",
-                stderr.join().unwrap()
-            );
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    let stderr = stderr.join().unwrap();
-    assert!(
-        !status.success() && status.code().is_some(),
-        "ftpd {args:?} was expected to exit with a failure, got {status}; stderr:\n{stderr}"
-    );
-    assert!(
-        !stderr.contains("listening on"),
-        "ftpd {args:?} listened before refusing; stderr:\n{stderr}"
-    );
-    stderr
 }
 
 #[track_caller]
@@ -748,149 +493,10 @@ fn assert_names(stderr: &str, needles: &[&str]) {
     }
 }
 
-/// Writes `contents` to `path` with mode 600, as secrets must be.
-fn write_private(path: &Path, contents: impl AsRef<[u8]>) {
-    write_file(path, contents);
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
-}
-
 /// The MAC of `role`'s transcript, as PROTOCOL.md defines it.
 fn sign(role: Role, secret: &str, server: &Bytes32, client: &Bytes32, user: &str) -> Bytes32 {
     auth::sign(
         secret.as_bytes(),
         &auth::transcript(role, VERSION, server, client, user),
-    )
-}
-
-/// Checks the client's exit code, for the failures that have their own.
-trait ExitsWith {
-    fn exits(self, code: i32) -> Run;
-}
-
-impl ExitsWith for Run {
-    #[track_caller]
-    fn exits(self, code: i32) -> Run {
-        let run = self.fails();
-        assert_eq!(run.status.code(), Some(code), "wrong exit code: {run}");
-        run
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// A blocking, header-only peer: frames are a 4-byte big-endian length and a JSON header (no
-// message used here has a body).
-
-struct Raw {
-    stream: TcpStream,
-}
-
-impl From<TcpStream> for Raw {
-    fn from(stream: TcpStream) -> Raw {
-        stream.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(STEP_TIMEOUT)).unwrap();
-        Raw { stream }
-    }
-}
-
-impl Raw {
-    fn connect(addr: SocketAddr) -> Raw {
-        let stream = TcpStream::connect_timeout(&addr, STEP_TIMEOUT)
-            .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
-        Raw::from(stream)
-    }
-
-    fn send(&mut self, message: &Message) {
-        let header = serde_json::to_vec(message).unwrap();
-        let len = u32::try_from(header.len()).unwrap();
-        let mut frame = len.to_be_bytes().to_vec();
-        frame.extend_from_slice(&header);
-        self.stream
-            .write_all(&frame)
-            .unwrap_or_else(|e| panic!("cannot send {message:?}: {e}"));
-    }
-
-    /// The next message; panics if the peer closes or goes silent instead.
-    #[track_caller]
-    fn recv(&mut self) -> Message {
-        match self.try_recv() {
-            Some(m) => m,
-            None => panic!("the peer closed the connection instead of answering"),
-        }
-    }
-
-    /// The next message, or `None` once the peer has closed the connection.
-    fn try_recv(&mut self) -> Option<Message> {
-        let mut len = [0u8; 4];
-        match self.stream.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(e) if closed(&e) => return None,
-            Err(e) => panic!("no frame from the peer: {e}"),
-        }
-        let len = u32::from_be_bytes(len) as usize;
-        assert!(
-            (1..=protocol::MAX_HEADER).contains(&len),
-            "header length {len}"
-        );
-        let mut header = vec![0; len];
-        self.stream
-            .read_exact(&mut header)
-            .unwrap_or_else(|e| panic!("a frame was cut short: {e}"));
-        let message: Message = serde_json::from_slice(&header)
-            .unwrap_or_else(|e| panic!("bad header {:?}: {e}", String::from_utf8_lossy(&header)));
-        assert!(
-            !matches!(message, Message::Chunk(_)),
-            "unexpected chunk frame"
-        );
-        Some(message)
-    }
-
-    /// Our hello; the server's hello announcing authentication, then its challenge's nonce.
-    #[track_caller]
-    fn hello_and_challenge(&mut self) -> Bytes32 {
-        self.send(&Message::Hello(Hello {
-            version: VERSION,
-            agent: "e2e-raw/0".into(),
-            capabilities: vec![],
-            max_chunk: protocol::DEFAULT_CHUNK,
-        }));
-        match self.recv() {
-            Message::Hello(h) => assert!(
-                h.capabilities
-                    .iter()
-                    .any(|c| c == capability::AUTH_HMAC_SHA256),
-                "a server with users does not announce auth: {h:?}"
-            ),
-            other => panic!("expected hello, got {other:?}"),
-        }
-        match self.recv() {
-            Message::AuthChallenge(c) => c.nonce,
-            other => panic!("expected auth_challenge, got {other:?}"),
-        }
-    }
-
-    #[track_caller]
-    fn expect_error(&mut self, code: ErrorCode) {
-        match self.recv() {
-            Message::Error(ErrorReply { code: got, .. }) if got == code => {}
-            other => panic!("expected error {code}, got {other:?}"),
-        }
-    }
-
-    /// Panics unless the server closes the connection (without sending anything more).
-    #[track_caller]
-    fn expect_closed(&mut self) {
-        if let Some(m) = self.try_recv() {
-            panic!("expected the server to close the connection, got {m:?}");
-        }
-        let _ = self.stream.shutdown(Shutdown::Both);
-    }
-}
-
-fn closed(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::UnexpectedEof
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
     )
 }

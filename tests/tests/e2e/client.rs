@@ -5,23 +5,23 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use protocol::{Hello, Message, PathArg};
+use protocol::{Message, PathArg};
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::raw::Raw;
 use crate::util::{
-    assert_missing, assert_same_file, md5_file, tmpdir, write_file, write_random, Cli, Daemon, Run,
-    MIB,
+    assert_missing, assert_same_file, md5_file, names, tmpdir, write_file, write_random, Cli,
+    Daemon, Run, MIB,
 };
 
 /// 2020-01-02 03:04:05 UTC, a modification time no test run can produce by accident.
 const T0: u64 = 1_577_934_245;
-/// How long one frame from the daemon may take to arrive in the raw listing probe.
+/// How long one frame from the daemon may take to arrive in the raw listing.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A daemon and a client working directory.
@@ -62,9 +62,7 @@ impl Site {
     /// Runs `commands` with `-c`, expects exit status `code`, and returns the run.
     #[track_caller]
     fn exits(&self, commands: &str, code: i32) -> Run {
-        let run = self.cli().cmds(commands).run().fails();
-        assert_eq!(run.status.code(), Some(code), "wrong exit status: {run}");
-        run
+        self.cli().cmds(commands).run().exits(code)
     }
 
     /// `gallery/` in the root, every entry with a known size and modification time:
@@ -522,11 +520,7 @@ fn mput_and_mget_expand_their_globs() {
         4,
         "{run}"
     );
-    let mut got: Vec<_> = fs::read_dir(t.remote("in"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    got.sort();
+    let got = names(t.remote("in"));
     assert_eq!(got, ["note.txt", "p1.dat", "p2.dat", "p3.dat"]);
     for name in &got {
         assert_same_file(t.local(name), t.remote(&format!("in/{name}")));
@@ -609,7 +603,7 @@ fn ls_of_100_000_files_arrives_whole_and_sorted_in_many_frames() {
     assert!(got.iter().eq(names.iter()), "names missing or out of order");
     assert!(run.stderr.is_empty(), "{}", run.stderr);
 
-    let frames = ListingProbe::connect(t.daemon.addr()).list("many");
+    let frames = list_frames(t.daemon.addr(), "many");
     assert!(
         frames.sizes.len() > 1,
         "{MANY} entries came in one frame of {:?} bytes",
@@ -634,75 +628,26 @@ struct Frames {
     announced: u64,
 }
 
-/// A blocking client that speaks just enough of the protocol to list a directory and look at
-/// the frames: a 4-byte big-endian length, then a JSON header (no message used has a body).
-struct ListingProbe {
-    stream: TcpStream,
-}
-
-impl ListingProbe {
-    fn connect(addr: SocketAddr) -> ListingProbe {
-        let stream = TcpStream::connect_timeout(&addr, FRAME_TIMEOUT)
-            .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
-        stream.set_read_timeout(Some(FRAME_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(FRAME_TIMEOUT)).unwrap();
-        let mut probe = ListingProbe { stream };
-        probe.send(&Message::Hello(Hello {
-            version: protocol::VERSION,
-            agent: "e2e-listing-probe/0".into(),
-            capabilities: vec![],
-            max_chunk: protocol::DEFAULT_CHUNK,
-        }));
-        match probe.recv().1 {
-            Message::Hello(_) => probe,
-            other => panic!("expected the server's hello, got {other:?}"),
-        }
-    }
-
-    fn send(&mut self, message: &Message) {
-        let header = serde_json::to_vec(message).unwrap();
-        let mut frame = u32::try_from(header.len()).unwrap().to_be_bytes().to_vec();
-        frame.extend_from_slice(&header);
-        self.stream.write_all(&frame).unwrap();
-    }
-
-    /// The next frame's header length and message.
-    fn recv(&mut self) -> (usize, Message) {
-        let mut len = [0u8; 4];
-        self.stream
-            .read_exact(&mut len)
-            .unwrap_or_else(|e| panic!("no frame from the daemon: {e}"));
-        let len = u32::from_be_bytes(len) as usize;
-        assert!(
-            (1..=protocol::MAX_HEADER).contains(&len),
-            "header length {len}"
-        );
-        let mut header = vec![0; len];
-        self.stream.read_exact(&mut header).unwrap();
-        let message = serde_json::from_slice(&header)
-            .unwrap_or_else(|e| panic!("bad header {:?}: {e}", String::from_utf8_lossy(&header)));
-        (len, message)
-    }
-
-    fn list(mut self, path: &str) -> Frames {
-        self.send(&Message::List(PathArg { path: path.into() }));
-        let mut frames = Frames {
-            sizes: Vec::new(),
-            entries: 0,
-            announced: 0,
-        };
-        loop {
-            match self.recv() {
-                (len, Message::Listing(l)) => {
-                    frames.sizes.push(len);
-                    frames.entries += l.entries.len();
-                }
-                (_, Message::ListEnd(end)) => {
-                    frames.announced = end.count;
-                    return frames;
-                }
-                (_, other) => panic!("expected listing or list_end, got {other:?}"),
+/// Lists `path` over a raw connection, and looks at the frames the listing came in.
+fn list_frames(addr: SocketAddr, path: &str) -> Frames {
+    let mut raw = Raw::connect(addr).within(FRAME_TIMEOUT).hello();
+    raw.send(&Message::List(PathArg { path: path.into() }));
+    let mut frames = Frames {
+        sizes: Vec::new(),
+        entries: 0,
+        announced: 0,
+    };
+    loop {
+        match raw.recv_frame() {
+            (len, Message::Listing(l)) => {
+                frames.sizes.push(len);
+                frames.entries += l.entries.len();
             }
+            (_, Message::ListEnd(end)) => {
+                frames.announced = end.count;
+                return frames;
+            }
+            (_, other) => panic!("expected listing or list_end, got {other:?}"),
         }
     }
 }
@@ -808,9 +753,12 @@ fn exit_statuses_tell_usage_connection_remote_and_local_failures_apart() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let run = Cli::new(closed).cmds("ls").run().fails();
-    assert_eq!(run.status.code(), Some(3), "{run}");
-    let run = run.stderr_has("cannot connect").one_line_error();
+    let run = Cli::new(closed)
+        .cmds("ls")
+        .run()
+        .exits(3)
+        .stderr_has("cannot connect")
+        .one_line_error();
     assert!(run.stderr.contains(&closed.to_string()), "{run}");
 
     t.exits("get missing.bin", 5).stderr_has("not_found");

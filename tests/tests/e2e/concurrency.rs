@@ -1,13 +1,11 @@
 //! More than one client: transfers side by side, and a client that dies mid-upload.
 
-use std::fs;
-use std::path::Path;
 use std::sync::Barrier;
 use std::thread;
 use std::time::Duration;
 
 use crate::util::{
-    assert_missing, assert_same_file, tmpdir, wait_until, write_random, Daemon, MIB,
+    assert_missing, assert_same_file, staged_bytes, tmpdir, wait_until, write_random, Daemon, MIB,
 };
 
 /// Puts `name` (a fresh `size`-byte file) and gets it back, checking both copies.
@@ -15,14 +13,10 @@ fn put_then_get(daemon: &Daemon, name: &str, size: u64, seed: u64, start: &Barri
     let work = tmpdir();
     let src = work.path().join(name);
     write_random(&src, size, seed);
-    let cli = daemon
-        .cli()
-        .cwd(&work)
-        .cmds(&format!("put {name}; get {name} back-{name}"));
+    let cli = daemon.cli().cwd(&work);
     start.wait();
-    cli.run().ok().verified(&src, 2);
+    cli.round_trip(name, &format!("back-{name}"));
     assert_same_file(&src, daemon.path(name));
-    assert_same_file(&src, work.path().join(format!("back-{name}")));
 }
 
 #[test]
@@ -42,15 +36,6 @@ fn two_clients_at_once() {
     assert_eq!(daemon.visible_files(), ["first.bin", "second.bin"]);
 }
 
-/// Whether any staged upload has bytes in it yet.
-fn staging_has_bytes(staging: &Path) -> bool {
-    fs::read_dir(staging)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| e.metadata().is_ok_and(|m| m.is_file() && m.len() > 0))
-}
-
 /// A client killed mid-upload must leave no partial file where clients can see it, and must not
 /// disturb the daemon for the next client.
 #[test]
@@ -65,7 +50,7 @@ fn killed_upload_leaves_nothing_partial() {
         Duration::from_secs(60),
         || {
             upload.assert_running();
-            staging_has_bytes(&daemon.staging())
+            staged_bytes(&daemon.staging()) > 0
         },
     );
     upload.kill();
@@ -76,12 +61,8 @@ fn killed_upload_leaves_nothing_partial() {
     daemon
         .cli()
         .cwd(&work)
-        .cmds("put small.bin; get small.bin small-back.bin")
-        .run()
-        .ok()
-        .verified(&small, 2);
+        .round_trip("small.bin", "small-back.bin");
     assert_same_file(&small, daemon.path("small.bin"));
-    assert_same_file(&small, work.path().join("small-back.bin"));
 
     // By now the daemon has long noticed the dead connection; still nothing half-written.
     assert_missing(daemon.path("huge.bin"));

@@ -3,8 +3,12 @@
 //! Both binaries are found next to this test executable, so build the workspace first:
 //! `cargo test --workspace` does.
 
-// The helpers every test is written with: `Daemon`, the `Cli` builder, file comparison.
+// The helpers every test is written with: `Daemon` and its builder, a `Site` around a root, the
+// `Cli` builder, secrets, process guards, file comparison.
 mod util;
+
+// A peer that speaks the protocol's frames by hand, for what the real client never sends.
+mod raw;
 
 // Whole files survive put then get byte for byte, at the sizes around chunk boundaries and with
 // names that need quoting.

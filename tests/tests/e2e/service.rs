@@ -2,34 +2,27 @@
 //! activation, SIGTERM with a transfer in flight, SIGHUP reloading the users, settings from a
 //! file, the environment and flags, and logs a collector can read.
 //!
-//! The daemon's stderr goes to a file here rather than a pipe: a line is in the file as soon as
-//! the daemon has written it, so when a notification arrives the file holds exactly what was
-//! logged before it was sent, with no reader thread lagging behind.
+//! The daemon's log is a file (see [`Daemon`]), so when a notification arrives the log holds
+//! exactly what was logged before it was sent.
 
-use std::cell::RefCell;
-use std::ffi::OsStr;
-use std::fs::{self, File};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::process::{ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use command_fds::{CommandFdExt, FdMapping};
 use e2e::proxy::{Direction, Fault, Proxy};
-use protocol::{Hello, Message, VERSION};
 use serde_json::Value;
-use tempfile::TempDir;
 
+use crate::raw::Raw;
 use crate::util::{
-    assert_missing, assert_same_file, bin, md5_file, tmpdir, wait_until, write_file, write_random,
-    Cli, Daemon, MIB,
+    assert_missing, assert_same_file, bin, clean_env, holds_within, md5_file, staged_bytes, tmpdir,
+    wait_child, wait_until, write_file, write_random, Cli, Daemon, DaemonBuilder, Keys, KillOnDrop,
+    Site, MIB,
 };
 
 /// How long a daemon may take to start, or a notification or log line to arrive.
@@ -38,8 +31,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one client run, or one command of a long session, may take.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
-/// No flags beyond the root and the listening address.
-const NO_ARGS: [&str; 0] = [];
 
 // ---------------------------------------------------------------------------------------------
 // systemd: notifications and socket activation
@@ -51,9 +42,7 @@ const NO_ARGS: [&str; 0] = [];
 fn ready_is_notified_only_once_the_port_accepts() {
     let site = Site::new();
     let notify = Notifications::bind(&site);
-    let mut cmd = site.ftpd(NO_ARGS);
-    cmd.env("NOTIFY_SOCKET", notify.path());
-    let ftpd = site.spawn(cmd);
+    let ftpd = notifying(&site, &notify).spawn();
 
     let first = notify.next(START_TIMEOUT).unwrap_or_else(|| {
         panic!(
@@ -68,9 +57,12 @@ fn ready_is_notified_only_once_the_port_accepts() {
         ftpd.log()
     );
     // Whatever the daemon logged before it sent READY=1 is in the file now.
-    let log = ftpd.log();
-    let addr = listening_addr(&log)
-        .unwrap_or_else(|| panic!("READY=1 came before the `listening on` line; log:\n{log}"));
+    let addr = ftpd.logged_addr().unwrap_or_else(|| {
+        panic!(
+            "READY=1 came before the `listening on` line; log:\n{}",
+            ftpd.log()
+        )
+    });
     let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("READY=1 was sent but {addr} does not accept: {e}"));
     // The accept loop runs, so the SIGTERM handler is in place (see the regression test below).
@@ -97,11 +89,10 @@ fn ready_is_notified_only_once_the_port_accepts() {
 fn watchdog_pings_when_asked() {
     let site = Site::new();
     let notify = Notifications::bind(&site);
-    let mut cmd = site.ftpd(NO_ARGS);
-    cmd.env("NOTIFY_SOCKET", notify.path())
+    let ftpd = notifying(&site, &notify)
         .env("WATCHDOG_USEC", "200000")
-        .env_remove("WATCHDOG_PID");
-    let ftpd = site.spawn(cmd);
+        .env_remove("WATCHDOG_PID")
+        .spawn();
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut pings = 0;
@@ -129,24 +120,7 @@ fn serves_a_socket_handed_over_by_systemd() {
     let site = Site::new();
     let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind the socket to hand over");
     let addr = listener.local_addr().unwrap();
-
-    // LISTEN_PID must be the daemon's own pid, unknown before it is spawned: the shell's `$$` is
-    // the pid that `exec` hands on to ftpd.
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(r#"export LISTEN_PID=$$; exec "$0" "$@""#)
-        .arg(bin("ftpd"))
-        .arg("--root")
-        .arg(site.root())
-        .args(["--listen", "127.0.0.1:0"]);
-    site.as_service(&mut cmd);
-    cmd.env("LISTEN_FDS", "1");
-    cmd.fd_mappings(vec![FdMapping {
-        parent_fd: OwnedFd::from(listener),
-        child_fd: 3,
-    }])
-    .expect("fd 3 is free in the child");
-    let ftpd = site.spawn(cmd);
+    let ftpd = site.daemon().socket(listener).spawn();
 
     assert_eq!(
         ftpd.addr(),
@@ -161,13 +135,9 @@ fn serves_a_socket_handed_over_by_systemd() {
     write_random(&src, 3 * MIB + 17, 31);
     Cli::new(addr)
         .cwd(&work)
-        .cmds("put a.bin; get a.bin back.bin")
         .timeout(RUN_LIMIT)
-        .run()
-        .ok()
-        .verified(&src, 2);
+        .round_trip("a.bin", "back.bin");
     assert_same_file(&src, site.root().join("a.bin"));
-    assert_same_file(&src, work.path().join("back.bin"));
 }
 
 /// Regression: the SIGTERM handler was installed only when the accept loop first ran, after
@@ -178,11 +148,7 @@ fn sigterm_right_after_ready_stops_cleanly() {
     for attempt in 1..=5 {
         let site = Site::new();
         let notify = Notifications::bind(&site);
-        let mut cmd = site.ftpd(NO_ARGS);
-        cmd.env("NOTIFY_SOCKET", notify.path());
-        let ftpd = site.spawn(cmd);
-        let first = notify.next(START_TIMEOUT);
-        assert_eq!(first.as_deref(), Some("READY=1"), "log:\n{}", ftpd.log());
+        let ftpd = ready(&site, &notify);
         ftpd.signal("TERM");
         let status = ftpd.wait_exit(EXIT_TIMEOUT);
         assert!(
@@ -201,13 +167,9 @@ fn sighup_right_after_ready_does_not_kill_the_daemon() {
     for attempt in 1..=5 {
         let site = Site::new();
         let notify = Notifications::bind(&site);
-        let mut cmd = site.ftpd(NO_ARGS);
-        cmd.env("NOTIFY_SOCKET", notify.path());
-        let ftpd = site.spawn(cmd);
-        let first = notify.next(START_TIMEOUT);
-        assert_eq!(first.as_deref(), Some("READY=1"), "log:\n{}", ftpd.log());
+        let ftpd = ready(&site, &notify);
         ftpd.signal("HUP");
-        let reloaded = wait_for(START_TIMEOUT, || {
+        let reloaded = holds_within(START_TIMEOUT, || {
             ftpd.exited().is_some() || ftpd.log().contains("reloaded settings")
         });
         if let Some(status) = ftpd.exited() {
@@ -232,7 +194,7 @@ fn sighup_right_after_ready_does_not_kill_the_daemon() {
 #[test]
 fn sigterm_lets_a_transfer_in_flight_finish() {
     let site = Site::new();
-    let ftpd = site.spawn(site.ftpd(NO_ARGS));
+    let ftpd = site.daemon().start();
     let work = tmpdir();
     let src = work.path().join("big.bin");
     write_random(&src, 24 * MIB + 5, 41);
@@ -251,7 +213,7 @@ fn sigterm_lets_a_transfer_in_flight_finish() {
             .timeout(RUN_LIMIT);
         thread::spawn(move || cli.run())
     };
-    let staging = site.root().join(".ftpd").join("staging");
+    let staging = ftpd.staging();
     wait_until("the upload is staged and held", RUN_LIMIT, || {
         assert!(!upload.is_finished(), "the upload ended before the stall");
         staged_bytes(&staging) > 0 && !proxy.events().is_empty()
@@ -291,7 +253,7 @@ fn sigterm_lets_a_transfer_in_flight_finish() {
 #[test]
 fn sigterm_after_grace_cuts_and_keeps_staged_bytes() {
     let site = Site::new();
-    let ftpd = site.spawn(site.ftpd(["--shutdown-grace", "1s"]));
+    let ftpd = site.daemon().args(["--shutdown-grace", "1s"]).start();
     let work = tmpdir();
     let src = work.path().join("big.bin");
     let size = 8 * MIB + 5;
@@ -308,7 +270,7 @@ fn sigterm_after_grace_cuts_and_keeps_staged_bytes() {
         .cwd(&work)
         .cmds("put big.bin")
         .spawn();
-    let staging = site.root().join(".ftpd").join("staging");
+    let staging = ftpd.staging();
     wait_until("3 MiB are staged", RUN_LIMIT, || {
         upload.assert_running();
         staged_bytes(&staging) >= 3 * MIB
@@ -383,10 +345,9 @@ home = "bob"
 #[test]
 fn sighup_reloads_users_without_dropping_connections() {
     let site = Site::new();
-    let users = site.path("users.toml");
-    write_private(&users, ALICE_ONLY);
-    let ftpd = site.spawn(site.ftpd([OsStr::new("--users"), users.as_os_str()]));
-    let keys = tmpdir();
+    let users = site.private_file("users.toml", ALICE_ONLY);
+    let ftpd = site.daemon().arg("--users").arg(&users).start();
+    let keys = Keys::new();
     let work = tmpdir();
     let src = work.path().join("a");
     write_random(&src, 2 * MIB + 3, 51);
@@ -394,14 +355,14 @@ fn sighup_reloads_users_without_dropping_connections() {
     let mut alice = Session::start(
         ftpd.addr(),
         "alice",
-        &secret_file(&keys, "alice", "alice's secret"),
+        &keys.secret("alice", "alice's secret"),
         work.path(),
     );
     alice.send("put a");
     alice.expect_line("verified", &src);
 
     // Bob is unknown until the reload.
-    login(&keys, ftpd.addr(), "bob", "bob's secret")
+    login(&ftpd, &keys, "bob", "bob's secret")
         .cwd(&work)
         .cmds("put a")
         .run()
@@ -413,7 +374,7 @@ fn sighup_reloads_users_without_dropping_connections() {
     ftpd.signal("HUP");
     ftpd.wait_for_log(&["reloaded settings and users", "users=2"]);
 
-    login(&keys, ftpd.addr(), "bob", "bob's secret")
+    login(&ftpd, &keys, "bob", "bob's secret")
         .cwd(&work)
         .cmds("put a")
         .run()
@@ -439,16 +400,15 @@ fn sighup_reloads_users_without_dropping_connections() {
 #[test]
 fn sighup_with_a_broken_users_file_keeps_the_old_users() {
     let site = Site::new();
-    let users = site.path("users.toml");
-    write_private(&users, ALICE_AND_BOB);
-    let ftpd = site.spawn(site.ftpd([OsStr::new("--users"), users.as_os_str()]));
-    let keys = tmpdir();
+    let users = site.private_file("users.toml", ALICE_AND_BOB);
+    let ftpd = site.daemon().arg("--users").arg(&users).start();
+    let keys = Keys::new();
     let work = tmpdir();
     let src = work.path().join("a");
     write_random(&src, 1000, 52);
     let both_get_in = |file: &str| {
         for (user, secret) in [("alice", "alice's secret"), ("bob", "bob's secret")] {
-            login(&keys, ftpd.addr(), user, secret)
+            login(&ftpd, &keys, user, secret)
                 .cwd(&work)
                 .cmds(&format!("put a {file}"))
                 .run()
@@ -650,25 +610,23 @@ fn man_and_completions_are_generated() {
 #[test]
 fn json_log_format() {
     let site = Site::new();
-    let users = site.path("users.toml");
-    write_private(&users, ALICE_ONLY);
-    let ftpd = site.spawn(site.ftpd([
-        OsStr::new("--log-format"),
-        OsStr::new("json"),
-        OsStr::new("--users"),
-        users.as_os_str(),
-    ]));
-    let keys = tmpdir();
+    let users = site.private_file("users.toml", ALICE_ONLY);
+    let ftpd = site
+        .daemon()
+        .args(["--log-format", "json", "--users"])
+        .arg(&users)
+        .start();
+    let keys = Keys::new();
     let work = tmpdir();
     let src = work.path().join("a.bin");
     let size = MIB + 11;
     write_random(&src, size, 71);
-    login(&keys, ftpd.addr(), "alice", "alice's secret")
+    login(&ftpd, &keys, "alice", "alice's secret")
         .cwd(&work)
         .cmds("put a.bin")
         .run()
         .ok();
-    let xfer = ftpd.wait_for_json(|v| v["target"] == "ftpd::xfer");
+    let xfer = wait_for_json(&ftpd, |v| v["target"] == "ftpd::xfer");
     ftpd.signal("TERM");
     let status = ftpd.wait_exit(EXIT_TIMEOUT);
     assert!(status.success(), "ftpd exited with {status}");
@@ -713,7 +671,10 @@ fn json_log_format() {
 #[test]
 fn connection_open_and_close_are_logged_with_a_reason() {
     let site = Site::new();
-    let ftpd = site.spawn(site.ftpd(["--log-format", "json", "--handshake-timeout", "1s"]));
+    let ftpd = site
+        .daemon()
+        .args(["--log-format", "json", "--handshake-timeout", "1s"])
+        .start();
     let closed = |peer: &str| {
         let peer = peer.to_owned();
         move |v: &Value| v["message"] == "connection closed" && v["peer"] == peer.as_str()
@@ -721,31 +682,31 @@ fn connection_open_and_close_are_logged_with_a_reason() {
 
     // A client that says goodbye.
     Cli::new(ftpd.addr()).cmds("ls").run().ok();
-    let opened = ftpd.wait_for_json(|v| v["message"] == "connection opened");
+    let opened = wait_for_json(&ftpd, |v| v["message"] == "connection opened");
     let peer = opened["peer"].as_str().expect("no peer").to_owned();
-    let line = ftpd.wait_for_json(closed(&peer));
+    let line = wait_for_json(&ftpd, closed(&peer));
     assert_eq!(line["reason"], "client said bye", "{line}");
 
     // A connection dropped before the hello.
     let conn = TcpStream::connect(ftpd.addr()).unwrap();
     let peer = conn.local_addr().unwrap().to_string();
     drop(conn);
-    let line = ftpd.wait_for_json(closed(&peer));
+    let line = wait_for_json(&ftpd, closed(&peer));
     assert_eq!(line["reason"], "client closed the connection", "{line}");
 
     // One that never says hello.
     let silent = TcpStream::connect(ftpd.addr()).unwrap();
     let peer = silent.local_addr().unwrap().to_string();
-    let line = ftpd.wait_for_json(closed(&peer));
+    let line = wait_for_json(&ftpd, closed(&peer));
     assert_eq!(line["reason"], "no hello within the time limit", "{line}");
     drop(silent);
 
     // An idle session when the daemon stops.
-    let mut idle = TcpStream::connect(ftpd.addr()).unwrap();
-    let peer = idle.local_addr().unwrap().to_string();
-    assert!(hello(&mut idle), "no hello reply");
+    let mut idle = Raw::connect(ftpd.addr()).within(START_TIMEOUT);
+    let peer = idle.local_addr().to_string();
+    assert!(idle.greets(), "no hello reply");
     ftpd.signal("TERM");
-    let line = ftpd.wait_for_json(closed(&peer));
+    let line = wait_for_json(&ftpd, closed(&peer));
     assert_eq!(line["reason"], "server is shutting down", "{line}");
     let status = ftpd.wait_exit(EXIT_TIMEOUT);
     assert!(status.success(), "ftpd exited with {status}");
@@ -757,85 +718,21 @@ fn connection_open_and_close_are_logged_with_a_reason() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Helpers: a site (temp dir with the root and the log), the daemon started like a service, its
-// notifications, and a long client session fed through a pipe.
+// Helpers: the daemon's notifications, programs that exit at once, and a long client session
+// fed through a pipe.
 
-/// A temp dir holding the root (`root/`), the daemon's log (`ftpd.log`) and whatever files a
-/// test puts beside them (a users file, a notification socket).
-struct Site {
-    /// Removed on drop, after the daemon (declared later) is gone.
-    dir: TempDir,
+/// A daemon on `site` that tells `notify` how it is doing, as systemd's `Type=notify` asks.
+fn notifying(site: &Site, notify: &Notifications) -> DaemonBuilder {
+    site.daemon().env("NOTIFY_SOCKET", notify.path())
 }
 
-impl Site {
-    fn new() -> Site {
-        let dir = tempfile::Builder::new()
-            .prefix("e2e-svc-")
-            .tempdir()
-            .expect("cannot create temp dir");
-        fs::create_dir(dir.path().join("root")).unwrap();
-        Site { dir }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("root")
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.path("ftpd.log")
-    }
-
-    /// `ftpd --root ROOT --listen 127.0.0.1:0 ARGS`, set up like a service.
-    fn ftpd<I, S>(&self, args: I) -> Command
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        let mut cmd = Command::new(bin("ftpd"));
-        cmd.arg("--root")
-            .arg(self.root())
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args);
-        self.as_service(&mut cmd);
-        cmd
-    }
-
-    /// A clean environment (none of ours leaks in), stderr to the log file, stdout discarded.
-    fn as_service(&self, cmd: &mut Command) {
-        clean_env(cmd);
-        let log = File::create(self.log_path()).expect("cannot create the log file");
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log));
-    }
-
-    /// Starts `cmd`; the test keeps the site until after the service is dropped.
-    fn spawn(&self, mut cmd: Command) -> Service {
-        let child = cmd.spawn().expect("cannot spawn ftpd");
-        Service {
-            child: RefCell::new(child),
-            log: self.log_path(),
-        }
-    }
-}
-
-/// Removes the variables that would change what ftpd does, and pins the log filter.
-fn clean_env(cmd: &mut Command) {
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("FTPD_")
-            || key.starts_with("LISTEN_")
-            || key.starts_with("WATCHDOG_")
-            || key == "NOTIFY_SOCKET"
-        {
-            cmd.env_remove(key.as_ref());
-        }
-    }
-    cmd.env("NO_COLOR", "1").env("RUST_LOG", "info");
+/// Spawns a [`notifying`] daemon and waits for its first notification, which must be READY=1.
+#[track_caller]
+fn ready(site: &Site, notify: &Notifications) -> Daemon {
+    let ftpd = notifying(site, notify).spawn();
+    let first = notify.next(START_TIMEOUT);
+    assert_eq!(first.as_deref(), Some("READY=1"), "log:\n{}", ftpd.log());
+    ftpd
 }
 
 /// A program run to completion with the clean environment, for commands that exit at once.
@@ -872,151 +769,15 @@ fn output(mut cmd: Command) -> Output {
     }
 }
 
-/// Waits up to `timeout` for `child` to exit; kills it and returns `None` if it does not.
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("cannot poll a child") {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Polls `cond` until it holds (true) or `timeout` passes (false).
-fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// A running `ftpd`. Killed (and reaped) on drop; declared after its [`Site`], so it is gone
-/// before the site is removed.
-struct Service {
-    /// In a cell so that waiting on the log can notice an exit through `&self`.
-    child: RefCell<Child>,
-    /// The file its stderr goes to.
-    log: PathBuf,
-}
-
-impl Service {
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The address of the `listening on` line, once it is logged.
-    #[track_caller]
-    fn addr(&self) -> SocketAddr {
-        let mut addr = None;
-        self.wait(|log| {
-            addr = listening_addr(log);
-            addr.is_some()
-        });
-        addr.unwrap()
-    }
-
-    /// Waits until one log line has all of `words`.
-    #[track_caller]
-    fn wait_for_log(&self, words: &[&str]) {
-        self.wait(|log| {
-            log.lines()
-                .any(|line| words.iter().all(|w| line.contains(w)))
-        });
-    }
-
-    /// Waits until a JSON log line matches `pred`, and returns it.
-    #[track_caller]
-    fn wait_for_json(&self, pred: impl Fn(&Value) -> bool) -> Value {
-        let mut found = None;
-        self.wait(|log| {
-            found = json_lines(log).into_iter().find(&pred);
-            found.is_some()
-        });
-        found.unwrap()
-    }
-
-    /// Waits until `cond` holds for the log; panics with the log after [`START_TIMEOUT`], or
-    /// as soon as the daemon has exited without it holding.
-    #[track_caller]
-    fn wait(&self, mut cond: impl FnMut(&str) -> bool) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            // Read the log only after seeing the daemon alive, so an exit is never missed.
-            let gone = self.exited();
-            let log = self.log();
-            if cond(&log) {
-                return;
-            }
-            if let Some(status) = gone {
-                panic!("ftpd exited ({status}) before the expected log line; log:\n{log}");
-            }
-            if Instant::now() > deadline {
-                panic!("the expected log line did not come within {START_TIMEOUT:?}; log:\n{log}");
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// The daemon's exit status, if it has exited.
-    fn exited(&self) -> Option<ExitStatus> {
-        self.child
-            .borrow_mut()
-            .try_wait()
-            .expect("cannot poll ftpd")
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.borrow().id()
-    }
-
-    /// Sends the daemon a signal, by name (`TERM`, `HUP`).
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("cannot run kill");
-        assert!(status.success(), "kill -{name} {} failed", self.pid());
-    }
-
-    /// Waits for the daemon to exit; panics with its log if it does not within `timeout`.
-    #[track_caller]
-    fn wait_exit(&self, timeout: Duration) -> ExitStatus {
-        match wait_child(&mut self.child.borrow_mut(), timeout) {
-            Some(status) => status,
-            None => panic!("ftpd did not exit within {timeout:?}; log:\n{}", self.log()),
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let child = self.child.get_mut();
-        let _ = child.kill();
-        let _ = child.wait();
-        if thread::panicking() {
-            eprintln!("--- ftpd log ---\n{}--- end ftpd log ---", self.log());
-        }
-    }
-}
-
-/// The address in the first `listening on ADDR` line, human or JSON.
-fn listening_addr(log: &str) -> Option<SocketAddr> {
-    let (_, rest) = log.split_once("listening on ")?;
-    let token = rest.split(|c: char| c.is_whitespace() || c == '"').next()?;
-    token.parse().ok()
+/// Waits until a JSON log line of `ftpd` matches `pred`, and returns it.
+#[track_caller]
+fn wait_for_json(ftpd: &Daemon, pred: impl Fn(&Value) -> bool) -> Value {
+    let mut found = None;
+    ftpd.wait_log("the expected JSON line", |log| {
+        found = json_lines(log).into_iter().find(&pred);
+        found.is_some()
+    });
+    found.unwrap()
 }
 
 /// Every line of a JSON log, parsed; panics on a line that is not a JSON object.
@@ -1085,60 +846,13 @@ impl Notifications {
 /// closes without a reply to our hello.
 #[track_caller]
 fn assert_refused(addr: SocketAddr) {
-    let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_secs(10)) else {
+    let Ok(conn) = TcpStream::connect_timeout(&addr, Duration::from_secs(10)) else {
         return;
     };
     assert!(
-        !hello(&mut conn),
+        !Raw::from(conn).within(START_TIMEOUT).greets(),
         "a connection made after shutdown began got a hello reply"
     );
-}
-
-/// Sends a hello; true if a hello came back, false if the connection closed first.
-fn hello(conn: &mut TcpStream) -> bool {
-    conn.set_read_timeout(Some(START_TIMEOUT)).unwrap();
-    let header = serde_json::to_vec(&Message::Hello(Hello {
-        version: VERSION,
-        agent: "e2e-service/0".into(),
-        capabilities: vec![],
-        max_chunk: protocol::DEFAULT_CHUNK,
-    }))
-    .unwrap();
-    let mut frame = u32::try_from(header.len()).unwrap().to_be_bytes().to_vec();
-    frame.extend_from_slice(&header);
-    if conn.write_all(&frame).is_err() {
-        return false;
-    }
-    let mut len = [0u8; 4];
-    match conn.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
-            panic!("neither a reply nor a close within {START_TIMEOUT:?}")
-        }
-        Err(_) => return false,
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    assert!(len <= protocol::MAX_HEADER, "header length {len}");
-    let mut header = vec![0; len];
-    conn.read_exact(&mut header).expect("a frame cut short");
-    matches!(
-        serde_json::from_slice::<Message>(&header),
-        Ok(Message::Hello(_))
-    )
-}
-
-/// Size of the largest staged upload.
-fn staged_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .max()
-        .unwrap_or(0)
 }
 
 #[track_caller]
@@ -1154,33 +868,17 @@ fn assert_setting(effective: &str, key: &str, value: &str) {
     );
 }
 
-/// Writes `contents` to `path` with mode 600, as users files must be.
-fn write_private(path: &Path, contents: impl AsRef<[u8]>) {
-    write_file(path, contents);
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-/// A client logging in as `user`, the secret in a private file under `keys`.
-fn login(keys: &TempDir, addr: SocketAddr, user: &str, secret: &str) -> Cli {
-    Cli::new(addr)
-        .arg("-u")
-        .arg(user)
-        .arg("--secret-file")
-        .arg(secret_file(keys, user, secret))
+/// A client of `ftpd` logging in as `user`, the secret in a new private file under `keys`.
+fn login(ftpd: &Daemon, keys: &Keys, user: &str, secret: &str) -> Cli {
+    ftpd.cli()
+        .user(user, keys.secret(user, secret))
         .timeout(RUN_LIMIT)
-}
-
-/// `user`'s secret in a private file under `keys`, ending in a newline the client ignores.
-fn secret_file(keys: &TempDir, user: &str, secret: &str) -> PathBuf {
-    let file = keys.path().join(format!("{user}.secret"));
-    write_private(&file, format!("{secret}\n"));
-    file
 }
 
 /// A long `ftp-cli` session reading its commands from a pipe, one at a time. Killed on drop.
 struct Session {
     /// The client; killed on drop.
-    child: Child,
+    child: KillOnDrop,
     /// Where commands go; closed by [`Session::finish`] to end the session.
     stdin: Option<ChildStdin>,
     /// Lines of stdout, as they come.
@@ -1232,7 +930,7 @@ impl Session {
         ];
         Session {
             stdin: child.stdin.take(),
-            child,
+            child: KillOnDrop::new(child),
             lines,
             seen,
             readers,
@@ -1278,12 +976,5 @@ impl Session {
 
     fn seen(&self) -> String {
         self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -4,20 +4,25 @@
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::net::SocketAddr;
+use std::io::{self, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::ops::{Deref, DerefMut};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use command_fds::{CommandFdExt, FdMapping};
 use md5::{Digest as _, Md5};
 use tempfile::TempDir;
 
-/// How long the daemon may take to print its `listening on` line.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the daemon may take to print its `listening on` line, to log a line a test waits
+/// for, or to refuse to start.
+const LOG_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one client run may take unless a test says otherwise. Generous: the 64 MiB transfer
 /// runs on a debug build, possibly next to other tests doing the same.
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -26,6 +31,9 @@ const READY_MARKER: &str = "listening on ";
 
 /// One mebibyte, the client's default chunk size.
 pub const MIB: u64 = 1024 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Binaries, temp dirs and child processes
 
 /// Path of a binary built by this workspace. Cargo only sets `CARGO_BIN_EXE_*` for binaries of the
 /// test's own package, so we look next to the test executable instead:
@@ -52,40 +60,123 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A fresh, empty temporary directory, removed when dropped: one per client working directory.
 pub fn tmpdir() -> TempDir {
+    tmpdir_named("e2e-work-")
+}
+
+/// A fresh, empty temporary directory whose name starts with `prefix`, removed when dropped.
+pub fn tmpdir_named(prefix: &str) -> TempDir {
     tempfile::Builder::new()
-        .prefix("e2e-work-")
+        .prefix(prefix)
         .tempdir()
         .expect("cannot create temp dir")
 }
 
-/// A running `ftpd` serving its own temporary root. Killed (and reaped) on drop.
-pub struct Daemon {
-    /// The daemon process; killed on drop so a failing test never leaks it.
-    child: Child,
-    /// The address it reported in its `listening on` line.
-    addr: SocketAddr,
-    /// The served directory; declared after `child` so it is removed after the daemon is gone.
-    root: Root,
-    /// Everything the daemon has written to stderr so far, for failure messages.
-    log: Arc<Mutex<String>>,
-    /// Keeps draining stderr so the daemon never blocks on a full pipe; ends at EOF.
-    drain: Option<JoinHandle<()>>,
-}
-
-/// The directory a daemon serves: its own temp dir, or one the test owns (to restart a daemon on
-/// the same files, or to serve a special file system).
-enum Root {
-    Temp(TempDir),
-    Given(PathBuf),
-}
-
-impl Root {
-    fn path(&self) -> &Path {
-        match self {
-            Root::Temp(dir) => dir.path(),
-            Root::Given(path) => path,
+/// Clears the variables that would change what our binaries do (`FTPD_*` settings, systemd's
+/// `LISTEN_*`, `WATCHDOG_*` and `NOTIFY_SOCKET`), turns colours off and pins the log filter.
+pub fn clean_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("FTPD_")
+            || key.starts_with("LISTEN_")
+            || key.starts_with("WATCHDOG_")
+            || key == "NOTIFY_SOCKET"
+        {
+            cmd.env_remove(key.as_ref());
         }
     }
+    cmd.env("NO_COLOR", "1").env("RUST_LOG", "info");
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped, so that a failing test
+/// never leaves it running.
+pub struct KillOnDrop(
+    /// The process.
+    Child,
+);
+
+impl KillOnDrop {
+    pub fn new(child: Child) -> KillOnDrop {
+        KillOnDrop(child)
+    }
+
+    /// Kills the process (no chance to clean up) and reaps it; nothing happens once it is reaped.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Deref for KillOnDrop {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits up to `timeout` for `child` to exit; kills it and returns `None` if it does not.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("cannot poll a child") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon
+
+/// A running `ftpd` serving a directory on port 0. Killed (and reaped) on drop.
+///
+/// Its stderr goes to a file rather than a pipe: a line is in the file as soon as the daemon has
+/// written it, so whatever a test observes (a reply, a notification, an exit) the file already
+/// holds everything logged before it, with no reader thread lagging behind.
+pub struct Daemon {
+    /// The daemon process; in a mutex so that waiting for its exit works through `&self`, from
+    /// any of the threads a test shares the daemon with.
+    child: Mutex<KillOnDrop>,
+    /// The address from its `listening on` line, once a test has waited for it.
+    addr: OnceLock<SocketAddr>,
+    /// The directory it serves.
+    root: PathBuf,
+    /// The file its stderr goes to.
+    log: PathBuf,
+    /// Holds the log and, unless the test gave a root, the root; declared last so it is removed
+    /// after the daemon is gone.
+    _dir: TempDir,
+}
+
+/// How to start a [`Daemon`]: `Daemon::builder().arg("--quota").arg("3M").start()`.
+pub struct DaemonBuilder {
+    /// The directory to serve; a fresh temp dir when `None`.
+    root: Option<PathBuf>,
+    /// The `--listen` address.
+    listen: String,
+    /// Flags after `--root` and `--listen`.
+    args: Vec<OsString>,
+    /// Variables to set (`Some`) or remove (`None`), after the environment is cleaned.
+    env: Vec<(OsString, Option<OsString>)>,
+    /// A listening socket handed over as systemd does, if any.
+    socket: Option<TcpListener>,
 }
 
 impl Daemon {
@@ -93,155 +184,365 @@ impl Daemon {
     /// listens on. Panics, with the daemon's output, if that takes longer than 30 s or the daemon
     /// exits first.
     pub fn start() -> Daemon {
-        let root = tempfile::Builder::new()
-            .prefix("e2e-root-")
-            .tempdir()
-            .expect("cannot create temp root");
-        Daemon::spawn(Root::Temp(root))
+        Daemon::builder().start()
     }
 
     /// Starts `ftpd` like [`Daemon::start`], serving `root`, an existing directory the caller
     /// keeps (and removes). A daemon restarted on the root of a killed one gets a new port.
     pub fn start_on(root: impl AsRef<Path>) -> Daemon {
-        Daemon::spawn(Root::Given(root.as_ref().to_owned()))
+        Daemon::builder().root(root).start()
     }
 
-    fn spawn(root: Root) -> Daemon {
-        let mut child = Command::new(bin("ftpd"))
-            .arg("--root")
-            .arg(root.path())
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot spawn ftpd");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let drain = {
-            let log = Arc::clone(&log);
-            thread::spawn(move || drain_daemon_log(stderr, &log, ready_tx))
-        };
-        let addr = match ready_rx.recv_timeout(READY_TIMEOUT) {
-            Ok(addr) => addr,
-            Err(e) => {
-                let _ = child.kill();
-                let status = match child.wait() {
-                    Ok(status) => status.to_string(),
-                    Err(e) => format!("status unknown: {e}"),
-                };
-                let _ = drain.join();
-                let why = match e {
-                    mpsc::RecvTimeoutError::Timeout => {
-                        format!("printed no `{READY_MARKER}` line within {READY_TIMEOUT:?}")
-                    }
-                    mpsc::RecvTimeoutError::Disconnected => {
-                        format!("exited ({status}) before printing `{READY_MARKER}`")
-                    }
-                };
-                panic!("ftpd {why}; its stderr:\n{}", log.lock().unwrap());
-            }
-        };
-        Daemon {
-            child,
-            addr,
-            root,
-            log,
-            drain: Some(drain),
+    /// Starts `ftpd` like [`Daemon::start`], with these flags too.
+    pub fn with_args<I, S>(args: I) -> Daemon
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Daemon::builder().args(args).start()
+    }
+
+    /// `ftpd --root ROOT --listen 127.0.0.1:0`, a temp root, a clean environment: change what
+    /// the test needs, then [`DaemonBuilder::start`] it.
+    pub fn builder() -> DaemonBuilder {
+        DaemonBuilder {
+            root: None,
+            listen: "127.0.0.1:0".into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            socket: None,
         }
     }
 
-    /// The address clients connect to.
+    fn child(&self) -> MutexGuard<'_, KillOnDrop> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The address clients connect to. Waits for the `listening on` line the first time; panics
+    /// with the log if the daemon exits first or stays silent for 30 s.
+    #[track_caller]
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        *self.addr.get_or_init(|| {
+            let mut addr = None;
+            self.wait_log(&format!("a `{}` line", READY_MARKER.trim()), |log| {
+                addr = logged_addr(log);
+                addr.is_some()
+            });
+            addr.unwrap()
+        })
+    }
+
+    /// The address of the `listening on` line if the log has it now, without waiting.
+    pub fn logged_addr(&self) -> Option<SocketAddr> {
+        logged_addr(&self.log())
     }
 
     /// The directory the daemon serves.
     pub fn root(&self) -> &Path {
-        self.root.path()
-    }
-
-    /// Kills the daemon with SIGKILL (no chance to clean up) and reaps it. Its root stays if the
-    /// test owns it ([`Daemon::start_on`]).
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        &self.root
     }
 
     /// Where the remote path `name` lives on disk.
     pub fn path(&self, name: &str) -> PathBuf {
-        self.root().join(name)
+        self.root.join(name)
     }
 
     /// The daemon's private directory where uploads are staged.
     pub fn staging(&self) -> PathBuf {
-        self.root().join(".ftpd").join("staging")
+        self.root.join(".ftpd").join("staging")
     }
 
     /// What the daemon has logged so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        strip_ansi(&fs::read_to_string(&self.log).unwrap_or_default())
     }
 
     /// Names of the files clients can see at the top of the root (everything but the private
     /// `.ftpd` directory), sorted.
     pub fn visible_files(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(self.root())
-            .expect("cannot list root")
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n != ".ftpd")
-            .collect();
-        names.sort();
+        self.visible("")
+    }
+
+    /// Names clients can see in `dir` under the root (the root itself for `""`), sorted.
+    pub fn visible(&self, dir: &str) -> Vec<String> {
+        let mut names = names(self.root.join(dir));
+        names.retain(|n| n != ".ftpd");
         names
     }
 
     /// A client command aimed at this daemon.
     pub fn cli(&self) -> Cli {
-        Cli::new(self.addr)
+        Cli::new(self.addr())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child().id()
+    }
+
+    /// Sends the daemon a signal, by name (`TERM`, `HUP`).
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill -{name} {pid} failed");
+    }
+
+    /// The daemon's exit status, if it has exited.
+    pub fn exited(&self) -> Option<ExitStatus> {
+        self.child().try_wait().expect("cannot poll ftpd")
+    }
+
+    /// Waits for the daemon to exit; panics with its log if it does not within `timeout`.
+    #[track_caller]
+    pub fn wait_exit(&self, timeout: Duration) -> ExitStatus {
+        let status = wait_child(&mut self.child(), timeout);
+        status
+            .unwrap_or_else(|| panic!("ftpd did not exit within {timeout:?}; log:\n{}", self.log()))
+    }
+
+    /// Kills the daemon with SIGKILL (no chance to clean up) and reaps it. Its root stays if the
+    /// test owns it ([`Daemon::start_on`]).
+    pub fn kill(self) {
+        self.child().kill();
+    }
+
+    /// Waits until one log line has all of `words`.
+    #[track_caller]
+    pub fn wait_for_log(&self, words: &[&str]) {
+        self.wait_log(&format!("a line with all of {words:?}"), |log| {
+            log.lines()
+                .any(|line| words.iter().all(|w| line.contains(w)))
+        });
+    }
+
+    /// Waits until `cond` holds for the log; panics with the log, saying it waited for `what`,
+    /// after 30 s or as soon as the daemon has exited without it holding.
+    #[track_caller]
+    pub fn wait_log(&self, what: &str, mut cond: impl FnMut(&str) -> bool) {
+        let deadline = Instant::now() + LOG_TIMEOUT;
+        loop {
+            // Read the log only after seeing the daemon alive, so an exit is never missed.
+            let gone = self.exited();
+            let log = self.log();
+            if cond(&log) {
+                return;
+            }
+            if let Some(status) = gone {
+                panic!("ftpd exited ({status}) before logging {what}; log:\n{log}");
+            }
+            if Instant::now() > deadline {
+                panic!("ftpd did not log {what} within {LOG_TIMEOUT:?}; log:\n{log}");
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(drain) = self.drain.take() {
-            let _ = drain.join();
-        }
+        self.child().kill();
         if thread::panicking() {
             eprintln!("--- ftpd stderr ---\n{}--- end ftpd stderr ---", self.log());
         }
     }
 }
 
-/// Copies the daemon's stderr into `log` until EOF, sending the address from the first
-/// `listening on` line through `ready`.
-fn drain_daemon_log(stderr: ChildStderr, log: &Mutex<String>, ready: mpsc::Sender<SocketAddr>) {
-    let mut ready = Some(ready);
-    for line in BufReader::new(stderr).split(b'\n') {
-        let Ok(line) = line else { break };
-        let line = strip_ansi(&String::from_utf8_lossy(&line));
-        {
-            let mut log = log.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-        if ready.is_some() {
-            if let Some(addr) = parse_ready_line(&line) {
-                let _ = ready.take().unwrap().send(addr);
+impl DaemonBuilder {
+    /// Serves `root`, an existing directory the caller keeps (and removes), instead of a temp dir.
+    pub fn root(mut self, root: impl AsRef<Path>) -> DaemonBuilder {
+        self.root = Some(root.as_ref().to_owned());
+        self
+    }
+
+    /// Listens on `addr` instead of `127.0.0.1:0`.
+    pub fn listen(mut self, addr: &str) -> DaemonBuilder {
+        self.listen = addr.into();
+        self
+    }
+
+    /// Appends one flag or value.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> DaemonBuilder {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Appends flags and values.
+    pub fn args<I, S>(self, args: I) -> DaemonBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        args.into_iter().fold(self, DaemonBuilder::arg)
+    }
+
+    /// Sets an environment variable, after the environment is cleaned.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> DaemonBuilder {
+        let value = Some(value.as_ref().to_owned());
+        self.env.push((key.as_ref().to_owned(), value));
+        self
+    }
+
+    /// Removes an environment variable.
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> DaemonBuilder {
+        self.env.push((key.as_ref().to_owned(), None));
+        self
+    }
+
+    /// Hands `listener` over as systemd's socket activation does: as fd 3, with `LISTEN_FDS=1`
+    /// and `LISTEN_PID` set to the daemon's own pid. `--listen` is then ignored.
+    pub fn socket(mut self, listener: TcpListener) -> DaemonBuilder {
+        self.socket = Some(listener);
+        self
+    }
+
+    /// Starts the daemon and returns once it prints the address it listens on; panics with its
+    /// log if it exits first or stays silent for 30 s.
+    #[track_caller]
+    pub fn start(self) -> Daemon {
+        let daemon = self.spawn();
+        daemon.addr();
+        daemon
+    }
+
+    /// Starts the daemon and returns at once, for tests that watch it come up.
+    pub fn spawn(self) -> Daemon {
+        let dir = tmpdir_named("e2e-ftpd-");
+        let root = match self.root {
+            Some(root) => root,
+            None => {
+                let root = dir.path().join("root");
+                fs::create_dir(&root).expect("cannot create the root");
+                root
             }
+        };
+        let mut cmd = match self.socket {
+            // LISTEN_PID must be the daemon's own pid, unknown before it is spawned: the
+            // shell's `$$` is the pid that `exec` hands on to ftpd.
+            Some(_) => {
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c")
+                    .arg(r#"export LISTEN_PID=$$; exec "$0" "$@""#)
+                    .arg(bin("ftpd"));
+                cmd
+            }
+            None => Command::new(bin("ftpd")),
+        };
+        cmd.arg("--root")
+            .arg(&root)
+            .arg("--listen")
+            .arg(&self.listen)
+            .args(&self.args);
+        clean_env(&mut cmd);
+        if let Some(listener) = self.socket {
+            cmd.env("LISTEN_FDS", "1");
+            cmd.fd_mappings(vec![FdMapping {
+                parent_fd: OwnedFd::from(listener),
+                child_fd: 3,
+            }])
+            .expect("fd 3 is free in the child");
         }
+        for (key, value) in &self.env {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        let log = dir.path().join("ftpd.log");
+        let file = File::create(&log).expect("cannot create the log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("cannot spawn ftpd");
+        Daemon {
+            child: Mutex::new(KillOnDrop::new(child)),
+            addr: OnceLock::new(),
+            root,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Runs the daemon, which must exit with a failure status within 30 s without listening;
+    /// returns its log. A daemon that keeps running instead is killed and the test fails.
+    #[track_caller]
+    pub fn refuses_to_start(self) -> String {
+        let args = self.args.clone();
+        let daemon = self.spawn();
+        let status = daemon.wait_exit(LOG_TIMEOUT);
+        let log = daemon.log();
+        assert!(
+            !status.success() && status.code().is_some(),
+            "ftpd {args:?} was expected to exit with a failure, got {status}; stderr:\n{log}"
+        );
+        assert!(
+            !log.contains(READY_MARKER),
+            "ftpd {args:?} listened before refusing; stderr:\n{log}"
+        );
+        log
     }
 }
 
-/// The address in a line like `2024-… INFO ftpd: listening on 127.0.0.1:4242`.
-fn parse_ready_line(line: &str) -> Option<SocketAddr> {
+/// A temp dir holding a root to serve (`root/`) and, beside it, whatever else a test needs there:
+/// a users file and secrets, a settings file, a sentinel nothing from the daemon may touch.
+/// Anything that escaped the root would land beside them too.
+pub struct Site {
+    /// Removed on drop; a daemon on the root is declared after its site, so it is gone first.
+    dir: TempDir,
+}
+
+impl Site {
+    pub fn new() -> Site {
+        let dir = tmpdir_named("e2e-site-");
+        fs::create_dir(dir.path().join("root")).expect("cannot create the root");
+        Site { dir }
+    }
+
+    /// The directory holding the root and the files beside it.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The directory to serve.
+    pub fn root(&self) -> PathBuf {
+        self.path("root")
+    }
+
+    /// Where `rel` goes beside the root.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes `contents` to `rel` beside the root (creating its directory), readable by its owner
+    /// only, as users files and secrets must be.
+    pub fn private_file(&self, rel: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(rel);
+        fs::create_dir_all(path.parent().unwrap()).expect("cannot create a directory");
+        write_private(&path, contents);
+        path
+    }
+
+    /// `ftpd --root ROOT --listen 127.0.0.1:0` serving this site's root, not started yet.
+    pub fn daemon(&self) -> DaemonBuilder {
+        Daemon::builder().root(self.root())
+    }
+}
+
+/// The address in the first complete `listening on ADDR` line of a log, human or JSON.
+fn logged_addr(log: &str) -> Option<SocketAddr> {
+    // A line still being written has no newline yet, and maybe half an address.
+    let complete = &log[..log.rfind('\n').map_or(0, |i| i + 1)];
+    let line = complete.lines().find(|l| l.contains(READY_MARKER))?;
     let (_, rest) = line.split_once(READY_MARKER)?;
-    let token = rest.split_whitespace().next()?;
-    let token = token.trim_matches(|c: char| matches!(c, '"' | '\'' | '`' | ',' | ';' | '.'));
+    let token = rest
+        .split(|c: char| c.is_whitespace() || c == '"')
+        .next()
+        .unwrap_or_default();
+    let token = token.trim_matches(|c: char| matches!(c, '\'' | '`' | ',' | ';' | '.'));
     let addr = token.parse().unwrap_or_else(|_| {
         panic!("ftpd's ready line has no address after `{READY_MARKER}`: {line:?}")
     });
@@ -267,6 +568,9 @@ fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+// ---------------------------------------------------------------------------------------------
+// The client
 
 /// An `ftp-cli` invocation being built: `daemon.cli().cwd(dir).cmds("put a; get a b").run()`.
 #[derive(Clone)]
@@ -304,6 +608,14 @@ impl Cli {
         self
     }
 
+    /// Logs in as `user` with the secret in `secret_file`: `-u USER --secret-file FILE`.
+    pub fn user(self, user: &str, secret_file: impl AsRef<Path>) -> Cli {
+        self.arg("-u")
+            .arg(user)
+            .arg("--secret-file")
+            .arg(secret_file.as_ref())
+    }
+
     /// Runs `commands` non-interactively: `-c "put a; get a b"`.
     pub fn cmds(self, commands: &str) -> Cli {
         self.arg("-c").arg(commands)
@@ -314,6 +626,25 @@ impl Cli {
         self.arg("-b").arg(file.as_ref())
     }
 
+    /// Puts `name` from the client's directory and gets it back as `back` (`put NAME; get NAME
+    /// BACK`, plain names); panics unless both transfers are reported verified and `back` is
+    /// identical to `name`. The copy on the server is the caller's to check: it knows where it is.
+    #[track_caller]
+    pub fn round_trip(self, name: &str, back: &str) -> Run {
+        let dir = self
+            .cwd
+            .clone()
+            .expect("a round trip needs the client's directory (`cwd`)");
+        let src = dir.join(name);
+        let run = self
+            .cmds(&format!("put {name}; get {name} {back}"))
+            .run()
+            .ok()
+            .verified(&src, 2);
+        assert_same_file(&src, dir.join(back));
+        run
+    }
+
     /// Feeds `input` to the client's stdin.
     pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Cli {
         self.stdin = Some(input.into());
@@ -321,7 +652,6 @@ impl Cli {
     }
 
     /// Overrides how long `run` waits for the client to finish.
-    #[allow(dead_code)]
     pub fn timeout(mut self, timeout: Duration) -> Cli {
         self.timeout = timeout;
         self
@@ -355,7 +685,7 @@ impl Cli {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn {self}: {e}"));
         Running {
-            child,
+            child: KillOnDrop::new(child),
             cmdline: self.to_string(),
         }
     }
@@ -430,8 +760,8 @@ fn read_to_end(
 
 /// A client started with [`Cli::spawn`]; killed (and reaped) on drop if still running.
 pub struct Running {
-    /// The client process.
-    child: Child,
+    /// The client process; killed on drop.
+    child: KillOnDrop,
     /// The command, for failure messages.
     cmdline: String,
 }
@@ -450,15 +780,7 @@ impl Running {
 
     /// Kills the client (SIGKILL: no chance to say goodbye) and reaps it.
     pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
     }
 }
 
@@ -488,6 +810,14 @@ impl Run {
             panic!("expected a non-zero exit, got {self}");
         }
         self
+    }
+
+    /// Panics unless the client failed with exit status `code`.
+    #[track_caller]
+    pub fn exits(self, code: i32) -> Run {
+        let run = self.fails();
+        assert_eq!(run.status.code(), Some(code), "wrong exit status: {run}");
+        run
     }
 
     /// Panics unless stderr contains `needle`, ignoring case.
@@ -551,6 +881,9 @@ impl fmt::Display for Run {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Files
+
 /// Writes `size` pseudo-random bytes to `path`; the same `seed` gives the same bytes, and
 /// different seeds give files that differ from the first byte on.
 pub fn write_random(path: impl AsRef<Path>, size: u64, seed: u64) {
@@ -581,6 +914,67 @@ pub fn write_random(path: impl AsRef<Path>, size: u64, seed: u64) {
 pub fn write_file(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) {
     let path = path.as_ref();
     fs::write(path, contents).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
+/// Writes `contents` to `path` with mode 600, as users files and secrets must be.
+pub fn write_private(path: impl AsRef<Path>, contents: impl AsRef<[u8]>) {
+    let path = path.as_ref();
+    write_file(path, contents);
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("cannot chmod 600 {}: {e}", path.display()));
+}
+
+/// A temp dir of the client's secret files, one per login: `keys.secret("alice", "…")`.
+pub struct Keys {
+    /// Holds the files; removed on drop.
+    dir: TempDir,
+    /// Numbers the files, so that no login overwrites another's.
+    count: AtomicU32,
+}
+
+impl Keys {
+    pub fn new() -> Keys {
+        Keys {
+            dir: tmpdir_named("e2e-keys-"),
+            count: AtomicU32::new(0),
+        }
+    }
+
+    /// A new private file holding `user`'s `secret` and a newline, which the client ignores.
+    pub fn secret(&self, user: &str, secret: &str) -> PathBuf {
+        let n = self.count.fetch_add(1, Ordering::Relaxed);
+        let file = self.dir.path().join(format!("{user}-{n}.secret"));
+        write_private(&file, format!("{secret}\n"));
+        file
+    }
+}
+
+/// The names in `dir`, sorted.
+pub fn names(dir: impl AsRef<Path>) -> Vec<String> {
+    let dir = dir.as_ref();
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The size of the largest file under a staging directory, searched recursively: how far the
+/// furthest upload got. 0 when there is none, or no such directory.
+pub fn staged_bytes(staging: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(staging) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => staged_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// The MD5 of a file's contents, as lowercase hex.
@@ -636,13 +1030,23 @@ pub fn assert_missing(path: impl AsRef<Path>) {
 /// Polls `cond` every few milliseconds until it holds; panics after `timeout`. For conditions
 /// that have no event to wait on, like a file appearing.
 #[track_caller]
-pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    assert!(
+        holds_within(timeout, cond),
+        "timed out after {timeout:?} waiting until {what}"
+    );
+}
+
+/// Polls `cond` every few milliseconds until it holds (true) or `timeout` passes (false).
+pub fn holds_within(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting until {what}"
-        );
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
         thread::sleep(Duration::from_millis(2));
     }
 }

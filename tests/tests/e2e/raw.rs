@@ -1,0 +1,337 @@
+//! A blocking peer that speaks the protocol's frames by hand, including ones no real client would
+//! send: `Raw::connect(addr).hello()`, then `send`, `recv` and `expect_*`.
+//!
+//! ```text
+//! +------------------+--------------------------+--------------------------+
+//! | header length    | header                   | body (chunk frames only) |
+//! | u32, big-endian  | JSON, `length` bytes     | `len` bytes              |
+//! +------------------+--------------------------+--------------------------+
+//! ```
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use protocol::auth::Bytes32;
+use protocol::{capability, ChunkHeader, ErrorCode, ErrorReply, Get, Hello, Md5Digest, Message};
+use protocol::{Put, PutReady, VERSION};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// How long connecting, or one frame from the peer, may take unless a test says otherwise.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One connection, one frame at a time. Every wait is bounded by the connection's timeout.
+pub struct Raw {
+    /// The connection, with read and write timeouts set.
+    stream: TcpStream,
+}
+
+impl From<TcpStream> for Raw {
+    fn from(stream: TcpStream) -> Raw {
+        Raw { stream }.within(TIMEOUT)
+    }
+}
+
+impl Raw {
+    /// Connects from the default local address (127.0.0.1 for a daemon on it).
+    #[track_caller]
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect_timeout(&addr, TIMEOUT)
+            .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        Raw::from(stream)
+    }
+
+    /// Connects from `ip`, another loopback address, so per-address limits apply to it alone.
+    #[track_caller]
+    pub fn connect_from(ip: IpAddr, addr: SocketAddr) -> Raw {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
+            .expect("cannot create a socket");
+        socket
+            .bind(&SockAddr::from(SocketAddr::new(ip, 0)))
+            .unwrap_or_else(|e| panic!("cannot bind to {ip}: {e}"));
+        socket
+            .connect_timeout(&SockAddr::from(addr), TIMEOUT)
+            .unwrap_or_else(|e| panic!("cannot connect from {ip} to {addr}: {e}"));
+        Raw::from(TcpStream::from(socket))
+    }
+
+    /// Waits up to `timeout` for each read and write from now on.
+    pub fn within(self, timeout: Duration) -> Raw {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        self.stream.set_write_timeout(Some(timeout)).unwrap();
+        self
+    }
+
+    /// A second handle on the same connection, for reading on another thread.
+    pub fn try_clone(&self) -> Raw {
+        Raw {
+            stream: self
+                .stream
+                .try_clone()
+                .expect("cannot clone the connection"),
+        }
+    }
+
+    /// Our end's address, which the daemon logs as the peer.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().unwrap()
+    }
+
+    /// Our hello, then the server's, of the same version: a session ready for commands.
+    #[track_caller]
+    pub fn hello(mut self) -> Raw {
+        self.send(&hello_message());
+        match self.recv() {
+            Message::Hello(h) => assert_eq!(h.version, VERSION),
+            other => panic!("expected the server's hello, got {other:?}"),
+        }
+        self
+    }
+
+    /// Our hello; the server's hello announcing authentication, then its challenge's nonce.
+    #[track_caller]
+    pub fn hello_and_challenge(&mut self) -> Bytes32 {
+        self.send(&hello_message());
+        match self.recv() {
+            Message::Hello(h) => assert!(
+                h.capabilities
+                    .iter()
+                    .any(|c| c == capability::AUTH_HMAC_SHA256),
+                "a server with users does not announce auth: {h:?}"
+            ),
+            other => panic!("expected hello, got {other:?}"),
+        }
+        match self.recv() {
+            Message::AuthChallenge(c) => c.nonce,
+            other => panic!("expected auth_challenge, got {other:?}"),
+        }
+    }
+
+    /// Sends our hello; true if the server's hello came back, false if the connection was
+    /// refused or closed first. Panics if neither happens in time.
+    #[track_caller]
+    pub fn greets(&mut self) -> bool {
+        if !self.try_send_bytes(&encode(&hello_message())) {
+            return false;
+        }
+        matches!(self.try_recv(), Some(Message::Hello(_)))
+    }
+
+    #[track_caller]
+    pub fn send(&mut self, message: &Message) {
+        self.send_header(&serde_json::to_vec(message).unwrap());
+    }
+
+    /// One frame with `header` as it is, valid or not.
+    #[track_caller]
+    pub fn send_header(&mut self, header: &[u8]) {
+        self.send_bytes(&frame(header));
+    }
+
+    /// A chunk frame for `body` at `offset`, and the body.
+    #[track_caller]
+    pub fn send_chunk(&mut self, offset: u64, body: &[u8]) {
+        self.send(&chunk(offset, body));
+        self.send_bytes(body);
+    }
+
+    /// Bytes as they are, framed or not.
+    #[track_caller]
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream
+            .write_all(bytes)
+            .unwrap_or_else(|e| panic!("cannot send {} bytes: {e}", bytes.len()));
+    }
+
+    /// Like [`Raw::send_bytes`], but false instead of a panic if the peer has gone.
+    pub fn try_send_bytes(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).is_ok()
+    }
+
+    /// Ends our side of the connection; the peer reads EOF.
+    pub fn close_write(&mut self) {
+        self.stream.shutdown(Shutdown::Write).unwrap();
+    }
+
+    /// Ends the connection both ways, which also wakes a read blocked on another handle.
+    pub fn close(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
+    /// The next message; panics if the peer closes the connection instead.
+    #[track_caller]
+    pub fn recv(&mut self) -> Message {
+        self.recv_frame().1
+    }
+
+    /// The next frame's header length and message; panics if the peer closes instead.
+    #[track_caller]
+    pub fn recv_frame(&mut self) -> (usize, Message) {
+        match self.try_recv_frame() {
+            Some(frame) => frame,
+            None => panic!("the peer closed the connection instead of answering"),
+        }
+    }
+
+    /// The next message (a chunk's body is read and dropped), or `None` once the peer has
+    /// closed the connection.
+    #[track_caller]
+    pub fn try_recv(&mut self) -> Option<Message> {
+        self.try_recv_frame().map(|(_, message)| message)
+    }
+
+    #[track_caller]
+    fn try_recv_frame(&mut self) -> Option<(usize, Message)> {
+        let mut len = [0u8; 4];
+        match self.stream.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if closed(&e) => return None,
+            Err(e) => panic!("no frame from the peer in time: {e}"),
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        assert!(
+            (1..=protocol::MAX_HEADER).contains(&len),
+            "the peer sent a header length of {len}"
+        );
+        let mut header = vec![0; len];
+        self.stream
+            .read_exact(&mut header)
+            .unwrap_or_else(|e| panic!("a frame from the peer was cut short: {e}"));
+        let message: Message = serde_json::from_slice(&header).unwrap_or_else(|e| {
+            panic!(
+                "the peer sent a bad header {:?}: {e}",
+                String::from_utf8_lossy(&header)
+            )
+        });
+        if let Message::Chunk(c) = &message {
+            assert!(c.len as usize <= protocol::MAX_BODY, "chunk of {}", c.len);
+            io::copy(
+                &mut (&mut self.stream).take(u64::from(c.len)),
+                &mut io::sink(),
+            )
+            .unwrap_or_else(|e| panic!("a chunk from the peer was cut short: {e}"));
+        }
+        Some((len, message))
+    }
+
+    /// Reads a download's frames until it ends.
+    #[track_caller]
+    pub fn skip_transfer(&mut self) {
+        while let Some(m) = self.try_recv() {
+            if matches!(m, Message::Eof(_) | Message::Abort(_) | Message::Error(_)) {
+                return;
+            }
+        }
+    }
+
+    #[track_caller]
+    pub fn expect_put_ready(&mut self) -> PutReady {
+        match self.recv() {
+            Message::PutReady(ready) => ready,
+            other => panic!("expected put_ready, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    pub fn expect_error(&mut self, code: ErrorCode) -> ErrorReply {
+        self.expect_error_in(&[code])
+    }
+
+    #[track_caller]
+    pub fn expect_error_in(&mut self, codes: &[ErrorCode]) -> ErrorReply {
+        match self.recv() {
+            Message::Error(e) if codes.contains(&e.code) => e,
+            other => panic!("expected an error with a code in {codes:?}, got {other:?}"),
+        }
+    }
+
+    /// Panics unless the peer closes the connection without sending anything more.
+    #[track_caller]
+    pub fn expect_closed(&mut self) {
+        if let Some(m) = self.try_recv() {
+            panic!("expected the peer to close the connection, got {m:?}");
+        }
+        self.close();
+    }
+
+    /// Panics unless the session still answers a command.
+    #[track_caller]
+    pub fn expect_usable(&mut self) {
+        self.send(&Message::Pwd);
+        match self.recv() {
+            Message::Cwd(_) => {}
+            other => panic!("expected cwd in answer to pwd, got {other:?}"),
+        }
+    }
+
+    /// Whether the session still answers a command (`pwd`).
+    #[track_caller]
+    pub fn is_usable(&mut self) -> bool {
+        if !self.try_send_bytes(&encode(&Message::Pwd)) {
+            return false;
+        }
+        matches!(self.try_recv(), Some(Message::Cwd(_)))
+    }
+}
+
+/// Our `hello`: this protocol version, no capabilities.
+pub fn hello_message() -> Message {
+    Message::Hello(Hello {
+        version: VERSION,
+        agent: "e2e-raw/0".into(),
+        capabilities: vec![],
+        max_chunk: protocol::DEFAULT_CHUNK,
+    })
+}
+
+/// A download of `path` from the start.
+pub fn get(path: &str) -> Message {
+    Message::Get(Get {
+        path: path.into(),
+        offset: 0,
+        prefix_md5: None,
+    })
+}
+
+/// A new upload of `size` bytes to `path`, which must not exist.
+pub fn put(path: &str, size: u64) -> Message {
+    Message::Put(Put {
+        path: path.into(),
+        size,
+        overwrite: false,
+        resume: false,
+        upload_id: None,
+        mtime: None,
+    })
+}
+
+/// The header of a chunk holding `body` at `offset`, with its length and MD5.
+pub fn chunk(offset: u64, body: &[u8]) -> Message {
+    Message::Chunk(ChunkHeader {
+        offset,
+        len: u32::try_from(body.len()).unwrap(),
+        md5: Md5Digest::of(body),
+    })
+}
+
+/// `message` as the bytes of one frame.
+pub fn encode(message: &Message) -> Vec<u8> {
+    frame(&serde_json::to_vec(message).unwrap())
+}
+
+/// `header` behind its length prefix.
+fn frame(header: &[u8]) -> Vec<u8> {
+    let mut frame = u32::try_from(header.len()).unwrap().to_be_bytes().to_vec();
+    frame.extend_from_slice(header);
+    frame
+}
+
+/// Whether a read failed because the peer closed the connection.
+fn closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
+}
