@@ -10,8 +10,8 @@ use futures::{SinkExt, StreamExt};
 use md5::{Digest as _, Md5};
 use protocol::auth::{self, Role};
 use protocol::{
-    ChunkHeader, Entry, Eof, ErrorCode, ErrorReply, Frame, FrameCodec, Get, Hello, Md5Digest,
-    Md5Hasher, Message, Mkdir, PathArg, Put, Rename, Stat, StatReply, VERSION,
+    BackgroundMd5, ChunkHeader, Entry, Eof, ErrorCode, ErrorReply, Frame, FrameCodec, Get, Hello,
+    Md5Digest, Md5Hasher, Message, Mkdir, PathArg, Put, Rename, Stat, StatReply, VERSION,
 };
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -858,9 +858,10 @@ fn read_chunks(
     offset: u64,
     size: u64,
     chunk: usize,
-    mut whole: Md5Hasher,
+    whole: Md5Hasher,
     tx: mpsc::Sender<Result<Frame>>,
 ) -> Md5Digest {
+    let mut whole = BackgroundMd5::spawn(whole);
     let mut pos = offset;
     while pos < size {
         let want = (size - pos).min(chunk as u64) as usize;
@@ -872,11 +873,9 @@ fn read_chunks(
             }));
             return Md5Digest::default();
         }
-        whole.update(&data);
-        if tx
-            .blocking_send(Ok(Frame::chunk(pos, data.freeze())))
-            .is_err()
-        {
+        let data = data.freeze();
+        whole.update(data.clone());
+        if tx.blocking_send(Ok(Frame::chunk(pos, data))).is_err() {
             return Md5Digest::default();
         }
         pos += want as u64;
@@ -887,9 +886,10 @@ fn read_chunks(
 /// Verifies each chunk and appends it; returns the file and its whole-file MD5.
 fn write_chunks(
     mut file: File,
-    mut whole: Md5Hasher,
+    whole: Md5Hasher,
     mut rx: mpsc::Receiver<(ChunkHeader, Bytes)>,
 ) -> Result<(File, Md5Digest)> {
+    let mut whole = BackgroundMd5::spawn(whole);
     let failed = |source| ClientError::Local {
         path: "download".into(),
         source,
@@ -899,7 +899,7 @@ fn write_chunks(
             return Err(ClientError::BadChunk { offset: h.offset });
         }
         file.write_all(&body).map_err(failed)?;
-        whole.update(&body);
+        whole.update(body);
     }
     file.sync_all().map_err(failed)?;
     Ok((file, whole.finish()))

@@ -22,7 +22,7 @@ mod digest;
 mod message;
 
 pub use codec::{CodecError, Frame, FrameCodec, Incoming, Rejected};
-pub use digest::{Md5Digest, Md5Hasher};
+pub use digest::{BackgroundMd5, Md5Digest, Md5Hasher};
 pub use message::{
     Auth, AuthChallenge, AuthOk, ChunkHeader, Entry, EntryKind, Eof, ErrorCode, ErrorReply, Get,
     GetReady, Hello, ListEnd, Listing, Message, Mkdir, PathArg, Put, PutReady, Rename, Stat,

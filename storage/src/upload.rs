@@ -5,8 +5,9 @@ use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use md5::{Digest as _, Md5};
-use protocol::{ErrorCode, Md5Digest, Md5Hasher};
+use protocol::{BackgroundMd5, ErrorCode, Md5Digest, Md5Hasher};
 
 use crate::digests::{self, Recorded};
 use crate::{Error, Result, Root, VPath};
@@ -38,7 +39,10 @@ pub struct Upload {
     /// Bytes staged so far.
     written: u64,
     size: u64,
+    /// MD5 of the bytes staged before this attempt's first write (read back on resume).
     hasher: Md5Hasher,
+    /// The whole-file MD5 from the first write on, hashed on its own thread.
+    streaming: Option<BackgroundMd5>,
     /// Whether the staged bytes outlive this value (uploads with an id can be resumed).
     keep: bool,
     /// This attempt's claim on the staging file.
@@ -180,6 +184,7 @@ impl Upload {
             written: 0,
             size: req.size,
             hasher: Md5Hasher::new(),
+            streaming: None,
             keep,
             committed: false,
         };
@@ -231,7 +236,7 @@ impl Upload {
         self.written
     }
 
-    /// MD5 of the bytes staged so far.
+    /// MD5 of the bytes staged before this attempt wrote anything.
     pub fn digest_so_far(&self) -> Md5Digest {
         self.hasher.clone().finish()
     }
@@ -241,8 +246,10 @@ impl Upload {
     }
 
     /// Appends verified bytes. Refuses to grow past the declared size.
-    pub fn write(&mut self, data: &[u8]) -> Result<()> {
-        if self.written + data.len() as u64 > self.size {
+    pub fn write(&mut self, data: impl Into<Bytes>) -> Result<()> {
+        let data: Bytes = data.into();
+        let len = data.len() as u64;
+        if self.written + len > self.size {
             return Err(Error::Mismatch {
                 path: self.target.to_string(),
                 what: format!("more bytes than the declared {}", self.size),
@@ -254,20 +261,25 @@ impl Upload {
         if *superseded {
             return Err(self.superseded());
         }
-        if let Err(e) = self.file.write_all(data) {
+        if let Err(e) = self.file.write_all(&data) {
             return Err(self.failed(Error::io(&self.target.to_string(), "write", e)));
         }
         drop(superseded);
-        self.hasher.update(data);
-        self.written += data.len() as u64;
+        let start = &self.hasher;
+        self.streaming
+            .get_or_insert_with(|| BackgroundMd5::spawn(start.clone()))
+            .update(data);
+        self.written += len;
         Ok(())
     }
 
     /// Appends one verified chunk, remembering its MD5 to record with the file.
-    pub fn write_chunk(&mut self, data: &[u8], md5: Md5Digest) -> Result<()> {
+    pub fn write_chunk(&mut self, data: impl Into<Bytes>, md5: Md5Digest) -> Result<()> {
+        let data: Bytes = data.into();
+        let len = data.len() as u32;
         self.write(data)?;
         if let Some(log) = &mut self.chunks {
-            if !log.push(data.len() as u32, md5) {
+            if !log.push(len, md5) {
                 self.chunks = None;
             }
         }
@@ -284,6 +296,7 @@ impl Upload {
             .map_err(|e| Error::io(&shown, "truncate staged bytes of", e))?;
         self.written = 0;
         self.hasher = Md5Hasher::new();
+        self.streaming = None;
         self.chunks = Some(ChunkLog::default());
         Ok(())
     }
@@ -299,7 +312,10 @@ impl Upload {
                 code: ErrorCode::BadRequest,
             });
         }
-        let actual = self.hasher.clone().finish();
+        let actual = match self.streaming.take() {
+            Some(streaming) => streaming.finish(),
+            None => self.hasher.clone().finish(),
+        };
         if actual != expected {
             // These bytes are wrong somewhere; resuming on top of them would only repeat it.
             self.keep = false;

@@ -27,9 +27,9 @@ fn req(size: u64) -> UploadRequest {
 fn upload_is_invisible_until_committed() {
     let (dir, root) = setup();
     let mut up = root.begin_upload(&p("a.bin"), &req(6)).unwrap();
-    up.write(b"abc").unwrap();
+    up.write(&b"abc"[..]).unwrap();
     assert!(!dir.path().join("a.bin").exists());
-    up.write(b"def").unwrap();
+    up.write(&b"def"[..]).unwrap();
     assert!(!dir.path().join("a.bin").exists());
     up.commit(Md5Digest::of(b"abcdef"), false).unwrap();
     assert_eq!(std::fs::read(dir.path().join("a.bin")).unwrap(), b"abcdef");
@@ -43,7 +43,7 @@ fn upload_is_invisible_until_committed() {
 fn wrong_whole_file_md5_never_becomes_visible() {
     let (dir, root) = setup();
     let mut up = root.begin_upload(&p("a.bin"), &req(3)).unwrap();
-    up.write(b"abc").unwrap();
+    up.write(&b"abc"[..]).unwrap();
     let err = up.commit(Md5Digest::of(b"abd"), false).unwrap_err();
     assert_eq!(err.code(), protocol::ErrorCode::ChecksumMismatch);
     assert!(!dir.path().join("a.bin").exists());
@@ -60,7 +60,7 @@ fn refuses_to_overwrite_unless_asked() {
     let mut r = req(3);
     r.overwrite = true;
     let mut up = root.begin_upload(&p("a"), &r).unwrap();
-    up.write(b"new").unwrap();
+    up.write(&b"new"[..]).unwrap();
     up.commit(Md5Digest::of(b"new"), true).unwrap();
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"new");
 }
@@ -69,7 +69,7 @@ fn refuses_to_overwrite_unless_asked() {
 fn a_file_that_appears_meanwhile_is_not_clobbered() {
     let (dir, root) = setup();
     let mut up = root.begin_upload(&p("a"), &req(3)).unwrap();
-    up.write(b"new").unwrap();
+    up.write(&b"new"[..]).unwrap();
     std::fs::write(dir.path().join("a"), "raced").unwrap();
     assert!(matches!(
         up.commit(Md5Digest::of(b"new"), false),
@@ -82,7 +82,7 @@ fn a_file_that_appears_meanwhile_is_not_clobbered() {
 fn writes_past_the_declared_size_are_refused() {
     let (_dir, root) = setup();
     let mut up = root.begin_upload(&p("a"), &req(2)).unwrap();
-    assert!(up.write(b"abc").is_err());
+    assert!(up.write(&b"abc"[..]).is_err());
 }
 
 #[test]
@@ -91,13 +91,13 @@ fn resume_continues_staged_bytes_with_the_same_id() {
     let mut r = req(6);
     r.upload_id = Some("id-1".into());
     let mut up = root.begin_upload(&p("a"), &r).unwrap();
-    up.write(b"abc").unwrap();
+    up.write(&b"abc"[..]).unwrap();
     drop(up); // connection lost
     r.resume = true;
     let mut up = root.begin_upload(&p("a"), &r).unwrap();
     assert_eq!(up.offset(), 3);
     assert_eq!(up.digest_so_far(), Md5Digest::of(b"abc"));
-    up.write(b"def").unwrap();
+    up.write(&b"def"[..]).unwrap();
     up.commit(Md5Digest::of(b"abcdef"), false).unwrap();
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"abcdef");
 
@@ -117,14 +117,14 @@ fn a_newer_attempt_at_the_same_upload_supersedes_the_older() {
     let mut r = req(6);
     r.upload_id = Some("same".into());
     let mut older = root.begin_upload(&p("a"), &r).unwrap();
-    older.write(b"abc").unwrap();
+    older.write(&b"abc"[..]).unwrap();
     r.resume = true;
     let mut newer = root.begin_upload(&p("a"), &r).unwrap();
     assert_eq!(newer.offset(), 3);
-    assert!(matches!(older.write(b"XXX"), Err(Error::Busy { .. })));
+    assert!(matches!(older.write(&b"XXX"[..]), Err(Error::Busy { .. })));
     // The older attempt ends (and is dropped) without touching the newer one's bytes.
     assert!(older.commit(Md5Digest::of(b"abc"), false).is_err());
-    newer.write(b"def").unwrap();
+    newer.write(&b"def"[..]).unwrap();
     newer.commit(Md5Digest::of(b"abcdef"), false).unwrap();
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"abcdef");
 }
@@ -135,7 +135,7 @@ fn sweep_removes_only_old_idle_staged_uploads() {
     let mut r = req(6);
     r.upload_id = Some("kept".into());
     let mut up = root.begin_upload(&p("a"), &r).unwrap();
-    up.write(b"abc").unwrap();
+    up.write(&b"abc"[..]).unwrap();
     // Still active: never swept, however old.
     assert_eq!(root.sweep_staging(std::time::Duration::ZERO).unwrap(), 0);
     drop(up);
@@ -218,7 +218,7 @@ fn quota_counts_existing_files_uploads_in_flight_and_replacements() {
     let mut a = root.begin_upload(&p("a"), &req(30)).unwrap();
     // 40 used + 30 reserved: another 31 do not fit while `a` is in flight.
     assert!(root.begin_upload(&p("b"), &req(31)).is_err());
-    a.write(&[1u8; 30]).unwrap();
+    a.write(vec![1u8; 30]).unwrap();
     a.commit(Md5Digest::of(&[1u8; 30]), false).unwrap();
     assert!(root.begin_upload(&p("b"), &req(31)).is_err());
     assert!(root.begin_upload(&p("b"), &req(30)).is_ok());
@@ -230,7 +230,7 @@ fn quota_counts_existing_files_uploads_in_flight_and_replacements() {
     let mut r = req(40);
     r.overwrite = true;
     let mut up = root.begin_upload(&p("d/old"), &r).unwrap();
-    up.write(&[2u8; 40]).unwrap();
+    up.write(vec![2u8; 40]).unwrap();
     up.commit(Md5Digest::of(&[2u8; 40]), true).unwrap();
     assert!(
         root.begin_upload(&p("c"), &req(31)).is_err(),
@@ -310,7 +310,8 @@ fn digests_are_recorded_at_upload_and_dropped_when_the_file_changes() {
     let data: Vec<u8> = (0..10u8).collect();
     let mut up = root.begin_upload(&p("f"), &req(10)).unwrap();
     for piece in data.chunks(4) {
-        up.write_chunk(piece, Md5Digest::of(piece)).unwrap();
+        up.write_chunk(piece.to_vec(), Md5Digest::of(piece))
+            .unwrap();
     }
     up.commit(Md5Digest::of(&data), false).unwrap();
     let rec = root.open_read(&p("f")).unwrap().recorded.expect("recorded");
@@ -332,9 +333,9 @@ fn digests_are_recorded_at_upload_and_dropped_when_the_file_changes() {
 
     // Chunks of uneven length are not recorded.
     let mut up = root.begin_upload(&p("g"), &req(10)).unwrap();
-    up.write_chunk(&data[..3], Md5Digest::of(&data[..3]))
+    up.write_chunk(data[..3].to_vec(), Md5Digest::of(&data[..3]))
         .unwrap();
-    up.write_chunk(&data[3..], Md5Digest::of(&data[3..]))
+    up.write_chunk(data[3..].to_vec(), Md5Digest::of(&data[3..]))
         .unwrap();
     up.commit(Md5Digest::of(&data), false).unwrap();
     assert!(root.open_read(&p("g")).unwrap().recorded.is_none());

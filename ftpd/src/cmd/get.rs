@@ -5,7 +5,10 @@ use std::io::Read;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use protocol::{ChunkHeader, Eof, ErrorCode, ErrorReply, Frame, Get, GetReady, Md5Hasher, Message};
+use protocol::{
+    BackgroundMd5, ChunkHeader, Eof, ErrorCode, ErrorReply, Frame, Get, GetReady, Md5Hasher,
+    Message,
+};
 use storage::{Recorded, Root, VPath};
 use tokio::sync::mpsc;
 
@@ -171,6 +174,10 @@ fn read_chunks(
     tx: mpsc::Sender<Result<Frame, ErrorReply>>,
 ) {
     let chunk = p.recorded.as_ref().map_or(chunk, |r| r.chunk as usize);
+    let mut whole = p
+        .recorded
+        .is_none()
+        .then(|| BackgroundMd5::spawn(p.hasher.clone()));
     while pos < p.size {
         let want = (p.size - pos).min(chunk as u64) as usize;
         let mut buf = BytesMut::zeroed(want);
@@ -193,8 +200,11 @@ fn read_chunks(
                 body: buf.freeze(),
             },
             None => {
-                p.hasher.update(&buf);
-                Frame::chunk(pos, buf.freeze())
+                let data = buf.freeze();
+                if let Some(whole) = &mut whole {
+                    whole.update(data.clone());
+                }
+                Frame::chunk(pos, data)
             }
         };
         if tx.blocking_send(Ok(frame)).is_err() {
@@ -202,9 +212,10 @@ fn read_chunks(
         }
         pos += want as u64;
     }
-    let md5 = match &p.recorded {
-        Some(r) => r.md5,
-        None => p.hasher.finish(),
+    let md5 = match (&p.recorded, whole) {
+        (Some(r), _) => r.md5,
+        (None, Some(whole)) => whole.finish(),
+        (None, None) => unreachable!("a download without records hashes as it reads"),
     };
     let eof = Eof { size: p.size, md5 };
     let _ = tx.blocking_send(Ok(Message::Eof(eof).into()));

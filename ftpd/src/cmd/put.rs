@@ -186,7 +186,7 @@ fn write_chunks(
             );
             return (upload, Err(reply.at(h.offset)));
         }
-        if let Err(e) = upload.write_chunk(&body, h.md5) {
+        if let Err(e) = upload.write_chunk(body, h.md5) {
             return (upload, Err(storage_reply(&e).at(h.offset)));
         }
     }
