@@ -1,17 +1,33 @@
 //! The interactive shell, driven through a real pseudo-terminal as a person would: the prompt,
 //! tab completion of remote names, a failed command that leaves the shell where it was, Ctrl-C
-//! and Ctrl-D. The shell's history goes to a temporary home, never the real one.
+//! at the prompt and during a transfer, and Ctrl-D. The shell's history goes to a temporary home,
+//! never the real one.
 
-use std::fs;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use rexpect::session::{spawn_with_options, Options, PtySession};
 
-use crate::util::{assert_missing, assert_same_file, bin, md5_file, tmpdir, write_random, Daemon};
+use crate::util::{
+    assert_missing, assert_same_file, bin, md5_file, names, staged_bytes, tmpdir, wait_until,
+    write_random, Daemon, MIB,
+};
 
-/// How long the shell may take to show what a step waits for.
-const STEP_TIMEOUT_MS: u64 = 30_000;
+/// How long the shell may take to show what a step waits for: up to a whole transfer of
+/// [`BIG_UPLOAD`], on a debug build, maybe next to other tests.
+const STEP_TIMEOUT_MS: u64 = 60_000;
+/// How long a transfer may take to put its first bytes on disk.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// The download interrupted by Ctrl-C: a debug build needs seconds for it (about 200 MB/s here),
+/// the key lands tens of milliseconds after the first bytes, and it is never fetched whole.
+const BIG_DOWNLOAD: u64 = 512 * MIB;
+/// The upload interrupted by Ctrl-C and then resumed, so sent almost whole: still on the wire
+/// long after the key is pressed (about 1 s at the 120 MB/s of a debug build), yet quick to
+/// finish.
+const BIG_UPLOAD: u64 = 128 * MIB;
 
 /// `ftp-cli ADDR` on a pseudo-terminal, in `cwd`, with `home` as its home and data directory.
 fn shell(daemon: &Daemon, cwd: &Path, home: &Path) -> PtySession {
@@ -39,6 +55,45 @@ fn expect(sh: &mut PtySession, needle: &str) -> String {
 fn type_keys(sh: &mut PtySession, keys: &str) {
     sh.send(keys).expect("cannot type into the terminal");
     sh.flush().expect("cannot type into the terminal");
+}
+
+/// Presses Ctrl-D on an empty line; panics unless the shell then exits with status 0.
+#[track_caller]
+fn leave(sh: &mut PtySession) {
+    sh.send_control('d').unwrap();
+    sh.exp_eof().expect("the shell did not exit on Ctrl-D");
+    // rexpect does not re-export nix's `WaitStatus`, so its `Debug` form stands in for it:
+    // `Exited(Pid(1234), 0)`.
+    let status = format!(
+        "{:?}",
+        sh.process().wait().expect("cannot wait for the shell")
+    );
+    assert!(
+        status.starts_with("Exited(") && status.ends_with(", 0)"),
+        "the shell ended with {status} on Ctrl-D, expected exit status 0"
+    );
+}
+
+/// Writes `size` bytes (at least 1 MiB) to `path` fast: one pseudo-random MiB from `seed`, over
+/// and over. Hundreds of MiB this way take a fraction of what [`write_random`] needs.
+fn write_repeated(path: &Path, size: u64, seed: u64) {
+    write_random(path, MIB, seed);
+    let block = fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut out = OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    let mut left = size.saturating_sub(MIB);
+    while left > 0 {
+        let n = left.min(MIB) as usize;
+        out.write_all(&block[..n]).expect("cannot write test data");
+        left -= n as u64;
+    }
+}
+
+/// The size of the file at `path`; 0 while there is none.
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).map_or(0, |m| m.len())
 }
 
 #[test]
@@ -104,18 +159,7 @@ fn shell_completes_remote_names_and_obeys_ctrl_c_and_ctrl_d() {
     assert_missing(daemon.path("albums 2023/half-typed"));
 
     // Ctrl-D on an empty line leaves, with status 0.
-    sh.send_control('d').unwrap();
-    sh.exp_eof().expect("the shell did not exit on Ctrl-D");
-    // rexpect does not re-export nix's `WaitStatus`, so its `Debug` form stands in for it:
-    // `Exited(Pid(1234), 0)`.
-    let status = format!(
-        "{:?}",
-        sh.process().wait().expect("cannot wait for the shell")
-    );
-    assert!(
-        status.starts_with("Exited(") && status.ends_with(", 0)"),
-        "the shell ended with {status} on Ctrl-D, expected exit status 0"
-    );
+    leave(&mut sh);
 
     // The history went to the temporary data directory.
     let history = home.path().join("data/ftp-cli/history");
@@ -124,5 +168,97 @@ fn shell_completes_remote_names_and_obeys_ctrl_c_and_ctrl_d() {
     assert!(
         history.contains("get photo-2024.jpg"),
         "history: {history:?}"
+    );
+}
+
+#[test]
+fn ctrl_c_during_a_transfer_cancels_it_and_keeps_the_session() {
+    let daemon = Daemon::start();
+    write_repeated(&daemon.path("big.bin"), BIG_DOWNLOAD, 41);
+    write_random(daemon.path("small.txt"), 10_000, 42);
+    let work = tmpdir();
+    let home = tmpdir();
+    let upload = work.path().join("upload.bin");
+    write_repeated(&upload, BIG_UPLOAD, 43);
+    let prompt = format!("ftp {}:/> ", daemon.addr());
+
+    let mut sh = shell(&daemon, work.path(), home.path());
+    expect(&mut sh, &prompt);
+
+    // Ctrl-C once the download's first bytes are on disk stops it, and the shell prompts again.
+    let part = work.path().join("big.bin.ftp-part");
+    type_keys(&mut sh, "get big.bin\r");
+    wait_until("big.bin.ftp-part holds bytes", START_TIMEOUT, || {
+        file_len(&part) > 0
+    });
+    sh.send_control('c').unwrap();
+    expect(&mut sh, "ftp-cli: cancelled");
+    expect(&mut sh, &prompt);
+    let status = format!("{:?}", sh.process().status());
+    assert_eq!(status, "Some(StillAlive)", "Ctrl-C ended the shell");
+    assert_missing(work.path().join("big.bin"));
+    // The client told the daemon, rather than dropping the connection.
+    daemon.wait_for_log(&["transfer", "big.bin", "cancelled by the client"]);
+
+    // The connection is still in step: the next commands get their own answers.
+    type_keys(&mut sh, "pwd\r");
+    expect(&mut sh, "\n/\r\n");
+    expect(&mut sh, &prompt);
+    type_keys(&mut sh, "get small.txt\r");
+    let md5 = md5_file(daemon.path("small.txt"));
+    let summary = expect(&mut sh, "verified");
+    assert!(
+        summary.contains(&md5),
+        "the summary line lacks small.txt's MD5 {md5}: {summary:?}"
+    );
+    expect(&mut sh, &prompt);
+    assert_same_file(daemon.path("small.txt"), work.path().join("small.txt"));
+    assert_missing(work.path().join("big.bin"));
+
+    // Ctrl-C once the upload's first bytes are staged aborts it, and nothing appears in the root.
+    type_keys(&mut sh, "put upload.bin\r");
+    wait_until(
+        "the daemon has staged bytes of upload.bin",
+        START_TIMEOUT,
+        || staged_bytes(&daemon.staging()) > 0,
+    );
+    sh.send_control('c').unwrap();
+    expect(&mut sh, "ftp-cli: cancelled");
+    expect(&mut sh, &prompt);
+    daemon.wait_for_log(&["transfer", "upload.bin", "upload aborted by the client"]);
+    type_keys(&mut sh, "ls\r");
+    expect(&mut sh, "big.bin\r\nsmall.txt\r\n");
+    let rest = expect(&mut sh, &prompt);
+    assert!(
+        !rest.contains("upload.bin"),
+        "`ls` shows the cancelled upload: {rest:?}"
+    );
+    assert_eq!(daemon.visible_files(), ["big.bin", "small.txt"]);
+
+    // What was staged before Ctrl-C stays: `put -c` sends only the rest.
+    type_keys(&mut sh, "put -c upload.bin\r");
+    let summary = expect(&mut sh, "verified");
+    assert!(
+        summary.contains("of it sent this time"),
+        "`put -c` did not resume the cancelled upload: {summary:?}"
+    );
+    assert!(
+        summary.contains(&md5_file(&upload)),
+        "the summary line lacks upload.bin's MD5: {summary:?}"
+    );
+    expect(&mut sh, &prompt);
+    assert_same_file(&upload, daemon.path("upload.bin"));
+
+    leave(&mut sh);
+    // Only the cancelled download's verified bytes may be left beside what was asked for.
+    let mut local = names(work.path());
+    local.retain(|n| n != "big.bin.ftp-part");
+    assert_eq!(local, ["small.txt", "upload.bin"]);
+    // The session ended with a goodbye, and the daemon never saw the two sides out of step.
+    daemon.wait_for_log(&["connection closed", "client said bye"]);
+    let log = daemon.log();
+    assert!(
+        !log.contains("protocol violation") && !log.contains("framing error"),
+        "ftpd logged a protocol error:\n{log}"
     );
 }
