@@ -572,8 +572,10 @@ impl App {
             if attempt > 0 {
                 if let (Transfer::Put { local, remote }, ClientError::Remote(e)) = (t, &err) {
                     // Our earlier attempt may have been stored just before the link failed.
-                    if e.code == ErrorCode::Exists && self.same_as_remote(local, remote) {
-                        return self.already_stored(local, remote);
+                    if e.code == ErrorCode::Exists {
+                        if let Some(stored) = self.same_as_remote(local, remote) {
+                            return Ok(stored);
+                        }
                     }
                 }
             }
@@ -605,27 +607,12 @@ impl App {
         }
     }
 
-    fn same_as_remote(&mut self, local: &Path, remote: &str) -> bool {
-        let Some(client) = self.client.as_mut() else {
-            return false;
-        };
+    fn same_as_remote(&mut self, local: &Path, remote: &str) -> Option<Summary> {
+        let client = self.client.as_mut()?;
         self.runtime
             .block_on(client.same_as_remote(local, remote))
-            .unwrap_or(false)
-    }
-
-    fn already_stored(&self, local: &Path, remote: &str) -> Result<Summary> {
-        let size = std::fs::metadata(local)
-            .map_err(|e| ClientError::local(local, e))?
-            .len();
-        let md5 = self.runtime.block_on(crate::client::md5_of_file(local))?;
-        Ok(Summary {
-            name: remote.to_owned(),
-            sent: 0,
-            size,
-            elapsed: Duration::ZERO,
-            md5,
-        })
+            .ok()
+            .flatten()
     }
 
     /// One line per finished transfer, on stdout.

@@ -268,16 +268,6 @@ impl Client {
         self.reader.next().now_or_never().is_none()
     }
 
-    /// `host:port` this client is connected to.
-    pub fn addr(&self) -> &str {
-        &self.addr
-    }
-
-    /// The server's hello.
-    pub fn server(&self) -> &Hello {
-        &self.server
-    }
-
     /// Says goodbye; the server closes its side.
     pub async fn bye(mut self) {
         let _ = self.send(Message::Bye).await;
@@ -633,8 +623,9 @@ impl Client {
     }
 
     /// Whether the server's `remote` is exactly `local` (size and whole-file MD5), asked as a
-    /// download from the very end: the server checks our MD5 against its whole file.
-    pub async fn same_as_remote(&mut self, local: &Path, remote: &str) -> Result<bool> {
+    /// download from the very end: the server checks our MD5 against its whole file. When it
+    /// is, the answer says what the file is, as a transfer summary would.
+    pub async fn same_as_remote(&mut self, local: &Path, remote: &str) -> Result<Option<Summary>> {
         let file = File::open(local).map_err(|e| ClientError::local(local, e))?;
         let size = file
             .metadata()
@@ -648,17 +639,24 @@ impl Client {
                 loop {
                     match self.recv().await?.message {
                         Message::Chunk(_) => {}
-                        Message::Eof(_) | Message::Abort(_) => return Ok(false),
+                        Message::Eof(_) | Message::Abort(_) => return Ok(None),
                         other => return Err(unexpected("eof", &other)),
                     }
                 }
             }
-            Err(ClientError::Remote(_)) => return Ok(false),
+            Err(ClientError::Remote(_)) => return Ok(None),
             Err(e) => return Err(e),
         }
+        let md5 = hasher.finish();
         match self.recv().await?.message {
-            Message::Eof(eof) => Ok(eof.md5 == hasher.finish()),
-            Message::Abort(_) => Ok(false),
+            Message::Eof(eof) if eof.md5 == md5 => Ok(Some(Summary {
+                name: remote.to_owned(),
+                sent: 0,
+                size,
+                elapsed: Duration::ZERO,
+                md5,
+            })),
+            Message::Eof(_) | Message::Abort(_) => Ok(None),
             other => Err(unexpected("eof", &other)),
         }
     }
@@ -780,29 +778,14 @@ async fn hash_prefix_of(file: &File, path: &Path, len: u64) -> Result<(File, Md5
         use std::io::{Seek, SeekFrom};
         file.seek(SeekFrom::Start(0))?;
         let mut hasher = Md5Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut left = len;
-        while left > 0 {
-            let want = left.min(buf.len() as u64) as usize;
-            file.read_exact(&mut buf[..want])?;
-            hasher.update(&buf[..want]);
-            left -= want as u64;
+        if hasher.update_from(&mut file, len)? < len {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         Ok((file, hasher))
     })
     .await
     .map_err(|e| ClientError::Protocol(format!("hashing failed: {e}")))?
     .map_err(|e| ClientError::local(&shown, e))
-}
-
-/// The whole-file MD5 of a local file.
-pub async fn md5_of_file(path: &Path) -> Result<Md5Digest> {
-    let file = File::open(path).map_err(|e| ClientError::local(path, e))?;
-    let size = file
-        .metadata()
-        .map_err(|e| ClientError::local(path, e))?
-        .len();
-    Ok(hash_prefix_of(&file, path, size).await?.1.finish())
 }
 
 fn remove_if_empty(path: &Path) {

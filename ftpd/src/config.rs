@@ -137,13 +137,6 @@ const NOT_IN_FILE: &[&str] = &[
 ];
 
 impl Config {
-    /// Settings for a root with every other value at its default (tests, embedding).
-    pub fn for_root(root: impl Into<PathBuf>) -> Self {
-        let mut c = Config::parse_from(["ftpd", "--root", "."]);
-        c.root = Some(root.into());
-        c
-    }
-
     /// The storage root (present in every loaded configuration).
     pub fn root(&self) -> &std::path::Path {
         self.root.as_deref().expect("Config::load requires a root")

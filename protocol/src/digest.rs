@@ -75,6 +75,29 @@ impl Md5Hasher {
     pub fn finish(self) -> Md5Digest {
         Md5Digest(self.0.finalize().into())
     }
+
+    /// Hashes what `reader` yields, up to `limit` bytes or its end, whichever comes first;
+    /// returns how many bytes that was.
+    pub fn update_from(
+        &mut self,
+        reader: &mut impl std::io::Read,
+        limit: u64,
+    ) -> std::io::Result<u64> {
+        let mut buf = vec![0u8; (1 << 20).min(limit) as usize];
+        let mut done = 0;
+        while done < limit {
+            let want = (limit - done).min(buf.len() as u64) as usize;
+            let n = match reader.read(&mut buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.update(&buf[..n]);
+            done += n as u64;
+        }
+        Ok(done)
+    }
 }
 
 /// A whole-file MD5 computed on a thread of its own, fed the chunks a transfer moves. The thread
@@ -183,6 +206,16 @@ mod tests {
         bg.update(bytes::Bytes::from_static(b"o"));
         assert_eq!(bg.finish(), Md5Digest::of(b"hello"));
         drop(BackgroundMd5::spawn(Md5Hasher::new())); // dropped unfinished: no hang
+    }
+
+    #[test]
+    fn update_from_stops_at_the_limit_or_the_end() {
+        let mut h = Md5Hasher::new();
+        assert_eq!(h.update_from(&mut &b"hello world"[..], 5).unwrap(), 5);
+        assert_eq!(h.finish(), Md5Digest::of(b"hello"));
+        let mut h = Md5Hasher::new();
+        assert_eq!(h.update_from(&mut &b"abc"[..], u64::MAX).unwrap(), 3);
+        assert_eq!(h.finish(), Md5Digest::of(b"abc"));
     }
 
     #[test]

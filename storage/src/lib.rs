@@ -14,7 +14,7 @@ mod upload;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
@@ -59,8 +59,6 @@ struct Inner {
     staging: Dir,
     /// Capability handle on the recorded digests.
     digests: Dir,
-    /// The root's host path, for log lines only.
-    host_path: PathBuf,
     /// Upload size limits.
     limits: Limits,
     /// What the files in the root take, for the quota (counted only when there is one).
@@ -114,7 +112,6 @@ impl Root {
                 dir,
                 staging,
                 digests,
-                host_path: path.to_owned(),
                 limits,
                 usage: Mutex::new(Usage::default()),
                 active: Mutex::new(HashMap::new()),
@@ -170,10 +167,6 @@ impl Root {
         if let Some(delta) = stored {
             usage.used = (i128::from(usage.used) + delta).max(0) as u64;
         }
-    }
-
-    pub fn host_path(&self) -> &Path {
-        &self.inner.host_path
     }
 
     /// Opens a regular file for reading.

@@ -1,7 +1,7 @@
 //! Staged uploads: bytes go to a private file and become visible whole, or not at all.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -200,23 +200,10 @@ impl Upload {
     /// Reads back what an earlier attempt staged, so the running MD5 covers it.
     fn rehash_prefix(&mut self) -> Result<()> {
         let shown = self.target.to_string();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut held = 0u64;
-        loop {
-            let n = self
-                .file
-                .read(&mut buf)
-                .map_err(|e| Error::io(&shown, "read staged bytes of", e))?;
-            if n == 0 {
-                break;
-            }
-            let take = (n as u64).min(self.size.saturating_sub(held)) as usize;
-            self.hasher.update(&buf[..take]);
-            held += take as u64;
-            if take < n {
-                break;
-            }
-        }
+        let held = self
+            .hasher
+            .update_from(&mut self.file, self.size)
+            .map_err(|e| Error::io(&shown, "read staged bytes of", e))?;
         if held < self.file.metadata().map(|m| m.len()).unwrap_or(held) {
             // More staged than the file should have: the earlier attempt was another file.
             self.file
@@ -241,19 +228,14 @@ impl Upload {
         self.hasher.clone().finish()
     }
 
-    pub fn target(&self) -> &VPath {
-        &self.target
-    }
-
     /// Appends verified bytes. Refuses to grow past the declared size.
     pub fn write(&mut self, data: impl Into<Bytes>) -> Result<()> {
         let data: Bytes = data.into();
         let len = data.len() as u64;
         if self.written + len > self.size {
-            return Err(Error::Mismatch {
+            return Err(Error::TooLarge {
                 path: self.target.to_string(),
                 what: format!("more bytes than the declared {}", self.size),
-                code: ErrorCode::TooLarge,
             });
         }
         let lease = self.lease.clone();
@@ -283,21 +265,6 @@ impl Upload {
                 self.chunks = None;
             }
         }
-        Ok(())
-    }
-
-    /// Starts over: drops the staged bytes (a resume whose prefix the client rejected).
-    pub fn restart(&mut self) -> Result<()> {
-        use std::io::Seek;
-        let shown = self.target.to_string();
-        self.file
-            .set_len(0)
-            .and_then(|_| self.file.seek(std::io::SeekFrom::Start(0)))
-            .map_err(|e| Error::io(&shown, "truncate staged bytes of", e))?;
-        self.written = 0;
-        self.hasher = Md5Hasher::new();
-        self.streaming = None;
-        self.chunks = Some(ChunkLog::default());
         Ok(())
     }
 

@@ -144,16 +144,12 @@ fn prepare(
         return Ok(p);
     }
     // The whole-file MD5 covers the prefix the client already holds, so hash it here.
-    let mut left = offset;
-    let mut buf = vec![0u8; 1 << 20];
-    while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        p.file
-            .read_exact(&mut buf[..want])
-            .map_err(|e| storage_reply(&storage::Error::io(&path.to_string(), "read", e)))?;
-        p.hasher.update(&buf[..want]);
-        left -= want as u64;
-    }
+    let read = match p.hasher.update_from(&mut p.file, offset) {
+        Ok(n) if n == offset => Ok(()),
+        Ok(_) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        Err(e) => Err(e),
+    };
+    read.map_err(|e| storage_reply(&storage::Error::io(&path.to_string(), "read", e)))?;
     if let Some(want) = prefix_md5 {
         let have = p.hasher.clone().finish();
         if have != want {

@@ -1,7 +1,5 @@
 //! `stat`: one path's kind, size and time, and on request its content's MD5.
 
-use std::io::Read;
-
 use protocol::{EntryKind, Md5Hasher, Message, Stat, StatReply};
 
 use crate::error::{blocking, SessionError};
@@ -19,17 +17,9 @@ pub async fn run(s: &mut Session, req: Stat) -> Result<(), SessionError> {
         let md5 = if req.md5 && entry.kind == EntryKind::File {
             let mut f = root.open_read(&full)?;
             let mut hasher = Md5Hasher::new();
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = f
-                    .file
-                    .read(&mut buf)
-                    .map_err(|e| storage::Error::io(&entry.name, "read", e))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-            }
+            hasher
+                .update_from(&mut f.file, u64::MAX)
+                .map_err(|e| storage::Error::io(&entry.name, "read", e))?;
             Some(hasher.finish())
         } else {
             None
