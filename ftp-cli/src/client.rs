@@ -1,7 +1,7 @@
 //! The client API: connect, put, get. No terminal I/O here; progress goes through [`Progress`].
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -10,9 +10,10 @@ use futures::{SinkExt, StreamExt};
 use md5::{Digest as _, Md5};
 use protocol::auth::{self, Role};
 use protocol::{
-    BackgroundMd5, ChunkHeader, Entry, Eof, ErrorCode, ErrorReply, Frame, FrameCodec, Get, Hello,
-    Md5Digest, Md5Hasher, Message, Mkdir, PathArg, Put, Rename, Stat, StatReply, VERSION,
+    ChunkHeader, Entry, Eof, ErrorCode, ErrorReply, Frame, FrameCodec, Get, Hello, Md5Digest,
+    Md5Hasher, Message, Mkdir, PathArg, Put, Rename, Stat, StatReply, VERSION,
 };
+use storage::DirectWriter;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -421,7 +422,7 @@ impl Client {
             };
             let offset = ready.offset;
             let (file, hasher) = hash_prefix_of(&file, local, offset).await?;
-            if offset > 0 && hasher.clone().finish() != ready.md5 {
+            if offset > 0 && hasher.digest() != ready.md5 {
                 // What the server staged is not the start of this file: upload it afresh.
                 let reply = ErrorReply::new(
                     ErrorCode::PrefixMismatch,
@@ -612,7 +613,7 @@ impl Client {
         self.send(Message::Get(Get {
             path: remote.to_owned(),
             offset,
-            prefix_md5: (offset > 0).then(|| held.clone().finish()),
+            prefix_md5: (offset > 0).then(|| held.digest()),
         }))
         .await?;
         match self.recv().await?.message {
@@ -670,7 +671,7 @@ impl Client {
         progress: &mut dyn Progress,
     ) -> Result<(File, Md5Digest)> {
         let (tx, rx) = mpsc::channel::<(ChunkHeader, Bytes)>(PIPELINE_DEPTH);
-        let writer = tokio::task::spawn_blocking(move || write_chunks(file, hasher, rx));
+        let writer = tokio::task::spawn_blocking(move || write_chunks(file, offset, hasher, rx));
         let mut expected = offset;
         let mut failure: Option<ClientError> = None;
         let cancel = self.cancel.clone();
@@ -835,16 +836,15 @@ fn place(part: &Path, local: &Path, overwrite: bool) -> Result<()> {
 }
 
 /// Reads and hashes chunks off the reactor, from `file`'s current position (`offset`);
-/// `whole` already holds the MD5 state of the bytes before it. Returns the whole-file MD5.
+/// `running` already holds the MD5 state of the bytes before it. Returns the whole-file MD5.
 fn read_chunks(
     mut file: File,
     offset: u64,
     size: u64,
     chunk: usize,
-    whole: Md5Hasher,
+    mut running: Md5Hasher,
     tx: mpsc::Sender<Result<Frame>>,
 ) -> Md5Digest {
-    let mut whole = BackgroundMd5::spawn(whole);
     let mut pos = offset;
     while pos < size {
         let want = (size - pos).min(chunk as u64) as usize;
@@ -856,36 +856,47 @@ fn read_chunks(
             }));
             return Md5Digest::default();
         }
-        let data = data.freeze();
-        whole.update(data.clone());
-        if tx.blocking_send(Ok(Frame::chunk(pos, data))).is_err() {
+        let md5 = running.seal(&data);
+        if tx
+            .blocking_send(Ok(Frame::chunk(pos, data.freeze(), md5)))
+            .is_err()
+        {
             return Md5Digest::default();
         }
         pos += want as u64;
     }
-    whole.finish()
+    running.finish()
 }
 
-/// Verifies each chunk and appends it; returns the file and its whole-file MD5.
+/// Checks each chunk's running MD5 and appends it to `file` from `offset` on; returns the file
+/// and its whole-file MD5. After a failure the verified bytes stay in the file, for `get -c`.
 fn write_chunks(
-    mut file: File,
-    whole: Md5Hasher,
+    file: File,
+    offset: u64,
+    mut running: Md5Hasher,
     mut rx: mpsc::Receiver<(ChunkHeader, Bytes)>,
 ) -> Result<(File, Md5Digest)> {
-    let mut whole = BackgroundMd5::spawn(whole);
     let failed = |source| ClientError::Local {
         path: "download".into(),
         source,
     };
+    let mut out = DirectWriter::new(file, offset).map_err(failed)?;
+    let mut result = Ok(());
     while let Some((h, body)) = rx.blocking_recv() {
-        if Md5Digest::of(&body) != h.md5 {
-            return Err(ClientError::BadChunk { offset: h.offset });
+        if !running.check(&body, h.md5) {
+            result = Err(ClientError::BadChunk { offset: h.offset });
+            break;
         }
-        file.write_all(&body).map_err(failed)?;
-        whole.update(body);
+        if let Err(e) = out.write_all(&body) {
+            result = Err(failed(e));
+            break;
+        }
     }
+    out.flush().map_err(failed)?;
+    result?;
+    let file = out.into_inner();
     file.sync_all().map_err(failed)?;
-    Ok((file, whole.finish()))
+    Ok((file, running.finish()))
 }
 
 #[cfg(test)]

@@ -14,12 +14,13 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// A chunk frame for `data` at `offset`, with its MD5 computed here.
-    pub fn chunk(offset: u64, data: Bytes) -> Self {
+    /// A chunk frame for `data` at `offset`; `md5` is the running MD5 through its end (see
+    /// [`crate::Md5Hasher::seal`]).
+    pub fn chunk(offset: u64, data: Bytes, md5: Md5Digest) -> Self {
         let header = ChunkHeader {
             offset,
             len: u32::try_from(data.len()).expect("chunk bodies are capped far below 4 GiB"),
-            md5: Md5Digest::of(&data),
+            md5,
         };
         Frame {
             message: Message::Chunk(header),

@@ -59,7 +59,8 @@ impl<'de> Deserialize<'de> for Md5Digest {
     }
 }
 
-/// A running MD5 over a whole file, fed chunk by chunk.
+/// A running MD5 over a whole file, fed chunk by chunk. A chunk's header carries the running
+/// digest at the chunk's end, so one pass over the bytes checks every chunk and the whole file.
 #[derive(Clone, Default)]
 pub struct Md5Hasher(Md5);
 
@@ -74,6 +75,30 @@ impl Md5Hasher {
 
     pub fn finish(self) -> Md5Digest {
         Md5Digest(self.0.finalize().into())
+    }
+
+    /// The MD5 of everything hashed so far; hashing can go on.
+    pub fn digest(&self) -> Md5Digest {
+        self.clone().finish()
+    }
+
+    /// The sender's side of a chunk: hashes `data` and returns the digest its header carries,
+    /// the MD5 of the file from byte 0 through the end of this chunk.
+    pub fn seal(&mut self, data: &[u8]) -> Md5Digest {
+        self.update(data);
+        self.digest()
+    }
+
+    /// The receiver's side of a chunk: whether `data` brings the running MD5 to `declared`.
+    /// Only a chunk that passes is absorbed, so after a bad one the state is as it was.
+    pub fn check(&mut self, data: &[u8], declared: Md5Digest) -> bool {
+        let mut next = self.clone();
+        next.update(data);
+        let ok = next.digest() == declared;
+        if ok {
+            *self = next;
+        }
+        ok
     }
 
     /// Hashes what `reader` yields, up to `limit` bytes or its end, whichever comes first;
@@ -97,72 +122,6 @@ impl Md5Hasher {
             done += n as u64;
         }
         Ok(done)
-    }
-}
-
-/// A whole-file MD5 computed on a thread of its own, fed the chunks a transfer moves. The thread
-/// that checks each chunk's own MD5 and writes it then never waits for the second hash, so the
-/// two hashes of every byte run on two cores where there are two.
-pub struct BackgroundMd5 {
-    /// Chunks to hash; dropping it tells the thread the file is complete.
-    tx: Option<std::sync::mpsc::SyncSender<bytes::Bytes>>,
-    /// The hashing thread; yields the digest.
-    handle: Option<std::thread::JoinHandle<Md5Digest>>,
-}
-
-/// Chunks queued for the hashing thread before `update` waits for it.
-const BACKGROUND_DEPTH: usize = 4;
-
-impl BackgroundMd5 {
-    /// Starts hashing, continuing from `start` (the MD5 state of bytes already accounted for).
-    pub fn spawn(start: Md5Hasher) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(BACKGROUND_DEPTH);
-        let handle = std::thread::Builder::new()
-            .name("md5".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                let mut h = start;
-                for chunk in rx {
-                    h.update(&chunk);
-                }
-                h.finish()
-            })
-            .expect("cannot start a hashing thread");
-        BackgroundMd5 {
-            tx: Some(tx),
-            handle: Some(handle),
-        }
-    }
-
-    /// Hashes `data` next (a cheap clone of the chunk's bytes; nothing is copied).
-    pub fn update(&mut self, data: bytes::Bytes) {
-        if let Some(tx) = &self.tx {
-            // The thread only stops when this value is dropped, so sending cannot fail.
-            let _ = tx.send(data);
-        }
-    }
-
-    /// The MD5 of everything, once the thread has hashed it all.
-    pub fn finish(mut self) -> Md5Digest {
-        drop(self.tx.take());
-        self.handle
-            .take()
-            .expect("finish is called once")
-            .join()
-            .expect("the hashing thread does not panic")
-    }
-}
-
-impl Drop for BackgroundMd5 {
-    fn drop(&mut self) {
-        // Closing the channel ends the thread; nobody needs its answer.
-        drop(self.tx.take());
-    }
-}
-
-impl fmt::Debug for BackgroundMd5 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("BackgroundMd5")
     }
 }
 
@@ -198,14 +157,23 @@ mod tests {
     }
 
     #[test]
-    fn background_hash_continues_from_its_start() {
-        let mut start = Md5Hasher::new();
-        start.update(b"he");
-        let mut bg = BackgroundMd5::spawn(start);
-        bg.update(bytes::Bytes::from_static(b"ll"));
-        bg.update(bytes::Bytes::from_static(b"o"));
-        assert_eq!(bg.finish(), Md5Digest::of(b"hello"));
-        drop(BackgroundMd5::spawn(Md5Hasher::new())); // dropped unfinished: no hang
+    fn chunks_carry_the_running_md5_and_a_bad_one_is_not_absorbed() {
+        let mut sender = Md5Hasher::new();
+        let first = sender.seal(b"hel");
+        let second = sender.seal(b"lo");
+        assert_eq!(first, Md5Digest::of(b"hel"));
+        assert_eq!(second, Md5Digest::of(b"hello"));
+
+        let mut receiver = Md5Hasher::new();
+        assert!(receiver.check(b"hel", first));
+        assert!(!receiver.check(b"lO", second), "a damaged chunk fails");
+        assert_eq!(receiver.digest(), first, "and leaves the state as it was");
+        assert!(
+            receiver.check(b"lo", second),
+            "so the chunk sent again passes"
+        );
+        assert!(!receiver.check(b"", first), "a chunk cannot go back");
+        assert_eq!(receiver.finish(), Md5Digest::of(b"hello"));
     }
 
     #[test]

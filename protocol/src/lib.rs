@@ -22,7 +22,7 @@ mod digest;
 mod message;
 
 pub use codec::{CodecError, Frame, FrameCodec, Incoming, Rejected};
-pub use digest::{BackgroundMd5, Md5Digest, Md5Hasher};
+pub use digest::{Md5Digest, Md5Hasher};
 pub use message::{
     Auth, AuthChallenge, AuthOk, ChunkHeader, Entry, EntryKind, Eof, ErrorCode, ErrorReply, Get,
     GetReady, Hello, ListEnd, Listing, Message, Mkdir, PathArg, Put, PutReady, Rename, Stat,
@@ -30,7 +30,7 @@ pub use message::{
 };
 
 /// The protocol version this crate speaks.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Largest JSON header accepted, in bytes.
 pub const MAX_HEADER: usize = 64 * 1024;
 /// Largest chunk body accepted, in bytes.

@@ -249,7 +249,8 @@ pub struct ChunkHeader {
     pub offset: u64,
     /// Body length in bytes (at most the receiver's `max_chunk`).
     pub len: u32,
-    /// MD5 of the body alone.
+    /// The running MD5: of the file from byte 0 through this chunk's last byte. The receiver
+    /// checks it with one pass over the bytes, and the last chunk's is the whole file's.
     pub md5: Md5Digest,
 }
 

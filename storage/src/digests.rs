@@ -1,4 +1,4 @@
-//! Digests recorded at upload: every chunk's MD5 and the whole file's, kept in the private
+//! Digests recorded at upload: every chunk's running MD5 and the whole file's, kept in the private
 //! directory so that a download can send them as recorded instead of hashing the file again.
 //! They also prove, end to end, that the bytes downloaded are the bytes that were uploaded: a
 //! file changed or rotted on disk no longer matches them, and the client's check says so.
@@ -30,7 +30,10 @@ pub struct Recorded {
     mtime_nsec: i64,
     /// Every chunk but the last has this length.
     pub chunk: u32,
-    /// MD5 of each chunk, in order.
+    /// Each chunk's running MD5 (of the file from byte 0 through the chunk's end), in order.
+    /// Named apart from the per-chunk MD5s that protocol version 1 recorded, so that records
+    /// left by an older daemon fail to parse and count as no record.
+    #[serde(rename = "running_md5s")]
     pub chunks: Vec<Md5Digest>,
     /// MD5 of the whole file.
     pub md5: Md5Digest,

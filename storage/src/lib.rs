@@ -8,6 +8,7 @@
 //! `openat2(RESOLVE_BENEATH)` gives, so a symlink swapped in mid-transfer cannot lead outside.
 
 mod digests;
+mod direct;
 mod error;
 mod path;
 mod upload;
@@ -23,6 +24,7 @@ use cap_std::fs::Dir;
 use protocol::{Entry, EntryKind};
 
 pub use digests::Recorded;
+pub use direct::DirectWriter;
 pub use error::{Error, Result};
 pub use path::{VPath, MAX_NAME, MAX_PATH, PRIVATE_DIR};
 pub use upload::{Upload, UploadRequest};

@@ -1,15 +1,15 @@
 //! Staged uploads: bytes go to a private file and become visible whole, or not at all.
 
 use std::fs::File;
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use md5::{Digest as _, Md5};
-use protocol::{BackgroundMd5, ErrorCode, Md5Digest, Md5Hasher};
+use protocol::{ErrorCode, Md5Digest, Md5Hasher};
 
 use crate::digests::{self, Recorded};
+use crate::direct::DirectWriter;
 use crate::{Error, Result, Root, VPath};
 
 /// What the client asked for when it started an upload.
@@ -35,14 +35,13 @@ pub struct Upload {
     target: VPath,
     /// File name inside the staging directory.
     staged: String,
-    file: File,
+    /// The staging file, written past the page cache where the filesystem allows.
+    out: DirectWriter,
     /// Bytes staged so far.
     written: u64,
     size: u64,
-    /// MD5 of the bytes staged before this attempt's first write (read back on resume).
+    /// The running MD5 of every byte staged (those of an earlier attempt read back on resume).
     hasher: Md5Hasher,
-    /// The whole-file MD5 from the first write on, hashed on its own thread.
-    streaming: Option<BackgroundMd5>,
     /// Whether the staged bytes outlive this value (uploads with an id can be resumed).
     keep: bool,
     /// This attempt's claim on the staging file.
@@ -53,8 +52,8 @@ pub struct Upload {
     reserved: u64,
     /// Modification time to give the file when it is stored.
     mtime: Option<i64>,
-    /// The chunks' MD5s as verified, to record with the file; `None` once the chunks are not
-    /// all of one length (but the last), or the upload resumed bytes hashed without them.
+    /// The chunks' running MD5s as verified, to record with the file; `None` once the chunks
+    /// are not all of one length (but the last), or the upload resumed bytes hashed without them.
     chunks: Option<ChunkLog>,
     committed: bool,
 }
@@ -164,58 +163,45 @@ impl Upload {
             // Waits for a write in flight, then the older attempt stops for good.
             *older.superseded.lock().unwrap() = true;
         }
-        let mut upload = Upload {
-            file: match open_staged(&root, &staged, req.resume) {
-                Ok(f) => f,
-                Err(e) => {
-                    release(&root, &staged, &lease);
-                    root.settle(reserved, None);
-                    return Err(Error::io(&shown, "create staging file for", e));
-                }
-            },
+        let opened = open_staged(&root, &staged, req.resume)
+            .map_err(|e| Error::io(&shown, "create staging file for", e))
+            .and_then(|mut file| {
+                let mut hasher = Md5Hasher::new();
+                let held = if req.resume {
+                    read_back(&mut file, req.size, &mut hasher)
+                        .map_err(|e| Error::io(&shown, "read staged bytes of", e))?
+                } else {
+                    0
+                };
+                let out = DirectWriter::new(file, held)
+                    .map_err(|e| Error::io(&shown, "open staging file for", e))?;
+                Ok((out, hasher, held))
+            });
+        let (out, hasher, held) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                release(&root, &staged, &lease);
+                root.settle(reserved, None);
+                return Err(e);
+            }
+        };
+        Ok(Upload {
+            out,
             lease,
             replaced,
             reserved,
             mtime: req.mtime,
-            chunks: Some(ChunkLog::default()),
+            // Resumed bytes were hashed without their chunks: nothing to record.
+            chunks: (held == 0).then(ChunkLog::default),
             root,
             target: target.clone(),
             staged,
-            written: 0,
+            written: held,
             size: req.size,
-            hasher: Md5Hasher::new(),
-            streaming: None,
+            hasher,
             keep,
             committed: false,
-        };
-        if req.resume {
-            upload.rehash_prefix()?;
-            if upload.written > 0 {
-                upload.chunks = None;
-            }
-        }
-        Ok(upload)
-    }
-
-    /// Reads back what an earlier attempt staged, so the running MD5 covers it.
-    fn rehash_prefix(&mut self) -> Result<()> {
-        let shown = self.target.to_string();
-        let held = self
-            .hasher
-            .update_from(&mut self.file, self.size)
-            .map_err(|e| Error::io(&shown, "read staged bytes of", e))?;
-        if held < self.file.metadata().map(|m| m.len()).unwrap_or(held) {
-            // More staged than the file should have: the earlier attempt was another file.
-            self.file
-                .set_len(held)
-                .map_err(|e| Error::io(&shown, "truncate staged bytes of", e))?;
-        }
-        use std::io::Seek;
-        self.file
-            .seek(std::io::SeekFrom::Start(held))
-            .map_err(|e| Error::io(&shown, "seek staged bytes of", e))?;
-        self.written = held;
-        Ok(())
+        })
     }
 
     /// Bytes already staged; the client sends from here.
@@ -223,14 +209,41 @@ impl Upload {
         self.written
     }
 
-    /// MD5 of the bytes staged before this attempt wrote anything.
+    /// MD5 of the bytes staged so far.
     pub fn digest_so_far(&self) -> Md5Digest {
-        self.hasher.clone().finish()
+        self.hasher.digest()
     }
 
-    /// Appends verified bytes. Refuses to grow past the declared size.
+    /// Appends bytes the caller vouches for. Refuses to grow past the declared size.
     pub fn write(&mut self, data: impl Into<Bytes>) -> Result<()> {
         let data: Bytes = data.into();
+        self.hasher.update(&data);
+        self.append(&data)
+    }
+
+    /// Appends one chunk once its running MD5 (of the file from byte 0 through the chunk's
+    /// end) checks out, and remembers that digest to record with the file. A chunk that fails
+    /// the check is not written, and the upload can go on with the chunk sent again.
+    pub fn write_chunk(&mut self, data: impl Into<Bytes>, md5: Md5Digest) -> Result<()> {
+        let data: Bytes = data.into();
+        if !self.hasher.check(&data, md5) {
+            return Err(Error::Mismatch {
+                path: self.target.to_string(),
+                what: format!("chunk at offset {} failed its MD5 check", self.written),
+                code: ErrorCode::ChecksumMismatch,
+            });
+        }
+        self.append(&data)?;
+        if let Some(log) = &mut self.chunks {
+            if !log.push(data.len() as u32, md5) {
+                self.chunks = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes hashed bytes to the staging file.
+    fn append(&mut self, data: &[u8]) -> Result<()> {
         let len = data.len() as u64;
         if self.written + len > self.size {
             return Err(Error::TooLarge {
@@ -243,28 +256,11 @@ impl Upload {
         if *superseded {
             return Err(self.superseded());
         }
-        if let Err(e) = self.file.write_all(&data) {
+        if let Err(e) = self.out.write_all(data) {
             return Err(self.failed(Error::io(&self.target.to_string(), "write", e)));
         }
         drop(superseded);
-        let start = &self.hasher;
-        self.streaming
-            .get_or_insert_with(|| BackgroundMd5::spawn(start.clone()))
-            .update(data);
         self.written += len;
-        Ok(())
-    }
-
-    /// Appends one verified chunk, remembering its MD5 to record with the file.
-    pub fn write_chunk(&mut self, data: impl Into<Bytes>, md5: Md5Digest) -> Result<()> {
-        let data: Bytes = data.into();
-        let len = data.len() as u32;
-        self.write(data)?;
-        if let Some(log) = &mut self.chunks {
-            if !log.push(len, md5) {
-                self.chunks = None;
-            }
-        }
         Ok(())
     }
 
@@ -279,10 +275,7 @@ impl Upload {
                 code: ErrorCode::BadRequest,
             });
         }
-        let actual = match self.streaming.take() {
-            Some(streaming) => streaming.finish(),
-            None => self.hasher.clone().finish(),
-        };
+        let actual = self.hasher.digest();
         if actual != expected {
             // These bytes are wrong somewhere; resuming on top of them would only repeat it.
             self.keep = false;
@@ -297,14 +290,18 @@ impl Upload {
         if *superseded {
             return Err(self.superseded());
         }
+        if let Err(e) = self.out.flush() {
+            return Err(self.failed(Error::io(&shown, "write", e)));
+        }
+        let file = self.out.get_ref();
         if let Some(secs) = self.mtime {
             let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
-            let _ = self.file.set_modified(t);
+            let _ = file.set_modified(t);
         }
-        if let Err(e) = self.file.sync_all() {
+        if let Err(e) = file.sync_all() {
             return Err(self.failed(Error::io(&shown, "sync", e)));
         }
-        let stored_meta = self.file.metadata().ok();
+        let stored_meta = file.metadata().ok();
         let inner = &self.root.inner;
         let placed = if overwrite {
             inner
@@ -363,6 +360,17 @@ fn release(root: &Root, staged: &str, lease: &Arc<Lease>) {
     }
 }
 
+/// Reads back the bytes an earlier attempt staged (at most `size`) into `hasher`, cuts off any
+/// excess, and returns how many there are.
+fn read_back(file: &mut File, size: u64, hasher: &mut Md5Hasher) -> std::io::Result<u64> {
+    let held = hasher.update_from(file, size)?;
+    if held < file.metadata()?.len() {
+        // More staged than the file should have: the earlier attempt was another file.
+        file.set_len(held)?;
+    }
+    Ok(held)
+}
+
 fn open_staged(root: &Root, name: &str, resume: bool) -> std::io::Result<File> {
     let mut opts = cap_std::fs::OpenOptions::new();
     opts.read(true).write(true).create(true);
@@ -374,10 +382,17 @@ fn open_staged(root: &Root, name: &str, resume: bool) -> std::io::Result<File> {
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        let superseded = *self.lease.superseded.lock().unwrap();
-        if !self.committed && !self.keep && !superseded {
-            let _ = self.root.inner.staging.remove_file(&self.staged);
+        let lease = self.lease.clone();
+        let superseded = lease.superseded.lock().unwrap();
+        if !self.committed && !*superseded {
+            if self.keep {
+                // Verified bytes still held go to the staging file, for a resume to find.
+                let _ = self.out.flush();
+            } else {
+                let _ = self.root.inner.staging.remove_file(&self.staged);
+            }
         }
+        drop(superseded);
         release(&self.root, &self.staged, &self.lease);
         let grew = self
             .committed

@@ -1,6 +1,6 @@
 //! The storage root against a real temp directory.
 
-use protocol::Md5Digest;
+use protocol::{ErrorCode, Md5Digest};
 use storage::{Error, Root, UploadRequest, VPath};
 
 fn setup() -> (tempfile::TempDir, Root) {
@@ -110,23 +110,29 @@ fn resume_continues_staged_bytes_with_the_same_id() {
 }
 
 /// A client that reconnects while the daemon still holds its old, stalled connection must be
-/// able to resume; the old attempt must never write again, nor remove the staged bytes.
+/// able to resume; the old attempt must never write again, nor remove the staged bytes. The
+/// newer attempt finds what reached the disk (bytes still in the older one's buffer do not, and
+/// never will).
 #[test]
 fn a_newer_attempt_at_the_same_upload_supersedes_the_older() {
     let (dir, root) = setup();
-    let mut r = req(6);
+    let mib = 1 << 20;
+    let data: Vec<u8> = (0..mib + 6).map(|i| (i % 251) as u8).collect();
+    let mut r = req(data.len() as u64);
     r.upload_id = Some("same".into());
     let mut older = root.begin_upload(&p("a"), &r).unwrap();
-    older.write(&b"abc"[..]).unwrap();
+    older.write(data[..mib + 3].to_vec()).unwrap();
     r.resume = true;
     let mut newer = root.begin_upload(&p("a"), &r).unwrap();
-    assert_eq!(newer.offset(), 3);
+    let held = newer.offset() as usize;
+    assert!(held <= mib + 3, "{held}");
+    assert_eq!(newer.digest_so_far(), Md5Digest::of(&data[..held]));
     assert!(matches!(older.write(&b"XXX"[..]), Err(Error::Busy { .. })));
     // The older attempt ends (and is dropped) without touching the newer one's bytes.
-    assert!(older.commit(Md5Digest::of(b"abc"), false).is_err());
-    newer.write(&b"def"[..]).unwrap();
-    newer.commit(Md5Digest::of(b"abcdef"), false).unwrap();
-    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"abcdef");
+    assert!(older.commit(Md5Digest::of(&data), false).is_err());
+    newer.write(data[held..].to_vec()).unwrap();
+    newer.commit(Md5Digest::of(&data), false).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), data);
 }
 
 #[test]
@@ -309,8 +315,9 @@ fn digests_are_recorded_at_upload_and_dropped_when_the_file_changes() {
     let (dir, root) = setup();
     let data: Vec<u8> = (0..10u8).collect();
     let mut up = root.begin_upload(&p("f"), &req(10)).unwrap();
-    for piece in data.chunks(4) {
-        up.write_chunk(piece.to_vec(), Md5Digest::of(piece))
+    for (start, end) in [(0, 4), (4, 8), (8, 10)] {
+        // A chunk's digest is the running MD5 of the file through its end.
+        up.write_chunk(data[start..end].to_vec(), Md5Digest::of(&data[..end]))
             .unwrap();
     }
     up.commit(Md5Digest::of(&data), false).unwrap();
@@ -321,8 +328,8 @@ fn digests_are_recorded_at_upload_and_dropped_when_the_file_changes() {
         rec.chunks,
         [
             Md5Digest::of(&data[..4]),
-            Md5Digest::of(&data[4..8]),
-            Md5Digest::of(&data[8..])
+            Md5Digest::of(&data[..8]),
+            Md5Digest::of(&data)
         ]
     );
 
@@ -335,8 +342,31 @@ fn digests_are_recorded_at_upload_and_dropped_when_the_file_changes() {
     let mut up = root.begin_upload(&p("g"), &req(10)).unwrap();
     up.write_chunk(data[..3].to_vec(), Md5Digest::of(&data[..3]))
         .unwrap();
-    up.write_chunk(data[3..].to_vec(), Md5Digest::of(&data[3..]))
+    up.write_chunk(data[3..].to_vec(), Md5Digest::of(&data))
         .unwrap();
     up.commit(Md5Digest::of(&data), false).unwrap();
     assert!(root.open_read(&p("g")).unwrap().recorded.is_none());
+}
+
+/// Each chunk carries the running MD5 of the file through its end: a damaged chunk is refused
+/// before a byte of it is written, and the same chunk sent again is taken.
+#[test]
+fn a_chunk_that_fails_its_running_md5_is_not_written() {
+    let (dir, root) = setup();
+    let data = b"0123456789";
+    let mut up = root.begin_upload(&p("f"), &req(10)).unwrap();
+    up.write_chunk(data[..4].to_vec(), Md5Digest::of(&data[..4]))
+        .unwrap();
+    let err = up
+        .write_chunk(b"45X7".to_vec(), Md5Digest::of(&data[..8]))
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ChecksumMismatch, "{err}");
+    assert!(err.to_string().contains("offset 4"), "{err}");
+    assert_eq!(up.offset(), 4, "nothing of it was written");
+    up.write_chunk(data[4..8].to_vec(), Md5Digest::of(&data[..8]))
+        .unwrap();
+    up.write_chunk(data[8..].to_vec(), Md5Digest::of(data))
+        .unwrap();
+    up.commit(Md5Digest::of(data), false).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), data);
 }

@@ -5,10 +5,7 @@ use std::io::Read;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use protocol::{
-    BackgroundMd5, ChunkHeader, Eof, ErrorCode, ErrorReply, Frame, Get, GetReady, Md5Hasher,
-    Message,
-};
+use protocol::{Eof, ErrorCode, ErrorReply, Frame, Get, GetReady, Md5Digest, Md5Hasher, Message};
 use storage::{Recorded, Root, VPath};
 use tokio::sync::mpsc;
 
@@ -24,6 +21,7 @@ struct Prepared {
     file: File,
     size: u64,
     mtime: Option<i64>,
+    /// The running MD5 at the offset; unused when sending recorded digests.
     hasher: Md5Hasher,
     /// The digests recorded at upload, when the download can send them as they are: then
     /// nothing is hashed here, only by the client.
@@ -135,8 +133,12 @@ fn prepare(
         hasher: Md5Hasher::new(),
         recorded,
     };
-    if p.recorded.is_some() && prefix_md5.is_none() {
-        // Recorded digests cover the whole file already: skip to the offset unhashed.
+    if let Some(r) = &p.recorded {
+        // Recorded digests cover the whole file already, and the one at a chunk boundary is
+        // the MD5 of everything before it: skip to the offset unhashed.
+        let held = (offset / u64::from(r.chunk)).checked_sub(1);
+        let recorded_prefix = held.map_or_else(Md5Digest::empty, |i| r.chunks[i as usize]);
+        check_prefix(path, offset, prefix_md5, recorded_prefix)?;
         use std::io::{Seek, SeekFrom};
         p.file
             .seek(SeekFrom::Start(offset))
@@ -150,16 +152,25 @@ fn prepare(
         Err(e) => Err(e),
     };
     read.map_err(|e| storage_reply(&storage::Error::io(&path.to_string(), "read", e)))?;
-    if let Some(want) = prefix_md5 {
-        let have = p.hasher.clone().finish();
-        if have != want {
-            return Err(ErrorReply::new(
-                ErrorCode::PrefixMismatch,
-                format!("{path}: the first {offset} bytes differ from the client's"),
-            ));
-        }
-    }
+    check_prefix(path, offset, prefix_md5, p.hasher.digest())?;
     Ok(p)
+}
+
+/// Refuses to continue a download whose first `offset` bytes, as the client holds them, are
+/// not the file's.
+fn check_prefix(
+    path: &VPath,
+    offset: u64,
+    theirs: Option<Md5Digest>,
+    ours: Md5Digest,
+) -> Result<(), ErrorReply> {
+    match theirs {
+        Some(theirs) if theirs != ours => Err(ErrorReply::new(
+            ErrorCode::PrefixMismatch,
+            format!("{path}: the first {offset} bytes differ from the client's"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Reads, hashes and frames chunks off the reactor thread; ends with `eof`, or an error.
@@ -170,10 +181,6 @@ fn read_chunks(
     tx: mpsc::Sender<Result<Frame, ErrorReply>>,
 ) {
     let chunk = p.recorded.as_ref().map_or(chunk, |r| r.chunk as usize);
-    let mut whole = p
-        .recorded
-        .is_none()
-        .then(|| BackgroundMd5::spawn(p.hasher.clone()));
     while pos < p.size {
         let want = (p.size - pos).min(chunk as u64) as usize;
         let mut buf = BytesMut::zeroed(want);
@@ -185,33 +192,22 @@ fn read_chunks(
             let _ = tx.blocking_send(Err(ErrorReply::new(ErrorCode::Io, msg).at(pos)));
             return;
         }
-        let frame = match &p.recorded {
+        let md5 = match &p.recorded {
             // As recorded at upload: the client's check then also proves the bytes unchanged.
-            Some(r) => Frame {
-                message: Message::Chunk(ChunkHeader {
-                    offset: pos,
-                    len: want as u32,
-                    md5: r.chunks[(pos / chunk as u64) as usize],
-                }),
-                body: buf.freeze(),
-            },
-            None => {
-                let data = buf.freeze();
-                if let Some(whole) = &mut whole {
-                    whole.update(data.clone());
-                }
-                Frame::chunk(pos, data)
-            }
+            Some(r) => r.chunks[(pos / chunk as u64) as usize],
+            None => p.hasher.seal(&buf),
         };
-        if tx.blocking_send(Ok(frame)).is_err() {
+        if tx
+            .blocking_send(Ok(Frame::chunk(pos, buf.freeze(), md5)))
+            .is_err()
+        {
             return; // cancelled
         }
         pos += want as u64;
     }
-    let md5 = match (&p.recorded, whole) {
-        (Some(r), _) => r.md5,
-        (None, Some(whole)) => whole.finish(),
-        (None, None) => unreachable!("a download without records hashes as it reads"),
+    let md5 = match &p.recorded {
+        Some(r) => r.md5,
+        None => p.hasher.finish(),
     };
     let eof = Eof { size: p.size, md5 };
     let _ = tx.blocking_send(Ok(Message::Eof(eof).into()));

@@ -173,19 +173,12 @@ async fn drain(s: &mut Session) -> Result<(), SessionError> {
     }
 }
 
-/// Verifies each chunk's MD5 and appends it to the staged file, off the reactor thread.
+/// Checks each chunk's running MD5 and appends it to the staged file, off the reactor thread.
 fn write_chunks(
     mut upload: Upload,
     mut rx: mpsc::Receiver<(ChunkHeader, Bytes)>,
 ) -> (Upload, Result<(), ErrorReply>) {
     while let Some((h, body)) = rx.blocking_recv() {
-        if Md5Digest::of(&body) != h.md5 {
-            let reply = ErrorReply::new(
-                ErrorCode::ChecksumMismatch,
-                format!("chunk at offset {} failed its MD5 check", h.offset),
-            );
-            return (upload, Err(reply.at(h.offset)));
-        }
         if let Err(e) = upload.write_chunk(body, h.md5) {
             return (upload, Err(storage_reply(&e).at(h.offset)));
         }

@@ -13,8 +13,8 @@ fn sample_frames() -> Vec<Frame> {
             max_chunk: 1024,
         })
         .into(),
-        Frame::chunk(0, Bytes::from_static(b"hello world")),
-        Frame::chunk(11, Bytes::new()),
+        Frame::chunk(0, Bytes::from_static(b"hello world"), Md5Digest::default()),
+        Frame::chunk(11, Bytes::new(), Md5Digest::default()),
         Message::Get(Get {
             path: "ünïcødé/a b;c".into(),
             offset: 3,
@@ -128,7 +128,11 @@ fn oversized_chunk_body_fails_before_allocating() {
 
 #[test]
 fn truncated_frames_are_errors_at_eof() {
-    let wire = encode_all(&[Frame::chunk(0, Bytes::from_static(b"0123456789"))]);
+    let wire = encode_all(&[Frame::chunk(
+        0,
+        Bytes::from_static(b"0123456789"),
+        Md5Digest::default(),
+    )]);
     for cut in 1..wire.len() {
         let mut codec = FrameCodec::new();
         let mut buf = BytesMut::from(&wire[..cut]);
@@ -179,7 +183,7 @@ fn unknown_type_or_bad_fields_are_recoverable() {
 
 #[test]
 fn encoder_refuses_inconsistent_bodies() {
-    let mut frame = Frame::chunk(0, Bytes::from_static(b"abc"));
+    let mut frame = Frame::chunk(0, Bytes::from_static(b"abc"), Md5Digest::default());
     frame.body = Bytes::from_static(b"abcd");
     let err = FrameCodec::new()
         .encode(frame, &mut BytesMut::new())
@@ -199,7 +203,7 @@ fn encoder_refuses_inconsistent_bodies() {
 fn arb_message() -> impl Strategy<Value = Frame> {
     prop_oneof![
         (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
-            .prop_map(|(off, data)| Frame::chunk(off, Bytes::from(data))),
+            .prop_map(|(off, data)| Frame::chunk(off, Bytes::from(data), Md5Digest::of(b"x"))),
         (".{0,40}", any::<u64>()).prop_map(|(path, offset)| Message::Get(Get {
             path,
             offset,
