@@ -1,5 +1,6 @@
 //! Runs parsed commands against a server: the one place commands take effect.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -87,31 +88,85 @@ pub struct Output {
 /// remote directory (restored when the connection has to be made again).
 pub struct App {
     runtime: tokio::runtime::Runtime,
-    /// The server as the user named it.
-    addr: String,
-    /// The open connection; `None` until the first command, and after it is lost.
-    client: Option<Client>,
-    /// Longest wait for the server.
-    timeout: Duration,
+    dial: Dial,
+    /// The connection commands use.
+    link: Link,
     /// How often a failed transfer is resumed before the command fails.
     retries: u32,
-    /// Who to log in as, when the server has users.
-    creds: Option<Credentials>,
+    /// Files a many-file command moves at once, each on a connection of its own.
+    parallel: usize,
     output: Output,
-    /// The remote directory, as the server last named it.
-    cwd: String,
     /// Recent remote listings, for tab completion.
     listings: HashMap<String, (Instant, Vec<Entry>)>,
+}
+
+/// How to reach the server: the same for every connection of a session.
+struct Dial {
+    /// The server as the user named it.
+    addr: String,
+    /// Longest wait for the server.
+    timeout: Duration,
+    /// Who to log in as, when the server has users.
+    creds: Option<Credentials>,
+}
+
+/// One connection, made when first needed and made again after it is lost, back in the
+/// remote directory it was in.
+struct Link {
+    /// `None` until the first use, and after the connection is lost.
+    client: Option<Client>,
+    /// The remote directory, as the server last named it.
+    cwd: String,
+}
+
+impl Link {
+    fn new(cwd: String) -> Self {
+        Link { client: None, cwd }
+    }
+
+    /// The live connection: made, logged in and back in `cwd` if there is none.
+    async fn client(&mut self, dial: &Dial) -> Result<&mut Client> {
+        if !self.client.as_mut().is_some_and(|c| c.is_alive()) {
+            self.client = None;
+            let mut c = Client::connect(&dial.addr, dial.timeout, dial.creds.as_ref()).await?;
+            if self.cwd != "/" {
+                match c.cd(&self.cwd).await {
+                    Ok(_) => {}
+                    // The old directory is gone: start over at the top.
+                    Err(ClientError::Remote(_)) => self.cwd = "/".into(),
+                    Err(e) => return Err(e),
+                }
+            }
+            self.client = Some(c);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Forgets a connection that failed under a call.
+    fn forget_if_broken<T>(&mut self, r: &Result<T>) {
+        if let Err(ClientError::ConnectionLost(_) | ClientError::Protocol(_)) = r {
+            self.client = None;
+        }
+    }
+
+    /// Says goodbye to the server, if connected.
+    async fn close(&mut self) {
+        if let Some(c) = self.client.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.bye()).await;
+        }
+    }
 }
 
 /// Runs an async client call on the connection (made first if needed), and forgets a
 /// connection that failed under it.
 macro_rules! remote {
     ($app:expr, $c:ident => $call:expr) => {{
-        $app.connect()?;
-        let $c = $app.client.as_mut().expect("connected above");
-        let r = $app.runtime.block_on(async { $call.await });
-        $app.forget_if_broken(&r);
+        let (dial, link) = (&$app.dial, &mut $app.link);
+        let r = $app.runtime.block_on(async {
+            let $c = link.client(dial).await?;
+            $call.await
+        });
+        $app.link.forget_if_broken(&r);
         r
     }};
 }
@@ -121,6 +176,7 @@ impl App {
         addr: &str,
         timeout: Duration,
         retries: u32,
+        parallel: usize,
         creds: Option<Credentials>,
         output: Output,
     ) -> Result<App> {
@@ -128,62 +184,36 @@ impl App {
             .map_err(|e| ClientError::Usage(format!("cannot start the async runtime: {e}")))?;
         Ok(App {
             runtime,
-            addr: addr.to_owned(),
-            client: None,
-            timeout,
+            dial: Dial {
+                addr: addr.to_owned(),
+                timeout,
+                creds,
+            },
+            link: Link::new("/".into()),
             retries,
-            creds,
+            parallel: parallel.max(1),
             output: Output {
                 bars: output.bars && std::io::stderr().is_terminal(),
                 json: output.json,
             },
-            cwd: "/".into(),
             listings: HashMap::new(),
         })
     }
 
     /// The prompt: server, user and remote directory (`ftp alice@127.0.0.1:2121:/photos> `).
     pub fn prompt(&self) -> String {
-        let who = match &self.creds {
-            Some(c) => format!("{}@{}", c.user, self.addr),
-            None => self.addr.clone(),
+        let who = match &self.dial.creds {
+            Some(c) => format!("{}@{}", c.user, self.dial.addr),
+            None => self.dial.addr.clone(),
         };
-        format!("ftp {who}:{}> ", self.cwd)
+        format!("ftp {who}:{}> ", self.link.cwd)
     }
 
     /// Connects if there is no live connection, logging in and going back to the remote
     /// directory the user was in.
     pub fn connect(&mut self) -> Result<()> {
-        if let Some(c) = self.client.as_mut() {
-            if c.is_alive() {
-                return Ok(());
-            }
-            self.client = None;
-        }
-        let cwd = self.cwd.clone();
-        let client = self.runtime.block_on(async {
-            let mut c = Client::connect(&self.addr, self.timeout, self.creds.as_ref()).await?;
-            if cwd != "/" {
-                c.cd(&cwd).await?;
-            }
-            Ok::<_, ClientError>(c)
-        });
-        match client {
-            Ok(c) => self.client = Some(c),
-            Err(ClientError::Remote(_)) => {
-                // The old directory is gone: start over at the top.
-                self.cwd = "/".into();
-                return self.connect();
-            }
-            Err(e) => return Err(e),
-        }
-        Ok(())
-    }
-
-    fn forget_if_broken<T>(&mut self, r: &Result<T>) {
-        if let Err(ClientError::ConnectionLost(_) | ClientError::Protocol(_)) = r {
-            self.client = None;
-        }
+        let (dial, link) = (&self.dial, &mut self.link);
+        self.runtime.block_on(link.client(dial)).map(|_| ())
     }
 
     /// Runs one command.
@@ -234,12 +264,12 @@ impl App {
             Command::Mget { patterns, flags } => self.mget(&patterns, flags)?,
             Command::Ls { long, path } => self.ls(path.as_deref().unwrap_or("."), long)?,
             Command::Cd(path) => {
-                self.cwd = remote!(self, c => c.cd(&path))?;
+                self.link.cwd = remote!(self, c => c.cd(&path))?;
             }
             Command::Pwd => {
                 let cwd = remote!(self, c => c.pwd())?;
                 println!("{cwd}");
-                self.cwd = cwd;
+                self.link.cwd = cwd;
             }
             Command::Mkdir { parents, path } => remote!(self, c => c.mkdir(&path, parents))?,
             Command::Rm(paths) => {
@@ -378,35 +408,50 @@ impl App {
         } else {
             &mut none
         };
-        let summary = self.transfer(&t, options(flags), progress)?;
-        self.report(t.op(), &summary);
+        let (dial, link) = (&self.dial, &mut self.link);
+        let job = transfer(dial, link, self.retries, &t, options(flags), progress);
+        let summary = self.runtime.block_on(job)?;
+        report(self.output, t.op(), &summary);
         Ok(())
     }
 
-    /// Many files: one overall bar and one for the current file. A failure is reported and the
-    /// rest go on; the command fails at the end if any did.
+    /// Many files: up to `parallel` at once, each on a connection of its own (the session's
+    /// and more made for the batch), so that no file waits for the one before it to be
+    /// acknowledged and synced. One overall bar and one per transfer in flight. A failure is
+    /// reported and the rest go on; the command fails at the end if any did.
     fn batch(&mut self, items: Vec<(Transfer, u64)>, flags: Flags) -> Result<()> {
         let total = items.len();
         let bytes = items.iter().map(|(_, size)| size).sum();
-        let mut bars = BatchBars::new(self.output.bars, total, bytes);
-        let mut failed = 0;
-        for (t, size) in items {
-            let result = self.transfer(&t, options(flags), &mut bars);
-            bars.file_done(size);
-            match result {
-                Ok(summary) => bars.suspend(|| self.report(t.op(), &summary)),
-                Err(ClientError::Cancelled) => return Err(ClientError::Cancelled),
-                Err(e) => {
-                    failed += 1;
-                    bars.suspend(|| eprintln!("ftp-cli: {} {}: {e}", t.op(), t.name()));
-                }
+        let slots = self.parallel.clamp(1, total.max(1));
+        let batch = Batch {
+            dial: &self.dial,
+            retries: self.retries,
+            opts: options(flags),
+            output: self.output,
+            queue: RefCell::new(items.into_iter()),
+            bars: BatchBars::new(self.output.bars, total, bytes, slots),
+            failed: Cell::new(0),
+            cancelled: Cell::new(false),
+        };
+        let mut extra: Vec<Link> = (1..slots)
+            .map(|_| Link::new(self.link.cwd.clone()))
+            .collect();
+        let links = std::iter::once(&mut self.link).chain(extra.iter_mut());
+        let workers = links.enumerate().map(|(i, link)| batch.worker(link, i));
+        self.runtime.block_on(futures::future::join_all(workers));
+        self.runtime.block_on(async {
+            for link in &mut extra {
+                link.close().await;
             }
+        });
+        batch.bars.finish();
+        if batch.cancelled.get() {
+            return Err(ClientError::Cancelled);
         }
-        bars.finish();
-        if failed > 0 {
-            return Err(ClientError::SomeFailed { failed, total });
+        match batch.failed.get() {
+            0 => Ok(()),
+            failed => Err(ClientError::SomeFailed { failed, total }),
         }
-        Ok(())
     }
 
     fn put_tree(&mut self, local: &Path, remote: &str, flags: Flags) -> Result<()> {
@@ -529,139 +574,169 @@ impl App {
         self.batch(items, flags)
     }
 
-    /// Runs a transfer, and when the link fails or garbles data, reconnects and resumes from
-    /// the last verified byte, up to `retries` times, saying so on stderr. Ctrl-C stops it
-    /// cleanly: the connection stays usable and what was moved stays resumable.
-    fn transfer(
-        &mut self,
-        t: &Transfer,
-        mut opts: TransferOptions,
-        inner: &mut dyn Progress,
-    ) -> Result<Summary> {
-        let mut progress = Tracked { inner, pos: 0 };
-        let mut attempt = 0;
-        loop {
-            let result = self.connect().and_then(|()| {
-                let client = self.client.as_mut().expect("connected above");
+    /// Says goodbye to the server, if connected.
+    pub fn close(&mut self) {
+        self.runtime.block_on(self.link.close());
+    }
+}
+
+/// The shared state of a many-file command.
+struct Batch<'a> {
+    dial: &'a Dial,
+    retries: u32,
+    opts: TransferOptions,
+    output: Output,
+    /// Files not yet started.
+    queue: RefCell<std::vec::IntoIter<(Transfer, u64)>>,
+    bars: BatchBars,
+    failed: Cell<usize>,
+    /// The user pressed Ctrl-C: start nothing more.
+    cancelled: Cell<bool>,
+}
+
+impl Batch<'_> {
+    /// Takes files off the queue one at a time and moves them over `link`.
+    async fn worker(&self, link: &mut Link, slot: usize) {
+        let mut progress = self.bars.slot(slot);
+        while !self.cancelled.get() {
+            let Some((t, size)) = self.queue.borrow_mut().next() else {
+                break;
+            };
+            let result =
+                transfer(self.dial, link, self.retries, &t, self.opts, &mut progress).await;
+            self.bars.file_done(&mut progress, size);
+            match result {
+                Ok(summary) => self.bars.suspend(|| report(self.output, t.op(), &summary)),
+                Err(ClientError::Cancelled) => self.cancelled.set(true),
+                Err(e) => {
+                    self.failed.set(self.failed.get() + 1);
+                    self.bars
+                        .suspend(|| eprintln!("ftp-cli: {} {}: {e}", t.op(), t.name()));
+                }
+            }
+        }
+    }
+}
+
+/// Moves one file over `link`. When the link fails or garbles data, reconnects and resumes
+/// from the last verified byte, up to `retries` times, saying so on stderr. Ctrl-C stops it
+/// cleanly: the connection stays usable and what was moved stays resumable.
+async fn transfer(
+    dial: &Dial,
+    link: &mut Link,
+    retries: u32,
+    t: &Transfer,
+    mut opts: TransferOptions,
+    inner: &mut dyn Progress,
+) -> Result<Summary> {
+    let mut progress = Tracked { inner, pos: 0 };
+    let mut attempt = 0;
+    loop {
+        let result = match link.client(dial).await {
+            Ok(client) => {
                 let cancel = client.cancel_token();
-                self.runtime.block_on(async {
-                    let run = async {
-                        match t {
-                            Transfer::Put { local, remote } => {
-                                client.put(local, remote, opts, &mut progress).await
-                            }
-                            Transfer::Get { remote, local } => {
-                                client.get(remote, local, opts, &mut progress).await
-                            }
+                let run = async {
+                    match t {
+                        Transfer::Put { local, remote } => {
+                            client.put(local, remote, opts, &mut progress).await
                         }
-                    };
-                    tokio::pin!(run);
-                    tokio::select! {
-                        r = &mut run => r,
-                        _ = tokio::signal::ctrl_c() => {
-                            cancel.cancel();
-                            run.await
+                        Transfer::Get { remote, local } => {
+                            client.get(remote, local, opts, &mut progress).await
                         }
                     }
-                })
-            });
-            let err = match result {
-                Ok(summary) => return Ok(summary),
-                Err(e) => e,
-            };
-            if attempt > 0 {
-                if let (Transfer::Put { local, remote }, ClientError::Remote(e)) = (t, &err) {
-                    // Our earlier attempt may have been stored just before the link failed.
-                    if e.code == ErrorCode::Exists {
-                        if let Some(stored) = self.same_as_remote(local, remote) {
+                };
+                tokio::pin!(run);
+                tokio::select! {
+                    r = &mut run => r,
+                    _ = tokio::signal::ctrl_c() => {
+                        cancel.cancel();
+                        run.await
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let err = match result {
+            Ok(summary) => return Ok(summary),
+            Err(e) => e,
+        };
+        if attempt > 0 {
+            if let (Transfer::Put { local, remote }, ClientError::Remote(e)) = (t, &err) {
+                // Our earlier attempt may have been stored just before the link failed.
+                if e.code == ErrorCode::Exists {
+                    if let Some(c) = link.client.as_mut() {
+                        if let Ok(Some(stored)) = c.same_as_remote(local, remote).await {
                             return Ok(stored);
                         }
                     }
                 }
             }
-            let first_connect = attempt == 0 && matches!(err, ClientError::Connect { .. });
-            if !err.is_retriable() || first_connect || attempt >= self.retries {
-                if err.is_retriable() {
-                    self.client = None;
-                }
-                return Err(err);
-            }
-            attempt += 1;
-            self.client = None;
-            let what = match &err {
-                ClientError::BadChunk { offset } => {
-                    format!("chunk at offset {offset} failed its MD5 check")
-                }
-                ClientError::Connect { .. } => "cannot reconnect".to_owned(),
-                other => match t {
-                    Transfer::Put { .. } => {
-                        format!("{other} (after sending {})", HumanBytes(progress.pos))
-                    }
-                    Transfer::Get { .. } => format!("{other} (at {})", HumanBytes(progress.pos)),
-                },
-            };
-            eprintln!("ftp-cli: {what}, resuming ({attempt}/{})", self.retries);
-            let backoff = RETRY_BACKOFF * 2u32.pow(attempt - 1);
-            std::thread::sleep(backoff.min(MAX_BACKOFF));
-            opts.resume = true;
         }
-    }
-
-    fn same_as_remote(&mut self, local: &Path, remote: &str) -> Option<Summary> {
-        let client = self.client.as_mut()?;
-        self.runtime
-            .block_on(client.same_as_remote(local, remote))
-            .ok()
-            .flatten()
-    }
-
-    /// One line per finished transfer, on stdout.
-    fn report(&self, op: &str, s: &Summary) {
-        let secs = s.elapsed.as_secs_f64().max(1e-6);
-        if self.output.json {
-            #[derive(Serialize)]
-            struct Line<'a> {
-                op: &'a str,
-                name: &'a str,
-                size: u64,
-                sent: u64,
-                seconds: f64,
-                md5: String,
+        let first_connect = attempt == 0 && matches!(err, ClientError::Connect { .. });
+        if !err.is_retriable() || first_connect || attempt >= retries {
+            if err.is_retriable() {
+                link.client = None;
             }
-            let line = Line {
-                op,
-                name: &s.name,
-                size: s.size,
-                sent: s.sent,
-                seconds: s.elapsed.as_secs_f64(),
-                md5: s.md5.to_string(),
-            };
-            println!("{}", json(&line));
-            return;
+            return Err(err);
         }
-        let resumed = if s.sent < s.size {
-            format!(", {} of it sent this time", HumanBytes(s.sent))
-        } else {
-            String::new()
+        attempt += 1;
+        link.client = None;
+        let what = match &err {
+            ClientError::BadChunk { offset } => {
+                format!("chunk at offset {offset} failed its MD5 check")
+            }
+            ClientError::Connect { .. } => "cannot reconnect".to_owned(),
+            other => match t {
+                Transfer::Put { .. } => {
+                    format!("{other} (after sending {})", HumanBytes(progress.pos))
+                }
+                Transfer::Get { .. } => format!("{other} (at {})", HumanBytes(progress.pos)),
+            },
         };
-        println!(
-            "{op} {}: {} ({} bytes{resumed}) in {secs:.2} s, {}/s, MD5 {} verified",
-            s.name,
-            HumanBytes(s.size),
-            s.size,
-            HumanBytes((s.sent as f64 / secs) as u64),
-            s.md5
-        );
+        eprintln!("ftp-cli: {what}, resuming ({attempt}/{retries})");
+        let backoff = RETRY_BACKOFF * 2u32.pow(attempt - 1);
+        tokio::time::sleep(backoff.min(MAX_BACKOFF)).await;
+        opts.resume = true;
     }
+}
 
-    /// Says goodbye to the server, if connected.
-    pub fn close(&mut self) {
-        if let Some(c) = self.client.take() {
-            let _ = self
-                .runtime
-                .block_on(async { tokio::time::timeout(Duration::from_secs(2), c.bye()).await });
+/// One line per finished transfer, on stdout.
+fn report(output: Output, op: &str, s: &Summary) {
+    let secs = s.elapsed.as_secs_f64().max(1e-6);
+    if output.json {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            op: &'a str,
+            name: &'a str,
+            size: u64,
+            sent: u64,
+            seconds: f64,
+            md5: String,
         }
+        let line = Line {
+            op,
+            name: &s.name,
+            size: s.size,
+            sent: s.sent,
+            seconds: s.elapsed.as_secs_f64(),
+            md5: s.md5.to_string(),
+        };
+        println!("{}", json(&line));
+        return;
     }
+    let resumed = if s.sent < s.size {
+        format!(", {} of it sent this time", HumanBytes(s.sent))
+    } else {
+        String::new()
+    };
+    println!(
+        "{op} {}: {} ({} bytes{resumed}) in {secs:.2} s, {}/s, MD5 {} verified",
+        s.name,
+        HumanBytes(s.size),
+        s.size,
+        HumanBytes((s.sent as f64 / secs) as u64),
+        s.md5
+    );
 }
 
 fn options(flags: Flags) -> TransferOptions {

@@ -52,6 +52,11 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     retries: u32,
 
+    /// Files moved at once by put -r, get -r, mput and mget, each on a connection of its own
+    /// (1: one after another).
+    #[arg(short = 'P', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
+    parallel: u16,
+
     /// Print listings, stat and transfer summaries as JSON lines, for scripts.
     #[arg(long)]
     json: bool,
@@ -121,7 +126,14 @@ fn run(args: Args) -> Result<(), ClientError> {
         bars: interactive && !args.quiet,
         json: args.json,
     };
-    let mut app = App::new(&args.host, args.timeout, args.retries, creds, output)?;
+    let mut app = App::new(
+        &args.host,
+        args.timeout,
+        args.retries,
+        usize::from(args.parallel),
+        creds,
+        output,
+    )?;
     let result = if let Some(cmds) = args.commands {
         repl::run_script(&mut app, std::iter::once(Ok(cmds)))
     } else if let Some(batch) = args.batch {

@@ -1,5 +1,6 @@
 //! Progress bars on stderr, drawn only for a person watching a terminal.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -46,21 +47,18 @@ impl Progress for Bar {
     }
 }
 
-/// Bars for a many-file command: files done, bytes, rate and ETA overall, and a line for the
-/// file in flight. Hidden when `visible` is false.
+/// Bars for a many-file command: files done, bytes, rate and ETA overall, and a line for each
+/// file in flight (one per slot: files moved side by side). Hidden when `visible` is false.
 pub struct BatchBars {
     multi: MultiProgress,
     overall: ProgressBar,
-    file: ProgressBar,
+    slots: Vec<ProgressBar>,
     /// Files finished (well or not), and how many in all.
-    files: (usize, usize),
-    /// Bytes of the files finished, so the overall bar can follow the current file exactly
-    /// even when a retry starts it again.
-    base: u64,
+    files: Cell<(usize, usize)>,
 }
 
 impl BatchBars {
-    pub fn new(visible: bool, files: usize, bytes: u64) -> Self {
+    pub fn new(visible: bool, files: usize, bytes: u64, slots: usize) -> Self {
         let target = if visible {
             ProgressDrawTarget::stderr()
         } else {
@@ -69,29 +67,43 @@ impl BatchBars {
         let multi = MultiProgress::with_draw_target(target);
         let overall = multi.add(ProgressBar::new(bytes));
         overall.set_style(style(OVERALL_TEMPLATE));
-        let file = multi.add(ProgressBar::new(0));
-        file.set_style(style(FILE_TEMPLATE));
+        let slots = (0..slots)
+            .map(|_| {
+                let bar = multi.add(ProgressBar::new(0));
+                bar.set_style(style(FILE_TEMPLATE));
+                bar
+            })
+            .collect();
         let bars = BatchBars {
             multi,
             overall,
-            file,
-            files: (0, files),
-            base: 0,
+            slots,
+            files: Cell::new((0, files)),
         };
         bars.show_count();
         bars
     }
 
-    fn show_count(&self) {
-        self.overall
-            .set_prefix(format!("{}/{}", self.files.0, self.files.1));
+    /// The progress of the files moved in slot `i`.
+    pub fn slot(&self, i: usize) -> SlotProgress {
+        SlotProgress {
+            file: self.slots[i].clone(),
+            overall: self.overall.clone(),
+            counted: 0,
+        }
     }
 
-    /// A file ended; `size` is what it counts for overall.
-    pub fn file_done(&mut self, size: u64) {
-        self.files.0 += 1;
-        self.base += size;
-        self.overall.set_position(self.base);
+    fn show_count(&self) {
+        let (done, total) = self.files.get();
+        self.overall.set_prefix(format!("{done}/{total}"));
+    }
+
+    /// The file in `slot` ended, well or not; overall, it now counts for its whole `size`.
+    pub fn file_done(&self, slot: &mut SlotProgress, size: u64) {
+        slot.recount(size);
+        slot.counted = 0;
+        let (done, total) = self.files.get();
+        self.files.set((done + 1, total));
         self.show_count();
     }
 
@@ -101,22 +113,44 @@ impl BatchBars {
     }
 
     pub fn finish(&self) {
-        self.file.finish_and_clear();
+        for bar in &self.slots {
+            bar.finish_and_clear();
+        }
         self.overall.finish_and_clear();
     }
 }
 
-impl Progress for BatchBars {
+/// One slot's file bar, feeding the overall bar too.
+pub struct SlotProgress {
+    file: ProgressBar,
+    overall: ProgressBar,
+    /// Bytes of the current file the overall bar counts, so that a retry that starts the
+    /// file again (or resumes it) moves the overall bar exactly.
+    counted: u64,
+}
+
+impl SlotProgress {
+    /// Makes the overall bar count `n` bytes of the current file.
+    fn recount(&mut self, n: u64) {
+        let pos = self.overall.position();
+        self.overall
+            .set_position((pos + n).saturating_sub(self.counted));
+        self.counted = n;
+    }
+}
+
+impl Progress for SlotProgress {
     fn start(&mut self, name: &str, total: u64, done: u64) {
         self.file.set_length(total);
         self.file.set_position(done);
         self.file.set_message(name.to_owned());
-        self.overall.set_position(self.base + done);
+        self.recount(done);
     }
 
     fn advance(&mut self, n: u64) {
         self.file.inc(n);
         self.overall.inc(n);
+        self.counted += n;
     }
 
     fn finish(&mut self) {}

@@ -839,3 +839,33 @@ fn quoted_names_with_semicolons_and_spaces_reach_the_server_whole() {
     ));
     assert_same_file(t.local(name), t.remote("x; y/plain.txt"));
 }
+
+/// Many small files go side by side, each slot on a connection of its own (`-P`, default 4),
+/// so no file waits for the one before it to be synced; `-P 1` moves them one at a time on the
+/// session's connection. Either way every file arrives whole.
+#[test]
+fn many_file_commands_use_parallel_connections() {
+    let t = Site::new();
+    let src = t.local("many");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..24u64 {
+        write_random(src.join(format!("f{i:02}.bin")), 20_000 + i, i);
+    }
+    let want = tree(&src);
+    let opened = || t.daemon.log().matches("connection opened").count();
+
+    let before = opened();
+    t.ok("put -r many up");
+    assert_eq!(tree(&t.remote("up")), want, "put -r changed the tree");
+    let used = opened() - before;
+    assert!(
+        (2..=4).contains(&used),
+        "put -r of 24 files used {used} connections, expected 2 to 4 (-P 4)"
+    );
+
+    let before = opened();
+    let run = t.cli().arg("-P").arg("1").cmds("get -r up back").run().ok();
+    assert_eq!(tree(&t.local("back")), want, "get -r changed the tree");
+    assert_eq!(opened() - before, 1, "-P 1 uses one connection: {run}");
+    assert_eq!(run.stdout.matches("verified").count(), 24, "{run}");
+}
