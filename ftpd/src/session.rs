@@ -268,8 +268,8 @@ impl Session {
 
     /// Sends one frame, failing the session if the client does not take it in time.
     pub async fn send(&mut self, frame: impl Into<Frame>) -> Result<(), SessionError> {
-        match tokio::time::timeout(self.config.stall_timeout, self.writer.send(frame.into())).await
-        {
+        let send = protocol::send_frame(&mut self.writer, frame.into());
+        match tokio::time::timeout(self.config.stall_timeout, send).await {
             Err(_) => Err(SessionError::Timeout("progress sending to the client")),
             Ok(r) => Ok(r?),
         }

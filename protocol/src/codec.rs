@@ -1,7 +1,9 @@
 //! The frame codec: bytes on a stream to [`Frame`]s and back, with every length capped.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio_util::codec::{Decoder, Encoder};
+use futures::SinkExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{Decoder, Encoder, FramedWrite};
 
 use crate::{ChunkHeader, Md5Digest, Message};
 
@@ -239,10 +241,10 @@ impl Decoder for FrameCodec {
     }
 }
 
-impl Encoder<Frame> for FrameCodec {
-    type Error = CodecError;
-
-    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+impl FrameCodec {
+    /// Encodes everything of `frame` but its body: the length prefix and the header, after
+    /// the same checks as a whole frame.
+    pub fn encode_head(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
         let header = serde_json::to_vec(&frame.message)?;
         if header.len() > self.max_header {
             return Err(CodecError::HeaderTooLarge(
@@ -263,9 +265,40 @@ impl Encoder<Frame> for FrameCodec {
         dst.reserve(4 + header.len() + frame.body.len());
         dst.put_u32(header.len() as u32);
         dst.extend_from_slice(&header);
+        Ok(())
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.encode_head(&frame, dst)?;
         dst.extend_from_slice(&frame.body);
         Ok(())
     }
+}
+
+/// Sends `frame` on `sink`. A chunk's body goes to the stream from its own memory rather than
+/// being copied into the sink's buffer first: that copy cost a memcpy of every byte sent, and
+/// left each connection that ever sent a chunk holding a buffer the size of one.
+pub async fn send_frame<W>(
+    sink: &mut FramedWrite<W, FrameCodec>,
+    frame: Frame,
+) -> Result<(), CodecError>
+where
+    W: AsyncWrite + Unpin,
+{
+    if frame.body.is_empty() {
+        return sink.send(frame).await;
+    }
+    SinkExt::<Frame>::flush(sink).await?; // what is buffered goes first
+    let mut head = BytesMut::new();
+    sink.encoder_mut().encode_head(&frame, &mut head)?;
+    let io = sink.get_mut();
+    io.write_all(&head).await?;
+    io.write_all(&frame.body).await?;
+    Ok(())
 }
 
 impl Encoder<Message> for FrameCodec {

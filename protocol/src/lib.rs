@@ -21,7 +21,7 @@ mod codec;
 mod digest;
 mod message;
 
-pub use codec::{CodecError, Frame, FrameCodec, Incoming, Rejected};
+pub use codec::{send_frame, CodecError, Frame, FrameCodec, Incoming, Rejected};
 pub use digest::{Md5Digest, Md5Hasher};
 pub use message::{
     Auth, AuthChallenge, AuthOk, ChunkHeader, Entry, EntryKind, Eof, ErrorCode, ErrorReply, Get,
