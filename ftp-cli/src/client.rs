@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use md5::{Digest as _, Md5};
 use protocol::auth::{self, Role};
 use protocol::{
@@ -275,7 +275,8 @@ impl Client {
     }
 
     async fn send(&mut self, frame: impl Into<Frame>) -> Result<()> {
-        match tokio::time::timeout(self.timeout, self.writer.send(frame.into())).await {
+        let send = protocol::send_frame(&mut self.writer, frame.into());
+        match tokio::time::timeout(self.timeout, send).await {
             Err(_) => Err(ClientError::ConnectionLost("server stopped reading".into())),
             Ok(r) => Ok(r?),
         }
@@ -671,7 +672,8 @@ impl Client {
         progress: &mut dyn Progress,
     ) -> Result<(File, Md5Digest)> {
         let (tx, rx) = mpsc::channel::<(ChunkHeader, Bytes)>(PIPELINE_DEPTH);
-        let writer = tokio::task::spawn_blocking(move || write_chunks(file, offset, hasher, rx));
+        let writer =
+            tokio::task::spawn_blocking(move || write_chunks(file, (offset, size), hasher, rx));
         let mut expected = offset;
         let mut failure: Option<ClientError> = None;
         let cancel = self.cancel.clone();
@@ -868,11 +870,12 @@ fn read_chunks(
     running.finish()
 }
 
-/// Checks each chunk's running MD5 and appends it to `file` from `offset` on; returns the file
-/// and its whole-file MD5. After a failure the verified bytes stay in the file, for `get -c`.
+/// Checks each chunk's running MD5 and appends it to `file` from `offset` up to `size`; returns
+/// the file and its whole-file MD5. After a failure the verified bytes stay in the file, for
+/// `get -c`.
 fn write_chunks(
     file: File,
-    offset: u64,
+    (offset, size): (u64, u64),
     mut running: Md5Hasher,
     mut rx: mpsc::Receiver<(ChunkHeader, Bytes)>,
 ) -> Result<(File, Md5Digest)> {
@@ -880,7 +883,7 @@ fn write_chunks(
         path: "download".into(),
         source,
     };
-    let mut out = DirectWriter::new(file, offset).map_err(failed)?;
+    let mut out = DirectWriter::new(file, offset, size - offset).map_err(failed)?;
     let mut result = Ok(());
     while let Some((h, body)) = rx.blocking_recv() {
         if !running.check(&body, h.md5) {

@@ -18,18 +18,21 @@ use std::os::unix::fs::FileExt;
 /// Alignment of direct writes: the largest logical block size of common devices.
 pub const ALIGN: usize = 4096;
 
-/// Bytes gathered before a direct write.
-const BUFFER: usize = 1 << 20;
+/// Most bytes gathered before a direct write: large enough for the disk to stream, small
+/// enough that many uploads at once cost little memory.
+const BUFFER: usize = 256 << 10;
 
 /// Appends to a file from a given offset on. Bytes are held until a whole buffer is full; call
 /// [`DirectWriter::flush`] before relying on the file's contents (dropping the writer discards
 /// what it holds, so that an owner who lost the right to write never writes).
 pub struct DirectWriter {
     file: File,
-    /// An allocation of `BUFFER + ALIGN` bytes; the aligned `BUFFER` bytes inside it start at
+    /// An allocation of `cap + ALIGN` bytes; the aligned `cap` bytes inside it start at
     /// `start`.
     mem: Vec<u8>,
     start: usize,
+    /// The buffer's size: a multiple of [`ALIGN`], at most [`BUFFER`].
+    cap: usize,
     /// Bytes held, from the buffer's start.
     held: usize,
     /// File offset of the buffer's first byte: a multiple of [`ALIGN`] while writing directly.
@@ -38,16 +41,20 @@ pub struct DirectWriter {
 }
 
 impl DirectWriter {
-    /// A writer that continues `file` at `offset` (normally its length). Bytes of a partial
-    /// block before `offset` are read back so that writes stay aligned.
-    pub fn new(file: File, offset: u64) -> io::Result<Self> {
-        let mem = vec![0u8; BUFFER + ALIGN];
-        let start = mem.as_ptr().align_offset(ALIGN);
+    /// A writer that continues `file` at `offset` (normally its length), for about `expected`
+    /// more bytes: a small file gets a small buffer. Bytes of a partial block before `offset`
+    /// are read back so that writes stay aligned.
+    pub fn new(file: File, offset: u64, expected: u64) -> io::Result<Self> {
         let head = (offset % ALIGN as u64) as usize;
+        let want = (head as u64).saturating_add(expected).min(BUFFER as u64) as usize;
+        let cap = want.div_ceil(ALIGN).max(1) * ALIGN;
+        let mem = vec![0u8; cap + ALIGN];
+        let start = mem.as_ptr().align_offset(ALIGN);
         let mut w = DirectWriter {
             file,
             mem,
             start,
+            cap,
             held: head,
             base: offset - head as u64,
             direct: false,
@@ -64,12 +71,12 @@ impl DirectWriter {
     /// Appends `data`.
     pub fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            let n = (BUFFER - self.held).min(data.len());
+            let n = (self.cap - self.held).min(data.len());
             let at = self.start + self.held;
             self.mem[at..at + n].copy_from_slice(&data[..n]);
             self.held += n;
             data = &data[n..];
-            if self.held == BUFFER {
+            if self.held == self.cap {
                 self.write_blocks()?;
             }
         }
@@ -165,29 +172,33 @@ mod tests {
         (0..len).map(|i| (i * 7 + i / 4093) as u8).collect()
     }
 
-    /// Whatever the offsets and piece sizes, the file ends up with exactly the bytes given.
+    /// Whatever the offsets, piece sizes and buffer size, the file ends up with exactly the
+    /// bytes given.
     #[test]
     fn writes_every_byte_at_any_alignment() {
         let dir = tempfile::tempdir().unwrap();
         let all = data(3 * BUFFER + 12_345);
         for (start, piece) in [(0, 1 << 20), (0, 1000), (5, 4096), (4096 * 3 + 17, 333_333)] {
-            let path = dir.path().join(format!("f{start}-{piece}"));
-            std::fs::write(&path, &all[..start]).unwrap();
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .unwrap();
-            let mut w = DirectWriter::new(file, start as u64).unwrap();
-            for part in all[start..].chunks(piece) {
-                w.write_all(part).unwrap();
+            // A buffer for the rest of the file (capped), and one far smaller than it.
+            for expected in [(all.len() - start) as u64, 5000] {
+                let path = dir.path().join(format!("f{start}-{piece}-{expected}"));
+                std::fs::write(&path, &all[..start]).unwrap();
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .unwrap();
+                let mut w = DirectWriter::new(file, start as u64, expected).unwrap();
+                for part in all[start..].chunks(piece) {
+                    w.write_all(part).unwrap();
+                }
+                w.flush().unwrap();
+                let got = std::fs::read(&path).unwrap();
+                assert!(
+                    got == all,
+                    "start {start}, piece {piece}, expected {expected}"
+                );
             }
-            w.flush().unwrap();
-            assert_eq!(
-                std::fs::read(&path).unwrap(),
-                all,
-                "start {start}, piece {piece}"
-            );
         }
     }
 
@@ -198,7 +209,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let file = File::create(&path).unwrap();
-        let mut w = DirectWriter::new(file, 0).unwrap();
+        let mut w = DirectWriter::new(file, 0, u64::MAX).unwrap();
         w.write_all(&data(BUFFER + 10)).unwrap();
         drop(w);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), BUFFER as u64);

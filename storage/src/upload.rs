@@ -173,7 +173,7 @@ impl Upload {
                 } else {
                     0
                 };
-                let out = DirectWriter::new(file, held)
+                let out = DirectWriter::new(file, held, req.size.saturating_sub(held))
                     .map_err(|e| Error::io(&shown, "open staging file for", e))?;
                 Ok((out, hasher, held))
             });
