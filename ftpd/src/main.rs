@@ -13,6 +13,7 @@ use tokio::signal::unix::Signal;
 use tracing::{error, info};
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let args: Vec<OsString> = std::env::args_os().collect();
     let config = match Config::load(&args) {
         Ok(c) => c,
@@ -152,4 +153,23 @@ async fn shutdown_signal(mut term: Signal, mut int: Signal) {
         _ = term.recv() => {}
     }
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
+}
+
+/// One malloc arena per core instead of glibc's up to eight: every transfer borrows a blocking
+/// thread, each thread would get an arena of its own, and memory freed in one arena is not
+/// reused by the next transfer in another. Measured with 200 concurrent 1 MiB put+get
+/// (`bench/run --only conc`): peak RSS 65 MiB before, 34 MiB with two arenas on two cores.
+/// Leaves an explicit `MALLOC_ARENA_MAX` in the environment alone.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let arenas = libc::c_int::try_from(cores.max(2)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets a tunable of glibc's allocator; it is called first thing
+        // in main, before any other thread exists. A refusal (0) leaves the default.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
 }
