@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use indicatif::HumanBytes;
-use protocol::{Entry, EntryKind, ErrorCode};
+use protocol::{DigestKind, Entry, EntryKind, ErrorCode};
 use serde::Serialize;
 
 use crate::client::{Client, Credentials, NoProgress, Progress, Summary, TransferOptions};
@@ -101,13 +101,15 @@ pub struct App {
 }
 
 /// How to reach the server: the same for every connection of a session.
-struct Dial {
+pub struct Dial {
     /// The server as the user named it.
-    addr: String,
+    pub addr: String,
     /// Longest wait for the server.
-    timeout: Duration,
+    pub timeout: Duration,
     /// Who to log in as, when the server has users.
-    creds: Option<Credentials>,
+    pub creds: Option<Credentials>,
+    /// The transfer digest to ask for.
+    pub digest: DigestKind,
 }
 
 /// One connection, made when first needed and made again after it is lost, back in the
@@ -128,7 +130,8 @@ impl Link {
     async fn client(&mut self, dial: &Dial) -> Result<&mut Client> {
         if !self.client.as_mut().is_some_and(|c| c.is_alive()) {
             self.client = None;
-            let mut c = Client::connect(&dial.addr, dial.timeout, dial.creds.as_ref()).await?;
+            let creds = dial.creds.as_ref();
+            let mut c = Client::connect(&dial.addr, dial.timeout, creds, dial.digest).await?;
             if self.cwd != "/" {
                 match c.cd(&self.cwd).await {
                     Ok(_) => {}
@@ -172,23 +175,12 @@ macro_rules! remote {
 }
 
 impl App {
-    pub fn new(
-        addr: &str,
-        timeout: Duration,
-        retries: u32,
-        parallel: usize,
-        creds: Option<Credentials>,
-        output: Output,
-    ) -> Result<App> {
+    pub fn new(dial: Dial, retries: u32, parallel: usize, output: Output) -> Result<App> {
         let runtime = tokio::runtime::Runtime::new()
             .map_err(|e| ClientError::Usage(format!("cannot start the async runtime: {e}")))?;
         Ok(App {
             runtime,
-            dial: Dial {
-                addr: addr.to_owned(),
-                timeout,
-                creds,
-            },
+            dial,
             link: Link::new("/".into()),
             retries,
             parallel: parallel.max(1),
@@ -711,15 +703,22 @@ fn report(output: Output, op: &str, s: &Summary) {
             size: u64,
             sent: u64,
             seconds: f64,
-            md5: String,
+            /// The digest under its own name: `md5` (the default) or `blake3`.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            md5: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            blake3: Option<String>,
         }
+        let hex = Some(s.digest.to_string());
+        let md5 = s.digest.kind() == DigestKind::Md5;
         let line = Line {
             op,
             name: &s.name,
             size: s.size,
             sent: s.sent,
             seconds: s.elapsed.as_secs_f64(),
-            md5: s.md5.to_string(),
+            md5: hex.clone().filter(|_| md5),
+            blake3: hex.filter(|_| !md5),
         };
         println!("{}", json(&line));
         return;
@@ -730,12 +729,13 @@ fn report(output: Output, op: &str, s: &Summary) {
         String::new()
     };
     println!(
-        "{op} {}: {} ({} bytes{resumed}) in {secs:.2} s, {}/s, MD5 {} verified",
+        "{op} {}: {} ({} bytes{resumed}) in {secs:.2} s, {}/s, {} {} verified",
         s.name,
         HumanBytes(s.size),
         s.size,
         HumanBytes((s.sent as f64 / secs) as u64),
-        s.md5
+        s.digest.kind().name(),
+        s.digest
     );
 }
 

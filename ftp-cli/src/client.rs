@@ -10,8 +10,8 @@ use futures::StreamExt;
 use md5::{Digest as _, Md5};
 use protocol::auth::{self, Role};
 use protocol::{
-    ChunkHeader, Entry, Eof, ErrorCode, ErrorReply, Frame, FrameCodec, Get, Hello, Md5Digest,
-    Md5Hasher, Message, Mkdir, PathArg, Put, Rename, Stat, StatReply, VERSION,
+    ChunkHeader, Digest, DigestKind, Entry, Eof, ErrorCode, ErrorReply, Frame, FrameCodec, Get,
+    Hasher, Hello, Message, Mkdir, PathArg, Put, Rename, Stat, StatReply, VERSION,
 };
 use storage::DirectWriter;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -57,7 +57,8 @@ pub struct Summary {
     pub size: u64,
     pub elapsed: Duration,
     /// Whole-file MD5, checked by both sides.
-    pub md5: Md5Digest,
+    /// The whole file's digest, as verified.
+    pub digest: Digest,
 }
 
 /// Options shared by put and get.
@@ -118,6 +119,7 @@ impl Client {
         addr: &str,
         timeout: Duration,
         creds: Option<&Credentials>,
+        digest: DigestKind,
     ) -> Result<Client> {
         let target = normalize_addr(addr);
         let fail = |reason: String| ClientError::Connect {
@@ -139,6 +141,7 @@ impl Client {
                 agent: String::new(),
                 capabilities: vec![],
                 max_chunk: protocol::DEFAULT_CHUNK,
+                digest: DigestKind::Md5,
             },
             timeout,
             addr: target.clone(),
@@ -150,6 +153,7 @@ impl Client {
                 agent: concat!("ftp-cli/", env!("CARGO_PKG_VERSION")).into(),
                 capabilities: vec![protocol::capability::RESUME.into()],
                 max_chunk: protocol::MAX_BODY as u32,
+                digest,
             }))
             .await
             .map_err(|e| fail(e.to_string()))?;
@@ -162,6 +166,12 @@ impl Client {
                     return Err(fail(format!(
                         "server speaks protocol version {}, this client {VERSION}",
                         h.version
+                    )));
+                }
+                if h.digest != digest {
+                    return Err(fail(format!(
+                        "server does not use the {} digest this client asked for",
+                        digest.name()
                     )));
                 }
                 client.server = h;
@@ -422,8 +432,8 @@ impl Client {
                 other => return Err(unexpected("put_ready", &other)),
             };
             let offset = ready.offset;
-            let (file, hasher) = hash_prefix_of(&file, local, offset).await?;
-            if offset > 0 && hasher.digest() != ready.md5 {
+            let (file, hasher) = hash_prefix_of(&file, local, offset, self.server.digest).await?;
+            if offset > 0 && hasher.digest() != ready.digest {
                 // What the server staged is not the start of this file: upload it afresh.
                 let reply = ErrorReply::new(
                     ErrorCode::PrefixMismatch,
@@ -442,7 +452,7 @@ impl Client {
                 sent: size - offset,
                 size,
                 elapsed: started.elapsed(),
-                md5: result?,
+                digest: result?,
             });
         }
     }
@@ -452,9 +462,9 @@ impl Client {
         file: File,
         offset: u64,
         size: u64,
-        hasher: Md5Hasher,
+        hasher: Hasher,
         progress: &mut dyn Progress,
-    ) -> Result<Md5Digest> {
+    ) -> Result<Digest> {
         let chunk = self.server.max_chunk.clamp(1, protocol::DEFAULT_CHUNK) as usize;
         let (tx, mut rx) = mpsc::channel(PIPELINE_DEPTH);
         let reader =
@@ -497,15 +507,17 @@ impl Client {
                 }
             }
         }
-        let md5 = reader
+        let digest = reader
             .await
             .map_err(|e| ClientError::Protocol(format!("file reader failed: {e}")))?;
-        self.send(Message::Eof(Eof { size, md5 })).await?;
+        self.send(Message::Eof(Eof { size, digest })).await?;
         match self.recv().await?.message {
-            Message::Stored(s) if s.md5 == md5 && s.size == size => Ok(md5),
+            Message::Stored(s) if s.digest == digest && s.size == size => Ok(digest),
             Message::Stored(s) => Err(ClientError::Verify(format!(
-                "server stored {} bytes with MD5 {}, we sent {size} bytes with MD5 {md5}",
-                s.size, s.md5
+                "server stored {} bytes with {name} {}, we sent {size} bytes with {name} {digest}",
+                s.size,
+                s.digest,
+                name = digest.kind().name()
             ))),
             Message::Error(e) => Err(refused_mid_stream(e)),
             other => Err(unexpected("stored", &other)),
@@ -546,7 +558,7 @@ impl Client {
             .metadata()
             .map_err(|e| ClientError::local(&part, e))?
             .len();
-        let (file, hasher) = hash_prefix_of(&file, &part, held).await?;
+        let (file, hasher) = hash_prefix_of(&file, &part, held, self.server.digest).await?;
         let mut start = (file, hasher, held);
         let ready = match self.request_get(remote, held, &start.1).await {
             Ok(ready) => ready,
@@ -566,9 +578,9 @@ impl Client {
                         ),
                     )));
                 }
-                let (file, _) = hash_prefix_of(&start.0, &part, 0).await?; // rewound to 0
+                let (file, _) = hash_prefix_of(&start.0, &part, 0, self.server.digest).await?; // rewound to 0
                 file.set_len(0).map_err(|e| ClientError::local(&part, e))?;
-                start = (file, Md5Hasher::new(), 0);
+                start = (file, Hasher::new(self.server.digest), 0);
                 self.request_get(remote, 0, &start.1).await?
             }
             Err(e) => {
@@ -582,7 +594,7 @@ impl Client {
             .stream_down(file, offset, ready.size, hasher, progress)
             .await;
         progress.finish();
-        let (file, md5) = match result {
+        let (file, digest) = match result {
             Ok(ok) => ok,
             Err(e) => {
                 // Verified bytes stay in the .ftp-part for `get -c`; nothing else is written.
@@ -600,7 +612,7 @@ impl Client {
             sent: ready.size - offset,
             size: ready.size,
             elapsed: started.elapsed(),
-            md5,
+            digest,
         })
     }
 
@@ -609,12 +621,12 @@ impl Client {
         &mut self,
         remote: &str,
         offset: u64,
-        held: &Md5Hasher,
+        held: &Hasher,
     ) -> Result<protocol::GetReady> {
         self.send(Message::Get(Get {
             path: remote.to_owned(),
             offset,
-            prefix_md5: (offset > 0).then(|| held.digest()),
+            prefix_digest: (offset > 0).then(|| held.digest()),
         }))
         .await?;
         match self.recv().await?.message {
@@ -633,7 +645,7 @@ impl Client {
             .metadata()
             .map_err(|e| ClientError::local(local, e))?
             .len();
-        let (_, hasher) = hash_prefix_of(&file, local, size).await?;
+        let (_, hasher) = hash_prefix_of(&file, local, size, self.server.digest).await?;
         match self.request_get(remote, size, &hasher).await {
             Ok(ready) if ready.size == size => {}
             Ok(_) => {
@@ -649,14 +661,14 @@ impl Client {
             Err(ClientError::Remote(_)) => return Ok(None),
             Err(e) => return Err(e),
         }
-        let md5 = hasher.finish();
+        let digest = hasher.finish();
         match self.recv().await?.message {
-            Message::Eof(eof) if eof.md5 == md5 => Ok(Some(Summary {
+            Message::Eof(eof) if eof.digest == digest => Ok(Some(Summary {
                 name: remote.to_owned(),
                 sent: 0,
                 size,
                 elapsed: Duration::ZERO,
-                md5,
+                digest,
             })),
             Message::Eof(_) | Message::Abort(_) => Ok(None),
             other => Err(unexpected("eof", &other)),
@@ -668,9 +680,9 @@ impl Client {
         file: File,
         offset: u64,
         size: u64,
-        hasher: Md5Hasher,
+        hasher: Hasher,
         progress: &mut dyn Progress,
-    ) -> Result<(File, Md5Digest)> {
+    ) -> Result<(File, Digest)> {
         let (tx, rx) = mpsc::channel::<(ChunkHeader, Bytes)>(PIPELINE_DEPTH);
         let writer =
             tokio::task::spawn_blocking(move || write_chunks(file, (offset, size), hasher, rx));
@@ -727,7 +739,7 @@ impl Client {
         let written = writer
             .await
             .map_err(|e| ClientError::Protocol(format!("file writer failed: {e}")))?;
-        let (file, md5) = match (written, failure) {
+        let (file, digest) = match (written, failure) {
             (Err(e), _) => return Err(e),
             (Ok(_), Some(f)) => return Err(f),
             (Ok(done), None) => done,
@@ -739,13 +751,14 @@ impl Client {
             )));
         }
         // The hasher started with the prefix already on disk, so this covers the whole file.
-        if md5 != eof.md5 {
+        if digest != eof.digest {
             return Err(ClientError::Verify(format!(
-                "whole-file MD5 is {md5}, server says {}",
-                eof.md5
+                "whole-file {} is {digest}, server says {}",
+                digest.kind().name(),
+                eof.digest
             )));
         }
-        Ok((file, md5))
+        Ok((file, digest))
     }
 }
 
@@ -773,14 +786,19 @@ fn mtime_of(meta: &std::fs::Metadata) -> Option<i64> {
     Some(t.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64)
 }
 
-/// A clone of `file` positioned at `len`, with the MD5 of its first `len` bytes.
-async fn hash_prefix_of(file: &File, path: &Path, len: u64) -> Result<(File, Md5Hasher)> {
+/// A clone of `file` positioned at `len`, with the digest of its first `len` bytes.
+async fn hash_prefix_of(
+    file: &File,
+    path: &Path,
+    len: u64,
+    kind: DigestKind,
+) -> Result<(File, Hasher)> {
     let mut file = file.try_clone().map_err(|e| ClientError::local(path, e))?;
     let shown = path.to_owned();
     tokio::task::spawn_blocking(move || {
         use std::io::{Seek, SeekFrom};
         file.seek(SeekFrom::Start(0))?;
-        let mut hasher = Md5Hasher::new();
+        let mut hasher = Hasher::new(kind);
         if hasher.update_from(&mut file, len)? < len {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
@@ -844,9 +862,9 @@ fn read_chunks(
     offset: u64,
     size: u64,
     chunk: usize,
-    mut running: Md5Hasher,
+    mut running: Hasher,
     tx: mpsc::Sender<Result<Frame>>,
-) -> Md5Digest {
+) -> Digest {
     let mut pos = offset;
     while pos < size {
         let want = (size - pos).min(chunk as u64) as usize;
@@ -856,14 +874,14 @@ fn read_chunks(
                 path: "local file".into(),
                 source: std::io::Error::new(e.kind(), format!("read at offset {pos}: {e}")),
             }));
-            return Md5Digest::default();
+            return Digest::default();
         }
-        let md5 = running.seal(&data);
+        let digest = running.seal(&data);
         if tx
-            .blocking_send(Ok(Frame::chunk(pos, data.freeze(), md5)))
+            .blocking_send(Ok(Frame::chunk(pos, data.freeze(), digest)))
             .is_err()
         {
-            return Md5Digest::default();
+            return Digest::default();
         }
         pos += want as u64;
     }
@@ -876,9 +894,9 @@ fn read_chunks(
 fn write_chunks(
     file: File,
     (offset, size): (u64, u64),
-    mut running: Md5Hasher,
+    mut running: Hasher,
     mut rx: mpsc::Receiver<(ChunkHeader, Bytes)>,
-) -> Result<(File, Md5Digest)> {
+) -> Result<(File, Digest)> {
     let failed = |source| ClientError::Local {
         path: "download".into(),
         source,
@@ -886,7 +904,7 @@ fn write_chunks(
     let mut out = DirectWriter::new(file, offset, size - offset).map_err(failed)?;
     let mut result = Ok(());
     while let Some((h, body)) = rx.blocking_recv() {
-        if !running.check(&body, h.md5) {
+        if !running.check(&body, h.digest) {
             result = Err(ClientError::BadChunk { offset: h.offset });
             break;
         }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use protocol::{
-    auth, capability, AuthChallenge, AuthOk, ErrorCode, ErrorReply, Frame, FrameCodec, Hello,
-    Incoming, Message, VERSION,
+    auth, capability, AuthChallenge, AuthOk, DigestKind, ErrorCode, ErrorReply, Frame, FrameCodec,
+    Hello, Incoming, Message, VERSION,
 };
 use storage::{Root, VPath};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -44,6 +44,8 @@ pub struct Session {
     pub config: Arc<Config>,
     /// Largest chunk the client said it accepts.
     pub client_max_chunk: u32,
+    /// The transfer digest the client asked for in its hello (this server knows them all).
+    pub digest: DigestKind,
     /// Tells the session the daemon is stopping.
     shutdown: Shutdown,
 }
@@ -63,6 +65,7 @@ impl Session {
             cwd: VPath::root(),
             config: shared.config,
             client_max_chunk: protocol::DEFAULT_CHUNK,
+            digest: DigestKind::Md5,
             shutdown,
         }
     }
@@ -119,6 +122,7 @@ impl Session {
         }
         debug!(peer = %self.peer, agent = %hello.agent, "hello");
         self.client_max_chunk = hello.max_chunk.clamp(1, protocol::MAX_BODY as u32);
+        self.digest = hello.digest;
         let mut capabilities = vec![capability::RESUME.into(), capability::FILES.into()];
         if self.auth.users().is_some() {
             capabilities.push(capability::AUTH_HMAC_SHA256.into());
@@ -128,6 +132,7 @@ impl Session {
             agent: concat!("ftpd/", env!("CARGO_PKG_VERSION")).into(),
             capabilities,
             max_chunk: protocol::MAX_BODY as u32,
+            digest: self.digest,
         }))
         .await
     }

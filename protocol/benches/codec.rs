@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use protocol::{Eof, Frame, FrameCodec, Get, Md5Digest, Message, Put, PutReady};
+use protocol::{Digest, Eof, Frame, FrameCodec, Get, Message, Put, PutReady};
 use tokio_util::codec::{Decoder, Encoder};
 
 const CHUNK: usize = 1024 * 1024;
@@ -36,7 +36,7 @@ fn encode(frame: Frame) -> BytesMut {
 fn chunk_frames(c: &mut Criterion) {
     // The MD5 is computed once here: these measure framing alone.
     let body = data(CHUNK);
-    let frame = Frame::chunk(7 * CHUNK as u64, body.clone(), Md5Digest::of(&body));
+    let frame = Frame::chunk(7 * CHUNK as u64, body.clone(), Digest::md5(&body));
     let wire = encode(frame.clone()).freeze();
 
     let mut g = c.benchmark_group("chunk_1MiB");
@@ -81,7 +81,7 @@ fn chunk_frames(c: &mut Criterion) {
 }
 
 fn control_frames(c: &mut Criterion) {
-    let md5 = Md5Digest::of(b"benchmark");
+    let digest = Digest::md5(b"benchmark");
     let messages = [
         (
             "put",
@@ -94,23 +94,32 @@ fn control_frames(c: &mut Criterion) {
                 mtime: Some(1_700_000_000),
             }),
         ),
-        ("put_ready", Message::PutReady(PutReady { offset: 0, md5 })),
+        (
+            "put_ready",
+            Message::PutReady(PutReady { offset: 0, digest }),
+        ),
         (
             "get",
             Message::Get(Get {
                 path: "some/dir/a-file-name.bin".into(),
                 offset: 0,
-                prefix_md5: None,
+                prefix_digest: None,
             }),
         ),
-        ("eof", Message::Eof(Eof { size: 1 << 30, md5 })),
+        (
+            "eof",
+            Message::Eof(Eof {
+                size: 1 << 30,
+                digest,
+            }),
+        ),
         ("ok", Message::Ok),
         (
             "chunk_header",
             Message::Chunk(protocol::ChunkHeader {
                 offset: 1 << 30,
                 len: 0,
-                md5,
+                digest,
             }),
         ),
     ];
@@ -137,8 +146,8 @@ fn md5(c: &mut Criterion) {
     let body = data(CHUNK);
     let mut g = c.benchmark_group("md5");
     g.throughput(Throughput::Bytes(CHUNK as u64));
-    g.bench_function("Md5Digest::of 1MiB", |b| {
-        b.iter(|| black_box(Md5Digest::of(black_box(&body))))
+    g.bench_function("Digest::of 1MiB", |b| {
+        b.iter(|| black_box(Digest::md5(black_box(&body))))
     });
     g.finish();
 }

@@ -5,7 +5,7 @@ use futures::SinkExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder, FramedWrite};
 
-use crate::{ChunkHeader, Md5Digest, Message};
+use crate::{ChunkHeader, Digest, Message};
 
 /// One message and, for a chunk, its body.
 #[derive(Clone, PartialEq, Eq)]
@@ -16,13 +16,13 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// A chunk frame for `data` at `offset`; `md5` is the running MD5 through its end (see
-    /// [`crate::Md5Hasher::seal`]).
-    pub fn chunk(offset: u64, data: Bytes, md5: Md5Digest) -> Self {
+    /// A chunk frame for `data` at `offset`; `digest` is the running digest through its end
+    /// (see [`crate::Hasher::seal`]).
+    pub fn chunk(offset: u64, data: Bytes, digest: Digest) -> Self {
         let header = ChunkHeader {
             offset,
             len: u32::try_from(data.len()).expect("chunk bodies are capped far below 4 GiB"),
-            md5,
+            digest,
         };
         Frame {
             message: Message::Chunk(header),

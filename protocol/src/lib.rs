@@ -22,7 +22,7 @@ mod digest;
 mod message;
 
 pub use codec::{send_frame, CodecError, Frame, FrameCodec, Incoming, Rejected};
-pub use digest::{Md5Digest, Md5Hasher};
+pub use digest::{Digest, DigestKind, Hasher};
 pub use message::{
     Auth, AuthChallenge, AuthOk, ChunkHeader, Entry, EntryKind, Eof, ErrorCode, ErrorReply, Get,
     GetReady, Hello, ListEnd, Listing, Message, Mkdir, PathArg, Put, PutReady, Rename, Stat,
@@ -43,7 +43,7 @@ pub const DEFAULT_CHUNK: u32 = 1024 * 1024;
 
 /// Names of optional features announced in [`Hello::capabilities`].
 pub mod capability {
-    /// `put` with `resume`/`upload_id` and `get` with `offset`/`prefix_md5`.
+    /// `put` with `resume`/`upload_id` and `get` with `offset`/`prefix_digest`.
     pub const RESUME: &str = "resume";
     /// `list`, `stat`, `cd`, `pwd`, `mkdir`, `rm`, `rmdir`, `rename`.
     pub const FILES: &str = "files";

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Bytes32;
-use crate::Md5Digest;
+use crate::{Digest, DigestKind};
 
 /// One message header. The JSON object's `"type"` names the variant in snake_case; only
 /// [`Message::Chunk`] is followed by a binary body (see the crate docs for the frame layout).
@@ -125,7 +125,7 @@ pub struct Stat {
 pub struct StatReply {
     pub entry: Entry,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub md5: Option<Md5Digest>,
+    pub md5: Option<Digest>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +155,14 @@ pub struct Hello {
     /// Largest chunk body the sender is willing to receive.
     #[serde(default = "default_max_chunk")]
     pub max_chunk: u32,
+    /// The transfer digest: from the client, the one it asks for; from the server, the one the
+    /// session uses (the client's, or an `unsupported` error instead of `hello`). Absent: MD5.
+    #[serde(default, skip_serializing_if = "is_md5")]
+    pub digest: DigestKind,
+}
+
+fn is_md5(kind: &DigestKind) -> bool {
+    *kind == DigestKind::Md5
 }
 
 fn default_max_chunk() -> u32 {
@@ -212,8 +220,8 @@ pub struct Put {
 pub struct PutReady {
     /// The client sends bytes from here on; 0 unless a staged upload is being resumed.
     pub offset: u64,
-    /// MD5 of the `offset` bytes already held, for the client to check against its own file.
-    pub md5: Md5Digest,
+    /// Digest of the `offset` bytes already held, for the client to check against its own file.
+    pub digest: Digest,
 }
 
 /// Client request to download a file.
@@ -224,10 +232,10 @@ pub struct Get {
     /// First byte to send; the client already holds the bytes before it.
     #[serde(default)]
     pub offset: u64,
-    /// MD5 of the client's first `offset` bytes; the server refuses with `prefix_mismatch` when its
-    /// own file's prefix differs, so a resumed download never splices two different files.
+    /// Digest of the client's first `offset` bytes; the server refuses with `prefix_mismatch`
+    /// when its own file's prefix differs, so a resumed download never splices two files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefix_md5: Option<Md5Digest>,
+    pub prefix_digest: Option<Digest>,
 }
 
 /// Server answer to [`Get`].
@@ -249,9 +257,9 @@ pub struct ChunkHeader {
     pub offset: u64,
     /// Body length in bytes (at most the receiver's `max_chunk`).
     pub len: u32,
-    /// The running MD5: of the file from byte 0 through this chunk's last byte. The receiver
-    /// checks it with one pass over the bytes, and the last chunk's is the whole file's.
-    pub md5: Md5Digest,
+    /// The running digest: of the file from byte 0 through this chunk's last byte. The
+    /// receiver checks it with one pass over the bytes, and the last chunk's is the whole file's.
+    pub digest: Digest,
 }
 
 /// End of a data stream, and the server's receipt for an upload.
@@ -259,8 +267,8 @@ pub struct ChunkHeader {
 pub struct Eof {
     /// Size of the whole file.
     pub size: u64,
-    /// MD5 of the whole file, from byte 0, including any resumed prefix.
-    pub md5: Md5Digest,
+    /// Digest of the whole file, from byte 0, including any resumed prefix.
+    pub digest: Digest,
 }
 
 /// A failure: a stable code for programs and a sentence for people.
@@ -389,7 +397,7 @@ mod tests {
                 Message::Get(Get {
                     path: "a b".into(),
                     offset: 0,
-                    prefix_md5: None,
+                    prefix_digest: None,
                 }),
                 r#"{"type":"get","path":"a b","offset":0}"#,
             ),
@@ -401,9 +409,9 @@ mod tests {
                 Message::Chunk(ChunkHeader {
                     offset: 5,
                     len: 3,
-                    md5: Md5Digest::of(b"abc"),
+                    digest: Digest::md5(b"abc"),
                 }),
-                r#"{"type":"chunk","offset":5,"len":3,"md5":"900150983cd24fb0d6963f7d28e17f72"}"#,
+                r#"{"type":"chunk","offset":5,"len":3,"digest":"900150983cd24fb0d6963f7d28e17f72"}"#,
             ),
         ];
         for (msg, json) in cases {

@@ -1,4 +1,4 @@
-//! Digests recorded at upload: every chunk's running MD5 and the whole file's, kept in the private
+//! Digests recorded at upload: every chunk's running digest and the whole file's, kept in the private
 //! directory so that a download can send them as recorded instead of hashing the file again.
 //! They also prove, end to end, that the bytes downloaded are the bytes that were uploaded: a
 //! file changed or rotted on disk no longer matches them, and the client's check says so.
@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 
 use cap_std::fs::Dir;
 use md5::{Digest as _, Md5};
-use protocol::Md5Digest;
+use protocol::Digest;
 use serde::{Deserialize, Serialize};
 
 use crate::VPath;
@@ -30,13 +30,13 @@ pub struct Recorded {
     mtime_nsec: i64,
     /// Every chunk but the last has this length.
     pub chunk: u32,
-    /// Each chunk's running MD5 (of the file from byte 0 through the chunk's end), in order.
+    /// Each chunk's running digest (of the file from byte 0 through the chunk's end), in order.
     /// Named apart from the per-chunk MD5s that protocol version 1 recorded, so that records
     /// left by an older daemon fail to parse and count as no record.
     #[serde(rename = "running_md5s")]
-    pub chunks: Vec<Md5Digest>,
-    /// MD5 of the whole file.
-    pub md5: Md5Digest,
+    pub chunks: Vec<Digest>,
+    /// Digest of the whole file (its kind is the session's that uploaded it).
+    pub digest: Digest,
 }
 
 impl Recorded {
@@ -44,8 +44,8 @@ impl Recorded {
         path: &VPath,
         meta: &std::fs::Metadata,
         chunk: u32,
-        chunks: Vec<Md5Digest>,
-        md5: Md5Digest,
+        chunks: Vec<Digest>,
+        digest: Digest,
     ) -> Self {
         Recorded {
             path: path.rel().to_owned(),
@@ -55,7 +55,7 @@ impl Recorded {
             mtime_nsec: meta.mtime_nsec(),
             chunk,
             chunks,
-            md5,
+            digest,
         }
     }
 

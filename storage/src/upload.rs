@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use md5::{Digest as _, Md5};
-use protocol::{ErrorCode, Md5Digest, Md5Hasher};
+use protocol::{Digest, DigestKind, ErrorCode, Hasher};
 
 use crate::digests::{self, Recorded};
 use crate::direct::DirectWriter;
@@ -25,6 +25,8 @@ pub struct UploadRequest {
     pub resume: bool,
     /// Modification time for the stored file, seconds since the Unix epoch.
     pub mtime: Option<i64>,
+    /// The session's transfer digest, which the chunks carry.
+    pub digest: DigestKind,
 }
 
 /// An upload in progress. Bytes are appended to a staging file; [`Upload::commit`] checks the
@@ -40,8 +42,8 @@ pub struct Upload {
     /// Bytes staged so far.
     written: u64,
     size: u64,
-    /// The running MD5 of every byte staged (those of an earlier attempt read back on resume).
-    hasher: Md5Hasher,
+    /// The running digest of every byte staged (those of an earlier attempt read back on resume).
+    hasher: Hasher,
     /// Whether the staged bytes outlive this value (uploads with an id can be resumed).
     keep: bool,
     /// This attempt's claim on the staging file.
@@ -65,14 +67,14 @@ static ANON: AtomicU64 = AtomicU64::new(0);
 struct ChunkLog {
     /// Length of every chunk but possibly the last; 0 before the first.
     len: u32,
-    md5s: Vec<Md5Digest>,
+    digests: Vec<Digest>,
     /// A chunk shorter than `len` arrived: it must have been the last.
     ended: bool,
 }
 
 impl ChunkLog {
     /// Records a chunk; false when the chunks no longer follow one length.
-    fn push(&mut self, len: u32, md5: Md5Digest) -> bool {
+    fn push(&mut self, len: u32, digest: Digest) -> bool {
         if self.ended || len == 0 {
             return false;
         }
@@ -83,7 +85,7 @@ impl ChunkLog {
         } else if len < self.len {
             self.ended = true;
         }
-        self.md5s.push(md5);
+        self.digests.push(digest);
         true
     }
 }
@@ -166,7 +168,7 @@ impl Upload {
         let opened = open_staged(&root, &staged, req.resume)
             .map_err(|e| Error::io(&shown, "create staging file for", e))
             .and_then(|mut file| {
-                let mut hasher = Md5Hasher::new();
+                let mut hasher = Hasher::new(req.digest);
                 let held = if req.resume {
                     read_back(&mut file, req.size, &mut hasher)
                         .map_err(|e| Error::io(&shown, "read staged bytes of", e))?
@@ -209,8 +211,8 @@ impl Upload {
         self.written
     }
 
-    /// MD5 of the bytes staged so far.
-    pub fn digest_so_far(&self) -> Md5Digest {
+    /// Digest of the bytes staged so far.
+    pub fn digest_so_far(&self) -> Digest {
         self.hasher.digest()
     }
 
@@ -221,21 +223,25 @@ impl Upload {
         self.append(&data)
     }
 
-    /// Appends one chunk once its running MD5 (of the file from byte 0 through the chunk's
+    /// Appends one chunk once its running digest (of the file from byte 0 through the chunk's
     /// end) checks out, and remembers that digest to record with the file. A chunk that fails
     /// the check is not written, and the upload can go on with the chunk sent again.
-    pub fn write_chunk(&mut self, data: impl Into<Bytes>, md5: Md5Digest) -> Result<()> {
+    pub fn write_chunk(&mut self, data: impl Into<Bytes>, digest: Digest) -> Result<()> {
         let data: Bytes = data.into();
-        if !self.hasher.check(&data, md5) {
+        if !self.hasher.check(&data, digest) {
             return Err(Error::Mismatch {
                 path: self.target.to_string(),
-                what: format!("chunk at offset {} failed its MD5 check", self.written),
+                what: format!(
+                    "chunk at offset {} failed its {} check",
+                    self.written,
+                    digest.kind().name()
+                ),
                 code: ErrorCode::ChecksumMismatch,
             });
         }
         self.append(&data)?;
         if let Some(log) = &mut self.chunks {
-            if !log.push(data.len() as u32, md5) {
+            if !log.push(data.len() as u32, digest) {
                 self.chunks = None;
             }
         }
@@ -264,9 +270,9 @@ impl Upload {
         Ok(())
     }
 
-    /// Checks size and whole-file MD5, makes the bytes durable, and moves them into place.
+    /// Checks size and whole-file digest, makes the bytes durable, and moves them into place.
     /// Without `overwrite`, a file that appeared at the target meanwhile is left alone.
-    pub fn commit(mut self, expected: Md5Digest, overwrite: bool) -> Result<Md5Digest> {
+    pub fn commit(mut self, expected: Digest, overwrite: bool) -> Result<Digest> {
         let shown = self.target.to_string();
         if self.written != self.size {
             return Err(Error::Mismatch {
@@ -281,7 +287,10 @@ impl Upload {
             self.keep = false;
             return Err(Error::Mismatch {
                 path: shown,
-                what: format!("whole-file MD5 is {actual}, client sent {expected}"),
+                what: format!(
+                    "whole-file {} is {actual}, client sent {expected}",
+                    actual.kind().name()
+                ),
                 code: ErrorCode::ChecksumMismatch,
             });
         }
@@ -319,7 +328,7 @@ impl Upload {
         drop(superseded);
         match (self.chunks.take(), stored_meta) {
             (Some(log), Some(meta)) => {
-                let rec = Recorded::new(&self.target, &meta, log.len, log.md5s, actual);
+                let rec = Recorded::new(&self.target, &meta, log.len, log.digests, actual);
                 digests::save(&inner.digests, &rec);
             }
             _ => digests::forget(&inner.digests, &self.target),
@@ -362,7 +371,7 @@ fn release(root: &Root, staged: &str, lease: &Arc<Lease>) {
 
 /// Reads back the bytes an earlier attempt staged (at most `size`) into `hasher`, cuts off any
 /// excess, and returns how many there are.
-fn read_back(file: &mut File, size: u64, hasher: &mut Md5Hasher) -> std::io::Result<u64> {
+fn read_back(file: &mut File, size: u64, hasher: &mut Hasher) -> std::io::Result<u64> {
     let held = hasher.update_from(file, size)?;
     if held < file.metadata()?.len() {
         // More staged than the file should have: the earlier attempt was another file.

@@ -1,6 +1,6 @@
 //! The storage root against a real temp directory.
 
-use protocol::{ErrorCode, Md5Digest};
+use protocol::{Digest, DigestKind, ErrorCode};
 use storage::{Error, Root, UploadRequest, VPath};
 
 fn setup() -> (tempfile::TempDir, Root) {
@@ -20,6 +20,7 @@ fn req(size: u64) -> UploadRequest {
         upload_id: None,
         resume: false,
         mtime: None,
+        digest: DigestKind::Md5,
     }
 }
 
@@ -31,7 +32,7 @@ fn upload_is_invisible_until_committed() {
     assert!(!dir.path().join("a.bin").exists());
     up.write(&b"def"[..]).unwrap();
     assert!(!dir.path().join("a.bin").exists());
-    up.commit(Md5Digest::of(b"abcdef"), false).unwrap();
+    up.commit(Digest::md5(b"abcdef"), false).unwrap();
     assert_eq!(std::fs::read(dir.path().join("a.bin")).unwrap(), b"abcdef");
     let staged: Vec<_> = std::fs::read_dir(dir.path().join(".ftpd/staging"))
         .unwrap()
@@ -44,7 +45,7 @@ fn wrong_whole_file_md5_never_becomes_visible() {
     let (dir, root) = setup();
     let mut up = root.begin_upload(&p("a.bin"), &req(3)).unwrap();
     up.write(&b"abc"[..]).unwrap();
-    let err = up.commit(Md5Digest::of(b"abd"), false).unwrap_err();
+    let err = up.commit(Digest::md5(b"abd"), false).unwrap_err();
     assert_eq!(err.code(), protocol::ErrorCode::ChecksumMismatch);
     assert!(!dir.path().join("a.bin").exists());
 }
@@ -61,7 +62,7 @@ fn refuses_to_overwrite_unless_asked() {
     r.overwrite = true;
     let mut up = root.begin_upload(&p("a"), &r).unwrap();
     up.write(&b"new"[..]).unwrap();
-    up.commit(Md5Digest::of(b"new"), true).unwrap();
+    up.commit(Digest::md5(b"new"), true).unwrap();
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"new");
 }
 
@@ -72,7 +73,7 @@ fn a_file_that_appears_meanwhile_is_not_clobbered() {
     up.write(&b"new"[..]).unwrap();
     std::fs::write(dir.path().join("a"), "raced").unwrap();
     assert!(matches!(
-        up.commit(Md5Digest::of(b"new"), false),
+        up.commit(Digest::md5(b"new"), false),
         Err(Error::Exists(_))
     ));
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"raced");
@@ -96,9 +97,9 @@ fn resume_continues_staged_bytes_with_the_same_id() {
     r.resume = true;
     let mut up = root.begin_upload(&p("a"), &r).unwrap();
     assert_eq!(up.offset(), 3);
-    assert_eq!(up.digest_so_far(), Md5Digest::of(b"abc"));
+    assert_eq!(up.digest_so_far(), Digest::md5(b"abc"));
     up.write(&b"def"[..]).unwrap();
-    up.commit(Md5Digest::of(b"abcdef"), false).unwrap();
+    up.commit(Digest::md5(b"abcdef"), false).unwrap();
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"abcdef");
 
     // Another id for the same path starts from nothing.
@@ -126,12 +127,12 @@ fn a_newer_attempt_at_the_same_upload_supersedes_the_older() {
     let mut newer = root.begin_upload(&p("a"), &r).unwrap();
     let held = newer.offset() as usize;
     assert!(held <= mib + 3, "{held}");
-    assert_eq!(newer.digest_so_far(), Md5Digest::of(&data[..held]));
+    assert_eq!(newer.digest_so_far(), Digest::md5(&data[..held]));
     assert!(matches!(older.write(&b"XXX"[..]), Err(Error::Busy { .. })));
     // The older attempt ends (and is dropped) without touching the newer one's bytes.
-    assert!(older.commit(Md5Digest::of(&data), false).is_err());
+    assert!(older.commit(Digest::md5(&data), false).is_err());
     newer.write(data[held..].to_vec()).unwrap();
-    newer.commit(Md5Digest::of(&data), false).unwrap();
+    newer.commit(Digest::md5(&data), false).unwrap();
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), data);
 }
 
@@ -225,7 +226,7 @@ fn quota_counts_existing_files_uploads_in_flight_and_replacements() {
     // 40 used + 30 reserved: another 31 do not fit while `a` is in flight.
     assert!(root.begin_upload(&p("b"), &req(31)).is_err());
     a.write(vec![1u8; 30]).unwrap();
-    a.commit(Md5Digest::of(&[1u8; 30]), false).unwrap();
+    a.commit(Digest::md5(&[1u8; 30]), false).unwrap();
     assert!(root.begin_upload(&p("b"), &req(31)).is_err());
     assert!(root.begin_upload(&p("b"), &req(30)).is_ok());
     // Replacing the 40-byte file grows the root only by the difference: 71 bytes would be 31
@@ -237,7 +238,7 @@ fn quota_counts_existing_files_uploads_in_flight_and_replacements() {
     r.overwrite = true;
     let mut up = root.begin_upload(&p("d/old"), &r).unwrap();
     up.write(vec![2u8; 40]).unwrap();
-    up.commit(Md5Digest::of(&[2u8; 40]), true).unwrap();
+    up.commit(Digest::md5(&[2u8; 40]), true).unwrap();
     assert!(
         root.begin_upload(&p("c"), &req(31)).is_err(),
         "70 used, 30 free"
@@ -317,19 +318,19 @@ fn digests_are_recorded_at_upload_and_dropped_when_the_file_changes() {
     let mut up = root.begin_upload(&p("f"), &req(10)).unwrap();
     for (start, end) in [(0, 4), (4, 8), (8, 10)] {
         // A chunk's digest is the running MD5 of the file through its end.
-        up.write_chunk(data[start..end].to_vec(), Md5Digest::of(&data[..end]))
+        up.write_chunk(data[start..end].to_vec(), Digest::md5(&data[..end]))
             .unwrap();
     }
-    up.commit(Md5Digest::of(&data), false).unwrap();
+    up.commit(Digest::md5(&data), false).unwrap();
     let rec = root.open_read(&p("f")).unwrap().recorded.expect("recorded");
     assert_eq!(rec.chunk, 4);
-    assert_eq!(rec.md5, Md5Digest::of(&data));
+    assert_eq!(rec.digest, Digest::md5(&data));
     assert_eq!(
         rec.chunks,
         [
-            Md5Digest::of(&data[..4]),
-            Md5Digest::of(&data[..8]),
-            Md5Digest::of(&data)
+            Digest::md5(&data[..4]),
+            Digest::md5(&data[..8]),
+            Digest::md5(&data)
         ]
     );
 
@@ -340,11 +341,11 @@ fn digests_are_recorded_at_upload_and_dropped_when_the_file_changes() {
 
     // Chunks of uneven length are not recorded.
     let mut up = root.begin_upload(&p("g"), &req(10)).unwrap();
-    up.write_chunk(data[..3].to_vec(), Md5Digest::of(&data[..3]))
+    up.write_chunk(data[..3].to_vec(), Digest::md5(&data[..3]))
         .unwrap();
-    up.write_chunk(data[3..].to_vec(), Md5Digest::of(&data))
+    up.write_chunk(data[3..].to_vec(), Digest::md5(&data))
         .unwrap();
-    up.commit(Md5Digest::of(&data), false).unwrap();
+    up.commit(Digest::md5(&data), false).unwrap();
     assert!(root.open_read(&p("g")).unwrap().recorded.is_none());
 }
 
@@ -355,18 +356,18 @@ fn a_chunk_that_fails_its_running_md5_is_not_written() {
     let (dir, root) = setup();
     let data = b"0123456789";
     let mut up = root.begin_upload(&p("f"), &req(10)).unwrap();
-    up.write_chunk(data[..4].to_vec(), Md5Digest::of(&data[..4]))
+    up.write_chunk(data[..4].to_vec(), Digest::md5(&data[..4]))
         .unwrap();
     let err = up
-        .write_chunk(b"45X7".to_vec(), Md5Digest::of(&data[..8]))
+        .write_chunk(b"45X7".to_vec(), Digest::md5(&data[..8]))
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::ChecksumMismatch, "{err}");
     assert!(err.to_string().contains("offset 4"), "{err}");
     assert_eq!(up.offset(), 4, "nothing of it was written");
-    up.write_chunk(data[4..8].to_vec(), Md5Digest::of(&data[..8]))
+    up.write_chunk(data[4..8].to_vec(), Digest::md5(&data[..8]))
         .unwrap();
-    up.write_chunk(data[8..].to_vec(), Md5Digest::of(data))
+    up.write_chunk(data[8..].to_vec(), Digest::md5(data))
         .unwrap();
-    up.commit(Md5Digest::of(data), false).unwrap();
+    up.commit(Digest::md5(data), false).unwrap();
     assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), data);
 }

@@ -836,7 +836,7 @@ mod tests {
 
     fn chunk(offset: u64, body: &[u8]) -> Vec<u8> {
         let header = format!(
-            r#"{{"type":"chunk","offset":{offset},"len":{},"md5":"00000000000000000000000000000000"}}"#,
+            r#"{{"type":"chunk","offset":{offset},"len":{},"digest":"00000000000000000000000000000000"}}"#,
             body.len()
         );
         frame(&header, body)
@@ -849,7 +849,7 @@ mod tests {
             frame(r#"{"type":"put","path":"a","size":16}"#, b""),
             chunk(0, b"0123456789"),
             chunk(10, b"abcdef"),
-            frame(r#"{"type":"eof","size":16,"md5":"x"}"#, b""),
+            frame(r#"{"type":"eof","size":16,"digest":"x"}"#, b""),
         ];
         let mut starts = Vec::new();
         let mut out = Vec::new();

@@ -5,7 +5,9 @@ use std::io::Read;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use protocol::{Eof, ErrorCode, ErrorReply, Frame, Get, GetReady, Md5Digest, Md5Hasher, Message};
+use protocol::{
+    Digest, DigestKind, Eof, ErrorCode, ErrorReply, Frame, Get, GetReady, Hasher, Message,
+};
 use storage::{Recorded, Root, VPath};
 use tokio::sync::mpsc;
 
@@ -22,7 +24,7 @@ struct Prepared {
     size: u64,
     mtime: Option<i64>,
     /// The running MD5 at the offset; unused when sending recorded digests.
-    hasher: Md5Hasher,
+    hasher: Hasher,
     /// The digests recorded at upload, when the download can send them as they are: then
     /// nothing is hashed here, only by the client.
     recorded: Option<Recorded>,
@@ -35,9 +37,10 @@ pub async fn run(s: &mut Session, req: Get) -> Result<(), SessionError> {
         Err(reply) => return s.send_error(reply).await,
     };
     let root = s.root.clone();
-    let (offset, prefix_md5) = (req.offset, req.prefix_md5);
-    let max_chunk = s.client_max_chunk;
-    let p = match blocking(move || prepare(&root, &path, offset, prefix_md5, max_chunk)).await? {
+    let (offset, prefix_digest) = (req.offset, req.prefix_digest);
+    let (max_chunk, kind) = (s.client_max_chunk, s.digest);
+    let prep = move || prepare(&root, &path, (offset, prefix_digest), max_chunk, kind);
+    let p = match blocking(prep).await? {
         Ok(p) => p,
         Err(reply) => return s.send_error(s.scrub(reply)).await,
     };
@@ -91,8 +94,8 @@ pub async fn run(s: &mut Session, req: Get) -> Result<(), SessionError> {
             None => return Err(SessionError::Internal("file reader stopped".into())),
         }
     };
-    let (md5, outcome) = match &outcome {
-        Ok(eof) => (Some(eof.md5), "ok".to_owned()),
+    let (digest, outcome) = match &outcome {
+        Ok(eof) => (Some(eof.digest), "ok".to_owned()),
         Err(reply) => (None, reply.to_string()),
     };
     TransferLog {
@@ -102,7 +105,7 @@ pub async fn run(s: &mut Session, req: Get) -> Result<(), SessionError> {
         path: &req.path,
         bytes: sent - offset,
         elapsed: started.elapsed(),
-        md5,
+        digest,
         outcome: &outcome,
     }
     .emit();
@@ -112,9 +115,9 @@ pub async fn run(s: &mut Session, req: Get) -> Result<(), SessionError> {
 fn prepare(
     root: &Root,
     path: &VPath,
-    offset: u64,
-    prefix_md5: Option<protocol::Md5Digest>,
+    (offset, prefix_digest): (u64, Option<Digest>),
     max_chunk: u32,
+    kind: DigestKind,
 ) -> Result<Prepared, ErrorReply> {
     let f = root.open_read(path).map_err(|e| storage_reply(&e))?;
     if offset > f.size {
@@ -125,34 +128,35 @@ fn prepare(
     }
     let recorded = f
         .recorded
+        .filter(|r| r.digest.kind() == kind)
         .filter(|r| r.chunk <= max_chunk && offset.is_multiple_of(u64::from(r.chunk)));
     let mut p = Prepared {
         file: f.file,
         size: f.size,
         mtime: f.mtime,
-        hasher: Md5Hasher::new(),
+        hasher: Hasher::new(kind),
         recorded,
     };
     if let Some(r) = &p.recorded {
         // Recorded digests cover the whole file already, and the one at a chunk boundary is
-        // the MD5 of everything before it: skip to the offset unhashed.
+        // the digest of everything before it: skip to the offset unhashed.
         let held = (offset / u64::from(r.chunk)).checked_sub(1);
-        let recorded_prefix = held.map_or_else(Md5Digest::empty, |i| r.chunks[i as usize]);
-        check_prefix(path, offset, prefix_md5, recorded_prefix)?;
+        let recorded_prefix = held.map_or_else(|| Digest::empty(kind), |i| r.chunks[i as usize]);
+        check_prefix(path, offset, prefix_digest, recorded_prefix)?;
         use std::io::{Seek, SeekFrom};
         p.file
             .seek(SeekFrom::Start(offset))
             .map_err(|e| storage_reply(&storage::Error::io(&path.to_string(), "seek", e)))?;
         return Ok(p);
     }
-    // The whole-file MD5 covers the prefix the client already holds, so hash it here.
+    // The whole-file digest covers the prefix the client already holds, so hash it here.
     let read = match p.hasher.update_from(&mut p.file, offset) {
         Ok(n) if n == offset => Ok(()),
         Ok(_) => Err(std::io::ErrorKind::UnexpectedEof.into()),
         Err(e) => Err(e),
     };
     read.map_err(|e| storage_reply(&storage::Error::io(&path.to_string(), "read", e)))?;
-    check_prefix(path, offset, prefix_md5, p.hasher.digest())?;
+    check_prefix(path, offset, prefix_digest, p.hasher.digest())?;
     Ok(p)
 }
 
@@ -161,8 +165,8 @@ fn prepare(
 fn check_prefix(
     path: &VPath,
     offset: u64,
-    theirs: Option<Md5Digest>,
-    ours: Md5Digest,
+    theirs: Option<Digest>,
+    ours: Digest,
 ) -> Result<(), ErrorReply> {
     match theirs {
         Some(theirs) if theirs != ours => Err(ErrorReply::new(
@@ -192,23 +196,26 @@ fn read_chunks(
             let _ = tx.blocking_send(Err(ErrorReply::new(ErrorCode::Io, msg).at(pos)));
             return;
         }
-        let md5 = match &p.recorded {
+        let digest = match &p.recorded {
             // As recorded at upload: the client's check then also proves the bytes unchanged.
             Some(r) => r.chunks[(pos / chunk as u64) as usize],
             None => p.hasher.seal(&buf),
         };
         if tx
-            .blocking_send(Ok(Frame::chunk(pos, buf.freeze(), md5)))
+            .blocking_send(Ok(Frame::chunk(pos, buf.freeze(), digest)))
             .is_err()
         {
             return; // cancelled
         }
         pos += want as u64;
     }
-    let md5 = match &p.recorded {
-        Some(r) => r.md5,
+    let digest = match &p.recorded {
+        Some(r) => r.digest,
         None => p.hasher.finish(),
     };
-    let eof = Eof { size: p.size, md5 };
+    let eof = Eof {
+        size: p.size,
+        digest,
+    };
     let _ = tx.blocking_send(Ok(Message::Eof(eof).into()));
 }

@@ -11,7 +11,7 @@ pub mod stat;
 
 use std::time::Duration;
 
-use protocol::{Md5Digest, Message};
+use protocol::{Digest, Message};
 use storage::Root;
 use tracing::info;
 
@@ -38,7 +38,7 @@ pub(crate) struct TransferLog<'a> {
     pub path: &'a str,
     pub bytes: u64,
     pub elapsed: Duration,
-    pub md5: Option<Md5Digest>,
+    pub digest: Option<Digest>,
     pub outcome: &'a str,
 }
 
@@ -59,7 +59,9 @@ impl TransferLog<'_> {
             bytes = self.bytes,
             secs = format!("{secs:.3}"),
             mb_per_s = format!("{rate:.1}"),
-            md5 = %self.md5.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+            digest = %self
+                .digest
+                .map_or_else(|| "-".into(), |d| format!("{}:{d}", d.kind().key())),
             outcome = self.outcome,
             "transfer"
         );

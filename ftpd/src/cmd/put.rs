@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use protocol::{ChunkHeader, Eof, ErrorCode, ErrorReply, Md5Digest, Message, Put, PutReady};
+use protocol::{ChunkHeader, Digest, Eof, ErrorCode, ErrorReply, Message, Put, PutReady};
 use storage::{Upload, UploadRequest};
 use tokio::sync::mpsc;
 
@@ -37,6 +37,7 @@ pub async fn run(s: &mut Session, req: Put) -> Result<(), SessionError> {
         upload_id: req.upload_id.clone(),
         resume: req.resume,
         mtime: req.mtime,
+        digest: s.digest,
     };
     let target = path.clone();
     let upload = match blocking(move || root.begin_upload(&target, &ureq)).await? {
@@ -46,7 +47,7 @@ pub async fn run(s: &mut Session, req: Put) -> Result<(), SessionError> {
     let offset = upload.offset();
     s.send(Message::PutReady(PutReady {
         offset,
-        md5: upload.digest_so_far(),
+        digest: upload.digest_so_far(),
     }))
     .await?;
 
@@ -113,11 +114,11 @@ pub async fn run(s: &mut Session, req: Put) -> Result<(), SessionError> {
             )),
             Ok(()) => {
                 let overwrite = req.overwrite;
-                blocking(move || upload.commit(eof.md5, overwrite))
+                blocking(move || upload.commit(eof.digest, overwrite))
                     .await?
-                    .map(|md5| Eof {
+                    .map(|digest| Eof {
                         size: eof.size,
-                        md5,
+                        digest,
                     })
                     .map_err(|e| storage_reply(&e))
             }
@@ -138,7 +139,7 @@ pub async fn run(s: &mut Session, req: Put) -> Result<(), SessionError> {
                 &req,
                 started,
                 stored.size - offset,
-                Some(stored.md5),
+                Some(stored.digest),
                 "ok",
             );
             s.send(Message::Stored(stored)).await
@@ -179,7 +180,7 @@ fn write_chunks(
     mut rx: mpsc::Receiver<(ChunkHeader, Bytes)>,
 ) -> (Upload, Result<(), ErrorReply>) {
     while let Some((h, body)) = rx.blocking_recv() {
-        if let Err(e) = upload.write_chunk(body, h.md5) {
+        if let Err(e) = upload.write_chunk(body, h.digest) {
             return (upload, Err(storage_reply(&e).at(h.offset)));
         }
     }
@@ -191,7 +192,7 @@ fn log(
     req: &Put,
     started: Instant,
     bytes: u64,
-    md5: Option<Md5Digest>,
+    digest: Option<Digest>,
     outcome: &str,
 ) {
     TransferLog {
@@ -201,7 +202,7 @@ fn log(
         path: &req.path,
         bytes,
         elapsed: started.elapsed(),
-        md5,
+        digest,
         outcome,
     }
     .emit();

@@ -1,6 +1,6 @@
 //! `stat`: one path's kind, size and time, and on request its content's MD5.
 
-use protocol::{EntryKind, Md5Hasher, Message, Stat, StatReply};
+use protocol::{DigestKind, EntryKind, Hasher, Message, Stat, StatReply};
 
 use crate::error::{blocking, SessionError};
 use crate::session::Session;
@@ -16,7 +16,7 @@ pub async fn run(s: &mut Session, req: Stat) -> Result<(), SessionError> {
         entry.name = visible.to_string();
         let md5 = if req.md5 && entry.kind == EntryKind::File {
             let mut f = root.open_read(&full)?;
-            let mut hasher = Md5Hasher::new();
+            let mut hasher = Hasher::new(DigestKind::Md5);
             hasher
                 .update_from(&mut f.file, u64::MAX)
                 .map_err(|e| storage::Error::io(&entry.name, "read", e))?;

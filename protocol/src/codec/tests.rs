@@ -1,7 +1,7 @@
 //! The codec without sockets: every split point, merged reads, caps, and garbage.
 
 use super::*;
-use crate::{ErrorCode, ErrorReply, Get, Hello};
+use crate::{DigestKind, ErrorCode, ErrorReply, Get, Hello};
 use proptest::prelude::*;
 
 fn sample_frames() -> Vec<Frame> {
@@ -11,14 +11,15 @@ fn sample_frames() -> Vec<Frame> {
             agent: "t".into(),
             capabilities: vec!["resume".into()],
             max_chunk: 1024,
+            digest: DigestKind::Blake3,
         })
         .into(),
-        Frame::chunk(0, Bytes::from_static(b"hello world"), Md5Digest::default()),
-        Frame::chunk(11, Bytes::new(), Md5Digest::default()),
+        Frame::chunk(0, Bytes::from_static(b"hello world"), Digest::default()),
+        Frame::chunk(11, Bytes::new(), Digest::default()),
         Message::Get(Get {
             path: "ünïcødé/a b;c".into(),
             offset: 3,
-            prefix_md5: Some(Md5Digest::of(b"abc")),
+            prefix_digest: Some(Digest::md5(b"abc")),
         })
         .into(),
         Message::Error(ErrorReply::new(ErrorCode::Io, "disk").at(7)).into(),
@@ -116,9 +117,9 @@ fn zero_header_length_is_corrupt() {
 #[test]
 fn oversized_chunk_body_fails_before_allocating() {
     let header = format!(
-        r#"{{"type":"chunk","offset":0,"len":{},"md5":"{}"}}"#,
+        r#"{{"type":"chunk","offset":0,"len":{},"digest":"{}"}}"#,
         u32::MAX,
-        Md5Digest::empty()
+        Digest::empty(DigestKind::Md5)
     );
     let mut buf = BytesMut::from(&raw(header.as_bytes())[..]);
     let err = FrameCodec::new().decode(&mut buf).unwrap_err();
@@ -131,7 +132,7 @@ fn truncated_frames_are_errors_at_eof() {
     let wire = encode_all(&[Frame::chunk(
         0,
         Bytes::from_static(b"0123456789"),
-        Md5Digest::default(),
+        Digest::default(),
     )]);
     for cut in 1..wire.len() {
         let mut codec = FrameCodec::new();
@@ -157,7 +158,7 @@ fn invalid_json_is_fatal() {
         br#"{"type":"get","path":"\ud800"}"#,
         b"{\"type\":\"get\",\"path\":\"a\xff\xfe\xc3(b\"}",
         // Regression (found reading the code while fuzzing): two type keys, one of them chunk.
-        br#"{"type":"chunk","offset":0,"len":5,"md5":"00000000000000000000000000000000","type":"x"}"#,
+        br#"{"type":"chunk","offset":0,"len":5,"digest":"00000000000000000000000000000000","type":"x"}"#,
         br#"{"type":"x","type":"chunk"}"#,
         br#"{"type":"x","type":"y"}"#,
     ] {
@@ -183,7 +184,7 @@ fn unknown_type_or_bad_fields_are_recoverable() {
 
 #[test]
 fn encoder_refuses_inconsistent_bodies() {
-    let mut frame = Frame::chunk(0, Bytes::from_static(b"abc"), Md5Digest::default());
+    let mut frame = Frame::chunk(0, Bytes::from_static(b"abc"), Digest::default());
     frame.body = Bytes::from_static(b"abcd");
     let err = FrameCodec::new()
         .encode(frame, &mut BytesMut::new())
@@ -203,11 +204,11 @@ fn encoder_refuses_inconsistent_bodies() {
 fn arb_message() -> impl Strategy<Value = Frame> {
     prop_oneof![
         (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
-            .prop_map(|(off, data)| Frame::chunk(off, Bytes::from(data), Md5Digest::of(b"x"))),
+            .prop_map(|(off, data)| Frame::chunk(off, Bytes::from(data), Digest::md5(b"x"))),
         (".{0,40}", any::<u64>()).prop_map(|(path, offset)| Message::Get(Get {
             path,
             offset,
-            prefix_md5: None
+            prefix_digest: None
         })
         .into()),
         (".{0,40}", any::<u64>()).prop_map(|(message, off)| Message::Error(
@@ -244,9 +245,13 @@ fn send_frame_puts_the_same_bytes_on_the_wire_in_order() {
     use futures::SinkExt;
     let frames = vec![
         Frame::from(Message::Bye),
-        Frame::chunk(0, Bytes::from(vec![7u8; 100_000]), Md5Digest::of(b"x")),
+        Frame::chunk(0, Bytes::from(vec![7u8; 100_000]), Digest::md5(b"x")),
         Frame::from(Message::Ok),
-        Frame::chunk(100_000, Bytes::from_static(b"tail"), Md5Digest::empty()),
+        Frame::chunk(
+            100_000,
+            Bytes::from_static(b"tail"),
+            Digest::empty(DigestKind::Md5),
+        ),
     ];
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()

@@ -14,7 +14,7 @@ use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use protocol::{ErrorCode, ErrorReply, Md5Digest, Message};
+use protocol::{Digest, ErrorCode, ErrorReply, Message};
 
 use crate::raw::{chunk, encode, get, hello_message, put, Raw};
 use crate::util::{
@@ -263,7 +263,7 @@ fn hostile_paths(addr: SocketAddr, planted: &str) -> Vec<String> {
                 peer.send_chunk(0, b"owned");
                 peer.send(&Message::Eof(protocol::Eof {
                     size: 5,
-                    md5: Md5Digest::of(b"owned"),
+                    digest: Digest::md5(b"owned"),
                 }));
                 Some(format!(
                     "the server accepted the upload and answered {:?}",

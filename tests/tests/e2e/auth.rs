@@ -337,6 +337,7 @@ fn fake_server(listener: TcpListener, user: &str, wrong_secret: &[u8]) -> Vec<Me
             capability::AUTH_HMAC_SHA256.into(),
         ],
         max_chunk: protocol::DEFAULT_CHUNK,
+        digest: protocol::DigestKind::Md5,
     }));
     let server_nonce = auth::nonce();
     peer.send(&Message::AuthChallenge(AuthChallenge {

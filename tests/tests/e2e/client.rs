@@ -869,3 +869,53 @@ fn many_file_commands_use_parallel_connections() {
     assert_eq!(opened() - before, 1, "-P 1 uses one connection: {run}");
     assert_eq!(run.stdout.matches("verified").count(), 24, "{run}");
 }
+
+/// `--digest blake3` checks every chunk and the file with BLAKE3 instead of MD5, both ways;
+/// a file uploaded with one digest downloads with the other (the server hashes it then).
+#[test]
+fn blake3_digest_round_trips_and_mixes_with_md5() {
+    use protocol::{Digest, DigestKind};
+    let t = Site::new();
+    let src = t.local("b3.bin");
+    write_random(&src, 3 * MIB + 11, 33);
+    let data = fs::read(&src).unwrap();
+    let blake3 = Digest::of(DigestKind::Blake3, &data).to_string();
+
+    let run = t
+        .cli()
+        .arg("--digest")
+        .arg("blake3")
+        .arg("--json")
+        .cmds("put b3.bin; get b3.bin back.bin")
+        .run()
+        .ok();
+    let lines: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{run}");
+    for line in &lines {
+        assert_eq!(line["blake3"], blake3.as_str(), "{run}");
+        assert!(line.get("md5").is_none(), "{run}");
+    }
+    assert_same_file(&src, t.remote("b3.bin"));
+    assert_same_file(&src, t.local("back.bin"));
+
+    // Uploaded with BLAKE3, downloaded with MD5 (the default), and the other way round.
+    let run = t.ok("get b3.bin md5.bin; put b3.bin again.bin");
+    assert_eq!(run.stdout.matches("MD5").count(), 2, "{run}");
+    assert_same_file(&src, t.local("md5.bin"));
+    let run = t
+        .cli()
+        .arg("--digest")
+        .arg("blake3")
+        .cmds("get again.bin b3-again.bin")
+        .run()
+        .ok();
+    assert!(
+        run.stdout.contains(&format!("BLAKE3 {blake3} verified")),
+        "{run}"
+    );
+    assert_same_file(&src, t.local("b3-again.bin"));
+}

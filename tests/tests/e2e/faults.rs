@@ -12,11 +12,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use e2e::proxy::{Direction, Fault, FrameRef, Proxy};
+use protocol::{Digest, DigestKind};
 use tempfile::TempDir;
 
 use crate::util::{
-    assert_missing, assert_same_file, md5_file, names, staged_bytes, tmpdir, tmpdir_named,
-    wait_until, write_random, Cli, Daemon, Run, MIB,
+    assert_missing, assert_same_file, names, staged_bytes, tmpdir, tmpdir_named, wait_until,
+    write_random, Cli, Daemon, Run, MIB,
 };
 
 use Direction::{ClientToServer as C2S, ServerToClient as S2C};
@@ -82,6 +83,8 @@ struct Case {
     faults: Vec<Fault>,
     /// `--retries` for the client (its default when `None`).
     retries: Option<usize>,
+    /// More client arguments.
+    args: Vec<&'static str>,
     allowed: Allowed,
 }
 
@@ -92,8 +95,15 @@ impl Case {
             op,
             faults: vec![fault],
             retries: None,
+            args: vec![],
             allowed,
         }
+    }
+
+    /// The same, with BLAKE3 as the transfer digest.
+    fn blake3(mut self) -> Case {
+        self.args = vec!["--digest", "blake3"];
+        self
     }
 
     /// The fault on every connection and `--retries 2`: each attempt meets it and the client
@@ -104,6 +114,7 @@ impl Case {
             op,
             faults: vec![fault.on_every_connection()],
             retries: Some(2),
+            args: vec![],
             allowed: Allowed::Fails { attempts },
         }
     }
@@ -135,6 +146,9 @@ impl Case {
             .arg(CLIENT_TIMEOUT);
         if let Some(n) = self.retries {
             cli = cli.arg("--retries").arg(n.to_string());
+        }
+        for arg in &self.args {
+            cli = cli.arg(arg);
         }
         let run = cli.cmds(&command).run();
         let attempts = proxy.connections();
@@ -260,11 +274,13 @@ fn classify(run: &Run, src: &Path, target: &Path) -> Outcome {
             others.is_empty(),
             "exit 0 but stderr has more than resume notices; {run}"
         );
-        let md5 = md5_file(src);
+        let data = fs::read(src).expect("cannot read the test file");
+        let digests = [DigestKind::Md5, DigestKind::Blake3].map(|k| Digest::of(k, &data));
         assert!(
             run.stdout
                 .lines()
-                .any(|l| l.contains("verified") && l.contains(&md5)),
+                .any(|l| l.contains("verified")
+                    && digests.iter().any(|d| l.contains(&d.to_string()))),
             "exit 0 without a verified summary; {run}"
         );
         Outcome::Identical { retries }
@@ -295,6 +311,34 @@ fn chunk_body_flipped_on_put() {
 fn chunk_body_flipped_on_get() {
     let fault = Fault::flip_chunk_body(S2C, 2);
     Case::new("chunk body flipped", Op::Get, fault, Allowed::Resumed).run();
+}
+
+// The same with BLAKE3 as the running digest.
+
+#[test]
+fn chunk_body_flipped_on_put_with_blake3() {
+    let fault = Fault::flip_chunk_body(C2S, 2);
+    Case::new(
+        "chunk body flipped (blake3)",
+        Op::Put,
+        fault,
+        Allowed::Resumed,
+    )
+    .blake3()
+    .run();
+}
+
+#[test]
+fn chunk_body_flipped_on_get_with_blake3() {
+    let fault = Fault::flip_chunk_body(S2C, 2);
+    Case::new(
+        "chunk body flipped (blake3)",
+        Op::Get,
+        fault,
+        Allowed::Resumed,
+    )
+    .blake3()
+    .run();
 }
 
 // A flipped header bit may leave valid JSON with a wrong value in it (an offset, an MD5, a

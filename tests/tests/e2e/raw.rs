@@ -13,7 +13,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use protocol::auth::Bytes32;
-use protocol::{capability, ChunkHeader, ErrorCode, ErrorReply, Get, Hello, Md5Digest, Message};
+use protocol::{capability, ChunkHeader, Digest, ErrorCode, ErrorReply, Get, Hello, Message};
 use protocol::{Put, PutReady, VERSION};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -281,6 +281,7 @@ pub fn hello_message() -> Message {
         agent: "e2e-raw/0".into(),
         capabilities: vec![],
         max_chunk: protocol::DEFAULT_CHUNK,
+        digest: protocol::DigestKind::Md5,
     })
 }
 
@@ -289,7 +290,7 @@ pub fn get(path: &str) -> Message {
     Message::Get(Get {
         path: path.into(),
         offset: 0,
-        prefix_md5: None,
+        prefix_digest: None,
     })
 }
 
@@ -310,7 +311,7 @@ pub fn chunk(offset: u64, body: &[u8]) -> Message {
     Message::Chunk(ChunkHeader {
         offset,
         len: u32::try_from(body.len()).unwrap(),
-        md5: Md5Digest::of(body),
+        digest: Digest::md5(body),
     })
 }
 

@@ -655,7 +655,7 @@ fn json_log_format() {
     assert_eq!(xfer["op"], "put", "{xfer}");
     assert_eq!(xfer["path"], "a.bin", "{xfer}");
     assert_eq!(xfer["bytes"], size, "{xfer}");
-    assert_eq!(xfer["md5"], md5_file(&src), "{xfer}");
+    assert_eq!(xfer["digest"], format!("md5:{}", md5_file(&src)), "{xfer}");
     assert_eq!(xfer["outcome"], "ok", "{xfer}");
     assert_eq!(xfer["user"], "alice", "{xfer}");
     assert_eq!(xfer["level"], "INFO", "{xfer}");
