@@ -587,8 +587,13 @@ struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    /// Takes files off the queue one at a time and moves them over `link`.
+    /// Takes files off the queue one at a time and moves them over `link`. A slot beyond the
+    /// first whose connection cannot be made (the server allows fewer per client) leaves its
+    /// share to the others instead of failing files.
     async fn worker(&self, link: &mut Link, slot: usize) {
+        if slot > 0 && link.client(self.dial).await.is_err() {
+            return;
+        }
         let mut progress = self.bars.slot(slot);
         while !self.cancelled.get() {
             let Some((t, size)) = self.queue.borrow_mut().next() else {

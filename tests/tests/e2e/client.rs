@@ -919,3 +919,19 @@ fn blake3_digest_round_trips_and_mixes_with_md5() {
     );
     assert_same_file(&src, t.local("b3-again.bin"));
 }
+
+/// A server that allows fewer connections per client than `-P` asks for still gets every
+/// file: the slots that cannot connect leave their share to the others.
+#[test]
+fn parallel_batches_fit_a_servers_connection_limit() {
+    let daemon = Daemon::with_args(["--max-connections-per-ip", "2"]);
+    let work = tmpdir();
+    let src = work.path().join("many");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..12u64 {
+        write_random(src.join(format!("f{i:02}.bin")), 10_000 + i, i);
+    }
+    let run = daemon.cli().cwd(&work).cmds("put -r many up").run().ok();
+    assert_eq!(tree(&daemon.path("up")), tree(&src), "{run}");
+    assert_eq!(run.stdout.matches("verified").count(), 12, "{run}");
+}
