@@ -741,7 +741,7 @@ def results_rows(res):
                 cpu_s = f2(cli) if tool == "md5sum" else f"{f2(cli)}+{f2(srv)}"
             else:
                 cpu_s = f"{f2(cli)}+{f2(srv)}"
-            rel = "—" if tool == OURS else f2(ratio(ours, res.median(key, tool, attr)), 2, "x")
+            rel = "—" if tool in OUR_TOOLS else f2(ratio(ours, res.median(key, tool, attr)), 2, "x")
             rows.append([
                 title, tool, f"{len(good)}/{len(runs)}", f2(mb, 1),
                 f2(fps, 1) if unit == "files/s" or key == "conc" else "—", rel, cpu_s,

@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use protocol::{Digest, Eof, Frame, FrameCodec, Get, Message, Put, PutReady};
+use protocol::{Digest, DigestKind, Eof, Frame, FrameCodec, Get, Message, Put, PutReady};
 use tokio_util::codec::{Decoder, Encoder};
 
 const CHUNK: usize = 1024 * 1024;
@@ -142,15 +142,17 @@ fn control_frames(c: &mut Criterion) {
     g.finish();
 }
 
-fn md5(c: &mut Criterion) {
+fn digests(c: &mut Criterion) {
     let body = data(CHUNK);
-    let mut g = c.benchmark_group("md5");
+    let mut g = c.benchmark_group("digest");
     g.throughput(Throughput::Bytes(CHUNK as u64));
-    g.bench_function("Digest::of 1MiB", |b| {
-        b.iter(|| black_box(Digest::md5(black_box(&body))))
-    });
+    for kind in [DigestKind::Md5, DigestKind::Blake3] {
+        g.bench_function(format!("{} of 1MiB", kind.key()), |b| {
+            b.iter(|| black_box(Digest::of(kind, black_box(&body))))
+        });
+    }
     g.finish();
 }
 
-criterion_group!(benches, chunk_frames, control_frames, md5);
+criterion_group!(benches, chunk_frames, control_frames, digests);
 criterion_main!(benches);
