@@ -31,9 +31,9 @@ pub struct Recorded {
     /// Every chunk but the last has this length.
     pub chunk: u32,
     /// Each chunk's running digest (of the file from byte 0 through the chunk's end), in order.
-    /// Named apart from the per-chunk MD5s that protocol version 1 recorded, so that records
-    /// left by an older daemon fail to parse and count as no record.
-    #[serde(rename = "running_md5s")]
+    /// Named apart from the per-chunk MD5s (`chunks`) that protocol version 1 recorded, so
+    /// that records left by an older daemon fail to parse and count as no record.
+    #[serde(rename = "running_digests")]
     pub chunks: Vec<Digest>,
     /// Digest of the whole file (its kind is the session's that uploaded it).
     pub digest: Digest,

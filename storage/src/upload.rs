@@ -54,7 +54,7 @@ pub struct Upload {
     reserved: u64,
     /// Modification time to give the file when it is stored.
     mtime: Option<i64>,
-    /// The chunks' running MD5s as verified, to record with the file; `None` once the chunks
+    /// The chunks' running digests as verified, to record with the file; `None` once the chunks
     /// are not all of one length (but the last), or the upload resumed bytes hashed without them.
     chunks: Option<ChunkLog>,
     committed: bool,
@@ -219,6 +219,7 @@ impl Upload {
     /// Appends bytes the caller vouches for. Refuses to grow past the declared size.
     pub fn write(&mut self, data: impl Into<Bytes>) -> Result<()> {
         let data: Bytes = data.into();
+        self.fits(data.len())?;
         self.hasher.update(&data);
         self.append(&data)
     }
@@ -228,6 +229,7 @@ impl Upload {
     /// the check is not written, and the upload can go on with the chunk sent again.
     pub fn write_chunk(&mut self, data: impl Into<Bytes>, digest: Digest) -> Result<()> {
         let data: Bytes = data.into();
+        self.fits(data.len())?;
         if !self.hasher.check(&data, digest) {
             return Err(Error::Mismatch {
                 path: self.target.to_string(),
@@ -248,15 +250,20 @@ impl Upload {
         Ok(())
     }
 
-    /// Writes hashed bytes to the staging file.
-    fn append(&mut self, data: &[u8]) -> Result<()> {
-        let len = data.len() as u64;
-        if self.written + len > self.size {
+    /// Refuses bytes past the declared size, before they are hashed.
+    fn fits(&self, len: usize) -> Result<()> {
+        if self.written + len as u64 > self.size {
             return Err(Error::TooLarge {
                 path: self.target.to_string(),
                 what: format!("more bytes than the declared {}", self.size),
             });
         }
+        Ok(())
+    }
+
+    /// Writes hashed bytes (that fit) to the staging file.
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        let len = data.len() as u64;
         let lease = self.lease.clone();
         let superseded = lease.superseded.lock().unwrap();
         if *superseded {

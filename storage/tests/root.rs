@@ -371,3 +371,19 @@ fn a_chunk_that_fails_its_running_md5_is_not_written() {
     up.commit(Digest::md5(data), false).unwrap();
     assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), data);
 }
+
+/// Bytes past the declared size are refused before they are hashed, so the running digest
+/// still describes exactly what was staged.
+#[test]
+fn bytes_past_the_declared_size_are_not_hashed() {
+    let (_dir, root) = setup();
+    let mut up = root.begin_upload(&p("f"), &req(3)).unwrap();
+    up.write_chunk(b"ab".to_vec(), Digest::md5(b"ab")).unwrap();
+    let err = up
+        .write_chunk(b"cd".to_vec(), Digest::md5(b"abcd"))
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::TooLarge, "{err}");
+    assert_eq!(up.digest_so_far(), Digest::md5(b"ab"));
+    up.write_chunk(b"c".to_vec(), Digest::md5(b"abc")).unwrap();
+    up.commit(Digest::md5(b"abc"), false).unwrap();
+}
