@@ -679,8 +679,11 @@ async fn transfer(
         attempt += 1;
         link.client = None;
         let what = match &err {
-            ClientError::BadChunk { offset } => {
-                format!("chunk at offset {offset} failed its MD5 check")
+            ClientError::BadChunk { offset, digest } => {
+                format!(
+                    "chunk at offset {offset} failed its {} check",
+                    digest.name()
+                )
             }
             ClientError::Connect { .. } => "cannot reconnect".to_owned(),
             other => match t {

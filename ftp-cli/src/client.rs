@@ -56,7 +56,7 @@ pub struct Summary {
     /// Size of the whole file.
     pub size: u64,
     pub elapsed: Duration,
-    /// Whole-file MD5, checked by both sides.
+    /// Whole-file digest (MD5 or BLAKE3), checked by both sides.
     /// The whole file's digest, as verified.
     pub digest: Digest,
 }
@@ -888,8 +888,8 @@ fn read_chunks(
     running.finish()
 }
 
-/// Checks each chunk's running MD5 and appends it to `file` from `offset` up to `size`; returns
-/// the file and its whole-file MD5. After a failure the verified bytes stay in the file, for
+/// Checks each chunk's running digest and appends it to `file` from `offset` up to `size`;
+/// returns the file and its whole-file digest. After a failure the verified bytes stay in the file, for
 /// `get -c`.
 fn write_chunks(
     file: File,
@@ -905,7 +905,10 @@ fn write_chunks(
     let mut result = Ok(());
     while let Some((h, body)) = rx.blocking_recv() {
         if !running.check(&body, h.digest) {
-            result = Err(ClientError::BadChunk { offset: h.offset });
+            result = Err(ClientError::BadChunk {
+                offset: h.offset,
+                digest: running.kind(),
+            });
             break;
         }
         if let Err(e) = out.write_all(&body) {

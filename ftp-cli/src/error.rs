@@ -1,6 +1,6 @@
 //! Everything that can go wrong for the client, each with the exit status scripts see.
 
-use protocol::{CodecError, ErrorReply};
+use protocol::{CodecError, DigestKind, ErrorReply};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -25,8 +25,11 @@ pub enum ClientError {
     },
     #[error("{0}")]
     LocalExists(String),
-    #[error("chunk at offset {offset} failed its MD5 check; nothing of it was written")]
-    BadChunk { offset: u64 },
+    #[error(
+        "chunk at offset {offset} failed its {} check; nothing of it was written",
+        digest.name()
+    )]
+    BadChunk { offset: u64, digest: DigestKind },
     #[error("verification failed: {0}")]
     Verify(String),
     #[error("protocol error: {0}")]

@@ -1,4 +1,4 @@
-//! `get`: stream a file as MD5-checked chunks, then its whole-file MD5.
+//! `get`: stream a file as digest-checked chunks, then its whole-file digest.
 
 use std::fs::File;
 use std::io::Read;
@@ -18,12 +18,12 @@ use crate::session::{storage_reply, Session};
 /// Chunks read and hashed ahead of the socket.
 const READ_AHEAD: usize = 4;
 
-/// An open file positioned at the requested offset, with the MD5 of what precedes it.
+/// An open file positioned at the requested offset, with the digest of what precedes it.
 struct Prepared {
     file: File,
     size: u64,
     mtime: Option<i64>,
-    /// The running MD5 at the offset; unused when sending recorded digests.
+    /// The running digest at the offset; unused when sending recorded digests.
     hasher: Hasher,
     /// The digests recorded at upload, when the download can send them as they are: then
     /// nothing is hashed here, only by the client.

@@ -1,4 +1,4 @@
-//! `put`: receive a file as MD5-checked chunks into a staged upload, then commit it whole.
+//! `put`: receive a file as digest-checked chunks into a staged upload, then commit it whole.
 
 use std::time::Instant;
 
@@ -174,7 +174,7 @@ async fn drain(s: &mut Session) -> Result<(), SessionError> {
     }
 }
 
-/// Checks each chunk's running MD5 and appends it to the staged file, off the reactor thread.
+/// Checks each chunk's running digest and appends it to the staged file, off the reactor thread.
 fn write_chunks(
     mut upload: Upload,
     mut rx: mpsc::Receiver<(ChunkHeader, Bytes)>,
