@@ -15,6 +15,27 @@ use crate::command::{self, Command, Flags};
 use crate::error::{ClientError, Result};
 use crate::progress::{Bar, BatchBars};
 
+/// `println!` for the command's output, which stops quietly when the reader has gone
+/// (`ftp-cli HOST -c ls | head`), as other Unix tools do, instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            stdout_failed(e);
+        }
+    }};
+}
+
+/// Ends the process after a failed write to stdout: silently (status 0) when the reader closed
+/// the pipe, with a one-line error otherwise.
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("ftp-cli: cannot write to stdout: {e}");
+    std::process::exit(6);
+}
+
 /// Wait before the first retry; doubled for each further one, up to [`MAX_BACKOFF`].
 const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
@@ -214,7 +235,7 @@ impl App {
             self.listings.clear();
         }
         match cmd {
-            Command::Help(topic) => println!("{}", command::help(topic.as_deref())?),
+            Command::Help(topic) => out!("{}", command::help(topic.as_deref())?),
             Command::Quit => return Ok(Flow::Quit),
             Command::Put {
                 local,
@@ -260,7 +281,7 @@ impl App {
             }
             Command::Pwd => {
                 let cwd = remote!(self, c => c.pwd())?;
-                println!("{cwd}");
+                out!("{cwd}");
                 self.link.cwd = cwd;
             }
             Command::Mkdir { parents, path } => remote!(self, c => c.mkdir(&path, parents))?,
@@ -285,11 +306,11 @@ impl App {
             Command::Stat { md5, path } => {
                 let r = remote!(self, c => c.stat(&path, md5))?;
                 if self.output.json {
-                    println!("{}", json(&r));
+                    out!("{}", json(&r));
                 } else {
                     let md5 = r.md5.map(|m| format!("  MD5 {m}")).unwrap_or_default();
                     let e = &r.entry;
-                    println!(
+                    out!(
                         "{}  {}  {} bytes  modified {}{md5}",
                         e.name,
                         kind_name(e.kind),
@@ -309,7 +330,7 @@ impl App {
             Command::Lpwd => {
                 let dir =
                     std::env::current_dir().map_err(|e| ClientError::local(Path::new("."), e))?;
-                println!("{}", dir.display());
+                out!("{}", dir.display());
             }
             Command::Lls(path) => {
                 let dir = PathBuf::from(path.unwrap_or_else(|| ".".into()));
@@ -323,7 +344,7 @@ impl App {
                     .collect();
                 names.sort();
                 for n in names {
-                    println!("{n}");
+                    out!("{n}");
                 }
             }
             Command::Shell(cmd) => {
@@ -348,7 +369,7 @@ impl App {
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         if self.output.json {
             for e in &entries {
-                println!("{}", json(e));
+                out!("{}", json(e));
             }
             return Ok(());
         }
@@ -360,7 +381,7 @@ impl App {
         for e in &entries {
             let slash = if e.kind == EntryKind::Dir { "/" } else { "" };
             if long {
-                println!(
+                out!(
                     "{} {:>width$}  {}  {}{slash}",
                     kind_char(e.kind),
                     e.size,
@@ -368,7 +389,7 @@ impl App {
                     e.name
                 );
             } else {
-                println!("{}{slash}", e.name);
+                out!("{}{slash}", e.name);
             }
         }
         Ok(())
@@ -728,7 +749,7 @@ fn report(output: Output, op: &str, s: &Summary) {
             md5: hex.clone().filter(|_| md5),
             blake3: hex.filter(|_| !md5),
         };
-        println!("{}", json(&line));
+        out!("{}", json(&line));
         return;
     }
     let resumed = if s.sent < s.size {
@@ -736,7 +757,7 @@ fn report(output: Output, op: &str, s: &Summary) {
     } else {
         String::new()
     };
-    println!(
+    out!(
         "{op} {}: {} ({} bytes{resumed}) in {secs:.2} s, {}/s, {} {} verified",
         s.name,
         HumanBytes(s.size),

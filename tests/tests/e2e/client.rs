@@ -15,8 +15,8 @@ use tempfile::TempDir;
 
 use crate::raw::Raw;
 use crate::util::{
-    assert_missing, assert_same_file, md5_file, names, tmpdir, write_file, write_random, Cli,
-    Daemon, Run, MIB,
+    assert_missing, assert_same_file, bin, clean_env, md5_file, names, tmpdir, wait_child,
+    write_file, write_random, Cli, Daemon, Run, MIB,
 };
 
 /// 2020-01-02 03:04:05 UTC, a modification time no test run can produce by accident.
@@ -934,4 +934,42 @@ fn parallel_batches_fit_a_servers_connection_limit() {
     let run = daemon.cli().cwd(&work).cmds("put -r many up").run().ok();
     assert_eq!(tree(&daemon.path("up")), tree(&src), "{run}");
     assert_eq!(run.stdout.matches("verified").count(), 12, "{run}");
+}
+
+/// A reader that goes away early (`ftp-cli HOST -c 'ls -l' | head -1`) stops ftp-cli quietly:
+/// status 0, no panic, nothing on stderr.
+#[test]
+fn a_closed_stdout_stops_the_client_quietly() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let t = Site::new();
+    fs::create_dir(t.remote("many")).unwrap();
+    for i in 0..3000 {
+        // ~200 KiB of listing: more than a pipe holds, so writes meet the closed end.
+        fs::write(t.remote(&format!("many/file-{i:04}")), b"").unwrap();
+    }
+    let mut cmd = Command::new(bin("ftp-cli"));
+    clean_env(&mut cmd);
+    let mut child = cmd
+        .arg(t.daemon.addr().to_string())
+        .args(["-q", "-c", "ls -l many"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let status = wait_child(&mut child, Duration::from_secs(30)).expect("ftp-cli hung");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(stderr, "", "stderr after the reader left");
 }
