@@ -738,17 +738,20 @@ fn report(output: Output, op: &str, s: &Summary) {
             #[serde(skip_serializing_if = "Option::is_none")]
             blake3: Option<String>,
         }
-        let hex = Some(s.digest.to_string());
-        let md5 = s.digest.kind() == DigestKind::Md5;
-        let line = Line {
+        let mut line = Line {
             op,
             name: &s.name,
             size: s.size,
             sent: s.sent,
             seconds: s.elapsed.as_secs_f64(),
-            md5: hex.clone().filter(|_| md5),
-            blake3: hex.filter(|_| !md5),
+            md5: None,
+            blake3: None,
         };
+        let slot = match s.digest.kind() {
+            DigestKind::Md5 => &mut line.md5,
+            DigestKind::Blake3 => &mut line.blake3,
+        };
+        *slot = Some(s.digest.to_string());
         out!("{}", json(&line));
         return;
     }

@@ -685,7 +685,7 @@ impl Client {
     ) -> Result<(File, Digest)> {
         let (tx, rx) = mpsc::channel::<(ChunkHeader, Bytes)>(PIPELINE_DEPTH);
         let writer =
-            tokio::task::spawn_blocking(move || write_chunks(file, (offset, size), hasher, rx));
+            tokio::task::spawn_blocking(move || write_chunks(file, offset, size, hasher, rx));
         let mut expected = offset;
         let mut failure: Option<ClientError> = None;
         let cancel = self.cancel.clone();
@@ -893,7 +893,8 @@ fn read_chunks(
 /// `get -c`.
 fn write_chunks(
     file: File,
-    (offset, size): (u64, u64),
+    offset: u64,
+    size: u64,
     mut running: Hasher,
     mut rx: mpsc::Receiver<(ChunkHeader, Bytes)>,
 ) -> Result<(File, Digest)> {

@@ -109,6 +109,13 @@ impl Session {
                 message: Message::Hello(h),
                 ..
             }) => h,
+            // A hello this server cannot take (a digest it does not know, say): say what.
+            Err(rejected) if rejected.kind == "hello" => {
+                return Err(SessionError::Refused(ErrorReply::new(
+                    ErrorCode::Unsupported,
+                    format!("hello not understood: {}", rejected.reason),
+                )))
+            }
             _ => return Err(SessionError::Protocol("expected hello first".into())),
         };
         if hello.version != VERSION {

@@ -39,7 +39,7 @@ pub async fn run(s: &mut Session, req: Get) -> Result<(), SessionError> {
     let root = s.root.clone();
     let (offset, prefix_digest) = (req.offset, req.prefix_digest);
     let (max_chunk, kind) = (s.client_max_chunk, s.digest);
-    let prep = move || prepare(&root, &path, (offset, prefix_digest), max_chunk, kind);
+    let prep = move || prepare(&root, &path, offset, prefix_digest, max_chunk, kind);
     let p = match blocking(prep).await? {
         Ok(p) => p,
         Err(reply) => return s.send_error(s.scrub(reply)).await,
@@ -115,7 +115,8 @@ pub async fn run(s: &mut Session, req: Get) -> Result<(), SessionError> {
 fn prepare(
     root: &Root,
     path: &VPath,
-    (offset, prefix_digest): (u64, Option<Digest>),
+    offset: u64,
+    prefix_digest: Option<Digest>,
     max_chunk: u32,
     kind: DigestKind,
 ) -> Result<Prepared, ErrorReply> {

@@ -771,3 +771,15 @@ fn fd_targets(pid: u32) -> String {
     lines.sort();
     lines.join("\n")
 }
+
+/// A hello asking for a digest the server does not know is answered `unsupported`, saying
+/// which field it could not take, and the connection is closed.
+#[test]
+fn a_hello_with_an_unknown_digest_is_unsupported() {
+    let d = Daemon::start();
+    let mut peer = Raw::connect(d.addr());
+    peer.send_header(br#"{"type":"hello","version":2,"agent":"x","digest":"sha1"}"#);
+    let reply = peer.expect_error(ErrorCode::Unsupported);
+    assert!(reply.message.contains("sha1"), "{reply:?}");
+    peer.expect_closed();
+}

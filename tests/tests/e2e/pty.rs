@@ -52,6 +52,17 @@ fn expect(sh: &mut PtySession, needle: &str) -> String {
 }
 
 /// Types `keys` (no Enter) and flushes them to the terminal.
+/// Waits for a transfer's summary line and checks it names `file`'s MD5.
+fn expect_verified(sh: &mut PtySession, file: &Path) {
+    let md5 = md5_file(file);
+    let summary = expect(sh, "verified");
+    assert!(
+        summary.contains(&md5),
+        "the summary line lacks {}'s MD5 {md5}: {summary:?}",
+        file.display()
+    );
+}
+
 fn type_keys(sh: &mut PtySession, keys: &str) {
     sh.send(keys).expect("cannot type into the terminal");
     sh.flush().expect("cannot type into the terminal");
@@ -116,12 +127,7 @@ fn shell_completes_remote_names_and_obeys_ctrl_c_and_ctrl_d() {
     type_keys(&mut sh, "\t");
     expect(&mut sh, "get photo-2024.jpg");
     type_keys(&mut sh, "\r");
-    let md5 = md5_file(daemon.path("photo-2024.jpg"));
-    let summary = expect(&mut sh, "verified");
-    assert!(
-        summary.contains(&md5),
-        "the summary line lacks the file's MD5 {md5}: {summary:?}"
-    );
+    expect_verified(&mut sh, &daemon.path("photo-2024.jpg"));
     expect(&mut sh, &prompt("/"));
     assert_same_file(
         daemon.path("photo-2024.jpg"),
@@ -205,12 +211,7 @@ fn ctrl_c_during_a_transfer_cancels_it_and_keeps_the_session() {
     expect(&mut sh, "\n/\r\n");
     expect(&mut sh, &prompt);
     type_keys(&mut sh, "get small.txt\r");
-    let md5 = md5_file(daemon.path("small.txt"));
-    let summary = expect(&mut sh, "verified");
-    assert!(
-        summary.contains(&md5),
-        "the summary line lacks small.txt's MD5 {md5}: {summary:?}"
-    );
+    expect_verified(&mut sh, &daemon.path("small.txt"));
     expect(&mut sh, &prompt);
     assert_same_file(daemon.path("small.txt"), work.path().join("small.txt"));
     assert_missing(work.path().join("big.bin"));
