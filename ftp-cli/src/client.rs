@@ -285,7 +285,7 @@ impl Client {
     }
 
     async fn send(&mut self, frame: impl Into<Frame>) -> Result<()> {
-        let send = protocol::send_frame(&mut self.writer, frame.into());
+        let send = futures::SinkExt::send(&mut self.writer, frame.into());
         match tokio::time::timeout(self.timeout, send).await {
             Err(_) => Err(ClientError::ConnectionLost("server stopped reading".into())),
             Ok(r) => Ok(r?),

@@ -1,7 +1,7 @@
-//! Errors that end a session. Failures of a single command are not here: they become `error`
-//! frames and the session goes on.
+//! Errors that end a session. Failures of a single command are not here: they are
+//! [`crate::reply::CmdError`]s, answered with `error` frames, and the session goes on.
 
-use protocol::{CodecError, ErrorCode, ErrorReply};
+use protocol::{CodecError, ConnectionError, ErrorCode, ErrorReply};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -10,7 +10,9 @@ pub enum SessionError {
     #[error("no {0} within the time limit")]
     Timeout(&'static str),
     #[error("framing error: {0}")]
-    Codec(#[from] CodecError),
+    Corrupt(CodecError),
+    #[error("connection broken: {0}")]
+    Broken(std::io::Error),
     #[error("protocol violation: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -22,15 +24,26 @@ pub enum SessionError {
 }
 
 impl SessionError {
+    /// A connection failure, named by what the session was waiting for.
+    pub fn connection(e: ConnectionError, waiting_for: &'static str) -> Self {
+        match e {
+            ConnectionError::Closed => SessionError::Closed,
+            ConnectionError::RecvTimeout(_) | ConnectionError::SendTimeout(_) => {
+                SessionError::Timeout(waiting_for)
+            }
+            ConnectionError::Corrupt(e) => SessionError::Corrupt(e),
+            ConnectionError::Broken(e) => SessionError::Broken(e),
+        }
+    }
+
     /// The last frame to send before closing, when the peer is still there to read it.
     pub fn farewell(&self) -> Option<ErrorReply> {
         let code = match self {
-            SessionError::Closed => return None,
-            SessionError::Codec(CodecError::Io(_)) => return None,
-            SessionError::Codec(CodecError::HeaderTooLarge(..) | CodecError::BodyTooLarge(..)) => {
-                ErrorCode::TooLarge
-            }
-            SessionError::Codec(_) | SessionError::Protocol(_) => ErrorCode::BadRequest,
+            SessionError::Closed | SessionError::Broken(_) => return None,
+            SessionError::Corrupt(
+                CodecError::HeaderTooLarge(..) | CodecError::BodyTooLarge(..),
+            ) => ErrorCode::TooLarge,
+            SessionError::Corrupt(_) | SessionError::Protocol(_) => ErrorCode::BadRequest,
             SessionError::Timeout(_) => ErrorCode::Timeout,
             SessionError::Refused(reply) => return Some(reply.clone()),
             SessionError::Shutdown => ErrorCode::Busy,

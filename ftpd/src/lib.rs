@@ -6,9 +6,11 @@ pub mod cmd;
 pub mod config;
 mod error;
 pub mod logging;
+mod reply;
 mod server;
 mod session;
 mod shutdown;
+mod transport;
 pub mod users;
 
 pub use config::Config;

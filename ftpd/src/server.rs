@@ -9,12 +9,10 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use futures::SinkExt;
-use protocol::{ErrorCode, ErrorReply, FrameCodec, Message};
-use storage::Root;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use protocol::Stream;
+use storage::{Home, Root, VPath};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{broadcast, mpsc, Semaphore};
-use tokio_util::codec::FramedWrite;
 use tracing::{error, info, warn};
 
 use anyhow::Context;
@@ -22,6 +20,7 @@ use anyhow::Context;
 use crate::auth::Authenticator;
 use crate::session::Session;
 use crate::shutdown::Shutdown;
+use crate::transport;
 use crate::users::Users;
 use crate::Config;
 
@@ -48,6 +47,8 @@ impl Shared {
 pub struct Shared {
     /// The storage root.
     pub root: Root,
+    /// The whole root as a home: what an anonymous session works in.
+    pub home: Home,
     /// The daemon's settings.
     pub config: Arc<Config>,
     /// Who may log in.
@@ -83,8 +84,12 @@ impl Server {
             info!(users = users.len(), "authentication required");
         }
         sweep(&root, config.staging_max_age);
+        let home = root
+            .home(&VPath::root())
+            .context("cannot serve the storage root")?;
         Ok(Server {
             shared: Shared {
+                home,
                 root,
                 config: Arc::new(config),
                 auth: Arc::new(Authenticator::new(users)),
@@ -111,6 +116,26 @@ impl Server {
     /// What sessions share (tests and reload reach the users through it).
     pub fn shared(&self) -> &Shared {
         &self.shared
+    }
+
+    /// Serves one connection that is already set up (an in-memory pipe in tests, say) to its
+    /// end, as a session of this server; nothing stops it but the client.
+    pub fn serve_stream(
+        &self,
+        stream: impl Stream,
+        peer: SocketAddr,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let (never, notify) = broadcast::channel(1);
+        let session = Session::new(
+            Box::new(stream),
+            peer,
+            self.shared.clone(),
+            Shutdown::new(notify),
+        );
+        async move {
+            session.run().await;
+            drop(never);
+        }
     }
 
     /// Serves `listener` until `shutdown` completes, then gives sessions in flight the grace
@@ -141,20 +166,16 @@ impl Server {
                 },
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tokio::spawn(refuse(stream, peer, "too many connections"));
+                transport::refuse(stream, peer, "too many connections");
                 continue;
             };
             let Some(per_ip) = PerIp::claim(&per_ip, peer.ip(), config.max_connections_per_ip)
             else {
-                tokio::spawn(refuse(
-                    stream,
-                    peer,
-                    "too many connections from your address",
-                ));
+                transport::refuse(stream, peer, "too many connections from your address");
                 continue;
             };
             let session = Session::new(
-                stream,
+                transport::establish(stream),
                 peer,
                 self.shared.clone(),
                 Shutdown::new(notify.subscribe()),
@@ -215,14 +236,6 @@ impl Drop for PerIp {
             }
         }
     }
-}
-
-/// Tells a client it cannot be served right now, then closes.
-async fn refuse(stream: TcpStream, peer: SocketAddr, why: &str) {
-    info!(%peer, reason = why, "connection refused");
-    let mut w = FramedWrite::new(stream, FrameCodec::new());
-    let reply = ErrorReply::new(ErrorCode::Busy, format!("server busy: {why}"));
-    let _ = tokio::time::timeout(Duration::from_secs(2), w.send(Message::Error(reply))).await;
 }
 
 /// Removes staged uploads older than `max_age`, logging what it did.

@@ -1,44 +1,43 @@
-//! One connection: the hello exchange, then commands until the client leaves.
+//! One connection: the hello exchange, the login, then commands until the client leaves. The
+//! dispatcher here is the one place that answers a command and records what it did.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
 use protocol::{
-    auth, capability, AuthChallenge, AuthOk, DigestKind, ErrorCode, ErrorReply, Frame, FrameCodec,
-    Hello, Incoming, Message, VERSION,
+    auth, capability, AuthChallenge, AuthOk, BoxStream, Connection, Digest, DigestKind, ErrorCode,
+    ErrorReply, Frame, Hello, Incoming, Message, VERSION,
 };
-use storage::{Root, VPath};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use storage::{Home, Root, VPath};
 use tracing::{debug, info, warn};
 
 use crate::auth::Authenticator;
+use crate::cmd::{self, Failure, Handled};
 use crate::error::SessionError;
+use crate::reply::CmdError;
 use crate::server::Shared;
 use crate::shutdown::Shutdown;
 use crate::users::User;
-use crate::{cmd, Config};
+use crate::Config;
 
 /// State of one client connection.
 pub struct Session {
-    /// Frames from the client.
-    reader: FramedRead<OwnedReadHalf, FrameCodec>,
-    /// Frames to the client.
-    writer: FramedWrite<OwnedWriteHalf, FrameCodec>,
+    /// Frames to and from the client.
+    conn: Connection,
     /// Who is on the other end, for logs.
     pub peer: SocketAddr,
-    /// The storage this session may touch.
-    pub root: Root,
+    /// The whole storage root, until login picks the home.
+    root: Root,
+    /// The part of the root this session may touch: the user's home, or the whole root when
+    /// the daemon serves anonymously. Every path it is given, and every path its errors name,
+    /// is relative to it.
+    pub home: Home,
     /// Who may log in.
     auth: Arc<Authenticator>,
     /// The logged-in user; `None` when the daemon serves anonymously.
     pub user: Option<Arc<User>>,
-    /// Where the client's `/` is inside the root: the user's home, or the root itself.
-    pub home: VPath,
-    /// Current directory for relative paths, as the client sees it (inside `home`).
+    /// Current directory for relative paths, inside the home.
     pub cwd: VPath,
     /// The daemon's settings.
     pub config: Arc<Config>,
@@ -46,26 +45,44 @@ pub struct Session {
     pub client_max_chunk: u32,
     /// The transfer digest the client asked for in its hello (this server knows them all).
     pub digest: DigestKind,
+    /// What the command in progress has moved so far, for the dispatcher's record.
+    pub moved: Moved,
     /// Tells the session the daemon is stopping.
     shutdown: Shutdown,
 }
 
+/// What a transfer moved, as the dispatcher records it.
+#[derive(Debug, Default)]
+pub struct Moved {
+    /// The file, as the client named it.
+    pub path: Option<String>,
+    /// Bytes of content that crossed the wire (not those a resume skipped).
+    pub bytes: u64,
+    /// The whole file's digest, once verified.
+    pub digest: Option<Digest>,
+}
+
+/// Whether the command loop goes on.
+enum Flow {
+    Continue,
+    Quit,
+}
+
 impl Session {
-    pub fn new(stream: TcpStream, peer: SocketAddr, shared: Shared, shutdown: Shutdown) -> Self {
-        let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
+    /// A session over a stream that the pre-protocol stage has set up.
+    pub fn new(stream: BoxStream, peer: SocketAddr, shared: Shared, shutdown: Shutdown) -> Self {
         Session {
-            reader: FramedRead::new(r, FrameCodec::new()),
-            writer: FramedWrite::new(w, FrameCodec::new()),
+            conn: Connection::new(stream),
             peer,
+            home: shared.home.clone(),
             root: shared.root,
             auth: shared.auth,
             user: None,
-            home: VPath::root(),
             cwd: VPath::root(),
             config: shared.config,
             client_max_chunk: protocol::DEFAULT_CHUNK,
             digest: DigestKind::Md5,
+            moved: Moved::default(),
             shutdown,
         }
     }
@@ -87,23 +104,17 @@ impl Session {
         if let Err(e) = outcome {
             if let Some(reply) = e.farewell() {
                 // Best effort: the peer may already be gone or not reading.
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    self.writer.send(Frame::from(Message::Error(reply))),
-                )
-                .await;
+                let _ = self
+                    .conn
+                    .send(Message::Error(reply), Duration::from_secs(2))
+                    .await;
             }
         }
         info!(peer = %self.peer, %reason, "connection closed");
     }
 
     async fn handshake(&mut self) -> Result<(), SessionError> {
-        let limit = self.config.handshake_timeout;
-        let hello = match tokio::time::timeout(limit, self.reader.next()).await {
-            Err(_) => return Err(SessionError::Timeout("hello")),
-            Ok(None) => return Err(SessionError::Closed),
-            Ok(Some(item)) => item?,
-        };
+        let hello = self.recv(self.config.handshake_timeout, "hello").await?;
         let hello = match hello {
             Ok(Frame {
                 message: Message::Hello(h),
@@ -155,12 +166,9 @@ impl Session {
             nonce: server_nonce,
         }))
         .await?;
-        let limit = self.config.handshake_timeout;
-        let answer = match tokio::time::timeout(limit, self.reader.next()).await {
-            Err(_) => return Err(SessionError::Timeout("authentication")),
-            Ok(None) => return Err(SessionError::Closed),
-            Ok(Some(item)) => item?,
-        };
+        let answer = self
+            .recv(self.config.handshake_timeout, "authentication")
+            .await?;
         let Ok(Frame {
             message: Message::Auth(answer),
             ..
@@ -188,10 +196,14 @@ impl Session {
             )));
         };
         self.auth.succeeded(self.peer.ip());
+        let home = self.root.home(&user.home).map_err(|e| {
+            warn!(peer = %self.peer, user = %user.name, "cannot open home {}: {e}", user.home);
+            SessionError::Internal("cannot open the user's home".into())
+        })?;
         let mac = Authenticator::proof(&user, &server_nonce, &answer.nonce);
         self.send(Message::AuthOk(AuthOk { mac })).await?;
         info!(peer = %self.peer, user = %user.name, home = %user.home, "authenticated");
-        self.home = user.home.clone();
+        self.home = home;
         self.user = Some(user);
         Ok(())
     }
@@ -202,154 +214,190 @@ impl Session {
             let incoming = tokio::select! {
                 biased;
                 _ = self.shutdown.recv() => return Err(SessionError::Shutdown),
-                next = tokio::time::timeout(idle, self.reader.next()) => match next {
-                    Err(_) => return Err(SessionError::Timeout("command")),
-                    Ok(None) => return Err(SessionError::Closed),
-                    Ok(Some(item)) => item?,
-                },
+                next = self.conn.recv(idle) => {
+                    next.map_err(|e| SessionError::connection(e, "command"))?
+                }
             };
-            let frame = match incoming {
-                Ok(frame) => frame,
+            let flow = match incoming {
+                Ok(frame) => self.dispatch(frame.message).await?,
                 Err(rejected) => {
-                    self.send_error(ErrorReply::new(
-                        ErrorCode::Unsupported,
-                        format!(
-                            "cannot handle {:?} message: {}",
-                            rejected.kind, rejected.reason
-                        ),
-                    ))
-                    .await?;
-                    continue;
+                    let refused = Err(Failure::Refused(CmdError::Unsupported {
+                        kind: rejected.kind,
+                        reason: rejected.reason,
+                    }));
+                    self.conclude("unknown", Instant::now(), refused).await?
                 }
             };
-            match frame.message {
-                Message::Put(req) => cmd::put::run(self, req).await?,
-                Message::Get(req) => cmd::get::run(self, req).await?,
-                Message::List(req) => cmd::list::run(self, req).await?,
-                Message::Stat(req) => cmd::stat::run(self, req).await?,
-                Message::Cd(req) => cmd::cd::cd(self, req).await?,
-                Message::Pwd => cmd::cd::pwd(self).await?,
-                Message::Mkdir(req) => cmd::mkdir::run(self, req).await?,
-                Message::Rm(req) => cmd::rm::rm(self, req).await?,
-                Message::Rmdir(req) => cmd::rm::rmdir(self, req).await?,
-                Message::Rename(req) => cmd::rename::run(self, req).await?,
-                Message::Bye => return Ok(()),
-                // A cancel that crossed the end of a download on the wire: nothing left to stop.
-                Message::Cancel => {}
-                Message::Auth(_) => {
-                    self.send_error(ErrorReply::new(
-                        ErrorCode::BadRequest,
-                        "already authenticated",
-                    ))
-                    .await?
-                }
-                Message::Hello(_) => {
-                    self.send_error(ErrorReply::new(
-                        ErrorCode::BadRequest,
-                        "hello was already exchanged",
-                    ))
-                    .await?
-                }
-                Message::Chunk(_) | Message::Eof(_) | Message::Abort(_) => {
-                    self.send_error(ErrorReply::new(
-                        ErrorCode::BadRequest,
-                        "no transfer in progress",
-                    ))
-                    .await?
-                }
-                Message::PutReady(_)
-                | Message::GetReady(_)
-                | Message::AuthChallenge(_)
-                | Message::AuthOk(_)
-                | Message::Listing(_)
-                | Message::ListEnd(_)
-                | Message::StatReply(_)
-                | Message::Cwd(_)
-                | Message::Ok
-                | Message::Stored(_)
-                | Message::Error(_) => {
-                    self.send_error(ErrorReply::new(
-                        ErrorCode::BadRequest,
-                        "that message is sent by servers, not clients",
-                    ))
-                    .await?
-                }
+            if let Flow::Quit = flow {
+                return Ok(());
             }
         }
+    }
+
+    /// Runs one command, then answers and records it.
+    async fn dispatch(&mut self, message: Message) -> Result<Flow, SessionError> {
+        let started = Instant::now();
+        self.moved = Moved::default();
+        let out_of_place = |why| Err(Failure::Refused(CmdError::OutOfPlace(why)));
+        let (op, handled) = match message {
+            Message::Put(req) => ("put", cmd::put::run(self, req).await),
+            Message::Get(req) => ("get", cmd::get::run(self, req).await),
+            Message::List(req) => ("list", cmd::list::run(self, req).await),
+            Message::Stat(req) => ("stat", cmd::stat::run(self, req).await),
+            Message::Cd(req) => ("cd", cmd::cd::run(self, req).await),
+            Message::Pwd => ("pwd", cmd::pwd::run(self).await),
+            Message::Mkdir(req) => ("mkdir", cmd::mkdir::run(self, req).await),
+            Message::Rm(req) => ("rm", cmd::rm::run(self, req).await),
+            Message::Rmdir(req) => ("rmdir", cmd::rmdir::run(self, req).await),
+            Message::Rename(req) => ("rename", cmd::rename::run(self, req).await),
+            Message::Bye => return Ok(Flow::Quit),
+            // A cancel that crossed the end of a download on the wire: nothing left to stop,
+            // and nothing to answer.
+            Message::Cancel => return Ok(Flow::Continue),
+            Message::Auth(_) => ("auth", out_of_place("already authenticated")),
+            Message::Hello(_) => ("hello", out_of_place("hello was already exchanged")),
+            Message::Chunk(_) | Message::Eof(_) | Message::Abort(_) => {
+                ("transfer", out_of_place("no transfer in progress"))
+            }
+            Message::PutReady(_)
+            | Message::GetReady(_)
+            | Message::AuthChallenge(_)
+            | Message::AuthOk(_)
+            | Message::Listing(_)
+            | Message::ListEnd(_)
+            | Message::StatReply(_)
+            | Message::Cwd(_)
+            | Message::Ok
+            | Message::Stored(_)
+            | Message::Error(_) => (
+                "server-message",
+                out_of_place("that message is sent by servers, not clients"),
+            ),
+        };
+        self.conclude(op, started, handled).await
+    }
+
+    /// Sends a command's final reply and records its outcome: the one place both happen.
+    async fn conclude(
+        &mut self,
+        op: &'static str,
+        started: Instant,
+        handled: Handled,
+    ) -> Result<Flow, SessionError> {
+        let (outcome, result) = match handled {
+            Ok(reply) => (Ok(()), self.send(reply).await),
+            Err(Failure::Refused(e)) => {
+                let reply = e.reply();
+                let sent = self.send(Message::Error(reply.clone())).await;
+                (Err(reply), sent)
+            }
+            Err(Failure::RefusedUpload(e)) => {
+                let reply = e.reply();
+                let sent = match self.send(Message::Error(reply.clone())).await {
+                    Ok(()) => cmd::put::drain(self).await,
+                    Err(e) => Err(e),
+                };
+                (Err(reply), sent)
+            }
+            Err(Failure::Aborted(e)) => {
+                let reply = e.reply();
+                let sent = self.send(Message::Abort(reply.clone())).await;
+                (Err(reply), sent)
+            }
+            Err(Failure::Session(e)) => {
+                let reply = ErrorReply::new(ErrorCode::Internal, e.to_string());
+                (Err(reply), Err(e))
+            }
+        };
+        self.record(op, started, outcome);
+        result.map(|()| Flow::Continue)
+    }
+
+    /// One log line per command: transfers at INFO (like vsftpd's xferlog), the rest at DEBUG.
+    fn record(&self, op: &'static str, started: Instant, outcome: Result<(), ErrorReply>) {
+        let elapsed = started.elapsed();
+        let code = match &outcome {
+            Ok(()) => "ok",
+            Err(reply) => reply.code.as_str(),
+        };
+        let user = self.user.as_ref().map_or("-", |u| u.name.as_str());
+        if !matches!(op, "get" | "put") {
+            debug!(peer = %self.peer, user, op, outcome = code, "command");
+            return;
+        }
+        let secs = elapsed.as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.moved.bytes as f64 / secs / 1e6
+        } else {
+            0.0
+        };
+        let detail = match &outcome {
+            Ok(()) => "ok".to_owned(),
+            Err(reply) => reply.to_string(),
+        };
+        info!(
+            target: "ftpd::xfer",
+            peer = %self.peer,
+            user,
+            op,
+            path = self.moved.path.as_deref().unwrap_or("-"),
+            bytes = self.moved.bytes,
+            secs = format!("{secs:.3}"),
+            mb_per_s = format!("{rate:.1}"),
+            digest = %self
+                .moved
+                .digest
+                .map_or_else(|| "-".into(), |d| format!("{}:{d}", d.kind().key())),
+            outcome = detail,
+            "transfer"
+        );
     }
 
     /// Sends one frame, failing the session if the client does not take it in time.
     pub async fn send(&mut self, frame: impl Into<Frame>) -> Result<(), SessionError> {
-        let send = protocol::send_frame(&mut self.writer, frame.into());
-        match tokio::time::timeout(self.config.stall_timeout, send).await {
-            Err(_) => Err(SessionError::Timeout("progress sending to the client")),
-            Ok(r) => Ok(r?),
-        }
+        let limit = self.config.stall_timeout;
+        self.conn
+            .send(frame, limit)
+            .await
+            .map_err(|e| SessionError::connection(e, "progress sending to the client"))
     }
 
-    pub async fn send_error(&mut self, reply: ErrorReply) -> Result<(), SessionError> {
-        self.send(Message::Error(reply)).await
+    async fn recv(
+        &mut self,
+        within: Duration,
+        waiting_for: &'static str,
+    ) -> Result<Incoming, SessionError> {
+        self.conn
+            .recv(within)
+            .await
+            .map_err(|e| SessionError::connection(e, waiting_for))
     }
 
     /// The next frame inside a transfer, within the stall timeout.
     pub async fn next_in_transfer(&mut self) -> Result<Frame, SessionError> {
-        match tokio::time::timeout(self.config.stall_timeout, self.reader.next()).await {
-            Err(_) => Err(SessionError::Timeout("data from the client")),
-            Ok(None) => Err(SessionError::Closed),
-            Ok(Some(item)) => incoming_in_transfer(item?),
-        }
+        let item = self
+            .recv(self.config.stall_timeout, "data from the client")
+            .await?;
+        incoming_in_transfer(item)
     }
 
     /// A frame the client has already sent, if any, without waiting (a download's `cancel`).
     pub fn poll_incoming(&mut self) -> Option<Result<Frame, SessionError>> {
-        use futures::FutureExt;
-        match self.reader.next().now_or_never()? {
-            None => Some(Err(SessionError::Closed)),
-            Some(Err(e)) => Some(Err(e.into())),
-            Some(Ok(item)) => Some(incoming_in_transfer(item)),
+        match self.conn.try_recv()? {
+            Err(e) => Some(Err(SessionError::connection(e, "data from the client"))),
+            Ok(item) => Some(incoming_in_transfer(item)),
         }
     }
 
     /// Resolves a client path against the current directory, to a path inside the home.
-    pub fn resolve(&self, path: &str) -> Result<VPath, ErrorReply> {
-        self.resolve_both(path).map(|(_, full)| full)
-    }
-
-    /// The path as the client sees it, and as it is inside the root.
-    pub fn resolve_both(&self, path: &str) -> Result<(VPath, VPath), ErrorReply> {
-        let visible = VPath::resolve(&self.cwd, path).map_err(|e| self.user_reply(&e))?;
-        let full = self.home.join(&visible);
-        Ok((visible, full))
-    }
-
-    /// A storage error as this client sees it: paths shown from the client's `/`, so a user
-    /// never learns where their home is in the root.
-    pub fn user_reply(&self, e: &storage::Error) -> ErrorReply {
-        self.scrub(storage_reply(e))
-    }
-
-    /// Rewrites a reply's leading path from the root's view to the client's.
-    pub fn scrub(&self, mut reply: ErrorReply) -> ErrorReply {
-        if !self.home.is_root() {
-            let home = self.home.to_string();
-            if let Some(rest) = reply.message.strip_prefix(&home) {
-                if rest.starts_with('/') {
-                    reply.message = rest.to_owned();
-                } else if rest.starts_with(':') {
-                    reply.message = format!("/{rest}");
-                }
-            }
-        }
-        reply
+    pub fn resolve(&self, path: &str) -> Result<VPath, CmdError> {
+        Ok(VPath::resolve(&self.cwd, path)?)
     }
 
     /// Refuses writes for read-only users.
-    pub fn check_writable(&self) -> Result<(), ErrorReply> {
+    pub fn check_writable(&self) -> Result<(), CmdError> {
         match &self.user {
-            Some(u) if u.read_only => Err(ErrorReply::new(
-                ErrorCode::Denied,
-                format!("user {} has read-only access", u.name),
-            )),
+            Some(u) if u.read_only => Err(CmdError::ReadOnly(u.name.clone())),
             _ => Ok(()),
         }
     }
@@ -359,9 +407,4 @@ fn incoming_in_transfer(item: Incoming) -> Result<Frame, SessionError> {
     item.map_err(|r| {
         SessionError::Protocol(format!("unexpected {:?} message in a transfer", r.kind))
     })
-}
-
-/// A storage error as the client sees it.
-pub fn storage_reply(e: &storage::Error) -> ErrorReply {
-    ErrorReply::new(e.code(), e.to_string())
 }

@@ -1,9 +1,7 @@
 //! The frame codec: bytes on a stream to [`Frame`]s and back, with every length capped.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures::SinkExt;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio_util::codec::{Decoder, Encoder, FramedWrite};
+use tokio_util::codec::{Decoder, Encoder};
 
 use crate::{ChunkHeader, Digest, Message};
 
@@ -277,28 +275,6 @@ impl Encoder<Frame> for FrameCodec {
         dst.extend_from_slice(&frame.body);
         Ok(())
     }
-}
-
-/// Sends `frame` on `sink`. A chunk's body goes to the stream from its own memory rather than
-/// being copied into the sink's buffer first: that copy cost a memcpy of every byte sent, and
-/// left each connection that ever sent a chunk holding a buffer the size of one.
-pub async fn send_frame<W>(
-    sink: &mut FramedWrite<W, FrameCodec>,
-    frame: Frame,
-) -> Result<(), CodecError>
-where
-    W: AsyncWrite + Unpin,
-{
-    if frame.body.is_empty() {
-        return sink.send(frame).await;
-    }
-    SinkExt::<Frame>::flush(sink).await?; // what is buffered goes first
-    let mut head = BytesMut::new();
-    sink.encoder_mut().encode_head(&frame, &mut head)?;
-    let io = sink.get_mut();
-    io.write_all(&head).await?;
-    io.write_all(&frame.body).await?;
-    Ok(())
 }
 
 impl Encoder<Message> for FrameCodec {

@@ -18,16 +18,20 @@
 
 pub mod auth;
 mod codec;
+mod connection;
 mod digest;
 mod message;
+pub mod transfer;
 
-pub use codec::{send_frame, CodecError, Frame, FrameCodec, Incoming, Rejected};
+pub use codec::{CodecError, Frame, FrameCodec, Incoming, Rejected};
+pub use connection::{BoxStream, Connection, ConnectionError, Stream};
 pub use digest::{Digest, DigestKind, Hasher};
 pub use message::{
     Auth, AuthChallenge, AuthOk, ChunkHeader, Entry, EntryKind, Eof, ErrorCode, ErrorReply, Get,
     GetReady, Hello, ListEnd, Listing, Message, Mkdir, PathArg, Put, PutReady, Rename, Stat,
     StatReply,
 };
+pub use transfer::{ChunkError, ChunkReceiver, ChunkSender, Sequence};
 
 /// The protocol version this crate speaks.
 pub const VERSION: u32 = 2;

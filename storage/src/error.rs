@@ -1,10 +1,9 @@
-//! Storage errors, and the one place where an error becomes a wire code.
+//! Storage errors: what went wrong, in the storage's own terms (the daemon picks wire codes).
 
 use std::io;
 
-use protocol::ErrorCode;
-
-/// What went wrong in the storage root. Messages name the client's path, never a host path.
+/// What went wrong in the storage root. Messages name the path as the home sees it, never a
+/// host path nor where the home lies in the root.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}: no such file or directory")]
@@ -25,11 +24,11 @@ pub enum Error {
     NotEmpty(String),
     #[error("{path}: a newer attempt at the same upload took over")]
     Busy { path: String },
-    #[error("{path}: {what}")]
-    Mismatch {
+    #[error("{path}: got {written} of {size} bytes")]
+    Incomplete {
         path: String,
-        what: String,
-        code: ErrorCode,
+        written: u64,
+        size: u64,
     },
     #[error("{path}: {what}")]
     TooLarge { path: String, what: String },
@@ -46,25 +45,6 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// The wire code for this error; every storage failure a client sees is mapped here.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            Error::NotFound(_) => ErrorCode::NotFound,
-            Error::Exists(_) => ErrorCode::Exists,
-            Error::Denied { .. } => ErrorCode::Denied,
-            Error::BadPath { .. } => ErrorCode::BadRequest,
-            Error::IsDirectory(_) => ErrorCode::IsDirectory,
-            Error::NotAFile(_) => ErrorCode::BadRequest,
-            Error::NotADirectory(_) => ErrorCode::NotADirectory,
-            Error::NotEmpty(_) => ErrorCode::NotEmpty,
-            Error::Busy { .. } => ErrorCode::Busy,
-            Error::Mismatch { code, .. } => *code,
-            Error::NoSpace { .. } => ErrorCode::NoSpace,
-            Error::TooLarge { .. } => ErrorCode::TooLarge,
-            Error::Io { .. } => ErrorCode::Io,
-        }
-    }
-
     /// Sorts an I/O error on `path` into the kinds a client can act on.
     pub fn io(path: &str, op: &'static str, source: io::Error) -> Self {
         let path = path.to_owned();

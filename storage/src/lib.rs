@@ -1,5 +1,10 @@
-//! ftpd's storage root: every client path is confined to it, uploads are staged and renamed
-//! into place only once verified.
+//! ftpd's storage root: every client path is confined to a home inside it, uploads are staged
+//! and renamed into place only once complete.
+//!
+//! A [`Root`] owns the daemon's private state (staging, recorded digests, usage); a [`Home`] is
+//! one session's view, a directory handle that its paths resolve beneath, and every path an
+//! error names is the one the session sees (its home is `/`), by construction. Bytes given to
+//! an upload are taken as verified: checking them is the transfer engine's (`protocol`) job.
 //!
 //! Confinement is two layers. [`VPath`] normalizes what a client typed and refuses what can
 //! never be valid (`..` above the root, NUL, backslashes, the private `.ftpd` directory). Then
@@ -21,7 +26,6 @@ use std::time::UNIX_EPOCH;
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
-use protocol::{Entry, EntryKind};
 
 pub use digests::Recorded;
 pub use direct::DirectWriter;
@@ -68,6 +72,27 @@ struct Inner {
     /// Staged uploads open right now, by staging name, so that a newer attempt at the same
     /// upload (a client that reconnected) takes over from the older one instead of mixing in.
     active: Mutex<HashMap<String, Arc<upload::Lease>>>,
+}
+
+/// What kind of thing a path names. Symbolic links are reported, not followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// One directory entry, or what `stat` finds at a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    /// The entry's name (in a listing) or the path as the home sees it (from `stat`).
+    pub name: String,
+    pub kind: FileKind,
+    /// Size in bytes (0 for directories).
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: Option<i64>,
 }
 
 /// A file opened for reading, with what a client is told about it.
@@ -171,39 +196,6 @@ impl Root {
         }
     }
 
-    /// Opens a regular file for reading.
-    pub fn open_read(&self, path: &VPath) -> Result<ReadFile> {
-        let shown = path.to_string();
-        let file = self
-            .inner
-            .dir
-            .open(path.rel())
-            .map_err(|e| Error::io(&shown, "open", e))?;
-        let meta = file.metadata().map_err(|e| Error::io(&shown, "stat", e))?;
-        if meta.is_dir() {
-            return Err(Error::IsDirectory(shown));
-        }
-        if !meta.is_file() {
-            return Err(Error::NotAFile(shown));
-        }
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.into_std().duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_secs() as i64);
-        let file = file.into_std();
-        let recorded = file
-            .metadata()
-            .ok()
-            .and_then(|m| digests::load(&self.inner.digests, path, &m));
-        Ok(ReadFile {
-            file,
-            size: meta.len(),
-            mtime,
-            recorded,
-        })
-    }
-
     /// Removes staged uploads untouched for longer than `max_age` (abandoned, never resumed).
     /// Returns how many were removed.
     pub fn sweep_staging(&self, max_age: std::time::Duration) -> Result<usize> {
@@ -233,12 +225,99 @@ impl Root {
         Ok(removed)
     }
 
+    /// Creates `path` and its missing parents as directories.
+    pub fn create_dir_all(&self, path: &VPath) -> Result<()> {
+        self.inner
+            .dir
+            .create_dir_all(path.rel())
+            .map_err(|e| Error::io(&path.to_string(), "create directory", e))
+    }
+
+    /// Removes recorded digests of files that are gone or changed; returns how many.
+    pub fn sweep_digests(&self) -> usize {
+        digests::sweep(&self.inner.digests, &self.inner.dir)
+    }
+
+    /// One session's view of the root: the directory `home` (the root itself for `/`), which
+    /// every path of the session resolves beneath.
+    pub fn home(&self, home: &VPath) -> Result<Home> {
+        let shown = home.to_string();
+        let dir = self
+            .inner
+            .dir
+            .open_dir(home.rel())
+            .map_err(|e| Error::io(&shown, "open home", e))?;
+        Ok(Home {
+            root: self.clone(),
+            dir: Arc::new(dir),
+            prefix: home.clone(),
+        })
+    }
+}
+
+/// One session's part of the root. Paths given to it are relative to the home, and so are the
+/// paths its errors name. Cloning is cheap.
+#[derive(Clone)]
+pub struct Home {
+    /// The root it lies in, for the private state every home shares.
+    root: Root,
+    /// Capability handle on the home directory: names resolve beneath it, never above.
+    dir: Arc<Dir>,
+    /// Where the home lies in the root: only for keys of the private state (staging names,
+    /// digest records), never shown.
+    prefix: VPath,
+}
+
+impl Home {
+    /// The root this home lies in.
+    pub fn root(&self) -> &Root {
+        &self.root
+    }
+
+    /// `path` as the root knows it, for keys of the private state.
+    pub(crate) fn in_root(&self, path: &VPath) -> VPath {
+        self.prefix.join(path)
+    }
+
+    /// Opens a regular file for reading.
+    pub fn open_read(&self, path: &VPath) -> Result<ReadFile> {
+        let shown = path.to_string();
+        let file = self
+            .dir
+            .open(path.rel())
+            .map_err(|e| Error::io(&shown, "open", e))?;
+        let meta = file.metadata().map_err(|e| Error::io(&shown, "stat", e))?;
+        if meta.is_dir() {
+            return Err(Error::IsDirectory(shown));
+        }
+        if !meta.is_file() {
+            return Err(Error::NotAFile(shown));
+        }
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.into_std().duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64);
+        let file = file.into_std();
+        let recorded = file
+            .metadata()
+            .ok()
+            .and_then(|m| digests::load(&self.root.inner.digests, &self.in_root(path), &m));
+        Ok(ReadFile {
+            file,
+            size: meta.len(),
+            mtime,
+            recorded,
+        })
+    }
+
     /// The entries of the directory at `path`, symlinks reported as such, not followed. The
     /// private directory is never listed.
-    pub fn list(&self, path: &VPath) -> Result<impl Iterator<Item = Entry>> {
+    pub fn list(&self, path: &VPath) -> Result<impl Iterator<Item = FileInfo>> {
         let shown = path.to_string();
         let dir = self.open_dir(path)?;
-        let top = path.is_root();
+        // The private directory lies at the top of the root, so only the root's own top hides it.
+        let top = path.is_root() && self.prefix.is_root();
         let entries = dir.entries().map_err(|e| Error::io(&shown, "list", e))?;
         Ok(entries.filter_map(move |entry| {
             let entry = entry.ok()?;
@@ -252,10 +331,9 @@ impl Root {
     }
 
     /// Describes `path`, following a symlink that stays inside the root.
-    pub fn stat(&self, path: &VPath) -> Result<Entry> {
+    pub fn stat(&self, path: &VPath) -> Result<FileInfo> {
         let shown = path.to_string();
         let meta = self
-            .inner
             .dir
             .metadata(path.rel())
             .map_err(|e| Error::io(&shown, "stat", e))?;
@@ -264,9 +342,9 @@ impl Root {
 
     fn open_dir(&self, path: &VPath) -> Result<Dir> {
         let shown = path.to_string();
-        match self.inner.dir.open_dir(path.rel()) {
+        match self.dir.open_dir(path.rel()) {
             Ok(d) => Ok(d),
-            Err(e) if self.stat(path).is_ok_and(|m| m.kind != EntryKind::Dir) => {
+            Err(e) if self.stat(path).is_ok_and(|m| m.kind != FileKind::Dir) => {
                 let _ = e;
                 Err(Error::NotADirectory(shown))
             }
@@ -286,9 +364,9 @@ impl Root {
             return Err(Error::Exists(shown));
         }
         let r = if parents {
-            self.inner.dir.create_dir_all(path.rel())
+            self.dir.create_dir_all(path.rel())
         } else {
-            self.inner.dir.create_dir(path.rel())
+            self.dir.create_dir(path.rel())
         };
         r.map_err(|e| Error::io(&shown, "create directory", e))
     }
@@ -297,7 +375,6 @@ impl Root {
     pub fn remove_file(&self, path: &VPath) -> Result<()> {
         let shown = path.to_string();
         let meta = self
-            .inner
             .dir
             .symlink_metadata(path.rel())
             .map_err(|e| Error::io(&shown, "stat", e))?;
@@ -305,12 +382,11 @@ impl Root {
             return Err(Error::IsDirectory(shown));
         }
         let size = if meta.is_file() { meta.len() } else { 0 };
-        self.inner
-            .dir
+        self.dir
             .remove_file(path.rel())
             .map_err(|e| Error::io(&shown, "remove", e))?;
-        digests::forget(&self.inner.digests, path);
-        self.settle(0, Some(-i128::from(size)));
+        digests::forget(&self.root.inner.digests, &self.in_root(path));
+        self.root.settle(0, Some(-i128::from(size)));
         Ok(())
     }
 
@@ -323,7 +399,7 @@ impl Root {
                 reason: "cannot remove the root",
             });
         }
-        self.inner.dir.remove_dir(path.rel()).map_err(|e| {
+        self.dir.remove_dir(path.rel()).map_err(|e| {
             if e.kind() == std::io::ErrorKind::DirectoryNotEmpty {
                 Error::NotEmpty(shown.clone())
             } else if e.kind() == std::io::ErrorKind::NotADirectory {
@@ -348,7 +424,7 @@ impl Root {
                 reason: "cannot move a directory inside itself",
             });
         }
-        let dir = &self.inner.dir;
+        let dir = &self.dir;
         match dir.symlink_metadata(to.rel()) {
             Ok(_) => return Err(Error::Exists(to.to_string())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -356,21 +432,8 @@ impl Root {
         }
         dir.rename(from.rel(), dir, to.rel())
             .map_err(|e| Error::io(&from.to_string(), "rename", e))?;
-        digests::forget(&self.inner.digests, from);
+        digests::forget(&self.root.inner.digests, &self.in_root(from));
         Ok(())
-    }
-
-    /// Creates `path` and its missing parents as directories.
-    pub fn create_dir_all(&self, path: &VPath) -> Result<()> {
-        self.inner
-            .dir
-            .create_dir_all(path.rel())
-            .map_err(|e| Error::io(&path.to_string(), "create directory", e))
-    }
-
-    /// Removes recorded digests of files that are gone or changed; returns how many.
-    pub fn sweep_digests(&self) -> usize {
-        digests::sweep(&self.inner.digests, &self.inner.dir)
     }
 
     /// Starts (or resumes) a staged upload to `path`; see [`Upload`].
@@ -379,25 +442,21 @@ impl Root {
     }
 }
 
-fn entry_of(name: String, meta: &cap_std::fs::Metadata) -> Entry {
+fn entry_of(name: String, meta: &cap_std::fs::Metadata) -> FileInfo {
     let ft = meta.file_type();
     let kind = if ft.is_file() {
-        EntryKind::File
+        FileKind::File
     } else if ft.is_dir() {
-        EntryKind::Dir
+        FileKind::Dir
     } else if ft.is_symlink() {
-        EntryKind::Symlink
+        FileKind::Symlink
     } else {
-        EntryKind::Other
+        FileKind::Other
     };
-    Entry {
+    FileInfo {
         name,
         kind,
-        size: if kind == EntryKind::Dir {
-            0
-        } else {
-            meta.len()
-        },
+        size: if kind == FileKind::Dir { 0 } else { meta.len() },
         mtime: meta
             .modified()
             .ok()

@@ -1,16 +1,15 @@
-//! Staged uploads: bytes go to a private file and become visible whole, or not at all.
+//! Staged uploads: verified bytes go to a private file and become visible whole, or not at all.
 
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use md5::{Digest as _, Md5};
-use protocol::{Digest, DigestKind, ErrorCode, Hasher};
+use protocol::{Digest, DigestKind, Hasher};
 
 use crate::digests::{self, Recorded};
 use crate::direct::DirectWriter;
-use crate::{Error, Result, Root, VPath};
+use crate::{Error, Home, Result, Root, VPath};
 
 /// What the client asked for when it started an upload.
 #[derive(Debug, Clone)]
@@ -29,11 +28,13 @@ pub struct UploadRequest {
     pub digest: DigestKind,
 }
 
-/// An upload in progress. Bytes are appended to a staging file; [`Upload::commit`] checks the
-/// whole-file MD5, syncs, and renames it into place. Dropping it without committing keeps the
+/// An upload in progress. Verified bytes are appended to a staging file; [`Upload::commit`]
+/// syncs it and moves it into place. Dropping it without committing keeps the
 /// staged bytes when the upload has an id (so it can be resumed) and removes them otherwise.
 pub struct Upload {
-    root: Root,
+    /// The home the upload lands in (and through it the root's private state).
+    home: Home,
+    /// Where the file goes, as the home sees it.
     target: VPath,
     /// File name inside the staging directory.
     staged: String,
@@ -42,8 +43,9 @@ pub struct Upload {
     /// Bytes staged so far.
     written: u64,
     size: u64,
-    /// The running digest of every byte staged (those of an earlier attempt read back on resume).
-    hasher: Hasher,
+    /// The running digest of the bytes an earlier attempt staged, read back on resume: where the
+    /// transfer engine continues from.
+    prefix: Hasher,
     /// Whether the staged bytes outlive this value (uploads with an id can be resumed).
     keep: bool,
     /// This attempt's claim on the staging file.
@@ -105,12 +107,13 @@ fn valid_upload_id(id: &str) -> bool {
 }
 
 impl Upload {
-    pub(crate) fn begin(root: Root, target: &VPath, req: &UploadRequest) -> Result<Upload> {
+    pub(crate) fn begin(home: Home, target: &VPath, req: &UploadRequest) -> Result<Upload> {
         let shown = target.to_string();
         let Some((parent, _)) = target.split_last() else {
             return Err(Error::IsDirectory(shown));
         };
-        let dir = &root.inner.dir;
+        let root = home.root().clone();
+        let dir = &*home.dir;
         match dir.metadata(target.rel()) {
             Ok(m) if m.is_dir() => return Err(Error::IsDirectory(shown)),
             Ok(_) if !req.overwrite => return Err(Error::Exists(shown)),
@@ -131,7 +134,7 @@ impl Upload {
             Some(id) if valid_upload_id(id) => {
                 // The key binds the id to the target, so one client's id never meets another path.
                 let key = Md5::new()
-                    .chain_update(target.rel())
+                    .chain_update(home.in_root(target).rel())
                     .chain_update([0])
                     .chain_update(id);
                 (format!("{}.part", hex::encode(key.finalize())), true)
@@ -179,7 +182,7 @@ impl Upload {
                     .map_err(|e| Error::io(&shown, "open staging file for", e))?;
                 Ok((out, hasher, held))
             });
-        let (out, hasher, held) = match opened {
+        let (out, prefix, held) = match opened {
             Ok(opened) => opened,
             Err(e) => {
                 release(&root, &staged, &lease);
@@ -195,12 +198,12 @@ impl Upload {
             mtime: req.mtime,
             // Resumed bytes were hashed without their chunks: nothing to record.
             chunks: (held == 0).then(ChunkLog::default),
-            root,
+            home,
             target: target.clone(),
             staged,
             written: held,
             size: req.size,
-            hasher,
+            prefix,
             keep,
             committed: false,
         })
@@ -211,37 +214,17 @@ impl Upload {
         self.written
     }
 
-    /// Digest of the bytes staged so far.
-    pub fn digest_so_far(&self) -> Digest {
-        self.hasher.digest()
+    /// The running digest of the bytes already staged, for the transfer engine to continue.
+    pub fn prefix(&self) -> Hasher {
+        self.prefix.clone()
     }
 
-    /// Appends bytes the caller vouches for. Refuses to grow past the declared size.
-    pub fn write(&mut self, data: impl Into<Bytes>) -> Result<()> {
-        let data: Bytes = data.into();
+    /// Appends one chunk the transfer engine verified, and remembers its running digest (of
+    /// the file from byte 0 through the chunk's end) to record with the file. Refuses to grow
+    /// past the declared size.
+    pub fn write_chunk(&mut self, data: &[u8], digest: Digest) -> Result<()> {
         self.fits(data.len())?;
-        self.hasher.update(&data);
-        self.append(&data)
-    }
-
-    /// Appends one chunk once its running digest (of the file from byte 0 through the chunk's
-    /// end) checks out, and remembers that digest to record with the file. A chunk that fails
-    /// the check is not written, and the upload can go on with the chunk sent again.
-    pub fn write_chunk(&mut self, data: impl Into<Bytes>, digest: Digest) -> Result<()> {
-        let data: Bytes = data.into();
-        self.fits(data.len())?;
-        if !self.hasher.check(&data, digest) {
-            return Err(Error::Mismatch {
-                path: self.target.to_string(),
-                what: format!(
-                    "chunk at offset {} failed its {} check",
-                    self.written,
-                    digest.kind().name()
-                ),
-                code: ErrorCode::ChecksumMismatch,
-            });
-        }
-        self.append(&data)?;
+        self.append(data)?;
         if let Some(log) = &mut self.chunks {
             if !log.push(data.len() as u32, digest) {
                 self.chunks = None;
@@ -250,7 +233,7 @@ impl Upload {
         Ok(())
     }
 
-    /// Refuses bytes past the declared size, before they are hashed.
+    /// Refuses bytes past the declared size.
     fn fits(&self, len: usize) -> Result<()> {
         if self.written + len as u64 > self.size {
             return Err(Error::TooLarge {
@@ -261,7 +244,7 @@ impl Upload {
         Ok(())
     }
 
-    /// Writes hashed bytes (that fit) to the staging file.
+    /// Writes bytes (that fit) to the staging file.
     fn append(&mut self, data: &[u8]) -> Result<()> {
         let len = data.len() as u64;
         let lease = self.lease.clone();
@@ -277,28 +260,16 @@ impl Upload {
         Ok(())
     }
 
-    /// Checks size and whole-file digest, makes the bytes durable, and moves them into place.
-    /// Without `overwrite`, a file that appeared at the target meanwhile is left alone.
-    pub fn commit(mut self, expected: Digest, overwrite: bool) -> Result<Digest> {
+    /// Makes the bytes durable and moves them into place, recording `digest` (the whole
+    /// file's, as the transfer engine verified it) and the chunks' running digests. Without
+    /// `overwrite`, a file that appeared at the target meanwhile is left alone.
+    pub fn commit(mut self, digest: Digest, overwrite: bool) -> Result<()> {
         let shown = self.target.to_string();
         if self.written != self.size {
-            return Err(Error::Mismatch {
+            return Err(Error::Incomplete {
                 path: shown,
-                what: format!("got {} of {} bytes", self.written, self.size),
-                code: ErrorCode::BadRequest,
-            });
-        }
-        let actual = self.hasher.digest();
-        if actual != expected {
-            // These bytes are wrong somewhere; resuming on top of them would only repeat it.
-            self.keep = false;
-            return Err(Error::Mismatch {
-                path: shown,
-                what: format!(
-                    "whole-file {} is {actual}, client sent {expected}",
-                    actual.kind().name()
-                ),
-                code: ErrorCode::ChecksumMismatch,
+                written: self.written,
+                size: self.size,
             });
         }
         let lease = self.lease.clone();
@@ -318,40 +289,46 @@ impl Upload {
             return Err(self.failed(Error::io(&shown, "sync", e)));
         }
         let stored_meta = file.metadata().ok();
-        let inner = &self.root.inner;
+        let inner = &self.home.root().inner;
+        let home = &*self.home.dir;
         let placed = if overwrite {
-            inner
-                .staging
-                .rename(&self.staged, &inner.dir, self.target.rel())
+            inner.staging.rename(&self.staged, home, self.target.rel())
         } else {
             // A hard link fails if the target exists: an atomic "rename unless present".
             inner
                 .staging
-                .hard_link(&self.staged, &inner.dir, self.target.rel())
+                .hard_link(&self.staged, home, self.target.rel())
                 .and_then(|()| inner.staging.remove_file(&self.staged))
         };
         placed.map_err(|e| Error::io(&shown, "move into place", e))?;
         self.committed = true;
         drop(superseded);
+        let key = self.home.in_root(&self.target);
         match (self.chunks.take(), stored_meta) {
             (Some(log), Some(meta)) => {
-                let rec = Recorded::new(&self.target, &meta, log.len, log.digests, actual);
+                let rec = Recorded::new(&key, &meta, log.len, log.digests, digest);
                 digests::save(&inner.digests, &rec);
             }
-            _ => digests::forget(&inner.digests, &self.target),
+            _ => digests::forget(&inner.digests, &key),
         }
         let (parent, _) = self
             .target
             .split_last()
             .expect("uploads never target the root");
-        if let Ok(d) = inner.dir.open_dir(parent.rel()) {
+        if let Ok(d) = home.open_dir(parent.rel()) {
             let _ = d.into_std_file().sync_all();
         }
-        Ok(actual)
+        Ok(())
     }
 }
 
 impl Upload {
+    /// Gives up on bytes the transfer engine found wrong (the whole-file digest differs):
+    /// resuming on top of them would only repeat it, so they are removed, not kept.
+    pub fn discard(mut self) {
+        self.keep = false;
+    }
+
     /// The newer attempt owns the staged bytes now (see `Drop`, which leaves them alone).
     fn superseded(&self) -> Error {
         Error::Busy {
@@ -405,15 +382,16 @@ impl Drop for Upload {
                 // Verified bytes still held go to the staging file, for a resume to find.
                 let _ = self.out.flush();
             } else {
-                let _ = self.root.inner.staging.remove_file(&self.staged);
+                let _ = self.home.root().inner.staging.remove_file(&self.staged);
             }
         }
         drop(superseded);
-        release(&self.root, &self.staged, &self.lease);
+        let root = self.home.root();
+        release(root, &self.staged, &self.lease);
         let grew = self
             .committed
             .then(|| i128::from(self.size) - i128::from(self.replaced));
-        self.root.settle(self.reserved, grew);
+        root.settle(self.reserved, grew);
     }
 }
 

@@ -1,12 +1,29 @@
 //! The storage root against a real temp directory.
 
-use protocol::{Digest, DigestKind, ErrorCode};
-use storage::{Error, Root, UploadRequest, VPath};
+use protocol::{Digest, DigestKind};
+use storage::{Error, Home, Root, Upload, UploadRequest, VPath};
 
-fn setup() -> (tempfile::TempDir, Root) {
+/// A fresh root, seen as one home that is the whole root (as an anonymous session sees it).
+fn setup() -> (tempfile::TempDir, Home) {
     let dir = tempfile::tempdir().unwrap();
-    let root = Root::open(dir.path()).unwrap();
+    let root = whole(Root::open(dir.path()).unwrap());
     (dir, root)
+}
+
+fn whole(root: Root) -> Home {
+    root.home(&VPath::root()).unwrap()
+}
+
+/// Bytes appended as the transfer engine would after verifying them; the digest recorded for
+/// them does not matter here.
+trait Verified {
+    fn write(&mut self, data: impl AsRef<[u8]>) -> storage::Result<()>;
+}
+
+impl Verified for Upload {
+    fn write(&mut self, data: impl AsRef<[u8]>) -> storage::Result<()> {
+        self.write_chunk(data.as_ref(), Digest::default())
+    }
 }
 
 fn p(s: &str) -> VPath {
@@ -28,9 +45,9 @@ fn req(size: u64) -> UploadRequest {
 fn upload_is_invisible_until_committed() {
     let (dir, root) = setup();
     let mut up = root.begin_upload(&p("a.bin"), &req(6)).unwrap();
-    up.write(&b"abc"[..]).unwrap();
+    up.write(b"abc").unwrap();
     assert!(!dir.path().join("a.bin").exists());
-    up.write(&b"def"[..]).unwrap();
+    up.write(b"def").unwrap();
     assert!(!dir.path().join("a.bin").exists());
     up.commit(Digest::md5(b"abcdef"), false).unwrap();
     assert_eq!(std::fs::read(dir.path().join("a.bin")).unwrap(), b"abcdef");
@@ -40,14 +57,18 @@ fn upload_is_invisible_until_committed() {
     assert!(staged.is_empty(), "staging is empty after commit");
 }
 
+/// An upload the engine found wrong is discarded: nothing visible, nothing kept to resume.
 #[test]
-fn wrong_whole_file_md5_never_becomes_visible() {
+fn a_discarded_upload_leaves_nothing() {
     let (dir, root) = setup();
-    let mut up = root.begin_upload(&p("a.bin"), &req(3)).unwrap();
-    up.write(&b"abc"[..]).unwrap();
-    let err = up.commit(Digest::md5(b"abd"), false).unwrap_err();
-    assert_eq!(err.code(), protocol::ErrorCode::ChecksumMismatch);
+    let mut r = req(3);
+    r.upload_id = Some("id".into());
+    let mut up = root.begin_upload(&p("a.bin"), &r).unwrap();
+    up.write(b"abc").unwrap();
+    up.discard();
     assert!(!dir.path().join("a.bin").exists());
+    r.resume = true;
+    assert_eq!(root.begin_upload(&p("a.bin"), &r).unwrap().offset(), 0);
 }
 
 #[test]
@@ -61,7 +82,7 @@ fn refuses_to_overwrite_unless_asked() {
     let mut r = req(3);
     r.overwrite = true;
     let mut up = root.begin_upload(&p("a"), &r).unwrap();
-    up.write(&b"new"[..]).unwrap();
+    up.write(b"new").unwrap();
     up.commit(Digest::md5(b"new"), true).unwrap();
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"new");
 }
@@ -70,7 +91,7 @@ fn refuses_to_overwrite_unless_asked() {
 fn a_file_that_appears_meanwhile_is_not_clobbered() {
     let (dir, root) = setup();
     let mut up = root.begin_upload(&p("a"), &req(3)).unwrap();
-    up.write(&b"new"[..]).unwrap();
+    up.write(b"new").unwrap();
     std::fs::write(dir.path().join("a"), "raced").unwrap();
     assert!(matches!(
         up.commit(Digest::md5(b"new"), false),
@@ -83,7 +104,7 @@ fn a_file_that_appears_meanwhile_is_not_clobbered() {
 fn writes_past_the_declared_size_are_refused() {
     let (_dir, root) = setup();
     let mut up = root.begin_upload(&p("a"), &req(2)).unwrap();
-    assert!(up.write(&b"abc"[..]).is_err());
+    assert!(up.write(b"abc").is_err());
 }
 
 #[test]
@@ -92,13 +113,13 @@ fn resume_continues_staged_bytes_with_the_same_id() {
     let mut r = req(6);
     r.upload_id = Some("id-1".into());
     let mut up = root.begin_upload(&p("a"), &r).unwrap();
-    up.write(&b"abc"[..]).unwrap();
+    up.write(b"abc").unwrap();
     drop(up); // connection lost
     r.resume = true;
     let mut up = root.begin_upload(&p("a"), &r).unwrap();
     assert_eq!(up.offset(), 3);
-    assert_eq!(up.digest_so_far(), Digest::md5(b"abc"));
-    up.write(&b"def"[..]).unwrap();
+    assert_eq!(up.prefix().digest(), Digest::md5(b"abc"));
+    up.write(b"def").unwrap();
     up.commit(Digest::md5(b"abcdef"), false).unwrap();
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"abcdef");
 
@@ -122,16 +143,16 @@ fn a_newer_attempt_at_the_same_upload_supersedes_the_older() {
     let mut r = req(data.len() as u64);
     r.upload_id = Some("same".into());
     let mut older = root.begin_upload(&p("a"), &r).unwrap();
-    older.write(data[..mib + 3].to_vec()).unwrap();
+    older.write(&data[..mib + 3]).unwrap();
     r.resume = true;
     let mut newer = root.begin_upload(&p("a"), &r).unwrap();
     let held = newer.offset() as usize;
     assert!(held <= mib + 3, "{held}");
-    assert_eq!(newer.digest_so_far(), Digest::md5(&data[..held]));
-    assert!(matches!(older.write(&b"XXX"[..]), Err(Error::Busy { .. })));
+    assert_eq!(newer.prefix().digest(), Digest::md5(&data[..held]));
+    assert!(matches!(older.write(b"XXX"), Err(Error::Busy { .. })));
     // The older attempt ends (and is dropped) without touching the newer one's bytes.
     assert!(older.commit(Digest::md5(&data), false).is_err());
-    newer.write(data[held..].to_vec()).unwrap();
+    newer.write(&data[held..]).unwrap();
     newer.commit(Digest::md5(&data), false).unwrap();
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), data);
 }
@@ -142,16 +163,27 @@ fn sweep_removes_only_old_idle_staged_uploads() {
     let mut r = req(6);
     r.upload_id = Some("kept".into());
     let mut up = root.begin_upload(&p("a"), &r).unwrap();
-    up.write(&b"abc"[..]).unwrap();
+    up.write(b"abc").unwrap();
     // Still active: never swept, however old.
-    assert_eq!(root.sweep_staging(std::time::Duration::ZERO).unwrap(), 0);
-    drop(up);
     assert_eq!(
-        root.sweep_staging(std::time::Duration::from_secs(3600))
+        root.root()
+            .sweep_staging(std::time::Duration::ZERO)
             .unwrap(),
         0
     );
-    assert_eq!(root.sweep_staging(std::time::Duration::ZERO).unwrap(), 1);
+    drop(up);
+    assert_eq!(
+        root.root()
+            .sweep_staging(std::time::Duration::from_secs(3600))
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        root.root()
+            .sweep_staging(std::time::Duration::ZERO)
+            .unwrap(),
+        1
+    );
     let left: Vec<_> = std::fs::read_dir(dir.path().join(".ftpd/staging"))
         .unwrap()
         .collect();
@@ -187,7 +219,7 @@ fn symlinks_out_of_the_root_are_refused() {
     std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("link")).unwrap();
     std::os::unix::fs::symlink(outside.path(), dir.path().join("out")).unwrap();
     let err = root.open_read(&p("link")).unwrap_err();
-    assert_eq!(err.code(), protocol::ErrorCode::Denied, "{err}");
+    assert!(matches!(err, Error::Denied { .. }), "{err}");
     assert!(root.open_read(&p("out/secret")).is_err());
     assert!(root.begin_upload(&p("out/new"), &req(1)).is_err());
     assert!(!outside.path().join("new").exists());
@@ -204,9 +236,9 @@ fn max_file_size_is_refused_up_front() {
         max_file_size: Some(10),
         quota: None,
     };
-    let root = Root::open_with_limits(dir.path(), limits).unwrap();
+    let root = whole(Root::open_with_limits(dir.path(), limits).unwrap());
     let err = root.begin_upload(&p("big"), &req(11)).unwrap_err();
-    assert_eq!(err.code(), protocol::ErrorCode::TooLarge, "{err}");
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
     assert!(root.begin_upload(&p("ok"), &req(10)).is_ok());
 }
 
@@ -219,13 +251,13 @@ fn quota_counts_existing_files_uploads_in_flight_and_replacements() {
         max_file_size: None,
         quota: Some(100),
     };
-    let root = Root::open_with_limits(dir.path(), limits).unwrap();
+    let root = whole(Root::open_with_limits(dir.path(), limits).unwrap());
     // 40 used: 60 fit, 61 do not.
     assert!(root.begin_upload(&p("a"), &req(61)).is_err());
     let mut a = root.begin_upload(&p("a"), &req(30)).unwrap();
     // 40 used + 30 reserved: another 31 do not fit while `a` is in flight.
     assert!(root.begin_upload(&p("b"), &req(31)).is_err());
-    a.write(vec![1u8; 30]).unwrap();
+    a.write([1u8; 30]).unwrap();
     a.commit(Digest::md5(&[1u8; 30]), false).unwrap();
     assert!(root.begin_upload(&p("b"), &req(31)).is_err());
     assert!(root.begin_upload(&p("b"), &req(30)).is_ok());
@@ -237,7 +269,7 @@ fn quota_counts_existing_files_uploads_in_flight_and_replacements() {
     let mut r = req(40);
     r.overwrite = true;
     let mut up = root.begin_upload(&p("d/old"), &r).unwrap();
-    up.write(vec![2u8; 40]).unwrap();
+    up.write([2u8; 40]).unwrap();
     up.commit(Digest::md5(&[2u8; 40]), true).unwrap();
     assert!(
         root.begin_upload(&p("c"), &req(31)).is_err(),
@@ -261,7 +293,7 @@ fn listing_hides_the_private_directory_and_reports_kinds() {
         .map(|e| (e.name, e.kind, e.size))
         .collect();
     got.sort_by(|a, b| a.0.cmp(&b.0));
-    use protocol::EntryKind::*;
+    use storage::FileKind::*;
     assert_eq!(
         got,
         [
@@ -318,7 +350,7 @@ fn digests_are_recorded_at_upload_and_dropped_when_the_file_changes() {
     let mut up = root.begin_upload(&p("f"), &req(10)).unwrap();
     for (start, end) in [(0, 4), (4, 8), (8, 10)] {
         // A chunk's digest is the running MD5 of the file through its end.
-        up.write_chunk(data[start..end].to_vec(), Digest::md5(&data[..end]))
+        up.write_chunk(&data[start..end], Digest::md5(&data[..end]))
             .unwrap();
     }
     up.commit(Digest::md5(&data), false).unwrap();
@@ -337,53 +369,57 @@ fn digests_are_recorded_at_upload_and_dropped_when_the_file_changes() {
     // Rewritten in place (new content and mtime): the record no longer applies.
     std::fs::write(dir.path().join("f"), b"0123456789").unwrap();
     assert!(root.open_read(&p("f")).unwrap().recorded.is_none());
-    assert_eq!(root.sweep_digests(), 1);
+    assert_eq!(root.root().sweep_digests(), 1);
 
     // Chunks of uneven length are not recorded.
     let mut up = root.begin_upload(&p("g"), &req(10)).unwrap();
-    up.write_chunk(data[..3].to_vec(), Digest::md5(&data[..3]))
-        .unwrap();
-    up.write_chunk(data[3..].to_vec(), Digest::md5(&data))
-        .unwrap();
+    up.write_chunk(&data[..3], Digest::md5(&data[..3])).unwrap();
+    up.write_chunk(&data[3..], Digest::md5(&data)).unwrap();
     up.commit(Digest::md5(&data), false).unwrap();
     assert!(root.open_read(&p("g")).unwrap().recorded.is_none());
 }
 
-/// Each chunk carries the running MD5 of the file through its end: a damaged chunk is refused
-/// before a byte of it is written, and the same chunk sent again is taken.
+/// Bytes past the declared size are refused, and nothing of them is staged.
 #[test]
-fn a_chunk_that_fails_its_running_md5_is_not_written() {
+fn bytes_past_the_declared_size_are_refused() {
     let (dir, root) = setup();
-    let data = b"0123456789";
-    let mut up = root.begin_upload(&p("f"), &req(10)).unwrap();
-    up.write_chunk(data[..4].to_vec(), Digest::md5(&data[..4]))
-        .unwrap();
-    let err = up
-        .write_chunk(b"45X7".to_vec(), Digest::md5(&data[..8]))
-        .unwrap_err();
-    assert_eq!(err.code(), ErrorCode::ChecksumMismatch, "{err}");
-    assert!(err.to_string().contains("offset 4"), "{err}");
-    assert_eq!(up.offset(), 4, "nothing of it was written");
-    up.write_chunk(data[4..8].to_vec(), Digest::md5(&data[..8]))
-        .unwrap();
-    up.write_chunk(data[8..].to_vec(), Digest::md5(data))
-        .unwrap();
-    up.commit(Digest::md5(data), false).unwrap();
-    assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), data);
+    let mut up = root.begin_upload(&p("f"), &req(3)).unwrap();
+    up.write_chunk(b"ab", Digest::md5(b"ab")).unwrap();
+    let err = up.write_chunk(b"cd", Digest::md5(b"abcd")).unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    assert_eq!(up.offset(), 2);
+    up.write_chunk(b"c", Digest::md5(b"abc")).unwrap();
+    up.commit(Digest::md5(b"abc"), false).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"abc");
 }
 
-/// Bytes past the declared size are refused before they are hashed, so the running digest
-/// still describes exactly what was staged.
+/// A home is a directory handle: paths resolve beneath it, errors name them as the home sees
+/// them (never where the home lies in the root), and a link out of it leads nowhere.
+#[cfg(unix)]
 #[test]
-fn bytes_past_the_declared_size_are_not_hashed() {
-    let (_dir, root) = setup();
-    let mut up = root.begin_upload(&p("f"), &req(3)).unwrap();
-    up.write_chunk(b"ab".to_vec(), Digest::md5(b"ab")).unwrap();
-    let err = up
-        .write_chunk(b"cd".to_vec(), Digest::md5(b"abcd"))
-        .unwrap_err();
-    assert_eq!(err.code(), ErrorCode::TooLarge, "{err}");
-    assert_eq!(up.digest_so_far(), Digest::md5(b"ab"));
-    up.write_chunk(b"c".to_vec(), Digest::md5(b"abc")).unwrap();
-    up.commit(Digest::md5(b"abc"), false).unwrap();
+fn a_home_confines_and_names_paths_from_its_own_top() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::open(dir.path()).unwrap();
+    std::fs::create_dir_all(dir.path().join("homes/alice")).unwrap();
+    std::fs::create_dir_all(dir.path().join("homes/bob")).unwrap();
+    std::fs::write(dir.path().join("homes/bob/secret"), "b").unwrap();
+    std::os::unix::fs::symlink("../bob", dir.path().join("homes/alice/tobob")).unwrap();
+    let alice = root.home(&p("homes/alice")).unwrap();
+    let err = alice.open_read(&p("nope")).unwrap_err();
+    assert_eq!(err.to_string(), "/nope: no such file or directory");
+    assert!(alice.open_read(&p("tobob/secret")).is_err());
+    assert!(alice.begin_upload(&p("tobob/new"), &req(1)).is_err());
+    let mut up = alice.begin_upload(&p("mine"), &req(2)).unwrap();
+    up.write(b"ok").unwrap();
+    up.commit(Digest::md5(b"ok"), false).unwrap();
+    assert_eq!(
+        std::fs::read(dir.path().join("homes/alice/mine")).unwrap(),
+        b"ok"
+    );
+    let names: Vec<_> = alice
+        .list(&VPath::root())
+        .unwrap()
+        .map(|e| e.name)
+        .collect();
+    assert!(names.contains(&"mine".to_owned()), "{names:?}");
 }

@@ -1,69 +1,64 @@
-//! One module per command a client can send.
+//! One module per command a client can send; each `run` returns what it did, and the session's
+//! dispatcher sends the final reply and records the outcome.
 
 pub mod cd;
 pub mod get;
 pub mod list;
 pub mod mkdir;
 pub mod put;
+pub mod pwd;
 pub mod rename;
 pub mod rm;
+pub mod rmdir;
 pub mod stat;
 
-use std::time::Duration;
-
-use protocol::{Digest, Message};
-use storage::Root;
-use tracing::info;
+use protocol::Message;
+use storage::Home;
 
 use crate::error::{blocking, SessionError};
-use crate::session::Session;
+use crate::reply::CmdError;
 
-/// Runs a storage change off the reactor and answers `ok`, or the error.
-pub(crate) async fn answer_ok<F>(s: &mut Session, f: F) -> Result<(), SessionError>
+/// How a command ended, when it did not succeed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Refused: answered with `error`; the session goes on.
+    Refused(CmdError),
+    /// An upload refused part-way: answered with `error`, then the chunks the client already
+    /// sent are skipped until its `eof` or `abort`, which puts the connection back in step.
+    RefusedUpload(CmdError),
+    /// A download stopped part-way: answered with `abort`.
+    Aborted(CmdError),
+    /// The session cannot go on.
+    Session(SessionError),
+}
+
+impl From<SessionError> for Failure {
+    fn from(e: SessionError) -> Self {
+        Failure::Session(e)
+    }
+}
+
+impl From<CmdError> for Failure {
+    fn from(e: CmdError) -> Self {
+        Failure::Refused(e)
+    }
+}
+
+impl From<storage::Error> for Failure {
+    fn from(e: storage::Error) -> Self {
+        Failure::Refused(e.into())
+    }
+}
+
+/// What a command handler gives the dispatcher: the final frame to send, or why not.
+pub type Handled = Result<Message, Failure>;
+
+/// Runs a storage change off the reactor; its success is answered `ok`.
+pub(crate) async fn storage_ok<F>(home: &Home, f: F) -> Handled
 where
-    F: FnOnce(&Root) -> storage::Result<()> + Send + 'static,
+    F: FnOnce(&Home) -> storage::Result<()> + Send + 'static,
 {
-    let root = s.root.clone();
-    match blocking(move || f(&root)).await? {
-        Ok(()) => s.send(Message::Ok).await,
-        Err(e) => s.send_error(s.user_reply(&e)).await,
-    }
-}
-
-/// What a finished (or failed) transfer leaves in the log: one line, like vsftpd's xferlog.
-pub(crate) struct TransferLog<'a> {
-    pub peer: std::net::SocketAddr,
-    pub user: Option<&'a str>,
-    pub op: &'static str,
-    pub path: &'a str,
-    pub bytes: u64,
-    pub elapsed: Duration,
-    pub digest: Option<Digest>,
-    pub outcome: &'a str,
-}
-
-impl TransferLog<'_> {
-    pub fn emit(&self) {
-        let secs = self.elapsed.as_secs_f64();
-        let rate = if secs > 0.0 {
-            self.bytes as f64 / secs / 1e6
-        } else {
-            0.0
-        };
-        info!(
-            target: "ftpd::xfer",
-            peer = %self.peer,
-            user = self.user.unwrap_or("-"),
-            op = self.op,
-            path = self.path,
-            bytes = self.bytes,
-            secs = format!("{secs:.3}"),
-            mb_per_s = format!("{rate:.1}"),
-            digest = %self
-                .digest
-                .map_or_else(|| "-".into(), |d| format!("{}:{d}", d.kind().key())),
-            outcome = self.outcome,
-            "transfer"
-        );
-    }
+    let home = home.clone();
+    blocking(move || f(&home)).await??;
+    Ok(Message::Ok)
 }

@@ -1,15 +1,15 @@
-//! `put`: receive a file as digest-checked chunks into a staged upload, then commit it whole.
-
-use std::time::Instant;
+//! `put`: receive a file as chunks checked by the transfer engine into a staged upload, then
+//! commit it whole.
 
 use bytes::Bytes;
-use protocol::{ChunkHeader, Digest, Eof, ErrorCode, ErrorReply, Message, Put, PutReady};
-use storage::{Upload, UploadRequest};
+use protocol::{ChunkHeader, ChunkReceiver, Eof, ErrorReply, Message, Put, PutReady};
+use storage::{Upload, UploadRequest, VPath};
 use tokio::sync::mpsc;
 
-use crate::cmd::TransferLog;
+use crate::cmd::{Failure, Handled};
 use crate::error::{blocking, SessionError};
-use crate::session::{storage_reply, Session};
+use crate::reply::CmdError;
+use crate::session::Session;
 
 /// Chunks verified and written while the next ones are read off the socket.
 const PIPELINE_DEPTH: usize = 4;
@@ -21,16 +21,15 @@ enum End {
     /// The client gave up; it expects one error reply.
     Aborted(ErrorReply),
     /// We refused the stream part-way; the client is still sending until it sees our error.
-    Failed(ErrorReply),
+    Refused(CmdError),
+    /// The writer stopped on an error of its own, which it returns.
+    WriterStopped,
 }
 
-pub async fn run(s: &mut Session, req: Put) -> Result<(), SessionError> {
-    let started = Instant::now();
-    let path = match s.check_writable().and_then(|()| s.resolve(&req.path)) {
-        Ok(p) => p,
-        Err(reply) => return s.send_error(reply).await,
-    };
-    let root = s.root.clone();
+pub async fn run(s: &mut Session, req: Put) -> Handled {
+    s.check_writable()?;
+    let path = s.resolve(&req.path)?;
+    s.moved.path = Some(req.path.clone());
     let ureq = UploadRequest {
         size: req.size,
         overwrite: req.overwrite,
@@ -39,128 +38,82 @@ pub async fn run(s: &mut Session, req: Put) -> Result<(), SessionError> {
         mtime: req.mtime,
         digest: s.digest,
     };
-    let target = path.clone();
-    let upload = match blocking(move || root.begin_upload(&target, &ureq)).await? {
-        Ok(u) => u,
-        Err(e) => return s.send_error(s.user_reply(&e)).await,
-    };
+    let (home, target) = (s.home.clone(), path.clone());
+    let upload = blocking(move || home.begin_upload(&target, &ureq)).await??;
     let offset = upload.offset();
+    // The largest chunk this server announced in its hello.
+    let receiver = ChunkReceiver::new(offset, req.size, protocol::MAX_BODY as u32, upload.prefix());
     s.send(Message::PutReady(PutReady {
         offset,
-        digest: upload.digest_so_far(),
+        digest: receiver.digest_so_far(),
     }))
     .await?;
 
+    let mut seq = receiver.sequence();
     let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
-    let worker = tokio::task::spawn_blocking(move || write_chunks(upload, rx));
-    let mut expected = offset;
+    let writer_path = path.clone();
+    let worker =
+        tokio::task::spawn_blocking(move || write_chunks(upload, receiver, &writer_path, rx));
     let end = loop {
         let frame = s.next_in_transfer().await?;
         match frame.message {
             Message::Chunk(h) => {
-                if h.offset != expected {
-                    break End::Failed(
-                        ErrorReply::new(
-                            ErrorCode::BadRequest,
-                            format!("chunk at offset {}, expected {expected}", h.offset),
-                        )
-                        .at(h.offset),
-                    );
-                }
-                expected += u64::from(h.len);
-                if expected > req.size {
-                    break End::Failed(
-                        ErrorReply::new(
-                            ErrorCode::TooLarge,
-                            format!("more bytes than the declared size {}", req.size),
-                        )
-                        .at(h.offset),
-                    );
+                if let Err(error) = seq.advance(&h) {
+                    let path = path.clone();
+                    break End::Refused(CmdError::Transfer { path, error });
                 }
                 if tx.send((h, frame.body)).await.is_err() {
-                    // The writer stopped: its own error says why.
-                    break End::Failed(ErrorReply::new(ErrorCode::Io, "writer stopped"));
+                    break End::WriterStopped;
                 }
             }
             Message::Eof(eof) => break End::Eof(eof),
-            Message::Abort(r) => {
-                break End::Aborted(ErrorReply::new(
-                    r.code,
-                    format!("upload aborted by the client: {}", r.message),
-                ))
-            }
+            Message::Abort(r) => break End::Aborted(r),
             other => {
-                return Err(SessionError::Protocol(format!(
-                    "{other:?} in the middle of an upload"
-                )))
+                return Err(
+                    SessionError::Protocol(format!("{other:?} in the middle of an upload")).into(),
+                )
             }
         }
     };
     drop(tx);
-    let (upload, written) = worker
+    let (upload, receiver, written) = worker
         .await
         .map_err(|e| SessionError::Internal(format!("upload writer failed: {e}")))?;
-
-    let written = written.map_err(|r| s.scrub(r));
-    let result = match end {
-        End::Eof(eof) => match written {
-            Err(reply) => Err(reply),
-            Ok(()) if eof.size != req.size => Err(ErrorReply::new(
-                ErrorCode::BadRequest,
-                format!(
-                    "upload ended at {} bytes, {} were declared",
-                    eof.size, req.size
-                ),
-            )),
-            Ok(()) => {
-                let overwrite = req.overwrite;
-                blocking(move || upload.commit(eof.digest, overwrite))
-                    .await?
-                    .map(|digest| Eof {
-                        size: eof.size,
-                        digest,
-                    })
-                    .map_err(|e| storage_reply(&e))
-            }
-        },
-        End::Aborted(reply) => Err(reply),
-        End::Failed(reply) => {
-            let reply = written.err().unwrap_or(reply);
-            s.send_error(reply.clone()).await?;
-            drain(s).await?;
-            log(s, &req, started, expected, None, &reply.to_string());
-            return Ok(());
+    s.moved.bytes = receiver.position() - offset;
+    match end {
+        End::Eof(eof) => {
+            written?;
+            let digest = match receiver.finish(&eof) {
+                Ok(digest) => digest,
+                Err(error) => {
+                    blocking(move || upload.discard()).await?;
+                    return Err(CmdError::Transfer { path, error }.into());
+                }
+            };
+            let overwrite = req.overwrite;
+            blocking(move || upload.commit(digest, overwrite)).await??;
+            s.moved.digest = Some(digest);
+            Ok(Message::Stored(Eof {
+                size: eof.size,
+                digest,
+            }))
         }
-    };
-    match result {
-        Ok(stored) => {
-            log(
-                s,
-                &req,
-                started,
-                stored.size - offset,
-                Some(stored.digest),
-                "ok",
-            );
-            s.send(Message::Stored(stored)).await
-        }
-        Err(reply) => {
-            log(
-                s,
-                &req,
-                started,
-                expected - offset,
-                None,
-                &reply.to_string(),
-            );
-            s.send_error(reply).await
-        }
+        End::Aborted(r) => Err(Failure::Refused(CmdError::AbortedByClient {
+            code: r.code,
+            message: r.message,
+        })),
+        End::Refused(refusal) => Err(Failure::RefusedUpload(written.err().unwrap_or(refusal))),
+        End::WriterStopped => Err(Failure::RefusedUpload(
+            written
+                .err()
+                .unwrap_or(CmdError::OutOfPlace("upload writer stopped")),
+        )),
     }
 }
 
 /// After refusing an upload part-way, skip the chunks already on their way until the client
 /// ends its stream; then the connection is back in step for the next command.
-async fn drain(s: &mut Session) -> Result<(), SessionError> {
+pub(crate) async fn drain(s: &mut Session) -> Result<(), SessionError> {
     loop {
         match s.next_in_transfer().await?.message {
             Message::Chunk(_) => {}
@@ -174,36 +127,22 @@ async fn drain(s: &mut Session) -> Result<(), SessionError> {
     }
 }
 
-/// Checks each chunk's running digest and appends it to the staged file, off the reactor thread.
+/// Verifies each chunk with the transfer engine and appends it to the staged file, off the
+/// reactor thread; only verified bytes reach the storage.
 fn write_chunks(
     mut upload: Upload,
+    mut receiver: ChunkReceiver,
+    path: &VPath,
     mut rx: mpsc::Receiver<(ChunkHeader, Bytes)>,
-) -> (Upload, Result<(), ErrorReply>) {
+) -> (Upload, ChunkReceiver, Result<(), CmdError>) {
     while let Some((h, body)) = rx.blocking_recv() {
-        if let Err(e) = upload.write_chunk(body, h.digest) {
-            return (upload, Err(storage_reply(&e).at(h.offset)));
+        if let Err(error) = receiver.accept(&h, &body) {
+            let path = path.clone();
+            return (upload, receiver, Err(CmdError::Transfer { path, error }));
+        }
+        if let Err(e) = upload.write_chunk(&body, h.digest) {
+            return (upload, receiver, Err(e.into()));
         }
     }
-    (upload, Ok(()))
-}
-
-fn log(
-    s: &Session,
-    req: &Put,
-    started: Instant,
-    bytes: u64,
-    digest: Option<Digest>,
-    outcome: &str,
-) {
-    TransferLog {
-        peer: s.peer,
-        user: s.user.as_ref().map(|u| u.name.as_str()),
-        op: "put",
-        path: &req.path,
-        bytes,
-        elapsed: started.elapsed(),
-        digest,
-        outcome,
-    }
-    .emit();
+    (upload, receiver, Ok(()))
 }

@@ -2,17 +2,11 @@
 
 use protocol::Rename;
 
-use crate::cmd::answer_ok;
-use crate::error::SessionError;
+use crate::cmd::{storage_ok, Handled};
 use crate::session::Session;
 
-pub async fn run(s: &mut Session, req: Rename) -> Result<(), SessionError> {
-    let paths = s
-        .check_writable()
-        .and_then(|()| Ok((s.resolve(&req.from)?, s.resolve(&req.to)?)));
-    let (from, to) = match paths {
-        Ok(p) => p,
-        Err(reply) => return s.send_error(reply).await,
-    };
-    answer_ok(s, move |root| root.rename(&from, &to)).await
+pub async fn run(s: &mut Session, req: Rename) -> Handled {
+    s.check_writable()?;
+    let (from, to) = (s.resolve(&req.from)?, s.resolve(&req.to)?);
+    storage_ok(&s.home, move |home| home.rename(&from, &to)).await
 }

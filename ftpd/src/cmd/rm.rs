@@ -1,23 +1,12 @@
-//! `rm` and `rmdir`: remove a file, or an empty directory.
+//! `rm`: remove a file (not a directory).
 
 use protocol::PathArg;
 
-use crate::cmd::answer_ok;
-use crate::error::SessionError;
+use crate::cmd::{storage_ok, Handled};
 use crate::session::Session;
 
-pub async fn rm(s: &mut Session, req: PathArg) -> Result<(), SessionError> {
-    let path = match s.check_writable().and_then(|()| s.resolve(&req.path)) {
-        Ok(p) => p,
-        Err(reply) => return s.send_error(reply).await,
-    };
-    answer_ok(s, move |root| root.remove_file(&path)).await
-}
-
-pub async fn rmdir(s: &mut Session, req: PathArg) -> Result<(), SessionError> {
-    let path = match s.check_writable().and_then(|()| s.resolve(&req.path)) {
-        Ok(p) => p,
-        Err(reply) => return s.send_error(reply).await,
-    };
-    answer_ok(s, move |root| root.remove_dir(&path)).await
+pub async fn run(s: &mut Session, req: PathArg) -> Handled {
+    s.check_writable()?;
+    let path = s.resolve(&req.path)?;
+    storage_ok(&s.home, move |home| home.remove_file(&path)).await
 }

@@ -1,34 +1,32 @@
 //! `stat`: one path's kind, size and time, and on request its content's MD5.
 
-use protocol::{DigestKind, EntryKind, Hasher, Message, Stat, StatReply};
+use protocol::{DigestKind, Hasher, Message, Stat, StatReply};
+use storage::FileKind;
 
-use crate::error::{blocking, SessionError};
+use crate::cmd::Handled;
+use crate::error::blocking;
+use crate::reply;
 use crate::session::Session;
 
-pub async fn run(s: &mut Session, req: Stat) -> Result<(), SessionError> {
-    let (visible, full) = match s.resolve_both(&req.path) {
-        Ok(p) => p,
-        Err(reply) => return s.send_error(reply).await,
-    };
-    let root = s.root.clone();
-    let answer = blocking(move || {
-        let mut entry = root.stat(&full)?;
-        entry.name = visible.to_string();
-        let md5 = if req.md5 && entry.kind == EntryKind::File {
-            let mut f = root.open_read(&full)?;
+pub async fn run(s: &mut Session, req: Stat) -> Handled {
+    let path = s.resolve(&req.path)?;
+    let home = s.home.clone();
+    let reply = blocking(move || {
+        let mut info = home.stat(&path)?;
+        info.name = path.to_string();
+        let md5 = if req.md5 && info.kind == FileKind::File {
+            let mut f = home.open_read(&path)?;
             let mut hasher = Hasher::new(DigestKind::Md5);
             hasher
                 .update_from(&mut f.file, u64::MAX)
-                .map_err(|e| storage::Error::io(&entry.name, "read", e))?;
+                .map_err(|e| storage::Error::io(&info.name, "read", e))?;
             Some(hasher.finish())
         } else {
             None
         };
+        let entry = reply::entry(info);
         Ok::<_, storage::Error>(StatReply { entry, md5 })
     })
-    .await?;
-    match answer {
-        Ok(reply) => s.send(Message::StatReply(reply)).await,
-        Err(e) => s.send_error(s.user_reply(&e)).await,
-    }
+    .await??;
+    Ok(Message::StatReply(reply))
 }

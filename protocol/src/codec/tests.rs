@@ -237,36 +237,3 @@ proptest! {
         let _ = decode_in_pieces(&data, &[]);
     }
 }
-
-/// `send_frame` writes a chunk's body straight to the stream, after whatever the sink still
-/// buffers: the bytes on the wire are exactly those of encoding the frames in order.
-#[test]
-fn send_frame_puts_the_same_bytes_on_the_wire_in_order() {
-    use futures::SinkExt;
-    let frames = vec![
-        Frame::from(Message::Bye),
-        Frame::chunk(0, Bytes::from(vec![7u8; 100_000]), Digest::md5(b"x")),
-        Frame::from(Message::Ok),
-        Frame::chunk(
-            100_000,
-            Bytes::from_static(b"tail"),
-            Digest::empty(DigestKind::Md5),
-        ),
-    ];
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let wire = runtime.block_on(async {
-        let mut sink = FramedWrite::new(Vec::new(), FrameCodec::new());
-        // Buffered, not yet flushed: it must still go out before the chunk.
-        SinkExt::<Frame>::feed(&mut sink, frames[0].clone())
-            .await
-            .unwrap();
-        for f in &frames[1..] {
-            send_frame(&mut sink, f.clone()).await.unwrap();
-        }
-        SinkExt::<Frame>::flush(&mut sink).await.unwrap();
-        sink.into_inner()
-    });
-    assert_eq!(wire, encode_all(&frames).to_vec());
-}

@@ -1,0 +1,124 @@
+//! The one place where what went wrong becomes a wire code: typed command errors in, `error`
+//! frames out; and storage's view of a file in the wire's words.
+
+use protocol::{ChunkError, Entry, EntryKind, ErrorCode, ErrorReply};
+use storage::{FileInfo, FileKind, VPath};
+
+/// Why a command was refused. Every path here is the one the client sees (its home is `/`),
+/// because the storage handle a session holds is its home: nothing here is rewritten.
+#[derive(Debug, thiserror::Error)]
+pub enum CmdError {
+    /// The storage refused or failed.
+    #[error(transparent)]
+    Storage(#[from] storage::Error),
+    /// A chunk or the end of an upload failed the transfer engine's checks.
+    #[error("{path}: {error}")]
+    Transfer { path: VPath, error: ChunkError },
+    /// The user may only read.
+    #[error("user {0} has read-only access")]
+    ReadOnly(String),
+    /// A download asked to start past the end of the file.
+    #[error("{path}: offset {offset} is past the end ({size} bytes)")]
+    PastEnd { path: VPath, offset: u64, size: u64 },
+    /// A resumed download's prefix, as the client holds it, is not the file's.
+    #[error("{path}: the first {offset} bytes differ from the client's")]
+    PrefixMismatch { path: VPath, offset: u64 },
+    /// The file got shorter while it was being sent.
+    #[error("{path}: file shrank while it was being sent")]
+    Shrank { path: VPath, offset: u64 },
+    /// The client stopped its own download.
+    #[error("cancelled by the client")]
+    Cancelled { offset: u64 },
+    /// The client gave up on its upload, for the reason it gave.
+    #[error("upload aborted by the client: {message}")]
+    AbortedByClient { code: ErrorCode, message: String },
+    /// A well-formed message this server does not handle here.
+    #[error("cannot handle {kind:?} message: {reason}")]
+    Unsupported { kind: String, reason: String },
+    /// A message out of place.
+    #[error("{0}")]
+    OutOfPlace(&'static str),
+}
+
+impl CmdError {
+    /// The wire code: every refusal a client sees is sorted here.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CmdError::Storage(e) => storage_code(e),
+            CmdError::Transfer { error, .. } => chunk_code(error),
+            CmdError::ReadOnly(_) => ErrorCode::Denied,
+            CmdError::PastEnd { .. } => ErrorCode::BadRequest,
+            CmdError::PrefixMismatch { .. } => ErrorCode::PrefixMismatch,
+            CmdError::Shrank { .. } => ErrorCode::Io,
+            CmdError::Cancelled { .. } => ErrorCode::BadRequest,
+            CmdError::AbortedByClient { code, .. } => *code,
+            CmdError::Unsupported { .. } => ErrorCode::Unsupported,
+            CmdError::OutOfPlace(_) => ErrorCode::BadRequest,
+        }
+    }
+
+    /// The file offset the refusal concerns, when there is one (a bad chunk's).
+    pub fn offset(&self) -> Option<u64> {
+        match self {
+            CmdError::Transfer { error, .. } => error.offset(),
+            CmdError::Shrank { offset, .. } | CmdError::Cancelled { offset } => Some(*offset),
+            _ => None,
+        }
+    }
+
+    /// The frame's body: code, sentence, offset.
+    pub fn reply(&self) -> ErrorReply {
+        let reply = ErrorReply::new(self.code(), self.to_string());
+        match self.offset() {
+            Some(at) => reply.at(at),
+            None => reply,
+        }
+    }
+}
+
+fn storage_code(e: &storage::Error) -> ErrorCode {
+    use storage::Error as E;
+    match e {
+        E::NotFound(_) => ErrorCode::NotFound,
+        E::Exists(_) => ErrorCode::Exists,
+        E::Denied { .. } => ErrorCode::Denied,
+        E::BadPath { .. } => ErrorCode::BadRequest,
+        E::IsDirectory(_) => ErrorCode::IsDirectory,
+        E::NotAFile(_) => ErrorCode::BadRequest,
+        E::NotADirectory(_) => ErrorCode::NotADirectory,
+        E::NotEmpty(_) => ErrorCode::NotEmpty,
+        E::Busy { .. } => ErrorCode::Busy,
+        E::Incomplete { .. } => ErrorCode::BadRequest,
+        E::NoSpace { .. } => ErrorCode::NoSpace,
+        E::TooLarge { .. } => ErrorCode::TooLarge,
+        E::Io { .. } => ErrorCode::Io,
+    }
+}
+
+fn chunk_code(e: &ChunkError) -> ErrorCode {
+    match e {
+        ChunkError::BadDigest { .. } | ChunkError::WholeDigest { .. } => {
+            ErrorCode::ChecksumMismatch
+        }
+        ChunkError::PastEnd { .. } | ChunkError::TooLong { .. } => ErrorCode::TooLarge,
+        ChunkError::OutOfOrder { .. }
+        | ChunkError::LengthMismatch { .. }
+        | ChunkError::EofSize { .. }
+        | ChunkError::Short { .. } => ErrorCode::BadRequest,
+    }
+}
+
+/// A file as the wire describes it.
+pub fn entry(info: FileInfo) -> Entry {
+    Entry {
+        name: info.name,
+        kind: match info.kind {
+            FileKind::File => EntryKind::File,
+            FileKind::Dir => EntryKind::Dir,
+            FileKind::Symlink => EntryKind::Symlink,
+            FileKind::Other => EntryKind::Other,
+        },
+        size: info.size,
+        mtime: info.mtime,
+    }
+}

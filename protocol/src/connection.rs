@@ -1,0 +1,312 @@
+//! One framed connection for both sides: frames in and out over any byte stream, every wait
+//! bounded.
+//!
+//! Whatever comes before the protocol (accepting or dialling, later a PROXY header and the TLS
+//! handshake) produces a stream; from then on a [`Connection`] is the only thing that reads or
+//! writes it. It is generic over the stream, so the daemon and the client run over TCP, TLS or
+//! an in-memory `tokio::io::duplex` pipe alike.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::{FutureExt, SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::codec::{Framed, FramedParts};
+
+use crate::{CodecError, Frame, FrameCodec, Incoming};
+
+/// A byte stream a connection can run over: TCP, TLS, an in-memory pipe.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+/// Any stream, boxed: what the daemon and the client hold once the pre-protocol stage is over,
+/// so that neither is generic over how the bytes travel.
+pub type BoxStream = Box<dyn Stream>;
+
+/// Why a connection can no longer be used. Everything here ends the connection; a frame the
+/// peer got wrong but that kept the stream in step is an [`Incoming`] `Err`, not this.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// The peer closed its side, between frames or in the middle of one.
+    #[error("the peer closed the connection")]
+    Closed,
+    /// Nothing arrived within the time allowed.
+    #[error("nothing received for {} s", .0.as_secs())]
+    RecvTimeout(Duration),
+    /// The peer took none of what we sent within the time allowed.
+    #[error("the peer took no data for {} s", .0.as_secs())]
+    SendTimeout(Duration),
+    /// The bytes no longer form frames (a length over its cap, a header that is not JSON).
+    #[error("{0}")]
+    Corrupt(CodecError),
+    /// The operating system reported the connection broken.
+    #[error("{0}")]
+    Broken(std::io::Error),
+}
+
+impl From<CodecError> for ConnectionError {
+    fn from(e: CodecError) -> Self {
+        match e {
+            CodecError::Io(e) => ConnectionError::Broken(e),
+            CodecError::Truncated => ConnectionError::Closed,
+            other => ConnectionError::Corrupt(other),
+        }
+    }
+}
+
+/// Frames over a stream `S`, with the codec's caps on every length.
+pub struct Connection<S = BoxStream> {
+    /// The stream with its read and write buffers, and the codec that checks every length.
+    framed: Framed<S, FrameCodec>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// A connection with the protocol's default caps.
+    pub fn new(stream: S) -> Self {
+        Self::with_codec(stream, FrameCodec::new(), 8 * 1024)
+    }
+
+    /// A connection with the given codec (its caps) and initial read buffer size: a peer that
+    /// receives bulk data reads faster with a larger one.
+    pub fn with_codec(stream: S, codec: FrameCodec, read_capacity: usize) -> Self {
+        Connection {
+            framed: Framed::with_capacity(stream, codec, read_capacity),
+        }
+    }
+
+    /// Sends one frame, failing if the peer does not take it within `within`.
+    pub async fn send(
+        &mut self,
+        frame: impl Into<Frame>,
+        within: Duration,
+    ) -> Result<(), ConnectionError> {
+        match tokio::time::timeout(within, self.send_now(frame.into())).await {
+            Err(_) => Err(ConnectionError::SendTimeout(within)),
+            Ok(r) => r.map_err(Into::into),
+        }
+    }
+
+    /// A chunk's body goes to the stream from its own memory rather than being copied into the
+    /// write buffer first: that copy cost a memcpy of every byte sent, and left each
+    /// connection that ever sent a chunk holding a buffer the size of one.
+    async fn send_now(&mut self, frame: Frame) -> Result<(), CodecError> {
+        if frame.body.is_empty() {
+            return self.framed.send(frame).await;
+        }
+        SinkExt::<Frame>::flush(&mut self.framed).await?; // what is buffered goes first
+        let mut head = BytesMut::new();
+        self.framed.codec_mut().encode_head(&frame, &mut head)?;
+        let io = self.framed.get_mut();
+        io.write_all(&head).await?;
+        io.write_all(&frame.body).await?;
+        Ok(())
+    }
+
+    /// The next frame, or a header the peer got wrong but that kept the stream in step;
+    /// waits at most `within`. Cancel-safe: a frame half read stays buffered for the next call.
+    pub async fn recv(&mut self, within: Duration) -> Result<Incoming, ConnectionError> {
+        match tokio::time::timeout(within, self.framed.next()).await {
+            Err(_) => Err(ConnectionError::RecvTimeout(within)),
+            Ok(None) => Err(ConnectionError::Closed),
+            Ok(Some(item)) => item.map_err(Into::into),
+        }
+    }
+
+    /// A frame the peer has already sent, if one is here, without waiting.
+    pub fn try_recv(&mut self) -> Option<Result<Incoming, ConnectionError>> {
+        match self.framed.next().now_or_never()? {
+            None => Some(Err(ConnectionError::Closed)),
+            Some(item) => Some(item.map_err(Into::into)),
+        }
+    }
+
+    /// Flushes what is buffered and closes our side of the stream, within `within`.
+    pub async fn shutdown(&mut self, within: Duration) -> Result<(), ConnectionError> {
+        let close = async {
+            SinkExt::<Frame>::flush(&mut self.framed).await?;
+            self.framed.get_mut().shutdown().await?;
+            Ok::<_, CodecError>(())
+        };
+        match tokio::time::timeout(within, close).await {
+            Err(_) => Err(ConnectionError::SendTimeout(within)),
+            Ok(r) => r.map_err(Into::into),
+        }
+    }
+
+    /// The codec, to change its caps (smaller frames before login, say).
+    pub fn codec_mut(&mut self) -> &mut FrameCodec {
+        self.framed.codec_mut()
+    }
+
+    /// The stream underneath, for what only it knows (a TLS session's exporter, say).
+    pub fn get_ref(&self) -> &S {
+        self.framed.get_ref()
+    }
+}
+
+impl<S: Stream> Connection<S> {
+    /// The same connection over a boxed stream, what is buffered included.
+    pub fn boxed(self) -> Connection<BoxStream> {
+        let old = self.framed.into_parts();
+        let mut parts = FramedParts::new::<Frame>(Box::new(old.io) as BoxStream, old.codec);
+        parts.read_buf = old.read_buf;
+        parts.write_buf = old.write_buf;
+        Connection {
+            framed: Framed::from_parts(parts),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ErrorCode, ErrorReply, Message};
+    use bytes::Bytes;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn pair() -> (Connection, Connection) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        (
+            Connection::new(Box::new(a) as BoxStream),
+            Connection::new(Box::new(b) as BoxStream),
+        )
+    }
+
+    #[tokio::test]
+    async fn frames_cross_in_order_with_bodies() {
+        let (mut a, mut b) = pair();
+        let body = Bytes::from(vec![7u8; 200_000]);
+        let digest = crate::Digest::md5(&body);
+        let sent = vec![
+            Frame::from(Message::Pwd),
+            Frame::chunk(5, body, digest),
+            Frame::from(Message::Bye),
+        ];
+        let expect = sent.clone();
+        let writer = tokio::spawn(async move {
+            for f in sent {
+                a.send(f, SEC).await.unwrap();
+            }
+            a
+        });
+        for want in expect {
+            assert_eq!(b.recv(SEC).await.unwrap().unwrap(), want);
+        }
+        drop(writer.await.unwrap());
+        assert!(matches!(b.recv(SEC).await, Err(ConnectionError::Closed)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_times_out_and_a_stuck_one_too() {
+        let (mut a, _b) = pair();
+        assert!(matches!(
+            a.recv(SEC).await,
+            Err(ConnectionError::RecvTimeout(_))
+        ));
+        // Nobody reads `_b`: the pipe's buffer fills and the send cannot finish.
+        let big = Bytes::from(vec![0u8; 1 << 20]);
+        let frame = Frame::chunk(0, big.clone(), crate::Digest::md5(&big));
+        assert!(matches!(
+            a.send(frame, SEC).await,
+            Err(ConnectionError::SendTimeout(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn garbage_is_corrupt_and_a_cut_frame_is_closed() {
+        let (raw, b) = tokio::io::duplex(1024);
+        let mut b = Connection::new(b);
+        let mut raw = raw;
+        raw.write_all(&[0, 0, 0, 3, b'x', b'y', b'z'])
+            .await
+            .unwrap();
+        assert!(matches!(
+            b.recv(SEC).await,
+            Err(ConnectionError::Corrupt(CodecError::BadHeader(_)))
+        ));
+
+        let (mut raw, b) = tokio::io::duplex(1024);
+        let mut b = Connection::new(b);
+        raw.write_all(&[0, 0, 0, 50, b'{']).await.unwrap();
+        drop(raw);
+        assert!(matches!(b.recv(SEC).await, Err(ConnectionError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn a_rejected_header_keeps_the_connection_in_step() {
+        let (raw, b) = tokio::io::duplex(1024);
+        let mut b = Connection::new(b);
+        let mut raw = raw;
+        let junk = br#"{"type":"frobnicate"}"#;
+        raw.write_all(&(junk.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        raw.write_all(junk).await.unwrap();
+        let mut ok = BytesMut::new();
+        tokio_util::codec::Encoder::encode(&mut FrameCodec::new(), Message::Ok, &mut ok).unwrap();
+        raw.write_all(&ok).await.unwrap();
+        assert_eq!(b.recv(SEC).await.unwrap().unwrap_err().kind, "frobnicate");
+        assert_eq!(b.recv(SEC).await.unwrap().unwrap().message, Message::Ok);
+    }
+
+    #[tokio::test]
+    async fn try_recv_takes_only_what_is_here() {
+        let (mut a, mut b) = pair();
+        assert!(b.try_recv().is_none());
+        let reply = ErrorReply::new(ErrorCode::Busy, "x");
+        a.send(Message::Error(reply.clone()), SEC).await.unwrap();
+        let got = b.try_recv().expect("a frame is here").unwrap().unwrap();
+        assert_eq!(got.message, Message::Error(reply));
+        a.shutdown(SEC).await.unwrap();
+        assert!(matches!(b.try_recv(), Some(Err(ConnectionError::Closed))));
+    }
+
+    #[tokio::test]
+    async fn boxing_keeps_what_is_buffered() {
+        let (a, b) = tokio::io::duplex(1024);
+        let mut a = Connection::new(a);
+        let mut b = Connection::new(b);
+        a.send(Message::Pwd, SEC).await.unwrap();
+        a.send(Message::Bye, SEC).await.unwrap();
+        assert_eq!(b.recv(SEC).await.unwrap().unwrap().message, Message::Pwd);
+        let mut b = b.boxed();
+        assert_eq!(b.recv(SEC).await.unwrap().unwrap().message, Message::Bye);
+    }
+
+    /// A chunk's body goes straight to the stream, after whatever the write buffer still
+    /// holds: the bytes on the wire are exactly those of encoding the frames in order.
+    #[tokio::test]
+    async fn chunk_bodies_go_out_in_order_after_what_is_buffered() {
+        let frames = vec![
+            Frame::from(Message::Bye),
+            Frame::chunk(0, Bytes::from(vec![7u8; 100_000]), crate::Digest::md5(b"x")),
+            Frame::from(Message::Ok),
+            Frame::chunk(
+                100_000,
+                Bytes::from_static(b"tail"),
+                crate::Digest::md5(b""),
+            ),
+        ];
+        let (a, mut raw) = tokio::io::duplex(1 << 20);
+        let mut a = Connection::new(a);
+        // Buffered, not yet flushed: it must still go out before the chunk.
+        SinkExt::<Frame>::feed(&mut a.framed, frames[0].clone())
+            .await
+            .unwrap();
+        for f in &frames[1..] {
+            a.send(f.clone(), SEC).await.unwrap();
+        }
+        drop(a);
+        let mut wire = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut wire)
+            .await
+            .unwrap();
+        let mut want = BytesMut::new();
+        for f in frames {
+            tokio_util::codec::Encoder::encode(&mut FrameCodec::new(), f, &mut want).unwrap();
+        }
+        assert_eq!(wire, want.to_vec());
+    }
+}
