@@ -166,9 +166,13 @@ impl Link {
         Ok(self.client.as_mut().expect("connected above"))
     }
 
-    /// Forgets a connection that failed under a call.
+    /// Forgets a connection that failed under a call, or that a failed task of ours may have
+    /// left half-way through an exchange.
     fn forget_if_broken<T>(&mut self, r: &Result<T>) {
-        if let Err(ClientError::ConnectionLost(_) | ClientError::Protocol(_)) = r {
+        if let Err(
+            ClientError::ConnectionLost(_) | ClientError::Protocol(_) | ClientError::Internal(_),
+        ) = r
+        {
             self.client = None;
         }
     }
@@ -692,7 +696,9 @@ async fn transfer(
         }
         let first_connect = attempt == 0 && matches!(err, ClientError::Connect { .. });
         if !err.is_retriable() || first_connect || attempt >= retries {
-            if err.is_retriable() {
+            // An internal failure is not retried, but it may have stopped mid-exchange, so the
+            // connection is not trusted either.
+            if err.is_retriable() || matches!(err, ClientError::Internal(_)) {
                 link.client = None;
             }
             return Err(err);

@@ -19,8 +19,8 @@ use protocol::DigestKind;
     version,
     after_help = "Exit status: 0 success; 2 usage error; 3 cannot connect or connection lost; \
                   4 authentication failed; 5 the server refused a command; 6 local file error; \
-                  7 verification or protocol failure; 8 some files of a multi-file command \
-                  failed; 130 cancelled (Ctrl-C).\n\n\
+                  7 verification, protocol or internal failure; 8 some files of a multi-file \
+                  command failed; 130 cancelled (Ctrl-C).\n\n\
                   The connection is made by the first command that needs the server."
 )]
 struct Args {

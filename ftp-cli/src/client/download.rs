@@ -228,7 +228,7 @@ impl Client {
         drop(tx);
         let written = writer
             .await
-            .map_err(|e| ClientError::Protocol(format!("file writer failed: {e}")))?;
+            .map_err(|e| ClientError::Internal(format!("file writer failed: {e}")))?;
         let (file, digest) = match (written, failure) {
             (Err(e), _) => return Err(e),
             (Ok(_), Some(f)) => return Err(f),

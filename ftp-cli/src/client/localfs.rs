@@ -76,7 +76,7 @@ pub(super) async fn hash_prefix_of(
         Ok((file, hasher))
     })
     .await
-    .map_err(|e| ClientError::Protocol(format!("hashing failed: {e}")))?
+    .map_err(|e| ClientError::Internal(format!("hashing failed: {e}")))?
     .map_err(|e| ClientError::local(&shown, e))
 }
 

@@ -129,7 +129,7 @@ impl Client {
         }
         let digest = reader
             .await
-            .map_err(|e| ClientError::Protocol(format!("file reader failed: {e}")))?;
+            .map_err(|e| ClientError::Internal(format!("file reader failed: {e}")))?;
         self.send(Message::Eof(Eof { size, digest })).await?;
         match self.recv().await?.message {
             Message::Stored(s) if s.digest == digest && s.size == size => Ok(digest),
