@@ -15,7 +15,7 @@ use crate::error::{ClientError, Result};
 
 impl Client {
     /// Downloads `remote` to `local`. The bytes go to `LOCAL.ftp-part` first and are renamed
-    /// into place only once the whole-file MD5 matches. With `opts.resume`, continues the
+    /// into place only once the whole-file digest matches. With `opts.resume`, continues the
     /// `.ftp-part` left by an earlier attempt (or `local` itself, a partial copy made some other
     /// way) once the server confirms it is the start of the same file.
     pub async fn get(
@@ -106,7 +106,7 @@ impl Client {
         })
     }
 
-    /// Sends `get` from `offset` (with the MD5 of what we hold) and reads the server's answer.
+    /// Sends `get` from `offset` (with the digest of what we hold) and reads the server's answer.
     async fn request_get(
         &mut self,
         remote: &str,
@@ -126,8 +126,8 @@ impl Client {
         }
     }
 
-    /// Whether the server's `remote` is exactly `local` (size and whole-file MD5), asked as a
-    /// download from the very end: the server checks our MD5 against its whole file. When it
+    /// Whether the server's `remote` is exactly `local` (size and whole-file digest), asked as a
+    /// download from the very end: the server checks our digest against its whole file. When it
     /// is, the answer says what the file is, as a transfer summary would.
     pub async fn same_as_remote(&mut self, local: &Path, remote: &str) -> Result<Option<Summary>> {
         let file = File::open(local).map_err(|e| ClientError::local(local, e))?;
@@ -253,8 +253,8 @@ impl Client {
 }
 
 /// Checks each chunk's running digest and appends it to `file` from `offset` up to `size`;
-/// returns the file and its whole-file digest. After a failure the verified bytes stay in the file, for
-/// `get -c`.
+/// returns the file and its whole-file digest. After a failure the verified bytes stay in the
+/// file, for `get -c`.
 fn write_chunks(
     file: File,
     offset: u64,

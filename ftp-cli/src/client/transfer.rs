@@ -32,9 +32,9 @@ pub struct Summary {
     pub sent: u64,
     /// Size of the whole file.
     pub size: u64,
+    /// How long the transfer took, for the rate in its summary line.
     pub elapsed: Duration,
-    /// Whole-file digest (MD5 or BLAKE3), checked by both sides.
-    /// The whole file's digest, as verified.
+    /// The whole file's digest (MD5 or BLAKE3, as the session agreed), checked by both sides.
     pub digest: Digest,
 }
 

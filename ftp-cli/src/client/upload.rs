@@ -16,7 +16,7 @@ use crate::error::{ClientError, Result};
 
 impl Client {
     /// Uploads `local` to `remote` (a path on the server). With `opts.resume`, continues from
-    /// the bytes an earlier attempt left staged on the server, once their MD5 matches ours.
+    /// the bytes an earlier attempt left staged on the server, once their digest matches ours.
     pub async fn put(
         &mut self,
         local: &Path,
@@ -158,7 +158,7 @@ fn refused_mid_stream(reply: ErrorReply) -> ClientError {
 }
 
 /// Reads and hashes chunks off the reactor, from `file`'s current position (`offset`);
-/// `running` already holds the MD5 state of the bytes before it. Returns the whole-file MD5.
+/// `running` already holds the digest state of the bytes before it. Returns the whole-file digest.
 fn read_chunks(
     mut file: File,
     offset: u64,
