@@ -7,34 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use indicatif::HumanBytes;
-use protocol::{DigestKind, Entry, EntryKind, ErrorCode};
+use protocol::{DigestKind, Entry, EntryKind, ErrorCode, StatReply};
 use serde::Serialize;
 
 use crate::client::{Client, Credentials, NoProgress, Progress, Summary, TransferOptions};
 use crate::command::{self, Command, Flags};
 use crate::error::{ClientError, Result};
 use crate::progress::{Bar, BatchBars};
-
-/// `println!` for the command's output, which stops quietly when the reader has gone
-/// (`ftp-cli HOST -c ls | head`), as other Unix tools do, instead of panicking.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
-            stdout_failed(e);
-        }
-    }};
-}
-
-/// Ends the process after a failed write to stdout: silently (status 0) when the reader closed
-/// the pipe, with a one-line error otherwise.
-fn stdout_failed(e: std::io::Error) -> ! {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(0);
-    }
-    eprintln!("ftp-cli: cannot write to stdout: {e}");
-    std::process::exit(6);
-}
 
 /// Wait before the first retry; doubled for each further one, up to [`MAX_BACKOFF`].
 const RETRY_BACKOFF: Duration = Duration::from_millis(250);
@@ -96,13 +75,150 @@ pub enum Flow {
     Quit,
 }
 
-/// How the user wants output.
-#[derive(Debug, Clone, Copy)]
+/// Everything the client prints goes through here: the command's output to stdout,
+/// diagnostics to stderr, in the form the user asked for.
+#[derive(Debug)]
 pub struct Output {
     /// Draw progress bars (only when stderr is a terminal).
-    pub bars: bool,
+    bars: bool,
     /// Print listings, stat and transfer summaries as JSON lines.
-    pub json: bool,
+    json: bool,
+    /// The command's output, read by a person or a script.
+    stdout: std::io::Stdout,
+    /// Diagnostics: failures, retries, skipped files.
+    stderr: std::io::Stderr,
+}
+
+impl Output {
+    /// Output as the user asked for it; progress bars are drawn only if stderr is a terminal.
+    pub fn new(bars: bool, json: bool) -> Self {
+        let stderr = std::io::stderr();
+        Output {
+            bars: bars && stderr.is_terminal(),
+            json,
+            stdout: std::io::stdout(),
+            stderr,
+        }
+    }
+
+    /// Whether transfers draw progress bars.
+    pub fn bars(&self) -> bool {
+        self.bars
+    }
+
+    /// One line on stdout. A failed write is an error, so that the command stops: the reader
+    /// may have gone (`ftp-cli HOST -c ls | head`), which `main` turns into a quiet exit.
+    pub fn line(&self, text: impl std::fmt::Display) -> Result<()> {
+        use std::io::Write as _;
+        writeln!(self.stdout.lock(), "{text}").map_err(ClientError::Stdout)
+    }
+
+    /// One JSON line on stdout.
+    pub fn json_line(&self, value: &impl Serialize) -> Result<()> {
+        self.line(serde_json::to_string(value).expect("plain data serializes"))
+    }
+
+    /// One line on stderr, after the program's name. A failed write is ignored: with stderr
+    /// gone there is nowhere left to say so.
+    pub fn diagnostic(&self, text: impl std::fmt::Display) {
+        use std::io::Write as _;
+        let _ = writeln!(self.stderr.lock(), "ftp-cli: {text}");
+    }
+
+    /// A remote directory's entries, one a line (`ls`, `ls -l`).
+    pub fn listing(&self, entries: &[Entry], long: bool) -> Result<()> {
+        if self.json {
+            for e in entries {
+                self.json_line(e)?;
+            }
+            return Ok(());
+        }
+        let width = entries
+            .iter()
+            .map(|e| e.size.to_string().len())
+            .max()
+            .unwrap_or(1);
+        for e in entries {
+            let slash = if e.kind == EntryKind::Dir { "/" } else { "" };
+            if long {
+                self.line(format_args!(
+                    "{} {:>width$}  {}  {}{slash}",
+                    kind_char(e.kind),
+                    e.size,
+                    time(e.mtime),
+                    e.name
+                ))?;
+            } else {
+                self.line(format_args!("{}{slash}", e.name))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What `stat` learned about a remote path.
+    pub fn stat(&self, r: &StatReply) -> Result<()> {
+        if self.json {
+            return self.json_line(r);
+        }
+        let md5 = r.md5.map(|m| format!("  MD5 {m}")).unwrap_or_default();
+        let e = &r.entry;
+        self.line(format_args!(
+            "{}  {}  {} bytes  modified {}{md5}",
+            e.name,
+            kind_name(e.kind),
+            e.size,
+            time(e.mtime)
+        ))
+    }
+
+    /// One line per finished transfer.
+    pub fn summary(&self, op: &str, s: &Summary) -> Result<()> {
+        let secs = s.elapsed.as_secs_f64().max(1e-6);
+        if self.json {
+            #[derive(Serialize)]
+            struct Line<'a> {
+                op: &'a str,
+                name: &'a str,
+                size: u64,
+                sent: u64,
+                seconds: f64,
+                /// The digest under its own name: `md5` (the default) or `blake3`.
+                #[serde(skip_serializing_if = "Option::is_none")]
+                md5: Option<String>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                blake3: Option<String>,
+            }
+            let mut line = Line {
+                op,
+                name: &s.name,
+                size: s.size,
+                sent: s.sent,
+                seconds: s.elapsed.as_secs_f64(),
+                md5: None,
+                blake3: None,
+            };
+            let slot = match s.digest.kind() {
+                DigestKind::Md5 => &mut line.md5,
+                DigestKind::Blake3 => &mut line.blake3,
+            };
+            *slot = Some(s.digest.to_string());
+            return self.json_line(&line);
+        }
+        let resumed = if s.sent < s.size {
+            format!(", {} of it sent this time", HumanBytes(s.sent))
+        } else {
+            String::new()
+        };
+        self.line(format_args!(
+            "{op} {}: {} ({} bytes{resumed}) in {secs:.2} s, {}/s, {} {} verified",
+            s.name,
+            HumanBytes(s.size),
+            s.size,
+            HumanBytes((s.sent as f64 / secs) as u64),
+            s.digest.kind().name(),
+            s.digest
+        ))
+    }
 }
 
 /// A client session as the user sees it: a server address, a connection made on demand, the
@@ -209,10 +325,7 @@ impl App {
             link: Link::new("/".into()),
             retries,
             parallel: parallel.max(1),
-            output: Output {
-                bars: output.bars && std::io::stderr().is_terminal(),
-                json: output.json,
-            },
+            output,
             listings: HashMap::new(),
         })
     }
@@ -224,6 +337,11 @@ impl App {
             None => self.dial.addr.clone(),
         };
         format!("ftp {who}:{}> ", self.link.cwd)
+    }
+
+    /// Where everything the session prints goes.
+    pub fn output(&self) -> &Output {
+        &self.output
     }
 
     /// Connects if there is no live connection, logging in and going back to the remote
@@ -239,7 +357,7 @@ impl App {
             self.listings.clear();
         }
         match cmd {
-            Command::Help(topic) => out!("{}", command::help(topic.as_deref())?),
+            Command::Help(topic) => self.output.line(command::help(topic.as_deref())?)?,
             Command::Quit => return Ok(Flow::Quit),
             Command::Put {
                 local,
@@ -285,7 +403,7 @@ impl App {
             }
             Command::Pwd => {
                 let cwd = remote!(self, c => c.pwd())?;
-                out!("{cwd}");
+                self.output.line(&cwd)?;
                 self.link.cwd = cwd;
             }
             Command::Mkdir { parents, path } => remote!(self, c => c.mkdir(&path, parents))?,
@@ -297,7 +415,7 @@ impl App {
                         if total == 1 {
                             return Err(e);
                         }
-                        eprintln!("ftp-cli: rm {path}: {e}");
+                        self.output.diagnostic(format_args!("rm {path}: {e}"));
                         failed += 1;
                     }
                 }
@@ -309,19 +427,7 @@ impl App {
             Command::Rename { from, to } => remote!(self, c => c.rename(&from, &to))?,
             Command::Stat { md5, path } => {
                 let r = remote!(self, c => c.stat(&path, md5))?;
-                if self.output.json {
-                    out!("{}", json(&r));
-                } else {
-                    let md5 = r.md5.map(|m| format!("  MD5 {m}")).unwrap_or_default();
-                    let e = &r.entry;
-                    out!(
-                        "{}  {}  {} bytes  modified {}{md5}",
-                        e.name,
-                        kind_name(e.kind),
-                        e.size,
-                        time(e.mtime)
-                    );
-                }
+                self.output.stat(&r)?;
             }
             Command::Lcd(path) => {
                 let dir = match path {
@@ -334,7 +440,7 @@ impl App {
             Command::Lpwd => {
                 let dir =
                     std::env::current_dir().map_err(|e| ClientError::local(Path::new("."), e))?;
-                out!("{}", dir.display());
+                self.output.line(dir.display())?;
             }
             Command::Lls(path) => {
                 let dir = PathBuf::from(path.unwrap_or_else(|| ".".into()));
@@ -348,7 +454,7 @@ impl App {
                     .collect();
                 names.sort();
                 for n in names {
-                    out!("{n}");
+                    self.output.line(n)?;
                 }
             }
             Command::Shell(cmd) => {
@@ -371,32 +477,7 @@ impl App {
     fn ls(&mut self, path: &str, long: bool) -> Result<()> {
         let mut entries = remote!(self, c => c.list(path))?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
-        if self.output.json {
-            for e in &entries {
-                out!("{}", json(e));
-            }
-            return Ok(());
-        }
-        let width = entries
-            .iter()
-            .map(|e| e.size.to_string().len())
-            .max()
-            .unwrap_or(1);
-        for e in &entries {
-            let slash = if e.kind == EntryKind::Dir { "/" } else { "" };
-            if long {
-                out!(
-                    "{} {:>width$}  {}  {}{slash}",
-                    kind_char(e.kind),
-                    e.size,
-                    time(e.mtime),
-                    e.name
-                );
-            } else {
-                out!("{}{slash}", e.name);
-            }
-        }
-        Ok(())
+        self.output.listing(&entries, long)
     }
 
     fn list(&mut self, dir: &str) -> Result<Vec<Entry>> {
@@ -420,16 +501,16 @@ impl App {
     fn single(&mut self, t: Transfer, flags: Flags) -> Result<()> {
         let mut bar = Bar::default();
         let mut none = NoProgress;
-        let progress: &mut dyn Progress = if self.output.bars {
+        let progress: &mut dyn Progress = if self.output.bars() {
             &mut bar
         } else {
             &mut none
         };
         let (dial, link) = (&self.dial, &mut self.link);
-        let job = transfer(dial, link, self.retries, &t, options(flags), progress);
+        let (retries, output) = (self.retries, &self.output);
+        let job = transfer(dial, link, retries, &t, options(flags), progress, output);
         let summary = self.runtime.block_on(job)?;
-        report(self.output, t.op(), &summary);
-        Ok(())
+        self.output.summary(t.op(), &summary)
     }
 
     /// Many files: up to `parallel` at once, each on a connection of its own (the session's
@@ -444,11 +525,11 @@ impl App {
             dial: &self.dial,
             retries: self.retries,
             opts: options(flags),
-            output: self.output,
+            output: &self.output,
             queue: RefCell::new(items.into_iter()),
-            bars: BatchBars::new(self.output.bars, total, bytes, slots),
+            bars: BatchBars::new(self.output.bars(), total, bytes, slots),
             failed: Cell::new(0),
-            cancelled: Cell::new(false),
+            stopped: RefCell::new(None),
         };
         let mut extra: Vec<Link> = (1..slots)
             .map(|_| Link::new(self.link.cwd.clone()))
@@ -462,8 +543,8 @@ impl App {
             }
         });
         batch.bars.finish();
-        if batch.cancelled.get() {
-            return Err(ClientError::Cancelled);
+        if let Some(why) = batch.stopped.take() {
+            return Err(why);
         }
         match batch.failed.get() {
             0 => Ok(()),
@@ -474,7 +555,7 @@ impl App {
     fn put_tree(&mut self, local: &Path, remote: &str, flags: Flags) -> Result<()> {
         let mut dirs = vec![String::new()];
         let mut files = Vec::new();
-        walk_local(local, "", &mut dirs, &mut files)?;
+        walk_local(local, "", &mut dirs, &mut files, &self.output)?;
         for d in &dirs {
             let path = join(remote, d);
             remote!(self, c => c.mkdir(&path, true))?;
@@ -512,10 +593,10 @@ impl App {
                         e.size,
                     )),
                     EntryKind::Dir if depth < MAX_DEPTH => pending.push((child, depth + 1)),
-                    _ => eprintln!(
-                        "ftp-cli: skipping {}: not a file or directory",
+                    _ => self.output.diagnostic(format_args!(
+                        "skipping {}: not a file or directory",
                         join(remote, &child)
-                    ),
+                    )),
                 }
             }
         }
@@ -543,7 +624,8 @@ impl App {
                 ));
             }
             if items.len() == before {
-                eprintln!("ftp-cli: mput: no local file matches {pattern}");
+                self.output
+                    .diagnostic(format_args!("mput: no local file matches {pattern}"));
             }
         }
         if items.is_empty() {
@@ -582,7 +664,8 @@ impl App {
                 }
             }
             if items.len() == before {
-                eprintln!("ftp-cli: mget: no remote file matches {pattern}");
+                self.output
+                    .diagnostic(format_args!("mget: no remote file matches {pattern}"));
             }
         }
         if items.is_empty() {
@@ -602,13 +685,14 @@ struct Batch<'a> {
     dial: &'a Dial,
     retries: u32,
     opts: TransferOptions,
-    output: Output,
+    output: &'a Output,
     /// Files not yet started.
     queue: RefCell<std::vec::IntoIter<(Transfer, u64)>>,
     bars: BatchBars,
     failed: Cell<usize>,
-    /// The user pressed Ctrl-C: start nothing more.
-    cancelled: Cell<bool>,
+    /// Why the batch stopped early, if it did: the user pressed Ctrl-C, or nobody reads stdout
+    /// any more. Nothing more is started, and the command fails with it.
+    stopped: RefCell<Option<ClientError>>,
 }
 
 impl Batch<'_> {
@@ -620,23 +704,43 @@ impl Batch<'_> {
             return;
         }
         let mut progress = self.bars.slot(slot);
-        while !self.cancelled.get() {
+        while self.stopped.borrow().is_none() {
             let Some((t, size)) = self.queue.borrow_mut().next() else {
                 break;
             };
-            let result =
-                transfer(self.dial, link, self.retries, &t, self.opts, &mut progress).await;
+            let (retries, opts) = (self.retries, self.opts);
+            let job = transfer(
+                self.dial,
+                link,
+                retries,
+                &t,
+                opts,
+                &mut progress,
+                self.output,
+            );
+            let result = job.await;
             self.bars.file_done(&mut progress, size);
             match result {
-                Ok(summary) => self.bars.suspend(|| report(self.output, t.op(), &summary)),
-                Err(ClientError::Cancelled) => self.cancelled.set(true),
+                Ok(summary) => {
+                    if let Err(e) = self.bars.suspend(|| self.output.summary(t.op(), &summary)) {
+                        self.stop(e);
+                    }
+                }
+                Err(ClientError::Cancelled) => self.stop(ClientError::Cancelled),
                 Err(e) => {
                     self.failed.set(self.failed.get() + 1);
-                    self.bars
-                        .suspend(|| eprintln!("ftp-cli: {} {}: {e}", t.op(), t.name()));
+                    self.bars.suspend(|| {
+                        let what = format!("{} {}", t.op(), t.name());
+                        self.output.diagnostic(format_args!("{what}: {e}"));
+                    });
                 }
             }
         }
+    }
+
+    /// Starts nothing more; the command fails with the first reason given.
+    fn stop(&self, why: ClientError) {
+        self.stopped.borrow_mut().get_or_insert(why);
     }
 }
 
@@ -650,6 +754,7 @@ async fn transfer(
     t: &Transfer,
     mut opts: TransferOptions,
     inner: &mut dyn Progress,
+    output: &Output,
 ) -> Result<Summary> {
     let mut progress = Tracked { inner, pos: 0 };
     let mut attempt = 0;
@@ -720,61 +825,11 @@ async fn transfer(
                 Transfer::Get { .. } => format!("{other} (at {})", HumanBytes(progress.pos)),
             },
         };
-        eprintln!("ftp-cli: {what}, resuming ({attempt}/{retries})");
+        output.diagnostic(format_args!("{what}, resuming ({attempt}/{retries})"));
         let backoff = RETRY_BACKOFF * 2u32.pow(attempt - 1);
         tokio::time::sleep(backoff.min(MAX_BACKOFF)).await;
         opts.resume = true;
     }
-}
-
-/// One line per finished transfer, on stdout.
-fn report(output: Output, op: &str, s: &Summary) {
-    let secs = s.elapsed.as_secs_f64().max(1e-6);
-    if output.json {
-        #[derive(Serialize)]
-        struct Line<'a> {
-            op: &'a str,
-            name: &'a str,
-            size: u64,
-            sent: u64,
-            seconds: f64,
-            /// The digest under its own name: `md5` (the default) or `blake3`.
-            #[serde(skip_serializing_if = "Option::is_none")]
-            md5: Option<String>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            blake3: Option<String>,
-        }
-        let mut line = Line {
-            op,
-            name: &s.name,
-            size: s.size,
-            sent: s.sent,
-            seconds: s.elapsed.as_secs_f64(),
-            md5: None,
-            blake3: None,
-        };
-        let slot = match s.digest.kind() {
-            DigestKind::Md5 => &mut line.md5,
-            DigestKind::Blake3 => &mut line.blake3,
-        };
-        *slot = Some(s.digest.to_string());
-        out!("{}", json(&line));
-        return;
-    }
-    let resumed = if s.sent < s.size {
-        format!(", {} of it sent this time", HumanBytes(s.sent))
-    } else {
-        String::new()
-    };
-    out!(
-        "{op} {}: {} ({} bytes{resumed}) in {secs:.2} s, {}/s, {} {} verified",
-        s.name,
-        HumanBytes(s.size),
-        s.size,
-        HumanBytes((s.sent as f64 / secs) as u64),
-        s.digest.kind().name(),
-        s.digest
-    );
 }
 
 fn options(flags: Flags) -> TransferOptions {
@@ -801,6 +856,7 @@ fn walk_local(
     rel: &str,
     dirs: &mut Vec<String>,
     files: &mut Vec<(String, u64)>,
+    output: &Output,
 ) -> Result<()> {
     let dir = root.join(rel);
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
@@ -814,14 +870,14 @@ fn walk_local(
         let Ok(ft) = e.file_type() else { continue };
         if ft.is_dir() {
             dirs.push(child.clone());
-            walk_local(root, &child, dirs, files)?;
+            walk_local(root, &child, dirs, files, output)?;
         } else if ft.is_file() {
             files.push((child, e.metadata().map(|m| m.len()).unwrap_or(0)));
         } else {
-            eprintln!(
-                "ftp-cli: skipping {}: not a file or directory",
+            output.diagnostic(format_args!(
+                "skipping {}: not a file or directory",
                 e.path().display()
-            );
+            ));
         }
     }
     Ok(())
@@ -831,10 +887,6 @@ fn file_name(path: &Path) -> Result<String> {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| ClientError::Usage(format!("{}: has no file name", path.display())))
-}
-
-fn json(value: &impl Serialize) -> String {
-    serde_json::to_string(value).expect("plain data serializes")
 }
 
 fn kind_char(kind: EntryKind) -> char {

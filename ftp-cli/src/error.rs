@@ -34,6 +34,10 @@ pub enum ClientError {
     Verify(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The command's output could not be written; `main` exits quietly when the reader closed
+    /// the pipe (`ftp-cli HOST -c ls | head`), as other Unix tools do.
+    #[error("cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
     /// A task of the client's own failed (a panic in a disk thread): a bug, which a new
     /// connection would not cure.
     #[error("internal error: {0}")]
@@ -50,7 +54,7 @@ impl ClientError {
             ClientError::SomeFailed { .. } => 8,
             ClientError::Cancelled => 130,
             ClientError::Remote(_) => 5,
-            ClientError::Local { .. } | ClientError::LocalExists(_) => 6,
+            ClientError::Local { .. } | ClientError::LocalExists(_) | ClientError::Stdout(_) => 6,
             ClientError::BadChunk { .. }
             | ClientError::Verify(_)
             | ClientError::Protocol(_)
@@ -77,6 +81,7 @@ impl ClientError {
             | ClientError::SomeFailed { .. }
             | ClientError::Local { .. }
             | ClientError::LocalExists(_)
+            | ClientError::Stdout(_)
             | ClientError::Verify(_)
             | ClientError::Internal(_) => false,
         }

@@ -87,6 +87,10 @@ fn main() -> ExitCode {
     }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`ftp-cli HOST -c ls | head`): stop quietly, as other Unix tools do.
+        Err(ClientError::Stdout(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("ftp-cli: {e}");
             ExitCode::from(e.exit_code())
@@ -128,10 +132,7 @@ fn run(args: Args) -> Result<(), ClientError> {
         }),
         None => None,
     };
-    let output = Output {
-        bars: interactive && !args.quiet,
-        json: args.json,
-    };
+    let output = Output::new(interactive && !args.quiet, args.json);
     let dial = Dial {
         addr: args.host.clone(),
         timeout: args.timeout,
