@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ftp_cli::app::{App, Dial, Output};
+use ftp_cli::app::App;
 use ftp_cli::client::Credentials;
 use ftp_cli::error::ClientError;
+use ftp_cli::link::Dial;
+use ftp_cli::output::Output;
 use ftp_cli::repl;
 use protocol::DigestKind;
 
