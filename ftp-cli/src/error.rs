@@ -34,6 +34,14 @@ pub enum ClientError {
     Verify(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The command's output could not be written; `main` exits quietly when the reader closed
+    /// the pipe (`ftp-cli HOST -c ls | head`), as other Unix tools do.
+    #[error("cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
+    /// A task of the client's own failed (a panic in a disk thread): a bug, which a new
+    /// connection would not cure.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ClientError {
@@ -46,8 +54,11 @@ impl ClientError {
             ClientError::SomeFailed { .. } => 8,
             ClientError::Cancelled => 130,
             ClientError::Remote(_) => 5,
-            ClientError::Local { .. } | ClientError::LocalExists(_) => 6,
-            ClientError::BadChunk { .. } | ClientError::Verify(_) | ClientError::Protocol(_) => 7,
+            ClientError::Local { .. } | ClientError::LocalExists(_) | ClientError::Stdout(_) => 6,
+            ClientError::BadChunk { .. }
+            | ClientError::Verify(_)
+            | ClientError::Protocol(_)
+            | ClientError::Internal(_) => 7,
         }
     }
 
@@ -70,7 +81,9 @@ impl ClientError {
             | ClientError::SomeFailed { .. }
             | ClientError::Local { .. }
             | ClientError::LocalExists(_)
-            | ClientError::Verify(_) => false,
+            | ClientError::Stdout(_)
+            | ClientError::Verify(_)
+            | ClientError::Internal(_) => false,
         }
     }
 
@@ -93,3 +106,17 @@ impl From<CodecError> for ClientError {
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic in a disk thread used to surface as a (retriable) protocol error, so the client
+    /// reconnected and tried the transfer again instead of stopping.
+    #[test]
+    fn a_failed_task_of_our_own_is_not_retried() {
+        let e = ClientError::Internal("file reader failed: task 7 panicked".into());
+        assert!(!e.is_retriable());
+        assert_eq!(e.exit_code(), 7);
+    }
+}

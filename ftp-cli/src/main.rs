@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ftp_cli::app::{App, Dial, Output};
+use ftp_cli::app::App;
 use ftp_cli::client::Credentials;
 use ftp_cli::error::ClientError;
+use ftp_cli::link::Dial;
+use ftp_cli::output::Output;
 use ftp_cli::repl;
 use protocol::DigestKind;
 
@@ -19,8 +21,8 @@ use protocol::DigestKind;
     version,
     after_help = "Exit status: 0 success; 2 usage error; 3 cannot connect or connection lost; \
                   4 authentication failed; 5 the server refused a command; 6 local file error; \
-                  7 verification or protocol failure; 8 some files of a multi-file command \
-                  failed; 130 cancelled (Ctrl-C).\n\n\
+                  7 verification, protocol or internal failure; 8 some files of a multi-file \
+                  command failed; 130 cancelled (Ctrl-C).\n\n\
                   The connection is made by the first command that needs the server."
 )]
 struct Args {
@@ -87,6 +89,10 @@ fn main() -> ExitCode {
     }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`ftp-cli HOST -c ls | head`): stop quietly, as other Unix tools do.
+        Err(ClientError::Stdout(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("ftp-cli: {e}");
             ExitCode::from(e.exit_code())
@@ -128,10 +134,7 @@ fn run(args: Args) -> Result<(), ClientError> {
         }),
         None => None,
     };
-    let output = Output {
-        bars: interactive && !args.quiet,
-        json: args.json,
-    };
+    let output = Output::new(interactive && !args.quiet, args.json);
     let dial = Dial {
         addr: args.host.clone(),
         timeout: args.timeout,

@@ -183,9 +183,11 @@ pub fn interactive(app: App) -> Result<()> {
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }
-    if let Err(e) = app.borrow_mut().connect() {
-        eprintln!("ftp-cli: {e}");
+    let connected = app.borrow_mut().connect();
+    if let Err(e) = connected {
+        app.borrow().output().diagnostic(e);
     }
+    let mut result = Ok(());
     loop {
         let prompt = app.borrow().prompt();
         let line = match editor.readline(&prompt) {
@@ -193,7 +195,9 @@ pub fn interactive(app: App) -> Result<()> {
             Err(ReadlineError::Interrupted) => continue,
             Err(ReadlineError::Eof) => break,
             Err(e) => {
-                eprintln!("ftp-cli: cannot read input: {e}");
+                app.borrow()
+                    .output()
+                    .diagnostic(format_args!("cannot read input: {e}"));
                 break;
             }
         };
@@ -204,16 +208,22 @@ pub fn interactive(app: App) -> Result<()> {
         let cmds = match command::parse_line(&line) {
             Ok(cmds) => cmds,
             Err(e) => {
-                eprintln!("ftp-cli: {e}");
+                app.borrow().output().diagnostic(e);
                 continue;
             }
         };
         let mut quit = false;
         for cmd in cmds {
-            match app.borrow_mut().run(cmd) {
+            let ran = app.borrow_mut().run(cmd);
+            match ran {
                 Ok(Flow::Quit) => quit = true,
                 Ok(Flow::Continue) => continue,
-                Err(e) => eprintln!("ftp-cli: {e}"),
+                // Nobody reads what the shell prints any more: end the session.
+                Err(e @ ClientError::Stdout(_)) => {
+                    result = Err(e);
+                    quit = true;
+                }
+                Err(e) => app.borrow().output().diagnostic(e),
             }
             break;
         }
@@ -225,7 +235,7 @@ pub fn interactive(app: App) -> Result<()> {
         let _ = editor.save_history(h);
     }
     app.borrow_mut().close();
-    Ok(())
+    result
 }
 
 #[cfg(test)]

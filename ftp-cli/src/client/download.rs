@@ -1,0 +1,289 @@
+//! Download: `get`, `same_as_remote`, the socket loop taking chunks, the disk loop writing them.
+
+use std::fs::File;
+use std::path::Path;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use bytes::Bytes;
+use protocol::{ChunkHeader, Digest, ErrorCode, ErrorReply, Get, Hasher, Message};
+use storage::DirectWriter;
+use tokio::sync::mpsc;
+
+use super::localfs::{hash_prefix_of, part_path, place, remove_if_empty};
+use super::{unexpected, Client, Progress, Summary, TransferOptions, PIPELINE_DEPTH};
+use crate::error::{ClientError, Result};
+
+impl Client {
+    /// Downloads `remote` to `local`. The bytes go to `LOCAL.ftp-part` first and are renamed
+    /// into place only once the whole-file digest matches. With `opts.resume`, continues the
+    /// `.ftp-part` left by an earlier attempt (or `local` itself, a partial copy made some other
+    /// way) once the server confirms it is the start of the same file.
+    pub async fn get(
+        &mut self,
+        remote: &str,
+        local: &Path,
+        opts: TransferOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<Summary> {
+        let started = Instant::now();
+        if !opts.resume && !opts.overwrite && local.symlink_metadata().is_ok() {
+            return Err(ClientError::LocalExists(format!(
+                "{}: already exists (use get -f to overwrite)",
+                local.display()
+            )));
+        }
+        let part = part_path(local);
+        let moved = opts.resume && !part.exists() && local.is_file();
+        if moved {
+            std::fs::rename(local, &part).map_err(|e| ClientError::local(local, e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(!opts.resume)
+            .open(&part)
+            .map_err(|e| ClientError::local(&part, e))?;
+        let held = file
+            .metadata()
+            .map_err(|e| ClientError::local(&part, e))?
+            .len();
+        let (file, hasher) = hash_prefix_of(&file, &part, held, self.server.digest).await?;
+        let mut start = (file, hasher, held);
+        let ready = match self.request_get(remote, held, &start.1).await {
+            Ok(ready) => ready,
+            Err(ClientError::Remote(e))
+                if held > 0
+                    && matches!(e.code, ErrorCode::PrefixMismatch | ErrorCode::BadRequest) =>
+            {
+                if !opts.overwrite {
+                    if moved {
+                        let _ = std::fs::rename(&part, local);
+                    }
+                    return Err(ClientError::Remote(ErrorReply::new(
+                        ErrorCode::PrefixMismatch,
+                        format!(
+                            "the {held} bytes held locally are not the start of {remote} \
+                             (use get -c -f to download it again)"
+                        ),
+                    )));
+                }
+                let (file, _) = hash_prefix_of(&start.0, &part, 0, self.server.digest).await?; // rewound to 0
+                file.set_len(0).map_err(|e| ClientError::local(&part, e))?;
+                start = (file, Hasher::new(self.server.digest), 0);
+                self.request_get(remote, 0, &start.1).await?
+            }
+            Err(e) => {
+                remove_if_empty(&part);
+                return Err(e);
+            }
+        };
+        let (file, hasher, offset) = start;
+        progress.start(remote, ready.size, offset);
+        let result = self
+            .stream_down(file, offset, ready.size, hasher, progress)
+            .await;
+        progress.finish();
+        let (file, digest) = match result {
+            Ok(ok) => ok,
+            Err(e) => {
+                // Verified bytes stay in the .ftp-part for `get -c`; nothing else is written.
+                remove_if_empty(&part);
+                return Err(e);
+            }
+        };
+        if let Some(mtime) = ready.mtime {
+            let _ = file.set_modified(UNIX_EPOCH + Duration::from_secs(mtime.max(0) as u64));
+        }
+        drop(file);
+        place(&part, local, opts.overwrite || opts.resume)?;
+        Ok(Summary {
+            name: remote.to_owned(),
+            sent: ready.size - offset,
+            size: ready.size,
+            elapsed: started.elapsed(),
+            digest,
+        })
+    }
+
+    /// Sends `get` from `offset` (with the digest of what we hold) and reads the server's answer.
+    async fn request_get(
+        &mut self,
+        remote: &str,
+        offset: u64,
+        held: &Hasher,
+    ) -> Result<protocol::GetReady> {
+        self.send(Message::Get(Get {
+            path: remote.to_owned(),
+            offset,
+            prefix_digest: (offset > 0).then(|| held.digest()),
+        }))
+        .await?;
+        match self.recv().await?.message {
+            Message::GetReady(r) if r.offset == offset && r.offset <= r.size => Ok(r),
+            Message::Error(e) => Err(ClientError::Remote(e)),
+            other => Err(unexpected("get_ready", &other)),
+        }
+    }
+
+    /// Whether the server's `remote` is exactly `local` (size and whole-file digest), asked as a
+    /// download from the very end: the server checks our digest against its whole file. When it
+    /// is, the answer says what the file is, as a transfer summary would.
+    pub async fn same_as_remote(&mut self, local: &Path, remote: &str) -> Result<Option<Summary>> {
+        let file = File::open(local).map_err(|e| ClientError::local(local, e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| ClientError::local(local, e))?
+            .len();
+        let (_, hasher) = hash_prefix_of(&file, local, size, self.server.digest).await?;
+        match self.request_get(remote, size, &hasher).await {
+            Ok(ready) if ready.size == size => {}
+            Ok(_) => {
+                // Larger on the server: drain what it sends and say no.
+                loop {
+                    match self.recv().await?.message {
+                        Message::Chunk(_) => {}
+                        Message::Eof(_) | Message::Abort(_) => return Ok(None),
+                        other => return Err(unexpected("eof", &other)),
+                    }
+                }
+            }
+            Err(ClientError::Remote(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let digest = hasher.finish();
+        match self.recv().await?.message {
+            Message::Eof(eof) if eof.digest == digest => Ok(Some(Summary {
+                name: remote.to_owned(),
+                sent: 0,
+                size,
+                elapsed: Duration::ZERO,
+                digest,
+            })),
+            Message::Eof(_) | Message::Abort(_) => Ok(None),
+            other => Err(unexpected("eof", &other)),
+        }
+    }
+
+    async fn stream_down(
+        &mut self,
+        file: File,
+        offset: u64,
+        size: u64,
+        hasher: Hasher,
+        progress: &mut dyn Progress,
+    ) -> Result<(File, Digest)> {
+        let (tx, rx) = mpsc::channel::<(ChunkHeader, Bytes)>(PIPELINE_DEPTH);
+        let writer =
+            tokio::task::spawn_blocking(move || write_chunks(file, offset, size, hasher, rx));
+        let mut expected = offset;
+        let mut failure: Option<ClientError> = None;
+        let cancel = self.cancel.clone();
+        let eof = loop {
+            let frame = if failure.is_some() {
+                self.recv().await?
+            } else {
+                tokio::select! {
+                    frame = self.recv() => frame?,
+                    () = cancel.cancelled() => {
+                        failure = Some(ClientError::Cancelled);
+                        self.send(Message::Cancel).await?;
+                        continue;
+                    }
+                }
+            };
+            match frame.message {
+                Message::Chunk(h) => {
+                    if failure.is_some() {
+                        continue; // draining after a cancel
+                    }
+                    if h.offset != expected || h.offset + u64::from(h.len) > size {
+                        failure = Some(ClientError::Protocol(format!(
+                            "chunk at offset {}, expected {expected}",
+                            h.offset
+                        )));
+                        self.send(Message::Cancel).await?;
+                        continue;
+                    }
+                    expected += u64::from(h.len);
+                    let n = u64::from(h.len);
+                    if tx.send((h, frame.body)).await.is_err() {
+                        // The writer refused a chunk (its error says why); stop the server.
+                        failure = Some(ClientError::Verify("writer stopped".into()));
+                        self.send(Message::Cancel).await?;
+                        continue;
+                    }
+                    progress.advance(n);
+                }
+                Message::Eof(eof) => break Some(eof),
+                Message::Abort(reply) => {
+                    if failure.is_none() {
+                        failure = Some(ClientError::Remote(reply));
+                    }
+                    break None;
+                }
+                other => return Err(unexpected("chunk", &other)),
+            }
+        };
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| ClientError::Internal(format!("file writer failed: {e}")))?;
+        let (file, digest) = match (written, failure) {
+            (Err(e), _) => return Err(e),
+            (Ok(_), Some(f)) => return Err(f),
+            (Ok(done), None) => done,
+        };
+        let eof = eof.expect("eof when no failure");
+        if eof.size != size || expected != size {
+            return Err(ClientError::Verify(format!(
+                "server ended the file at {expected} of {size} bytes"
+            )));
+        }
+        // The hasher started with the prefix already on disk, so this covers the whole file.
+        if digest != eof.digest {
+            return Err(ClientError::Verify(format!(
+                "whole-file {} is {digest}, server says {}",
+                digest.kind().name(),
+                eof.digest
+            )));
+        }
+        Ok((file, digest))
+    }
+}
+
+/// Checks each chunk's running digest and appends it to `file` from `offset` up to `size`;
+/// returns the file and its whole-file digest. After a failure the verified bytes stay in the
+/// file, for `get -c`.
+fn write_chunks(
+    file: File,
+    offset: u64,
+    size: u64,
+    mut running: Hasher,
+    mut rx: mpsc::Receiver<(ChunkHeader, Bytes)>,
+) -> Result<(File, Digest)> {
+    let failed = |source| ClientError::Local {
+        path: "download".into(),
+        source,
+    };
+    let mut out = DirectWriter::new(file, offset, size - offset).map_err(failed)?;
+    let mut result = Ok(());
+    while let Some((h, body)) = rx.blocking_recv() {
+        if !running.check(&body, h.digest) {
+            result = Err(ClientError::BadChunk {
+                offset: h.offset,
+                digest: running.kind(),
+            });
+            break;
+        }
+        if let Err(e) = out.write_all(&body) {
+            result = Err(failed(e));
+            break;
+        }
+    }
+    out.flush().map_err(failed)?;
+    result?;
+    let file = out.into_inner();
+    file.sync_all().map_err(failed)?;
+    Ok((file, running.finish()))
+}

@@ -1,0 +1,296 @@
+//! The client API, without terminal I/O: [`Client`], its handshake, and the one-request calls.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use protocol::{
+    DigestKind, Entry, Frame, FrameCodec, Hello, Message, Mkdir, PathArg, Rename, Stat, StatReply,
+    VERSION,
+};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{ClientError, Result};
+
+mod auth;
+mod download;
+mod localfs;
+mod transfer;
+mod upload;
+
+pub use auth::Credentials;
+pub use localfs::part_path;
+pub use transfer::{NoProgress, Progress, Summary, TransferOptions};
+
+/// Port used when the address names none.
+pub const DEFAULT_PORT: u16 = 2121;
+/// Chunks in flight between the disk thread and the socket.
+const PIPELINE_DEPTH: usize = 4;
+
+/// An open, greeted connection to a server.
+pub struct Client {
+    /// Frames from the server.
+    reader: FramedRead<OwnedReadHalf, FrameCodec>,
+    /// Frames to the server.
+    writer: FramedWrite<OwnedWriteHalf, FrameCodec>,
+    /// What the server said about itself in its hello.
+    server: Hello,
+    /// Longest the client waits for any one frame.
+    timeout: Duration,
+    /// `host:port` as the user gave it, for messages.
+    addr: String,
+    /// Set to stop the transfer in progress cleanly (the user pressed Ctrl-C).
+    cancel: CancellationToken,
+}
+
+/// Turns `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address into something to dial.
+pub fn normalize_addr(addr: &str) -> String {
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return addr.to_owned();
+    }
+    if let Ok(ip) = addr.parse::<std::net::IpAddr>() {
+        return std::net::SocketAddr::new(ip, DEFAULT_PORT).to_string();
+    }
+    match addr.rsplit_once(':') {
+        Some((_, port)) if port.parse::<u16>().is_ok() => addr.to_owned(),
+        _ => format!("{addr}:{DEFAULT_PORT}"),
+    }
+}
+
+impl Client {
+    /// Connects, exchanges hellos and, when the server has users, authenticates both ways.
+    /// With credentials, a server that does not ask for them is refused: it could be an
+    /// impostor that does not know the secret.
+    pub async fn connect(
+        addr: &str,
+        timeout: Duration,
+        creds: Option<&Credentials>,
+        digest: DigestKind,
+    ) -> Result<Client> {
+        let target = normalize_addr(addr);
+        let fail = |reason: String| ClientError::Connect {
+            addr: target.clone(),
+            reason,
+        };
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&target)).await {
+            Err(_) => return Err(fail("timed out".into())),
+            Ok(Err(e)) => return Err(fail(e.to_string())),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        let mut client = Client {
+            reader: FramedRead::with_capacity(r, FrameCodec::new(), 256 * 1024),
+            writer: FramedWrite::new(w, FrameCodec::new()),
+            server: Hello {
+                version: VERSION,
+                agent: String::new(),
+                capabilities: vec![],
+                max_chunk: protocol::DEFAULT_CHUNK,
+                digest: DigestKind::Md5,
+            },
+            timeout,
+            addr: target.clone(),
+            cancel: CancellationToken::new(),
+        };
+        client.hello(digest).await.map_err(fail)?;
+        client.login(creds).await?;
+        Ok(client)
+    }
+
+    /// Exchanges hellos: the server must speak our protocol version and use `digest`. The
+    /// error is the reason the connection cannot be used.
+    async fn hello(&mut self, digest: DigestKind) -> Result<(), String> {
+        self.send(Message::Hello(Hello {
+            version: VERSION,
+            agent: concat!("ftp-cli/", env!("CARGO_PKG_VERSION")).into(),
+            capabilities: vec![protocol::capability::RESUME.into()],
+            max_chunk: protocol::MAX_BODY as u32,
+            digest,
+        }))
+        .await
+        .map_err(|e| e.to_string())?;
+        match self.recv().await {
+            Ok(Frame {
+                message: Message::Hello(h),
+                ..
+            }) => {
+                if h.version != VERSION {
+                    return Err(format!(
+                        "server speaks protocol version {}, this client {VERSION}",
+                        h.version
+                    ));
+                }
+                if h.digest != digest {
+                    return Err(format!(
+                        "server does not use the {} digest this client asked for",
+                        digest.name()
+                    ));
+                }
+                self.server = h;
+                Ok(())
+            }
+            Ok(Frame {
+                message: Message::Error(e),
+                ..
+            }) => Err(e.to_string()),
+            Ok(other) => Err(format!("unexpected greeting {:?}", other.message)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// A fresh token that stops the next transfer cleanly when cancelled: an upload is aborted
+    /// (its staged bytes stay resumable), a download stopped and drained; the connection stays
+    /// in step either way.
+    pub fn cancel_token(&mut self) -> CancellationToken {
+        self.cancel = CancellationToken::new();
+        self.cancel.clone()
+    }
+
+    /// Whether the connection still looks open: the server has not closed it (an idle timeout,
+    /// a restart) nor sent anything unasked. Checked before reusing a connection.
+    pub fn is_alive(&mut self) -> bool {
+        use futures::FutureExt;
+        self.reader.next().now_or_never().is_none()
+    }
+
+    /// Says goodbye; the server closes its side.
+    pub async fn bye(mut self) {
+        let _ = self.send(Message::Bye).await;
+    }
+
+    async fn send(&mut self, frame: impl Into<Frame>) -> Result<()> {
+        let send = futures::SinkExt::send(&mut self.writer, frame.into());
+        match tokio::time::timeout(self.timeout, send).await {
+            Err(_) => Err(ClientError::ConnectionLost("server stopped reading".into())),
+            Ok(r) => Ok(r?),
+        }
+    }
+
+    async fn recv(&mut self) -> Result<Frame> {
+        match tokio::time::timeout(self.timeout, self.reader.next()).await {
+            Err(_) => Err(ClientError::ConnectionLost(format!(
+                "no answer for {} s",
+                self.timeout.as_secs()
+            ))),
+            Ok(None) => Err(ClientError::ConnectionLost(
+                "server closed the connection".into(),
+            )),
+            Ok(Some(item)) => item?.map_err(|r| {
+                ClientError::Protocol(format!("server sent an unknown {:?} message", r.kind))
+            }),
+        }
+    }
+
+    /// Sends a request whose answer is `ok`.
+    async fn request_ok(&mut self, msg: Message) -> Result<()> {
+        self.send(msg).await?;
+        match self.recv().await?.message {
+            Message::Ok => Ok(()),
+            Message::Error(e) => Err(ClientError::Remote(e)),
+            other => Err(unexpected("ok", &other)),
+        }
+    }
+
+    /// The entries of a remote directory, in the server's order.
+    pub async fn list(&mut self, path: &str) -> Result<Vec<Entry>> {
+        self.send(Message::List(PathArg { path: path.into() }))
+            .await?;
+        let mut entries = Vec::new();
+        loop {
+            match self.recv().await?.message {
+                Message::Listing(batch) => entries.extend(batch.entries),
+                Message::ListEnd(end) if end.count == entries.len() as u64 => return Ok(entries),
+                Message::ListEnd(end) => {
+                    return Err(ClientError::Protocol(format!(
+                        "listing announced {} entries but sent {}",
+                        end.count,
+                        entries.len()
+                    )))
+                }
+                Message::Error(e) => return Err(ClientError::Remote(e)),
+                other => return Err(unexpected("listing", &other)),
+            }
+        }
+    }
+    /// Describes a remote path; with `md5`, also its content's MD5 (computed by the server).
+    pub async fn stat(&mut self, path: &str, md5: bool) -> Result<StatReply> {
+        self.send(Message::Stat(Stat {
+            path: path.into(),
+            md5,
+        }))
+        .await?;
+        match self.recv().await?.message {
+            Message::StatReply(r) => Ok(r),
+            Message::Error(e) => Err(ClientError::Remote(e)),
+            other => Err(unexpected("stat_reply", &other)),
+        }
+    }
+
+    /// Changes the remote directory; returns the new one.
+    pub async fn cd(&mut self, path: &str) -> Result<String> {
+        self.send(Message::Cd(PathArg { path: path.into() }))
+            .await?;
+        self.cwd_reply().await
+    }
+
+    /// The remote directory.
+    pub async fn pwd(&mut self) -> Result<String> {
+        self.send(Message::Pwd).await?;
+        self.cwd_reply().await
+    }
+
+    async fn cwd_reply(&mut self) -> Result<String> {
+        match self.recv().await?.message {
+            Message::Cwd(c) => Ok(c.path),
+            Message::Error(e) => Err(ClientError::Remote(e)),
+            other => Err(unexpected("cwd", &other)),
+        }
+    }
+
+    pub async fn mkdir(&mut self, path: &str, parents: bool) -> Result<()> {
+        let path = path.into();
+        self.request_ok(Message::Mkdir(Mkdir { path, parents }))
+            .await
+    }
+
+    pub async fn rm(&mut self, path: &str) -> Result<()> {
+        self.request_ok(Message::Rm(PathArg { path: path.into() }))
+            .await
+    }
+
+    pub async fn rmdir(&mut self, path: &str) -> Result<()> {
+        self.request_ok(Message::Rmdir(PathArg { path: path.into() }))
+            .await
+    }
+
+    pub async fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        let (from, to) = (from.into(), to.into());
+        self.request_ok(Message::Rename(Rename { from, to })).await
+    }
+}
+
+fn unexpected(wanted: &str, got: &Message) -> ClientError {
+    ClientError::Protocol(format!("expected {wanted}, server sent {got:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        for (input, want) in [
+            ("127.0.0.1", "127.0.0.1:2121"),
+            ("127.0.0.1:9", "127.0.0.1:9"),
+            ("localhost", "localhost:2121"),
+            ("localhost:80", "localhost:80"),
+            ("::1", "[::1]:2121"),
+            ("[::1]:5", "[::1]:5"),
+        ] {
+            assert_eq!(normalize_addr(input), want, "{input}");
+        }
+    }
+}
