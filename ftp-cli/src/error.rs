@@ -1,6 +1,6 @@
 //! Everything that can go wrong for the client, each with the exit status scripts see.
 
-use protocol::{CodecError, DigestKind, ErrorReply};
+use protocol::{ConnectionError, DigestKind, ErrorReply};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -95,12 +95,23 @@ impl ClientError {
     }
 }
 
-impl From<CodecError> for ClientError {
-    fn from(e: CodecError) -> Self {
+/// A connection that failed under a call: lost (a retry may cure it) or corrupt (the bytes no
+/// longer form frames: damaged in transit, so a retry may cure that too, but it is reported as
+/// a protocol failure).
+impl From<ConnectionError> for ClientError {
+    fn from(e: ConnectionError) -> Self {
         match e {
-            CodecError::Io(e) => ClientError::ConnectionLost(e.to_string()),
-            CodecError::Truncated => ClientError::ConnectionLost(e.to_string()),
-            other => ClientError::Protocol(other.to_string()),
+            ConnectionError::Closed => {
+                ClientError::ConnectionLost("server closed the connection".into())
+            }
+            ConnectionError::RecvTimeout(d) => {
+                ClientError::ConnectionLost(format!("no answer for {} s", d.as_secs()))
+            }
+            ConnectionError::SendTimeout(_) => {
+                ClientError::ConnectionLost("server stopped reading".into())
+            }
+            ConnectionError::Broken(e) => ClientError::ConnectionLost(e.to_string()),
+            ConnectionError::Corrupt(e) => ClientError::Protocol(e.to_string()),
         }
     }
 }

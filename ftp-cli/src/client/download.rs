@@ -5,7 +5,9 @@ use std::path::Path;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
-use protocol::{ChunkHeader, Digest, ErrorCode, ErrorReply, Get, Hasher, Message};
+use protocol::{
+    ChunkError, ChunkHeader, ChunkReceiver, Digest, ErrorCode, ErrorReply, Get, Hasher, Message,
+};
 use storage::DirectWriter;
 use tokio::sync::mpsc;
 
@@ -173,10 +175,11 @@ impl Client {
         hasher: Hasher,
         progress: &mut dyn Progress,
     ) -> Result<(File, Digest)> {
+        // The largest chunk this client announced in its hello.
+        let receiver = ChunkReceiver::new(offset, size, protocol::MAX_BODY as u32, hasher);
+        let mut seq = receiver.sequence();
         let (tx, rx) = mpsc::channel::<(ChunkHeader, Bytes)>(PIPELINE_DEPTH);
-        let writer =
-            tokio::task::spawn_blocking(move || write_chunks(file, offset, size, hasher, rx));
-        let mut expected = offset;
+        let writer = tokio::task::spawn_blocking(move || write_chunks(file, receiver, rx));
         let mut failure: Option<ClientError> = None;
         let cancel = self.cancel.clone();
         let eof = loop {
@@ -197,15 +200,11 @@ impl Client {
                     if failure.is_some() {
                         continue; // draining after a cancel
                     }
-                    if h.offset != expected || h.offset + u64::from(h.len) > size {
-                        failure = Some(ClientError::Protocol(format!(
-                            "chunk at offset {}, expected {expected}",
-                            h.offset
-                        )));
+                    if let Err(e) = seq.advance(&h) {
+                        failure = Some(ClientError::Protocol(e.to_string()));
                         self.send(Message::Cancel).await?;
                         continue;
                     }
-                    expected += u64::from(h.len);
                     let n = u64::from(h.len);
                     if tx.send((h, frame.body)).await.is_err() {
                         // The writer refused a chunk (its error says why); stop the server.
@@ -229,52 +228,55 @@ impl Client {
         let written = writer
             .await
             .map_err(|e| ClientError::Internal(format!("file writer failed: {e}")))?;
-        let (file, digest) = match (written, failure) {
+        let (file, receiver) = match (written, failure) {
             (Err(e), _) => return Err(e),
             (Ok(_), Some(f)) => return Err(f),
             (Ok(done), None) => done,
         };
         let eof = eof.expect("eof when no failure");
-        if eof.size != size || expected != size {
-            return Err(ClientError::Verify(format!(
-                "server ended the file at {expected} of {size} bytes"
-            )));
+        // The receiver started with the prefix already on disk, so this covers the whole file.
+        match receiver.finish(&eof) {
+            Ok(digest) => Ok((file, digest)),
+            Err(ChunkError::WholeDigest { ours, theirs }) => Err(ClientError::Verify(format!(
+                "whole-file {} is {ours}, server says {theirs}",
+                ours.kind().name()
+            ))),
+            Err(e) => Err(ClientError::Verify(format!(
+                "server ended the file early: {e}"
+            ))),
         }
-        // The hasher started with the prefix already on disk, so this covers the whole file.
-        if digest != eof.digest {
-            return Err(ClientError::Verify(format!(
-                "whole-file {} is {digest}, server says {}",
-                digest.kind().name(),
-                eof.digest
-            )));
-        }
-        Ok((file, digest))
     }
 }
 
-/// Checks each chunk's running digest and appends it to `file` from `offset` up to `size`;
-/// returns the file and its whole-file digest. After a failure the verified bytes stay in the
-/// file, for `get -c`.
+/// Has the transfer engine check each chunk and appends the ones it accepts to `file` (at the
+/// receiver's position); returns the file and the receiver, for its check at `eof`. After a
+/// failure the verified bytes stay in the file, for `get -c`.
 fn write_chunks(
     file: File,
-    offset: u64,
-    size: u64,
-    mut running: Hasher,
+    mut receiver: ChunkReceiver,
     mut rx: mpsc::Receiver<(ChunkHeader, Bytes)>,
-) -> Result<(File, Digest)> {
+) -> Result<(File, ChunkReceiver)> {
     let failed = |source| ClientError::Local {
         path: "download".into(),
         source,
     };
+    let (offset, size) = (receiver.position(), receiver.sequence().size());
     let mut out = DirectWriter::new(file, offset, size - offset).map_err(failed)?;
     let mut result = Ok(());
     while let Some((h, body)) = rx.blocking_recv() {
-        if !running.check(&body, h.digest) {
-            result = Err(ClientError::BadChunk {
-                offset: h.offset,
-                digest: running.kind(),
-            });
-            break;
+        match receiver.accept(&h, &body) {
+            Ok(()) => {}
+            Err(ChunkError::BadDigest { offset, kind }) => {
+                result = Err(ClientError::BadChunk {
+                    offset,
+                    digest: kind,
+                });
+                break;
+            }
+            Err(e) => {
+                result = Err(ClientError::Protocol(e.to_string()));
+                break;
+            }
         }
         if let Err(e) = out.write_all(&body) {
             result = Err(failed(e));
@@ -285,5 +287,5 @@ fn write_chunks(
     result?;
     let file = out.into_inner();
     file.sync_all().map_err(failed)?;
-    Ok((file, running.finish()))
+    Ok((file, receiver))
 }

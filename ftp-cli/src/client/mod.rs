@@ -2,14 +2,11 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use protocol::{
-    DigestKind, Entry, Frame, FrameCodec, Hello, Message, Mkdir, PathArg, Rename, Stat, StatReply,
-    VERSION,
+    BoxStream, Connection, DigestKind, Entry, Frame, FrameCodec, Hello, Incoming, Message, Mkdir,
+    PathArg, Rename, Stat, StatReply, Stream, VERSION,
 };
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{ClientError, Result};
@@ -31,10 +28,8 @@ const PIPELINE_DEPTH: usize = 4;
 
 /// An open, greeted connection to a server.
 pub struct Client {
-    /// Frames from the server.
-    reader: FramedRead<OwnedReadHalf, FrameCodec>,
-    /// Frames to the server.
-    writer: FramedWrite<OwnedWriteHalf, FrameCodec>,
+    /// Frames to and from the server.
+    conn: Connection,
     /// What the server said about itself in its hello.
     server: Hello,
     /// Longest the client waits for any one frame.
@@ -79,11 +74,31 @@ impl Client {
             Ok(Err(e)) => return Err(fail(e.to_string())),
             Ok(Ok(s)) => s,
         };
+        // Small request/reply frames must not wait for Nagle's delayed acknowledgements.
         let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
+        Client::over(stream, &target, timeout, creds, digest).await
+    }
+
+    /// Greets and logs in over a stream that is already set up (dialled, or an in-memory pipe
+    /// to a daemon in the same process); `addr` names the server in messages.
+    pub async fn over(
+        stream: impl Stream,
+        addr: &str,
+        timeout: Duration,
+        creds: Option<&Credentials>,
+        digest: DigestKind,
+    ) -> Result<Client> {
+        let target = addr.to_owned();
+        let fail = |reason: String| ClientError::Connect {
+            addr: target.clone(),
+            reason,
+        };
+        // Downloads arrive in chunks of up to a MiB: a larger read buffer takes them in fewer
+        // reads.
+        let stream: BoxStream = Box::new(stream);
+        let conn = Connection::with_codec(stream, FrameCodec::new(), 256 * 1024);
         let mut client = Client {
-            reader: FramedRead::with_capacity(r, FrameCodec::new(), 256 * 1024),
-            writer: FramedWrite::new(w, FrameCodec::new()),
+            conn,
             server: Hello {
                 version: VERSION,
                 agent: String::new(),
@@ -152,8 +167,7 @@ impl Client {
     /// Whether the connection still looks open: the server has not closed it (an idle timeout,
     /// a restart) nor sent anything unasked. Checked before reusing a connection.
     pub fn is_alive(&mut self) -> bool {
-        use futures::FutureExt;
-        self.reader.next().now_or_never().is_none()
+        self.conn.try_recv().is_none()
     }
 
     /// Says goodbye; the server closes its side.
@@ -162,26 +176,11 @@ impl Client {
     }
 
     async fn send(&mut self, frame: impl Into<Frame>) -> Result<()> {
-        let send = futures::SinkExt::send(&mut self.writer, frame.into());
-        match tokio::time::timeout(self.timeout, send).await {
-            Err(_) => Err(ClientError::ConnectionLost("server stopped reading".into())),
-            Ok(r) => Ok(r?),
-        }
+        Ok(self.conn.send(frame, self.timeout).await?)
     }
 
     async fn recv(&mut self) -> Result<Frame> {
-        match tokio::time::timeout(self.timeout, self.reader.next()).await {
-            Err(_) => Err(ClientError::ConnectionLost(format!(
-                "no answer for {} s",
-                self.timeout.as_secs()
-            ))),
-            Ok(None) => Err(ClientError::ConnectionLost(
-                "server closed the connection".into(),
-            )),
-            Ok(Some(item)) => item?.map_err(|r| {
-                ClientError::Protocol(format!("server sent an unknown {:?} message", r.kind))
-            }),
-        }
+        known(self.conn.recv(self.timeout).await?)
     }
 
     /// Sends a request whose answer is `ok`.
@@ -270,6 +269,12 @@ impl Client {
         let (from, to) = (from.into(), to.into());
         self.request_ok(Message::Rename(Rename { from, to })).await
     }
+}
+
+/// A frame the server sent, refusing one this version does not know: inside an exchange the
+/// client cannot skip it.
+fn known(item: Incoming) -> Result<Frame> {
+    item.map_err(|r| ClientError::Protocol(format!("server sent an unknown {:?} message", r.kind)))
 }
 
 fn unexpected(wanted: &str, got: &Message) -> ClientError {

@@ -3,15 +3,14 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use futures::StreamExt;
-use protocol::{Digest, Eof, ErrorCode, ErrorReply, Frame, Hasher, Message, Put};
+use protocol::{ChunkSender, Digest, Eof, ErrorCode, ErrorReply, Frame, Hasher, Message, Put};
 use tokio::sync::mpsc;
 
 use super::localfs::{hash_prefix_of, mtime_of, upload_id};
-use super::{unexpected, Client, Progress, Summary, TransferOptions, PIPELINE_DEPTH};
+use super::{known, unexpected, Client, Progress, Summary, TransferOptions, PIPELINE_DEPTH};
 use crate::error::{ClientError, Result};
 
 impl Client {
@@ -85,10 +84,10 @@ impl Client {
         hasher: Hasher,
         progress: &mut dyn Progress,
     ) -> Result<Digest> {
-        let chunk = self.server.max_chunk.clamp(1, protocol::DEFAULT_CHUNK) as usize;
+        let chunk = self.server.max_chunk.clamp(1, protocol::DEFAULT_CHUNK);
+        let sender = ChunkSender::new(offset, size, chunk, hasher);
         let (tx, mut rx) = mpsc::channel(PIPELINE_DEPTH);
-        let reader =
-            tokio::task::spawn_blocking(move || read_chunks(file, offset, size, chunk, hasher, tx));
+        let reader = tokio::task::spawn_blocking(move || read_chunks(file, sender, tx));
         loop {
             tokio::select! {
                 biased;
@@ -99,14 +98,12 @@ impl Client {
                     return Err(ClientError::Cancelled);
                 }
                 // The server may refuse part-way; it then skips our chunks until eof or abort.
-                early = self.reader.next() => {
+                // It owes nothing while we send, so this waits for as long as sending takes.
+                early = self.conn.recv(Duration::MAX) => {
                     drop(rx);
-                    let reply = match early {
-                        Some(Ok(Ok(Frame { message: Message::Error(e), .. }))) => e,
-                        Some(Ok(Ok(other))) => return Err(unexpected("error", &other.message)),
-                        Some(Ok(Err(r))) => return Err(ClientError::Protocol(format!("unknown {:?}", r.kind))),
-                        Some(Err(e)) => return Err(e.into()),
-                        None => return Err(ClientError::ConnectionLost("server closed the connection".into())),
+                    let reply = match known(early?)?.message {
+                        Message::Error(e) => e,
+                        other => return Err(unexpected("error", &other)),
                     };
                     self.send(Message::Abort(ErrorReply::new(reply.code, "stopping after the server's error"))).await?;
                     return Err(refused_mid_stream(reply));
@@ -127,10 +124,12 @@ impl Client {
                 }
             }
         }
-        let digest = reader
+        let eof = reader
             .await
-            .map_err(|e| ClientError::Internal(format!("file reader failed: {e}")))?;
-        self.send(Message::Eof(Eof { size, digest })).await?;
+            .map_err(|e| ClientError::Internal(format!("file reader failed: {e}")))?
+            .ok_or_else(|| ClientError::Internal("file reader stopped".into()))?;
+        let digest = eof.digest;
+        self.send(Message::Eof(eof)).await?;
         match self.recv().await?.message {
             Message::Stored(s) if s.digest == digest && s.size == size => Ok(digest),
             Message::Stored(s) => Err(ClientError::Verify(format!(
@@ -157,35 +156,27 @@ fn refused_mid_stream(reply: ErrorReply) -> ClientError {
     }
 }
 
-/// Reads and hashes chunks off the reactor, from `file`'s current position (`offset`);
-/// `running` already holds the digest state of the bytes before it. Returns the whole-file digest.
+/// Reads the chunks the transfer engine asks for, off the reactor, and has it seal them with
+/// their running digests; returns its `eof` (the whole file's digest), or `None` when it
+/// stopped early (the error went to the socket loop, or the loop went away).
 fn read_chunks(
     mut file: File,
-    offset: u64,
-    size: u64,
-    chunk: usize,
-    mut running: Hasher,
+    mut sender: ChunkSender,
     tx: mpsc::Sender<Result<Frame>>,
-) -> Digest {
-    let mut pos = offset;
-    while pos < size {
-        let want = (size - pos).min(chunk as u64) as usize;
-        let mut data = BytesMut::zeroed(want);
+) -> Option<Eof> {
+    while let Some(n) = sender.next_len() {
+        let mut data = BytesMut::zeroed(n);
         if let Err(e) = file.read_exact(&mut data) {
+            let pos = sender.position();
             let _ = tx.blocking_send(Err(ClientError::Local {
                 path: "local file".into(),
                 source: std::io::Error::new(e.kind(), format!("read at offset {pos}: {e}")),
             }));
-            return Digest::default();
+            return None;
         }
-        let digest = running.seal(&data);
-        if tx
-            .blocking_send(Ok(Frame::chunk(pos, data.freeze(), digest)))
-            .is_err()
-        {
-            return Digest::default();
+        if tx.blocking_send(Ok(sender.seal(data.freeze()))).is_err() {
+            return None;
         }
-        pos += want as u64;
     }
-    running.finish()
+    Some(sender.finish())
 }
