@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use protocol::auth::{self, Bytes32, Role};
 use protocol::{capability, Auth, AuthChallenge, AuthOk, ErrorCode, Hello};
-use protocol::{Message, VERSION};
+use protocol::{ChunkHeader, Digest, Eof, ErrorReply, Message, VERSION};
 
-use crate::raw::{get, Raw};
+use crate::raw::{get, put, Raw};
 use crate::util::{
     assert_missing, assert_same_file, tmpdir, write_private, write_random, Cli, Daemon,
     DaemonBuilder, Keys, Site,
@@ -287,6 +287,64 @@ fn commands_before_auth_are_refused() {
     raw.expect_closed();
 }
 
+/// Regression: a `put` whose `eof` carried a wrong whole-file digest, by a user whose home is
+/// `homes/alice`, was refused with "/homes/alice/a.bin: whole-file MD5 is ...": the one error
+/// whose path was not rewritten from the root's view to the user's, so it told her where her home
+/// lies in the root.
+#[test]
+fn wrong_whole_file_digest_does_not_reveal_where_a_nested_home_lies() {
+    let d = nested_home_daemon();
+    let mut alice = raw_login(&d, "alice", ALICE);
+
+    alice.send(&put("a.bin", 3));
+    alice.expect_put_ready();
+    alice.send_chunk(0, b"abc");
+    alice.send(&Message::Eof(Eof {
+        size: 3,
+        digest: Digest::md5(b"abd"),
+    }));
+    let refusal = alice.expect_error(ErrorCode::ChecksumMismatch);
+    assert_names_only_the_home(&refusal, "/a.bin:");
+    assert_missing(d.path(NESTED_HOME).join("a.bin"));
+    alice.expect_usable();
+}
+
+/// Regression, alongside the one above: the other refusals that name a path (a missing file, a
+/// chunk that fails its running digest) must name it from the user's `/` too.
+#[test]
+fn missing_file_and_bad_chunk_do_not_reveal_where_a_nested_home_lies() {
+    let d = nested_home_daemon();
+    let mut alice = raw_login(&d, "alice", ALICE);
+
+    alice.send(&get("nope"));
+    let refusal = alice.expect_error(ErrorCode::NotFound);
+    assert_names_only_the_home(&refusal, "/nope");
+
+    alice.send(&put("a.bin", 3));
+    alice.expect_put_ready();
+    // "abc" under the running digest of "abd".
+    alice.send(&Message::Chunk(ChunkHeader {
+        offset: 0,
+        len: 3,
+        digest: Digest::md5(b"abd"),
+    }));
+    alice.send_bytes(b"abc");
+    // The server may refuse before `eof` or after it; either way it reads up to `eof`.
+    alice.send(&Message::Eof(Eof {
+        size: 3,
+        digest: Digest::md5(b"abc"),
+    }));
+    let refusal = alice.expect_error(ErrorCode::ChecksumMismatch);
+    assert_names_only_the_home(&refusal, "/a.bin:");
+    assert_eq!(
+        refusal.offset,
+        Some(0),
+        "the bad chunk's offset: {refusal:?}"
+    );
+    assert_missing(d.path(NESTED_HOME).join("a.bin"));
+    alice.expect_usable();
+}
+
 /// The client checks the server's proof: a server that accepts any `auth` but does not know the
 /// secret (here, it signs with another one) is not trusted with a single command.
 #[test]
@@ -482,6 +540,60 @@ impl UsersDaemon {
             .arg("10s")
             .timeout(STEP_TIMEOUT)
     }
+}
+
+/// Alice's home in [`NESTED_USERS`], two levels into the root.
+const NESTED_HOME: &str = "homes/alice";
+
+/// Only alice, with her usual secret, living at [`NESTED_HOME`]: a home whose place in the root
+/// would show in any path not written from her `/`.
+const NESTED_USERS: &str = r#"
+[[user]]
+name = "alice"
+secret = "alice's secret"
+home = "homes/alice"
+"#;
+
+/// A daemon with [`NESTED_USERS`].
+fn nested_home_daemon() -> UsersDaemon {
+    let site = Site::new();
+    site.private_file(USERS_FILE, NESTED_USERS);
+    UsersDaemon {
+        daemon: with_users(&site).start(),
+        _site: site,
+        keys: Keys::new(),
+    }
+}
+
+/// A raw session on `d`, logged in as `user` with the documented proof and ready for commands.
+#[track_caller]
+fn raw_login(d: &Daemon, user: &str, secret: &str) -> Raw {
+    let mut peer = Raw::connect(d.addr()).within(STEP_TIMEOUT);
+    let server_nonce = peer.hello_and_challenge();
+    let client_nonce = auth::nonce();
+    peer.send(&Message::Auth(Auth {
+        user: user.into(),
+        nonce: client_nonce,
+        mac: sign(Role::Client, secret, &server_nonce, &client_nonce, user),
+    }));
+    match peer.recv() {
+        Message::AuthOk(_) => peer,
+        other => panic!("{user} with the right secret got {other:?}"),
+    }
+}
+
+/// Panics unless `refusal` names its path from the user's `/`, starting with `start`, and
+/// nowhere mentions `homes`, where [`NESTED_HOME`] lies in the root.
+#[track_caller]
+fn assert_names_only_the_home(refusal: &ErrorReply, start: &str) {
+    assert!(
+        refusal.message.starts_with(start),
+        "expected a message starting with {start:?}, got {refusal:?}"
+    );
+    assert!(
+        !refusal.message.contains("homes"),
+        "the message reveals where the home lies in the root: {refusal:?}"
+    );
 }
 
 #[track_caller]
