@@ -52,10 +52,20 @@ pub async fn run(s: &mut Session, req: Put) -> Handled {
     let mut seq = receiver.sequence();
     let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let writer_path = path.clone();
-    let worker =
+    let mut worker =
         tokio::task::spawn_blocking(move || write_chunks(upload, receiver, &writer_path, rx));
+    // The writer ends early only when it refuses a chunk: say so at once, not at the next
+    // frame the client may never send.
+    let mut stopped = None;
     let end = loop {
-        let frame = s.next_in_transfer().await?;
+        let frame = tokio::select! {
+            biased;
+            done = &mut worker => {
+                stopped = Some(done);
+                break End::WriterStopped;
+            }
+            frame = s.next_in_transfer() => frame?,
+        };
         match frame.message {
             Message::Chunk(h) => {
                 if let Err(error) = seq.advance(&h) {
@@ -76,9 +86,12 @@ pub async fn run(s: &mut Session, req: Put) -> Handled {
         }
     };
     drop(tx);
-    let (upload, receiver, written) = worker
-        .await
-        .map_err(|e| SessionError::Internal(format!("upload writer failed: {e}")))?;
+    let done = match stopped {
+        Some(done) => done,
+        None => worker.await,
+    };
+    let (upload, receiver, written) =
+        done.map_err(|e| SessionError::Internal(format!("upload writer failed: {e}")))?;
     s.moved.bytes = receiver.position() - offset;
     match end {
         End::Eof(eof) => {
