@@ -8,7 +8,6 @@
 //! `openat2(RESOLVE_BENEATH)` gives, so a symlink swapped in mid-transfer cannot lead outside.
 
 mod digests;
-mod direct;
 mod error;
 mod path;
 mod upload;
@@ -24,8 +23,9 @@ use cap_std::fs::Dir;
 use protocol::{Entry, EntryKind};
 
 pub use digests::Recorded;
-pub use direct::DirectWriter;
 pub use error::{Error, Result};
+// The client still imports it from here until it depends on `fileio` itself.
+pub use fileio::DirectWriter;
 pub use path::{VPath, MAX_NAME, MAX_PATH, PRIVATE_DIR};
 pub use upload::{Upload, UploadRequest};
 

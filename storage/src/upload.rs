@@ -5,11 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use fileio::DirectWriter;
 use md5::{Digest as _, Md5};
 use protocol::{Digest, DigestKind, ErrorCode, Hasher};
 
 use crate::digests::{self, Recorded};
-use crate::direct::DirectWriter;
 use crate::{Error, Result, Root, VPath};
 
 /// What the client asked for when it started an upload.
