@@ -34,10 +34,12 @@ const BUFFER: usize = 256 << 10;
 /// [`DirectWriter::flush`] before relying on the file's contents (dropping the writer discards
 /// what it holds, so that an owner who lost the right to write never writes).
 pub struct DirectWriter {
+    /// The file written to; owned, so that nothing else moves its offset or its flags.
     file: File,
     /// An allocation of `cap + ALIGN` bytes; the aligned `cap` bytes inside it start at
     /// `start`.
     mem: Vec<u8>,
+    /// Where the aligned buffer starts in `mem`: a `Vec<u8>` promises no alignment of its own.
     start: usize,
     /// The buffer's size: a multiple of [`ALIGN`], at most [`BUFFER`].
     cap: usize,
@@ -45,6 +47,7 @@ pub struct DirectWriter {
     held: usize,
     /// File offset of the buffer's first byte: a multiple of [`ALIGN`] while writing directly.
     base: u64,
+    /// Whether `O_DIRECT` is on: only then must writes be whole aligned blocks.
     direct: bool,
 }
 
