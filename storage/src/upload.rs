@@ -5,9 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use checksum::{Digest, DigestKind, Hasher};
 use fileio::DirectWriter;
 use md5::{Digest as _, Md5};
-use protocol::{Digest, DigestKind, ErrorCode, Hasher};
+use protocol::ErrorCode;
 
 use crate::digests::{self, Recorded};
 use crate::{Error, Result, Root, VPath};

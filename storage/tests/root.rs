@@ -1,6 +1,7 @@
 //! The storage root against a real temp directory.
 
-use protocol::{Digest, DigestKind, ErrorCode};
+use checksum::{Digest, DigestKind};
+use protocol::ErrorCode;
 use storage::{Error, Root, UploadRequest, VPath};
 
 fn setup() -> (tempfile::TempDir, Root) {
