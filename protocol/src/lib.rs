@@ -1,4 +1,4 @@
-//! The ftpd wire protocol: message types, the frame codec and MD5 helpers.
+//! The ftpd wire protocol: message types, the frame codec and the login HMAC.
 //!
 //! Every message is one frame: a 4-byte big-endian length, that many bytes of UTF-8 JSON (the
 //! header, a [`Message`] tagged by its `"type"`), and, only when the header is a `chunk`, a binary
@@ -19,13 +19,14 @@
 pub mod auth;
 mod codec;
 mod connection;
-mod digest;
 mod message;
 pub mod transfer;
 
+// Digests live in `checksum`, which has no async runtime; re-exported so that every existing
+// `protocol::Digest` path keeps working.
+pub use checksum::{Digest, DigestKind, Hasher};
 pub use codec::{CodecError, Frame, FrameCodec, Incoming, Rejected};
 pub use connection::{BoxStream, Connection, ConnectionError, Stream};
-pub use digest::{Digest, DigestKind, Hasher};
 pub use message::{
     Auth, AuthChallenge, AuthOk, ChunkHeader, Entry, EntryKind, Eof, ErrorCode, ErrorReply, Get,
     GetReady, Hello, ListEnd, Listing, Message, Mkdir, PathArg, Put, PutReady, Rename, Stat,

@@ -9,8 +9,8 @@
 use std::os::unix::fs::MetadataExt;
 
 use cap_std::fs::Dir;
+use checksum::Digest;
 use md5::{Digest as _, Md5};
-use protocol::Digest;
 use serde::{Deserialize, Serialize};
 
 use crate::VPath;

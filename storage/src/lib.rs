@@ -13,7 +13,6 @@
 //! `openat2(RESOLVE_BENEATH)` gives, so a symlink swapped in mid-transfer cannot lead outside.
 
 mod digests;
-mod direct;
 mod error;
 mod path;
 mod upload;
@@ -28,8 +27,8 @@ use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
 pub use digests::Recorded;
-pub use direct::DirectWriter;
 pub use error::{Error, Result};
+// The client still imports it from here until it depends on `fileio` itself.
 pub use path::{VPath, MAX_NAME, MAX_PATH, PRIVATE_DIR};
 pub use upload::{Upload, UploadRequest};
 

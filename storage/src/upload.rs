@@ -4,11 +4,11 @@ use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use checksum::{Digest, DigestKind, Hasher};
+use fileio::DirectWriter;
 use md5::{Digest as _, Md5};
-use protocol::{Digest, DigestKind, Hasher};
 
 use crate::digests::{self, Recorded};
-use crate::direct::DirectWriter;
 use crate::{Error, Home, Result, Root, VPath};
 
 /// What the client asked for when it started an upload.

@@ -1,6 +1,6 @@
 //! The storage root against a real temp directory.
 
-use protocol::{Digest, DigestKind};
+use checksum::{Digest, DigestKind};
 use storage::{Error, Home, Root, Upload, UploadRequest, VPath};
 
 /// A fresh root, seen as one home that is the whole root (as an anonymous session sees it).

@@ -5,10 +5,10 @@ use std::path::Path;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
+use fileio::DirectWriter;
 use protocol::{
     ChunkError, ChunkHeader, ChunkReceiver, Digest, ErrorCode, ErrorReply, Get, Hasher, Message,
 };
-use storage::DirectWriter;
 use tokio::sync::mpsc;
 
 use super::localfs::{hash_prefix_of, part_path, place, remove_if_empty};

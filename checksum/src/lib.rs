@@ -1,5 +1,8 @@
 //! Transfer digests as they appear on the wire: MD5 by default (16 bytes), or BLAKE3 (32 bytes)
 //! when both peers agree to it in `hello`; always lowercase hex on the wire.
+//!
+//! A crate of its own, with no async runtime, so that code which only hashes files (the storage
+//! root, tools) does not pull in the codec's tokio stack to do it.
 
 use std::fmt;
 

@@ -10,10 +10,18 @@
 //! buffer and written in whole blocks; the partial block at the end is written through the page
 //! cache. Whatever cannot be written directly (tmpfs on older kernels, some network and FUSE
 //! filesystems, a block size over [`ALIGN`]) is written the ordinary way, with the same result.
+//!
+//! `O_DIRECT` is used on Linux and Android only (one kernel, one flag); on every other target the
+//! same API writes through the page cache, so a program built for macOS or Windows works the
+//! same, only without the bypass.
 
 use std::fs::File;
 use std::io;
+#[cfg(unix)]
 use std::os::unix::fs::FileExt;
+
+#[cfg(not(unix))]
+use positioned::FileExt;
 
 /// Alignment of direct writes: the largest logical block size of common devices.
 pub const ALIGN: usize = 4096;
@@ -26,10 +34,12 @@ const BUFFER: usize = 256 << 10;
 /// [`DirectWriter::flush`] before relying on the file's contents (dropping the writer discards
 /// what it holds, so that an owner who lost the right to write never writes).
 pub struct DirectWriter {
+    /// The file written to; owned, so that nothing else moves its offset or its flags.
     file: File,
     /// An allocation of `cap + ALIGN` bytes; the aligned `cap` bytes inside it start at
     /// `start`.
     mem: Vec<u8>,
+    /// Where the aligned buffer starts in `mem`: a `Vec<u8>` promises no alignment of its own.
     start: usize,
     /// The buffer's size: a multiple of [`ALIGN`], at most [`BUFFER`].
     cap: usize,
@@ -37,6 +47,7 @@ pub struct DirectWriter {
     held: usize,
     /// File offset of the buffer's first byte: a multiple of [`ALIGN`] while writing directly.
     base: u64,
+    /// Whether `O_DIRECT` is on: only then must writes be whole aligned blocks.
     direct: bool,
 }
 
@@ -64,7 +75,7 @@ impl DirectWriter {
             let (file, buf) = (&w.file, &mut w.mem[start..start + head]);
             file.read_exact_at(buf, base)?;
         }
-        w.direct = set_direct(&w.file, true).is_ok();
+        w.direct = odirect::set(&w.file, true).is_ok();
         Ok(w)
     }
 
@@ -126,10 +137,7 @@ impl DirectWriter {
         let at = self.start;
         match self.file.write_all_at(&self.mem[at..at + whole], self.base) {
             // The device wants a larger alignment than ours: write this the ordinary way.
-            Err(e)
-                if self.direct
-                    && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
-            {
+            Err(e) if self.direct && odirect::is_misaligned(&e) => {
                 self.go_buffered();
                 self.file
                     .write_all_at(&self.mem[at..at + whole], self.base)?;
@@ -146,22 +154,79 @@ impl DirectWriter {
         if self.direct {
             // Clearing the flag cannot fail where setting it worked; if it did, the next write
             // would report the error.
-            let _ = set_direct(&self.file, false);
+            let _ = odirect::set(&self.file, false);
             self.direct = false;
         }
     }
 }
 
-/// Turns `O_DIRECT` on or off for an open file.
-fn set_direct(file: &File, on: bool) -> io::Result<()> {
+/// `O_DIRECT` switched with rustix's safe fcntl.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod odirect {
+    use std::fs::File;
+    use std::io;
+
     use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
-    let flags = fcntl_getfl(file)?;
-    let flags = if on {
-        flags | OFlags::DIRECT
-    } else {
-        flags - OFlags::DIRECT
-    };
-    Ok(fcntl_setfl(file, flags)?)
+
+    /// Turns `O_DIRECT` on or off for an open file.
+    pub(crate) fn set(file: &File, on: bool) -> io::Result<()> {
+        let flags = fcntl_getfl(file)?;
+        let flags = if on {
+            flags | OFlags::DIRECT
+        } else {
+            flags - OFlags::DIRECT
+        };
+        Ok(fcntl_setfl(file, flags)?)
+    }
+
+    /// Whether a direct write failed on alignment (`EINVAL`), so that the same bytes written
+    /// through the page cache would succeed.
+    pub(crate) fn is_misaligned(e: &io::Error) -> bool {
+        e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
+    }
+}
+
+/// Elsewhere direct writes are never turned on, so every write takes the ordinary path.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+mod odirect {
+    use std::fs::File;
+    use std::io;
+
+    pub(crate) fn set(_file: &File, _on: bool) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    pub(crate) fn is_misaligned(_e: &io::Error) -> bool {
+        false
+    }
+}
+
+/// Positioned reads and writes without Unix's `pread`/`pwrite`: a seek, then the read or write.
+/// That is the same here because the writer owns the file and seeks before every access.
+#[cfg(not(unix))]
+mod positioned {
+    use std::fs::File;
+    use std::io::{self, Read, Seek, SeekFrom, Write};
+
+    /// The two methods of `std::os::unix::fs::FileExt` the writer uses, by the same names.
+    pub(crate) trait FileExt {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+        fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    }
+
+    impl FileExt for File {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            let mut file = self;
+            file.seek(SeekFrom::Start(offset))?;
+            file.read_exact(buf)
+        }
+
+        fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            let mut file = self;
+            file.seek(SeekFrom::Start(offset))?;
+            file.write_all(buf)
+        }
+    }
 }
 
 #[cfg(test)]
