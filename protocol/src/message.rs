@@ -28,7 +28,7 @@ pub enum Message {
     GetReady(GetReady),
     /// Either way inside a transfer: one chunk header; `len` bytes of body follow.
     Chunk(ChunkHeader),
-    /// The sender has sent every chunk: the whole file's size and MD5.
+    /// The sender has sent every chunk: the whole file's size and digest.
     Eof(Eof),
     /// The sender gives up on a transfer it started; no more chunks follow.
     Abort(ErrorReply),
@@ -315,7 +315,7 @@ pub enum ErrorCode {
     Denied,
     /// The request is malformed: a bad path, a field out of range, a message out of place.
     BadRequest,
-    /// A chunk or a whole file did not match its MD5.
+    /// A chunk or a whole file did not match its digest.
     ChecksumMismatch,
     /// A resumed transfer's prefix differs between client and server.
     PrefixMismatch,

@@ -64,7 +64,7 @@ pub struct Upload {
 
 static ANON: AtomicU64 = AtomicU64::new(0);
 
-/// The chunks of an upload so far: their common length and MD5s.
+/// The chunks of an upload so far: their common length and running digests.
 #[derive(Default)]
 struct ChunkLog {
     /// Length of every chunk but possibly the last; 0 before the first.
