@@ -24,7 +24,7 @@ pub mod transfer;
 
 // Digests live in `checksum`, which has no async runtime; re-exported so that every existing
 // `protocol::Digest` path keeps working.
-pub use checksum::{Digest, DigestKind, Hasher};
+pub use checksum::{Digest, DigestKind, Hasher, SavedState, StateError};
 pub use codec::{CodecError, Frame, FrameCodec, Incoming, Rejected};
 pub use connection::{BoxStream, Connection, ConnectionError, Stream};
 pub use message::{

@@ -184,8 +184,9 @@ impl ChunkReceiver {
         self.hasher.digest()
     }
 
-    /// A copy of the state at the current chunk boundary, from which [`ChunkReceiver::new`]
-    /// can continue later (an upload to a store that cannot read its parts back keeps this).
+    /// The state at the current chunk boundary: the offset, and the running hasher, from
+    /// which [`ChunkReceiver::new`] continues later. [`Hasher::save`] turns the hasher into
+    /// bytes to store (an upload to a store that cannot read its parts back keeps one per part).
     pub fn checkpoint(&self) -> (u64, Hasher) {
         (self.seq.next, self.hasher.clone())
     }

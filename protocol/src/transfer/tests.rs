@@ -147,6 +147,34 @@ proptest! {
         }
     }
 
+    /// A receiver's state saved at any chunk boundary, stored as bytes and restored in a new
+    /// receiver, goes on to accept the rest of the stream and the whole file's digest: what an
+    /// upload to a store that cannot read its parts back needs for a resume.
+    #[test]
+    fn a_receiver_saved_at_a_boundary_resumes_from_bytes(
+        len in 0usize..20_000,
+        chunk in 1u32..5_000,
+        at in any::<prop::sample::Index>(),
+    ) {
+        let kind = DigestKind::Md5;
+        let file = data(len, 5);
+        let (frames, eof) = stream(kind, &file, 0, chunk);
+        let cut = at.index(frames.len() + 1);
+        let mut rx = ChunkReceiver::new(0, len as u64, chunk, Hasher::new(kind));
+        for f in &frames[..cut] {
+            rx.accept(&header(f), &f.body).unwrap();
+        }
+        let (offset, hasher) = rx.checkpoint();
+        let stored = hasher.save().expect("MD5 states can be saved").as_bytes().to_vec();
+        drop(rx);
+        let restored = Hasher::restore(&crate::SavedState::from_bytes(kind, stored)).unwrap();
+        let mut rx = ChunkReceiver::new(offset, len as u64, chunk, restored);
+        for f in &frames[cut..] {
+            rx.accept(&header(f), &f.body).unwrap();
+        }
+        prop_assert_eq!(rx.finish(&eof).unwrap(), Digest::md5(&file));
+    }
+
     /// A sender replaying recorded digests puts the same frames on the wire as one hashing.
     #[test]
     fn replayed_digests_are_the_hashed_ones(

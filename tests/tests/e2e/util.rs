@@ -4,7 +4,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::ops::{Deref, DerefMut};
 use std::os::fd::OwnedFd;
@@ -17,7 +17,6 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use command_fds::{CommandFdExt, FdMapping};
-use md5::{Digest as _, Md5};
 use tempfile::TempDir;
 
 /// How long the daemon may take to print its `listening on` line, to log a line a test waits
@@ -982,10 +981,11 @@ pub fn md5_file(path: impl AsRef<Path>) -> String {
     let path = path.as_ref();
     let mut file =
         File::open(path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-    let mut hasher = Md5::new();
-    io::copy(&mut file, &mut hasher)
+    let mut hasher = protocol::Hasher::new(protocol::DigestKind::Md5);
+    hasher
+        .update_from(&mut file, u64::MAX)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    hex::encode(hasher.finalize())
+    hasher.finish().to_string()
 }
 
 /// Panics unless the two files have the same size and the same MD5. The message names the files
