@@ -199,7 +199,11 @@ impl Decoder for FrameCodec {
                     // Recoverable only if the header is well-formed JSON (valid UTF-8, valid
                     // escapes) with a string type; and never a chunk, whose body length we
                     // could not know.
-                    let well_formed = serde_json::from_slice::<serde_json::Value>(&raw).is_ok();
+                    // Checked for syntax only: building values would refuse numbers that are
+                    // valid JSON but overflow a float (`1e400`), a mistyped field like any
+                    // other.
+                    let well_formed = std::str::from_utf8(&raw).is_ok()
+                        && serde_json::from_slice::<serde::de::IgnoredAny>(&raw).is_ok();
                     let kind = serde_json::from_slice::<TypeKeys>(&raw)
                         .ok()
                         .filter(|_| well_formed)

@@ -50,6 +50,9 @@ impl VPath {
         if input.chars().any(char::is_control) {
             return bad("control character in path");
         }
+        if input.chars().any(is_bidi_control) {
+            return bad("bidirectional control character in path");
+        }
         let b = input.as_bytes();
         if b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':' {
             return bad("drive letters are not paths here");
@@ -121,6 +124,12 @@ impl VPath {
     }
 }
 
+/// Characters that reorder how text is shown: in a name they make `exe.txt` display as
+/// `txt.exe` (U+202E) and hide what a listing really holds. No file name needs them.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 impl fmt::Display for VPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "/{}", self.0)
@@ -174,6 +183,10 @@ mod tests {
             ("/", "C:\\Windows", Err("BadPath")),
             ("/", "c:/x", Err("BadPath")),
             ("/", "a\nb", Err("BadPath")),
+            ("/", "invoice\u{202E}fdp.exe", Err("BadPath")),
+            ("/", "a\u{2066}b", Err("BadPath")),
+            ("/", "caf\u{e9}", Ok("/caf\u{e9}")),
+            ("/", "cafe\u{301}", Ok("/cafe\u{301}")),
             ("/", &long_name, Err("BadPath")),
             ("/", &long_path, Err("BadPath")),
         ];

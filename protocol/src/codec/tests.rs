@@ -182,6 +182,33 @@ fn unknown_type_or_bad_fields_are_recoverable() {
     assert_eq!(items[2].as_ref().unwrap().message, Message::Bye);
 }
 
+/// `{"type":"get","offset":1e400}` closed the connection: the well-formedness check built JSON
+/// values, and a number too large for a float failed it, although an ill-typed field is
+/// documented as recoverable. Invalid UTF-8 in any string still closes it.
+#[test]
+fn a_number_out_of_range_is_an_ill_typed_field_not_a_corrupt_stream() {
+    let mut wire = raw(br#"{"type":"get","path":"a","offset":1e400}"#);
+    wire.extend(raw(br#"{"type":"stat","path":"a","md5":-1e99999}"#));
+    wire.extend(encode_all(&[Message::Bye.into()]));
+    let items = decode_in_pieces(&wire, &[]).unwrap();
+    assert!(
+        matches!(&items[0], Err(Rejected { kind, .. }) if kind == "get"),
+        "{items:?}"
+    );
+    assert!(
+        matches!(&items[1], Err(Rejected { kind, .. }) if kind == "stat"),
+        "{items:?}"
+    );
+    assert_eq!(items[2].as_ref().unwrap().message, Message::Bye);
+
+    let mut bad = br#"{"type":"get","path":"X"}"#.to_vec();
+    let at = bad.len() - 3;
+    bad[at] = 0xff;
+    let mut buf = BytesMut::from(&raw(&bad)[..]);
+    let err = FrameCodec::new().decode(&mut buf).unwrap_err();
+    assert!(matches!(err, CodecError::BadHeader(_)), "{err}");
+}
+
 #[test]
 fn encoder_refuses_inconsistent_bodies() {
     let mut frame = Frame::chunk(0, Bytes::from_static(b"abc"), Digest::default());
