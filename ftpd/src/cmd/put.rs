@@ -2,7 +2,7 @@
 //! commit it whole.
 
 use bytes::Bytes;
-use protocol::{ChunkHeader, ChunkReceiver, Eof, ErrorReply, Message, Put, PutReady};
+use protocol::{ChunkHeader, ChunkReceiver, Eof, ErrorReply, Message, Put, PutReady, Sequence};
 use storage::{Upload, UploadRequest, VPath};
 use tokio::sync::mpsc;
 
@@ -49,36 +49,27 @@ pub async fn run(s: &mut Session, req: Put) -> Handled {
     }))
     .await?;
 
-    let mut seq = receiver.sequence();
+    let seq = receiver.sequence();
     let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let writer_path = path.clone();
     let worker =
         tokio::task::spawn_blocking(move || write_chunks(upload, receiver, &writer_path, rx));
-    let end = loop {
-        let frame = s.next_in_transfer().await?;
-        match frame.message {
-            Message::Chunk(h) => {
-                if let Err(error) = seq.advance(&h) {
-                    let path = path.clone();
-                    break End::Refused(CmdError::Transfer { path, error });
-                }
-                if tx.send((h, frame.body)).await.is_err() {
-                    break End::WriterStopped;
-                }
-            }
-            Message::Eof(eof) => break End::Eof(eof),
-            Message::Abort(r) => break End::Aborted(r),
-            other => {
-                return Err(
-                    SessionError::Protocol(format!("{other:?} in the middle of an upload")).into(),
-                )
-            }
-        }
-    };
+    let end = receive(s, &path, seq, &tx).await;
+    // The writer holds the staged upload. It ends before this command does, however the stream
+    // ended (a lost connection too): a resume that follows must find every verified byte
+    // staged, not race a writer still flushing them, whose lease it would take over.
     drop(tx);
     let (upload, receiver, written) = worker
         .await
         .map_err(|e| SessionError::Internal(format!("upload writer failed: {e}")))?;
+    let end = match end {
+        Ok(end) => end,
+        Err(e) => {
+            // Dropping it flushes kept bytes to the staging file: disk work, off the reactor.
+            blocking(move || drop(upload)).await?;
+            return Err(e.into());
+        }
+    };
     s.moved.bytes = receiver.position() - offset;
     match end {
         End::Eof(eof) => {
@@ -108,6 +99,36 @@ pub async fn run(s: &mut Session, req: Put) -> Handled {
                 .err()
                 .unwrap_or(CmdError::OutOfPlace("upload writer stopped")),
         )),
+    }
+}
+
+/// Reads the client's data stream, handing each chunk that fits the sequence to the writer,
+/// until the stream ends, a chunk is refused, or the writer stops.
+async fn receive(
+    s: &mut Session,
+    path: &VPath,
+    mut seq: Sequence,
+    tx: &mpsc::Sender<(ChunkHeader, Bytes)>,
+) -> Result<End, SessionError> {
+    loop {
+        let frame = s.next_in_transfer().await?;
+        match frame.message {
+            Message::Chunk(h) => {
+                if let Err(error) = seq.advance(&h) {
+                    let path = path.clone();
+                    return Ok(End::Refused(CmdError::Transfer { path, error }));
+                }
+                if tx.send((h, frame.body)).await.is_err() {
+                    return Ok(End::WriterStopped);
+                }
+            }
+            Message::Eof(eof) => return Ok(End::Eof(eof)),
+            Message::Abort(r) => return Ok(End::Aborted(r)),
+            other => {
+                let msg = format!("{other:?} in the middle of an upload");
+                return Err(SessionError::Protocol(msg));
+            }
+        }
     }
 }
 
