@@ -140,6 +140,39 @@ impl<'de> serde::Deserialize<'de> for TypeKeys {
     }
 }
 
+/// Whether JSON text escapes half of a UTF-16 surrogate pair on its own (`"\ud800"`): no
+/// string can hold it, but a syntax-only check lets it through. Backslashes occur only inside
+/// strings in valid JSON, so no string tracking is needed.
+fn has_lone_surrogate(json: &[u8]) -> bool {
+    let unit = |at: usize| -> Option<u16> {
+        let hex = json.get(at..at + 4)?;
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    };
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if json.get(i + 1) != Some(&b'u') {
+            i += 2; // any other escape, `\\` included
+            continue;
+        }
+        match unit(i + 2) {
+            Some(0xD800..=0xDBFF) => {
+                let low = (json.get(i + 6..i + 8) == Some(&b"\\u"[..])).then(|| unit(i + 8));
+                if !matches!(low, Some(Some(0xDC00..=0xDFFF))) {
+                    return true;
+                }
+                i += 12;
+            }
+            Some(0xDC00..=0xDFFF) => return true,
+            _ => i += 6,
+        }
+    }
+    false
+}
+
 impl FrameCodec {
     /// A codec with the protocol's default caps.
     pub fn new() -> Self {
@@ -203,7 +236,8 @@ impl Decoder for FrameCodec {
                     // valid JSON but overflow a float (`1e400`), a mistyped field like any
                     // other.
                     let well_formed = std::str::from_utf8(&raw).is_ok()
-                        && serde_json::from_slice::<serde::de::IgnoredAny>(&raw).is_ok();
+                        && serde_json::from_slice::<serde::de::IgnoredAny>(&raw).is_ok()
+                        && !has_lone_surrogate(&raw);
                     let kind = serde_json::from_slice::<TypeKeys>(&raw)
                         .ok()
                         .filter(|_| well_formed)

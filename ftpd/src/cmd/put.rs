@@ -2,9 +2,10 @@
 //! commit it whole.
 
 use bytes::Bytes;
-use protocol::{ChunkHeader, ChunkReceiver, Eof, ErrorReply, Message, Put, PutReady};
+use protocol::{ChunkHeader, ChunkReceiver, Eof, ErrorReply, Message, Put, PutReady, Sequence};
 use storage::{Upload, UploadRequest, VPath};
 use tokio::sync::mpsc;
+use tokio::task::{JoinError, JoinHandle};
 
 use crate::cmd::{Failure, Handled};
 use crate::error::{blocking, SessionError};
@@ -49,42 +50,16 @@ pub async fn run(s: &mut Session, req: Put) -> Handled {
     }))
     .await?;
 
-    let mut seq = receiver.sequence();
+    let seq = receiver.sequence();
     let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let writer_path = path.clone();
     let mut worker =
         tokio::task::spawn_blocking(move || write_chunks(upload, receiver, &writer_path, rx));
-    // The writer ends early only when it refuses a chunk: say so at once, not at the next
-    // frame the client may never send.
     let mut stopped = None;
-    let end = loop {
-        let frame = tokio::select! {
-            biased;
-            done = &mut worker => {
-                stopped = Some(done);
-                break End::WriterStopped;
-            }
-            frame = s.next_in_transfer() => frame?,
-        };
-        match frame.message {
-            Message::Chunk(h) => {
-                if let Err(error) = seq.advance(&h) {
-                    let path = path.clone();
-                    break End::Refused(CmdError::Transfer { path, error });
-                }
-                if tx.send((h, frame.body)).await.is_err() {
-                    break End::WriterStopped;
-                }
-            }
-            Message::Eof(eof) => break End::Eof(eof),
-            Message::Abort(r) => break End::Aborted(r),
-            other => {
-                return Err(
-                    SessionError::Protocol(format!("{other:?} in the middle of an upload")).into(),
-                )
-            }
-        }
-    };
+    let end = receive(s, &path, seq, &tx, &mut worker, &mut stopped).await;
+    // The writer holds the staged upload. It ends before this command does, however the stream
+    // ended (a lost connection too): a resume that follows must find every verified byte
+    // staged, not race a writer still flushing them, whose lease it would take over.
     drop(tx);
     let done = match stopped {
         Some(done) => done,
@@ -92,6 +67,14 @@ pub async fn run(s: &mut Session, req: Put) -> Handled {
     };
     let (upload, receiver, written) =
         done.map_err(|e| SessionError::Internal(format!("upload writer failed: {e}")))?;
+    let end = match end {
+        Ok(end) => end,
+        Err(e) => {
+            // Dropping it flushes kept bytes to the staging file: disk work, off the reactor.
+            blocking(move || drop(upload)).await?;
+            return Err(e.into());
+        }
+    };
     s.moved.bytes = receiver.position() - offset;
     match end {
         End::Eof(eof) => {
@@ -124,6 +107,47 @@ pub async fn run(s: &mut Session, req: Put) -> Handled {
     }
 }
 
+/// Reads the client's data stream, handing each chunk that fits the sequence to the writer,
+/// until the stream ends, a chunk is refused, or the writer stops.
+async fn receive(
+    s: &mut Session,
+    path: &VPath,
+    mut seq: Sequence,
+    tx: &mpsc::Sender<(ChunkHeader, Bytes)>,
+    worker: &mut JoinHandle<Written>,
+    stopped: &mut Option<Result<Written, JoinError>>,
+) -> Result<End, SessionError> {
+    loop {
+        // The writer ends early only when it refuses a chunk: say so at once, not at the next
+        // frame the client may never send.
+        let frame = tokio::select! {
+            biased;
+            done = &mut *worker => {
+                *stopped = Some(done);
+                return Ok(End::WriterStopped);
+            }
+            frame = s.next_in_transfer() => frame?,
+        };
+        match frame.message {
+            Message::Chunk(h) => {
+                if let Err(error) = seq.advance(&h) {
+                    let path = path.clone();
+                    return Ok(End::Refused(CmdError::Transfer { path, error }));
+                }
+                if tx.send((h, frame.body)).await.is_err() {
+                    return Ok(End::WriterStopped);
+                }
+            }
+            Message::Eof(eof) => return Ok(End::Eof(eof)),
+            Message::Abort(r) => return Ok(End::Aborted(r)),
+            other => {
+                let msg = format!("{other:?} in the middle of an upload");
+                return Err(SessionError::Protocol(msg));
+            }
+        }
+    }
+}
+
 /// After refusing an upload part-way, skip the chunks already on their way until the client
 /// ends its stream; then the connection is back in step for the next command.
 pub(crate) async fn drain(s: &mut Session) -> Result<(), SessionError> {
@@ -140,6 +164,10 @@ pub(crate) async fn drain(s: &mut Session) -> Result<(), SessionError> {
     }
 }
 
+/// What the writer hands back: the upload to commit or keep, the receiver for its check at
+/// `eof`, and whether every chunk it was given passed and was written.
+type Written = (Upload, ChunkReceiver, Result<(), CmdError>);
+
 /// Verifies each chunk with the transfer engine and appends it to the staged file, off the
 /// reactor thread; only verified bytes reach the storage.
 fn write_chunks(
@@ -147,7 +175,7 @@ fn write_chunks(
     mut receiver: ChunkReceiver,
     path: &VPath,
     mut rx: mpsc::Receiver<(ChunkHeader, Bytes)>,
-) -> (Upload, ChunkReceiver, Result<(), CmdError>) {
+) -> Written {
     while let Some((h, body)) = rx.blocking_recv() {
         if let Err(error) = receiver.accept(&h, &body) {
             let path = path.clone();

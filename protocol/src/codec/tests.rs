@@ -210,6 +210,21 @@ fn a_number_out_of_range_is_an_ill_typed_field_not_a_corrupt_stream() {
 }
 
 #[test]
+fn lone_surrogates_are_found_and_pairs_and_escaped_backslashes_are_not() {
+    for (json, lone) in [
+        (r#"{"p":"\ud800"}"#, true),
+        (r#"{"p":"\udc00x"}"#, true),
+        (r#"{"p":"\ud800\u0041"}"#, true),
+        (r#"{"p":"\ud83d"#, true),
+        (r#"{"p":"\ud83d\ude00"}"#, false),
+        (r#"{"p":"\\ud800"}"#, false),
+        (r#"{"p":"\u00e9\n\"\\"}"#, false),
+    ] {
+        assert_eq!(has_lone_surrogate(json.as_bytes()), lone, "{json}");
+    }
+}
+
+#[test]
 fn encoder_refuses_inconsistent_bodies() {
     let mut frame = Frame::chunk(0, Bytes::from_static(b"abc"), Digest::default());
     frame.body = Bytes::from_static(b"abcd");
