@@ -64,3 +64,24 @@ async fn a_refused_upload_names_the_path_as_the_user_sees_it_not_the_home() {
     assert_holds(&d.root_path("homes/alice/a.bin"), &data);
     raw.bye().await;
 }
+
+/// Regression: `rmdir /` by a user whose home was empty removed the home itself (the path was
+/// the home's place in the root, not the root); the user's `/` is now the top of a directory
+/// handle, which cannot be removed, nor can a `..` reach above it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_cannot_remove_their_own_empty_home() {
+    let d = InProcess::new().users(USERS).start();
+    let mut raw = d.raw_as("alice", ALICE).await;
+    for path in ["/", ".", "..", "/.."] {
+        raw.send(Message::Rmdir(protocol::PathArg { path: path.into() }))
+            .await;
+        let refused = raw.expect_error(ErrorCode::Denied).await;
+        assert!(!refused.message.contains("homes"), "{path}: {refused:?}");
+        assert!(
+            d.root_path("homes/alice").is_dir(),
+            "rmdir {path} removed the home"
+        );
+    }
+    raw.expect_usable().await;
+    raw.bye().await;
+}
