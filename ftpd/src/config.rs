@@ -72,9 +72,8 @@ pub struct Config {
     #[arg(long, env = "FTPD_MAX_FILES")]
     pub max_files: Option<u64>,
 
-    /// Most staged uploads one home may have at once, in progress or interrupted (kept for
-    /// `put -c`); default 16. Over it, the home's oldest interrupted upload is removed to make
-    /// room; with all of them in progress, a new one is refused.
+    /// Most interrupted uploads one home keeps staged for `put -c`; default 16. One more
+    /// removes the home's oldest. (Uploads in progress are bounded by the connections.)
     #[arg(long, env = "FTPD_MAX_STAGED_UPLOADS", default_value_t = 16,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_staged_uploads: u64,

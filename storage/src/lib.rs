@@ -51,7 +51,7 @@ pub struct Limits {
     pub quota: Option<u64>,
     /// Most files and directories the root may hold (its private directory aside).
     pub max_files: Option<u64>,
-    /// Most staged uploads (in progress or interrupted) one home may have at once.
+    /// Most interrupted uploads one home keeps staged for a resume; over it, its oldest goes.
     pub max_staged: Option<usize>,
 }
 
@@ -69,7 +69,7 @@ pub(crate) struct Usage {
     /// New files promised to uploads in progress.
     reserved_files: u64,
     /// Staged uploads no attempt is working on (interrupted, kept for a resume), by staging
-    /// name: their bytes count against the quota, and they count against their home's cap.
+    /// name: their bytes count against the quota, and their number against their home's cap.
     kept: HashMap<String, Kept>,
     /// The bytes of `kept`, together.
     kept_bytes: u64,
@@ -245,7 +245,8 @@ impl Root {
     /// Counts again what interrupted uploads hold in staging; with `max_age`, first removes
     /// those that are stale or can never be resumed: staged bytes of uploads without an id
     /// (a crash skipped their removal), files with more than one link (a crash between a
-    /// commit's link and unlink: the bytes are the live file's), and anything not a file.
+    /// commit's link and unlink: the bytes are the live file's), names no upload can resume,
+    /// and anything not a file.
     fn scan_staging(&self, max_age: Option<std::time::Duration>) -> Result<usize> {
         let shown = "staging directory";
         let active = self.inner.active.lock().unwrap();
@@ -267,7 +268,7 @@ impl Root {
             if let Some(max_age) = max_age {
                 use cap_std::fs::MetadataExt as _;
                 let stale = modified.elapsed().unwrap_or_default() > max_age
-                    || upload::is_anonymous(&name)
+                    || upload::owner_of(&name).is_none()
                     || meta.nlink() > 1
                     || !meta.is_file();
                 if stale && self.inner.staging.remove_file(&name).is_ok() {

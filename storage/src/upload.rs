@@ -11,18 +11,14 @@ use fileio::DirectWriter;
 use md5::{Digest as _, Md5};
 
 use crate::digests::{self, Recorded};
-use crate::{rename_noreplace, Error, Home, Kept, Result, Root, VPath, MAX_SIZE};
+use crate::{rename_noreplace, Error, Home, Kept, Result, Root, Usage, VPath, MAX_SIZE};
 
 /// How the staging names of uploads without an id begin: they can never be resumed.
 const ANON_PREFIX: &str = "anon-";
 
-/// Whether a staging name is that of an upload without an id.
-pub(crate) fn is_anonymous(name: &str) -> bool {
-    name.starts_with(ANON_PREFIX)
-}
-
 /// The home (its `Home::owner` tag) that staged an upload with an id, from its staging name
-/// `<owner>-<key>.part`.
+/// `<owner>-<key>.part`; `None` for any other name (an upload without an id, or one staged
+/// before names carried their home), which no upload can ever resume.
 pub(crate) fn owner_of(name: &str) -> Option<&str> {
     let (owner, rest) = name.split_once('-')?;
     let well_formed = owner.len() == 16
@@ -487,33 +483,6 @@ fn claim(
         }
     }
     usage.room_for_files(limits.max_files, new_files, target)?;
-    let known = active.contains_key(staged) || usage.kept.contains_key(staged);
-    if let (Some(max), false) = (limits.max_staged, known) {
-        let owner = &lease.owner;
-        let in_progress = active.values().filter(|l| l.owner == *owner).count();
-        if in_progress >= max {
-            return Err(too_large(format!(
-                "{max} uploads here are in progress already, the most this server takes"
-            )));
-        }
-        // Over the cap, the oldest interrupted upload of this home makes room: refusing instead
-        // would let one client that abandons uploads lock everyone sharing the home out of new
-        // ones until the sweep.
-        loop {
-            let mut mine: Vec<(&String, &Kept)> = usage
-                .kept
-                .iter()
-                .filter(|(_, k)| k.owner.as_deref() == Some(owner.as_str()))
-                .collect();
-            if in_progress + mine.len() < max {
-                break;
-            }
-            mine.sort_by_key(|(_, k)| k.modified);
-            let oldest = mine[0].0.clone();
-            let _ = root.inner.staging.remove_file(&oldest);
-            usage.forget_kept(&oldest);
-        }
-    }
     usage.forget_kept(staged);
     usage.reserved += grow;
     usage.reserved_files += new_files;
@@ -541,10 +510,34 @@ fn release(
                 modified: SystemTime::now(),
             };
             usage.keep(staged, kept);
+            if let Some(max) = root.inner.limits.max_staged {
+                evict_over(root, &mut usage, &lease.owner, max);
+            }
         }
     }
     usage.reserved -= reserved;
     usage.reserved_files -= reserved_files;
+}
+
+/// Removes the oldest interrupted uploads of the home `owner` until it keeps at most `max`.
+/// Only interrupted ones count: uploads in progress are bounded by the connections. Making
+/// room rather than refusing new uploads: a refusal would let one client that abandons uploads
+/// lock everyone sharing its home out of resumable uploads until the sweep.
+fn evict_over(root: &Root, usage: &mut Usage, owner: &str, max: usize) {
+    loop {
+        let mut mine: Vec<(&String, &Kept)> = usage
+            .kept
+            .iter()
+            .filter(|(_, k)| k.owner.as_deref() == Some(owner))
+            .collect();
+        if mine.len() <= max {
+            return;
+        }
+        mine.sort_by_key(|(_, k)| k.modified);
+        let oldest = mine[0].0.clone();
+        let _ = root.inner.staging.remove_file(&oldest);
+        usage.forget_kept(&oldest);
+    }
 }
 
 /// Reads back the bytes an earlier attempt staged (at most `size`) into `hasher`, cuts off any
