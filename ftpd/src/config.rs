@@ -67,6 +67,17 @@ pub struct Config {
     #[arg(long, env = "FTPD_QUOTA", value_parser = parse_bytes)]
     pub quota: Option<u64>,
 
+    /// Most files and directories the root may hold (e.g. 100000); none by default. Uploads
+    /// of new files and new directories that would go over it are refused up front.
+    #[arg(long, env = "FTPD_MAX_FILES")]
+    pub max_files: Option<u64>,
+
+    /// Most interrupted uploads one home keeps staged for `put -c`; default 16. One more
+    /// removes the home's oldest. (Uploads in progress are bounded by the connections.)
+    #[arg(long, env = "FTPD_MAX_STAGED_UPLOADS", default_value_t = 16,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_staged_uploads: u64,
+
     /// Time a new client has to complete the hello exchange (and authentication).
     #[arg(long, env = "FTPD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     #[serde(serialize_with = "duration")]
@@ -89,8 +100,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
 
     /// Staged bytes of an interrupted upload are kept this long for `put -c` to resume, then
-    /// removed (checked at startup and every hour).
-    #[arg(long, env = "FTPD_STAGING_MAX_AGE", default_value = "24h", value_parser = humantime::parse_duration)]
+    /// removed (checked at startup and every quarter of this, at most every hour); default
+    /// 1h. Until then they count against the quota.
+    #[arg(long, env = "FTPD_STAGING_MAX_AGE", default_value = "1h", value_parser = humantime::parse_duration)]
     #[serde(serialize_with = "duration")]
     pub staging_max_age: Duration,
 

@@ -24,7 +24,7 @@ use crate::transport;
 use crate::users::Users;
 use crate::Config;
 
-/// How often abandoned staged uploads are looked for.
+/// How often abandoned staged uploads are looked for, at most.
 const STAGING_SWEEP_PERIOD: Duration = Duration::from_secs(3600);
 
 /// A daemon ready to serve: its root is open and checked, its users loaded.
@@ -73,6 +73,8 @@ impl Server {
         let limits = storage::Limits {
             max_file_size: config.max_file_size,
             quota: config.quota,
+            max_files: config.max_files,
+            max_staged: Some(usize::try_from(config.max_staged_uploads).unwrap_or(usize::MAX)),
         };
         let root = Root::open_with_limits(config.root(), limits)
             .context("cannot serve the storage root")?;
@@ -149,7 +151,8 @@ impl Server {
         let sweeper = tokio::spawn(sweep_every(
             self.shared.root.clone(),
             config.staging_max_age,
-            STAGING_SWEEP_PERIOD.min(config.staging_max_age.max(Duration::from_secs(1))),
+            // A quarter of the age: staged bytes outlive it by at most that much.
+            STAGING_SWEEP_PERIOD.min((config.staging_max_age / 4).max(Duration::from_secs(1))),
         ));
         tokio::pin!(shutdown);
         loop {
@@ -238,7 +241,8 @@ impl Drop for PerIp {
     }
 }
 
-/// Removes staged uploads older than `max_age`, logging what it did.
+/// Counts the root again and removes staged uploads older than `max_age` or never resumable
+/// (left by a crash), logging what it did.
 fn sweep(root: &Root, max_age: Duration) {
     root.recount_usage();
     let stale = root.sweep_digests();

@@ -19,9 +19,10 @@ mod upload;
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::UNIX_EPOCH;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
@@ -35,20 +36,88 @@ pub use upload::{Upload, UploadRequest};
 /// Where staged uploads live, under [`PRIVATE_DIR`].
 const STAGING_DIR: &str = ".ftpd/staging";
 
+/// The largest size an upload may declare, whatever the limits: sizes cross the wire as JSON
+/// numbers, exact only up to 2^53, and a cap this far below `u64::MAX` leaves every sum of a
+/// few sizes room to be computed without wrapping.
+pub const MAX_SIZE: u64 = 1 << 53;
+
 /// Size limits the root enforces on uploads.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Limits {
     /// Largest file an upload may create.
     pub max_file_size: Option<u64>,
-    /// Most bytes all files in the root may take together, uploads in progress included.
+    /// Most bytes all files in the root may take together, uploads in progress and staged
+    /// bytes of interrupted ones included.
     pub quota: Option<u64>,
+    /// Most files and directories the root may hold (its private directory aside).
+    pub max_files: Option<u64>,
+    /// Most interrupted uploads one home keeps staged for a resume; over it, its oldest goes.
+    pub max_staged: Option<usize>,
 }
 
-/// Bytes in the root, and bytes promised to uploads in progress.
+/// What the root holds and what is promised, for the limits. Every change to the names in the
+/// root that the counts depend on (commit, remove, rename, mkdir) is made holding this lock, so
+/// what a change is measured against is what it changes.
 #[derive(Debug, Default)]
-struct Usage {
+pub(crate) struct Usage {
+    /// Bytes of the files in the root (counted only when there is a quota).
     used: u64,
+    /// Bytes promised to uploads in progress.
     reserved: u64,
+    /// Files and directories in the root (counted only when there is a limit on them).
+    files: u64,
+    /// New files promised to uploads in progress.
+    reserved_files: u64,
+    /// Staged uploads no attempt is working on (interrupted, kept for a resume), by staging
+    /// name: their bytes count against the quota, and their number against their home's cap.
+    kept: HashMap<String, Kept>,
+    /// The bytes of `kept`, together.
+    kept_bytes: u64,
+}
+
+/// An interrupted upload's staged bytes, waiting for a resume or the sweep.
+#[derive(Debug)]
+pub(crate) struct Kept {
+    /// The home that staged it (see `Home::owner`); `None` for a name the daemon cannot place.
+    owner: Option<String>,
+    /// Bytes it takes.
+    bytes: u64,
+    /// When it was last written: the oldest goes first when its home is over its cap.
+    modified: SystemTime,
+}
+
+impl Usage {
+    /// Records an interrupted upload's staged bytes.
+    pub(crate) fn keep(&mut self, name: &str, kept: Kept) {
+        self.forget_kept(name);
+        self.kept_bytes = self.kept_bytes.saturating_add(kept.bytes);
+        self.kept.insert(name.to_owned(), kept);
+    }
+
+    /// Stops counting a staged upload (resumed, replaced, or removed); returns its bytes.
+    pub(crate) fn forget_kept(&mut self, name: &str) -> u64 {
+        let bytes = self.kept.remove(name).map_or(0, |k| k.bytes);
+        self.kept_bytes = self.kept_bytes.saturating_sub(bytes);
+        bytes
+    }
+
+    /// Refuses `n` more files or directories when they would go over `max`.
+    fn room_for_files(&self, max: Option<u64>, n: u64, path: &VPath) -> Result<()> {
+        let Some(max) = max else { return Ok(()) };
+        let total = self
+            .files
+            .saturating_add(self.reserved_files)
+            .saturating_add(n);
+        if n > 0 && total > max {
+            return Err(Error::TooLarge {
+                path: path.to_string(),
+                what: format!(
+                    "{n} more files or directories would exceed the server's limit of {max}"
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// An open storage root. Cloning is cheap; clones share the same directory handles.
@@ -66,7 +135,7 @@ struct Inner {
     digests: Dir,
     /// Upload size limits.
     limits: Limits,
-    /// What the files in the root take, for the quota (counted only when there is one).
+    /// What the files in the root take, for the limits. Taken after `active` when both are.
     usage: Mutex<Usage>,
     /// Staged uploads open right now, by staging name, so that a newer attempt at the same
     /// upload (a client that reconnected) takes over from the older one instead of mixing in.
@@ -147,59 +216,41 @@ impl Root {
         Ok(root)
     }
 
-    /// Counts what the files in the root take, when there is a quota to check against. Run at
-    /// startup and with every sweep, so changes made outside the daemon are noticed.
+    /// Counts what the files in the root take, when there is a limit to check against, and
+    /// what interrupted uploads hold in staging. Run at startup and with every sweep, so
+    /// changes made outside the daemon are noticed.
     pub fn recount_usage(&self) {
-        if self.inner.limits.quota.is_none() {
-            return;
-        }
-        let used = tree_size(&self.inner.dir, true);
-        self.inner.usage.lock().unwrap().used = used;
-    }
-
-    /// Checks an upload of `size` bytes against the limits and reserves `grow` bytes of quota.
-    pub(crate) fn reserve(&self, path: &VPath, size: u64, grow: u64) -> Result<()> {
         let limits = self.inner.limits;
-        let too_large = |what: String| Error::TooLarge {
-            path: path.to_string(),
-            what,
-        };
-        if let Some(max) = limits.max_file_size {
-            if size > max {
-                return Err(too_large(format!(
-                    "{size} bytes is over the server's largest file size of {max} bytes"
-                )));
-            }
+        if limits.quota.is_some() || limits.max_files.is_some() {
+            let (used, files) = tree_count(&self.inner.dir, true);
+            let mut usage = self.lock_usage();
+            usage.used = used;
+            usage.files = files;
         }
-        if let Some(quota) = limits.quota {
-            let mut usage = self.inner.usage.lock().unwrap();
-            if usage.used + usage.reserved + grow > quota {
-                return Err(too_large(format!(
-                    "storing {grow} more bytes would exceed the server's quota of {quota} bytes"
-                )));
-            }
-            usage.reserved += grow;
-        }
-        Ok(())
+        let _ = self.scan_staging(None);
     }
 
-    /// Gives back a reservation; `stored` is what the root grew by, if the upload was committed.
-    pub(crate) fn settle(&self, reserved: u64, stored: Option<i128>) {
-        if self.inner.limits.quota.is_none() {
-            return;
-        }
-        let mut usage = self.inner.usage.lock().unwrap();
-        usage.reserved -= reserved;
-        if let Some(delta) = stored {
-            usage.used = (i128::from(usage.used) + delta).max(0) as u64;
-        }
+    /// The counts behind the limits, locked.
+    pub(crate) fn lock_usage(&self) -> MutexGuard<'_, Usage> {
+        self.inner.usage.lock().unwrap()
     }
 
-    /// Removes staged uploads untouched for longer than `max_age` (abandoned, never resumed).
-    /// Returns how many were removed.
+    /// Removes staged uploads no attempt is working on that can never be resumed, or that are
+    /// untouched for longer than `max_age` (abandoned). Returns how many were removed. Run at
+    /// startup, where everything staged is left from an earlier run, and then periodically.
     pub fn sweep_staging(&self, max_age: std::time::Duration) -> Result<usize> {
+        self.scan_staging(Some(max_age))
+    }
+
+    /// Counts again what interrupted uploads hold in staging; with `max_age`, first removes
+    /// those that are stale or can never be resumed: staged bytes of uploads without an id
+    /// (a crash skipped their removal), files with more than one link (a crash between a
+    /// commit's link and unlink: the bytes are the live file's), names no upload can resume,
+    /// and anything not a file.
+    fn scan_staging(&self, max_age: Option<std::time::Duration>) -> Result<usize> {
         let shown = "staging directory";
         let active = self.inner.active.lock().unwrap();
+        let mut kept = Vec::new();
         let mut removed = 0;
         for entry in self
             .inner
@@ -212,14 +263,35 @@ impl Root {
             if active.contains_key(&name) {
                 continue;
             }
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .map(|t| t.into_std().elapsed().unwrap_or_default() > max_age)
-                .unwrap_or(false);
-            if old && self.inner.staging.remove_file(&name).is_ok() {
-                removed += 1;
+            let Ok(meta) = entry.metadata() else { continue };
+            let modified = meta.modified().map_or(UNIX_EPOCH, |t| t.into_std());
+            if let Some(max_age) = max_age {
+                use cap_std::fs::MetadataExt as _;
+                let stale = modified.elapsed().unwrap_or_default() > max_age
+                    || upload::owner_of(&name).is_none()
+                    || meta.nlink() > 1
+                    || !meta.is_file();
+                if stale && self.inner.staging.remove_file(&name).is_ok() {
+                    removed += 1;
+                    continue;
+                }
             }
+            let owner = upload::owner_of(&name).map(str::to_owned);
+            let bytes = if meta.is_file() { meta.len() } else { 0 };
+            kept.push((
+                name,
+                Kept {
+                    owner,
+                    bytes,
+                    modified,
+                },
+            ));
+        }
+        let mut usage = self.lock_usage();
+        usage.kept.clear();
+        usage.kept_bytes = 0;
+        for (name, k) in kept {
+            usage.keep(&name, k);
         }
         Ok(removed)
     }
@@ -278,20 +350,49 @@ impl Home {
         self.prefix.join(path)
     }
 
-    /// Opens a regular file for reading.
+    /// A short stable name for this home, in the names of the uploads it stages, so that each
+    /// home's staged uploads can be counted (also after a restart) without saying where it is.
+    pub(crate) fn owner(&self) -> String {
+        let tag = <md5::Md5 as md5::Digest>::digest(self.prefix.rel().as_bytes());
+        hex::encode(&tag[..8])
+    }
+
+    /// Opens a regular file for reading. Anything else (a FIFO, a device) is refused before it
+    /// is opened, and the open itself cannot block on one swapped in meanwhile.
     pub fn open_read(&self, path: &VPath) -> Result<ReadFile> {
+        use cap_std::fs::OpenOptionsExt as _;
         let shown = path.to_string();
+        let kind = |meta: &cap_std::fs::Metadata| {
+            if meta.is_dir() {
+                Err(Error::IsDirectory(shown.clone()))
+            } else if !meta.is_file() {
+                Err(Error::NotAFile(shown.clone()))
+            } else {
+                Ok(())
+            }
+        };
+        let before = self
+            .dir
+            .metadata(path.rel())
+            .map_err(|e| Error::io(&shown, "stat", e))?;
+        kind(&before)?;
+        // Opening a FIFO for reading waits for a writer, past every timeout: O_NONBLOCK returns
+        // at once. O_NOCTTY: a terminal never becomes the daemon's.
+        let mut opts = cap_std::fs::OpenOptions::new();
+        opts.read(true).custom_flags(
+            (rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32,
+        );
         let file = self
             .dir
-            .open(path.rel())
+            .open_with(path.rel(), &opts)
             .map_err(|e| Error::io(&shown, "open", e))?;
         let meta = file.metadata().map_err(|e| Error::io(&shown, "stat", e))?;
-        if meta.is_dir() {
-            return Err(Error::IsDirectory(shown));
-        }
-        if !meta.is_file() {
-            return Err(Error::NotAFile(shown));
-        }
+        kind(&meta)?;
+        // A regular file: reads never block anyway; clear the flag so they behave as usual.
+        let flags =
+            rustix::fs::fcntl_getfl(&file).map_err(|e| Error::io(&shown, "open", e.into()))?;
+        rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)
+            .map_err(|e| Error::io(&shown, "open", e.into()))?;
         let mtime = meta
             .modified()
             .ok()
@@ -362,17 +463,37 @@ impl Home {
         if path.is_root() {
             return Err(Error::Exists(shown));
         }
+        let limits = self.root.inner.limits;
+        let mut usage = self.root.lock_usage();
         let r = if parents {
-            self.dir.create_dir_all(path.rel())
+            // Refused whole or made whole: count the missing directories first.
+            let names: Vec<&str> = path.components().collect();
+            let mut have = 0;
+            while have < names.len() {
+                let at = names[..=have].join("/");
+                match self.dir.symlink_metadata(&at) {
+                    Ok(_) => have += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e) => return Err(Error::io(&shown, "stat", e)),
+                }
+            }
+            let missing = (names.len() - have) as u64;
+            usage.room_for_files(limits.max_files, missing, path)?;
+            self.dir.create_dir_all(path.rel()).map(|()| missing)
         } else {
-            self.dir.create_dir(path.rel())
+            usage.room_for_files(limits.max_files, 1, path)?;
+            self.dir.create_dir(path.rel()).map(|()| 1)
         };
-        r.map_err(|e| Error::io(&shown, "create directory", e))
+        let made = r.map_err(|e| Error::io(&shown, "create directory", e))?;
+        usage.files = usage.files.saturating_add(made);
+        Ok(())
     }
 
     /// Removes a file (not a directory).
     pub fn remove_file(&self, path: &VPath) -> Result<()> {
         let shown = path.to_string();
+        // Measured and removed under the lock, so the count loses what was removed.
+        let mut usage = self.root.lock_usage();
         let meta = self
             .dir
             .symlink_metadata(path.rel())
@@ -384,8 +505,10 @@ impl Home {
         self.dir
             .remove_file(path.rel())
             .map_err(|e| Error::io(&shown, "remove", e))?;
+        usage.used = usage.used.saturating_sub(size);
+        usage.files = usage.files.saturating_sub(1);
+        drop(usage);
         digests::forget(&self.root.inner.digests, &self.in_root(path));
-        self.root.settle(0, Some(-i128::from(size)));
         Ok(())
     }
 
@@ -398,6 +521,7 @@ impl Home {
                 reason: "cannot remove the root",
             });
         }
+        let mut usage = self.root.lock_usage();
         self.dir.remove_dir(path.rel()).map_err(|e| {
             if e.kind() == std::io::ErrorKind::DirectoryNotEmpty {
                 Error::NotEmpty(shown.clone())
@@ -406,7 +530,9 @@ impl Home {
             } else {
                 Error::io(&shown, "remove directory", e)
             }
-        })
+        })?;
+        usage.files = usage.files.saturating_sub(1);
+        Ok(())
     }
 
     /// Renames `from` to `to`; refuses to replace anything at `to`.
@@ -423,14 +549,31 @@ impl Home {
                 reason: "cannot move a directory inside itself",
             });
         }
+        let (Some((from_dir, from_name)), Some((to_dir, to_name))) =
+            (from.split_last(), to.split_last())
+        else {
+            unreachable!("neither is the root");
+        };
+        // Under the lock, so a commit that measures what it replaces is not moved under.
+        let usage = self.root.lock_usage();
+        let dirs = self
+            .open_dir(&from_dir)
+            .and_then(|f| Ok((f, self.open_dir(&to_dir)?)));
+        let (fd, td) = dirs?;
         let dir = &self.dir;
-        match dir.symlink_metadata(to.rel()) {
-            Ok(_) => return Err(Error::Exists(to.to_string())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&to.to_string(), "stat", e)),
-        }
-        dir.rename(from.rel(), dir, to.rel())
-            .map_err(|e| Error::io(&from.to_string(), "rename", e))?;
+        rename_noreplace(&fd, from_name, &td, to_name, || {
+            match dir.symlink_metadata(to.rel()) {
+                Ok(_) => return Err(io::ErrorKind::AlreadyExists.into()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            dir.rename(from.rel(), dir, to.rel())
+        })
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => Error::Exists(to.to_string()),
+            _ => Error::io(&from.to_string(), "rename", e),
+        })?;
+        drop(usage);
         digests::forget(&self.root.inner.digests, &self.in_root(from));
         Ok(())
     }
@@ -464,11 +607,13 @@ fn entry_of(name: String, meta: &cap_std::fs::Metadata) -> FileInfo {
     }
 }
 
-/// Bytes taken by regular files under `dir`, symlinks not followed; the private directory is
-/// skipped at the top.
-fn tree_size(dir: &Dir, top: bool) -> u64 {
-    let Ok(entries) = dir.entries() else { return 0 };
-    let mut total = 0;
+/// Bytes taken by regular files under `dir`, and how many entries (files, directories and
+/// anything else) it holds, symlinks not followed; the private directory is skipped at the top.
+fn tree_count(dir: &Dir, top: bool) -> (u64, u64) {
+    let Ok(entries) = dir.entries() else {
+        return (0, 0);
+    };
+    let (mut bytes, mut files) = (0u64, 0u64);
     for entry in entries.flatten() {
         let Ok(ft) = entry.file_type() else { continue };
         if ft.is_dir() {
@@ -476,11 +621,43 @@ fn tree_size(dir: &Dir, top: bool) -> u64 {
                 continue;
             }
             if let Ok(sub) = entry.open_dir() {
-                total += tree_size(&sub, false);
+                let (b, f) = tree_count(&sub, false);
+                bytes = bytes.saturating_add(b);
+                files = files.saturating_add(f);
             }
         } else if ft.is_file() {
-            total += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            bytes = bytes.saturating_add(entry.metadata().map(|m| m.len()).unwrap_or(0));
+        }
+        files = files.saturating_add(1);
+    }
+    (bytes, files)
+}
+
+/// Moves the name `from` in `from_dir` to the name `to` in `to_dir`, failing with
+/// `AlreadyExists` if anything is at `to`, atomically: `renameat2(RENAME_NOREPLACE)`. Where the
+/// kernel or the filesystem does not have it (EINVAL, ENOSYS), `fallback` does the move,
+/// usually with a check before it, which a name created between the two can still race.
+/// Both are single names inside directory handles cap-std opened, so nothing is resolved here.
+fn rename_noreplace(
+    from_dir: &Dir,
+    from: &str,
+    to_dir: &Dir,
+    to: &str,
+    fallback: impl FnOnce() -> io::Result<()>,
+) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use rustix::fs::{renameat_with, RenameFlags};
+        use rustix::io::Errno;
+        match renameat_with(from_dir, from, to_dir, to, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(()),
+            Err(e) if e == Errno::INVAL || e == Errno::NOSYS => fallback(),
+            Err(e) => Err(e.into()),
         }
     }
-    total
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (from_dir, from, to_dir, to);
+        fallback()
+    }
 }

@@ -1,15 +1,32 @@
 //! Staged uploads: verified bytes go to a private file and become visible whole, or not at all.
 
 use std::fs::File;
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use checksum::{Digest, DigestKind, Hasher};
 use fileio::DirectWriter;
 use md5::{Digest as _, Md5};
 
 use crate::digests::{self, Recorded};
-use crate::{Error, Home, Result, Root, VPath};
+use crate::{rename_noreplace, Error, Home, Kept, Result, Root, Usage, VPath, MAX_SIZE};
+
+/// How the staging names of uploads without an id begin: they can never be resumed.
+const ANON_PREFIX: &str = "anon-";
+
+/// The home (its `Home::owner` tag) that staged an upload with an id, from its staging name
+/// `<owner>-<key>.part`; `None` for any other name (an upload without an id, or one staged
+/// before names carried their home), which no upload can ever resume.
+pub(crate) fn owner_of(name: &str) -> Option<&str> {
+    let (owner, rest) = name.split_once('-')?;
+    let well_formed = owner.len() == 16
+        && rest.len() == 32 + ".part".len()
+        && rest.ends_with(".part")
+        && owner.bytes().all(|b| b.is_ascii_hexdigit());
+    well_formed.then_some(owner)
+}
 
 /// What the client asked for when it started an upload.
 #[derive(Debug, Clone)]
@@ -50,10 +67,10 @@ pub struct Upload {
     keep: bool,
     /// This attempt's claim on the staging file.
     lease: Arc<Lease>,
-    /// Size of the file this upload will replace, for the quota's count.
-    replaced: u64,
-    /// Bytes of quota held for this upload until it ends.
+    /// Bytes of quota held for this upload until it ends (or commits, which measures again).
     reserved: u64,
+    /// New files held for this upload (1 when its target did not exist) until it ends.
+    reserved_files: u64,
     /// Modification time to give the file when it is stored.
     mtime: Option<i64>,
     /// The chunks' running digests as verified, to record with the file; `None` once the chunks
@@ -94,9 +111,11 @@ impl ChunkLog {
 
 /// One upload's claim on its staging file. A newer attempt at the same upload sets
 /// `superseded` while holding the lock, so the older attempt never writes again after that.
-#[derive(Default)]
 pub(crate) struct Lease {
+    /// Set once a newer attempt took over.
     superseded: Mutex<bool>,
+    /// The home that started the upload, for its count of staged uploads.
+    owner: String,
 }
 
 fn valid_upload_id(id: &str) -> bool {
@@ -112,6 +131,15 @@ impl Upload {
         let Some((parent, _)) = target.split_last() else {
             return Err(Error::IsDirectory(shown));
         };
+        if req.size > MAX_SIZE {
+            return Err(Error::TooLarge {
+                path: shown,
+                what: format!(
+                    "{} bytes is over the largest size this server takes, 2^53 bytes",
+                    req.size
+                ),
+            });
+        }
         let root = home.root().clone();
         let dir = &*home.dir;
         match dir.metadata(target.rel()) {
@@ -126,10 +154,13 @@ impl Upload {
             Ok(_) => return Err(Error::NotFound(parent.to_string())),
             Err(e) => return Err(Error::io(&parent.to_string(), "stat", e)),
         }
-        let replaced = match dir.metadata(target.rel()) {
-            Ok(m) if m.is_file() => m.len(),
-            _ => 0,
+        // An estimate, to refuse early: the commit measures again what it replaces.
+        let (replaced, new_file) = match dir.symlink_metadata(target.rel()) {
+            Ok(m) if m.is_file() => (m.len(), false),
+            Ok(_) => (0, false),
+            Err(_) => (0, true),
         };
+        let owner = home.owner();
         let (staged, keep) = match &req.upload_id {
             Some(id) if valid_upload_id(id) => {
                 // The key binds the id to the target, so one client's id never meets another path.
@@ -137,7 +168,8 @@ impl Upload {
                     .chain_update(home.in_root(target).rel())
                     .chain_update([0])
                     .chain_update(id);
-                (format!("{}.part", hex::encode(key.finalize())), true)
+                let key = hex::encode(key.finalize());
+                (format!("{owner}-{key}.part"), true)
             }
             Some(_) => {
                 return Err(Error::BadPath {
@@ -147,7 +179,7 @@ impl Upload {
             }
             None => (
                 format!(
-                    "anon-{}-{}.part",
+                    "{ANON_PREFIX}{}-{}.part",
                     std::process::id(),
                     ANON.fetch_add(1, Ordering::Relaxed)
                 ),
@@ -156,14 +188,20 @@ impl Upload {
         };
         // Replacing a file grows the root only by the difference.
         let reserved = req.size.saturating_sub(replaced);
-        root.reserve(target, req.size, reserved)?;
-        let lease = Arc::new(Lease::default());
-        let older = root
-            .inner
-            .active
-            .lock()
-            .unwrap()
-            .insert(staged.clone(), lease.clone());
+        let reserved_files = u64::from(new_file);
+        let lease = Arc::new(Lease {
+            superseded: Mutex::new(false),
+            owner,
+        });
+        let older = claim(
+            &root,
+            target,
+            &staged,
+            &lease,
+            req.size,
+            reserved,
+            reserved_files,
+        )?;
         if let Some(older) = older {
             // Waits for a write in flight, then the older attempt stops for good.
             *older.superseded.lock().unwrap() = true;
@@ -185,16 +223,15 @@ impl Upload {
         let (out, prefix, held) = match opened {
             Ok(opened) => opened,
             Err(e) => {
-                release(&root, &staged, &lease);
-                root.settle(reserved, None);
+                release(&root, &staged, &lease, None, reserved, reserved_files);
                 return Err(e);
             }
         };
         Ok(Upload {
             out,
             lease,
-            replaced,
             reserved,
+            reserved_files,
             mtime: req.mtime,
             // Resumed bytes were hashed without their chunks: nothing to record.
             chunks: (held == 0).then(ChunkLog::default),
@@ -235,7 +272,8 @@ impl Upload {
 
     /// Refuses bytes past the declared size.
     fn fits(&self, len: usize) -> Result<()> {
-        if self.written + len as u64 > self.size {
+        let end = self.written.checked_add(len as u64);
+        if end.is_none_or(|end| end > self.size) {
             return Err(Error::TooLarge {
                 path: self.target.to_string(),
                 what: format!("more bytes than the declared {}", self.size),
@@ -289,18 +327,84 @@ impl Upload {
             return Err(self.failed(Error::io(&shown, "sync", e)));
         }
         let stored_meta = file.metadata().ok();
-        let inner = &self.home.root().inner;
+        let root = self.home.root().clone();
+        let inner = &root.inner;
         let home = &*self.home.dir;
+        let (parent, name) = self
+            .target
+            .split_last()
+            .expect("uploads never target the root");
+        let parent_dir = match home.open_dir(parent.rel()) {
+            Ok(d) => d,
+            Err(e) => return Err(Error::io(&parent.to_string(), "open directory", e)),
+        };
+        // What is replaced is measured, and the limits checked, under the lock that every
+        // change to the names in the root takes: nothing moves between measuring and placing.
+        let mut usage = root.lock_usage();
+        let existing = match home.symlink_metadata(self.target.rel()) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&shown, "stat", e)),
+        };
+        if existing.is_some() && !overwrite {
+            return Err(Error::Exists(shown));
+        }
+        let replaced = existing
+            .as_ref()
+            .filter(|m| m.is_file())
+            .map_or(0, |m| m.len());
+        let grow = self.size.saturating_sub(replaced);
+        let new_file = u64::from(existing.is_none());
+        let limits = inner.limits;
+        // Within what was reserved, it fits; beyond it (what it replaces shrank or went away
+        // meanwhile), it must fit what is left.
+        if let (Some(quota), true) = (limits.quota, grow > self.reserved) {
+            let total = (usage.used)
+                .checked_add(usage.reserved - self.reserved)
+                .and_then(|t| t.checked_add(usage.kept_bytes))
+                .and_then(|t| t.checked_add(grow));
+            if total.is_none_or(|t| t > quota) {
+                return Err(Error::TooLarge {
+                    path: shown,
+                    what: format!(
+                        "storing {grow} more bytes would exceed the server's quota of {quota} bytes"
+                    ),
+                });
+            }
+        }
+        if new_file > self.reserved_files {
+            let others = usage.reserved_files - self.reserved_files;
+            let files = usage.files.saturating_add(others);
+            if limits.max_files.is_some_and(|max| files >= max) {
+                let max = limits.max_files.unwrap_or_default();
+                return Err(Error::TooLarge {
+                    path: shown,
+                    what: format!(
+                        "1 more file or directory would exceed the server's limit of {max}"
+                    ),
+                });
+            }
+        }
         let placed = if overwrite {
             inner.staging.rename(&self.staged, home, self.target.rel())
         } else {
-            // A hard link fails if the target exists: an atomic "rename unless present".
-            inner
-                .staging
-                .hard_link(&self.staged, home, self.target.rel())
-                .and_then(|()| inner.staging.remove_file(&self.staged))
+            rename_noreplace(&inner.staging, &self.staged, &parent_dir, name, || {
+                // A hard link fails if the target exists: an atomic "rename unless present",
+                // but a crash before the unlink leaves the staging name linked to the live file
+                // (see `open_staged` and the sweep).
+                inner
+                    .staging
+                    .hard_link(&self.staged, home, self.target.rel())
+                    .and_then(|()| inner.staging.remove_file(&self.staged))
+            })
         };
         placed.map_err(|e| Error::io(&shown, "move into place", e))?;
+        usage.used = (usage.used - replaced.min(usage.used)).saturating_add(self.size);
+        usage.files = usage.files.saturating_add(new_file);
+        usage.reserved -= self.reserved;
+        usage.reserved_files -= self.reserved_files;
+        (self.reserved, self.reserved_files) = (0, 0);
+        drop(usage);
         self.committed = true;
         drop(superseded);
         let key = self.home.in_root(&self.target);
@@ -311,13 +415,7 @@ impl Upload {
             }
             _ => digests::forget(&inner.digests, &key),
         }
-        let (parent, _) = self
-            .target
-            .split_last()
-            .expect("uploads never target the root");
-        if let Ok(d) = home.open_dir(parent.rel()) {
-            let _ = d.into_std_file().sync_all();
-        }
+        let _ = parent_dir.into_std_file().sync_all();
         Ok(())
     }
 }
@@ -345,11 +443,100 @@ impl Upload {
     }
 }
 
-/// Forgets `lease` as the active attempt, unless a newer attempt took its place.
-fn release(root: &Root, staged: &str, lease: &Arc<Lease>) {
+/// Checks an upload against the limits and the cap on its home's staged uploads, reserves
+/// what it may add, and makes `lease` the active attempt at `staged`; returns the attempt it
+/// takes over from, if any. An interrupted upload of the same name (a resume) stops counting
+/// as kept: its bytes are part of this upload's reservation from now on.
+fn claim(
+    root: &Root,
+    target: &VPath,
+    staged: &str,
+    lease: &Arc<Lease>,
+    size: u64,
+    grow: u64,
+    new_files: u64,
+) -> Result<Option<Arc<Lease>>> {
+    let limits = root.inner.limits;
+    let too_large = |what: String| Error::TooLarge {
+        path: target.to_string(),
+        what,
+    };
+    if let Some(max) = limits.max_file_size {
+        if size > max {
+            return Err(too_large(format!(
+                "{size} bytes is over the server's largest file size of {max} bytes"
+            )));
+        }
+    }
     let mut active = root.inner.active.lock().unwrap();
+    let mut usage = root.lock_usage();
+    let held = usage.kept.get(staged).map_or(0, |k| k.bytes);
+    if let Some(quota) = limits.quota {
+        let total = (usage.used)
+            .checked_add(usage.reserved)
+            .and_then(|t| t.checked_add(usage.kept_bytes - held))
+            .and_then(|t| t.checked_add(grow));
+        if total.is_none_or(|t| t > quota) {
+            return Err(too_large(format!(
+                "storing {grow} more bytes would exceed the server's quota of {quota} bytes"
+            )));
+        }
+    }
+    usage.room_for_files(limits.max_files, new_files, target)?;
+    usage.forget_kept(staged);
+    usage.reserved += grow;
+    usage.reserved_files += new_files;
+    Ok(active.insert(staged.to_owned(), lease.clone()))
+}
+
+/// Forgets `lease` as the active attempt, unless a newer attempt took its place, and gives back
+/// what it reserved. `kept`: the bytes it leaves staged for a resume, which count from now on.
+fn release(
+    root: &Root,
+    staged: &str,
+    lease: &Arc<Lease>,
+    kept: Option<u64>,
+    reserved: u64,
+    reserved_files: u64,
+) {
+    let mut active = root.inner.active.lock().unwrap();
+    let mut usage = root.lock_usage();
     if active.get(staged).is_some_and(|l| Arc::ptr_eq(l, lease)) {
         active.remove(staged);
+        if let Some(bytes) = kept {
+            let kept = Kept {
+                owner: Some(lease.owner.clone()),
+                bytes,
+                modified: SystemTime::now(),
+            };
+            usage.keep(staged, kept);
+            if let Some(max) = root.inner.limits.max_staged {
+                evict_over(root, &mut usage, &lease.owner, max);
+            }
+        }
+    }
+    usage.reserved -= reserved;
+    usage.reserved_files -= reserved_files;
+}
+
+/// Removes the oldest interrupted uploads of the home `owner` until it keeps at most `max`.
+/// Only interrupted ones count: uploads in progress are bounded by the connections. Making
+/// room rather than refusing new uploads: a refusal would let one client that abandons uploads
+/// lock everyone sharing its home out of resumable uploads until the sweep.
+fn evict_over(root: &Root, usage: &mut Usage, owner: &str, max: usize) {
+    loop {
+        let mut mine: Vec<(&String, &Kept)> = usage
+            .kept
+            .iter()
+            .filter(|(_, k)| k.owner.as_deref() == Some(owner))
+            .collect();
+        if mine.len() <= max {
+            return;
+        }
+        mine.sort_by_key(|(_, k)| k.modified);
+        let oldest = mine[0].0.clone();
+        let _ = root.inner.staging.remove_file(&oldest);
+        usage.forget_kept(&oldest);
     }
 }
 
@@ -364,34 +551,62 @@ fn read_back(file: &mut File, size: u64, hasher: &mut Hasher) -> std::io::Result
     Ok(held)
 }
 
-fn open_staged(root: &Root, name: &str, resume: bool) -> std::io::Result<File> {
-    let mut opts = cap_std::fs::OpenOptions::new();
-    opts.read(true).write(true).create(true);
-    if !resume {
-        opts.truncate(true);
+/// Opens the staging file `name`: the existing one to resume, else a new, empty one. A staging
+/// name with more than one link is never written through: a crash between a commit's link and
+/// unlink leaves it linked to the live file, which truncating or appending would change in
+/// place. Such a name (or anything else not a plain file) is replaced by a new file.
+fn open_staged(root: &Root, name: &str, resume: bool) -> io::Result<File> {
+    use cap_std::fs::MetadataExt as _;
+    let staging = &root.inner.staging;
+    if resume {
+        let mut opts = cap_std::fs::OpenOptions::new();
+        opts.read(true).write(true);
+        match staging.open_with(name, &opts) {
+            Ok(file) => {
+                let meta = file.metadata()?;
+                if meta.is_file() && meta.nlink() == 1 {
+                    return Ok(file.into_std());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
     }
-    Ok(root.inner.staging.open_with(name, &opts)?.into_std())
+    match staging.remove_file(name) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut opts = cap_std::fs::OpenOptions::new();
+    opts.read(true).write(true).create_new(true);
+    Ok(staging.open_with(name, &opts)?.into_std())
 }
 
 impl Drop for Upload {
     fn drop(&mut self) {
         let lease = self.lease.clone();
         let superseded = lease.superseded.lock().unwrap();
+        let mut kept = None;
         if !self.committed && !*superseded {
             if self.keep {
                 // Verified bytes still held go to the staging file, for a resume to find.
                 let _ = self.out.flush();
+                let on_disk = self.out.get_ref().metadata().map(|m| m.len());
+                kept = Some(on_disk.unwrap_or(self.written));
             } else {
                 let _ = self.home.root().inner.staging.remove_file(&self.staged);
             }
         }
         drop(superseded);
-        let root = self.home.root();
-        release(root, &self.staged, &self.lease);
-        let grew = self
-            .committed
-            .then(|| i128::from(self.size) - i128::from(self.replaced));
-        root.settle(self.reserved, grew);
+        let (reserved, files) = (self.reserved, self.reserved_files);
+        release(
+            self.home.root(),
+            &self.staged,
+            &self.lease,
+            kept,
+            reserved,
+            files,
+        );
     }
 }
 

@@ -234,7 +234,7 @@ fn max_file_size_is_refused_up_front() {
     let dir = tempfile::tempdir().unwrap();
     let limits = storage::Limits {
         max_file_size: Some(10),
-        quota: None,
+        ..Default::default()
     };
     let root = whole(Root::open_with_limits(dir.path(), limits).unwrap());
     let err = root.begin_upload(&p("big"), &req(11)).unwrap_err();
@@ -248,8 +248,8 @@ fn quota_counts_existing_files_uploads_in_flight_and_replacements() {
     std::fs::create_dir(dir.path().join("d")).unwrap();
     std::fs::write(dir.path().join("d/old"), [0u8; 40]).unwrap();
     let limits = storage::Limits {
-        max_file_size: None,
         quota: Some(100),
+        ..Default::default()
     };
     let root = whole(Root::open_with_limits(dir.path(), limits).unwrap());
     // 40 used: 60 fit, 61 do not.
@@ -422,4 +422,341 @@ fn a_home_confines_and_names_paths_from_its_own_top() {
         .map(|e| e.name)
         .collect();
     assert!(names.contains(&"mine".to_owned()), "{names:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Regressions from the hardening issue: staged bytes, quota arithmetic, races, crashes, inodes.
+
+fn limited(dir: &std::path::Path, limits: storage::Limits) -> Home {
+    whole(Root::open_with_limits(dir, limits).unwrap())
+}
+
+fn quota(bytes: u64) -> storage::Limits {
+    storage::Limits {
+        quota: Some(bytes),
+        ..Default::default()
+    }
+}
+
+fn with_id(size: u64, id: &str) -> UploadRequest {
+    UploadRequest {
+        upload_id: Some(id.into()),
+        ..req(size)
+    }
+}
+
+fn staging_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join(".ftpd/staging"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn too_large<T: std::fmt::Debug>(r: storage::Result<T>) -> bool {
+    matches!(r, Err(Error::TooLarge { .. }))
+}
+
+/// Item 3: uploads abandoned with an id stay staged for a resume; their bytes count against the
+/// quota until swept, and still do after a restart.
+#[test]
+fn staged_bytes_of_abandoned_uploads_count_against_the_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = limited(dir.path(), quota(100));
+    let mut up = home.begin_upload(&p("a"), &with_id(60, "a")).unwrap();
+    up.write([1u8; 50]).unwrap();
+    drop(up); // the connection is lost: 50 bytes stay staged for `put -c`
+    assert!(
+        too_large(home.begin_upload(&p("b"), &req(51))),
+        "50 staged + 51 is over the quota of 100"
+    );
+    assert!(home.begin_upload(&p("b"), &req(50)).is_ok());
+    drop(home);
+
+    // A restart finds the staged bytes again.
+    let home = limited(dir.path(), quota(100));
+    assert!(
+        too_large(home.begin_upload(&p("b"), &req(51))),
+        "after a restart, 50 staged + 51 is still over the quota of 100"
+    );
+    // Resuming moves the staged bytes into the upload's own reservation, counted once.
+    let resume = UploadRequest {
+        resume: true,
+        ..with_id(60, "a")
+    };
+    let mut up = home.begin_upload(&p("a"), &resume).unwrap();
+    assert_eq!(up.offset(), 50);
+    assert!(too_large(home.begin_upload(&p("b"), &req(41))));
+    up.write([1u8; 10]).unwrap();
+    up.commit(Digest::md5(&[1u8; 60]), false).unwrap();
+    assert!(
+        home.begin_upload(&p("b"), &req(40)).is_ok(),
+        "60 used, 40 free"
+    );
+    // Swept, the staged bytes of another abandoned upload stop counting.
+    let mut up = home.begin_upload(&p("c"), &with_id(40, "c")).unwrap();
+    up.write([1u8; 40]).unwrap();
+    drop(up);
+    assert!(too_large(home.begin_upload(&p("b"), &req(1))));
+    home.root()
+        .sweep_staging(std::time::Duration::ZERO)
+        .unwrap();
+    assert!(home.begin_upload(&p("b"), &req(40)).is_ok());
+}
+
+/// Item 3: a home keeps at most `max_staged` interrupted uploads; one more removes the home's
+/// oldest. Uploads in progress are not capped here (the connections bound them).
+#[test]
+fn staged_uploads_per_home_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = storage::Limits {
+        max_staged: Some(2),
+        ..Default::default()
+    };
+    let home = limited(dir.path(), limits);
+    for id in ["one", "two", "three", "four"] {
+        let mut up = home.begin_upload(&p(id), &with_id(10, id)).unwrap();
+        up.write(b"12345").unwrap();
+    }
+    assert_eq!(
+        staging_names(dir.path()).len(),
+        2,
+        "{:?}",
+        staging_names(dir.path())
+    );
+    let resume = |id: &str| UploadRequest {
+        resume: true,
+        ..with_id(10, id)
+    };
+    let resumed = home.begin_upload(&p("four"), &resume("four")).unwrap();
+    assert_eq!(resumed.offset(), 5, "the newest is kept");
+    let lost = home.begin_upload(&p("one"), &resume("one")).unwrap();
+    assert_eq!(lost.offset(), 0, "the oldest made room");
+    // Many in progress at once are fine; once interrupted, two stay.
+    let more: Vec<_> = ["x", "y", "z"]
+        .iter()
+        .map(|id| home.begin_upload(&p(id), &with_id(10, id)).unwrap())
+        .collect();
+    assert_eq!(staging_names(dir.path()).len(), 6);
+    drop((resumed, lost, more));
+    assert_eq!(staging_names(dir.path()).len(), 2);
+    // Another home has its own count.
+    std::fs::create_dir(dir.path().join("other")).unwrap();
+    let other = home.root().home(&p("other")).unwrap();
+    for id in ["a", "b"] {
+        let mut up = other.begin_upload(&p(id), &with_id(10, id)).unwrap();
+        up.write(b"1").unwrap();
+    }
+    assert_eq!(staging_names(dir.path()).len(), 4);
+}
+
+/// Item 5: sizes from the wire are added with checked arithmetic: a size near 2^64 does not
+/// wrap the quota's sum, and sizes above 2^53 are refused up front.
+#[test]
+fn quota_arithmetic_does_not_wrap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mib = 1u64 << 20;
+    let home = limited(dir.path(), quota(10 * mib));
+    let _held = home.begin_upload(&p("a"), &req(8 * mib)).unwrap();
+    assert!(too_large(
+        home.begin_upload(&p("b"), &req(u64::MAX - 8 * mib + 1))
+    ));
+    assert!(too_large(home.begin_upload(&p("b"), &req(u64::MAX))));
+    assert!(
+        too_large(home.begin_upload(&p("b"), &req(3 * mib))),
+        "8 MiB reserved + 3 MiB is over the quota of 10 MiB"
+    );
+    assert!(home.begin_upload(&p("b"), &req(2 * mib)).is_ok());
+
+    let (_dir, unlimited) = setup();
+    assert!(too_large(
+        unlimited.begin_upload(&p("c"), &req((1 << 53) + 1))
+    ));
+    assert!(unlimited.begin_upload(&p("c"), &req(1 << 53)).is_ok());
+}
+
+/// Item 6: an overwrite is accounted when it commits: the file it replaces is measured then,
+/// not at the start, so renaming it away meanwhile does not smuggle bytes past the quota.
+#[test]
+fn an_overwrite_is_accounted_at_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("t"), [0u8; 50]).unwrap();
+    let home = limited(dir.path(), quota(100));
+    let r = UploadRequest {
+        overwrite: true,
+        ..req(80)
+    };
+    // 50 used; replacing the 50-byte file with 80 bytes grows the root by 30: fits.
+    let mut up = home.begin_upload(&p("t"), &r).unwrap();
+    up.write([1u8; 80]).unwrap();
+    home.rename(&p("t"), &p("u")).unwrap();
+    // Now nothing is replaced: 50 + 80 is over the quota.
+    assert!(too_large(up.commit(Digest::md5(&[1u8; 80]), true)));
+    assert!(!dir.path().join("t").exists());
+    assert!(
+        home.begin_upload(&p("v"), &req(50)).is_ok(),
+        "50 used, 50 free"
+    );
+}
+
+/// Item 16: `rename` never replaces what is at its target, even one a commit placed there
+/// between the rename's check and its move.
+#[test]
+fn rename_racing_an_upload_never_replaces_it() {
+    let (dir, home) = setup();
+    let both = std::sync::atomic::AtomicUsize::new(0);
+    for round in 0..1500 {
+        std::fs::write(dir.path().join("s"), b"renamed").unwrap();
+        let _ = std::fs::remove_file(dir.path().join("t"));
+        let mut up = home.begin_upload(&p("t"), &req(8)).unwrap();
+        up.write(b"uploaded").unwrap();
+        let start = std::sync::Barrier::new(2);
+        let (put, renamed) = std::thread::scope(|s| {
+            let put = s.spawn(|| {
+                start.wait();
+                up.commit(Digest::md5(b"uploaded"), false).is_ok()
+            });
+            start.wait();
+            let renamed = home.rename(&p("s"), &p("t")).is_ok();
+            (put.join().unwrap(), renamed)
+        });
+        let stored = std::fs::read(dir.path().join("t")).unwrap();
+        assert!(put ^ renamed, "round {round}: put {put}, rename {renamed}");
+        if put && renamed {
+            both.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let expected: &[u8] = if put { b"uploaded" } else { b"renamed" };
+        assert_eq!(stored, expected, "round {round}");
+        let _ = std::fs::remove_file(dir.path().join("s"));
+    }
+}
+
+/// Item 11: a FIFO (or device) is refused at once, never opened in a way that blocks.
+#[test]
+fn reading_a_fifo_is_refused_without_blocking() {
+    let (dir, home) = setup();
+    let fifo = dir.path().join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("fifo", dir.path().join("to-fifo")).unwrap();
+    for name in ["fifo", "to-fifo"] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = home.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(h.open_read(&p(name)).map(|_| ()));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("opening {name} for reading blocked"));
+        assert!(matches!(got, Err(Error::NotAFile(_))), "{name}: {got:?}");
+    }
+}
+
+/// Item 17: a crash between the commit's link and unlink leaves a staging file linked to the
+/// live file. A later upload with the same id must not write through it into the live file,
+/// and the startup sweep removes such a link.
+#[test]
+fn a_staging_file_linked_to_a_live_file_is_never_written_through() {
+    let (dir, home) = setup();
+    let mut up = home.begin_upload(&p("live"), &with_id(4, "same")).unwrap();
+    up.write(b"ab").unwrap();
+    drop(up);
+    let [staged] = <[String; 1]>::try_from(staging_names(dir.path())).unwrap();
+    let staged = dir.path().join(".ftpd/staging").join(staged);
+    std::fs::write(&staged, b"live").unwrap();
+    // The crash: linked into place, never unlinked from staging.
+    std::fs::hard_link(&staged, dir.path().join("live")).unwrap();
+    let r = UploadRequest {
+        overwrite: true,
+        ..with_id(4, "same")
+    };
+    let mut up = home.begin_upload(&p("live"), &r).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("live")).unwrap(), b"live");
+    up.write(b"new!").unwrap();
+    drop(up);
+    assert_eq!(std::fs::read(dir.path().join("live")).unwrap(), b"live");
+    // Nor through a resume of it.
+    std::fs::remove_file(&staged).unwrap();
+    std::fs::hard_link(dir.path().join("live"), &staged).unwrap();
+    let r = UploadRequest { resume: true, ..r };
+    let up = home.begin_upload(&p("live"), &r).unwrap();
+    assert_eq!(up.offset(), 0, "resumed from the live file's bytes");
+    drop(up);
+    // And the sweep at startup removes such a link, whatever its age.
+    let _ = std::fs::remove_file(&staged);
+    std::fs::hard_link(dir.path().join("live"), &staged).unwrap();
+    let restarted = whole(Root::open(dir.path()).unwrap());
+    restarted
+        .root()
+        .sweep_staging(std::time::Duration::from_secs(3600))
+        .unwrap();
+    assert!(staging_names(dir.path()).is_empty());
+    assert_eq!(std::fs::read(dir.path().join("live")).unwrap(), b"live");
+}
+
+/// Item 18: the staged bytes of an upload without an id can never be resumed; after a crash
+/// (no `Drop`) the startup sweep removes them, whatever their age.
+#[test]
+fn staged_bytes_without_an_id_are_removed_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = whole(Root::open(dir.path()).unwrap());
+    let mut up = home.begin_upload(&p("a"), &req(10)).unwrap();
+    up.write(b"12345").unwrap();
+    std::mem::forget(up); // kill -9
+    assert_eq!(staging_names(dir.path()).len(), 1);
+    let restarted = whole(Root::open(dir.path()).unwrap());
+    restarted
+        .root()
+        .sweep_staging(std::time::Duration::from_secs(3600))
+        .unwrap();
+    assert!(staging_names(dir.path()).is_empty());
+}
+
+/// Item 21: files and directories are counted like bytes: over `max_files`, uploads of new
+/// files and new directories are refused up front.
+#[test]
+fn files_and_directories_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("old"), "1").unwrap();
+    let limits = storage::Limits {
+        max_files: Some(3),
+        ..Default::default()
+    };
+    let home = limited(dir.path(), limits);
+    home.mkdir(&p("d"), false).unwrap();
+    let up = home.begin_upload(&p("d/f"), &req(0)).unwrap();
+    // `old`, `d`, and the one in flight counts: a fourth does not fit.
+    assert!(too_large(home.begin_upload(&p("g"), &req(0))));
+    assert!(too_large(home.mkdir(&p("e"), false)));
+    up.commit(Digest::md5(b""), false).unwrap();
+    assert!(too_large(home.mkdir(&p("x/y"), true)));
+    assert!(
+        !dir.path().join("x").exists(),
+        "no part of a refused mkdir -p is made"
+    );
+    // Replacing a file adds none.
+    let r = UploadRequest {
+        overwrite: true,
+        ..req(1)
+    };
+    let mut up = home.begin_upload(&p("old"), &r).unwrap();
+    up.write(b"2").unwrap();
+    up.commit(Digest::md5(b"2"), true).unwrap();
+    home.remove_file(&p("d/f")).unwrap();
+    home.mkdir(&p("e"), false).unwrap();
+    assert!(too_large(home.mkdir(&p("e2"), false)));
+    home.remove_dir(&p("e")).unwrap();
+    assert!(home.begin_upload(&p("g"), &req(0)).is_ok());
+    // A restart counts what is there.
+    drop(home);
+    let home = limited(dir.path(), limits);
+    assert!(home.mkdir(&p("e"), false).is_ok());
+    assert!(too_large(home.mkdir(&p("e2"), false)));
 }

@@ -783,3 +783,114 @@ fn a_hello_with_an_unknown_digest_is_unsupported() {
     assert!(reply.message.contains("sha1"), "{reply:?}");
     peer.expect_closed();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Regressions from the hardening issue: storage and disk.
+
+/// An interrupted upload with an id: `size` declared, the first `sent` bytes sent in one chunk,
+/// then the connection cut. Returns once the daemon has staged them.
+fn abandon_upload(d: &Daemon, name: &str, id: &str, size: u64, sent: usize) {
+    let mut peer = Raw::connect(d.addr()).hello();
+    peer.send(&Message::Put(protocol::Put {
+        path: name.into(),
+        size,
+        overwrite: false,
+        resume: false,
+        upload_id: Some(id.into()),
+        mtime: None,
+    }));
+    peer.expect_put_ready();
+    let body = vec![7u8; sent];
+    peer.send_chunk(0, &body);
+    peer.close();
+}
+
+/// Item 3: staged bytes of an abandoned upload count against `--quota`, also after the daemon
+/// is killed and started again on the same root.
+#[test]
+fn staged_bytes_count_against_the_quota_across_a_restart() {
+    let root = tmpdir();
+    let d = Daemon::builder()
+        .root(root.path())
+        .args(["--quota", "3M"])
+        .start();
+    abandon_upload(&d, "a.bin", "abandoned", 3 * MIB, 2 * MIB as usize);
+    wait_until("the abandoned upload is staged", STEP_TIMEOUT, || {
+        staged_bytes(&d.staging()) == 2 * MIB
+    });
+    let work = tmpdir();
+    write_random(work.path().join("b.bin"), 2 * MIB, 3);
+    let put_b = |d: &Daemon| {
+        d.cli()
+            .cwd(&work)
+            .timeout(STEP_TIMEOUT)
+            .cmds("put b.bin")
+            .run()
+    };
+    put_b(&d)
+        .fails()
+        .stderr_has_any(&["too_large", "too large", "quota"]);
+    d.kill();
+
+    let d = Daemon::builder()
+        .root(root.path())
+        .args(["--quota", "3M"])
+        .start();
+    assert_eq!(staged_bytes(&d.staging()), 2 * MIB, "kept for a resume");
+    put_b(&d)
+        .fails()
+        .stderr_has_any(&["too_large", "too large", "quota"]);
+    assert_missing(d.path("b.bin"));
+}
+
+/// Item 18: an upload without an id cut by a crash can never be resumed: the restarted daemon
+/// removes its staged file before it listens.
+#[test]
+fn staged_bytes_without_an_id_are_removed_when_the_daemon_restarts() {
+    let root = tmpdir();
+    let d = Daemon::start_on(root.path());
+    let mut peer = Raw::connect(d.addr()).hello();
+    peer.send(&put("anon.bin", 2 * MIB));
+    peer.expect_put_ready();
+    peer.send_chunk(0, &vec![7u8; MIB as usize]);
+    wait_until("the upload is staged", STEP_TIMEOUT, || {
+        !names(d.staging()).is_empty()
+    });
+    d.kill();
+    let d = Daemon::start_on(root.path());
+    assert_eq!(names(d.staging()), Vec::<String>::new());
+    drop(peer);
+}
+
+/// Item 11: `get` of a FIFO is refused at once; before, each one blocked in `open()` for good
+/// and held a connection slot past every timeout.
+#[test]
+fn get_of_a_fifo_is_refused_at_once_and_holds_no_slot() {
+    let d = Daemon::with_args(["--max-connections", "2"]);
+    let status = std::process::Command::new("mkfifo")
+        .arg(d.path("fifo"))
+        .status()
+        .expect("cannot run mkfifo");
+    assert!(status.success());
+    for _ in 0..4 {
+        let mut peer = Raw::connect(d.addr()).hello().within(STEP_TIMEOUT);
+        peer.send(&get("fifo"));
+        let reply = peer.expect_error(ErrorCode::BadRequest);
+        assert!(reply.message.contains("not a regular file"), "{reply:?}");
+        peer.expect_usable();
+        peer.send(&Message::Bye);
+        peer.expect_closed();
+    }
+    let work = tmpdir();
+    write_random(work.path().join("small.bin"), 1000, 1);
+    // The slots come free just after the closes: retry briefly.
+    wait_until("a normal client is served again", STEP_TIMEOUT, || {
+        d.cli()
+            .cwd(&work)
+            .timeout(STEP_TIMEOUT)
+            .cmds("put -f small.bin")
+            .run()
+            .status
+            .success()
+    });
+}
