@@ -196,7 +196,8 @@ impl Session {
             )));
         };
         self.auth.succeeded(self.peer.ip());
-        let home = self.root.home(&user.home).map_err(|e| {
+        let home = self.root.home(&user.home).map(|h| h.for_user(&user.name));
+        let home = home.map_err(|e| {
             warn!(peer = %self.peer, user = %user.name, "cannot open home {}: {e}", user.home);
             SessionError::Internal("cannot open the user's home".into())
         })?;

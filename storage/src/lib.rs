@@ -322,6 +322,7 @@ impl Root {
             root: self.clone(),
             dir: Arc::new(dir),
             prefix: home.clone(),
+            user: None,
         })
     }
 }
@@ -337,6 +338,9 @@ pub struct Home {
     /// Where the home lies in the root: only for keys of the private state (staging names,
     /// digest records), never shown.
     prefix: VPath,
+    /// Who works in it, when the daemon has users: part of every resumable upload's key, so
+    /// that users who share a home never continue (or take over) each other's uploads.
+    user: Option<String>,
 }
 
 impl Home {
@@ -348,6 +352,17 @@ impl Home {
     /// `path` as the root knows it, for keys of the private state.
     pub(crate) fn in_root(&self, path: &VPath) -> VPath {
         self.prefix.join(path)
+    }
+
+    /// The same home, for `user`'s uploads.
+    pub fn for_user(mut self, user: &str) -> Home {
+        self.user = Some(user.to_owned());
+        self
+    }
+
+    /// The user whose uploads these are, if the daemon has users.
+    pub(crate) fn user(&self) -> Option<&str> {
+        self.user.as_deref()
     }
 
     /// A short stable name for this home, in the names of the uploads it stages, so that each

@@ -163,9 +163,12 @@ impl Upload {
         let owner = home.owner();
         let (staged, keep) = match &req.upload_id {
             Some(id) if valid_upload_id(id) => {
-                // The key binds the id to the target, so one client's id never meets another path.
+                // The key binds the id to the target and the user, so one client's id never
+                // meets another path, nor another user's upload to a shared home.
                 let key = Md5::new()
                     .chain_update(home.in_root(target).rel())
+                    .chain_update([0])
+                    .chain_update(home.user().unwrap_or_default())
                     .chain_update([0])
                     .chain_update(id);
                 let key = hex::encode(key.finalize());

@@ -760,3 +760,24 @@ fn files_and_directories_are_capped() {
     assert!(home.mkdir(&p("e"), false).is_ok());
     assert!(too_large(home.mkdir(&p("e2"), false)));
 }
+
+/// Regression: two users who share a home could continue, and so take over, each other's
+/// interrupted uploads by naming the same upload id; the id is now bound to the user too.
+#[test]
+fn users_sharing_a_home_never_resume_each_others_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::open(dir.path()).unwrap();
+    std::fs::create_dir(dir.path().join("shared")).unwrap();
+    let alice = root.home(&p("shared")).unwrap().for_user("alice");
+    let bob = root.home(&p("shared")).unwrap().for_user("bob");
+    let mut r = req(6);
+    r.upload_id = Some("same-id".into());
+    let mut up = alice.begin_upload(&p("f"), &r).unwrap();
+    up.write(b"abc").unwrap();
+    drop(up);
+    r.resume = true;
+    let theirs = bob.begin_upload(&p("f"), &r).unwrap();
+    assert_eq!(theirs.offset(), 0, "bob continued alice's upload");
+    drop(theirs);
+    assert_eq!(alice.begin_upload(&p("f"), &r).unwrap().offset(), 3);
+}
