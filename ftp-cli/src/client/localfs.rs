@@ -1,13 +1,74 @@
-//! Local-file policy: the `.ftp-part` and placing it, stable upload ids, hashing what is on disk.
+//! Local-file policy: names from the server made safe, the `.ftp-part` and placing it, stable
+//! upload ids, hashing what is on disk.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use md5::{Digest as _, Md5};
 use protocol::{DigestKind, Hasher};
 
 use crate::error::{ClientError, Result};
+
+/// `name`, a name the server sent (a listing entry), if it can be used as one component of a
+/// local path: not empty, `.` or `..`, no separator (`/`, or `\` that another platform takes
+/// for one), no NUL or other control character, and one plain component to this platform's
+/// `Path` too. Anything else is how a hostile server (or anyone on the path) would make the
+/// client write outside the directory it was told to write in, or draw on the user's terminal.
+pub fn safe_name(name: &str) -> Result<&str> {
+    let plain = !matches!(name, "" | "." | "..")
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
+        && matches!(
+            Path::new(name).components().collect::<Vec<_>>()[..],
+            [Component::Normal(n)] if n == name
+        );
+    if plain {
+        Ok(name)
+    } else {
+        Err(ClientError::UnsafeName(name.to_owned()))
+    }
+}
+
+/// `path`, if it lies strictly beneath `dest` once both are normalised lexically (`.` dropped,
+/// `..` taking away the component before it); either may be relative (to the same directory).
+/// The last line of defence after [`safe_name`]: a local path built from names the server sent
+/// must never leave the destination the user chose.
+pub fn beneath<'p>(dest: &Path, path: &'p Path) -> Result<&'p Path> {
+    let (d, p) = (normalise(dest), normalise(path));
+    // What is left past `dest` must go down: a leading `..` (or root) there means `dest` was
+    // empty or relative, and the path climbs out of it.
+    let down = p.strip_prefix(&d).is_ok_and(|rest| {
+        rest.components().next().is_some()
+            && rest.components().all(|c| matches!(c, Component::Normal(_)))
+    });
+    if down {
+        Ok(path)
+    } else {
+        Err(ClientError::UnsafeName(path.display().to_string()))
+    }
+}
+
+/// `path` without `.` components and with each `..` cancelling the component before it (a
+/// leading `..`, or one after the root, is kept, or dropped, as the filesystem would take it).
+fn normalise(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => out.push(".."),
+            },
+            other => out.push(other),
+        }
+    }
+    out
+}
 
 /// Where a download is written until it is verified.
 pub fn part_path(local: &Path) -> PathBuf {
@@ -89,6 +150,68 @@ pub(super) fn remove_if_empty(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn safe_names() {
+        for ok in [
+            "a", "a.txt", ".hidden", "..a", "a..", "a b", "ünï", "-x", "a:b",
+        ] {
+            assert_eq!(safe_name(ok).ok(), Some(ok), "{ok:?}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "/",
+            "/abs/path",
+            "../x",
+            "../../x",
+            "a/b",
+            "a/",
+            "a\\b",
+            "..\\x",
+            "a\0b",
+            "\n",
+            "a\x1b[2J",
+            "tab\there",
+            "del\u{7f}",
+            "nel\u{85}",
+        ] {
+            assert!(
+                matches!(safe_name(bad), Err(ClientError::UnsafeName(n)) if n == bad),
+                "{bad:?} was taken as safe"
+            );
+        }
+    }
+
+    #[test]
+    fn beneath_the_destination() {
+        for (dest, path, ok) in [
+            ("dl", "dl/a", true),
+            ("dl", "dl/a/b", true),
+            ("./dl", "dl/a", true),
+            ("dl/", "./dl/./a", true),
+            (".", "a", true),
+            ("", "a", true),
+            ("/tmp/dl", "/tmp/dl/a", true),
+            ("../dl", "../dl/a", true),
+            ("dl", "dl", false),
+            ("dl", "dl/.", false),
+            ("dl", "dl/..", false),
+            ("dl", "dl/../x", false),
+            ("dl", "dl/a/../../x", false),
+            ("dl", "dlx/a", false),
+            ("dl", "/etc/passwd", false),
+            (".", "..", false),
+            (".", "../x", false),
+            ("", "/x", false),
+            ("/tmp/dl", "/tmp/dl/../x", false),
+            ("/", "/../x", true),
+        ] {
+            let got = beneath(Path::new(dest), Path::new(path)).is_ok();
+            assert_eq!(got, ok, "{path:?} beneath {dest:?}");
+        }
+    }
 
     #[test]
     fn part_files_sit_next_to_the_target() {

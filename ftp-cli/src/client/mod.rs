@@ -18,7 +18,7 @@ mod transfer;
 mod upload;
 
 pub use auth::Credentials;
-pub use localfs::part_path;
+pub use localfs::{beneath, part_path, safe_name};
 pub use transfer::{NoProgress, Progress, Summary, TransferOptions};
 
 /// Port used when the address names none.

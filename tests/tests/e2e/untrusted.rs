@@ -1,0 +1,262 @@
+//! The client does not trust the server: names a lying server lists never make it write outside
+//! the directory it was told to write in, and resuming a download never renames or changes the
+//! user's own file before the server has confirmed it.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use protocol::{
+    Digest, DigestKind, Entry, EntryKind, Eof, ErrorCode, ErrorReply, GetReady, Hello, ListEnd,
+    Listing, Message, PathArg, VERSION,
+};
+
+use crate::raw::Raw;
+use crate::util::{names, tmpdir, Cli};
+
+/// What the lying server sends for every file the client asks for.
+const BODY: &[u8] = b"what the server sent\n";
+
+/// A server that lies about names: `list` of a directory in its table answers with that
+/// directory's entries (any other with none), and every `get` from byte 0 with [`BODY`]. It
+/// speaks frames by hand ([`Raw`]), one thread per connection; stopped on drop.
+struct Liar {
+    /// Where it listens (127.0.0.1, port 0).
+    addr: SocketAddr,
+    /// Tells the accept loop to end; set on drop, which then wakes it with a connection.
+    stop: Arc<AtomicBool>,
+    /// The accept loop.
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Liar {
+    fn start(listings: Vec<(&str, Vec<Entry>)>) -> Liar {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind the lying server");
+        let addr = listener.local_addr().unwrap();
+        let listings: Arc<Vec<(String, Vec<Entry>)>> = Arc::new(
+            listings
+                .into_iter()
+                .map(|(dir, entries)| (dir.to_owned(), entries))
+                .collect(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let accept = thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let listings = listings.clone();
+                thread::spawn(move || serve(stream, &listings));
+            }
+        });
+        Liar {
+            addr,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    fn cli(&self) -> Cli {
+        Cli::new(self.addr)
+    }
+}
+
+impl Drop for Liar {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+    }
+}
+
+/// One connection to the lying server, until the client says bye or goes.
+fn serve(stream: TcpStream, listings: &[(String, Vec<Entry>)]) {
+    let mut peer = Raw::from(stream);
+    while let Some(message) = peer.try_recv() {
+        match message {
+            Message::Hello(_) => peer.send(&Message::Hello(Hello {
+                version: VERSION,
+                agent: "liar/0".into(),
+                capabilities: vec![],
+                max_chunk: protocol::DEFAULT_CHUNK,
+                digest: DigestKind::Md5,
+            })),
+            Message::List(PathArg { path }) => {
+                let entries = listings
+                    .iter()
+                    .find(|(dir, _)| *dir == path)
+                    .map(|(_, entries)| entries.clone())
+                    .unwrap_or_default();
+                let count = entries.len() as u64;
+                peer.send(&Message::Listing(Listing { entries }));
+                peer.send(&Message::ListEnd(ListEnd { count }));
+            }
+            Message::Get(get) if get.offset == 0 => {
+                let size = BODY.len() as u64;
+                peer.send(&Message::GetReady(GetReady {
+                    size,
+                    offset: 0,
+                    mtime: None,
+                }));
+                peer.send_chunk(0, BODY);
+                peer.send(&Message::Eof(Eof {
+                    size,
+                    digest: Digest::md5(BODY),
+                }));
+            }
+            Message::Get(_) => peer.send(&Message::Error(ErrorReply::new(
+                ErrorCode::BadRequest,
+                "no resuming here",
+            ))),
+            Message::Pwd | Message::Cd(_) => peer.send(&Message::Cwd(PathArg { path: "/".into() })),
+            Message::Bye => return,
+            // Nothing else is asked of it; a stray cancel needs no answer.
+            _ => {}
+        }
+    }
+}
+
+fn file(name: &str) -> Entry {
+    Entry {
+        name: name.into(),
+        kind: EntryKind::File,
+        size: BODY.len() as u64,
+        mtime: None,
+    }
+}
+
+fn dir(name: &str) -> Entry {
+    Entry {
+        name: name.into(),
+        kind: EntryKind::Dir,
+        size: 0,
+        mtime: None,
+    }
+}
+
+/// Every file and directory under `top`, relative to it, `/`-joined and sorted.
+fn tree(top: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut pending = vec![String::new()];
+    while let Some(rel) = pending.pop() {
+        for name in names(top.join(&rel)) {
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            if top.join(&child).is_dir() {
+                pending.push(child.clone());
+            }
+            out.push(child);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Names that would put a file outside `./dl` (or draw on the terminal), as a lying server
+/// lists them; `outside` is an absolute path the test watches.
+fn hostile_names(outside: &Path) -> Vec<String> {
+    vec![
+        "../../x".into(),
+        outside.join("abs.txt").display().to_string(),
+        "..".into(),
+        ".".into(),
+        String::new(),
+        "a\\b".into(),
+        "bell\x07\x1b]0;owned\x07".into(),
+        "nul\0byte".into(),
+    ]
+}
+
+/// The regression: `get -r` wrote a listed `../../x` two levels above `./dl`, and an absolute
+/// name where it pointed; a listed directory `../escape` was made beside `./dl` and filled.
+#[test]
+fn get_r_never_writes_outside_its_destination_whatever_names_the_server_lists() {
+    let top = tmpdir();
+    let work = top.path().join("work");
+    fs::create_dir(&work).unwrap();
+    let mut entries: Vec<Entry> = hostile_names(top.path()).iter().map(|n| file(n)).collect();
+    entries.extend([file("ok.txt"), dir("../escape"), dir(".."), dir("sub")]);
+    let liar = Liar::start(vec![
+        ("d", entries),
+        ("d/../escape", vec![file("f.txt")]),
+        ("d/sub", vec![file("../../../y"), file("deep.txt")]),
+    ]);
+
+    let run = liar
+        .cli()
+        .cwd(&work)
+        .arg("--retries")
+        .arg("0")
+        .cmds("get -r d dl")
+        .run();
+    assert_eq!(names(top.path()), ["work"], "written outside ./dl: {run}");
+    assert_eq!(names(&work), ["dl"], "written outside ./dl: {run}");
+    let run = run
+        .exits(8)
+        .stderr_has("\"../../x\": not a plain file name")
+        .stderr_has("\"../escape\"")
+        .stderr_has("\"../../../y\"");
+    // Every hostile name is named, escaped: no raw control character reaches the terminal.
+    assert!(
+        !run.stderr.contains('\x07') && !run.stderr.contains('\x1b'),
+        "a control character from the server reached stderr: {run}"
+    );
+    assert!(
+        run.stderr.contains("11 of 13 files failed"),
+        "each refused name should count as a failed file: {run}"
+    );
+    assert_eq!(
+        tree(&work),
+        ["dl", "dl/ok.txt", "dl/sub", "dl/sub/deep.txt"],
+        "{run}"
+    );
+    assert_eq!(fs::read(work.join("dl/ok.txt")).unwrap(), BODY);
+}
+
+/// The regression: `mget *` matched a listed `../../x` and `/abs/path` and wrote them there.
+#[test]
+fn mget_never_writes_outside_the_current_directory_whatever_names_the_server_lists() {
+    let top = tmpdir();
+    let dl = top.path().join("work/dl");
+    fs::create_dir_all(&dl).unwrap();
+    let mut entries: Vec<Entry> = hostile_names(top.path()).iter().map(|n| file(n)).collect();
+    entries.push(file("ok.txt"));
+    let liar = Liar::start(vec![(".", entries)]);
+
+    let run = liar
+        .cli()
+        .cwd(&dl)
+        .arg("--retries")
+        .arg("0")
+        .cmds("mget *")
+        .run();
+    assert_eq!(names(top.path()), ["work"], "written outside ./dl: {run}");
+    assert_eq!(names(top.path().join("work")), ["dl"], "{run}");
+    let run = run
+        .exits(8)
+        .stderr_has("\"../../x\": not a plain file name");
+    let abs = format!("{:?}", top.path().join("abs.txt").display().to_string());
+    assert!(run.stderr.contains(&abs), "{abs} not named: {run}");
+    assert_eq!(names(&dl), ["ok.txt"], "{run}");
+}
+
+/// Only hostile names: nothing to fetch is still a batch whose files all failed (8), not a
+/// usage error, and nothing is written.
+#[test]
+fn mget_of_only_hostile_names_fails_as_a_batch() {
+    let top = tmpdir();
+    let liar = Liar::start(vec![(".", vec![file("../x"), file("/etc/x")])]);
+    let run = liar.cli().cwd(top.path()).cmds("mget *").run().exits(8);
+    assert!(run.stderr.contains("2 of 2 files failed"), "{run}");
+    assert!(names(top.path()).is_empty(), "{run}");
+}
