@@ -7,8 +7,18 @@ use std::time::UNIX_EPOCH;
 
 use md5::{Digest as _, Md5};
 use protocol::{DigestKind, Hasher};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use super::Progress;
 use crate::error::{ClientError, Result};
+
+/// Bytes hashed between two looks at the cancellation flag and two progress reports: a few
+/// milliseconds of work, so Ctrl-C is felt at once.
+const HASH_BLOCK: u64 = 1 << 20;
+/// Prefixes at least this long are hashed with a progress bar; shorter ones take well under a
+/// tenth of a second, and a bar would only flicker.
+const HASH_PROGRESS_MIN: u64 = 16 << 20;
 
 /// `name`, a name the server sent (a listing entry), if it can be used as one component of a
 /// local path: not empty, `.` or `..`, no separator (`/`, or `\` that another platform takes
@@ -118,27 +128,76 @@ pub(super) fn mtime_of(meta: &std::fs::Metadata) -> Option<i64> {
     Some(t.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64)
 }
 
-/// A clone of `file` positioned at `len`, with the digest of its first `len` bytes.
+/// What hashing a local prefix needs besides the file: the digest, and how the user sees it
+/// and stops it.
+pub(super) struct HashJob<'a> {
+    /// The session's digest.
+    pub kind: DigestKind,
+    /// The name the progress bar shows (the remote file the prefix is checked against).
+    pub name: &'a str,
+    /// Where progress goes, for a prefix long enough to take a while.
+    pub progress: &'a mut dyn Progress,
+    /// Cancelled when the user presses Ctrl-C: hashing stops at once.
+    pub cancel: &'a CancellationToken,
+}
+
+/// A clone of `file` positioned at `len`, with the digest of its first `len` bytes. A long
+/// prefix shows progress; a cancelled `job` returns [`ClientError::Cancelled`] at once, and
+/// the disk thread stops after the block it is reading.
 pub(super) async fn hash_prefix_of(
     file: &File,
     path: &Path,
     len: u64,
-    kind: DigestKind,
+    job: HashJob<'_>,
 ) -> Result<(File, Hasher)> {
     let mut file = file.try_clone().map_err(|e| ClientError::local(path, e))?;
     let shown = path.to_owned();
-    tokio::task::spawn_blocking(move || {
+    let kind = job.kind;
+    // Each block hashed is reported here; the thread stops once nobody listens.
+    let (tx, mut rx) = mpsc::channel::<u64>(16);
+    let mut hashing = tokio::task::spawn_blocking(move || {
         use std::io::{Seek, SeekFrom};
         file.seek(SeekFrom::Start(0))?;
         let mut hasher = Hasher::new(kind);
-        if hasher.update_from(&mut file, len)? < len {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        let mut done = 0;
+        while done < len {
+            let want = (len - done).min(HASH_BLOCK);
+            let n = hasher.update_from(&mut file, want)?;
+            if n < want {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            done += n;
+            if tx.blocking_send(n).is_err() {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
         }
         Ok((file, hasher))
-    })
-    .await
-    .map_err(|e| ClientError::Internal(format!("hashing failed: {e}")))?
-    .map_err(|e| ClientError::local(&shown, e))
+    });
+    let shown_progress = len >= HASH_PROGRESS_MIN;
+    if shown_progress {
+        job.progress
+            .start(&format!("checking {}", job.name), len, 0);
+    }
+    let result = loop {
+        tokio::select! {
+            biased;
+            () = job.cancel.cancelled() => break Err(ClientError::Cancelled),
+            n = rx.recv() => match n {
+                Some(n) if shown_progress => job.progress.advance(n),
+                Some(_) => {}
+                None => break (&mut hashing)
+                    .await
+                    .map_err(|e| ClientError::Internal(format!("hashing failed: {e}")))
+                    .and_then(|r| r.map_err(|e| ClientError::local(&shown, e))),
+            },
+        }
+    };
+    // On a cancel, dropping `rx` stops the thread after its current block; nobody waits for it.
+    drop(rx);
+    if shown_progress {
+        job.progress.finish();
+    }
+    result
 }
 
 pub(super) fn remove_if_empty(path: &Path) {

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use protocol::{
 };
 
 use crate::raw::Raw;
-use crate::util::{names, tmpdir, Cli};
+use crate::util::{assert_missing, names, tmpdir, write_file, Cli, Daemon};
 
 /// What the lying server sends for every file the client asks for.
 const BODY: &[u8] = b"what the server sent\n";
@@ -259,4 +260,112 @@ fn mget_of_only_hostile_names_fails_as_a_batch() {
     let run = liar.cli().cwd(top.path()).cmds("mget *").run().exits(8);
     assert!(run.stderr.contains("2 of 2 files failed"), "{run}");
     assert!(names(top.path()).is_empty(), "{run}");
+}
+
+/// A daemon holding `remote` (if given) and a client directory holding `precious.txt`.
+fn site(remote: Option<&[u8]>, local: &[u8]) -> (Daemon, tempfile::TempDir) {
+    let daemon = Daemon::start();
+    if let Some(contents) = remote {
+        write_file(daemon.path("precious.txt"), contents);
+    }
+    let work = tmpdir();
+    write_file(work.path().join("precious.txt"), local);
+    (daemon, work)
+}
+
+/// The regression: `reget precious.txt` for a file the server does not have renamed the local
+/// `precious.txt` to `precious.txt.ftp-part` and left it there.
+#[test]
+fn reget_of_a_file_the_server_lacks_leaves_the_local_file_alone() {
+    let (daemon, work) = site(None, b"my own words\n");
+    let local = work.path().join("precious.txt");
+    let before = fs::metadata(&local).unwrap();
+    for cmd in [
+        "reget precious.txt",
+        "get -c precious.txt",
+        "get -c -f precious.txt",
+    ] {
+        daemon
+            .cli()
+            .cwd(work.path())
+            .cmds(cmd)
+            .run()
+            .exits(5)
+            .stderr_has("not_found");
+        assert_eq!(fs::read(&local).unwrap(), b"my own words\n", "{cmd}");
+        assert_eq!(names(work.path()), ["precious.txt"], "{cmd}");
+        let after = fs::metadata(&local).unwrap();
+        assert_eq!(after.ino(), before.ino(), "{cmd} replaced the file");
+        assert_eq!(after.mtime(), before.mtime(), "{cmd} changed the file");
+    }
+}
+
+/// The regression: `reget` of a file already complete renamed it to `.ftp-part` and back (after
+/// hashing it in silence), and a Ctrl-C in between left it renamed.
+#[test]
+fn reget_of_a_complete_file_says_so_and_changes_nothing() {
+    let (daemon, work) = site(Some(b"all of it\n"), b"all of it\n");
+    let local = work.path().join("precious.txt");
+    let before = fs::metadata(&local).unwrap();
+    let run = daemon
+        .cli()
+        .cwd(work.path())
+        .cmds("reget precious.txt")
+        .run()
+        .ok();
+    assert!(
+        run.stdout.contains("already complete"),
+        "reget does not say the file is complete: {run}"
+    );
+    assert_eq!(fs::read(&local).unwrap(), b"all of it\n");
+    assert_eq!(names(work.path()), ["precious.txt"]);
+    let after = fs::metadata(&local).unwrap();
+    assert_eq!(after.ino(), before.ino(), "reget replaced the file");
+    assert_eq!(after.mtime(), before.mtime(), "reget changed the file");
+    assert_eq!(after.ctime(), before.ctime(), "reget renamed the file");
+}
+
+/// A local file that is not the start of the server's is refused and left as it was; with `-f`
+/// it is replaced, but only by a verified copy.
+#[test]
+fn reget_of_a_different_file_leaves_it_until_a_verified_copy_replaces_it() {
+    let (daemon, work) = site(Some(b"the server's version\n"), b"mine\n");
+    let local = work.path().join("precious.txt");
+    daemon
+        .cli()
+        .cwd(work.path())
+        .cmds("reget precious.txt")
+        .run()
+        .exits(5)
+        .stderr_has("not the start");
+    assert_eq!(fs::read(&local).unwrap(), b"mine\n");
+    assert_eq!(names(work.path()), ["precious.txt"]);
+
+    daemon
+        .cli()
+        .cwd(work.path())
+        .cmds("get -c -f precious.txt")
+        .run()
+        .ok();
+    assert_eq!(fs::read(&local).unwrap(), b"the server's version\n");
+    assert_eq!(names(work.path()), ["precious.txt"]);
+}
+
+/// A true prefix made some other way is still continued where it lies, and nothing is left.
+#[test]
+fn reget_continues_a_partial_copy_made_another_way() {
+    let (daemon, work) = site(Some(b"first half, second half\n"), b"first half, ");
+    let run = daemon
+        .cli()
+        .cwd(work.path())
+        .cmds("reget precious.txt")
+        .run()
+        .ok();
+    assert!(run.stdout.contains("of it sent this time"), "{run}");
+    assert_eq!(
+        fs::read(work.path().join("precious.txt")).unwrap(),
+        b"first half, second half\n"
+    );
+    assert_eq!(names(work.path()), ["precious.txt"]);
+    assert_missing(work.path().join("precious.txt.ftp-part"));
 }
