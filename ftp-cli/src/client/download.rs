@@ -42,8 +42,9 @@ impl Client {
         } else {
             Start::Stream(self.start_from_part(remote, &part, opts, progress).await?)
         };
-        let (file, hasher, offset, ready) = match start {
-            Start::Stream(s) => s,
+        let ((file, hasher, offset, ready), moved) = match start {
+            Start::Stream(s) => (s, false),
+            Start::Moved(s) => (s, true),
             Start::Complete { size, digest } => {
                 return Ok(Summary {
                     name: remote.to_owned(),
@@ -63,6 +64,11 @@ impl Client {
             Ok(ok) => ok,
             Err(e) => {
                 // Verified bytes stay in the .ftp-part for `get -c`; nothing else is written.
+                // A partial copy of the user's that gained nothing goes back where it was: the
+                // server confirmed it, but then sent nothing that passed (it may have lied).
+                if moved {
+                    put_back(&part, local, offset);
+                }
                 remove_if_empty(&part);
                 return Err(e);
             }
@@ -164,7 +170,7 @@ impl Client {
                 }
             }
             Ok(ready) => match continue_in_part(local, part) {
-                Ok(file) => Ok(Start::Stream((file, hasher, held, ready))),
+                Ok(file) => Ok(Start::Moved((file, hasher, held, ready))),
                 Err(e) => {
                     self.abandon_get().await?;
                     Err(e)
@@ -377,6 +383,8 @@ impl Client {
 /// the digest of what it holds; that offset; the server's answer), or nothing to do at all.
 enum Start {
     Stream(Stream),
+    /// Like `Stream`, continuing the user's own partial copy, which is now the `.ftp-part`.
+    Moved(Stream),
     /// The local file already is the whole remote file: nothing was changed.
     Complete {
         /// The file's size.
@@ -418,6 +426,16 @@ fn continue_in_part(local: &Path, part: &Path) -> Result<File> {
         let _ = std::fs::rename(part, local);
         ClientError::local(local, e)
     })
+}
+
+/// Moves a partial copy made the `.ftp-part` back to `local` if it still holds just the `held`
+/// bytes it had, and nothing has taken its old name since.
+fn put_back(part: &Path, local: &Path, held: u64) {
+    if std::fs::metadata(part).is_ok_and(|m| m.len() == held)
+        && std::fs::hard_link(part, local).is_ok()
+    {
+        let _ = std::fs::remove_file(part);
+    }
 }
 
 /// Has the transfer engine check each chunk and appends the ones it accepts to `file` (at the

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use protocol::{
-    Digest, DigestKind, Entry, EntryKind, Eof, ErrorCode, ErrorReply, GetReady, Hello, ListEnd,
-    Listing, Message, PathArg, VERSION,
+    Digest, DigestKind, Entry, EntryKind, Eof, GetReady, Hello, ListEnd, Listing, Message, PathArg,
+    VERSION,
 };
 
 use crate::raw::Raw;
@@ -21,9 +21,11 @@ use crate::util::{assert_missing, names, tmpdir, write_file, Cli, Daemon};
 /// What the lying server sends for every file the client asks for.
 const BODY: &[u8] = b"what the server sent\n";
 
-/// A server that lies about names: `list` of a directory in its table answers with that
-/// directory's entries (any other with none), and every `get` from byte 0 with [`BODY`]. It
-/// speaks frames by hand ([`Raw`]), one thread per connection; stopped on drop.
+/// A server that lies: `list` of a directory in its table answers with that directory's entries
+/// (any other with none), every `get` from byte 0 with [`BODY`], and every resumed `get` by
+/// confirming whatever prefix the client holds and then sending [`BODY`] as if it followed
+/// (its chunk digest cannot be right: it does not know the prefix). It speaks frames by hand
+/// ([`Raw`]), one thread per connection; stopped on drop.
 struct Liar {
     /// Where it listens (127.0.0.1, port 0).
     addr: SocketAddr,
@@ -112,10 +114,19 @@ fn serve(stream: TcpStream, listings: &[(String, Vec<Entry>)]) {
                     digest: Digest::md5(BODY),
                 }));
             }
-            Message::Get(_) => peer.send(&Message::Error(ErrorReply::new(
-                ErrorCode::BadRequest,
-                "no resuming here",
-            ))),
+            Message::Get(get) => {
+                let size = get.offset + BODY.len() as u64;
+                peer.send(&Message::GetReady(GetReady {
+                    size,
+                    offset: get.offset,
+                    mtime: None,
+                }));
+                peer.send_chunk(get.offset, BODY);
+                peer.send(&Message::Eof(Eof {
+                    size,
+                    digest: Digest::md5(BODY),
+                }));
+            }
             Message::Pwd | Message::Cd(_) => peer.send(&Message::Cwd(PathArg { path: "/".into() })),
             Message::Bye => return,
             // Nothing else is asked of it; a stray cancel needs no answer.
@@ -368,4 +379,26 @@ fn reget_continues_a_partial_copy_made_another_way() {
     );
     assert_eq!(names(work.path()), ["precious.txt"]);
     assert_missing(work.path().join("precious.txt.ftp-part"));
+}
+
+/// A server that confirms any prefix and then sends nothing that passes: the user's partial copy
+/// was made the `.ftp-part` on the server's word and stayed so after the failure (and after each
+/// retry). Now it goes back where it was when nothing was gained.
+#[test]
+fn reget_confirmed_by_a_lying_server_leaves_the_local_file_where_it_was() {
+    let work = tmpdir();
+    let local = work.path().join("precious.txt");
+    write_file(&local, b"my own words\n");
+    let liar = Liar::start(vec![]);
+    let run = liar
+        .cli()
+        .cwd(work.path())
+        .arg("--retries")
+        .arg("1")
+        .cmds("reget precious.txt")
+        .run()
+        .exits(7)
+        .stderr_has("failed its md5 check");
+    assert_eq!(names(work.path()), ["precious.txt"], "{run}");
+    assert_eq!(fs::read(&local).unwrap(), b"my own words\n", "{run}");
 }
