@@ -228,10 +228,11 @@ impl App {
     }
 
     /// Many files, side by side (see [`batch::run`]).
-    fn batch(&mut self, items: Vec<batch::Item>, flags: Flags) -> Result<()> {
+    fn batch(&mut self, files: impl Into<batch::Files>, flags: Flags) -> Result<()> {
         let (dial, link, output) = (&self.dial, &mut self.link, &self.output);
         let (retries, parallel) = (self.retries, self.parallel);
-        let job = batch::run(dial, link, retries, parallel, output, items, options(flags));
+        let files = files.into();
+        let job = batch::run(dial, link, retries, parallel, output, files, options(flags));
         self.runtime.block_on(job)
     }
 

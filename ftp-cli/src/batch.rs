@@ -12,30 +12,48 @@ use crate::retry::{transfer, Transfer};
 /// One file of a batch: what to move, and its size, for the overall bar.
 pub(crate) type Item = (Transfer, u64);
 
+/// What a many-file command moves.
+#[derive(Default)]
+pub(crate) struct Files {
+    /// The files to move.
+    pub(crate) items: Vec<Item>,
+    /// Names refused before the batch began (unsafe names the server listed): each counts as a
+    /// failed file, so the command fails as a batch with failures does.
+    pub(crate) refused: usize,
+}
+
+impl From<Vec<Item>> for Files {
+    fn from(items: Vec<Item>) -> Files {
+        Files { items, refused: 0 }
+    }
+}
+
 /// Moves `items` (each file with its size), up to `parallel` at once, each on a connection of
 /// its own (`link`, the session's, and more made for the batch), so that no file waits for the
 /// one before it to be acknowledged and synced. One overall bar and one per transfer in flight.
-/// A failure is reported and the rest go on; the command fails at the end if any did.
+/// A failure is reported and the rest go on; the command fails at the end if any did (or if
+/// `files` says some were refused before it began).
 pub(crate) async fn run(
     dial: &Dial,
     link: &mut Link,
     retries: u32,
     parallel: usize,
     output: &Output,
-    items: Vec<Item>,
+    files: Files,
     opts: TransferOptions,
 ) -> Result<()> {
-    let total = items.len();
+    let Files { items, refused } = files;
+    let (moving, total) = (items.len(), items.len() + refused);
     let bytes = items.iter().map(|(_, size)| size).sum();
-    let slots = parallel.clamp(1, total.max(1));
+    let slots = parallel.clamp(1, moving.max(1));
     let batch = Batch {
         dial,
         retries,
         opts,
         output,
         queue: RefCell::new(items.into_iter()),
-        bars: BatchBars::new(output.bars(), total, bytes, slots),
-        failed: Cell::new(0),
+        bars: BatchBars::new(output.bars(), moving, bytes, slots),
+        failed: Cell::new(refused),
         stopped: RefCell::new(None),
     };
     let mut extra: Vec<Link> = (1..slots).map(|_| Link::new(link.cwd.clone())).collect();

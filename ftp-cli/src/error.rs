@@ -34,6 +34,10 @@ pub enum ClientError {
     Verify(String),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A name the server sent that cannot be used as a local file name (`../x`, `/etc/x`, a
+    /// control character): never written. Shown escaped, so it cannot draw on the terminal.
+    #[error("{0:?}: not a plain file name, skipped (the server sent it)")]
+    UnsafeName(String),
     /// The command's output could not be written; `main` exits quietly when the reader closed
     /// the pipe (`ftp-cli HOST -c ls | head`), as other Unix tools do.
     #[error("cannot write to stdout: {0}")]
@@ -58,6 +62,7 @@ impl ClientError {
             ClientError::BadChunk { .. }
             | ClientError::Verify(_)
             | ClientError::Protocol(_)
+            | ClientError::UnsafeName(_)
             | ClientError::Internal(_) => 7,
         }
     }
@@ -83,6 +88,7 @@ impl ClientError {
             | ClientError::LocalExists(_)
             | ClientError::Stdout(_)
             | ClientError::Verify(_)
+            | ClientError::UnsafeName(_)
             | ClientError::Internal(_) => false,
         }
     }

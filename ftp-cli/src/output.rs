@@ -139,7 +139,9 @@ impl Output {
             *slot = Some(s.digest.to_string());
             return self.json_line(&line);
         }
-        let resumed = if s.sent < s.size {
+        let resumed = if s.sent == 0 && s.size > 0 {
+            ", already complete: nothing sent".to_owned()
+        } else if s.sent < s.size {
             format!(", {} of it sent this time", HumanBytes(s.sent))
         } else {
             String::new()

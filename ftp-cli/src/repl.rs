@@ -17,6 +17,7 @@ use rustyline::validate::Validator;
 use rustyline::{Context, Editor, Helper};
 
 use crate::app::{App, Flow};
+use crate::client::safe_name;
 use crate::command::{self, COMMAND_WORDS};
 use crate::error::{ClientError, Result};
 
@@ -80,7 +81,9 @@ impl ShellHelper {
             .borrow_mut()
             .complete_remote(&dir)
             .into_iter()
-            .filter(|e| e.name.starts_with(prefix))
+            // A name that is not a plain file name (`../x`, an escape sequence) is not offered:
+            // it would draw on the terminal, or put a path the server chose into the command.
+            .filter(|e| safe_name(&e.name).is_ok() && e.name.starts_with(prefix))
             .map(|e| {
                 let slash = if e.kind == EntryKind::Dir { "/" } else { "" };
                 let name = escape(&e.name);

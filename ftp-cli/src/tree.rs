@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use protocol::{Entry, EntryKind};
 
-use crate::batch::Item;
+use crate::batch::{Files, Item};
+use crate::client::{beneath, safe_name};
 use crate::error::{ClientError, Result};
 use crate::output::Output;
 use crate::retry::Transfer;
@@ -37,14 +38,15 @@ pub(crate) fn put_tree(
 }
 
 /// `get -r`: the files under `remote` (listed with `list`), each with its size, to the same
-/// places under `local`, whose directories are made on the way.
+/// places under `local`, whose directories are made on the way. A name the server lists that
+/// is not a plain file name ([`safe_name`]) is skipped with a warning and counted as refused.
 pub(crate) fn get_tree(
     remote: &str,
     local: &Path,
     output: &Output,
     mut list: impl FnMut(&str) -> Result<Vec<Entry>>,
-) -> Result<Vec<Item>> {
-    let mut items = Vec::new();
+) -> Result<Files> {
+    let mut files = Files::default();
     let mut pending = vec![(String::new(), 0usize)];
     while let Some((rel, depth)) = pending.pop() {
         let dir = local.join(&rel);
@@ -53,9 +55,16 @@ pub(crate) fn get_tree(
         let mut entries = list(&path)?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         for e in entries {
-            let child = join(&rel, &e.name);
+            let child = match local_child(local, &rel, &e.name) {
+                Ok(child) => child,
+                Err(why) => {
+                    output.diagnostic(format_args!("get -r {remote}: {why}"));
+                    files.refused += 1;
+                    continue;
+                }
+            };
             match e.kind {
-                EntryKind::File => items.push((
+                EntryKind::File => files.items.push((
                     Transfer::Get {
                         remote: join(remote, &child),
                         local: local.join(&child),
@@ -70,7 +79,15 @@ pub(crate) fn get_tree(
             }
         }
     }
-    Ok(items)
+    Ok(files)
+}
+
+/// `rel/name`, for a `name` the server listed in `rel` (under the destination `local`), once
+/// the name is one plain component and the local path it makes stays beneath `local`.
+fn local_child(local: &Path, rel: &str, name: &str) -> Result<String> {
+    let child = join(rel, safe_name(name)?);
+    beneath(local, &local.join(&child))?;
+    Ok(child)
 }
 
 /// `mput`: the local files matching `patterns`, each with its size, to the remote directory.
@@ -105,13 +122,14 @@ pub(crate) fn mput(patterns: &[String], output: &Output) -> Result<Vec<Item>> {
 }
 
 /// `mget`: the remote files matching `patterns` (listed with `list`), each with its size, to
-/// the local directory.
+/// the local directory. A matching name that is not a plain file name ([`safe_name`]) is
+/// skipped with a warning and counted as refused.
 pub(crate) fn mget(
     patterns: &[String],
     output: &Output,
     mut list: impl FnMut(&str) -> Result<Vec<Entry>>,
-) -> Result<Vec<Item>> {
-    let mut items = Vec::new();
+) -> Result<Files> {
+    let mut files = Files::default();
     for pattern in patterns {
         let (dir, name) = match pattern.rsplit_once('/') {
             Some(("", name)) => ("/", name),
@@ -122,31 +140,34 @@ pub(crate) fn mget(
             .map_err(|e| ClientError::Usage(format!("mget: bad pattern {pattern:?}: {e}")))?;
         let mut entries = list(dir)?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
-        let before = items.len();
+        let before = files.items.len() + files.refused;
         for e in entries {
             if e.kind == EntryKind::File && matcher.matches(&e.name) {
+                let here = Path::new(".");
+                let local = match local_child(here, "", &e.name) {
+                    Ok(name) => PathBuf::from(name),
+                    Err(why) => {
+                        output.diagnostic(format_args!("mget {pattern}: {why}"));
+                        files.refused += 1;
+                        continue;
+                    }
+                };
                 let remote = if dir == "." {
                     e.name.clone()
                 } else {
                     join(dir, &e.name)
                 };
-                items.push((
-                    Transfer::Get {
-                        remote,
-                        local: PathBuf::from(&e.name),
-                    },
-                    e.size,
-                ));
+                files.items.push((Transfer::Get { remote, local }, e.size));
             }
         }
-        if items.len() == before {
+        if files.items.len() + files.refused == before {
             output.diagnostic(format_args!("mget: no remote file matches {pattern}"));
         }
     }
-    if items.is_empty() {
+    if files.items.is_empty() && files.refused == 0 {
         return Err(ClientError::Usage("mget: nothing to fetch".into()));
     }
-    Ok(items)
+    Ok(files)
 }
 
 /// `base/rel`, for remote paths (`rel` may be empty).

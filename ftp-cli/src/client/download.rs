@@ -11,15 +11,16 @@ use protocol::{
 };
 use tokio::sync::mpsc;
 
-use super::localfs::{hash_prefix_of, part_path, place, remove_if_empty};
-use super::{unexpected, Client, Progress, Summary, TransferOptions, PIPELINE_DEPTH};
+use super::localfs::{hash_prefix_of, part_path, place, remove_if_empty, HashJob};
+use super::{unexpected, Client, NoProgress, Progress, Summary, TransferOptions, PIPELINE_DEPTH};
 use crate::error::{ClientError, Result};
 
 impl Client {
     /// Downloads `remote` to `local`. The bytes go to `LOCAL.ftp-part` first and are renamed
     /// into place only once the whole-file digest matches. With `opts.resume`, continues the
     /// `.ftp-part` left by an earlier attempt (or `local` itself, a partial copy made some other
-    /// way) once the server confirms it is the start of the same file.
+    /// way) once the server confirms it is the start of the same file; a `local` that already
+    /// is the whole file is left as it is.
     pub async fn get(
         &mut self,
         remote: &str,
@@ -35,52 +36,25 @@ impl Client {
             )));
         }
         let part = part_path(local);
-        let moved = opts.resume && !part.exists() && local.is_file();
-        if moved {
-            std::fs::rename(local, &part).map_err(|e| ClientError::local(local, e))?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(!opts.resume)
-            .open(&part)
-            .map_err(|e| ClientError::local(&part, e))?;
-        let held = file
-            .metadata()
-            .map_err(|e| ClientError::local(&part, e))?
-            .len();
-        let (file, hasher) = hash_prefix_of(&file, &part, held, self.server.digest).await?;
-        let mut start = (file, hasher, held);
-        let ready = match self.request_get(remote, held, &start.1).await {
-            Ok(ready) => ready,
-            Err(ClientError::Remote(e))
-                if held > 0
-                    && matches!(e.code, ErrorCode::PrefixMismatch | ErrorCode::BadRequest) =>
-            {
-                if !opts.overwrite {
-                    if moved {
-                        let _ = std::fs::rename(&part, local);
-                    }
-                    return Err(ClientError::Remote(ErrorReply::new(
-                        ErrorCode::PrefixMismatch,
-                        format!(
-                            "the {held} bytes held locally are not the start of {remote} \
-                             (use get -c -f to download it again)"
-                        ),
-                    )));
-                }
-                let (file, _) = hash_prefix_of(&start.0, &part, 0, self.server.digest).await?; // rewound to 0
-                file.set_len(0).map_err(|e| ClientError::local(&part, e))?;
-                start = (file, Hasher::new(self.server.digest), 0);
-                self.request_get(remote, 0, &start.1).await?
-            }
-            Err(e) => {
-                remove_if_empty(&part);
-                return Err(e);
+        let start = if opts.resume && !part.exists() && local.is_file() {
+            self.start_from_local(remote, local, &part, opts, progress)
+                .await?
+        } else {
+            Start::Stream(self.start_from_part(remote, &part, opts, progress).await?)
+        };
+        let ((file, hasher, offset, ready), moved) = match start {
+            Start::Stream(s) => (s, false),
+            Start::Moved(s) => (s, true),
+            Start::Complete { size, digest } => {
+                return Ok(Summary {
+                    name: remote.to_owned(),
+                    sent: 0,
+                    size,
+                    elapsed: started.elapsed(),
+                    digest,
+                })
             }
         };
-        let (file, hasher, offset) = start;
         progress.start(remote, ready.size, offset);
         let result = self
             .stream_down(file, offset, ready.size, hasher, progress)
@@ -90,6 +64,11 @@ impl Client {
             Ok(ok) => ok,
             Err(e) => {
                 // Verified bytes stay in the .ftp-part for `get -c`; nothing else is written.
+                // A partial copy of the user's that gained nothing goes back where it was: the
+                // server confirmed it, but then sent nothing that passed (it may have lied).
+                if moved {
+                    put_back(&part, local, offset);
+                }
                 remove_if_empty(&part);
                 return Err(e);
             }
@@ -108,6 +87,145 @@ impl Client {
         })
     }
 
+    /// Starts the download into `part` (ours: made, truncated or continued), resuming what it
+    /// holds with `opts.resume`.
+    async fn start_from_part(
+        &mut self,
+        remote: &str,
+        part: &Path,
+        opts: TransferOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<Stream> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(!opts.resume)
+            .open(part)
+            .map_err(|e| ClientError::local(part, e))?;
+        let held = file
+            .metadata()
+            .map_err(|e| ClientError::local(part, e))?
+            .len();
+        let hashed = self.hash_prefix(&file, part, held, remote, progress).await;
+        let (file, hasher) = hashed.inspect_err(|_| remove_if_empty(part))?;
+        match self.request_get(remote, held, &hasher).await {
+            Ok(ready) => Ok((file, hasher, held, ready)),
+            Err(ClientError::Remote(e)) if held > 0 && not_the_start(&e) => {
+                if !opts.overwrite {
+                    return Err(prefix_differs(held, remote));
+                }
+                file.set_len(0).map_err(|e| ClientError::local(part, e))?;
+                let hasher = Hasher::new(self.server.digest);
+                let ready = self.request_get(remote, 0, &hasher).await?;
+                Ok((file, hasher, 0, ready))
+            }
+            Err(e) => {
+                remove_if_empty(part);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a resumed download whose prefix is `local` itself, a partial copy made some other
+    /// way. It is hashed where it lies and offered to the server; only once the server confirms
+    /// it as the start of `remote` (and more is to come) does it become `part`. A file the
+    /// server does not have, one that is not its start, and one that is already the whole of it
+    /// leave `local` exactly as it was.
+    async fn start_from_local(
+        &mut self,
+        remote: &str,
+        local: &Path,
+        part: &Path,
+        opts: TransferOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<Start> {
+        // Read-only: a copy that turns out to be complete needs no write access, and is not
+        // touched.
+        let file = File::open(local).map_err(|e| ClientError::local(local, e))?;
+        let held = file
+            .metadata()
+            .map_err(|e| ClientError::local(local, e))?
+            .len();
+        let (_, hasher) = self
+            .hash_prefix(&file, local, held, remote, progress)
+            .await?;
+        drop(file);
+        match self.request_get(remote, held, &hasher).await {
+            Ok(ready) if ready.size == held => {
+                // The server confirmed all we hold as its start, and sends only its eof.
+                let digest = hasher.finish();
+                match self.recv().await?.message {
+                    Message::Eof(eof) if eof.digest == digest => {
+                        Ok(Start::Complete { size: held, digest })
+                    }
+                    Message::Eof(eof) => Err(ClientError::Verify(format!(
+                        "{} is as long as {remote}, but its {} is {digest}, the server's {}",
+                        local.display(),
+                        digest.kind().name(),
+                        eof.digest
+                    ))),
+                    Message::Abort(reply) => Err(ClientError::Remote(reply)),
+                    other => Err(unexpected("eof", &other)),
+                }
+            }
+            Ok(ready) => match continue_in_part(local, part) {
+                Ok(file) => Ok(Start::Moved((file, hasher, held, ready))),
+                Err(e) => {
+                    self.abandon_get().await?;
+                    Err(e)
+                }
+            },
+            Err(ClientError::Remote(e)) if held > 0 && not_the_start(&e) => {
+                if !opts.overwrite {
+                    return Err(prefix_differs(held, remote));
+                }
+                // `get -c -f`: downloaded afresh beside it; `local` is replaced only by a
+                // verified copy.
+                let fresh = TransferOptions {
+                    resume: false,
+                    ..opts
+                };
+                self.start_from_part(remote, part, fresh, progress)
+                    .await
+                    .map(Start::Stream)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Hashes the first `len` bytes of `file` (at `path`) for a transfer of `name`, showing
+    /// progress for a long prefix; Ctrl-C stops it at once.
+    pub(super) async fn hash_prefix(
+        &self,
+        file: &File,
+        path: &Path,
+        len: u64,
+        name: &str,
+        progress: &mut dyn Progress,
+    ) -> Result<(File, Hasher)> {
+        let job = HashJob {
+            kind: self.server.digest,
+            name,
+            progress,
+            cancel: &self.cancel,
+        };
+        hash_prefix_of(file, path, len, job).await
+    }
+
+    /// Stops a download the server has started after its `get_ready`, reading what it sends
+    /// until it ends, so the connection stays in step for the next command.
+    async fn abandon_get(&mut self) -> Result<()> {
+        self.send(Message::Cancel).await?;
+        loop {
+            match self.recv().await?.message {
+                Message::Chunk(_) => {}
+                Message::Eof(_) | Message::Abort(_) => return Ok(()),
+                other => return Err(unexpected("eof", &other)),
+            }
+        }
+    }
+
     /// Sends `get` from `offset` (with the digest of what we hold) and reads the server's answer.
     async fn request_get(
         &mut self,
@@ -121,7 +239,18 @@ impl Client {
             prefix_digest: (offset > 0).then(|| held.digest()),
         }))
         .await?;
-        match self.recv().await?.message {
+        // The server checks our prefix before it answers, which takes as long as hashing it
+        // did here: Ctrl-C must not wait for that.
+        let cancel = self.cancel.clone();
+        let frame = tokio::select! {
+            biased;
+            () = cancel.cancelled() => {
+                self.out_of_step = true;
+                return Err(ClientError::Cancelled);
+            }
+            frame = self.recv() => frame?,
+        };
+        match frame.message {
             Message::GetReady(r) if r.offset == offset && r.offset <= r.size => Ok(r),
             Message::Error(e) => Err(ClientError::Remote(e)),
             other => Err(unexpected("get_ready", &other)),
@@ -137,7 +266,9 @@ impl Client {
             .metadata()
             .map_err(|e| ClientError::local(local, e))?
             .len();
-        let (_, hasher) = hash_prefix_of(&file, local, size, self.server.digest).await?;
+        let (_, hasher) = self
+            .hash_prefix(&file, local, size, remote, &mut NoProgress)
+            .await?;
         match self.request_get(remote, size, &hasher).await {
             Ok(ready) if ready.size == size => {}
             Ok(_) => {
@@ -245,6 +376,65 @@ impl Client {
                 "server ended the file early: {e}"
             ))),
         }
+    }
+}
+
+/// How a download starts: a stream to take (the file to write to, positioned at the offset;
+/// the digest of what it holds; that offset; the server's answer), or nothing to do at all.
+enum Start {
+    Stream(Stream),
+    /// Like `Stream`, continuing the user's own partial copy, which is now the `.ftp-part`.
+    Moved(Stream),
+    /// The local file already is the whole remote file: nothing was changed.
+    Complete {
+        /// The file's size.
+        size: u64,
+        /// Its whole-file digest, as both sides computed it.
+        digest: Digest,
+    },
+}
+
+/// A download under way from an offset: see [`Start::Stream`].
+type Stream = (File, Hasher, u64, protocol::GetReady);
+
+/// Whether the server refused a resumed `get` because what we hold is not the start of its
+/// file (or is longer than it).
+fn not_the_start(e: &ErrorReply) -> bool {
+    matches!(e.code, ErrorCode::PrefixMismatch | ErrorCode::BadRequest)
+}
+
+/// The error for a resume whose `held` local bytes are not the start of `remote`.
+fn prefix_differs(held: u64, remote: &str) -> ClientError {
+    ClientError::Remote(ErrorReply::new(
+        ErrorCode::PrefixMismatch,
+        format!(
+            "the {held} bytes held locally are not the start of {remote} \
+             (use get -c -f to download it again)"
+        ),
+    ))
+}
+
+/// Makes a partial copy the server confirmed into the `.ftp-part` the download continues
+/// (written at offsets, so its position does not matter); on failure it stays where it was.
+fn continue_in_part(local: &Path, part: &Path) -> Result<File> {
+    std::fs::rename(local, part).map_err(|e| ClientError::local(local, e))?;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(part);
+    opened.map_err(|e| {
+        let _ = std::fs::rename(part, local);
+        ClientError::local(local, e)
+    })
+}
+
+/// Moves a partial copy made the `.ftp-part` back to `local` if it still holds just the `held`
+/// bytes it had, and nothing has taken its old name since.
+fn put_back(part: &Path, local: &Path, held: u64) {
+    if std::fs::metadata(part).is_ok_and(|m| m.len() == held)
+        && std::fs::hard_link(part, local).is_ok()
+    {
+        let _ = std::fs::remove_file(part);
     }
 }
 

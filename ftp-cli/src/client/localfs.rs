@@ -1,13 +1,84 @@
-//! Local-file policy: the `.ftp-part` and placing it, stable upload ids, hashing what is on disk.
+//! Local-file policy: names from the server made safe, the `.ftp-part` and placing it, stable
+//! upload ids, hashing what is on disk.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use md5::{Digest as _, Md5};
 use protocol::{DigestKind, Hasher};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use super::Progress;
 use crate::error::{ClientError, Result};
+
+/// Bytes hashed between two looks at the cancellation flag and two progress reports: a few
+/// milliseconds of work, so Ctrl-C is felt at once.
+const HASH_BLOCK: u64 = 1 << 20;
+/// Prefixes at least this long are hashed with a progress bar; shorter ones take well under a
+/// tenth of a second, and a bar would only flicker.
+const HASH_PROGRESS_MIN: u64 = 16 << 20;
+
+/// `name`, a name the server sent (a listing entry), if it can be used as one component of a
+/// local path: not empty, `.` or `..`, no separator (`/`, or `\` that another platform takes
+/// for one), no NUL or other control character, and one plain component to this platform's
+/// `Path` too. Anything else is how a hostile server (or anyone on the path) would make the
+/// client write outside the directory it was told to write in, or draw on the user's terminal.
+pub fn safe_name(name: &str) -> Result<&str> {
+    let plain = !matches!(name, "" | "." | "..")
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
+        && matches!(
+            Path::new(name).components().collect::<Vec<_>>()[..],
+            [Component::Normal(n)] if n == name
+        );
+    if plain {
+        Ok(name)
+    } else {
+        Err(ClientError::UnsafeName(name.to_owned()))
+    }
+}
+
+/// `path`, if it lies strictly beneath `dest` once both are normalised lexically (`.` dropped,
+/// `..` taking away the component before it); either may be relative (to the same directory).
+/// The last line of defence after [`safe_name`]: a local path built from names the server sent
+/// must never leave the destination the user chose.
+pub fn beneath<'p>(dest: &Path, path: &'p Path) -> Result<&'p Path> {
+    let (d, p) = (normalise(dest), normalise(path));
+    // What is left past `dest` must go down: a leading `..` (or root) there means `dest` was
+    // empty or relative, and the path climbs out of it.
+    let down = p.strip_prefix(&d).is_ok_and(|rest| {
+        rest.components().next().is_some()
+            && rest.components().all(|c| matches!(c, Component::Normal(_)))
+    });
+    if down {
+        Ok(path)
+    } else {
+        Err(ClientError::UnsafeName(path.display().to_string()))
+    }
+}
+
+/// `path` without `.` components and with each `..` cancelling the component before it (a
+/// leading `..`, or one after the root, is kept, or dropped, as the filesystem would take it).
+fn normalise(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => out.push(".."),
+            },
+            other => out.push(other),
+        }
+    }
+    out
+}
 
 /// Where a download is written until it is verified.
 pub fn part_path(local: &Path) -> PathBuf {
@@ -57,27 +128,76 @@ pub(super) fn mtime_of(meta: &std::fs::Metadata) -> Option<i64> {
     Some(t.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64)
 }
 
-/// A clone of `file` positioned at `len`, with the digest of its first `len` bytes.
+/// What hashing a local prefix needs besides the file: the digest, and how the user sees it
+/// and stops it.
+pub(super) struct HashJob<'a> {
+    /// The session's digest.
+    pub kind: DigestKind,
+    /// The name the progress bar shows (the remote file the prefix is checked against).
+    pub name: &'a str,
+    /// Where progress goes, for a prefix long enough to take a while.
+    pub progress: &'a mut dyn Progress,
+    /// Cancelled when the user presses Ctrl-C: hashing stops at once.
+    pub cancel: &'a CancellationToken,
+}
+
+/// A clone of `file` positioned at `len`, with the digest of its first `len` bytes. A long
+/// prefix shows progress; a cancelled `job` returns [`ClientError::Cancelled`] at once, and
+/// the disk thread stops after the block it is reading.
 pub(super) async fn hash_prefix_of(
     file: &File,
     path: &Path,
     len: u64,
-    kind: DigestKind,
+    job: HashJob<'_>,
 ) -> Result<(File, Hasher)> {
     let mut file = file.try_clone().map_err(|e| ClientError::local(path, e))?;
     let shown = path.to_owned();
-    tokio::task::spawn_blocking(move || {
+    let kind = job.kind;
+    // Each block hashed is reported here; the thread stops once nobody listens.
+    let (tx, mut rx) = mpsc::channel::<u64>(16);
+    let mut hashing = tokio::task::spawn_blocking(move || {
         use std::io::{Seek, SeekFrom};
         file.seek(SeekFrom::Start(0))?;
         let mut hasher = Hasher::new(kind);
-        if hasher.update_from(&mut file, len)? < len {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        let mut done = 0;
+        while done < len {
+            let want = (len - done).min(HASH_BLOCK);
+            let n = hasher.update_from(&mut file, want)?;
+            if n < want {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            done += n;
+            if tx.blocking_send(n).is_err() {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
         }
         Ok((file, hasher))
-    })
-    .await
-    .map_err(|e| ClientError::Internal(format!("hashing failed: {e}")))?
-    .map_err(|e| ClientError::local(&shown, e))
+    });
+    let shown_progress = len >= HASH_PROGRESS_MIN;
+    if shown_progress {
+        job.progress
+            .start(&format!("checking {}", job.name), len, 0);
+    }
+    let result = loop {
+        tokio::select! {
+            biased;
+            () = job.cancel.cancelled() => break Err(ClientError::Cancelled),
+            n = rx.recv() => match n {
+                Some(n) if shown_progress => job.progress.advance(n),
+                Some(_) => {}
+                None => break (&mut hashing)
+                    .await
+                    .map_err(|e| ClientError::Internal(format!("hashing failed: {e}")))
+                    .and_then(|r| r.map_err(|e| ClientError::local(&shown, e))),
+            },
+        }
+    };
+    // On a cancel, dropping `rx` stops the thread after its current block; nobody waits for it.
+    drop(rx);
+    if shown_progress {
+        job.progress.finish();
+    }
+    result
 }
 
 pub(super) fn remove_if_empty(path: &Path) {
@@ -89,6 +209,68 @@ pub(super) fn remove_if_empty(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn safe_names() {
+        for ok in [
+            "a", "a.txt", ".hidden", "..a", "a..", "a b", "ünï", "-x", "a:b",
+        ] {
+            assert_eq!(safe_name(ok).ok(), Some(ok), "{ok:?}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "/",
+            "/abs/path",
+            "../x",
+            "../../x",
+            "a/b",
+            "a/",
+            "a\\b",
+            "..\\x",
+            "a\0b",
+            "\n",
+            "a\x1b[2J",
+            "tab\there",
+            "del\u{7f}",
+            "nel\u{85}",
+        ] {
+            assert!(
+                matches!(safe_name(bad), Err(ClientError::UnsafeName(n)) if n == bad),
+                "{bad:?} was taken as safe"
+            );
+        }
+    }
+
+    #[test]
+    fn beneath_the_destination() {
+        for (dest, path, ok) in [
+            ("dl", "dl/a", true),
+            ("dl", "dl/a/b", true),
+            ("./dl", "dl/a", true),
+            ("dl/", "./dl/./a", true),
+            (".", "a", true),
+            ("", "a", true),
+            ("/tmp/dl", "/tmp/dl/a", true),
+            ("../dl", "../dl/a", true),
+            ("dl", "dl", false),
+            ("dl", "dl/.", false),
+            ("dl", "dl/..", false),
+            ("dl", "dl/../x", false),
+            ("dl", "dl/a/../../x", false),
+            ("dl", "dlx/a", false),
+            ("dl", "/etc/passwd", false),
+            (".", "..", false),
+            (".", "../x", false),
+            ("", "/x", false),
+            ("/tmp/dl", "/tmp/dl/../x", false),
+            ("/", "/../x", true),
+        ] {
+            let got = beneath(Path::new(dest), Path::new(path)).is_ok();
+            assert_eq!(got, ok, "{path:?} beneath {dest:?}");
+        }
+    }
 
     #[test]
     fn part_files_sit_next_to_the_target() {

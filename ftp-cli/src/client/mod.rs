@@ -18,7 +18,7 @@ mod transfer;
 mod upload;
 
 pub use auth::Credentials;
-pub use localfs::part_path;
+pub use localfs::{beneath, part_path, safe_name};
 pub use transfer::{NoProgress, Progress, Summary, TransferOptions};
 
 /// Port used when the address names none.
@@ -38,6 +38,10 @@ pub struct Client {
     addr: String,
     /// Set to stop the transfer in progress cleanly (the user pressed Ctrl-C).
     cancel: CancellationToken,
+    /// Set when Ctrl-C gave up on a request the server was still answering (checking a long
+    /// prefix): its answer may yet arrive, in the middle of the next exchange, so the
+    /// connection is not reused.
+    out_of_step: bool,
 }
 
 /// Turns `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address into something to dial.
@@ -109,6 +113,7 @@ impl Client {
             timeout,
             addr: target.clone(),
             cancel: CancellationToken::new(),
+            out_of_step: false,
         };
         client.hello(digest).await.map_err(fail)?;
         client.login(creds).await?;
@@ -165,9 +170,10 @@ impl Client {
     }
 
     /// Whether the connection still looks open: the server has not closed it (an idle timeout,
-    /// a restart) nor sent anything unasked. Checked before reusing a connection.
+    /// a restart) nor sent anything unasked, and no answer is still owed to a request given up
+    /// on. Checked before reusing a connection.
     pub fn is_alive(&mut self) -> bool {
-        self.conn.try_recv().is_none()
+        !self.out_of_step && self.conn.try_recv().is_none()
     }
 
     /// Says goodbye; the server closes its side.

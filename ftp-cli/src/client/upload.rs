@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use protocol::{ChunkSender, Digest, Eof, ErrorCode, ErrorReply, Frame, Hasher, Message, Put};
 use tokio::sync::mpsc;
 
-use super::localfs::{hash_prefix_of, mtime_of, upload_id};
+use super::localfs::{mtime_of, upload_id};
 use super::{known, unexpected, Client, Progress, Summary, TransferOptions, PIPELINE_DEPTH};
 use crate::error::{ClientError, Result};
 
@@ -51,7 +51,20 @@ impl Client {
                 other => return Err(unexpected("put_ready", &other)),
             };
             let offset = ready.offset;
-            let (file, hasher) = hash_prefix_of(&file, local, offset, self.server.digest).await?;
+            let hashed = self
+                .hash_prefix(&file, local, offset, remote, progress)
+                .await;
+            let (file, hasher) = match hashed {
+                Ok(ok) => ok,
+                Err(e) => {
+                    // The server waits for our chunks: end the upload (its staged bytes stay
+                    // for `put -c`) so the connection is in step for the next command.
+                    let why = ErrorReply::new(ErrorCode::BadRequest, e.to_string());
+                    self.send(Message::Abort(why)).await?;
+                    let _ = self.recv().await?; // the server answers an abort with one error
+                    return Err(e);
+                }
+            };
             if offset > 0 && hasher.digest() != ready.digest {
                 // What the server staged is not the start of this file: upload it afresh.
                 let reply = ErrorReply::new(

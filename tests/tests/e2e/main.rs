@@ -39,3 +39,7 @@ mod service;
 
 // Hostile input and limits: garbage frames, path tricks, floods, slow clients, quotas.
 mod abuse;
+
+// A server that lies: hostile names never leave the destination, and resuming never hides the
+// user's own file.
+mod untrusted;

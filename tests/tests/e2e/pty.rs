@@ -5,9 +5,10 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rexpect::session::{spawn_with_options, Options, PtySession};
 
@@ -28,6 +29,9 @@ const BIG_DOWNLOAD: u64 = 512 * MIB;
 /// long after the key is pressed (about 1 s at the 120 MB/s of a debug build), yet quick to
 /// finish.
 const BIG_UPLOAD: u64 = 128 * MIB;
+/// The complete local file whose check Ctrl-C interrupts: about a second to hash on each side,
+/// so the key lands well inside it, yet small enough not to slow the tests beside it.
+const BIG_CHECK: u64 = 256 * MIB;
 
 /// `ftp-cli ADDR` on a pseudo-terminal, in `cwd`, with `home` as its home and data directory.
 fn shell(daemon: &Daemon, cwd: &Path, home: &Path) -> PtySession {
@@ -262,4 +266,56 @@ fn ctrl_c_during_a_transfer_cancels_it_and_keeps_the_session() {
         !log.contains("protocol violation") && !log.contains("framing error"),
         "ftpd logged a protocol error:\n{log}"
     );
+}
+
+/// The regression: `reget` of a large file that was already complete hashed it for seconds in
+/// silence, Ctrl-C waited for the hashing to end, and the file was left renamed to `.ftp-part`.
+/// Now the check shows a bar, Ctrl-C stops it at once, and the file stays as it was.
+#[test]
+fn ctrl_c_while_reget_checks_a_complete_file_stops_at_once_and_changes_nothing() {
+    let daemon = Daemon::start();
+    write_repeated(&daemon.path("big.bin"), BIG_CHECK, 44);
+    let work = tmpdir();
+    let home = tmpdir();
+    let local = work.path().join("big.bin");
+    write_repeated(&local, BIG_CHECK, 44);
+    let before = fs::metadata(&local).unwrap();
+    let prompt = format!("ftp {}:/> ", daemon.addr());
+
+    let mut sh = shell(&daemon, work.path(), home.path());
+    expect(&mut sh, &prompt);
+    type_keys(&mut sh, "reget big.bin\r");
+    expect(&mut sh, "checking big.bin");
+    let pressed = Instant::now();
+    sh.send_control('c').unwrap();
+    expect(&mut sh, "ftp-cli: cancelled");
+    let took = pressed.elapsed();
+    expect(&mut sh, &prompt);
+    // Checking the whole file takes over a second here; stopping it, a block's worth.
+    assert!(
+        took < Duration::from_secs(1),
+        "Ctrl-C took {took:?} to stop the check"
+    );
+    let after = fs::metadata(&local).unwrap();
+    assert_eq!(
+        names(work.path()),
+        ["big.bin"],
+        "Ctrl-C left the file renamed"
+    );
+    assert_eq!(
+        (after.ino(), after.len(), after.ctime()),
+        (before.ino(), before.len(), before.ctime()),
+        "the cancelled check changed the file"
+    );
+
+    // Left alone, the same check ends saying so, and the session is still in step.
+    type_keys(&mut sh, "reget big.bin\r");
+    expect(&mut sh, "already complete");
+    expect(&mut sh, &prompt);
+    type_keys(&mut sh, "pwd\r");
+    expect(&mut sh, "\n/\r\n");
+    expect(&mut sh, &prompt);
+    leave(&mut sh);
+    assert_eq!(names(work.path()), ["big.bin"]);
+    assert_eq!(fs::metadata(&local).unwrap().ctime(), before.ctime());
 }
