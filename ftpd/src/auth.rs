@@ -16,8 +16,13 @@ use crate::users::{User, Users};
 /// Failures older than this are forgotten; no penalty lasts longer.
 const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Address ranges, and user names, remembered at most each, so failures cannot grow the maps
-/// without bound.
+/// without bound; and as many pairs of a range and a user name that logged in.
 const MAX_TRACKED: usize = 10_000;
+/// How long a range that logged in as a user is exempt from that user name's penalty. Without
+/// it, one address guessing at a name once a penalty kept the name's owner out everywhere;
+/// with it, the owner still gets in from where they logged in lately (and an attacker there is
+/// still held to that range's own penalty).
+const TRUST_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How long a failed login shuts out its address range and its user name: `first` after one
 /// failure, doubled for each further one, up to `max` (`--login-penalty`,
@@ -125,7 +130,8 @@ impl<K: Hash + Eq + Copy> Ledger<K> {
     }
 }
 
-/// Recent failures, by the two things an attacker cannot multiply for free.
+/// Recent failures, by the two things an attacker cannot multiply for free, and where users
+/// logged in from.
 struct Failures {
     /// By address range: one party's neighbouring addresses share a count.
     by_range: Ledger<AddrRange>,
@@ -133,6 +139,37 @@ struct Failures {
     /// penalty would tell them apart), kept as a keyed hash so that a long name costs no more
     /// memory than a short one.
     by_name: Ledger<u64>,
+    /// When each address range last logged in as each user name (hashed as above).
+    trusted: HashMap<(AddrRange, u64), Instant>,
+}
+
+impl Failures {
+    /// Whether `range` logged in as `name` within [`TRUST_FOR`].
+    fn trusts(&self, range: AddrRange, name: u64, now: Instant) -> bool {
+        self.trusted
+            .get(&(range, name))
+            .is_some_and(|t| now.duration_since(*t) < TRUST_FOR)
+    }
+
+    fn trust(&mut self, range: AddrRange, name: u64, now: Instant) {
+        let key = (range, name);
+        if !self.trusted.contains_key(&key) && self.trusted.len() >= MAX_TRACKED {
+            self.trusted
+                .retain(|_, t| now.duration_since(*t) < TRUST_FOR);
+            // Only logins with the secret add pairs, so the oldest is a fair one to forget.
+            if self.trusted.len() >= MAX_TRACKED {
+                let oldest = self
+                    .trusted
+                    .iter()
+                    .min_by_key(|(_, t)| **t)
+                    .map(|(k, _)| *k);
+                if let Some(oldest) = oldest {
+                    self.trusted.remove(&oldest);
+                }
+            }
+        }
+        self.trusted.insert(key, now);
+    }
 }
 
 /// Who may log in, shared by every session and replaced whole on reload, and who is serving a
@@ -157,6 +194,7 @@ impl Authenticator {
             failures: Mutex::new(Failures {
                 by_range: Ledger::new(),
                 by_name: Ledger::new(),
+                trusted: HashMap::new(),
             }),
             names: RandomState::new(),
         }
@@ -212,9 +250,10 @@ impl Authenticator {
     }
 
     /// One login: `user`'s proof `mac` for the two nonces, from `range`. Refused unchecked
-    /// while the range or the user name serves a penalty; a failure starts (or lengthens) the
-    /// penalty of both; a success clears its user name's failures alone (a login as one user
-    /// must not wash away the guesses at another), never its range's.
+    /// while the range or the user name serves a penalty (the name's does not hold for a range
+    /// that logged in as it lately); a failure starts (or lengthens) the penalty of both; a
+    /// success clears its user name's failures alone (a login as one user must not wash away
+    /// the guesses at another), never its range's.
     pub fn attempt(
         &self,
         users: &Users,
@@ -246,11 +285,14 @@ impl Authenticator {
             return Err(Refusal::Range(wait));
         }
         if let Some(wait) = failures.by_name.wait(&name, now) {
-            return Err(Refusal::User(wait));
+            if !failures.trusts(range, name, now) {
+                return Err(Refusal::User(wait));
+            }
         }
         match check(user) {
             Some(found) => {
                 failures.by_name.clear(&name);
+                failures.trust(range, name, now);
                 Ok(found)
             }
             None => {
@@ -373,6 +415,38 @@ mod tests {
             a.attempt_at(after, two, "alice", right),
             Ok(()),
             "the penalty ends"
+        );
+    }
+
+    /// Regression (found attacking the per-name penalty): one address guessing at `admin`
+    /// once a penalty kept admin out from everywhere. A range that logged in as a user lately
+    /// is not shut out by that user name's penalty; any other range is.
+    #[test]
+    fn a_guesser_cannot_keep_a_user_out_of_where_they_log_in_from() {
+        let a = Authenticator::new(None, PENALTY);
+        let (home, guesser, elsewhere) = (range("10.0.1.1"), range("10.6.6.6"), range("10.0.9.1"));
+        let mut now = Instant::now();
+        assert_eq!(a.attempt_at(now, home, "admin", right), Ok(()));
+        for _ in 0..10 {
+            now += PENALTY.max; // the guesser's own penalty is over each time
+            assert_eq!(
+                a.attempt_at(now, guesser, "admin", wrong),
+                Err(Refusal::Failed)
+            );
+            let away = a.attempt_at(now, elsewhere, "admin", unchecked);
+            assert!(matches!(away, Err(Refusal::User(_))), "{away:?}");
+            let at_home = a.attempt_at(now, home, "admin", right);
+            assert_eq!(at_home, Ok(()), "the owner, where they logged in from");
+        }
+        now += TRUST_FOR;
+        assert_eq!(
+            a.attempt_at(now, guesser, "admin", wrong),
+            Err(Refusal::Failed)
+        );
+        let stale = a.attempt_at(now, home, "admin", unchecked);
+        assert!(
+            matches!(stale, Err(Refusal::User(_))),
+            "trust lapses: {stale:?}"
         );
     }
 

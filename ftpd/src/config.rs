@@ -71,9 +71,9 @@ pub struct Config {
 
     /// After a failed login, how long its address range (an IPv4 /24, an IPv6 /64) and its
     /// user name are shut out: their attempts are refused at once, unchecked, with when to try
-    /// again (`busy` for the range, `auth_failed` for the user name). Doubled for each further
-    /// failure, up to --login-penalty-max; failures are forgotten after 15 minutes. 0s turns it
-    /// off.
+    /// again (`busy` for the range, `auth_failed` for the user name; not the name for a range
+    /// that logged in as it in the last 7 days). Doubled for each further failure, up to
+    /// --login-penalty-max; failures are forgotten after 15 minutes. 0s turns it off.
     #[arg(long, env = "FTPD_LOGIN_PENALTY", default_value = "250ms", value_parser = humantime::parse_duration)]
     #[serde(serialize_with = "duration")]
     pub login_penalty: Duration,

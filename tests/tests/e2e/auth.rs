@@ -194,6 +194,27 @@ fn a_login_as_another_user_does_not_clear_a_users_failures() {
     assert_retry_in_about(&refusal, 30);
 }
 
+/// Regression (found attacking the per-name penalty): one address guessing at a user name once
+/// a penalty kept its owner out from everywhere. A range that logged in as the user lately is
+/// not shut out by the name's penalty; any other range still is.
+#[test]
+fn a_guesser_cannot_keep_a_user_out_of_where_they_log_in_from() {
+    let d = standard_daemon_with(&["--login-penalty", "30s", "--login-penalty-max", "30s"]);
+    let (home, guesser, elsewhere) = (range(5), range(6), range(7));
+    assert!(matches!(
+        login_from(&d, home, "alice", ALICE),
+        Message::AuthOk(_)
+    ));
+    expect_refusal(login_from(&d, guesser, "alice", "guess"));
+    let away = expect_refusal(login_from(&d, elsewhere, "alice", ALICE));
+    assert_retry_in_about(&away, 30);
+    let at_home = login_from(&d, home, "alice", ALICE);
+    assert!(
+        matches!(at_home, Message::AuthOk(_)),
+        "alice, from where she logged in before, got {at_home:?}"
+    );
+}
+
 /// Regression: 64 source addresses made ~100 guesses/s against one account, each connection
 /// waiting out its own delay. Guesses at one user name are checked one per penalty window, however
 /// many connections from however many ranges make them at once.
