@@ -232,6 +232,10 @@ class Env:
             self.ftpd_extra += ["--max-connections-per-ip", "512"]
         if "--max-connections " in help_text or "--max-connections <" in help_text:
             self.ftpd_extra += ["--max-connections", "1024"]
+        # Every benchmark client connects from 127.0.0.1: one address range, many logins at once.
+        if "--max-unauthenticated-per-range" in help_text:
+            self.ftpd_extra += ["--max-unauthenticated", "1024"]
+            self.ftpd_extra += ["--max-unauthenticated-per-range", "512"]
         self.sshd = None
         self.rsyncd = None
 
@@ -963,7 +967,8 @@ NOTES = [
     "`ours --digest blake3` is the same client and daemon with BLAKE3 as the transfer digest "
     "(negotiated in hello); the default, and the row the targets are judged on, is MD5.",
     "ftpd is started afresh for each run of ours, with default settings except the connection "
-    "caps (`--max-connections-per-ip 512`, `--max-connections 1024`).",
+    "caps (`--max-connections-per-ip 512`, `--max-connections 1024`, "
+    "`--max-unauthenticated 1024`, `--max-unauthenticated-per-range 512`).",
     f"sftp and scp use a private sshd on 127.0.0.1 with cipher {CIPHER}; this OpenSSH's scp "
     "speaks the SFTP protocol by default, so scp and sftp differ mostly by client. rsync "
     "talks to a private `rsync --daemon` (rsync://, no ssh); `rsync md5` adds "

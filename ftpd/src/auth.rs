@@ -1,37 +1,202 @@
-//! Authentication: the users in force, and the slowdown for addresses that keep failing.
+//! Authentication: the users in force, and the penalty for address ranges and user names that
+//! keep failing.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::hash::{BuildHasher, Hash};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use protocol::auth::{self, Bytes32, Role};
 use protocol::VERSION;
 
+use crate::admission::AddrRange;
 use crate::users::{User, Users};
 
-/// First delay after a failure; doubled for each further one from the same address.
-const FIRST_DELAY: Duration = Duration::from_millis(250);
-const MAX_DELAY: Duration = Duration::from_secs(8);
-/// Failures older than this are forgotten.
+/// Failures older than this are forgotten; no penalty lasts longer.
 const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
-/// Addresses remembered at most, so failures cannot grow the map without bound.
+/// Address ranges, and user names, remembered at most each, so failures cannot grow the maps
+/// without bound; and as many pairs of a range and a user name that logged in.
 const MAX_TRACKED: usize = 10_000;
+/// How long a range that logged in as a user is exempt from that user name's penalty. Without
+/// it, one address guessing at a name once a penalty kept the name's owner out everywhere;
+/// with it, the owner still gets in from where they logged in lately (and an attacker there is
+/// still held to that range's own penalty).
+const TRUST_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Who may log in, shared by every session and replaced whole on reload.
-#[derive(Default)]
+/// How long a failed login shuts out its address range and its user name: `first` after one
+/// failure, doubled for each further one, up to `max` (`--login-penalty`,
+/// `--login-penalty-max`).
+#[derive(Debug, Clone, Copy)]
+pub struct Penalty {
+    /// After the first failure; zero turns the penalty off.
+    pub first: Duration,
+    /// The most, however many failures.
+    pub max: Duration,
+}
+
+impl Penalty {
+    /// The penalty after the `count`th failure in a row.
+    fn after(&self, count: u32) -> Duration {
+        let doublings = count.saturating_sub(1).min(20);
+        self.first
+            .saturating_mul(1 << doublings)
+            .min(self.max)
+            .min(FORGET_AFTER)
+    }
+}
+
+/// Why a login was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The proof did not check out, or there is no such user: the client cannot tell which.
+    Failed,
+    /// Its address range is serving a penalty: the proof was not even checked. Try again after
+    /// this long.
+    Range(Duration),
+    /// Its user name is serving a penalty (known or not: the same for both): not checked.
+    User(Duration),
+}
+
+/// Whole seconds to tell a client to wait for `wait`: rounded up, and at least one, so that
+/// one who waits that long is let in.
+pub fn retry_secs(wait: Duration) -> u64 {
+    wait.as_millis().div_ceil(1000).max(1) as u64
+}
+
+/// One key's recent failures.
+struct Record {
+    /// Failures in a row, none of them older than [`FORGET_AFTER`] than the next.
+    count: u32,
+    /// When the last one was.
+    last: Instant,
+    /// Until when new attempts are refused unchecked.
+    until: Instant,
+}
+
+/// Recent failures by some key (an address range, a user name), bounded in size.
+struct Ledger<K> {
+    /// The failures of each key that had one lately.
+    map: HashMap<K, Record>,
+}
+
+impl<K: Hash + Eq + Copy> Ledger<K> {
+    fn new() -> Self {
+        Ledger {
+            map: HashMap::new(),
+        }
+    }
+
+    /// How long `key` is still shut out, if it is.
+    fn wait(&self, key: &K, now: Instant) -> Option<Duration> {
+        let record = self.map.get(key)?;
+        (record.until > now).then(|| record.until - now)
+    }
+
+    /// Counts a failure for `key` and shuts it out for the penalty that count earns.
+    fn fail(&mut self, key: K, now: Instant, penalty: Penalty) {
+        if !self.map.contains_key(&key) && self.map.len() >= MAX_TRACKED {
+            self.make_room(now);
+        }
+        let record = self.map.entry(key).or_insert(Record {
+            count: 0,
+            last: now,
+            until: now,
+        });
+        if now.duration_since(record.last) >= FORGET_AFTER {
+            record.count = 0;
+        }
+        record.count = record.count.saturating_add(1);
+        record.last = now;
+        record.until = now + penalty.after(record.count);
+    }
+
+    fn clear(&mut self, key: &K) {
+        self.map.remove(key);
+    }
+
+    /// Forgets old failures; if all are recent, the key whose last failure is oldest. Evicting
+    /// a key this way costs an attacker [`MAX_TRACKED`] failures, each under its own range's
+    /// penalty: slower than waiting for the key to be forgotten anyway.
+    fn make_room(&mut self, now: Instant) {
+        self.map
+            .retain(|_, r| now.duration_since(r.last) < FORGET_AFTER);
+        if self.map.len() >= MAX_TRACKED {
+            let oldest = self.map.iter().min_by_key(|(_, r)| r.last).map(|(k, _)| *k);
+            if let Some(key) = oldest {
+                self.map.remove(&key);
+            }
+        }
+    }
+}
+
+/// Recent failures, by the two things an attacker cannot multiply for free, and where users
+/// logged in from.
+struct Failures {
+    /// By address range: one party's neighbouring addresses share a count.
+    by_range: Ledger<AddrRange>,
+    /// By user name, known or not (an unknown name is penalised like a known one, or the
+    /// penalty would tell them apart), kept as a keyed hash so that a long name costs no more
+    /// memory than a short one.
+    by_name: Ledger<u64>,
+    /// When each address range last logged in as each user name (hashed as above).
+    trusted: HashMap<(AddrRange, u64), Instant>,
+}
+
+impl Failures {
+    /// Whether `range` logged in as `name` within [`TRUST_FOR`].
+    fn trusts(&self, range: AddrRange, name: u64, now: Instant) -> bool {
+        self.trusted
+            .get(&(range, name))
+            .is_some_and(|t| now.duration_since(*t) < TRUST_FOR)
+    }
+
+    fn trust(&mut self, range: AddrRange, name: u64, now: Instant) {
+        let key = (range, name);
+        if !self.trusted.contains_key(&key) && self.trusted.len() >= MAX_TRACKED {
+            self.trusted
+                .retain(|_, t| now.duration_since(*t) < TRUST_FOR);
+            // Only logins with the secret add pairs, so the oldest is a fair one to forget.
+            if self.trusted.len() >= MAX_TRACKED {
+                let oldest = self
+                    .trusted
+                    .iter()
+                    .min_by_key(|(_, t)| **t)
+                    .map(|(k, _)| *k);
+                if let Some(oldest) = oldest {
+                    self.trusted.remove(&oldest);
+                }
+            }
+        }
+        self.trusted.insert(key, now);
+    }
+}
+
+/// Who may log in, shared by every session and replaced whole on reload, and who is serving a
+/// penalty for failing.
 pub struct Authenticator {
     /// `None`: anonymous access to the whole root.
     users: RwLock<Option<Arc<Users>>>,
-    /// Recent failures by address: how many, and when the last was.
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// How long a failure shuts its address range and user name out.
+    penalty: Penalty,
+    /// Recent failures by address range and by user name.
+    failures: Mutex<Failures>,
+    /// Keys the hash of user names with a secret of this process, so that nobody can pick
+    /// names that collide with another's.
+    names: RandomState,
 }
 
 impl Authenticator {
-    pub fn new(users: Option<Users>) -> Self {
+    pub fn new(users: Option<Users>, penalty: Penalty) -> Self {
         Authenticator {
             users: RwLock::new(users.map(Arc::new)),
-            failures: Mutex::default(),
+            penalty,
+            failures: Mutex::new(Failures {
+                by_range: Ledger::new(),
+                by_name: Ledger::new(),
+                trusted: HashMap::new(),
+            }),
+            names: RandomState::new(),
         }
     }
 
@@ -78,26 +243,64 @@ impl Authenticator {
         auth::sign(user.secret.expose(), &t)
     }
 
-    /// Counts a failure from `ip` and returns how long to wait before saying so.
-    pub fn failed(&self, ip: IpAddr) -> Duration {
-        let mut map = self.failures.lock().unwrap();
-        let now = Instant::now();
-        if map.len() >= MAX_TRACKED {
-            map.retain(|_, (_, last)| now.duration_since(*last) < FORGET_AFTER);
-        }
-        let entry = map.entry(ip).or_insert((0, now));
-        if now.duration_since(entry.1) >= FORGET_AFTER {
-            entry.0 = 0;
-        }
-        entry.0 = entry.0.saturating_add(1);
-        entry.1 = now;
-        let doublings = (entry.0 - 1).min(10);
-        (FIRST_DELAY * 2u32.pow(doublings)).min(MAX_DELAY)
+    /// How long logins from `range` are still refused, if they are.
+    pub fn penalty(&self, range: AddrRange) -> Option<Duration> {
+        let failures = self.failures.lock().unwrap();
+        failures.by_range.wait(&range, Instant::now())
     }
 
-    /// Forgets the failures of an address that just logged in.
-    pub fn succeeded(&self, ip: IpAddr) {
-        self.failures.lock().unwrap().remove(&ip);
+    /// One login: `user`'s proof `mac` for the two nonces, from `range`. Refused unchecked
+    /// while the range or the user name serves a penalty (the name's does not hold for a range
+    /// that logged in as it lately); a failure starts (or lengthens) the penalty of both; a
+    /// success clears its user name's failures alone (a login as one user must not wash away
+    /// the guesses at another), never its range's.
+    pub fn attempt(
+        &self,
+        users: &Users,
+        range: AddrRange,
+        user: &str,
+        server_nonce: &Bytes32,
+        client_nonce: &Bytes32,
+        mac: &Bytes32,
+    ) -> Result<Arc<User>, Refusal> {
+        self.attempt_at(Instant::now(), range, user, |user| {
+            self.verify(users, user, server_nonce, client_nonce, mac)
+        })
+    }
+
+    /// [`Authenticator::attempt`] at the time `now`, with `check` for the proof.
+    fn attempt_at<T>(
+        &self,
+        now: Instant,
+        range: AddrRange,
+        user: &str,
+        check: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<T, Refusal> {
+        let name = self.names.hash_one(user);
+        // The check, the proof and the count under one lock: of attempts made at once, the
+        // first failure shuts out the rest, so parallel connections cannot multiply the
+        // guessing rate. A proof is one HMAC, microseconds.
+        let mut failures = self.failures.lock().unwrap();
+        if let Some(wait) = failures.by_range.wait(&range, now) {
+            return Err(Refusal::Range(wait));
+        }
+        if let Some(wait) = failures.by_name.wait(&name, now) {
+            if !failures.trusts(range, name, now) {
+                return Err(Refusal::User(wait));
+            }
+        }
+        match check(user) {
+            Some(found) => {
+                failures.by_name.clear(&name);
+                failures.trust(range, name, now);
+                Ok(found)
+            }
+            None => {
+                failures.by_range.fail(range, now, self.penalty);
+                failures.by_name.fail(name, now, self.penalty);
+                Err(Refusal::Failed)
+            }
+        }
     }
 }
 
@@ -105,17 +308,179 @@ impl Authenticator {
 mod tests {
     use super::*;
 
+    const PENALTY: Penalty = Penalty {
+        first: Duration::from_millis(250),
+        max: Duration::from_secs(8),
+    };
+
+    fn range(s: &str) -> AddrRange {
+        AddrRange::of(s.parse().unwrap())
+    }
+
+    /// A proof that checks out, and one that does not, and one that must not be checked.
+    fn right(_: &str) -> Option<()> {
+        Some(())
+    }
+    fn wrong(_: &str) -> Option<()> {
+        None
+    }
+    fn unchecked(_: &str) -> Option<()> {
+        panic!("a proof was checked during a penalty")
+    }
+
     #[test]
-    fn delays_grow_per_address_and_reset_on_success() {
-        let a = Authenticator::new(None);
-        let (x, y): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let d: Vec<_> = (0..8).map(|_| a.failed(x)).collect();
-        assert_eq!(d[0], FIRST_DELAY);
-        assert_eq!(d[1], FIRST_DELAY * 2);
+    fn penalties_double_from_the_first_up_to_the_max() {
+        let d: Vec<_> = (1..=8).map(|n| PENALTY.after(n)).collect();
+        assert_eq!(d[0], PENALTY.first);
+        assert_eq!(d[1], PENALTY.first * 2);
         assert!(d.windows(2).all(|w| w[0] <= w[1]));
-        assert_eq!(d[7], MAX_DELAY);
-        assert_eq!(a.failed(y), FIRST_DELAY, "another address is not slowed");
-        a.succeeded(x);
-        assert_eq!(a.failed(x), FIRST_DELAY);
+        assert_eq!(d[7], PENALTY.max);
+        assert_eq!(PENALTY.after(u32::MAX), PENALTY.max, "no overflow");
+        let off = Penalty {
+            first: Duration::ZERO,
+            ..PENALTY
+        };
+        assert_eq!(off.after(9), Duration::ZERO);
+        let huge = Penalty {
+            first: Duration::from_secs(3600),
+            max: Duration::MAX,
+        };
+        assert_eq!(
+            huge.after(3),
+            FORGET_AFTER,
+            "never longer than failures are remembered"
+        );
+    }
+
+    /// Regression: a success cleared the address's failure count, so alternating guesses at
+    /// `admin` with logins as a low-privilege user kept the delay at 0.25 s. Failures count per
+    /// user name and per address range; a success clears only its own user name's.
+    /// Regression: a success cleared the address's failure count, so alternating guesses at
+    /// `admin` with logins as a low-privilege user kept the delay at 0.25 s. Failures count per
+    /// user name and per address range; a success clears only its own user name's.
+    #[test]
+    fn a_success_clears_only_its_own_user_names_failures() {
+        let a = Authenticator::new(None, PENALTY);
+        let guesser = range("10.0.0.1");
+        let admin = a.names.hash_one("admin");
+        let mut now = Instant::now();
+        let mut windows = Vec::new();
+        for _ in 0..3 {
+            assert_eq!(
+                a.attempt_at(now, guesser, "admin", wrong),
+                Err(Refusal::Failed)
+            );
+            windows.push(a.failures.lock().unwrap().by_name.wait(&admin, now));
+            now += PENALTY.max; // past every penalty so far
+            assert_eq!(a.attempt_at(now, guesser, "low", right), Ok(()));
+        }
+        let ms = |ms| Some(Duration::from_millis(ms));
+        assert_eq!(
+            windows,
+            [ms(250), ms(500), ms(1000)],
+            "the guesses at admin add up"
+        );
+        // Nor did the successes wash away the range's count: this is its fourth failure.
+        assert_eq!(
+            a.attempt_at(now, guesser, "other", wrong),
+            Err(Refusal::Failed)
+        );
+        let by_range = a.failures.lock().unwrap().by_range.wait(&guesser, now);
+        assert_eq!(by_range, ms(2000));
+    }
+
+    #[test]
+    fn during_a_penalty_attempts_are_refused_unchecked() {
+        let a = Authenticator::new(None, PENALTY);
+        let now = Instant::now();
+        let (one, two, three) = (range("10.0.1.1"), range("10.0.2.1"), range("10.0.3.1"));
+        assert_eq!(a.attempt_at(now, one, "alice", wrong), Err(Refusal::Failed));
+        let later = now + Duration::from_millis(100);
+        let left = Duration::from_millis(150);
+        assert_eq!(
+            a.attempt_at(later, one, "bob", unchecked),
+            Err(Refusal::Range(left))
+        );
+        assert_eq!(
+            a.attempt_at(later, two, "alice", unchecked),
+            Err(Refusal::User(left))
+        );
+        assert_eq!(
+            a.attempt_at(later, three, "bob", right),
+            Ok(()),
+            "others are not shut out"
+        );
+        let after = now + PENALTY.first;
+        assert_eq!(
+            a.attempt_at(after, two, "alice", right),
+            Ok(()),
+            "the penalty ends"
+        );
+    }
+
+    /// Regression (found attacking the per-name penalty): one address guessing at `admin`
+    /// once a penalty kept admin out from everywhere. A range that logged in as a user lately
+    /// is not shut out by that user name's penalty; any other range is.
+    #[test]
+    fn a_guesser_cannot_keep_a_user_out_of_where_they_log_in_from() {
+        let a = Authenticator::new(None, PENALTY);
+        let (home, guesser, elsewhere) = (range("10.0.1.1"), range("10.6.6.6"), range("10.0.9.1"));
+        let mut now = Instant::now();
+        assert_eq!(a.attempt_at(now, home, "admin", right), Ok(()));
+        for _ in 0..10 {
+            now += PENALTY.max; // the guesser's own penalty is over each time
+            assert_eq!(
+                a.attempt_at(now, guesser, "admin", wrong),
+                Err(Refusal::Failed)
+            );
+            let away = a.attempt_at(now, elsewhere, "admin", unchecked);
+            assert!(matches!(away, Err(Refusal::User(_))), "{away:?}");
+            let at_home = a.attempt_at(now, home, "admin", right);
+            assert_eq!(at_home, Ok(()), "the owner, where they logged in from");
+        }
+        now += TRUST_FOR;
+        assert_eq!(
+            a.attempt_at(now, guesser, "admin", wrong),
+            Err(Refusal::Failed)
+        );
+        let stale = a.attempt_at(now, home, "admin", unchecked);
+        assert!(
+            matches!(stale, Err(Refusal::User(_))),
+            "trust lapses: {stale:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_and_known_names_are_penalised_alike() {
+        let a = Authenticator::new(None, PENALTY);
+        let now = Instant::now();
+        for (n, name) in ["alice", "no-such-user"].into_iter().enumerate() {
+            let first = range(&format!("10.1.{n}.1"));
+            assert_eq!(a.attempt_at(now, first, name, wrong), Err(Refusal::Failed));
+            let again = range(&format!("10.2.{n}.1"));
+            let refused = a.attempt_at(now, again, name, unchecked);
+            assert_eq!(refused, Err(Refusal::User(PENALTY.first)), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_ledgers_stay_bounded() {
+        let a = Authenticator::new(None, PENALTY);
+        let now = Instant::now();
+        for i in 0..(MAX_TRACKED as u32 + 50) {
+            let r = AddrRange::of(std::net::IpAddr::V4((i << 8).into()));
+            let _ = a.attempt_at(now, r, &format!("user{i}"), wrong);
+        }
+        let failures = a.failures.lock().unwrap();
+        assert!(failures.by_range.map.len() <= MAX_TRACKED);
+        assert!(failures.by_name.map.len() <= MAX_TRACKED);
+    }
+
+    #[test]
+    fn retry_times_round_up_to_whole_seconds() {
+        assert_eq!(retry_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_secs(Duration::from_millis(1000)), 1);
+        assert_eq!(retry_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_secs(Duration::from_secs(30)), 30);
     }
 }

@@ -58,6 +58,31 @@ pub struct Config {
     #[arg(long, env = "FTPD_MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
     pub max_connections_per_ip: usize,
 
+    /// Most connections at once that have not logged in yet (serving anonymously: not said
+    /// hello yet); more are refused with a `busy` error. Connections that have logged in do not
+    /// count, so keep it well below --max-connections: strangers then cannot take users' slots.
+    #[arg(long, env = "FTPD_MAX_UNAUTHENTICATED", default_value_t = 64)]
+    pub max_unauthenticated: usize,
+
+    /// Most connections at once that have not logged in yet from one address range (an IPv4
+    /// /24, an IPv6 /64); more are refused with a `busy` error.
+    #[arg(long, env = "FTPD_MAX_UNAUTHENTICATED_PER_RANGE", default_value_t = 16)]
+    pub max_unauthenticated_per_range: usize,
+
+    /// After a failed login, how long its address range (an IPv4 /24, an IPv6 /64) and its
+    /// user name are shut out: their attempts are refused at once, unchecked, with when to try
+    /// again (`busy` for the range, `auth_failed` for the user name; not the name for a range
+    /// that logged in as it in the last 7 days). Doubled for each further failure, up to
+    /// --login-penalty-max; failures are forgotten after 15 minutes. 0s turns it off.
+    #[arg(long, env = "FTPD_LOGIN_PENALTY", default_value = "250ms", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "duration")]
+    pub login_penalty: Duration,
+
+    /// The longest --login-penalty, however many failures (at most 15 minutes).
+    #[arg(long, env = "FTPD_LOGIN_PENALTY_MAX", default_value = "8s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "duration")]
+    pub login_penalty_max: Duration,
+
     /// Largest file an upload may create (e.g. 10G, 500MiB); none by default.
     #[arg(long, env = "FTPD_MAX_FILE_SIZE", value_parser = parse_bytes)]
     pub max_file_size: Option<u64>,
@@ -78,7 +103,7 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_staged_uploads: u64,
 
-    /// Time a new client has to complete the hello exchange (and authentication).
+    /// Time a new client has to complete the hello exchange and authentication, both together.
     #[arg(long, env = "FTPD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     #[serde(serialize_with = "duration")]
     pub handshake_timeout: Duration,

@@ -1,6 +1,7 @@
 //! The ftpd daemon as a library: [`Server::new`] opens the root, [`Server::run`] serves a
 //! listener the caller bound, until the shutdown future the caller chose completes.
 
+mod admission;
 mod auth;
 pub mod cmd;
 pub mod config;

@@ -1,23 +1,22 @@
 //! The accept loop: a task per connection, a cap on how many, and graceful shutdown.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use protocol::Stream;
 use storage::{Home, Root, VPath};
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::{broadcast, mpsc};
 use tracing::{error, info, warn};
 
 use anyhow::Context;
 
-use crate::auth::Authenticator;
+use crate::admission::Gate;
+use crate::auth::{Authenticator, Penalty};
+use crate::logging::Wire;
 use crate::session::Session;
 use crate::shutdown::Shutdown;
 use crate::transport;
@@ -86,6 +85,10 @@ impl Server {
             info!(users = users.len(), "authentication required");
         }
         sweep(&root, config.staging_max_age);
+        let penalty = Penalty {
+            first: config.login_penalty,
+            max: config.login_penalty_max,
+        };
         let home = root
             .home(&VPath::root())
             .context("cannot serve the storage root")?;
@@ -94,7 +97,7 @@ impl Server {
                 home,
                 root,
                 config: Arc::new(config),
-                auth: Arc::new(Authenticator::new(users)),
+                auth: Arc::new(Authenticator::new(users, penalty)),
             },
         })
     }
@@ -146,8 +149,7 @@ impl Server {
         let (notify, _) = broadcast::channel(1);
         let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
         let config = self.shared.config.clone();
-        let slots = Arc::new(Semaphore::new(config.max_connections));
-        let per_ip = Arc::new(Mutex::new(HashMap::new()));
+        let gate = Gate::new(&config, self.shared.auth.clone());
         let sweeper = tokio::spawn(sweep_every(
             self.shared.root.clone(),
             config.staging_max_age,
@@ -168,29 +170,29 @@ impl Server {
                     }
                 },
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                transport::refuse(stream, peer, "too many connections");
-                continue;
+            let admission = match gate.admit(peer.ip()) {
+                Ok(admission) => admission,
+                Err(why) => {
+                    transport::refuse(stream, peer, &why);
+                    continue;
+                }
             };
-            let Some(per_ip) = PerIp::claim(&per_ip, peer.ip(), config.max_connections_per_ip)
-            else {
-                transport::refuse(stream, peer, "too many connections from your address");
-                continue;
-            };
+            // The session holds its admission (and gives it up early when a login fails); a
+            // panic drops it with the rest of the session.
             let session = Session::new(
                 transport::establish(stream),
                 peer,
                 self.shared.clone(),
                 Shutdown::new(notify.subscribe()),
-            );
+            )
+            .admitted(admission);
             let done = done_tx.clone();
             tokio::spawn(async move {
                 // A panic inside the session ends that connection alone.
                 if let Err(e) = tokio::spawn(session.run()).await {
-                    error!(%peer, "session task failed: {e}; connection closed");
+                    let e = e.to_string();
+                    error!(%peer, error = %Wire(&e), "session task failed; connection closed");
                 }
-                drop(permit);
-                drop(per_ip);
                 drop(done);
             });
         }
@@ -204,39 +206,6 @@ impl Server {
             .is_err()
         {
             warn!("grace period over; closing the remaining connections");
-        }
-    }
-}
-
-/// One connection's place in the count of connections from its IP address.
-struct PerIp {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
-}
-
-impl PerIp {
-    fn claim(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<Self> {
-        let mut map = counts.lock().unwrap();
-        let n = map.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(PerIp {
-            counts: counts.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for PerIp {
-    fn drop(&mut self) {
-        let mut map = self.counts.lock().unwrap();
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
         }
     }
 }

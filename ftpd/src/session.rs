@@ -12,14 +12,26 @@ use protocol::{
 use storage::{Home, Root, VPath};
 use tracing::{debug, info, warn};
 
-use crate::auth::Authenticator;
+use crate::admission::{AddrRange, Admission};
+use crate::auth::{retry_secs, Authenticator, Refusal};
 use crate::cmd::{self, Failure, Handled};
 use crate::error::SessionError;
+use crate::logging::Wire;
 use crate::reply::CmdError;
 use crate::server::Shared;
 use crate::shutdown::Shutdown;
 use crate::users::User;
 use crate::Config;
+
+/// Largest frame header read from a peer that has not logged in: a `hello` or an `auth` is a
+/// few hundred bytes, and a stranger must not make the daemon buffer more.
+const PRE_LOGIN_MAX_HEADER: usize = 4 * 1024;
+/// Before login no message has a body: a chunk is refused from its header as too large, before
+/// a byte of its body is read.
+const PRE_LOGIN_MAX_BODY: usize = 0;
+/// Longest part of a client's own words that a refusal before login quotes back, so that the
+/// refusal always fits the small frames of that stage.
+const PRE_LOGIN_MAX_QUOTE: usize = 256;
 
 /// State of one client connection.
 pub struct Session {
@@ -49,6 +61,9 @@ pub struct Session {
     pub moved: Moved,
     /// Tells the session the daemon is stopping.
     shutdown: Shutdown,
+    /// Its place in the daemon's connection counts, when the accept loop admitted it; given up
+    /// with the session, or as soon as a login fails.
+    admission: Option<Admission>,
 }
 
 /// What a transfer moved, as the dispatcher records it.
@@ -71,8 +86,11 @@ enum Flow {
 impl Session {
     /// A session over a stream that the pre-protocol stage has set up.
     pub fn new(stream: BoxStream, peer: SocketAddr, shared: Shared, shutdown: Shutdown) -> Self {
+        let mut conn = Connection::new(stream);
+        conn.codec_mut()
+            .set_limits(PRE_LOGIN_MAX_HEADER, PRE_LOGIN_MAX_BODY);
         Session {
-            conn: Connection::new(stream),
+            conn,
             peer,
             home: shared.home.clone(),
             root: shared.root,
@@ -84,14 +102,23 @@ impl Session {
             digest: DigestKind::Md5,
             moved: Moved::default(),
             shutdown,
+            admission: None,
         }
+    }
+
+    /// The session holds `admission` until it ends, or its login fails.
+    pub fn admitted(mut self, admission: Admission) -> Self {
+        self.admission = Some(admission);
+        self
     }
 
     /// Runs the session to its end and logs why it ended.
     pub async fn run(mut self) {
         info!(peer = %self.peer, "connection opened");
-        let outcome = match self.handshake().await {
-            Ok(()) => match self.authenticate().await {
+        // One limit for hello and login together: each wait gets what is left of it.
+        let deadline = Instant::now() + self.config.handshake_timeout;
+        let outcome = match self.handshake(deadline).await {
+            Ok(()) => match self.authenticate(deadline).await {
                 Ok(()) => self.command_loop().await,
                 Err(e) => Err(e),
             },
@@ -110,11 +137,11 @@ impl Session {
                     .await;
             }
         }
-        info!(peer = %self.peer, %reason, "connection closed");
+        info!(peer = %self.peer, reason = %Wire(&reason), "connection closed");
     }
 
-    async fn handshake(&mut self) -> Result<(), SessionError> {
-        let hello = self.recv(self.config.handshake_timeout, "hello").await?;
+    async fn handshake(&mut self, deadline: Instant) -> Result<(), SessionError> {
+        let hello = self.recv(left(deadline), "hello").await?;
         let hello = match hello {
             Ok(Frame {
                 message: Message::Hello(h),
@@ -124,7 +151,10 @@ impl Session {
             Err(rejected) if rejected.kind == "hello" => {
                 return Err(SessionError::Refused(ErrorReply::new(
                     ErrorCode::Unsupported,
-                    format!("hello not understood: {}", rejected.reason),
+                    format!(
+                        "hello not understood: {}",
+                        clip(&rejected.reason, PRE_LOGIN_MAX_QUOTE)
+                    ),
                 )))
             }
             _ => return Err(SessionError::Protocol("expected hello first".into())),
@@ -138,12 +168,16 @@ impl Session {
                 ),
             )));
         }
-        debug!(peer = %self.peer, agent = %hello.agent, "hello");
+        debug!(peer = %self.peer, agent = %Wire(&hello.agent), "hello");
         self.client_max_chunk = hello.max_chunk.clamp(1, protocol::MAX_BODY as u32);
         self.digest = hello.digest;
         let mut capabilities = vec![capability::RESUME.into(), capability::FILES.into()];
         if self.auth.users().is_some() {
             capabilities.push(capability::AUTH_HMAC_SHA256.into());
+        } else {
+            // Serving anonymously, hello is the login; done before the answer, so that a
+            // client that has it is no stranger any more.
+            self.logged_in();
         }
         self.send(Message::Hello(Hello {
             version: VERSION,
@@ -157,18 +191,16 @@ impl Session {
 
     /// With users configured: challenge, check the client's proof, prove ourselves. Nothing
     /// but `auth` is accepted until then, and a failure closes the connection.
-    async fn authenticate(&mut self) -> Result<(), SessionError> {
+    async fn authenticate(&mut self, deadline: Instant) -> Result<(), SessionError> {
         let Some(users) = self.auth.users() else {
-            return Ok(());
+            return Ok(()); // anonymous: the hello was the login
         };
         let server_nonce = auth::nonce();
         self.send(Message::AuthChallenge(AuthChallenge {
             nonce: server_nonce,
         }))
         .await?;
-        let answer = self
-            .recv(self.config.handshake_timeout, "authentication")
-            .await?;
+        let answer = self.recv(left(deadline), "authentication").await?;
         let Ok(Frame {
             message: Message::Auth(answer),
             ..
@@ -179,34 +211,84 @@ impl Session {
                 "authenticate first: this server has users",
             )));
         };
-        let found = self.auth.verify(
+        let attempt = self.auth.attempt(
             &users,
+            AddrRange::of(self.peer.ip()),
             &answer.user,
             &server_nonce,
             &answer.nonce,
             &answer.mac,
         );
-        let Some(user) = found else {
-            let delay = self.auth.failed(self.peer.ip());
-            warn!(peer = %self.peer, user = %answer.user, "authentication failed");
-            tokio::time::sleep(delay).await;
-            return Err(SessionError::Refused(ErrorReply::new(
-                ErrorCode::AuthFailed,
-                "authentication failed",
-            )));
+        let user = match attempt {
+            Ok(user) => user,
+            Err(refusal) => {
+                // Every slot is given up before the answer (and before the log line, which a
+                // watcher may act on): the penalty is kept by the authenticator, and a failed
+                // login waiting it out would only hold a slot a real user needs.
+                self.admission = None;
+                return Err(SessionError::Refused(self.refusal(&answer.user, refusal)));
+            }
         };
-        self.auth.succeeded(self.peer.ip());
         let home = self.root.home(&user.home).map(|h| h.for_user(&user.name));
         let home = home.map_err(|e| {
-            warn!(peer = %self.peer, user = %user.name, "cannot open home {}: {e}", user.home);
+            let home = user.home.to_string();
+            warn!(peer = %self.peer, user = %Wire(&user.name), home = %Wire(&home), "cannot open home: {e}");
             SessionError::Internal("cannot open the user's home".into())
         })?;
         let mac = Authenticator::proof(&user, &server_nonce, &answer.nonce);
+        self.logged_in();
         self.send(Message::AuthOk(AuthOk { mac })).await?;
-        info!(peer = %self.peer, user = %user.name, home = %user.home, "authenticated");
+        let home_path = user.home.to_string();
+        info!(peer = %self.peer, user = %Wire(&user.name), home = %Wire(&home_path), "authenticated");
         self.home = home;
         self.user = Some(user);
         Ok(())
+    }
+
+    /// Logs a refused login and says what to answer: a failure plainly, a penalty with when
+    /// to try again. Unknown users and wrong secrets get the same answer, penalised alike.
+    fn refusal(&self, user: &str, refusal: Refusal) -> ErrorReply {
+        match refusal {
+            Refusal::Failed => {
+                warn!(peer = %self.peer, user = %Wire(user), "authentication failed");
+                ErrorReply::new(ErrorCode::AuthFailed, "authentication failed")
+            }
+            Refusal::User(wait) => {
+                let secs = retry_secs(wait);
+                warn!(peer = %self.peer, user = %Wire(user), retry_in_s = secs,
+                      "login refused unchecked: recent failures for this user name");
+                ErrorReply::new(
+                    ErrorCode::AuthFailed,
+                    format!(
+                        "authentication failed: too many failed logins for this user name; \
+                         try again in {secs} s"
+                    ),
+                )
+            }
+            Refusal::Range(wait) => {
+                let secs = retry_secs(wait);
+                warn!(peer = %self.peer, user = %Wire(user), retry_in_s = secs,
+                      "login refused unchecked: recent failures from this address range");
+                ErrorReply::new(
+                    ErrorCode::Busy,
+                    format!(
+                        "server busy: too many failed logins from your network; \
+                         try again in {secs} s"
+                    ),
+                )
+            }
+        }
+    }
+
+    /// The client has logged in (or, serving anonymously, said hello): the protocol's frame
+    /// caps from now on, and its place among strangers given up.
+    fn logged_in(&mut self) {
+        self.conn
+            .codec_mut()
+            .set_limits(protocol::MAX_HEADER, protocol::MAX_BODY);
+        if let Some(admission) = &mut self.admission {
+            admission.logged_in();
+        }
     }
 
     async fn command_loop(&mut self) -> Result<(), SessionError> {
@@ -321,9 +403,9 @@ impl Session {
             Ok(()) => "ok",
             Err(reply) => reply.code.as_str(),
         };
-        let user = self.user.as_ref().map_or("-", |u| u.name.as_str());
+        let user = Wire(self.user.as_ref().map_or("-", |u| u.name.as_str()));
         if !matches!(op, "get" | "put") {
-            debug!(peer = %self.peer, user, op, outcome = code, "command");
+            debug!(peer = %self.peer, %user, op, outcome = code, "command");
             return;
         }
         let secs = elapsed.as_secs_f64();
@@ -339,9 +421,9 @@ impl Session {
         info!(
             target: "ftpd::xfer",
             peer = %self.peer,
-            user,
+            %user,
             op,
-            path = self.moved.path.as_deref().unwrap_or("-"),
+            path = %Wire(self.moved.path.as_deref().unwrap_or("-")),
             bytes = self.moved.bytes,
             secs = format!("{secs:.3}"),
             mb_per_s = format!("{rate:.1}"),
@@ -349,7 +431,7 @@ impl Session {
                 .moved
                 .digest
                 .map_or_else(|| "-".into(), |d| format!("{}:{d}", d.kind().key())),
-            outcome = detail,
+            outcome = %Wire(&detail),
             "transfer"
         );
     }
@@ -402,6 +484,23 @@ impl Session {
             _ => Ok(()),
         }
     }
+}
+
+/// What is left of the time until `deadline` (nothing, once it has passed).
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// `s`, cut to at most `max` bytes at a character boundary, saying so when it was cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &s[..end], s.len())
 }
 
 fn incoming_in_transfer(item: Incoming) -> Result<Frame, SessionError> {

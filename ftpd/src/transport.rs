@@ -22,7 +22,7 @@ pub fn establish(tcp: TcpStream) -> BoxStream {
 /// Tells a client that cannot be served right now why, and closes. Cheap and bounded by
 /// construction: no task, no wait, one non-blocking write of a frame far smaller than any
 /// socket buffer (a peer whose buffer is somehow full just sees the close).
-pub fn refuse(tcp: TcpStream, peer: SocketAddr, why: &'static str) {
+pub fn refuse(tcp: TcpStream, peer: SocketAddr, why: &str) {
     info!(%peer, reason = why, "connection refused");
     let reply = ErrorReply::new(ErrorCode::Busy, format!("server busy: {why}"));
     let mut frame = BytesMut::new();

@@ -190,6 +190,14 @@ impl FrameCodec {
     pub fn max_body(&self) -> usize {
         self.max_body
     }
+
+    /// Changes the caps, from the next frame on: a server reads only small frames from a peer
+    /// that has not logged in, and the protocol's once it has. Called between frames (a chunk
+    /// whose body is still awaited keeps the cap its header was checked against).
+    pub fn set_limits(&mut self, max_header: usize, max_body: usize) {
+        self.max_header = max_header;
+        self.max_body = max_body;
+    }
 }
 
 impl Default for FrameCodec {

@@ -76,9 +76,18 @@ impl Client {
                 message: Message::Error(e),
                 ..
             }) if e.code == ErrorCode::AuthFailed => {
-                return Err(ClientError::Auth(format!(
-                    "authentication failed for {who}"
-                )))
+                // A plain failure says nothing more; a refusal during a penalty says when to
+                // try again, which the user needs to see (the secret may well be right).
+                let more = match e.message.strip_prefix("authentication failed") {
+                    Some("") => String::new(),
+                    Some(rest) => rest.trim_start_matches([':', ';', ' ']).to_owned(),
+                    None => e.message.clone(),
+                };
+                return Err(ClientError::Auth(if more.is_empty() {
+                    format!("authentication failed for {who}")
+                } else {
+                    format!("authentication failed for {who}: {more}")
+                }));
             }
             Ok(Frame {
                 message: Message::Error(e),

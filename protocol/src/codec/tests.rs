@@ -127,6 +127,31 @@ fn oversized_chunk_body_fails_before_allocating() {
     assert!(buf.capacity() < 1024);
 }
 
+/// Caps changed between frames apply from the next frame: a server reads tiny frames (no
+/// chunk at all) before login, the protocol's after.
+#[test]
+fn limits_set_between_frames_apply_to_the_next_frame() {
+    let chunk = format!(
+        r#"{{"type":"chunk","offset":0,"len":1,"digest":"{}"}}"#,
+        Digest::empty(DigestKind::Md5)
+    );
+    let mut codec = FrameCodec::new();
+    codec.set_limits(128, 0);
+    let mut buf = BytesMut::from(&raw(chunk.as_bytes())[..]);
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert!(matches!(err, CodecError::BodyTooLarge(1, 0)), "{err}");
+    let mut buf = BytesMut::from(&raw(&[b' '; 129])[..]);
+    let err = codec.decode(&mut buf).unwrap_err();
+    assert!(matches!(err, CodecError::HeaderTooLarge(129, 128)), "{err}");
+
+    codec.set_limits(crate::MAX_HEADER, crate::MAX_BODY);
+    let mut wire = raw(chunk.as_bytes());
+    wire.push(7);
+    let mut buf = BytesMut::from(&wire[..]);
+    let frame = codec.decode(&mut buf).unwrap().unwrap().unwrap();
+    assert_eq!(&frame.body[..], &[7]);
+}
+
 #[test]
 fn truncated_frames_are_errors_at_eof() {
     let wire = encode_all(&[Frame::chunk(

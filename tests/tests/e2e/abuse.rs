@@ -3,7 +3,9 @@
 //! normal client, leak descriptors in the daemon, or touch anything outside the root.
 //!
 //! The attacker speaks the protocol directly with [`Raw`]. In the big test it connects from
-//! 127.0.0.2, so the per-address cap applies to it and not to the real client on 127.0.0.1.
+//! 127.0.1.2, so the per-address caps apply to it and not to the real client on 127.0.0.1: the
+//! daemon counts connections that have not logged in by address range (a /24), and 127.0.0.2
+//! would share the real client's.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -14,7 +16,7 @@ use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use protocol::{Digest, ErrorCode, ErrorReply, Message};
+use protocol::{ChunkHeader, Digest, Eof, ErrorCode, ErrorReply, Hello, Message};
 
 use crate::raw::{chunk, encode, get, hello_message, put, Raw};
 use crate::util::{
@@ -24,8 +26,9 @@ use crate::util::{
 
 /// How long one client run, or one wait for the daemon to tidy up, may take here.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Where the attacker connects from: another loopback address than the normal client's.
-const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+/// Where the attacker connects from: another loopback address than the normal client's, in
+/// another /24.
+const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 1, 2));
 /// The big test's `--handshake-timeout`.
 const HANDSHAKE: Duration = Duration::from_secs(2);
 /// The big test's `--max-connections-per-ip`.
@@ -782,6 +785,145 @@ fn a_hello_with_an_unknown_digest_is_unsupported() {
     let reply = peer.expect_error(ErrorCode::Unsupported);
     assert!(reply.message.contains("sha1"), "{reply:?}");
     peer.expect_closed();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Strangers: connections that have not said hello (or logged in) yet
+
+/// Regression: before `hello`, 60 strangers each sent a chunk header and an 8 MiB body, and the
+/// daemon buffered every body (+481 MiB). Before login only small frames are read: a chunk is
+/// refused as too large from its header alone, before a byte of its body is sent, and so is a
+/// header far larger than any hello. After hello, the protocol's caps are back.
+#[test]
+fn a_stranger_cannot_make_the_daemon_buffer_a_chunk_before_hello() {
+    let d = Daemon::with_args(["--handshake-timeout", "3s"]);
+    let full_chunk = Message::Chunk(ChunkHeader {
+        offset: 0,
+        len: protocol::MAX_BODY as u32,
+        digest: Digest::md5(b""),
+    });
+    let mut peer = Raw::connect(d.addr());
+    peer.send(&full_chunk);
+    peer.expect_error(ErrorCode::TooLarge);
+    peer.expect_closed();
+
+    // A hello of 16 KiB: within the protocol's header cap, far over what a hello needs.
+    let mut peer = Raw::connect(d.addr());
+    peer.send(&Message::Hello(Hello {
+        agent: "a".repeat(16 * 1024),
+        ..hello_fields()
+    }));
+    peer.expect_error(ErrorCode::TooLarge);
+    peer.expect_closed();
+
+    // After hello a full-size chunk is a frame again.
+    let mut peer = Raw::connect(d.addr()).hello();
+    let body = vec![5u8; protocol::MAX_BODY];
+    peer.send(&put("full.bin", body.len() as u64));
+    peer.expect_put_ready();
+    peer.send_chunk(0, &body);
+    peer.send(&Message::Eof(protocol::Eof {
+        size: body.len() as u64,
+        digest: Digest::md5(&body),
+    }));
+    match peer.recv() {
+        Message::Stored(Eof { size, .. }) => assert_eq!(size, body.len() as u64),
+        other => panic!("expected stored for a full-size chunk after hello, got {other:?}"),
+    }
+}
+
+/// Regression: 576 silent connections from 9 addresses, reopened as the handshake timeout
+/// closed them, kept a real user out 24 times in 25. Connections that have not said hello have
+/// their own, smaller budget per address range (`--max-unauthenticated-per-range`, 16 by
+/// default), so strangers from one range cannot take the slots a real user needs; here nine
+/// addresses of 127.0.1.0/24 open eight connections each, against 24 slots in all.
+#[test]
+fn silent_strangers_from_one_range_cannot_keep_a_real_user_out() {
+    let d = Daemon::with_args(["--max-connections", "24", "--handshake-timeout", "5s"]);
+    let addr = d.addr();
+    let mut silent: Vec<Raw> = (2..=10)
+        .flat_map(|host| {
+            (0..8).map(move |_| Raw::connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 1, host)), addr))
+        })
+        .collect();
+    // The daemon takes connections in order: the last stranger was dealt with before the real
+    // user's first connection, and was refused (it is far over the range's budget).
+    let refusal = silent.last_mut().unwrap().expect_error(ErrorCode::Busy);
+    for attempt in 1..=5 {
+        let mut real = Raw::connect(addr);
+        assert!(
+            real.greets(),
+            "attempt {attempt}: a real user was kept out by silent strangers of another range"
+        );
+        real.send(&Message::Bye);
+        real.expect_closed();
+    }
+    assert!(
+        refusal.message.contains("your network"),
+        "the last stranger was refused with {refusal:?}, expected the range's budget"
+    );
+    drop(silent);
+}
+
+/// The budget of connections that have not said hello is a budget of those alone: a session
+/// that said hello leaves it at once, and only strangers beyond it are refused.
+#[test]
+fn a_session_that_said_hello_leaves_the_strangers_budget() {
+    let d = Daemon::with_args(["--max-unauthenticated", "1", "--handshake-timeout", "5s"]);
+    let mut first = Raw::connect(d.addr()).hello();
+    let mut second = Raw::connect(d.addr()).hello();
+    let _silent = Raw::connect_from(ATTACKER, d.addr());
+    let mut refused = Raw::connect_from(ATTACKER, d.addr());
+    let refusal = refused.expect_error(ErrorCode::Busy);
+    assert!(
+        refusal.message.contains("not logged in"),
+        "a stranger over the budget was refused with {refusal:?}"
+    );
+    refused.expect_closed();
+    first.expect_usable();
+    second.expect_usable();
+}
+
+/// Regression: a digest name in `hello` wrote forged lines (`... authenticated ... user=alice`)
+/// and raw ANSI escapes into the log. Every field from the wire (the hello's agent and digest,
+/// paths, rejected message kinds) is logged escaped, in both log formats.
+#[test]
+fn wire_fields_cannot_forge_log_lines() {
+    let stamp = "2030-01-01T00:00:00.000000Z";
+    let forged = format!("\n{stamp}  INFO ftpd::session: authenticated peer=10.0.0.1:1 user=alice home=alice\u{1b}[2J");
+    let quoted = serde_json::to_string(&forged).unwrap();
+    for format in ["human", "json"] {
+        let d = Daemon::with_args(["--log-format", format, "--log-level", "debug"]);
+        let mut peer = Raw::connect(d.addr());
+        peer.send_header(
+            format!(r#"{{"type":"hello","version":2,"agent":"x","digest":{quoted}}}"#).as_bytes(),
+        );
+        peer.expect_error(ErrorCode::Unsupported);
+        peer.expect_closed();
+
+        let mut peer = Raw::connect(d.addr());
+        peer.send(&Message::Hello(Hello {
+            agent: forged.clone(),
+            ..hello_fields()
+        }));
+        peer.recv();
+        peer.send(&get(&format!("x{forged}")));
+        peer.expect_error(ErrorCode::BadRequest);
+        peer.send_header(format!(r#"{{"type":{quoted}}}"#).as_bytes());
+        peer.expect_error(ErrorCode::Unsupported);
+        peer.send(&Message::Bye);
+        peer.expect_closed();
+        d.wait_for_log(&["connection closed", "client said bye"]);
+        d.assert_log_unforged(stamp);
+    }
+}
+
+/// The fields of our usual hello, to change one of them.
+fn hello_fields() -> Hello {
+    match hello_message() {
+        Message::Hello(h) => h,
+        _ => unreachable!("hello_message is a hello"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -256,6 +256,41 @@ impl Daemon {
         strip_ansi(&fs::read_to_string(&self.log).unwrap_or_default())
     }
 
+    /// What the daemon has logged so far, byte for byte: escape sequences left in, and bytes
+    /// that are not UTF-8 shown as U+FFFD.
+    pub fn raw_log(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// Panics unless the log, in either format, is free of what a peer could forge with a
+    /// field it sent: a line starting with `forged_start` (a raw newline let one in), a raw
+    /// control character (an ANSI escape, say) anywhere, or, in JSON lines, a string value that
+    /// decodes to one.
+    #[track_caller]
+    pub fn assert_log_unforged(&self, forged_start: &str) {
+        let log = self.raw_log();
+        for line in log.lines() {
+            let found = if line.starts_with(forged_start) {
+                Some("a line a peer forged")
+            } else if line.chars().any(char::is_control) {
+                Some("a raw control character")
+            } else if line.starts_with('{') {
+                match serde_json::from_str::<serde_json::Value>(line) {
+                    Ok(value) if json_has_control(&value) => {
+                        Some("a JSON string that decodes to a control character")
+                    }
+                    Ok(_) => None,
+                    Err(_) => Some("a line that is not JSON"),
+                }
+            } else {
+                None
+            };
+            if let Some(what) = found {
+                panic!("the log has {what}: {line:?}\nwhole log:\n{log}");
+            }
+        }
+    }
+
     /// Names of the files clients can see at the top of the root (everything but the private
     /// `.ftpd` directory), sorted.
     pub fn visible_files(&self) -> Vec<String> {
@@ -549,6 +584,19 @@ fn logged_addr(log: &str) -> Option<SocketAddr> {
 }
 
 /// Removes terminal colour codes (`ESC [ … letter`), in case the logger emits them anyway.
+/// Whether any string in `value` (keys included) holds a control character.
+fn json_has_control(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.chars().any(char::is_control),
+        Value::Array(items) => items.iter().any(json_has_control),
+        Value::Object(map) => map
+            .iter()
+            .any(|(k, v)| k.chars().any(char::is_control) || json_has_control(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
 fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
