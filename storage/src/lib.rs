@@ -31,7 +31,7 @@ pub use digests::Recorded;
 pub use error::{Error, Result};
 // The client still imports it from here until it depends on `fileio` itself.
 pub use path::{VPath, MAX_NAME, MAX_PATH, PRIVATE_DIR};
-pub use upload::{Upload, UploadRequest};
+pub use upload::{Upload, UploadRequest, MAX_RECORDED_CHUNKS, MIN_RECORDED_CHUNK};
 
 /// Where staged uploads live, under [`PRIVATE_DIR`].
 const STAGING_DIR: &str = ".ftpd/staging";

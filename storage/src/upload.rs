@@ -91,10 +91,23 @@ struct ChunkLog {
     ended: bool,
 }
 
+/// The shortest chunk worth recording, but for a file's last: an upload in 1-byte chunks made
+/// a 1 MiB file's record 35 MiB, held 33 bytes of memory per chunk while it ran, and made every
+/// later download replay 1-byte chunks. Such uploads are simply not recorded (downloads hash).
+pub const MIN_RECORDED_CHUNK: u32 = 64 * 1024;
+
+/// The most chunks a record holds (about 2.3 MB of JSON): 4 GiB in chunks of the shortest
+/// length recorded, 64 GiB in the default 1 MiB chunks. Longer files are not recorded.
+pub const MAX_RECORDED_CHUNKS: usize = 65_536;
+
 impl ChunkLog {
-    /// Records a chunk; false when the chunks no longer follow one length.
-    fn push(&mut self, len: u32, digest: Digest) -> bool {
-        if self.ended || len == 0 {
+    /// Records a chunk (`last` when it ends the file); false when the chunks no longer follow
+    /// one length, or make a record not worth keeping.
+    fn push(&mut self, len: u32, digest: Digest, last: bool) -> bool {
+        if self.ended || len == 0 || self.digests.len() >= MAX_RECORDED_CHUNKS {
+            return false;
+        }
+        if len < MIN_RECORDED_CHUNK && !last {
             return false;
         }
         if self.len == 0 {
@@ -265,8 +278,9 @@ impl Upload {
     pub fn write_chunk(&mut self, data: &[u8], digest: Digest) -> Result<()> {
         self.fits(data.len())?;
         self.append(data)?;
+        let last = self.written == self.size;
         if let Some(log) = &mut self.chunks {
-            if !log.push(data.len() as u32, digest) {
+            if !log.push(data.len() as u32, digest, last) {
                 self.chunks = None;
             }
         }
@@ -620,5 +634,27 @@ impl std::fmt::Debug for Upload {
             .field("written", &self.written)
             .field("size", &self.size)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record stops growing at its cap: the upload then simply is not recorded.
+    #[test]
+    fn a_record_holds_at_most_the_capped_number_of_chunks() {
+        let mut log = ChunkLog::default();
+        let d = Digest::default();
+        for _ in 0..MAX_RECORDED_CHUNKS {
+            assert!(log.push(MIN_RECORDED_CHUNK, d, false));
+        }
+        assert!(!log.push(MIN_RECORDED_CHUNK, d, true));
+        let mut short = ChunkLog::default();
+        assert!(!short.push(MIN_RECORDED_CHUNK - 1, d, false));
+        assert!(
+            ChunkLog::default().push(1, d, true),
+            "a file's only chunk may be short"
+        );
     }
 }

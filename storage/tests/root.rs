@@ -346,22 +346,24 @@ fn file_management() {
 #[test]
 fn digests_are_recorded_at_upload_and_dropped_when_the_file_changes() {
     let (dir, root) = setup();
-    let data: Vec<u8> = (0..10u8).collect();
-    let mut up = root.begin_upload(&p("f"), &req(10)).unwrap();
-    for (start, end) in [(0, 4), (4, 8), (8, 10)] {
+    let k = storage::MIN_RECORDED_CHUNK as usize;
+    let data: Vec<u8> = (0..2 * k + 10).map(|i| (i % 251) as u8).collect();
+    let n = data.len();
+    let mut up = root.begin_upload(&p("f"), &req(n as u64)).unwrap();
+    for (start, end) in [(0, k), (k, 2 * k), (2 * k, n)] {
         // A chunk's digest is the running MD5 of the file through its end.
         up.write_chunk(&data[start..end], Digest::md5(&data[..end]))
             .unwrap();
     }
     up.commit(Digest::md5(&data), false).unwrap();
     let rec = root.open_read(&p("f")).unwrap().recorded.expect("recorded");
-    assert_eq!(rec.chunk, 4);
+    assert_eq!(rec.chunk as usize, k);
     assert_eq!(rec.digest, Digest::md5(&data));
     assert_eq!(
         rec.chunks,
         [
-            Digest::md5(&data[..4]),
-            Digest::md5(&data[..8]),
+            Digest::md5(&data[..k]),
+            Digest::md5(&data[..2 * k]),
             Digest::md5(&data)
         ]
     );
@@ -372,11 +374,40 @@ fn digests_are_recorded_at_upload_and_dropped_when_the_file_changes() {
     assert_eq!(root.root().sweep_digests(), 1);
 
     // Chunks of uneven length are not recorded.
-    let mut up = root.begin_upload(&p("g"), &req(10)).unwrap();
-    up.write_chunk(&data[..3], Digest::md5(&data[..3])).unwrap();
-    up.write_chunk(&data[3..], Digest::md5(&data)).unwrap();
+    let mut up = root.begin_upload(&p("g"), &req(n as u64)).unwrap();
+    up.write_chunk(&data[..k], Digest::md5(&data[..k])).unwrap();
+    up.write_chunk(&data[k..k + 10], Digest::md5(&data[..k + 10]))
+        .unwrap();
+    up.write_chunk(&data[k + 10..], Digest::md5(&data)).unwrap();
     up.commit(Digest::md5(&data), false).unwrap();
     assert!(root.open_read(&p("g")).unwrap().recorded.is_none());
+
+    // A small file in one chunk is recorded: its only chunk is its last.
+    let mut up = root.begin_upload(&p("s"), &req(10)).unwrap();
+    up.write_chunk(&data[..10], Digest::md5(&data[..10]))
+        .unwrap();
+    up.commit(Digest::md5(&data[..10]), false).unwrap();
+    assert!(root.open_read(&p("s")).unwrap().recorded.is_some());
+}
+
+/// Regression: an upload in 1-byte chunks made a 1 MiB file's record 35 MiB (outside any
+/// quota), held memory for every chunk while it ran, and made every later download of the
+/// file replay 1-byte chunks. Chunks shorter than the recorded minimum are not recorded.
+#[test]
+fn tiny_chunks_are_not_recorded() {
+    let (dir, root) = setup();
+    let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let mut up = root.begin_upload(&p("t"), &req(data.len() as u64)).unwrap();
+    for end in 1..=data.len() {
+        up.write_chunk(&data[end - 1..end], Digest::md5(&data[..end]))
+            .unwrap();
+    }
+    up.commit(Digest::md5(&data), false).unwrap();
+    assert!(root.open_read(&p("t")).unwrap().recorded.is_none());
+    let records: Vec<_> = std::fs::read_dir(dir.path().join(".ftpd/digests"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(records.is_empty(), "{records:?}");
 }
 
 /// Bytes past the declared size are refused, and nothing of them is staged.
