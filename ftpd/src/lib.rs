@@ -5,6 +5,7 @@ mod auth;
 pub mod cmd;
 pub mod config;
 mod error;
+mod hashing;
 pub mod logging;
 mod reply;
 mod server;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use protocol::Stream;
+use protocol::{Budget, Stream};
 use storage::{Home, Root, VPath};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{broadcast, mpsc, Semaphore};
@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use anyhow::Context;
 
 use crate::auth::Authenticator;
+use crate::hashing::Hashing;
 use crate::session::Session;
 use crate::shutdown::Shutdown;
 use crate::transport;
@@ -53,6 +54,10 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// Who may log in.
     pub auth: Arc<Authenticator>,
+    /// Memory that chunk bodies of all transfers share (`--memory-budget`).
+    pub budget: Budget,
+    /// Whole-file hashing: its slots and cache.
+    pub hashing: Arc<Hashing>,
 }
 
 /// Binds `addr` with SO_REUSEADDR, so a restart right after a stop never finds the port taken.
@@ -91,6 +96,8 @@ impl Server {
             shared: Shared {
                 home,
                 root,
+                budget: Budget::new(config.memory_budget),
+                hashing: Arc::new(Hashing::new(config.max_hashing)),
                 config: Arc::new(config),
                 auth: Arc::new(Authenticator::new(users)),
             },

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::{
-    auth, capability, AuthChallenge, AuthOk, BoxStream, Connection, Digest, DigestKind, ErrorCode,
+    auth, capability, AuthChallenge, AuthOk, BoxStream, Budget, Connection, Digest, DigestKind, ErrorCode,
     ErrorReply, Frame, Hello, Incoming, Message, VERSION,
 };
 use storage::{Home, Root, VPath};
@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 use crate::auth::Authenticator;
 use crate::cmd::{self, Failure, Handled};
 use crate::error::SessionError;
+use crate::hashing::Hashing;
 use crate::reply::CmdError;
 use crate::server::Shared;
 use crate::shutdown::Shutdown;
@@ -49,6 +50,10 @@ pub struct Session {
     pub moved: Moved,
     /// Tells the session the daemon is stopping.
     shutdown: Shutdown,
+    /// Memory that chunk bodies of all transfers share.
+    pub budget: Budget,
+    /// Whole-file hashing, shared by every session.
+    pub hashing: Arc<Hashing>,
 }
 
 /// What a transfer moved, as the dispatcher records it.
@@ -71,8 +76,12 @@ enum Flow {
 impl Session {
     /// A session over a stream that the pre-protocol stage has set up.
     pub fn new(stream: BoxStream, peer: SocketAddr, shared: Shared, shutdown: Shutdown) -> Self {
+        let mut conn = Connection::new(stream);
+        conn.set_budget(shared.budget.clone());
         Session {
-            conn: Connection::new(stream),
+            conn,
+            budget: shared.budget,
+            hashing: shared.hashing,
             peer,
             home: shared.home.clone(),
             root: shared.root,
@@ -238,6 +247,7 @@ impl Session {
     async fn dispatch(&mut self, message: Message) -> Result<Flow, SessionError> {
         let started = Instant::now();
         self.moved = Moved::default();
+        self.recheck_user()?;
         let out_of_place = |why| Err(Failure::Refused(CmdError::OutOfPlace(why)));
         let (op, handled) = match message {
             Message::Put(req) => ("put", cmd::put::run(self, req).await),
@@ -275,6 +285,31 @@ impl Session {
             ),
         };
         self.conclude(op, started, handled).await
+    }
+
+    /// Holds a logged-in session to the users in force now, not those of its login: a user
+    /// removed, or whose secret or home changed (a reload revoking them), is logged out before
+    /// the command runs; one made read-only is refused writes from this command on.
+    fn recheck_user(&mut self) -> Result<(), SessionError> {
+        let Some(user) = &self.user else {
+            return Ok(());
+        };
+        let now = self.auth.users();
+        let current = now.as_ref().and_then(|users| users.get(&user.name));
+        match current {
+            Some(c) if Arc::ptr_eq(c, user) => Ok(()),
+            Some(c) if c.secret.expose() == user.secret.expose() && c.home == user.home => {
+                self.user = Some(c.clone());
+                Ok(())
+            }
+            _ => {
+                warn!(peer = %self.peer, user = %user.name, "account changed or removed; session ended");
+                Err(SessionError::Refused(ErrorReply::new(
+                    ErrorCode::AuthFailed,
+                    "your account was changed or removed: log in again",
+                )))
+            }
+        }
     }
 
     /// Sends a command's final reply and records its outcome: the one place both happen.
@@ -392,6 +427,11 @@ impl Session {
     /// Resolves a client path against the current directory, to a path inside the home.
     pub fn resolve(&self, path: &str) -> Result<VPath, CmdError> {
         Ok(VPath::resolve(&self.cwd, path)?)
+    }
+
+    /// The budget bytes the chunk last received holds, to keep until it is written.
+    pub fn take_body_permit(&mut self) -> Option<protocol::Permit> {
+        self.conn.take_body_permit()
     }
 
     /// Refuses writes for read-only users.

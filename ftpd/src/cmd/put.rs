@@ -1,10 +1,12 @@
 //! `put`: receive a file as chunks checked by the transfer engine into a staged upload, then
 //! commit it whole.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
-use protocol::{ChunkHeader, ChunkReceiver, Eof, ErrorReply, Message, Put, PutReady};
+use protocol::{ChunkHeader, ChunkReceiver, Eof, ErrorReply, Message, Permit, Put, PutReady};
 use storage::{Upload, UploadRequest, VPath};
-use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::cmd::{Failure, Handled};
 use crate::error::{blocking, SessionError};
@@ -50,21 +52,25 @@ pub async fn run(s: &mut Session, req: Put) -> Handled {
     .await?;
 
     let mut seq = receiver.sequence();
-    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
-    let writer_path = path.clone();
-    let mut worker =
-        tokio::task::spawn_blocking(move || write_chunks(upload, receiver, &writer_path, rx));
+    // Chunks received and waiting for the writer, each with the budget bytes it holds. A
+    // blocking task writes one chunk at a time and returns, so no blocking thread ever waits
+    // for the network; the next chunks are read meanwhile.
+    let mut queue: VecDeque<Queued> = VecDeque::new();
+    let mut writer = Writer::Idle(upload, receiver);
     // The writer ends early only when it refuses a chunk: say so at once, not at the next
     // frame the client may never send.
-    let mut stopped = None;
     let end = loop {
+        writer = writer.start(&mut queue, &path);
         let frame = tokio::select! {
             biased;
-            done = &mut worker => {
-                stopped = Some(done);
-                break End::WriterStopped;
+            done = writer.done(), if writer.busy() => {
+                writer = done?;
+                if writer.failed() {
+                    break End::WriterStopped;
+                }
+                continue;
             }
-            frame = s.next_in_transfer() => frame?,
+            frame = s.next_in_transfer(), if queue.len() < PIPELINE_DEPTH => frame?,
         };
         match frame.message {
             Message::Chunk(h) => {
@@ -72,9 +78,8 @@ pub async fn run(s: &mut Session, req: Put) -> Handled {
                     let path = path.clone();
                     break End::Refused(CmdError::Transfer { path, error });
                 }
-                if tx.send((h, frame.body)).await.is_err() {
-                    break End::WriterStopped;
-                }
+                let permit = s.take_body_permit();
+                queue.push_back((h, frame.body, permit));
             }
             Message::Eof(eof) => break End::Eof(eof),
             Message::Abort(r) => break End::Aborted(r),
@@ -85,13 +90,8 @@ pub async fn run(s: &mut Session, req: Put) -> Handled {
             }
         }
     };
-    drop(tx);
-    let done = match stopped {
-        Some(done) => done,
-        None => worker.await,
-    };
-    let (upload, receiver, written) =
-        done.map_err(|e| SessionError::Internal(format!("upload writer failed: {e}")))?;
+    // Verified chunks already received are written whatever the end: they stay resumable.
+    let (upload, receiver, written) = writer.finish(queue, &path).await?;
     s.moved.bytes = receiver.position() - offset;
     match end {
         End::Eof(eof) => {
@@ -140,15 +140,92 @@ pub(crate) async fn drain(s: &mut Session) -> Result<(), SessionError> {
     }
 }
 
+/// A received chunk waiting to be written, and the budget bytes its body holds.
+type Queued = (ChunkHeader, Bytes, Option<Permit>);
+
+/// What a write task gives back.
+type WriteDone = (Upload, ChunkReceiver, Result<(), CmdError>);
+
+/// The upload's state: here between chunks, or with the blocking task writing one.
+enum Writer {
+    /// Ready for the next chunk.
+    Idle(Upload, ChunkReceiver),
+    /// A task is verifying and writing a chunk.
+    Busy(JoinHandle<WriteDone>),
+    /// The last chunk was refused, or failed to write.
+    Failed(Upload, ChunkReceiver, CmdError),
+}
+
+impl Writer {
+    /// Hands the next queued chunk to a blocking task, if idle.
+    fn start(self, queue: &mut VecDeque<Queued>, path: &VPath) -> Writer {
+        match self {
+            Writer::Idle(upload, receiver) => match queue.pop_front() {
+                Some(item) => {
+                    let path = path.clone();
+                    Writer::Busy(tokio::task::spawn_blocking(move || {
+                        write_chunks(upload, receiver, &path, std::iter::once(item))
+                    }))
+                }
+                None => Writer::Idle(upload, receiver),
+            },
+            other => other,
+        }
+    }
+
+    fn busy(&self) -> bool {
+        matches!(self, Writer::Busy(_))
+    }
+
+    fn failed(&self) -> bool {
+        matches!(self, Writer::Failed(..))
+    }
+
+    /// Waits for the task writing a chunk (only called while busy). Cancel-safe: the task
+    /// runs on, and a later call waits for it again.
+    async fn done(&mut self) -> Result<Writer, SessionError> {
+        let Writer::Busy(job) = self else {
+            unreachable!("waited for only while busy")
+        };
+        let (upload, receiver, result) = job
+            .await
+            .map_err(|e| SessionError::Internal(format!("upload writer failed: {e}")))?;
+        Ok(match result {
+            Ok(()) => Writer::Idle(upload, receiver),
+            Err(e) => Writer::Failed(upload, receiver, e),
+        })
+    }
+
+    /// Writes what is still queued, unless a chunk already failed, and gives the upload back.
+    async fn finish(
+        mut self,
+        queue: VecDeque<Queued>,
+        path: &VPath,
+    ) -> Result<WriteDone, SessionError> {
+        if self.busy() {
+            self = self.done().await?;
+        }
+        match self {
+            Writer::Idle(upload, receiver) => {
+                let path = path.clone();
+                blocking(move || write_chunks(upload, receiver, &path, queue)).await
+            }
+            Writer::Failed(upload, receiver, e) => Ok((upload, receiver, Err(e))),
+            Writer::Busy(_) => unreachable!("waited for above"),
+        }
+    }
+}
+
 /// Verifies each chunk with the transfer engine and appends it to the staged file, off the
-/// reactor thread; only verified bytes reach the storage.
+/// reactor thread; only verified bytes reach the storage. Each chunk's budget bytes are given
+/// back once it is written.
 fn write_chunks(
     mut upload: Upload,
     mut receiver: ChunkReceiver,
     path: &VPath,
-    mut rx: mpsc::Receiver<(ChunkHeader, Bytes)>,
-) -> (Upload, ChunkReceiver, Result<(), CmdError>) {
-    while let Some((h, body)) = rx.blocking_recv() {
+    chunks: impl IntoIterator<Item = Queued>,
+) -> WriteDone {
+    for (h, body, permit) in chunks {
         if let Err(error) = receiver.accept(&h, &body) {
             let path = path.clone();
             return (upload, receiver, Err(CmdError::Transfer { path, error }));
@@ -156,6 +233,7 @@ fn write_chunks(
         if let Err(e) = upload.write_chunk(&body, h.digest) {
             return (upload, receiver, Err(e.into()));
         }
+        drop(permit);
     }
     (upload, receiver, Ok(()))
 }
