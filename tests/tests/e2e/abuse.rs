@@ -868,7 +868,14 @@ fn unread_downloads_of_a_file_stored_in_8mib_chunks_hold_little_memory() {
     let before = rss(d.pid());
     let mut readers: Vec<Raw> = (0..20)
         .map(|_| {
-            let mut peer = Raw::connect(d.addr()).hello();
+            // Like ftp-cli, which takes chunks as large as the protocol allows.
+            let mut peer = Raw::connect(d.addr());
+            let Message::Hello(mut hello) = hello_message() else {
+                unreachable!("a hello")
+            };
+            hello.max_chunk = protocol::MAX_BODY as u32;
+            peer.send(&Message::Hello(hello));
+            assert!(matches!(peer.recv(), Message::Hello(_)));
             peer.send(&get("big"));
             assert!(matches!(peer.recv(), Message::GetReady(_)));
             peer
