@@ -206,10 +206,7 @@ mod tests {
         let h = hash(&f, DigestKind::Md5, data.len() as u64 - 5, &never)
             .unwrap()
             .unwrap();
-        assert_eq!(
-            h.digest(),
-            protocol::Digest::md5(&data[..data.len() - 5])
-        );
+        assert_eq!(h.digest(), protocol::Digest::md5(&data[..data.len() - 5]));
         let stopped = AtomicBool::new(true);
         assert!(hash(&f, DigestKind::Md5, data.len() as u64, &stopped)
             .unwrap()

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::{
-    auth, capability, AuthChallenge, AuthOk, BoxStream, Budget, Connection, Digest, DigestKind, ErrorCode,
-    ErrorReply, Frame, Hello, Incoming, Message, VERSION,
+    auth, capability, AuthChallenge, AuthOk, BoxStream, Budget, Connection, Digest, DigestKind,
+    ErrorCode, ErrorReply, Frame, Hello, Incoming, Message, VERSION,
 };
 use storage::{Home, Root, VPath};
 use tracing::{debug, info, warn};

@@ -32,7 +32,8 @@ impl Budget {
     pub fn new(bytes: u64) -> Self {
         let units = bytes
             .div_ceil(UNIT)
-            .clamp(1, u64::from(u32::MAX).min(Semaphore::MAX_PERMITS as u64)) as u32;
+            .clamp(1, u64::from(u32::MAX).min(Semaphore::MAX_PERMITS as u64))
+            as u32;
         Budget {
             sem: Arc::new(Semaphore::new(units as usize)),
             units,
@@ -40,7 +41,9 @@ impl Budget {
     }
 
     fn units(&self, bytes: usize) -> u32 {
-        (bytes as u64).div_ceil(UNIT).clamp(1, u64::from(self.units)) as u32
+        (bytes as u64)
+            .div_ceil(UNIT)
+            .clamp(1, u64::from(self.units)) as u32
     }
 
     /// Waits until `bytes` are free and takes them. Waiters are served in turn, so a large
@@ -79,7 +82,10 @@ mod tests {
     async fn takes_wait_for_what_others_give_back_and_huge_requests_are_capped() {
         let b = Budget::new(4 * UNIT);
         let a = b.take(3 * UNIT as usize).await;
-        assert!(b.try_take(2 * UNIT as usize).is_none(), "only one unit is left");
+        assert!(
+            b.try_take(2 * UNIT as usize).is_none(),
+            "only one unit is left"
+        );
         let one = b.try_take(1).expect("one byte takes one unit");
         drop(a);
         assert_eq!(b.available(), 3 * UNIT);

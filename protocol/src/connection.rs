@@ -187,7 +187,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         SinkExt::<Frame>::flush(&mut self.framed).await?; // what is buffered goes first
         let mut head = BytesMut::new();
-        self.framed.codec_mut().codec.encode_head(&frame, &mut head)?;
+        self.framed
+            .codec_mut()
+            .codec
+            .encode_head(&frame, &mut head)?;
         let io = self.framed.get_mut();
         io.write_all(&head).await?;
         io.write_all(&frame.body).await?;
@@ -221,7 +224,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             };
             match step {
                 Step::Body(len) => {
-                    let budget = self.budget.as_ref().expect("bodies are held only with a budget");
+                    let budget = self
+                        .budget
+                        .as_ref()
+                        .expect("bodies are held only with a budget");
                     held = Some(budget.take(len as usize).await);
                     self.framed.codec_mut().granted = true;
                 }
@@ -356,7 +362,10 @@ mod tests {
         let frame = Frame::chunk(0, body.clone(), crate::Digest::md5(&body));
         a.send(frame.clone(), SEC).await.unwrap();
         let waited = b.recv(Duration::from_millis(200)).await;
-        assert!(matches!(waited, Err(ConnectionError::RecvTimeout(_))), "{waited:?}");
+        assert!(
+            matches!(waited, Err(ConnectionError::RecvTimeout(_))),
+            "{waited:?}"
+        );
         assert!(
             b.framed.read_buffer().capacity() <= KEEP_READ_BUFFER,
             "the body was buffered before it was granted: {} bytes",
@@ -366,7 +375,10 @@ mod tests {
         assert_eq!(b.recv(SEC).await.unwrap().unwrap(), frame);
         let permit = b.take_body_permit().expect("the chunk holds its bytes");
         assert_eq!(budget.available(), 1 << 20);
-        assert!(b.framed.read_buffer().capacity() <= KEEP_READ_BUFFER, "buffer kept");
+        assert!(
+            b.framed.read_buffer().capacity() <= KEEP_READ_BUFFER,
+            "buffer kept"
+        );
         drop(permit);
         assert_eq!(budget.available(), 2 << 20);
         // Frames without bodies need nothing from the budget.

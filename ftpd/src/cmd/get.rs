@@ -48,9 +48,10 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
     // uploaded in 8 MiB chunks is re-cut, not sent (and buffered) 8 MiB at a time.
     let chunk = s.config.chunk_size.min(s.client_max_chunk);
     let o = blocking(move || open(&home, &target, offset, kind)).await??;
-    let replay = o.recorded.clone().and_then(|r| {
-        ChunkSender::replaying(offset, o.size, r.chunk, r.chunks, r.digest, chunk)
-    });
+    let replay = o
+        .recorded
+        .clone()
+        .and_then(|r| ChunkSender::replaying(offset, o.size, r.chunk, r.chunks, r.digest, chunk));
     // Bytes hashed here are checked against the record at the end, so a re-cut download
     // still proves the file unchanged since it was stored.
     let (mut sender, expect) = match replay {
@@ -181,7 +182,9 @@ fn open(home: &Home, path: &VPath, offset: u64, kind: DigestKind) -> Result<Open
 /// Reads the chunk the sender asks for at its position and has it framed: one chunk, then the
 /// thread is free again.
 fn read_one(file: &File, mut sender: ChunkSender, path: &VPath, permit: Permit) -> ReadDone {
-    let n = sender.next_len().expect("a read is started only for a chunk");
+    let n = sender
+        .next_len()
+        .expect("a read is started only for a chunk");
     let mut buf = BytesMut::zeroed(n);
     if let Err(e) = file.read_exact_at(&mut buf, sender.position()) {
         let err = match e.kind() {

@@ -34,7 +34,11 @@ pub async fn run(s: &mut Session, req: Stat) -> Handled {
     let md5 = match file {
         None => None,
         // Recorded at upload and still describing the file: nothing to hash.
-        Some((f, _)) if f.recorded.as_ref().is_some_and(|r| r.digest.kind() == DigestKind::Md5) => {
+        Some((f, _))
+            if f.recorded
+                .as_ref()
+                .is_some_and(|r| r.digest.kind() == DigestKind::Md5) =>
+        {
             f.recorded.map(|r| r.digest)
         }
         Some((f, key)) => {

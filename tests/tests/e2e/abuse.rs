@@ -863,8 +863,15 @@ fn upload_in_chunks(peer: &mut Raw, path: &str, data: &[u8], chunk: usize) {
 #[test]
 fn unread_downloads_of_a_file_stored_in_8mib_chunks_hold_little_memory() {
     let d = Daemon::start();
-    let data: Vec<u8> = (0..64 * MIB as usize).map(|i| (i * 7 % 253) as u8).collect();
-    upload_in_chunks(&mut Raw::connect(d.addr()).hello(), "big", &data, 8 * MIB as usize);
+    let data: Vec<u8> = (0..64 * MIB as usize)
+        .map(|i| (i * 7 % 253) as u8)
+        .collect();
+    upload_in_chunks(
+        &mut Raw::connect(d.addr()).hello(),
+        "big",
+        &data,
+        8 * MIB as usize,
+    );
     let before = rss(d.pid());
     let mut readers: Vec<Raw> = (0..20)
         .map(|_| {
@@ -907,7 +914,12 @@ fn unread_downloads_of_a_file_stored_in_8mib_chunks_hold_little_memory() {
 #[test]
 fn stalled_uploads_hold_no_more_than_the_memory_budget() {
     let d = Daemon::builder()
-        .args(["--memory-budget", "16MiB", "--max-connections-per-ip", "100"])
+        .args([
+            "--memory-budget",
+            "16MiB",
+            "--max-connections-per-ip",
+            "100",
+        ])
         .start();
     let before = rss(d.pid());
     let body = vec![5u8; 4 * MIB as usize];
@@ -952,7 +964,12 @@ fn stalled_uploads_hold_no_more_than_the_memory_budget() {
 #[test]
 fn a_list_is_answered_while_600_uploads_wait_for_their_clients() {
     let d = Daemon::builder()
-        .args(["--max-connections", "700", "--max-connections-per-ip", "700"])
+        .args([
+            "--max-connections",
+            "700",
+            "--max-connections-per-ip",
+            "700",
+        ])
         .args(["--stall-timeout", "120s"])
         .start();
     let mut waiting: Vec<Raw> = (0..600)
@@ -984,7 +1001,10 @@ fn repeated_stat_md5_is_hashed_once_and_abandoned_gets_stop_hashing() {
     let site = Site::new();
     let big = site.root().join("big");
     write_random(&big, 128 * MIB, 20);
-    let d = site.daemon().args(["--max-connections-per-ip", "100"]).start();
+    let d = site
+        .daemon()
+        .args(["--max-connections-per-ip", "100"])
+        .start();
     let stat = |peer: &mut Raw| {
         peer.send(&Message::Stat(protocol::Stat {
             path: "big".into(),
