@@ -65,8 +65,10 @@ pub struct Connection<S = BoxStream> {
     framed: Framed<S, Gated>,
     /// Memory that chunk bodies read from this connection are taken from, if any.
     budget: Option<Budget>,
-    /// The bytes taken for the body being read, then for the chunk last returned.
+    /// The bytes granted to the chunk last returned, until its holder takes them.
     body_permit: Option<Permit>,
+    /// The bytes granted to the body being read.
+    granted: Option<Permit>,
 }
 
 /// The frame codec, stopping after a chunk's header until the body's bytes are granted.
@@ -150,6 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             framed: Framed::with_capacity(stream, gated, read_capacity),
             budget: None,
             body_permit: None,
+            granted: None,
         }
     }
 
@@ -216,7 +219,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn next_frame(&mut self) -> Result<Incoming, ConnectionError> {
         // The last chunk's bytes are its holder's to keep; if nobody took them, they are free.
         self.body_permit = None;
-        let mut held = None;
         loop {
             let step = match self.framed.next().await {
                 None => return Err(ConnectionError::Closed),
@@ -228,12 +230,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         .budget
                         .as_ref()
                         .expect("bodies are held only with a budget");
-                    held = Some(budget.take(len as usize).await);
+                    // Kept in the connection, not here: a caller that drops this future (a
+                    // `select!`) must not lose the grant the codec already counts on.
+                    self.granted = Some(budget.take(len as usize).await);
                     self.framed.codec_mut().granted = true;
                 }
                 Step::Frame(incoming) => {
                     if matches!(&incoming, Ok(f) if matches!(f.message, crate::Message::Chunk(_))) {
-                        self.body_permit = held.take();
+                        self.body_permit = self.granted.take();
                         self.shrink_read_buffer();
                     }
                     return Ok(incoming);
@@ -288,6 +292,7 @@ impl<S: Stream> Connection<S> {
             framed: Framed::from_parts(parts),
             budget: self.budget,
             body_permit: self.body_permit,
+            granted: self.granted,
         }
     }
 }
@@ -386,6 +391,33 @@ mod tests {
         a.send(Message::Pwd, SEC).await.unwrap();
         assert_eq!(b.recv(SEC).await.unwrap().unwrap().message, Message::Pwd);
         drop(all);
+    }
+
+    /// A receive given up (a timeout, a `select!`) after its body was granted keeps the grant
+    /// for the next one: the body is never read with its bytes given back.
+    #[tokio::test]
+    async fn a_grant_survives_a_receive_given_up_mid_body() {
+        let (mut raw, b) = tokio::io::duplex(4 << 20);
+        let mut b = Connection::new(b);
+        let budget = Budget::new(2 << 20);
+        b.set_budget(budget.clone());
+        let body = vec![1u8; 1 << 20];
+        let mut wire = BytesMut::new();
+        let frame = Frame::chunk(0, Bytes::from(body), crate::Digest::md5(b"x"));
+        tokio_util::codec::Encoder::encode(&mut FrameCodec::new(), frame.clone(), &mut wire)
+            .unwrap();
+        let half = wire.len() - (1 << 19);
+        raw.write_all(&wire[..half]).await.unwrap();
+        let cut = b.recv(Duration::from_millis(100)).await;
+        assert!(
+            matches!(cut, Err(ConnectionError::RecvTimeout(_))),
+            "{cut:?}"
+        );
+        assert_eq!(budget.available(), 1 << 20, "the grant was kept");
+        raw.write_all(&wire[half..]).await.unwrap();
+        assert_eq!(b.recv(SEC).await.unwrap().unwrap(), frame);
+        assert!(b.take_body_permit().is_some());
+        assert_eq!(budget.available(), 2 << 20);
     }
 
     #[tokio::test]
