@@ -103,6 +103,18 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_staged_uploads: u64,
 
+    /// Most bytes of chunk bodies held in memory by all transfers together (e.g. 256MiB):
+    /// read ahead from disk for downloads, received and not yet written for uploads. A
+    /// transfer waits for its share (within --stall-timeout) instead of allocating more.
+    #[arg(long, env = "FTPD_MEMORY_BUDGET", default_value = "256MiB", value_parser = parse_bytes)]
+    pub memory_budget: u64,
+
+    /// Most whole-file hashing jobs at once (`stat --md5`, the prefix of a resumed `get`);
+    /// others wait their turn, within --stall-timeout, then get `busy`.
+    #[arg(long, env = "FTPD_MAX_HASHING", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_hashing: u32,
+
     /// Time a new client has to complete the hello exchange and authentication, both together.
     #[arg(long, env = "FTPD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     #[serde(serialize_with = "duration")]

@@ -6,6 +6,7 @@ mod auth;
 pub mod cmd;
 pub mod config;
 mod error;
+mod hashing;
 pub mod logging;
 mod reply;
 mod server;

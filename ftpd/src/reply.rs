@@ -38,6 +38,13 @@ pub enum CmdError {
     /// A message out of place.
     #[error("{0}")]
     OutOfPlace(&'static str),
+    /// A shared resource (memory for transfers, hashing slots) stayed taken by others for the
+    /// whole time a command may wait for it.
+    #[error("the server is busy ({0}); try again later")]
+    Busy(&'static str),
+    /// The bytes read no longer have the digest recorded when the file was stored.
+    #[error("{path}: changed on disk since it was stored (its digest no longer matches)")]
+    Changed { path: VPath },
 }
 
 impl CmdError {
@@ -54,6 +61,8 @@ impl CmdError {
             CmdError::AbortedByClient { code, .. } => *code,
             CmdError::Unsupported { .. } => ErrorCode::Unsupported,
             CmdError::OutOfPlace(_) => ErrorCode::BadRequest,
+            CmdError::Busy(_) => ErrorCode::Busy,
+            CmdError::Changed { .. } => ErrorCode::Io,
         }
     }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::Stream;
+use protocol::{Budget, Stream};
 use storage::{Home, Root, VPath};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{broadcast, mpsc};
@@ -16,6 +16,7 @@ use anyhow::Context;
 
 use crate::admission::Gate;
 use crate::auth::{Authenticator, Penalty};
+use crate::hashing::Hashing;
 use crate::logging::Wire;
 use crate::session::Session;
 use crate::shutdown::Shutdown;
@@ -52,6 +53,10 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// Who may log in.
     pub auth: Arc<Authenticator>,
+    /// Memory that chunk bodies of all transfers share (`--memory-budget`).
+    pub budget: Budget,
+    /// Whole-file hashing: its slots and cache.
+    pub hashing: Arc<Hashing>,
 }
 
 /// Binds `addr` with SO_REUSEADDR, so a restart right after a stop never finds the port taken.
@@ -96,6 +101,8 @@ impl Server {
             shared: Shared {
                 home,
                 root,
+                budget: Budget::new(config.memory_budget),
+                hashing: Arc::new(Hashing::new(config.max_hashing)),
                 config: Arc::new(config),
                 auth: Arc::new(Authenticator::new(users, penalty)),
             },

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::{
-    auth, capability, AuthChallenge, AuthOk, BoxStream, Connection, Digest, DigestKind, ErrorCode,
-    ErrorReply, Frame, Hello, Incoming, Message, VERSION,
+    auth, capability, AuthChallenge, AuthOk, BoxStream, Budget, Connection, Digest, DigestKind,
+    ErrorCode, ErrorReply, Frame, Hello, Incoming, Message, VERSION,
 };
 use storage::{Home, Root, VPath};
 use tracing::{debug, info, warn};
@@ -16,6 +16,7 @@ use crate::admission::{AddrRange, Admission};
 use crate::auth::{retry_secs, Authenticator, Refusal};
 use crate::cmd::{self, Failure, Handled};
 use crate::error::SessionError;
+use crate::hashing::Hashing;
 use crate::logging::Wire;
 use crate::reply::CmdError;
 use crate::server::Shared;
@@ -64,6 +65,10 @@ pub struct Session {
     /// Its place in the daemon's connection counts, when the accept loop admitted it; given up
     /// with the session, or as soon as a login fails.
     admission: Option<Admission>,
+    /// Memory that chunk bodies of all transfers share.
+    pub budget: Budget,
+    /// Whole-file hashing, shared by every session.
+    pub hashing: Arc<Hashing>,
 }
 
 /// What a transfer moved, as the dispatcher records it.
@@ -89,8 +94,11 @@ impl Session {
         let mut conn = Connection::new(stream);
         conn.codec_mut()
             .set_limits(PRE_LOGIN_MAX_HEADER, PRE_LOGIN_MAX_BODY);
+        conn.set_budget(shared.budget.clone());
         Session {
             conn,
+            budget: shared.budget,
+            hashing: shared.hashing,
             peer,
             home: shared.home.clone(),
             root: shared.root,
@@ -321,6 +329,7 @@ impl Session {
     async fn dispatch(&mut self, message: Message) -> Result<Flow, SessionError> {
         let started = Instant::now();
         self.moved = Moved::default();
+        self.recheck_user()?;
         let out_of_place = |why| Err(Failure::Refused(CmdError::OutOfPlace(why)));
         let (op, handled) = match message {
             Message::Put(req) => ("put", cmd::put::run(self, req).await),
@@ -358,6 +367,31 @@ impl Session {
             ),
         };
         self.conclude(op, started, handled).await
+    }
+
+    /// Holds a logged-in session to the users in force now, not those of its login: a user
+    /// removed, or whose secret or home changed (a reload revoking them), is logged out before
+    /// the command runs; one made read-only is refused writes from this command on.
+    fn recheck_user(&mut self) -> Result<(), SessionError> {
+        let Some(user) = &self.user else {
+            return Ok(());
+        };
+        let now = self.auth.users();
+        let current = now.as_ref().and_then(|users| users.get(&user.name));
+        match current {
+            Some(c) if Arc::ptr_eq(c, user) => Ok(()),
+            Some(c) if c.secret.expose() == user.secret.expose() && c.home == user.home => {
+                self.user = Some(c.clone());
+                Ok(())
+            }
+            _ => {
+                warn!(peer = %self.peer, user = %user.name, "account changed or removed; session ended");
+                Err(SessionError::Refused(ErrorReply::new(
+                    ErrorCode::AuthFailed,
+                    "your account was changed or removed: log in again",
+                )))
+            }
+        }
     }
 
     /// Sends a command's final reply and records its outcome: the one place both happen.
@@ -475,6 +509,11 @@ impl Session {
     /// Resolves a client path against the current directory, to a path inside the home.
     pub fn resolve(&self, path: &str) -> Result<VPath, CmdError> {
         Ok(VPath::resolve(&self.cwd, path)?)
+    }
+
+    /// The budget bytes the chunk last received holds, to keep until it is written.
+    pub fn take_body_permit(&mut self) -> Option<protocol::Permit> {
+        self.conn.take_body_permit()
     }
 
     /// Refuses writes for read-only users.

@@ -211,6 +211,37 @@ impl Decoder for FrameCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
+        if let Some(frame) = self.decode_head(src)? {
+            return Ok(Some(frame));
+        }
+        self.decode_body(src)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() && matches!(self.state, DecodeState::Header) => Ok(None),
+            None => Err(CodecError::Truncated),
+        }
+    }
+}
+
+impl FrameCodec {
+    /// The length of the chunk body the codec waits for: its header was read, its body not
+    /// yet. A reader that must account for memory takes this many bytes before reading on.
+    pub fn pending_body(&self) -> Option<u32> {
+        match &self.state {
+            DecodeState::Body(h) => Some(h.len),
+            DecodeState::Header => None,
+        }
+    }
+
+    /// The header part of decoding: a whole non-chunk frame, or `None` (needing more bytes, or
+    /// in the body state now).
+    pub(crate) fn decode_head(
+        &mut self,
+        src: &mut BytesMut,
+    ) -> Result<Option<Incoming>, CodecError> {
         if let DecodeState::Header = self.state {
             if src.len() < 4 {
                 return Ok(None);
@@ -260,8 +291,16 @@ impl Decoder for FrameCodec {
                 }
             }
         }
+        Ok(None)
+    }
+
+    /// The body part of decoding: the chunk once its whole body is here.
+    pub(crate) fn decode_body(
+        &mut self,
+        src: &mut BytesMut,
+    ) -> Result<Option<Incoming>, CodecError> {
         let DecodeState::Body(header) = self.state else {
-            unreachable!("header state returned above")
+            return Ok(None);
         };
         let len = header.len as usize;
         if src.len() < len {
@@ -274,14 +313,6 @@ impl Decoder for FrameCodec {
             message: Message::Chunk(header),
             body,
         })))
-    }
-
-    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Incoming>, CodecError> {
-        match self.decode(src)? {
-            Some(frame) => Ok(Some(frame)),
-            None if src.is_empty() && matches!(self.state, DecodeState::Header) => Ok(None),
-            None => Err(CodecError::Truncated),
-        }
     }
 }
 

@@ -11,9 +11,13 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::codec::{Framed, FramedParts};
+use tokio_util::codec::{Decoder, Encoder, Framed, FramedParts};
 
-use crate::{CodecError, Frame, FrameCodec, Incoming};
+use crate::{Budget, CodecError, Frame, FrameCodec, Incoming, Permit};
+
+/// A read buffer larger than this is given up once it is empty of a chunk: a connection idle
+/// after an upload must not keep a chunk's worth of memory.
+const KEEP_READ_BUFFER: usize = 64 * 1024;
 
 /// A byte stream a connection can run over: TCP, TLS, an in-memory pipe.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -58,7 +62,76 @@ impl From<CodecError> for ConnectionError {
 /// Frames over a stream `S`, with the codec's caps on every length.
 pub struct Connection<S = BoxStream> {
     /// The stream with its read and write buffers, and the codec that checks every length.
-    framed: Framed<S, FrameCodec>,
+    framed: Framed<S, Gated>,
+    /// Memory that chunk bodies read from this connection are taken from, if any.
+    budget: Option<Budget>,
+    /// The bytes granted to the chunk last returned, until its holder takes them.
+    body_permit: Option<Permit>,
+    /// The bytes granted to the body being read.
+    granted: Option<Permit>,
+}
+
+/// The frame codec, stopping after a chunk's header until the body's bytes are granted.
+struct Gated {
+    /// The codec proper.
+    codec: FrameCodec,
+    /// Whether a body must be granted before it is read: only when there is a budget.
+    hold_bodies: bool,
+    /// The pending body was granted.
+    granted: bool,
+}
+
+/// One step of decoding: a frame, or a chunk header whose body waits to be granted.
+enum Step {
+    Frame(Incoming),
+    Body(u32),
+}
+
+impl Decoder for Gated {
+    type Item = Step;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Step>, CodecError> {
+        if let Some(frame) = self.codec.decode_head(src)? {
+            return Ok(Some(Step::Frame(frame)));
+        }
+        match self.codec.pending_body() {
+            // Returned before the body is read or room made for it: the stream is not
+            // polled again until the connection holds the bytes.
+            Some(len) if self.hold_bodies && !self.granted => Ok(Some(Step::Body(len))),
+            _ => {
+                let frame = self.codec.decode_body(src)?;
+                if frame.is_some() {
+                    self.granted = false;
+                }
+                Ok(frame.map(Step::Frame))
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Step>, CodecError> {
+        match self.decode(src)? {
+            Some(step) => Ok(Some(step)),
+            None if src.is_empty() && self.codec.pending_body().is_none() => Ok(None),
+            None => Err(CodecError::Truncated),
+        }
+    }
+}
+
+impl Encoder<Frame> for Gated {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.codec.encode(frame, dst)
+    }
+}
+
+impl Encoder<crate::Message> for Gated {
+    type Error = CodecError;
+
+    fn encode(&mut self, message: crate::Message, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.codec.encode(message, dst)
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -70,9 +143,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// A connection with the given codec (its caps) and initial read buffer size: a peer that
     /// receives bulk data reads faster with a larger one.
     pub fn with_codec(stream: S, codec: FrameCodec, read_capacity: usize) -> Self {
+        let gated = Gated {
+            codec,
+            hold_bodies: false,
+            granted: false,
+        };
         Connection {
-            framed: Framed::with_capacity(stream, codec, read_capacity),
+            framed: Framed::with_capacity(stream, gated, read_capacity),
+            budget: None,
+            body_permit: None,
+            granted: None,
         }
+    }
+
+    /// From now on, every chunk body is read only once its bytes are taken from `budget`; the
+    /// chunk returned last holds them until [`Connection::take_body_permit`] or the next
+    /// receive. A wait for them counts against the receive's time limit.
+    pub fn set_budget(&mut self, budget: Budget) {
+        self.framed.codec_mut().hold_bodies = true;
+        self.budget = Some(budget);
+    }
+
+    /// The budget bytes the chunk last received holds, to keep until its body is written.
+    pub fn take_body_permit(&mut self) -> Option<Permit> {
+        self.body_permit.take()
     }
 
     /// Sends one frame, failing if the peer does not take it within `within`.
@@ -96,7 +190,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         SinkExt::<Frame>::flush(&mut self.framed).await?; // what is buffered goes first
         let mut head = BytesMut::new();
-        self.framed.codec_mut().encode_head(&frame, &mut head)?;
+        self.framed
+            .codec_mut()
+            .codec
+            .encode_head(&frame, &mut head)?;
         let io = self.framed.get_mut();
         io.write_all(&head).await?;
         io.write_all(&frame.body).await?;
@@ -106,18 +203,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// The next frame, or a header the peer got wrong but that kept the stream in step;
     /// waits at most `within`. Cancel-safe: a frame half read stays buffered for the next call.
     pub async fn recv(&mut self, within: Duration) -> Result<Incoming, ConnectionError> {
-        match tokio::time::timeout(within, self.framed.next()).await {
+        match tokio::time::timeout(within, self.next_frame()).await {
             Err(_) => Err(ConnectionError::RecvTimeout(within)),
-            Ok(None) => Err(ConnectionError::Closed),
-            Ok(Some(item)) => item.map_err(Into::into),
+            Ok(r) => r,
         }
     }
 
     /// A frame the peer has already sent, if one is here, without waiting.
     pub fn try_recv(&mut self) -> Option<Result<Incoming, ConnectionError>> {
-        match self.framed.next().now_or_never()? {
-            None => Some(Err(ConnectionError::Closed)),
-            Some(item) => Some(item.map_err(Into::into)),
+        self.next_frame().now_or_never()
+    }
+
+    /// The next frame, a chunk's body read only once its bytes are granted. Cancel-safe: a
+    /// grant being waited for is simply waited for again by the next call.
+    async fn next_frame(&mut self) -> Result<Incoming, ConnectionError> {
+        // The last chunk's bytes are its holder's to keep; if nobody took them, they are free.
+        self.body_permit = None;
+        loop {
+            let step = match self.framed.next().await {
+                None => return Err(ConnectionError::Closed),
+                Some(step) => step?,
+            };
+            match step {
+                Step::Body(len) => {
+                    let budget = self
+                        .budget
+                        .as_ref()
+                        .expect("bodies are held only with a budget");
+                    // Kept in the connection, not here: a caller that drops this future (a
+                    // `select!`) must not lose the grant the codec already counts on.
+                    self.granted = Some(budget.take(len as usize).await);
+                    self.framed.codec_mut().granted = true;
+                }
+                Step::Frame(incoming) => {
+                    if matches!(&incoming, Ok(f) if matches!(f.message, crate::Message::Chunk(_))) {
+                        self.body_permit = self.granted.take();
+                        self.shrink_read_buffer();
+                    }
+                    return Ok(incoming);
+                }
+            }
+        }
+    }
+
+    /// Gives up a read buffer grown for a chunk: the chunk's body shares its memory, which
+    /// must go when the body does, not stay with the connection.
+    fn shrink_read_buffer(&mut self) {
+        let buf = self.framed.read_buffer_mut();
+        if buf.capacity() > KEEP_READ_BUFFER {
+            let mut fresh = BytesMut::with_capacity(8 * 1024.max(buf.len()));
+            fresh.extend_from_slice(buf);
+            *buf = fresh;
         }
     }
 
@@ -136,7 +272,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// The codec, to change its caps (smaller frames before login, say).
     pub fn codec_mut(&mut self) -> &mut FrameCodec {
-        self.framed.codec_mut()
+        &mut self.framed.codec_mut().codec
     }
 
     /// The stream underneath, for what only it knows (a TLS session's exporter, say).
@@ -154,6 +290,9 @@ impl<S: Stream> Connection<S> {
         parts.write_buf = old.write_buf;
         Connection {
             framed: Framed::from_parts(parts),
+            budget: self.budget,
+            body_permit: self.body_permit,
+            granted: self.granted,
         }
     }
 }
@@ -212,6 +351,73 @@ mod tests {
             a.send(frame, SEC).await,
             Err(ConnectionError::SendTimeout(_))
         ));
+    }
+
+    /// Regression (hardening item 4): every connection's codec read a chunk's body as soon as
+    /// its header arrived, so a thousand uploads each held a chunk's worth of memory, counted
+    /// nowhere. Now the body is not read until the budget grants its bytes.
+    #[tokio::test]
+    async fn a_chunk_body_is_not_read_until_the_budget_grants_it() {
+        let (a, b) = tokio::io::duplex(4 << 20);
+        let (mut a, mut b) = (Connection::new(a), Connection::new(b));
+        let budget = Budget::new(2 << 20);
+        b.set_budget(budget.clone());
+        let everything = budget.take(2 << 20).await;
+        let body = Bytes::from(vec![3u8; 1 << 20]);
+        let frame = Frame::chunk(0, body.clone(), crate::Digest::md5(&body));
+        a.send(frame.clone(), SEC).await.unwrap();
+        let waited = b.recv(Duration::from_millis(200)).await;
+        assert!(
+            matches!(waited, Err(ConnectionError::RecvTimeout(_))),
+            "{waited:?}"
+        );
+        assert!(
+            b.framed.read_buffer().capacity() <= KEEP_READ_BUFFER,
+            "the body was buffered before it was granted: {} bytes",
+            b.framed.read_buffer().capacity()
+        );
+        drop(everything);
+        assert_eq!(b.recv(SEC).await.unwrap().unwrap(), frame);
+        let permit = b.take_body_permit().expect("the chunk holds its bytes");
+        assert_eq!(budget.available(), 1 << 20);
+        assert!(
+            b.framed.read_buffer().capacity() <= KEEP_READ_BUFFER,
+            "buffer kept"
+        );
+        drop(permit);
+        assert_eq!(budget.available(), 2 << 20);
+        // Frames without bodies need nothing from the budget.
+        let all = budget.take(2 << 20).await;
+        a.send(Message::Pwd, SEC).await.unwrap();
+        assert_eq!(b.recv(SEC).await.unwrap().unwrap().message, Message::Pwd);
+        drop(all);
+    }
+
+    /// A receive given up (a timeout, a `select!`) after its body was granted keeps the grant
+    /// for the next one: the body is never read with its bytes given back.
+    #[tokio::test]
+    async fn a_grant_survives_a_receive_given_up_mid_body() {
+        let (mut raw, b) = tokio::io::duplex(4 << 20);
+        let mut b = Connection::new(b);
+        let budget = Budget::new(2 << 20);
+        b.set_budget(budget.clone());
+        let body = vec![1u8; 1 << 20];
+        let mut wire = BytesMut::new();
+        let frame = Frame::chunk(0, Bytes::from(body), crate::Digest::md5(b"x"));
+        tokio_util::codec::Encoder::encode(&mut FrameCodec::new(), frame.clone(), &mut wire)
+            .unwrap();
+        let half = wire.len() - (1 << 19);
+        raw.write_all(&wire[..half]).await.unwrap();
+        let cut = b.recv(Duration::from_millis(100)).await;
+        assert!(
+            matches!(cut, Err(ConnectionError::RecvTimeout(_))),
+            "{cut:?}"
+        );
+        assert_eq!(budget.available(), 1 << 20, "the grant was kept");
+        raw.write_all(&wire[half..]).await.unwrap();
+        assert_eq!(b.recv(SEC).await.unwrap().unwrap(), frame);
+        assert!(b.take_body_permit().is_some());
+        assert_eq!(budget.available(), 2 << 20);
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@
 //! `docs/PROTOCOL.md` is the full contract; this crate implements it.
 
 pub mod auth;
+mod budget;
 mod codec;
 mod connection;
 mod message;
@@ -24,6 +25,7 @@ pub mod transfer;
 
 // Digests live in `checksum`, which has no async runtime; re-exported so that every existing
 // `protocol::Digest` path keeps working.
+pub use budget::{Budget, Permit};
 pub use checksum::{Digest, DigestKind, Hasher, SavedState, StateError};
 pub use codec::{CodecError, Frame, FrameCodec, Incoming, Rejected};
 pub use connection::{BoxStream, Connection, ConnectionError, Stream};

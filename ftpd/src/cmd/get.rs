@@ -1,60 +1,92 @@
 //! `get`: stream a file as chunks the transfer engine frames with running digests, then its
 //! whole-file digest.
+//!
+//! Each chunk is read (and hashed) by a blocking task of its own, a few chunks ahead of the
+//! socket, so no blocking thread ever waits on the network; the bytes read ahead are taken from
+//! the daemon's memory budget first and given back once sent.
 
+use std::collections::VecDeque;
 use std::fs::File;
-use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use bytes::BytesMut;
-use protocol::{ChunkSender, Digest, DigestKind, Eof, Frame, Get, GetReady, Hasher, Message};
-use storage::{Home, VPath};
-use tokio::sync::mpsc;
+use protocol::{ChunkSender, DigestKind, Frame, Get, GetReady, Hasher, Message, Permit};
+use storage::{Home, Recorded, VPath};
+use tokio::task::JoinHandle;
 
 use crate::cmd::{Failure, Handled};
 use crate::error::{blocking, SessionError};
+use crate::hashing::{self, Key};
 use crate::reply::CmdError;
 use crate::session::Session;
 
 /// Chunks read and hashed ahead of the socket.
 const READ_AHEAD: usize = 4;
 
-/// An open file positioned at the requested offset, and the sender that frames it.
-struct Prepared {
-    file: File,
+/// An open file checked against the request, before any hashing.
+struct Opened {
+    file: Arc<File>,
     size: u64,
     mtime: Option<i64>,
-    sender: ChunkSender,
+    /// The digests recorded at upload, when they are of the session's kind.
+    recorded: Option<Recorded>,
+    /// The cache key of the prefix the download starts after.
+    prefix_key: Key,
 }
 
-/// What the reader thread hands the socket.
-enum Produced {
-    Chunk(Frame),
-    End(Eof),
-}
+/// What one read task hands back: the sender to go on with, and the framed chunk.
+type ReadDone = (ChunkSender, Result<(Frame, Permit), CmdError>);
 
 pub async fn run(s: &mut Session, req: Get) -> Handled {
     let path = s.resolve(&req.path)?;
     s.moved.path = Some(req.path.clone());
     let (home, target) = (s.home.clone(), path.clone());
-    let (offset, prefix) = (req.offset, req.prefix_digest);
-    let (max_chunk, kind) = (s.client_max_chunk, s.digest);
-    let chunk = s.config.chunk_size.min(max_chunk);
-    let prep = move || prepare(&home, &target, offset, prefix, max_chunk, kind, chunk);
-    let p = blocking(prep).await??;
+    let offset = req.offset;
+    let kind = s.digest;
+    // Never more than the configured chunk, whatever the file was recorded in: a file
+    // uploaded in 8 MiB chunks is re-cut, not sent (and buffered) 8 MiB at a time.
+    let chunk = s.config.chunk_size.min(s.client_max_chunk);
+    let o = blocking(move || open(&home, &target, offset, kind)).await??;
+    let replay = o
+        .recorded
+        .clone()
+        .and_then(|r| ChunkSender::replaying(offset, o.size, r.chunk, r.chunks, r.digest, chunk));
+    // Bytes hashed here are checked against the record at the end, so a re-cut download
+    // still proves the file unchanged since it was stored.
+    let (mut sender, expect) = match replay {
+        Some(sender) => (sender, None),
+        None => {
+            // The whole-file digest covers the prefix the client already holds, so hash it.
+            let prefix = match offset {
+                0 => Hasher::new(kind),
+                _ => hashing::prefix(s, o.file.clone(), o.prefix_key.clone(), &path).await?,
+            };
+            let expect = o.recorded.as_ref().map(|r| r.digest);
+            (ChunkSender::new(offset, o.size, chunk, prefix), expect)
+        }
+    };
+    // A resumed download never splices two files: the client's prefix must be ours.
+    if req
+        .prefix_digest
+        .is_some_and(|theirs| theirs != sender.digest_so_far())
+    {
+        return Err(CmdError::PrefixMismatch { path, offset }.into());
+    }
     s.send(Message::GetReady(GetReady {
-        size: p.size,
+        size: o.size,
         offset,
-        mtime: p.mtime,
+        mtime: o.mtime,
     }))
     .await?;
 
-    let (tx, mut rx) = mpsc::channel(READ_AHEAD);
-    tokio::task::spawn_blocking(move || read_chunks(p.file, p.sender, &path, tx));
+    let mut ready: VecDeque<(Frame, Permit)> = VecDeque::new();
+    let mut reading: Option<JoinHandle<ReadDone>> = None;
     let mut sent = offset;
     loop {
         if let Some(incoming) = s.poll_incoming() {
             match incoming?.message {
                 Message::Cancel => {
-                    drop(rx);
                     return Err(Failure::Aborted(CmdError::Cancelled { offset: sent }));
                 }
                 other => {
@@ -63,32 +95,69 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
                 }
             }
         }
-        match rx.recv().await {
-            Some(Ok(Produced::Chunk(frame))) => {
-                let n = frame.body.len() as u64;
-                s.send(frame).await?;
-                sent += n;
-                s.moved.bytes += n;
+        // Start the next read if none is running and the queue has room. It waits for budget
+        // only while this transfer holds none (nothing queued, nothing being read): a transfer
+        // never waits for memory while keeping memory, so transfers cannot wait on each other
+        // in a ring, and what each holds goes out at the network's pace.
+        if reading.is_none() && ready.len() < READ_AHEAD {
+            if let Some(n) = sender.next_len() {
+                let permit = if ready.is_empty() {
+                    let wait = s.budget.take(n);
+                    match tokio::time::timeout(s.config.stall_timeout, wait).await {
+                        Ok(permit) => Some(permit),
+                        Err(_) => return Err(Failure::Aborted(CmdError::Busy("memory"))),
+                    }
+                } else {
+                    s.budget.try_take(n)
+                };
+                if let Some(permit) = permit {
+                    let (file, path) = (o.file.clone(), path.clone());
+                    let taken = std::mem::replace(&mut sender, placeholder());
+                    reading = Some(tokio::task::spawn_blocking(move || {
+                        read_one(&file, taken, &path, permit)
+                    }));
+                }
             }
-            Some(Ok(Produced::End(eof))) => {
-                s.moved.digest = Some(eof.digest);
-                return Ok(Message::Eof(eof));
-            }
-            Some(Err(e)) => return Err(Failure::Aborted(e)),
-            None => return Err(SessionError::Internal("file reader stopped".into()).into()),
+        }
+        if let Some((frame, permit)) = ready.pop_front() {
+            // The read in flight goes on meanwhile, on its own thread.
+            let n = frame.body.len() as u64;
+            s.send(frame).await?;
+            drop(permit);
+            sent += n;
+            s.moved.bytes += n;
+        } else if let Some(job) = reading.take() {
+            let (back, read) = job
+                .await
+                .map_err(|e| SessionError::Internal(format!("file reader failed: {e}")))?;
+            sender = back;
+            ready.push_back(read.map_err(Failure::Aborted)?);
+        } else {
+            break;
+        }
+        if reading.as_ref().is_some_and(JoinHandle::is_finished) {
+            let job = reading.take().expect("checked just above");
+            let (back, read) = job
+                .await
+                .map_err(|e| SessionError::Internal(format!("file reader failed: {e}")))?;
+            sender = back;
+            ready.push_back(read.map_err(Failure::Aborted)?);
         }
     }
+    let eof = sender.finish();
+    if expect.is_some_and(|recorded| recorded != eof.digest) {
+        return Err(Failure::Aborted(CmdError::Changed { path }));
+    }
+    s.moved.digest = Some(eof.digest);
+    Ok(Message::Eof(eof))
 }
 
-fn prepare(
-    home: &Home,
-    path: &VPath,
-    offset: u64,
-    prefix: Option<Digest>,
-    max_chunk: u32,
-    kind: DigestKind,
-    chunk: u32,
-) -> Result<Prepared, CmdError> {
+/// Stands in for the sender while a read task has it.
+fn placeholder() -> ChunkSender {
+    ChunkSender::new(0, 0, 1, Hasher::new(DigestKind::Md5))
+}
+
+fn open(home: &Home, path: &VPath, offset: u64, kind: DigestKind) -> Result<Opened, CmdError> {
     let f = home.open_read(path)?;
     if offset > f.size {
         return Err(CmdError::PastEnd {
@@ -97,74 +166,36 @@ fn prepare(
             size: f.size,
         });
     }
-    let mut file = f.file;
-    let io = |op, e| CmdError::from(storage::Error::io(&path.to_string(), op, e));
-    // Digests recorded at upload cover the whole file already: then nothing is hashed here,
-    // only by the client, whose check also proves the bytes unchanged since.
-    let replay = f
-        .recorded
-        .filter(|r| r.digest.kind() == kind)
-        .and_then(|r| {
-            ChunkSender::replaying(offset, f.size, r.chunk, r.chunks, r.digest, max_chunk)
-        });
-    let sender = match replay {
-        Some(sender) => {
-            use std::io::{Seek, SeekFrom};
-            file.seek(SeekFrom::Start(offset))
-                .map_err(|e| io("seek", e))?;
-            sender
-        }
-        None => {
-            // The whole-file digest covers the prefix the client already holds, so hash it.
-            let mut hasher = Hasher::new(kind);
-            match hasher.update_from(&mut file, offset) {
-                Ok(n) if n == offset => {}
-                Ok(_) => return Err(io("read", std::io::ErrorKind::UnexpectedEof.into())),
-                Err(e) => return Err(io("read", e)),
-            }
-            ChunkSender::new(offset, f.size, chunk, hasher)
-        }
-    };
-    // A resumed download never splices two files: the client's prefix must be ours.
-    if prefix.is_some_and(|theirs| theirs != sender.digest_so_far()) {
-        return Err(CmdError::PrefixMismatch {
-            path: path.clone(),
-            offset,
-        });
-    }
-    Ok(Prepared {
-        file,
+    let meta = f
+        .file
+        .metadata()
+        .map_err(|e| storage::Error::io(&path.to_string(), "stat", e))?;
+    Ok(Opened {
+        prefix_key: Key::of(&meta, kind, offset),
+        file: Arc::new(f.file),
         size: f.size,
         mtime: f.mtime,
-        sender,
+        recorded: f.recorded.filter(|r| r.digest.kind() == kind),
     })
 }
 
-/// Reads the chunks the sender asks for and has it frame them, off the reactor thread; ends
-/// with the sender's `eof`, or an error.
-fn read_chunks(
-    mut file: File,
-    mut sender: ChunkSender,
-    path: &VPath,
-    tx: mpsc::Sender<Result<Produced, CmdError>>,
-) {
-    while let Some(n) = sender.next_len() {
-        let mut buf = BytesMut::zeroed(n);
-        if let Err(e) = file.read_exact(&mut buf) {
-            let err = match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => CmdError::Shrank {
-                    path: path.clone(),
-                    offset: sender.position(),
-                },
-                _ => storage::Error::io(&path.to_string(), "read", e).into(),
-            };
-            let _ = tx.blocking_send(Err(err));
-            return;
-        }
-        let frame = sender.seal(buf.freeze());
-        if tx.blocking_send(Ok(Produced::Chunk(frame))).is_err() {
-            return; // cancelled
-        }
+/// Reads the chunk the sender asks for at its position and has it framed: one chunk, then the
+/// thread is free again.
+fn read_one(file: &File, mut sender: ChunkSender, path: &VPath, permit: Permit) -> ReadDone {
+    let n = sender
+        .next_len()
+        .expect("a read is started only for a chunk");
+    let mut buf = BytesMut::zeroed(n);
+    if let Err(e) = file.read_exact_at(&mut buf, sender.position()) {
+        let err = match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => CmdError::Shrank {
+                path: path.clone(),
+                offset: sender.position(),
+            },
+            _ => storage::Error::io(&path.to_string(), "read", e).into(),
+        };
+        return (sender, Err(err));
     }
-    let _ = tx.blocking_send(Ok(Produced::End(sender.finish())));
+    let frame = sender.seal(buf.freeze());
+    (sender, Ok((frame, permit)))
 }

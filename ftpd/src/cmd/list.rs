@@ -1,51 +1,69 @@
 //! `list`: a directory's entries in frames of bounded size, however large the directory.
 
 use protocol::{Entry, ListEnd, Listing, Message, PathArg, LISTING_BATCH_BYTES};
-use tokio::sync::mpsc;
+use storage::FileInfo;
 
 use crate::cmd::Handled;
+use crate::error::{blocking, SessionError};
 use crate::reply;
 use crate::session::Session;
 
-/// Batches read ahead of the socket.
-const READ_AHEAD: usize = 2;
+/// The directory being read, handed to each blocking task and back.
+struct Reader {
+    /// Entries not read yet.
+    entries: Box<dyn Iterator<Item = FileInfo> + Send>,
+    /// An entry read that did not fit the last batch: the first of the next.
+    carry: Option<Entry>,
+}
 
 pub async fn run(s: &mut Session, req: PathArg) -> Handled {
     let path = s.resolve(&req.path)?;
     let home = s.home.clone();
-    let (tx, mut rx) = mpsc::channel(READ_AHEAD);
-    tokio::task::spawn_blocking(move || {
-        let entries = match home.list(&path) {
-            Ok(entries) => entries,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        };
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        for entry in entries.map(reply::entry) {
-            // The entry's own JSON length bounds the frame exactly, escapes included.
-            let len = serde_json::to_vec(&entry).map_or(0, |v| v.len()) + 1;
-            if bytes + len > LISTING_BATCH_BYTES && !batch.is_empty() {
-                if tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err() {
-                    return;
-                }
-                bytes = 0;
-            }
-            bytes += len;
-            batch.push(entry);
-        }
-        if !batch.is_empty() {
-            let _ = tx.blocking_send(Ok(batch));
-        }
-    });
+    let reader = blocking(move || {
+        home.list(&path).map(|entries| Reader {
+            entries: Box::new(entries),
+            carry: None,
+        })
+    })
+    .await??;
+    // One batch is read by a blocking task while the last one is sent; the task returns after
+    // each batch, so no blocking thread waits for a slow client.
+    let mut next = tokio::task::spawn_blocking(move || batch(reader));
     let mut count = 0u64;
-    while let Some(batch) = rx.recv().await {
-        // Only the first message can be an error: listing never started.
-        let entries: Vec<Entry> = batch?;
+    loop {
+        let (reader, entries) = next
+            .await
+            .map_err(|e| SessionError::Internal(format!("disk task failed: {e}")))?;
+        if entries.is_empty() {
+            break;
+        }
+        next = tokio::task::spawn_blocking(move || batch(reader));
         count += entries.len() as u64;
         s.send(Message::Listing(Listing { entries })).await?;
     }
     Ok(Message::ListEnd(ListEnd { count }))
+}
+
+/// The next entries whose frame stays under the listing cap; none at the end.
+fn batch(mut reader: Reader) -> (Reader, Vec<Entry>) {
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    loop {
+        let entry = match reader.carry.take() {
+            Some(entry) => entry,
+            None => match reader.entries.next() {
+                Some(info) => reply::entry(info),
+                None => break,
+            },
+        };
+        // The entry's own JSON length bounds the frame exactly, escapes included.
+        let len = serde_json::to_vec(&entry).map_or(0, |v| v.len()) + 1;
+        if bytes + len > LISTING_BATCH_BYTES && !batch.is_empty() {
+            reader.carry = Some(entry);
+            break;
+        }
+        bytes += len;
+        batch.push(entry);
+    }
+    (reader, batch)
 }

@@ -1,11 +1,12 @@
 //! `put`: receive a file as chunks checked by the transfer engine into a staged upload, then
 //! commit it whole.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
-use protocol::{ChunkHeader, ChunkReceiver, Eof, ErrorReply, Message, Put, PutReady, Sequence};
+use protocol::{ChunkHeader, ChunkReceiver, Eof, ErrorReply, Message, Permit, Put, PutReady};
 use storage::{Upload, UploadRequest, VPath};
-use tokio::sync::mpsc;
-use tokio::task::{JoinError, JoinHandle};
+use tokio::task::JoinHandle;
 
 use crate::cmd::{Failure, Handled};
 use crate::error::{blocking, SessionError};
@@ -25,6 +26,8 @@ enum End {
     Refused(CmdError),
     /// The writer stopped on an error of its own, which it returns.
     WriterStopped,
+    /// The connection failed or broke the protocol: the session ends, after the writer.
+    Lost(SessionError),
 }
 
 pub async fn run(s: &mut Session, req: Put) -> Handled {
@@ -50,30 +53,59 @@ pub async fn run(s: &mut Session, req: Put) -> Handled {
     }))
     .await?;
 
-    let seq = receiver.sequence();
-    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
-    let writer_path = path.clone();
-    let mut worker =
-        tokio::task::spawn_blocking(move || write_chunks(upload, receiver, &writer_path, rx));
-    let mut stopped = None;
-    let end = receive(s, &path, seq, &tx, &mut worker, &mut stopped).await;
-    // The writer holds the staged upload. It ends before this command does, however the stream
-    // ended (a lost connection too): a resume that follows must find every verified byte
-    // staged, not race a writer still flushing them, whose lease it would take over.
-    drop(tx);
-    let done = match stopped {
-        Some(done) => done,
-        None => worker.await,
+    let mut seq = receiver.sequence();
+    // Chunks received and waiting for the writer, each with the budget bytes it holds. A
+    // blocking task writes one chunk at a time and returns, so no blocking thread ever waits
+    // for the network; the next chunks are read meanwhile.
+    let mut queue: VecDeque<Queued> = VecDeque::new();
+    let mut writer = Writer::Idle(upload, receiver);
+    // The writer ends early only when it refuses a chunk: say so at once, not at the next
+    // frame the client may never send.
+    let end = loop {
+        writer = writer.start(&mut queue, &path);
+        let frame = tokio::select! {
+            biased;
+            done = writer.done(), if writer.busy() => {
+                writer = done?;
+                if writer.failed() {
+                    break End::WriterStopped;
+                }
+                continue;
+            }
+            frame = s.next_in_transfer(), if queue.len() < PIPELINE_DEPTH => match frame {
+                Ok(frame) => frame,
+                Err(e) => break End::Lost(e),
+            },
+        };
+        match frame.message {
+            Message::Chunk(h) => {
+                if let Err(error) = seq.advance(&h) {
+                    let path = path.clone();
+                    break End::Refused(CmdError::Transfer { path, error });
+                }
+                let permit = s.take_body_permit();
+                queue.push_back((h, frame.body, permit));
+            }
+            Message::Eof(eof) => break End::Eof(eof),
+            Message::Abort(r) => break End::Aborted(r),
+            other => {
+                let msg = format!("{other:?} in the middle of an upload");
+                break End::Lost(SessionError::Protocol(msg));
+            }
+        }
     };
-    let (upload, receiver, written) =
-        done.map_err(|e| SessionError::Internal(format!("upload writer failed: {e}")))?;
+    // Verified chunks already received are written whatever the end: they stay resumable. The
+    // writer holds the staged upload, and it ends before this command does, a lost connection
+    // too: a resume that follows must find every verified byte staged, not race a writer
+    // still flushing them, whose lease it would take over.
+    let (upload, receiver, written) = writer.finish(queue, &path).await?;
     let end = match end {
-        Ok(end) => end,
-        Err(e) => {
+        End::Lost(e) => {
             // Dropping it flushes kept bytes to the staging file: disk work, off the reactor.
             blocking(move || drop(upload)).await?;
             return Err(e.into());
         }
+        end => end,
     };
     s.moved.bytes = receiver.position() - offset;
     match end {
@@ -99,52 +131,12 @@ pub async fn run(s: &mut Session, req: Put) -> Handled {
             message: r.message,
         })),
         End::Refused(refusal) => Err(Failure::RefusedUpload(written.err().unwrap_or(refusal))),
+        End::Lost(_) => unreachable!("ended the command above"),
         End::WriterStopped => Err(Failure::RefusedUpload(
             written
                 .err()
                 .unwrap_or(CmdError::OutOfPlace("upload writer stopped")),
         )),
-    }
-}
-
-/// Reads the client's data stream, handing each chunk that fits the sequence to the writer,
-/// until the stream ends, a chunk is refused, or the writer stops.
-async fn receive(
-    s: &mut Session,
-    path: &VPath,
-    mut seq: Sequence,
-    tx: &mpsc::Sender<(ChunkHeader, Bytes)>,
-    worker: &mut JoinHandle<Written>,
-    stopped: &mut Option<Result<Written, JoinError>>,
-) -> Result<End, SessionError> {
-    loop {
-        // The writer ends early only when it refuses a chunk: say so at once, not at the next
-        // frame the client may never send.
-        let frame = tokio::select! {
-            biased;
-            done = &mut *worker => {
-                *stopped = Some(done);
-                return Ok(End::WriterStopped);
-            }
-            frame = s.next_in_transfer() => frame?,
-        };
-        match frame.message {
-            Message::Chunk(h) => {
-                if let Err(error) = seq.advance(&h) {
-                    let path = path.clone();
-                    return Ok(End::Refused(CmdError::Transfer { path, error }));
-                }
-                if tx.send((h, frame.body)).await.is_err() {
-                    return Ok(End::WriterStopped);
-                }
-            }
-            Message::Eof(eof) => return Ok(End::Eof(eof)),
-            Message::Abort(r) => return Ok(End::Aborted(r)),
-            other => {
-                let msg = format!("{other:?} in the middle of an upload");
-                return Err(SessionError::Protocol(msg));
-            }
-        }
     }
 }
 
@@ -164,19 +156,92 @@ pub(crate) async fn drain(s: &mut Session) -> Result<(), SessionError> {
     }
 }
 
-/// What the writer hands back: the upload to commit or keep, the receiver for its check at
-/// `eof`, and whether every chunk it was given passed and was written.
-type Written = (Upload, ChunkReceiver, Result<(), CmdError>);
+/// A received chunk waiting to be written, and the budget bytes its body holds.
+type Queued = (ChunkHeader, Bytes, Option<Permit>);
+
+/// What a write task gives back.
+type WriteDone = (Upload, ChunkReceiver, Result<(), CmdError>);
+
+/// The upload's state: here between chunks, or with the blocking task writing one.
+enum Writer {
+    /// Ready for the next chunk.
+    Idle(Upload, ChunkReceiver),
+    /// A task is verifying and writing a chunk.
+    Busy(JoinHandle<WriteDone>),
+    /// The last chunk was refused, or failed to write.
+    Failed(Upload, ChunkReceiver, CmdError),
+}
+
+impl Writer {
+    /// Hands the next queued chunk to a blocking task, if idle.
+    fn start(self, queue: &mut VecDeque<Queued>, path: &VPath) -> Writer {
+        match self {
+            Writer::Idle(upload, receiver) => match queue.pop_front() {
+                Some(item) => {
+                    let path = path.clone();
+                    Writer::Busy(tokio::task::spawn_blocking(move || {
+                        write_chunks(upload, receiver, &path, std::iter::once(item))
+                    }))
+                }
+                None => Writer::Idle(upload, receiver),
+            },
+            other => other,
+        }
+    }
+
+    fn busy(&self) -> bool {
+        matches!(self, Writer::Busy(_))
+    }
+
+    fn failed(&self) -> bool {
+        matches!(self, Writer::Failed(..))
+    }
+
+    /// Waits for the task writing a chunk (only called while busy). Cancel-safe: the task
+    /// runs on, and a later call waits for it again.
+    async fn done(&mut self) -> Result<Writer, SessionError> {
+        let Writer::Busy(job) = self else {
+            unreachable!("waited for only while busy")
+        };
+        let (upload, receiver, result) = job
+            .await
+            .map_err(|e| SessionError::Internal(format!("upload writer failed: {e}")))?;
+        Ok(match result {
+            Ok(()) => Writer::Idle(upload, receiver),
+            Err(e) => Writer::Failed(upload, receiver, e),
+        })
+    }
+
+    /// Writes what is still queued, unless a chunk already failed, and gives the upload back.
+    async fn finish(
+        mut self,
+        queue: VecDeque<Queued>,
+        path: &VPath,
+    ) -> Result<WriteDone, SessionError> {
+        if self.busy() {
+            self = self.done().await?;
+        }
+        match self {
+            Writer::Idle(upload, receiver) => {
+                let path = path.clone();
+                blocking(move || write_chunks(upload, receiver, &path, queue)).await
+            }
+            Writer::Failed(upload, receiver, e) => Ok((upload, receiver, Err(e))),
+            Writer::Busy(_) => unreachable!("waited for above"),
+        }
+    }
+}
 
 /// Verifies each chunk with the transfer engine and appends it to the staged file, off the
-/// reactor thread; only verified bytes reach the storage.
+/// reactor thread; only verified bytes reach the storage. Each chunk's budget bytes are given
+/// back once it is written.
 fn write_chunks(
     mut upload: Upload,
     mut receiver: ChunkReceiver,
     path: &VPath,
-    mut rx: mpsc::Receiver<(ChunkHeader, Bytes)>,
-) -> Written {
-    while let Some((h, body)) = rx.blocking_recv() {
+    chunks: impl IntoIterator<Item = Queued>,
+) -> WriteDone {
+    for (h, body, permit) in chunks {
         if let Err(error) = receiver.accept(&h, &body) {
             let path = path.clone();
             return (upload, receiver, Err(CmdError::Transfer { path, error }));
@@ -184,6 +249,7 @@ fn write_chunks(
         if let Err(e) = upload.write_chunk(&body, h.digest) {
             return (upload, receiver, Err(e.into()));
         }
+        drop(permit);
     }
     (upload, receiver, Ok(()))
 }

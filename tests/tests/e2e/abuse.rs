@@ -20,8 +20,8 @@ use protocol::{ChunkHeader, Digest, Eof, ErrorCode, ErrorReply, Hello, Message};
 
 use crate::raw::{chunk, encode, get, hello_message, put, Raw};
 use crate::util::{
-    assert_missing, assert_same_file, md5_file, names, staged_bytes, tmpdir, wait_until,
-    write_file, write_random, Daemon, Site, MIB,
+    assert_missing, assert_same_file, holds_within, md5_file, names, staged_bytes, tmpdir,
+    wait_until, write_file, write_random, Daemon, Site, MIB,
 };
 
 /// How long one client run, or one wait for the daemon to tidy up, may take here.
@@ -1035,4 +1035,267 @@ fn get_of_a_fifo_is_refused_at_once_and_holds_no_slot() {
             .status
             .success()
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory, blocking threads and CPU one small request can take (hardening items 4, 15 and 20)
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
+}
+
+/// CPU time process `pid` has used, user and system, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Waits until process `pid` has used no CPU for a while (at most `timeout`); returns its
+/// CPU ticks then.
+fn cpu_when_idle(pid: u32, timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    let mut last = cpu_ticks(pid);
+    loop {
+        thread::sleep(Duration::from_millis(300));
+        let now = cpu_ticks(pid);
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// The most resident memory `pid` shows over `window`, sampled every few milliseconds.
+fn peak_rss_over(pid: u32, window: Duration) -> u64 {
+    let mut peak = 0;
+    let _ = holds_within(window, || {
+        peak = peak.max(rss(pid));
+        false
+    });
+    peak
+}
+
+/// Stores `data` as `path` over `peer` in chunks of `chunk` bytes, with their running digests.
+fn upload_in_chunks(peer: &mut Raw, path: &str, data: &[u8], chunk: usize) {
+    peer.send(&put(path, data.len() as u64));
+    peer.expect_put_ready();
+    let mut hasher = protocol::Hasher::new(protocol::DigestKind::Md5);
+    for (i, body) in data.chunks(chunk).enumerate() {
+        let header = Message::Chunk(protocol::ChunkHeader {
+            offset: (i * chunk) as u64,
+            len: body.len() as u32,
+            digest: hasher.seal(body),
+        });
+        peer.send(&header);
+        peer.send_bytes(body);
+    }
+    peer.send(&Message::Eof(protocol::Eof {
+        size: data.len() as u64,
+        digest: hasher.finish(),
+    }));
+    match peer.recv() {
+        Message::Stored(_) => {}
+        other => panic!("expected stored, got {other:?}"),
+    }
+}
+
+/// Regression (hardening item 4): a file uploaded in 8 MiB chunks was sent back in 8 MiB
+/// chunks, four read ahead per download, so 20 clients that `get` it and never read grew the
+/// daemon by 945 MiB. Downloads are now cut to the configured chunk size (1 MiB) whatever
+/// the file was recorded in, and what is read ahead comes out of the memory budget.
+#[test]
+fn unread_downloads_of_a_file_stored_in_8mib_chunks_hold_little_memory() {
+    let d = Daemon::start();
+    let data: Vec<u8> = (0..64 * MIB as usize)
+        .map(|i| (i * 7 % 253) as u8)
+        .collect();
+    upload_in_chunks(
+        &mut Raw::connect(d.addr()).hello(),
+        "big",
+        &data,
+        8 * MIB as usize,
+    );
+    let before = rss(d.pid());
+    let mut readers: Vec<Raw> = (0..20)
+        .map(|_| {
+            // Like ftp-cli, which takes chunks as large as the protocol allows.
+            let mut peer = Raw::connect(d.addr());
+            let Message::Hello(mut hello) = hello_message() else {
+                unreachable!("a hello")
+            };
+            hello.max_chunk = protocol::MAX_BODY as u32;
+            peer.send(&Message::Hello(hello));
+            assert!(matches!(peer.recv(), Message::Hello(_)));
+            peer.send(&get("big"));
+            assert!(matches!(peer.recv(), Message::GetReady(_)));
+            peer
+        })
+        .collect();
+    let peak = peak_rss_over(d.pid(), Duration::from_secs(3));
+    match readers[0].recv() {
+        Message::Chunk(c) => assert!(
+            u64::from(c.len) <= MIB,
+            "a chunk of {} bytes: the recorded 8 MiB, not re-cut",
+            c.len
+        ),
+        other => panic!("expected a chunk, got {other:?}"),
+    }
+    let grew = peak.saturating_sub(before);
+    assert!(
+        grew < 160 * MIB,
+        "20 unread downloads grew the daemon by {} MiB",
+        grew / MIB
+    );
+    for r in &mut readers {
+        r.close();
+    }
+}
+
+/// Regression (hardening item 4): each upload's codec read a chunk's body as it arrived, up to
+/// 8 MiB a connection, counted nowhere: 30 uploads stalled part-way through a chunk held 120
+/// MiB. Bodies are now read only once the memory budget grants their bytes.
+#[test]
+fn stalled_uploads_hold_no_more_than_the_memory_budget() {
+    let d = Daemon::builder()
+        .args([
+            "--memory-budget",
+            "16MiB",
+            "--max-connections-per-ip",
+            "100",
+        ])
+        .start();
+    let before = rss(d.pid());
+    let body = vec![5u8; 4 * MIB as usize];
+    let writers: Vec<_> = (0..30)
+        .map(|i| {
+            let mut peer = Raw::connect(d.addr()).hello();
+            peer.send(&put(&format!("f{i}"), 8 * MIB));
+            peer.expect_put_ready();
+            let header = encode(&Message::Chunk(protocol::ChunkHeader {
+                offset: 0,
+                len: 8 * MIB as u32,
+                digest: Digest::md5(b"not checked before the body is whole"),
+            }));
+            let body = body.clone();
+            let closer = peer.try_clone();
+            let writer = thread::spawn(move || {
+                // Blocks once the daemon stops reading: that is the point.
+                let _ = peer.try_send_bytes(&header) && peer.try_send_bytes(&body);
+            });
+            (closer, writer)
+        })
+        .collect();
+    let peak = peak_rss_over(d.pid(), Duration::from_secs(3));
+    let grew = peak.saturating_sub(before);
+    for (closer, writer) in writers {
+        closer.close();
+        writer.join().unwrap();
+    }
+    assert!(
+        grew < 48 * MIB,
+        "30 stalled uploads grew the daemon by {} MiB under a 16 MiB budget",
+        grew / MIB
+    );
+    let mut peer = Raw::connect(d.addr()).hello();
+    peer.expect_usable();
+}
+
+/// Regression (hardening item 15): every upload held one of the runtime's 512 blocking
+/// threads while it waited for the client's next chunk, so with more uploads than that open,
+/// a `list` from another client never got a thread and hung. Disk work now takes a thread per
+/// chunk and gives it back.
+#[test]
+fn a_list_is_answered_while_600_uploads_wait_for_their_clients() {
+    let d = Daemon::builder()
+        .args([
+            "--max-connections",
+            "700",
+            "--max-connections-per-ip",
+            "700",
+        ])
+        .args(["--stall-timeout", "120s"])
+        .start();
+    let mut waiting: Vec<Raw> = (0..600)
+        .map(|i| {
+            let mut peer = Raw::connect(d.addr()).hello();
+            peer.send(&put(&format!("u{i}"), 10));
+            peer
+        })
+        .collect();
+    let mut lister = Raw::connect(d.addr()).hello();
+    lister.send(&Message::List(protocol::PathArg { path: "/".into() }));
+    match lister.recv() {
+        Message::Listing(_) | Message::ListEnd(_) => {}
+        other => panic!("expected a listing, got {other:?}"),
+    }
+    // Every upload got its answer too: none waits for a thread.
+    for peer in &mut waiting {
+        peer.expect_put_ready();
+        peer.close();
+    }
+}
+
+/// Regression (hardening item 20): `stat --md5` hashed the whole file for every request, and a
+/// `get` at an offset hashed the prefix even after its client had left: each 60-byte request
+/// cost a second of CPU per 256 MiB. Digests are now cached by the file's identity, and a
+/// hashing job stops when its client goes.
+#[test]
+fn repeated_stat_md5_is_hashed_once_and_abandoned_gets_stop_hashing() {
+    let site = Site::new();
+    let big = site.root().join("big");
+    write_random(&big, 128 * MIB, 20);
+    let d = site
+        .daemon()
+        .args(["--max-connections-per-ip", "100"])
+        .start();
+    let stat = |peer: &mut Raw| {
+        peer.send(&Message::Stat(protocol::Stat {
+            path: "big".into(),
+            md5: true,
+        }));
+        match peer.recv() {
+            Message::StatReply(r) => assert_eq!(r.md5.unwrap().to_string(), md5_file(&big)),
+            other => panic!("expected stat, got {other:?}"),
+        }
+    };
+    let mut peer = Raw::connect(d.addr()).hello();
+    let start = cpu_when_idle(d.pid(), STEP_TIMEOUT);
+    stat(&mut peer);
+    let once = cpu_when_idle(d.pid(), STEP_TIMEOUT) - start;
+    for _ in 0..4 {
+        stat(&mut peer);
+    }
+    let again = cpu_when_idle(d.pid(), STEP_TIMEOUT) - start - once;
+    assert!(
+        again * 2 <= once,
+        "four more stat --md5 of an unchanged file cost {again} ticks, the first {once}"
+    );
+
+    // Ten clients each ask for the last byte, which needs the whole prefix hashed, and leave.
+    let before = cpu_ticks(d.pid());
+    for i in 0..10u64 {
+        let mut peer = Raw::connect(d.addr()).hello();
+        peer.send(&Message::Get(protocol::Get {
+            path: "big".into(),
+            offset: 128 * MIB - 1 - i,
+            prefix_digest: None,
+        }));
+        peer.close();
+    }
+    let spent = cpu_when_idle(d.pid(), Duration::from_secs(30)) - before;
+    assert!(
+        spent < once * 3,
+        "ten abandoned gets cost {spent} ticks of CPU; hashing the file once costs {once}"
+    );
+    peer.expect_usable();
 }

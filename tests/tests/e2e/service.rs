@@ -403,6 +403,53 @@ fn sighup_reloads_users_without_dropping_connections() {
     );
 }
 
+/// Regression (hardening item 19): a reload that made a user read-only, or changed their
+/// secret, refused new logins, but a session already open went on storing files. Every
+/// command now checks the session's user against the users in force.
+#[test]
+fn sighup_revoking_a_user_stops_their_open_session_storing() {
+    let site = Site::new();
+    let users = site.private_file("users.toml", ALICE_ONLY);
+    let ftpd = site.daemon().arg("--users").arg(&users).start();
+    let keys = Keys::new();
+    let work = tmpdir();
+    let src = work.path().join("a");
+    write_random(&src, 100_000, 53);
+    let secret = keys.secret("alice", "alice's secret");
+    let reloads = |n: usize| {
+        ftpd.wait_log(&format!("{n} reloads"), |log| {
+            log.matches("reloaded settings and users").count() >= n
+        })
+    };
+    let mut writer = Session::start(ftpd.addr(), "alice", &secret, work.path());
+    writer.send("put a");
+    writer.expect_line("verified", &src);
+    let mut reader = Session::start(ftpd.addr(), "alice", &secret, work.path());
+    reader.send("get a c");
+    reader.expect_line("verified", &src);
+
+    // Made read-only, same secret: her open sessions may still read, no longer write.
+    write_file(&users, format!("{ALICE_ONLY}read_only = true\n"));
+    ftpd.signal("HUP");
+    reloads(1);
+    writer.send("put a b");
+    let status = writer.finish();
+    assert!(!status.success(), "a read-only session stored a file");
+    assert_missing(site.root().join("alice").join("b"));
+    reader.send("get a d");
+    reader.expect_line("verified", &src);
+
+    // Her secret changed: the open session is logged out at its next command.
+    write_file(&users, ALICE_ONLY.replace("alice's secret", "a new secret"));
+    ftpd.signal("HUP");
+    reloads(2);
+    reader.send("get a e");
+    let status = reader.finish();
+    assert!(!status.success(), "the revoked session carried on");
+    assert_missing(work.path().join("e"));
+    ftpd.wait_for_log(&["account changed or removed"]);
+}
+
 /// A reload that cannot read the users file keeps the users in force, and says so.
 #[test]
 fn sighup_with_a_broken_users_file_keeps_the_old_users() {
