@@ -130,6 +130,14 @@ pub struct Config {
     #[serde(serialize_with = "duration")]
     pub stall_timeout: Duration,
 
+    /// Slowest a transfer may move, in bytes per second, averaged over each --stall-timeout
+    /// (e.g. 1KiB, the default; 0 turns it off). A transfer slower than that for a whole
+    /// window is cut with `timeout`, and what it held (a connection, memory, the quota it
+    /// reserved) goes to others; an upload's verified bytes stay staged for `put -c`. Keep it
+    /// below any per-user rate cap.
+    #[arg(long, env = "FTPD_MIN_RATE", default_value = "1KiB", value_parser = parse_bytes)]
+    pub min_rate: u64,
+
     /// After SIGTERM or SIGINT, time given to transfers in flight before they are cut (their
     /// staged bytes stay resumable).
     #[arg(long, env = "FTPD_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]

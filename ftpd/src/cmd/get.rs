@@ -15,7 +15,7 @@ use protocol::{ChunkSender, DigestKind, Frame, Get, GetReady, Hasher, Message, P
 use storage::{Home, Recorded, VPath};
 use tokio::task::JoinHandle;
 
-use crate::cmd::{Failure, Handled};
+use crate::cmd::{Failure, Handled, Pace};
 use crate::error::{blocking, SessionError};
 use crate::hashing::{self, Key};
 use crate::reply::CmdError;
@@ -48,9 +48,12 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
     // uploaded in 8 MiB chunks is re-cut, not sent (and buffered) 8 MiB at a time.
     let chunk = s.config.chunk_size.min(s.client_max_chunk);
     let o = blocking(move || open(&home, &target, offset, kind)).await??;
+    // A record of tiny chunks (left by an older daemon) is not replayed: its chunks would go
+    // out as they were, a byte at a time.
     let replay = o
         .recorded
         .clone()
+        .filter(|r| r.chunk >= storage::MIN_RECORDED_CHUNK || u64::from(r.chunk) >= o.size)
         .and_then(|r| ChunkSender::replaying(offset, o.size, r.chunk, r.chunks, r.digest, chunk));
     // Bytes hashed here are checked against the record at the end, so a re-cut download
     // still proves the file unchanged since it was stored.
@@ -83,6 +86,7 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
     let mut ready: VecDeque<(Frame, Permit)> = VecDeque::new();
     let mut reading: Option<JoinHandle<ReadDone>> = None;
     let mut sent = offset;
+    let mut pace = Pace::new(&s.config);
     loop {
         if let Some(incoming) = s.poll_incoming() {
             match incoming?.message {
@@ -126,6 +130,7 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
             drop(permit);
             sent += n;
             s.moved.bytes += n;
+            pace.moved(n)?;
         } else if let Some(job) = reading.take() {
             let (back, read) = job
                 .await

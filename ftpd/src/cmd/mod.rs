@@ -12,6 +12,8 @@ pub mod rm;
 pub mod rmdir;
 pub mod stat;
 
+use std::time::{Duration, Instant};
+
 use protocol::Message;
 use storage::Home;
 
@@ -61,4 +63,48 @@ where
     let home = home.clone();
     blocking(move || f(&home)).await??;
     Ok(Message::Ok)
+}
+
+/// The slowest a transfer may move for long (`--min-rate`). Without it, a frame per stall
+/// timeout kept a transfer open forever while it moved next to nothing: one upload that
+/// reserved the whole quota and sent an empty chunk every 59 s made every other upload fail
+/// `too_large`, and a download read at a trickle held its connection and memory.
+pub(crate) struct Pace {
+    /// Each window must move at least `least` bytes: the stall timeout.
+    window: Duration,
+    /// Bytes a window must move; 0 turns the check off.
+    least: u64,
+    /// When the current window began.
+    since: Instant,
+    /// Bytes moved in the current window.
+    moved: u64,
+}
+
+impl Pace {
+    pub fn new(config: &crate::Config) -> Self {
+        let window = config.stall_timeout;
+        Pace {
+            window,
+            least: (config.min_rate as f64 * window.as_secs_f64()) as u64,
+            since: Instant::now(),
+            moved: 0,
+        }
+    }
+
+    /// Counts `n` more bytes moved (0 for an empty chunk, which is no progress at all); fails
+    /// once a whole window has passed with fewer than the least.
+    pub fn moved(&mut self, n: u64) -> Result<(), SessionError> {
+        self.moved = self.moved.saturating_add(n);
+        if self.since.elapsed() < self.window {
+            return Ok(());
+        }
+        if self.moved < self.least {
+            return Err(SessionError::Timeout(
+                "progress at the minimum rate (--min-rate)",
+            ));
+        }
+        self.since = Instant::now();
+        self.moved = 0;
+        Ok(())
+    }
 }

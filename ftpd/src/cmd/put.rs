@@ -8,7 +8,7 @@ use protocol::{ChunkHeader, ChunkReceiver, Eof, ErrorReply, Message, Permit, Put
 use storage::{Upload, UploadRequest, VPath};
 use tokio::task::JoinHandle;
 
-use crate::cmd::{Failure, Handled};
+use crate::cmd::{Failure, Handled, Pace};
 use crate::error::{blocking, SessionError};
 use crate::reply::CmdError;
 use crate::session::Session;
@@ -61,6 +61,7 @@ pub async fn run(s: &mut Session, req: Put) -> Handled {
     let mut writer = Writer::Idle(upload, receiver);
     // The writer ends early only when it refuses a chunk: say so at once, not at the next
     // frame the client may never send.
+    let mut pace = Pace::new(&s.config);
     let end = loop {
         writer = writer.start(&mut queue, &path);
         let frame = tokio::select! {
@@ -79,6 +80,9 @@ pub async fn run(s: &mut Session, req: Put) -> Handled {
         };
         match frame.message {
             Message::Chunk(h) => {
+                if let Err(e) = pace.moved(u64::from(h.len)) {
+                    break End::Lost(e);
+                }
                 if let Err(error) = seq.advance(&h) {
                     let path = path.clone();
                     break End::Refused(CmdError::Transfer { path, error });

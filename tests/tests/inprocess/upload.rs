@@ -152,3 +152,61 @@ async fn an_upload_dropped_after_one_chunk_resumes_from_the_bytes_sent() {
     );
     second.bye().await;
 }
+
+/// Regression (hardening, item 14): one upload that declared the whole remaining quota and
+/// then sent an empty chunk every stall timeout made every other upload fail `too_large` for as
+/// long as it liked. Empty chunks and a trickle are no progress: a transfer slower than
+/// `--min-rate` for a whole stall window is cut with `timeout`, and its reservation freed.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_that_makes_no_progress_stops_holding_the_quota() {
+    let d = InProcess::new()
+        .arg("--quota")
+        .arg("1MiB")
+        .arg("--stall-timeout")
+        .arg("1s")
+        .arg("--min-rate")
+        .arg("1KiB")
+        .start();
+    let data = pattern(64 * 1024, 4);
+    std::fs::write(d.local_path("small"), &data).unwrap();
+
+    let mut hog = d.raw().await;
+    hog.start_put(put("hog", 1024 * 1024)).await;
+    let mut other = d.client().await;
+    let opts = ftp_cli::client::TransferOptions::default();
+    let mut none = ftp_cli::client::NoProgress;
+    let refused = other
+        .put(&d.local_path("small"), "small", opts, &mut none)
+        .await;
+    assert!(
+        refused.is_err(),
+        "the hog holds the whole quota: {refused:?}"
+    );
+
+    // Empty chunks, each well within the stall timeout, until the daemon cuts the hog off.
+    let empty = protocol::ChunkHeader {
+        offset: 0,
+        len: 0,
+        digest: protocol::Digest::empty(DigestKind::Md5),
+    };
+    let started = std::time::Instant::now();
+    let farewell = loop {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "an upload moving nothing was never cut"
+        );
+        match hog.try_send_and_recv(Message::Chunk(empty), 200).await {
+            Some(message) => break message,
+            None => continue,
+        }
+    };
+    assert!(
+        matches!(&farewell, Message::Error(e) if e.code == ErrorCode::Timeout),
+        "expected error timeout, got {farewell:?}"
+    );
+    other
+        .put(&d.local_path("small"), "small", opts, &mut none)
+        .await
+        .expect("the quota is free again");
+    assert_holds(&d.root_path("small"), &data);
+}

@@ -426,6 +426,19 @@ impl Raw {
         }
     }
 
+    /// Sends `message` (ignoring a connection the daemon already closed), then waits up to
+    /// `ms` milliseconds for a frame: the pacing of a peer that keeps a transfer barely alive.
+    /// `None` when nothing came in that time.
+    pub async fn try_send_and_recv(&mut self, message: Message, ms: u64) -> Option<Message> {
+        let _ = self.conn.send(message, STEP).await;
+        match self.conn.recv(std::time::Duration::from_millis(ms)).await {
+            Ok(Ok(frame)) => Some(frame.message),
+            Ok(Err(rejected)) => panic!("the daemon sent an unreadable frame: {rejected:?}"),
+            Err(protocol::ConnectionError::RecvTimeout(_)) => None,
+            Err(e) => panic!("the connection failed instead of a farewell: {e}"),
+        }
+    }
+
     /// Drops the connection without a word, as a crashed client would, and waits for the
     /// daemon to end the session.
     pub async fn hang_up(self) {
