@@ -31,7 +31,9 @@ const BIG_DOWNLOAD: u64 = 512 * MIB;
 const BIG_UPLOAD: u64 = 128 * MIB;
 /// The complete local file whose check Ctrl-C interrupts: about a second to hash on each side,
 /// so the key lands well inside it, yet small enough not to slow the tests beside it.
-const BIG_CHECK: u64 = 256 * MIB;
+/// Long enough to check that Ctrl-C lands while it runs, even on a loaded machine (MD5 takes
+/// well over a second for it), and free to make: the files are sparse.
+const BIG_CHECK: u64 = 1024 * MIB;
 
 /// `ftp-cli ADDR` on a pseudo-terminal, in `cwd`, with `home` as its home and data directory.
 fn shell(daemon: &Daemon, cwd: &Path, home: &Path) -> PtySession {
@@ -91,6 +93,14 @@ fn leave(sh: &mut PtySession) {
 
 /// Writes `size` bytes (at least 1 MiB) to `path` fast: one pseudo-random MiB from `seed`, over
 /// and over. Hundreds of MiB this way take a fraction of what [`write_random`] needs.
+/// A file of `size` zero bytes that takes no disk.
+fn write_sparse(path: &Path, size: u64) {
+    let file =
+        fs::File::create(path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    file.set_len(size)
+        .unwrap_or_else(|e| panic!("cannot size {}: {e}", path.display()));
+}
+
 fn write_repeated(path: &Path, size: u64, seed: u64) {
     write_random(path, MIB, seed);
     let block = fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
@@ -274,11 +284,11 @@ fn ctrl_c_during_a_transfer_cancels_it_and_keeps_the_session() {
 #[test]
 fn ctrl_c_while_reget_checks_a_complete_file_stops_at_once_and_changes_nothing() {
     let daemon = Daemon::start();
-    write_repeated(&daemon.path("big.bin"), BIG_CHECK, 44);
+    write_sparse(&daemon.path("big.bin"), BIG_CHECK);
     let work = tmpdir();
     let home = tmpdir();
     let local = work.path().join("big.bin");
-    write_repeated(&local, BIG_CHECK, 44);
+    write_sparse(&local, BIG_CHECK);
     let before = fs::metadata(&local).unwrap();
     let prompt = format!("ftp {}:/> ", daemon.addr());
 
