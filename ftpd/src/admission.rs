@@ -2,13 +2,14 @@
 //! from one IP address, and those not logged in yet, overall and per address range), and the
 //! address ranges that stand for one party.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::{retry_secs, Authenticator};
 use crate::Config;
@@ -91,6 +92,44 @@ impl<K: Hash + Eq + Copy> Drop for Claim<K> {
     }
 }
 
+/// The connections that have not logged in yet, by address range, oldest first. When their
+/// budget is full, a newcomer from a range with fewer of them takes the place of the oldest
+/// stranger of the range with the most: a party holding many ranges (cheap /64s, a few /24s)
+/// can fill the budget, but then only churns its own connections, and cannot keep anyone
+/// from another range out.
+#[derive(Default)]
+struct Strangers {
+    /// Per range: each stranger's number and the token that evicts it.
+    by_range: HashMap<AddrRange, VecDeque<(u64, CancellationToken)>>,
+    /// How many there are in all.
+    count: usize,
+    /// The next stranger's number.
+    next: u64,
+}
+
+/// One connection's place among the strangers; given up at login or when dropped.
+struct Stranger {
+    strangers: Arc<Mutex<Strangers>>,
+    range: AddrRange,
+    id: u64,
+}
+
+impl Drop for Stranger {
+    fn drop(&mut self) {
+        let mut all = self.strangers.lock().unwrap();
+        let Some(queue) = all.by_range.get_mut(&self.range) else {
+            return;
+        };
+        let before = queue.len();
+        queue.retain(|(id, _)| *id != self.id);
+        let gone = before - queue.len();
+        if queue.is_empty() {
+            all.by_range.remove(&self.range);
+        }
+        all.count -= gone;
+    }
+}
+
 /// What a connection holds while it is served: its place in every count it was admitted
 /// under. Dropping it gives them all up, which a session does as soon as a failed login is
 /// decided, before answering: the penalty is the authenticator's to keep, not a parked slot's.
@@ -99,16 +138,22 @@ pub struct Admission {
     _slot: OwnedSemaphorePermit,
     /// Its place among the connections from its IP address.
     _per_ip: Claim<IpAddr>,
-    /// Its place among the connections that have not logged in, overall and in its address
-    /// range; given up at login.
-    unauthenticated: Option<(OwnedSemaphorePermit, Claim<AddrRange>)>,
+    /// Its place among the connections that have not logged in; given up at login.
+    unauthenticated: Option<Stranger>,
+    /// Cancelled when a newcomer from a less crowded range takes its place before login.
+    evicted: CancellationToken,
 }
 
 impl Admission {
     /// The connection has logged in (or, serving anonymously, said hello): it no longer counts
-    /// against the strangers' budget.
+    /// against the strangers' budget, and can no longer be evicted.
     pub fn logged_in(&mut self) {
         self.unauthenticated = None;
+    }
+
+    /// Completes when the connection, not logged in yet, has given its place to a newcomer.
+    pub async fn evicted(&self) {
+        self.evicted.cancelled().await
     }
 }
 
@@ -120,10 +165,10 @@ pub struct Gate {
     per_ip: Counts<IpAddr>,
     /// `--max-connections-per-ip`.
     max_per_ip: usize,
-    /// Slots for connections not logged in yet (`--max-unauthenticated`).
-    unauthenticated: Arc<Semaphore>,
-    /// Connections not logged in yet, per address range.
-    per_range: Counts<AddrRange>,
+    /// The connections not logged in yet.
+    strangers: Arc<Mutex<Strangers>>,
+    /// `--max-unauthenticated`.
+    max_strangers: usize,
     /// `--max-unauthenticated-per-range`.
     max_per_range: usize,
     /// Knows which address ranges are serving a login penalty.
@@ -137,8 +182,8 @@ impl Gate {
             slots: permits(config.max_connections),
             per_ip: Counts::default(),
             max_per_ip: config.max_connections_per_ip,
-            unauthenticated: permits(config.max_unauthenticated),
-            per_range: Counts::default(),
+            strangers: Arc::default(),
+            max_strangers: config.max_unauthenticated,
             max_per_range: config.max_unauthenticated_per_range,
             auth,
         }
@@ -161,16 +206,59 @@ impl Gate {
         let Some(per_ip) = Claim::take(&self.per_ip, ip, self.max_per_ip) else {
             return Err("too many connections from your address".into());
         };
-        let Ok(unauthenticated) = self.unauthenticated.clone().try_acquire_owned() else {
-            return Err("too many connections not logged in yet; try again in a moment".into());
-        };
-        let Some(in_range) = Claim::take(&self.per_range, range, self.max_per_range) else {
-            return Err("too many connections not logged in yet from your network".into());
-        };
+        let evicted = CancellationToken::new();
+        let stranger = self.stranger(range, evicted.clone())?;
         Ok(Admission {
             _slot: slot,
             _per_ip: per_ip,
-            unauthenticated: Some((unauthenticated, in_range)),
+            unauthenticated: Some(stranger),
+            evicted,
+        })
+    }
+
+    /// A place among the strangers for a newcomer from `range`: a free one, or, with the
+    /// budget full, the place of the oldest stranger of the most crowded range, when that
+    /// range has more than the newcomer's would.
+    fn stranger(&self, range: AddrRange, token: CancellationToken) -> Result<Stranger, String> {
+        let mut all = self.strangers.lock().unwrap();
+        let mine = all.by_range.get(&range).map_or(0, VecDeque::len);
+        if mine >= self.max_per_range {
+            return Err("too many connections not logged in yet from your network".into());
+        }
+        if all.count >= self.max_strangers {
+            let crowded = all
+                .by_range
+                .iter()
+                .max_by_key(|(_, queue)| queue.len())
+                .map(|(r, queue)| (*r, queue.len()));
+            match crowded {
+                Some((victim, n)) if n > mine + 1 => {
+                    let queue = all.by_range.get_mut(&victim).expect("found above");
+                    let (_, oldest) = queue.pop_front().expect("a crowded range is not empty");
+                    if queue.is_empty() {
+                        all.by_range.remove(&victim);
+                    }
+                    all.count -= 1;
+                    oldest.cancel();
+                }
+                _ => {
+                    return Err(
+                        "too many connections not logged in yet; try again in a moment".into(),
+                    )
+                }
+            }
+        }
+        let id = all.next;
+        all.next += 1;
+        all.count += 1;
+        all.by_range
+            .entry(range)
+            .or_default()
+            .push_back((id, token));
+        Ok(Stranger {
+            strangers: self.strangers.clone(),
+            range,
+            id,
         })
     }
 }
@@ -217,5 +305,59 @@ mod tests {
             counts.lock().unwrap().is_empty(),
             "a refusal leaves nothing behind"
         );
+    }
+
+    /// With the strangers' budget full, a newcomer from a quiet range takes the place of the
+    /// oldest stranger of the most crowded one; one from the most crowded range is refused;
+    /// places given back are counted once, evicted or not.
+    #[test]
+    fn a_full_strangers_budget_makes_room_at_the_most_crowded_range() {
+        let gate = Gate {
+            slots: Arc::new(Semaphore::new(100)),
+            per_ip: Counts::default(),
+            max_per_ip: 100,
+            strangers: Arc::default(),
+            max_strangers: 4,
+            max_per_range: 3,
+            auth: Arc::new(Authenticator::new(
+                None,
+                crate::auth::Penalty {
+                    first: std::time::Duration::ZERO,
+                    max: std::time::Duration::ZERO,
+                },
+            )),
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let first = gate.admit(ip("10.0.1.1")).unwrap();
+        let rest: Vec<_> = ["10.0.1.2", "10.0.1.3", "10.0.2.1"]
+            .map(|a| gate.admit(ip(a)).unwrap())
+            .into();
+        assert!(
+            gate.admit(ip("10.0.1.4")).is_err(),
+            "its range is at its own cap"
+        );
+        assert!(!first.evicted.is_cancelled());
+        let newcomer = gate.admit(ip("10.0.2.2")).expect("room is made");
+        assert!(
+            first.evicted.is_cancelled(),
+            "the oldest of the crowded range went"
+        );
+        assert!(rest.iter().all(|a| !a.evicted.is_cancelled()));
+        assert!(
+            gate.admit(ip("10.0.2.3")).is_err(),
+            "two and two: no range is more crowded than the newcomer's would be"
+        );
+        drop(first);
+        assert_eq!(
+            gate.strangers.lock().unwrap().count,
+            4,
+            "an evicted place counts once"
+        );
+        let mut logged = newcomer;
+        logged.logged_in();
+        assert_eq!(gate.strangers.lock().unwrap().count, 3);
+        drop((rest, logged));
+        assert_eq!(gate.strangers.lock().unwrap().count, 0);
+        assert!(gate.strangers.lock().unwrap().by_range.is_empty());
     }
 }

@@ -149,7 +149,7 @@ impl Session {
     }
 
     async fn handshake(&mut self, deadline: Instant) -> Result<(), SessionError> {
-        let hello = self.recv(left(deadline), "hello").await?;
+        let hello = self.recv_stranger(left(deadline), "hello").await?;
         let hello = match hello {
             Ok(Frame {
                 message: Message::Hello(h),
@@ -208,7 +208,7 @@ impl Session {
             nonce: server_nonce,
         }))
         .await?;
-        let answer = self.recv(left(deadline), "authentication").await?;
+        let answer = self.recv_stranger(left(deadline), "authentication").await?;
         let Ok(Frame {
             message: Message::Auth(answer),
             ..
@@ -477,6 +477,28 @@ impl Session {
             .send(frame, limit)
             .await
             .map_err(|e| SessionError::connection(e, "progress sending to the client"))
+    }
+
+    /// [`Session::recv`] before login, when a newcomer from a less crowded address range may
+    /// take this connection's place (see `admission`): then it ends with `busy`.
+    async fn recv_stranger(
+        &mut self,
+        within: Duration,
+        waiting_for: &'static str,
+    ) -> Result<Incoming, SessionError> {
+        let Some(admission) = &self.admission else {
+            return self.recv(within, waiting_for).await;
+        };
+        tokio::select! {
+            biased;
+            () = admission.evicted() => Err(SessionError::Refused(ErrorReply::new(
+                ErrorCode::Busy,
+                "server busy: too many connections not logged in yet; try again in a moment",
+            ))),
+            next = self.conn.recv(within) => {
+                next.map_err(|e| SessionError::connection(e, waiting_for))
+            }
+        }
     }
 
     async fn recv(

@@ -865,6 +865,44 @@ fn silent_strangers_from_one_range_cannot_keep_a_real_user_out() {
     drop(silent);
 }
 
+/// The attack the per-range budget left open: silent strangers from many address ranges (4 of
+/// them here, a few cheap /24s or /64s in the wild) filled the whole budget of connections not
+/// logged in, and every real user got `busy` for as long as they kept reconnecting. A newcomer
+/// from a quieter range now takes the place of the oldest stranger of the most crowded one,
+/// which is told `busy`.
+#[test]
+fn strangers_from_many_ranges_cannot_keep_a_real_user_out() {
+    let d = Daemon::with_args([
+        "--max-unauthenticated",
+        "8",
+        "--max-unauthenticated-per-range",
+        "2",
+        "--handshake-timeout",
+        "30s",
+    ]);
+    let addr = d.addr();
+    let silent: Vec<Raw> = (1..=4)
+        .flat_map(|net| {
+            (1..=2).map(move |host| {
+                Raw::connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 10 + net, host)), addr)
+            })
+        })
+        .collect();
+    // Over its range's budget: refused, which also shows the daemon took every one before.
+    let mut over = Raw::connect_from(IpAddr::V4(Ipv4Addr::new(127, 0, 11, 3)), addr);
+    over.expect_error(ErrorCode::Busy);
+    for attempt in 1..=3 {
+        let mut real = Raw::connect(addr);
+        assert!(
+            real.greets(),
+            "attempt {attempt}: a real user was kept out by strangers of four ranges"
+        );
+        real.send(&Message::Bye);
+        real.expect_closed();
+    }
+    drop(silent);
+}
+
 /// The budget of connections that have not said hello is a budget of those alone: a session
 /// that said hello leaves it at once, and only strangers beyond it are refused.
 #[test]
