@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use protocol::{ChunkSender, DigestKind, Frame, Get, GetReady, Hasher, Message, Permit};
@@ -23,6 +24,11 @@ use crate::session::Session;
 
 /// Chunks read and hashed ahead of the socket.
 const READ_AHEAD: usize = 4;
+
+/// A send that takes longer than this means the client, not the disk, sets the pace: reading
+/// further ahead would not go faster, only hold more of the shared memory budget (a reader
+/// just above --min-rate held four chunks), so such a download reads one chunk ahead.
+const SLOW_SEND: Duration = Duration::from_millis(20);
 
 /// An open file checked against the request, before any hashing.
 struct Opened {
@@ -87,6 +93,7 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
     let mut reading: Option<JoinHandle<ReadDone>> = None;
     let mut sent = offset;
     let mut pace = Pace::new(&s.config);
+    let mut client_paced = false;
     loop {
         if let Some(incoming) = s.poll_incoming() {
             match incoming?.message {
@@ -103,7 +110,8 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
         // only while this transfer holds none (nothing queued, nothing being read): a transfer
         // never waits for memory while keeping memory, so transfers cannot wait on each other
         // in a ring, and what each holds goes out at the network's pace.
-        if reading.is_none() && ready.len() < READ_AHEAD {
+        let ahead = if client_paced { 1 } else { READ_AHEAD };
+        if reading.is_none() && ready.len() < ahead {
             if let Some(n) = sender.next_len() {
                 let permit = if ready.is_empty() {
                     let wait = s.budget.take(n);
@@ -126,7 +134,9 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
         if let Some((frame, permit)) = ready.pop_front() {
             // The read in flight goes on meanwhile, on its own thread.
             let n = frame.body.len() as u64;
+            let sending = Instant::now();
             s.send(frame).await?;
+            client_paced = sending.elapsed() > SLOW_SEND;
             drop(permit);
             sent += n;
             s.moved.bytes += n;
