@@ -1,4 +1,4 @@
-//! Digests recorded at upload: every chunk's running digest and the whole file's, kept in the private
+//! Digests recorded at upload: every chunk's running digest and the whole file's, kept in the state
 //! directory so that a download can send them as recorded instead of hashing the file again.
 //! They also prove, end to end, that the bytes downloaded are the bytes that were uploaded: a
 //! file changed or rotted on disk no longer matches them, and the client's check says so.
@@ -14,9 +14,6 @@ use md5::{Digest as _, Md5};
 use serde::{Deserialize, Serialize};
 
 use crate::VPath;
-
-/// Where records live, under the private directory.
-pub(crate) const DIGESTS_DIR: &str = ".ftpd/digests";
 
 /// What an upload's chunks were, for a download to repeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
