@@ -61,6 +61,8 @@ pub enum StateProblem {
     NotOwned,
     /// The root is `/`: there is nothing beside it for the default.
     NothingBeside,
+    /// It is a symbolic link (one planted beside the root could lead anywhere).
+    Symlink,
 }
 
 impl StateProblem {
@@ -81,6 +83,10 @@ impl StateProblem {
             StateProblem::NotOwned => format!(
                 "the state directory {s} (for the root {r}) belongs to another user than the \
                  daemon's"
+            ),
+            StateProblem::Symlink => format!(
+                "the state directory {s} (for the root {r}) is a symbolic link; name the \
+                 directory it leads to"
             ),
             StateProblem::NothingBeside => format!(
                 "the root {r} has no directory beside it to keep the daemon's state in, and every \
@@ -124,8 +130,13 @@ pub(crate) fn open(root: &Dir, root_path: &Path, path: &Path) -> Result<State> {
         .mode(0o700)
         .create(path)
         .map_err(|e| Error::io(&shown, "create state directory", e))?;
-    let dir = Dir::open_ambient_dir(path, ambient_authority())
-        .map_err(|e| Error::io(&shown, "open state directory", e))?;
+    let dir = open_nofollow(path).map_err(|e| {
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink()) {
+            refuse(StateProblem::Symlink)
+        } else {
+            Error::io(&shown, "open state directory", e)
+        }
+    })?;
     let meta = dir
         .dir_metadata()
         .map_err(|e| Error::io(&shown, "stat state directory", e))?;
@@ -155,6 +166,25 @@ pub(crate) fn open(root: &Dir, root_path: &Path, path: &Path) -> Result<State> {
         source,
     })?;
     Ok(State { dir, migrated })
+}
+
+/// Opens the directory `path`, refusing a symlink as its last name: the default lies beside
+/// the root, in a directory others may be able to write to (`/tmp`, say), where a link planted
+/// in advance would send the daemon's private state (and its chmod) wherever it leads.
+fn open_nofollow(path: &Path) -> io::Result<Dir> {
+    use rustix::fs::{openat, Mode, OFlags};
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Dir::open_ambient_dir(path, ambient_authority()); // `/`, `..`
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let parent = std::fs::File::open(parent)?;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = openat(&parent, name, flags, Mode::empty())?;
+    Ok(Dir::from_std_file(std::fs::File::from(fd)))
 }
 
 /// `path` or its nearest ancestor that exists, opened, with its path.
@@ -188,7 +218,10 @@ fn within(inner: &Dir, inner_path: &Path, outer: (u64, u64), outer_path: &Path) 
 fn walk_up_finds(start: impl AsFd, target: (u64, u64)) -> io::Result<bool> {
     use rustix::fs::{fstat, openat, Mode, OFlags};
     // O_PATH: only a place to go on from, so no read permission is needed on the way up.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let mut at: OwnedFd = openat(start, ".", flags, Mode::empty())?;
     for _ in 0..MAX_DEPTH {
         let st = fstat(&at)?;

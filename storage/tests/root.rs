@@ -878,6 +878,11 @@ fn a_state_directory_in_reach_of_the_root_is_refused() {
     std::os::unix::fs::symlink(dir.path(), &sneaky).unwrap();
     assert_eq!(refused(&sneaky.join("x")), InsideRoot);
     assert_eq!(refused(dir.path().parent().unwrap()), HoldsRoot);
+    // A symlink planted where the state goes (beside the root, maybe in /tmp) is not followed.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), dir.state()).unwrap();
+    assert_eq!(refused(&dir.state()), storage::StateProblem::Symlink);
+    std::fs::remove_file(dir.state()).unwrap();
     let inside = dir.path().join("state");
     let err = Root::open(dir.path(), &inside).err().unwrap().to_string();
     let named = |p: &std::path::Path| err.contains(&p.display().to_string());
@@ -965,4 +970,33 @@ fn an_older_roots_private_directory_moves_into_the_state_directory() {
     std::fs::create_dir_all(dir.path().join(".ftpd/unknown")).unwrap();
     let err = Root::open(dir.path(), &dir.state()).err().unwrap();
     assert!(matches!(err, Error::Migrate { .. }), "{err}");
+}
+
+/// Found attacking item 10 again: the digest sweep (at startup, then every quarter of
+/// `--staging-max-age`) opened each recorded file to check it, and opening a FIFO for reading
+/// waits for a writer: a FIFO put where an uploaded file was hung startup for good.
+#[test]
+fn the_digest_sweep_does_not_block_on_a_fifo_where_a_recorded_file_was() {
+    let (dir, home) = setup();
+    let mut up = home.begin_upload(&p("f"), &req(2)).unwrap();
+    up.write(b"ok").unwrap();
+    up.commit(Digest::md5(b"ok"), false).unwrap();
+    std::fs::remove_file(dir.path().join("f")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        dir.path().join("f"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let root = home.root().clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(root.sweep_digests());
+    });
+    let removed = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the digest sweep blocked on a FIFO");
+    assert_eq!(removed, 1, "the record of the file that is gone");
 }
