@@ -9,7 +9,8 @@ cargo build --release --quiet --bin ftpd --bin ftp-cli
 bin=target/release
 root=target/demo-root
 work=target/demo-client
-rm -rf "$root" "$work"
+# The daemon keeps its private state beside the root, in target/.demo-root.ftpd-state.
+rm -rf "$root" "$work" target/.demo-root.ftpd-state
 mkdir -p "$root" "$work"
 cp -R demo/root/. "$root/"
 

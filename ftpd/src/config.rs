@@ -20,10 +20,18 @@ use serde::Serialize;
 #[command(name = "ftpd", version, args_override_self = true)]
 #[serde(rename_all = "kebab-case")]
 pub struct Config {
-    /// Directory to serve (required, here or in the settings file); uploads are staged in its
-    /// private `.ftpd` subdirectory.
+    /// Directory to serve (required, here or in the settings file). The daemon's private state
+    /// lives outside it, in --state-dir.
     #[arg(long, env = "FTPD_ROOT")]
     pub root: Option<PathBuf>,
+
+    /// Directory for the daemon's private state (staged uploads, recorded digests), created
+    /// mode 0700 if missing. It must be on the root's filesystem (uploads are committed by
+    /// renaming them into the root), and neither inside the root nor holding it. Default:
+    /// beside the root, named after it (`--root /srv/files` keeps its state in
+    /// `/srv/.files.ftpd-state`). An older version's `ROOT/.ftpd` is moved into it at startup.
+    #[arg(long, env = "FTPD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 
     /// Address to listen on; port 0 picks a free port (the bound address is logged). Ignored
     /// when systemd passes a listening socket (socket activation).

@@ -78,7 +78,9 @@ async fn run(config: Config, args: Vec<OsString>, log: LogLevel) -> anyhow::Resu
     let check_only = config.check_config;
     let listen = config.listen;
     let root = config.root().to_owned();
-    let server = Server::new(config.clone())?;
+    let server = Server::new(config)?;
+    // The settings as the server resolved them (the state directory's default filled in).
+    let config = server.shared().config.clone();
     if check_only {
         print!("{}", config.effective());
         return Ok(());
@@ -92,7 +94,8 @@ async fn run(config: Config, args: Vec<OsString>, log: LogLevel) -> anyhow::Resu
     let listener = listener(listen)?;
     let addr = listener.local_addr()?;
     server.check_exposure(addr)?;
-    info!(root = %root.display(), "listening on {addr}");
+    let state = config.state_dir.as_deref().unwrap_or(root.as_path());
+    info!(root = %root.display(), state = %state.display(), "listening on {addr}");
     // Only now is the service usable: the root is checked and the socket accepts.
     let _ = sd_notify::notify(&[NotifyState::Ready]);
     if let Some(period) = sd_notify::watchdog_enabled() {

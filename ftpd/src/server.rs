@@ -72,16 +72,33 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 impl Server {
-    /// Opens the storage root named by `config`; fails when it is missing or not writable.
-    pub fn new(config: Config) -> anyhow::Result<Server> {
+    /// Opens the storage root named by `config`, and its state directory; fails when the root
+    /// is missing or not writable, or the state directory cannot hold its private state.
+    pub fn new(mut config: Config) -> anyhow::Result<Server> {
         let limits = storage::Limits {
             max_file_size: config.max_file_size,
             quota: config.quota,
             max_files: config.max_files,
             max_staged: Some(usize::try_from(config.max_staged_uploads).unwrap_or(usize::MAX)),
         };
-        let root = Root::open_with_limits(config.root(), limits)
+        let state = match &config.state_dir {
+            Some(dir) => dir.clone(),
+            None => storage::default_state_dir(config.root())
+                .context("cannot serve the storage root")?,
+        };
+        let root = Root::open_with_limits(config.root(), &state, limits)
+            .map_err(with_remedy)
             .context("cannot serve the storage root")?;
+        if root.migrated() {
+            info!(
+                root = %config.root().display(),
+                state = %state.display(),
+                "moved an older version's staged uploads and digests from ROOT/.ftpd into the \
+                 state directory"
+            );
+        }
+        // What --check-config prints, and the log names: the directory in force.
+        config.state_dir = Some(state);
         let users = match &config.users {
             Some(path) => Some(Users::load(path, &root)?),
             None => None,
@@ -214,6 +231,20 @@ impl Server {
         {
             warn!("grace period over; closing the remaining connections");
         }
+    }
+}
+
+/// A refusal to open the root, with what the operator can do about it.
+fn with_remedy(e: storage::Error) -> anyhow::Error {
+    match e {
+        storage::Error::State { .. } => anyhow::anyhow!(
+            "{e}: give --state-dir a directory on the root's filesystem, outside the root"
+        ),
+        storage::Error::Migrate { .. } => anyhow::anyhow!(
+            "{e}: move its staging/ and digests/ into the state directory by hand (or remove \
+             them), remove it, and start again"
+        ),
+        e => e.into(),
     }
 }
 

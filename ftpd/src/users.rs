@@ -168,7 +168,8 @@ mod tests {
 
     fn load(text: &str, mode: u32) -> anyhow::Result<Users> {
         let dir = tempfile::tempdir().unwrap();
-        let root = Root::open(dir.path()).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path(), state.path()).unwrap();
         write(dir.path(), "alice.secret", "from file\n", 0o600);
         let p = write(dir.path(), "users.toml", text, mode);
         Users::load(&p, &root)

@@ -1,4 +1,4 @@
-//! Digests recorded at upload: every chunk's running digest and the whole file's, kept in the private
+//! Digests recorded at upload: every chunk's running digest and the whole file's, kept in the state
 //! directory so that a download can send them as recorded instead of hashing the file again.
 //! They also prove, end to end, that the bytes downloaded are the bytes that were uploaded: a
 //! file changed or rotted on disk no longer matches them, and the client's check says so.
@@ -14,9 +14,6 @@ use md5::{Digest as _, Md5};
 use serde::{Deserialize, Serialize};
 
 use crate::VPath;
-
-/// Where records live, under the private directory.
-pub(crate) const DIGESTS_DIR: &str = ".ftpd/digests";
 
 /// What an upload's chunks were, for a download to repeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,11 +57,21 @@ impl Recorded {
     }
 
     fn describes(&self, path: &VPath, meta: &std::fs::Metadata) -> bool {
+        let stamp = (meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec());
+        self.describes_stamp(path, stamp)
+    }
+
+    /// Like `describes`, from the file's inode, size and modification time (s, ns).
+    fn describes_stamp(
+        &self,
+        path: &VPath,
+        (ino, size, mtime, nsec): (u64, u64, i64, i64),
+    ) -> bool {
         self.path == path.rel()
-            && self.ino == meta.ino()
-            && self.size == meta.len()
-            && self.mtime == meta.mtime()
-            && self.mtime_nsec == meta.mtime_nsec()
+            && self.ino == ino
+            && self.size == size
+            && self.mtime == mtime
+            && self.mtime_nsec == nsec
             && self.chunk > 0
             && self.chunks.len() as u64 == self.size.div_ceil(u64::from(self.chunk))
     }
@@ -108,9 +115,15 @@ pub(crate) fn sweep(digests: &Dir, root: &Dir) -> usize {
         let stale = match digests.read(&name) {
             Ok(json) => match serde_json::from_slice::<Recorded>(&json) {
                 Ok(rec) => {
+                    // A stat, not an open: opening a FIFO put in the file's place would wait
+                    // for a writer, and hang the sweep (and startup) for good.
+                    use cap_std::fs::MetadataExt as _;
                     let path = VPath::from_rel(&rec.path);
-                    let meta = root.open(path.rel()).and_then(|f| f.into_std().metadata());
-                    !meta.is_ok_and(|m| rec.describes(&path, &m))
+                    let meta = root.metadata(path.rel());
+                    !meta.is_ok_and(|m| {
+                        let stamp = (m.ino(), m.len(), m.mtime(), m.mtime_nsec());
+                        m.is_file() && rec.describes_stamp(&path, stamp)
+                    })
                 }
                 Err(_) => true,
             },

@@ -1,6 +1,9 @@
 //! Storage errors: what went wrong, in the storage's own terms (the daemon picks wire codes).
 
 use std::io;
+use std::path::PathBuf;
+
+use crate::state::StateProblem;
 
 /// What went wrong in the storage root. Messages name the path as the home sees it, never a
 /// host path nor where the home lies in the root.
@@ -34,6 +37,26 @@ pub enum Error {
     TooLarge { path: String, what: String },
     #[error("{path}: no space left on the server")]
     NoSpace { path: String },
+    /// The state directory cannot hold the root's private state (the daemon's settings are
+    /// wrong, not a client's request).
+    #[error("{}", problem.describe(state, root))]
+    State {
+        problem: StateProblem,
+        state: PathBuf,
+        root: PathBuf,
+    },
+    /// An older version's private directory in the root could not be moved to the state
+    /// directory.
+    #[error(
+        "the root {} holds an older version's private directory {}, which cannot be moved \
+         into the state directory {}: {source}",
+        root.display(), crate::PRIVATE_DIR, state.display()
+    )]
+    Migrate {
+        root: PathBuf,
+        state: PathBuf,
+        source: io::Error,
+    },
     #[error("{path}: {op} failed: {source}")]
     Io {
         path: String,

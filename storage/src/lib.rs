@@ -7,14 +7,17 @@
 //! an upload are taken as verified: checking them is the transfer engine's (`protocol`) job.
 //!
 //! Confinement is two layers. [`VPath`] normalizes what a client typed and refuses what can
-//! never be valid (`..` above the root, NUL, backslashes, the private `.ftpd` directory). Then
-//! every filesystem call goes through a [`cap_std::fs::Dir`] opened on the root, which resolves
-//! each name beneath it and refuses to follow `..` or a symlink out of it, the same guarantee
-//! `openat2(RESOLVE_BENEATH)` gives, so a symlink swapped in mid-transfer cannot lead outside.
+//! never be valid (`..` above the root, NUL, backslashes, `.ftpd` at the top). Then every
+//! filesystem call goes through a [`cap_std::fs::Dir`] opened on the session's home, which
+//! resolves each name beneath it and refuses to follow `..` or a symlink out of it, the same
+//! guarantee `openat2(RESOLVE_BENEATH)` gives, so a symlink swapped in mid-transfer cannot lead
+//! outside. The private state lies in a directory of its own outside the root (see `state`),
+//! beneath no home, so no path and no link reaches it.
 
 mod digests;
 mod error;
 mod path;
+mod state;
 mod upload;
 
 use std::collections::HashMap;
@@ -31,10 +34,8 @@ pub use digests::Recorded;
 pub use error::{Error, Result};
 // The client still imports it from here until it depends on `fileio` itself.
 pub use path::{VPath, MAX_NAME, MAX_PATH, PRIVATE_DIR};
+pub use state::{default_state_dir, StateProblem};
 pub use upload::{Upload, UploadRequest, MAX_RECORDED_CHUNKS, MIN_RECORDED_CHUNK};
-
-/// Where staged uploads live, under [`PRIVATE_DIR`].
-const STAGING_DIR: &str = ".ftpd/staging";
 
 /// The largest size an upload may declare, whatever the limits: sizes cross the wire as JSON
 /// numbers, exact only up to 2^53, and a cap this far below `u64::MAX` leaves every sum of a
@@ -135,6 +136,8 @@ struct Inner {
     digests: Dir,
     /// Upload size limits.
     limits: Limits,
+    /// Whether opening moved an older version's `ROOT/.ftpd` into the state directory.
+    migrated: bool,
     /// What the files in the root take, for the limits. Taken after `active` when both are.
     usage: Mutex<Usage>,
     /// Staged uploads open right now, by staging name, so that a newer attempt at the same
@@ -175,27 +178,33 @@ pub struct ReadFile {
 }
 
 impl Root {
-    /// Opens `path` as a storage root, creating its private staging directory. Fails when the
-    /// root is missing, not a directory, or not writable.
-    pub fn open(path: &Path) -> Result<Root> {
-        Self::open_with_limits(path, Limits::default())
+    /// Opens `path` as a storage root with its private state in `state` (created if missing;
+    /// see [`default_state_dir`]). Fails when the root is missing, not a directory, or not
+    /// writable, and when `state` is inside the root, holds it, or is on another filesystem.
+    pub fn open(path: &Path, state: &Path) -> Result<Root> {
+        Self::open_with_limits(path, state, Limits::default())
     }
 
     /// Like [`Root::open`], enforcing `limits` on uploads.
-    pub fn open_with_limits(path: &Path, limits: Limits) -> Result<Root> {
+    pub fn open_with_limits(path: &Path, state: &Path, limits: Limits) -> Result<Root> {
         let shown = path.display().to_string();
         let dir = Dir::open_ambient_dir(path, ambient_authority())
             .map_err(|e| Error::io(&shown, "open storage root", e))?;
-        dir.create_dir_all(STAGING_DIR)
-            .map_err(|e| Error::io(&shown, "create staging directory in", e))?;
-        let staging = dir
-            .open_dir(STAGING_DIR)
-            .map_err(|e| Error::io(&shown, "open staging directory in", e))?;
-        dir.create_dir_all(digests::DIGESTS_DIR)
-            .map_err(|e| Error::io(&shown, "create digests directory in", e))?;
-        let digests = dir
-            .open_dir(digests::DIGESTS_DIR)
-            .map_err(|e| Error::io(&shown, "open digests directory in", e))?;
+        let state::State {
+            dir: state_dir,
+            migrated,
+        } = state::open(&dir, path, state)?;
+        let shown = state.display().to_string();
+        let sub = |name: &str| {
+            state_dir
+                .create_dir_all(name)
+                .map_err(|e| Error::io(&shown, "create a directory in", e))?;
+            state_dir
+                .open_dir(name)
+                .map_err(|e| Error::io(&shown, "open a directory in", e))
+        };
+        let staging = sub(state::STAGING)?;
+        let digests = sub(state::DIGESTS)?;
         // Prove we can write, rather than find out at the first upload.
         let probe = format!("probe-{}", std::process::id());
         staging
@@ -208,12 +217,19 @@ impl Root {
                 staging,
                 digests,
                 limits,
+                migrated,
                 usage: Mutex::new(Usage::default()),
                 active: Mutex::new(HashMap::new()),
             }),
         };
         root.recount_usage();
         Ok(root)
+    }
+
+    /// Whether opening moved an older version's private directory (`ROOT/.ftpd`) into the
+    /// state directory.
+    pub fn migrated(&self) -> bool {
+        self.inner.migrated
     }
 
     /// Counts what the files in the root take, when there is a limit to check against, and
@@ -426,12 +442,12 @@ impl Home {
         })
     }
 
-    /// The entries of the directory at `path`, symlinks reported as such, not followed. The
-    /// private directory is never listed.
+    /// The entries of the directory at `path`, symlinks reported as such, not followed. An
+    /// older version's private directory, until it is moved out, is never listed.
     pub fn list(&self, path: &VPath) -> Result<impl Iterator<Item = FileInfo>> {
         let shown = path.to_string();
         let dir = self.open_dir(path)?;
-        // The private directory lies at the top of the root, so only the root's own top hides it.
+        // It lies at the top of the root, so only the root's own top hides it.
         let top = path.is_root() && self.prefix.is_root();
         let entries = dir.entries().map_err(|e| Error::io(&shown, "list", e))?;
         Ok(entries.filter_map(move |entry| {
@@ -623,7 +639,8 @@ fn entry_of(name: String, meta: &cap_std::fs::Metadata) -> FileInfo {
 }
 
 /// Bytes taken by regular files under `dir`, and how many entries (files, directories and
-/// anything else) it holds, symlinks not followed; the private directory is skipped at the top.
+/// anything else) it holds, symlinks not followed; an older version's private directory is
+/// skipped at the top.
 fn tree_count(dir: &Dir, top: bool) -> (u64, u64) {
     let Ok(entries) = dir.entries() else {
         return (0, 0);

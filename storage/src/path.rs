@@ -8,7 +8,10 @@ use crate::{Error, Result};
 pub const MAX_PATH: usize = 4096;
 /// Longest single name accepted, in bytes (what most filesystems allow).
 pub const MAX_NAME: usize = 255;
-/// The daemon's private directory at the top of the root; no client path may name it.
+/// Where an older version kept the daemon's private state, at the top of the root. No client
+/// path may name it at the top of a home, so that whatever the daemon finds at `ROOT/.ftpd`
+/// when it starts was left by an older version (or the operator), never planted by a client,
+/// and can be moved into the state directory as it is.
 pub const PRIVATE_DIR: &str = ".ftpd";
 
 /// A normalized path inside the root: no `.`, `..` or empty names, no leading `/`. The empty

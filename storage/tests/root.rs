@@ -3,10 +3,50 @@
 use checksum::{Digest, DigestKind};
 use storage::{Error, Home, Root, Upload, UploadRequest, VPath};
 
+/// A root and, beside it, its state directory, in a temp dir removed when dropped.
+struct Site {
+    /// Holds `root/` and `state/`.
+    dir: tempfile::TempDir,
+    /// The root, `dir/root`.
+    root: std::path::PathBuf,
+}
+
+impl Site {
+    fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        Site { dir, root }
+    }
+
+    /// The root on disk.
+    fn path(&self) -> &std::path::Path {
+        &self.root
+    }
+
+    /// The state directory on disk.
+    fn state(&self) -> std::path::PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Where uploads are staged, on disk.
+    fn staging(&self) -> std::path::PathBuf {
+        self.state().join("staging")
+    }
+
+    fn open(&self) -> Root {
+        Root::open(&self.root, &self.state()).unwrap()
+    }
+
+    fn open_with(&self, limits: storage::Limits) -> Root {
+        Root::open_with_limits(&self.root, &self.state(), limits).unwrap()
+    }
+}
+
 /// A fresh root, seen as one home that is the whole root (as an anonymous session sees it).
-fn setup() -> (tempfile::TempDir, Home) {
-    let dir = tempfile::tempdir().unwrap();
-    let root = whole(Root::open(dir.path()).unwrap());
+fn setup() -> (Site, Home) {
+    let dir = Site::new();
+    let root = whole(dir.open());
     (dir, root)
 }
 
@@ -51,9 +91,7 @@ fn upload_is_invisible_until_committed() {
     assert!(!dir.path().join("a.bin").exists());
     up.commit(Digest::md5(b"abcdef"), false).unwrap();
     assert_eq!(std::fs::read(dir.path().join("a.bin")).unwrap(), b"abcdef");
-    let staged: Vec<_> = std::fs::read_dir(dir.path().join(".ftpd/staging"))
-        .unwrap()
-        .collect();
+    let staged: Vec<_> = std::fs::read_dir(dir.staging()).unwrap().collect();
     assert!(staged.is_empty(), "staging is empty after commit");
 }
 
@@ -184,9 +222,7 @@ fn sweep_removes_only_old_idle_staged_uploads() {
             .unwrap(),
         1
     );
-    let left: Vec<_> = std::fs::read_dir(dir.path().join(".ftpd/staging"))
-        .unwrap()
-        .collect();
+    let left: Vec<_> = std::fs::read_dir(dir.staging()).unwrap().collect();
     assert!(left.is_empty());
 }
 
@@ -231,12 +267,12 @@ fn symlinks_out_of_the_root_are_refused() {
 
 #[test]
 fn max_file_size_is_refused_up_front() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Site::new();
     let limits = storage::Limits {
         max_file_size: Some(10),
         ..Default::default()
     };
-    let root = whole(Root::open_with_limits(dir.path(), limits).unwrap());
+    let root = whole(dir.open_with(limits));
     let err = root.begin_upload(&p("big"), &req(11)).unwrap_err();
     assert!(matches!(err, Error::TooLarge { .. }), "{err}");
     assert!(root.begin_upload(&p("ok"), &req(10)).is_ok());
@@ -244,14 +280,14 @@ fn max_file_size_is_refused_up_front() {
 
 #[test]
 fn quota_counts_existing_files_uploads_in_flight_and_replacements() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Site::new();
     std::fs::create_dir(dir.path().join("d")).unwrap();
     std::fs::write(dir.path().join("d/old"), [0u8; 40]).unwrap();
     let limits = storage::Limits {
         quota: Some(100),
         ..Default::default()
     };
-    let root = whole(Root::open_with_limits(dir.path(), limits).unwrap());
+    let root = whole(dir.open_with(limits));
     // 40 used: 60 fit, 61 do not.
     assert!(root.begin_upload(&p("a"), &req(61)).is_err());
     let mut a = root.begin_upload(&p("a"), &req(30)).unwrap();
@@ -336,10 +372,7 @@ fn file_management() {
         root.remove_dir(&VPath::root()),
         Err(Error::Denied { .. })
     ));
-    assert!(
-        dir.path().join(".ftpd").exists(),
-        "the private dir survives"
-    );
+    assert!(dir.staging().exists(), "the private state survives");
 }
 
 /// Downloads may send the digests recorded at upload only while the file is exactly as it was.
@@ -429,8 +462,8 @@ fn bytes_past_the_declared_size_are_refused() {
 #[cfg(unix)]
 #[test]
 fn a_home_confines_and_names_paths_from_its_own_top() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = Root::open(dir.path()).unwrap();
+    let dir = Site::new();
+    let root = dir.open();
     std::fs::create_dir_all(dir.path().join("homes/alice")).unwrap();
     std::fs::create_dir_all(dir.path().join("homes/bob")).unwrap();
     std::fs::write(dir.path().join("homes/bob/secret"), "b").unwrap();
@@ -458,8 +491,8 @@ fn a_home_confines_and_names_paths_from_its_own_top() {
 // ---------------------------------------------------------------------------------------------
 // Regressions from the hardening issue: staged bytes, quota arithmetic, races, crashes, inodes.
 
-fn limited(dir: &std::path::Path, limits: storage::Limits) -> Home {
-    whole(Root::open_with_limits(dir, limits).unwrap())
+fn limited(dir: &Site, limits: storage::Limits) -> Home {
+    whole(dir.open_with(limits))
 }
 
 fn quota(bytes: u64) -> storage::Limits {
@@ -476,8 +509,8 @@ fn with_id(size: u64, id: &str) -> UploadRequest {
     }
 }
 
-fn staging_names(dir: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir.join(".ftpd/staging"))
+fn staging_names(dir: &Site) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.staging())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -493,8 +526,8 @@ fn too_large<T: std::fmt::Debug>(r: storage::Result<T>) -> bool {
 /// quota until swept, and still do after a restart.
 #[test]
 fn staged_bytes_of_abandoned_uploads_count_against_the_quota() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = limited(dir.path(), quota(100));
+    let dir = Site::new();
+    let home = limited(&dir, quota(100));
     let mut up = home.begin_upload(&p("a"), &with_id(60, "a")).unwrap();
     up.write([1u8; 50]).unwrap();
     drop(up); // the connection is lost: 50 bytes stay staged for `put -c`
@@ -506,7 +539,7 @@ fn staged_bytes_of_abandoned_uploads_count_against_the_quota() {
     drop(home);
 
     // A restart finds the staged bytes again.
-    let home = limited(dir.path(), quota(100));
+    let home = limited(&dir, quota(100));
     assert!(
         too_large(home.begin_upload(&p("b"), &req(51))),
         "after a restart, 50 staged + 51 is still over the quota of 100"
@@ -540,22 +573,17 @@ fn staged_bytes_of_abandoned_uploads_count_against_the_quota() {
 /// oldest. Uploads in progress are not capped here (the connections bound them).
 #[test]
 fn staged_uploads_per_home_are_capped() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Site::new();
     let limits = storage::Limits {
         max_staged: Some(2),
         ..Default::default()
     };
-    let home = limited(dir.path(), limits);
+    let home = limited(&dir, limits);
     for id in ["one", "two", "three", "four"] {
         let mut up = home.begin_upload(&p(id), &with_id(10, id)).unwrap();
         up.write(b"12345").unwrap();
     }
-    assert_eq!(
-        staging_names(dir.path()).len(),
-        2,
-        "{:?}",
-        staging_names(dir.path())
-    );
+    assert_eq!(staging_names(&dir).len(), 2, "{:?}", staging_names(&dir));
     let resume = |id: &str| UploadRequest {
         resume: true,
         ..with_id(10, id)
@@ -569,9 +597,9 @@ fn staged_uploads_per_home_are_capped() {
         .iter()
         .map(|id| home.begin_upload(&p(id), &with_id(10, id)).unwrap())
         .collect();
-    assert_eq!(staging_names(dir.path()).len(), 6);
+    assert_eq!(staging_names(&dir).len(), 6);
     drop((resumed, lost, more));
-    assert_eq!(staging_names(dir.path()).len(), 2);
+    assert_eq!(staging_names(&dir).len(), 2);
     // Another home has its own count.
     std::fs::create_dir(dir.path().join("other")).unwrap();
     let other = home.root().home(&p("other")).unwrap();
@@ -579,16 +607,16 @@ fn staged_uploads_per_home_are_capped() {
         let mut up = other.begin_upload(&p(id), &with_id(10, id)).unwrap();
         up.write(b"1").unwrap();
     }
-    assert_eq!(staging_names(dir.path()).len(), 4);
+    assert_eq!(staging_names(&dir).len(), 4);
 }
 
 /// Item 5: sizes from the wire are added with checked arithmetic: a size near 2^64 does not
 /// wrap the quota's sum, and sizes above 2^53 are refused up front.
 #[test]
 fn quota_arithmetic_does_not_wrap() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Site::new();
     let mib = 1u64 << 20;
-    let home = limited(dir.path(), quota(10 * mib));
+    let home = limited(&dir, quota(10 * mib));
     let _held = home.begin_upload(&p("a"), &req(8 * mib)).unwrap();
     assert!(too_large(
         home.begin_upload(&p("b"), &req(u64::MAX - 8 * mib + 1))
@@ -611,9 +639,9 @@ fn quota_arithmetic_does_not_wrap() {
 /// not at the start, so renaming it away meanwhile does not smuggle bytes past the quota.
 #[test]
 fn an_overwrite_is_accounted_at_commit() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Site::new();
     std::fs::write(dir.path().join("t"), [0u8; 50]).unwrap();
-    let home = limited(dir.path(), quota(100));
+    let home = limited(&dir, quota(100));
     let r = UploadRequest {
         overwrite: true,
         ..req(80)
@@ -699,8 +727,8 @@ fn a_staging_file_linked_to_a_live_file_is_never_written_through() {
     let mut up = home.begin_upload(&p("live"), &with_id(4, "same")).unwrap();
     up.write(b"ab").unwrap();
     drop(up);
-    let [staged] = <[String; 1]>::try_from(staging_names(dir.path())).unwrap();
-    let staged = dir.path().join(".ftpd/staging").join(staged);
+    let [staged] = <[String; 1]>::try_from(staging_names(&dir)).unwrap();
+    let staged = dir.staging().join(staged);
     std::fs::write(&staged, b"live").unwrap();
     // The crash: linked into place, never unlinked from staging.
     std::fs::hard_link(&staged, dir.path().join("live")).unwrap();
@@ -723,12 +751,12 @@ fn a_staging_file_linked_to_a_live_file_is_never_written_through() {
     // And the sweep at startup removes such a link, whatever its age.
     let _ = std::fs::remove_file(&staged);
     std::fs::hard_link(dir.path().join("live"), &staged).unwrap();
-    let restarted = whole(Root::open(dir.path()).unwrap());
+    let restarted = whole(dir.open());
     restarted
         .root()
         .sweep_staging(std::time::Duration::from_secs(3600))
         .unwrap();
-    assert!(staging_names(dir.path()).is_empty());
+    assert!(staging_names(&dir).is_empty());
     assert_eq!(std::fs::read(dir.path().join("live")).unwrap(), b"live");
 }
 
@@ -736,31 +764,31 @@ fn a_staging_file_linked_to_a_live_file_is_never_written_through() {
 /// (no `Drop`) the startup sweep removes them, whatever their age.
 #[test]
 fn staged_bytes_without_an_id_are_removed_at_startup() {
-    let dir = tempfile::tempdir().unwrap();
-    let home = whole(Root::open(dir.path()).unwrap());
+    let dir = Site::new();
+    let home = whole(dir.open());
     let mut up = home.begin_upload(&p("a"), &req(10)).unwrap();
     up.write(b"12345").unwrap();
     std::mem::forget(up); // kill -9
-    assert_eq!(staging_names(dir.path()).len(), 1);
-    let restarted = whole(Root::open(dir.path()).unwrap());
+    assert_eq!(staging_names(&dir).len(), 1);
+    let restarted = whole(dir.open());
     restarted
         .root()
         .sweep_staging(std::time::Duration::from_secs(3600))
         .unwrap();
-    assert!(staging_names(dir.path()).is_empty());
+    assert!(staging_names(&dir).is_empty());
 }
 
 /// Item 21: files and directories are counted like bytes: over `max_files`, uploads of new
 /// files and new directories are refused up front.
 #[test]
 fn files_and_directories_are_capped() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Site::new();
     std::fs::write(dir.path().join("old"), "1").unwrap();
     let limits = storage::Limits {
         max_files: Some(3),
         ..Default::default()
     };
-    let home = limited(dir.path(), limits);
+    let home = limited(&dir, limits);
     home.mkdir(&p("d"), false).unwrap();
     let up = home.begin_upload(&p("d/f"), &req(0)).unwrap();
     // `old`, `d`, and the one in flight counts: a fourth does not fit.
@@ -787,7 +815,7 @@ fn files_and_directories_are_capped() {
     assert!(home.begin_upload(&p("g"), &req(0)).is_ok());
     // A restart counts what is there.
     drop(home);
-    let home = limited(dir.path(), limits);
+    let home = limited(&dir, limits);
     assert!(home.mkdir(&p("e"), false).is_ok());
     assert!(too_large(home.mkdir(&p("e2"), false)));
 }
@@ -796,8 +824,8 @@ fn files_and_directories_are_capped() {
 /// interrupted uploads by naming the same upload id; the id is now bound to the user too.
 #[test]
 fn users_sharing_a_home_never_resume_each_others_uploads() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = Root::open(dir.path()).unwrap();
+    let dir = Site::new();
+    let root = dir.open();
     std::fs::create_dir(dir.path().join("shared")).unwrap();
     let alice = root.home(&p("shared")).unwrap().for_user("alice");
     let bob = root.home(&p("shared")).unwrap().for_user("bob");
@@ -811,4 +839,195 @@ fn users_sharing_a_home_never_resume_each_others_uploads() {
     assert_eq!(theirs.offset(), 0, "bob continued alice's upload");
     drop(theirs);
     assert_eq!(alice.begin_upload(&p("f"), &r).unwrap().offset(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Regressions from the hardening issue: the private state is out of every home's reach.
+
+/// Item 10: the private state (staging, digest records) once lived in the root's `.ftpd`, so
+/// a symlink anywhere in the root (`x -> .ftpd`, planted by anyone who can write there) let an
+/// anonymous session, whose home is the whole root, read its staged uploads, plant digest
+/// records and remove others' uploads. Now no link in the root, to wherever, reaches it.
+#[test]
+fn a_symlink_in_the_root_reaches_no_staging_or_digest_records() {
+    let (dir, home) = setup();
+    let mut up = home.begin_upload(&p("a.bin"), &with_id(4, "kept")).unwrap();
+    up.write(b"ab").unwrap();
+    drop(up);
+    let mut done = home.begin_upload(&p("done.bin"), &req(2)).unwrap();
+    done.write(b"ok").unwrap();
+    done.commit(Digest::md5(b"ok"), false).unwrap();
+    let [staged] = <[String; 1]>::try_from(staging_names(&dir)).unwrap();
+    let links = [
+        (".ftpd".into(), "old"),
+        (dir.state(), "abs"),
+        ("../state".into(), "rel"),
+    ];
+    for (target, link) in &links {
+        std::os::unix::fs::symlink(target, dir.path().join(link)).unwrap();
+    }
+    for (_, link) in links {
+        for sub in ["", "/staging", "/digests"] {
+            let path = p(&format!("{link}{sub}"));
+            assert!(home.list(&path).is_err(), "{path} lists the private state");
+        }
+        let staged_bytes = p(&format!("{link}/staging/{staged}"));
+        assert!(
+            home.open_read(&staged_bytes).is_err(),
+            "{staged_bytes} reads"
+        );
+        assert!(
+            home.remove_file(&staged_bytes).is_err(),
+            "{staged_bytes} goes"
+        );
+        let record = p(&format!("{link}/digests/forged.json"));
+        assert!(
+            home.begin_upload(&record, &req(1)).is_err(),
+            "{record} made"
+        );
+    }
+    assert_eq!(staging_names(&dir), [staged]);
+    assert!(!dir.state().join("digests/forged.json").exists());
+}
+
+/// Item 10: the state directory must be where no home reaches it and where commits can rename
+/// out of it: not the root, not inside it, not holding it; made private to the daemon.
+#[test]
+fn a_state_directory_in_reach_of_the_root_is_refused() {
+    let dir = Site::new();
+    let refused = |state: &std::path::Path| match Root::open(dir.path(), state) {
+        Err(Error::State { problem, .. }) => problem,
+        Err(e) => panic!("{}: {e}", state.display()),
+        Ok(_) => panic!("{} was taken as the state directory", state.display()),
+    };
+    use storage::StateProblem::{HoldsRoot, InsideRoot};
+    assert_eq!(refused(dir.path()), InsideRoot);
+    assert_eq!(refused(&dir.path().join("state")), InsideRoot);
+    assert_eq!(refused(&dir.path().join("a/b")), InsideRoot);
+    // Through a symlink outside the root that leads back into it.
+    let sneaky = dir.state().with_file_name("sneaky");
+    std::os::unix::fs::symlink(dir.path(), &sneaky).unwrap();
+    assert_eq!(refused(&sneaky.join("x")), InsideRoot);
+    assert_eq!(refused(dir.path().parent().unwrap()), HoldsRoot);
+    // A symlink planted where the state goes (beside the root, maybe in /tmp) is not followed.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), dir.state()).unwrap();
+    assert_eq!(refused(&dir.state()), storage::StateProblem::Symlink);
+    std::fs::remove_file(dir.state()).unwrap();
+    let inside = dir.path().join("state");
+    let err = Root::open(dir.path(), &inside).err().unwrap().to_string();
+    let named = |p: &std::path::Path| err.contains(&p.display().to_string());
+    assert!(
+        named(&inside) && named(dir.path()) && !err.contains('\n'),
+        "{err}"
+    );
+    // A good one is made private, also when someone else made it (systemd makes 0755).
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir(dir.state()).unwrap();
+    std::fs::set_permissions(dir.state(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir.open();
+    let mode = std::fs::metadata(dir.state()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    // By default it lies beside the root.
+    let beside = storage::default_state_dir(dir.path()).unwrap();
+    assert_eq!(
+        beside,
+        dir.path()
+            .canonicalize()
+            .unwrap()
+            .with_file_name(".root.ftpd-state")
+    );
+}
+
+/// Item 10: staging must stay on the root's filesystem, or commits fail (EXDEV).
+#[test]
+fn a_state_directory_on_another_filesystem_is_refused() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = Site::new();
+    let shm = std::path::Path::new("/dev/shm");
+    let dev = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    if dev(shm).is_none() || dev(shm) == dev(dir.path()) {
+        eprintln!("skipped: no other filesystem at /dev/shm");
+        return;
+    }
+    let other = tempfile::tempdir_in(shm).unwrap();
+    match Root::open(dir.path(), other.path()) {
+        Err(Error::State { problem, .. }) => {
+            assert_eq!(problem, storage::StateProblem::OtherFilesystem)
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a state directory on another filesystem was taken"),
+    }
+}
+
+/// Item 10: an older version kept its state in `ROOT/.ftpd`; opening the root moves it into
+/// the state directory, merged with what is there, so its uploads still resume.
+#[test]
+fn an_older_roots_private_directory_moves_into_the_state_directory() {
+    let (dir, home) = setup();
+    let mut up = home.begin_upload(&p("a.bin"), &with_id(4, "kept")).unwrap();
+    up.write(b"ab").unwrap();
+    drop(up);
+    drop(home);
+    // As the older version left it.
+    std::fs::create_dir(dir.path().join(".ftpd")).unwrap();
+    std::fs::rename(dir.staging(), dir.path().join(".ftpd/staging")).unwrap();
+    std::fs::rename(
+        dir.state().join("digests"),
+        dir.path().join(".ftpd/digests"),
+    )
+    .unwrap();
+    let root = dir.open();
+    assert!(root.migrated());
+    assert!(!dir.path().join(".ftpd").exists());
+    assert_eq!(staging_names(&dir).len(), 1);
+    let r = UploadRequest {
+        resume: true,
+        ..with_id(4, "kept")
+    };
+    let mut up = whole(root.clone()).begin_upload(&p("a.bin"), &r).unwrap();
+    assert_eq!(up.offset(), 2, "the migrated bytes resume");
+    up.write(b"cd").unwrap();
+    up.commit(Digest::md5(b"abcd"), false).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("a.bin")).unwrap(), b"abcd");
+    drop(root);
+    // Into a state that has its own already: merged.
+    std::fs::create_dir_all(dir.path().join(".ftpd/staging")).unwrap();
+    std::fs::write(dir.path().join(".ftpd/staging/old.part"), "x").unwrap();
+    assert!(dir.open().migrated());
+    assert!(dir.staging().join("old.part").exists());
+    assert!(!dir.path().join(".ftpd").exists());
+    // What the older version never made there stops it, saying so.
+    std::fs::create_dir_all(dir.path().join(".ftpd/unknown")).unwrap();
+    let err = Root::open(dir.path(), &dir.state()).err().unwrap();
+    assert!(matches!(err, Error::Migrate { .. }), "{err}");
+}
+
+/// Found attacking item 10 again: the digest sweep (at startup, then every quarter of
+/// `--staging-max-age`) opened each recorded file to check it, and opening a FIFO for reading
+/// waits for a writer: a FIFO put where an uploaded file was hung startup for good.
+#[test]
+fn the_digest_sweep_does_not_block_on_a_fifo_where_a_recorded_file_was() {
+    let (dir, home) = setup();
+    let mut up = home.begin_upload(&p("f"), &req(2)).unwrap();
+    up.write(b"ok").unwrap();
+    up.commit(Digest::md5(b"ok"), false).unwrap();
+    std::fs::remove_file(dir.path().join("f")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        dir.path().join("f"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let root = home.root().clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(root.sweep_digests());
+    });
+    let removed = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the digest sweep blocked on a FIFO");
+    assert_eq!(removed, 1, "the record of the file that is gone");
 }

@@ -57,7 +57,6 @@ fn attacker_does_not_disturb_a_normal_client() {
     symlink(&sentinel, site.root().join("outside")).unwrap();
     let planted = format!("e2e-abuse-planted-{}", std::process::id());
     assert_missing(Path::new("/etc").join(&planted));
-    let parent_before = names(site.dir());
     let sentinel_before = snapshot(&sentinel);
 
     let d = site
@@ -66,6 +65,8 @@ fn attacker_does_not_disturb_a_normal_client() {
         .arg("--max-connections-per-ip")
         .arg(PER_IP_CAP.to_string())
         .start();
+    // Taken once the daemon is up: its state directory lies beside the root.
+    let parent_before = names(site.dir());
     let fds_start = open_fds(d.pid());
     let (stop_watching, watcher) = watch_fds(d.pid());
 
@@ -989,9 +990,9 @@ fn abandon_upload(d: &Daemon, name: &str, id: &str, size: u64, sent: usize) {
 /// is killed and started again on the same root.
 #[test]
 fn staged_bytes_count_against_the_quota_across_a_restart() {
-    let root = tmpdir();
+    let site = Site::new();
     let d = Daemon::builder()
-        .root(root.path())
+        .root(site.root())
         .args(["--quota", "3M"])
         .start();
     abandon_upload(&d, "a.bin", "abandoned", 3 * MIB, 2 * MIB as usize);
@@ -1013,7 +1014,7 @@ fn staged_bytes_count_against_the_quota_across_a_restart() {
     d.kill();
 
     let d = Daemon::builder()
-        .root(root.path())
+        .root(site.root())
         .args(["--quota", "3M"])
         .start();
     assert_eq!(staged_bytes(&d.staging()), 2 * MIB, "kept for a resume");
@@ -1027,8 +1028,8 @@ fn staged_bytes_count_against_the_quota_across_a_restart() {
 /// removes its staged file before it listens.
 #[test]
 fn staged_bytes_without_an_id_are_removed_when_the_daemon_restarts() {
-    let root = tmpdir();
-    let d = Daemon::start_on(root.path());
+    let site = Site::new();
+    let d = Daemon::start_on(site.root());
     let mut peer = Raw::connect(d.addr()).hello();
     peer.send(&put("anon.bin", 2 * MIB));
     peer.expect_put_ready();
@@ -1037,7 +1038,7 @@ fn staged_bytes_without_an_id_are_removed_when_the_daemon_restarts() {
         !names(d.staging()).is_empty()
     });
     d.kill();
-    let d = Daemon::start_on(root.path());
+    let d = Daemon::start_on(site.root());
     assert_eq!(names(d.staging()), Vec::<String>::new());
     drop(peer);
 }
@@ -1073,6 +1074,228 @@ fn get_of_a_fifo_is_refused_at_once_and_holds_no_slot() {
             .status
             .success()
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Regressions from the hardening issue: the private state and other homes are out of reach.
+
+/// Two users, each in a home of their own.
+const ALICE_AND_BOB: &str = r#"
+[[user]]
+name = "alice"
+secret = "alice's secret"
+home = "alice"
+
+[[user]]
+name = "bob"
+secret = "bob's secret"
+home = "bob"
+"#;
+const ALICE: &str = "alice's secret";
+const BOB: &str = "bob's secret";
+
+/// A daemon on `site`'s root with [`ALICE_AND_BOB`].
+fn alice_and_bob(site: &Site) -> Daemon {
+    let users = site.private_file("etc/users.toml", ALICE_AND_BOB);
+    site.daemon().arg("--users").arg(users).start()
+}
+
+/// The symlink target that leads from the directory `from` to `to`, relative (both absolute).
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let (from, to) = (from.canonicalize().unwrap(), to.canonicalize().unwrap());
+    let common = from
+        .components()
+        .zip(to.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut rel: PathBuf = from.components().skip(common).map(|_| "..").collect();
+    rel.extend(to.components().skip(common));
+    rel
+}
+
+/// An upload with an id to `name`, `size` bytes declared, its first `sent` bytes sent, left
+/// in flight; returns the connection (keep it to keep the upload going) once they are staged.
+fn upload_in_flight(d: &Daemon, mut peer: Raw, name: &str, size: u64, sent: usize) -> Raw {
+    peer.send(&Message::Put(protocol::Put {
+        path: name.into(),
+        size,
+        overwrite: false,
+        resume: false,
+        upload_id: Some("in-flight".into()),
+        mtime: None,
+    }));
+    peer.expect_put_ready();
+    peer.send_chunk(0, &vec![9u8; sent]);
+    // Staged bytes reach the disk in whole blocks: wait for the file, not its length.
+    wait_until("the upload is staged", STEP_TIMEOUT, || {
+        !names(d.staging()).is_empty()
+    });
+    peer
+}
+
+/// Item 10, the issue's scenario: through `tobob -> ../bob` and `priv -> <the state>` in her
+/// home, alice read and wrote bob's files, read bob's unfinished upload, wrote a digest record
+/// and removed bob's staged upload. None of it may work.
+#[test]
+fn symlinks_in_a_home_reach_neither_another_home_nor_the_state() {
+    let site = Site::new();
+    let d = alice_and_bob(&site);
+    write_file(d.path("bob/secret.txt"), "bob's own");
+    let bob = upload_in_flight(
+        &d,
+        Raw::connect(d.addr()).login("bob", BOB),
+        "big.bin",
+        4 * MIB,
+        64 * 1024,
+    );
+    let staged = names(d.staging());
+    let alice_home = d.path("alice");
+    symlink("../bob", alice_home.join("tobob")).unwrap();
+    symlink(d.state(), alice_home.join("priv")).unwrap();
+    symlink(
+        relative(&alice_home, &d.state()),
+        alice_home.join("privrel"),
+    )
+    .unwrap();
+
+    let keys = crate::util::Keys::new();
+    let secret = keys.secret("alice", ALICE);
+    let work = tmpdir();
+    write_file(work.path().join("mine.txt"), "alice's");
+    let mut attempts = vec![
+        "get tobob/secret.txt stolen".to_owned(),
+        "ls tobob".into(),
+        "put mine.txt tobob/planted.txt".into(),
+        "put -f mine.txt tobob/secret.txt".into(),
+        "rm tobob/secret.txt".into(),
+    ];
+    for link in ["priv", "privrel"] {
+        attempts.extend([
+            format!("ls {link}/staging"),
+            format!("get {link}/staging/{} stolen", staged[0]),
+            format!("put mine.txt {link}/digests/forged.json"),
+            format!("rm {link}/staging/{}", staged[0]),
+        ]);
+    }
+    for cmd in &attempts {
+        d.cli()
+            .user("alice", &secret)
+            .cwd(&work)
+            .timeout(STEP_TIMEOUT)
+            .cmds(cmd)
+            .run()
+            .fails();
+    }
+    assert_missing(work.path().join("stolen"));
+    assert_eq!(
+        fs::read_to_string(d.path("bob/secret.txt")).unwrap(),
+        "bob's own"
+    );
+    assert_eq!(names(d.path("bob")), ["secret.txt"]);
+    assert_eq!(
+        names(d.staging()),
+        staged,
+        "bob's staged upload is still there"
+    );
+    assert_missing(d.state().join("digests/forged.json"));
+    drop(bob);
+}
+
+/// Item 10: a directory of alice's swapped for a symlink to bob's home while her upload into
+/// it is in flight must not land the upload in bob's home.
+#[test]
+fn a_directory_swapped_for_a_symlink_mid_upload_does_not_land_in_another_home() {
+    let site = Site::new();
+    let d = alice_and_bob(&site);
+    fs::create_dir(d.path("alice/d")).unwrap();
+    let body: Vec<u8> = (0..128 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let half = body.len() / 2;
+    let mut alice = Raw::connect(d.addr()).login("alice", ALICE);
+    alice.send(&put("d/f.bin", body.len() as u64));
+    alice.expect_put_ready();
+    alice.send(&Message::Chunk(ChunkHeader {
+        offset: 0,
+        len: half as u32,
+        digest: Digest::md5(&body[..half]),
+    }));
+    alice.send_bytes(&body[..half]);
+    // The upload has begun (its directory checked): now the directory becomes a way out.
+    fs::rename(d.path("alice/d"), d.path("alice/d.moved")).unwrap();
+    symlink("../bob", d.path("alice/d")).unwrap();
+    alice.send(&Message::Chunk(ChunkHeader {
+        offset: half as u64,
+        len: (body.len() - half) as u32,
+        digest: Digest::md5(&body),
+    }));
+    alice.send_bytes(&body[half..]);
+    alice.send(&Message::Eof(Eof {
+        size: body.len() as u64,
+        digest: Digest::md5(&body),
+    }));
+    match alice.recv() {
+        Message::Error(_) => {}
+        Message::Stored(_) => assert_same_file_bytes(&d.path("alice/d.moved/f.bin"), &body),
+        other => panic!("expected the upload to fail or land in alice's home, got {other:?}"),
+    }
+    assert_missing(d.path("bob/f.bin"));
+    assert!(
+        names(d.path("bob")).is_empty(),
+        "{:?}",
+        names(d.path("bob"))
+    );
+}
+
+/// Panics unless `path` holds exactly `bytes`.
+#[track_caller]
+fn assert_same_file_bytes(path: &Path, bytes: &[u8]) {
+    assert_eq!(fs::read(path).unwrap(), bytes, "{}", path.display());
+}
+
+/// Item 10: an anonymous session's home is the whole root, and the private state used to lie
+/// in it (`.ftpd`): any symlink in the root that reached it (`x -> .ftpd`) gave every client
+/// the staged uploads and the digest records. No link in the root may reach the state now.
+#[test]
+fn no_symlink_in_an_anonymous_root_reaches_the_private_state() {
+    let site = Site::new();
+    let d = site.daemon().start();
+    let peer = upload_in_flight(
+        &d,
+        Raw::connect(d.addr()).hello(),
+        "big.bin",
+        4 * MIB,
+        64 * 1024,
+    );
+    let staged = names(d.staging());
+    let root = d.root();
+    symlink(".ftpd", root.join("old")).unwrap();
+    symlink(d.state(), root.join("abs")).unwrap();
+    symlink(relative(root, &d.state()), root.join("rel")).unwrap();
+
+    let work = tmpdir();
+    write_file(work.path().join("mine.txt"), "forged");
+    for link in ["old", "abs", "rel"] {
+        for cmd in [
+            format!("ls {link}/staging"),
+            format!("get {link}/staging/{} stolen", staged[0]),
+            format!("put mine.txt {link}/digests/forged.json"),
+            format!("rm {link}/staging/{}", staged[0]),
+        ] {
+            d.cli()
+                .cwd(&work)
+                .timeout(STEP_TIMEOUT)
+                .cmds(&cmd)
+                .run()
+                .fails();
+        }
+    }
+    assert_missing(work.path().join("stolen"));
+    assert_eq!(
+        names(d.staging()),
+        staged,
+        "the staged upload is still there"
+    );
+    assert_missing(d.state().join("digests/forged.json"));
+    drop(peer);
 }
 
 // ---------------------------------------------------------------------------------------------

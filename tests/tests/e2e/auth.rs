@@ -603,8 +603,8 @@ fn home_outside_the_root_stops_startup() {
 /// away elsewhere.
 #[test]
 fn anonymous_daemon_on_a_public_address_needs_allow_anonymous() {
-    let root = tmpdir();
-    let public = || Daemon::builder().root(root.path()).listen("0.0.0.0:0");
+    let site = Site::new();
+    let public = || Daemon::builder().root(site.root()).listen("0.0.0.0:0");
     let stderr = public().refuses_to_start();
     assert_names(&stderr, &["--allow-anonymous"]);
 
@@ -619,7 +619,7 @@ fn anonymous_daemon_on_a_public_address_needs_allow_anonymous() {
         .timeout(STEP_TIMEOUT)
         .run()
         .ok();
-    assert_same_file(work.path().join("a.bin"), root.path().join("a.bin"));
+    assert_same_file(work.path().join("a.bin"), site.root().join("a.bin"));
     drop(daemon);
 }
 

@@ -16,8 +16,8 @@ use protocol::{Digest, DigestKind};
 use tempfile::TempDir;
 
 use crate::util::{
-    assert_missing, assert_same_file, names, staged_bytes, tmpdir, tmpdir_named, wait_until,
-    write_random, Cli, Daemon, Run, MIB,
+    assert_missing, assert_same_file, names, staged_bytes, tmpdir, wait_until, write_random, Cli,
+    Daemon, Run, Site, MIB,
 };
 
 use Direction::{ClientToServer as C2S, ServerToClient as S2C};
@@ -553,13 +553,13 @@ fn stall_every_time_on_get() {
 /// root lets `put -c` carry on from them instead of starting over.
 #[test]
 fn put_continues_after_the_daemon_is_killed() {
-    let root = tmpdir_named("e2e-root-");
+    let site = Site::new();
     let work = tmpdir();
     let src = work.path().join("big.bin");
     let size = 8 * MIB + 5;
     write_random(&src, size, 0xdead);
 
-    let daemon = Daemon::start_on(root.path());
+    let daemon = Daemon::start_on(site.root());
     let staging = daemon.staging();
     // The stall holds the upload right after its third chunk, so the daemon is killed with
     // exactly 3 MiB staged, however fast the machine.
@@ -578,9 +578,9 @@ fn put_continues_after_the_daemon_is_killed() {
     daemon.kill();
     upload.kill();
     drop(proxy);
-    assert_missing(root.path().join("big.bin"));
+    assert_missing(site.root().join("big.bin"));
 
-    let daemon = Daemon::start_on(root.path());
+    let daemon = Daemon::start_on(site.root());
     let run = daemon
         .cli()
         .cwd(&work)
@@ -606,6 +606,60 @@ fn put_continues_after_the_daemon_is_killed() {
         "put -c does not report sending only the {rest} bytes after the 3 MiB staged \
          (summary says {sent:?}); {run}\ndaemon log:\n{}",
         daemon.log()
+    );
+}
+
+/// Item 10: an older version kept its private state in the root's `.ftpd`, where symlinks in
+/// the root reached it. A new daemon on such a root moves it into the state directory at
+/// startup, says so once, leaves no `.ftpd` in the root, and the upload staged there still
+/// continues with `put -c`.
+#[test]
+fn an_older_roots_staged_upload_moves_to_the_state_directory_and_still_resumes() {
+    let site = Site::new();
+    let root = site.root();
+    let work = tmpdir();
+    let src = work.path().join("big.bin");
+    let size = 8 * MIB + 5;
+    write_random(&src, size, 0xfeed);
+
+    let daemon = Daemon::start_on(&root);
+    let (state, staging) = (daemon.state(), daemon.staging());
+    let proxy = Proxy::start(
+        daemon.addr(),
+        vec![Fault::stall_forever(C2S, 3 * MIB + 64 * 1024)],
+    );
+    let mut upload = Cli::new(proxy.addr())
+        .cwd(&work)
+        .cmds("put big.bin")
+        .spawn();
+    wait_until("3 MiB are staged", Duration::from_secs(30), || {
+        upload.assert_running();
+        staged_bytes(&staging) >= 3 * MIB
+    });
+    daemon.kill();
+    upload.kill();
+    drop(proxy);
+    // What an older version left: its staging and digests in the root's `.ftpd`.
+    fs::rename(&state, root.join(".ftpd")).unwrap();
+
+    let daemon = Daemon::start_on(&root);
+    daemon.wait_for_log(&["INFO", "older version", "state directory"]);
+    assert_missing(root.join(".ftpd"));
+    assert!(staged_bytes(&staging) >= 3 * MIB, "the staged bytes moved");
+    let run = daemon
+        .cli()
+        .cwd(&work)
+        .timeout(RUN_LIMIT)
+        .cmds("put -c big.bin")
+        .run()
+        .ok()
+        .verified(&src, 1);
+    assert_same_file(&src, daemon.path("big.bin"));
+    let sent = sent_this_time(&run.stdout);
+    let rest = (size - 3 * MIB) as f64;
+    assert!(
+        sent.is_some_and(|sent| (sent - rest).abs() < 0.01 * MIB as f64),
+        "put -c did not continue from the migrated bytes (summary says {sent:?} sent); {run}"
     );
 }
 
@@ -687,7 +741,11 @@ fn full_disk_fails_cleanly() {
         return;
     };
     // Declared after `disk`, so the daemon is gone before the unmount.
-    let daemon = Daemon::start_on(disk.path());
+    // The root is a directory on the small file system, not its top: the state directory must
+    // be on the root's file system, outside the root.
+    let root = disk.path().join("root");
+    fs::create_dir(&root).unwrap();
+    let daemon = Daemon::start_on(&root);
     let work = tmpdir();
     write_random(work.path().join("huge.bin"), 16 * MIB, 0xf011);
     let run = daemon

@@ -107,6 +107,26 @@ impl Raw {
         }
     }
 
+    /// Logs in as `user` proving `secret` as PROTOCOL.md defines it (after
+    /// [`Raw::hello_and_challenge`]'s exchange); panics unless the server accepts.
+    #[track_caller]
+    pub fn login(mut self, user: &str, secret: &str) -> Raw {
+        use protocol::auth::{self, Role};
+        let server_nonce = self.hello_and_challenge();
+        let client_nonce = auth::nonce();
+        let transcript =
+            auth::transcript(Role::Client, VERSION, &server_nonce, &client_nonce, user);
+        self.send(&Message::Auth(protocol::Auth {
+            user: user.into(),
+            nonce: client_nonce,
+            mac: auth::sign(secret.as_bytes(), &transcript),
+        }));
+        match self.recv() {
+            Message::AuthOk(_) => self,
+            other => panic!("{user} with the right secret got {other:?}"),
+        }
+    }
+
     /// Sends our hello; true if the server's hello came back, false if the connection was
     /// refused or closed first. Panics if neither happens in time.
     #[track_caller]

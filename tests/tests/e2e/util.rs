@@ -157,6 +157,8 @@ pub struct Daemon {
     addr: OnceLock<SocketAddr>,
     /// The directory it serves.
     root: PathBuf,
+    /// Its private state directory: `--state-dir`, or the default beside the root.
+    state: PathBuf,
     /// The file its stderr goes to.
     log: PathBuf,
     /// Holds the log and, unless the test gave a root, the root; declared last so it is removed
@@ -246,9 +248,14 @@ impl Daemon {
         self.root.join(name)
     }
 
+    /// The daemon's private state directory: staged uploads, recorded digests.
+    pub fn state(&self) -> PathBuf {
+        self.state.clone()
+    }
+
     /// The daemon's private directory where uploads are staged.
     pub fn staging(&self) -> PathBuf {
-        self.root.join(".ftpd").join("staging")
+        self.state().join("staging")
     }
 
     /// What the daemon has logged so far.
@@ -484,6 +491,7 @@ impl DaemonBuilder {
                 None => cmd.env_remove(key),
             };
         }
+        let state = state_dir(&root, &self.args);
         let log = dir.path().join("ftpd.log");
         let file = File::create(&log).expect("cannot create the log file");
         let child = cmd
@@ -496,6 +504,7 @@ impl DaemonBuilder {
             child: Mutex::new(KillOnDrop::new(child)),
             addr: OnceLock::new(),
             root,
+            state,
             log,
             _dir: dir,
         }
@@ -521,9 +530,27 @@ impl DaemonBuilder {
     }
 }
 
+/// The state directory a daemon given `args` uses for `root`: the `--state-dir` among them,
+/// else ftpd's default, beside the root and named after it (`DIR/.NAME.ftpd-state`).
+pub fn state_dir(root: &Path, args: &[OsString]) -> PathBuf {
+    let given = args
+        .iter()
+        .position(|a| a == "--state-dir")
+        .and_then(|i| args.get(i + 1));
+    if let Some(dir) = given {
+        return PathBuf::from(dir);
+    }
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_owned());
+    let mut name = OsString::from(".");
+    name.push(root.file_name().expect("the root is not /"));
+    name.push(".ftpd-state");
+    root.with_file_name(name)
+}
+
 /// A temp dir holding a root to serve (`root/`) and, beside it, whatever else a test needs there:
-/// a users file and secrets, a settings file, a sentinel nothing from the daemon may touch.
-/// Anything that escaped the root would land beside them too.
+/// a users file and secrets, a settings file, a sentinel nothing from the daemon may touch, and
+/// the daemon's state directory (`.root.ftpd-state`, its default). Anything that escaped the
+/// root would land beside them too.
 pub struct Site {
     /// Removed on drop; a daemon on the root is declared after its site, so it is gone first.
     dir: TempDir,

@@ -130,9 +130,10 @@ impl Daemon {
         names_in(&self.root_path(""))
     }
 
-    /// Names of the staged uploads the daemon holds (in its private `.ftpd/staging`), sorted.
+    /// Names of the staged uploads the daemon holds (in its state directory, which by
+    /// default lies beside the root: `.root.ftpd-state`), sorted.
     pub fn staged(&self) -> Vec<String> {
-        names_in(&self.root_path(".ftpd/staging"))
+        names_in(&self.site.path().join(".root.ftpd-state/staging"))
     }
 
     /// A new connection: the daemon's session at one end of a pipe, the other end ours.
