@@ -101,6 +101,54 @@ pub fn part_path(local: &Path) -> PathBuf {
     local.with_file_name(name)
 }
 
+/// How [`open_local`] opens a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Access {
+    /// To hash it: a partial copy that may turn out complete needs no write access.
+    Read,
+    /// To read and write what is there.
+    Write,
+    /// To read and write it, made if missing.
+    Create,
+}
+
+/// Opens `path`, a download's `.ftp-part` or the partial copy that becomes one, never through
+/// a symlink (`O_NOFOLLOW`: someone who can write the directory could point it at a file of
+/// the user's elsewhere) and never blocking on a FIFO (`O_NONBLOCK`, which does nothing to a
+/// regular file). Anything but a regular file is refused, and so, to write, is one with
+/// another hard link, whose bytes would change under that name too. Never truncates: what it
+/// opened is checked first.
+pub(super) fn open_local(path: &Path, access: Access) -> Result<File> {
+    use rustix::fs::OFlags;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let refuse = |why: &str| ClientError::Local {
+        path: path.display().to_string(),
+        source: std::io::Error::other(format!("{why}; not used for the download")),
+    };
+    let flags = (OFlags::NOFOLLOW | OFlags::NONBLOCK).bits();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(access != Access::Read)
+        .create(access == Access::Create)
+        .custom_flags(flags as i32)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                refuse("a symlink, not a regular file")
+            } else {
+                ClientError::local(path, e)
+            }
+        })?;
+    let meta = file.metadata().map_err(|e| ClientError::local(path, e))?;
+    if !meta.is_file() {
+        return Err(refuse("not a regular file"));
+    }
+    if access != Access::Read && meta.nlink() > 1 {
+        return Err(refuse("a file with other hard links"));
+    }
+    Ok(file)
+}
+
 /// Moves a verified download into place; without `overwrite`, never over an existing file.
 pub(super) fn place(part: &Path, local: &Path, overwrite: bool) -> Result<()> {
     let result = if overwrite {
