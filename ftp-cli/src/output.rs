@@ -61,7 +61,7 @@ impl serde_json::ser::Formatter for TerminalSafeJson {
         // C0 controls never reach here: serde_json has escaped them already.
         let mut rest = fragment;
         while let Some(at) = rest.find(char::is_control) {
-            writer.write_all(rest[..at].as_bytes())?;
+            writer.write_all(&rest.as_bytes()[..at])?;
             let c = rest[at..].chars().next().expect("found above");
             write!(writer, "\\u{:04x}", u32::from(c))?;
             rest = &rest[at + c.len_utf8()..];

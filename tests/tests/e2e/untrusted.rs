@@ -37,10 +37,13 @@ struct Liar {
     accept: Option<JoinHandle<()>>,
 }
 
+/// What a lying server lists for a path.
+type Lister = Box<dyn Fn(&str) -> Vec<Entry> + Send + Sync>;
+
 /// What the lying server answers, besides the file it sends.
 struct Lies {
     /// The entries `list PATH` answers with, however many.
-    list: Box<dyn Fn(&str) -> Vec<Entry> + Send + Sync>,
+    list: Lister,
     /// Its word wherever the protocol has the server name something: the directory `pwd` and
     /// `cd` answer with, the name `stat` gives its entry, the message of each error (it refuses
     /// `rm`, `mkdir`, `rmdir` and `rename`).
@@ -117,7 +120,8 @@ fn serve(stream: TcpStream, lies: &Lies) {
                 digest: DigestKind::Md5,
             })),
             Message::List(PathArg { path }) => {
-                if !send_listing(&mut peer, (lies.list)(&path)) {
+                let sent = send_listing(&mut peer, (lies.list)(&path));
+                if !sent {
                     return; // the client stopped reading: it refused the listing
                 }
             }
