@@ -250,10 +250,14 @@ fn kind_name(kind: EntryKind) -> &'static str {
     }
 }
 
-/// A modification time as `2026-11-22 01:05:54` (UTC).
+/// The last second RFC 3339 can write (the end of the year 9999): humantime fails to format a
+/// later one, and the server's times are its word.
+const LAST_SECOND: i64 = 253_402_300_799;
+
+/// A modification time as `2026-11-22 01:05:54` (UTC); dashes for one unknown or out of range.
 fn time(mtime: Option<i64>) -> String {
     match mtime {
-        Some(secs) if secs >= 0 => {
+        Some(secs @ 0..=LAST_SECOND) => {
             let t = UNIX_EPOCH + Duration::from_secs(secs as u64);
             humantime::format_rfc3339_seconds(t)
                 .to_string()
@@ -324,5 +328,9 @@ mod tests {
     fn times() {
         assert_eq!(time(Some(0)), "1970-01-01 00:00:00");
         assert_eq!(time(None).len(), 19);
+        assert_eq!(time(Some(LAST_SECOND)), "9999-12-31 23:59:59");
+        for out_of_range in [LAST_SECOND + 1, i64::MAX, -1, i64::MIN] {
+            assert_eq!(time(Some(out_of_range)), "-".repeat(19));
+        }
     }
 }

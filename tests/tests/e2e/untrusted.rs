@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use protocol::{
     Digest, DigestKind, Entry, EntryKind, Eof, ErrorCode, ErrorReply, GetReady, Hello, ListEnd,
-    Listing, Message, PathArg, StatReply, VERSION,
+    Listing, Message, PathArg, Stat, StatReply, VERSION,
 };
 
 use crate::raw::{encode, Raw};
@@ -28,6 +28,8 @@ const BODY: &[u8] = b"what the server sent\n";
 /// it does not know the prefix); wherever it names something (the directory, `stat`'s entry,
 /// an error's message) it says [`Lies::says`]. It speaks frames by hand ([`Raw`]), one thread
 /// per connection; stopped on drop.
+///
+/// `stat PATH` describes the first entry `list PATH` would give (else a file named as it says).
 struct Liar {
     /// Where it listens (127.0.0.1, port 0).
     addr: SocketAddr,
@@ -154,8 +156,11 @@ fn serve(stream: TcpStream, lies: &Lies) {
             Message::Pwd | Message::Cd(_) => peer.send(&Message::Cwd(PathArg {
                 path: lies.says.clone(),
             })),
-            Message::Stat(_) => peer.send(&Message::StatReply(StatReply {
-                entry: file(&lies.says),
+            Message::Stat(Stat { path, .. }) => peer.send(&Message::StatReply(StatReply {
+                entry: (lies.list)(&path)
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| file(&lies.says)),
                 md5: None,
             })),
             Message::Rm(_) | Message::Mkdir(_) | Message::Rmdir(_) | Message::Rename(_) => peer
@@ -787,4 +792,57 @@ fn reget_never_resumes_through_a_symlink() {
         assert_eq!(names(&work), ["x"], "{cmd}: {run}");
         assert!(fs::symlink_metadata(work.join("x")).unwrap().is_symlink());
     }
+}
+
+/// The regression: `ls -l` and `stat` of an entry whose modification time is past the year 9999
+/// (or past what `SystemTime` holds) crashed the client: the date could not be formatted.
+#[test]
+fn listed_times_past_the_year_9999_are_shown_as_unknown() {
+    let at = |name: &str, mtime| Entry {
+        mtime: Some(mtime),
+        ..file(name)
+    };
+    let liar = liar(
+        move |_| {
+            vec![
+                at("a-max", i64::MAX),
+                at("b-year-10000", 253_402_300_800),
+                at("c-min", i64::MIN),
+                at("d-last-second", 253_402_300_799),
+            ]
+        },
+        "/",
+    );
+    let run = liar.cli().cmds("ls -l").run().ok();
+    let unknown = "-".repeat(19);
+    for name in ["a-max", "b-year-10000", "c-min"] {
+        let line = run.stdout.lines().find(|l| l.ends_with(name)).unwrap();
+        assert!(line.contains(&unknown), "{line}: {run}");
+    }
+    assert!(run.stdout.contains("9999-12-31 23:59:59"), "{run}");
+    let run = liar.cli().cmds("stat a").run().ok();
+    assert!(run.stdout.contains(&unknown), "{run}");
+}
+
+/// The regression: `mget` of files the server lists as 2^64 - 1 bytes each added their sizes
+/// for the overall progress bar and overflowed (a panic in a debug build, a wrong total in a
+/// release one). The sizes are the server's word only: each file is what it sends.
+#[test]
+fn mget_of_files_listed_as_huge_adds_their_sizes_without_overflow() {
+    let work = tmpdir();
+    let huge = |name: &str| Entry {
+        size: u64::MAX,
+        ..file(name)
+    };
+    let liar = liar(move |_| vec![huge("a"), huge("b"), huge("c")], "/");
+    let run = liar
+        .cli()
+        .cwd(work.path())
+        .arg("-P")
+        .arg("1")
+        .cmds("mget *")
+        .run()
+        .ok();
+    assert_eq!(names(work.path()), ["a", "b", "c"], "{run}");
+    assert_eq!(fs::read(work.path().join("c")).unwrap(), BODY);
 }
