@@ -11,7 +11,7 @@ use crate::completion::Listings;
 use crate::error::{ClientError, Result};
 use crate::link::{Dial, Link};
 use crate::local_cmds;
-use crate::output::Output;
+use crate::output::{Output, Shown};
 use crate::progress::Bar;
 use crate::retry::{transfer, Transfer};
 use crate::tree::{self, file_name};
@@ -77,7 +77,8 @@ impl App {
             Some(c) => format!("{}@{}", c.user, self.dial.addr),
             None => self.dial.addr.clone(),
         };
-        format!("ftp {who}:{}> ", self.link.cwd)
+        // The directory is the server's word: escaped, it cannot draw on the terminal.
+        format!("ftp {who}:{}> ", Shown(&self.link.cwd))
     }
 
     /// Where everything the session prints goes.
@@ -157,7 +158,7 @@ impl App {
             }
             Command::Pwd => {
                 let cwd = remote!(self, c => c.pwd())?;
-                self.output.line(&cwd)?;
+                self.output.line(Shown(&cwd))?;
                 self.link.cwd = cwd;
             }
             Command::Mkdir { parents, path } => remote!(self, c => c.mkdir(&path, parents))?,

@@ -44,7 +44,10 @@ pub(crate) async fn run(
 ) -> Result<()> {
     let Files { items, refused } = files;
     let (moving, total) = (items.len(), items.len() + refused);
-    let bytes = items.iter().map(|(_, size)| size).sum();
+    // The sizes are the server's word for `get -r` and `mget`: their sum must not overflow.
+    let bytes = items
+        .iter()
+        .fold(0u64, |sum, (_, size)| sum.saturating_add(*size));
     let slots = parallel.clamp(1, moving.max(1));
     let batch = Batch {
         dial,

@@ -38,6 +38,10 @@ pub enum ClientError {
     /// control character): never written. Shown escaped, so it cannot draw on the terminal.
     #[error("{0:?}: not a plain file name, skipped (the server sent it)")]
     UnsafeName(String),
+    /// The server sent more than the client takes in one answer (a listing, a tree for
+    /// `get -r`): the message names the cap. Refused before it can exhaust memory or disk.
+    #[error("{0}")]
+    Limit(String),
     /// The command's output could not be written; `main` exits quietly when the reader closed
     /// the pipe (`ftp-cli HOST -c ls | head`), as other Unix tools do.
     #[error("cannot write to stdout: {0}")]
@@ -63,6 +67,7 @@ impl ClientError {
             | ClientError::Verify(_)
             | ClientError::Protocol(_)
             | ClientError::UnsafeName(_)
+            | ClientError::Limit(_)
             | ClientError::Internal(_) => 7,
         }
     }
@@ -89,6 +94,7 @@ impl ClientError {
             | ClientError::Stdout(_)
             | ClientError::Verify(_)
             | ClientError::UnsafeName(_)
+            | ClientError::Limit(_)
             | ClientError::Internal(_) => false,
         }
     }

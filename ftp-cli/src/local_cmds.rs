@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{ClientError, Result};
-use crate::output::Output;
+use crate::output::{Output, Shown};
 
 /// `lcd [PATH]`: changes the local directory, to the home directory without a path.
 pub(crate) fn lcd(path: Option<String>) -> Result<()> {
@@ -35,7 +35,8 @@ pub(crate) fn lls(path: Option<String>, output: &Output) -> Result<()> {
         .collect();
     names.sort();
     for n in names {
-        output.line(n)?;
+        // Someone else may have named a file here (a shared directory): shown escaped.
+        output.line(Shown(n))?;
     }
     Ok(())
 }

@@ -94,7 +94,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("ftp-cli: {e}");
+            // Escaped: the error may carry the server's words.
+            ftp_cli::output::diagnostic(&e);
             ExitCode::from(e.exit_code())
         }
     }

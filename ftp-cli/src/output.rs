@@ -7,8 +7,80 @@ use indicatif::HumanBytes;
 use protocol::{DigestKind, Entry, EntryKind, StatReply};
 use serde::Serialize;
 
-use crate::client::Summary;
+use crate::client::{is_bidi_control, Summary};
 use crate::error::{ClientError, Result};
+
+/// Text from the server (a name, a message, its directory), or anything else nobody vouches
+/// for, made safe to print on a terminal: every character that would act on the terminal
+/// instead of being shown is written escaped, the way Rust writes it (`\u{1b}`, `\t`, `\u{202e}`).
+/// That is every control character (C0 with ESC, so no CSI or OSC sequence; DEL; C1, whose
+/// U+009B is a CSI of its own), the bidirectional controls ([`is_bidi_control`]), and the line
+/// and paragraph separators. Backslashes are left alone, so a plain name reads as it is.
+pub struct Shown<T>(pub T);
+
+impl<T: std::fmt::Display> std::fmt::Display for Shown<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        write!(Escaping(f), "{}", self.0)
+    }
+}
+
+/// Whether `c` would act on a terminal rather than be shown: see [`Shown`].
+fn acts_on_terminal(c: char) -> bool {
+    c.is_control() || is_bidi_control(c) || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// Writes what it is given with [`acts_on_terminal`] characters escaped.
+struct Escaping<'a, 'f>(&'a mut std::fmt::Formatter<'f>);
+
+impl std::fmt::Write for Escaping<'_, '_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let mut rest = s;
+        while let Some(at) = rest.find(acts_on_terminal) {
+            self.0.write_str(&rest[..at])?;
+            let c = rest[at..].chars().next().expect("found above");
+            write!(self.0, "{}", c.escape_default())?;
+            rest = &rest[at + c.len_utf8()..];
+        }
+        self.0.write_str(rest)
+    }
+}
+
+/// JSON as serde_json writes it, but with DEL and the C1 controls written `\u00XX` too: JSON
+/// needs only C0 escaped, and serde_json escapes no more, yet U+009B is a CSI to a terminal
+/// showing the output. The same JSON value either way; bidirectional controls are left as they
+/// are (a JSON reader wants the exact name, and they move no cursor).
+struct TerminalSafeJson;
+
+impl serde_json::ser::Formatter for TerminalSafeJson {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        // C0 controls never reach here: serde_json has escaped them already.
+        let mut rest = fragment;
+        while let Some(at) = rest.find(char::is_control) {
+            writer.write_all(&rest.as_bytes()[..at])?;
+            let c = rest[at..].chars().next().expect("found above");
+            write!(writer, "\\u{:04x}", u32::from(c))?;
+            rest = &rest[at + c.len_utf8()..];
+        }
+        writer.write_all(rest.as_bytes())
+    }
+}
+
+/// One line on stderr, after the program's name, with anything in it that would act on the
+/// terminal escaped ([`Shown`]): diagnostics carry the server's messages and names. A failed
+/// write is ignored: with stderr gone there is nowhere left to say so.
+pub fn diagnostic(text: impl std::fmt::Display) {
+    diagnostic_to(&std::io::stderr(), text);
+}
+
+fn diagnostic_to(stderr: &std::io::Stderr, text: impl std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = writeln!(stderr.lock(), "ftp-cli: {}", Shown(text));
+}
 
 /// Everything the client prints goes through here: the command's output to stdout,
 /// diagnostics to stderr, in the form the user asked for.
@@ -48,16 +120,18 @@ impl Output {
         writeln!(self.stdout.lock(), "{text}").map_err(ClientError::Stdout)
     }
 
-    /// One JSON line on stdout.
+    /// One JSON line on stdout: exact JSON, with nothing raw in it that acts on a terminal
+    /// ([`TerminalSafeJson`]).
     pub fn json_line(&self, value: &impl Serialize) -> Result<()> {
-        self.line(serde_json::to_string(value).expect("plain data serializes"))
+        let mut out = Vec::new();
+        let mut json = serde_json::Serializer::with_formatter(&mut out, TerminalSafeJson);
+        value.serialize(&mut json).expect("plain data serializes");
+        self.line(String::from_utf8(out).expect("serde_json writes UTF-8"))
     }
 
-    /// One line on stderr, after the program's name. A failed write is ignored: with stderr
-    /// gone there is nowhere left to say so.
+    /// One line on stderr: see [`diagnostic`].
     pub fn diagnostic(&self, text: impl std::fmt::Display) {
-        use std::io::Write as _;
-        let _ = writeln!(self.stderr.lock(), "ftp-cli: {text}");
+        diagnostic_to(&self.stderr, text);
     }
 
     /// A remote directory's entries, one a line (`ls`, `ls -l`).
@@ -81,10 +155,10 @@ impl Output {
                     kind_char(e.kind),
                     e.size,
                     time(e.mtime),
-                    e.name
+                    Shown(&e.name)
                 ))?;
             } else {
-                self.line(format_args!("{}{slash}", e.name))?;
+                self.line(format_args!("{}{slash}", Shown(&e.name)))?;
             }
         }
         Ok(())
@@ -99,7 +173,7 @@ impl Output {
         let e = &r.entry;
         self.line(format_args!(
             "{}  {}  {} bytes  modified {}{md5}",
-            e.name,
+            Shown(&e.name),
             kind_name(e.kind),
             e.size,
             time(e.mtime)
@@ -148,7 +222,7 @@ impl Output {
         };
         self.line(format_args!(
             "{op} {}: {} ({} bytes{resumed}) in {secs:.2} s, {}/s, {} {} verified",
-            s.name,
+            Shown(&s.name),
             HumanBytes(s.size),
             s.size,
             HumanBytes((s.sent as f64 / secs) as u64),
@@ -176,10 +250,14 @@ fn kind_name(kind: EntryKind) -> &'static str {
     }
 }
 
-/// A modification time as `2026-11-22 01:05:54` (UTC).
+/// The last second RFC 3339 can write (the end of the year 9999): humantime fails to format a
+/// later one, and the server's times are its word.
+const LAST_SECOND: i64 = 253_402_300_799;
+
+/// A modification time as `2026-11-22 01:05:54` (UTC); dashes for one unknown or out of range.
 fn time(mtime: Option<i64>) -> String {
     match mtime {
-        Some(secs) if secs >= 0 => {
+        Some(secs @ 0..=LAST_SECOND) => {
             let t = UNIX_EPOCH + Duration::from_secs(secs as u64);
             humantime::format_rfc3339_seconds(t)
                 .to_string()
@@ -195,9 +273,64 @@ fn time(mtime: Option<i64>) -> String {
 mod tests {
     use super::*;
 
+    /// What a server can put in a name or a message to act on a terminal, and how it shows.
+    const ACTING: &[(&str, &str)] = &[
+        ("\x1b[2J", "\\u{1b}[2J"),
+        ("\x1b]0;owned\x07", "\\u{1b}]0;owned\\u{7}"),
+        ("\u{9b}2J", "\\u{9b}2J"),
+        ("\u{9d}0;x\u{9c}", "\\u{9d}0;x\\u{9c}"),
+        ("del\u{7f}", "del\\u{7f}"),
+        ("a\rb\nc\td", "a\\rb\\nc\\td"),
+        ("txt.\u{202e}exe", "txt.\\u{202e}exe"),
+        (
+            "\u{2066}\u{2069}\u{200e}\u{200f}\u{61c}",
+            "\\u{2066}\\u{2069}\\u{200e}\\u{200f}\\u{61c}",
+        ),
+        ("line\u{2028}para\u{2029}", "line\\u{2028}para\\u{2029}"),
+    ];
+
+    #[test]
+    fn shown_escapes_what_acts_on_a_terminal() {
+        for (raw, shown) in ACTING {
+            assert_eq!(Shown(raw).to_string(), *shown, "{raw:?}");
+        }
+        for plain in ["plain.txt", "ünï côdé", "a\\b", "/photos/2026", "日本語"] {
+            assert_eq!(Shown(plain).to_string(), plain);
+        }
+        // Escaping what is already shown changes nothing: errors may be shown twice over.
+        for (_, shown) in ACTING {
+            assert_eq!(Shown(Shown(shown)).to_string(), *shown);
+        }
+    }
+
+    #[test]
+    fn json_is_exact_and_holds_nothing_raw_that_acts_on_a_terminal() {
+        for (raw, _) in ACTING {
+            let mut out = Vec::new();
+            let mut json = serde_json::Serializer::with_formatter(&mut out, TerminalSafeJson);
+            raw.serialize(&mut json).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(
+                serde_json::from_str::<String>(&text).unwrap(),
+                *raw,
+                "{text}"
+            );
+            assert!(!text.contains(char::is_control), "{text:?}");
+        }
+        // Bidirectional controls stay as they are: exact, and a JSON reader wants them so.
+        let mut out = Vec::new();
+        let mut json = serde_json::Serializer::with_formatter(&mut out, TerminalSafeJson);
+        "a\u{202e}b".serialize(&mut json).unwrap();
+        assert_eq!(out, "\"a\u{202e}b\"".as_bytes());
+    }
+
     #[test]
     fn times() {
         assert_eq!(time(Some(0)), "1970-01-01 00:00:00");
         assert_eq!(time(None).len(), 19);
+        assert_eq!(time(Some(LAST_SECOND)), "9999-12-31 23:59:59");
+        for out_of_range in [LAST_SECOND + 1, i64::MAX, -1, i64::MIN] {
+            assert_eq!(time(Some(out_of_range)), "-".repeat(19));
+        }
     }
 }

@@ -134,7 +134,7 @@ impl SlotProgress {
     fn recount(&mut self, n: u64) {
         let pos = self.overall.position();
         self.overall
-            .set_position((pos + n).saturating_sub(self.counted));
+            .set_position(pos.saturating_add(n).saturating_sub(self.counted));
         self.counted = n;
     }
 }

@@ -12,6 +12,11 @@ use crate::retry::Transfer;
 
 /// Deepest directory tree `get -r` descends into.
 const MAX_DEPTH: usize = 64;
+/// Most entries (files, directories, and names refused or skipped) `get -r` takes from the
+/// server's listings of one tree: a server listing ever more subdirectories would otherwise
+/// have the client make directories, and hold transfers in memory, without end. Past it the
+/// command stops before it makes anything more.
+pub const MAX_TREE_ENTRIES: usize = 1_000_000;
 
 /// `put -r`: the remote directories to make (`remote` itself first, each before its children)
 /// and the files to send, each with its size.
@@ -40,6 +45,7 @@ pub(crate) fn put_tree(
 /// `get -r`: the files under `remote` (listed with `list`), each with its size, to the same
 /// places under `local`, whose directories are made on the way. A name the server lists that
 /// is not a plain file name ([`safe_name`]) is skipped with a warning and counted as refused.
+/// A tree of more than [`MAX_TREE_ENTRIES`] entries is refused as a whole.
 pub(crate) fn get_tree(
     remote: &str,
     local: &Path,
@@ -48,11 +54,21 @@ pub(crate) fn get_tree(
 ) -> Result<Files> {
     let mut files = Files::default();
     let mut pending = vec![(String::new(), 0usize)];
+    let mut taken = 0usize;
     while let Some((rel, depth)) = pending.pop() {
         let dir = local.join(&rel);
         std::fs::create_dir_all(&dir).map_err(|e| ClientError::local(&dir, e))?;
         let path = join(remote, &rel);
         let mut entries = list(&path)?;
+        // Counted before any of them is queued: the error comes before another directory is
+        // made.
+        taken += entries.len();
+        if taken > MAX_TREE_ENTRIES {
+            return Err(ClientError::Limit(format!(
+                "get -r {remote}: the server lists more than {MAX_TREE_ENTRIES} files and \
+                 directories under it, the client's cap; nothing more was made or fetched"
+            )));
+        }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         for e in entries {
             let child = match local_child(local, &rel, &e.name) {

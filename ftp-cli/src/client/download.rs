@@ -11,7 +11,9 @@ use protocol::{
 };
 use tokio::sync::mpsc;
 
-use super::localfs::{hash_prefix_of, part_path, place, remove_if_empty, HashJob};
+use super::localfs::{
+    hash_prefix_of, open_local, part_path, place, remove_if_empty, Access, HashJob,
+};
 use super::{unexpected, Client, NoProgress, Progress, Summary, TransferOptions, PIPELINE_DEPTH};
 use crate::error::{ClientError, Result};
 
@@ -36,7 +38,17 @@ impl Client {
             )));
         }
         let part = part_path(local);
-        let start = if opts.resume && !part.exists() && local.is_file() {
+        // Looked at without following symlinks: a symlink at either name is never written
+        // through ([`open_local`] refuses it), nor taken for a partial copy.
+        let held_locally = local.symlink_metadata().ok();
+        if opts.resume && held_locally.as_ref().is_some_and(|m| m.is_symlink()) {
+            return Err(ClientError::Local {
+                path: local.display().to_string(),
+                source: std::io::Error::other("a symlink, not a partial copy; not resumed through"),
+            });
+        }
+        let no_part = part.symlink_metadata().is_err();
+        let start = if opts.resume && no_part && held_locally.is_some_and(|m| m.is_file()) {
             self.start_from_local(remote, local, &part, opts, progress)
                 .await?
         } else {
@@ -96,13 +108,10 @@ impl Client {
         opts: TransferOptions,
         progress: &mut dyn Progress,
     ) -> Result<Stream> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(!opts.resume)
-            .open(part)
-            .map_err(|e| ClientError::local(part, e))?;
+        let file = open_local(part, Access::Create)?;
+        if !opts.resume {
+            file.set_len(0).map_err(|e| ClientError::local(part, e))?;
+        }
         let held = file
             .metadata()
             .map_err(|e| ClientError::local(part, e))?
@@ -142,7 +151,7 @@ impl Client {
     ) -> Result<Start> {
         // Read-only: a copy that turns out to be complete needs no write access, and is not
         // touched.
-        let file = File::open(local).map_err(|e| ClientError::local(local, e))?;
+        let file = open_local(local, Access::Read)?;
         let held = file
             .metadata()
             .map_err(|e| ClientError::local(local, e))?
@@ -418,13 +427,8 @@ fn prefix_differs(held: u64, remote: &str) -> ClientError {
 /// (written at offsets, so its position does not matter); on failure it stays where it was.
 fn continue_in_part(local: &Path, part: &Path) -> Result<File> {
     std::fs::rename(local, part).map_err(|e| ClientError::local(local, e))?;
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(part);
-    opened.map_err(|e| {
+    open_local(part, Access::Write).inspect_err(|_| {
         let _ = std::fs::rename(part, local);
-        ClientError::local(local, e)
     })
 }
 

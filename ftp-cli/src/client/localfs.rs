@@ -22,14 +22,17 @@ const HASH_PROGRESS_MIN: u64 = 16 << 20;
 
 /// `name`, a name the server sent (a listing entry), if it can be used as one component of a
 /// local path: not empty, `.` or `..`, no separator (`/`, or `\` that another platform takes
-/// for one), no NUL or other control character, and one plain component to this platform's
-/// `Path` too. Anything else is how a hostile server (or anyone on the path) would make the
-/// client write outside the directory it was told to write in, or draw on the user's terminal.
+/// for one), no NUL or other control character, no bidirectional control ([`is_bidi_control`]),
+/// and one plain component to this platform's `Path` too. Anything else is how a hostile server
+/// (or anyone on the path) would make the client write outside the directory it was told to
+/// write in, draw on the user's terminal, or name a file that reads as another
+/// (`invoice\u{202e}fdp.exe` shows as `invoiceexe.pdf`); the daemon refuses the same in its
+/// paths.
 pub fn safe_name(name: &str) -> Result<&str> {
     let plain = !matches!(name, "" | "." | "..")
         && !name
             .chars()
-            .any(|c| c == '/' || c == '\\' || c.is_control())
+            .any(|c| c == '/' || c == '\\' || c.is_control() || is_bidi_control(c))
         && matches!(
             Path::new(name).components().collect::<Vec<_>>()[..],
             [Component::Normal(n)] if n == name
@@ -39,6 +42,17 @@ pub fn safe_name(name: &str) -> Result<&str> {
     } else {
         Err(ClientError::UnsafeName(name.to_owned()))
     }
+}
+
+/// Whether `c` reorders the text around it on a terminal: the Unicode bidirectional embeddings,
+/// overrides and isolates (U+202A-U+202E, U+2066-U+2069) and the direction marks (U+200E,
+/// U+200F, U+061C). Not control characters to Rust, but they make a name or message read as
+/// something it is not.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
 }
 
 /// `path`, if it lies strictly beneath `dest` once both are normalised lexically (`.` dropped,
@@ -85,6 +99,54 @@ pub fn part_path(local: &Path) -> PathBuf {
     let mut name = local.file_name().unwrap_or_default().to_owned();
     name.push(".ftp-part");
     local.with_file_name(name)
+}
+
+/// How [`open_local`] opens a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Access {
+    /// To hash it: a partial copy that may turn out complete needs no write access.
+    Read,
+    /// To read and write what is there.
+    Write,
+    /// To read and write it, made if missing.
+    Create,
+}
+
+/// Opens `path`, a download's `.ftp-part` or the partial copy that becomes one, never through
+/// a symlink (`O_NOFOLLOW`: someone who can write the directory could point it at a file of
+/// the user's elsewhere) and never blocking on a FIFO (`O_NONBLOCK`, which does nothing to a
+/// regular file). Anything but a regular file is refused, and so, to write, is one with
+/// another hard link, whose bytes would change under that name too. Never truncates: what it
+/// opened is checked first.
+pub(super) fn open_local(path: &Path, access: Access) -> Result<File> {
+    use rustix::fs::OFlags;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let refuse = |why: &str| ClientError::Local {
+        path: path.display().to_string(),
+        source: std::io::Error::other(format!("{why}; not used for the download")),
+    };
+    let flags = (OFlags::NOFOLLOW | OFlags::NONBLOCK).bits();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(access != Access::Read)
+        .create(access == Access::Create)
+        .custom_flags(flags as i32)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                refuse("a symlink, not a regular file")
+            } else {
+                ClientError::local(path, e)
+            }
+        })?;
+    let meta = file.metadata().map_err(|e| ClientError::local(path, e))?;
+    if !meta.is_file() {
+        return Err(refuse("not a regular file"));
+    }
+    if access != Access::Read && meta.nlink() > 1 {
+        return Err(refuse("a file with other hard links"));
+    }
+    Ok(file)
 }
 
 /// Moves a verified download into place; without `overwrite`, never over an existing file.
@@ -235,6 +297,14 @@ mod tests {
             "tab\there",
             "del\u{7f}",
             "nel\u{85}",
+            "csi\u{9b}2J",
+            "txt.\u{202e}exe",
+            "a\u{202a}b",
+            "a\u{2066}b",
+            "a\u{2069}b",
+            "lrm\u{200e}",
+            "rlm\u{200f}",
+            "alm\u{61c}",
         ] {
             assert!(
                 matches!(safe_name(bad), Err(ClientError::UnsafeName(n)) if n == bad),

@@ -18,13 +18,21 @@ mod transfer;
 mod upload;
 
 pub use auth::Credentials;
-pub use localfs::{beneath, part_path, safe_name};
+pub use localfs::{beneath, is_bidi_control, part_path, safe_name};
 pub use transfer::{NoProgress, Progress, Summary, TransferOptions};
 
 /// Port used when the address names none.
 pub const DEFAULT_PORT: u16 = 2121;
 /// Chunks in flight between the disk thread and the socket.
 const PIPELINE_DEPTH: usize = 4;
+/// Most entries one listing may hold: a server that sends more is refused, so it cannot
+/// exhaust the client's memory (a million entries cost the client about 60 MB besides their
+/// names).
+pub const MAX_LISTING_ENTRIES: usize = 1_000_000;
+/// Most bytes of names one listing may hold, for the same reason: a name may be as long as a
+/// frame header (64 KiB), so the entry cap alone would let a listing take 64 GB. 64 MiB is 67
+/// bytes a name for a full million.
+pub const MAX_LISTING_NAME_BYTES: usize = 64 << 20;
 
 /// An open, greeted connection to a server.
 pub struct Client {
@@ -204,9 +212,26 @@ impl Client {
         self.send(Message::List(PathArg { path: path.into() }))
             .await?;
         let mut entries = Vec::new();
+        let mut name_bytes = 0usize;
         loop {
             match self.recv().await?.message {
-                Message::Listing(batch) => entries.extend(batch.entries),
+                Message::Listing(batch) => {
+                    name_bytes += batch.entries.iter().map(|e| e.name.len()).sum::<usize>();
+                    let over = if entries.len() + batch.entries.len() > MAX_LISTING_ENTRIES {
+                        format!("more than {MAX_LISTING_ENTRIES} entries")
+                    } else if name_bytes > MAX_LISTING_NAME_BYTES {
+                        format!("more than {MAX_LISTING_NAME_BYTES} bytes of names")
+                    } else {
+                        entries.extend(batch.entries);
+                        continue;
+                    };
+                    // The rest of the listing is still on its way: the connection is not
+                    // reused.
+                    self.out_of_step = true;
+                    return Err(ClientError::Limit(format!(
+                        "the server's listing of {path} holds {over}, the client's cap"
+                    )));
+                }
                 Message::ListEnd(end) if end.count == entries.len() as u64 => return Ok(entries),
                 Message::ListEnd(end) => {
                     return Err(ClientError::Protocol(format!(
