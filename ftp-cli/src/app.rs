@@ -86,6 +86,19 @@ impl App {
         &self.output
     }
 
+    /// Takes over Ctrl-C for the whole of an interactive session. A transfer listens for it
+    /// to stop cleanly; but the handler is installed only when first listened for, and a
+    /// Ctrl-C that came in between a command's start (a bar already drawn) and that moment
+    /// killed the shell. Installed up front, a Ctrl-C outside a transfer does nothing (at the
+    /// prompt the line editor clears the line).
+    pub fn own_ctrl_c(&self) -> Result<()> {
+        self.runtime.block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .map(drop)
+                .map_err(|e| ClientError::Internal(format!("cannot watch for Ctrl-C: {e}")))
+        })
+    }
+
     /// Connects if there is no live connection, logging in and going back to the remote
     /// directory the user was in.
     pub fn connect(&mut self) -> Result<()> {

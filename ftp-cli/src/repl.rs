@@ -174,6 +174,7 @@ impl Helper for ShellHelper {}
 /// The interactive shell: errors are printed and the shell goes on; Ctrl-C clears the line,
 /// Ctrl-D or `quit` leaves.
 pub fn interactive(app: App) -> Result<()> {
+    app.own_ctrl_c()?;
     let app = Rc::new(RefCell::new(app));
     let mut editor: Editor<ShellHelper, DefaultHistory> = Editor::new()
         .map_err(|e| ClientError::Usage(format!("cannot start the line editor: {e}")))?;

@@ -479,6 +479,15 @@ impl Session {
             .map_err(|e| SessionError::connection(e, "progress sending to the client"))
     }
 
+    /// Sends a chunk like [`Session::send`] and gives its body back for the next one.
+    pub async fn send_chunk(&mut self, frame: Frame) -> Result<bytes::Bytes, SessionError> {
+        let limit = self.config.stall_timeout;
+        self.conn
+            .send_returning_body(frame, limit)
+            .await
+            .map_err(|e| SessionError::connection(e, "progress sending to the client"))
+    }
+
     /// [`Session::recv`] before login, when a newcomer from a less crowded address range may
     /// take this connection's place (see `admission`): then it ends with `busy`.
     async fn recv_stranger(

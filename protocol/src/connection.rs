@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder, Framed, FramedParts};
@@ -179,6 +179,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Err(_) => Err(ConnectionError::SendTimeout(within)),
             Ok(r) => r.map_err(Into::into),
         }
+    }
+
+    /// Sends one frame like [`Connection::send`], and gives its body back once written, so a
+    /// sender can fill the same memory with the next chunk: a fresh buffer per chunk costs a
+    /// page fault per page on machines that return freed memory to their host.
+    pub async fn send_returning_body(
+        &mut self,
+        frame: Frame,
+        within: Duration,
+    ) -> Result<Bytes, ConnectionError> {
+        let body = frame.body.clone();
+        self.send(frame, within).await?;
+        Ok(body)
     }
 
     /// A chunk's body goes to the stream from its own memory rather than being copied into the

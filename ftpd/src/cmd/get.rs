@@ -94,6 +94,8 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
     let mut sent = offset;
     let mut pace = Pace::new(&s.config);
     let mut client_paced = false;
+    // Buffers of chunks already sent, for the next reads.
+    let mut spare: Vec<BytesMut> = Vec::new();
     loop {
         if let Some(incoming) = s.poll_incoming() {
             match incoming?.message {
@@ -125,8 +127,9 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
                 if let Some(permit) = permit {
                     let (file, path) = (o.file.clone(), path.clone());
                     let taken = std::mem::replace(&mut sender, placeholder());
+                    let reuse = spare.pop();
                     reading = Some(tokio::task::spawn_blocking(move || {
-                        read_one(&file, taken, &path, permit)
+                        read_one(&file, taken, &path, permit, reuse)
                     }));
                 }
             }
@@ -135,8 +138,13 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
             // The read in flight goes on meanwhile, on its own thread.
             let n = frame.body.len() as u64;
             let sending = Instant::now();
-            s.send(frame).await?;
+            let body = s.send_chunk(frame).await?;
             client_paced = sending.elapsed() > SLOW_SEND;
+            // The memory of a sent chunk is filled with the next one: no fresh pages to fault
+            // in (the client's copy is on the wire, ours is unique again).
+            if let Ok(buf) = body.try_into_mut() {
+                spare.push(buf);
+            }
             drop(permit);
             sent += n;
             s.moved.bytes += n;
@@ -196,11 +204,25 @@ fn open(home: &Home, path: &VPath, offset: u64, kind: DigestKind) -> Result<Open
 
 /// Reads the chunk the sender asks for at its position and has it framed: one chunk, then the
 /// thread is free again.
-fn read_one(file: &File, mut sender: ChunkSender, path: &VPath, permit: Permit) -> ReadDone {
+fn read_one(
+    file: &File,
+    mut sender: ChunkSender,
+    path: &VPath,
+    permit: Permit,
+    reuse: Option<BytesMut>,
+) -> ReadDone {
     let n = sender
         .next_len()
         .expect("a read is started only for a chunk");
-    let mut buf = BytesMut::zeroed(n);
+    let mut buf = match reuse {
+        // It held the last chunk (at least as long as this one), and every byte of it is
+        // read over: no zeroing needed.
+        Some(mut buf) if buf.len() >= n => {
+            buf.truncate(n);
+            buf
+        }
+        _ => BytesMut::zeroed(n),
+    };
     if let Err(e) = file.read_exact_at(&mut buf, sender.position()) {
         let err = match e.kind() {
             std::io::ErrorKind::UnexpectedEof => CmdError::Shrank {
