@@ -59,11 +59,11 @@ pub async fn run(s: &mut Session, req: Put) -> Handled {
     // for the network; the next chunks are read meanwhile.
     let mut queue: VecDeque<Queued> = VecDeque::new();
     let mut writer = Writer::Idle(upload, receiver);
-    // The writer ends early only when it refuses a chunk: say so at once, not at the next
-    // frame the client may never send.
     let mut pace = Pace::new(&s.config);
     let end = loop {
         writer = writer.start(&mut queue, &path);
+        // The writer ends early only when it refuses a chunk: say so at once, not at the next
+        // frame the client may never send.
         let frame = tokio::select! {
             biased;
             done = writer.done(), if writer.busy() => {
