@@ -225,6 +225,20 @@ impl Hasher {
         reader: &mut impl std::io::Read,
         limit: u64,
     ) -> std::io::Result<u64> {
+        self.update_from_each(reader, limit, |_| true)
+    }
+
+    /// [`Hasher::update_from`], telling `on_block` how many bytes each read (at most 1 MiB, a
+    /// few milliseconds of hashing) added; it stops
+    /// early (returning what was hashed) as soon as `on_block` says false. One buffer serves
+    /// the whole run, so callers that report progress or watch for a cancel need not hash in
+    /// slices of their own, each with a fresh buffer to fault in.
+    pub fn update_from_each(
+        &mut self,
+        reader: &mut impl std::io::Read,
+        limit: u64,
+        mut on_block: impl FnMut(u64) -> bool,
+    ) -> std::io::Result<u64> {
         let mut buf = vec![0u8; (1 << 20).min(limit) as usize];
         let mut done = 0;
         while done < limit {
@@ -237,6 +251,9 @@ impl Hasher {
             };
             self.update(&buf[..n]);
             done += n as u64;
+            if !on_block(n as u64) {
+                break;
+            }
         }
         Ok(done)
     }
@@ -367,6 +384,21 @@ mod tests {
         let mut h = Hasher::new(DigestKind::Md5);
         assert_eq!(h.update_from(&mut &b"abc"[..], u64::MAX).unwrap(), 3);
         assert_eq!(h.finish(), Digest::md5(b"abc"));
+    }
+
+    #[test]
+    fn update_from_each_reports_every_read_and_stops_when_told() {
+        let data = vec![7u8; 3 << 20];
+        let mut seen = 0;
+        let mut h = Hasher::new(DigestKind::Md5);
+        let n = h
+            .update_from_each(&mut &data[..], u64::MAX, |n| {
+                seen += n;
+                seen < 1 << 20
+            })
+            .unwrap();
+        assert_eq!((n, seen), (1 << 20, 1 << 20), "stopped after the first MiB");
+        assert_eq!(h.finish(), Digest::md5(&data[..1 << 20]));
     }
 
     #[test]

@@ -23,8 +23,6 @@ use crate::session::Session;
 /// Hasher states kept: small (a few hundred bytes each), and enough for the files a few
 /// clients keep asking about.
 const CACHE_ENTRIES: usize = 256;
-/// Bytes hashed between two looks at the cancellation flag.
-const BLOCK: usize = 1 << 20;
 
 /// The file's content as far as the filesystem can tell, plus what was hashed of it: any write
 /// changes the ctime (which no one can set back), so a stale entry is never served.
@@ -170,7 +168,8 @@ impl Drop for StopOnDrop {
 }
 
 /// Hashes the first `len` bytes of `file`, looking at `cancel` between blocks: `None` once
-/// it is set. A file shorter than `len` is an `UnexpectedEof`.
+/// it is set. A file shorter than `len` is an `UnexpectedEof`. Reads are positional: other
+/// holders of the same open file (a download sending from it) keep their place.
 fn hash(
     file: &File,
     kind: DigestKind,
@@ -178,18 +177,29 @@ fn hash(
     cancel: &AtomicBool,
 ) -> std::io::Result<Option<Hasher>> {
     let mut hasher = Hasher::new(kind);
-    let mut buf = vec![0u8; BLOCK.min(len as usize)];
-    let mut at = 0u64;
-    while at < len {
-        if cancel.load(Ordering::Relaxed) {
-            return Ok(None);
-        }
-        let n = (len - at).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], at)?;
-        hasher.update(&buf[..n]);
-        at += n as u64;
+    let mut from = At { file, pos: 0 };
+    let done = hasher.update_from_each(&mut from, len, |_| !cancel.load(Ordering::Relaxed))?;
+    if cancel.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    if done < len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
     Ok(Some(hasher))
+}
+
+/// A reader over `file` from `pos` on, by positional reads.
+struct At<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl std::io::Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -200,7 +210,7 @@ mod tests {
     #[test]
     fn hashing_stops_when_cancelled_and_matches_a_one_shot_digest() {
         let mut f = tempfile::tempfile().unwrap();
-        let data: Vec<u8> = (0..3 * BLOCK + 7).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..3 * (1 << 20) + 7).map(|i| (i % 251) as u8).collect();
         f.write_all(&data).unwrap();
         let never = AtomicBool::new(false);
         let h = hash(&f, DigestKind::Md5, data.len() as u64 - 5, &never)

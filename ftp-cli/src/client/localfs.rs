@@ -13,9 +13,6 @@ use tokio_util::sync::CancellationToken;
 use super::Progress;
 use crate::error::{ClientError, Result};
 
-/// Bytes hashed between two looks at the cancellation flag and two progress reports: a few
-/// milliseconds of work, so Ctrl-C is felt at once.
-const HASH_BLOCK: u64 = 1 << 20;
 /// Prefixes at least this long are hashed with a progress bar; shorter ones take well under a
 /// tenth of a second, and a bar would only flicker.
 const HASH_PROGRESS_MIN: u64 = 16 << 20;
@@ -221,17 +218,16 @@ pub(super) async fn hash_prefix_of(
         use std::io::{Seek, SeekFrom};
         file.seek(SeekFrom::Start(0))?;
         let mut hasher = Hasher::new(kind);
-        let mut done = 0;
-        while done < len {
-            let want = (len - done).min(HASH_BLOCK);
-            let n = hasher.update_from(&mut file, want)?;
-            if n < want {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            done += n;
-            if tx.blocking_send(n).is_err() {
-                return Err(std::io::ErrorKind::Interrupted.into());
-            }
+        let mut heard = true;
+        let done = hasher.update_from_each(&mut file, len, |n| {
+            heard = tx.blocking_send(n).is_ok();
+            heard
+        })?;
+        if !heard {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        if done < len {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         Ok((file, hasher))
     });
