@@ -7,14 +7,14 @@ use indicatif::HumanBytes;
 use protocol::{DigestKind, Entry, EntryKind, StatReply};
 use serde::Serialize;
 
-use crate::client::{is_bidi_control, Summary};
+use crate::client::Summary;
 use crate::error::{ClientError, Result};
 
 /// Text from the server (a name, a message, its directory), or anything else nobody vouches
 /// for, made safe to print on a terminal: every character that would act on the terminal
 /// instead of being shown is written escaped, the way Rust writes it (`\u{1b}`, `\t`, `\u{202e}`).
 /// That is every control character (C0 with ESC, so no CSI or OSC sequence; DEL; C1, whose
-/// U+009B is a CSI of its own), the bidirectional controls ([`is_bidi_control`]), and the line
+/// U+009B is a CSI of its own), the bidirectional controls ([`protocol::text::is_bidi_control`]), and the line
 /// and paragraph separators. Backslashes are left alone, so a plain name reads as it is.
 pub struct Shown<T>(pub T);
 
@@ -25,18 +25,13 @@ impl<T: std::fmt::Display> std::fmt::Display for Shown<T> {
     }
 }
 
-/// Whether `c` would act on a terminal rather than be shown: see [`Shown`].
-fn acts_on_terminal(c: char) -> bool {
-    c.is_control() || is_bidi_control(c) || matches!(c, '\u{2028}' | '\u{2029}')
-}
-
-/// Writes what it is given with [`acts_on_terminal`] characters escaped.
+/// Writes what it is given with [`protocol::text::hides_text`] characters escaped.
 struct Escaping<'a, 'f>(&'a mut std::fmt::Formatter<'f>);
 
 impl std::fmt::Write for Escaping<'_, '_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         let mut rest = s;
-        while let Some(at) = rest.find(acts_on_terminal) {
+        while let Some(at) = rest.find(protocol::text::hides_text) {
             self.0.write_str(&rest[..at])?;
             let c = rest[at..].chars().next().expect("found above");
             write!(self.0, "{}", c.escape_default())?;

@@ -84,7 +84,7 @@ fn escape(out: &mut impl fmt::Write, s: &str, quoted: bool) -> fmt::Result {
             '\n' => out.write_str("\\n")?,
             '\r' => out.write_str("\\r")?,
             '\t' => out.write_str("\\t")?,
-            c if c.is_control() || hides_text(c) => write!(out, "\\u{{{:x}}}", c as u32)?,
+            c if protocol::text::hides_text(c) => write!(out, "\\u{{{:x}}}", c as u32)?,
             c => out.write_char(c)?,
         }
     }
@@ -92,16 +92,6 @@ fn escape(out: &mut impl fmt::Write, s: &str, quoted: bool) -> fmt::Result {
         out.write_char('"')?;
     }
     Ok(())
-}
-
-/// Characters that are not control characters but change how the text around them shows:
-/// bidirectional overrides and isolates (which can make a log line read backwards), zero-width
-/// and invisible characters, line and paragraph separators, and the byte-order mark.
-fn hides_text(c: char) -> bool {
-    matches!(
-        c,
-        '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}'
-    )
 }
 
 #[cfg(test)]

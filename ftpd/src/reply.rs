@@ -133,3 +133,19 @@ pub fn entry(info: FileInfo) -> Entry {
         mtime: info.mtime,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The storage refuses in names exactly the characters the wire crate calls bidirectional
+    /// controls (it keeps its own copy of the set: it depends on no wire crate).
+    #[test]
+    fn storage_and_protocol_agree_on_bidirectional_controls() {
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            assert_eq!(
+                storage::is_bidi_control(c),
+                protocol::text::is_bidi_control(c),
+                "{c:?}"
+            );
+        }
+    }
+}

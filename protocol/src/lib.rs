@@ -21,6 +21,7 @@ mod budget;
 mod codec;
 mod connection;
 mod message;
+pub mod text;
 pub mod transfer;
 
 // Digests live in `checksum`, which has no async runtime; re-exported so that every existing

@@ -33,7 +33,7 @@ use cap_std::fs::Dir;
 pub use digests::Recorded;
 pub use error::{Error, Result};
 // The client still imports it from here until it depends on `fileio` itself.
-pub use path::{VPath, MAX_NAME, MAX_PATH, PRIVATE_DIR};
+pub use path::{is_bidi_control, VPath, MAX_NAME, MAX_PATH, PRIVATE_DIR};
 pub use state::{default_state_dir, StateProblem};
 pub use upload::{Upload, UploadRequest, MAX_RECORDED_CHUNKS, MIN_RECORDED_CHUNK};
 

@@ -128,8 +128,10 @@ impl VPath {
 }
 
 /// Characters that reorder how text is shown: in a name they make `exe.txt` display as
-/// `txt.exe` (U+202E) and hide what a listing really holds. No file name needs them.
-fn is_bidi_control(c: char) -> bool {
+/// `txt.exe` (U+202E) and hide what a listing really holds. No file name needs them. The same
+/// set as `protocol::text::is_bidi_control` (storage depends on no wire crate; a test in
+/// ftpd checks the two agree).
+pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 

@@ -19,7 +19,7 @@ const HASH_PROGRESS_MIN: u64 = 16 << 20;
 
 /// `name`, a name the server sent (a listing entry), if it can be used as one component of a
 /// local path: not empty, `.` or `..`, no separator (`/`, or `\` that another platform takes
-/// for one), no NUL or other control character, no bidirectional control ([`is_bidi_control`]),
+/// for one), no NUL or other control character, no bidirectional control ([`protocol::text::is_bidi_control`]),
 /// and one plain component to this platform's `Path` too. Anything else is how a hostile server
 /// (or anyone on the path) would make the client write outside the directory it was told to
 /// write in, draw on the user's terminal, or name a file that reads as another
@@ -29,7 +29,7 @@ pub fn safe_name(name: &str) -> Result<&str> {
     let plain = !matches!(name, "" | "." | "..")
         && !name
             .chars()
-            .any(|c| c == '/' || c == '\\' || c.is_control() || is_bidi_control(c))
+            .any(|c| c == '/' || c == '\\' || c.is_control() || protocol::text::is_bidi_control(c))
         && matches!(
             Path::new(name).components().collect::<Vec<_>>()[..],
             [Component::Normal(n)] if n == name
@@ -39,17 +39,6 @@ pub fn safe_name(name: &str) -> Result<&str> {
     } else {
         Err(ClientError::UnsafeName(name.to_owned()))
     }
-}
-
-/// Whether `c` reorders the text around it on a terminal: the Unicode bidirectional embeddings,
-/// overrides and isolates (U+202A-U+202E, U+2066-U+2069) and the direction marks (U+200E,
-/// U+200F, U+061C). Not control characters to Rust, but they make a name or message read as
-/// something it is not.
-pub fn is_bidi_control(c: char) -> bool {
-    matches!(
-        c,
-        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
-    )
 }
 
 /// `path`, if it lies strictly beneath `dest` once both are normalised lexically (`.` dropped,

@@ -18,7 +18,7 @@ mod transfer;
 mod upload;
 
 pub use auth::Credentials;
-pub use localfs::{beneath, is_bidi_control, part_path, safe_name};
+pub use localfs::{beneath, part_path, safe_name};
 pub use transfer::{NoProgress, Progress, Summary, TransferOptions};
 
 /// Port used when the address names none.
