@@ -63,7 +63,7 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
         .and_then(|r| ChunkSender::replaying(offset, o.size, r.chunk, r.chunks, r.digest, chunk));
     // Bytes hashed here are checked against the record at the end, so a re-cut download
     // still proves the file unchanged since it was stored.
-    let (mut sender, expect) = match replay {
+    let (sender, expect) = match replay {
         Some(sender) => (sender, None),
         None => {
             // The whole-file digest covers the prefix the client already holds, so hash it.
@@ -90,6 +90,8 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
     .await?;
 
     let mut ready: VecDeque<(Frame, Permit)> = VecDeque::new();
+    // The sender is here between reads, and with the read task while one runs.
+    let mut sender = Some(sender);
     let mut reading: Option<JoinHandle<ReadDone>> = None;
     let mut sent = offset;
     let mut pace = Pace::new(&s.config);
@@ -114,7 +116,7 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
         // in a ring, and what each holds goes out at the network's pace.
         let ahead = if client_paced { 1 } else { READ_AHEAD };
         if reading.is_none() && ready.len() < ahead {
-            if let Some(n) = sender.next_len() {
+            if let Some(n) = sender.as_ref().and_then(ChunkSender::next_len) {
                 let permit = if ready.is_empty() {
                     let wait = s.budget.take(n);
                     match tokio::time::timeout(s.config.stall_timeout, wait).await {
@@ -126,7 +128,7 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
                 };
                 if let Some(permit) = permit {
                     let (file, path) = (o.file.clone(), path.clone());
-                    let taken = std::mem::replace(&mut sender, placeholder());
+                    let taken = sender.take().expect("no read is running");
                     let reuse = spare.pop();
                     reading = Some(tokio::task::spawn_blocking(move || {
                         read_one(&file, taken, &path, permit, reuse)
@@ -150,24 +152,19 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
             s.moved.bytes += n;
             pace.moved(n)?;
         } else if let Some(job) = reading.take() {
-            let (back, read) = job
-                .await
-                .map_err(|e| SessionError::Internal(format!("file reader failed: {e}")))?;
-            sender = back;
-            ready.push_back(read.map_err(Failure::Aborted)?);
+            let (back, chunk) = joined(job).await?;
+            sender = Some(back);
+            ready.push_back(chunk);
         } else {
             break;
         }
         if reading.as_ref().is_some_and(JoinHandle::is_finished) {
-            let job = reading.take().expect("checked just above");
-            let (back, read) = job
-                .await
-                .map_err(|e| SessionError::Internal(format!("file reader failed: {e}")))?;
-            sender = back;
-            ready.push_back(read.map_err(Failure::Aborted)?);
+            let (back, chunk) = joined(reading.take().expect("checked just above")).await?;
+            sender = Some(back);
+            ready.push_back(chunk);
         }
     }
-    let eof = sender.finish();
+    let eof = sender.expect("every read was joined").finish();
     if expect.is_some_and(|recorded| recorded != eof.digest) {
         return Err(Failure::Aborted(CmdError::Changed { path }));
     }
@@ -175,9 +172,12 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
     Ok(Message::Eof(eof))
 }
 
-/// Stands in for the sender while a read task has it.
-fn placeholder() -> ChunkSender {
-    ChunkSender::new(0, 0, 1, Hasher::new(DigestKind::Md5))
+/// The sender and the chunk a finished read task hands back.
+async fn joined(job: JoinHandle<ReadDone>) -> Result<(ChunkSender, (Frame, Permit)), Failure> {
+    let (sender, read) = job
+        .await
+        .map_err(|e| SessionError::Internal(format!("file reader failed: {e}")))?;
+    Ok((sender, read.map_err(Failure::Aborted)?))
 }
 
 fn open(home: &Home, path: &VPath, offset: u64, kind: DigestKind) -> Result<Opened, CmdError> {
