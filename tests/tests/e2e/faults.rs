@@ -559,25 +559,7 @@ fn put_continues_after_the_daemon_is_killed() {
     let size = 8 * MIB + 5;
     write_random(&src, size, 0xdead);
 
-    let daemon = Daemon::start_on(site.root());
-    let staging = daemon.staging();
-    // The stall holds the upload right after its third chunk, so the daemon is killed with
-    // exactly 3 MiB staged, however fast the machine.
-    let proxy = Proxy::start(
-        daemon.addr(),
-        vec![Fault::stall_forever(C2S, 3 * MIB + 64 * 1024)],
-    );
-    let mut upload = Cli::new(proxy.addr())
-        .cwd(&work)
-        .cmds("put big.bin")
-        .spawn();
-    wait_until("3 MiB are staged", Duration::from_secs(30), || {
-        upload.assert_running();
-        staged_bytes(&staging) >= 3 * MIB
-    });
-    daemon.kill();
-    upload.kill();
-    drop(proxy);
+    kill_the_daemon_with_3_mib_of_big_bin_staged(&site.root(), &work);
     assert_missing(site.root().join("big.bin"));
 
     let daemon = Daemon::start_on(site.root());
@@ -622,23 +604,7 @@ fn an_older_roots_staged_upload_moves_to_the_state_directory_and_still_resumes()
     let size = 8 * MIB + 5;
     write_random(&src, size, 0xfeed);
 
-    let daemon = Daemon::start_on(&root);
-    let (state, staging) = (daemon.state(), daemon.staging());
-    let proxy = Proxy::start(
-        daemon.addr(),
-        vec![Fault::stall_forever(C2S, 3 * MIB + 64 * 1024)],
-    );
-    let mut upload = Cli::new(proxy.addr())
-        .cwd(&work)
-        .cmds("put big.bin")
-        .spawn();
-    wait_until("3 MiB are staged", Duration::from_secs(30), || {
-        upload.assert_running();
-        staged_bytes(&staging) >= 3 * MIB
-    });
-    daemon.kill();
-    upload.kill();
-    drop(proxy);
+    let (state, staging) = kill_the_daemon_with_3_mib_of_big_bin_staged(&root, &work);
     // What an older version left: its staging and digests in the root's `.ftpd`.
     fs::rename(&state, root.join(".ftpd")).unwrap();
 
@@ -778,4 +744,25 @@ fn full_disk_fails_cleanly() {
         .timeout(RUN_LIMIT)
         .round_trip("small.bin", "small-back.bin");
     assert_same_file(&small, daemon.path("small.bin"));
+}
+
+/// Starts a daemon on `root`, uploads `big.bin` from `work` through a proxy that stalls right
+/// after the third chunk, and kills the daemon once exactly 3 MiB are staged, however fast the
+/// machine. Returns the daemon's state and staging directories.
+fn kill_the_daemon_with_3_mib_of_big_bin_staged(root: &Path, work: &TempDir) -> (PathBuf, PathBuf) {
+    let daemon = Daemon::start_on(root);
+    let (state, staging) = (daemon.state(), daemon.staging());
+    let proxy = Proxy::start(
+        daemon.addr(),
+        vec![Fault::stall_forever(C2S, 3 * MIB + 64 * 1024)],
+    );
+    let mut upload = Cli::new(proxy.addr()).cwd(work).cmds("put big.bin").spawn();
+    wait_until("3 MiB are staged", Duration::from_secs(30), || {
+        upload.assert_running();
+        staged_bytes(&staging) >= 3 * MIB
+    });
+    daemon.kill();
+    upload.kill();
+    drop(proxy);
+    (state, staging)
 }
