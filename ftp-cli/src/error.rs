@@ -10,6 +10,26 @@ pub enum ClientError {
     Connect { addr: String, reason: String },
     #[error("{0}")]
     Auth(String),
+    /// What answered is not an ftpd over TLS (or, told to use plaintext, speaks TLS).
+    #[error("{0}")]
+    NotProtocol(String),
+    /// The server's key is not the one pinned for it, or named by --fingerprint.
+    #[error("{0}")]
+    KeyChanged(String),
+    /// First contact: the server's key is not pinned yet, and nobody said to trust it.
+    #[error(
+        "the server at {addr} is not known yet: its key is {fingerprint}. Check that with the \
+         server's admin (ftpd --fingerprint), then connect once interactively to pin it, or give \
+         --fingerprint {fingerprint} (or --accept-new-host to pin whatever key it presents)"
+    )]
+    UnknownHost {
+        addr: String,
+        fingerprint: protocol::tls::Fingerprint,
+        known_hosts: std::path::PathBuf,
+    },
+    /// The server's certificate is not one the CA roots vouch for, for its name.
+    #[error("{0}")]
+    Untrusted(String),
     #[error("cancelled")]
     Cancelled,
     #[error("{failed} of {total} files failed")]
@@ -58,7 +78,9 @@ impl ClientError {
         match self {
             ClientError::Usage(_) => 2,
             ClientError::Connect { .. } | ClientError::ConnectionLost(_) => 3,
-            ClientError::Auth(_) => 4,
+            ClientError::Auth(_) | ClientError::UnknownHost { .. } | ClientError::Untrusted(_) => 4,
+            ClientError::NotProtocol(_) => 9,
+            ClientError::KeyChanged(_) => 10,
             ClientError::SomeFailed { .. } => 8,
             ClientError::Cancelled => 130,
             ClientError::Remote(_) => 5,
@@ -87,6 +109,10 @@ impl ClientError {
             ),
             ClientError::Usage(_)
             | ClientError::Auth(_)
+            | ClientError::NotProtocol(_)
+            | ClientError::KeyChanged(_)
+            | ClientError::UnknownHost { .. }
+            | ClientError::Untrusted(_)
             | ClientError::Cancelled
             | ClientError::SomeFailed { .. }
             | ClientError::Local { .. }

@@ -13,4 +13,5 @@ pub mod output; // all printing: command output to stdout, diagnostics to stderr
 pub mod progress; // progress bars on stderr
 pub mod repl; // the interactive shell and the script runners
 mod retry; // one file moved in spite of a failing link: reconnect, resume
-mod tree; // directory trees and patterns expanded into the files they move
+mod tree;
+pub mod trust; // whom the client trusts to be the server: known_hosts, a key, a CA // directory trees and patterns expanded into the files they move

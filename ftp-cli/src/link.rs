@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
+use protocol::tls::Fingerprint;
 use protocol::DigestKind;
 
 use crate::client::{Client, Credentials};
 use crate::error::{ClientError, Result};
+use crate::trust::{self, Security};
 
 /// How to reach the server: the same for every connection of a session.
 pub struct Dial {
@@ -17,6 +19,45 @@ pub struct Dial {
     pub creds: Option<Credentials>,
     /// The transfer digest to ask for.
     pub digest: DigestKind,
+    /// TLS and whom to trust, or plain TCP.
+    pub security: Security,
+    /// Asks the person at the terminal whether to trust a server seen for the first time
+    /// (`None` when nobody is there to ask: the connection is refused).
+    pub confirm: Option<Confirm>,
+}
+
+/// Shows a new server's key and asks whether to trust it: `(host, fingerprint) -> yes`.
+pub type Confirm = std::sync::Arc<dyn Fn(&str, &Fingerprint) -> bool + Send + Sync>;
+
+impl Dial {
+    /// A new connection, logged in. A server seen for the first time is shown to the person
+    /// at the terminal, if there is one, and pinned if they say yes; then the connection is
+    /// made again (the server may have given up on the first while they read).
+    pub async fn connect(&self) -> Result<Client> {
+        let creds = self.creds.as_ref();
+        let first = Client::connect(&self.addr, self.timeout, creds, self.digest, &self.security);
+        match (first.await, &self.confirm) {
+            (
+                Err(ClientError::UnknownHost {
+                    addr,
+                    fingerprint,
+                    known_hosts,
+                }),
+                Some(confirm),
+            ) => {
+                let (confirm, host) = (confirm.clone(), addr.clone());
+                let yes = tokio::task::spawn_blocking(move || confirm(&host, &fingerprint)).await;
+                if !yes.unwrap_or(false) {
+                    return Err(ClientError::Auth(format!(
+                        "not connecting to {addr}: its key was not accepted"
+                    )));
+                }
+                trust::pin(&known_hosts, &addr, &fingerprint)?;
+                Client::connect(&self.addr, self.timeout, creds, self.digest, &self.security).await
+            }
+            (result, _) => result,
+        }
+    }
 }
 
 /// One connection, made when first needed and made again after it is lost, back in the
@@ -38,8 +79,7 @@ impl Link {
     pub(crate) async fn client(&mut self, dial: &Dial) -> Result<&mut Client> {
         if !self.client.as_mut().is_some_and(|c| c.is_alive()) {
             self.client = None;
-            let creds = dial.creds.as_ref();
-            let mut c = Client::connect(&dial.addr, dial.timeout, creds, dial.digest).await?;
+            let mut c = dial.connect().await?;
             if self.cwd != "/" {
                 match c.cd(&self.cwd).await {
                     Ok(_) => {}

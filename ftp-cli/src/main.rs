@@ -12,6 +12,7 @@ use ftp_cli::error::ClientError;
 use ftp_cli::link::Dial;
 use ftp_cli::output::Output;
 use ftp_cli::repl;
+use ftp_cli::trust::{self, Security, Trust};
 use protocol::DigestKind;
 
 /// Move files to and from an ftpd server, interactively or from scripts.
@@ -22,7 +23,11 @@ use protocol::DigestKind;
     after_help = "Exit status: 0 success; 2 usage error; 3 cannot connect or connection lost; \
                   4 authentication failed; 5 the server refused a command; 6 local file error; \
                   7 verification, protocol or internal failure; 8 some files of a multi-file \
-                  command failed; 130 cancelled (Ctrl-C).\n\n\
+                  command failed; 9 not the protocol expected (not TLS, not ftpd, or TLS and \
+                  plaintext mismatched); 10 the server's key is not the one pinned for it \
+                  (changed, or not --fingerprint's); 130 cancelled (Ctrl-C).\n\n\
+                  Every connection is TLS 1.3. The server's key is pinned at first contact in \
+                  known_hosts, as ssh does: a changed key is refused.\n\n\
                   The connection is made by the first command that needs the server."
 )]
 struct Args {
@@ -65,6 +70,36 @@ struct Args {
     #[arg(long, default_value = "md5", value_name = "md5|blake3")]
     digest: DigestKind,
 
+    /// The file of pinned server keys (default: known_hosts in the client's data directory,
+    /// beside the history).
+    #[arg(long, value_name = "FILE")]
+    known_hosts: Option<PathBuf>,
+
+    /// Pin the key of a server seen for the first time without asking (ssh's
+    /// StrictHostKeyChecking=accept-new); a changed key is still refused.
+    #[arg(long, conflicts_with_all = ["fingerprint", "ca_file", "ca_system"])]
+    accept_new_host: bool,
+
+    /// Trust exactly the server key with this fingerprint (SHA256:..., as `ftpd --fingerprint`
+    /// prints it), and no other; known_hosts is not consulted.
+    #[arg(long, value_name = "SHA256:...", conflicts_with_all = ["ca_file", "ca_system"])]
+    fingerprint: Option<protocol::tls::Fingerprint>,
+
+    /// Verify the server's certificate and host name against the CA certificates in FILE
+    /// (PEM), instead of pinning its key.
+    #[arg(long, value_name = "FILE", conflicts_with = "ca_system")]
+    ca_file: Option<PathBuf>,
+
+    /// Verify the server's certificate and host name against the system's trust roots,
+    /// instead of pinning its key.
+    #[arg(long)]
+    ca_system: bool,
+
+    /// Speak plain TCP instead of TLS, to an ftpd started with --insecure-plaintext: anyone on
+    /// the path reads and can change everything. For tests and debugging on loopback.
+    #[arg(long, conflicts_with_all = ["fingerprint", "ca_file", "ca_system", "accept_new_host"])]
+    insecure_plaintext: bool,
+
     /// Print listings, stat and transfer summaries as JSON lines, for scripts.
     #[arg(long)]
     json: bool,
@@ -83,6 +118,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // One crypto provider for every TLS user in the process, chosen here rather than by
+    // whichever dependency asks first.
+    protocol::tls::install_provider();
     let args = Args::parse();
     if args.man || args.completions.is_some() {
         return print_docs(args.man, args.completions);
@@ -92,6 +130,10 @@ fn main() -> ExitCode {
         // The reader went away (`ftp-cli HOST -c ls | head`): stop quietly, as other Unix tools do.
         Err(ClientError::Stdout(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
             ExitCode::SUCCESS
+        }
+        Err(ClientError::KeyChanged(warning)) => {
+            ftp_cli::output::diagnostic_lines(&warning);
+            ExitCode::from(ClientError::KeyChanged(String::new()).exit_code())
         }
         Err(e) => {
             // Escaped: the error may carry the server's words.
@@ -136,11 +178,14 @@ fn run(args: Args) -> Result<(), ClientError> {
         None => None,
     };
     let output = Output::new(interactive && !args.quiet, args.json);
+    let security = security(&args)?;
     let dial = Dial {
         addr: args.host.clone(),
         timeout: args.timeout,
         creds,
         digest: args.digest,
+        security,
+        confirm: interactive.then(|| std::sync::Arc::new(ask_to_trust) as _),
     };
     let mut app = App::new(dial, args.retries, usize::from(args.parallel), output)?;
     let result = if let Some(cmds) = args.commands {
@@ -154,6 +199,62 @@ fn run(args: Args) -> Result<(), ClientError> {
     };
     app.close();
     result
+}
+
+/// TLS and whom to trust, from the flags.
+fn security(args: &Args) -> Result<Security, ClientError> {
+    if args.insecure_plaintext {
+        return Ok(Security::Plaintext);
+    }
+    let trust = if let Some(fp) = args.fingerprint {
+        Trust::Key(fp)
+    } else if let Some(file) = &args.ca_file {
+        Trust::Ca(std::sync::Arc::new(trust::ca_file(file)?))
+    } else if args.ca_system {
+        Trust::Ca(std::sync::Arc::new(trust::ca_system()?))
+    } else {
+        let file = match &args.known_hosts {
+            Some(file) => file.clone(),
+            None => trust::default_known_hosts().ok_or_else(|| {
+                ClientError::Usage(
+                    "no data directory for known_hosts: give --known-hosts FILE".into(),
+                )
+            })?,
+        };
+        Trust::KnownHosts {
+            file,
+            accept_new: args.accept_new_host,
+        }
+    };
+    Ok(Security::Tls(trust))
+}
+
+/// First contact at a terminal: show the server's key and ask, as ssh does.
+fn ask_to_trust(host: &str, fingerprint: &protocol::tls::Fingerprint) -> bool {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = write!(
+        err,
+        "The authenticity of server '{host}' can't be established.\n\
+         Its key fingerprint is {fingerprint}.\n\
+         Are you sure you want to continue connecting (yes/no)? "
+    );
+    loop {
+        let _ = err.flush();
+        let mut answer = String::new();
+        match std::io::stdin().lock().read_line(&mut answer) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+        let answer = answer.trim();
+        if answer.eq_ignore_ascii_case("yes") || answer == fingerprint.to_string() {
+            return true;
+        }
+        if answer.eq_ignore_ascii_case("no") {
+            return false;
+        }
+        let _ = write!(err, "Please type 'yes' or 'no': ");
+    }
 }
 
 /// The secret for `user`: from a file, the environment, or a prompt that does not echo.

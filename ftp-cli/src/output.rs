@@ -72,6 +72,15 @@ pub fn diagnostic(text: impl std::fmt::Display) {
     diagnostic_to(&std::io::stderr(), text);
 }
 
+/// A diagnostic of several lines (the warning about a changed server key), each escaped.
+pub fn diagnostic_lines(text: &str) {
+    use std::io::Write as _;
+    let mut err = std::io::stderr().lock();
+    for line in text.lines() {
+        let _ = writeln!(err, "{}", Shown(line));
+    }
+}
+
 fn diagnostic_to(stderr: &std::io::Stderr, text: impl std::fmt::Display) {
     use std::io::Write as _;
     let _ = writeln!(stderr.lock(), "ftp-cli: {}", Shown(text));

@@ -24,6 +24,30 @@ const MAX_TRACKED: usize = 10_000;
 /// still held to that range's own penalty).
 const TRUST_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// What one login's proofs are bound to: the connection's channel binding and both nonces.
+pub struct Nonces {
+    /// The TLS exporter value of the connection ([`auth::NO_CHANNEL_BINDING`] in plaintext).
+    pub binding: [u8; 32],
+    /// The server's challenge.
+    pub server: Bytes32,
+    /// The client's nonce, from its `auth`.
+    pub client: Bytes32,
+}
+
+impl Nonces {
+    /// The transcript `role` signs for `user`, as docs/PROTOCOL.md defines it.
+    pub fn transcript(&self, role: Role, user: &str) -> Vec<u8> {
+        auth::transcript(
+            role,
+            VERSION,
+            &self.binding,
+            &self.server,
+            &self.client,
+            user,
+        )
+    }
+}
+
 /// How long a failed login shuts out its address range and its user name: `first` after one
 /// failure, doubled for each further one, up to `max` (`--login-penalty`,
 /// `--login-penalty-max`).
@@ -216,11 +240,10 @@ impl Authenticator {
         &self,
         users: &Users,
         user: &str,
-        server_nonce: &Bytes32,
-        client_nonce: &Bytes32,
+        nonces: &Nonces,
         mac: &Bytes32,
     ) -> Option<Arc<User>> {
-        let t = auth::transcript(Role::Client, VERSION, server_nonce, client_nonce, user);
+        let t = nonces.transcript(Role::Client, user);
         match users.get(user) {
             Some(u) if auth::verify(u.secret.expose(), &t, mac) => Some(u.clone()),
             Some(_) => None,
@@ -232,14 +255,8 @@ impl Authenticator {
     }
 
     /// The server's proof for a client that checked out.
-    pub fn proof(user: &User, server_nonce: &Bytes32, client_nonce: &Bytes32) -> Bytes32 {
-        let t = auth::transcript(
-            Role::Server,
-            VERSION,
-            server_nonce,
-            client_nonce,
-            &user.name,
-        );
+    pub fn proof(user: &User, nonces: &Nonces) -> Bytes32 {
+        let t = nonces.transcript(Role::Server, &user.name);
         auth::sign(user.secret.expose(), &t)
     }
 
@@ -259,12 +276,11 @@ impl Authenticator {
         users: &Users,
         range: AddrRange,
         user: &str,
-        server_nonce: &Bytes32,
-        client_nonce: &Bytes32,
+        nonces: &Nonces,
         mac: &Bytes32,
     ) -> Result<Arc<User>, Refusal> {
         self.attempt_at(Instant::now(), range, user, |user| {
-            self.verify(users, user, server_nonce, client_nonce, mac)
+            self.verify(users, user, nonces, mac)
         })
     }
 

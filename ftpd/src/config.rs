@@ -54,6 +54,28 @@ pub struct Config {
     #[arg(long, env = "FTPD_USERS")]
     pub users: Option<PathBuf>,
 
+    /// Print the SHA-256 fingerprint of the server's TLS key (what clients pin, in the form
+    /// `SHA256:<base64>`) and exit; makes the key first if this is the first start.
+    #[arg(long)]
+    #[serde(skip)]
+    pub fingerprint: bool,
+
+    /// TLS certificate chain (PEM) to present instead of the self-signed one made at first
+    /// start, e.g. one a CA issued (certbot's fullchain.pem). Needs --tls-key. Re-read on
+    /// SIGHUP, so a renewed certificate takes effect without dropping connections.
+    #[arg(long, env = "FTPD_TLS_CERT", requires = "tls_key", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert. Re-read on SIGHUP.
+    #[arg(long, env = "FTPD_TLS_KEY", requires = "tls_cert", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Speak plain TCP instead of TLS: anyone on the path reads and can change everything,
+    /// the files, names and user names. Only on a loopback address, for tests and debugging;
+    /// clients must be told too (ftp-cli --insecure-plaintext).
+    #[arg(long, env = "FTPD_INSECURE_PLAINTEXT", conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub insecure_plaintext: bool,
+
     /// Serve anonymously (no --users) on an address that is not loopback.
     #[arg(long, env = "FTPD_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
@@ -195,6 +217,7 @@ pub enum LogFormat {
 const NOT_IN_FILE: &[&str] = &[
     "config",
     "check-config",
+    "fingerprint",
     "man",
     "completions",
     "help",

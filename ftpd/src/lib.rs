@@ -12,6 +12,7 @@ mod reply;
 mod server;
 mod session;
 mod shutdown;
+pub mod tls;
 mod transport;
 pub mod users;
 

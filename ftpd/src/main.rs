@@ -14,6 +14,9 @@ use tracing::{error, info};
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    // One crypto provider for every TLS user in the process, chosen here rather than by
+    // whichever dependency asks first.
+    protocol::tls::install_provider();
     let args: Vec<OsString> = std::env::args_os().collect();
     let config = match Config::load(&args) {
         Ok(c) => c,
@@ -81,8 +84,19 @@ async fn run(config: Config, args: Vec<OsString>, log: LogLevel) -> anyhow::Resu
     let server = Server::new(config)?;
     // The settings as the server resolved them (the state directory's default filled in).
     let config = server.shared().config.clone();
+    let fingerprint = server.shared().identity.as_ref().map(|id| id.fingerprint());
+    if config.fingerprint {
+        match fingerprint {
+            Some(fp) => println!("{fp}"),
+            None => anyhow::bail!("no TLS key: the daemon is set to --insecure-plaintext"),
+        }
+        return Ok(());
+    }
     if check_only {
         print!("{}", config.effective());
+        if let Some(fp) = fingerprint {
+            println!("# TLS key fingerprint: {fp}");
+        }
         return Ok(());
     }
     // Signal handlers exist before READY=1: a stop or reload right after start must be handled,
@@ -95,6 +109,10 @@ async fn run(config: Config, args: Vec<OsString>, log: LogLevel) -> anyhow::Resu
     let addr = listener.local_addr()?;
     server.check_exposure(addr)?;
     let state = config.state_dir.as_deref().unwrap_or(root.as_path());
+    match fingerprint {
+        Some(fp) => info!("TLS 1.3; clients pin the server key {fp}"),
+        None => info!("plaintext: no TLS (--insecure-plaintext)"),
+    }
     info!(root = %root.display(), state = %state.display(), "listening on {addr}");
     // Only now is the service usable: the root is checked and the socket accepts.
     let _ = sd_notify::notify(&[NotifyState::Ready]);
@@ -130,8 +148,8 @@ async fn watchdog(period: std::time::Duration) {
     }
 }
 
-/// SIGHUP re-reads the settings: the log filter and the users file take effect for new
-/// connections; connections already open are left alone.
+/// SIGHUP re-reads the settings: the log filter, the users file and the TLS certificate and
+/// key take effect for new connections; connections already open are left alone.
 async fn reload_on_hangup(mut hup: Signal, shared: Shared, args: Vec<OsString>, log: LogLevel) {
     while hup.recv().await.is_some() {
         let outcome = Config::load(&args).and_then(|config| {
@@ -145,6 +163,12 @@ async fn reload_on_hangup(mut hup: Signal, shared: Shared, args: Vec<OsString>, 
             Ok(Some(n)) => info!(users = n, "reloaded settings and users"),
             Ok(None) => info!("reloaded settings"),
             Err(e) => error!("reload failed, keeping the settings in force: {e:#}"),
+        }
+        if let Some(identity) = &shared.identity {
+            match identity.reload() {
+                Ok(fp) => info!(fingerprint = %fp, "reloaded the TLS certificate and key"),
+                Err(e) => error!("TLS reload failed, keeping the certificate in force: {e:#}"),
+            }
         }
     }
 }

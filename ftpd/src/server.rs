@@ -20,7 +20,8 @@ use crate::hashing::Hashing;
 use crate::logging::Wire;
 use crate::session::Session;
 use crate::shutdown::Shutdown;
-use crate::transport;
+use crate::tls::{Identity, Source};
+use crate::transport::{self, Channel, Security};
 use crate::users::Users;
 use crate::Config;
 
@@ -57,6 +58,10 @@ pub struct Shared {
     pub budget: Budget,
     /// Whole-file hashing: its slots and cache.
     pub hashing: Arc<Hashing>,
+    /// The TLS identity (`None` with `--insecure-plaintext`), which SIGHUP reloads.
+    pub identity: Option<Arc<Identity>>,
+    /// How connections are secured.
+    pub security: Security,
 }
 
 /// Binds `addr` with SO_REUSEADDR, so a restart right after a stop never finds the port taken.
@@ -106,6 +111,18 @@ impl Server {
         if let Some(users) = &users {
             info!(users = users.len(), "authentication required");
         }
+        let identity = if config.insecure_plaintext {
+            None
+        } else {
+            let source = Source::of(&config)?;
+            Some(Arc::new(
+                Identity::load(source).context("cannot set up the server's TLS identity")?,
+            ))
+        };
+        let security = match &identity {
+            Some(identity) => Security::Tls(identity.acceptor()),
+            None => Security::Plaintext,
+        };
         sweep(&root, config.staging_max_age);
         let penalty = Penalty {
             first: config.login_penalty,
@@ -122,13 +139,25 @@ impl Server {
                 hashing: Arc::new(Hashing::new(config.max_hashing)),
                 config: Arc::new(config),
                 auth: Arc::new(Authenticator::new(users, penalty)),
+                identity,
+                security,
             },
         })
     }
 
-    /// Refuses to serve anonymously on an address others can reach, unless told to.
+    /// Refuses to serve anonymously on an address others can reach, unless told to, and to
+    /// serve without TLS anywhere but on loopback.
     pub fn check_exposure(&self, addr: SocketAddr) -> anyhow::Result<()> {
         let config = &self.shared.config;
+        if config.insecure_plaintext {
+            if !addr.ip().is_loopback() {
+                anyhow::bail!(
+                    "refusing --insecure-plaintext on {addr}, which is not a loopback address: \
+                     without TLS anyone on the path reads and changes every file"
+                );
+            }
+            warn!("serving without TLS (--insecure-plaintext): for tests and debugging only");
+        }
         if self.shared.auth.users().is_some() || addr.ip().is_loopback() {
             return Ok(());
         }
@@ -155,12 +184,11 @@ impl Server {
         peer: SocketAddr,
     ) -> impl Future<Output = ()> + Send + 'static {
         let (never, notify) = broadcast::channel(1);
-        let session = Session::new(
-            Box::new(stream),
-            peer,
-            self.shared.clone(),
-            Shutdown::new(notify),
-        );
+        let channel = Channel {
+            stream: Box::new(stream),
+            binding: protocol::auth::NO_CHANNEL_BINDING,
+        };
+        let session = Session::new(channel, peer, self.shared.clone(), Shutdown::new(notify));
         async move {
             session.run().await;
             drop(never);
@@ -201,17 +229,25 @@ impl Server {
                     continue;
                 }
             };
-            // The session holds its admission (and gives it up early when a login fails); a
-            // panic drops it with the rest of the session.
-            let session = Session::new(
-                transport::establish(stream),
-                peer,
-                self.shared.clone(),
-                Shutdown::new(notify.subscribe()),
-            )
-            .admitted(admission);
+            let shared = self.shared.clone();
+            let shutdown = Shutdown::new(notify.subscribe());
             let done = done_tx.clone();
             tokio::spawn(async move {
+                // One limit for the TLS handshake, the hello and the login together.
+                let deadline = std::time::Instant::now() + shared.config.handshake_timeout;
+                let channel = match transport::establish(stream, &shared.security, deadline).await {
+                    Ok(channel) => channel,
+                    Err(e) => {
+                        let e = e.to_string();
+                        info!(%peer, reason = %Wire(&e), "connection closed before the protocol");
+                        return;
+                    }
+                };
+                // The session holds its admission (and gives it up early when a login
+                // fails); a panic drops it with the rest of the session.
+                let session = Session::new(channel, peer, shared, shutdown)
+                    .admitted(admission)
+                    .until(deadline);
                 // A panic inside the session ends that connection alone.
                 if let Err(e) = tokio::spawn(session.run()).await {
                     let e = e.to_string();

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::{
-    auth, capability, AuthChallenge, AuthOk, BoxStream, Budget, Connection, Digest, DigestKind,
-    ErrorCode, ErrorReply, Frame, Hello, Incoming, Message, VERSION,
+    auth, capability, AuthChallenge, AuthOk, Budget, Connection, Digest, DigestKind, ErrorCode,
+    ErrorReply, Frame, Hello, Incoming, Message, VERSION,
 };
 use storage::{Home, Root, VPath};
 use tracing::{debug, info, warn};
 
 use crate::admission::{AddrRange, Admission};
-use crate::auth::{retry_secs, Authenticator, Refusal};
+use crate::auth::{retry_secs, Authenticator, Nonces, Refusal};
 use crate::cmd::{self, Failure, Handled};
 use crate::error::SessionError;
 use crate::hashing::Hashing;
@@ -21,6 +21,7 @@ use crate::logging::Wire;
 use crate::reply::CmdError;
 use crate::server::Shared;
 use crate::shutdown::Shutdown;
+use crate::transport::Channel;
 use crate::users::User;
 use crate::Config;
 
@@ -69,6 +70,10 @@ pub struct Session {
     pub budget: Budget,
     /// Whole-file hashing, shared by every session.
     pub hashing: Arc<Hashing>,
+    /// The connection's channel binding, which the login's proofs include.
+    binding: [u8; 32],
+    /// When hello and login must be done by; `None`: `--handshake-timeout` from the start.
+    deadline: Option<Instant>,
 }
 
 /// What a transfer moved, as the dispatcher records it.
@@ -90,8 +95,8 @@ enum Flow {
 
 impl Session {
     /// A session over a stream that the pre-protocol stage has set up.
-    pub fn new(stream: BoxStream, peer: SocketAddr, shared: Shared, shutdown: Shutdown) -> Self {
-        let mut conn = Connection::new(stream);
+    pub fn new(channel: Channel, peer: SocketAddr, shared: Shared, shutdown: Shutdown) -> Self {
+        let mut conn = Connection::new(channel.stream);
         conn.codec_mut()
             .set_limits(PRE_LOGIN_MAX_HEADER, PRE_LOGIN_MAX_BODY);
         conn.set_budget(shared.budget.clone());
@@ -111,7 +116,15 @@ impl Session {
             moved: Moved::default(),
             shutdown,
             admission: None,
+            binding: channel.binding,
+            deadline: None,
         }
+    }
+
+    /// Hello and login must be done by `deadline` (which the TLS handshake shared).
+    pub fn until(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
     }
 
     /// The session holds `admission` until it ends, or its login fails.
@@ -124,7 +137,9 @@ impl Session {
     pub async fn run(mut self) {
         info!(peer = %self.peer, "connection opened");
         // One limit for hello and login together: each wait gets what is left of it.
-        let deadline = Instant::now() + self.config.handshake_timeout;
+        let deadline = self
+            .deadline
+            .unwrap_or_else(|| Instant::now() + self.config.handshake_timeout);
         let outcome = match self.handshake(deadline).await {
             Ok(()) => match self.authenticate(deadline).await {
                 Ok(()) => self.command_loop().await,
@@ -219,12 +234,16 @@ impl Session {
                 "authenticate first: this server has users",
             )));
         };
+        let nonces = Nonces {
+            binding: self.binding,
+            server: server_nonce,
+            client: answer.nonce,
+        };
         let attempt = self.auth.attempt(
             &users,
             AddrRange::of(self.peer.ip()),
             &answer.user,
-            &server_nonce,
-            &answer.nonce,
+            &nonces,
             &answer.mac,
         );
         let user = match attempt {
@@ -243,7 +262,7 @@ impl Session {
             warn!(peer = %self.peer, user = %Wire(&user.name), home = %Wire(&home), "cannot open home: {e}");
             SessionError::Internal("cannot open the user's home".into())
         })?;
-        let mac = Authenticator::proof(&user, &server_nonce, &answer.nonce);
+        let mac = Authenticator::proof(&user, &nonces);
         self.logged_in();
         self.send(Message::AuthOk(AuthOk { mac })).await?;
         let home_path = user.home.to_string();

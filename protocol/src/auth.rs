@@ -49,29 +49,39 @@ pub enum Role {
     Server,
 }
 
-/// The bytes each side signs:
-/// `"ftpd-auth-v1 client" | "ftpd-auth-v1 server"`, a zero byte, the protocol version as a
-/// big-endian u32, the server's nonce, the client's nonce, then the user name in UTF-8.
+/// The bytes each side signs: `"ftpd-auth-v3 client" | "ftpd-auth-v3 server"`, a zero byte, the
+/// protocol version as a big-endian u32, the connection's 32-byte channel binding (the TLS
+/// exporter of RFC 9266; 32 zero bytes over `--insecure-plaintext`), the server's nonce, the
+/// client's nonce, then the user name in UTF-8.
+///
+/// The binding makes a proof worthless on any other TLS connection: a man in the middle who
+/// terminates TLS on both sides has two connections with two bindings, so the client's proof
+/// fails at the server and no command runs.
 pub fn transcript(
     role: Role,
     version: u32,
+    binding: &[u8; 32],
     server_nonce: &Bytes32,
     client_nonce: &Bytes32,
     user: &str,
 ) -> Vec<u8> {
     let label: &[u8] = match role {
-        Role::Client => b"ftpd-auth-v1 client",
-        Role::Server => b"ftpd-auth-v1 server",
+        Role::Client => b"ftpd-auth-v3 client",
+        Role::Server => b"ftpd-auth-v3 server",
     };
-    let mut t = Vec::with_capacity(label.len() + 1 + 4 + 64 + user.len());
+    let mut t = Vec::with_capacity(label.len() + 1 + 4 + 32 + 64 + user.len());
     t.extend_from_slice(label);
     t.push(0);
     t.extend_from_slice(&version.to_be_bytes());
+    t.extend_from_slice(binding);
     t.extend_from_slice(&server_nonce.0);
     t.extend_from_slice(&client_nonce.0);
     t.extend_from_slice(user.as_bytes());
     t
 }
+
+/// The channel binding over a connection without TLS (`--insecure-plaintext`).
+pub const NO_CHANNEL_BINDING: [u8; 32] = [0; 32];
 
 fn keyed(secret: &[u8], transcript: &[u8]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
@@ -102,17 +112,18 @@ mod tests {
 
     #[test]
     fn sign_and_verify_are_bound_to_every_input() {
-        let (s, c) = (Bytes32([1; 32]), Bytes32([2; 32]));
-        let t = transcript(Role::Client, 1, &s, &c, "alice");
+        let (s, c, b) = (Bytes32([1; 32]), Bytes32([2; 32]), [9; 32]);
+        let t = transcript(Role::Client, 1, &b, &s, &c, "alice");
         let tag = sign(b"secret", &t);
         assert!(verify(b"secret", &t, &tag));
         assert!(!verify(b"Secret", &t, &tag));
         for other in [
-            transcript(Role::Server, 1, &s, &c, "alice"),
-            transcript(Role::Client, 2, &s, &c, "alice"),
-            transcript(Role::Client, 1, &c, &s, "alice"),
-            transcript(Role::Client, 1, &s, &Bytes32([3; 32]), "alice"),
-            transcript(Role::Client, 1, &s, &c, "alicf"),
+            transcript(Role::Server, 1, &b, &s, &c, "alice"),
+            transcript(Role::Client, 2, &b, &s, &c, "alice"),
+            transcript(Role::Client, 1, &[8; 32], &s, &c, "alice"),
+            transcript(Role::Client, 1, &b, &c, &s, "alice"),
+            transcript(Role::Client, 1, &b, &s, &Bytes32([3; 32]), "alice"),
+            transcript(Role::Client, 1, &b, &s, &c, "alicf"),
         ] {
             assert!(!verify(b"secret", &other, &tag));
         }

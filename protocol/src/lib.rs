@@ -22,6 +22,7 @@ mod codec;
 mod connection;
 mod message;
 pub mod text;
+pub mod tls;
 pub mod transfer;
 
 // Digests live in `checksum`, which has no async runtime; re-exported so that every existing

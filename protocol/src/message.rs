@@ -345,6 +345,8 @@ pub enum ErrorCode {
     Timeout,
     /// A bug on the server; the connection is closed.
     Internal,
+    /// A TLS server read a plaintext frame first: sent in the clear, then the connection closes.
+    TlsRequired,
     /// Any code this version does not know.
     #[serde(other)]
     Unknown,
@@ -367,6 +369,7 @@ impl ErrorCode {
             ErrorCode::NoSpace => "no_space",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::VersionMismatch => "version_mismatch",
+            ErrorCode::TlsRequired => "tls_required",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Busy => "busy",
             ErrorCode::AuthRequired => "auth_required",

@@ -57,6 +57,7 @@ impl Client {
         let t = auth::transcript(
             Role::Client,
             VERSION,
+            &self.binding,
             &server_nonce,
             &client_nonce,
             &creds.user,
@@ -99,6 +100,7 @@ impl Client {
         let t = auth::transcript(
             Role::Server,
             VERSION,
+            &self.binding,
             &server_nonce,
             &client_nonce,
             &creds.user,

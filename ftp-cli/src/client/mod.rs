@@ -6,12 +6,12 @@ use protocol::{
     BoxStream, Connection, DigestKind, Entry, Frame, FrameCodec, Hello, Incoming, Message, Mkdir,
     PathArg, Rename, Stat, StatReply, Stream, VERSION,
 };
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{ClientError, Result};
 
 mod auth;
+mod connect;
 mod download;
 mod localfs;
 mod transfer;
@@ -50,6 +50,14 @@ pub struct Client {
     /// prefix): its answer may yet arrive, in the middle of the next exchange, so the
     /// connection is not reused.
     out_of_step: bool,
+    /// The connection's channel binding (TLS exporter), which the login's proofs include.
+    binding: [u8; 32],
+}
+
+/// Why the hello exchange failed: the server's reason, or an error of its own kind.
+enum Refusal {
+    Reason(String),
+    Error(ClientError),
 }
 
 /// Turns `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address into something to dial.
@@ -67,38 +75,16 @@ pub fn normalize_addr(addr: &str) -> String {
 }
 
 impl Client {
-    /// Connects, exchanges hellos and, when the server has users, authenticates both ways.
-    /// With credentials, a server that does not ask for them is refused: it could be an
-    /// impostor that does not know the secret.
-    pub async fn connect(
-        addr: &str,
-        timeout: Duration,
-        creds: Option<&Credentials>,
-        digest: DigestKind,
-    ) -> Result<Client> {
-        let target = normalize_addr(addr);
-        let fail = |reason: String| ClientError::Connect {
-            addr: target.clone(),
-            reason,
-        };
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&target)).await {
-            Err(_) => return Err(fail("timed out".into())),
-            Ok(Err(e)) => return Err(fail(e.to_string())),
-            Ok(Ok(s)) => s,
-        };
-        // Small request/reply frames must not wait for Nagle's delayed acknowledgements.
-        let _ = stream.set_nodelay(true);
-        Client::over(stream, &target, timeout, creds, digest).await
-    }
-
-    /// Greets and logs in over a stream that is already set up (dialled, or an in-memory pipe
-    /// to a daemon in the same process); `addr` names the server in messages.
+    /// Greets and logs in over a stream that is already set up (dialled and secured, or an
+    /// in-memory pipe to a daemon in the same process); `addr` names the server in messages,
+    /// `binding` is the connection's channel binding, which the login's proofs include.
     pub async fn over(
         stream: impl Stream,
         addr: &str,
         timeout: Duration,
         creds: Option<&Credentials>,
         digest: DigestKind,
+        binding: [u8; 32],
     ) -> Result<Client> {
         let target = addr.to_owned();
         let fail = |reason: String| ClientError::Connect {
@@ -122,15 +108,19 @@ impl Client {
             addr: target.clone(),
             cancel: CancellationToken::new(),
             out_of_step: false,
+            binding,
         };
-        client.hello(digest).await.map_err(fail)?;
+        client.hello(digest).await.map_err(|e| match e {
+            Refusal::Reason(reason) => fail(reason),
+            Refusal::Error(e) => e,
+        })?;
         client.login(creds).await?;
         Ok(client)
     }
 
     /// Exchanges hellos: the server must speak our protocol version and use `digest`. The
     /// error is the reason the connection cannot be used.
-    async fn hello(&mut self, digest: DigestKind) -> Result<(), String> {
+    async fn hello(&mut self, digest: DigestKind) -> Result<(), Refusal> {
         self.send(Message::Hello(Hello {
             version: VERSION,
             agent: concat!("ftp-cli/", env!("CARGO_PKG_VERSION")).into(),
@@ -139,23 +129,29 @@ impl Client {
             digest,
         }))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Refusal::Reason(e.to_string()))?;
+        let addr = self.addr.clone();
+        let not_ftpd = || {
+            Refusal::Error(ClientError::NotProtocol(format!(
+                "{addr} is not an ftpd server (its answer is not an ftpd frame)"
+            )))
+        };
         match self.recv().await {
             Ok(Frame {
                 message: Message::Hello(h),
                 ..
             }) => {
                 if h.version != VERSION {
-                    return Err(format!(
+                    return Err(Refusal::Reason(format!(
                         "server speaks protocol version {}, this client {VERSION}",
                         h.version
-                    ));
+                    )));
                 }
                 if h.digest != digest {
-                    return Err(format!(
+                    return Err(Refusal::Reason(format!(
                         "server does not use the {} digest this client asked for",
                         digest.name()
-                    ));
+                    )));
                 }
                 self.server = h;
                 Ok(())
@@ -163,9 +159,23 @@ impl Client {
             Ok(Frame {
                 message: Message::Error(e),
                 ..
-            }) => Err(e.to_string()),
-            Ok(other) => Err(format!("unexpected greeting {:?}", other.message)),
-            Err(e) => Err(e.to_string()),
+            }) if e.code == protocol::ErrorCode::TlsRequired => {
+                Err(Refusal::Error(ClientError::NotProtocol(format!(
+                    "{} speaks TLS only: connect without --insecure-plaintext",
+                    self.addr
+                ))))
+            }
+            Ok(Frame {
+                message: Message::Error(e),
+                ..
+            }) => Err(Refusal::Reason(e.to_string())),
+            Ok(other) => Err(Refusal::Reason(format!(
+                "unexpected greeting {:?}",
+                other.message
+            ))),
+            // Bytes that do not form a frame before the first hello: not ftpd.
+            Err(ClientError::Protocol(_)) => Err(not_ftpd()),
+            Err(e) => Err(Refusal::Reason(e.to_string())),
         }
     }
 

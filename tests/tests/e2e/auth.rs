@@ -131,7 +131,8 @@ fn a_failed_login_does_not_hold_its_slot() {
     let d = standard_daemon_with(&["--max-connections", "1"]);
     let mut guess = Raw::connect_from(range(1), d.addr()).within(STEP_TIMEOUT);
     let nonce = guess.hello_and_challenge();
-    guess.send(&auth_message("alice", "guess", &nonce));
+    let message = auth_message(&guess, "alice", "guess", &nonce);
+    guess.send(&message);
     d.wait_for_log(&["WARN", "authentication failed", "alice"]);
     raw_login(&d, "bob", BOB).send(&Message::Bye);
     let failed = guess.expect_error(ErrorCode::AuthFailed);
@@ -229,7 +230,8 @@ fn parallel_connections_cannot_multiply_the_guessing_rate() {
         })
         .collect();
     for (peer, nonce) in &mut peers {
-        peer.send(&auth_message("alice", "guess", nonce));
+        let message = auth_message(&peer, "alice", "guess", nonce);
+        peer.send(&message);
     }
     let answers: Vec<ErrorReply> = peers
         .iter_mut()
@@ -282,7 +284,7 @@ fn client_without_a_user_is_refused_by_a_server_with_users() {
     let d = standard_daemon();
     let work = tmpdir();
     write_random(work.path().join("a.bin"), 1000, 3);
-    Cli::new(d.addr())
+    d.cli()
         .cwd(&work)
         .cmds("put a.bin")
         .timeout(STEP_TIMEOUT)
@@ -392,7 +394,14 @@ fn replayed_auth_is_refused() {
     let mut first = Raw::connect(d.addr()).within(STEP_TIMEOUT);
     let server_nonce = first.hello_and_challenge();
     let client_nonce = auth::nonce();
-    let mac = sign(Role::Client, ALICE, &server_nonce, &client_nonce, "alice");
+    let mac = sign(
+        Role::Client,
+        ALICE,
+        &first.binding(),
+        &server_nonce,
+        &client_nonce,
+        "alice",
+    );
     let recorded = Message::Auth(Auth {
         user: "alice".into(),
         nonce: client_nonce,
@@ -402,7 +411,14 @@ fn replayed_auth_is_refused() {
     match first.recv() {
         Message::AuthOk(AuthOk { mac }) => assert_eq!(
             mac,
-            sign(Role::Server, ALICE, &server_nonce, &client_nonce, "alice"),
+            sign(
+                Role::Server,
+                ALICE,
+                &first.binding(),
+                &server_nonce,
+                &client_nonce,
+                "alice"
+            ),
             "the server's proof is not the documented HMAC"
         ),
         other => panic!("a fresh, valid auth got {other:?}"),
@@ -500,6 +516,8 @@ fn client_refuses_a_server_that_cannot_prove_the_secret() {
     let secret = work.path().join("secret");
     write_private(&secret, ALICE);
     Cli::new(addr)
+        .arg("--fingerprint")
+        .arg(crate::tls::identity().fingerprint.to_string())
         .cwd(&work)
         .user("alice", &secret)
         .arg("--timeout")
@@ -524,7 +542,9 @@ fn client_refuses_a_server_that_cannot_prove_the_secret() {
 /// returns what the client sent after `auth_ok` (but `bye`), until it closed.
 fn fake_server(listener: TcpListener, user: &str, wrong_secret: &[u8]) -> Vec<Message> {
     let (stream, _) = listener.accept().expect("the client never connected");
-    let mut peer = Raw::from(stream).within(STEP_TIMEOUT);
+    let mut peer = Raw::tls_server(stream)
+        .expect("the client gave up on the TLS handshake")
+        .within(STEP_TIMEOUT);
     match peer.recv() {
         Message::Hello(h) => assert_eq!(h.version, VERSION),
         other => panic!("expected the client's hello, got {other:?}"),
@@ -550,10 +570,24 @@ fn fake_server(listener: TcpListener, user: &str, wrong_secret: &[u8]) -> Vec<Me
     assert_eq!(answer.user, user);
     assert_eq!(
         answer.mac,
-        sign(Role::Client, ALICE, &server_nonce, &answer.nonce, user),
+        sign(
+            Role::Client,
+            ALICE,
+            &peer.binding(),
+            &server_nonce,
+            &answer.nonce,
+            user
+        ),
         "the client's proof is not the documented HMAC"
     );
-    let t = auth::transcript(Role::Server, VERSION, &server_nonce, &answer.nonce, user);
+    let t = auth::transcript(
+        Role::Server,
+        VERSION,
+        &peer.binding(),
+        &server_nonce,
+        &answer.nonce,
+        user,
+    );
     peer.send(&Message::AuthOk(AuthOk {
         mac: auth::sign(wrong_secret, &t),
     }));
@@ -613,7 +647,8 @@ fn anonymous_daemon_on_a_public_address_needs_allow_anonymous() {
     let local = SocketAddr::from(([127, 0, 0, 1], daemon.addr().port()));
     let work = tmpdir();
     write_random(work.path().join("a.bin"), 1000, 11);
-    Cli::new(local)
+    daemon
+        .cli_via(local)
         .cwd(&work)
         .cmds("put a.bin")
         .timeout(STEP_TIMEOUT)
@@ -658,12 +693,19 @@ fn range(n: u8) -> IpAddr {
 }
 
 /// An `auth` as `user` proving `secret` for the challenge `server_nonce`.
-fn auth_message(user: &str, secret: &str, server_nonce: &Bytes32) -> Message {
+fn auth_message(peer: &Raw, user: &str, secret: &str, server_nonce: &Bytes32) -> Message {
     let client_nonce = auth::nonce();
     Message::Auth(Auth {
         user: user.into(),
         nonce: client_nonce,
-        mac: sign(Role::Client, secret, server_nonce, &client_nonce, user),
+        mac: sign(
+            Role::Client,
+            secret,
+            &peer.binding(),
+            server_nonce,
+            &client_nonce,
+            user,
+        ),
     })
 }
 
@@ -673,7 +715,8 @@ fn auth_message(user: &str, secret: &str, server_nonce: &Bytes32) -> Message {
 fn login_from(d: &Daemon, ip: IpAddr, user: &str, secret: &str) -> Message {
     let mut peer = Raw::connect_from(ip, d.addr()).within(STEP_TIMEOUT);
     let server_nonce = peer.hello_and_challenge();
-    peer.send(&auth_message(user, secret, &server_nonce));
+    let message = auth_message(&peer, user, secret, &server_nonce);
+    peer.send(&message);
     peer.recv()
 }
 
@@ -772,7 +815,14 @@ fn raw_login(d: &Daemon, user: &str, secret: &str) -> Raw {
     peer.send(&Message::Auth(Auth {
         user: user.into(),
         nonce: client_nonce,
-        mac: sign(Role::Client, secret, &server_nonce, &client_nonce, user),
+        mac: sign(
+            Role::Client,
+            secret,
+            &peer.binding(),
+            &server_nonce,
+            &client_nonce,
+            user,
+        ),
     }));
     match peer.recv() {
         Message::AuthOk(_) => peer,
@@ -805,9 +855,16 @@ fn assert_names(stderr: &str, needles: &[&str]) {
 }
 
 /// The MAC of `role`'s transcript, as PROTOCOL.md defines it.
-fn sign(role: Role, secret: &str, server: &Bytes32, client: &Bytes32, user: &str) -> Bytes32 {
+fn sign(
+    role: Role,
+    secret: &str,
+    binding: &[u8; 32],
+    server: &Bytes32,
+    client: &Bytes32,
+    user: &str,
+) -> Bytes32 {
     auth::sign(
         secret.as_bytes(),
-        &auth::transcript(role, VERSION, server, client, user),
+        &auth::transcript(role, VERSION, binding, server, client, user),
     )
 }

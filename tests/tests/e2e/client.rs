@@ -769,7 +769,7 @@ fn exit_statuses_tell_usage_connection_remote_and_local_failures_apart() {
 #[test]
 fn help_lists_the_commands_and_the_exit_statuses() {
     let t = Site::new();
-    let run = Cli::new(t.daemon.addr()).arg("--help").run().ok();
+    let run = t.daemon.cli().arg("--help").run().ok();
     let help = &run.stdout;
     let (_, statuses) = help
         .split_once("Exit status")

@@ -16,7 +16,7 @@ use protocol::{Digest, DigestKind};
 use tempfile::TempDir;
 
 use crate::util::{
-    assert_missing, assert_same_file, names, staged_bytes, tmpdir, wait_until, write_random, Cli,
+    assert_missing, assert_same_file, names, staged_bytes, tmpdir, wait_until, write_random,
     Daemon, Run, Site, MIB,
 };
 
@@ -122,7 +122,8 @@ impl Case {
     /// Runs the transfer, checks what it left behind, prints the table row and checks the
     /// outcome is one this case allows.
     fn run(self) {
-        let daemon = Daemon::start();
+        // The faults here find frames in the stream: plaintext, on loopback.
+        let daemon = Daemon::with_args(["--insecure-plaintext"]);
         let work = tmpdir();
         let reference = tmpdir();
         let src = reference.path().join(NAME);
@@ -139,7 +140,8 @@ impl Case {
         };
 
         let proxy = Proxy::start(daemon.addr(), self.faults.clone());
-        let mut cli = Cli::new(proxy.addr())
+        let mut cli = daemon
+            .cli_via(proxy.addr())
             .cwd(&work)
             .timeout(RUN_LIMIT)
             .arg("--timeout")
@@ -756,7 +758,11 @@ fn kill_the_daemon_with_3_mib_of_big_bin_staged(root: &Path, work: &TempDir) -> 
         daemon.addr(),
         vec![Fault::stall_forever(C2S, 3 * MIB + 64 * 1024)],
     );
-    let mut upload = Cli::new(proxy.addr()).cwd(work).cmds("put big.bin").spawn();
+    let mut upload = daemon
+        .cli_via(proxy.addr())
+        .cwd(work)
+        .cmds("put big.bin")
+        .spawn();
     wait_until("3 MiB are staged", Duration::from_secs(30), || {
         upload.assert_running();
         staged_bytes(&staging) >= 3 * MIB

@@ -7,6 +7,9 @@
 // `Cli` builder, secrets, process guards, file comparison.
 mod util;
 
+// TLS for the tests' own peers: a raw client that takes any key, an identity for fake servers.
+mod tls;
+
 // A peer that speaks the protocol's frames by hand, for what the real client never sends.
 mod raw;
 

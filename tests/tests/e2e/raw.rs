@@ -22,28 +22,146 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One connection, one frame at a time. Every wait is bounded by the connection's timeout.
 pub struct Raw {
-    /// The connection, with read and write timeouts set.
-    stream: TcpStream,
+    /// The frames' stream: TLS (the default) or the socket itself.
+    stream: Wire,
+    /// The socket, with read and write timeouts set: for timeouts and shutdowns.
+    tcp: TcpStream,
+    /// The TLS channel binding the login's proofs include (zeros in plaintext).
+    binding: [u8; 32],
 }
 
+/// What frames travel over.
+enum Wire {
+    Plain(TcpStream),
+    Client(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Server(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Wire::Plain(s) => s.read(buf),
+            Wire::Client(s) => s.read(buf),
+            Wire::Server(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Wire::Plain(s) => s.write(buf),
+            Wire::Client(s) => s.write(buf),
+            Wire::Server(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Wire::Plain(s) => s.flush(),
+            Wire::Client(s) => s.flush(),
+            Wire::Server(s) => s.flush(),
+        }
+    }
+}
+
+/// A plaintext peer over an accepted or dialled socket (`--insecure-plaintext` daemons).
 impl From<TcpStream> for Raw {
     fn from(stream: TcpStream) -> Raw {
-        Raw { stream }.within(TIMEOUT)
+        Raw {
+            tcp: stream.try_clone().expect("cannot clone the socket"),
+            stream: Wire::Plain(stream),
+            binding: protocol::auth::NO_CHANNEL_BINDING,
+        }
+        .within(TIMEOUT)
     }
 }
 
 impl Raw {
-    /// Connects from the default local address (127.0.0.1 for a daemon on it).
+    /// Connects over TLS from the default local address (127.0.0.1 for a daemon on it).
     #[track_caller]
     pub fn connect(addr: SocketAddr) -> Raw {
-        let stream = TcpStream::connect_timeout(&addr, TIMEOUT)
-            .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
-        Raw::from(stream)
+        Raw::tls_client(Raw::dial(addr))
     }
 
-    /// Connects from `ip`, another loopback address, so per-address limits apply to it alone.
+    /// Connects in plaintext, to a daemon started with `--insecure-plaintext`.
+    #[track_caller]
+    pub fn plain(addr: SocketAddr) -> Raw {
+        Raw::from(Raw::dial(addr))
+    }
+
+    #[track_caller]
+    fn dial(addr: SocketAddr) -> TcpStream {
+        TcpStream::connect_timeout(&addr, TIMEOUT)
+            .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"))
+    }
+
+    /// Runs the TLS handshake as a client over `tcp` (any server key is accepted: this peer
+    /// tests the protocol, not the client's trust), and returns the peer ready for frames.
+    #[track_caller]
+    pub fn tls_client(tcp: TcpStream) -> Raw {
+        let mut conn = rustls::ClientConnection::new(
+            crate::tls::any_server_config(),
+            "localhost".try_into().unwrap(),
+        )
+        .unwrap();
+        let mut sock = tcp.try_clone().expect("cannot clone the socket");
+        sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+        sock.set_write_timeout(Some(TIMEOUT)).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock)
+                .unwrap_or_else(|e| panic!("TLS handshake failed: {e}"));
+        }
+        let binding = protocol::tls::channel_binding(&conn).unwrap();
+        Raw {
+            stream: Wire::Client(Box::new(rustls::StreamOwned::new(conn, sock))),
+            tcp,
+            binding,
+        }
+        .within(TIMEOUT)
+    }
+
+    /// Runs the TLS handshake as a server over an accepted `tcp`, with the tests' own
+    /// certificate ([`crate::tls::TestIdentity`]); `None` if the client gave up on it.
+    pub fn tls_server(tcp: TcpStream) -> Option<Raw> {
+        let mut conn = rustls::ServerConnection::new(crate::tls::server_config()).ok()?;
+        let mut sock = tcp.try_clone().ok()?;
+        sock.set_read_timeout(Some(TIMEOUT)).ok()?;
+        sock.set_write_timeout(Some(TIMEOUT)).ok()?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).ok()?;
+        }
+        let binding = protocol::tls::channel_binding(&conn).ok()?;
+        Some(
+            Raw {
+                stream: Wire::Server(Box::new(rustls::StreamOwned::new(conn, sock))),
+                tcp,
+                binding,
+            }
+            .within(TIMEOUT),
+        )
+    }
+
+    /// The connection's channel binding, for proofs made by hand.
+    pub fn binding(&self) -> [u8; 32] {
+        self.binding
+    }
+
+    /// Connects over TLS from `ip`, another loopback address, so per-address limits apply to
+    /// it alone.
     #[track_caller]
     pub fn connect_from(ip: IpAddr, addr: SocketAddr) -> Raw {
+        Raw::tls_client(Raw::dial_from(ip, addr))
+    }
+
+    /// Connects from `ip` and reads what the daemon says before any TLS: a refusal.
+    #[track_caller]
+    pub fn plain_from(ip: IpAddr, addr: SocketAddr) -> Raw {
+        Raw::from(Raw::dial_from(ip, addr))
+    }
+
+    #[track_caller]
+    fn dial_from(ip: IpAddr, addr: SocketAddr) -> TcpStream {
         let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
             .expect("cannot create a socket");
         socket
@@ -52,29 +170,33 @@ impl Raw {
         socket
             .connect_timeout(&SockAddr::from(addr), TIMEOUT)
             .unwrap_or_else(|e| panic!("cannot connect from {ip} to {addr}: {e}"));
-        Raw::from(TcpStream::from(socket))
+        TcpStream::from(socket)
     }
 
     /// Waits up to `timeout` for each read and write from now on.
     pub fn within(self, timeout: Duration) -> Raw {
-        self.stream.set_read_timeout(Some(timeout)).unwrap();
-        self.stream.set_write_timeout(Some(timeout)).unwrap();
+        self.tcp.set_read_timeout(Some(timeout)).unwrap();
+        self.tcp.set_write_timeout(Some(timeout)).unwrap();
         self
     }
 
-    /// A second handle on the same connection, for reading on another thread.
+    /// A second handle on the same plaintext connection, for reading on another thread
+    /// (a TLS connection has one state, which two threads cannot share).
     pub fn try_clone(&self) -> Raw {
-        Raw {
-            stream: self
-                .stream
-                .try_clone()
-                .expect("cannot clone the connection"),
-        }
+        let Wire::Plain(stream) = &self.stream else {
+            panic!("try_clone needs a plaintext peer (Raw::plain, an --insecure-plaintext daemon)");
+        };
+        Raw::from(stream.try_clone().expect("cannot clone the connection"))
+    }
+
+    /// The socket under the connection, to shut it from another thread.
+    pub fn socket(&self) -> TcpStream {
+        self.tcp.try_clone().expect("cannot clone the socket")
     }
 
     /// Our end's address, which the daemon logs as the peer.
     pub fn local_addr(&self) -> SocketAddr {
-        self.stream.local_addr().unwrap()
+        self.tcp.local_addr().unwrap()
     }
 
     /// Our hello, then the server's, of the same version: a session ready for commands.
@@ -114,8 +236,14 @@ impl Raw {
         use protocol::auth::{self, Role};
         let server_nonce = self.hello_and_challenge();
         let client_nonce = auth::nonce();
-        let transcript =
-            auth::transcript(Role::Client, VERSION, &server_nonce, &client_nonce, user);
+        let transcript = auth::transcript(
+            Role::Client,
+            VERSION,
+            &self.binding,
+            &server_nonce,
+            &client_nonce,
+            user,
+        );
         self.send(&Message::Auth(protocol::Auth {
             user: user.into(),
             nonce: client_nonce,
@@ -170,12 +298,12 @@ impl Raw {
 
     /// Ends our side of the connection; the peer reads EOF.
     pub fn close_write(&mut self) {
-        self.stream.shutdown(Shutdown::Write).unwrap();
+        self.tcp.shutdown(Shutdown::Write).unwrap();
     }
 
     /// Ends the connection both ways, which also wakes a read blocked on another handle.
     pub fn close(&self) {
-        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.tcp.shutdown(Shutdown::Both);
     }
 
     /// The next message; panics if the peer closes the connection instead.

@@ -133,7 +133,7 @@ fn serves_a_socket_handed_over_by_systemd() {
     let work = tmpdir();
     let src = work.path().join("a.bin");
     write_random(&src, 3 * MIB + 17, 31);
-    Cli::new(addr)
+    ftpd.cli()
         .cwd(&work)
         .timeout(RUN_LIMIT)
         .round_trip("a.bin", "back.bin");
@@ -207,7 +207,8 @@ fn sigterm_lets_a_transfer_in_flight_finish() {
         )],
     );
     let upload = {
-        let cli = Cli::new(proxy.addr())
+        let cli = ftpd
+            .cli_via(proxy.addr())
             .cwd(&work)
             .cmds("put big.bin")
             .timeout(RUN_LIMIT);
@@ -266,7 +267,8 @@ fn sigterm_after_grace_cuts_and_keeps_staged_bytes() {
             3 * MIB + 64 * 1024,
         )],
     );
-    let mut upload = Cli::new(proxy.addr())
+    let mut upload = ftpd
+        .cli_via(proxy.addr())
         .cwd(&work)
         .cmds("put big.bin")
         .spawn();
@@ -735,7 +737,7 @@ fn connection_open_and_close_are_logged_with_a_reason() {
     };
 
     // A client that says goodbye.
-    Cli::new(ftpd.addr()).cmds("ls").run().ok();
+    ftpd.cli().cmds("ls").run().ok();
     let opened = wait_for_json(&ftpd, |v| v["message"] == "connection opened");
     let peer = opened["peer"].as_str().expect("no peer").to_owned();
     let line = wait_for_json(&ftpd, closed(&peer));

@@ -94,8 +94,12 @@ impl Liar {
         }
     }
 
+    /// The real client aimed at the liar, trusting its key: what it tests is what the client
+    /// does with a server it has reason to trust.
     fn cli(&self) -> Cli {
         Cli::new(self.addr)
+            .arg("--fingerprint")
+            .arg(crate::tls::identity().fingerprint.to_string())
     }
 }
 
@@ -111,7 +115,9 @@ impl Drop for Liar {
 
 /// One connection to the lying server, until the client says bye or goes.
 fn serve(stream: TcpStream, lies: &Lies) {
-    let mut peer = Raw::from(stream);
+    let Some(mut peer) = Raw::tls_server(stream) else {
+        return;
+    };
     while let Some(message) = peer.try_recv() {
         match message {
             Message::Hello(_) => peer.send(&Message::Hello(Hello {

@@ -27,6 +27,8 @@ const LOG_TIMEOUT: Duration = Duration::from_secs(30);
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// What the daemon prints, before its bound address, once it accepts connections.
 const READY_MARKER: &str = "listening on ";
+/// What the daemon prints before its key's fingerprint, before it listens.
+const KEY_MARKER: &str = "clients pin the server key ";
 
 /// One mebibyte, the client's default chunk size.
 pub const MIB: u64 = 1024 * 1024;
@@ -155,6 +157,8 @@ pub struct Daemon {
     child: Mutex<KillOnDrop>,
     /// The address from its `listening on` line, once a test has waited for it.
     addr: OnceLock<SocketAddr>,
+    /// Started with `--insecure-plaintext`: clients must be told too.
+    plaintext: bool,
     /// The directory it serves.
     root: PathBuf,
     /// Its private state directory: `--state-dir`, or the default beside the root.
@@ -311,9 +315,37 @@ impl Daemon {
         names
     }
 
-    /// A client command aimed at this daemon.
+    /// A client command aimed at this daemon, trusting its key (`--fingerprint`), or told to
+    /// speak plaintext to a daemon that does.
     pub fn cli(&self) -> Cli {
-        Cli::new(self.addr())
+        self.cli_via(self.addr())
+    }
+
+    /// A client command aimed at `addr` (a proxy in front of this daemon), trusting this
+    /// daemon's key, or in plaintext like the daemon.
+    pub fn cli_via(&self, addr: SocketAddr) -> Cli {
+        let cli = Cli::new(addr);
+        if self.plaintext {
+            cli.arg("--insecure-plaintext")
+        } else {
+            cli.arg("--fingerprint").arg(self.fingerprint())
+        }
+    }
+
+    /// The fingerprint of the daemon's TLS key, as its log states it.
+    #[track_caller]
+    pub fn fingerprint(&self) -> String {
+        self.addr();
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains(KEY_MARKER))
+            .unwrap_or_else(|| panic!("ftpd logged no key fingerprint; log:\n{log}"));
+        let (_, rest) = line.split_once(KEY_MARKER).unwrap();
+        rest.split(|c: char| c.is_whitespace() || c == '"')
+            .next()
+            .unwrap()
+            .to_owned()
     }
 
     pub fn pid(&self) -> u32 {
@@ -492,6 +524,7 @@ impl DaemonBuilder {
             };
         }
         let state = state_dir(&root, &self.args);
+        let plaintext = self.args.iter().any(|a| a == "--insecure-plaintext");
         let log = dir.path().join("ftpd.log");
         let file = File::create(&log).expect("cannot create the log file");
         let child = cmd
@@ -503,6 +536,7 @@ impl DaemonBuilder {
         Daemon {
             child: Mutex::new(KillOnDrop::new(child)),
             addr: OnceLock::new(),
+            plaintext,
             root,
             state,
             log,
@@ -608,6 +642,13 @@ fn logged_addr(log: &str) -> Option<SocketAddr> {
         panic!("ftpd's ready line has no address after `{READY_MARKER}`: {line:?}")
     });
     Some(addr)
+}
+
+/// The data directory every client of this test run uses (known_hosts, history), so that no
+/// test touches the user's own. Removed when the run ends, if it ends normally.
+pub fn client_data_dir() -> &'static Path {
+    static DIR: OnceLock<TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tmpdir_named("e2e-client-data-")).path()
 }
 
 /// Removes terminal colour codes (`ESC [ … letter`), in case the logger emits them anyway.
@@ -735,6 +776,8 @@ impl Cli {
         let mut cmd = Command::new(bin("ftp-cli"));
         cmd.args(&self.args)
             .env("NO_COLOR", "1")
+            // known_hosts and the history go to a directory of the test run's own.
+            .env("XDG_DATA_HOME", client_data_dir())
             .stdin(if self.stdin.is_some() {
                 Stdio::piped()
             } else {

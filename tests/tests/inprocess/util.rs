@@ -171,9 +171,16 @@ impl Daemon {
 
     async fn client_with(&self, digest: DigestKind, creds: Option<&Credentials>) -> Client {
         let Pipe { stream, session } = self.pipe();
-        let client = ftp_cli::client::Client::over(stream, "in-process", STEP, creds, digest)
-            .await
-            .unwrap_or_else(|e| panic!("the client could not greet the daemon: {e}"));
+        let client = ftp_cli::client::Client::over(
+            stream,
+            "in-process",
+            STEP,
+            creds,
+            digest,
+            protocol::auth::NO_CHANNEL_BINDING,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the client could not greet the daemon: {e}"));
         Client { client, session }
     }
 
@@ -340,7 +347,14 @@ impl Raw {
         };
         let client_nonce = auth::nonce();
         let signed = |role| {
-            let t = auth::transcript(role, VERSION, &server_nonce, &client_nonce, user);
+            let t = auth::transcript(
+                role,
+                VERSION,
+                &auth::NO_CHANNEL_BINDING,
+                &server_nonce,
+                &client_nonce,
+                user,
+            );
             auth::sign(secret.as_bytes(), &t)
         };
         self.send(Message::Auth(Auth {

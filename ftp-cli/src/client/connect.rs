@@ -1,0 +1,253 @@
+//! Reaching the server: TCP, then TLS with the server's key checked as [`Trust`] says (or
+//! plain TCP when told), and the one clear reason when what answers is not an ftpd over TLS.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use protocol::auth::NO_CHANNEL_BINDING;
+use protocol::tls::{self, Fingerprint};
+use protocol::{DigestKind, ErrorCode, FrameCodec, Message};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::Decoder;
+
+use super::{normalize_addr, Client, Credentials};
+use crate::error::{ClientError, Result};
+use crate::output::Shown;
+use crate::trust::{self, Security, Trust};
+
+/// Most bytes of the server's first answer kept, to say what it was when it was not TLS: a
+/// plaintext `error` frame (a refusal before TLS is one) fits many times over.
+const SNIFF_BYTES: usize = 8 * 1024;
+
+impl Client {
+    /// Connects, secures the connection as `security` says, exchanges hellos and, when the
+    /// server has users, authenticates both ways. With credentials, a server that does not ask
+    /// for them is refused: it could be an impostor that does not know the secret.
+    pub async fn connect(
+        addr: &str,
+        timeout: Duration,
+        creds: Option<&Credentials>,
+        digest: DigestKind,
+        security: &Security,
+    ) -> Result<Client> {
+        let target = normalize_addr(addr);
+        let fail = |reason: String| ClientError::Connect {
+            addr: target.clone(),
+            reason,
+        };
+        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&target)).await {
+            Err(_) => return Err(fail("timed out".into())),
+            Ok(Err(e)) => return Err(fail(e.to_string())),
+            Ok(Ok(s)) => s,
+        };
+        // Small request/reply frames must not wait for Nagle's delayed acknowledgements.
+        let _ = tcp.set_nodelay(true);
+        let trust = match security {
+            Security::Plaintext => {
+                return Client::over(tcp, &target, timeout, creds, digest, NO_CHANNEL_BINDING).await
+            }
+            Security::Tls(trust) => trust,
+        };
+        let (expected, pin_line, roots) = match trust {
+            Trust::KnownHosts { file, .. } => match trust::pinned(file, &target)? {
+                Some(pin) => (Some(pin.fingerprint), Some(pin.line), None),
+                None => (None, None, None),
+            },
+            Trust::Key(fp) => (Some(*fp), None, None),
+            Trust::Ca(roots) => (None, None, Some(roots)),
+        };
+        let setup = trust::client_config(expected, roots)?;
+        let name = trust::server_name(&target)?;
+        let (sniff, first) = Sniff::new(tcp);
+        let handshake = TlsConnector::from(setup.config).connect(name, sniff);
+        let stream = match tokio::time::timeout(timeout, handshake).await {
+            Err(_) => return Err(fail("no TLS handshake within the timeout".into())),
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                let seen = setup.seen.get();
+                if let (Some(expected), Some(seen)) = (expected, seen) {
+                    if expected != seen {
+                        return Err(changed(&target, trust, expected, seen, pin_line));
+                    }
+                }
+                let first = first.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                return Err(handshake_failed(&target, e, &first, roots.is_some()));
+            }
+        };
+        let (_, conn) = stream.get_ref();
+        if conn.alpn_protocol() != Some(tls::ALPN) {
+            return Err(ClientError::NotProtocol(format!(
+                "{target} speaks TLS but not the ftpd protocol (it did not agree to ALPN \"ftpd\")"
+            )));
+        }
+        if let Trust::KnownHosts { file, accept_new } = trust {
+            if expected.is_none() {
+                let seen = setup.seen.get().expect("the verifier saw a certificate");
+                if !accept_new {
+                    return Err(ClientError::UnknownHost {
+                        addr: target,
+                        fingerprint: seen,
+                        known_hosts: file.clone(),
+                    });
+                }
+                trust::pin(file, &target, &seen)?;
+                eprintln!(
+                    "Pinned the key of {target} ({seen}) in {}: a different key later will be \
+                     refused.",
+                    file.display()
+                );
+            }
+        }
+        let binding = tls::channel_binding(conn)
+            .map_err(|e| ClientError::Internal(format!("TLS exporter: {e}")))?;
+        Client::over(stream, &target, timeout, creds, digest, binding).await
+    }
+}
+
+/// The refusal of a server whose key is not the pinned one, loud as ssh's.
+fn changed(
+    addr: &str,
+    trust: &Trust,
+    expected: Fingerprint,
+    seen: Fingerprint,
+    line: Option<usize>,
+) -> ClientError {
+    let bar = "@".repeat(59);
+    let headline = match trust {
+        Trust::KnownHosts { .. } => "@    WARNING: THE SERVER'S KEY HAS CHANGED!                 @",
+        _ => "@    WARNING: THE SERVER'S KEY IS NOT THE ONE EXPECTED!     @",
+    };
+    let pinned_where = match (trust, line) {
+        (Trust::KnownHosts { file, .. }, Some(line)) => format!(
+            "The key pinned for {addr} is {expected},\nin {}, line {line}.\n\
+             If you know the server's key was replaced on purpose (ask its admin: ftpd \
+             --fingerprint),\nremove that line (sed -i '{line}d' {}) and connect again.",
+            file.display(),
+            file.display()
+        ),
+        _ => format!("--fingerprint names {expected}."),
+    };
+    ClientError::KeyChanged(format!(
+        "{bar}\n{headline}\n{bar}\n\
+         Someone could be eavesdropping on you right now (a man-in-the-middle attack),\n\
+         or the server's key was replaced.\n\
+         The server at {addr} presented the key {seen}.\n{pinned_where}\n\
+         Nothing was sent to it."
+    ))
+}
+
+/// Says what answered when the handshake failed: a refusal in the clear (busy), an ftpd
+/// without TLS, something that is not ftpd at all, a certificate the CA roots do not vouch
+/// for, or a damaged or dropped connection (retried like any other).
+fn handshake_failed(addr: &str, e: std::io::Error, first: &[u8], ca: bool) -> ClientError {
+    if !first.is_empty() && !tls::looks_like_tls(first) {
+        let mut buf = BytesMut::from(first);
+        if let Ok(Some(Ok(frame))) = FrameCodec::new().decode(&mut buf) {
+            return match frame.message {
+                // Refused before TLS (too many connections, a login penalty): a reply of
+                // ftpd's, retried like any busy server.
+                Message::Error(e) if e.code == ErrorCode::Busy => ClientError::Remote(e),
+                _ => ClientError::NotProtocol(format!(
+                    "{addr} speaks the ftpd protocol without TLS (an ftpd started with \
+                     --insecure-plaintext); this client sends nothing unencrypted unless given \
+                     --insecure-plaintext too"
+                )),
+            };
+        }
+        let shown: String = String::from_utf8_lossy(&first[..first.len().min(40)]).into();
+        return ClientError::NotProtocol(format!(
+            "{addr} is not an ftpd server: it does not speak TLS (it answered {})",
+            Shown(&shown)
+        ));
+    }
+    let inner = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)) => {
+            ClientError::NotProtocol(format!(
+                "{addr} speaks TLS but not the ftpd protocol (it refused ALPN \"ftpd\")"
+            ))
+        }
+        Some(rustls::Error::InvalidCertificate(why)) if ca => ClientError::Untrusted(format!(
+            "the certificate of {addr} is not valid for it: {why:?}"
+        )),
+        _ if first.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            ClientError::ConnectionLost(format!("{addr} closed the connection before TLS"))
+        }
+        _ => ClientError::ConnectionLost(format!("TLS handshake with {addr} failed: {e}")),
+    }
+}
+
+/// A stream that keeps a copy of the first bytes it reads, to say what answered when a
+/// handshake fails.
+struct Sniff<S> {
+    inner: S,
+    first: Arc<Mutex<Vec<u8>>>,
+}
+
+impl<S> Sniff<S> {
+    fn new(inner: S) -> (Sniff<S>, Arc<Mutex<Vec<u8>>>) {
+        let first = Arc::new(Mutex::new(Vec::new()));
+        (
+            Sniff {
+                inner,
+                first: first.clone(),
+            },
+            first,
+        )
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Sniff<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        if first.len() < SNIFF_BYTES {
+            let new = &buf.filled()[before..];
+            let keep = new.len().min(SNIFF_BYTES - first.len());
+            first.extend_from_slice(&new[..keep]);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Sniff<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,140 @@
+//! What both sides agree on about TLS: the ALPN id, the one crypto provider, key fingerprints,
+//! and the channel binding that ties a login to its TLS connection.
+//!
+//! Every connection is TLS 1.3 from its first byte (docs/PROTOCOL.md, "Transport"); the framed
+//! protocol runs unchanged inside it.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use base64::Engine;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
+use sha2::{Digest as _, Sha256};
+
+/// The ALPN protocol id both sides offer. A TLS peer that does not select it is not ftpd.
+pub const ALPN: &[u8] = b"ftpd";
+
+/// The TLS exporter label of RFC 9266 ("tls-exporter" channel binding).
+pub const CHANNEL_BINDING_LABEL: &[u8] = b"EXPORTER-Channel-Binding";
+
+/// The record types a TLS 1.3 peer may send first (handshake, or an alert), each followed by
+/// the legacy version's major byte 3: how a plaintext reader recognises TLS.
+pub fn looks_like_tls(first: &[u8]) -> bool {
+    matches!(first, [0x15 | 0x16, 0x03, ..])
+}
+
+/// The crypto provider every TLS configuration of this workspace is built with: ring, the one
+/// linked (see the workspace manifest for why).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Makes [`provider`] the process default, for any TLS user that does not name one; the
+/// binaries call it first thing. Calling it again is harmless.
+pub fn install_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The SHA-256 of a public key (its DER SubjectPublicKeyInfo): a server's or a client's
+/// identity. Shown as `SHA256:<base64 without padding>`, the form `ssh-keygen -l` prints.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of a DER SubjectPublicKeyInfo.
+    pub fn of_spki(spki: &[u8]) -> Fingerprint {
+        Fingerprint(Sha256::digest(spki).into())
+    }
+
+    /// The fingerprint of the public key a certificate carries (not of the certificate: a
+    /// renewed certificate for the same key keeps it).
+    pub fn of_cert(cert: &CertificateDer<'_>) -> Result<Fingerprint, rustls::Error> {
+        let parsed = rustls::server::ParsedCertificate::try_from(cert)?;
+        Ok(Fingerprint::of_spki(
+            parsed.subject_public_key_info().as_ref(),
+        ))
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(self.0);
+        write!(f, "SHA256:{b64}")
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Why a fingerprint did not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("not a key fingerprint (expected SHA256: and 43 base64 characters, as ftpd --fingerprint prints)")]
+pub struct BadFingerprint;
+
+impl FromStr for Fingerprint {
+    type Err = BadFingerprint;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let b64 = s.trim().strip_prefix("SHA256:").ok_or(BadFingerprint)?;
+        // Accept the padded form too: some tools print it.
+        let b64 = b64.strip_suffix('=').unwrap_or(b64);
+        let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(b64)
+            .map_err(|_| BadFingerprint)?;
+        Ok(Fingerprint(bytes.try_into().map_err(|_| BadFingerprint)?))
+    }
+}
+
+/// The 32-byte `tls-exporter` channel binding (RFC 9266) of a TLS 1.3 connection whose
+/// handshake is complete.
+pub fn channel_binding<D>(conn: &rustls::ConnectionCommon<D>) -> Result<[u8; 32], rustls::Error> {
+    conn.export_keying_material([0u8; 32], CHANNEL_BINDING_LABEL, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_read_back_in_both_forms() {
+        let fp = Fingerprint::of_spki(b"not really a key");
+        let shown = fp.to_string();
+        assert!(
+            shown.starts_with("SHA256:") && shown.len() == 7 + 43,
+            "{shown}"
+        );
+        assert_eq!(shown.parse::<Fingerprint>().unwrap(), fp);
+        assert_eq!(format!("{shown}=").parse::<Fingerprint>().unwrap(), fp);
+        for bad in [
+            "",
+            "SHA256:",
+            "MD5:abc",
+            &shown[..40],
+            &format!("{shown}AA"),
+        ] {
+            assert!(bad.parse::<Fingerprint>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sha256_of_the_empty_key_is_the_known_value() {
+        // The SHA-256 of no bytes, e3b0c442..., in base64.
+        assert_eq!(
+            Fingerprint::of_spki(b"").to_string(),
+            "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"
+        );
+    }
+
+    #[test]
+    fn tls_records_are_told_from_frames() {
+        assert!(looks_like_tls(&[0x16, 0x03, 0x01, 0x02, 0x00]));
+        assert!(looks_like_tls(&[0x15, 0x03, 0x03]));
+        assert!(!looks_like_tls(&[0, 0, 0, 0x40, b'{']));
+        assert!(!looks_like_tls(b"SSH-2.0-OpenSSH"));
+    }
+}
