@@ -381,7 +381,9 @@ mod tests {
             assert_eq!(lower.parse::<Digest>().unwrap(), d);
             let upper = lower.to_ascii_uppercase();
             assert!(upper.parse::<Digest>().is_err(), "{upper}");
-            let at = lower.find(|c: char| c.is_ascii_lowercase()).expect("a letter");
+            let at = lower
+                .find(|c: char| c.is_ascii_lowercase())
+                .expect("a letter");
             let one = format!("{}{}", &lower[..at], lower[at..].to_ascii_uppercase());
             let one = format!("{}{}", &one[..=at], &lower[at + 1..]);
             assert!(serde_json::from_str::<Digest>(&format!("\"{one}\"")).is_err());

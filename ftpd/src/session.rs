@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::{
-    auth, capability, AuthChallenge, AuthOk, BoxStream, Budget, Connection, Digest, DigestKind,
-    ErrorCode, ErrorReply, Frame, Hello, Incoming, Message, VERSION,
+    auth, capability, handshake, AuthChallenge, AuthOk, BoxStream, Budget, Connection, Digest,
+    DigestKind, ErrorCode, ErrorReply, Frame, Hello, Incoming, Message,
 };
 use storage::{Home, Root, VPath};
 use tracing::{debug, info, warn};
@@ -155,30 +155,22 @@ impl Session {
                 message: Message::Hello(h),
                 ..
             }) => h,
-            // A hello this server cannot take (a digest it does not know, say): say what.
+            // A hello this server cannot take (a digest it does not know, a field missing):
+            // say what.
             Err(rejected) if rejected.kind == "hello" => {
-                return Err(SessionError::Refused(ErrorReply::new(
-                    ErrorCode::Unsupported,
-                    format!(
-                        "hello not understood: {}",
-                        clip(&rejected.reason, PRE_LOGIN_MAX_QUOTE)
-                    ),
-                )))
+                let refused = CmdError::Unsupported {
+                    kind: rejected.kind,
+                    reason: clip(&rejected.reason, PRE_LOGIN_MAX_QUOTE),
+                };
+                return Err(SessionError::Refused(refused.reply()));
             }
             _ => return Err(SessionError::Protocol("expected hello first".into())),
         };
-        if hello.version != VERSION {
-            return Err(SessionError::Refused(ErrorReply::new(
-                ErrorCode::VersionMismatch,
-                format!(
-                    "server speaks protocol version {VERSION}, client speaks {}",
-                    hello.version
-                ),
-            )));
-        }
         debug!(peer = %self.peer, agent = %Wire(&hello.agent), "hello");
-        self.client_max_chunk = hello.max_chunk.clamp(1, protocol::MAX_BODY as u32);
-        self.digest = hello.digest;
+        let agreed = handshake::answer(&hello, handshake::SUPPORTED)
+            .map_err(|e| SessionError::Refused(CmdError::from(e).reply()))?;
+        self.client_max_chunk = agreed.max_chunk;
+        self.digest = agreed.digest;
         let mut capabilities = vec![capability::RESUME.into(), capability::FILES.into()];
         if self.auth.users().is_some() {
             capabilities.push(capability::AUTH_HMAC_SHA256.into());
@@ -188,7 +180,8 @@ impl Session {
             self.logged_in();
         }
         self.send(Message::Hello(Hello {
-            version: VERSION,
+            version: agreed.version,
+            min_version: None,
             agent: concat!("ftpd/", env!("CARGO_PKG_VERSION")).into(),
             capabilities,
             max_chunk: protocol::MAX_BODY as u32,
