@@ -121,10 +121,24 @@ impl fmt::Debug for Digest {
     }
 }
 
+/// Decodes `s`, exactly `2 * out.len()` lowercase hex digits, into `out`: the one rule for
+/// hex on the wire, digests and the login's nonces and macs alike. Uppercase is refused, so
+/// that every value has one spelling and a peer that compares strings agrees with one that
+/// compares bytes.
+pub fn decode_lower_hex(s: &str, out: &mut [u8]) -> Result<(), hex::FromHexError> {
+    if let Some((index, c)) = s
+        .char_indices()
+        .find(|(_, c)| !matches!(c, '0'..='9' | 'a'..='f'))
+    {
+        return Err(hex::FromHexError::InvalidHexCharacter { c, index });
+    }
+    hex::decode_to_slice(s, out)
+}
+
 impl std::str::FromStr for Digest {
     type Err = hex::FromHexError;
 
-    /// 32 hex digits are an MD5, 64 a BLAKE3.
+    /// 32 lowercase hex digits are an MD5, 64 a BLAKE3.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let kind = match s.len() {
             32 => DigestKind::Md5,
@@ -132,7 +146,7 @@ impl std::str::FromStr for Digest {
             _ => return Err(hex::FromHexError::InvalidStringLength),
         };
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out[..kind.len()])?;
+        decode_lower_hex(s, &mut out[..kind.len()])?;
         Ok(Digest::from_slice(kind, &out[..kind.len()]))
     }
 }
@@ -147,7 +161,9 @@ impl<'de> Deserialize<'de> for Digest {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         s.parse().map_err(|_| {
-            serde::de::Error::custom("a digest must be 32 (MD5) or 64 (BLAKE3) hex digits")
+            serde::de::Error::custom(
+                "a digest must be 32 (MD5) or 64 (BLAKE3) lowercase hex digits",
+            )
         })
     }
 }
@@ -354,6 +370,29 @@ mod tests {
         assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), d);
         assert!(serde_json::from_str::<Digest>("\"abc\"").is_err());
         assert!(serde_json::from_str::<Digest>(&format!("\"{}\"", "z".repeat(32))).is_err());
+    }
+
+    /// Hex on the wire is lowercase only: the same digest in capitals, or with one capital
+    /// digit, is refused, for either kind.
+    #[test]
+    fn uppercase_hex_is_refused() {
+        for d in [Digest::md5(b"abc"), Digest::of(DigestKind::Blake3, b"abc")] {
+            let lower = d.to_string();
+            assert_eq!(lower.parse::<Digest>().unwrap(), d);
+            let upper = lower.to_ascii_uppercase();
+            assert!(upper.parse::<Digest>().is_err(), "{upper}");
+            let at = lower
+                .find(|c: char| c.is_ascii_lowercase())
+                .expect("a letter");
+            let one = format!("{}{}", &lower[..at], lower[at..].to_ascii_uppercase());
+            let one = format!("{}{}", &one[..=at], &lower[at + 1..]);
+            assert!(serde_json::from_str::<Digest>(&format!("\"{one}\"")).is_err());
+        }
+        let mut out = [0u8; 2];
+        assert!(decode_lower_hex("0aff", &mut out).is_ok());
+        assert_eq!(out, [0x0a, 0xff]);
+        assert!(decode_lower_hex("0aFf", &mut out).is_err());
+        assert!(decode_lower_hex("0a+f", &mut out).is_err());
     }
 
     #[test]

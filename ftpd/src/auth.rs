@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use protocol::auth::{self, Bytes32, Role};
-use protocol::VERSION;
 
 use crate::admission::AddrRange;
 use crate::users::{User, Users};
@@ -26,6 +25,8 @@ const TRUST_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What one login's proofs are bound to: the connection's channel binding and both nonces.
 pub struct Nonces {
+    /// The protocol version the hellos agreed on.
+    pub version: u32,
     /// The TLS exporter value of the connection ([`auth::NO_CHANNEL_BINDING`] in plaintext).
     pub binding: [u8; 32],
     /// The server's challenge.
@@ -39,7 +40,7 @@ impl Nonces {
     pub fn transcript(&self, role: Role, user: &str) -> Vec<u8> {
         auth::transcript(
             role,
-            VERSION,
+            self.version,
             &self.binding,
             &self.server,
             &self.client,

@@ -183,7 +183,7 @@ pub struct Config {
 
     /// Chunk size for downloads, in bytes (capped by what the client accepts).
     #[arg(long, env = "FTPD_CHUNK_SIZE", default_value_t = protocol::DEFAULT_CHUNK,
-          value_parser = clap::value_parser!(u32).range(1..=protocol::MAX_BODY as i64))]
+          value_parser = clap::value_parser!(u32).range(protocol::MIN_CHUNK as i64..=protocol::MAX_BODY as i64))]
     pub chunk_size: u32,
 
     /// Log filter: a level (error, warn, info, debug, trace) or RUST_LOG-style directives.

@@ -1,7 +1,7 @@
 //! The one place where what went wrong becomes a wire code: typed command errors in, `error`
 //! frames out; and storage's view of a file in the wire's words.
 
-use protocol::{ChunkError, Entry, EntryKind, ErrorCode, ErrorReply};
+use protocol::{ChunkError, Entry, EntryKind, ErrorCode, ErrorReply, HelloError};
 use storage::{FileInfo, FileKind, VPath};
 
 /// Why a command was refused. Every path here is the one the client sees (its home is `/`),
@@ -45,6 +45,14 @@ pub enum CmdError {
     /// The bytes read no longer have the digest recorded when the file was stored.
     #[error("{path}: changed on disk since it was stored (its digest no longer matches)")]
     Changed { path: VPath },
+    /// The client's hello cannot be taken (no common version, a chunk limit below the
+    /// floor); the connection closes.
+    #[error("hello refused: {0}")]
+    Hello(#[from] HelloError),
+    /// An `auth` that does not parse (a field missing, a nonce or mac that is not 64 lowercase
+    /// hex digits); the connection closes.
+    #[error("malformed auth: {reason}")]
+    BadAuth { reason: String },
 }
 
 impl CmdError {
@@ -54,15 +62,17 @@ impl CmdError {
             CmdError::Storage(e) => storage_code(e),
             CmdError::Transfer { error, .. } => chunk_code(error),
             CmdError::ReadOnly(_) => ErrorCode::Denied,
-            CmdError::PastEnd { .. } => ErrorCode::BadRequest,
+            CmdError::PastEnd { .. } => ErrorCode::PastEnd,
             CmdError::PrefixMismatch { .. } => ErrorCode::PrefixMismatch,
             CmdError::Shrank { .. } => ErrorCode::Io,
-            CmdError::Cancelled { .. } => ErrorCode::BadRequest,
+            CmdError::Cancelled { .. } => ErrorCode::Cancelled,
             CmdError::AbortedByClient { code, .. } => *code,
             CmdError::Unsupported { .. } => ErrorCode::Unsupported,
             CmdError::OutOfPlace(_) => ErrorCode::BadRequest,
             CmdError::Busy(_) => ErrorCode::Busy,
             CmdError::Changed { .. } => ErrorCode::Io,
+            CmdError::Hello(e) => hello_code(e),
+            CmdError::BadAuth { .. } => ErrorCode::BadAuth,
         }
     }
 
@@ -106,16 +116,31 @@ fn storage_code(e: &storage::Error) -> ErrorCode {
     }
 }
 
+/// A client reacts differently to each code here: `checksum_mismatch` (damage in transit: send
+/// again), `size_mismatch` (its bytes do not add up to the size it declared: a bug or a file
+/// that changed while it was read, which sending again does not cure), `too_large` (a chunk
+/// over the agreed limit) and `bad_request` (a chunk out of order: damage, or a bug).
 fn chunk_code(e: &ChunkError) -> ErrorCode {
     match e {
         ChunkError::BadDigest { .. } | ChunkError::WholeDigest { .. } => {
             ErrorCode::ChecksumMismatch
         }
-        ChunkError::PastEnd { .. } | ChunkError::TooLong { .. } => ErrorCode::TooLarge,
-        ChunkError::OutOfOrder { .. }
-        | ChunkError::LengthMismatch { .. }
-        | ChunkError::EofSize { .. }
-        | ChunkError::Short { .. } => ErrorCode::BadRequest,
+        ChunkError::PastEnd { .. } | ChunkError::EofSize { .. } | ChunkError::Short { .. } => {
+            ErrorCode::SizeMismatch
+        }
+        ChunkError::TooLong { .. } => ErrorCode::TooLarge,
+        ChunkError::OutOfOrder { .. } | ChunkError::LengthMismatch { .. } => ErrorCode::BadRequest,
+    }
+}
+
+fn hello_code(e: &HelloError) -> ErrorCode {
+    match e {
+        HelloError::NoCommonVersion { .. } | HelloError::NotOffered { .. } => {
+            ErrorCode::VersionMismatch
+        }
+        HelloError::EmptyRange { .. }
+        | HelloError::ChunkTooSmall(_)
+        | HelloError::DigestRefused { .. } => ErrorCode::BadRequest,
     }
 }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::{
-    auth, capability, AuthChallenge, AuthOk, Budget, Connection, Digest, DigestKind, ErrorCode,
-    ErrorReply, Frame, Hello, Incoming, Message, VERSION,
+    auth, capability, handshake, AuthChallenge, AuthOk, Budget, Connection, Digest, DigestKind,
+    ErrorCode, ErrorReply, Frame, Hello, Incoming, Message,
 };
 use storage::{Home, Root, VPath};
 use tracing::{debug, info, warn};
@@ -72,6 +72,8 @@ pub struct Session {
     pub hashing: Arc<Hashing>,
     /// The connection's channel binding, which the login's proofs include.
     binding: [u8; 32],
+    /// The protocol version the hellos agreed on, which the login's proofs include.
+    version: u32,
     /// When hello and login must be done by; `None`: `--handshake-timeout` from the start.
     deadline: Option<Instant>,
 }
@@ -117,6 +119,7 @@ impl Session {
             shutdown,
             admission: None,
             binding: channel.binding,
+            version: protocol::VERSION,
             deadline: None,
         }
     }
@@ -170,30 +173,23 @@ impl Session {
                 message: Message::Hello(h),
                 ..
             }) => h,
-            // A hello this server cannot take (a digest it does not know, say): say what.
+            // A hello this server cannot take (a digest it does not know, a field missing):
+            // say what.
             Err(rejected) if rejected.kind == "hello" => {
-                return Err(SessionError::Refused(ErrorReply::new(
-                    ErrorCode::Unsupported,
-                    format!(
-                        "hello not understood: {}",
-                        clip(&rejected.reason, PRE_LOGIN_MAX_QUOTE)
-                    ),
-                )))
+                let refused = CmdError::Unsupported {
+                    kind: rejected.kind,
+                    reason: clip(&rejected.reason, PRE_LOGIN_MAX_QUOTE),
+                };
+                return Err(SessionError::Refused(refused.reply()));
             }
             _ => return Err(SessionError::Protocol("expected hello first".into())),
         };
-        if hello.version != VERSION {
-            return Err(SessionError::Refused(ErrorReply::new(
-                ErrorCode::VersionMismatch,
-                format!(
-                    "server speaks protocol version {VERSION}, client speaks {}",
-                    hello.version
-                ),
-            )));
-        }
         debug!(peer = %self.peer, agent = %Wire(&hello.agent), "hello");
-        self.client_max_chunk = hello.max_chunk.clamp(1, protocol::MAX_BODY as u32);
-        self.digest = hello.digest;
+        let agreed = handshake::answer(&hello, handshake::SUPPORTED)
+            .map_err(|e| SessionError::Refused(CmdError::from(e).reply()))?;
+        self.client_max_chunk = agreed.max_chunk;
+        self.version = agreed.version;
+        self.digest = agreed.digest;
         let mut capabilities = vec![capability::RESUME.into(), capability::FILES.into()];
         if self.auth.users().is_some() {
             capabilities.push(capability::AUTH_HMAC_SHA256.into());
@@ -203,7 +199,8 @@ impl Session {
             self.logged_in();
         }
         self.send(Message::Hello(Hello {
-            version: VERSION,
+            version: agreed.version,
+            min_version: None,
             agent: concat!("ftpd/", env!("CARGO_PKG_VERSION")).into(),
             capabilities,
             max_chunk: protocol::MAX_BODY as u32,
@@ -224,17 +221,25 @@ impl Session {
         }))
         .await?;
         let answer = self.recv_stranger(left(deadline), "authentication").await?;
-        let Ok(Frame {
-            message: Message::Auth(answer),
-            ..
-        }) = answer
-        else {
-            return Err(SessionError::Refused(ErrorReply::new(
-                ErrorCode::AuthRequired,
-                "authenticate first: this server has users",
-            )));
+        let answer = match answer {
+            Ok(Frame {
+                message: Message::Auth(answer),
+                ..
+            }) => answer,
+            // An `auth` whose fields do not parse (a MAC that is not 64 lowercase hex digits).
+            Err(rejected) if rejected.kind == "auth" => {
+                let reason = clip(&rejected.reason, PRE_LOGIN_MAX_QUOTE);
+                return Err(SessionError::Refused(CmdError::BadAuth { reason }.reply()));
+            }
+            _ => {
+                return Err(SessionError::Refused(ErrorReply::new(
+                    ErrorCode::AuthRequired,
+                    "authenticate first: this server has users",
+                )))
+            }
         };
         let nonces = Nonces {
+            version: self.version,
             binding: self.binding,
             server: server_nonce,
             client: answer.nonce,

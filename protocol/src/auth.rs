@@ -36,8 +36,8 @@ impl<'de> Deserialize<'de> for Bytes32 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s.as_bytes(), &mut out)
-            .map_err(|_| serde::de::Error::custom("expected 64 hex digits"))?;
+        checksum::decode_lower_hex(&s, &mut out)
+            .map_err(|_| serde::de::Error::custom("expected 64 lowercase hex digits"))?;
         Ok(Bytes32(out))
     }
 }

@@ -20,6 +20,7 @@ pub mod auth;
 mod budget;
 mod codec;
 mod connection;
+pub mod handshake;
 mod message;
 pub mod text;
 pub mod tls;
@@ -31,6 +32,7 @@ pub use budget::{Budget, Permit};
 pub use checksum::{Digest, DigestKind, Hasher, SavedState, StateError};
 pub use codec::{CodecError, Frame, FrameCodec, Incoming, Rejected};
 pub use connection::{BoxStream, Connection, ConnectionError, Stream};
+pub use handshake::{Agreed, HelloError, Versions, MIN_CHUNK, MIN_VERSION, VERSION};
 pub use message::{
     Auth, AuthChallenge, AuthOk, ChunkHeader, Entry, EntryKind, Eof, ErrorCode, ErrorReply, Get,
     GetReady, Hello, ListEnd, Listing, Message, Mkdir, PathArg, Put, PutReady, Rename, Stat,
@@ -38,8 +40,6 @@ pub use message::{
 };
 pub use transfer::{ChunkError, ChunkReceiver, ChunkSender, Sequence};
 
-/// The protocol version this crate speaks.
-pub const VERSION: u32 = 2;
 /// Largest JSON header accepted, in bytes.
 pub const MAX_HEADER: usize = 64 * 1024;
 /// Largest chunk body accepted, in bytes.

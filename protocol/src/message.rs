@@ -142,31 +142,26 @@ pub struct Rename {
     pub to: String,
 }
 
-/// The handshake, sent by the client first and answered in kind by the server.
+/// The handshake, sent by the client first and answered in kind by the server. Every field
+/// but `min_version` is required both ways: a hello without one does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
-    /// Protocol version the sender speaks ([`crate::VERSION`]).
+    /// From the client, the highest protocol version it speaks; from the server, the version
+    /// it chose for the session (see [`crate::handshake`]).
     pub version: u32,
+    /// From the client, the lowest protocol version it speaks (absent: `version` alone).
+    /// Servers send none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<u32>,
     /// Free-form software name and version, for logs ("ftp-cli/0.1.0").
     pub agent: String,
     /// Optional features the sender supports (see [`crate::capability`]).
-    #[serde(default)]
     pub capabilities: Vec<String>,
-    /// Largest chunk body the sender is willing to receive.
-    #[serde(default = "default_max_chunk")]
+    /// Largest chunk body the sender is willing to receive, at least [`crate::MIN_CHUNK`].
     pub max_chunk: u32,
     /// The transfer digest: from the client, the one it asks for; from the server, the one the
-    /// session uses (the client's, or an `unsupported` error instead of `hello`). Absent: MD5.
-    #[serde(default, skip_serializing_if = "is_md5")]
+    /// session uses (the client's, or an `unsupported` error instead of `hello`).
     pub digest: DigestKind,
-}
-
-fn is_md5(kind: &DigestKind) -> bool {
-    *kind == DigestKind::Md5
-}
-
-fn default_max_chunk() -> u32 {
-    crate::DEFAULT_CHUNK
 }
 
 /// The server's challenge.
@@ -317,6 +312,14 @@ pub enum ErrorCode {
     BadRequest,
     /// A chunk or a whole file did not match its digest.
     ChecksumMismatch,
+    /// An upload's bytes do not add up to the size its `put` declared: an `eof` naming another
+    /// size, an `eof` before every byte, or a chunk past the end.
+    SizeMismatch,
+    /// A `get` asked to start past the end of the file.
+    PastEnd,
+    /// The peer stopped the transfer on purpose: a download's `cancel`, or an upload the
+    /// client aborted because its user asked it to.
+    Cancelled,
     /// A resumed transfer's prefix differs between client and server.
     PrefixMismatch,
     /// The path names a directory where a file was expected.
@@ -341,6 +344,9 @@ pub enum ErrorCode {
     AuthRequired,
     /// Unknown user or wrong proof (the server never says which).
     AuthFailed,
+    /// An `auth` that is not well-formed: a field missing, a nonce or mac not 64 lowercase hex
+    /// digits.
+    BadAuth,
     /// The peer was silent for too long.
     Timeout,
     /// A bug on the server; the connection is closed.
@@ -361,6 +367,9 @@ impl ErrorCode {
             ErrorCode::Denied => "denied",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::ChecksumMismatch => "checksum_mismatch",
+            ErrorCode::SizeMismatch => "size_mismatch",
+            ErrorCode::PastEnd => "past_end",
+            ErrorCode::Cancelled => "cancelled",
             ErrorCode::PrefixMismatch => "prefix_mismatch",
             ErrorCode::IsDirectory => "is_directory",
             ErrorCode::NotADirectory => "not_a_directory",
@@ -374,6 +383,7 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::AuthRequired => "auth_required",
             ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::BadAuth => "bad_auth",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
@@ -432,14 +442,22 @@ mod tests {
             Denied,
             BadRequest,
             ChecksumMismatch,
+            SizeMismatch,
+            PastEnd,
+            Cancelled,
             PrefixMismatch,
             IsDirectory,
+            NotADirectory,
+            NotEmpty,
             Io,
             NoSpace,
             TooLarge,
             VersionMismatch,
             Unsupported,
             Busy,
+            AuthRequired,
+            AuthFailed,
+            BadAuth,
             Timeout,
             Internal,
             Unknown,
@@ -447,6 +465,67 @@ mod tests {
             assert_eq!(
                 serde_json::to_string(&code).unwrap(),
                 format!("\"{}\"", code.as_str())
+            );
+        }
+    }
+
+    /// Every field of a hello but `min_version` is required, whichever side sends it; the
+    /// server's hello names its digest even when it is MD5.
+    #[test]
+    fn a_hello_needs_every_field_but_min_version() {
+        let full = Hello {
+            version: 3,
+            min_version: None,
+            agent: "x".into(),
+            capabilities: vec![],
+            max_chunk: 4096,
+            digest: DigestKind::Md5,
+        };
+        let json = serde_json::to_string(&Message::Hello(full.clone())).unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"hello","version":3,"agent":"x","capabilities":[],"max_chunk":4096,"digest":"md5"}"#
+        );
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&json).unwrap();
+        for field in ["version", "agent", "capabilities", "max_chunk", "digest"] {
+            let mut without = object.clone();
+            without.remove(field);
+            let text = serde_json::to_string(&without).unwrap();
+            assert!(
+                serde_json::from_str::<Message>(&text).is_err(),
+                "a hello without {field} parsed"
+            );
+        }
+        let ranged = json.replace(r#""version":3"#, r#""version":4,"min_version":3"#);
+        assert_eq!(
+            serde_json::from_str::<Message>(&ranged).unwrap(),
+            Message::Hello(Hello {
+                version: 4,
+                min_version: Some(3),
+                ..full
+            })
+        );
+    }
+
+    /// The login's nonces and macs follow the digests' rule: lowercase hex only.
+    #[test]
+    fn an_auth_in_uppercase_hex_is_refused() {
+        let lower = Message::Auth(Auth {
+            user: "alice".into(),
+            nonce: Bytes32([0xab; 32]),
+            mac: Bytes32([0xcd; 32]),
+        });
+        let json = serde_json::to_string(&lower).unwrap();
+        assert_eq!(serde_json::from_str::<Message>(&json).unwrap(), lower);
+        for raised in [
+            json.replace(&"ab".repeat(32), &"AB".repeat(32)),
+            json.replace(&"cd".repeat(32), &format!("C{}", &"cd".repeat(32)[1..])),
+        ] {
+            assert_ne!(raised, json);
+            assert!(
+                serde_json::from_str::<Message>(&raised).is_err(),
+                "{raised}"
             );
         }
     }
@@ -464,12 +543,15 @@ mod tests {
                 ..
             })
         ));
-        let h: Message =
-            serde_json::from_str(r#"{"type":"hello","version":1,"agent":"x"}"#).unwrap();
+        let h: Message = serde_json::from_str(
+            r#"{"type":"hello","version":3,"agent":"x","capabilities":[],"max_chunk":4096,"digest":"md5","tls":1}"#,
+        )
+        .unwrap();
         assert!(matches!(
             h,
             Message::Hello(Hello {
-                max_chunk: crate::DEFAULT_CHUNK,
+                min_version: None,
+                max_chunk: 4096,
                 ..
             })
         ));

@@ -1,7 +1,7 @@
 //! The client side of login (challenge-response): prove we hold the secret, check the server does.
 
 use protocol::auth::{self, Role};
-use protocol::{ErrorCode, Frame, Message, VERSION};
+use protocol::{ErrorCode, Frame, Message};
 
 use super::{unexpected, Client};
 use crate::error::{ClientError, Result};
@@ -56,7 +56,7 @@ impl Client {
         let client_nonce = auth::nonce();
         let t = auth::transcript(
             Role::Client,
-            VERSION,
+            self.server.version,
             &self.binding,
             &server_nonce,
             &client_nonce,
@@ -99,7 +99,7 @@ impl Client {
         };
         let t = auth::transcript(
             Role::Server,
-            VERSION,
+            self.server.version,
             &self.binding,
             &server_nonce,
             &client_nonce,

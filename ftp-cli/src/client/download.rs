@@ -355,12 +355,15 @@ impl Client {
                     progress.advance(n);
                 }
                 Message::Eof(eof) => break Some(eof),
+                // After our cancel, its answer (`cancelled`) is no news: `failure` says why.
                 Message::Abort(reply) => {
                     if failure.is_none() {
                         failure = Some(ClientError::Remote(reply));
                     }
                     break None;
                 }
+                // The server is closing the connection (a timeout, a shutdown): its reason.
+                Message::Error(reply) => return Err(ClientError::Remote(reply)),
                 other => return Err(unexpected("chunk", &other)),
             }
         };
@@ -407,9 +410,9 @@ enum Start {
 type Stream = (File, Hasher, u64, protocol::GetReady);
 
 /// Whether the server refused a resumed `get` because what we hold is not the start of its
-/// file (or is longer than it).
+/// file (`prefix_mismatch`) or is longer than it (`past_end`).
 fn not_the_start(e: &ErrorReply) -> bool {
-    matches!(e.code, ErrorCode::PrefixMismatch | ErrorCode::BadRequest)
+    matches!(e.code, ErrorCode::PrefixMismatch | ErrorCode::PastEnd)
 }
 
 /// The error for a resume whose `held` local bytes are not the start of `remote`.

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use protocol::{
-    BoxStream, Connection, DigestKind, Entry, Frame, FrameCodec, Hello, Incoming, Message, Mkdir,
-    PathArg, Rename, Stat, StatReply, Stream, VERSION,
+    handshake, BoxStream, Connection, DigestKind, Entry, Frame, FrameCodec, Hello, Incoming,
+    Message, Mkdir, PathArg, Rename, Stat, StatReply, Stream, MIN_VERSION, VERSION,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -99,6 +99,7 @@ impl Client {
             conn,
             server: Hello {
                 version: VERSION,
+                min_version: None,
                 agent: String::new(),
                 capabilities: vec![],
                 max_chunk: protocol::DEFAULT_CHUNK,
@@ -118,18 +119,20 @@ impl Client {
         Ok(client)
     }
 
-    /// Exchanges hellos: the server must speak our protocol version and use `digest`. The
-    /// error is the reason the connection cannot be used.
+    /// Exchanges hellos: the server must choose a protocol version we offered and use
+    /// `digest`. The error is the reason the connection cannot be used.
     async fn hello(&mut self, digest: DigestKind) -> Result<(), Refusal> {
-        self.send(Message::Hello(Hello {
+        let ours = Hello {
             version: VERSION,
+            min_version: Some(MIN_VERSION),
             agent: concat!("ftp-cli/", env!("CARGO_PKG_VERSION")).into(),
             capabilities: vec![protocol::capability::RESUME.into()],
             max_chunk: protocol::MAX_BODY as u32,
             digest,
-        }))
-        .await
-        .map_err(|e| Refusal::Reason(e.to_string()))?;
+        };
+        self.send(Message::Hello(ours.clone()))
+            .await
+            .map_err(|e| Refusal::Reason(e.to_string()))?;
         let addr = self.addr.clone();
         let not_ftpd = || {
             Refusal::Error(ClientError::NotProtocol(format!(
@@ -141,19 +144,12 @@ impl Client {
                 message: Message::Hello(h),
                 ..
             }) => {
-                if h.version != VERSION {
-                    return Err(Refusal::Reason(format!(
-                        "server speaks protocol version {}, this client {VERSION}",
-                        h.version
-                    )));
-                }
-                if h.digest != digest {
-                    return Err(Refusal::Reason(format!(
-                        "server does not use the {} digest this client asked for",
-                        digest.name()
-                    )));
-                }
-                self.server = h;
+                let agreed = handshake::check_answer(&ours, &h)
+                    .map_err(|e| Refusal::Reason(e.to_string()))?;
+                self.server = Hello {
+                    max_chunk: agreed.max_chunk,
+                    ..h
+                };
                 Ok(())
             }
             Ok(Frame {

@@ -59,7 +59,11 @@ impl Client {
                 Err(e) => {
                     // The server waits for our chunks: end the upload (its staged bytes stay
                     // for `put -c`) so the connection is in step for the next command.
-                    let why = ErrorReply::new(ErrorCode::BadRequest, e.to_string());
+                    let code = match e {
+                        ClientError::Cancelled => ErrorCode::Cancelled,
+                        _ => ErrorCode::Io,
+                    };
+                    let why = ErrorReply::new(code, e.to_string());
                     self.send(Message::Abort(why)).await?;
                     let _ = self.recv().await?; // the server answers an abort with one error
                     return Err(e);
@@ -97,7 +101,8 @@ impl Client {
         hasher: Hasher,
         progress: &mut dyn Progress,
     ) -> Result<Digest> {
-        let chunk = self.server.max_chunk.clamp(1, protocol::DEFAULT_CHUNK);
+        // The hello exchange checked the server's max_chunk against the protocol's floor.
+        let chunk = self.server.max_chunk.min(protocol::DEFAULT_CHUNK);
         let sender = ChunkSender::new(offset, size, chunk, hasher);
         let (tx, mut rx) = mpsc::channel(PIPELINE_DEPTH);
         let reader = tokio::task::spawn_blocking(move || read_chunks(file, sender, tx));
@@ -106,7 +111,7 @@ impl Client {
                 biased;
                 () = self.cancel.cancelled() => {
                     drop(rx);
-                    self.send(Message::Abort(ErrorReply::new(ErrorCode::BadRequest, "cancelled by the user"))).await?;
+                    self.send(Message::Abort(ErrorReply::new(ErrorCode::Cancelled, "cancelled by the user"))).await?;
                     let _ = self.recv().await?; // the server answers an abort with one error
                     return Err(ClientError::Cancelled);
                 }

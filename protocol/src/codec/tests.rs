@@ -7,7 +7,8 @@ use proptest::prelude::*;
 fn sample_frames() -> Vec<Frame> {
     vec![
         Message::Hello(Hello {
-            version: 1,
+            version: 3,
+            min_version: Some(3),
             agent: "t".into(),
             capabilities: vec!["resume".into()],
             max_chunk: 1024,

@@ -297,3 +297,35 @@ fn a_record_that_cannot_serve_is_refused() {
         "no chunk length"
     );
 }
+
+/// The examples in docs/PROTOCOL.md are real: 3,000,000 bytes of `a` (0x61) sent in 1 MiB
+/// chunks with MD5 carry exactly these running digests, and the last is the `eof`'s.
+#[test]
+fn the_documented_example_digests_are_real() {
+    let data = vec![b'a'; 3_000_000];
+    let mut sender = ChunkSender::new(0, data.len() as u64, 1 << 20, Hasher::new(DigestKind::Md5));
+    let mut seen = Vec::new();
+    while let Some(n) = sender.next_len() {
+        let at = sender.position() as usize;
+        let frame = sender.seal(Bytes::copy_from_slice(&data[at..at + n]));
+        let Message::Chunk(h) = frame.message else {
+            unreachable!("seal makes chunks")
+        };
+        seen.push((h.offset, h.len, h.digest.to_string()));
+    }
+    let want = [
+        (0, 1_048_576, "7202826a7791073fe2787f0c94603278"),
+        (1_048_576, 1_048_576, "de89461b64701958984c95d1bfb0065a"),
+        (2_097_152, 902_848, "99ddc9a3a46ea62c95652bdf937a1fb8"),
+    ];
+    let want: Vec<_> = want.iter().map(|&(o, l, d)| (o, l, d.to_owned())).collect();
+    assert_eq!(seen, want);
+    let eof = sender.finish();
+    assert_eq!(eof.size, 3_000_000);
+    assert_eq!(eof.digest.to_string(), "99ddc9a3a46ea62c95652bdf937a1fb8");
+    assert_eq!(
+        Digest::empty(DigestKind::Md5).to_string(),
+        "d41d8cd98f00b204e9800998ecf8427e",
+        "the put_ready digest of an upload from offset 0"
+    );
+}

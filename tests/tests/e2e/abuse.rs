@@ -581,7 +581,7 @@ fn upload_longer_than_declared_is_stopped() {
     peer.send(&put("ten.bin", 10));
     peer.expect_put_ready();
     peer.send_chunk(0, &[b'x'; 20]);
-    peer.expect_error(ErrorCode::TooLarge);
+    peer.expect_error(ErrorCode::SizeMismatch);
     // As a client does when refused mid-upload; the server answers nothing more to it.
     peer.send(&Message::Abort(ErrorReply::new(
         ErrorCode::BadRequest,
@@ -782,7 +782,7 @@ fn fd_targets(pid: u32) -> String {
 fn a_hello_with_an_unknown_digest_is_unsupported() {
     let d = Daemon::start();
     let mut peer = Raw::connect(d.addr());
-    peer.send_header(br#"{"type":"hello","version":2,"agent":"x","digest":"sha1"}"#);
+    peer.send_header(br#"{"type":"hello","version":3,"agent":"x","capabilities":[],"max_chunk":4096,"digest":"sha1"}"#);
     let reply = peer.expect_error(ErrorCode::Unsupported);
     assert!(reply.message.contains("sha1"), "{reply:?}");
     peer.expect_closed();
@@ -935,7 +935,7 @@ fn wire_fields_cannot_forge_log_lines() {
         let d = Daemon::with_args(["--log-format", format, "--log-level", "debug"]);
         let mut peer = Raw::connect(d.addr());
         peer.send_header(
-            format!(r#"{{"type":"hello","version":2,"agent":"x","digest":{quoted}}}"#).as_bytes(),
+            format!(r#"{{"type":"hello","version":3,"agent":"x","capabilities":[],"max_chunk":4096,"digest":{quoted}}}"#).as_bytes(),
         );
         peer.expect_error(ErrorCode::Unsupported);
         peer.expect_closed();

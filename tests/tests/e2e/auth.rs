@@ -551,6 +551,7 @@ fn fake_server(listener: TcpListener, user: &str, wrong_secret: &[u8]) -> Vec<Me
     }
     peer.send(&Message::Hello(Hello {
         version: VERSION,
+        min_version: None,
         agent: "fake-ftpd/0".into(),
         capabilities: vec![
             capability::RESUME.into(),

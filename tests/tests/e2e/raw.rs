@@ -426,6 +426,7 @@ impl Raw {
 pub fn hello_message() -> Message {
     Message::Hello(Hello {
         version: VERSION,
+        min_version: None,
         agent: "e2e-raw/0".into(),
         capabilities: vec![],
         max_chunk: protocol::DEFAULT_CHUNK,

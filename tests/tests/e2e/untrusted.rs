@@ -122,6 +122,7 @@ fn serve(stream: TcpStream, lies: &Lies) {
         match message {
             Message::Hello(_) => peer.send(&Message::Hello(Hello {
                 version: VERSION,
+                min_version: None,
                 agent: "liar/0".into(),
                 capabilities: vec![],
                 max_chunk: protocol::DEFAULT_CHUNK,

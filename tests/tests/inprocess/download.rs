@@ -33,7 +33,7 @@ async fn a_stray_cancel_gets_no_reply() {
 }
 
 /// A peer cancels after the first chunk: the chunks already on their way arrive in order, then
-/// `abort` (`bad_request`) at the offset where the daemon stopped, long before the end.
+/// `abort` (`cancelled`) at the offset where the daemon stopped, long before the end.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_download_cancelled_after_the_first_chunk_ends_in_abort_and_the_connection_goes_on() {
     let chunk = 64 * 1024;
@@ -74,7 +74,7 @@ async fn a_download_cancelled_after_the_first_chunk_ends_in_abort_and_the_connec
             other => panic!("expected chunks, then abort; got {other:?}"),
         }
     };
-    assert_eq!(abort.code, ErrorCode::BadRequest, "{abort:?}");
+    assert_eq!(abort.code, ErrorCode::Cancelled, "{abort:?}");
     assert_eq!(
         abort.offset,
         Some(received),
@@ -85,5 +85,41 @@ async fn a_download_cancelled_after_the_first_chunk_ends_in_abort_and_the_connec
         "the daemon sent the whole file in spite of the cancel"
     );
     raw.expect_usable().await;
+    raw.bye().await;
+}
+
+/// A `get` from past the end of the file has its own code, `past_end` (a client resuming a
+/// copy longer than the server's file tells it from a prefix that differs); at the very end it
+/// is no error: `get_ready`, then the `eof` alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_get_past_the_end_is_refused_with_past_end() {
+    let d = InProcess::new().start();
+    fs::write(d.root_path("small.bin"), pattern(100, 9)).unwrap();
+    let mut raw = d.raw().await;
+    for offset in [101, u64::MAX] {
+        raw.send(Message::Get(protocol::Get {
+            path: "small.bin".into(),
+            offset,
+            prefix_digest: None,
+        }))
+        .await;
+        let refused = raw.expect_error(ErrorCode::PastEnd).await;
+        assert!(refused.message.contains("past the end"), "{refused:?}");
+        raw.expect_usable().await;
+    }
+    raw.send(Message::Get(protocol::Get {
+        path: "small.bin".into(),
+        offset: 100,
+        prefix_digest: None,
+    }))
+    .await;
+    match raw.recv().await.message {
+        Message::GetReady(r) => assert_eq!((r.size, r.offset), (100, 100)),
+        other => panic!("expected get_ready, got {other:?}"),
+    }
+    match raw.recv().await.message {
+        Message::Eof(eof) => assert_eq!(eof.size, 100),
+        other => panic!("expected eof, got {other:?}"),
+    }
     raw.bye().await;
 }

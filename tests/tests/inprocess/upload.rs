@@ -77,7 +77,9 @@ async fn a_chunk_at_the_wrong_offset_is_a_bad_request_and_skipped_to_eof() {
     );
 }
 
-/// `eof` must name the size the `put` declared, and come after every byte of it.
+/// `eof` must name the size the `put` declared, and come after every byte of it: otherwise
+/// `size_mismatch` (sending again would not cure it), apart from a wrong whole-file digest
+/// (`checksum_mismatch`, which it might).
 #[tokio::test(flavor = "multi_thread")]
 async fn eof_with_the_wrong_size_or_before_every_byte_is_refused_and_stores_nothing() {
     let d = InProcess::new().start();
@@ -99,11 +101,23 @@ async fn eof_with_the_wrong_size_or_before_every_byte_is_refused_and_stores_noth
         raw.start_put(put("a.bin", data.len())).await;
         raw.send_all(frames).await;
         raw.send(Message::Eof(protocol::Eof { size, ..eof })).await;
-        let refused = raw.expect_error(ErrorCode::BadRequest).await;
+        let refused = raw.expect_error(ErrorCode::SizeMismatch).await;
         assert_eq!(refused.offset, None, "{case}: {refused:?}");
         raw.expect_usable().await;
         assert!(d.visible().is_empty(), "{case}: left {:?}", d.visible());
     }
+    raw.start_put(put("a.bin", data.len())).await;
+    raw.send_all(chunks).await;
+    let wrong = protocol::Digest::md5(b"another file");
+    raw.send(Message::Eof(protocol::Eof {
+        digest: wrong,
+        ..eof
+    }))
+    .await;
+    let refused = raw.expect_error(ErrorCode::ChecksumMismatch).await;
+    assert_eq!(refused.offset, None, "a whole-file mismatch: {refused:?}");
+    raw.expect_usable().await;
+    assert!(d.visible().is_empty(), "left {:?}", d.visible());
     assert!(
         d.staged().is_empty(),
         "uploads without an id left {:?}",
@@ -209,4 +223,52 @@ async fn an_upload_that_makes_no_progress_stops_holding_the_quota() {
         .await
         .expect("the quota is free again");
     assert_holds(&d.root_path("small"), &data);
+}
+
+/// The daemon reports a bad chunk as soon as it has checked it, not at the next frame: the
+/// peer sends a good chunk and a damaged one of a longer upload, then waits, sending nothing
+/// more, and the refusal comes. (A client must not count on this: at the latest, the refusal
+/// is the answer to `eof`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_chunk_is_refused_without_waiting_for_the_next_frame() {
+    let d = InProcess::new().start();
+    let mut raw = d.raw().await;
+    let data = pattern(8 * CHUNK, 7);
+    raw.start_put(put("a.bin", data.len())).await;
+    let (chunks, _) = framed(&data, 0, CHUNK, DigestKind::Md5);
+    raw.send(chunks[0].clone()).await;
+    raw.send(damaged(chunks[1].clone())).await;
+    let refused = raw.expect_error(ErrorCode::ChecksumMismatch).await;
+    assert_eq!(refused.offset, Some(CHUNK as u64), "{refused:?}");
+    // As a client does after an early refusal: `abort`, answered by nothing.
+    raw.send(Message::Abort(protocol::ErrorReply::new(
+        ErrorCode::ChecksumMismatch,
+        "stopping after the server's error",
+    )))
+    .await;
+    raw.expect_usable().await;
+    assert!(d.visible().is_empty(), "left {:?}", d.visible());
+}
+
+/// Inside an upload only `chunk`, `eof` and `abort` may come: anything else (a command, a
+/// `cancel`, a header the daemon cannot read) is `bad_request` and the connection closes, as
+/// the stream can no longer be trusted to be in step.
+#[tokio::test(flavor = "multi_thread")]
+async fn any_other_message_inside_an_upload_closes_the_connection() {
+    let d = InProcess::new().start();
+    let data = pattern(2 * CHUNK, 8);
+    let (chunks, _) = framed(&data, 0, CHUNK, DigestKind::Md5);
+    for intruder in [Message::Pwd, Message::Cancel, Message::Bye] {
+        let mut raw = d.raw().await;
+        raw.start_put(put("a.bin", data.len())).await;
+        raw.send(chunks[0].clone()).await;
+        raw.send(intruder.clone()).await;
+        let refused = raw.expect_error(ErrorCode::BadRequest).await;
+        assert!(
+            refused.message.contains("upload"),
+            "{intruder:?}: {refused:?}"
+        );
+        raw.expect_closed().await;
+    }
+    assert!(d.visible().is_empty(), "left {:?}", d.visible());
 }

@@ -27,7 +27,7 @@ use protocol::{
     Frame, GetReady, Hasher, Hello, Message, Put, PutReady, VERSION,
 };
 use tempfile::TempDir;
-use tokio::io::{AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::task::JoinHandle;
 
 /// Longest any one step may take: a frame to arrive or be taken, a client call to answer.
@@ -273,6 +273,22 @@ impl Pipe {
             .await;
     }
 
+    /// Reads one frame without a body as the bytes of its header, exactly as the daemon wrote
+    /// them.
+    pub async fn read_header(&mut self) -> Vec<u8> {
+        let read = async {
+            let len = self.stream.read_u32().await?;
+            let mut header = vec![0; len as usize];
+            self.stream.read_exact(&mut header).await?;
+            Ok::<_, std::io::Error>(header)
+        };
+        match tokio::time::timeout(STEP, read).await {
+            Ok(Ok(header)) => header,
+            Ok(Err(e)) => panic!("no frame from the daemon: {e}"),
+            Err(_) => panic!("no frame from the daemon within {STEP:?}"),
+        }
+    }
+
     /// From here on, frames: the daemon's answers to whatever was written come in order.
     pub fn raw(self) -> Raw {
         Raw {
@@ -454,6 +470,17 @@ impl Raw {
         }
     }
 
+    /// The daemon has closed the connection: nothing more arrives, and its session ended.
+    pub async fn expect_closed(self) {
+        let Raw { mut conn, session } = self;
+        match conn.recv(STEP).await {
+            Err(protocol::ConnectionError::Closed) => {}
+            Ok(Ok(frame)) => panic!("expected the close, got {frame:?}"),
+            other => panic!("expected the close, got {other:?}"),
+        }
+        session.ended().await;
+    }
+
     /// Drops the connection without a word, as a crashed client would, and waits for the
     /// daemon to end the session.
     pub async fn hang_up(self) {
@@ -473,6 +500,7 @@ impl Raw {
 pub fn hello(digest: DigestKind) -> Message {
     Message::Hello(Hello {
         version: VERSION,
+        min_version: None,
         agent: "inprocess-raw/0".into(),
         capabilities: vec![],
         max_chunk: protocol::DEFAULT_CHUNK,
