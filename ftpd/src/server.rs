@@ -188,6 +188,7 @@ impl Server {
             stream: Box::new(stream),
             binding: protocol::auth::NO_CHANNEL_BINDING,
         };
+        info!(%peer, "connection opened");
         let session = Session::new(channel, peer, self.shared.clone(), Shutdown::new(notify));
         async move {
             session.run().await;
@@ -232,6 +233,7 @@ impl Server {
             let shared = self.shared.clone();
             let shutdown = Shutdown::new(notify.subscribe());
             let done = done_tx.clone();
+            info!(%peer, "connection opened");
             tokio::spawn(async move {
                 // One limit for the TLS handshake, the hello and the login together.
                 let deadline = std::time::Instant::now() + shared.config.handshake_timeout;
@@ -239,7 +241,7 @@ impl Server {
                     Ok(channel) => channel,
                     Err(e) => {
                         let e = e.to_string();
-                        info!(%peer, reason = %Wire(&e), "connection closed before the protocol");
+                        info!(%peer, reason = %Wire(&e), "connection closed");
                         return;
                     }
                 };

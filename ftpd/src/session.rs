@@ -138,7 +138,6 @@ impl Session {
 
     /// Runs the session to its end and logs why it ended.
     pub async fn run(mut self) {
-        info!(peer = %self.peer, "connection opened");
         // One limit for hello and login together: each wait gets what is left of it.
         let deadline = self
             .deadline

@@ -33,7 +33,9 @@ pub enum Security {
 /// Why a connection never reached the protocol; logged, never sent.
 #[derive(Debug, thiserror::Error)]
 pub enum Refused {
-    #[error("the TLS handshake did not finish in time")]
+    #[error("client closed the connection")]
+    Closed,
+    #[error("no TLS handshake within the time limit")]
     Timeout,
     #[error("the client speaks plaintext to this TLS server (told it: TLS required)")]
     PlaintextClient,
@@ -69,6 +71,7 @@ pub async fn establish(
     match peeked {
         Err(_) => return Err(Refused::Timeout),
         Ok(Err(e)) => return Err(Refused::Io(e)),
+        Ok(Ok(0)) => return Err(Refused::Closed),
         Ok(Ok(n)) if n >= 2 && !tls::looks_like_tls(&first[..n]) => {
             send_plain_error(
                 &tcp,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use protocol::{ChunkHeader, Digest, Eof, ErrorCode, ErrorReply, Hello, Message};
 
-use crate::raw::{chunk, encode, get, hello_message, put, Raw};
+use crate::raw::{chunk, encode, get, hello_message, put, Raw, Waited};
 use crate::util::{
     assert_missing, assert_same_file, holds_within, md5_file, names, staged_bytes, tmpdir,
     wait_until, write_file, write_random, Daemon, Site, MIB,
@@ -350,41 +350,37 @@ fn malformed_strings(addr: SocketAddr) -> Vec<String> {
 fn slow_drip(addr: SocketAddr) -> (Duration, Option<Message>) {
     let mut peer = attacker(addr);
     let connected = Instant::now();
-    let mut reader = peer.try_clone();
-    let (closed_tx, closed_rx) = mpsc::channel();
-    let reading = thread::spawn(move || {
-        let farewell = reader.try_recv();
-        if farewell.is_some() {
-            if let Some(more) = reader.try_recv() {
-                panic!("the server sent {more:?} after {farewell:?} to the slow client");
-            }
-        }
-        let _ = closed_tx.send(connected.elapsed());
-        farewell
-    });
     let hello = encode(&hello_message());
     // Half a drip first, so no byte is on the wire just as the server's timer fires.
     let mut wait = DRIP / 2;
     let mut bytes = hello.iter();
-    let lived = loop {
-        match closed_rx.recv_timeout(wait) {
-            Ok(lived) => break lived,
-            Err(RecvTimeoutError::Disconnected) => panic!("the slow client's reader failed"),
-            Err(RecvTimeoutError::Timeout) => {}
+    loop {
+        let farewell = match peer.wait_frame(wait, HANDSHAKE + CLOSE_MARGIN) {
+            Waited::Nothing => None,
+            Waited::Closed => Some(None),
+            Waited::Frame(m) => Some(Some(m)),
+        };
+        if let Some(farewell) = farewell {
+            let lived = connected.elapsed();
+            if farewell.is_some() {
+                if let Some(more) = peer.try_recv() {
+                    panic!("the server sent {more:?} after {farewell:?} to the slow client");
+                }
+            }
+            return (lived, farewell);
         }
         wait = DRIP;
         if connected.elapsed() > HANDSHAKE + CLOSE_MARGIN {
-            // Unblock the reader; the caller fails the test on the time.
+            // The caller fails the test on the time.
             peer.close();
-            break connected.elapsed();
+            return (connected.elapsed(), None);
         }
         let Some(&byte) = bytes.next() else {
             panic!("the server took a whole hello sent a byte every {DRIP:?}")
         };
-        // A write into a connection the server closed fails; the reader reports the close.
+        // A write into a connection the server closed fails; the next wait sees the close.
         peer.try_send_bytes(&[byte]);
-    };
-    (lived, reading.join().expect("the slow client's reader"))
+    }
 }
 
 /// Opens [`FLOOD`] connections from the attacker's address, [`WAVE`] at a time, and abandons
@@ -1448,7 +1444,7 @@ fn stalled_uploads_hold_no_more_than_the_memory_budget() {
                 digest: Digest::md5(b"not checked before the body is whole"),
             }));
             let body = body.clone();
-            let closer = peer.try_clone();
+            let closer = peer.socket();
             let writer = thread::spawn(move || {
                 // Blocks once the daemon stops reading: that is the point.
                 let _ = peer.try_send_bytes(&header) && peer.try_send_bytes(&body);
@@ -1459,7 +1455,7 @@ fn stalled_uploads_hold_no_more_than_the_memory_budget() {
     let peak = peak_rss_over(d.pid(), Duration::from_secs(3));
     let grew = peak.saturating_sub(before);
     for (closer, writer) in writers {
-        closer.close();
+        let _ = closer.shutdown(std::net::Shutdown::Both);
         writer.join().unwrap();
     }
     assert!(

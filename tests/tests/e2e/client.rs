@@ -952,6 +952,8 @@ fn a_closed_stdout_stops_the_client_quietly() {
     clean_env(&mut cmd);
     let mut child = cmd
         .arg(t.daemon.addr().to_string())
+        .arg("--fingerprint")
+        .arg(t.daemon.fingerprint())
         .args(["-q", "-c", "ls -l many"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

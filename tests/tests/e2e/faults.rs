@@ -609,6 +609,8 @@ fn an_older_roots_staged_upload_moves_to_the_state_directory_and_still_resumes()
     let (state, staging) = kill_the_daemon_with_3_mib_of_big_bin_staged(&root, &work);
     // What an older version left: its staging and digests in the root's `.ftpd`.
     fs::rename(&state, root.join(".ftpd")).unwrap();
+    // Older versions had no TLS key: this one makes a new one.
+    fs::remove_dir_all(root.join(".ftpd/tls")).unwrap();
 
     let daemon = Daemon::start_on(&root);
     daemon.wait_for_log(&["INFO", "older version", "state directory"]);

@@ -39,6 +39,8 @@ const BIG_CHECK: u64 = 1024 * MIB;
 fn shell(daemon: &Daemon, cwd: &Path, home: &Path) -> PtySession {
     let mut cmd = Command::new(bin("ftp-cli"));
     cmd.arg(daemon.addr().to_string())
+        .arg("--fingerprint")
+        .arg(daemon.fingerprint())
         .current_dir(cwd)
         .env("HOME", home)
         .env("XDG_DATA_HOME", home.join("data"))

@@ -33,6 +33,9 @@ pub struct Raw {
 /// What frames travel over.
 enum Wire {
     Plain(TcpStream),
+    /// A refusal the daemon sent in the clear before TLS: what the handshake read, then the
+    /// socket.
+    Refused(io::Chain<io::Cursor<Vec<u8>>, TcpStream>),
     Client(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
     Server(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
 }
@@ -41,6 +44,7 @@ impl Read for Wire {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Wire::Plain(s) => s.read(buf),
+            Wire::Refused(s) => s.read(buf),
             Wire::Client(s) => s.read(buf),
             Wire::Server(s) => s.read(buf),
         }
@@ -51,6 +55,7 @@ impl Write for Wire {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Wire::Plain(s) => s.write(buf),
+            Wire::Refused(s) => s.get_mut().1.write(buf),
             Wire::Client(s) => s.write(buf),
             Wire::Server(s) => s.write(buf),
         }
@@ -59,6 +64,7 @@ impl Write for Wire {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Wire::Plain(s) => s.flush(),
+            Wire::Refused(_) => Ok(()),
             Wire::Client(s) => s.flush(),
             Wire::Server(s) => s.flush(),
         }
@@ -97,7 +103,9 @@ impl Raw {
     }
 
     /// Runs the TLS handshake as a client over `tcp` (any server key is accepted: this peer
-    /// tests the protocol, not the client's trust), and returns the peer ready for frames.
+    /// tests the protocol, not the client's trust), and returns the peer ready for frames. A
+    /// daemon that refuses the connection does so in the clear before TLS: the peer then reads
+    /// that refusal like any frame.
     #[track_caller]
     pub fn tls_client(tcp: TcpStream) -> Raw {
         let mut conn = rustls::ClientConnection::new(
@@ -105,13 +113,28 @@ impl Raw {
             "localhost".try_into().unwrap(),
         )
         .unwrap();
-        let mut sock = tcp.try_clone().expect("cannot clone the socket");
+        let sock = tcp.try_clone().expect("cannot clone the socket");
         sock.set_read_timeout(Some(TIMEOUT)).unwrap();
         sock.set_write_timeout(Some(TIMEOUT)).unwrap();
+        let mut sniff = Sniff {
+            sock,
+            first: Vec::new(),
+        };
         while conn.is_handshaking() {
-            conn.complete_io(&mut sock)
-                .unwrap_or_else(|e| panic!("TLS handshake failed: {e}"));
+            if let Err(e) = conn.complete_io(&mut sniff) {
+                let Sniff { sock, first } = sniff;
+                assert!(
+                    !first.is_empty() && !protocol::tls::looks_like_tls(&first),
+                    "TLS handshake failed: {e}"
+                );
+                return Raw {
+                    stream: Wire::Refused(io::Cursor::new(first).chain(sock)),
+                    tcp,
+                    binding: protocol::auth::NO_CHANNEL_BINDING,
+                };
+            }
         }
+        let sock = sniff.sock;
         let binding = protocol::tls::channel_binding(&conn).unwrap();
         Raw {
             stream: Wire::Client(Box::new(rustls::StreamOwned::new(conn, sock))),
@@ -154,12 +177,6 @@ impl Raw {
         Raw::tls_client(Raw::dial_from(ip, addr))
     }
 
-    /// Connects from `ip` and reads what the daemon says before any TLS: a refusal.
-    #[track_caller]
-    pub fn plain_from(ip: IpAddr, addr: SocketAddr) -> Raw {
-        Raw::from(Raw::dial_from(ip, addr))
-    }
-
     #[track_caller]
     fn dial_from(ip: IpAddr, addr: SocketAddr) -> TcpStream {
         let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
@@ -178,15 +195,6 @@ impl Raw {
         self.tcp.set_read_timeout(Some(timeout)).unwrap();
         self.tcp.set_write_timeout(Some(timeout)).unwrap();
         self
-    }
-
-    /// A second handle on the same plaintext connection, for reading on another thread
-    /// (a TLS connection has one state, which two threads cannot share).
-    pub fn try_clone(&self) -> Raw {
-        let Wire::Plain(stream) = &self.stream else {
-            panic!("try_clone needs a plaintext peer (Raw::plain, an --insecure-plaintext daemon)");
-        };
-        Raw::from(stream.try_clone().expect("cannot clone the connection"))
     }
 
     /// The socket under the connection, to shut it from another thread.
@@ -328,10 +336,50 @@ impl Raw {
         self.try_recv_frame().map(|(_, message)| message)
     }
 
+    /// Waits up to `wait` for the peer to start a frame: `Waited::Nothing` if it has not,
+    /// else the frame (read whole within the connection's timeout) or the close.
+    #[track_caller]
+    pub fn wait_frame(&mut self, wait: Duration, timeout: Duration) -> Waited {
+        self.tcp.set_read_timeout(Some(wait)).unwrap();
+        let mut first = [0u8; 1];
+        let read = self.stream.read(&mut first);
+        self.tcp.set_read_timeout(Some(timeout)).unwrap();
+        match read {
+            Ok(0) => Waited::Closed,
+            Ok(_) => match self.frame_after(Some(first[0])) {
+                Some((_, message)) => Waited::Frame(message),
+                None => Waited::Closed,
+            },
+            Err(e) if closed(&e) => Waited::Closed,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Waited::Nothing
+            }
+            Err(e) => panic!("cannot read from the peer: {e}"),
+        }
+    }
+
     #[track_caller]
     fn try_recv_frame(&mut self) -> Option<(usize, Message)> {
+        self.frame_after(None)
+    }
+
+    /// The rest of a frame whose first byte, if given, was read already.
+    #[track_caller]
+    fn frame_after(&mut self, first: Option<u8>) -> Option<(usize, Message)> {
         let mut len = [0u8; 4];
-        match self.stream.read_exact(&mut len) {
+        let rest = match first {
+            Some(byte) => {
+                len[0] = byte;
+                &mut len[1..]
+            }
+            None => &mut len[..],
+        };
+        match self.stream.read_exact(rest) {
             Ok(()) => {}
             Err(e) if closed(&e) => return None,
             Err(e) => panic!("no frame from the peer in time: {e}"),
@@ -419,6 +467,40 @@ impl Raw {
             return false;
         }
         matches!(self.try_recv(), Some(Message::Cwd(_)))
+    }
+}
+
+/// What [`Raw::wait_frame`] saw.
+#[derive(Debug)]
+pub enum Waited {
+    Nothing,
+    Closed,
+    Frame(Message),
+}
+
+/// A socket that keeps what it read during the handshake, in case it is not TLS.
+struct Sniff {
+    sock: TcpStream,
+    first: Vec<u8>,
+}
+
+impl Read for Sniff {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.sock.read(buf)?;
+        if self.first.len() < 64 * 1024 {
+            self.first.extend_from_slice(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+impl Write for Sniff {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sock.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sock.flush()
     }
 }
 

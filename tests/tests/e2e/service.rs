@@ -362,7 +362,7 @@ fn sighup_reloads_users_without_dropping_connections() {
     write_random(&src, 2 * MIB + 3, 51);
 
     let mut alice = Session::start(
-        ftpd.addr(),
+        &ftpd,
         "alice",
         &keys.secret("alice", "alice's secret"),
         work.path(),
@@ -423,10 +423,10 @@ fn sighup_revoking_a_user_stops_their_open_session_storing() {
             log.matches("reloaded settings and users").count() >= n
         })
     };
-    let mut writer = Session::start(ftpd.addr(), "alice", &secret, work.path());
+    let mut writer = Session::start(&ftpd, "alice", &secret, work.path());
     writer.send("put a");
     writer.expect_line("verified", &src);
-    let mut reader = Session::start(ftpd.addr(), "alice", &secret, work.path());
+    let mut reader = Session::start(&ftpd, "alice", &secret, work.path());
     reader.send("get a c");
     reader.expect_line("verified", &src);
 
@@ -743,19 +743,29 @@ fn connection_open_and_close_are_logged_with_a_reason() {
     let line = wait_for_json(&ftpd, closed(&peer));
     assert_eq!(line["reason"], "client said bye", "{line}");
 
-    // A connection dropped before the hello.
+    // A connection dropped before the TLS handshake.
     let conn = TcpStream::connect(ftpd.addr()).unwrap();
     let peer = conn.local_addr().unwrap().to_string();
     drop(conn);
     let line = wait_for_json(&ftpd, closed(&peer));
     assert_eq!(line["reason"], "client closed the connection", "{line}");
 
-    // One that never says hello.
+    // One that never starts TLS.
     let silent = TcpStream::connect(ftpd.addr()).unwrap();
     let peer = silent.local_addr().unwrap().to_string();
     let line = wait_for_json(&ftpd, closed(&peer));
-    assert_eq!(line["reason"], "no hello within the time limit", "{line}");
+    assert_eq!(
+        line["reason"], "no TLS handshake within the time limit",
+        "{line}"
+    );
     drop(silent);
+
+    // One that makes the TLS handshake but never says hello.
+    let mut quiet = Raw::connect(ftpd.addr());
+    let peer = quiet.local_addr().to_string();
+    let line = wait_for_json(&ftpd, closed(&peer));
+    assert_eq!(line["reason"], "no hello within the time limit", "{line}");
+    quiet.close();
 
     // An idle session when the daemon stops.
     let mut idle = Raw::connect(ftpd.addr()).within(START_TIMEOUT);
@@ -769,8 +779,8 @@ fn connection_open_and_close_are_logged_with_a_reason() {
 
     let lines = json_lines(&ftpd.log());
     let count = |m: &str| lines.iter().filter(|l| l["message"] == m).count();
-    assert_eq!(count("connection opened"), 4, "{lines:#?}");
-    assert_eq!(count("connection closed"), 4, "{lines:#?}");
+    assert_eq!(count("connection opened"), 5, "{lines:#?}");
+    assert_eq!(count("connection closed"), 5, "{lines:#?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -947,10 +957,12 @@ struct Session {
 
 impl Session {
     /// `ftp-cli ADDR -u USER --secret-file FILE` in `cwd`, commands from stdin.
-    fn start(addr: SocketAddr, user: &str, secret_file: &Path, cwd: &Path) -> Session {
+    fn start(ftpd: &Daemon, user: &str, secret_file: &Path, cwd: &Path) -> Session {
         let mut cmd = bare(bin("ftp-cli"));
         let mut child = cmd
-            .arg(addr.to_string())
+            .arg(ftpd.addr().to_string())
+            .arg("--fingerprint")
+            .arg(ftpd.fingerprint())
             .args(["-u", user, "--timeout", "20s", "--secret-file"])
             .arg(secret_file)
             .current_dir(cwd)

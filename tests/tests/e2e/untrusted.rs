@@ -651,6 +651,8 @@ fn the_prompt_shows_the_servers_directory_escaped() {
     let liar = liar(|_| Vec::new(), HOSTILE);
     let mut cmd = std::process::Command::new(crate::util::bin("ftp-cli"));
     cmd.arg(liar.addr.to_string())
+        .arg("--fingerprint")
+        .arg(crate::tls::identity().fingerprint.to_string())
         .current_dir(home.path())
         .env("HOME", home.path())
         .env("XDG_DATA_HOME", home.path().join("data"))
