@@ -30,13 +30,21 @@ done
 [ -n "$addr" ] || { echo "ftpd did not start:"; cat "$log"; exit 1; }
 echo "ftpd is serving $root on $addr"
 
+# Every connection is TLS. The script trusts exactly the key the daemon made at its first start,
+# as `ftpd --fingerprint` prints it.
+fingerprint=$("$bin/ftpd" --root "$root" --fingerprint)
+echo "its key's fingerprint is $fingerprint"
+
 # A real transfer: 32 MiB of random bytes up and back down, compared byte for byte.
 head -c $((32 * 1024 * 1024)) /dev/urandom >"$work/sample.bin"
-(cd "$work" && "../../$bin/ftp-cli" "$addr" -c "put sample.bin; get sample.bin sample.back; get WELCOME.txt")
+(cd "$work" && "../../$bin/ftp-cli" "$addr" --fingerprint "$fingerprint" \
+    -c "put sample.bin; get sample.bin sample.back; get WELCOME.txt")
 cmp "$work/sample.bin" "$work/sample.back"
 echo "round trip OK: $work/sample.back is identical to $work/sample.bin"
 
 if [ -t 0 ] && [ -t 1 ]; then
     echo "Opening the ftp-cli shell (type help; Ctrl-D or quit to leave, which stops the daemon)."
-    (cd "$work" && "../../$bin/ftp-cli" "$addr")
+    echo "It asks you to trust the server's key first: compare it with the fingerprint above."
+    # A known_hosts of the demo's own: the demo's port changes every run.
+    (cd "$work" && "../../$bin/ftp-cli" "$addr" --known-hosts known_hosts)
 fi

@@ -1,8 +1,9 @@
 //! HMAC-SHA256 challenge-response: what each side signs, so both compute the same bytes.
 //!
 //! The transcript binds everything the exchange depends on: a label naming who signs it (so a
-//! server's proof can never be replayed as a client's), the protocol version, both nonces and
-//! the user name. The secret itself never crosses the wire.
+//! server's proof can never be replayed as a client's), the protocol version, the TLS
+//! connection (its channel binding), both nonces and the user name. The secret itself never
+//! crosses the wire.
 
 use std::fmt;
 
@@ -127,6 +128,28 @@ mod tests {
         ] {
             assert!(!verify(b"secret", &other, &tag));
         }
+    }
+
+    /// The worked example in docs/PROTOCOL.md, "Authentication": the same bytes, the same tags.
+    #[test]
+    fn the_documented_example() {
+        let binding: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let (s, c) = (Bytes32([0x11; 32]), Bytes32([0x22; 32]));
+        let client = transcript(Role::Client, 3, &binding, &s, &c, "alice");
+        assert_eq!(client.len(), 125);
+        assert_eq!(
+            hex::encode(&client[..24]),
+            "667470642d617574682d763320636c69656e740000000003"
+        );
+        assert_eq!(
+            sign(b"correct horse", &client).to_string(),
+            "21ba20a8367bd3927ad48a2213179db2a872cbdcf547967b39acef75d6b04af7"
+        );
+        let server = transcript(Role::Server, 3, &binding, &s, &c, "alice");
+        assert_eq!(
+            sign(b"correct horse", &server).to_string(),
+            "305846c17e6ae85659fe716c4eff091a3b93eb0163a683e566abdb4501e7f178"
+        );
     }
 
     #[test]
