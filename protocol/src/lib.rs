@@ -22,6 +22,7 @@ mod codec;
 mod connection;
 pub mod handshake;
 mod message;
+pub mod scram;
 pub mod text;
 pub mod tls;
 pub mod transfer;
