@@ -10,6 +10,9 @@ pub enum ClientError {
     Connect { addr: String, reason: String },
     #[error("{0}")]
     Auth(String),
+    /// The server did not take the key and wants a password, which the client does not have.
+    #[error("{0}: the key was not accepted and there is no password (give --secret-file, FTP_CLI_SECRET, or log in at a terminal)")]
+    NeedPassword(String),
     /// What answered is not an ftpd over TLS (or, told to use plaintext, speaks TLS).
     #[error("{0}")]
     NotProtocol(String),
@@ -78,7 +81,10 @@ impl ClientError {
         match self {
             ClientError::Usage(_) => 2,
             ClientError::Connect { .. } | ClientError::ConnectionLost(_) => 3,
-            ClientError::Auth(_) | ClientError::UnknownHost { .. } | ClientError::Untrusted(_) => 4,
+            ClientError::Auth(_)
+            | ClientError::NeedPassword(_)
+            | ClientError::UnknownHost { .. }
+            | ClientError::Untrusted(_) => 4,
             ClientError::NotProtocol(_) => 9,
             ClientError::KeyChanged(_) => 10,
             ClientError::SomeFailed { .. } => 8,
@@ -109,6 +115,7 @@ impl ClientError {
             ),
             ClientError::Usage(_)
             | ClientError::Auth(_)
+            | ClientError::NeedPassword(_)
             | ClientError::NotProtocol(_)
             | ClientError::KeyChanged(_)
             | ClientError::UnknownHost { .. }

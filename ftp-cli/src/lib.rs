@@ -7,6 +7,7 @@ pub mod client; // the protocol client: connection, login, requests, upload, dow
 pub mod command; // the command language: parsing only
 mod completion; // tab completion's short-lived cache of remote listings
 pub mod error; // every error, with its exit status and retry policy
+pub mod keys; // the client's own key, for logins without a password
 pub mod link; // the session's connections: how to dial, the link that reconnects
 mod local_cmds; // commands on this machine only: lcd, lpwd, lls, !
 pub mod output; // all printing: command output to stdout, diagnostics to stderr

@@ -24,7 +24,12 @@ pub struct Dial {
     /// Asks the person at the terminal whether to trust a server seen for the first time
     /// (`None` when nobody is there to ask: the connection is refused).
     pub confirm: Option<Confirm>,
+    /// Asks the person at the terminal for the password, when the server did not take the key.
+    pub ask_password: Option<AskPassword>,
 }
+
+/// Asks for `user`'s password.
+pub type AskPassword = std::sync::Arc<dyn Fn(&str) -> Option<Vec<u8>> + Send + Sync>;
 
 /// Shows a new server's key and asks whether to trust it: `(host, fingerprint) -> yes`.
 pub type Confirm = std::sync::Arc<dyn Fn(&str, &Fingerprint) -> bool + Send + Sync>;
@@ -34,6 +39,26 @@ impl Dial {
     /// at the terminal, if there is one, and pinned if they say yes; then the connection is
     /// made again (the server may have given up on the first while they read).
     pub async fn connect(&self) -> Result<Client> {
+        match (
+            self.connect_trusting().await,
+            &self.ask_password,
+            &self.creds,
+        ) {
+            (Err(ClientError::NeedPassword(who)), Some(ask), Some(creds)) => {
+                let (ask, user) = (ask.clone(), creds.user.clone());
+                let password = tokio::task::spawn_blocking(move || ask(&user)).await;
+                let Ok(Some(password)) = password else {
+                    return Err(ClientError::NeedPassword(who));
+                };
+                creds.set_password(password);
+                self.connect_trusting().await
+            }
+            (result, _, _) => result,
+        }
+    }
+
+    /// A new connection, logged in, asking about a server seen for the first time.
+    async fn connect_trusting(&self) -> Result<Client> {
         let creds = self.creds.as_ref();
         let first = Client::connect(&self.addr, self.timeout, creds, self.digest, &self.security);
         match (first.await, &self.confirm) {

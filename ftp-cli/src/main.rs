@@ -50,10 +50,21 @@ struct Args {
     #[arg(short = 'u', long = "user")]
     user: Option<String>,
 
-    /// Read the user's secret from FILE (one trailing newline is ignored); else the
-    /// FTP_CLI_SECRET environment variable; else it is asked for without echo.
-    #[arg(long, value_name = "FILE", requires = "user")]
+    /// Read the user's password from FILE (one trailing newline is ignored); else the
+    /// FTP_CLI_SECRET environment variable; else it is asked for without echo (with a key,
+    /// only if the server does not take the key).
+    #[arg(
+        long,
+        visible_alias = "password-file",
+        value_name = "FILE",
+        requires = "user"
+    )]
     secret_file: Option<PathBuf>,
+
+    /// Log in with this key (made by `ftp-cli keygen`), presented as a TLS client certificate;
+    /// default: id_ed25519 in the client's data directory, if it exists.
+    #[arg(short = 'i', long = "identity", value_name = "FILE", requires = "user")]
+    identity: Option<PathBuf>,
 
     /// How often a transfer whose connection fails, stalls or delivers a damaged chunk is
     /// resumed (after reconnecting) before the command fails.
@@ -117,10 +128,48 @@ struct Args {
     quiet: bool,
 }
 
+/// Make a key pair for logins without a password: `ftp-cli keygen [FILE]`.
+#[derive(Parser, Debug)]
+#[command(name = "ftp-cli keygen")]
+struct Keygen {
+    /// Where the private key goes (mode 0600); default: id_ed25519 in the client's data
+    /// directory, which ftp-cli then uses by itself.
+    file: Option<PathBuf>,
+}
+
+/// Makes the key and prints what to hand the server's admin.
+fn keygen(args: Keygen) -> ExitCode {
+    let Some(path) = args.file.or_else(ftp_cli::keys::default_path) else {
+        eprintln!("ftp-cli: no data directory for the key: name a FILE");
+        return ExitCode::from(2);
+    };
+    match ftp_cli::keys::generate(&path) {
+        Ok(key) => {
+            println!(
+                "Your key is in {} (Ed25519; keep it private).",
+                path.display()
+            );
+            println!("Its fingerprint is {}.", key.fingerprint);
+            println!(
+                "For the server's users file (ftpd adduser --key, or in your [[user]] entry):"
+            );
+            println!("keys = [\"{}\"]", key.fingerprint);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            ftp_cli::output::diagnostic(&e);
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // One crypto provider for every TLS user in the process, chosen here rather than by
     // whichever dependency asks first.
     protocol::tls::install_provider();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "keygen") {
+        return keygen(Keygen::parse_from(std::env::args_os().skip(1)));
+    }
     let args = Args::parse();
     if args.man || args.completions.is_some() {
         return print_docs(args.man, args.completions);
@@ -171,10 +220,20 @@ fn run(args: Args) -> Result<(), ClientError> {
     let interactive =
         args.commands.is_none() && args.batch.is_none() && std::io::stdin().is_terminal();
     let creds = match &args.user {
-        Some(user) => Some(Credentials {
-            user: user.clone(),
-            secret: secret(user, &args.host, args.secret_file.as_deref())?,
-        }),
+        Some(user) => {
+            let key = match (&args.identity, ftp_cli::keys::default_path()) {
+                (Some(file), _) => Some(ftp_cli::keys::load(file)?),
+                (None, Some(default)) if default.exists() => Some(ftp_cli::keys::load(&default)?),
+                _ => None,
+            };
+            // With a key, the password is asked for only if the server wants it.
+            let password = match given_secret(args.secret_file.as_deref())? {
+                Some(p) => Some(p),
+                None if key.is_none() => Some(prompt_secret(user, &args.host)?),
+                None => None,
+            };
+            Some(Credentials::new(user.clone(), password, key))
+        }
         None => None,
     };
     let output = Output::new(interactive && !args.quiet, args.json);
@@ -186,6 +245,10 @@ fn run(args: Args) -> Result<(), ClientError> {
         digest: args.digest,
         security,
         confirm: interactive.then(|| std::sync::Arc::new(ask_to_trust) as _),
+        ask_password: interactive.then(|| {
+            let host = args.host.clone();
+            std::sync::Arc::new(move |user: &str| prompt_secret(user, &host).ok()) as _
+        }),
     };
     let mut app = App::new(dial, args.retries, usize::from(args.parallel), output)?;
     let result = if let Some(cmds) = args.commands {
@@ -257,8 +320,8 @@ fn ask_to_trust(host: &str, fingerprint: &protocol::tls::Fingerprint) -> bool {
     }
 }
 
-/// The secret for `user`: from a file, the environment, or a prompt that does not echo.
-fn secret(user: &str, host: &str, file: Option<&std::path::Path>) -> Result<Vec<u8>, ClientError> {
+/// The password given up front: from a file, or the environment.
+fn given_secret(file: Option<&std::path::Path>) -> Result<Option<Vec<u8>>, ClientError> {
     let secret = if let Some(file) = file {
         let mut text = std::fs::read(file).map_err(|e| ClientError::local(file, e))?;
         if text.ends_with(b"\n") {
@@ -271,17 +334,26 @@ fn secret(user: &str, host: &str, file: Option<&std::path::Path>) -> Result<Vec<
     } else if let Some(env) = std::env::var_os("FTP_CLI_SECRET") {
         env.into_encoded_bytes()
     } else {
-        rpassword::prompt_password(format!("Secret for {user}@{host}: "))
-            .map_err(|e| {
-                ClientError::Usage(format!(
-                    "no secret for {user}: give --secret-file FILE or set FTP_CLI_SECRET ({e})"
-                ))
-            })?
-            .into_bytes()
+        return Ok(None);
     };
     if secret.is_empty() {
+        return Err(ClientError::Usage("the password is empty".into()));
+    }
+    Ok(Some(secret))
+}
+
+/// The password for `user`, asked for without echo.
+fn prompt_secret(user: &str, host: &str) -> Result<Vec<u8>, ClientError> {
+    let secret = rpassword::prompt_password(format!("Password for {user}@{host}: "))
+        .map_err(|e| {
+            ClientError::Usage(format!(
+                "no password for {user}: give --secret-file FILE or set FTP_CLI_SECRET ({e})"
+            ))
+        })?
+        .into_bytes();
+    if secret.is_empty() {
         return Err(ClientError::Usage(format!(
-            "the secret for {user} is empty"
+            "the password for {user} is empty"
         )));
     }
     Ok(secret)

@@ -201,7 +201,7 @@ impl ServerCertVerifier for PinVerifier {
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
         // TLS 1.2 is never offered; a server that claims it anyway is refused.
         Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
+            rustls::PeerIncompatible::Tls12NotOffered,
         ))
     }
 
@@ -234,22 +234,24 @@ pub struct Setup {
 }
 
 /// The configuration for a connection that accepts `expected` (`None`: any key, to be pinned
-/// or asked about after), or, with CA roots, what they vouch for.
+/// or asked about after), or, with CA roots, what they vouch for; presenting `key`, if given,
+/// as the client's certificate.
 pub fn client_config(
     expected: Option<Fingerprint>,
     roots: Option<&Arc<RootCertStore>>,
+    key: Option<&crate::keys::ClientKey>,
 ) -> Result<Setup> {
     let provider = tls::provider();
     let seen = Arc::new(Seen::default());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Internal(format!("TLS setup: {e}")))?;
-    let mut config = match roots {
+    let builder = match roots {
         Some(roots) => {
             let verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider)
                 .build()
                 .map_err(|e| ClientError::Usage(format!("CA roots: {e}")))?;
-            builder.with_webpki_verifier(verifier).with_no_client_auth()
+            builder.with_webpki_verifier(verifier)
         }
         None => builder
             .dangerous()
@@ -257,8 +259,13 @@ pub fn client_config(
                 expected,
                 seen: seen.clone(),
                 provider,
-            }))
-            .with_no_client_auth(),
+            })),
+    };
+    let mut config = match key {
+        Some(key) => builder
+            .with_client_auth_cert(vec![key.cert.clone()], key.private_key())
+            .map_err(|e| ClientError::Usage(format!("the client key: {e}")))?,
+        None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![tls::ALPN.to_vec()];
     // Every connection verifies the server's key afresh.

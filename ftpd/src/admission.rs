@@ -325,6 +325,7 @@ mod tests {
                     first: std::time::Duration::ZERO,
                     max: std::time::Duration::ZERO,
                 },
+                [0; 32],
             )),
         };
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();

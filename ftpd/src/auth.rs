@@ -1,5 +1,6 @@
-//! Authentication: the users in force, and the penalty for address ranges and user names that
-//! keep failing.
+//! Authentication: the users in force, how a login is checked against them (a key, or a SCRAM
+//! proof against a verifier), and the penalty for address ranges and user names that keep
+//! failing.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -7,7 +8,10 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use protocol::auth::{self, Bytes32, Role};
+use hmac::{Hmac, Mac};
+use protocol::scram::{self, Verifier};
+use protocol::tls::Fingerprint;
+use sha2::Sha256;
 
 use crate::admission::AddrRange;
 use crate::users::{User, Users};
@@ -22,32 +26,6 @@ const MAX_TRACKED: usize = 10_000;
 /// with it, the owner still gets in from where they logged in lately (and an attacker there is
 /// still held to that range's own penalty).
 const TRUST_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// What one login's proofs are bound to: the connection's channel binding and both nonces.
-pub struct Nonces {
-    /// The protocol version the hellos agreed on.
-    pub version: u32,
-    /// The TLS exporter value of the connection ([`auth::NO_CHANNEL_BINDING`] in plaintext).
-    pub binding: [u8; 32],
-    /// The server's challenge.
-    pub server: Bytes32,
-    /// The client's nonce, from its `auth`.
-    pub client: Bytes32,
-}
-
-impl Nonces {
-    /// The transcript `role` signs for `user`, as docs/PROTOCOL.md defines it.
-    pub fn transcript(&self, role: Role, user: &str) -> Vec<u8> {
-        auth::transcript(
-            role,
-            self.version,
-            &self.binding,
-            &self.server,
-            &self.client,
-            user,
-        )
-    }
-}
 
 /// How long a failed login shuts out its address range and its user name: `first` after one
 /// failure, doubled for each further one, up to `max` (`--login-penalty`,
@@ -209,11 +187,27 @@ pub struct Authenticator {
     /// Keys the hash of user names with a secret of this process, so that nobody can pick
     /// names that collide with another's.
     names: RandomState,
+    /// Keys the salts made up for names that have no verifier (a secret of the daemon's, kept
+    /// in its state directory, so the salt of a name is the same at every attempt and restart).
+    salt_key: [u8; 32],
+    /// What a proof is checked against when the name has no verifier: the same work, and a
+    /// certain failure.
+    dummy: Verifier,
 }
 
 impl Authenticator {
-    pub fn new(users: Option<Users>, penalty: Penalty) -> Self {
+    pub fn new(users: Option<Users>, penalty: Penalty, salt_key: [u8; 32]) -> Self {
+        let mut keys = [0u8; 64];
+        getrandom::fill(&mut keys).expect("the OS random number generator failed");
+        let dummy = Verifier {
+            salt: vec![0; 16],
+            iterations: scram::DEFAULT_ITERATIONS,
+            stored_key: keys[..32].try_into().expect("32 bytes"),
+            server_key: keys[32..].try_into().expect("32 bytes"),
+        };
         Authenticator {
+            salt_key,
+            dummy,
             users: RwLock::new(users.map(Arc::new)),
             penalty,
             failures: Mutex::new(Failures {
@@ -235,30 +229,70 @@ impl Authenticator {
         *self.users.write().unwrap() = Some(Arc::new(users));
     }
 
-    /// Checks a client's proof. Unknown users cost the same work as known ones, and get the
-    /// same answer, so the reply says nothing about which names exist.
-    pub fn verify(
-        &self,
-        users: &Users,
-        user: &str,
-        nonces: &Nonces,
-        mac: &Bytes32,
-    ) -> Option<Arc<User>> {
-        let t = nonces.transcript(Role::Client, user);
-        match users.get(user) {
-            Some(u) if auth::verify(u.secret.expose(), &t, mac) => Some(u.clone()),
-            Some(_) => None,
-            None => {
-                let _ = auth::verify(b"no such user: equal work", &t, mac);
-                None
-            }
+    /// The salt and iteration count a password login as `user` is offered: its verifier's,
+    /// or, for a name without one (unknown, or keys only), a salt made up from the name, the
+    /// same at every attempt, with the usual count: SCRAM's first answer then says nothing
+    /// about which names exist.
+    pub fn salt(&self, users: &Users, user: &str) -> (Vec<u8>, u32) {
+        if let Some(v) = users.get(user).and_then(|u| u.verifier.as_ref()) {
+            return (v.salt.clone(), v.iterations);
+        }
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.salt_key).expect("any key");
+        mac.update(user.as_bytes());
+        let salt = mac.finalize().into_bytes()[..16].to_vec();
+        (salt, scram::DEFAULT_ITERATIONS)
+    }
+
+    /// A refusal, unchecked, while `range` or `user` serves a penalty.
+    pub fn refused(&self, range: AddrRange, user: &str) -> Option<Refusal> {
+        let now = Instant::now();
+        let name = self.names.hash_one(user);
+        let failures = self.failures.lock().unwrap();
+        if let Some(wait) = failures.by_range.wait(&range, now) {
+            return Some(Refusal::Range(wait));
+        }
+        match failures.by_name.wait(&name, now) {
+            Some(wait) if !failures.trusts(range, name, now) => Some(Refusal::User(wait)),
+            _ => None,
         }
     }
 
-    /// The server's proof for a client that checked out.
-    pub fn proof(user: &User, nonces: &Nonces) -> Bytes32 {
-        let t = nonces.transcript(Role::Server, &user.name);
-        auth::sign(user.secret.expose(), &t)
+    /// A key login: `user` if `key` (the TLS client certificate's) is one of theirs. A key that
+    /// is not theirs is no failure by itself (the client may go on with a password).
+    pub fn by_key(
+        &self,
+        users: &Users,
+        range: AddrRange,
+        user: &str,
+        key: Option<Fingerprint>,
+    ) -> Option<Result<Arc<User>, Refusal>> {
+        let found = users.get(user)?;
+        let key = key?;
+        if !found.keys.contains(&key) {
+            return None;
+        }
+        Some(self.attempt_at(Instant::now(), range, user, |_| Some(found.clone())))
+    }
+
+    /// A password login: `check` runs SCRAM's last step against `user`'s verifier (a dummy
+    /// one for names without, so that the work is the same) and gives the server's final
+    /// message when the proof is right.
+    pub fn by_password(
+        &self,
+        users: &Users,
+        range: AddrRange,
+        user: &str,
+        check: impl FnOnce(&Verifier) -> Option<String>,
+    ) -> Result<(Arc<User>, String), Refusal> {
+        self.attempt_at(Instant::now(), range, user, |name| {
+            let found = users.get(name);
+            let verifier = found.and_then(|u| u.verifier.as_ref());
+            let answer = check(verifier.unwrap_or(&self.dummy));
+            match (found, verifier, answer) {
+                (Some(u), Some(_), Some(answer)) => Some((u.clone(), answer)),
+                _ => None,
+            }
+        })
     }
 
     /// How long logins from `range` are still refused, if they are.
@@ -267,25 +301,11 @@ impl Authenticator {
         failures.by_range.wait(&range, Instant::now())
     }
 
-    /// One login: `user`'s proof `mac` for the two nonces, from `range`. Refused unchecked
-    /// while the range or the user name serves a penalty (the name's does not hold for a range
-    /// that logged in as it lately); a failure starts (or lengthens) the penalty of both; a
-    /// success clears its user name's failures alone (a login as one user must not wash away
-    /// the guesses at another), never its range's.
-    pub fn attempt(
-        &self,
-        users: &Users,
-        range: AddrRange,
-        user: &str,
-        nonces: &Nonces,
-        mac: &Bytes32,
-    ) -> Result<Arc<User>, Refusal> {
-        self.attempt_at(Instant::now(), range, user, |user| {
-            self.verify(users, user, nonces, mac)
-        })
-    }
-
-    /// [`Authenticator::attempt`] at the time `now`, with `check` for the proof.
+    /// One login as `user` from `range` at the time `now`, with `check` for the proof. Refused
+    /// unchecked while the range or the user name serves a penalty (the name's does not hold
+    /// for a range that logged in as it lately); a failure starts (or lengthens) the penalty of
+    /// both; a success clears its user name's failures alone (a login as one user must not
+    /// wash away the guesses at another), never its range's.
     fn attempt_at<T>(
         &self,
         now: Instant,
@@ -296,7 +316,7 @@ impl Authenticator {
         let name = self.names.hash_one(user);
         // The check, the proof and the count under one lock: of attempts made at once, the
         // first failure shuts out the rest, so parallel connections cannot multiply the
-        // guessing rate. A proof is one HMAC, microseconds.
+        // guessing rate. A SCRAM proof is three HMACs, microseconds.
         let mut failures = self.failures.lock().unwrap();
         if let Some(wait) = failures.by_range.wait(&range, now) {
             return Err(Refusal::Range(wait));
@@ -377,7 +397,7 @@ mod tests {
     /// user name and per address range; a success clears only its own user name's.
     #[test]
     fn a_success_clears_only_its_own_user_names_failures() {
-        let a = Authenticator::new(None, PENALTY);
+        let a = Authenticator::new(None, PENALTY, [7; 32]);
         let guesser = range("10.0.0.1");
         let admin = a.names.hash_one("admin");
         let mut now = Instant::now();
@@ -408,7 +428,7 @@ mod tests {
 
     #[test]
     fn during_a_penalty_attempts_are_refused_unchecked() {
-        let a = Authenticator::new(None, PENALTY);
+        let a = Authenticator::new(None, PENALTY, [7; 32]);
         let now = Instant::now();
         let (one, two, three) = (range("10.0.1.1"), range("10.0.2.1"), range("10.0.3.1"));
         assert_eq!(a.attempt_at(now, one, "alice", wrong), Err(Refusal::Failed));
@@ -440,7 +460,7 @@ mod tests {
     /// is not shut out by that user name's penalty; any other range is.
     #[test]
     fn a_guesser_cannot_keep_a_user_out_of_where_they_log_in_from() {
-        let a = Authenticator::new(None, PENALTY);
+        let a = Authenticator::new(None, PENALTY, [7; 32]);
         let (home, guesser, elsewhere) = (range("10.0.1.1"), range("10.6.6.6"), range("10.0.9.1"));
         let mut now = Instant::now();
         assert_eq!(a.attempt_at(now, home, "admin", right), Ok(()));
@@ -469,7 +489,7 @@ mod tests {
 
     #[test]
     fn unknown_and_known_names_are_penalised_alike() {
-        let a = Authenticator::new(None, PENALTY);
+        let a = Authenticator::new(None, PENALTY, [7; 32]);
         let now = Instant::now();
         for (n, name) in ["alice", "no-such-user"].into_iter().enumerate() {
             let first = range(&format!("10.1.{n}.1"));
@@ -482,7 +502,7 @@ mod tests {
 
     #[test]
     fn the_ledgers_stay_bounded() {
-        let a = Authenticator::new(None, PENALTY);
+        let a = Authenticator::new(None, PENALTY, [7; 32]);
         let now = Instant::now();
         for i in 0..(MAX_TRACKED as u32 + 50) {
             let r = AddrRange::of(std::net::IpAddr::V4((i << 8).into()));

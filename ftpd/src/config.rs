@@ -13,6 +13,9 @@ use serde::Serialize;
 
 /// Serve one directory to ftp-cli clients over the ftpd protocol (docs/PROTOCOL.md).
 ///
+/// Users: `ftpd adduser --users FILE NAME` adds one, `ftpd passwd --users FILE NAME` sets a
+/// password (only its SCRAM verifier is stored); see `ftpd adduser --help`.
+///
 /// Every setting can also be given in a TOML file (--config) under the flag's name, e.g.
 /// `root = "/srv/ftp"` or `max-connections = 100`; a flag beats its FTPD_* environment
 /// variable, which beats the file, which beats the default.
@@ -49,8 +52,9 @@ pub struct Config {
     #[serde(skip)]
     pub check_config: bool,
 
-    /// Users file (TOML, one [[user]] table each: name, secret or secret_file, home,
-    /// read_only). Without it, anyone who can connect has full access to the root.
+    /// Users file (TOML, one [[user]] table each: name, password (a SCRAM verifier, set by
+    /// `ftpd passwd`), keys (public key fingerprints), home, read_only). Without it, anyone who
+    /// can connect has full access to the root.
     #[arg(long, env = "FTPD_USERS")]
     pub users: Option<PathBuf>,
 

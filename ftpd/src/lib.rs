@@ -1,6 +1,7 @@
 //! The ftpd daemon as a library: [`Server::new`] opens the root, [`Server::run`] serves a
 //! listener the caller bound, until the shutdown future the caller chose completes.
 
+pub mod admin;
 mod admission;
 mod auth;
 pub mod cmd;
@@ -8,6 +9,7 @@ pub mod config;
 mod error;
 mod hashing;
 pub mod logging;
+mod private;
 mod reply;
 mod server;
 mod session;

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::CommandFactory;
+use clap::{CommandFactory, Parser};
 use ftpd::logging::{self, LogLevel};
 use ftpd::{Config, Server, Shared};
 use sd_notify::NotifyState;
@@ -18,6 +18,19 @@ fn main() -> ExitCode {
     // whichever dependency asks first.
     protocol::tls::install_provider();
     let args: Vec<OsString> = std::env::args_os().collect();
+    if ftpd::admin::is_admin(&args) {
+        let admin = match ftpd::admin::Admin::try_parse_from(&args) {
+            Ok(admin) => admin,
+            Err(e) => e.exit(),
+        };
+        return match ftpd::admin::run(admin.command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ftpd: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match Config::load(&args) {
         Ok(c) => c,
         Err(e) => match e.downcast::<clap::Error>() {

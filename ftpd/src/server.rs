@@ -25,6 +25,9 @@ use crate::transport::{self, Channel, Security};
 use crate::users::Users;
 use crate::Config;
 
+/// The key of the salts made up for names without a verifier, in the state directory.
+const SALT_KEY: &str = "login-salt.key";
+
 /// How often abandoned staged uploads are looked for, at most.
 const STAGING_SWEEP_PERIOD: Duration = Duration::from_secs(3600);
 
@@ -37,6 +40,7 @@ impl Shared {
     /// Loads the users file again and puts it in force for new connections.
     pub fn reload_users(&self, path: &std::path::Path) -> anyhow::Result<usize> {
         let users = Users::load(path, &self.root)?;
+        warn_legacy(&users);
         let n = users.len();
         self.auth.replace(users);
         Ok(n)
@@ -110,7 +114,11 @@ impl Server {
         };
         if let Some(users) = &users {
             info!(users = users.len(), "authentication required");
+            warn_legacy(users);
         }
+        let state_dir = config.state_dir.as_ref().expect("resolved above");
+        let salt_key = crate::private::secret_key(&state_dir.join(SALT_KEY))
+            .context("cannot set up the key of login salts")?;
         let identity = if config.insecure_plaintext {
             None
         } else {
@@ -138,7 +146,7 @@ impl Server {
                 budget: Budget::new(config.memory_budget),
                 hashing: Arc::new(Hashing::new(config.max_hashing)),
                 config: Arc::new(config),
-                auth: Arc::new(Authenticator::new(users, penalty)),
+                auth: Arc::new(Authenticator::new(users, penalty, salt_key)),
                 identity,
                 security,
             },
@@ -186,7 +194,8 @@ impl Server {
         let (never, notify) = broadcast::channel(1);
         let channel = Channel {
             stream: Box::new(stream),
-            binding: protocol::auth::NO_CHANNEL_BINDING,
+            binding: None,
+            peer_key: None,
         };
         info!(%peer, "connection opened");
         let session = Session::new(channel, peer, self.shared.clone(), Shutdown::new(notify));
@@ -269,6 +278,18 @@ impl Server {
         {
             warn!("grace period over; closing the remaining connections");
         }
+    }
+}
+
+/// One WARN for each user whose entry still holds the password itself.
+fn warn_legacy(users: &Users) {
+    for name in users.legacy() {
+        warn!(
+            user = %Wire(name),
+            "the users file holds this user's password itself (secret or secret_file): run \
+             `ftpd passwd --users FILE NAME` to store only a verifier; the old form goes in the \
+             next version"
+        );
     }
 }
 

@@ -5,15 +5,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use protocol::tls::Fingerprint;
 use protocol::{
-    auth, capability, handshake, AuthChallenge, AuthOk, Budget, Connection, Digest, DigestKind,
-    ErrorCode, ErrorReply, Frame, Hello, Incoming, Message,
+    capability, handshake, scram, AuthOk, Budget, Connection, Digest, DigestKind, ErrorCode,
+    ErrorReply, Frame, Hello, Incoming, Message, Scram,
 };
 use storage::{Home, Root, VPath};
 use tracing::{debug, info, warn};
 
 use crate::admission::{AddrRange, Admission};
-use crate::auth::{retry_secs, Authenticator, Nonces, Refusal};
+use crate::auth::{retry_secs, Authenticator, Refusal};
 use crate::cmd::{self, Failure, Handled};
 use crate::error::SessionError;
 use crate::hashing::Hashing;
@@ -70,10 +71,11 @@ pub struct Session {
     pub budget: Budget,
     /// Whole-file hashing, shared by every session.
     pub hashing: Arc<Hashing>,
-    /// The connection's channel binding, which the login's proofs include.
-    binding: [u8; 32],
-    /// The protocol version the hellos agreed on, which the login's proofs include.
-    version: u32,
+    /// The connection's channel binding (its TLS exporter), which a password login's proofs
+    /// include; `None` in plaintext.
+    binding: Option<[u8; 32]>,
+    /// The key of the client's TLS certificate, if it presented one.
+    peer_key: Option<Fingerprint>,
     /// When hello and login must be done by; `None`: `--handshake-timeout` from the start.
     deadline: Option<Instant>,
 }
@@ -119,7 +121,7 @@ impl Session {
             shutdown,
             admission: None,
             binding: channel.binding,
-            version: protocol::VERSION,
+            peer_key: channel.peer_key,
             deadline: None,
         }
     }
@@ -187,11 +189,11 @@ impl Session {
         let agreed = handshake::answer(&hello, handshake::SUPPORTED)
             .map_err(|e| SessionError::Refused(CmdError::from(e).reply()))?;
         self.client_max_chunk = agreed.max_chunk;
-        self.version = agreed.version;
         self.digest = agreed.digest;
         let mut capabilities = vec![capability::RESUME.into(), capability::FILES.into()];
         if self.auth.users().is_some() {
-            capabilities.push(capability::AUTH_HMAC_SHA256.into());
+            capabilities.push(capability::AUTH_SCRAM_SHA256.into());
+            capabilities.push(capability::AUTH_KEY.into());
         } else {
             // Serving anonymously, hello is the login; done before the answer, so that a
             // client that has it is no stranger any more.
@@ -208,56 +210,44 @@ impl Session {
         .await
     }
 
-    /// With users configured: challenge, check the client's proof, prove ourselves. Nothing
-    /// but `auth` is accepted until then, and a failure closes the connection.
+    /// With users configured: a key login (the TLS client certificate is one of the user's
+    /// keys), or a SCRAM-SHA-256 password login bound to the TLS connection, in which the
+    /// server proves it holds the user's verifier. Nothing but the login's messages is
+    /// accepted until it succeeds, and a failure closes the connection.
     async fn authenticate(&mut self, deadline: Instant) -> Result<(), SessionError> {
         let Some(users) = self.auth.users() else {
             return Ok(()); // anonymous: the hello was the login
         };
-        let server_nonce = auth::nonce();
-        self.send(Message::AuthChallenge(AuthChallenge {
-            nonce: server_nonce,
-        }))
-        .await?;
-        let answer = self.recv_stranger(left(deadline), "authentication").await?;
-        let answer = match answer {
-            Ok(Frame {
-                message: Message::Auth(answer),
-                ..
-            }) => answer,
-            // An `auth` whose fields do not parse (a MAC that is not 64 lowercase hex digits).
-            Err(rejected) if rejected.kind == "auth" => {
-                let reason = clip(&rejected.reason, PRE_LOGIN_MAX_QUOTE);
-                return Err(SessionError::Refused(CmdError::BadAuth { reason }.reply()));
-            }
-            _ => {
-                return Err(SessionError::Refused(ErrorReply::new(
-                    ErrorCode::AuthRequired,
-                    "authenticate first: this server has users",
-                )))
-            }
-        };
-        let nonces = Nonces {
-            version: self.version,
-            binding: self.binding,
-            server: server_nonce,
-            client: answer.nonce,
-        };
-        let attempt = self.auth.attempt(
-            &users,
-            AddrRange::of(self.peer.ip()),
-            &answer.user,
-            &nonces,
-            &answer.mac,
-        );
-        let user = match attempt {
-            Ok(user) => user,
-            Err(refusal) => {
-                // Every slot is given up before the answer (and before the log line, which a
-                // watcher may act on): the penalty is kept by the authenticator, and a failed
-                // login waiting it out would only hold a slot a real user needs.
-                self.admission = None;
-                return Err(SessionError::Refused(self.refusal(&answer.user, refusal)));
+        let range = AddrRange::of(self.peer.ip());
+        let mut auth = self.recv_auth(deadline).await?;
+        if let Some(refusal) = self.auth.refused(range, &auth.user) {
+            return Err(self.refused(&auth.user, refusal));
+        }
+        let (user, scram_final) = match self.auth.by_key(&users, range, &auth.user, self.peer_key) {
+            Some(Ok(user)) => (user, None),
+            Some(Err(refusal)) => return Err(self.refused(&auth.user, refusal)),
+            None => {
+                if auth.scram.is_none() {
+                    // No key of the user's: a password, then (asking costs the client nothing
+                    // and says nothing about the name).
+                    self.send(Message::AuthPassword).await?;
+                    let again = self.recv_auth(deadline).await?;
+                    if again.user != auth.user || again.scram.is_none() {
+                        return Err(SessionError::Refused(
+                            CmdError::BadAuth {
+                                reason: "the second auth must give a password for the same user"
+                                    .into(),
+                            }
+                            .reply(),
+                        ));
+                    }
+                    auth = again;
+                }
+                let first = auth.scram.as_deref().unwrap_or_default();
+                let (user, answer) = self
+                    .scram(&users, range, &auth.user, first, deadline)
+                    .await?;
+                (user, Some(answer))
             }
         };
         let home = self.root.home(&user.home).map(|h| h.for_user(&user.name));
@@ -266,14 +256,101 @@ impl Session {
             warn!(peer = %self.peer, user = %Wire(&user.name), home = %Wire(&home), "cannot open home: {e}");
             SessionError::Internal("cannot open the user's home".into())
         })?;
-        let mac = Authenticator::proof(&user, &nonces);
         self.logged_in();
-        self.send(Message::AuthOk(AuthOk { mac })).await?;
+        let method = if scram_final.is_some() {
+            "password"
+        } else {
+            "key"
+        };
+        self.send(Message::AuthOk(AuthOk { scram: scram_final }))
+            .await?;
         let home_path = user.home.to_string();
-        info!(peer = %self.peer, user = %Wire(&user.name), home = %Wire(&home_path), "authenticated");
+        info!(peer = %self.peer, user = %Wire(&user.name), home = %Wire(&home_path), method, "authenticated");
         self.home = home;
         self.user = Some(user);
         Ok(())
+    }
+
+    /// The next `auth`; anything else ends the login.
+    async fn recv_auth(&mut self, deadline: Instant) -> Result<protocol::Auth, SessionError> {
+        match self.recv_stranger(left(deadline), "authentication").await? {
+            Ok(Frame {
+                message: Message::Auth(auth),
+                ..
+            }) => Ok(auth),
+            // An `auth` whose fields do not parse.
+            Err(rejected) if rejected.kind == "auth" => {
+                let reason = clip(&rejected.reason, PRE_LOGIN_MAX_QUOTE);
+                Err(SessionError::Refused(CmdError::BadAuth { reason }.reply()))
+            }
+            _ => Err(SessionError::Refused(ErrorReply::new(
+                ErrorCode::AuthRequired,
+                "authenticate first: this server has users",
+            ))),
+        }
+    }
+
+    /// SCRAM's exchange after the client-first-message `first`: the user, and the
+    /// server-final-message that proves the server holds the verifier.
+    async fn scram(
+        &mut self,
+        users: &crate::users::Users,
+        range: AddrRange,
+        user: &str,
+        first: &str,
+        deadline: Instant,
+    ) -> Result<(Arc<User>, String), SessionError> {
+        let bad = |e: scram::ScramError| {
+            SessionError::Refused(
+                CmdError::BadAuth {
+                    reason: e.to_string(),
+                }
+                .reply(),
+            )
+        };
+        let first = scram::client_first(first, self.binding.as_ref()).map_err(bad)?;
+        if first.user != user {
+            return Err(bad(scram::ScramError::Malformed(
+                "the SCRAM user name is not the auth's",
+            )));
+        }
+        let (salt, iterations) = self.auth.salt(users, user);
+        let (server, server_first) =
+            scram::Server::start(first, &salt, iterations, &scram::nonce(), self.binding);
+        self.send(Message::AuthContinue(Scram {
+            scram: server_first,
+        }))
+        .await?;
+        let last = match self.recv_stranger(left(deadline), "authentication").await? {
+            Ok(Frame {
+                message: Message::AuthFinal(last),
+                ..
+            }) => last.scram,
+            _ => {
+                return Err(SessionError::Refused(ErrorReply::new(
+                    ErrorCode::AuthRequired,
+                    "expected auth_final",
+                )))
+            }
+        };
+        let attempt = self.auth.by_password(users, range, user, |verifier| {
+            match server.finish(&last, verifier) {
+                Ok(answer) => Some(answer),
+                Err(e) => {
+                    debug!(peer = %self.peer, "SCRAM refused: {e}");
+                    None
+                }
+            }
+        });
+        attempt.map_err(|refusal| self.refused(user, refusal))
+    }
+
+    /// A refused login: every slot is given up before the answer (and before the log line,
+    /// which a watcher may act on): the penalty is kept by the authenticator, and a failed
+    /// login waiting it out would only hold a slot a real user needs.
+    fn refused(&mut self, user: &str, refusal: Refusal) -> SessionError {
+        self.admission = None;
+        SessionError::Refused(self.refusal(user, refusal))
     }
 
     /// Logs a refused login and says what to answer: a failure plainly, a penalty with when
@@ -369,14 +446,17 @@ impl Session {
             // A cancel that crossed the end of a download on the wire: nothing left to stop,
             // and nothing to answer.
             Message::Cancel => return Ok(Flow::Continue),
-            Message::Auth(_) => ("auth", out_of_place("already authenticated")),
+            Message::Auth(_) | Message::AuthFinal(_) => {
+                ("auth", out_of_place("already authenticated"))
+            }
             Message::Hello(_) => ("hello", out_of_place("hello was already exchanged")),
             Message::Chunk(_) | Message::Eof(_) | Message::Abort(_) => {
                 ("transfer", out_of_place("no transfer in progress"))
             }
             Message::PutReady(_)
             | Message::GetReady(_)
-            | Message::AuthChallenge(_)
+            | Message::AuthPassword
+            | Message::AuthContinue(_)
             | Message::AuthOk(_)
             | Message::Listing(_)
             | Message::ListEnd(_)
@@ -403,7 +483,7 @@ impl Session {
         let current = now.as_ref().and_then(|users| users.get(&user.name));
         match current {
             Some(c) if Arc::ptr_eq(c, user) => Ok(()),
-            Some(c) if c.secret.expose() == user.secret.expose() && c.home == user.home => {
+            Some(c) if c.same_login(user) => {
                 self.user = Some(c.clone());
                 Ok(())
             }

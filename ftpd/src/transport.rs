@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use protocol::auth::NO_CHANNEL_BINDING;
-use protocol::{tls, BoxStream, ErrorCode, ErrorReply, FrameCodec, Message};
+use protocol::tls::{self, Fingerprint};
+use protocol::{BoxStream, ErrorCode, ErrorReply, FrameCodec, Message};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Encoder;
@@ -17,8 +17,10 @@ use tracing::{debug, info};
 pub struct Channel {
     /// The stream frames travel over.
     pub stream: BoxStream,
-    /// The TLS exporter value the login is bound to ([`NO_CHANNEL_BINDING`] in plaintext).
-    pub binding: [u8; 32],
+    /// The TLS exporter value the login is bound to (`None` in plaintext).
+    pub binding: Option<[u8; 32]>,
+    /// The key of the client's TLS certificate, if it presented one (a key login).
+    pub peer_key: Option<Fingerprint>,
 }
 
 /// How connections are secured.
@@ -59,7 +61,8 @@ pub async fn establish(
         Security::Plaintext => {
             return Ok(Channel {
                 stream: Box::new(tcp),
-                binding: NO_CHANNEL_BINDING,
+                binding: None,
+                peer_key: None,
             })
         }
         Security::Tls(acceptor) => acceptor,
@@ -93,10 +96,16 @@ pub async fn establish(
     }
     let binding =
         tls::channel_binding(conn).map_err(|e| Refused::Handshake(std::io::Error::other(e)))?;
+    // The handshake proved the client holds this key (its CertificateVerify was checked).
+    let peer_key = conn
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|cert| Fingerprint::of_cert(cert).ok());
     debug!(suite = ?conn.negotiated_cipher_suite().map(|s| s.suite()), "TLS established");
     Ok(Channel {
         stream: Box::new(tls),
-        binding,
+        binding: Some(binding),
+        peer_key,
     })
 }
 

@@ -1,13 +1,21 @@
-//! The users file: who may connect, with which secret, confined to which home.
+//! The users file: who may connect, proving what (a password verifier, a public key), confined
+//! to which home. The file holds no password: a SCRAM verifier costs a slow key derivation per
+//! guess, and a key's fingerprint is public.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use protocol::scram::{self, Verifier};
+use protocol::tls::Fingerprint;
 use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 use storage::{Root, VPath};
+
+/// Iterations of the verifier made at load for an old `secret` entry: the fewest SCRAM allows,
+/// so that loading stays quick; such entries are on their way out.
+const LEGACY_ITERATIONS: u32 = scram::MIN_ITERATIONS;
 
 /// The file as written (TOML, one `[[user]]` table per user).
 #[derive(Deserialize)]
@@ -21,37 +29,42 @@ struct UsersFile {
 #[serde(deny_unknown_fields)]
 struct UserEntry {
     name: String,
+    /// The SCRAM-SHA-256 verifier `ftpd passwd` writes.
+    password: Option<String>,
+    /// Old form: the password itself (one more version).
     secret: Option<String>,
+    /// Old form: a file holding the password (one more version).
     secret_file: Option<PathBuf>,
+    /// Fingerprints of the public keys that may log in as this user.
+    #[serde(default)]
+    keys: Vec<String>,
     home: String,
     #[serde(default)]
     read_only: bool,
-}
-
-/// A shared secret. Its `Debug` never shows it, so it cannot reach a log by accident.
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
 }
 
 /// One account.
 #[derive(Debug)]
 pub struct User {
     pub name: String,
-    pub secret: Secret,
+    /// What a password login is checked against; `None`: keys only.
+    pub verifier: Option<Verifier>,
+    /// The public keys that log in as this user, by fingerprint.
+    pub keys: Vec<Fingerprint>,
     /// The user's directory inside the root; everything they see is beneath it.
     pub home: VPath,
     /// Downloads only: every write is `denied`.
     pub read_only: bool,
+    /// Given by an old `secret` or `secret_file` entry, which still holds the password.
+    pub legacy: bool,
+}
+
+impl User {
+    /// Whether `other` logs in the same way into the same home: a session of one may go on
+    /// as the other after a reload.
+    pub fn same_login(&self, other: &User) -> bool {
+        self.verifier == other.verifier && self.keys == other.keys && self.home == other.home
+    }
 }
 
 /// Every account, by name.
@@ -76,19 +89,41 @@ impl Users {
             if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
                 bail!("user {name:?}: names are 1 to 64 printable characters");
             }
-            let secret = match (entry.secret, entry.secret_file) {
-                (Some(s), None) => s.into_bytes(),
+            let legacy = match (entry.secret, entry.secret_file) {
+                (Some(s), None) => Some(s.into_bytes()),
                 (None, Some(f)) => {
                     let f = base.join(f);
                     check_private(&f, "secret file")?;
                     let text = std::fs::read(&f)
                         .with_context(|| format!("user {name}: cannot read {}", f.display()))?;
-                    trim_newline(text)
+                    Some(trim_newline(text))
                 }
-                _ => bail!("user {name}: give exactly one of secret or secret_file"),
+                (None, None) => None,
+                _ => bail!("user {name}: give at most one of password, secret or secret_file"),
             };
-            if secret.is_empty() {
+            if legacy.as_ref().is_some_and(|s| s.is_empty()) {
                 bail!("user {name}: the secret is empty");
+            }
+            let verifier = match (entry.password, &legacy) {
+                (Some(v), None) => Some(v.parse::<Verifier>().map_err(|e| {
+                    anyhow::anyhow!("user {name}: password: {e} (set it with ftpd passwd)")
+                })?),
+                (None, Some(secret)) => Some(legacy_verifier(&name, secret)),
+                (None, None) => None,
+                (Some(_), Some(_)) => {
+                    bail!("user {name}: give at most one of password, secret or secret_file")
+                }
+            };
+            let keys = entry
+                .keys
+                .iter()
+                .map(|k| {
+                    k.parse::<Fingerprint>()
+                        .map_err(|e| anyhow::anyhow!("user {name}: key {k:?}: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if verifier.is_none() && keys.is_empty() {
+                bail!("user {name}: no way to log in: set a password (ftpd passwd) or give keys");
             }
             let home = VPath::resolve(&VPath::root(), &entry.home)
                 .map_err(|e| anyhow::anyhow!("user {name}: home {:?}: {e}", entry.home))?;
@@ -96,9 +131,11 @@ impl Users {
                 .with_context(|| format!("user {name}: cannot create home {home}"))?;
             let user = User {
                 name: name.clone(),
-                secret: Secret(secret),
+                verifier,
+                keys,
                 home,
                 read_only: entry.read_only,
+                legacy: legacy.is_some(),
             };
             if by_name.insert(name.clone(), Arc::new(user)).is_some() {
                 bail!("user {name} is defined twice");
@@ -111,6 +148,18 @@ impl Users {
         self.by_name.get(name)
     }
 
+    /// The users whose entry still holds the password itself, sorted.
+    pub fn legacy(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .by_name
+            .values()
+            .filter(|u| u.legacy)
+            .map(|u| u.name.as_str())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
     pub fn len(&self) -> usize {
         self.by_name.len()
     }
@@ -118,6 +167,13 @@ impl Users {
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
+}
+
+/// The verifier of an old entry's password, the same at every load (its salt comes from the
+/// name), so that a reload does not end the user's sessions.
+fn legacy_verifier(name: &str, secret: &[u8]) -> Verifier {
+    let salt = Sha256::digest(format!("ftpd legacy verifier salt\0{name}"));
+    Verifier::new(secret, &salt[..16], LEGACY_ITERATIONS)
 }
 
 /// Secrets are compared byte for byte; a file's one trailing newline is not part of it.
@@ -132,7 +188,7 @@ pub fn trim_newline(mut text: Vec<u8>) -> Vec<u8> {
 }
 
 #[cfg(unix)]
-fn check_private(path: &Path, what: &str) -> anyhow::Result<()> {
+pub(crate) fn check_private(path: &Path, what: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)
         .with_context(|| format!("cannot read {what} {}", path.display()))?
@@ -150,7 +206,7 @@ fn check_private(path: &Path, what: &str) -> anyhow::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn check_private(_: &Path, _: &str) -> anyhow::Result<()> {
+pub(crate) fn check_private(_: &Path, _: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
@@ -193,10 +249,29 @@ mod tests {
         )
         .unwrap();
         let alice = users.get("alice").unwrap();
-        assert_eq!(alice.secret.expose(), b"from file");
-        assert_eq!(format!("{:?}", alice.secret), "Secret(***)");
+        assert!(alice.legacy);
+        let expected = legacy_verifier("alice", b"from file");
+        assert_eq!(alice.verifier.as_ref(), Some(&expected));
+        assert!(!format!("{alice:?}").contains("from file"));
+        assert_eq!(users.legacy(), ["alice", "bob"]);
         assert!(users.get("bob").unwrap().read_only);
         assert_eq!(users.get("bob").unwrap().home.to_string(), "/shared/bob");
+    }
+
+    #[test]
+    fn verifiers_and_keys_need_no_password() {
+        let verifier = Verifier::generate(b"pw", scram::MIN_ITERATIONS);
+        let key = Fingerprint::of_spki(b"a key");
+        let text = format!(
+            "[[user]]\nname='carol'\npassword='{verifier}'\nkeys=['{key}']\nhome='c'\n\
+             [[user]]\nname='dave'\nkeys=['{key}']\nhome='d'\n"
+        );
+        let users = load(&text, 0o600).unwrap();
+        let carol = users.get("carol").unwrap();
+        assert_eq!(carol.verifier.as_ref(), Some(&verifier));
+        assert_eq!(carol.keys, [key]);
+        assert!(!carol.legacy && users.legacy().is_empty());
+        assert!(users.get("dave").unwrap().verifier.is_none());
     }
 
     #[test]
@@ -205,7 +280,10 @@ mod tests {
             ("[[user]]\nname='a'\nsecret='s'\nhome='a'\n", 0o644, "chmod 600"),
             ("[[user]]\nname='a'\nsecret='s'\nhome='../out'\n", 0o600, "outside the root"),
             ("[[user]]\nname='a'\nsecret='s'\nhome='a'\nshell='x'\n", 0o600, "not valid"),
-            ("[[user]]\nname='a'\nhome='a'\n", 0o600, "exactly one"),
+            ("[[user]]\nname='a'\nhome='a'\n", 0o600, "no way to log in"),
+            ("[[user]]\nname='a'\nsecret='s'\npassword='x'\nhome='a'\n", 0o600, "at most one"),
+            ("[[user]]\nname='a'\npassword='plain'\nhome='a'\n", 0o600, "ftpd passwd"),
+            ("[[user]]\nname='a'\nkeys=['SHA256:x']\nhome='a'\n", 0o600, "fingerprint"),
             ("[[user]]\nname='a'\nsecret=''\nhome='a'\n", 0o600, "empty"),
             (
                 "[[user]]\nname='a'\nsecret='s'\nhome='a'\n[[user]]\nname='a'\nsecret='t'\nhome='b'\n",

@@ -1,4 +1,4 @@
-//! The ftpd wire protocol: message types, the frame codec and the login HMAC.
+//! The ftpd wire protocol: message types, the frame codec, TLS agreements and the SCRAM login.
 //!
 //! Every message is one frame: a 4-byte big-endian length, that many bytes of UTF-8 JSON (the
 //! header, a [`Message`] tagged by its `"type"`), and, only when the header is a `chunk`, a binary
@@ -16,7 +16,6 @@
 //! bytes. Both lengths are checked against their caps before anything is allocated.
 //! `docs/PROTOCOL.md` is the full contract; this crate implements it.
 
-pub mod auth;
 mod budget;
 mod codec;
 mod connection;
@@ -35,9 +34,8 @@ pub use codec::{CodecError, Frame, FrameCodec, Incoming, Rejected};
 pub use connection::{BoxStream, Connection, ConnectionError, Stream};
 pub use handshake::{Agreed, HelloError, Versions, MIN_CHUNK, MIN_VERSION, VERSION};
 pub use message::{
-    Auth, AuthChallenge, AuthOk, ChunkHeader, Entry, EntryKind, Eof, ErrorCode, ErrorReply, Get,
-    GetReady, Hello, ListEnd, Listing, Message, Mkdir, PathArg, Put, PutReady, Rename, Stat,
-    StatReply,
+    Auth, AuthOk, ChunkHeader, Entry, EntryKind, Eof, ErrorCode, ErrorReply, Get, GetReady, Hello,
+    ListEnd, Listing, Message, Mkdir, PathArg, Put, PutReady, Rename, Scram, Stat, StatReply,
 };
 pub use transfer::{ChunkError, ChunkReceiver, ChunkSender, Sequence};
 
@@ -57,6 +55,8 @@ pub mod capability {
     pub const RESUME: &str = "resume";
     /// `list`, `stat`, `cd`, `pwd`, `mkdir`, `rm`, `rmdir`, `rename`.
     pub const FILES: &str = "files";
-    /// The server has users: an `auth_challenge` follows its hello.
-    pub const AUTH_HMAC_SHA256: &str = "auth-hmac-sha256";
+    /// The server has users and takes password logins: SCRAM-SHA-256 with channel binding.
+    pub const AUTH_SCRAM_SHA256: &str = "auth-scram-sha-256";
+    /// The server has users and takes key logins: a TLS client certificate of a user's key.
+    pub const AUTH_KEY: &str = "auth-key";
 }

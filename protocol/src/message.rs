@@ -2,7 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Bytes32;
 use crate::{Digest, DigestKind};
 
 /// One message header. The JSON object's `"type"` names the variant in snake_case; only
@@ -12,11 +11,19 @@ use crate::{Digest, DigestKind};
 pub enum Message {
     /// First message each way: protocol version and what each side can do.
     Hello(Hello),
-    /// Server, right after its hello when it has users: prove you know a user's secret.
-    AuthChallenge(AuthChallenge),
-    /// Client: who I am, my own nonce, and my proof.
+    /// Client, first after the hellos when the server has users: who I am, and, to log in with
+    /// a password, SCRAM's client-first-message. A TLS client certificate of one of the user's
+    /// keys logs in without one.
     Auth(Auth),
-    /// Server: you are in; here is my proof that I know your secret too.
+    /// Server: the client's key (if any) is not one of the user's; log in with a password
+    /// (one more `auth`, with `scram`).
+    AuthPassword,
+    /// Server: SCRAM's server-first-message (nonce, salt, iteration count).
+    AuthContinue(Scram),
+    /// Client: SCRAM's client-final-message (channel binding, nonce, proof).
+    AuthFinal(Scram),
+    /// Server: you are in; after a password login, with SCRAM's server-final-message, the
+    /// server's proof that it holds the user's verifier.
     AuthOk(AuthOk),
     /// Client: store a file at `path`; the client streams its chunks after [`Message::PutReady`].
     Put(Put),
@@ -164,28 +171,28 @@ pub struct Hello {
     pub digest: DigestKind,
 }
 
-/// The server's challenge.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuthChallenge {
-    /// 32 fresh random bytes; never used twice.
-    pub nonce: Bytes32,
-}
-
-/// The client's answer to [`AuthChallenge`].
+/// The client's login: a user name, and a SCRAM client-first-message for a password login.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Auth {
     pub user: String,
-    /// 32 fresh random bytes of the client's, so the server's proof is fresh too.
-    pub nonce: Bytes32,
-    /// HMAC-SHA256(secret, client transcript); see [`crate::auth::transcript`].
-    pub mac: Bytes32,
+    /// `p=tls-exporter,,n=USER,r=NONCE` (RFC 5802, 9266); absent for a key login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scram: Option<String>,
 }
 
-/// The server's proof, sent when the client's checked out.
+/// One SCRAM message, as RFC 5802 spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scram {
+    pub scram: String,
+}
+
+/// The end of a successful login.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthOk {
-    /// HMAC-SHA256(secret, server transcript).
-    pub mac: Bytes32,
+    /// SCRAM's server-final-message (`v=ServerSignature`) after a password login; absent after
+    /// a key login (the TLS handshake proved the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scram: Option<String>,
 }
 
 /// Client request to upload a file.
@@ -508,26 +515,18 @@ mod tests {
         );
     }
 
-    /// The login's nonces and macs follow the digests' rule: lowercase hex only.
+    /// A key login has no SCRAM message, and says so by leaving it out.
     #[test]
-    fn an_auth_in_uppercase_hex_is_refused() {
-        let lower = Message::Auth(Auth {
+    fn a_key_login_leaves_scram_out() {
+        let key = Message::Auth(Auth {
             user: "alice".into(),
-            nonce: Bytes32([0xab; 32]),
-            mac: Bytes32([0xcd; 32]),
+            scram: None,
         });
-        let json = serde_json::to_string(&lower).unwrap();
-        assert_eq!(serde_json::from_str::<Message>(&json).unwrap(), lower);
-        for raised in [
-            json.replace(&"ab".repeat(32), &"AB".repeat(32)),
-            json.replace(&"cd".repeat(32), &format!("C{}", &"cd".repeat(32)[1..])),
-        ] {
-            assert_ne!(raised, json);
-            assert!(
-                serde_json::from_str::<Message>(&raised).is_err(),
-                "{raised}"
-            );
-        }
+        let json = serde_json::to_string(&key).unwrap();
+        assert_eq!(json, r#"{"type":"auth","user":"alice"}"#);
+        assert_eq!(serde_json::from_str::<Message>(&json).unwrap(), key);
+        let ok = serde_json::to_string(&Message::AuthOk(AuthOk { scram: None })).unwrap();
+        assert_eq!(ok, r#"{"type":"auth_ok"}"#);
     }
 
     #[test]

@@ -212,7 +212,7 @@ fn unescape_name(s: &str) -> Result<String> {
 }
 
 /// The value of attribute `name` (one letter) at the start of `part`.
-fn attr<'a>(part: Option<&'a str>, name: char) -> Result<&'a str> {
+fn attr(part: Option<&str>, name: char) -> Result<&str> {
     part.and_then(|p| p.strip_prefix(name))
         .and_then(|p| p.strip_prefix('='))
         .ok_or(ScramError::Malformed(

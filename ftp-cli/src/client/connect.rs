@@ -7,7 +7,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use protocol::auth::NO_CHANNEL_BINDING;
 use protocol::tls::{self, Fingerprint};
 use protocol::{DigestKind, ErrorCode, FrameCodec, Message};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -49,7 +48,7 @@ impl Client {
         let _ = tcp.set_nodelay(true);
         let trust = match security {
             Security::Plaintext => {
-                return Client::over(tcp, &target, timeout, creds, digest, NO_CHANNEL_BINDING).await
+                return Client::over(tcp, &target, timeout, creds, digest, None).await
             }
             Security::Tls(trust) => trust,
         };
@@ -61,7 +60,8 @@ impl Client {
             Trust::Key(fp) => (Some(*fp), None, None),
             Trust::Ca(roots) => (None, None, Some(roots)),
         };
-        let setup = trust::client_config(expected, roots)?;
+        let key = creds.and_then(|c| c.key.as_deref());
+        let setup = trust::client_config(expected, roots, key)?;
         let name = trust::server_name(&target)?;
         let (sniff, first) = Sniff::new(tcp);
         let handshake = TlsConnector::from(setup.config).connect(name, sniff);
@@ -105,7 +105,7 @@ impl Client {
         }
         let binding = tls::channel_binding(conn)
             .map_err(|e| ClientError::Internal(format!("TLS exporter: {e}")))?;
-        Client::over(stream, &target, timeout, creds, digest, binding).await
+        Client::over(stream, &target, timeout, creds, digest, Some(binding)).await
     }
 }
 

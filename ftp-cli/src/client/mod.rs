@@ -50,8 +50,9 @@ pub struct Client {
     /// prefix): its answer may yet arrive, in the middle of the next exchange, so the
     /// connection is not reused.
     out_of_step: bool,
-    /// The connection's channel binding (TLS exporter), which the login's proofs include.
-    binding: [u8; 32],
+    /// The connection's channel binding (its TLS exporter), which a password login's proofs
+    /// include; `None` in plaintext.
+    binding: Option<[u8; 32]>,
 }
 
 /// Why the hello exchange failed: the server's reason, or an error of its own kind.
@@ -84,7 +85,7 @@ impl Client {
         timeout: Duration,
         creds: Option<&Credentials>,
         digest: DigestKind,
-        binding: [u8; 32],
+        binding: Option<[u8; 32]>,
     ) -> Result<Client> {
         let target = addr.to_owned();
         let fail = |reason: String| ClientError::Connect {

@@ -1,4 +1,4 @@
-//! Users: the HMAC challenge-response both ways, homes that confine each user, read-only users,
+//! Users: the SCRAM-SHA-256 login both ways, homes that confine each user, read-only users,
 //! and a daemon that will not start with a users file others can read or a home outside its root.
 //!
 //! Most tests drive the real client; the ones about what goes over the wire (a replayed `auth`,
@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
-use protocol::auth::{self, Bytes32, Role};
-use protocol::{capability, Auth, AuthChallenge, AuthOk, ErrorCode, Hello};
+use protocol::scram::{self, Verifier};
+use protocol::{capability, Auth, AuthOk, ErrorCode, Hello, Scram};
 use protocol::{ChunkHeader, Digest, Eof, ErrorReply, Message, VERSION};
 
 use crate::raw::{get, put, Raw};
@@ -130,9 +130,9 @@ fn unknown_user_gets_the_same_error_as_a_wrong_secret() {
 fn a_failed_login_does_not_hold_its_slot() {
     let d = standard_daemon_with(&["--max-connections", "1"]);
     let mut guess = Raw::connect_from(range(1), d.addr()).within(STEP_TIMEOUT);
-    let nonce = guess.hello_and_challenge();
-    let message = auth_message(&guess, "alice", "guess", &nonce);
-    guess.send(&message);
+    guess.hello_for_login();
+    let mut login = guess.auth_start("alice", "guess");
+    assert_eq!(guess.auth_prove(&mut login), None);
     d.wait_for_log(&["WARN", "authentication failed", "alice"]);
     raw_login(&d, "bob", BOB).send(&Message::Bye);
     let failed = guess.expect_error(ErrorCode::AuthFailed);
@@ -222,20 +222,24 @@ fn a_guesser_cannot_keep_a_user_out_of_where_they_log_in_from() {
 #[test]
 fn parallel_connections_cannot_multiply_the_guessing_rate() {
     let d = standard_daemon_with(&["--login-penalty", "5s"]);
-    let mut peers: Vec<(Raw, Bytes32)> = (10..42)
+    let mut peers: Vec<Raw> = (10..42)
         .map(|n| {
             let mut peer = Raw::connect_from(range(n), d.addr()).within(STEP_TIMEOUT);
-            let nonce = peer.hello_and_challenge();
-            (peer, nonce)
+            peer.hello_for_login();
+            peer
         })
         .collect();
-    for (peer, nonce) in &mut peers {
-        let message = auth_message(peer, "alice", "guess", nonce);
-        peer.send(&message);
+    // Every guess gets as far as its proof before any is checked.
+    let mut logins: Vec<_> = peers
+        .iter_mut()
+        .map(|peer| peer.auth_start("alice", "guess"))
+        .collect();
+    for (peer, login) in peers.iter_mut().zip(&mut logins) {
+        assert_eq!(peer.auth_prove(login), None);
     }
     let answers: Vec<ErrorReply> = peers
         .iter_mut()
-        .map(|(peer, _)| peer.expect_error(ErrorCode::AuthFailed))
+        .map(|peer| peer.expect_error(ErrorCode::AuthFailed))
         .collect();
     let checked = answers.iter().filter(|e| retry_in(e).is_none()).count();
     assert_eq!(
@@ -252,7 +256,7 @@ fn parallel_connections_cannot_multiply_the_guessing_rate() {
 fn a_chunk_before_login_is_refused_from_its_header() {
     let d = standard_daemon_with(&["--handshake-timeout", "3s"]);
     let mut peer = Raw::connect(d.addr()).within(STEP_TIMEOUT);
-    peer.hello_and_challenge();
+    peer.hello_for_login();
     peer.send(&Message::Chunk(ChunkHeader {
         offset: 0,
         len: protocol::MAX_BODY as u32,
@@ -313,7 +317,7 @@ fn client_with_a_user_refuses_an_anonymous_server() {
         .run()
         .exits(4)
         .one_line_error()
-        .stderr_has("does not ask alice to authenticate");
+        .stderr_has("does not ask alice to log in");
     assert!(daemon.visible_files().is_empty(), "the client sent a file");
 }
 
@@ -386,49 +390,54 @@ fn users_cannot_reach_each_others_homes() {
 // ---------------------------------------------------------------------------------------------
 // On the wire
 
-/// A recorded `auth` answers only the challenge it was made for.
+/// A recorded proof answers only the exchange it was made for: the server's nonce is fresh
+/// every time, so replaying the client's messages fails.
 #[test]
 fn replayed_auth_is_refused() {
     let d = standard_daemon();
 
     let mut first = Raw::connect(d.addr()).within(STEP_TIMEOUT);
-    let server_nonce = first.hello_and_challenge();
-    let client_nonce = auth::nonce();
-    let mac = sign(
-        Role::Client,
-        ALICE,
-        &first.binding(),
-        &server_nonce,
-        &client_nonce,
-        "alice",
-    );
-    let recorded = Message::Auth(Auth {
+    first.hello_for_login();
+    let (client, client_first) = scram::Client::start("alice", first.binding(), scram::nonce());
+    first.send(&Message::Auth(Auth {
         user: "alice".into(),
-        nonce: client_nonce,
-        mac,
-    });
-    first.send(&recorded);
+        scram: Some(client_first.clone()),
+    }));
+    let server_first = match first.recv() {
+        Message::AuthContinue(s) => s.scram,
+        other => panic!("expected auth_continue, got {other:?}"),
+    };
+    let (salt, iterations) = client.salt(&server_first).unwrap();
+    let salted = scram::salted_password(ALICE.as_bytes(), &salt, iterations);
+    let (client_final, finished) = client.finish(&server_first, &salted).unwrap();
+    first.send(&Message::AuthFinal(Scram {
+        scram: client_final.clone(),
+    }));
     match first.recv() {
-        Message::AuthOk(AuthOk { mac }) => assert_eq!(
-            mac,
-            sign(
-                Role::Server,
-                ALICE,
-                &first.binding(),
-                &server_nonce,
-                &client_nonce,
-                "alice"
-            ),
-            "the server's proof is not the documented HMAC"
-        ),
-        other => panic!("a fresh, valid auth got {other:?}"),
+        Message::AuthOk(AuthOk { scram: Some(v) }) => finished
+            .verify(&v)
+            .expect("the server's signature is not SCRAM's"),
+        other => panic!("a fresh, valid login got {other:?}"),
     }
     first.send(&Message::Bye);
 
+    // The same messages on a new connection (the relay of a recording): the server's nonce
+    // differs, and the recorded proof no longer fits. (Over TLS the binding differs too.)
     let mut second = Raw::connect(d.addr()).within(STEP_TIMEOUT);
-    let new_nonce = second.hello_and_challenge();
-    assert_ne!(new_nonce, server_nonce, "the server reused its nonce");
-    second.send(&recorded);
+    second.hello_for_login();
+    second.send(&Message::Auth(Auth {
+        user: "alice".into(),
+        scram: Some(client_first),
+    }));
+    match second.recv() {
+        Message::AuthContinue(s) => {
+            assert_ne!(s.scram, server_first, "the server reused its nonce")
+        }
+        other => panic!("expected auth_continue, got {other:?}"),
+    }
+    second.send(&Message::AuthFinal(Scram {
+        scram: client_final,
+    }));
     second.expect_error(ErrorCode::AuthFailed);
     second.expect_closed();
     d.wait_for_log(&["WARN", "authentication failed", "alice"]);
@@ -439,7 +448,7 @@ fn commands_before_auth_are_refused() {
     let d = standard_daemon();
     write_random(d.home("alice").join("f"), 100, 9);
     let mut raw = Raw::connect(d.addr()).within(STEP_TIMEOUT);
-    raw.hello_and_challenge();
+    raw.hello_for_login();
     raw.send(&get("/alice/f"));
     raw.expect_error(ErrorCode::AuthRequired);
     raw.expect_closed();
@@ -537,9 +546,9 @@ fn client_refuses_a_server_that_cannot_prove_the_secret() {
     );
 }
 
-/// Plays a server that has `user` but signs its proof with `wrong_secret`. Checks the client's
-/// own proof against the real secret (so the test's transcript is the documented one), then
-/// returns what the client sent after `auth_ok` (but `bye`), until it closed.
+/// Plays a server that has `user` but holds the verifier of `wrong_secret`. Checks the
+/// client's own proof against the real password (so the test's exchange is the documented
+/// one), then returns what the client sent after `auth_ok` (but `bye`), until it closed.
 fn fake_server(listener: TcpListener, user: &str, wrong_secret: &[u8]) -> Vec<Message> {
     let (stream, _) = listener.accept().expect("the client never connected");
     let mut peer = Raw::tls_server(stream)
@@ -555,42 +564,44 @@ fn fake_server(listener: TcpListener, user: &str, wrong_secret: &[u8]) -> Vec<Me
         agent: "fake-ftpd/0".into(),
         capabilities: vec![
             capability::RESUME.into(),
-            capability::AUTH_HMAC_SHA256.into(),
+            capability::AUTH_SCRAM_SHA256.into(),
         ],
         max_chunk: protocol::DEFAULT_CHUNK,
         digest: protocol::DigestKind::Md5,
-    }));
-    let server_nonce = auth::nonce();
-    peer.send(&Message::AuthChallenge(AuthChallenge {
-        nonce: server_nonce,
     }));
     let answer = match peer.recv() {
         Message::Auth(a) => a,
         other => panic!("expected auth, got {other:?}"),
     };
     assert_eq!(answer.user, user);
-    assert_eq!(
-        answer.mac,
-        sign(
-            Role::Client,
-            ALICE,
-            &peer.binding(),
-            &server_nonce,
-            &answer.nonce,
-            user
-        ),
-        "the client's proof is not the documented HMAC"
+    let first = scram::client_first(answer.scram.as_deref().unwrap(), peer.binding().as_ref())
+        .expect("the client's first message is not SCRAM's, bound to the channel");
+    let salt = b"fake salt";
+    let (server, server_first) = scram::Server::start(
+        first,
+        salt,
+        scram::MIN_ITERATIONS,
+        &scram::nonce(),
+        peer.binding(),
     );
-    let t = auth::transcript(
-        Role::Server,
-        VERSION,
-        &peer.binding(),
-        &server_nonce,
-        &answer.nonce,
-        user,
-    );
+    peer.send(&Message::AuthContinue(Scram {
+        scram: server_first,
+    }));
+    let last = match peer.recv() {
+        Message::AuthFinal(s) => s.scram,
+        other => panic!("expected auth_final, got {other:?}"),
+    };
+    let right = Verifier::new(ALICE.as_bytes(), salt, scram::MIN_ITERATIONS);
+    server
+        .finish(&last, &right)
+        .expect("the client's proof is not the documented SCRAM proof");
+    let wrong = Verifier::new(wrong_secret, salt, scram::MIN_ITERATIONS);
+    // A server that accepts anything still cannot sign as the holder of the verifier.
+    let forged = server
+        .finish(&last, &wrong)
+        .unwrap_or_else(|_| "v=bm90IGl0".into());
     peer.send(&Message::AuthOk(AuthOk {
-        mac: auth::sign(wrong_secret, &t),
+        scram: Some(forged),
     }));
     let mut after = Vec::new();
     while let Some(m) = peer.try_recv() {
@@ -693,32 +704,13 @@ fn range(n: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, n, 1))
 }
 
-/// An `auth` as `user` proving `secret` for the challenge `server_nonce`.
-fn auth_message(peer: &Raw, user: &str, secret: &str, server_nonce: &Bytes32) -> Message {
-    let client_nonce = auth::nonce();
-    Message::Auth(Auth {
-        user: user.into(),
-        nonce: client_nonce,
-        mac: sign(
-            Role::Client,
-            secret,
-            &peer.binding(),
-            server_nonce,
-            &client_nonce,
-            user,
-        ),
-    })
-}
-
 /// What the daemon answers a login from `ip` as `user` proving `secret`: `auth_ok`, or the
-/// error that refused it. The connection must get as far as the challenge.
+/// error that refused it (at its `auth` or at its proof).
 #[track_caller]
 fn login_from(d: &Daemon, ip: IpAddr, user: &str, secret: &str) -> Message {
     let mut peer = Raw::connect_from(ip, d.addr()).within(STEP_TIMEOUT);
-    let server_nonce = peer.hello_and_challenge();
-    let message = auth_message(&peer, user, secret, &server_nonce);
-    peer.send(&message);
-    peer.recv()
+    peer.hello_for_login();
+    peer.scram(user, secret)
 }
 
 /// The error a login was refused with; panics if it was not refused.
@@ -810,25 +802,9 @@ fn nested_home_daemon() -> UsersDaemon {
 /// A raw session on `d`, logged in as `user` with the documented proof and ready for commands.
 #[track_caller]
 fn raw_login(d: &Daemon, user: &str, secret: &str) -> Raw {
-    let mut peer = Raw::connect(d.addr()).within(STEP_TIMEOUT);
-    let server_nonce = peer.hello_and_challenge();
-    let client_nonce = auth::nonce();
-    peer.send(&Message::Auth(Auth {
-        user: user.into(),
-        nonce: client_nonce,
-        mac: sign(
-            Role::Client,
-            secret,
-            &peer.binding(),
-            &server_nonce,
-            &client_nonce,
-            user,
-        ),
-    }));
-    match peer.recv() {
-        Message::AuthOk(_) => peer,
-        other => panic!("{user} with the right secret got {other:?}"),
-    }
+    Raw::connect(d.addr())
+        .within(STEP_TIMEOUT)
+        .login(user, secret)
 }
 
 /// Panics unless `refusal` names its path from the user's `/`, starting with `start`, and
@@ -853,19 +829,4 @@ fn assert_names(stderr: &str, needles: &[&str]) {
             "expected ftpd's stderr to contain {needle:?}, got:\n{stderr}"
         );
     }
-}
-
-/// The MAC of `role`'s transcript, as PROTOCOL.md defines it.
-fn sign(
-    role: Role,
-    secret: &str,
-    binding: &[u8; 32],
-    server: &Bytes32,
-    client: &Bytes32,
-    user: &str,
-) -> Bytes32 {
-    auth::sign(
-        secret.as_bytes(),
-        &auth::transcript(role, VERSION, binding, server, client, user),
-    )
 }

@@ -609,8 +609,9 @@ fn an_older_roots_staged_upload_moves_to_the_state_directory_and_still_resumes()
     let (state, staging) = kill_the_daemon_with_3_mib_of_big_bin_staged(&root, &work);
     // What an older version left: its staging and digests in the root's `.ftpd`.
     fs::rename(&state, root.join(".ftpd")).unwrap();
-    // Older versions had no TLS key: this one makes a new one.
+    // Older versions had no TLS key and no key of login salts: this one makes them anew.
     fs::remove_dir_all(root.join(".ftpd/tls")).unwrap();
+    fs::remove_file(root.join(".ftpd/login-salt.key")).unwrap();
 
     let daemon = Daemon::start_on(&root);
     daemon.wait_for_log(&["INFO", "older version", "state directory"]);

@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use protocol::auth::Bytes32;
+use protocol::scram;
 use protocol::{capability, ChunkHeader, Digest, ErrorCode, ErrorReply, Get, Hello, Message};
 use protocol::{Put, PutReady, VERSION};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -26,8 +26,8 @@ pub struct Raw {
     stream: Wire,
     /// The socket, with read and write timeouts set: for timeouts and shutdowns.
     tcp: TcpStream,
-    /// The TLS channel binding the login's proofs include (zeros in plaintext).
-    binding: [u8; 32],
+    /// The TLS channel binding a password login's proofs include (`None` in plaintext).
+    binding: Option<[u8; 32]>,
 }
 
 /// What frames travel over.
@@ -77,7 +77,7 @@ impl From<TcpStream> for Raw {
         Raw {
             tcp: stream.try_clone().expect("cannot clone the socket"),
             stream: Wire::Plain(stream),
-            binding: protocol::auth::NO_CHANNEL_BINDING,
+            binding: None,
         }
         .within(TIMEOUT)
     }
@@ -124,12 +124,12 @@ impl Raw {
                 return Raw {
                     stream: Wire::Refused(io::Cursor::new(first).chain(sock)),
                     tcp,
-                    binding: protocol::auth::NO_CHANNEL_BINDING,
+                    binding: None,
                 };
             }
         }
         let sock = sniff.sock;
-        let binding = protocol::tls::channel_binding(&conn).unwrap();
+        let binding = Some(protocol::tls::channel_binding(&conn).unwrap());
         Raw {
             stream: Wire::Client(Box::new(rustls::StreamOwned::new(conn, sock))),
             tcp,
@@ -148,7 +148,7 @@ impl Raw {
         while conn.is_handshaking() {
             conn.complete_io(&mut sock).ok()?;
         }
-        let binding = protocol::tls::channel_binding(&conn).ok()?;
+        let binding = Some(protocol::tls::channel_binding(&conn).ok()?);
         Some(
             Raw {
                 stream: Wire::Server(Box::new(rustls::StreamOwned::new(conn, sock))),
@@ -160,7 +160,7 @@ impl Raw {
     }
 
     /// The connection's channel binding, for proofs made by hand.
-    pub fn binding(&self) -> [u8; 32] {
+    pub fn binding(&self) -> Option<[u8; 32]> {
         self.binding
     }
 
@@ -212,48 +212,86 @@ impl Raw {
         self
     }
 
-    /// Our hello; the server's hello announcing authentication, then its challenge's nonce.
+    /// Our hello, then the server's, which must announce password logins.
     #[track_caller]
-    pub fn hello_and_challenge(&mut self) -> Bytes32 {
+    pub fn hello_for_login(&mut self) {
         self.send(&hello_message());
         match self.recv() {
             Message::Hello(h) => assert!(
                 h.capabilities
                     .iter()
-                    .any(|c| c == capability::AUTH_HMAC_SHA256),
-                "a server with users does not announce auth: {h:?}"
+                    .any(|c| c == capability::AUTH_SCRAM_SHA256),
+                "a server with users does not announce SCRAM: {h:?}"
             ),
             other => panic!("expected hello, got {other:?}"),
         }
-        match self.recv() {
-            Message::AuthChallenge(c) => c.nonce,
-            other => panic!("expected auth_challenge, got {other:?}"),
+    }
+
+    /// Starts a SCRAM login as `user` with `password` (after [`Raw::hello_for_login`]): sends
+    /// the `auth` with the client-first-message.
+    #[track_caller]
+    pub fn auth_start(&mut self, user: &str, password: &str) -> ScramLogin {
+        let (client, first) = scram::Client::start(user, self.binding, scram::nonce());
+        self.send(&Message::Auth(protocol::Auth {
+            user: user.into(),
+            scram: Some(first),
+        }));
+        ScramLogin {
+            client,
+            password: password.as_bytes().to_vec(),
+            finished: None,
         }
     }
 
-    /// Logs in as `user` proving `secret` as PROTOCOL.md defines it (after
-    /// [`Raw::hello_and_challenge`]'s exchange); panics unless the server accepts.
+    /// Reads the server's `auth_continue` and sends the proof; `Some` of what the server sent
+    /// instead, if it did not continue.
     #[track_caller]
-    pub fn login(mut self, user: &str, secret: &str) -> Raw {
-        use protocol::auth::{self, Role};
-        let server_nonce = self.hello_and_challenge();
-        let client_nonce = auth::nonce();
-        let transcript = auth::transcript(
-            Role::Client,
-            VERSION,
-            &self.binding,
-            &server_nonce,
-            &client_nonce,
-            user,
-        );
-        self.send(&Message::Auth(protocol::Auth {
-            user: user.into(),
-            nonce: client_nonce,
-            mac: auth::sign(secret.as_bytes(), &transcript),
-        }));
-        match self.recv() {
+    pub fn auth_prove(&mut self, login: &mut ScramLogin) -> Option<Message> {
+        let server_first = match self.recv() {
+            Message::AuthContinue(s) => s.scram,
+            other => return Some(other),
+        };
+        let (salt, iterations) = login.client.salt(&server_first).unwrap();
+        let salted = scram::salted_password(&login.password, &salt, iterations);
+        let (last, finished) = login.client.finish(&server_first, &salted).unwrap();
+        login.finished = Some(finished);
+        self.send(&Message::AuthFinal(protocol::Scram { scram: last }));
+        None
+    }
+
+    /// The server's answer to the proof: `auth_ok` (its signature checked, as a client must)
+    /// or the refusal.
+    #[track_caller]
+    pub fn auth_answer(&mut self, login: &ScramLogin) -> Message {
+        let answer = self.recv();
+        if let Message::AuthOk(protocol::AuthOk { scram: Some(v) }) = &answer {
+            let finished = login.finished.as_ref().expect("auth_ok before the proof");
+            finished
+                .verify(v)
+                .unwrap_or_else(|e| panic!("the server's signature: {e}"));
+        }
+        answer
+    }
+
+    /// A whole SCRAM login as `user` with `password` after [`Raw::hello_for_login`]: the
+    /// server's last answer.
+    #[track_caller]
+    pub fn scram(&mut self, user: &str, password: &str) -> Message {
+        let mut login = self.auth_start(user, password);
+        if let Some(refusal) = self.auth_prove(&mut login) {
+            return refusal;
+        }
+        self.auth_answer(&login)
+    }
+
+    /// Logs in as `user` with `password` as PROTOCOL.md defines it; panics unless the server
+    /// accepts.
+    #[track_caller]
+    pub fn login(mut self, user: &str, password: &str) -> Raw {
+        self.hello_for_login();
+        match self.scram(user, password) {
             Message::AuthOk(_) => self,
-            other => panic!("{user} with the right secret got {other:?}"),
+            other => panic!("{user} with the right password got {other:?}"),
         }
     }
 
@@ -462,6 +500,13 @@ impl Raw {
         }
         matches!(self.try_recv(), Some(Message::Cwd(_)))
     }
+}
+
+/// A SCRAM login in progress (see [`Raw::auth_start`]).
+pub struct ScramLogin {
+    client: scram::Client,
+    password: Vec<u8>,
+    finished: Option<scram::Finished>,
 }
 
 /// What [`Raw::wait_frame`] saw.

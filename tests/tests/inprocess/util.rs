@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use ftp_cli::client::Credentials;
 use futures::FutureExt;
-use protocol::auth::{self, Role};
+use protocol::scram;
 use protocol::{
     Auth, ChunkHeader, ChunkSender, Connection, Digest, DigestKind, Eof, ErrorCode, ErrorReply,
     Frame, GetReady, Hasher, Hello, Message, Put, PutReady, VERSION,
@@ -162,25 +162,15 @@ impl Daemon {
 
     /// The real client, logged in as `user`.
     pub async fn client_as(&self, user: &str, secret: &str) -> Client {
-        let creds = Credentials {
-            user: user.into(),
-            secret: secret.into(),
-        };
+        let creds = Credentials::new(user.into(), Some(secret.into()), None);
         self.client_with(DigestKind::Md5, Some(&creds)).await
     }
 
     async fn client_with(&self, digest: DigestKind, creds: Option<&Credentials>) -> Client {
         let Pipe { stream, session } = self.pipe();
-        let client = ftp_cli::client::Client::over(
-            stream,
-            "in-process",
-            STEP,
-            creds,
-            digest,
-            protocol::auth::NO_CHANNEL_BINDING,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("the client could not greet the daemon: {e}"));
+        let client = ftp_cli::client::Client::over(stream, "in-process", STEP, creds, digest, None)
+            .await
+            .unwrap_or_else(|e| panic!("the client could not greet the daemon: {e}"));
         Client { client, session }
     }
 
@@ -355,32 +345,28 @@ impl Raw {
         }
     }
 
-    /// The challenge, our proof, the daemon's proof checked.
+    /// A SCRAM login without channel binding (an in-memory pipe has no TLS), the daemon's
+    /// signature checked.
     pub async fn login(&mut self, user: &str, secret: &str) {
-        let server_nonce = match self.recv().await.message {
-            Message::AuthChallenge(c) => c.nonce,
-            other => panic!("expected auth_challenge, got {other:?}"),
-        };
-        let client_nonce = auth::nonce();
-        let signed = |role| {
-            let t = auth::transcript(
-                role,
-                VERSION,
-                &auth::NO_CHANNEL_BINDING,
-                &server_nonce,
-                &client_nonce,
-                user,
-            );
-            auth::sign(secret.as_bytes(), &t)
-        };
+        let (client, first) = scram::Client::start(user, None, scram::nonce());
         self.send(Message::Auth(Auth {
             user: user.into(),
-            nonce: client_nonce,
-            mac: signed(Role::Client),
+            scram: Some(first),
         }))
         .await;
+        let server_first = match self.recv().await.message {
+            Message::AuthContinue(s) => s.scram,
+            other => panic!("expected auth_continue, got {other:?}"),
+        };
+        let (salt, iterations) = client.salt(&server_first).unwrap();
+        let salted = scram::salted_password(secret.as_bytes(), &salt, iterations);
+        let (last, finished) = client.finish(&server_first, &salted).unwrap();
+        self.send(Message::AuthFinal(protocol::Scram { scram: last }))
+            .await;
         match self.recv().await.message {
-            Message::AuthOk(ok) => assert_eq!(ok.mac, signed(Role::Server), "the daemon's proof"),
+            Message::AuthOk(ok) => finished
+                .verify(ok.scram.as_deref().unwrap_or_default())
+                .expect("the daemon's signature"),
             other => panic!("expected auth_ok, got {other:?}"),
         }
     }

@@ -1,0 +1,232 @@
+//! `ftpd passwd` and `ftpd adduser`: change the users file without a text editor and without
+//! ever writing a password into it (only its SCRAM verifier).
+//!
+//! The file is rewritten atomically (a temporary file beside it, synced, renamed over it) with
+//! its mode 0600 and everything else in it, comments included, kept as it was. A running
+//! daemon picks the change up on SIGHUP (`systemctl reload ftpd`).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use protocol::scram::{self, Verifier};
+use protocol::tls::Fingerprint;
+use toml_edit::{value, Array, ArrayOfTables, DocumentMut, Item, Table};
+
+use crate::users::check_private;
+
+/// Manage the users file.
+#[derive(Parser, Debug)]
+#[command(name = "ftpd", args_override_self = true)]
+pub struct Admin {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Set or change a user's password: asked twice without echo (read from stdin when it is
+    /// not a terminal); only its SCRAM-SHA-256 verifier is written.
+    Passwd {
+        /// The users file (it must be readable by its owner only).
+        #[arg(long, env = "FTPD_USERS")]
+        users: PathBuf,
+        /// Iterations of the key derivation (each guess at a stolen verifier costs as much).
+        #[arg(long, default_value_t = scram::DEFAULT_ITERATIONS,
+              value_parser = clap::value_parser!(u32).range(i64::from(scram::MIN_ITERATIONS)..=i64::from(scram::MAX_ITERATIONS)))]
+        iterations: u32,
+        /// The user.
+        name: String,
+    },
+    /// Add a user: with a password (asked as for passwd) unless only keys are given.
+    Adduser {
+        /// The users file (made, mode 0600, if missing).
+        #[arg(long, env = "FTPD_USERS")]
+        users: PathBuf,
+        /// The user's directory inside the root (default: the user's name).
+        #[arg(long)]
+        home: Option<String>,
+        /// Downloads only.
+        #[arg(long)]
+        read_only: bool,
+        /// A public key that logs in as this user (SHA256:..., as `ftp-cli keygen` prints);
+        /// may be repeated. With keys and no --password, no password is set.
+        #[arg(long = "key", value_name = "SHA256:...")]
+        keys: Vec<Fingerprint>,
+        /// Ask for a password too, when keys are given.
+        #[arg(long)]
+        password: bool,
+        /// Iterations of the key derivation.
+        #[arg(long, default_value_t = scram::DEFAULT_ITERATIONS,
+              value_parser = clap::value_parser!(u32).range(i64::from(scram::MIN_ITERATIONS)..=i64::from(scram::MAX_ITERATIONS)))]
+        iterations: u32,
+        /// The user.
+        name: String,
+    },
+}
+
+/// Whether `args` name an admin command (`ftpd passwd ...`, `ftpd adduser ...`).
+pub fn is_admin(args: &[std::ffi::OsString]) -> bool {
+    matches!(
+        args.get(1).and_then(|a| a.to_str()),
+        Some("passwd" | "adduser")
+    )
+}
+
+/// Runs an admin command.
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Passwd {
+            users,
+            iterations,
+            name,
+        } => {
+            let mut doc = read(&users, false)?;
+            let Some(entry) = find(&mut doc, &name) else {
+                bail!(
+                    "{}: no user {name:?} (add one with ftpd adduser)",
+                    users.display()
+                );
+            };
+            let verifier = Verifier::generate(&ask_password(&name)?, iterations);
+            entry.remove("secret");
+            entry.remove("secret_file");
+            entry.insert("password", value(verifier.to_string()));
+            write(&users, &doc)?;
+            eprintln!(
+                "password of {name} set in {} (only its verifier is stored); reload the daemon \
+                 (kill -HUP, systemctl reload ftpd) to put it in force",
+                users.display()
+            );
+        }
+        Command::Adduser {
+            users,
+            home,
+            read_only,
+            keys,
+            password,
+            iterations,
+            name,
+        } => {
+            if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+                bail!("user names are 1 to 64 printable characters");
+            }
+            let mut doc = read(&users, true)?;
+            if find(&mut doc, &name).is_some() {
+                bail!(
+                    "{}: user {name:?} exists (ftpd passwd changes a password)",
+                    users.display()
+                );
+            }
+            let mut entry = Table::new();
+            entry.insert("name", value(name.clone()));
+            if keys.is_empty() || password {
+                let verifier = Verifier::generate(&ask_password(&name)?, iterations);
+                entry.insert("password", value(verifier.to_string()));
+            }
+            if !keys.is_empty() {
+                let mut list = Array::new();
+                for key in &keys {
+                    list.push(key.to_string());
+                }
+                entry.insert("keys", value(list));
+            }
+            entry.insert("home", value(home.unwrap_or_else(|| name.clone())));
+            entry.insert("read_only", value(read_only));
+            match doc.get_mut("user") {
+                Some(Item::ArrayOfTables(list)) => list.push(entry),
+                Some(_) => bail!(
+                    "{}: `user` is not a list of [[user]] tables",
+                    users.display()
+                ),
+                None => {
+                    let mut list = ArrayOfTables::new();
+                    list.push(entry);
+                    doc.insert("user", Item::ArrayOfTables(list));
+                }
+            }
+            write(&users, &doc)?;
+            eprintln!(
+                "added {name} to {}; reload the daemon (kill -HUP, systemctl reload ftpd) to \
+                 let them in",
+                users.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The users file as a document to edit; a missing one is empty when `may_create`.
+fn read(path: &Path, may_create: bool) -> anyhow::Result<DocumentMut> {
+    if may_create && !path.exists() {
+        return Ok(DocumentMut::new());
+    }
+    check_private(path, "users file")?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read users file {}", path.display()))?;
+    text.parse()
+        .with_context(|| format!("users file {} is not valid TOML", path.display()))
+}
+
+/// The `[[user]]` table named `name`.
+fn find<'d>(doc: &'d mut DocumentMut, name: &str) -> Option<&'d mut Table> {
+    doc.get_mut("user")?
+        .as_array_of_tables_mut()?
+        .iter_mut()
+        .find(|t| t.get("name").and_then(Item::as_str) == Some(name))
+}
+
+/// Replaces the users file with `doc`: a private temporary file beside it, synced, renamed.
+fn write(path: &Path, doc: &DocumentMut) -> anyhow::Result<()> {
+    crate::private::write_atomically(path, doc.to_string().as_bytes())
+}
+
+/// A new password: asked twice without echo at a terminal, else one line of stdin.
+fn ask_password(name: &str) -> anyhow::Result<Vec<u8>> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("New password for {name}: "))?;
+        let again = rpassword::prompt_password(format!("Again, for {name}: "))?;
+        if first != again {
+            bail!("the two passwords differ; nothing changed");
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\n', '\r']).to_owned()
+    };
+    if password.is_empty() {
+        bail!("the password is empty; nothing changed");
+    }
+    let _ = std::io::stderr().flush();
+    Ok(password.into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_edit_keeps_comments_and_other_users() {
+        let mut doc: DocumentMut = "# our users\n[[user]]\nname = \"a\" # first\nsecret = \"s\"\nhome = \"a\"\n\n[[user]]\nname = \"b\"\nsecret = \"t\"\nhome = \"b\"\n"
+            .parse()
+            .unwrap();
+        let entry = find(&mut doc, "b").unwrap();
+        entry.remove("secret");
+        entry.insert("password", value("SCRAM-SHA-256$4096:x$y:z"));
+        let text = doc.to_string();
+        assert!(
+            text.contains("# our users") && text.contains("# first"),
+            "{text}"
+        );
+        assert!(
+            text.contains("secret = \"s\"") && !text.contains("secret = \"t\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("password = \"SCRAM-SHA-256$4096:x$y:z\""),
+            "{text}"
+        );
+    }
+}
