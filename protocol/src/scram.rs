@@ -497,6 +497,35 @@ mod tests {
         assert_eq!(server.finish(&client_final, &wrong), Err(ScramError::Proof));
     }
 
+    /// docs/PROTOCOL.md's worked example: RFC 7677's exchange, bound to a TLS exporter of
+    /// the bytes 00..1f, and the verifier the server stores for it.
+    #[test]
+    fn the_documented_example_with_channel_binding() {
+        let binding: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let (client, first) = Client::start("user", Some(binding), "rOprNGfwEbeRWgbNEkqO".into());
+        assert_eq!(first, "p=tls-exporter,,n=user,r=rOprNGfwEbeRWgbNEkqO");
+        let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,\
+                            s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+        let (salt, iterations) = client.salt(server_first).unwrap();
+        let salted = salted_password(b"pencil", &salt, iterations);
+        let (client_final, finished) = client.finish(server_first, &salted).unwrap();
+        assert_eq!(
+            client_final,
+            "c=cD10bHMtZXhwb3J0ZXIsLAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f,\
+             r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,\
+             p=QC6CS20quADQRb3mT99YUH+n3VJxUvzuK0K0E1Vrs2M="
+        );
+        finished
+            .verify("v=2GiAgapEppLVlUXbxUDksL3VgYHzuqiK5tR4mhJGgvs=")
+            .unwrap();
+        assert_eq!(
+            Verifier::new(b"pencil", &salt, 4096).to_string(),
+            "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$\
+             WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:\
+             wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
+        );
+    }
+
     #[test]
     fn verifiers_read_back_and_hold_no_password() {
         let v = Verifier::generate(b"correct horse", MIN_ITERATIONS);
