@@ -3,7 +3,6 @@
 //! rustls configuration every connection is accepted with.
 
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -17,6 +16,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio_rustls::TlsAcceptor;
 
+use crate::private;
 use crate::Config;
 
 /// Where the generated identity lives, in the state directory.
@@ -220,7 +220,7 @@ fn generate_if_missing(dir: &Path) -> anyhow::Result<()> {
     if key_path.exists() && cert_path.exists() {
         return Ok(());
     }
-    create_private_dir(dir)?;
+    private::create_dir(dir)?;
     let key = if key_path.exists() {
         let pem = std::fs::read_to_string(&key_path)
             .with_context(|| format!("cannot read {}", key_path.display()))?;
@@ -229,7 +229,7 @@ fn generate_if_missing(dir: &Path) -> anyhow::Result<()> {
     } else {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
             .context("cannot generate the server key")?;
-        write_atomically(&key_path, key.serialize_pem().as_bytes())?;
+        private::write_atomically(&key_path, key.serialize_pem().as_bytes())?;
         key
     };
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
@@ -240,38 +240,8 @@ fn generate_if_missing(dir: &Path) -> anyhow::Result<()> {
     let cert = params
         .self_signed(&key)
         .context("cannot sign the server certificate")?;
-    write_atomically(&cert_path, cert.pem().as_bytes())?;
+    private::write_atomically(&cert_path, cert.pem().as_bytes())?;
     Ok(())
-}
-
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create {}", dir.display()))
-}
-
-/// Writes `bytes` to `path` through a private temporary file in the same directory, synced,
-/// then renamed over it.
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().expect("a file in a directory");
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .and_then(|()| std::fs::File::open(dir)?.sync_all());
-    written.with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[cfg(test)]
