@@ -16,7 +16,9 @@
 //! The proxy tracks frames on the bytes as the sender wrote them, so a flipped byte misleads the
 //! receiver but never the proxy. It holds each length prefix and header back until the header is
 //! complete, so that a fault can pick its frame by type ([`FrameRef`]); bodies stream through.
-//! Byte-count faults ([`Action::Cut`], [`Action::Stall`]) count the bytes forwarded.
+//! Byte-count faults ([`Action::FlipByte`], [`Action::Cut`], [`Action::Stall`]) count the bytes
+//! forwarded and know nothing of frames, so they work on an opaque stream too: over TLS, where
+//! the frames are encrypted, they are the only faults that can aim.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -121,6 +123,9 @@ pub enum Action {
     /// Shuts down both sockets instead of forwarding the frame: the frame is lost, and
     /// everything after it.
     CutBefore { frame: FrameRef },
+    /// XORs `0xff` into the byte at offset `at` (from 0) of the direction's stream, whatever
+    /// it is: over TLS, a damaged record that its receiver must refuse.
+    FlipByte { at: u64 },
     /// Forwards `after` bytes, then shuts down both sockets of the connection.
     Cut { after: u64 },
     /// Forwards `after` bytes, then stops forwarding for `duration` (`None`: until the proxy is
@@ -166,6 +171,11 @@ impl Fault {
     /// Cuts the connection instead of forwarding `frame`.
     pub fn cut_before(direction: Direction, frame: FrameRef) -> Fault {
         Fault::new(direction, Action::CutBefore { frame })
+    }
+
+    /// Flips the byte at offset `at` (from 0) of this direction's stream.
+    pub fn flip_byte(direction: Direction, at: u64) -> Fault {
+        Fault::new(direction, Action::FlipByte { at })
     }
 
     /// Cuts the connection once `after` bytes went this way.
@@ -215,6 +225,7 @@ impl fmt::Display for Fault {
             Action::FlipHeader { frame } => write!(f, "flip header of {frame}")?,
             Action::FlipLength { frame } => write!(f, "flip length of {frame}")?,
             Action::CutBefore { frame } => write!(f, "cut before {frame}")?,
+            Action::FlipByte { at } => write!(f, "flip byte {at}")?,
             Action::Cut { after } => write!(f, "cut after {after} B")?,
             Action::Stall {
                 after,
@@ -483,7 +494,7 @@ impl Pump {
                 applied.cut_at
             };
             let end = cut_at.unwrap_or(out.len());
-            self.send(&out[..end])?;
+            self.send(&mut out[..end])?;
             if cut_at.is_some() {
                 self.close();
                 return Err(io::ErrorKind::ConnectionAborted.into());
@@ -497,19 +508,27 @@ impl Pump {
         }
     }
 
-    /// Writes `data` on, stopping where a byte-count fault says.
-    fn send(&mut self, mut data: &[u8]) -> io::Result<()> {
-        while let Some((before, halt)) = self.halts.next_within(data.len()) {
-            self.to.write_all(&data[..before])?;
-            self.halts.advance(before);
-            data = &data[before..];
+    /// Writes `data` on, with the bytes a byte-count fault names flipped, stopping where one
+    /// says.
+    fn send(&mut self, data: &mut [u8]) -> io::Result<()> {
+        // `data[start..]` is still to go; `halts.pos` counts the bytes before it.
+        let mut start = 0;
+        while let Some((before, halt)) = self.halts.next_within(data.len() - start) {
+            let at = start + before;
             match halt {
+                Halt::Flip => {
+                    data[at] ^= 0xff;
+                    self.event(&format!("flipped byte {}", self.halts.pos + before as u64));
+                }
                 Halt::Cut => {
+                    self.pass(&data[start..at])?;
                     self.event(&format!("cut after {} B", self.halts.pos));
                     self.close();
                     return Err(io::ErrorKind::ConnectionAborted.into());
                 }
                 Halt::Stall(duration) => {
+                    self.pass(&data[start..at])?;
+                    start = at;
                     self.event(&format!(
                         "stalled after {} B for {}",
                         self.halts.pos,
@@ -521,6 +540,11 @@ impl Pump {
                 }
             }
         }
+        self.pass(&data[start..])
+    }
+
+    /// Writes `data` on and counts it.
+    fn pass(&mut self, data: &[u8]) -> io::Result<()> {
         self.to.write_all(data)?;
         self.halts.advance(data.len());
         Ok(())
@@ -530,11 +554,14 @@ impl Pump {
 /// What a byte-count fault does when its byte comes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Halt {
+    /// XOR `0xff` into the byte, forward it and carry on.
+    Flip,
     Cut,
     Stall(Option<Duration>),
 }
 
-/// The byte-count faults of one direction, in stream order, and how far the stream got.
+/// The byte-count faults of one direction, in stream order, and how far the stream got. A flip
+/// at `after` hits the byte that follows the first `after`, the one a cut there would lose.
 struct Halts {
     /// Bytes forwarded so far.
     pos: u64,
@@ -547,6 +574,7 @@ impl Halts {
         let mut pending: Vec<(u64, Halt)> = actions
             .iter()
             .filter_map(|a| match *a {
+                Action::FlipByte { at } => Some((at, Halt::Flip)),
                 Action::Cut { after } => Some((after, Halt::Cut)),
                 Action::Stall { after, duration } => Some((after, Halt::Stall(duration))),
                 _ => None,
@@ -1051,6 +1079,17 @@ mod tests {
         assert_eq!(h.next_within(usize::MAX), None);
     }
 
+    #[test]
+    fn a_flip_takes_the_byte_after_its_count_and_halts_nothing() {
+        let mut h = Halts::new(&[Action::Cut { after: 8 }, Action::FlipByte { at: 2 }]);
+        assert_eq!(h.next_within(2), None);
+        h.advance(2);
+        assert_eq!(h.next_within(1), Some((0, Halt::Flip)));
+        // The flip did not move the stream on: the cut is still 6 bytes away.
+        assert_eq!(h.next_within(6), None);
+        assert_eq!(h.next_within(7), Some((6, Halt::Cut)));
+    }
+
     /// An upstream that echoes everything back, one connection at a time, until it is dropped.
     fn echo_server() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1099,6 +1138,38 @@ mod tests {
         assert_eq!(proxy.connections(), 3);
         assert_eq!(proxy.events().len(), 1, "{:?}", proxy.events());
         assert!(proxy.events()[0].starts_with("conn 1 s->c: flipped body"));
+    }
+
+    /// Bytes that are not frames (the first length is far too large), as a TLS stream is not.
+    fn opaque(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + 1) as u8).collect()
+    }
+
+    #[test]
+    fn flips_the_byte_at_an_offset_of_an_opaque_stream() {
+        // Longer than one read, so the second flip falls in a later piece than the first.
+        let data = opaque(3 * BUF_SIZE);
+        let late = 2 * BUF_SIZE as u64 + 17;
+        let proxy = Proxy::start(
+            echo_server(),
+            vec![
+                Fault::flip_byte(Direction::ClientToServer, 5).on_every_connection(),
+                Fault::flip_byte(Direction::ServerToClient, late).on_connection(1),
+            ],
+        );
+        assert_eq!(diff(&data, &round_trip(&proxy, &data)), [(5, 0xff)]);
+        assert_eq!(
+            diff(&data, &round_trip(&proxy, &data)),
+            [(5, 0xff), (late as usize, 0xff)]
+        );
+        assert_eq!(
+            proxy.events(),
+            [
+                "conn 0 c->s: flipped byte 5",
+                "conn 1 c->s: flipped byte 5",
+                &format!("conn 1 s->c: flipped byte {late}"),
+            ]
+        );
     }
 
     #[test]

@@ -251,3 +251,42 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sniff<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first bytes of a server's TLS answer: a handshake record.
+    const TLS_START: &[u8] = b"\x16\x03\x03\x00\x7a\x02";
+
+    fn tls_error(e: rustls::Error) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
+
+    /// A record damaged in transit fails the handshake on one side or the other, which sees a
+    /// bad MAC or the peer's alert: a broken connection, retried like a dropped one.
+    #[test]
+    fn a_damaged_handshake_is_a_lost_connection() {
+        for e in [
+            rustls::Error::DecryptError,
+            rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac),
+            rustls::Error::AlertReceived(rustls::AlertDescription::DecryptError),
+            rustls::Error::AlertReceived(rustls::AlertDescription::DecodeError),
+        ] {
+            let why = format!("{e:?}");
+            let err = handshake_failed("h:1", tls_error(e), TLS_START, false);
+            assert!(
+                matches!(err, ClientError::ConnectionLost(_)) && err.is_retriable(),
+                "{why}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_alpn_is_not_the_protocol_and_not_retried() {
+        let e = rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol);
+        let err = handshake_failed("h:1", tls_error(e), TLS_START, false);
+        assert!(matches!(err, ClientError::NotProtocol(_)), "{err:?}");
+        assert!(!err.is_retriable());
+    }
+}

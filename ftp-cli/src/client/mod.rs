@@ -121,7 +121,8 @@ impl Client {
     }
 
     /// Exchanges hellos: the server must choose a protocol version we offered and use
-    /// `digest`. The error is the reason the connection cannot be used.
+    /// `digest`. The error is the reason the connection cannot be used, or the link failing
+    /// under the exchange.
     async fn hello(&mut self, digest: DigestKind) -> Result<(), Refusal> {
         let ours = Hello {
             version: VERSION,
@@ -131,9 +132,12 @@ impl Client {
             max_chunk: protocol::MAX_BODY as u32,
             digest,
         };
+        // A link that fails under the hellos (dropped, or a TLS record damaged on the way, which
+        // TLS reports as a broken connection) is lost like one under any request: retried,
+        // where a server's refusal is not.
         self.send(Message::Hello(ours.clone()))
             .await
-            .map_err(|e| Refusal::Reason(e.to_string()))?;
+            .map_err(Refusal::Error)?;
         let addr = self.addr.clone();
         let not_ftpd = || {
             Refusal::Error(ClientError::NotProtocol(format!(
@@ -172,7 +176,7 @@ impl Client {
             ))),
             // Bytes that do not form a frame before the first hello: not ftpd.
             Err(ClientError::Protocol(_)) => Err(not_ftpd()),
-            Err(e) => Err(Refusal::Reason(e.to_string())),
+            Err(e) => Err(Refusal::Error(e)),
         }
     }
 

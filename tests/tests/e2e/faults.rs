@@ -2,6 +2,10 @@
 //! stream, a daemon killed mid-upload, a full disk. Each ends in a byte-identical file or a clear
 //! one-line error, never a wrong file where the user looks for the right one.
 //!
+//! The frame faults need to see frames, so those cases run in plaintext on loopback; the same
+//! kinds of damage over TLS aim at byte offsets instead (`tls_*`), where a damaged record is a
+//! broken connection and must end in an identical file after a reconnect.
+//!
 //! Every case prints one `fault-table` row on stderr; `cargo test --test e2e faults --
 //! --nocapture` shows which outcome each fault actually had.
 
@@ -17,7 +21,7 @@ use tempfile::TempDir;
 
 use crate::util::{
     assert_missing, assert_same_file, names, staged_bytes, tmpdir, wait_until, write_random,
-    Daemon, Run, Site, MIB,
+    Daemon, Keys, Run, Site, MIB,
 };
 
 use Direction::{ClientToServer as C2S, ServerToClient as S2C};
@@ -34,6 +38,9 @@ const FIRST_CHUNK: u64 = MIB / 2;
 const CLIENT_TIMEOUT: &str = "2s";
 /// How long one client run may take before the test fails instead of hanging.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
+/// The one user of the daemon in the cases that log in, whose home is the whole root.
+const USERS: &str = "[[user]]\nname = \"alice\"\nsecret = \"alice's secret\"\nhome = \"/\"\n";
+const ALICE: &str = "alice's secret";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
@@ -50,9 +57,12 @@ enum Allowed {
     Clean,
     /// Either an identical file (retries or not) or a clear error.
     IdenticalOrError,
-    /// A clear error after exactly `attempts` connections (`None`: at most `1 + retries`), and
-    /// no file at the target.
-    Fails { attempts: Option<usize> },
+    /// A clear error after exactly `attempts` connections (`None`: at most `1 + retries`), with
+    /// exit status `exit` (`None`: any failure), and no file at the target.
+    Fails {
+        attempts: Option<usize>,
+        exit: Option<i32>,
+    },
 }
 
 /// What a case ended in.
@@ -60,17 +70,23 @@ enum Allowed {
 enum Outcome {
     /// Exit 0, the target byte-identical, after `retries` resumes.
     Identical { retries: usize },
-    /// Non-zero exit with this one-line error, after `retries` resumes.
-    Failed { retries: usize, error: String },
+    /// Exit status `exit` (not 0) with this one-line error, after `retries` resumes.
+    Failed {
+        retries: usize,
+        exit: i32,
+        error: String,
+    },
 }
 
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Identical { retries } => write!(f, "identical   | retries {retries}"),
-            Outcome::Failed { retries, error } => {
-                write!(f, "clear error | retries {retries} | {error}")
-            }
+            Outcome::Failed {
+                retries,
+                exit,
+                error,
+            } => write!(f, "clear error | retries {retries} | exit {exit} | {error}"),
         }
     }
 }
@@ -85,6 +101,10 @@ struct Case {
     retries: Option<usize>,
     /// More client arguments.
     args: Vec<&'static str>,
+    /// Over TLS, where only the byte faults can aim; plaintext otherwise.
+    tls: bool,
+    /// The daemon has a user, and the client logs in as it.
+    login: bool,
     allowed: Allowed,
 }
 
@@ -96,8 +116,30 @@ impl Case {
             faults: vec![fault],
             retries: None,
             args: vec![],
+            tls: false,
+            login: false,
             allowed,
         }
+    }
+
+    /// The same over TLS.
+    fn tls(mut self) -> Case {
+        self.tls = true;
+        self
+    }
+
+    /// The same with a login: the daemon has [`USERS`].
+    fn login(mut self) -> Case {
+        self.login = true;
+        self
+    }
+
+    /// A case that must fail with exit status `code`.
+    fn exits(mut self, code: i32) -> Case {
+        if let Allowed::Fails { exit, .. } = &mut self.allowed {
+            *exit = Some(code);
+        }
+        self
     }
 
     /// The same, with BLAKE3 as the transfer digest.
@@ -115,15 +157,30 @@ impl Case {
             faults: vec![fault.on_every_connection()],
             retries: Some(2),
             args: vec![],
-            allowed: Allowed::Fails { attempts },
+            tls: false,
+            login: false,
+            allowed: Allowed::Fails {
+                attempts,
+                exit: None,
+            },
         }
     }
 
     /// Runs the transfer, checks what it left behind, prints the table row and checks the
     /// outcome is one this case allows.
     fn run(self) {
-        // The faults here find frames in the stream: plaintext, on loopback.
-        let daemon = Daemon::with_args(["--insecure-plaintext"]);
+        // The frame faults find frames in the stream: plaintext, on loopback.
+        let site = Site::new();
+        let mut daemon = site.daemon();
+        if !self.tls {
+            daemon = daemon.arg("--insecure-plaintext");
+        }
+        if self.login {
+            let users = site.private_file("etc/users.toml", USERS);
+            daemon = daemon.arg("--users").arg(users);
+        }
+        let daemon = daemon.start();
+        let keys = Keys::new();
         let work = tmpdir();
         let reference = tmpdir();
         let src = reference.path().join(NAME);
@@ -148,6 +205,9 @@ impl Case {
             .arg(CLIENT_TIMEOUT);
         if let Some(n) = self.retries {
             cli = cli.arg("--retries").arg(n.to_string());
+        }
+        if self.login {
+            cli = cli.user("alice", keys.secret("alice", ALICE));
         }
         for arg in &self.args {
             cli = cli.arg(arg);
@@ -174,6 +234,16 @@ impl Case {
             self.name
         );
         self.check_leftovers(&daemon, &work, &outcome, &run);
+        if self.login {
+            // TLS refuses a damaged `auth` before the daemon reads it: no failed login, so no
+            // penalty for the retry to sit out.
+            let log = daemon.log();
+            assert!(
+                !log.contains("authentication failed") && !log.contains("login refused"),
+                "{}: the damage counted as a failed login; {run}\ndaemon log:\n{log}",
+                self.name
+            );
+        }
 
         let retries = match &outcome {
             Outcome::Identical { retries } | Outcome::Failed { retries, .. } => *retries,
@@ -190,8 +260,17 @@ impl Case {
             }
             (Allowed::Clean, Outcome::Identical { retries: 0 }) => {}
             (Allowed::IdenticalOrError, _) => {}
-            (Allowed::Fails { attempts: want }, Outcome::Failed { .. }) => {
+            (
+                Allowed::Fails {
+                    attempts: want,
+                    exit,
+                },
+                Outcome::Failed { exit: got, .. },
+            ) => {
                 assert_missing(&target);
+                if let Some(exit) = exit {
+                    assert_eq!(*got, exit, "{}: exit status; {run}", self.name);
+                }
                 let max = 1 + self.retries.unwrap_or(3);
                 match want {
                     Some(want) => assert_eq!(
@@ -295,6 +374,7 @@ fn classify(run: &Run, src: &Path, target: &Path) -> Outcome {
         );
         Outcome::Failed {
             retries,
+            exit: run.status.code().expect("checked above"),
             error: others[0].to_owned(),
         }
     }
@@ -549,6 +629,212 @@ fn stall_every_time_on_put() {
 fn stall_every_time_on_get() {
     let fault = Fault::stall_forever(S2C, FIRST_CHUNK);
     Case::every("every conn: stall forever", Op::Get, fault, Some(3)).run();
+}
+
+// The same kinds of damage over TLS. The proxy cannot see frames there, so each fault aims at
+// a byte offset, chosen from a recorded session (TLS 1.3, the daemon's Ed25519 key; offsets of
+// the first connection, record header included):
+//
+//   c->s: ClientHello 0..209, ChangeCipherSpec 209..215, Finished 215..289, then one record a
+//         frame: `hello` 289..444, then `auth` 444..648 when logging in, then the request.
+//   s->c: ServerHello 0..127, ChangeCipherSpec 127..133, the encrypted handshake 133..586,
+//         then `hello` 586..744 (..725 without users); anonymous, `put_ready` 730..831 and
+//         `stored` 831..933; logging in, `auth_challenge` 749..875 and `auth_ok` 875..992.
+//
+// Each offset is well inside its record, so a few bytes more or less in a message do not move
+// it into the next. Whatever it hits, a damaged record is a broken connection: the client
+// reconnects and resumes, and the file ends identical.
+
+/// Inside the ClientHello's random (after the 5-byte record header, which decides whether the
+/// daemon takes the stream for TLS): the daemon answers a hello the client never sent.
+const TLS_CLIENT_HELLO: u64 = 30;
+/// Inside the ServerHello's key share: the two sides derive different keys.
+const TLS_SERVER_HELLO: u64 = 100;
+/// Inside the client's `hello` record.
+const TLS_CLIENT_GREETING: u64 = 360;
+/// Inside the daemon's `hello` record.
+const TLS_SERVER_GREETING: u64 = 650;
+/// Inside the client's `auth` record.
+const TLS_AUTH: u64 = 540;
+/// Inside the daemon's `auth_challenge` record.
+const TLS_AUTH_CHALLENGE: u64 = 800;
+/// Inside the daemon's `auth_ok` record.
+const TLS_AUTH_OK: u64 = 930;
+/// Inside the daemon's `put_ready` record.
+const TLS_PUT_READY: u64 = 780;
+/// Inside the daemon's `stored` record: the file is in place, the client does not know.
+const TLS_STORED: u64 = 880;
+/// Mid-transfer, past the first verified chunks.
+const TLS_MIDSTREAM: u64 = 3 * MIB;
+
+#[test]
+fn tls_client_hello_flipped() {
+    let fault = Fault::flip_byte(C2S, TLS_CLIENT_HELLO);
+    Case::new("tls: ClientHello flipped", Op::Put, fault, Allowed::Resumed)
+        .tls()
+        .run();
+}
+
+#[test]
+fn tls_server_hello_flipped() {
+    let fault = Fault::flip_byte(S2C, TLS_SERVER_HELLO);
+    Case::new("tls: ServerHello flipped", Op::Get, fault, Allowed::Resumed)
+        .tls()
+        .run();
+}
+
+/// Regression: a damaged record under the hellos ended in "cannot connect" without a retry,
+/// as if the server had refused.
+#[test]
+fn tls_client_greeting_flipped() {
+    let fault = Fault::flip_byte(C2S, TLS_CLIENT_GREETING);
+    Case::new(
+        "tls: client hello frame flipped",
+        Op::Put,
+        fault,
+        Allowed::Resumed,
+    )
+    .tls()
+    .run();
+}
+
+#[test]
+fn tls_server_greeting_flipped() {
+    let fault = Fault::flip_byte(S2C, TLS_SERVER_GREETING);
+    Case::new(
+        "tls: server hello frame flipped",
+        Op::Get,
+        fault,
+        Allowed::Resumed,
+    )
+    .tls()
+    .run();
+}
+
+/// The damaged `auth` never reaches the daemon's login check, so it costs no penalty (the case
+/// checks the daemon's log), and the retry logs in.
+#[test]
+fn tls_auth_flipped() {
+    let fault = Fault::flip_byte(C2S, TLS_AUTH);
+    Case::new("tls: auth flipped", Op::Put, fault, Allowed::Resumed)
+        .tls()
+        .login()
+        .run();
+}
+
+#[test]
+fn tls_auth_challenge_flipped() {
+    let fault = Fault::flip_byte(S2C, TLS_AUTH_CHALLENGE);
+    Case::new(
+        "tls: auth_challenge flipped",
+        Op::Get,
+        fault,
+        Allowed::Resumed,
+    )
+    .tls()
+    .login()
+    .run();
+}
+
+#[test]
+fn tls_auth_ok_flipped() {
+    let fault = Fault::flip_byte(S2C, TLS_AUTH_OK);
+    Case::new("tls: auth_ok flipped", Op::Put, fault, Allowed::Resumed)
+        .tls()
+        .login()
+        .run();
+}
+
+#[test]
+fn tls_put_ready_flipped() {
+    let fault = Fault::flip_byte(S2C, TLS_PUT_READY);
+    Case::new("tls: put_ready flipped", Op::Put, fault, Allowed::Resumed)
+        .tls()
+        .run();
+}
+
+/// Over TLS the lost `stored` is a broken connection, not a reply that might be misread: the
+/// retry finds the file stored and identical.
+#[test]
+fn tls_stored_flipped() {
+    let fault = Fault::flip_byte(S2C, TLS_STORED);
+    Case::new("tls: stored flipped", Op::Put, fault, Allowed::Resumed)
+        .tls()
+        .run();
+}
+
+#[test]
+fn tls_flipped_midstream_on_put() {
+    let fault = Fault::flip_byte(C2S, TLS_MIDSTREAM);
+    Case::new("tls: flipped at 3 MiB", Op::Put, fault, Allowed::Resumed)
+        .tls()
+        .run();
+}
+
+#[test]
+fn tls_flipped_midstream_on_get() {
+    let fault = Fault::flip_byte(S2C, TLS_MIDSTREAM);
+    Case::new("tls: flipped at 3 MiB", Op::Get, fault, Allowed::Resumed)
+        .tls()
+        .run();
+}
+
+#[test]
+fn tls_cut_midway_on_put() {
+    let fault = Fault::cut(C2S, MIDWAY);
+    Case::new("tls: cut midway", Op::Put, fault, Allowed::Resumed)
+        .tls()
+        .run();
+}
+
+#[test]
+fn tls_cut_midway_on_get() {
+    let fault = Fault::cut(S2C, MIDWAY);
+    Case::new("tls: cut midway", Op::Get, fault, Allowed::Resumed)
+        .tls()
+        .run();
+}
+
+/// Longer than the client's `--timeout`: the client gives up on the connection and resumes.
+#[test]
+fn tls_long_stall_on_put() {
+    let fault = Fault::stall(C2S, MIDWAY, Duration::from_secs(4));
+    Case::new("tls: stall 4s > timeout", Op::Put, fault, Allowed::Resumed)
+        .tls()
+        .run();
+}
+
+#[test]
+fn tls_long_stall_on_get() {
+    let fault = Fault::stall(S2C, MIDWAY, Duration::from_secs(4));
+    Case::new("tls: stall 4s > timeout", Op::Get, fault, Allowed::Resumed)
+        .tls()
+        .run();
+}
+
+/// Damage on every connection, the handshake's included: the client gives up after its retries
+/// as for a link that keeps dropping (exit 3), and leaves no file.
+#[test]
+fn tls_server_hello_flipped_every_time() {
+    let fault = Fault::flip_byte(S2C, TLS_SERVER_HELLO);
+    Case::every("tls every conn: ServerHello", Op::Get, fault, Some(3))
+        .tls()
+        .exits(3)
+        .run();
+}
+
+#[test]
+fn tls_flipped_in_chunk_0_every_time_on_put() {
+    let fault = Fault::flip_byte(C2S, FIRST_CHUNK);
+    Case::every(
+        "tls every conn: flipped in chunk 0",
+        Op::Put,
+        fault,
+        Some(3),
+    )
+    .tls()
+    .exits(3)
+    .run();
 }
 
 /// The daemon dies (SIGKILL) with three chunks of an upload staged; a new daemon on the same
