@@ -635,11 +635,13 @@ fn stall_every_time_on_get() {
 // a byte offset, chosen from a recorded session (TLS 1.3, the daemon's Ed25519 key; offsets of
 // the first connection, record header included):
 //
-//   c->s: ClientHello 0..209, ChangeCipherSpec 209..215, Finished 215..289, then one record a
-//         frame: `hello` 289..444, then `auth` 444..648 when logging in, then the request.
-//   s->c: ServerHello 0..127, ChangeCipherSpec 127..133, the encrypted handshake 133..586,
-//         then `hello` 586..744 (..725 without users); anonymous, `put_ready` 730..831 and
-//         `stored` 831..933; logging in, `auth_challenge` 749..875 and `auth_ok` 875..992.
+//   c->s: ClientHello 0..209, ChangeCipherSpec 209..215, (empty) Certificate and Finished
+//         215..297, then one record a frame: `hello` 297..452, then when logging in `auth`
+//         452..569 and `auth_final` 569..791, then the request.
+//   s->c: ServerHello 0..127, ChangeCipherSpec 127..133, the encrypted handshake (with its
+//         CertificateRequest) 133..617, then `hello` 617..793 (..761 without users);
+//         anonymous, `put_ready` 761..862 and `stored` 862..963; logging in, `auth_continue`
+//         793..938 and `auth_ok` 938..1039.
 //
 // Each offset is well inside its record, so a few bytes more or less in a message do not move
 // it into the next. Whatever it hits, a damaged record is a broken connection: the client
@@ -654,16 +656,18 @@ const TLS_SERVER_HELLO: u64 = 100;
 const TLS_CLIENT_GREETING: u64 = 360;
 /// Inside the daemon's `hello` record.
 const TLS_SERVER_GREETING: u64 = 650;
-/// Inside the client's `auth` record.
-const TLS_AUTH: u64 = 540;
-/// Inside the daemon's `auth_challenge` record.
-const TLS_AUTH_CHALLENGE: u64 = 800;
-/// Inside the daemon's `auth_ok` record.
-const TLS_AUTH_OK: u64 = 930;
+/// Inside the client's `auth` record (SCRAM's first message).
+const TLS_AUTH: u64 = 500;
+/// Inside the daemon's `auth_continue` record (SCRAM's salt and nonce).
+const TLS_AUTH_CONTINUE: u64 = 860;
+/// Inside the client's `auth_final` record (SCRAM's proof).
+const TLS_AUTH_FINAL: u64 = 680;
+/// Inside the daemon's `auth_ok` record (its SCRAM signature).
+const TLS_AUTH_OK: u64 = 990;
 /// Inside the daemon's `put_ready` record.
-const TLS_PUT_READY: u64 = 780;
+const TLS_PUT_READY: u64 = 810;
 /// Inside the daemon's `stored` record: the file is in place, the client does not know.
-const TLS_STORED: u64 = 880;
+const TLS_STORED: u64 = 910;
 /// Mid-transfer, past the first verified chunks.
 const TLS_MIDSTREAM: u64 = 3 * MIB;
 
@@ -723,10 +727,10 @@ fn tls_auth_flipped() {
 }
 
 #[test]
-fn tls_auth_challenge_flipped() {
-    let fault = Fault::flip_byte(S2C, TLS_AUTH_CHALLENGE);
+fn tls_auth_continue_flipped() {
+    let fault = Fault::flip_byte(S2C, TLS_AUTH_CONTINUE);
     Case::new(
-        "tls: auth_challenge flipped",
+        "tls: auth_continue flipped",
         Op::Get,
         fault,
         Allowed::Resumed,
@@ -734,6 +738,17 @@ fn tls_auth_challenge_flipped() {
     .tls()
     .login()
     .run();
+}
+
+/// A damaged proof is caught by TLS, not checked by the daemon: no penalty, and the retry
+/// logs in.
+#[test]
+fn tls_auth_final_flipped() {
+    let fault = Fault::flip_byte(C2S, TLS_AUTH_FINAL);
+    Case::new("tls: auth_final flipped", Op::Put, fault, Allowed::Resumed)
+        .tls()
+        .login()
+        .run();
 }
 
 #[test]
