@@ -230,7 +230,7 @@ fn parallel_connections_cannot_multiply_the_guessing_rate() {
         })
         .collect();
     for (peer, nonce) in &mut peers {
-        let message = auth_message(&peer, "alice", "guess", nonce);
+        let message = auth_message(peer, "alice", "guess", nonce);
         peer.send(&message);
     }
     let answers: Vec<ErrorReply> = peers

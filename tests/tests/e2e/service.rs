@@ -761,7 +761,7 @@ fn connection_open_and_close_are_logged_with_a_reason() {
     drop(silent);
 
     // One that makes the TLS handshake but never says hello.
-    let mut quiet = Raw::connect(ftpd.addr());
+    let quiet = Raw::connect(ftpd.addr());
     let peer = quiet.local_addr().to_string();
     let line = wait_for_json(&ftpd, closed(&peer));
     assert_eq!(line["reason"], "no hello within the time limit", "{line}");
