@@ -214,9 +214,19 @@ fn handshake_failed(addr: &str, e: std::io::Error, first: &[u8], ca: bool) -> Cl
                 "{addr} speaks TLS but not the ftpd protocol (it refused ALPN \"ftpd\")"
             ))
         }
-        Some(rustls::Error::InvalidCertificate(why)) if ca => ClientError::Untrusted(format!(
-            "the certificate of {addr} is not valid for it: {why:?}"
-        )),
+        Some(rustls::Error::InvalidCertificate(why)) if ca => {
+            // rustls's words, which name the names a certificate is for; its bare variant
+            // names otherwise.
+            let why = match why {
+                rustls::CertificateError::UnknownIssuer => {
+                    "it is not issued by a CA given (--ca-file, --ca-system)".to_owned()
+                }
+                why => why.to_string(),
+            };
+            ClientError::Untrusted(format!(
+                "the certificate of {addr} is not valid for it: {why}"
+            ))
+        }
         _ if first.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => {
             ClientError::ConnectionLost(format!("{addr} closed the connection before TLS"))
         }
