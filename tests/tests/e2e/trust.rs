@@ -1,27 +1,38 @@
-//! Whom the client trusts: first contact at a terminal and in scripts, `--fingerprint`, a
-//! changed key, CA certificates, a certificate reloaded on SIGHUP, and TLS and plaintext (or
-//! another protocol) mismatched.
+//! Whom the client trusts and what TLS keeps from those in between: first contact at a terminal
+//! and in scripts, `--fingerprint`, a changed key, CA certificates, a certificate reloaded on
+//! SIGHUP, TLS and plaintext mismatched, a relay that terminates TLS, a forged login proof, a
+//! recording of the wire, and a server with a copied certificate but not its key.
 //!
 //! Every test that pins keys has a known_hosts file of its own (`--known-hosts`): the data
 //! directory the harness gives all clients is shared by the whole run.
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use protocol::auth::{self, Role};
 use protocol::tls::Fingerprint;
+use protocol::{capability, AuthChallenge, AuthOk, Hello, Message, VERSION};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rexpect::session::{spawn_with_options, Options, PtySession};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tempfile::TempDir;
 
-use crate::raw::Raw;
-use crate::util::{bin, clean_env, tmpdir, write_file, Cli, Daemon, Site};
+use crate::raw::{self, Raw};
+use crate::util::{
+    assert_missing, assert_same_file, bin, clean_env, staged_bytes, tmpdir, write_file,
+    write_random, Cli, Daemon, Keys, Site,
+};
 
 /// ftp-cli's exit status for a server not trusted (unknown, refused at the prompt, a CA that
 /// does not vouch for it) or a login that failed either way.
@@ -35,6 +46,16 @@ const KEY_CHANGED: i32 = 10;
 const QUICK: Duration = Duration::from_secs(20);
 /// How long a fake server waits for the client, and a shell for what a step waits for.
 const STEP: Duration = Duration::from_secs(30);
+
+/// One user, `marguerite-quintessa`, whose name the wire must never show.
+const USER: &str = "marguerite-quintessa";
+const SECRET: &str = "the quokka sings at dawn";
+const USERS: &str = r#"
+[[user]]
+name = "marguerite-quintessa"
+secret = "the quokka sings at dawn"
+home = "home"
+"#;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -710,6 +731,361 @@ fn plaintext_daemon_refuses_to_listen_beyond_loopback() {
         log.contains("refusing --insecure-plaintext on 0.0.0.0:") && log.contains("loopback"),
         "{log}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Men in the middle
+
+/// A man in the middle that terminates TLS: it shows the client the tests' own certificate,
+/// opens a TLS connection of its own to the daemon, and relays the plaintext both ways.
+struct TlsRelay {
+    addr: SocketAddr,
+    /// Stops the relay when dropped.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl TlsRelay {
+    fn start(upstream: SocketAddr) -> TlsRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config());
+                let connector = tokio_rustls::TlsConnector::from(crate::tls::any_server_config());
+                loop {
+                    let tcp = tokio::select! {
+                        _ = &mut stopped => return,
+                        accepted = listener.accept() => match accepted {
+                            Ok((tcp, _)) => tcp,
+                            Err(_) => return,
+                        },
+                    };
+                    let (acceptor, connector) = (acceptor.clone(), connector.clone());
+                    tokio::spawn(async move {
+                        let Ok(mut down) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                            return;
+                        };
+                        let name = ServerName::try_from("localhost").unwrap();
+                        let Ok(mut up) = connector.connect(name, up).await else {
+                            return;
+                        };
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    });
+                }
+            });
+        });
+        TlsRelay { addr, _stop: stop }
+    }
+}
+
+/// A user who accepts whatever key is shown (`--accept-new-host`) is still safe with a secret:
+/// the login proofs are bound to the TLS connection, and a relay has two of them.
+#[test]
+fn a_relay_that_terminates_tls_cannot_log_in_for_the_client() {
+    let site = Site::new();
+    let users = site.private_file("users.toml", USERS);
+    // No penalty for the relay's failed login: the client logs in directly right after.
+    let daemon = site
+        .daemon()
+        .arg("--users")
+        .arg(&users)
+        .args(["--login-penalty", "0s"])
+        .start();
+    let relay = TlsRelay::start(daemon.addr());
+    let keys = Keys::new();
+    let work = tmpdir();
+    write_random(work.path().join("a.txt"), 10_000, 71);
+    let hosts = KnownHosts::new();
+
+    hosts
+        .cli(relay.addr)
+        .arg("--accept-new-host")
+        .user(USER, keys.secret(USER, SECRET))
+        .cwd(&work)
+        .cmds("put a.txt")
+        .timeout(QUICK)
+        .run()
+        .exits(UNTRUSTED)
+        .stderr_has(&format!("authentication failed for {USER}@"));
+    daemon.wait_for_log(&["authentication failed", USER]);
+    assert!(!daemon.log().contains("authenticated"), "{}", daemon.log());
+    assert_missing(site.root().join("home/a.txt"));
+    assert_eq!(
+        staged_bytes(&daemon.staging()),
+        0,
+        "bytes of the put staged"
+    );
+    // The relay's key was pinned: the client did go through it.
+    assert!(hosts
+        .read()
+        .unwrap()
+        .contains(&crate::tls::identity().fingerprint.to_string()));
+
+    // Without the relay, the same client and secret get in.
+    daemon
+        .cli()
+        .user(USER, keys.secret(USER, SECRET))
+        .cwd(&work)
+        .cmds("put a.txt")
+        .run()
+        .ok();
+    assert_same_file(work.path().join("a.txt"), site.root().join("home/a.txt"));
+}
+
+/// A man in the middle that plays the server itself and, not knowing the secret, answers the
+/// login with a made-up proof: the client finds out and sends nothing more.
+#[test]
+fn a_server_that_forges_its_login_proof_gets_no_command() {
+    let mitm = Fake::start(1, |tcp| {
+        let mut peer = Raw::tls_server(tcp).expect("TLS with the client");
+        assert!(matches!(peer.recv(), Message::Hello(_)));
+        let Message::Hello(ours) = raw::hello_message() else {
+            unreachable!()
+        };
+        peer.send(&Message::Hello(Hello {
+            capabilities: vec![capability::AUTH_HMAC_SHA256.into()],
+            agent: "ftpd/0.1.0".into(),
+            ..ours
+        }));
+        let challenge = auth::nonce();
+        peer.send(&Message::AuthChallenge(AuthChallenge { nonce: challenge }));
+        let Message::Auth(login) = peer.recv() else {
+            panic!("the client did not answer the challenge");
+        };
+        // The best it can do: sign the right transcript with a guess at the secret.
+        let transcript = auth::transcript(
+            Role::Server,
+            VERSION,
+            &peer.binding(),
+            &challenge,
+            &login.nonce,
+            &login.user,
+        );
+        peer.send(&Message::AuthOk(AuthOk {
+            mac: auth::sign(b"a guess", &transcript),
+        }));
+        let after: Vec<Message> = std::iter::from_fn(|| peer.try_recv()).collect();
+        (login.user, after)
+    });
+    let keys = Keys::new();
+    let work = tmpdir();
+    write_random(work.path().join("a.txt"), 10_000, 72);
+
+    // The user was talked into trusting the impostor's key.
+    Cli::new(mitm.addr)
+        .arg("--fingerprint")
+        .arg(crate::tls::identity().fingerprint.to_string())
+        .user(USER, keys.secret(USER, SECRET))
+        .cwd(&work)
+        .cmds("put a.txt")
+        .timeout(QUICK)
+        .run()
+        .exits(UNTRUSTED)
+        .one_line_error()
+        .stderr_has(&format!(
+            "the server at {} could not prove it knows the secret for {USER}",
+            mitm.addr
+        ));
+    let (user, after) = mitm.served();
+    assert_eq!(user, USER);
+    assert!(
+        after.is_empty(),
+        "after the forged proof the client sent {after:?}"
+    );
+}
+
+/// A plain TCP relay that keeps a copy of every byte, both ways.
+struct Recorder {
+    addr: SocketAddr,
+    capture: Arc<Mutex<Vec<u8>>>,
+    /// Set on drop, to end the accept loop.
+    stop: Arc<AtomicBool>,
+}
+
+impl Recorder {
+    fn start(upstream: SocketAddr) -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let capture = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tape, stopped) = (capture.clone(), stop.clone());
+        thread::spawn(move || {
+            for down in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let (Ok(down), Ok(up)) = (down, TcpStream::connect(upstream)) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up, down),
+                ] {
+                    let tape = tape.clone();
+                    thread::spawn(move || pump(from, to, &tape));
+                }
+            }
+        });
+        Recorder {
+            addr,
+            capture,
+            stop,
+        }
+    }
+
+    fn capture(&self) -> Vec<u8> {
+        self.capture.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop to see it.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// Copies `from` to `to`, recording, until `from` ends; then ends `to`'s writing side too.
+fn pump(mut from: TcpStream, mut to: TcpStream, tape: &Mutex<Vec<u8>>) {
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                tape.lock().unwrap().extend_from_slice(&buf[..n]);
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// Whether `needle` occurs anywhere in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// What someone recording the wire learns: nothing of the file, its name or the user's name.
+/// The same recording of a plaintext daemon has all three, so the search finds what is there.
+#[test]
+fn a_recording_of_the_wire_shows_no_file_name_user_or_contents() {
+    let marker = format!("MARKER-{}", auth::nonce());
+    let name = "ledger-of-the-quokka-4417.txt";
+    let work = tmpdir();
+    let file = work.path().join(name);
+    write_random(&file, 100_000, 73);
+    let mut contents = fs::read(&file).unwrap();
+    contents.splice(50_000..50_000, marker.bytes());
+    write_file(&file, &contents);
+    let keys = Keys::new();
+
+    for plaintext in [false, true] {
+        let site = Site::new();
+        let users = site.private_file("users.toml", USERS);
+        let mut daemon = site.daemon().arg("--users").arg(&users);
+        if plaintext {
+            daemon = daemon.arg("--insecure-plaintext");
+        }
+        let daemon = daemon.start();
+        let recorder = Recorder::start(daemon.addr());
+        let back = format!("back-{plaintext}.txt");
+        daemon
+            .cli_via(recorder.addr)
+            .user(USER, keys.secret(USER, SECRET))
+            .cwd(&work)
+            .round_trip(name, &back);
+        assert_same_file(&file, site.root().join("home").join(name));
+        let tape = recorder.capture();
+        assert!(
+            tape.len() > 2 * contents.len(),
+            "the recording has {} bytes: not both transfers",
+            tape.len()
+        );
+        for (what, needle) in [
+            ("contents", &marker),
+            ("file name", &name.to_owned()),
+            ("user name", &USER.to_owned()),
+        ] {
+            assert_eq!(
+                contains(&tape, needle.as_bytes()),
+                plaintext,
+                "the {what} {} in the recording of a {} daemon",
+                if plaintext { "is not" } else { "is" },
+                if plaintext { "plaintext" } else { "TLS" },
+            );
+        }
+    }
+}
+
+/// Always presents this certificate and key: skips the check rustls makes that they belong
+/// together, to play a server that copied a certificate without its private key.
+#[derive(Debug)]
+struct Always(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Always {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// A server with a copy of the pinned certificate but another private key: the fingerprint
+/// matches, the handshake's signature cannot, and the client goes no further.
+#[test]
+fn a_copied_certificate_without_its_key_is_refused() {
+    let daemon = Daemon::start();
+    let fp = daemon.fingerprint();
+    let pem = fs::read(daemon.state().join("tls/server-cert.pem")).unwrap();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let provider = protocol::tls::provider();
+    let other_key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        crate::tls::identity().key_der.clone(),
+    ));
+    let signer = provider.key_provider.load_private_key(other_key).unwrap();
+    let copied = Arc::new(CertifiedKey::new(chain, signer));
+    assert!(copied.keys_match().is_err(), "the key is the daemon's own");
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Always(copied)));
+    config.alpn_protocols = vec![protocol::tls::ALPN.to_vec()];
+    let config = Arc::new(config);
+    let impostor = Fake::start(2, move |tcp| serve_tls(tcp, config.clone()));
+    // The pin the impostor copies, for its own address.
+    let hosts = KnownHosts::with(&format!("{} {fp}\n", impostor.addr));
+
+    for cli in [
+        Cli::new(impostor.addr).arg("--fingerprint").arg(&fp),
+        hosts.cli(impostor.addr),
+    ] {
+        cli.cmds("ls")
+            .timeout(QUICK)
+            .run()
+            .exits(KEY_CHANGED)
+            .stderr_has("does not hold")
+            .stderr_has("Nothing was sent");
+        let served = impostor.served();
+        assert!(
+            !served.handshook && served.received.is_empty(),
+            "the client completed the handshake with an impostor"
+        );
+    }
+    assert_eq!(hosts.read().unwrap(), format!("{} {fp}\n", impostor.addr));
 }
 
 // ---------------------------------------------------------------------------------------------
