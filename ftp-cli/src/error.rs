@@ -16,7 +16,8 @@ pub enum ClientError {
     /// What answered is not an ftpd over TLS (or, told to use plaintext, speaks TLS).
     #[error("{0}")]
     NotProtocol(String),
-    /// The server's key is not the one pinned for it, or named by --fingerprint.
+    /// The server's key is not the one pinned for it, or named by --fingerprint; or the server
+    /// shows a key (a copied certificate) whose private half it does not hold.
     #[error("{0}")]
     KeyChanged(String),
     /// First contact: the server's key is not pinned yet, and nobody said to trust it.

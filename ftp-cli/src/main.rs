@@ -25,7 +25,8 @@ use protocol::DigestKind;
                   7 verification, protocol or internal failure; 8 some files of a multi-file \
                   command failed; 9 not the protocol expected (not TLS, not ftpd, or TLS and \
                   plaintext mismatched); 10 the server's key is not the one pinned for it \
-                  (changed, or not --fingerprint's); 130 cancelled (Ctrl-C).\n\n\
+                  (changed, not --fingerprint's, or shown without being held); 130 cancelled \
+                  (Ctrl-C).\n\n\
                   Every connection is TLS 1.3. The server's key is pinned at first contact in \
                   known_hosts, as ssh does: a changed key is refused.\n\n\
                   The connection is made by the first command that needs the server."

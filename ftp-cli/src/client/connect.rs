@@ -75,6 +75,11 @@ impl Client {
                         return Err(changed(&target, trust, expected, seen, pin_line));
                     }
                 }
+                if let (None, Some(seen)) = (roots, seen) {
+                    if bad_signature(&e) {
+                        return Err(not_its_key(&target, seen));
+                    }
+                }
                 let first = first.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 return Err(handshake_failed(&target, e, &first, roots.is_some()));
             }
@@ -109,6 +114,14 @@ impl Client {
     }
 }
 
+/// Three lines of `@` around `warning`, loud as ssh's.
+fn banner(warning: &str) -> String {
+    const WIDTH: usize = 61;
+    let bar = "@".repeat(WIDTH);
+    let line = format!("@    WARNING: {warning}");
+    format!("{bar}\n{line:<width$}@\n{bar}", width = WIDTH - 1)
+}
+
 /// The refusal of a server whose key is not the pinned one, loud as ssh's.
 fn changed(
     addr: &str,
@@ -117,10 +130,9 @@ fn changed(
     seen: Fingerprint,
     line: Option<usize>,
 ) -> ClientError {
-    let bar = "@".repeat(59);
-    let headline = match trust {
-        Trust::KnownHosts { .. } => "@    WARNING: THE SERVER'S KEY HAS CHANGED!                 @",
-        _ => "@    WARNING: THE SERVER'S KEY IS NOT THE ONE EXPECTED!     @",
+    let warning = match trust {
+        Trust::KnownHosts { .. } => "THE SERVER'S KEY HAS CHANGED!",
+        _ => "THE SERVER'S KEY IS NOT THE ONE EXPECTED!",
     };
     let pinned_where = match (trust, line) {
         (Trust::KnownHosts { file, .. }, Some(line)) => format!(
@@ -128,16 +140,44 @@ fn changed(
              If you know the server's key was replaced on purpose (ask its admin: ftpd \
              --fingerprint),\nremove that line (sed -i '{line}d' {}) and connect again.",
             file.display(),
-            file.display()
+            // Quoted, so that the command can be pasted whatever the path holds.
+            shell_words::quote(&file.to_string_lossy())
         ),
         _ => format!("--fingerprint names {expected}."),
     };
     ClientError::KeyChanged(format!(
-        "{bar}\n{headline}\n{bar}\n\
+        "{}\n\
          Someone could be eavesdropping on you right now (a man-in-the-middle attack),\n\
          or the server's key was replaced.\n\
          The server at {addr} presented the key {seen}.\n{pinned_where}\n\
-         Nothing was sent to it."
+         Nothing was sent to it.",
+        banner(warning)
+    ))
+}
+
+/// Whether the handshake failed on the server's signature: it presented a certificate whose
+/// key it does not hold.
+fn bad_signature(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadSignature
+        ))
+    )
+}
+
+/// The refusal of a server that presented a key (the pinned one, as like as not: a
+/// certificate is public) without proving it holds the private half: an impostor, not a
+/// network fault, so not retried and not reported as one.
+fn not_its_key(addr: &str, seen: Fingerprint) -> ClientError {
+    ClientError::KeyChanged(format!(
+        "{}\n\
+         The server at {addr} presented a certificate for the key {seen},\n\
+         but its TLS handshake is not signed by that key: it does not hold the key's private\n\
+         half. Someone could be impersonating the server with a copy of its certificate.\n\
+         Nothing was sent to it.",
+        banner("THE SERVER DOES NOT HOLD THE KEY IT SHOWS!")
     ))
 }
 
@@ -174,9 +214,19 @@ fn handshake_failed(addr: &str, e: std::io::Error, first: &[u8], ca: bool) -> Cl
                 "{addr} speaks TLS but not the ftpd protocol (it refused ALPN \"ftpd\")"
             ))
         }
-        Some(rustls::Error::InvalidCertificate(why)) if ca => ClientError::Untrusted(format!(
-            "the certificate of {addr} is not valid for it: {why:?}"
-        )),
+        Some(rustls::Error::InvalidCertificate(why)) if ca => {
+            // rustls's words, which name the names a certificate is for; its bare variant
+            // names otherwise.
+            let why = match why {
+                rustls::CertificateError::UnknownIssuer => {
+                    "it is not issued by a CA given (--ca-file, --ca-system)".to_owned()
+                }
+                why => why.to_string(),
+            };
+            ClientError::Untrusted(format!(
+                "the certificate of {addr} is not valid for it: {why}"
+            ))
+        }
         _ if first.is_empty() && e.kind() == std::io::ErrorKind::UnexpectedEof => {
             ClientError::ConnectionLost(format!("{addr} closed the connection before TLS"))
         }

@@ -10,6 +10,11 @@ mod util;
 // TLS for the tests' own peers: a raw client that takes any key, an identity for fake servers.
 mod tls;
 
+// Whom the client trusts: first contact at a terminal and in scripts, changed keys, CAs, a
+// certificate reloaded on SIGHUP, TLS and plaintext mismatched, and what relays, recorders and
+// impostors in between get.
+mod trust;
+
 // A peer that speaks the protocol's frames by hand, for what the real client never sends.
 mod raw;
 

@@ -90,6 +90,12 @@ impl Raw {
         Raw::tls_client(Raw::dial(addr))
     }
 
+    /// Connects in plaintext, to a daemon started with `--insecure-plaintext`.
+    #[track_caller]
+    pub fn plain(addr: SocketAddr) -> Raw {
+        Raw::from(Raw::dial(addr))
+    }
+
     #[track_caller]
     fn dial(addr: SocketAddr) -> TcpStream {
         TcpStream::connect_timeout(&addr, TIMEOUT)

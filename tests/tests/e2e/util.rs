@@ -711,6 +711,17 @@ impl Cli {
         }
     }
 
+    /// A client command aimed at `host`, as a user would type it (`localhost:2121`), for tests
+    /// of what the name itself decides: CA certificates checked against it, pins keyed by it.
+    pub fn host(host: impl Into<OsString>) -> Cli {
+        Cli {
+            args: vec![host.into()],
+            cwd: None,
+            stdin: None,
+            timeout: RUN_TIMEOUT,
+        }
+    }
+
     /// Runs the client in `dir`.
     pub fn cwd(mut self, dir: impl AsRef<Path>) -> Cli {
         self.cwd = Some(dir.as_ref().to_owned());
