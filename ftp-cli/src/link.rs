@@ -78,6 +78,10 @@ impl Dial {
                     )));
                 }
                 trust::pin(&known_hosts, &addr, &fingerprint)?;
+                eprintln!(
+                    "Pinned the key of {addr} in {}: a different key later will be refused.",
+                    known_hosts.display()
+                );
                 Client::connect(&self.addr, self.timeout, creds, self.digest, &self.security).await
             }
             (result, _) => result,
