@@ -88,8 +88,30 @@ pub struct Pin {
 /// Most bytes of a known_hosts file read: a file this large is not one people keep.
 const MAX_KNOWN_HOSTS: u64 = 16 << 20;
 
+/// How a server is named in known_hosts: `host:port` as typed, with the host's letters in
+/// lower case, a trailing dot dropped and an IP address in its canonical form, so that one
+/// server typed two ways has one pin.
+pub fn pin_name(addr: &str) -> String {
+    let (host, port) = match addr.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h, Some(p)),
+        _ => (addr, None),
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let host = match bare.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        Ok(ip) => ip.to_string(),
+        Err(_) => host.trim_end_matches('.').to_ascii_lowercase(),
+    };
+    match port {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
+    }
+}
+
 /// The key pinned for `host` in `file`, if any. A missing file pins nothing.
 pub fn pinned(file: &Path, host: &str) -> Result<Option<Pin>> {
+    let host = pin_name(host);
+    let host = host.as_str();
     let text = match read_capped(file) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -104,7 +126,7 @@ pub fn pinned(file: &Path, host: &str) -> Result<Option<Pin>> {
         let (Some(name), Some(key)) = (words.next(), words.next()) else {
             continue;
         };
-        if name == host {
+        if pin_name(name) == host {
             let fingerprint = key.parse().map_err(|e| {
                 ClientError::Usage(format!("{}, line {}: {e}", file.display(), i + 1))
             })?;
@@ -117,18 +139,27 @@ pub fn pinned(file: &Path, host: &str) -> Result<Option<Pin>> {
     Ok(None)
 }
 
+/// The file's text; one over [`MAX_KNOWN_HOSTS`] is refused rather than read in part (a pin
+/// past the cap would be silently ignored, and every connection a first contact).
 fn read_capped(file: &Path) -> std::io::Result<String> {
     use std::io::Read;
     let mut text = String::new();
     std::fs::File::open(file)?
-        .take(MAX_KNOWN_HOSTS)
+        .take(MAX_KNOWN_HOSTS + 1)
         .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_KNOWN_HOSTS {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB: not a known_hosts file ftp-cli reads",
+            MAX_KNOWN_HOSTS >> 20
+        )));
+    }
     Ok(text)
 }
 
 /// Pins `fingerprint` for `host`: one line appended to `file` (made, with its directory, if
 /// missing; readable by its owner only, like ssh's). Never rewrites a line already there.
 pub fn pin(file: &Path, host: &str, fingerprint: &Fingerprint) -> Result<()> {
+    let host = pin_name(host);
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir).map_err(|e| ClientError::local(dir, e))?;
@@ -309,6 +340,13 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn one_server_typed_two_ways_has_one_pin_name() {
+        assert_eq!(pin_name("Files.Example.:2121"), "files.example:2121");
+        assert_eq!(pin_name("[0:0::1]:5"), "[::1]:5");
+        assert_eq!(pin_name("127.0.0.1:1"), "127.0.0.1:1");
     }
 
     #[test]

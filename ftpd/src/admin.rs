@@ -91,9 +91,18 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             };
             let verifier = Verifier::generate(&ask_password(&name)?, iterations);
             entry.remove("secret");
-            entry.remove("secret_file");
+            let old_file = entry
+                .remove("secret_file")
+                .and_then(|f| f.as_str().map(PathBuf::from));
             entry.insert("password", value(verifier.to_string()));
             write(&users, &doc)?;
+            if let Some(old) = old_file {
+                eprintln!(
+                    "{name}'s old secret file {} is no longer used: remove it (it holds the \
+                     old password itself)",
+                    old.display()
+                );
+            }
             eprintln!(
                 "password of {name} set in {} (only its verifier is stored); reload the daemon \
                  (kill -HUP, systemctl reload ftpd) to put it in force",
@@ -177,9 +186,18 @@ fn find<'d>(doc: &'d mut DocumentMut, name: &str) -> Option<&'d mut Table> {
         .find(|t| t.get("name").and_then(Item::as_str) == Some(name))
 }
 
-/// Replaces the users file with `doc`: a private temporary file beside it, synced, renamed.
+/// Replaces the users file with `doc`: a private temporary file beside it, synced, renamed,
+/// with the owner and group the file had (run as root for a daemon user's file, it stays the
+/// daemon user's).
 fn write(path: &Path, doc: &DocumentMut) -> anyhow::Result<()> {
-    crate::private::write_atomically(path, doc.to_string().as_bytes())
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(path).ok().map(|m| (m.uid(), m.gid()));
+    crate::private::write_atomically(path, doc.to_string().as_bytes())?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .with_context(|| format!("cannot give {} back its owner", path.display()))?;
+    }
+    Ok(())
 }
 
 /// A new password: asked twice without echo at a terminal, else one line of stdin.

@@ -8,13 +8,11 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use protocol::scram::{self, Verifier};
 use protocol::tls::Fingerprint;
-use sha2::Sha256;
 
 use crate::admission::AddrRange;
-use crate::users::{User, Users};
+use crate::users::{made_up_salt, User, Users};
 
 /// Failures older than this are forgotten; no penalty lasts longer.
 const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
@@ -219,6 +217,11 @@ impl Authenticator {
         }
     }
 
+    /// The key of made-up salts, for loading users files.
+    pub fn salt_key(&self) -> &[u8; 32] {
+        &self.salt_key
+    }
+
     /// The users in force; `None` when the daemon serves anonymously.
     pub fn users(&self) -> Option<Arc<Users>> {
         self.users.read().unwrap().clone()
@@ -231,16 +234,13 @@ impl Authenticator {
 
     /// The salt and iteration count a password login as `user` is offered: its verifier's,
     /// or, for a name without one (unknown, or keys only), a salt made up from the name, the
-    /// same at every attempt, with the usual count: SCRAM's first answer then says nothing
-    /// about which names exist.
+    /// same at every attempt, with the count most verifiers have: SCRAM's first answer then
+    /// says nothing about which names exist.
     pub fn salt(&self, users: &Users, user: &str) -> (Vec<u8>, u32) {
-        if let Some(v) = users.get(user).and_then(|u| u.verifier.as_ref()) {
-            return (v.salt.clone(), v.iterations);
+        match users.get(user).and_then(|u| u.verifier.as_ref()) {
+            Some(v) => (v.salt.clone(), v.iterations),
+            None => (made_up_salt(&self.salt_key, user), users.iterations()),
         }
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.salt_key).expect("any key");
-        mac.update(user.as_bytes());
-        let salt = mac.finalize().into_bytes()[..16].to_vec();
-        (salt, scram::DEFAULT_ITERATIONS)
     }
 
     /// A refusal, unchecked, while `range` or `user` serves a penalty.
@@ -257,8 +257,9 @@ impl Authenticator {
         }
     }
 
-    /// A key login: `user` if `key` (the TLS client certificate's) is one of theirs. A key that
-    /// is not theirs is no failure by itself (the client may go on with a password).
+    /// A key login: `user` if `key` (the TLS client certificate's) is one of theirs, refused
+    /// only while its address range serves a penalty. A key that is not theirs is no failure
+    /// by itself (the client may go on with a password).
     pub fn by_key(
         &self,
         users: &Users,
@@ -271,7 +272,17 @@ impl Authenticator {
         if !found.keys.contains(&key) {
             return None;
         }
-        Some(self.attempt_at(Instant::now(), range, user, |_| Some(found.clone())))
+        // Only the range's penalty holds: a key cannot be guessed, so guesses at the name's
+        // password must not keep its key out.
+        let now = Instant::now();
+        let name = self.names.hash_one(user);
+        let mut failures = self.failures.lock().unwrap();
+        if let Some(wait) = failures.by_range.wait(&range, now) {
+            return Some(Err(Refusal::Range(wait)));
+        }
+        failures.by_name.clear(&name);
+        failures.trust(range, name, now);
+        Some(Ok(found.clone()))
     }
 
     /// A password login: `check` runs SCRAM's last step against `user`'s verifier (a dummy

@@ -25,8 +25,10 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let mut name = path.file_name().unwrap_or_default().to_owned();
-    name.push(".tmp");
+    // A name of this process's own: two writers at once never take each other's file.
+    let mut name = std::ffi::OsString::from(".");
+    name.push(path.file_name().unwrap_or_default());
+    name.push(format!(".{}.tmp", std::process::id()));
     let tmp = dir.join(name);
     let _ = std::fs::remove_file(&tmp);
     let written = std::fs::OpenOptions::new()
@@ -46,8 +48,12 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     written.with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// The 32 random bytes in `path`, made at first use and kept.
+/// The 32 random bytes in `path`, made at first use and kept; refused if others than its
+/// owner may read it.
 pub fn secret_key(path: &Path) -> anyhow::Result<[u8; 32]> {
+    if path.exists() {
+        crate::users::check_private(path, "key file")?;
+    }
     match std::fs::read(path) {
         Ok(bytes) => bytes
             .try_into()

@@ -39,7 +39,7 @@ pub struct Server {
 impl Shared {
     /// Loads the users file again and puts it in force for new connections.
     pub fn reload_users(&self, path: &std::path::Path) -> anyhow::Result<usize> {
-        let users = Users::load(path, &self.root)?;
+        let users = Users::load(path, &self.root, self.auth.salt_key())?;
         warn_legacy(&users);
         let n = users.len();
         self.auth.replace(users);
@@ -108,17 +108,17 @@ impl Server {
         }
         // What --check-config prints, and the log names: the directory in force.
         config.state_dir = Some(state);
+        let state_dir = config.state_dir.as_ref().expect("resolved above");
+        let salt_key = crate::private::secret_key(&state_dir.join(SALT_KEY))
+            .context("cannot set up the key of login salts")?;
         let users = match &config.users {
-            Some(path) => Some(Users::load(path, &root)?),
+            Some(path) => Some(Users::load(path, &root, &salt_key)?),
             None => None,
         };
         if let Some(users) = &users {
             info!(users = users.len(), "authentication required");
             warn_legacy(users);
         }
-        let state_dir = config.state_dir.as_ref().expect("resolved above");
-        let salt_key = crate::private::secret_key(&state_dir.join(SALT_KEY))
-            .context("cannot set up the key of login salts")?;
         let identity = if config.insecure_plaintext {
             None
         } else {
@@ -246,10 +246,19 @@ impl Server {
             tokio::spawn(async move {
                 // One limit for the TLS handshake, the hello and the login together.
                 let deadline = std::time::Instant::now() + shared.config.handshake_timeout;
-                let channel = match transport::establish(stream, &shared.security, deadline).await {
+                // A connection evicted by a newcomer from a less crowded range gives up its
+                // slot at once, in the TLS handshake too (there is no channel yet to say why).
+                let established = tokio::select! {
+                    established = transport::establish(stream, &shared.security, deadline) => {
+                        established.map_err(|e| e.to_string())
+                    }
+                    () = admission.evicted() => {
+                        Err("gave its place to a newcomer before the TLS handshake ended".into())
+                    }
+                };
+                let channel = match established {
                     Ok(channel) => channel,
                     Err(e) => {
-                        let e = e.to_string();
                         info!(%peer, reason = %Wire(&e), "connection closed");
                         return;
                     }

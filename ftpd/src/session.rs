@@ -220,13 +220,15 @@ impl Session {
         };
         let range = AddrRange::of(self.peer.ip());
         let mut auth = self.recv_auth(deadline).await?;
-        if let Some(refusal) = self.auth.refused(range, &auth.user) {
-            return Err(self.refused(&auth.user, refusal));
-        }
         let (user, scram_final) = match self.auth.by_key(&users, range, &auth.user, self.peer_key) {
             Some(Ok(user)) => (user, None),
             Some(Err(refusal)) => return Err(self.refused(&auth.user, refusal)),
             None => {
+                // A password login: refused unchecked while the range or the name serves a
+                // penalty, before the salt is shown.
+                if let Some(refusal) = self.auth.refused(range, &auth.user) {
+                    return Err(self.refused(&auth.user, refusal));
+                }
                 if auth.scram.is_none() {
                     // No key of the user's: a password, then (asking costs the client nothing
                     // and says nothing about the name).
@@ -473,10 +475,19 @@ impl Session {
     }
 
     /// Holds a logged-in session to the users in force now, not those of its login: a user
-    /// removed, or whose secret or home changed (a reload revoking them), is logged out before
+    /// removed, or whose verifier, keys or home changed (a reload revoking them), is logged out before
     /// the command runs; one made read-only is refused writes from this command on.
     fn recheck_user(&mut self) -> Result<(), SessionError> {
         let Some(user) = &self.user else {
+            // Anonymous: fine while the daemon has no users; a reload that gave it some ends
+            // the anonymous sessions still open.
+            if self.auth.users().is_some() {
+                warn!(peer = %self.peer, "the daemon has users now; anonymous session ended");
+                return Err(SessionError::Refused(ErrorReply::new(
+                    ErrorCode::AuthRequired,
+                    "this server has users now: log in",
+                )));
+            }
             return Ok(());
         };
         let now = self.auth.users();
@@ -488,7 +499,7 @@ impl Session {
                 Ok(())
             }
             _ => {
-                warn!(peer = %self.peer, user = %user.name, "account changed or removed; session ended");
+                warn!(peer = %self.peer, user = %Wire(&user.name), "account changed or removed; session ended");
                 Err(SessionError::Refused(ErrorReply::new(
                     ErrorCode::AuthFailed,
                     "your account was changed or removed: log in again",

@@ -196,6 +196,7 @@ fn read(source: &Source, provider: &CryptoProvider) -> anyhow::Result<CertifiedK
     if chain.is_empty() {
         bail!("{} holds no certificate", cert_path.display());
     }
+    crate::users::check_private(&key_path, "TLS key")?;
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .with_context(|| format!("cannot read the TLS key {}", key_path.display()))?;
     let certified = CertifiedKey::from_der(chain, key, provider).with_context(|| {

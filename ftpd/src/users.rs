@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use hmac::{Hmac, Mac};
 use protocol::scram::{self, Verifier};
 use protocol::tls::Fingerprint;
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
+use sha2::Sha256;
 use storage::{Root, VPath};
 
 /// Iterations of the verifier made at load for an old `secret` entry: the fewest SCRAM allows,
@@ -71,12 +72,15 @@ impl User {
 #[derive(Debug, Default)]
 pub struct Users {
     by_name: HashMap<String, Arc<User>>,
+    /// The iteration count most verifiers have: what a name without one is offered, so that
+    /// SCRAM's first answer does not tell it apart.
+    iterations: u32,
 }
 
 impl Users {
     /// Reads and checks the users file, creating missing homes inside `root`. Refuses files
     /// (the users file, a secret file) that others than the owner may read.
-    pub fn load(path: &Path, root: &Root) -> anyhow::Result<Users> {
+    pub fn load(path: &Path, root: &Root, salt_key: &[u8; 32]) -> anyhow::Result<Users> {
         check_private(path, "users file")?;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read users file {}", path.display()))?;
@@ -108,7 +112,7 @@ impl Users {
                 (Some(v), None) => Some(v.parse::<Verifier>().map_err(|e| {
                     anyhow::anyhow!("user {name}: password: {e} (set it with ftpd passwd)")
                 })?),
-                (None, Some(secret)) => Some(legacy_verifier(&name, secret)),
+                (None, Some(secret)) => Some(legacy_verifier(salt_key, &name, secret)),
                 (None, None) => None,
                 (Some(_), Some(_)) => {
                     bail!("user {name}: give at most one of password, secret or secret_file")
@@ -141,7 +145,20 @@ impl Users {
                 bail!("user {name} is defined twice");
             }
         }
-        Ok(Users { by_name })
+        let iterations = typical_iterations(&by_name);
+        Ok(Users {
+            by_name,
+            iterations,
+        })
+    }
+
+    /// The iteration count to offer a name that has no verifier.
+    pub fn iterations(&self) -> u32 {
+        if self.iterations == 0 {
+            scram::DEFAULT_ITERATIONS
+        } else {
+            self.iterations
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<User>> {
@@ -169,11 +186,31 @@ impl Users {
     }
 }
 
-/// The verifier of an old entry's password, the same at every load (its salt comes from the
-/// name), so that a reload does not end the user's sessions.
-fn legacy_verifier(name: &str, secret: &[u8]) -> Verifier {
-    let salt = Sha256::digest(format!("ftpd legacy verifier salt\0{name}"));
-    Verifier::new(secret, &salt[..16], LEGACY_ITERATIONS)
+/// The verifier of an old entry's password, the same at every load (its salt is the one a
+/// name without a verifier is offered), so that a reload does not end the user's sessions.
+fn legacy_verifier(salt_key: &[u8; 32], name: &str, secret: &[u8]) -> Verifier {
+    Verifier::new(secret, &made_up_salt(salt_key, name), LEGACY_ITERATIONS)
+}
+
+/// The salt of a name that has no salt of its own: HMAC-SHA-256 of the name under the daemon's
+/// key of login salts, its first 16 bytes. The same at every attempt and restart, and known
+/// to nobody without the key.
+pub fn made_up_salt(salt_key: &[u8; 32], name: &str) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(salt_key).expect("HMAC takes keys of any length");
+    mac.update(name.as_bytes());
+    mac.finalize().into_bytes()[..16].to_vec()
+}
+
+/// The iteration count most verifiers have (the larger on a tie); 0 without any.
+fn typical_iterations(users: &HashMap<String, Arc<User>>) -> u32 {
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for v in users.values().filter_map(|u| u.verifier.as_ref()) {
+        *counts.entry(v.iterations).or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .max_by_key(|&(iterations, n)| (n, iterations))
+        .map_or(0, |(iterations, _)| iterations)
 }
 
 /// Secrets are compared byte for byte; a file's one trailing newline is not part of it.
@@ -228,7 +265,7 @@ mod tests {
         let root = Root::open(dir.path(), state.path()).unwrap();
         write(dir.path(), "alice.secret", "from file\n", 0o600);
         let p = write(dir.path(), "users.toml", text, mode);
-        Users::load(&p, &root)
+        Users::load(&p, &root, &[0; 32])
     }
 
     #[test]
@@ -250,7 +287,7 @@ mod tests {
         .unwrap();
         let alice = users.get("alice").unwrap();
         assert!(alice.legacy);
-        let expected = legacy_verifier("alice", b"from file");
+        let expected = legacy_verifier(&[0; 32], "alice", b"from file");
         assert_eq!(alice.verifier.as_ref(), Some(&expected));
         assert!(!format!("{alice:?}").contains("from file"));
         assert_eq!(users.legacy(), ["alice", "bob"]);
@@ -271,6 +308,11 @@ mod tests {
         assert_eq!(carol.verifier.as_ref(), Some(&verifier));
         assert_eq!(carol.keys, [key]);
         assert!(!carol.legacy && users.legacy().is_empty());
+        assert_eq!(
+            users.iterations(),
+            scram::MIN_ITERATIONS,
+            "carol's is the only verifier"
+        );
         assert!(users.get("dave").unwrap().verifier.is_none());
     }
 

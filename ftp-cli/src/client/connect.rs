@@ -48,7 +48,16 @@ impl Client {
         let _ = tcp.set_nodelay(true);
         let trust = match security {
             Security::Plaintext => {
-                return Client::over(tcp, &target, timeout, creds, digest, None).await
+                // As the daemon does: without TLS, loopback only.
+                let peer = tcp.peer_addr().map_err(|e| fail(e.to_string()))?;
+                if !peer.ip().is_loopback() {
+                    return Err(ClientError::Usage(format!(
+                        "refusing --insecure-plaintext to {target} ({}), which is not a loopback \
+                         address: without TLS anyone on the path reads and changes everything",
+                        peer.ip()
+                    )));
+                }
+                return Client::over(tcp, &target, timeout, creds, digest, None).await;
             }
             Security::Tls(trust) => trust,
         };
@@ -60,7 +69,16 @@ impl Client {
             Trust::Key(fp) => (Some(*fp), None, None),
             Trust::Ca(roots) => (None, None, Some(roots)),
         };
-        let key = creds.and_then(|c| c.key.as_deref());
+        // The client's key goes only to a server already trusted (or about to be, with
+        // --accept-new-host): a first-contact probe does not show it to a possible impostor.
+        let probing = matches!(
+            trust,
+            Trust::KnownHosts {
+                accept_new: false,
+                ..
+            }
+        ) && expected.is_none();
+        let key = creds.and_then(|c| c.key.as_deref()).filter(|_| !probing);
         let setup = trust::client_config(expected, roots, key)?;
         let name = trust::server_name(&target)?;
         let (sniff, first) = Sniff::new(tcp);
@@ -194,8 +212,8 @@ fn handshake_failed(addr: &str, e: std::io::Error, first: &[u8], ca: bool) -> Cl
                 Message::Error(e) if e.code == ErrorCode::Busy => ClientError::Remote(e),
                 _ => ClientError::NotProtocol(format!(
                     "{addr} speaks the ftpd protocol without TLS (an ftpd started with \
-                     --insecure-plaintext); this client sends nothing unencrypted unless given \
-                     --insecure-plaintext too"
+                     --insecure-plaintext, or someone on the path answering in its place); \
+                     nothing was sent to it"
                 )),
             };
         }

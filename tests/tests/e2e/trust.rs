@@ -31,7 +31,7 @@ use tempfile::TempDir;
 use crate::raw::{self, Raw};
 use crate::util::{
     assert_missing, assert_same_file, bin, clean_env, staged_bytes, tmpdir, write_file,
-    write_random, Cli, Daemon, Keys, Site,
+    write_private, write_random, Cli, Daemon, Keys, Site,
 };
 
 /// ftp-cli's exit status for a server not trusted (unknown, refused at the prompt, a CA that
@@ -123,12 +123,13 @@ impl Identity {
         }
     }
 
-    /// Writes the certificate and key where `--tls-cert` and `--tls-key` will name them: each
-    /// through a temporary file renamed over the old, as a certificate renewal does.
+    /// Writes the certificate and key (readable by its owner only, as ftpd requires) where
+    /// `--tls-cert` and `--tls-key` will name them: each through a temporary file renamed over
+    /// the old, as a certificate renewal does.
     fn install(&self, cert: &Path, key: &Path) {
         for (path, pem) in [(cert, &self.cert_pem), (key, &self.key_pem)] {
             let tmp = path.with_extension("new");
-            write_file(&tmp, pem);
+            write_private(&tmp, pem);
             fs::rename(&tmp, path).unwrap();
         }
     }
@@ -616,7 +617,7 @@ fn sighup_puts_a_new_certificate_in_force_and_keeps_open_sessions() {
     open.expect_usable();
 
     // A renewal gone wrong (a key of another certificate) keeps the one in force.
-    write_file(&key, Identity::self_signed().key_pem);
+    write_private(&key, Identity::self_signed().key_pem);
     daemon.signal("HUP");
     daemon.wait_for_log(&["TLS reload failed, keeping the certificate in force"]);
     with_key(&new.fingerprint).run().ok();
