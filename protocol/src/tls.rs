@@ -16,6 +16,12 @@ use sha2::{Digest as _, Sha256};
 /// The ALPN protocol id both sides offer. A TLS peer that does not select it is not ftpd.
 pub const ALPN: &[u8] = b"ftpd";
 
+/// How many bytes of the socket a TLS connection reads at once, through a buffer under rustls:
+/// rustls reads at most about one record (16 KiB) a call, so a 1 GiB transfer took 65,000
+/// `recvfrom`s, each waking the sender with a window update; with this, a quarter of that
+/// (measured: 33,263 and 8,208 calls for 512 MiB). The copy out of it is of cache-hot bytes.
+pub const READ_BUFFER: usize = 64 * 1024;
+
 /// The TLS exporter label of RFC 9266 ("tls-exporter" channel binding).
 pub const CHANNEL_BINDING_LABEL: &[u8] = b"EXPORTER-Channel-Binding";
 

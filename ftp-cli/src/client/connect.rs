@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use protocol::auth::NO_CHANNEL_BINDING;
 use protocol::tls::{self, Fingerprint};
 use protocol::{DigestKind, ErrorCode, FrameCodec, Message};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Decoder;
@@ -63,7 +63,7 @@ impl Client {
         };
         let setup = trust::client_config(expected, roots)?;
         let name = trust::server_name(&target)?;
-        let (sniff, first) = Sniff::new(tcp);
+        let (sniff, first) = Sniff::new(BufReader::with_capacity(tls::READ_BUFFER, tcp));
         let handshake = TlsConnector::from(setup.config).connect(name, sniff);
         let stream = match tokio::time::timeout(timeout, handshake).await {
             Err(_) => return Err(fail("no TLS handshake within the timeout".into())),
