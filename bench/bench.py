@@ -28,6 +28,8 @@ MB = 1e6  # throughput is reported in MB/s = 10^6 bytes per second
 CLK = os.sysconf("SC_CLK_TCK")
 CIPHER = "aes128-gcm@openssh.com"
 TIME = "/usr/bin/time"
+# What ftpd logs at start over TLS, followed by the fingerprint clients pin.
+PIN_LOG = "clients pin the server key "
 
 
 def log(msg):
@@ -241,26 +243,41 @@ class Env:
 
     # ---- ours ----
 
-    def start_ftpd(self, root):
+    def start_ftpd(self, root, plaintext=False):
+        """ftpd on a free port of 127.0.0.1: TLS 1.3 (its default), or plain TCP with
+        `plaintext`. The client learns the key to pin from the daemon's log, as a user would
+        from `ftpd --fingerprint`."""
         d = Daemon(self, "ftpd", [self.ftpd, "--root", str(root), "--listen", "127.0.0.1:0",
+                                  *(["--insecure-plaintext"] if plaintext else []),
                                   *self.ftpd_extra])
+        d.plaintext = plaintext
+        d.fingerprint = None
         addr = []
 
         def up():
             if d.proc.poll() is not None:
                 raise RuntimeError(f"ftpd exited: {d.log_text()[-2000:]}")
             for line in d.log_text().splitlines():
+                if PIN_LOG in line:
+                    d.fingerprint = line.split(PIN_LOG, 1)[1].split()[0]
                 if "listening on " in line:
                     addr.append(line.split("listening on ", 1)[1].split()[0])
                     return True
             return False
 
         wait_until(up, "ftpd to listen")
+        if not plaintext and not d.fingerprint:
+            raise RuntimeError(f"ftpd logged no key fingerprint: {d.log_text()[-2000:]}")
         d.addr = addr[0]
         return d
 
-    def cli_argv(self, addr, commands, extra=()):
-        return [self.cli, addr, "-q", *extra, "-c", commands]
+    def cli_argv(self, daemon, commands, extra=()):
+        """ftp-cli to `daemon`, over TLS pinning its key, or in plaintext if it is plaintext."""
+        if daemon.plaintext:
+            security = ["--insecure-plaintext"]
+        else:
+            security = ["--fingerprint", daemon.fingerprint]
+        return [self.cli, daemon.addr, "-q", *security, *extra, "-c", commands]
 
     # ---- sshd: a private one on a free port of 127.0.0.1 with its own keys ----
 
@@ -417,7 +434,13 @@ class Results:
 OURS = "ours (ftpd+ftp-cli)"
 # The same with the optional fast digest (--digest blake3); MD5 (OURS) is the default.
 OURS_B3 = "ours --digest blake3"
-OUR_TOOLS = (OURS, OURS_B3)
+# Both again without TLS (--insecure-plaintext on both sides), to put a price on TLS: the
+# default, and what the targets other than the TLS ones are judged on, is TLS 1.3.
+OURS_PT = "ours --insecure-plaintext"
+OURS_PT_B3 = "ours plaintext blake3"
+OUR_TOOLS = (OURS, OURS_B3, OURS_PT, OURS_PT_B3)
+# (digest, over TLS, in plaintext): the pairs the TLS targets compare.
+TLS_PAIRS = (("md5", OURS, OURS_PT), ("blake3", OURS_B3, OURS_PT_B3))
 
 
 def peer_cpu_before(env, daemon):
@@ -440,11 +463,11 @@ def peer_run(env, argv, daemon, tag, check, nbytes, nfiles, extra_procs=()):
                note="" if ok else f"rc={t.rc} {t.output(500)!r}")
 
 
-def ours_run(env, root, commands, tag, check, nbytes, nfiles, extra=()):
+def ours_run(env, root, commands, tag, check, nbytes, nfiles, extra=(), plaintext=False):
     settle()
-    d = env.start_ftpd(root)
+    d = env.start_ftpd(root, plaintext)
     try:
-        t = run_timed(env, env.cli_argv(d.addr, commands, extra), tag=tag)
+        t = run_timed(env, env.cli_argv(d, commands, extra), tag=tag)
         own, _ = d.cpu()
         hwm = d.hwm_kib()
     finally:
@@ -494,17 +517,18 @@ def bench_one_file(env, res, runs, size, src, served_rel):
     served = w / "served" / served_rel
     warm(src, served)
 
-    def ours_put(extra=()):
+    def ours_put(extra=(), plaintext=False):
         fresh_dir(put_root)
         r = ours_run(env, put_root, f"put {shlex.quote(str(src))} {name}", "ours-put",
-                     lambda: same_file(src, put_root / name), size, 1, extra)
+                     lambda: same_file(src, put_root / name), size, 1, extra, plaintext)
         rmtree(put_root)
         return r
 
-    def ours_get(extra=()):
+    def ours_get(extra=(), plaintext=False):
         fresh_dir(get_dst)
         r = ours_run(env, w / "served", f"get {served_rel} {shlex.quote(str(get_dst / name))}",
-                     "ours-get", lambda: same_file(src, get_dst / name), size, 1, extra)
+                     "ours-get", lambda: same_file(src, get_dst / name), size, 1, extra,
+                     plaintext)
         rmtree(get_dst)
         return r
 
@@ -531,7 +555,9 @@ def bench_one_file(env, res, runs, size, src, served_rel):
     rs = env.rsync_url
     puts = [
         (OURS, ours_put),
+        (OURS_PT, lambda: ours_put(plaintext=True)),
         (OURS_B3, lambda: ours_put(blake3)),
+        (OURS_PT_B3, lambda: ours_put(blake3, plaintext=True)),
         ("sftp", peer_put_run(lambda: env.sftp_argv([f"put {src} {peer_put}/{name}"], "put"),
                               "sftp-put", env.sshd)),
         ("scp", peer_put_run(lambda: env.scp_argv(str(src), f"root@127.0.0.1:{peer_put}/{name}"),
@@ -546,7 +572,9 @@ def bench_one_file(env, res, runs, size, src, served_rel):
     ]
     gets = [
         (OURS, ours_get),
+        (OURS_PT, lambda: ours_get(plaintext=True)),
         (OURS_B3, lambda: ours_get(blake3)),
+        (OURS_PT_B3, lambda: ours_get(blake3, plaintext=True)),
         ("sftp", peer_get_run(lambda: env.sftp_argv([f"get {served} {get_dst}/{name}"], "get"),
                               "sftp-get", env.sshd)),
         ("scp", peer_get_run(lambda: env.scp_argv(f"root@127.0.0.1:{served}", f"{get_dst}/{name}"),
@@ -664,7 +692,7 @@ def bench_concurrent(env, res, runs, nclients, fsize, src):
         d = env.start_ftpd(root)
         try:
             t0 = time.monotonic()
-            procs = [Timed(env, env.cli_argv(d.addr, f"put {f} {f.name}; get {f.name} {out / f.name}"),
+            procs = [Timed(env, env.cli_argv(d, f"put {f} {f.name}; get {f.name} {out / f.name}"),
                            tag=f"conc{j}") for j, f in enumerate(files)]
             for p in procs:
                 p.wait()
@@ -768,7 +796,7 @@ def targets(res):
     md5 = med("put1", "md5sum", "mbps")
     copy = med("put1", "socat (TCP copy)", "mbps")
     bound = 1 / (2 / md5 + 1 / copy) if md5 and copy else None
-    for ours in OUR_TOOLS:
+    for ours in (OURS, OURS_B3):
         # The targets are judged for the default (MD5); the same rows for BLAKE3 are reported
         # beside them, against the same thresholds.
         tag = "" if ours == OURS else " [blake3]"
@@ -803,6 +831,7 @@ def targets(res):
                 f"{f2(r)}x ({f2(ratio(ours_cpu, gib))} vs {f2(ratio(m, gib))} s/GiB; "
                 f"ftp-cli {f2(ratio(cli, gib))}, ftpd {f2(ratio(srv, gib))})" if gib else "—",
                 f"<= {limit:.2f}x", r is not None and r <= limit)
+    tls_targets(res, row)
     for key in ("putR", "getR"):
         r = ratio(med(key, OURS, "fps"), med(key, "rsync", "fps"))
         row(f"{key[:3]} -r small files, files/s vs rsync daemon", r,
@@ -824,6 +853,68 @@ def targets(res):
     row(f"{title}: ftpd peak RSS", hwm, f"{mib(hwm)} MiB", "< 32 MiB",
         hwm is not None and hwm < 32 * 1024)
     return ["target", "measured (same run)", "threshold", "result"], out
+
+
+# The TLS targets, as ratios or differences of medians within one run: what TLS may cost in
+# CPU over plaintext on either side, and how fast the TLS default must be against sftp (which
+# encrypts too).
+TLS_CPU_LIMIT = 0.30  # CPU s per GiB, each side, each case
+TLS_VS_SFTP = {("put1", "md5"): 1.15, ("get1", "md5"): 1.0,
+               ("put1", "blake3"): 1.5, ("get1", "blake3"): 1.5}
+
+
+def per_gib(res, key, tool, attr):
+    good = res.good(key, tool)
+    return ratio(res.median(key, tool, attr), good[0].nbytes / GiB) if good else None
+
+
+def tls_targets(res, row):
+    """The TLS rows of the targets table."""
+    med = res.median
+    for key in ("put1", "get1"):
+        if key not in res.runs:
+            continue
+        what = key[:3]
+        for digest, tls, plain in TLS_PAIRS:
+            limit = TLS_VS_SFTP[(key, digest)]
+            r = ratio(med(key, tls, "mbps"), med(key, "sftp", "mbps"))
+            row(f"TLS {what} [{digest}] vs sftp", r,
+                f"{f2(r)}x ({f2(med(key, tls, 'mbps'), 1)} vs {f2(med(key, 'sftp', 'mbps'), 1)} "
+                "MB/s)", f">= {limit:.2f}x", r is not None and r >= limit)
+            r = ratio(med(key, plain, "mbps"), med(key, "sftp", "mbps"))
+            row(f"plaintext {what} [{digest}] vs sftp", r, f"{f2(r)}x", "report", None)
+            for side, attr in (("ftp-cli", "cli_cpu"), ("ftpd", "srv_cpu")):
+                a, b = per_gib(res, key, tls, attr), per_gib(res, key, plain, attr)
+                d = a - b if a is not None and b is not None else None
+                row(f"TLS CPU over plaintext, {what} [{digest}], {side}", d,
+                    f"{d:+.2f} s/GiB ({f2(a)} vs {f2(b)})" if d is not None else "",
+                    f"<= {TLS_CPU_LIMIT:.2f} s/GiB", d is not None and d <= TLS_CPU_LIMIT)
+
+
+def tls_rows(res):
+    """One row per case and transport: throughput, each side's CPU per GiB, what TLS adds."""
+    header = ["case", "transport", "ok runs", "median MB/s", "vs sftp", "ftp-cli CPU s/GiB",
+              "ftpd CPU s/GiB", "TLS adds, ftp-cli s/GiB", "TLS adds, ftpd s/GiB"]
+    rows = []
+    for key in ("put1", "get1"):
+        if key not in res.runs:
+            continue
+        sftp = res.median(key, "sftp", "mbps")
+        for digest, tls, plain in TLS_PAIRS:
+            for transport, tool in (("TLS 1.3", tls), ("plaintext", plain)):
+                cli = per_gib(res, key, tool, "cli_cpu")
+                srv = per_gib(res, key, tool, "srv_cpu")
+                adds = ["—", "—"]
+                if tool == tls:
+                    for i, attr in enumerate(("cli_cpu", "srv_cpu")):
+                        a, b = per_gib(res, key, tls, attr), per_gib(res, key, plain, attr)
+                        if a is not None and b is not None:
+                            adds[i] = f"{a - b:+.2f}"
+                mb = res.median(key, tool, "mbps")
+                rows.append([f"{key[:3]} {digest}", transport,
+                             f"{len(res.good(key, tool))}/{len(res.runs[key].get(tool, []))}",
+                             f2(mb, 1), f2(ratio(mb, sftp), 2, "x"), f2(cli), f2(srv), *adds])
+    return header, rows
 
 
 def text_table(header, rows):
@@ -876,7 +967,9 @@ def machine():
 def report(env, res, info, params, started, path):
     th, trows = targets(res)
     rh, rrows = results_rows(res)
+    tlh, tlrows = tls_rows(res)
     text = ["", "== Targets (ratios from this one run) ==", text_table(th, trows), "",
+            "== TLS vs plaintext (medians of the ok runs) ==", text_table(tlh, tlrows), "",
             "== Results (medians of the ok runs) ==", text_table(rh, rrows), ""]
     print("\n".join(text))
     met = sum(1 for r in trows if r[3] == "met")
@@ -931,6 +1024,15 @@ def report(env, res, info, params, started, path):
         "",
         md_table(rh, rrows),
         "",
+        "## TLS vs plaintext",
+        "",
+        "The same binaries over TLS 1.3 (the default) and with `--insecure-plaintext` on both "
+        "sides, taking turns with the peers in the same rounds. CPU s/GiB: ftp-cli from "
+        "`/usr/bin/time`, ftpd from `/proc/PID/stat`; \"TLS adds\" is the median over TLS "
+        "minus the median in plaintext.",
+        "",
+        md_table(tlh, tlrows) if tlrows else "Not measured (the one-file workload did not run).",
+        "",
         "## Every run",
         "",
         md_table(per_run_h, per_run),
@@ -966,6 +1068,11 @@ NOTES = [
     "which lands on whoever writes new data (measured with dd: 2.8 s for a first 1 GiB write, 0.3 s for one that reuses just-freed pages).",
     "`ours --digest blake3` is the same client and daemon with BLAKE3 as the transfer digest "
     "(negotiated in hello); the default, and the row the targets are judged on, is MD5.",
+    "Ours runs over TLS 1.3 (the default; ftp-cli pins the daemon's key with `--fingerprint`, "
+    "read from ftpd's start-up log). The one-file rows `ours --insecure-plaintext` and `ours "
+    "plaintext blake3` are the same with `--insecure-plaintext` on both sides, run next to "
+    "their TLS twins in the same rounds; the TLS targets compare those pairs. sftp and scp "
+    "encrypt too (AES-128-GCM).",
     "ftpd is started afresh for each run of ours, with default settings except the connection "
     "caps (`--max-connections-per-ip 512`, `--max-connections 1024`, "
     "`--max-unauthenticated 1024`, `--max-unauthenticated-per-range 512`).",
@@ -1035,7 +1142,7 @@ def main():
         if setup:
             d = env.start_ftpd(served)
             try:
-                t = run_timed(env, env.cli_argv(d.addr, "; ".join(setup)), tag="setup")
+                t = run_timed(env, env.cli_argv(d, "; ".join(setup)), tag="setup")
             finally:
                 d.stop()
             if t.rc != 0:

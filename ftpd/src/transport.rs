@@ -8,6 +8,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use protocol::tls::{self, Fingerprint};
 use protocol::{BoxStream, ErrorCode, ErrorReply, FrameCodec, Message};
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Encoder;
@@ -85,6 +86,8 @@ pub async fn establish(
         }
         Ok(Ok(_)) => {}
     }
+    // rustls reads about a record a call; the buffer makes that one syscall for several.
+    let tcp = BufReader::with_capacity(tls::READ_BUFFER, tcp);
     let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Err(_) => return Err(Refused::Timeout),
         Ok(Err(e)) => return Err(Refused::Handshake(e)),

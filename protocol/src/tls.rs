@@ -16,6 +16,12 @@ use sha2::{Digest as _, Sha256};
 /// The ALPN protocol id both sides offer. A TLS peer that does not select it is not ftpd.
 pub const ALPN: &[u8] = b"ftpd";
 
+/// How many bytes of the socket a TLS connection reads at once, through a buffer under rustls:
+/// rustls reads at most about one record (16 KiB) a call, so a 1 GiB transfer took 65,000
+/// `recvfrom`s, each waking the sender with a window update; with this, a quarter of that
+/// (measured: 33,263 and 8,208 calls for 512 MiB). The copy out of it is of cache-hot bytes.
+pub const READ_BUFFER: usize = 64 * 1024;
+
 /// The TLS exporter label of RFC 9266 ("tls-exporter" channel binding).
 pub const CHANNEL_BINDING_LABEL: &[u8] = b"EXPORTER-Channel-Binding";
 
@@ -28,13 +34,29 @@ pub fn looks_like_tls(first: &[u8]) -> bool {
 /// The crypto provider every TLS configuration of this workspace is built with: ring, the one
 /// linked (see the workspace manifest for why).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(ring_aes128_first())
 }
 
 /// Makes [`provider`] the process default, for any TLS user that does not name one; the
 /// binaries call it first thing. Calling it again is harmless.
 pub fn install_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = ring_aes128_first().install_default();
+}
+
+/// ring's provider with its TLS 1.3 suites in the order AES-128-GCM, AES-256-GCM,
+/// ChaCha20-Poly1305 (ring's own puts AES-256 first). The client offers them in this order and
+/// the server follows the client's, so both ends of ours agree on AES-128-GCM: with AES-NI it
+/// is the fastest of the three (10 rounds to AES-256's 14), and it is what the OpenSSH peers
+/// are benchmarked with. The set of suites, all TLS 1.3 AEADs, is unchanged.
+fn ring_aes128_first() -> CryptoProvider {
+    use rustls::CipherSuite::{TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384};
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|s| match s.suite() {
+        TLS13_AES_128_GCM_SHA256 => 0,
+        TLS13_AES_256_GCM_SHA384 => 1,
+        _ => 2,
+    });
+    provider
 }
 
 /// The SHA-256 of a public key (its DER SubjectPublicKeyInfo): a server's or a client's

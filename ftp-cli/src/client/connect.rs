@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use protocol::tls::{self, Fingerprint};
 use protocol::{DigestKind, ErrorCode, FrameCodec, Message};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Decoder;
@@ -81,7 +81,7 @@ impl Client {
         let key = creds.and_then(|c| c.key.as_deref()).filter(|_| !probing);
         let setup = trust::client_config(expected, roots, key)?;
         let name = trust::server_name(&target)?;
-        let (sniff, first) = Sniff::new(tcp);
+        let (sniff, first) = Sniff::new(BufReader::with_capacity(tls::READ_BUFFER, tcp));
         let handshake = TlsConnector::from(setup.config).connect(name, sniff);
         let stream = match tokio::time::timeout(timeout, handshake).await {
             Err(_) => return Err(fail("no TLS handshake within the timeout".into())),
