@@ -488,7 +488,7 @@ impl Session {
                 Ok(())
             }
             _ => {
-                warn!(peer = %self.peer, user = %user.name, "account changed or removed; session ended");
+                warn!(peer = %self.peer, user = %Wire(&user.name), "account changed or removed; session ended");
                 Err(SessionError::Refused(ErrorReply::new(
                     ErrorCode::AuthFailed,
                     "your account was changed or removed: log in again",
