@@ -1,17 +1,22 @@
 //! Logins without shared secrets, end to end: keys made by `ftp-cli keygen` and listed by
 //! `ftpd adduser --key`; passwords stored only as SCRAM verifiers by `ftpd adduser` and
-//! `ftpd passwd`, and put in force by SIGHUP; and the old `secret` entries.
+//! `ftpd passwd`, and put in force by SIGHUP; the old `secret` entries; a relay between two TLS
+//! connections, which cannot complete a password login; and SCRAM's first answer, which must
+//! not tell unknown names from known ones.
 //!
 //! Each test builds its users file with the real admin commands, as an operator would. Client
 //! keys live in a temp dir of the test's own and are always named with `-i`: the default key
 //! (`id_ed25519` in the data directory every client of the run shares) is never made.
 
 use std::fs;
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use protocol::{ErrorCode, Message};
+use protocol::scram::{self, Verifier};
+use protocol::{Auth, ErrorCode, Message};
 use tempfile::TempDir;
 
 use crate::raw::Raw;
@@ -321,6 +326,201 @@ fn a_legacy_secret_works_with_one_warning_until_passwd_replaces_it() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// What the password login protects against
+
+/// A relay that holds a key the client trusts, between two TLS connections of its own, passes
+/// every byte along and still cannot log in with the client's password: the client's proof is
+/// bound to the client's connection (its TLS exporter), which is not the daemon's.
+#[test]
+fn a_relay_between_two_tls_connections_cannot_complete_a_password_login() {
+    let site = UsersSite::new();
+    site.add_password_user("bob", BOB);
+    let d = site.daemon().start();
+    let work = tmpdir();
+    write_random(work.path().join("a.bin"), 10_000, 4);
+    let secret = site.secret("bob", BOB);
+    // The password is right: straight to the daemon, it logs in.
+    login(&d).user("bob", &secret).cmds("pwd").run().ok();
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind the relay");
+    let relay_addr = listener.local_addr().unwrap();
+    let relay = relay(listener, d.addr());
+    Cli::new(relay_addr)
+        .arg("--fingerprint")
+        .arg(crate::tls::identity().fingerprint.to_string())
+        .arg("--timeout")
+        .arg("10s")
+        .timeout(STEP_TIMEOUT)
+        .user("bob", &secret)
+        .cwd(&work)
+        .cmds("put a.bin")
+        .run()
+        .exits(4)
+        .one_line_error()
+        .stderr_has(&format!("authentication failed for bob@{relay_addr}"));
+    relay.join().expect("the relay panicked");
+    d.wait_for_log(&["WARN", "authentication failed", "user=\"bob\""]);
+    assert_eq!(
+        d.log().matches("authenticated").count(),
+        1,
+        "only the direct login got in:\n{}",
+        d.log()
+    );
+    assert!(
+        d.visible("bob").is_empty(),
+        "the relayed client wrote a file"
+    );
+}
+
+/// Accepts one client with the tests' identity, connects to `daemon` with TLS of its own, and
+/// copies the plaintext both ways until either side is done.
+fn relay(listener: TcpListener, daemon: SocketAddr) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (client, _) = within("waiting for the client", listener.accept())
+                .await
+                .unwrap();
+            let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::server_config());
+            let mut client = within("in the client's handshake", acceptor.accept(client))
+                .await
+                .expect("the client's TLS handshake failed");
+            let tcp = tokio::net::TcpStream::connect(daemon).await.unwrap();
+            let connector = tokio_rustls::TlsConnector::from(crate::tls::any_server_config());
+            let name = "localhost".try_into().unwrap();
+            let mut server = within("in the daemon's handshake", connector.connect(name, tcp))
+                .await
+                .expect("the daemon's TLS handshake failed");
+            // Either side may hang up without a TLS close_notify: an error is an ending too.
+            let copied = tokio::io::copy_bidirectional(&mut client, &mut server);
+            let _ = within("copying", copied).await;
+        });
+    })
+}
+
+/// `step`'s outcome; panics, saying it was `what`, if it takes longer than [`STEP_TIMEOUT`].
+async fn within<F: std::future::Future>(what: &str, step: F) -> F::Output {
+    tokio::time::timeout(STEP_TIMEOUT, step)
+        .await
+        .unwrap_or_else(|_| panic!("the relay timed out {what}"))
+}
+
+/// SCRAM's first answer carries the user's salt and iteration count, so it must not differ for
+/// names without a verifier (unknown, or keys only): their salt is made up from the name, the
+/// same at every attempt and after a restart, different for another name, and their count is
+/// the one `ftpd adduser` gives by default.
+#[test]
+fn scrams_first_answer_for_an_unknown_user_looks_like_a_known_users() {
+    let site = UsersSite::new();
+    // With the default iterations, which are what unknown names are offered.
+    site.admin(&["adduser", "bob"], Some(BOB)).ok();
+    let fingerprint = crate::tls::identity().fingerprint.to_string();
+    site.admin(&["adduser", "carol", "--key", &fingerprint], None)
+        .ok();
+    let stored = site.verifier("bob");
+    assert_eq!(stored.iterations, scram::DEFAULT_ITERATIONS);
+    let d = site.daemon().start();
+
+    let bob = first_answer(&d, "bob");
+    assert_eq!(bob.salt, stored.salt, "bob is offered his verifier's salt");
+    let mallory = first_answer(&d, "mallory");
+    let carol = first_answer(&d, "carol");
+    for (name, answer) in [("mallory", &mallory), ("carol", &carol)] {
+        assert_eq!(
+            answer.shape(),
+            bob.shape(),
+            "{name}'s answer differs from bob's"
+        );
+        assert_eq!(answer.iterations, scram::DEFAULT_ITERATIONS, "{name}");
+    }
+    assert_eq!(
+        first_answer(&d, "mallory").salt,
+        mallory.salt,
+        "a second try"
+    );
+    let trudy = first_answer(&d, "trudy");
+    assert_ne!(trudy.salt, mallory.salt, "two unknown names share a salt");
+    assert_ne!(carol.salt, mallory.salt);
+    assert_ne!(mallory.salt, bob.salt);
+
+    // The made-up salts come from a key in the daemon's state: the same after a restart.
+    d.kill();
+    let d = site.daemon().start();
+    assert_eq!(
+        first_answer(&d, "mallory").salt,
+        mallory.salt,
+        "after a restart"
+    );
+    assert!(!d.log().contains("authentication failed"), "{}", d.log());
+}
+
+/// What a server-first-message says, read.
+#[derive(Debug)]
+struct FirstAnswer {
+    /// The attributes' names, in order (`r`, `s`, `i`).
+    attributes: Vec<String>,
+    /// The length of the server's part of the nonce.
+    suffix_len: usize,
+    salt: Vec<u8>,
+    iterations: u32,
+}
+
+impl FirstAnswer {
+    /// Everything but the salt's bytes: what must be the same for every name.
+    fn shape(&self) -> (Vec<String>, usize, usize, u32) {
+        let FirstAnswer {
+            attributes,
+            suffix_len,
+            salt,
+            iterations,
+        } = self;
+        (attributes.clone(), *suffix_len, salt.len(), *iterations)
+    }
+}
+
+/// Starts a password login as `user` and reads the server's first SCRAM message (checked as a
+/// client checks it: it continues our nonce), then hangs up: no proof, so no failure counted.
+#[track_caller]
+fn first_answer(d: &Daemon, user: &str) -> FirstAnswer {
+    let mut peer = Raw::connect(d.addr()).within(STEP_TIMEOUT);
+    peer.hello_for_login();
+    let nonce = scram::nonce();
+    let (client, first) = scram::Client::start(user, peer.binding(), nonce.clone());
+    peer.send(&Message::Auth(Auth {
+        user: user.into(),
+        scram: Some(first),
+    }));
+    let server_first = match peer.recv() {
+        Message::AuthContinue(s) => s.scram,
+        other => panic!("expected auth_continue for {user}, got {other:?}"),
+    };
+    peer.close();
+    let (salt, iterations) = client
+        .salt(&server_first)
+        .unwrap_or_else(|e| panic!("{user}: {server_first:?}: {e}"));
+    let attributes = server_first
+        .split(',')
+        .map(|a| a.split_once('=').map_or(a, |(name, _)| name).to_owned())
+        .collect();
+    let server_nonce = server_first
+        .strip_prefix("r=")
+        .and_then(|r| r.split(',').next())
+        .expect("the nonce comes first");
+    let suffix_len = server_nonce.len() - nonce.len();
+    FirstAnswer {
+        attributes,
+        suffix_len,
+        salt,
+        iterations,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Helpers: a site whose users file the admin commands write, and the client's keys.
 
 /// A root, a users file beside it (written by `ftpd adduser` and `ftpd passwd`), and a temp
@@ -399,6 +599,21 @@ impl UsersSite {
 
     fn users_text(&self) -> String {
         fs::read_to_string(&self.users).expect("cannot read the users file")
+    }
+
+    /// The verifier stored for `user` (the only `password = ` line of its entry).
+    #[track_caller]
+    fn verifier(&self, user: &str) -> Verifier {
+        let text = self.users_text();
+        let entry = text
+            .split("[[user]]")
+            .find(|e| e.contains(&format!("name = \"{user}\"")))
+            .unwrap_or_else(|| panic!("no entry for {user}:\n{text}"));
+        let line = entry
+            .lines()
+            .find_map(|l| l.strip_prefix("password = \"")?.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("no password for {user}:\n{text}"));
+        line.parse().expect("the stored verifier does not parse")
     }
 }
 
