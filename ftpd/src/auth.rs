@@ -403,9 +403,6 @@ mod tests {
     /// Regression: a success cleared the address's failure count, so alternating guesses at
     /// `admin` with logins as a low-privilege user kept the delay at 0.25 s. Failures count per
     /// user name and per address range; a success clears only its own user name's.
-    /// Regression: a success cleared the address's failure count, so alternating guesses at
-    /// `admin` with logins as a low-privilege user kept the delay at 0.25 s. Failures count per
-    /// user name and per address range; a success clears only its own user name's.
     #[test]
     fn a_success_clears_only_its_own_user_names_failures() {
         let a = Authenticator::new(None, PENALTY, [7; 32]);

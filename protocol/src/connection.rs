@@ -52,6 +52,11 @@ pub enum ConnectionError {
 impl From<CodecError> for ConnectionError {
     fn from(e: CodecError) -> Self {
         match e {
+            // A TLS peer that closes the socket without TLS's close_notify, between frames: the
+            // same as a plain close (a cut inside a frame is `Truncated`, also a close).
+            CodecError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                ConnectionError::Closed
+            }
             CodecError::Io(e) => ConnectionError::Broken(e),
             CodecError::Truncated => ConnectionError::Closed,
             other => ConnectionError::Corrupt(other),

@@ -130,6 +130,9 @@ impl Client {
             match self.recv().await?.message {
                 Message::AuthPassword if scram.is_none() => {
                     let Some(p) = creds.password() else {
+                        // Goodbye the TLS way (close_notify), so the server logs a close, not
+                        // a broken connection.
+                        let _ = self.conn.shutdown(self.timeout).await;
                         return Err(ClientError::NeedPassword(who));
                     };
                     let (state, message) =

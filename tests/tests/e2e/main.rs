@@ -36,6 +36,9 @@ mod faults;
 // Users: logging in both ways, homes, read-only users, and refusing unsafe users files.
 mod auth;
 
+// Logins with keys (`ftp-cli keygen`) and stored verifiers (`ftpd adduser`, `ftpd passwd`).
+mod keys;
+
 // Every client command and its failures, from `ls` to a 100,000-file listing, JSON and exit codes.
 mod client;
 

@@ -698,6 +698,8 @@ pub struct Cli {
     stdin: Option<Vec<u8>>,
     /// How long `run` waits before killing the client and failing the test.
     timeout: Duration,
+    /// Variables to set (`Some`) or remove (`None`) on top of the test run's environment.
+    env: Vec<(OsString, Option<OsString>)>,
 }
 
 impl Cli {
@@ -708,6 +710,7 @@ impl Cli {
             cwd: None,
             stdin: None,
             timeout: RUN_TIMEOUT,
+            env: Vec::new(),
         }
     }
 
@@ -719,7 +722,15 @@ impl Cli {
             cwd: None,
             stdin: None,
             timeout: RUN_TIMEOUT,
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for the client (`FTP_CLI_SECRET`, say).
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Cli {
+        let value = Some(value.as_ref().to_owned());
+        self.env.push((key.as_ref().to_owned(), value));
+        self
     }
 
     /// Runs the client in `dir`.
@@ -785,10 +796,14 @@ impl Cli {
 
     fn command(&self) -> Command {
         let mut cmd = Command::new(bin("ftp-cli"));
+        client_env(&mut cmd);
+        for (key, value) in &self.env {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
         cmd.args(&self.args)
-            .env("NO_COLOR", "1")
-            // known_hosts and the history go to a directory of the test run's own.
-            .env("XDG_DATA_HOME", client_data_dir())
             .stdin(if self.stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -821,42 +836,60 @@ impl Cli {
     /// Runs the client to completion and returns what it did. Panics, killing it, if it runs
     /// longer than the timeout.
     pub fn run(&self) -> Run {
-        let deadline = Instant::now() + self.timeout;
-        let mut child = self
-            .command()
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {self}: {e}"));
-        if let Some(input) = self.stdin.clone() {
-            let mut pipe = child.stdin.take().expect("stdin is piped");
-            // A client that exits early closes the pipe; that shows up in its status instead.
-            thread::spawn(move || {
-                let _ = pipe.write_all(&input);
-            });
+        run_to_end(
+            self.command(),
+            self.stdin.clone(),
+            self.timeout,
+            self.to_string(),
+        )
+    }
+}
+
+/// The environment every client run gets: no colours, no password from the test runner's
+/// environment, and known_hosts and the history in a directory of the test run's own (where
+/// no test may make the default key: it would be every other client's key too).
+fn client_env(cmd: &mut Command) {
+    cmd.env("NO_COLOR", "1")
+        .env("XDG_DATA_HOME", client_data_dir())
+        .env_remove("FTP_CLI_SECRET");
+}
+
+/// Runs `cmd` (its stdout and stderr piped) to completion, feeding it `stdin`, and returns
+/// what it did. Panics, killing it, if it runs longer than `timeout`.
+fn run_to_end(mut cmd: Command, stdin: Option<Vec<u8>>, timeout: Duration, cmdline: String) -> Run {
+    let deadline = Instant::now() + timeout;
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {cmdline}: {e}"));
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        // A process that exits early closes the pipe; that shows up in its status instead.
+        thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    // Both pipes reach EOF when the process exits; until then we wait, but not forever.
+    let (done_tx, done_rx) = mpsc::channel();
+    let stdout = read_to_end(child.stdout.take().expect("piped"), done_tx.clone());
+    let stderr = read_to_end(child.stderr.take().expect("piped"), done_tx);
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmdline} did not finish within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&stdout.join().unwrap()),
+                String::from_utf8_lossy(&stderr.join().unwrap()),
+            );
         }
-        // Both pipes reach EOF when the client exits; until then we wait, but not forever.
-        let (done_tx, done_rx) = mpsc::channel();
-        let stdout = read_to_end(child.stdout.take().expect("piped"), done_tx.clone());
-        let stderr = read_to_end(child.stderr.take().expect("piped"), done_tx);
-        for _ in 0..2 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if done_rx.recv_timeout(left).is_err() {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{self} did not finish within {:?}\nstdout:\n{}\nstderr:\n{}",
-                    self.timeout,
-                    String::from_utf8_lossy(&stdout.join().unwrap()),
-                    String::from_utf8_lossy(&stderr.join().unwrap()),
-                );
-            }
-        }
-        let status = child.wait().expect("cannot wait for ftp-cli");
-        Run {
-            cmdline: self.to_string(),
-            status,
-            stdout: String::from_utf8_lossy(&stdout.join().unwrap()).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr.join().unwrap()).into_owned(),
-        }
+    }
+    let status = child.wait().expect("cannot wait for a child");
+    Run {
+        cmdline,
+        status,
+        stdout: String::from_utf8_lossy(&stdout.join().unwrap()).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr.join().unwrap()).into_owned(),
     }
 }
 
@@ -1006,6 +1039,89 @@ impl fmt::Display for Run {
             "{} exited with {}\n--- stdout ---\n{}--- stderr ---\n{}--- end ---",
             self.cmdline, self.status, self.stdout, self.stderr
         )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One-shot commands
+
+/// A run of one of our binaries that is not a session: `ftpd adduser`, `ftpd passwd`, `ftp-cli
+/// keygen`. `Tool::ftpd().args(["passwd", "--users"]).arg(&file).arg("bob").stdin("pw\n").run()`.
+/// The environment is cleaned as for the daemon and the client, and stdin is empty (never a
+/// terminal) unless given.
+pub struct Tool {
+    /// The binary, by its name in the workspace.
+    name: &'static str,
+    /// Its arguments.
+    args: Vec<OsString>,
+    /// Bytes fed to stdin; without them stdin is `/dev/null`.
+    stdin: Option<Vec<u8>>,
+}
+
+impl Tool {
+    /// `ftpd` with these arguments to come.
+    pub fn ftpd() -> Tool {
+        Tool::new("ftpd")
+    }
+
+    /// `ftp-cli` with these arguments to come.
+    pub fn ftp_cli() -> Tool {
+        Tool::new("ftp-cli")
+    }
+
+    fn new(name: &'static str) -> Tool {
+        Tool {
+            name,
+            args: Vec::new(),
+            stdin: None,
+        }
+    }
+
+    /// Appends one argument.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Tool {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Appends arguments.
+    pub fn args<I, S>(self, args: I) -> Tool
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        args.into_iter().fold(self, Tool::arg)
+    }
+
+    /// Feeds `input` to stdin (a pipe: not a terminal).
+    pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Tool {
+        self.stdin = Some(input.into());
+        self
+    }
+
+    /// Runs it to completion within [`LOG_TIMEOUT`]; panics, killing it, if it takes longer.
+    pub fn run(&self) -> Run {
+        let mut cmd = Command::new(bin(self.name));
+        clean_env(&mut cmd);
+        client_env(&mut cmd);
+        cmd.args(&self.args)
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        run_to_end(cmd, self.stdin.clone(), LOG_TIMEOUT, self.to_string())
+    }
+}
+
+impl fmt::Display for Tool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}", self.name)?;
+        for arg in &self.args {
+            write!(f, " {arg:?}")?;
+        }
+        write!(f, "`")
     }
 }
 
