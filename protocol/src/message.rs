@@ -351,8 +351,8 @@ pub enum ErrorCode {
     AuthRequired,
     /// Unknown user or wrong proof (the server never says which).
     AuthFailed,
-    /// An `auth` that is not well-formed: a field missing, a nonce or mac not 64 lowercase hex
-    /// digits.
+    /// An `auth` that is not well-formed: a field missing, a SCRAM client-first-message that
+    /// is malformed, names another user, or is not bound to the channel.
     BadAuth,
     /// The peer was silent for too long.
     Timeout,
