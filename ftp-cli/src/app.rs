@@ -56,6 +56,26 @@ macro_rules! remote {
     }};
 }
 
+/// Like [`remote!`], for a request that may be sent twice: after a failed link it reconnects
+/// and asks again (up to `--retries` times), saying so, as transfers do.
+macro_rules! remote_again {
+    ($app:expr, $c:ident => $call:expr) => {{
+        let mut attempt = 0;
+        loop {
+            let r = remote!($app, $c => $call);
+            let Err(e) = &r else { break r };
+            attempt += 1;
+            let Some(wait) = crate::retry::again(e, attempt, $app.retries) else {
+                break r;
+            };
+            $app.output
+                .diagnostic(format_args!("{e}, asking again ({attempt}/{})", $app.retries));
+            $app.link.forget();
+            std::thread::sleep(wait);
+        }
+    }};
+}
+
 impl App {
     pub fn new(dial: Dial, retries: u32, parallel: usize, output: Output) -> Result<App> {
         let runtime = tokio::runtime::Runtime::new()
@@ -127,7 +147,7 @@ impl App {
                 if flags.recursive {
                     let (dirs, items) = tree::put_tree(&local, &remote, &self.output)?;
                     for dir in &dirs {
-                        remote!(self, c => c.mkdir(dir, true))?;
+                        remote_again!(self, c => c.mkdir(dir, true))?;
                     }
                     self.batch(items, flags)?;
                 } else {
@@ -144,7 +164,7 @@ impl App {
                     None => PathBuf::from(file_name(Path::new(&remote))?),
                 };
                 if flags.recursive {
-                    let list = |dir: &str| remote!(self, c => c.list(dir));
+                    let list = |dir: &str| remote_again!(self, c => c.list(dir));
                     let items = tree::get_tree(&remote, &local, &self.output, list)?;
                     self.batch(items, flags)?;
                 } else {
@@ -161,16 +181,16 @@ impl App {
                 self.batch(items, flags)?;
             }
             Command::Mget { patterns, flags } => {
-                let list = |dir: &str| remote!(self, c => c.list(dir));
+                let list = |dir: &str| remote_again!(self, c => c.list(dir));
                 let items = tree::mget(&patterns, &self.output, list)?;
                 self.batch(items, flags)?;
             }
             Command::Ls { long, path } => self.ls(path.as_deref().unwrap_or("."), long)?,
             Command::Cd(path) => {
-                self.link.cwd = remote!(self, c => c.cd(&path))?;
+                self.link.cwd = remote_again!(self, c => c.cd(&path))?;
             }
             Command::Pwd => {
-                let cwd = remote!(self, c => c.pwd())?;
+                let cwd = remote_again!(self, c => c.pwd())?;
                 self.output.line(Shown(&cwd))?;
                 self.link.cwd = cwd;
             }
@@ -194,7 +214,7 @@ impl App {
             Command::Rmdir(path) => remote!(self, c => c.rmdir(&path))?,
             Command::Rename { from, to } => remote!(self, c => c.rename(&from, &to))?,
             Command::Stat { md5, path } => {
-                let r = remote!(self, c => c.stat(&path, md5))?;
+                let r = remote_again!(self, c => c.stat(&path, md5))?;
                 self.output.stat(&r)?;
             }
             Command::Lcd(path) => local_cmds::lcd(path)?,
@@ -206,13 +226,13 @@ impl App {
     }
 
     fn ls(&mut self, path: &str, long: bool) -> Result<()> {
-        let mut entries = remote!(self, c => c.list(path))?;
+        let mut entries = remote_again!(self, c => c.list(path))?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         self.output.listing(&entries, long)
     }
 
     fn list(&mut self, dir: &str) -> Result<Vec<Entry>> {
-        remote!(self, c => c.list(dir))
+        remote_again!(self, c => c.list(dir))
     }
 
     /// Remote entries of `dir` for tab completion, from a listing at most a few seconds old.

@@ -65,6 +65,18 @@ impl Progress for Tracked<'_> {
     }
 }
 
+/// Whether a request that may be sent twice (a listing, `cd`, `pwd`, `stat`, `mkdir -p`)
+/// should be sent again after `err`, its `attempt`th failure (from 1): the wait before it if
+/// so. As for transfers, a server that cannot be reached at all on the first try is not
+/// retried; a link that failed under the request is.
+pub(crate) fn again(err: &ClientError, attempt: u32, retries: u32) -> Option<std::time::Duration> {
+    let first_connect = attempt == 1 && matches!(err, ClientError::Connect { .. });
+    if !err.is_retriable() || first_connect || attempt > retries {
+        return None;
+    }
+    Some((RETRY_BACKOFF * 2u32.pow(attempt - 1)).min(MAX_BACKOFF))
+}
+
 /// Moves one file over `link`. When the link fails or garbles data, reconnects and resumes
 /// from the last verified byte, up to `retries` times, saying so on stderr. Ctrl-C stops it
 /// cleanly: the connection stays usable and what was moved stays resumable.

@@ -1076,3 +1076,25 @@ fn kill_the_daemon_with_3_mib_of_big_bin_staged(root: &Path, work: &TempDir) -> 
     drop(proxy);
     (state, staging)
 }
+
+/// Regression: only transfers were retried, so a damaged record under `ls` (or `cd`, `pwd`,
+/// `stat`) ended the command with exit 3. A request that may be sent twice is asked again on a
+/// new connection.
+#[test]
+fn a_listing_over_a_damaged_link_is_asked_for_again() {
+    let daemon = Daemon::start();
+    fs::write(daemon.path("a.txt"), "x").unwrap();
+    // Past the daemon's `hello` record (which ends at byte 761 when anonymous): the listing's.
+    let proxy = Proxy::start(daemon.addr(), vec![Fault::flip_byte(S2C, 800)]);
+    let run = daemon
+        .cli_via(proxy.addr())
+        .arg("--timeout")
+        .arg(CLIENT_TIMEOUT)
+        .cmds("ls")
+        .timeout(RUN_LIMIT)
+        .run()
+        .ok();
+    assert_eq!(run.stdout, "a.txt\n");
+    assert!(run.stderr.contains("asking again (1/3)"), "{run}");
+    assert_eq!(proxy.connections(), 2, "{run}");
+}
