@@ -166,6 +166,14 @@ impl Client {
                     self.addr
                 ))))
             }
+            // Refused before the hello was read (too many connections, a login penalty):
+            // retried like any busy server, as the same refusal before TLS is.
+            Ok(Frame {
+                message: Message::Error(e),
+                ..
+            }) if e.code == protocol::ErrorCode::Busy => {
+                Err(Refusal::Error(ClientError::Remote(e)))
+            }
             Ok(Frame {
                 message: Message::Error(e),
                 ..
