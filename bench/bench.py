@@ -1401,12 +1401,13 @@ def charts_section(path, params):
               ("clients", "clients.svg", "the concurrency sweep"),
               ("far", "far.svg", "through the delay relay")]
     shown = [(f, t) for part, f, t in charts if part in params["parts"]]
-    if not shown:
+    if not shown or not params.get("charts"):
         return []
+    rel = os.path.relpath(params["charts"], path.resolve().parent)
     return ["## Charts", "", "Drawn by `bench/charts.py` (gnuplot) from this run's JSON, "
             "which is kept beside them:", "",
-            *[f"- [{t}](bench/{f})" for f, t in shown], "",
-            *[f"![{t}](bench/{f})" for f, t in shown], ""]
+            *[f"- [{t}]({rel}/{f})" for f, t in shown], "",
+            *[f"![{t}]({rel}/{f})" for f, t in shown], ""]
 
 
 NOTES = [
@@ -1461,6 +1462,7 @@ def main():
     ap.add_argument("--runs", type=int)
     ap.add_argument("--only", default="one,tree,conc,huge")
     ap.add_argument("--command", default="bench/run")
+    ap.add_argument("--charts", help="where bench/run draws the charts (for the report's links)")
     args = ap.parse_args()
 
     started = time.monotonic()
@@ -1491,7 +1493,7 @@ def main():
                          capture_output=True, text=True).stdout.strip() or "?"
     params = {"quick": quick, "runs": runs, "command": args.command, "repo": args.repo,
               "git": f"commit {git}", "big": big, "huge": huge, "nsmall": nsmall,
-              "nclients": nclients, "parts": sorted(only),
+              "nclients": nclients, "parts": sorted(only), "charts": args.charts,
               "sizes": sizes if "sizes" in only else [],
               "client_counts": client_counts if "clients" in only else [],
               "far": {"nfiles": far_n, "fsize": small, "big": far_big,

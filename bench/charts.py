@@ -85,8 +85,9 @@ def sizes_charts(raw, outdir):
                              ("fps", "files per second", "files/s")):
         c = Chart(raw, outdir, "sizes-mbps" if attr == "mbps" else "sizes-files")
         c.lines += [
-            f"set multiplot layout 1,2 title {q(f'{what} against file size, loopback, put -r and get -r of a directory' + chr(10) + c.footer)}",
+            f"set multiplot layout 1,2 title {q(f'{what} against file size on loopback, put -r and get -r of a directory of: {counts}' + chr(10) + c.footer)}",
             "set logscale x 2", "set logscale y", xtics,
+            f"set xrange [{sizes[0][0] / 2}:{sizes[-1][0] * 2}]",
             "set xlabel 'file size (log scale)'", f"set ylabel {q(unit + ', log scale')}",
             "set key inside bottom right" if attr == "mbps" else "set key inside top right",
         ]
@@ -98,7 +99,7 @@ def sizes_charts(raw, outdir):
             f = c.data(rows)
             plots = [f"{f} using 1:{i + 2} with linespoints lw 2 pt {i + 5} title {q(LABEL.get(t, t))}"
                      for i, t in enumerate(tools)]
-            c.lines += [f"set title {q(f'{kind} -r; files per size: {counts}')}",
+            c.lines += [f"set title {q(f'{kind} -r')}",
                         "plot " + ", ".join(plots)]
         c.lines.append("unset multiplot")
         c.draw(1300, 560)
@@ -110,17 +111,18 @@ def cpu_chart(raw, outdir):
         return
     runs = raw["runs"]
     size, count = sizes[-1]
-    rows = []
-    for t in (*SIZE_TOOLS, "md5sum"):
-        row = [LABEL.get(t, t)]
-        for kind in ("put", "get"):
+    c = Chart(raw, outdir, "cpu")
+    files = {}
+    for kind in ("put", "get"):
+        rows = []
+        for t in (*SIZE_TOOLS, "md5sum"):
             rs = runs.get(f"size-{kind}-{size}", {}).get(t, [])
             good = [r for r in rs if r["ok"]]
-            row += [median(rs, "cli_cpu") / (good[0]["nbytes"] / GiB) if good else None,
-                    median(rs, "srv_cpu") / (good[0]["nbytes"] / GiB) if good else None]
-        rows.append(row)
-    c = Chart(raw, outdir, "cpu")
-    f = c.data(rows)
+            if good:
+                gib = good[0]["nbytes"] / GiB
+                rows.append([LABEL.get(t, t), median(rs, "cli_cpu") / gib,
+                             median(rs, "srv_cpu") / gib])
+        files[kind] = c.data(rows)
     title = (f"CPU seconds per GiB moved (user+sys), {count} x {size_label(size)} on loopback"
              + chr(10) + c.footer)
     c.lines += [
@@ -130,10 +132,10 @@ def cpu_chart(raw, outdir):
         "set ylabel 'CPU s per GiB (client + server)'", "set xlabel 'tool'",
         "set yrange [0:*]", "set key inside top right", "set xtics rotate by -20",
     ]
-    for kind, col in (("put", 2), ("get", 4)):
+    for kind in ("put", "get"):
         sub = "put (md5sum: hashing the files once, for scale)" if kind == "put" else "get"
         c.lines += [f"set title {q(sub)}",
-                    f"plot {f} using {col}:xtic(1) title 'client', '' using {col + 1} title 'server'"]
+                    f"plot {files[kind]} using 2:xtic(1) title 'client', '' using 3 title 'server'"]
     c.lines.append("unset multiplot")
     c.draw(1300, 560)
 
@@ -163,7 +165,8 @@ def clients_chart(raw, outdir):
     xt = "set xtics (" + ", ".join(f"'{n}' {n}" for n in counts) + ")"
     c.lines += [
         f"set multiplot layout 2,2 title {q('concurrent clients on loopback, each ftp-cli process puts its own 1 MiB file and gets it back (TLS, MD5)' + chr(10) + c.footer)}",
-        "set logscale x", xt, "set xlabel 'concurrent clients (log scale)'", "set key inside top left",
+        "set logscale x", xt, f"set xrange [0.7:{counts[-1] * 1.5}]",
+        "set xlabel 'concurrent clients (log scale)'", "set key inside top left",
         "set title 'total throughput (all bytes put and got / wall time of the batch)'",
         "set ylabel 'MB/s'", "set yrange [0:*]",
         f"plot {f} using 1:2 with linespoints lw 2 pt 7 title 'MB/s'",
@@ -195,8 +198,8 @@ def far_chart(raw, outdir):
     c.lines += [
         f"set multiplot layout 1,2 title {q(f'through a delay relay on loopback, {rt} ms round trip (bench/delay_relay.py)' + chr(10) + c.footer)}",
         "set style data histograms", "set style histogram clustered gap 1",
-        "set style fill solid 0.8 border -1", "set yrange [0:*]", "set key inside top right",
-        "set xlabel 'direction'",
+        "set style fill solid 0.8 border -1", "set yrange [0:*]",
+        "set key outside bottom center horizontal", "set xlabel 'direction'",
     ]
     for what, attr, unit, title in (
             ("tree", "fps", "files/s", f"{far['nfiles']} x {size_label(far['fsize'])}, put -r / get -r"),
