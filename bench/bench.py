@@ -1400,12 +1400,25 @@ def charts_section(path, params):
               ("sizes", "cpu.svg", "CPU seconds per GiB, client and server, per tool"),
               ("clients", "clients.svg", "the concurrency sweep"),
               ("far", "far.svg", "through the delay relay")]
-    shown = [(f, t) for part, f, t in charts if part in params["parts"]]
-    if not shown or not params.get("charts"):
+    if not params.get("charts"):
+        return []
+    # This run's charts (drawn after this report), and those an earlier run of other parts
+    # left in the charts directory, so that a run of the default parts still links them.
+    here = [(f, t) for part, f, t in charts if part in params["parts"]]
+    earlier = [(f, t) for part, f, t in charts if part not in params["parts"]
+               and (Path(params["charts"]) / f).exists()]
+    shown = here + earlier
+    if not shown:
         return []
     rel = os.path.relpath(params["charts"], path.resolve().parent)
-    return ["## Charts", "", "Drawn by `bench/charts.py` (gnuplot) from this run's JSON, "
-            "which is kept beside them:", "",
+    whence = []
+    if here:
+        whence.append(f"from this run: {', '.join(f for f, _ in here)}")
+    if earlier:
+        whence.append(f"from an earlier run of other parts (its report and JSON are in `{rel}/`): "
+                      f"{', '.join(f for f, _ in earlier)}")
+    return ["## Charts", "", "Drawn by `bench/charts.py` (gnuplot) from the JSON of a run, "
+            "which is kept beside them; " + "; ".join(whence) + ".", "",
             *[f"- [{t}]({rel}/{f})" for f, t in shown], "",
             *[f"![{t}]({rel}/{f})" for f, t in shown], ""]
 
