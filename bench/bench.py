@@ -130,14 +130,19 @@ def wait_until(pred, what, timeout=20.0):
 class Timed:
     """One command under /usr/bin/time: wall (our own clock), user, sys, max RSS, exit code."""
 
-    def __init__(self, env, argv, cwd=None, tag="cmd"):
+    def __init__(self, env, argv, cwd=None, tag="cmd", gate=None):
         self.tfile = env.work / "logs" / f"time.{tag}.{time.monotonic_ns()}"
         self.ofile = env.work / "logs" / f"out.{tag}.{time.monotonic_ns()}"
         self.argv = argv
         self.out = open(self.ofile, "wb")
         self.t0 = time.monotonic()
+        timed = [TIME, "-f", "%e %U %S %M", "-o", str(self.tfile), *argv]
+        if gate:
+            # Wait at the gate (a FIFO: opening it blocks until the driver opens it for
+            # writing, the read returns when the driver closes it), then start the clock.
+            timed = ["sh", "-c", 'read _ < "$0"; exec "$@"', str(gate), *timed]
         self.proc = subprocess.Popen(
-            [TIME, "-f", "%e %U %S %M", "-o", str(self.tfile), *argv], cwd=cwd,
+            timed, cwd=cwd,
             stdin=subprocess.DEVNULL, stdout=self.out, stderr=subprocess.STDOUT,
         )
 
@@ -971,10 +976,18 @@ def bench_clients(env, res, runs, counts, fsize, src):
             d = env.start_ftpd(root, extra=clients_ftpd_args(n))
             sampler = Sampler(d.pid)
             mine = files[:n]
+            # Every client waits at a gate until all N are spawned (spawning 1,000 takes the
+            # driver seconds, longer than one client's whole transfer), then all go at once.
+            gate = w / "logs" / f"gate.{n}.{i}"
+            gate.unlink(missing_ok=True)
+            os.mkfifo(gate)
             try:
-                t0 = time.monotonic()
                 procs = [Timed(env, env.cli_argv(d, f"put {f} {f.name}; get {f.name} {out / f.name}"),
-                               tag=f"cl{n}-{j}") for j, f in enumerate(mine)]
+                               tag=f"cl{n}-{j}", gate=gate) for j, f in enumerate(mine)]
+                time.sleep(0.5)
+                t0 = time.monotonic()
+                with open(gate, "w"):
+                    pass
                 for p in procs:
                     p.wait()
                 wall = time.monotonic() - t0
