@@ -18,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +31,8 @@ CIPHER = "aes128-gcm@openssh.com"
 TIME = "/usr/bin/time"
 # What ftpd logs at start over TLS, followed by the fingerprint clients pin.
 PIN_LOG = "clients pin the server key "
+# The `far` part: what bench/delay_relay.py holds every byte for, each direction.
+FAR_DELAY_MS = 25
 
 
 def log(msg):
@@ -127,14 +130,19 @@ def wait_until(pred, what, timeout=20.0):
 class Timed:
     """One command under /usr/bin/time: wall (our own clock), user, sys, max RSS, exit code."""
 
-    def __init__(self, env, argv, cwd=None, tag="cmd"):
+    def __init__(self, env, argv, cwd=None, tag="cmd", gate=None):
         self.tfile = env.work / "logs" / f"time.{tag}.{time.monotonic_ns()}"
         self.ofile = env.work / "logs" / f"out.{tag}.{time.monotonic_ns()}"
         self.argv = argv
         self.out = open(self.ofile, "wb")
         self.t0 = time.monotonic()
+        timed = [TIME, "-f", "%e %U %S %M", "-o", str(self.tfile), *argv]
+        if gate:
+            # Wait at the gate (a FIFO: opening it blocks until the driver opens it for
+            # writing, the read returns when the driver closes it), then start the clock.
+            timed = ["sh", "-c", 'read _ < "$0"; exec "$@"', str(gate), *timed]
         self.proc = subprocess.Popen(
-            [TIME, "-f", "%e %U %S %M", "-o", str(self.tfile), *argv], cwd=cwd,
+            timed, cwd=cwd,
             stdin=subprocess.DEVNULL, stdout=self.out, stderr=subprocess.STDOUT,
         )
 
@@ -149,9 +157,13 @@ class Timed:
         self.rc = rc
         self.user = self.sys = 0.0
         self.rss_kib = 0
+        # The process's own elapsed time (10 ms resolution): `wall` is when we got round to
+        # waiting for it, which for one of many concurrent clients is later than its exit.
+        self.elapsed = self.wall
         try:
             last = self.tfile.read_text().strip().splitlines()[-1].split()
-            _, u, s, m = last
+            e, u, s, m = last
+            self.elapsed = float(e)
             self.user, self.sys, self.rss_kib = float(u), float(s), int(m)
         except (OSError, ValueError, IndexError):
             pass
@@ -243,13 +255,13 @@ class Env:
 
     # ---- ours ----
 
-    def start_ftpd(self, root, plaintext=False):
+    def start_ftpd(self, root, plaintext=False, extra=None):
         """ftpd on a free port of 127.0.0.1: TLS 1.3 (its default), or plain TCP with
         `plaintext`. The client learns the key to pin from the daemon's log, as a user would
         from `ftpd --fingerprint`."""
         d = Daemon(self, "ftpd", [self.ftpd, "--root", str(root), "--listen", "127.0.0.1:0",
                                   *(["--insecure-plaintext"] if plaintext else []),
-                                  *self.ftpd_extra])
+                                  *(self.ftpd_extra if extra is None else extra)])
         d.plaintext = plaintext
         d.fingerprint = None
         addr = []
@@ -271,13 +283,14 @@ class Env:
         d.addr = addr[0]
         return d
 
-    def cli_argv(self, daemon, commands, extra=()):
-        """ftp-cli to `daemon`, over TLS pinning its key, or in plaintext if it is plaintext."""
+    def cli_argv(self, daemon, commands, extra=(), addr=None):
+        """ftp-cli to `daemon` (or to `addr`, a relay in front of it), over TLS pinning its
+        key, or in plaintext if it is plaintext."""
         if daemon.plaintext:
             security = ["--insecure-plaintext"]
         else:
             security = ["--fingerprint", daemon.fingerprint]
-        return [self.cli, daemon.addr, "-q", *security, *extra, "-c", commands]
+        return [self.cli, addr or daemon.addr, "-q", *security, *extra, "-c", commands]
 
     # ---- sshd: a private one on a free port of 127.0.0.1 with its own keys ----
 
@@ -315,13 +328,13 @@ class Env:
             raise RuntimeError(f"cannot log in to the private sshd: {t.output()}"
                                f"\n{self.sshd.log_text()[-2000:]}")
 
-    def scp_argv(self, *args):
-        return ["scp", "-q", *self.ssh_opts, "-P", str(self.ssh_port), *args]
+    def scp_argv(self, *args, port=None):
+        return ["scp", "-q", *self.ssh_opts, "-P", str(port or self.ssh_port), *args]
 
-    def sftp_argv(self, batch_lines, tag):
+    def sftp_argv(self, batch_lines, tag, port=None):
         batch = self.work / "logs" / f"sftp.{tag}.{time.monotonic_ns()}"
         batch.write_text("".join(line + "\n" for line in batch_lines))
-        return ["sftp", "-q", *self.ssh_opts, "-P", str(self.ssh_port), "-b", str(batch),
+        return ["sftp", "-q", *self.ssh_opts, "-P", str(port or self.ssh_port), "-b", str(batch),
                 "root@127.0.0.1"]
 
     # ---- rsync daemon on a free port of 127.0.0.1; module `bench` is the work directory ----
@@ -341,8 +354,30 @@ class Env:
         self.rsync_port = port
         wait_until(lambda: listening(port), "rsync daemon to listen")
 
-    def rsync_url(self, rel):
-        return f"rsync://127.0.0.1:{self.rsync_port}/bench/{rel}"
+    def rsync_url(self, rel, port=None):
+        return f"rsync://127.0.0.1:{port or self.rsync_port}/bench/{rel}"
+
+    # ---- the delay relay (bench/delay_relay.py) in front of a daemon, for the `far` part ----
+
+    def start_relay(self, target, delay_ms=FAR_DELAY_MS):
+        d = Daemon(self, "relay", [sys.executable, str(Path(__file__).with_name("delay_relay.py")),
+                                   "--listen", "127.0.0.1:0", "--target", target,
+                                   "--delay-ms", str(delay_ms)])
+        addr = []
+
+        def up():
+            if d.proc.poll() is not None:
+                raise RuntimeError(f"delay relay exited: {d.log_text()[-2000:]}")
+            for line in d.log_text().splitlines():
+                if line.startswith("listening on "):
+                    addr.append(line.split()[-1])
+                    return True
+            return False
+
+        wait_until(up, "the delay relay to listen")
+        d.addr = addr[0]
+        d.port = int(d.addr.rsplit(":", 1)[1])
+        return d
 
     def stop_all(self):
         for d in list(self.daemons):
@@ -463,14 +498,23 @@ def peer_run(env, argv, daemon, tag, check, nbytes, nfiles, extra_procs=()):
                note="" if ok else f"rc={t.rc} {t.output(500)!r}")
 
 
-def ours_run(env, root, commands, tag, check, nbytes, nfiles, extra=(), plaintext=False):
+def ours_run(env, root, commands, tag, check, nbytes, nfiles, extra=(), plaintext=False,
+             far=False):
+    """One run of ftp-cli against a fresh ftpd; with `far`, through a fresh delay relay."""
     settle()
     d = env.start_ftpd(root, plaintext)
+    relay = None
     try:
-        t = run_timed(env, env.cli_argv(d, commands, extra), tag=tag)
+        addr = None
+        if far:
+            relay = env.start_relay(d.addr)
+            addr = relay.addr
+        t = run_timed(env, env.cli_argv(d, commands, extra, addr=addr), tag=tag)
         own, _ = d.cpu()
         hwm = d.hwm_kib()
     finally:
+        if relay:
+            relay.stop()
         d.stop()
     ok = t.rc == 0 and check()
     return Run(ok, t.wall, nbytes, nfiles, cli_cpu=t.cpu, srv_cpu=own, cli_rss=t.rss_kib,
@@ -735,6 +779,257 @@ def bench_huge(env, res, runs, size, src):
         res.add(key, "md5sum", md5sum_run(env, [src], size, 1, "md5sum-huge"))
 
 
+def transfer_tools(env, src, served_rel, nbytes, nfiles, tag, tools, far=None):
+    """(puts, gets): (tool, fn) lists that move `src` (a directory, with `put -r`/`get -r`,
+    or one file) to a peer and `served_rel` (what ftp-cli uploaded into WORK/served) back,
+    each checked byte for byte. `far` is (ssh relay port, rsync relay port): the peers go
+    through those relays, and ours through a fresh relay in front of each fresh ftpd."""
+    w = env.work
+    name = src.name
+    tree = src.is_dir()
+    r_ = "-r " if tree else ""
+    same = same_tree if tree else same_file
+    put_root = w / "put-root"
+    peer_put = w / "peer-root" / "put"
+    get_dst = w / "get-dst"
+    served = w / "served" / served_rel
+    ssh_port, rsync_port = far or (None, None)
+    rs = lambda rel: env.rsync_url(rel, rsync_port)
+    slash = "/" if tree else ""
+    rsync_a = ["-a"] if tree else []
+
+    def ours_put(extra=()):
+        def go():
+            fresh_dir(put_root)
+            r = ours_run(env, put_root, f"put {r_}{shlex.quote(str(src))} {name}", f"ours-put-{tag}",
+                         lambda: same(src, put_root / name), nbytes, nfiles, extra, far=bool(far))
+            rmtree(put_root)
+            return r
+        return go
+
+    def ours_get(extra=()):
+        def go():
+            fresh_dir(get_dst)
+            r = ours_run(env, w / "served",
+                         f"get {r_}{served_rel} {shlex.quote(str(get_dst / name))}",
+                         f"ours-get-{tag}", lambda: same(src, get_dst / name), nbytes, nfiles,
+                         extra, far=bool(far))
+            rmtree(get_dst)
+            return r
+        return go
+
+    def peer(argv, kind, daemon):
+        dst = peer_put if kind == "put" else get_dst
+
+        def go():
+            fresh_dir(dst)
+            r = peer_run(env, argv(), daemon, f"{kind}-{tag}", lambda: same(src, dst / name),
+                         nbytes, nfiles)
+            rmtree(dst)
+            return r
+        return go
+
+    blake3 = ("--digest", "blake3")
+    puts = {
+        OURS: ours_put(),
+        OURS_B3: ours_put(blake3),
+        "sftp": peer(lambda: env.sftp_argv([f"put {r_}{src} {peer_put}{'' if tree else '/' + name}"],
+                                           "put", ssh_port), "put", env.sshd),
+        "scp": peer(lambda: env.scp_argv(*(["-r"] if tree else []), str(src),
+                                         f"root@127.0.0.1:{peer_put}/{name}", port=ssh_port),
+                    "put", env.sshd),
+        "rsync": peer(lambda: ["rsync", *rsync_a, f"{src}{slash}", rs(f"peer-root/put/{name}{slash}")],
+                      "put", env.rsyncd),
+        "md5sum": lambda: md5sum_run(env, sorted(src.iterdir()) if tree else [src], nbytes,
+                                     nfiles, f"md5sum-{tag}"),
+    }
+    gets = {
+        OURS: ours_get(),
+        OURS_B3: ours_get(blake3),
+        "sftp": peer(lambda: env.sftp_argv([f"get {r_}{served} {get_dst}/{name}"], "get", ssh_port),
+                     "get", env.sshd),
+        "scp": peer(lambda: env.scp_argv(*(["-r"] if tree else []), f"root@127.0.0.1:{served}",
+                                         f"{get_dst}/{name}", port=ssh_port), "get", env.sshd),
+        "rsync": peer(lambda: ["rsync", *rsync_a, rs(f"served/{served_rel}{slash}"),
+                               f"{get_dst}/{name}{slash}"], "get", env.rsyncd),
+    }
+    return ([(t, puts[t]) for t in tools if t in puts], [(t, gets[t]) for t in tools if t in gets])
+
+
+def size_key(kind, size):
+    return f"size-{kind}-{size}"
+
+
+def bench_sizes(env, res, runs, sizes, src):
+    """The size sweep: put -r and get -r of a directory of COUNT files of SIZE, for each
+    (SIZE, COUNT), so that throughput can be drawn against file size."""
+    tools = (OURS, OURS_B3, "sftp", "scp", "rsync", "md5sum")
+    plan = []
+    for size, count in sizes:
+        d = src / f"sz-{size}"
+        kput, kget = size_key("put", size), size_key("get", size)
+        unit = "files/s" if size < MiB else "MB/s"
+        res.workload(kput, f"size sweep: {count} x {fmt_bytes(size)} put -r", unit)
+        res.workload(kget, f"size sweep: {count} x {fmt_bytes(size)} get -r", unit)
+        puts, gets = transfer_tools(env, d, d.name, size * count, count, f"sz{size}", tools)
+        plan.append((size, count, d, kput, kget, puts, gets))
+    for i in range(runs):
+        for size, count, d, kput, kget, puts, gets in plan:
+            log(f"size sweep {count} x {fmt_bytes(size)}, run {i + 1}/{runs}")
+            warm(d, env.work / "served" / d.name)
+            for tool, fn in puts:
+                res.add(kput, tool, fn())
+            for tool, fn in gets:
+                res.add(kget, tool, fn())
+
+
+def far_key(kind, what):
+    return f"far-{kind}-{what}"
+
+
+def bench_far(env, res, runs, nfiles, fsize, big, src):
+    """The many-small-files and the one-large-file transfers again, every tool through the
+    same delay relay (FAR_DELAY_MS each way): what round trips cost."""
+    tools = (OURS, "sftp", "rsync")
+    relays = [env.start_relay(f"127.0.0.1:{env.ssh_port}"),
+              env.start_relay(f"127.0.0.1:{env.rsync_port}")]
+    far = (relays[0].port, relays[1].port)
+    log(f"delay relays ({FAR_DELAY_MS} ms each way): sshd via {relays[0].addr}, "
+        f"rsync daemon via {relays[1].addr}")
+    tree, bigf = src / "far-tree", src / "far-big.bin"
+    rt = f"{2 * FAR_DELAY_MS} ms round trip"
+    parts = []
+    for what, path, n, nbytes, unit, title in (
+            ("tree", tree, nfiles, nfiles * fsize, "files/s", f"{nfiles} x {fmt_bytes(fsize)}"),
+            ("big", bigf, 1, big, "MB/s", f"one {fmt_bytes(big)} file")):
+        kput, kget = far_key("put", what), far_key("get", what)
+        res.workload(kput, f"far ({rt}): {title} put{' -r' if n > 1 else ''}", unit)
+        res.workload(kget, f"far ({rt}): {title} get{' -r' if n > 1 else ''}", unit)
+        puts, gets = transfer_tools(env, path, path.name, nbytes, n, f"far-{what}", tools, far)
+        parts.append((what, path, kput, kget, puts, gets))
+    try:
+        for i in range(runs):
+            for what, path, kput, kget, puts, gets in parts:
+                log(f"far {what}, run {i + 1}/{runs}")
+                warm(path, env.work / "served" / path.name)
+                for tool, fn in puts:
+                    res.add(kput, tool, fn())
+                for tool, fn in gets:
+                    res.add(kget, tool, fn())
+    finally:
+        for r in relays:
+            r.stop()
+
+
+class Sampler:
+    """Samples a process's open file descriptors every 20 ms in a thread: the peak count.
+    (Peak RSS needs no sampling: the kernel keeps VmHWM.)"""
+
+    def __init__(self, pid):
+        self.pid, self.peak_fds, self.stop_ = pid, 0, threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self):
+        while not self.stop_.is_set():
+            try:
+                self.peak_fds = max(self.peak_fds, len(os.listdir(f"/proc/{self.pid}/fd")))
+            except OSError:
+                pass
+            self.stop_.wait(0.02)
+
+    def stop(self):
+        self.stop_.set()
+        self.thread.join()
+        return self.peak_fds
+
+
+def clients_key(n):
+    return f"clients-{n}"
+
+
+def clients_ftpd_args(n):
+    """ftpd's connection caps raised as an admin would for N clients of one address: room for
+    all of them at once, logged in or still in the handshake."""
+    cap = str(max(2 * n, 64))
+    return ["--max-connections", cap, "--max-connections-per-ip", cap,
+            "--max-unauthenticated", cap, "--max-unauthenticated-per-range", cap]
+
+
+def bench_clients(env, res, runs, counts, fsize, src):
+    """The concurrency sweep: N ftp-cli processes at once (started as fast as the driver can
+    spawn them), each putting its own file and getting it back, for each N."""
+    w = env.work
+    root = w / "put-root"
+    out = w / "conc-out"
+    files = sorted(src.iterdir())
+    warm(src)
+    for n in counts:
+        res.workload(clients_key(n), f"{n} concurrent clients, each put+get {fmt_bytes(fsize)}",
+                     "MB/s")
+    for i in range(runs):
+        for n in counts:
+            log(f"{n} concurrent clients, run {i + 1}/{runs}")
+            fresh_dir(root)
+            fresh_dir(out)
+            settle()
+            d = env.start_ftpd(root, extra=clients_ftpd_args(n))
+            sampler = Sampler(d.pid)
+            mine = files[:n]
+            # Every client waits at a gate until all N are spawned (spawning 1,000 takes the
+            # driver seconds, longer than one client's whole transfer), then all go at once.
+            gate = w / "logs" / f"gate.{n}.{i}"
+            gate.unlink(missing_ok=True)
+            os.mkfifo(gate)
+            try:
+                procs = [Timed(env, env.cli_argv(d, f"put {f} {f.name}; get {f.name} {out / f.name}"),
+                               tag=f"cl{n}-{j}", gate=gate) for j, f in enumerate(mine)]
+                time.sleep(0.5)
+                t0 = time.monotonic()
+                with open(gate, "w"):
+                    pass
+                for p in procs:
+                    p.wait()
+                wall = time.monotonic() - t0
+                own, _ = d.cpu()
+                hwm = d.hwm_kib()
+            finally:
+                fds = sampler.stop()
+                d.stop()
+            failed = [p for p in procs if p.rc != 0]
+            bad = [f for f in mine if not (same_file(f, root / f.name) and same_file(f, out / f.name))]
+            note = ""
+            if failed:
+                note += (f"{len(failed)} clients failed, e.g. rc={failed[0].rc} "
+                         f"{failed[0].output(300)!r}; ")
+            if bad:
+                note += f"{len(bad)} files not byte-identical"
+            lat = sorted(p.elapsed for p in procs if p.rc == 0)
+            r = Run(not failed and not bad, wall, 2 * fsize * n, 2 * n,
+                    cli_cpu=sum(p.cpu for p in procs), srv_cpu=own,
+                    cli_rss=max(p.rss_kib for p in procs), srv_rss=hwm,
+                    failures=len(set(failed) | set(bad)), note=note)
+            r.clients = n
+            r.client_failures = len(failed)
+            r.not_identical = len(bad)
+            r.peak_fds = fds
+            r.p50 = percentile(lat, 50)
+            r.p99 = percentile(lat, 99)
+            res.add(clients_key(n), OURS, r)
+            log(f"  {n} clients: p50 {f2(r.p50)} s, p99 {f2(r.p99)} s per client, ftpd peak "
+                f"{mib(hwm)} MiB, {fds} fds, {len(failed)} failed, {len(bad)} differ")
+            rmtree(root)
+            rmtree(out)
+
+
+def percentile(sorted_xs, q):
+    """Nearest-rank percentile; None for no data."""
+    if not sorted_xs:
+        return None
+    k = max(0, min(len(sorted_xs) - 1, -(-len(sorted_xs) * q // 100) - 1))
+    return sorted_xs[int(k)]
+
+
 # --------------------------------------------------------------------------------------------
 # Report.
 # --------------------------------------------------------------------------------------------
@@ -796,7 +1091,8 @@ def targets(res):
     md5 = med("put1", "md5sum", "mbps")
     copy = med("put1", "socat (TCP copy)", "mbps")
     bound = 1 / (2 / md5 + 1 / copy) if md5 and copy else None
-    for ours in (OURS, OURS_B3):
+    # A part left out with --only has no target rows; a part that ran and failed does.
+    for ours in (OURS, OURS_B3) if "put1" in res.runs else ():
         # The targets are judged for the default (MD5); the same rows for BLAKE3 are reported
         # beside them, against the same thresholds.
         tag = "" if ours == OURS else " [blake3]"
@@ -832,7 +1128,7 @@ def targets(res):
                 f"ftp-cli {f2(ratio(cli, gib))}, ftpd {f2(ratio(srv, gib))})" if gib else "—",
                 f"<= {limit:.2f}x", r is not None and r <= limit)
     tls_targets(res, row)
-    for key in ("putR", "getR"):
+    for key in ("putR", "getR") if "putR" in res.runs else ():
         r = ratio(med(key, OURS, "fps"), med(key, "rsync", "fps"))
         row(f"{key[:3]} -r small files, files/s vs rsync daemon", r,
             f"{f2(r)}x ({f2(med(key, OURS, 'fps'), 1)} vs {f2(med(key, 'rsync', 'fps'), 1)} files/s)",
@@ -846,12 +1142,36 @@ def targets(res):
         hwm = res.peak("conc", OURS, "srv_rss")
         row("concurrent clients: ftpd peak RSS", hwm, f"{mib(hwm)} MiB", "< 64 MiB",
             hwm is not None and hwm < 64 * 1024)
-    else:
+    elif "conc" in res.runs:
         row("concurrent clients", None, "", "0 failures", False)
-    hwm = res.peak("huge", OURS, "srv_rss")
-    title = next((t for k, t, _ in res.workloads if k == "huge"), "big file put")
-    row(f"{title}: ftpd peak RSS", hwm, f"{mib(hwm)} MiB", "< 32 MiB",
-        hwm is not None and hwm < 32 * 1024)
+    if "huge" in res.runs:
+        hwm = res.peak("huge", OURS, "srv_rss")
+        title = next((t for k, t, _ in res.workloads if k == "huge"), "big file put")
+        row(f"{title}: ftpd peak RSS", hwm, f"{mib(hwm)} MiB", "< 32 MiB",
+            hwm is not None and hwm < 32 * 1024)
+    rt = f"{2 * FAR_DELAY_MS} ms RTT"
+    for what, attr, unit, limits in (("tree", "fps", "files/s", (("rsync", 1.0), ("sftp", 3.0))),
+                                     ("big", "mbps", "MB/s", (("rsync", 1.0), ("sftp", 1.0)))):
+        for kind in ("put", "get"):
+            key = far_key(kind, what)
+            if key not in res.runs:
+                continue
+            for peer, limit in limits:
+                r = ratio(med(key, OURS, attr), med(key, peer, attr))
+                row(f"far ({rt}) {what} {kind}, {unit} vs {peer}", r,
+                    f"{f2(r)}x ({f2(med(key, OURS, attr), 1)} vs {f2(med(key, peer, attr), 1)} "
+                    f"{unit})", f">= {limit:.2f}x", r is not None and r >= limit)
+    for key in res.runs:
+        if not key.startswith("clients-"):
+            continue
+        rs = res.runs[key].get(OURS, [])
+        n = rs[0].clients if rs else "?"
+        fails = sum(x.failures for x in rs)
+        hwm = res.peak(key, OURS, "srv_rss")
+        row(f"{n} concurrent clients: failed or differing clients (all runs)", fails,
+            str(fails), "0", fails == 0)
+        row(f"{n} concurrent clients: ftpd peak RSS", hwm, f"{mib(hwm)} MiB", "< 128 MiB",
+            hwm is not None and hwm < 128 * 1024)
     return ["target", "measured (same run)", "threshold", "result"], out
 
 
@@ -1033,6 +1353,8 @@ def report(env, res, info, params, started, path):
         "",
         md_table(tlh, tlrows) if tlrows else "Not measured (the one-file workload did not run).",
         "",
+        *clients_section(res),
+        *charts_section(path, params),
         "## Every run",
         "",
         md_table(per_run_h, per_run),
@@ -1050,6 +1372,68 @@ def report(env, res, info, params, started, path):
     (Path(params["repo"]) / "target" / "bench-last.json").write_text(json.dumps(raw, indent=1))
     log(f"wrote {path} and target/bench-last.json")
     return not_met
+
+
+def clients_section(res):
+    keys = [k for k, _, _ in res.workloads if k.startswith("clients-")]
+    if not keys:
+        return []
+    header = ["clients", "ok runs", "total MB/s", "files/s", "failed or differing clients",
+              "p50 s per client", "p99 s per client", "ftpd peak RSS MiB", "ftpd peak fds",
+              "ftpd CPU s"]
+    rows = []
+    for k in keys:
+        rs = res.runs[k].get(OURS, [])
+        if not rs:
+            continue
+        ok = [r for r in rs if r.ok] or rs
+        med = lambda a: statistics.median(getattr(r, a) for r in ok
+                                          if getattr(r, a, None) is not None) \
+            if any(getattr(r, a, None) is not None for r in ok) else None
+        rows.append([rs[0].clients, f"{len([r for r in rs if r.ok])}/{len(rs)}", f2(med("mbps"), 1),
+                     f2(med("fps"), 1), sum(r.failures for r in rs), f2(med("p50")),
+                     f2(med("p99")), mib(max(r.srv_rss for r in rs)),
+                     max(getattr(r, "peak_fds", 0) for r in rs), f2(med("srv_cpu"))])
+    return ["## Concurrency sweep", "",
+            "N ftp-cli processes started at once (as fast as the driver spawns them), each "
+            "connecting over TLS, putting its own 1 MiB file and getting it back. Time per "
+            "client is the process's elapsed time (`/usr/bin/time %e`) of the clients that "
+            "succeeded. ftpd's connection caps are raised to 2N for each N "
+            "(`--max-connections`, `--max-connections-per-ip`, `--max-unauthenticated`, "
+            "`--max-unauthenticated-per-range`) and bench/run raises `ulimit -n` to 20000, as an "
+            "admin would for that load; peak fds are sampled every 20 ms from `/proc/PID/fd`. "
+            "Medians of the ok runs (of all runs if none was ok); failures, RSS and fds from "
+            "every run.", "", md_table(header, rows), ""]
+
+
+def charts_section(path, params):
+    """Links to the charts bench/run draws from this run's JSON (bench/charts.py)."""
+    charts = [("sizes", "sizes-mbps.svg", "MB/s against file size"),
+              ("sizes", "sizes-files.svg", "files/s against file size"),
+              ("sizes", "cpu.svg", "CPU seconds per GiB, client and server, per tool"),
+              ("clients", "clients.svg", "the concurrency sweep"),
+              ("far", "far.svg", "through the delay relay")]
+    if not params.get("charts"):
+        return []
+    # This run's charts (drawn after this report), and those an earlier run of other parts
+    # left in the charts directory, so that a run of the default parts still links them.
+    here = [(f, t) for part, f, t in charts if part in params["parts"]]
+    earlier = [(f, t) for part, f, t in charts if part not in params["parts"]
+               and (Path(params["charts"]) / f).exists()]
+    shown = here + earlier
+    if not shown:
+        return []
+    rel = os.path.relpath(params["charts"], path.resolve().parent)
+    whence = []
+    if here:
+        whence.append(f"from this run: {', '.join(f for f, _ in here)}")
+    if earlier:
+        whence.append(f"from an earlier run of other parts (its report and JSON are in `{rel}/`): "
+                      f"{', '.join(f for f, _ in earlier)}")
+    return ["## Charts", "", "Drawn by `bench/charts.py` (gnuplot) from the JSON of a run, "
+            "which is kept beside them; " + "; ".join(whence) + ".", "",
+            *[f"- [{t}]({rel}/{f})" for f, t in shown], "",
+            *[f"![{t}]({rel}/{f})" for f, t in shown], ""]
 
 
 NOTES = [
@@ -1081,6 +1465,14 @@ NOTES = [
     "talks to a private `rsync --daemon` (rsync://, no ssh); `rsync md5` adds "
     "`--checksum-choice=md5`, plain rsync uses its default (xxh128 on this build). socat is "
     "file -> TCP -> file with 128 KiB buffers: the plain copy that the bound uses.",
+    "The `far` part runs every tool through `bench/delay_relay.py`, a user-space relay on "
+    f"loopback that holds every byte {FAR_DELAY_MS} ms in each direction ({2 * FAR_DELAY_MS} ms "
+    "round trip) without limiting throughput otherwise; ours goes through a fresh relay in front "
+    "of each fresh ftpd, sftp and rsync through one relay each for the whole part. What it does "
+    "not model: the relay acknowledges bytes as soon as it reads them, so TCP's window (and slow "
+    "start, and any loss) never waits on the far side: it flatters streaming, for every tool "
+    "alike. It is honest about round trips: a request that waits for its reply pays the full "
+    "round trip. The relay's own CPU (Python) is counted for no one.",
     "The bound for a put is 1 / (2/md5sum + 1/copy): the time to hash the file twice (sender and "
     "receiver) plus copy it once, with nothing overlapped; a pipelined put can beat it.",
 ]
@@ -1096,6 +1488,7 @@ def main():
     ap.add_argument("--runs", type=int)
     ap.add_argument("--only", default="one,tree,conc,huge")
     ap.add_argument("--command", default="bench/run")
+    ap.add_argument("--charts", help="where bench/run draws the charts (for the report's links)")
     args = ap.parse_args()
 
     started = time.monotonic()
@@ -1107,7 +1500,18 @@ def main():
     small = 64 * KiB
     nclients = 50 if quick else 200
     conc_size = 1 * MiB
+    # The size sweep: (file size, how many files), a few seconds of work each for sftp.
+    sizes = [(4 * KiB, 1000), (64 * KiB, 500), (1 * MiB, 100), (16 * MiB, 16), (256 * MiB, 2),
+             (1 * GiB, 1)]
+    if quick:
+        sizes = [(4 * KiB, 200), (64 * KiB, 100), (1 * MiB, 20), (16 * MiB, 4), (256 * MiB, 1)]
+    client_counts = [1, 10, 50] if quick else [1, 10, 100, 500, 1000]
+    far_n = 100 if quick else 1000
+    far_big = 64 * MiB if quick else 256 * MiB
     only = set(args.only.split(","))
+    unknown = only - {"one", "tree", "conc", "huge", "sizes", "clients", "far"}
+    if unknown:
+        raise SystemExit(f"bench.py: unknown part(s) {', '.join(sorted(unknown))}")
 
     env = Env(args)
     info = machine()
@@ -1115,7 +1519,11 @@ def main():
                          capture_output=True, text=True).stdout.strip() or "?"
     params = {"quick": quick, "runs": runs, "command": args.command, "repo": args.repo,
               "git": f"commit {git}", "big": big, "huge": huge, "nsmall": nsmall,
-              "nclients": nclients}
+              "nclients": nclients, "parts": sorted(only), "charts": args.charts,
+              "sizes": sizes if "sizes" in only else [],
+              "client_counts": client_counts if "clients" in only else [],
+              "far": {"nfiles": far_n, "fsize": small, "big": far_big,
+                      "delay_ms_each_way": FAR_DELAY_MS} if "far" in only else None}
     res = Results()
     src = env.work / "src"
     try:
@@ -1130,6 +1538,17 @@ def main():
                 make_random(src / "conc" / f"c{i:03}.bin", conc_size)
         if "huge" in only:
             make_random(src / "huge.bin", huge)
+        if "sizes" in only:
+            for size, count in sizes:
+                for i in range(count):
+                    make_random(src / f"sz-{size}" / f"f{i:04}.bin", size)
+        if "clients" in only:
+            for i in range(max(client_counts)):
+                make_random(src / "clients" / f"c{i:04}.bin", conc_size)
+        if "far" in only:
+            for i in range(far_n):
+                make_random(src / "far-tree" / f"f{i:04}.bin", small)
+            make_random(src / "far-big.bin", far_big)
         sh("sync")
 
         # What the gets read: uploaded with ftp-cli, as in real use (digests recorded).
@@ -1139,6 +1558,10 @@ def main():
             setup.append(f"put {src / 'big.bin'} big.bin")
         if "tree" in only:
             setup.append(f"put -r {src / 'small'} small")
+        if "sizes" in only:
+            setup += [f"put -r {src / f'sz-{size}'} sz-{size}" for size, _ in sizes]
+        if "far" in only:
+            setup += [f"put -r {src / 'far-tree'} far-tree", f"put {src / 'far-big.bin'} far-big.bin"]
         if setup:
             d = env.start_ftpd(served)
             try:
@@ -1148,7 +1571,7 @@ def main():
             if t.rc != 0:
                 raise RuntimeError(f"setup upload failed: {t.output()}")
 
-        if only & {"one", "tree"}:
+        if only & {"one", "tree", "sizes", "far"}:
             env.start_sshd()
             env.start_rsyncd()
             log(f"sshd on 127.0.0.1:{env.ssh_port}, rsync daemon on 127.0.0.1:{env.rsync_port}")
@@ -1161,6 +1584,12 @@ def main():
             bench_concurrent(env, res, runs, nclients, conc_size, src / "conc")
         if "huge" in only:
             bench_huge(env, res, runs, huge, src / "huge.bin")
+        if "sizes" in only:
+            bench_sizes(env, res, runs, sizes, src)
+        if "clients" in only:
+            bench_clients(env, res, runs, client_counts, conc_size, src / "clients")
+        if "far" in only:
+            bench_far(env, res, runs, far_n, small, far_big, src)
     finally:
         env.stop_all()
     report(env, res, info, params, started, Path(args.out))
