@@ -183,9 +183,10 @@ fn main() -> ExitCode {
         Err(ClientError::Stdout(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
             ExitCode::SUCCESS
         }
-        Err(ClientError::KeyChanged(warning)) => {
-            ftp_cli::output::diagnostic_lines(&warning);
-            ExitCode::from(ClientError::KeyChanged(String::new()).exit_code())
+        // The warning about a server's key is several lines, loud as ssh's.
+        Err(e @ ClientError::KeyChanged(_)) => {
+            ftp_cli::output::diagnostic_lines(&e.to_string());
+            ExitCode::from(e.exit_code())
         }
         Err(e) => {
             // Escaped: the error may carry the server's words.

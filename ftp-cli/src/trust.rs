@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use protocol::tls::{self, Fingerprint};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
@@ -196,7 +195,7 @@ impl Seen {
 struct PinVerifier {
     expected: Option<Fingerprint>,
     seen: Arc<Seen>,
-    provider: Arc<CryptoProvider>,
+    signatures: tls::Signatures,
 }
 
 impl fmt::Debug for PinVerifier {
@@ -230,10 +229,7 @@ impl ServerCertVerifier for PinVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        // TLS 1.2 is never offered; a server that claims it anyway is refused.
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        self.signatures.tls12()
     }
 
     fn verify_tls13_signature(
@@ -242,19 +238,11 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        // The proof that the server holds the pinned key's private half.
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -289,7 +277,7 @@ pub fn client_config(
             .with_custom_certificate_verifier(Arc::new(PinVerifier {
                 expected,
                 seen: seen.clone(),
-                provider,
+                signatures: tls::Signatures::default(),
             })),
     };
     let mut config = match key {

@@ -56,7 +56,6 @@ impl Source {
 /// The identity in force, which SIGHUP replaces; every handshake asks it for the key.
 pub struct Identity {
     source: Source,
-    provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
 }
 
@@ -69,11 +68,9 @@ impl fmt::Debug for Identity {
 impl Identity {
     /// Loads the identity from `source`, making it first if it is a generated one not yet made.
     pub fn load(source: Source) -> anyhow::Result<Identity> {
-        let provider = tls::provider();
-        let key = read(&source, &provider)?;
+        let key = read(&source, &tls::provider())?;
         Ok(Identity {
             source,
-            provider,
             current: RwLock::new(Arc::new(key)),
         })
     }
@@ -81,7 +78,7 @@ impl Identity {
     /// Reads the key and certificate again (a renewed certificate, say) and puts them in force
     /// for new handshakes; connections already open keep theirs. On failure the old ones stay.
     pub fn reload(&self) -> anyhow::Result<Fingerprint> {
-        let key = read(&self.source, &self.provider)?;
+        let key = read(&self.source, &tls::provider())?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
         Ok(self.fingerprint())
     }
@@ -99,10 +96,10 @@ impl Identity {
     /// The TLS configuration connections are accepted with: TLS 1.3 only, this protocol's
     /// ALPN id, no session resumption (every connection verifies the server's key afresh).
     pub fn acceptor(self: &Arc<Self>) -> TlsAcceptor {
-        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+        let mut config = ServerConfig::builder_with_provider(tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("the provider supports TLS 1.3")
-            .with_client_cert_verifier(Arc::new(AnyClientKey(self.provider.clone())))
+            .with_client_cert_verifier(Arc::new(AnyClientKey(tls::Signatures::default())))
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![tls::ALPN.to_vec()];
         config.send_tls13_tickets = 0;
@@ -115,7 +112,7 @@ impl Identity {
 /// its key (the handshake signature is checked); which user the key belongs to is decided at
 /// login, by the users file. Certificates are self-signed (`ftp-cli keygen`): no CA is checked.
 #[derive(Debug)]
-struct AnyClientKey(Arc<CryptoProvider>);
+struct AnyClientKey(tls::Signatures);
 
 impl rustls::server::danger::ClientCertVerifier for AnyClientKey {
     fn offer_client_auth(&self) -> bool {
@@ -146,9 +143,7 @@ impl rustls::server::danger::ClientCertVerifier for AnyClientKey {
         _cert: &CertificateDer<'_>,
         _dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
+        self.0.tls12()
     }
 
     fn verify_tls13_signature(
@@ -157,16 +152,11 @@ impl rustls::server::danger::ClientCertVerifier for AnyClientKey {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.0.schemes()
     }
 }
 

@@ -9,8 +9,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use base64::Engine;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest as _, Sha256};
 
 /// The ALPN protocol id both sides offer. A TLS peer that does not select it is not ftpd.
@@ -33,14 +35,57 @@ pub fn looks_like_tls(first: &[u8]) -> bool {
 
 /// The crypto provider every TLS configuration of this workspace is built with: ring, the one
 /// linked (see the workspace manifest for why).
+/// Made once per process and shared by every configuration.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(ring_aes128_first())
+    static PROVIDER: std::sync::OnceLock<Arc<CryptoProvider>> = std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(ring_aes128_first()))
+        .clone()
 }
 
 /// Makes [`provider`] the process default, for any TLS user that does not name one; the
 /// binaries call it first thing. Calling it again is harmless.
 pub fn install_provider() {
-    let _ = ring_aes128_first().install_default();
+    let _ = CryptoProvider::clone(&provider()).install_default();
+}
+
+/// The handshake-signature checks every certificate verifier of ours makes, whatever it
+/// trusts (a pinned key, any client key, a test's any-key): the signature is checked against
+/// the certificate's key with the provider's algorithms, which proves the peer holds that key;
+/// TLS 1.2 is never offered, so its signatures are refused.
+#[derive(Debug)]
+pub struct Signatures(Arc<CryptoProvider>);
+
+impl Default for Signatures {
+    fn default() -> Self {
+        Signatures(provider())
+    }
+}
+
+impl Signatures {
+    pub fn tls12(&self) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    pub fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    pub fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// ring's provider with its TLS 1.3 suites in the order AES-128-GCM, AES-256-GCM,

@@ -2,7 +2,6 @@
 //! plain TCP when told), and the one clear reason when what answers is not an ftpd over TLS.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -81,12 +80,14 @@ impl Client {
         let key = creds.and_then(|c| c.key.as_deref()).filter(|_| !probing);
         let setup = trust::client_config(expected, roots, key)?;
         let name = trust::server_name(&target)?;
-        let (sniff, first) = Sniff::new(BufReader::with_capacity(tls::READ_BUFFER, tcp));
-        let handshake = TlsConnector::from(setup.config).connect(name, sniff);
-        let stream = match tokio::time::timeout(timeout, handshake).await {
+        let sniff = Sniff::new(BufReader::with_capacity(tls::READ_BUFFER, tcp));
+        let handshake = TlsConnector::from(setup.config)
+            .connect(name, sniff)
+            .into_fallible();
+        let mut stream = match tokio::time::timeout(timeout, handshake).await {
             Err(_) => return Err(fail("no TLS handshake within the timeout".into())),
             Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
+            Ok(Err((e, sniff))) => {
                 let seen = setup.seen.get();
                 if let (Some(expected), Some(seen)) = (expected, seen) {
                     if expected != seen {
@@ -98,10 +99,11 @@ impl Client {
                         return Err(not_its_key(&target, seen));
                     }
                 }
-                let first = first.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                return Err(handshake_failed(&target, e, &first, roots.is_some()));
+                return Err(handshake_failed(&target, e, &sniff.first, roots.is_some()));
             }
         };
+        // The handshake is over: nothing more to keep of what the server sends.
+        stream.get_mut().0.stop();
         let (_, conn) = stream.get_ref();
         if conn.alpn_protocol() != Some(tls::ALPN) {
             return Err(ClientError::NotProtocol(format!(
@@ -256,19 +258,25 @@ fn handshake_failed(addr: &str, e: std::io::Error, first: &[u8], ca: bool) -> Cl
 /// handshake fails.
 struct Sniff<S> {
     inner: S,
-    first: Arc<Mutex<Vec<u8>>>,
+    /// What the server sent first, up to [`SNIFF_BYTES`].
+    first: Vec<u8>,
+    /// Bytes still to keep; 0 once the handshake is over.
+    room: usize,
 }
 
 impl<S> Sniff<S> {
-    fn new(inner: S) -> (Sniff<S>, Arc<Mutex<Vec<u8>>>) {
-        let first = Arc::new(Mutex::new(Vec::new()));
-        (
-            Sniff {
-                inner,
-                first: first.clone(),
-            },
-            first,
-        )
+    fn new(inner: S) -> Sniff<S> {
+        Sniff {
+            inner,
+            first: Vec::new(),
+            room: SNIFF_BYTES,
+        }
+    }
+
+    /// Keeps nothing more: every read after the handshake goes straight through.
+    fn stop(&mut self) {
+        self.room = 0;
+        self.first = Vec::new();
     }
 }
 
@@ -280,11 +288,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sniff<S> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
-        if first.len() < SNIFF_BYTES {
+        if self.room > 0 {
             let new = &buf.filled()[before..];
-            let keep = new.len().min(SNIFF_BYTES - first.len());
-            first.extend_from_slice(&new[..keep]);
+            let keep = new.len().min(self.room);
+            let this = &mut *self;
+            this.first.extend_from_slice(&new[..keep]);
+            this.room -= keep;
         }
         polled
     }

@@ -50,19 +50,18 @@ pub fn server_config() -> Arc<ServerConfig> {
 /// A client configuration that accepts whatever key the server has (its handshake signature
 /// still checked), with this protocol's ALPN id.
 pub fn any_server_config() -> Arc<ClientConfig> {
-    let provider = tls::provider();
-    let mut config = ClientConfig::builder_with_provider(provider.clone())
+    let mut config = ClientConfig::builder_with_provider(tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyKey(provider)))
+        .with_custom_certificate_verifier(Arc::new(AnyKey(tls::Signatures::default())))
         .with_no_client_auth();
     config.alpn_protocols = vec![tls::ALPN.to_vec()];
     Arc::new(config)
 }
 
 #[derive(Debug)]
-struct AnyKey(Arc<rustls::crypto::CryptoProvider>);
+struct AnyKey(tls::Signatures);
 
 impl ServerCertVerifier for AnyKey {
     fn verify_server_cert(
@@ -82,7 +81,7 @@ impl ServerCertVerifier for AnyKey {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not offered".into()))
+        self.0.tls12()
     }
 
     fn verify_tls13_signature(
@@ -91,15 +90,10 @@ impl ServerCertVerifier for AnyKey {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.0.schemes()
     }
 }

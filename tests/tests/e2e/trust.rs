@@ -135,6 +135,19 @@ impl Identity {
     }
 }
 
+/// A daemon on `site` presenting `identity` from files (`--tls-cert server.pem --tls-key
+/// server-key.pem` beside the root), as a CA-issued certificate is.
+fn serving(site: &Site, identity: &Identity) -> Daemon {
+    let (cert, key) = (site.path("server.pem"), site.path("server-key.pem"));
+    identity.install(&cert, &key);
+    site.daemon()
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .start()
+}
+
 /// A certificate authority made in the test.
 struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
@@ -526,15 +539,7 @@ fn a_ca_certificate_is_checked_against_the_name_typed() {
     ca.write(&site.path("ca.pem"));
     Ca::new("some other CA").write(&site.path("other-ca.pem"));
     let server = ca.issue(&["localhost"]);
-    let (cert, key) = (site.path("server.pem"), site.path("server-key.pem"));
-    server.install(&cert, &key);
-    let daemon = site
-        .daemon()
-        .arg("--tls-cert")
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .start();
+    let daemon = serving(&site, &server);
     write_file(daemon.path("hello.txt"), "hi");
     assert_eq!(daemon.fingerprint(), server.fingerprint);
     let port = daemon.addr().port();
@@ -581,14 +586,7 @@ fn sighup_puts_a_new_certificate_in_force_and_keeps_open_sessions() {
     let site = Site::new();
     let (cert, key) = (site.path("server.pem"), site.path("server-key.pem"));
     let old = Identity::self_signed();
-    old.install(&cert, &key);
-    let daemon = site
-        .daemon()
-        .arg("--tls-cert")
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .start();
+    let daemon = serving(&site, &old);
     write_file(daemon.path("hello.txt"), "hi");
     assert_eq!(daemon.fingerprint(), old.fingerprint);
     let addr = daemon.addr();
