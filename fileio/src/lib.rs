@@ -30,6 +30,12 @@ pub const ALIGN: usize = 4096;
 /// enough that many uploads at once cost little memory.
 const BUFFER: usize = 256 << 10;
 
+/// Below this many bytes expected, a file is written through the page cache: a direct write
+/// waits for the device, and for a small file that wait is all its cost (a tree of 64 KiB
+/// files went at the disk's latency, one file at a time), while the cache copy of so few
+/// bytes costs next to nothing. A batch of small files is then made durable together.
+pub const DIRECT_MIN: u64 = 1 << 20;
+
 /// Appends to a file from a given offset on. Bytes are held until a whole buffer is full; call
 /// [`DirectWriter::flush`] before relying on the file's contents (dropping the writer discards
 /// what it holds, so that an owner who lost the right to write never writes).
@@ -53,7 +59,8 @@ pub struct DirectWriter {
 
 impl DirectWriter {
     /// A writer that continues `file` at `offset` (normally its length), for about `expected`
-    /// more bytes: a small file gets a small buffer. Bytes of a partial block before `offset`
+    /// more bytes: a small file gets a small buffer, and under [`DIRECT_MIN`] no direct writes
+    /// at all. Bytes of a partial block before `offset`
     /// are read back so that writes stay aligned.
     pub fn new(file: File, offset: u64, expected: u64) -> io::Result<Self> {
         let head = (offset % ALIGN as u64) as usize;
@@ -75,7 +82,7 @@ impl DirectWriter {
             let (file, buf) = (&w.file, &mut w.mem[start..start + head]);
             file.read_exact_at(buf, base)?;
         }
-        w.direct = odirect::set(&w.file, true).is_ok();
+        w.direct = expected >= DIRECT_MIN && odirect::set(&w.file, true).is_ok();
         Ok(w)
     }
 

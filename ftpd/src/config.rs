@@ -137,6 +137,14 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_staged_uploads: u64,
 
+    /// Report uploads `stored` without syncing them to disk first (as rsync and sftp servers
+    /// do by default). Faster for trees of small files; but a crash of the machine (not of
+    /// ftpd) may then lose files already reported stored, or leave them empty. By default
+    /// every `stored` means the file is on disk: one at a time, or for a pipeline of small
+    /// files, a group with one pair of `syncfs` calls.
+    #[arg(long, env = "FTPD_NO_FSYNC")]
+    pub no_fsync: bool,
+
     /// Most bytes of chunk bodies held in memory by all transfers together (e.g. 256MiB):
     /// read ahead from disk for downloads, received and not yet written for uploads. A
     /// transfer waits for its share (within --stall-timeout) instead of allocating more.

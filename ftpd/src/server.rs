@@ -89,6 +89,7 @@ impl Server {
             quota: config.quota,
             max_files: config.max_files,
             max_staged: Some(usize::try_from(config.max_staged_uploads).unwrap_or(usize::MAX)),
+            no_fsync: config.no_fsync,
         };
         let state = match &config.state_dir {
             Some(dir) => dir.clone(),

@@ -19,6 +19,7 @@ use crate::cmd::{self, Failure, Handled};
 use crate::error::SessionError;
 use crate::hashing::Hashing;
 use crate::logging::Wire;
+use crate::pipeline::{Answer, Pipeline};
 use crate::reply::CmdError;
 use crate::server::Shared;
 use crate::shutdown::Shutdown;
@@ -78,6 +79,10 @@ pub struct Session {
     peer_key: Option<Fingerprint>,
     /// When hello and login must be done by; `None`: `--handshake-timeout` from the start.
     deadline: Option<Instant>,
+    /// Pipelined uploads between their `put` and their answer.
+    pipeline: Pipeline,
+    /// A command the client sent while a download was going out (pipelined): the next to run.
+    stashed: Option<Frame>,
 }
 
 /// What a transfer moved, as the dispatcher records it.
@@ -123,6 +128,8 @@ impl Session {
             binding: channel.binding,
             peer_key: channel.peer_key,
             deadline: None,
+            pipeline: Pipeline::new(),
+            stashed: None,
         }
     }
 
@@ -190,7 +197,11 @@ impl Session {
             .map_err(|e| SessionError::Refused(CmdError::from(e).reply()))?;
         self.client_max_chunk = agreed.max_chunk;
         self.digest = agreed.digest;
-        let mut capabilities = vec![capability::RESUME.into(), capability::FILES.into()];
+        let mut capabilities = vec![
+            capability::RESUME.into(),
+            capability::FILES.into(),
+            capability::PIPELINE.into(),
+        ];
         if self.auth.users().is_some() {
             capabilities.push(capability::AUTH_SCRAM_SHA256.into());
             capabilities.push(capability::AUTH_KEY.into());
@@ -403,17 +414,33 @@ impl Session {
 
     async fn command_loop(&mut self) -> Result<(), SessionError> {
         loop {
-            let idle = self.config.idle_timeout;
-            let incoming = tokio::select! {
-                biased;
-                _ = self.shutdown.recv() => return Err(SessionError::Shutdown),
-                next = self.conn.recv(idle) => {
-                    next.map_err(|e| SessionError::connection(e, "command"))?
+            while let Some(answer) = self.pipeline.next_answer() {
+                self.answer(answer).await?;
+            }
+            let incoming = match self.stashed.take() {
+                Some(frame) => Ok(frame),
+                None => {
+                    let idle = self.config.idle_timeout;
+                    let busy = self.pipeline.busy();
+                    let room = self.pipeline.has_room();
+                    let root = self.home.root();
+                    tokio::select! {
+                        biased;
+                        _ = self.shutdown.recv() => return Err(SessionError::Shutdown),
+                        moved = self.pipeline.progress(root), if busy => {
+                            moved?;
+                            continue;
+                        }
+                        next = self.conn.recv(idle), if room => {
+                            next.map_err(|e| SessionError::connection(e, "command"))?
+                        }
+                    }
                 }
             };
             let flow = match incoming {
                 Ok(frame) => self.dispatch(frame.message).await?,
                 Err(rejected) => {
+                    self.flush_pipeline().await?;
                     let refused = Err(Failure::Refused(CmdError::Unsupported {
                         kind: rejected.kind,
                         reason: rejected.reason,
@@ -427,11 +454,60 @@ impl Session {
         }
     }
 
+    /// Answers every pipelined upload still in flight, in order: before any other command
+    /// runs, so that replies keep the order of the commands.
+    async fn flush_pipeline(&mut self) -> Result<(), SessionError> {
+        loop {
+            while let Some(answer) = self.pipeline.next_answer() {
+                self.answer(answer).await?;
+            }
+            if self.pipeline.idle() {
+                return Ok(());
+            }
+            let root = self.home.root().clone();
+            tokio::select! {
+                biased;
+                _ = self.shutdown.recv() => return Err(SessionError::Shutdown),
+                moved = self.pipeline.progress(&root) => moved?,
+            }
+        }
+    }
+
+    /// Sends a pipelined upload's answer and records it.
+    async fn answer(&mut self, answer: Answer) -> Result<(), SessionError> {
+        let Answer {
+            moved,
+            started,
+            reply,
+        } = answer;
+        let (frame, outcome) = match reply {
+            Ok(eof) => (Message::Stored(eof), Ok(())),
+            Err(e) => {
+                let reply = e.reply();
+                (Message::Error(reply.clone()), Err(reply))
+            }
+        };
+        let sent = self.send(frame).await;
+        self.record("put", started, outcome, &moved);
+        sent
+    }
+
     /// Runs one command, then answers and records it.
     async fn dispatch(&mut self, message: Message) -> Result<Flow, SessionError> {
         let started = Instant::now();
         self.moved = Moved::default();
         self.recheck_user()?;
+        let small_upload =
+            matches!(&message, Message::Put(p) if p.pipelined && p.size <= crate::pipeline::SMALL);
+        if small_upload {
+            if let Message::Put(req) = message {
+                cmd::put::pipelined(self, req, started).await?;
+            }
+            return Ok(Flow::Continue);
+        }
+        if !matches!(message, Message::Cancel) {
+            self.flush_pipeline().await?;
+        }
         let out_of_place = |why| Err(Failure::Refused(CmdError::OutOfPlace(why)));
         let (op, handled) = match message {
             Message::Put(req) => ("put", cmd::put::run(self, req).await),
@@ -540,12 +616,19 @@ impl Session {
                 (Err(reply), Err(e))
             }
         };
-        self.record(op, started, outcome);
+        let moved = std::mem::take(&mut self.moved);
+        self.record(op, started, outcome, &moved);
         result.map(|()| Flow::Continue)
     }
 
     /// One log line per command: transfers at INFO (like vsftpd's xferlog), the rest at DEBUG.
-    fn record(&self, op: &'static str, started: Instant, outcome: Result<(), ErrorReply>) {
+    fn record(
+        &self,
+        op: &'static str,
+        started: Instant,
+        outcome: Result<(), ErrorReply>,
+        moved: &Moved,
+    ) {
         let elapsed = started.elapsed();
         let code = match &outcome {
             Ok(()) => "ok",
@@ -558,7 +641,7 @@ impl Session {
         }
         let secs = elapsed.as_secs_f64();
         let rate = if secs > 0.0 {
-            self.moved.bytes as f64 / secs / 1e6
+            moved.bytes as f64 / secs / 1e6
         } else {
             0.0
         };
@@ -571,12 +654,11 @@ impl Session {
             peer = %self.peer,
             %user,
             op,
-            path = %Wire(self.moved.path.as_deref().unwrap_or("-")),
-            bytes = self.moved.bytes,
+            path = %Wire(moved.path.as_deref().unwrap_or("-")),
+            bytes = moved.bytes,
             secs = format!("{secs:.3}"),
             mb_per_s = format!("{rate:.1}"),
-            digest = %self
-                .moved
+            digest = %moved
                 .digest
                 .map_or_else(|| "-".into(), |d| format!("{}:{d}", d.kind().key())),
             outcome = %Wire(&detail),
@@ -645,10 +727,34 @@ impl Session {
 
     /// A frame the client has already sent, if any, without waiting (a download's `cancel`).
     pub fn poll_incoming(&mut self) -> Option<Result<Frame, SessionError>> {
+        if self.stashed.is_some() {
+            return None;
+        }
         match self.conn.try_recv()? {
             Err(e) => Some(Err(SessionError::connection(e, "data from the client"))),
             Ok(item) => Some(incoming_in_transfer(item)),
         }
+    }
+
+    /// Adds a pipelined upload that `job` writes (see [`crate::pipeline`]).
+    pub fn pipeline_push(
+        &mut self,
+        moved: Moved,
+        started: Instant,
+        job: tokio::task::JoinHandle<crate::pipeline::Written>,
+    ) {
+        self.pipeline.push(moved, started, job);
+    }
+
+    /// Adds a pipelined upload refused before it was written: answered in its turn.
+    pub fn pipeline_refuse(&mut self, moved: Moved, started: Instant, why: CmdError) {
+        self.pipeline.refuse(moved, started, why);
+    }
+
+    /// Keeps a command the client pipelined behind a download, to run once the download is
+    /// over; no further frame is read until then.
+    pub fn stash(&mut self, frame: Frame) {
+        self.stashed = Some(frame);
     }
 
     /// Resolves a client path against the current directory, to a path inside the home.

@@ -92,6 +92,7 @@ fn control_frames(c: &mut Criterion) {
                 resume: false,
                 upload_id: Some("u-0123456789abcdef".into()),
                 mtime: Some(1_700_000_000),
+                pipelined: false,
             }),
         ),
         (

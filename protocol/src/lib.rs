@@ -59,4 +59,7 @@ pub mod capability {
     pub const AUTH_SCRAM_SHA256: &str = "auth-scram-sha-256";
     /// The server has users and takes key logins: a TLS client certificate of a user's key.
     pub const AUTH_KEY: &str = "auth-key";
+    /// Commands may be sent before the replies to earlier ones, which come back in order; a
+    /// `put` may be `pipelined` (its data follows at once, without `put_ready`).
+    pub const PIPELINE: &str = "pipeline";
 }

@@ -215,6 +215,10 @@ pub struct Put {
     /// Modification time to give the stored file, seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime: Option<i64>,
+    /// The data follows at once, from offset 0, without waiting for `put_ready` (which is then
+    /// not sent): the upload of a pipeline (capability `pipeline`). Never with `resume`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pipelined: bool,
 }
 
 /// Server answer to [`Put`].

@@ -35,7 +35,9 @@ pub use error::{Error, Result};
 // The client still imports it from here until it depends on `fileio` itself.
 pub use path::{is_bidi_control, VPath, MAX_NAME, MAX_PATH, PRIVATE_DIR};
 pub use state::{default_state_dir, StateProblem};
-pub use upload::{Upload, UploadRequest, MAX_RECORDED_CHUNKS, MIN_RECORDED_CHUNK};
+pub use upload::{
+    commit_group, Staged, Upload, UploadRequest, MAX_RECORDED_CHUNKS, MIN_RECORDED_CHUNK,
+};
 
 /// The largest size an upload may declare, whatever the limits: sizes cross the wire as JSON
 /// numbers, exact only up to 2^53, and a cap this far below `u64::MAX` leaves every sum of a
@@ -54,6 +56,10 @@ pub struct Limits {
     pub max_files: Option<u64>,
     /// Most interrupted uploads one home keeps staged for a resume; over it, its oldest goes.
     pub max_staged: Option<usize>,
+    /// Not a limit but what `stored` promises: with this, uploads are moved into place
+    /// without syncing them first, so a crash of the machine (not of the daemon) can lose
+    /// files already reported stored, or leave them empty (`ftpd --no-fsync`).
+    pub no_fsync: bool,
 }
 
 /// What the root holds and what is promised, for the limits. Every change to the names in the

@@ -318,7 +318,19 @@ impl Upload {
     /// Makes the bytes durable and moves them into place, recording `digest` (the whole
     /// file's, as the transfer engine verified it) and the chunks' running digests. Without
     /// `overwrite`, a file that appeared at the target meanwhile is left alone.
-    pub fn commit(mut self, digest: Digest, overwrite: bool) -> Result<()> {
+    pub fn commit(self, digest: Digest, overwrite: bool) -> Result<()> {
+        let durable = !self.home.root().inner.limits.no_fsync;
+        let staged = self.stage(digest, overwrite, durable)?;
+        let parent = staged.place()?;
+        if durable {
+            let _ = parent.into_std_file().sync_all();
+        }
+        Ok(())
+    }
+
+    /// Writes out every byte held and gives the file its time, checked complete, so that it
+    /// can be placed later (see [`commit_group`]); `sync`: also made durable now, on its own.
+    pub fn stage(mut self, digest: Digest, overwrite: bool, sync: bool) -> Result<Staged> {
         let shown = self.target.to_string();
         if self.written != self.size {
             return Err(Error::Incomplete {
@@ -340,14 +352,55 @@ impl Upload {
             let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
             let _ = file.set_modified(t);
         }
-        if let Err(e) = file.sync_all() {
-            return Err(self.failed(Error::io(&shown, "sync", e)));
+        if sync {
+            if let Err(e) = file.sync_all() {
+                return Err(self.failed(Error::io(&shown, "sync", e)));
+            }
         }
-        let stored_meta = file.metadata().ok();
-        let root = self.home.root().clone();
+        let meta = file.metadata().ok();
+        drop(superseded);
+        Ok(Staged {
+            upload: self,
+            digest,
+            overwrite,
+            meta,
+        })
+    }
+}
+
+/// An upload whose bytes are all written and checked, waiting to be moved into place.
+/// Dropped unplaced, it is an interrupted upload like any other (kept for a resume when it
+/// has an id).
+pub struct Staged {
+    upload: Upload,
+    /// The whole file's digest, to record.
+    digest: Digest,
+    /// Whether it may replace a file that is at the target when it is placed.
+    overwrite: bool,
+    /// The staged file as written, for the digest record.
+    meta: Option<std::fs::Metadata>,
+}
+
+impl Staged {
+    /// Moves the file into place (atomically), recording its digests; returns its directory,
+    /// for the caller to sync.
+    fn place(self) -> Result<cap_std::fs::Dir> {
+        let Staged {
+            upload: mut up,
+            digest,
+            overwrite,
+            meta: stored_meta,
+        } = self;
+        let shown = up.target.to_string();
+        let lease = up.lease.clone();
+        let superseded = lease.superseded.lock().unwrap();
+        if *superseded {
+            return Err(up.superseded());
+        }
+        let root = up.home.root().clone();
         let inner = &root.inner;
-        let home = &*self.home.dir;
-        let (parent, name) = self
+        let home = &*up.home.dir;
+        let (parent, name) = up
             .target
             .split_last()
             .expect("uploads never target the root");
@@ -358,7 +411,7 @@ impl Upload {
         // What is replaced is measured, and the limits checked, under the lock that every
         // change to the names in the root takes: nothing moves between measuring and placing.
         let mut usage = root.lock_usage();
-        let existing = match home.symlink_metadata(self.target.rel()) {
+        let existing = match home.symlink_metadata(up.target.rel()) {
             Ok(m) => Some(m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io(&shown, "stat", e)),
@@ -370,14 +423,14 @@ impl Upload {
             .as_ref()
             .filter(|m| m.is_file())
             .map_or(0, |m| m.len());
-        let grow = self.size.saturating_sub(replaced);
+        let grow = up.size.saturating_sub(replaced);
         let new_file = u64::from(existing.is_none());
         let limits = inner.limits;
         // Within what was reserved, it fits; beyond it (what it replaces shrank or went away
         // meanwhile), it must fit what is left.
-        if let (Some(quota), true) = (limits.quota, grow > self.reserved) {
+        if let (Some(quota), true) = (limits.quota, grow > up.reserved) {
             let total = (usage.used)
-                .checked_add(usage.reserved - self.reserved)
+                .checked_add(usage.reserved - up.reserved)
                 .and_then(|t| t.checked_add(usage.kept_bytes))
                 .and_then(|t| t.checked_add(grow));
             if total.is_none_or(|t| t > quota) {
@@ -389,8 +442,8 @@ impl Upload {
                 });
             }
         }
-        if new_file > self.reserved_files {
-            let others = usage.reserved_files - self.reserved_files;
+        if new_file > up.reserved_files {
+            let others = usage.reserved_files - up.reserved_files;
             let files = usage.files.saturating_add(others);
             if limits.max_files.is_some_and(|max| files >= max) {
                 let max = limits.max_files.unwrap_or_default();
@@ -403,38 +456,89 @@ impl Upload {
             }
         }
         let placed = if overwrite {
-            inner.staging.rename(&self.staged, home, self.target.rel())
+            inner.staging.rename(&up.staged, home, up.target.rel())
         } else {
-            rename_noreplace(&inner.staging, &self.staged, &parent_dir, name, || {
+            rename_noreplace(&inner.staging, &up.staged, &parent_dir, name, || {
                 // A hard link fails if the target exists: an atomic "rename unless present",
                 // but a crash before the unlink leaves the staging name linked to the live file
                 // (see `open_staged` and the sweep).
                 inner
                     .staging
-                    .hard_link(&self.staged, home, self.target.rel())
-                    .and_then(|()| inner.staging.remove_file(&self.staged))
+                    .hard_link(&up.staged, home, up.target.rel())
+                    .and_then(|()| inner.staging.remove_file(&up.staged))
             })
         };
         placed.map_err(|e| Error::io(&shown, "move into place", e))?;
-        usage.used = (usage.used - replaced.min(usage.used)).saturating_add(self.size);
+        usage.used = (usage.used - replaced.min(usage.used)).saturating_add(up.size);
         usage.files = usage.files.saturating_add(new_file);
-        usage.reserved -= self.reserved;
-        usage.reserved_files -= self.reserved_files;
-        (self.reserved, self.reserved_files) = (0, 0);
+        usage.reserved -= up.reserved;
+        usage.reserved_files -= up.reserved_files;
+        (up.reserved, up.reserved_files) = (0, 0);
         drop(usage);
-        self.committed = true;
+        up.committed = true;
         drop(superseded);
-        let key = self.home.in_root(&self.target);
-        match (self.chunks.take(), stored_meta) {
+        let key = up.home.in_root(&up.target);
+        match (up.chunks.take(), stored_meta) {
             (Some(log), Some(meta)) => {
                 let rec = Recorded::new(&key, &meta, log.len, log.digests, digest);
                 digests::save(&inner.digests, &rec);
             }
             _ => digests::forget(&inner.digests, &key),
         }
-        let _ = parent_dir.into_std_file().sync_all();
+        Ok(parent_dir)
+    }
+}
+
+/// Commits staged uploads together, with the syncs of one: their bytes are made durable with
+/// one `syncfs` of the filesystem the root is on, then each is moved into place, then a second
+/// `syncfs` makes the moves durable, before any result is returned. So every file is on disk
+/// before it is visible, and visible on disk before its success is reported, at the cost of
+/// two syncs for the group instead of two for each file. (`syncfs` writes out everything
+/// waiting on that filesystem, not only these files; with the root's `no_fsync`, neither sync
+/// is made.) Results come back in the order given; a file that failed to place fails alone.
+pub fn commit_group(root: &Root, group: Vec<Staged>) -> Vec<Result<()>> {
+    if group.is_empty() {
+        return Vec::new();
+    }
+    let durable = !root.inner.limits.no_fsync;
+    let shown: Vec<String> = group.iter().map(|s| s.upload.target.to_string()).collect();
+    let failed = |e: &io::Error, path: &str| Err(Error::io(path, "sync", clone_io(e)));
+    if durable {
+        if let Err(e) = sync_fs(&root.inner.staging) {
+            // Nothing was moved: each upload fails as its own sync would have.
+            return shown.iter().map(|p| failed(&e, p)).collect();
+        }
+    }
+    let mut results: Vec<Result<()>> = group.into_iter().map(|s| s.place().map(drop)).collect();
+    if durable && results.iter().any(Result::is_ok) {
+        if let Err(e) = sync_fs(&root.inner.staging) {
+            for (r, path) in results.iter_mut().zip(&shown) {
+                if r.is_ok() {
+                    *r = failed(&e, path);
+                }
+            }
+        }
+    }
+    results
+}
+
+/// Syncs the filesystem `dir` is on (Linux's `syncfs`; elsewhere the directory alone, which is
+/// weaker, and said so in the docs).
+fn sync_fs(dir: &cap_std::fs::Dir) -> io::Result<()> {
+    let file = dir.try_clone()?.into_std_file();
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        rustix::fs::syncfs(&file)?;
         Ok(())
     }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        file.sync_all()
+    }
+}
+
+fn clone_io(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
 }
 
 impl Upload {

@@ -43,6 +43,7 @@ impl Client {
                 resume,
                 upload_id: Some(upload_id.clone()),
                 mtime: mtime_of(&meta),
+                pipelined: false,
             }))
             .await?;
             let ready = match self.recv().await?.message {

@@ -100,14 +100,13 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
     let mut spare: Vec<BytesMut> = Vec::new();
     loop {
         if let Some(incoming) = s.poll_incoming() {
-            match incoming?.message {
+            let frame = incoming?;
+            match frame.message {
                 Message::Cancel => {
                     return Err(Failure::Aborted(CmdError::Cancelled { offset: sent }));
                 }
-                other => {
-                    let msg = format!("{other:?} in the middle of a download");
-                    return Err(SessionError::Protocol(msg).into());
-                }
+                // The client's next command, pipelined: it runs once this download is over.
+                _ => s.stash(frame),
             }
         }
         // Start the next read if none is running and the queue has room. It waits for budget

@@ -4,14 +4,18 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use protocol::{ChunkHeader, ChunkReceiver, Eof, ErrorReply, Message, Permit, Put, PutReady};
+use std::time::Instant;
+
+use protocol::{
+    ChunkHeader, ChunkReceiver, Eof, ErrorReply, Message, Permit, Put, PutReady, Sequence,
+};
 use storage::{Upload, UploadRequest, VPath};
 use tokio::task::JoinHandle;
 
 use crate::cmd::{Failure, Handled, Pace};
 use crate::error::{blocking, SessionError};
 use crate::reply::CmdError;
-use crate::session::Session;
+use crate::session::{Moved, Session};
 
 /// Chunks verified and written while the next ones are read off the socket.
 const PIPELINE_DEPTH: usize = 4;
@@ -31,6 +35,19 @@ enum End {
 }
 
 pub async fn run(s: &mut Session, req: Put) -> Handled {
+    let pipelined = req.pipelined;
+    match receive(s, req).await {
+        // A pipelined upload's data follows its `put` at once: a refusal before it is read
+        // must still skip it.
+        Err(Failure::Refused(e)) if pipelined => Err(Failure::RefusedUpload(e)),
+        other => other,
+    }
+}
+
+async fn receive(s: &mut Session, req: Put) -> Handled {
+    if req.pipelined && req.resume {
+        return Err(CmdError::OutOfPlace("a pipelined put cannot resume: it starts at 0").into());
+    }
     s.check_writable()?;
     let path = s.resolve(&req.path)?;
     s.moved.path = Some(req.path.clone());
@@ -47,11 +64,13 @@ pub async fn run(s: &mut Session, req: Put) -> Handled {
     let offset = upload.offset();
     // The largest chunk this server announced in its hello.
     let receiver = ChunkReceiver::new(offset, req.size, protocol::MAX_BODY as u32, upload.prefix());
-    s.send(Message::PutReady(PutReady {
-        offset,
-        digest: receiver.digest_so_far(),
-    }))
-    .await?;
+    if !req.pipelined {
+        s.send(Message::PutReady(PutReady {
+            offset,
+            digest: receiver.digest_so_far(),
+        }))
+        .await?;
+    }
 
     let mut seq = receiver.sequence();
     // Chunks received and waiting for the writer, each with the budget bytes it holds. A
@@ -142,6 +161,112 @@ pub async fn run(s: &mut Session, req: Put) -> Handled {
                 .unwrap_or(CmdError::OutOfPlace("upload writer stopped")),
         )),
     }
+}
+
+/// A small pipelined upload (see [`crate::pipeline`]): its frames are read whole now, and a
+/// blocking task writes and checks it while the session reads the next command; its answer
+/// comes from the pipeline, in order.
+pub(crate) async fn pipelined(
+    s: &mut Session,
+    req: Put,
+    started: Instant,
+) -> Result<(), SessionError> {
+    let moved = Moved {
+        path: Some(req.path.clone()),
+        bytes: 0,
+        digest: None,
+    };
+    let allowed = if req.resume {
+        Err(CmdError::OutOfPlace(
+            "a pipelined put cannot resume: it starts at 0",
+        ))
+    } else {
+        s.check_writable().and_then(|()| s.resolve(&req.path))
+    };
+    // The data is read whatever the verdict: it follows the `put` on the wire.
+    let mut seq = Sequence::new(0, req.size, protocol::MAX_BODY as u32);
+    let mut chunks: Vec<Queued> = Vec::new();
+    let mut refused: Option<CmdError> = None;
+    let eof = loop {
+        let frame = s.next_in_transfer().await?;
+        match frame.message {
+            Message::Chunk(h) => {
+                if refused.is_some() {
+                    continue;
+                }
+                if let Err(error) = seq.advance(&h) {
+                    refused = Some(match &allowed {
+                        Ok(path) => CmdError::Transfer {
+                            path: path.clone(),
+                            error,
+                        },
+                        // Refused already: that refusal is the answer.
+                        Err(_) => CmdError::OutOfPlace("refused"),
+                    });
+                    chunks.clear();
+                    continue;
+                }
+                let permit = s.take_body_permit();
+                chunks.push((h, frame.body, permit));
+            }
+            Message::Eof(eof) => break eof,
+            Message::Abort(r) => {
+                let why = CmdError::AbortedByClient {
+                    code: r.code,
+                    message: r.message,
+                };
+                s.pipeline_refuse(moved, started, why);
+                return Ok(());
+            }
+            other => {
+                let msg = format!("{other:?} in the middle of an upload");
+                return Err(SessionError::Protocol(msg));
+            }
+        }
+    };
+    let path = match (allowed, refused) {
+        (Ok(path), None) => path,
+        (Err(why), _) | (Ok(_), Some(why)) => {
+            s.pipeline_refuse(moved, started, why);
+            return Ok(());
+        }
+    };
+    let ureq = UploadRequest {
+        size: req.size,
+        overwrite: req.overwrite,
+        upload_id: req.upload_id,
+        resume: false,
+        mtime: req.mtime,
+        digest: s.digest,
+    };
+    let home = s.home.clone();
+    let moved = Moved {
+        bytes: seq.position(),
+        ..moved
+    };
+    let job = tokio::task::spawn_blocking(move || {
+        let upload = home.begin_upload(&path, &ureq)?;
+        let receiver = ChunkReceiver::new(0, ureq.size, protocol::MAX_BODY as u32, upload.prefix());
+        let (upload, receiver, written) = write_chunks(upload, receiver, &path, chunks);
+        written?;
+        let digest = match receiver.finish(&eof) {
+            Ok(digest) => digest,
+            Err(error) => {
+                upload.discard();
+                return Err(CmdError::Transfer { path, error });
+            }
+        };
+        let staged = upload.stage(digest, ureq.overwrite, false)?;
+        Ok((
+            staged,
+            Eof {
+                size: eof.size,
+                digest,
+            },
+        ))
+    });
+    s.pipeline_push(moved, started, job);
+    Ok(())
 }
 
 /// After refusing an upload part-way, skip the chunks already on their way until the client

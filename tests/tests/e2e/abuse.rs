@@ -975,6 +975,7 @@ fn abandon_upload(d: &Daemon, name: &str, id: &str, size: u64, sent: usize) {
         resume: false,
         upload_id: Some(id.into()),
         mtime: None,
+        pipelined: false,
     }));
     peer.expect_put_ready();
     let body = vec![7u8; sent];
@@ -1119,6 +1120,7 @@ fn upload_in_flight(d: &Daemon, mut peer: Raw, name: &str, size: u64, sent: usiz
         resume: false,
         upload_id: Some("in-flight".into()),
         mtime: None,
+        pipelined: false,
     }));
     peer.expect_put_ready();
     peer.send_chunk(0, &vec![9u8; sent]);

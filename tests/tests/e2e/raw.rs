@@ -579,6 +579,7 @@ pub fn put(path: &str, size: u64) -> Message {
         resume: false,
         upload_id: None,
         mtime: None,
+        pipelined: false,
     })
 }
 

@@ -503,6 +503,7 @@ pub fn put(path: &str, size: usize) -> Put {
         resume: false,
         upload_id: None,
         mtime: None,
+        pipelined: false,
     }
 }
 
