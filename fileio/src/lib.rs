@@ -88,6 +88,9 @@ impl DirectWriter {
 
     /// Appends `data`.
     pub fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        if self.cap == 0 && !data.is_empty() {
+            return Err(io::Error::other("write after the writer's buffer was released"));
+        }
         while !data.is_empty() {
             let n = (self.cap - self.held).min(data.len());
             let at = self.start + self.held;
@@ -113,6 +116,14 @@ impl DirectWriter {
             self.base += self.held as u64;
             self.held = 0;
         }
+        Ok(())
+    }
+
+    /// Gives the buffer back once everything is flushed, for a writer kept only for its file
+    /// (an upload waiting for its group commit). Writing afterwards is an error.
+    pub fn release(&mut self) -> io::Result<()> {
+        self.flush()?;
+        (self.mem, self.cap, self.start) = (Vec::new(), 0, 0);
         Ok(())
     }
 

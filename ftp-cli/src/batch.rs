@@ -2,11 +2,11 @@
 
 use std::cell::{Cell, RefCell};
 
-use crate::client::TransferOptions;
+use crate::client::{self, Cut, Job, Jobs, Summary, TransferOptions};
 use crate::error::{ClientError, Result};
 use crate::link::{Dial, Link};
 use crate::output::Output;
-use crate::progress::BatchBars;
+use crate::progress::{BatchBars, SlotProgress};
 use crate::retry::{transfer, Transfer};
 
 /// One file of a batch: what to move, and its size, for the overall bar.
@@ -28,9 +28,12 @@ impl From<Vec<Item>> for Files {
     }
 }
 
-/// Moves `items` (each file with its size), up to `parallel` at once, each on a connection of
-/// its own (`link`, the session's, and more made for the batch), so that no file waits for the
-/// one before it to be acknowledged and synced. One overall bar and one per transfer in flight.
+/// Moves `items` (each file with its size) over `parallel` connections (`link`, the session's,
+/// and more made for the batch). On each, small files are pipelined (see
+/// [`crate::client::Client::put_many`]): no file waits for the one before it to be answered,
+/// and the server syncs them in groups. Larger files, files to resume, and files a cut
+/// pipeline left unanswered go one at a time, each resumed part-way when its link fails. One
+/// overall bar and one per connection.
 /// A failure is reported and the rest go on; the command fails at the end if any did (or if
 /// `files` says some were refused before it began).
 pub(crate) async fn run(
@@ -49,12 +52,15 @@ pub(crate) async fn run(
         .iter()
         .fold(0u64, |sum, (_, size)| sum.saturating_add(*size));
     let slots = parallel.clamp(1, moving.max(1));
+    let put = matches!(items.first(), Some((Transfer::Put { .. }, _)));
     let batch = Batch {
         dial,
         retries,
         opts,
         output,
         queue: RefCell::new(items.into_iter()),
+        later: RefCell::new(Vec::new()),
+        put,
         bars: BatchBars::new(output.bars(), moving, bytes, slots),
         failed: Cell::new(refused),
         stopped: RefCell::new(None),
@@ -88,6 +94,10 @@ struct Batch<'a> {
     output: &'a Output,
     /// Files not yet started.
     queue: RefCell<std::vec::IntoIter<Item>>,
+    /// Files for the one-at-a-time path: too large to pipeline, or left by a pipeline.
+    later: RefCell<Vec<Item>>,
+    /// Uploads, else downloads: a batch is one or the other.
+    put: bool,
     /// The overall bar and one per slot.
     bars: BatchBars,
     /// Files that failed so far.
@@ -106,8 +116,12 @@ impl Batch<'_> {
             return;
         }
         let mut progress = self.bars.slot(slot);
+        if !self.opts.resume {
+            self.pipelined(link, &mut progress).await;
+        }
         while self.stopped.borrow().is_none() {
-            let Some((t, size)) = self.queue.borrow_mut().next() else {
+            let next = self.later.borrow_mut().pop();
+            let Some((t, size)) = next.or_else(|| self.queue.borrow_mut().next()) else {
                 break;
             };
             let (retries, opts) = (self.retries, self.opts);
@@ -121,21 +135,85 @@ impl Batch<'_> {
                 self.output,
             );
             let result = job.await;
-            self.bars.file_done(&mut progress, size);
-            match result {
-                Ok(summary) => {
-                    if let Err(e) = self.bars.suspend(|| self.output.summary(t.op(), &summary)) {
-                        self.stop(e);
+            self.ended(&mut progress, &t, size, result);
+        }
+    }
+
+    /// Moves the small files of the queue pipelined over `link`, until none is left; a cut
+    /// pipeline starts again on a new connection, up to the retries, its unanswered files
+    /// left for the one-at-a-time path.
+    async fn pipelined(&self, link: &mut Link, progress: &mut SlotProgress) {
+        let mut cuts = 0;
+        while self.stopped.borrow().is_none() {
+            let Ok(c) = link.client(self.dial).await else {
+                return;
+            };
+            if !c.pipelines() {
+                return;
+            }
+            let cancel = c.cancel_token();
+            let (put, overwrite) = (self.put, self.opts.overwrite);
+            let result = {
+                let mut jobs = Pipe {
+                    batch: self,
+                    progress: &mut *progress,
+                };
+                let run = async {
+                    if put {
+                        c.put_many(&mut jobs, overwrite).await
+                    } else {
+                        c.get_many(&mut jobs, overwrite).await
+                    }
+                };
+                tokio::pin!(run);
+                tokio::select! {
+                    r = &mut run => r,
+                    _ = tokio::signal::ctrl_c() => {
+                        cancel.cancel();
+                        run.await
                     }
                 }
-                Err(ClientError::Cancelled) => self.stop(ClientError::Cancelled),
-                Err(e) => {
-                    self.failed.set(self.failed.get() + 1);
-                    self.bars.suspend(|| {
-                        let what = format!("{} {}", t.op(), t.name());
-                        self.output.diagnostic(format_args!("{what}: {e}"));
-                    });
+            };
+            let Err(Cut { error, unanswered }) = result else {
+                return;
+            };
+            link.forget();
+            let left = unanswered
+                .into_iter()
+                .map(|job| (to_transfer(put, &job), job.size));
+            self.later.borrow_mut().extend(left);
+            if let ClientError::Cancelled = error {
+                self.stop(ClientError::Cancelled);
+                return;
+            }
+            cuts += 1;
+            if !error.is_retriable() || cuts > self.retries {
+                return;
+            }
+            self.output.diagnostic(format_args!(
+                "{error}, resuming the batch ({cuts}/{})",
+                self.retries
+            ));
+        }
+    }
+
+    /// How a file of the batch ended: reported, counted, or left for another try.
+    fn ended(&self, progress: &mut SlotProgress, t: &Transfer, size: u64, result: Result<Summary>) {
+        match result {
+            Ok(summary) => {
+                self.bars.file_done(progress, size);
+                if let Err(e) = self.bars.suspend(|| self.output.summary(t.op(), &summary)) {
+                    self.stop(e);
                 }
+            }
+            Err(ClientError::Cancelled) => self.stop(ClientError::Cancelled),
+            Err(e) => {
+                self.bars.file_done(progress, size);
+                self.failed.set(self.failed.get() + 1);
+                self.bars.suspend(|| {
+                    let what = format!("{} {}", t.op(), t.name());
+                    self.output.diagnostic(format_args!("{what}: {e}"));
+                });
             }
         }
     }
@@ -143,5 +221,56 @@ impl Batch<'_> {
     /// Starts nothing more; the command fails with the first reason given.
     fn stop(&self, why: ClientError) {
         self.stopped.borrow_mut().get_or_insert(why);
+    }
+}
+
+/// A pipeline's view of the batch: it takes the small files of the queue (leaving the others
+/// for later) and reports each as it ends.
+struct Pipe<'a, 'b> {
+    batch: &'a Batch<'b>,
+    progress: &'a mut SlotProgress,
+}
+
+impl Jobs for Pipe<'_, '_> {
+    fn next(&mut self) -> Option<Job> {
+        if self.batch.stopped.borrow().is_some() {
+            return None;
+        }
+        loop {
+            let (t, size) = self.batch.queue.borrow_mut().next()?;
+            if size > client::SMALL {
+                self.batch.later.borrow_mut().push((t, size));
+                continue;
+            }
+            let (local, remote) = match t {
+                Transfer::Put { local, remote } | Transfer::Get { remote, local } => {
+                    (local, remote)
+                }
+            };
+            return Some(Job {
+                local,
+                remote,
+                size,
+            });
+        }
+    }
+
+    fn done(&mut self, job: Job, result: Result<Summary>) {
+        let t = to_transfer(self.batch.put, &job);
+        match result {
+            // Damage in transit, a busy server: once more, on the one-at-a-time path.
+            Err(e) if e.is_retriable() => self.batch.later.borrow_mut().push((t, job.size)),
+            result => self.batch.ended(self.progress, &t, job.size, result),
+        }
+    }
+}
+
+/// The transfer a pipeline's file stands for.
+fn to_transfer(put: bool, job: &Job) -> Transfer {
+    let (local, remote) = (job.local.clone(), job.remote.clone());
+    if put {
+        Transfer::Put { local, remote }
+    } else {
+        Transfer::Get { remote, local }
     }
 }

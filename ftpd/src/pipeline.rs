@@ -25,7 +25,7 @@ pub const MAX_PENDING: usize = 64;
 pub const MAX_WRITING: usize = 8;
 
 /// What a write task gives back: the staged file and what `stored` will say, or the refusal.
-pub type Written = Result<(Staged, Eof), CmdError>;
+pub type Written = Result<(Box<Staged>, Eof), CmdError>;
 
 /// A reply the pipeline has ready, with what the dispatcher records of it.
 pub struct Answer {
@@ -191,7 +191,7 @@ fn commit(root: &Root, group: Vec<Pending>) -> Vec<Answer> {
             unreachable!("groups hold written uploads only")
         };
         let outcome = written.map(|(file, eof)| {
-            staged.push(file);
+            staged.push(*file);
             eof
         });
         outcomes.push((p.moved, p.started, outcome));

@@ -344,7 +344,7 @@ impl Upload {
         if *superseded {
             return Err(self.superseded());
         }
-        if let Err(e) = self.out.flush() {
+        if let Err(e) = self.out.release() {
             return Err(self.failed(Error::io(&shown, "write", e)));
         }
         let file = self.out.get_ref();
@@ -503,15 +503,19 @@ pub fn commit_group(root: &Root, group: Vec<Staged>) -> Vec<Result<()>> {
     let durable = !root.inner.limits.no_fsync;
     let shown: Vec<String> = group.iter().map(|s| s.upload.target.to_string()).collect();
     let failed = |e: &io::Error, path: &str| Err(Error::io(path, "sync", clone_io(e)));
+    // Any open file on the root's filesystem names it for `syncfs`; the directory handles
+    // cannot (they are opened for lookups only).
+    let anchor = group[0].upload.out.get_ref().try_clone();
+    let sync = || anchor.as_ref().map_err(clone_io).and_then(sync_fs);
     if durable {
-        if let Err(e) = sync_fs(&root.inner.staging) {
+        if let Err(e) = sync() {
             // Nothing was moved: each upload fails as its own sync would have.
             return shown.iter().map(|p| failed(&e, p)).collect();
         }
     }
     let mut results: Vec<Result<()>> = group.into_iter().map(|s| s.place().map(drop)).collect();
     if durable && results.iter().any(Result::is_ok) {
-        if let Err(e) = sync_fs(&root.inner.staging) {
+        if let Err(e) = sync() {
             for (r, path) in results.iter_mut().zip(&shown) {
                 if r.is_ok() {
                     *r = failed(&e, path);
@@ -522,13 +526,12 @@ pub fn commit_group(root: &Root, group: Vec<Staged>) -> Vec<Result<()>> {
     results
 }
 
-/// Syncs the filesystem `dir` is on (Linux's `syncfs`; elsewhere the directory alone, which is
+/// Syncs the filesystem `file` is on (Linux's `syncfs`; elsewhere the file alone, which is
 /// weaker, and said so in the docs).
-fn sync_fs(dir: &cap_std::fs::Dir) -> io::Result<()> {
-    let file = dir.try_clone()?.into_std_file();
+fn sync_fs(file: &File) -> io::Result<()> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
-        rustix::fs::syncfs(&file)?;
+        rustix::fs::syncfs(file)?;
         Ok(())
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]

@@ -14,11 +14,13 @@ mod auth;
 mod connect;
 mod download;
 mod localfs;
+mod pipeline;
 mod transfer;
 mod upload;
 
 pub use auth::Credentials;
 pub use localfs::{beneath, part_path, safe_name};
+pub use pipeline::{Cut, Job, Jobs, SMALL};
 pub use transfer::{NoProgress, Progress, Summary, TransferOptions};
 
 /// Port used when the address names none.

@@ -258,7 +258,7 @@ pub(crate) async fn pipelined(
         };
         let staged = upload.stage(digest, ureq.overwrite, false)?;
         Ok((
-            staged,
+            Box::new(staged),
             Eof {
                 size: eof.size,
                 digest,
