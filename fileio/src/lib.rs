@@ -89,7 +89,9 @@ impl DirectWriter {
     /// Appends `data`.
     pub fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
         if self.cap == 0 && !data.is_empty() {
-            return Err(io::Error::other("write after the writer's buffer was released"));
+            return Err(io::Error::other(
+                "write after the writer's buffer was released",
+            ));
         }
         while !data.is_empty() {
             let n = (self.cap - self.held).min(data.len());

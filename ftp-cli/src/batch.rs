@@ -7,7 +7,7 @@ use crate::error::{ClientError, Result};
 use crate::link::{Dial, Link};
 use crate::output::Output;
 use crate::progress::{BatchBars, SlotProgress};
-use crate::retry::{transfer, Transfer};
+use crate::retry::{transfer_again, Transfer};
 
 /// One file of a batch: what to move, and its size, for the overall bar.
 pub(crate) type Item = (Transfer, u64);
@@ -94,8 +94,9 @@ struct Batch<'a> {
     output: &'a Output,
     /// Files not yet started.
     queue: RefCell<std::vec::IntoIter<Item>>,
-    /// Files for the one-at-a-time path: too large to pipeline, or left by a pipeline.
-    later: RefCell<Vec<Item>>,
+    /// Files for the one-at-a-time path: too large to pipeline, or left by a pipeline (then
+    /// marked as perhaps sent already).
+    later: RefCell<Vec<(Item, bool)>>,
     /// Uploads, else downloads: a batch is one or the other.
     put: bool,
     /// The overall bar and one per slot.
@@ -121,11 +122,12 @@ impl Batch<'_> {
         }
         while self.stopped.borrow().is_none() {
             let next = self.later.borrow_mut().pop();
-            let Some((t, size)) = next.or_else(|| self.queue.borrow_mut().next()) else {
+            let next = next.or_else(|| self.queue.borrow_mut().next().map(|item| (item, false)));
+            let Some(((t, size), sent_before)) = next else {
                 break;
             };
             let (retries, opts) = (self.retries, self.opts);
-            let job = transfer(
+            let job = transfer_again(
                 self.dial,
                 link,
                 retries,
@@ -133,6 +135,7 @@ impl Batch<'_> {
                 opts,
                 &mut progress,
                 self.output,
+                sent_before,
             );
             let result = job.await;
             self.ended(&mut progress, &t, size, result);
@@ -180,7 +183,7 @@ impl Batch<'_> {
             link.forget();
             let left = unanswered
                 .into_iter()
-                .map(|job| (to_transfer(put, &job), job.size));
+                .map(|job| ((to_transfer(put, &job), job.size), true));
             self.later.borrow_mut().extend(left);
             if let ClientError::Cancelled = error {
                 self.stop(ClientError::Cancelled);
@@ -239,7 +242,7 @@ impl Jobs for Pipe<'_, '_> {
         loop {
             let (t, size) = self.batch.queue.borrow_mut().next()?;
             if size > client::SMALL {
-                self.batch.later.borrow_mut().push((t, size));
+                self.batch.later.borrow_mut().push(((t, size), false));
                 continue;
             }
             let (local, remote) = match t {
@@ -259,7 +262,9 @@ impl Jobs for Pipe<'_, '_> {
         let t = to_transfer(self.batch.put, &job);
         match result {
             // Damage in transit, a busy server: once more, on the one-at-a-time path.
-            Err(e) if e.is_retriable() => self.batch.later.borrow_mut().push((t, job.size)),
+            Err(e) if e.is_retriable() => {
+                self.batch.later.borrow_mut().push(((t, job.size), false));
+            }
             result => self.batch.ended(self.progress, &t, job.size, result),
         }
     }

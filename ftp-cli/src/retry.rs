@@ -85,9 +85,25 @@ pub(crate) async fn transfer(
     link: &mut Link,
     retries: u32,
     t: &Transfer,
+    opts: TransferOptions,
+    inner: &mut dyn Progress,
+    output: &Output,
+) -> Result<Summary> {
+    transfer_again(dial, link, retries, t, opts, inner, output, false).await
+}
+
+/// [`transfer`], for a file that may have been sent before (`sent_before`: a pipeline was cut
+/// before its answer came), so that finding it stored already is success, as after a retry.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn transfer_again(
+    dial: &Dial,
+    link: &mut Link,
+    retries: u32,
+    t: &Transfer,
     mut opts: TransferOptions,
     inner: &mut dyn Progress,
     output: &Output,
+    sent_before: bool,
 ) -> Result<Summary> {
     let mut progress = Tracked { inner, pos: 0 };
     let mut attempt = 0;
@@ -120,7 +136,7 @@ pub(crate) async fn transfer(
             Ok(summary) => return Ok(summary),
             Err(e) => e,
         };
-        if attempt > 0 {
+        if attempt > 0 || sent_before {
             if let (Transfer::Put { local, remote }, ClientError::Remote(e)) = (t, &err) {
                 // Our earlier attempt may have been stored just before the link failed.
                 if e.code == ErrorCode::Exists {

@@ -22,6 +22,10 @@ mod raw;
 // names that need quoting.
 mod transfer;
 
+// Trees of small files on the batch engine: pipelined puts and gets answered in order, each
+// file's fate its own, a cut pipeline resumed where it stopped.
+mod batch;
+
 // Several clients at once, and a client killed mid-upload that leaves nothing half-written.
 mod concurrency;
 
