@@ -81,13 +81,15 @@ fn record_name(path: &VPath) -> String {
     format!("{}.json", hex::encode(Md5::digest(path.rel().as_bytes())))
 }
 
-/// Saves a record; failing to is harmless (downloads then hash as usual).
+/// Saves a record; failing to is harmless (downloads then hash as usual). Written in place,
+/// in one write, not through a temporary name and a rename: a rename in this directory of one
+/// record per file cost more than the whole upload of a small file, and a record torn by a
+/// crash (or by two uploads of one path at once) does not parse, which counts as no record.
 pub(crate) fn save(dir: &Dir, rec: &Recorded) {
     let name = record_name(&VPath::from_rel(&rec.path));
-    let tmp = format!("{name}.tmp");
     if let Ok(json) = serde_json::to_vec(rec) {
-        if dir.write(&tmp, json).is_ok() && dir.rename(&tmp, dir, &name).is_err() {
-            let _ = dir.remove_file(&tmp);
+        if dir.write(&name, json).is_err() {
+            let _ = dir.remove_file(&name);
         }
     }
 }

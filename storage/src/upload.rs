@@ -696,13 +696,18 @@ fn open_staged(root: &Root, name: &str, resume: bool) -> io::Result<File> {
             Err(e) => return Err(e),
         }
     }
+    let mut opts = cap_std::fs::OpenOptions::new();
+    opts.read(true).write(true).create_new(true);
+    // Nearly always there is nothing to replace: try first, remove only what is in the way.
+    match staging.open_with(name, &opts) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        other => return Ok(other?.into_std()),
+    }
     match staging.remove_file(name) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let mut opts = cap_std::fs::OpenOptions::new();
-    opts.read(true).write(true).create_new(true);
     Ok(staging.open_with(name, &opts)?.into_std())
 }
 
