@@ -136,7 +136,9 @@ pub(crate) async fn transfer_again(
             Ok(summary) => return Ok(summary),
             Err(e) => e,
         };
-        if attempt > 0 || sent_before {
+        // A file found stored already is done when it may be ours: sent by an earlier try,
+        // or, continuing (`-c`), what an interrupted run left complete.
+        if attempt > 0 || sent_before || opts.resume {
             if let (Transfer::Put { local, remote }, ClientError::Remote(e)) = (t, &err) {
                 // Our earlier attempt may have been stored just before the link failed.
                 if e.code == ErrorCode::Exists {

@@ -310,3 +310,30 @@ fn no_fsync_stores_the_same_tree() {
         .ok();
     assert_eq!(tree(&daemon.path("up")), tree(&work.path().join("src")));
 }
+
+/// `put -r -c` over a tree an earlier run left half done: the files already stored whole are
+/// skipped (not refused as existing), the rest are sent, and the command succeeds.
+#[test]
+fn put_r_c_continues_an_interrupted_tree() {
+    let daemon = Daemon::start();
+    let work = tmpdir();
+    let src = work.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..30u64 {
+        write_random(src.join(format!("f{i:02}")), 10_000 + i, i);
+    }
+    // The first run stored a third of the tree.
+    fs::create_dir(daemon.path("up")).unwrap();
+    for i in 0..10u64 {
+        let name = format!("f{i:02}");
+        fs::copy(src.join(&name), daemon.path(&format!("up/{name}"))).unwrap();
+    }
+    let run = daemon
+        .cli()
+        .cwd(work.path())
+        .cmds("put -r -c src up")
+        .run()
+        .ok();
+    assert!(!run.stderr.contains("exists"), "{run}");
+    assert_eq!(tree(&daemon.path("up")), tree(&src));
+}
