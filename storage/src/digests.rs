@@ -20,11 +20,6 @@ use crate::VPath;
 pub struct Recorded {
     /// The file this describes, relative to the root.
     path: String,
-    /// The file as it was when recorded; any change makes the record void.
-    ino: u64,
-    size: u64,
-    mtime: i64,
-    mtime_nsec: i64,
     /// Every chunk but the last has this length.
     pub chunk: u32,
     /// Each chunk's running digest (of the file from byte 0 through the chunk's end), in order.
@@ -34,6 +29,14 @@ pub struct Recorded {
     pub chunks: Vec<Digest>,
     /// Digest of the whole file (its kind is the session's that uploaded it).
     pub digest: Digest,
+    /// The file as it was when recorded; any change makes the record void. Last in the JSON,
+    /// after the digests: a record rewritten in place and torn by a crash keeps an older tail,
+    /// so its stamp is the older file's (or it does not parse), never the newer's beside the
+    /// older digests.
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
 }
 
 impl Recorded {
@@ -81,16 +84,26 @@ fn record_name(path: &VPath) -> String {
     format!("{}.json", hex::encode(Md5::digest(path.rel().as_bytes())))
 }
 
-/// Saves a record; failing to is harmless (downloads then hash as usual). Written in place,
-/// in one write, not through a temporary name and a rename: a rename in this directory of one
-/// record per file cost more than the whole upload of a small file, and a record torn by a
-/// crash (or by two uploads of one path at once) does not parse, which counts as no record.
+/// Saves a record; failing to is harmless (downloads then hash as usual). Rewritten in place
+/// and cut to its length afterwards: a rename in this directory of one record per file, or
+/// truncating the old record to nothing (which frees its block: synchronous on a disk mounted
+/// with `discard`), cost more than a small file's whole upload. A record torn by a crash (or
+/// by two uploads of one path at once) does not parse or does not describe the file, which
+/// counts as no record.
 pub(crate) fn save(dir: &Dir, rec: &Recorded) {
     let name = record_name(&VPath::from_rel(&rec.path));
-    if let Ok(json) = serde_json::to_vec(rec) {
-        if dir.write(&name, json).is_err() {
-            let _ = dir.remove_file(&name);
-        }
+    let Ok(json) = serde_json::to_vec(rec) else {
+        return;
+    };
+    let mut opts = cap_std::fs::OpenOptions::new();
+    opts.write(true).create(true);
+    let written = dir.open_with(&name, &opts).and_then(|file| {
+        let file = file.into_std();
+        std::os::unix::fs::FileExt::write_all_at(&file, &json, 0)?;
+        file.set_len(json.len() as u64)
+    });
+    if written.is_err() {
+        let _ = dir.remove_file(&name);
     }
 }
 
