@@ -39,11 +39,15 @@ pub struct Answer {
 
 /// One upload of the pipeline, in the order of the commands.
 struct Pending {
+    /// What it moved, for the transfer log.
     moved: Moved,
+    /// When its `put` was read.
     started: Instant,
+    /// Where it stands.
     state: State,
 }
 
+/// Where an upload of the pipeline stands.
 enum State {
     /// A blocking task is writing and checking it.
     Writing(JoinHandle<Written>),

@@ -50,7 +50,9 @@ pub struct Job {
 /// unknown (sent and not answered, or not sent yet), for the caller to move another way.
 #[derive(Debug)]
 pub struct Cut {
+    /// What stopped it.
     pub error: ClientError,
+    /// Files sent and not answered, then files not sent yet.
     pub unanswered: Vec<Job>,
 }
 
@@ -64,8 +66,11 @@ pub trait Jobs {
 
 /// An upload read, hashed and framed: the `put`, its chunks, its `eof`.
 struct Framed {
+    /// The `put`, `pipelined`.
     put: Put,
+    /// The file's chunks, with their running digests.
     chunks: Vec<Frame>,
+    /// The whole file's size and digest.
     eof: Eof,
 }
 
@@ -304,8 +309,11 @@ impl Client {
 
 /// A download being received: its answer, where the next chunk must start, its chunks.
 struct Receiving {
+    /// The server's `get_ready`: size and time.
     ready: GetReady,
+    /// Where the next chunk must start.
     seq: Sequence,
+    /// The chunks so far, checked when the file is whole.
     chunks: Vec<(ChunkHeader, Bytes)>,
 }
 
