@@ -37,22 +37,74 @@ pub struct Recorded {
     size: u64,
     mtime: i64,
     mtime_nsec: i64,
+    /// The inode's change time, which no client can set: a file changed in place and given its
+    /// old modification time back still voids its record. (Records made before it was kept
+    /// read 0 here, and so describe no file.)
+    #[serde(default)]
+    ctime: i64,
+    #[serde(default)]
+    ctime_nsec: i64,
+}
+
+/// What a record must match of a file: inode, size, modification and change times (s, ns).
+type Stamp = (u64, u64, i64, i64, i64, i64);
+
+/// A file's [`Stamp`].
+fn stamp_of(m: &impl StampSource) -> Stamp {
+    m.stamp()
+}
+
+/// Metadata that gives a [`Stamp`]: std's, and cap-std's.
+pub(crate) trait StampSource {
+    fn stamp(&self) -> Stamp;
+}
+
+impl StampSource for std::fs::Metadata {
+    fn stamp(&self) -> Stamp {
+        let m = self;
+        (
+            m.ino(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        )
+    }
+}
+
+impl StampSource for cap_std::fs::Metadata {
+    fn stamp(&self) -> Stamp {
+        use cap_std::fs::MetadataExt as _;
+        let m = self;
+        (
+            m.ino(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        )
+    }
 }
 
 impl Recorded {
     pub(crate) fn new(
         path: &VPath,
-        meta: &std::fs::Metadata,
+        meta: &impl StampSource,
         chunk: u32,
         chunks: Vec<Digest>,
         digest: Digest,
     ) -> Self {
+        let (ino, size, mtime, mtime_nsec, ctime, ctime_nsec) = stamp_of(meta);
         Recorded {
             path: path.rel().to_owned(),
-            ino: meta.ino(),
-            size: meta.len(),
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec(),
+            ino,
+            size,
+            mtime,
+            mtime_nsec,
+            ctime,
+            ctime_nsec,
             chunk,
             chunks,
             digest,
@@ -60,23 +112,31 @@ impl Recorded {
     }
 
     fn describes(&self, path: &VPath, meta: &std::fs::Metadata) -> bool {
-        let stamp = (meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec());
-        self.describes_stamp(path, stamp)
+        self.describes_stamp(path, stamp_of(meta))
     }
 
-    /// Like `describes`, from the file's inode, size and modification time (s, ns).
-    fn describes_stamp(
-        &self,
-        path: &VPath,
-        (ino, size, mtime, nsec): (u64, u64, i64, i64),
-    ) -> bool {
-        self.path == path.rel()
-            && self.ino == ino
-            && self.size == size
-            && self.mtime == mtime
-            && self.mtime_nsec == nsec
-            && self.chunk > 0
-            && self.chunks.len() as u64 == self.size.div_ceil(u64::from(self.chunk))
+    /// Like `describes`, from the file's [`Stamp`]. A record holds either every chunk's
+    /// running digest, or (an upload resumed, or in chunks too short to keep) none: the whole
+    /// file's digest alone.
+    fn describes_stamp(&self, path: &VPath, stamp: Stamp) -> bool {
+        let chunks_fit = match self.chunk {
+            0 => self.chunks.is_empty(),
+            chunk => self.chunks.len() as u64 == self.size.div_ceil(u64::from(chunk)),
+        };
+        let ours = (
+            self.ino,
+            self.size,
+            self.mtime,
+            self.mtime_nsec,
+            self.ctime,
+            self.ctime_nsec,
+        );
+        self.path == path.rel() && ours == stamp && chunks_fit
+    }
+
+    /// Whether the chunks' running digests are recorded (else only the whole file's).
+    pub fn has_chunks(&self) -> bool {
+        self.chunk > 0
     }
 }
 
@@ -132,13 +192,9 @@ pub(crate) fn sweep(digests: &Dir, root: &Dir) -> usize {
                 Ok(rec) => {
                     // A stat, not an open: opening a FIFO put in the file's place would wait
                     // for a writer, and hang the sweep (and startup) for good.
-                    use cap_std::fs::MetadataExt as _;
                     let path = VPath::from_rel(&rec.path);
                     let meta = root.metadata(path.rel());
-                    !meta.is_ok_and(|m| {
-                        let stamp = (m.ino(), m.len(), m.mtime(), m.mtime_nsec());
-                        m.is_file() && rec.describes_stamp(&path, stamp)
-                    })
+                    !meta.is_ok_and(|m| m.is_file() && rec.describes_stamp(&path, stamp_of(&m)))
                 }
                 Err(_) => true,
             },

@@ -357,13 +357,11 @@ impl Upload {
                 return Err(self.failed(Error::io(&shown, "sync", e)));
             }
         }
-        let meta = file.metadata().ok();
         drop(superseded);
         Ok(Staged {
             upload: self,
             digest,
             overwrite,
-            meta,
         })
     }
 }
@@ -377,8 +375,6 @@ pub struct Staged {
     digest: Digest,
     /// Whether it may replace a file that is at the target when it is placed.
     overwrite: bool,
-    /// The staged file as written, for the digest record.
-    meta: Option<std::fs::Metadata>,
 }
 
 impl Staged {
@@ -389,7 +385,6 @@ impl Staged {
             upload: mut up,
             digest,
             overwrite,
-            meta: stored_meta,
         } = self;
         let shown = up.target.to_string();
         let lease = up.lease.clone();
@@ -478,12 +473,18 @@ impl Staged {
         up.committed = true;
         drop(superseded);
         let key = up.home.in_root(&up.target);
-        match (up.chunks.take(), stored_meta) {
-            (Some(log), Some(meta)) => {
-                let rec = Recorded::new(&key, &meta, log.len, log.digests, digest);
+        // Stamped as placed: the move changed the inode's change time.
+        match home.symlink_metadata(up.target.rel()) {
+            Ok(meta) => {
+                let (chunk, running) = match up.chunks.take() {
+                    Some(log) => (log.len, log.digests),
+                    // Resumed, or in chunks too short to keep: the whole file's digest alone.
+                    None => (0, Vec::new()),
+                };
+                let rec = Recorded::new(&key, &meta, chunk, running, digest);
                 digests::save(&inner.digests, &rec);
             }
-            _ => digests::forget(&inner.digests, &key),
+            Err(_) => digests::forget(&inner.digests, &key),
         }
         Ok(parent_dir)
     }

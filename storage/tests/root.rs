@@ -406,14 +406,16 @@ fn digests_are_recorded_at_upload_and_dropped_when_the_file_changes() {
     assert!(root.open_read(&p("f")).unwrap().recorded.is_none());
     assert_eq!(root.root().sweep_digests(), 1);
 
-    // Chunks of uneven length are not recorded.
+    // Chunks of uneven length are not recorded: the whole file's digest alone is.
     let mut up = root.begin_upload(&p("g"), &req(n as u64)).unwrap();
     up.write_chunk(&data[..k], Digest::md5(&data[..k])).unwrap();
     up.write_chunk(&data[k..k + 10], Digest::md5(&data[..k + 10]))
         .unwrap();
     up.write_chunk(&data[k + 10..], Digest::md5(&data)).unwrap();
     up.commit(Digest::md5(&data), false).unwrap();
-    assert!(root.open_read(&p("g")).unwrap().recorded.is_none());
+    let rec = root.open_read(&p("g")).unwrap().recorded.unwrap();
+    assert!(!rec.has_chunks() && rec.chunks.is_empty());
+    assert_eq!(rec.digest, Digest::md5(&data));
 
     // A small file in one chunk is recorded: its only chunk is its last.
     let mut up = root.begin_upload(&p("s"), &req(10)).unwrap();
@@ -425,10 +427,11 @@ fn digests_are_recorded_at_upload_and_dropped_when_the_file_changes() {
 
 /// Regression: an upload in 1-byte chunks made a 1 MiB file's record 35 MiB (outside any
 /// quota), held memory for every chunk while it ran, and made every later download of the
-/// file replay 1-byte chunks. Chunks shorter than the recorded minimum are not recorded.
+/// file replay 1-byte chunks. Chunks shorter than the recorded minimum are not recorded (the
+/// whole file's digest alone is).
 #[test]
 fn tiny_chunks_are_not_recorded() {
-    let (dir, root) = setup();
+    let (_dir, root) = setup();
     let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
     let mut up = root.begin_upload(&p("t"), &req(data.len() as u64)).unwrap();
     for end in 1..=data.len() {
@@ -436,11 +439,8 @@ fn tiny_chunks_are_not_recorded() {
             .unwrap();
     }
     up.commit(Digest::md5(&data), false).unwrap();
-    assert!(root.open_read(&p("t")).unwrap().recorded.is_none());
-    let records: Vec<_> = std::fs::read_dir(dir.path().join(".ftpd/digests"))
-        .map(|d| d.flatten().collect())
-        .unwrap_or_default();
-    assert!(records.is_empty(), "{records:?}");
+    let rec = root.open_read(&p("t")).unwrap().recorded.unwrap();
+    assert!(!rec.has_chunks() && rec.chunks.is_empty());
 }
 
 /// Bytes past the declared size are refused, and nothing of them is staged.
@@ -1030,4 +1030,32 @@ fn the_digest_sweep_does_not_block_on_a_fifo_where_a_recorded_file_was() {
         .recv_timeout(std::time::Duration::from_secs(5))
         .expect("the digest sweep blocked on a FIFO");
     assert_eq!(removed, 1, "the record of the file that is gone");
+}
+
+/// A file changed in place with its size and modification time put back (what a careful
+/// script, or `touch -r`, does) no longer matches its record: the change time gives it away.
+#[test]
+fn a_change_with_the_old_mtime_put_back_voids_the_record() {
+    let (dir, root) = setup();
+    let data = b"0123456789";
+    let mut up = root.begin_upload(&p("f"), &req(10)).unwrap();
+    up.write_chunk(data, Digest::md5(data)).unwrap();
+    up.commit(Digest::md5(data), false).unwrap();
+    assert!(root.open_read(&p("f")).unwrap().recorded.is_some());
+    use std::os::unix::fs::MetadataExt as _;
+    let path = dir.path().join("f");
+    let before = std::fs::metadata(&path).unwrap();
+    let mtime = before.modified().unwrap();
+    // The change time moves at the kernel's clock tick: change the file until it has moved.
+    for _ in 0..1_000_000 {
+        std::fs::write(&path, b"9876543210").unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(mtime).unwrap();
+        let now = std::fs::metadata(&path).unwrap();
+        if (now.ctime(), now.ctime_nsec()) != (before.ctime(), before.ctime_nsec()) {
+            break;
+        }
+    }
+    assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
+    assert!(root.open_read(&p("f")).unwrap().recorded.is_none());
 }
