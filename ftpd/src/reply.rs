@@ -156,6 +156,7 @@ pub fn entry(info: FileInfo) -> Entry {
         },
         size: info.size,
         mtime: info.mtime,
+        digest: None,
     }
 }
 

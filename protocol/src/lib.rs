@@ -35,7 +35,7 @@ pub use connection::{BoxStream, Connection, ConnectionError, Stream};
 pub use handshake::{Agreed, HelloError, Versions, MIN_CHUNK, MIN_VERSION, VERSION};
 pub use message::{
     Auth, AuthOk, ChunkHeader, Entry, EntryKind, Eof, ErrorCode, ErrorReply, Get, GetReady, Hello,
-    ListEnd, Listing, Message, Mkdir, PathArg, Put, PutReady, Rename, Scram, Stat, StatReply,
+    List, ListEnd, Listing, Message, Mkdir, PathArg, Put, PutReady, Rename, Scram, Stat, StatReply,
 };
 pub use transfer::{ChunkError, ChunkReceiver, ChunkSender, Sequence};
 

@@ -46,7 +46,7 @@ pub enum Message {
     /// A command failed, or the connection is about to close; see [`ErrorCode`].
     Error(ErrorReply),
     /// Client: list the directory at `path`; answered by `listing` frames, then `list_end`.
-    List(PathArg),
+    List(List),
     /// Server: some of a directory's entries (a large directory takes many such frames).
     Listing(Listing),
     /// Server: the listing is complete.
@@ -81,6 +81,26 @@ pub struct PathArg {
     pub path: String,
 }
 
+/// A request for a directory's entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct List {
+    pub path: String,
+    /// Also each file's digest as recorded at upload, where the server holds one of the
+    /// session's digest kind for the file as it is now (capability `pipeline`'s servers).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub digests: bool,
+}
+
+impl List {
+    /// The entries of `path`, without digests.
+    pub fn of(path: impl Into<String>) -> Self {
+        List {
+            path: path.into(),
+            digests: false,
+        }
+    }
+}
+
 /// What kind of thing a directory entry is. Symbolic links are reported, not followed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,6 +125,10 @@ pub struct Entry {
     /// Modification time, seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime: Option<i64>,
+    /// The file's digest as recorded at upload, when a `list` asked for digests and the
+    /// server holds one for the file as it is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
 }
 
 /// A batch of directory entries, in no particular order.

@@ -174,6 +174,17 @@ pub(crate) fn load(dir: &Dir, path: &VPath, meta: &std::fs::Metadata) -> Option<
     rec.describes(path, meta).then_some(rec)
 }
 
+/// Like [`load`], for a file known by its cap-std metadata (a listing's stat).
+pub(crate) fn load_stamped(
+    dir: &Dir,
+    path: &VPath,
+    meta: &cap_std::fs::Metadata,
+) -> Option<Recorded> {
+    let json = dir.read(record_name(path)).ok()?;
+    let rec: Recorded = serde_json::from_slice(&json).ok()?;
+    rec.describes_stamp(path, stamp_of(meta)).then_some(rec)
+}
+
 /// Forgets the record of `path` (the file was removed or renamed).
 pub(crate) fn forget(dir: &Dir, path: &VPath) {
     let _ = dir.remove_file(record_name(path));

@@ -467,6 +467,21 @@ impl Home {
         }))
     }
 
+    /// The digest recorded at upload for the file at `path`, if it is of `kind` and the file
+    /// is still as it was recorded; a stat and a small read, never a read of the file.
+    pub fn recorded_digest(
+        &self,
+        path: &VPath,
+        kind: checksum::DigestKind,
+    ) -> Option<checksum::Digest> {
+        let meta = self.dir.symlink_metadata(path.rel()).ok()?;
+        if !meta.is_file() {
+            return None;
+        }
+        let rec = digests::load_stamped(&self.root.inner.digests, &self.in_root(path), &meta)?;
+        (rec.digest.kind() == kind).then_some(rec.digest)
+    }
+
     /// Describes `path`, following a symlink that stays inside the root.
     pub fn stat(&self, path: &VPath) -> Result<FileInfo> {
         let shown = path.to_string();

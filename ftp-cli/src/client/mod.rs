@@ -230,8 +230,29 @@ impl Client {
 
     /// The entries of a remote directory, in the server's order.
     pub async fn list(&mut self, path: &str) -> Result<Vec<Entry>> {
-        self.send(Message::List(PathArg { path: path.into() }))
-            .await?;
+        self.list_with(protocol::List::of(path)).await
+    }
+
+    /// Like [`Client::list`], each file with the digest the server recorded at upload where it
+    /// holds one (of the session's digest kind, for the file as it is now).
+    pub async fn list_digests(&mut self, path: &str) -> Result<Vec<Entry>> {
+        let digests = self.pipelines();
+        let req = protocol::List {
+            digests,
+            ..protocol::List::of(path)
+        };
+        let mut entries = self.list_with(req).await?;
+        let kind = self.server.digest;
+        for e in &mut entries {
+            // The server's word, of the session's kind only.
+            e.digest = e.digest.filter(|d| d.kind() == kind);
+        }
+        Ok(entries)
+    }
+
+    async fn list_with(&mut self, req: protocol::List) -> Result<Vec<Entry>> {
+        let path = req.path.clone();
+        self.send(Message::List(req)).await?;
         let mut entries = Vec::new();
         let mut name_bytes = 0usize;
         loop {

@@ -1,7 +1,9 @@
 //! `list`: a directory's entries in frames of bounded size, however large the directory.
 
-use protocol::{Entry, ListEnd, Listing, Message, PathArg, LISTING_BATCH_BYTES};
-use storage::FileInfo;
+use protocol::{
+    DigestKind, Entry, EntryKind, List, ListEnd, Listing, Message, LISTING_BATCH_BYTES,
+};
+use storage::{FileInfo, Home, VPath};
 
 use crate::cmd::Handled;
 use crate::error::{blocking, SessionError};
@@ -14,15 +16,20 @@ struct Reader {
     entries: Box<dyn Iterator<Item = FileInfo> + Send>,
     /// An entry read that did not fit the last batch: the first of the next.
     carry: Option<Entry>,
+    /// Where to look up recorded digests, when the client asked for them: the home, the
+    /// directory listed, and the session's digest kind.
+    digests: Option<(Home, VPath, DigestKind)>,
 }
 
-pub async fn run(s: &mut Session, req: PathArg) -> Handled {
+pub async fn run(s: &mut Session, req: List) -> Handled {
     let path = s.resolve(&req.path)?;
     let home = s.home.clone();
+    let digests = req.digests.then(|| (home.clone(), path.clone(), s.digest));
     let reader = blocking(move || {
         home.list(&path).map(|entries| Reader {
             entries: Box::new(entries),
             carry: None,
+            digests,
         })
     })
     .await??;
@@ -52,7 +59,17 @@ fn batch(mut reader: Reader) -> (Reader, Vec<Entry>) {
         let entry = match reader.carry.take() {
             Some(entry) => entry,
             None => match reader.entries.next() {
-                Some(info) => reply::entry(info),
+                Some(info) => {
+                    let mut entry = reply::entry(info);
+                    if let (Some((home, dir, kind)), EntryKind::File) =
+                        (&reader.digests, entry.kind)
+                    {
+                        entry.digest = VPath::resolve(dir, &entry.name)
+                            .ok()
+                            .and_then(|file| home.recorded_digest(&file, *kind));
+                    }
+                    entry
+                }
                 None => break,
             },
         };

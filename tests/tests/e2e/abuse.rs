@@ -1492,7 +1492,7 @@ fn a_list_is_answered_while_600_uploads_wait_for_their_clients() {
         })
         .collect();
     let mut lister = Raw::connect(d.addr()).hello();
-    lister.send(&Message::List(protocol::PathArg { path: "/".into() }));
+    lister.send(&Message::List(protocol::List::of("/")));
     match lister.recv() {
         Message::Listing(_) | Message::ListEnd(_) => {}
         other => panic!("expected a listing, got {other:?}"),

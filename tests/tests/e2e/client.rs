@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use protocol::{Message, PathArg};
+use protocol::Message;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -631,7 +631,7 @@ struct Frames {
 /// Lists `path` over a raw connection, and looks at the frames the listing came in.
 fn list_frames(addr: SocketAddr, path: &str) -> Frames {
     let mut raw = Raw::connect(addr).within(FRAME_TIMEOUT).hello();
-    raw.send(&Message::List(PathArg { path: path.into() }));
+    raw.send(&Message::List(protocol::List::of(path)));
     let mut frames = Frames {
         sizes: Vec::new(),
         entries: 0,

@@ -128,7 +128,7 @@ fn serve(stream: TcpStream, lies: &Lies) {
                 max_chunk: protocol::DEFAULT_CHUNK,
                 digest: DigestKind::Md5,
             })),
-            Message::List(PathArg { path }) => {
+            Message::List(protocol::List { path, .. }) => {
                 let sent = send_listing(&mut peer, (lies.list)(&path));
                 if !sent {
                     return; // the client stopped reading: it refused the listing
@@ -211,6 +211,7 @@ fn file(name: &str) -> Entry {
         kind: EntryKind::File,
         size: BODY.len() as u64,
         mtime: None,
+        digest: None,
     }
 }
 
@@ -220,6 +221,7 @@ fn dir(name: &str) -> Entry {
         kind: EntryKind::Dir,
         size: 0,
         mtime: None,
+        digest: None,
     }
 }
 

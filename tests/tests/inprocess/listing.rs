@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 
-use protocol::{Message, PathArg};
+use protocol::Message;
 
 use crate::util::InProcess;
 
@@ -28,7 +28,7 @@ async fn a_listing_too_large_for_one_frame_arrives_whole() {
     c.bye().await;
 
     let mut raw = d.raw().await;
-    raw.send(Message::List(PathArg { path: "/".into() })).await;
+    raw.send(Message::List(protocol::List::of("/"))).await;
     let mut frames = 0;
     let count = loop {
         match raw.recv().await.message {
