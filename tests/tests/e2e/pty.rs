@@ -331,3 +331,69 @@ fn ctrl_c_while_reget_checks_a_complete_file_stops_at_once_and_changes_nothing()
     assert_eq!(names(work.path()), ["big.bin"]);
     assert_eq!(fs::metadata(&local).unwrap().ctime(), before.ctime());
 }
+
+/// The regression: rustyline reads the terminal in raw mode through a buffer of its own, and
+/// threw what was left in it away at the end of every line, so of lines typed ahead (while a
+/// command ran) or pasted without bracketed paste, only the first ran. Now every line runs, in
+/// order, once.
+#[test]
+fn lines_typed_ahead_all_run_in_order() {
+    let daemon = Daemon::start();
+    let work = tmpdir();
+    let home = tmpdir();
+    write_random(work.path().join("a.txt"), 5_000, 61);
+    let addr = daemon.addr();
+    let prompt = |dir: &str| format!("ftp {addr}:{dir}> ");
+
+    let mut sh = shell(&daemon, work.path(), home.path());
+    expect(&mut sh, &prompt("/"));
+    // Typed one after another, each before the one before it is done.
+    for line in ["mkdir photos\r", "cd photos\r", "put a.txt\r", "ls -l\r", "pwd\r"] {
+        type_keys(&mut sh, line);
+    }
+    expect_verified(&mut sh, &work.path().join("a.txt"));
+    expect(&mut sh, "a.txt\r\n");
+    expect(&mut sh, "\n/photos\r\n");
+    expect(&mut sh, &prompt("/photos"));
+    assert_same_file(work.path().join("a.txt"), daemon.path("photos/a.txt"));
+
+    // A paste: several lines in one write.
+    type_keys(&mut sh, "mkdir more\rcd more\rpwd\rlpwd\r");
+    expect(&mut sh, "\n/photos/more\r\n");
+    expect(&mut sh, &format!("{}\r\n", work.path().display()));
+    expect(&mut sh, &prompt("/photos/more"));
+    leave(&mut sh);
+    let history = fs::read_to_string(home.path().join("data/ftp-cli/history")).unwrap();
+    let pos = |needle: &str| {
+        history
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} is not in the history: {history:?}"))
+    };
+    assert!(pos("mkdir photos") < pos("cd photos") && pos("cd photos") < pos("put a.txt"));
+    assert!(pos("mkdir more") < pos("lpwd"));
+}
+
+/// Of `pwd` and `lpwd` typed while a download ran, only one ran.
+#[test]
+fn lines_typed_during_a_transfer_run_after_it() {
+    let daemon = Daemon::start();
+    write_repeated(&daemon.path("big.bin"), BIG_UPLOAD, 62);
+    let work = tmpdir();
+    let home = tmpdir();
+    let prompt = format!("ftp {}:/> ", daemon.addr());
+
+    let mut sh = shell(&daemon, work.path(), home.path());
+    expect(&mut sh, &prompt);
+    type_keys(&mut sh, "get big.bin\r");
+    let part = work.path().join("big.bin.ftp-part");
+    wait_until("big.bin.ftp-part holds bytes", START_TIMEOUT, || {
+        file_len(&part) > 0
+    });
+    type_keys(&mut sh, "pwd\r");
+    type_keys(&mut sh, "lpwd\r");
+    expect_verified(&mut sh, &daemon.path("big.bin"));
+    expect(&mut sh, "\n/\r\n");
+    expect(&mut sh, &format!("{}\r\n", work.path().display()));
+    expect(&mut sh, &prompt);
+    leave(&mut sh);
+}
