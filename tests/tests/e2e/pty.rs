@@ -161,7 +161,7 @@ fn shell_completes_remote_names_and_obeys_ctrl_c_and_ctrl_d() {
 
     // A failed `cd` is reported, and the shell stays where it was.
     type_keys(&mut sh, "cd nope\r");
-    expect(&mut sh, "not_found");
+    expect(&mut sh, "nope: no such file or directory");
     expect(&mut sh, &prompt("/albums 2023"));
     type_keys(&mut sh, "pwd\r");
     expect(&mut sh, "\n/albums 2023\r\n");
@@ -348,7 +348,13 @@ fn lines_typed_ahead_all_run_in_order() {
     let mut sh = shell(&daemon, work.path(), home.path());
     expect(&mut sh, &prompt("/"));
     // Typed one after another, each before the one before it is done.
-    for line in ["mkdir photos\r", "cd photos\r", "put a.txt\r", "ls -l\r", "pwd\r"] {
+    for line in [
+        "mkdir photos\r",
+        "cd photos\r",
+        "put a.txt\r",
+        "ls -l\r",
+        "pwd\r",
+    ] {
         type_keys(&mut sh, line);
     }
     expect_verified(&mut sh, &work.path().join("a.txt"));
