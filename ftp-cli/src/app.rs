@@ -619,7 +619,7 @@ impl App {
 
     /// The files (with sizes) and directories (`top` first, each before what it holds) of the
     /// remote tree at `top`, from its listings.
-    fn walk(&mut self, top: &str, what: &str) -> Result<(Vec<(String, u64)>, Vec<String>)> {
+    fn walk(&mut self, top: &str, what: &str) -> Result<Tree> {
         let mut files = Vec::new();
         let mut dirs = vec![top.to_owned()];
         let mut pending = vec![(top.to_owned(), 0usize)];
@@ -757,6 +757,10 @@ impl App {
         self.runtime.block_on(self.link.close());
     }
 }
+
+/// A remote tree from its listings: its files with their sizes, and its directories (the top
+/// first, each before what it holds).
+type Tree = (Vec<(String, u64)>, Vec<String>);
 
 /// What to do about a local file a download would replace.
 enum Existing {

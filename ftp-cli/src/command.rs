@@ -470,18 +470,25 @@ pub fn help(topic: Option<&str>, width: usize) -> Result<String, ClientError> {
 }
 
 /// `text` in lines of at most `width` columns (longer words alone on theirs), the first after
-/// `first`, the rest after `rest`.
+/// `first`, the rest after `rest`. Runs of spaces inside a line are kept (`-f  replace`).
 fn wrap(text: &str, width: usize, first: &str, rest: &str) -> Vec<String> {
     let mut lines = Vec::new();
     let mut line = first.to_owned();
     let mut empty = true;
-    for word in text.split(' ').filter(|w| !w.is_empty()) {
-        if !empty && line.chars().count() + 1 + word.chars().count() > width {
+    let mut gap = 0;
+    for word in text.split(' ') {
+        if word.is_empty() {
+            gap += 1;
+            continue;
+        }
+        let spaces = gap + 1;
+        gap = 0;
+        if !empty && line.chars().count() + spaces + word.chars().count() > width {
             lines.push(std::mem::replace(&mut line, rest.to_owned()));
             empty = true;
         }
         if !empty {
-            line.push(' ');
+            line.push_str(&" ".repeat(spaces));
         }
         line.push_str(word);
         empty = false;
@@ -1154,5 +1161,6 @@ mod tests {
     fn wraps_at_word_boundaries() {
         assert_eq!(wrap("a bb ccc", 6, "", "  "), ["a bb", "  ccc"]);
         assert_eq!(wrap("word", 2, "> ", "  "), ["> word"]);
+        assert_eq!(wrap("-f  force it", 20, "  ", "      "), ["  -f  force it"]);
     }
 }

@@ -277,16 +277,8 @@ fn roff_escape(text: &str) -> String {
 fn run(args: Args) -> Result<(), ClientError> {
     let interactive =
         args.commands.is_none() && args.batch.is_none() && std::io::stdin().is_terminal();
-    // Only the shell starts without a server: `open HOST` names one there.
-    let host =
-        match &args.host {
-            Some(host) => host.clone(),
-            None if interactive => String::new(),
-            None => return Err(ClientError::Usage(
-                "no server given: ftp-cli HOST[:PORT] -c ... (or start the shell and open HOST)"
-                    .into(),
-            )),
-        };
+    // Without a server, commands that need one say so until `open HOST` names one.
+    let host = args.host.clone().unwrap_or_default();
     let key = match (&args.identity, ftp_cli::keys::default_path()) {
         (Some(file), _) => Some(ftp_cli::keys::load(file)?),
         (None, Some(default)) if args.user.is_some() && default.exists() => {

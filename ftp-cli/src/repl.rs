@@ -75,11 +75,24 @@ pub fn run_script(
             match app.run(cmd) {
                 Ok(Flow::Quit) => return Ok(()),
                 Ok(Flow::Continue) => {}
-                Err(e) => return Err(e.in_command(format!("{at}{text}"))),
+                Err(e) => return Err(named(e, &at, &text)),
             }
         }
     }
     Ok(())
+}
+
+/// `e`, the failure of the command `text` on the line at `at`, named by both; an error that
+/// already starts with the command's name (`get rdir: a directory; ...`) is not named twice.
+fn named(e: ClientError, at: &str, text: &str) -> ClientError {
+    let word = text.split_whitespace().next().unwrap_or_default();
+    let names_itself = matches!(&e, ClientError::Usage(m)
+        if m.strip_prefix(word).is_some_and(|rest| rest.starts_with([':', ' '])));
+    match (names_itself, at) {
+        (true, "") => e,
+        (true, at) => e.in_command(at.trim_end_matches([' ', ':'])),
+        (false, at) => e.in_command(format!("{at}{text}")),
+    }
 }
 
 /// Runs commands from a batch file.
@@ -260,10 +273,7 @@ pub fn interactive(app: App) -> Result<()> {
     // typed ahead answers them in order.
     let asker = editor.clone();
     app.borrow_mut().set_ask(Box::new(move |question: &str| {
-        match asker.try_borrow_mut().ok()?.readline(question) {
-            Ok(answer) => Some(answer),
-            Err(_) => None,
-        }
+        asker.try_borrow_mut().ok()?.readline(question).ok()
     }));
     if app.borrow().has_host() {
         let connected = app.borrow_mut().connect_interactively();
@@ -350,6 +360,20 @@ fn print_history(editor: &Shell, output: &crate::output::Output) -> Result<Flow>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn script_errors_are_named_once() {
+        let usage = || ClientError::Usage("get rdir: a directory".into());
+        let remote = || ClientError::Usage("not connected".into());
+        for (e, at, text, want) in [
+            (usage(), "", "get rdir", "get rdir: a directory"),
+            (usage(), "f:2: ", "get rdir", "f:2: get rdir: a directory"),
+            (remote(), "", "ls x", "ls x: not connected"),
+            (remote(), "f:3: ", "ls x", "f:3: ls x: not connected"),
+        ] {
+            assert_eq!(named(e, at, text).to_string(), want);
+        }
+    }
 
     #[test]
     fn escapes_what_the_parser_would_split() {
