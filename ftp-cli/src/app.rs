@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use protocol::{Entry, EntryKind};
+use protocol::{Entry, EntryKind, ErrorCode};
 
 use crate::batch;
 use crate::client::{Credentials, NoProgress, Progress, TransferOptions};
@@ -302,7 +302,11 @@ impl App {
                 self.link.cwd = cwd;
             }
             Command::Mkdir { parents, path } => remote!(self, c => c.mkdir(&path, parents))?,
-            Command::Rm { recursive, paths } => self.rm(recursive, paths)?,
+            Command::Rm {
+                recursive,
+                force,
+                paths,
+            } => self.rm(recursive, force, paths)?,
             Command::Rmdir(path) => remote!(self, c => c.rmdir(&path))?,
             Command::Rename { from, to } => {
                 let to = if to.ends_with('/') || self.is_remote_dir(&to) {
@@ -430,8 +434,7 @@ impl App {
             flags,
         ) {
             // Say what to do instead of the server's "is a directory".
-            Err(ClientError::Remote(e)) if self.is_remote_dir(&remote) => {
-                let _ = e;
+            Err(ClientError::Remote(e)) if e.code == ErrorCode::IsDirectory => {
                 Err(ClientError::Usage(format!(
                     "get {remote}: a directory; get -r {remote} fetches it and all it holds"
                 )))
@@ -476,13 +479,15 @@ impl App {
         } else {
             paths
         };
+        // JSON is for scripts: every entry, as the server lists it.
+        let all = opts.all || self.output.json();
         let mut files = Vec::new();
         let mut dirs = Vec::new();
         for path in &paths {
             if is_glob(path) {
                 let (dir, pattern) = split_glob(path)?;
                 let mut entries = self.list(dir)?;
-                entries.retain(|e| pattern.matches(&e.name) && (opts.all || !hidden(&e.name)));
+                entries.retain(|e| pattern.matches(&e.name) && (all || !hidden(&e.name)));
                 if entries.is_empty() {
                     return Err(ClientError::Usage(format!("ls: nothing matches {path}")));
                 }
@@ -495,7 +500,8 @@ impl App {
             match self.list(path) {
                 Ok(entries) => dirs.push((path.clone(), entries)),
                 // A file lists as itself, as ls does.
-                Err(e @ ClientError::Remote(_)) => {
+                Err(ClientError::Remote(e)) if e.code == ErrorCode::NotADirectory => {
+                    let e = ClientError::Remote(e);
                     match remote_again!(self, c => c.stat(path, false)) {
                         Ok(r) if r.entry.kind != EntryKind::Dir => {
                             let mut entry = r.entry;
@@ -515,37 +521,47 @@ impl App {
             self.output.listing(&files, opts.long, opts.human)?;
             first = false;
         }
-        // Depth first, each directory before what is in it, as ls -R prints them.
-        let mut pending: Vec<(String, Vec<Entry>, usize)> = dirs
+        // Depth first, each directory before what is in it, as ls -R prints them; a
+        // subdirectory is listed only when its turn comes.
+        let mut pending: Vec<(String, Option<Vec<Entry>>, usize)> = dirs
             .into_iter()
             .rev()
-            .map(|(path, entries)| (path, entries, 0))
+            .map(|(path, entries)| (path, Some(entries), 0))
             .collect();
-        while let Some((dir, mut entries, depth)) = pending.pop() {
-            entries.retain(|e| opts.all || !hidden(&e.name));
+        while let Some((dir, entries, depth)) = pending.pop() {
+            let mut entries = match entries {
+                Some(entries) => entries,
+                None => match self.list(&dir) {
+                    Ok(entries) => entries,
+                    Err(e @ ClientError::Remote(_)) => {
+                        let why = self.shown(&e);
+                        self.output.diagnostic(format_args!("ls {dir}: {why}"));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            entries.retain(|e| all || !hidden(&e.name));
             sort_entries(&mut entries, opts);
-            if headers {
-                self.output.listing_header(&dir, first)?;
-            }
-            first = false;
-            self.output.listing(&entries, opts.long, opts.human)?;
             if opts.recursive && depth < MAX_DEPTH {
                 let subdirs: Vec<String> = entries
                     .iter()
                     .filter(|e| e.kind == EntryKind::Dir && safe(&e.name))
                     .map(|e| join(&dir, &e.name))
                     .collect();
-                for sub in subdirs.into_iter().rev() {
-                    match self.list(&sub) {
-                        Ok(entries) => pending.push((sub, entries, depth + 1)),
-                        Err(e @ ClientError::Remote(_)) => {
-                            let why = self.shown(&e);
-                            self.output.diagnostic(format_args!("ls {sub}: {why}"))
-                        }
-                        Err(e) => return Err(e),
+                pending.extend(subdirs.into_iter().rev().map(|sub| (sub, None, depth + 1)));
+            }
+            if headers {
+                self.output.listing_header(&dir, first)?;
+                // JSON has no headers: each name says which directory it is in.
+                if self.output.json() && dir != "." {
+                    for e in &mut entries {
+                        e.name = join(&dir, &e.name);
                     }
                 }
             }
+            first = false;
+            self.output.listing(&entries, opts.long, opts.human)?;
         }
         Ok(())
     }
@@ -570,13 +586,16 @@ impl App {
         Ok(names)
     }
 
-    /// `rm [-r] PATH|GLOB...`: every file named or matched; with `-r`, directories too, what
-    /// they hold first.
-    fn rm(&mut self, recursive: bool, paths: Vec<String>) -> Result<()> {
+    /// `rm [-rf] PATH|GLOB...`: every file named or matched; with `-r`, directories too, what
+    /// they hold first; with `-f`, what is not there is skipped.
+    fn rm(&mut self, recursive: bool, force: bool, paths: Vec<String>) -> Result<()> {
         let mut targets = Vec::new();
         for path in &paths {
-            let matched = self.expand_remote(path)?;
-            if matched.is_empty() {
+            let matched = match self.expand_remote(path) {
+                Err(ClientError::Remote(e)) if force && e.code == ErrorCode::NotFound => continue,
+                other => other?,
+            };
+            if matched.is_empty() && !force {
                 return Err(ClientError::Usage(format!("rm: nothing matches {path}")));
             }
             targets.extend(matched);
@@ -589,13 +608,15 @@ impl App {
             } else {
                 remote!(self, c => c.rm(&path))
             };
-            if let Err(e) = result {
-                if total == 1 {
-                    return Err(e);
+            match result {
+                Ok(()) => {}
+                Err(ClientError::Remote(e)) if force && e.code == ErrorCode::NotFound => {}
+                Err(e) if total == 1 => return Err(e),
+                Err(e) => {
+                    let why = self.shown(&e);
+                    self.output.diagnostic(format_args!("rm {path}: {why}"));
+                    failed += 1;
                 }
-                let why = self.shown(&e);
-                self.output.diagnostic(format_args!("rm {path}: {why}"));
-                failed += 1;
             }
         }
         if failed > 0 {
@@ -704,7 +725,7 @@ impl App {
         let job = transfer(dial, link, retries, &t, opts, &mut none, output);
         match self.runtime.block_on(job) {
             Ok(_) => {}
-            Err(ClientError::Remote(_)) if self.is_remote_dir(remote) => {
+            Err(ClientError::Remote(e)) if e.code == ErrorCode::IsDirectory => {
                 return Err(ClientError::Usage(format!("cat {remote}: a directory")))
             }
             Err(e) => return Err(e),

@@ -80,9 +80,11 @@ pub enum Command {
         parents: bool,
         path: String,
     },
-    /// Remove remote files (globs allowed); with `-r`, directories and all they hold.
+    /// Remove remote files (globs allowed); with `-r`, directories and all they hold; with
+    /// `-f`, what is not there is no error.
     Rm {
         recursive: bool,
+        force: bool,
         paths: Vec<String>,
     },
     Rmdir(String),
@@ -250,9 +252,13 @@ pub const COMMANDS: &[Spec] = &[
     Spec {
         name: "rm",
         aliases: &["delete"],
-        usage: "rm [-r] PATH|GLOB...",
+        usage: "rm [-rf] PATH|GLOB...",
         summary: "remove remote files (-r: directories and all they hold)",
-        details: &["Globs (*.tmp) match the remote listing."],
+        details: &[
+            "-r  directories too, and everything in them",
+            "-f  what is not there is no error",
+            "Globs (*.tmp) match the remote listing.",
+        ],
     },
     Spec {
         name: "rmdir",
@@ -739,6 +745,7 @@ pub fn parse_words(words: &[String]) -> Result<Command, ClientError> {
         }),
         "rm" => Ok(Command::Rm {
             recursive: has('r'),
+            force: has('f'),
             paths: several("path", args)?,
         }),
         "rmdir" => Ok(Command::Rmdir(one(&args)?)),
@@ -965,13 +972,15 @@ mod tests {
                 "rm a b",
                 Ok(vec![Rm {
                     recursive: false,
+                    force: false,
                     paths: s(&["a", "b"]),
                 }]),
             ),
             (
-                "rm -r d *.tmp",
+                "rm -rf d *.tmp",
                 Ok(vec![Rm {
                     recursive: true,
+                    force: true,
                     paths: s(&["d", "*.tmp"]),
                 }]),
             ),
@@ -979,6 +988,7 @@ mod tests {
                 "delete x",
                 Ok(vec![Rm {
                     recursive: false,
+                    force: false,
                     paths: s(&["x"]),
                 }]),
             ),

@@ -116,6 +116,11 @@ impl Output {
         self.bars
     }
 
+    /// Whether output is JSON lines, for scripts.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
     /// One line on stdout. A failed write is an error, so that the command stops: the reader
     /// may have gone (`ftp-cli HOST -c ls | head`), which `main` turns into a quiet exit.
     pub fn line(&self, text: impl std::fmt::Display) -> Result<()> {

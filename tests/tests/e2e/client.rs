@@ -805,7 +805,7 @@ fn help_lists_the_commands_and_the_exit_statuses() {
         "mput [-f] [-c] [-P N] NAME|GLOB...",
         "cat REMOTE...",
         "mkdir [-p] PATH",
-        "rm [-r] PATH|GLOB...",
+        "rm [-rf] PATH|GLOB...",
         "rmdir PATH",
         "rename FROM TO | mv FROM TO",
         "stat [--md5] PATH",

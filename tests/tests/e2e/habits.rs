@@ -251,6 +251,8 @@ fn rm_takes_globs_and_r() {
     );
     t.ok("rm -r pics");
     assert_missing(t.remote("pics"));
+    t.exits("rm nope", 5);
+    t.ok("rm -f nope pics/*.png");
 }
 
 #[test]
