@@ -29,7 +29,9 @@ use protocol::DigestKind;
                   (Ctrl-C).\n\n\
                   Every connection is TLS 1.3. The server's key is pinned at first contact in \
                   known_hosts, as ssh does: a changed key is refused.\n\n\
-                  The connection is made by the first command that needs the server.\n\n\
+                  The connection is made by the first command that needs the server; \
+                  without HOST, `open HOST` makes it (`help` in the shell lists the commands, \
+                  `ftp-cli --man` documents them).\n\n\
                   `ftp-cli keygen [FILE]` makes a key for logins without a password (-i FILE, \
                   or found by itself in the data directory)."
 )]
