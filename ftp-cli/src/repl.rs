@@ -236,8 +236,15 @@ impl Helper for ShellHelper {}
 
 /// Whether the terminal should get no colours: `NO_COLOR` set, or a dumb terminal.
 fn no_colour() -> bool {
-    std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
-        || std::env::var("TERM").is_ok_and(|t| t == "dumb")
+    plain_terminal(
+        std::env::var_os("NO_COLOR").as_deref(),
+        std::env::var("TERM").ok().as_deref(),
+    )
+}
+
+/// [`no_colour`] from the values of `NO_COLOR` and `TERM`.
+fn plain_terminal(no_color: Option<&std::ffi::OsStr>, term: Option<&str>) -> bool {
+    no_color.is_some_and(|v| !v.is_empty()) || term == Some("dumb")
 }
 
 type Shell = Editor<ShellHelper, DefaultHistory>;
@@ -360,6 +367,22 @@ fn print_history(editor: &Shell, output: &crate::output::Output) -> Result<Flow>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where colours are off, rustyline would draw a history hint as plain text, looking
+    /// typed: hints go with the colours.
+    #[test]
+    fn hints_only_where_they_can_be_dim() {
+        use std::ffi::OsStr;
+        for (no_color, term, plain) in [
+            (None, Some("xterm"), false),
+            (Some(""), Some("xterm"), false),
+            (Some("1"), Some("xterm"), true),
+            (None, Some("dumb"), true),
+            (None, None, false),
+        ] {
+            assert_eq!(plain_terminal(no_color.map(OsStr::new), term), plain);
+        }
+    }
 
     #[test]
     fn script_errors_are_named_once() {
