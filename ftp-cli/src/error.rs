@@ -6,7 +6,7 @@ use protocol::{ConnectionError, DigestKind, ErrorReply};
 pub enum ClientError {
     #[error("{0}")]
     Usage(String),
-    #[error("cannot connect to {addr}: {reason}")]
+    #[error("cannot connect to {addr}: {}", plain(reason))]
     Connect { addr: String, reason: String },
     #[error("{0}")]
     Auth(String),
@@ -38,11 +38,13 @@ pub enum ClientError {
     Cancelled,
     #[error("{failed} of {total} files failed")]
     SomeFailed { failed: usize, total: usize },
-    #[error("connection to the server lost: {0}")]
+    #[error("connection to the server lost: {}", plain(.0))]
     ConnectionLost(String),
     #[error("server: {0}")]
     Remote(ErrorReply),
-    #[error("{path}: {source}")]
+    /// Named as the user named the file: a download's `NAME.ftp-part` is shown as `NAME`, and
+    /// the OS's error number is left out.
+    #[error("{}: {}", as_named(path), plain(&source.to_string()))]
     Local {
         path: String,
         source: std::io::Error,
@@ -74,6 +76,13 @@ pub enum ClientError {
     /// connection would not cure.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A command of a script (`-c`, `-b`, stdin) that failed, named (`-b` adds its line:
+    /// `cmds.txt:3: get x.jpg`), so that the user knows which one.
+    #[error("{at}: {source}")]
+    InCommand {
+        at: String,
+        source: Box<ClientError>,
+    },
 }
 
 impl ClientError {
@@ -98,6 +107,32 @@ impl ClientError {
             | ClientError::UnsafeName(_)
             | ClientError::Limit(_)
             | ClientError::Internal(_) => 7,
+            ClientError::InCommand { source, .. } => source.exit_code(),
+        }
+    }
+
+    /// The error as a person at the shell reads it: the server's refusal without its wire code
+    /// (`server: x: no such file or directory`, not `... (not_found)`). Scripts keep the code
+    /// (the `Display` form), which is stable to match on.
+    pub fn for_person(&self) -> String {
+        match self {
+            ClientError::Remote(e) => format!("server: {}", e.message),
+            ClientError::InCommand { at, source } => format!("{at}: {}", source.for_person()),
+            other => other.to_string(),
+        }
+    }
+
+    /// `self`, named as the command `at` of a script; errors that end the run quietly or
+    /// are several lines stay as they are.
+    pub fn in_command(self, at: impl Into<String>) -> Self {
+        match self {
+            e @ (ClientError::Stdout(_)
+            | ClientError::KeyChanged(_)
+            | ClientError::InCommand { .. }) => e,
+            e => ClientError::InCommand {
+                at: at.into(),
+                source: Box::new(e),
+            },
         }
     }
 
@@ -130,6 +165,7 @@ impl ClientError {
             | ClientError::UnsafeName(_)
             | ClientError::Limit(_)
             | ClientError::Internal(_) => false,
+            ClientError::InCommand { source, .. } => source.is_retriable(),
         }
     }
 
@@ -139,6 +175,23 @@ impl ClientError {
             source,
         }
     }
+}
+
+/// An OS error's text without its number: `No such file or directory`, not `... (os error 2)`.
+fn plain(text: &str) -> String {
+    let mut out = text.to_owned();
+    while let Some(at) = out.find(" (os error ") {
+        match out[at..].find(')') {
+            Some(end) => out.replace_range(at..at + end + 1, ""),
+            None => break,
+        }
+    }
+    out
+}
+
+/// A local path as the user named it: a download's `NAME.ftp-part` is the file `NAME` to them.
+fn as_named(path: &str) -> &str {
+    path.strip_suffix(".ftp-part").unwrap_or(path)
 }
 
 /// A connection that failed under a call: lost (a retry may cure it) or corrupt (the bytes no
@@ -175,5 +228,33 @@ mod tests {
         let e = ClientError::Internal("file reader failed: task 7 panicked".into());
         assert!(!e.is_retriable());
         assert_eq!(e.exit_code(), 7);
+    }
+
+    #[test]
+    fn messages_show_no_internals() {
+        let missing = std::io::Error::from_raw_os_error(2);
+        let e = ClientError::local(std::path::Path::new("x.jpg.ftp-part"), missing);
+        assert_eq!(e.to_string(), "x.jpg: No such file or directory");
+        let e = ClientError::Connect {
+            addr: "h:1".into(),
+            reason: "Connection refused (os error 111)".into(),
+        };
+        assert_eq!(e.to_string(), "cannot connect to h:1: Connection refused");
+        assert_eq!(plain("a (os error 1) b (os error 22)"), "a b");
+        let remote = ClientError::Remote(protocol::ErrorReply {
+            code: protocol::ErrorCode::NotFound,
+            message: "x: no such file or directory".into(),
+            offset: None,
+        });
+        assert_eq!(remote.for_person(), "server: x: no such file or directory");
+        let named = remote.in_command("cmds.txt:3: get x");
+        assert_eq!(named.exit_code(), 5);
+        assert_eq!(
+            named.for_person(),
+            "cmds.txt:3: get x: server: x: no such file or directory"
+        );
+        assert!(named
+            .to_string()
+            .starts_with("cmds.txt:3: get x: server: x: no such"));
     }
 }

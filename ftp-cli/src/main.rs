@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ftp_cli::app::App;
+use ftp_cli::app::{App, Login};
 use ftp_cli::client::Credentials;
 use ftp_cli::error::ClientError;
 use ftp_cli::link::Dial;
 use ftp_cli::output::Output;
-use ftp_cli::repl;
+use ftp_cli::repl::{self, Source};
 use ftp_cli::trust::{self, Security, Trust};
 use protocol::DigestKind;
 
@@ -29,13 +29,16 @@ use protocol::DigestKind;
                   (Ctrl-C).\n\n\
                   Every connection is TLS 1.3. The server's key is pinned at first contact in \
                   known_hosts, as ssh does: a changed key is refused.\n\n\
-                  The connection is made by the first command that needs the server.\n\n\
+                  The connection is made by the first command that needs the server; \
+                  without HOST, `open HOST` makes it (`help` in the shell lists the commands, \
+                  `ftp-cli --man` documents them).\n\n\
                   `ftp-cli keygen [FILE]` makes a key for logins without a password (-i FILE, \
                   or found by itself in the data directory)."
 )]
 struct Args {
-    /// Server to connect to, HOST or HOST:PORT (default port 2121).
-    host: String,
+    /// Server to connect to, HOST or HOST:PORT (default port 2121). Without it, the shell
+    /// starts unconnected: `open HOST` connects.
+    host: Option<String>,
 
     /// Run these commands (separated by `;`) and exit; stops at the first failure.
     #[arg(short = 'c', long = "commands", conflicts_with = "batch")]
@@ -118,11 +121,11 @@ struct Args {
     #[arg(long)]
     json: bool,
 
-    /// Print the man page (roff) and exit: `ftp-cli --man x > ftp-cli.1`.
+    /// Print the man page (roff) and exit: `ftp-cli --man > ftp-cli.1`.
     #[arg(long, hide = true)]
     man: bool,
 
-    /// Print a shell completion script and exit: `ftp-cli --completions bash x`.
+    /// Print a shell completion script and exit: `ftp-cli --completions bash`.
     #[arg(long, hide = true, value_name = "SHELL")]
     completions: Option<clap_complete::Shell>,
 
@@ -202,7 +205,7 @@ fn print_docs(man: bool, shell: Option<clap_complete::Shell>) -> ExitCode {
     use std::io::Write;
     let mut out = Vec::new();
     if man {
-        if let Err(e) = clap_mangen::Man::new(Args::command()).render(&mut out) {
+        if let Err(e) = render_man(&mut out) {
             eprintln!("ftp-cli: {e}");
             return ExitCode::FAILURE;
         }
@@ -220,49 +223,117 @@ fn print_docs(man: bool, shell: Option<clap_complete::Shell>) -> ExitCode {
     }
 }
 
+/// The man page: clap's sections for the flags, and one for the shell's commands, which are
+/// what a user spends their time in.
+fn render_man(out: &mut Vec<u8>) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let man = clap_mangen::Man::new(Args::command());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    out.extend_from_slice(shell_commands_roff().as_bytes());
+    man.render_extra_section(out)?;
+    man.render_version_section(out)?;
+    Ok(())
+}
+
+/// The `COMMANDS` section of the man page, from the same table as `help`.
+fn shell_commands_roff() -> String {
+    let mut roff = String::from(
+        ".SH COMMANDS\nThe shell (and \\fB\\-c\\fR, \\fB\\-b\\fR and piped input) takes these \
+         commands; several on a line are separated by \\fB;\\fR. Local paths may start with \
+         \\fB~\\fR. Tab completes commands and paths; Ctrl\\-R searches the history.\n",
+    );
+    for c in ftp_cli::command::COMMANDS {
+        roff.push_str(&format!(
+            ".TP\n\\fB{}\\fR\n{}\n",
+            roff_escape(c.usage),
+            roff_escape(c.summary)
+        ));
+        if !c.aliases.is_empty() {
+            roff.push_str(&format!(
+                ".br\nAlso: {}.\n",
+                roff_escape(&c.aliases.join(", "))
+            ));
+        }
+        for d in c.details {
+            roff.push_str(&format!(".br\n{}\n", roff_escape(d)));
+        }
+    }
+    roff
+}
+
+/// Text safe in a roff line: backslashes and dashes escaped, no line starting with a control
+/// character.
+fn roff_escape(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e").replace('-', "\\-");
+    if escaped.starts_with(['.', '\'']) {
+        format!("\\&{escaped}")
+    } else {
+        escaped
+    }
+}
+
 fn run(args: Args) -> Result<(), ClientError> {
     let interactive =
         args.commands.is_none() && args.batch.is_none() && std::io::stdin().is_terminal();
+    // Without a server, commands that need one say so until `open HOST` names one.
+    let host = args.host.clone().unwrap_or_default();
+    let key = match (&args.identity, ftp_cli::keys::default_path()) {
+        (Some(file), _) => Some(ftp_cli::keys::load(file)?),
+        (None, Some(default)) if args.user.is_some() && default.exists() => {
+            Some(ftp_cli::keys::load(&default)?)
+        }
+        _ => None,
+    };
+    let secret = given_secret(args.secret_file.as_deref())?;
     let creds = match &args.user {
         Some(user) => {
-            let key = match (&args.identity, ftp_cli::keys::default_path()) {
-                (Some(file), _) => Some(ftp_cli::keys::load(file)?),
-                (None, Some(default)) if default.exists() => Some(ftp_cli::keys::load(&default)?),
-                _ => None,
-            };
             // With a key, the password is asked for only if the server wants it.
-            let password = match given_secret(args.secret_file.as_deref())? {
-                Some(p) => Some(p),
-                None if key.is_none() => Some(prompt_secret(user, &args.host)?),
+            let password = match &secret {
+                Some(p) => Some(p.clone()),
+                None if key.is_none() && !host.is_empty() => Some(prompt_secret(user, &host)?),
                 None => None,
             };
-            Some(Credentials::new(user.clone(), password, key))
+            Some(Credentials::new(user.clone(), password, key.clone()))
         }
         None => None,
     };
     let output = Output::new(interactive && !args.quiet, args.json);
+    let shown_host = std::sync::Arc::new(std::sync::Mutex::new(host.clone()));
     let security = security(&args)?;
     let dial = Dial {
-        addr: args.host.clone(),
+        addr: host.clone(),
         timeout: args.timeout,
         creds,
         digest: args.digest,
         security,
         confirm: interactive.then(|| std::sync::Arc::new(ask_to_trust) as _),
         ask_password: interactive.then(|| {
-            let host = args.host.clone();
-            std::sync::Arc::new(move |user: &str| prompt_secret(user, &host).ok()) as _
+            let host = shown_host.clone();
+            std::sync::Arc::new(move |user: &str| {
+                let host = host.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                prompt_secret(user, &host).ok()
+            }) as _
         }),
     };
     let mut app = App::new(dial, args.retries, usize::from(args.parallel), output)?;
+    // `user NAME` logs in with the same key and password source as -u.
+    app.set_login(Login {
+        key,
+        secret,
+        host: shown_host,
+    });
     let result = if let Some(cmds) = args.commands {
-        repl::run_script(&mut app, std::iter::once(Ok(cmds)))
+        repl::run_script(&mut app, std::iter::once(Ok(cmds)), Source::Commands)
     } else if let Some(batch) = args.batch {
         repl::run_batch(&mut app, &batch)
     } else if interactive {
         return repl::interactive(app);
     } else {
-        repl::run_script(&mut app, std::io::stdin().lock().lines())
+        repl::run_script(&mut app, std::io::stdin().lock().lines(), Source::Stdin)
     };
     app.close();
     result

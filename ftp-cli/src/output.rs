@@ -1,7 +1,6 @@
 //! Everything the client prints: command output on stdout, diagnostics on stderr, in one type.
 
 use std::io::IsTerminal;
-use std::time::{Duration, UNIX_EPOCH};
 
 use indicatif::HumanBytes;
 use protocol::{DigestKind, Entry, EntryKind, StatReply};
@@ -117,6 +116,11 @@ impl Output {
         self.bars
     }
 
+    /// Whether output is JSON lines, for scripts.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
     /// One line on stdout. A failed write is an error, so that the command stops: the reader
     /// may have gone (`ftp-cli HOST -c ls | head`), which `main` turns into a quiet exit.
     pub fn line(&self, text: impl std::fmt::Display) -> Result<()> {
@@ -138,26 +142,66 @@ impl Output {
         diagnostic_to(&self.stderr, text);
     }
 
-    /// A remote directory's entries, one a line (`ls`, `ls -l`).
-    pub fn listing(&self, entries: &[Entry], long: bool) -> Result<()> {
+    /// Bytes of a file (`cat`) on stdout: as they are into a pipe or a file; at a terminal,
+    /// with what would act on it escaped ([`Shown`]), lines and tabs kept.
+    pub fn bytes(&self, bytes: &[u8]) -> Result<()> {
+        use std::io::Write as _;
+        let mut out = self.stdout.lock();
+        if !self.stdout.is_terminal() {
+            return out.write_all(bytes).map_err(ClientError::Stdout);
+        }
+        let text = String::from_utf8_lossy(bytes);
+        for piece in text.split_inclusive(['\n', '\t']) {
+            let (body, end) = match piece.strip_suffix(['\n', '\t']) {
+                Some(body) => (body, &piece[body.len()..]),
+                None => (piece, ""),
+            };
+            // A CRLF file's lines end as lines, not with a `\r` shown.
+            let body = if end == "\n" {
+                body.strip_suffix('\r').unwrap_or(body)
+            } else {
+                body
+            };
+            write!(out, "{}{end}", Shown(body)).map_err(ClientError::Stdout)?;
+        }
+        out.flush().map_err(ClientError::Stdout)
+    }
+
+    /// A header line of a listing of several directories (`ls -R`, `ls a b`): `DIR:` after a
+    /// blank line, as ls writes it.
+    pub fn listing_header(&self, dir: &str, first: bool) -> Result<()> {
+        if self.json {
+            return Ok(());
+        }
+        if !first {
+            self.line("")?;
+        }
+        self.line(format_args!("{}:", Shown(dir)))
+    }
+
+    /// A remote directory's entries, one a line (`ls`, `ls -l`; `human`: sizes as `2.4 MiB`).
+    pub fn listing(&self, entries: &[Entry], long: bool, human: bool) -> Result<()> {
         if self.json {
             for e in entries {
                 self.json_line(e)?;
             }
             return Ok(());
         }
-        let width = entries
-            .iter()
-            .map(|e| e.size.to_string().len())
-            .max()
-            .unwrap_or(1);
+        let size = |e: &Entry| {
+            if human {
+                human_size(e.size)
+            } else {
+                e.size.to_string()
+            }
+        };
+        let width = entries.iter().map(|e| size(e).len()).max().unwrap_or(1);
         for e in entries {
             let slash = if e.kind == EntryKind::Dir { "/" } else { "" };
             if long {
                 self.line(format_args!(
                     "{} {:>width$}  {}  {}{slash}",
                     kind_char(e.kind),
-                    e.size,
+                    size(e),
                     time(e.mtime),
                     Shown(&e.name)
                 ))?;
@@ -254,23 +298,32 @@ fn kind_name(kind: EntryKind) -> &'static str {
     }
 }
 
-/// The last second RFC 3339 can write (the end of the year 9999): humantime fails to format a
-/// later one, and the server's times are its word.
+/// The last second a listing writes (the end of the year 9999): the server's times are its
+/// word, and a later one has five digits of year.
 const LAST_SECOND: i64 = 253_402_300_799;
 
-/// A modification time as `2026-11-22 01:05:54` (UTC); dashes for one unknown or out of range.
+/// A modification time as `2026-11-22 01:05:54` in the local time zone (`TZ`, else the
+/// system's), as ls shows it; dashes for one unknown or out of range.
 fn time(mtime: Option<i64>) -> String {
+    time_in(mtime, &chrono::Local)
+}
+
+fn time_in<Tz: chrono::TimeZone>(mtime: Option<i64>, tz: &Tz) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
     match mtime {
-        Some(secs @ 0..=LAST_SECOND) => {
-            let t = UNIX_EPOCH + Duration::from_secs(secs as u64);
-            humantime::format_rfc3339_seconds(t)
-                .to_string()
-                .replace('T', " ")
-                .trim_end_matches('Z')
-                .to_owned()
-        }
+        Some(secs @ 0..=LAST_SECOND) => match chrono::DateTime::from_timestamp(secs, 0) {
+            Some(t) => t.with_timezone(tz).format("%Y-%m-%d %H:%M:%S").to_string(),
+            None => "-".repeat(19),
+        },
         _ => "-".repeat(19),
     }
+}
+
+/// A size as people read it: `512 B`, `2.37 MiB`.
+pub fn human_size(bytes: u64) -> String {
+    HumanBytes(bytes).to_string()
 }
 
 #[cfg(test)]
@@ -330,11 +383,22 @@ mod tests {
 
     #[test]
     fn times() {
-        assert_eq!(time(Some(0)), "1970-01-01 00:00:00");
-        assert_eq!(time(None).len(), 19);
-        assert_eq!(time(Some(LAST_SECOND)), "9999-12-31 23:59:59");
+        let utc = chrono::Utc;
+        assert_eq!(time_in(Some(0), &utc), "1970-01-01 00:00:00");
+        assert_eq!(time_in(None, &utc).len(), 19);
+        assert_eq!(time_in(Some(LAST_SECOND), &utc), "9999-12-31 23:59:59");
         for out_of_range in [LAST_SECOND + 1, i64::MAX, -1, i64::MIN] {
-            assert_eq!(time(Some(out_of_range)), "-".repeat(19));
+            assert_eq!(time_in(Some(out_of_range), &utc), "-".repeat(19));
         }
+        // In a zone east of UTC, the same second is later in the day.
+        let india = chrono::FixedOffset::east_opt(5 * 3600 + 1800).unwrap();
+        assert_eq!(time_in(Some(0), &india), "1970-01-01 05:30:00");
+        assert_eq!(time(Some(0)).len(), 19);
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_size(5), "5 B");
+        assert_eq!(human_size(2_483_921), "2.37 MiB");
     }
 }

@@ -48,9 +48,10 @@ impl Site {
         self.daemon.path(rel)
     }
 
-    /// The client, run in the working directory.
+    /// The client, run in the working directory, showing times in UTC (`ls -l` shows local
+    /// time).
     fn cli(&self) -> Cli {
-        self.daemon.cli().cwd(&self.work)
+        self.daemon.cli().cwd(&self.work).env("TZ", "UTC")
     }
 
     /// Runs `commands` with `-c` and expects success.
@@ -303,10 +304,21 @@ fn rename_and_mv_move_files_and_directories_but_never_replace() {
     assert_missing(t.remote("d"));
     assert_same_file(&a, t.remote("dd/e.bin"));
 
-    for cmd in ["rename b.bin dd/e.bin", "mv b.bin dd/e.bin", "mv b.bin dd"] {
+    for cmd in ["rename b.bin dd/e.bin", "mv b.bin dd/e.bin"] {
         t.exits(cmd, 5).stderr_has("exists").one_line_error();
     }
     assert_same_file(&a, t.remote("dd/e.bin"));
+    assert_same_file(&b, t.remote("b.bin"));
+
+    // Onto an existing directory, as mv does: into it, keeping the name.
+    t.ok("mv b.bin dd");
+    assert_same_file(&b, t.remote("dd/b.bin"));
+    t.ok("mv dd/b.bin /");
+    assert_same_file(&b, t.remote("b.bin"));
+    write_random(t.remote("dd/b.bin"), 10, 9);
+    t.exits("mv b.bin dd", 5)
+        .stderr_has("exists")
+        .one_line_error();
     assert_same_file(&b, t.remote("b.bin"));
 
     t.exits("mv missing x", 5).stderr_has("not_found");
@@ -784,28 +796,39 @@ fn help_lists_the_commands_and_the_exit_statuses() {
 
     let run = t.ok("help");
     for usage in [
-        "ls [-l] [PATH]",
-        "cd PATH",
+        "ls [-laRhtSr1] [PATH|GLOB...]",
+        "cd [PATH|-]",
         "pwd",
-        "get [-f] [-c] [-r] REMOTE [LOCAL]",
-        "put [-f] [-c] [-r] LOCAL [REMOTE]",
-        "mget [-f] [-c] GLOB...",
-        "mput [-f] [-c] GLOB...",
+        "get [-f] [-c] [-r] [-P N] REMOTE [LOCAL]",
+        "put [-f] [-c] [-r] [-P N] LOCAL [REMOTE]",
+        "mget [-f] [-c] [-P N] NAME|GLOB...",
+        "mput [-f] [-c] [-P N] NAME|GLOB...",
+        "cat REMOTE...",
         "mkdir [-p] PATH",
-        "rm PATH...",
+        "rm [-rf] PATH|GLOB...",
         "rmdir PATH",
         "rename FROM TO | mv FROM TO",
         "stat [--md5] PATH",
+        "du [-h] [-s] [PATH...]",
+        "df",
+        "open HOST[:PORT]",
+        "user NAME",
+        "close",
         "lcd [PATH]",
         "lpwd",
         "lls [PATH]",
         "!COMMAND",
+        "history",
     ] {
         assert!(run.stdout.contains(usage), "help lacks {usage:?}: {run}");
     }
+    // `help CMD` gives the whole of one: its usage, what it does, its options.
     let run = t.ok("help mv");
-    assert_eq!(lines(&run.stdout).len(), 1, "{run}");
-    assert!(run.stdout.starts_with("rename FROM TO"), "{run}");
+    assert!(run.stdout.starts_with("usage: rename FROM TO"), "{run}");
+    let run = t.ok("help ls");
+    for opt in ["-l ", "-a ", "-h ", "-R ", "-t ", "-S "] {
+        assert!(run.stdout.contains(opt), "help ls lacks {opt}: {run}");
+    }
 }
 
 #[test]

@@ -49,6 +49,10 @@ mod client;
 // The interactive shell on a real pseudo-terminal: tab completion, Ctrl-C and Ctrl-D.
 mod pty;
 
+// The habits of lftp and sftp users: ls's options and globs, cd -, ~, rm -r, cat, du, open,
+// suggestions, and errors that name the command and its line.
+mod habits;
+
 // Running as a service: systemd notifications and sockets, SIGTERM and SIGHUP, settings, logs.
 mod service;
 

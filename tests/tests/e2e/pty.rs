@@ -14,7 +14,7 @@ use rexpect::session::{spawn_with_options, Options, PtySession};
 
 use crate::util::{
     assert_missing, assert_same_file, bin, md5_file, names, staged_bytes, tmpdir, wait_until,
-    write_random, Daemon, MIB,
+    write_private, write_random, Daemon, Site, MIB,
 };
 
 /// How long the shell may take to show what a step waits for: up to a whole transfer of
@@ -37,15 +37,24 @@ const BIG_CHECK: u64 = 1024 * MIB;
 
 /// `ftp-cli ADDR` on a pseudo-terminal, in `cwd`, with `home` as its home and data directory.
 fn shell(daemon: &Daemon, cwd: &Path, home: &Path) -> PtySession {
+    let addr = daemon.addr().to_string();
+    shell_with(&[addr.as_str()], daemon, cwd, home)
+}
+
+/// `ftp-cli ARGS --fingerprint FP` on a pseudo-terminal, as [`shell`] starts it.
+fn shell_with(args: &[&str], daemon: &Daemon, cwd: &Path, home: &Path) -> PtySession {
     let mut cmd = Command::new(bin("ftp-cli"));
-    cmd.arg(daemon.addr().to_string())
+    cmd.args(args)
         .arg("--fingerprint")
         .arg(daemon.fingerprint())
         .current_dir(cwd)
         .env("HOME", home)
         .env("XDG_DATA_HOME", home.join("data"))
         .env("TERM", "xterm")
-        .env("NO_COLOR", "1");
+        .env("NO_COLOR", "1")
+        .env("SHELL", "/bin/sh")
+        .env("PS1", "local-sh> ")
+        .env_remove("FTP_CLI_SECRET");
     let options = Options::new()
         .timeout_ms(Some(STEP_TIMEOUT_MS))
         .strip_ansi_escape_codes(true);
@@ -161,7 +170,7 @@ fn shell_completes_remote_names_and_obeys_ctrl_c_and_ctrl_d() {
 
     // A failed `cd` is reported, and the shell stays where it was.
     type_keys(&mut sh, "cd nope\r");
-    expect(&mut sh, "not_found");
+    expect(&mut sh, "nope: no such file or directory");
     expect(&mut sh, &prompt("/albums 2023"));
     type_keys(&mut sh, "pwd\r");
     expect(&mut sh, "\n/albums 2023\r\n");
@@ -330,4 +339,262 @@ fn ctrl_c_while_reget_checks_a_complete_file_stops_at_once_and_changes_nothing()
     leave(&mut sh);
     assert_eq!(names(work.path()), ["big.bin"]);
     assert_eq!(fs::metadata(&local).unwrap().ctime(), before.ctime());
+}
+
+/// The regression: rustyline reads the terminal in raw mode through a buffer of its own, and
+/// threw what was left in it away at the end of every line, so of lines typed ahead (while a
+/// command ran) or pasted without bracketed paste, only the first ran. Now every line runs, in
+/// order, once.
+#[test]
+fn lines_typed_ahead_all_run_in_order() {
+    let daemon = Daemon::start();
+    let work = tmpdir();
+    let home = tmpdir();
+    write_random(work.path().join("a.txt"), 5_000, 61);
+    let addr = daemon.addr();
+    let prompt = |dir: &str| format!("ftp {addr}:{dir}> ");
+
+    let mut sh = shell(&daemon, work.path(), home.path());
+    expect(&mut sh, &prompt("/"));
+    // Typed one after another, each before the one before it is done.
+    for line in [
+        "mkdir photos\r",
+        "cd photos\r",
+        "put a.txt\r",
+        "ls -l\r",
+        "pwd\r",
+    ] {
+        type_keys(&mut sh, line);
+    }
+    expect_verified(&mut sh, &work.path().join("a.txt"));
+    expect(&mut sh, "a.txt\r\n");
+    expect(&mut sh, "\n/photos\r\n");
+    expect(&mut sh, &prompt("/photos"));
+    assert_same_file(work.path().join("a.txt"), daemon.path("photos/a.txt"));
+
+    // A paste: several lines in one write.
+    type_keys(&mut sh, "mkdir more\rcd more\rpwd\rlpwd\r");
+    expect(&mut sh, "\n/photos/more\r\n");
+    expect(&mut sh, &format!("{}\r\n", work.path().display()));
+    expect(&mut sh, &prompt("/photos/more"));
+    leave(&mut sh);
+    let history = fs::read_to_string(home.path().join("data/ftp-cli/history")).unwrap();
+    let pos = |needle: &str| {
+        history
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} is not in the history: {history:?}"))
+    };
+    assert!(pos("mkdir photos") < pos("cd photos") && pos("cd photos") < pos("put a.txt"));
+    assert!(pos("mkdir more") < pos("lpwd"));
+}
+
+/// Of `pwd` and `lpwd` typed while a download ran, only one ran.
+#[test]
+fn lines_typed_during_a_transfer_run_after_it() {
+    let daemon = Daemon::start();
+    write_repeated(&daemon.path("big.bin"), BIG_UPLOAD, 62);
+    let work = tmpdir();
+    let home = tmpdir();
+    let prompt = format!("ftp {}:/> ", daemon.addr());
+
+    let mut sh = shell(&daemon, work.path(), home.path());
+    expect(&mut sh, &prompt);
+    type_keys(&mut sh, "get big.bin\r");
+    let part = work.path().join("big.bin.ftp-part");
+    wait_until("big.bin.ftp-part holds bytes", START_TIMEOUT, || {
+        file_len(&part) > 0
+    });
+    type_keys(&mut sh, "pwd\r");
+    type_keys(&mut sh, "lpwd\r");
+    expect_verified(&mut sh, &daemon.path("big.bin"));
+    expect(&mut sh, "\n/\r\n");
+    expect(&mut sh, &format!("{}\r\n", work.path().display()));
+    expect(&mut sh, &prompt);
+    leave(&mut sh);
+}
+
+/// Tab lists the names when there are several (it used to cycle through them in the line),
+/// after completing what they have in common.
+#[test]
+fn tab_lists_the_candidates() {
+    let daemon = Daemon::start();
+    write_random(daemon.path("photo-a.jpg"), 100, 71);
+    write_random(daemon.path("photo-b.jpg"), 100, 72);
+    let work = tmpdir();
+    let home = tmpdir();
+    let prompt = format!("ftp {}:/> ", daemon.addr());
+    let mut sh = shell(&daemon, work.path(), home.path());
+    expect(&mut sh, &prompt);
+    type_keys(&mut sh, "get pho");
+    expect(&mut sh, "get pho");
+    type_keys(&mut sh, "\t");
+    expect(&mut sh, "get photo-");
+    type_keys(&mut sh, "\t");
+    expect(&mut sh, "photo-a.jpg");
+    expect(&mut sh, "photo-b.jpg");
+    // The line is still there to finish.
+    type_keys(&mut sh, "b\t\r");
+    expect_verified(&mut sh, &daemon.path("photo-b.jpg"));
+    expect(&mut sh, &prompt);
+    leave(&mut sh);
+}
+
+/// `get` onto a local file at the shell asks: overwrite, keep both (`NAME (1).EXT`), or skip.
+/// Scripts refuse without `-f`, as before (overwrite.rs).
+#[test]
+fn get_onto_an_existing_file_asks_what_to_do() {
+    let daemon = Daemon::start();
+    write_random(daemon.path("x.txt"), 3000, 73);
+    let work = tmpdir();
+    let home = tmpdir();
+    let mine = work.path().join("x.txt");
+    fs::write(&mine, "my own words\n").unwrap();
+    let prompt = format!("ftp {}:/> ", daemon.addr());
+    let mut sh = shell(&daemon, work.path(), home.path());
+    expect(&mut sh, &prompt);
+
+    type_keys(&mut sh, "get x.txt\r");
+    expect(
+        &mut sh,
+        "overwrite it, keep both (the new one as x (1).txt), or skip?",
+    );
+    type_keys(&mut sh, "s\r");
+    expect(&mut sh, "skipped");
+    expect(&mut sh, &prompt);
+    assert_eq!(fs::read(&mine).unwrap(), b"my own words\n");
+
+    type_keys(&mut sh, "get x.txt\r");
+    expect(&mut sh, "or skip?");
+    type_keys(&mut sh, "k\r");
+    expect_verified(&mut sh, &daemon.path("x.txt"));
+    expect(&mut sh, &prompt);
+    assert_eq!(fs::read(&mine).unwrap(), b"my own words\n");
+    assert_same_file(daemon.path("x.txt"), work.path().join("x (1).txt"));
+
+    // Typed ahead, the answer comes after its question, in order.
+    type_keys(&mut sh, "get x.txt\ro\rpwd\r");
+    expect_verified(&mut sh, &daemon.path("x.txt"));
+    expect(&mut sh, "\n/\r\n");
+    expect(&mut sh, &prompt);
+    assert_same_file(daemon.path("x.txt"), &mine);
+    leave(&mut sh);
+    assert_eq!(names(work.path()), ["x (1).txt", "x.txt"]);
+}
+
+/// The shell without a host starts unconnected; `open`, `close`, and commands that need a
+/// server say so until then.
+#[test]
+fn the_shell_starts_without_a_host_and_opens_one() {
+    let daemon = Daemon::start();
+    write_random(daemon.path("there.txt"), 10, 74);
+    let work = tmpdir();
+    let home = tmpdir();
+    let addr = daemon.addr().to_string();
+    let mut sh = shell_with(&[], &daemon, work.path(), home.path());
+    expect(&mut sh, "ftp> ");
+    type_keys(&mut sh, "ls\r");
+    expect(&mut sh, "not connected: open HOST");
+    expect(&mut sh, "ftp> ");
+    type_keys(&mut sh, &format!("open {addr}\r"));
+    let prompt = format!("ftp {addr}:/> ");
+    expect(&mut sh, &prompt);
+    type_keys(&mut sh, "ls\r");
+    expect(&mut sh, "there.txt");
+    expect(&mut sh, &prompt);
+    type_keys(&mut sh, "close\r");
+    expect(&mut sh, "ftp> ");
+    leave(&mut sh);
+}
+
+/// The regression: a wrong password left a prompt where every command failed. Now the shell
+/// asks again.
+#[test]
+fn a_failed_login_asks_for_the_password_again() {
+    let site = Site::new();
+    let users = site.path("etc/users.toml");
+    fs::create_dir_all(users.parent().unwrap()).unwrap();
+    write_private(
+        &users,
+        "[[user]]\nname = \"alice\"\nsecret = \"alice's secret\"\nhome = \"alice\"\n",
+    );
+    let daemon = site
+        .daemon()
+        .arg("--users")
+        .arg(&users)
+        .args(["--login-penalty", "0s"])
+        .start();
+    write_random(daemon.path("alice/hers.txt"), 10, 75);
+    let work = tmpdir();
+    let home = tmpdir();
+    let wrong = work.path().join("wrong.secret");
+    write_private(&wrong, "not alice's secret");
+    let addr = daemon.addr().to_string();
+    let wrong = wrong.display().to_string();
+    let args = [
+        addr.as_str(),
+        "-u",
+        "alice",
+        "--secret-file",
+        wrong.as_str(),
+    ];
+    let mut sh = shell_with(&args, &daemon, work.path(), home.path());
+    expect(&mut sh, "authentication failed for alice");
+    expect(&mut sh, "try again");
+    expect(&mut sh, "Password for alice@");
+    type_keys(&mut sh, "alice's secret\r");
+    let prompt = format!("ftp alice@{addr}:/> ");
+    expect(&mut sh, &prompt);
+    type_keys(&mut sh, "ls\r");
+    expect(&mut sh, "hers.txt");
+    expect(&mut sh, &prompt);
+    leave(&mut sh);
+}
+
+/// History is written as each command runs, `history` shows it, a mistyped command gets a
+/// suggestion, `!` alone is a shell, and help fits the terminal.
+#[test]
+fn history_suggestions_a_local_shell_and_help() {
+    let daemon = Daemon::start();
+    let work = tmpdir();
+    let home = tmpdir();
+    let prompt = format!("ftp {}:/> ", daemon.addr());
+    let mut sh = shell(&daemon, work.path(), home.path());
+    expect(&mut sh, &prompt);
+    type_keys(&mut sh, "pwd\r");
+    expect(&mut sh, "\n/\r\n");
+    expect(&mut sh, &prompt);
+    let file = home.path().join("data/ftp-cli/history");
+    let saved = fs::read_to_string(&file).unwrap_or_default();
+    assert!(
+        saved.contains("pwd"),
+        "pwd is not in the history yet: {saved:?}"
+    );
+
+    type_keys(&mut sh, "lss\r");
+    expect(&mut sh, "did you mean ls?");
+    expect(&mut sh, &prompt);
+    type_keys(&mut sh, "history\r");
+    expect(&mut sh, "1  pwd");
+    expect(&mut sh, "2  lss");
+    expect(&mut sh, &prompt);
+
+    // Typed once the shell is there: what is typed ahead is the line editor's, not the
+    // shell's.
+    type_keys(&mut sh, "!\r");
+    expect(&mut sh, "local-sh> ");
+    type_keys(&mut sh, "echo inside-$((40+2))\r");
+    expect(&mut sh, "inside-42");
+    type_keys(&mut sh, "exit\r");
+    expect(&mut sh, &prompt);
+
+    type_keys(&mut sh, "help\r");
+    let help = expect(&mut sh, &prompt);
+    assert!(help.contains("mget"), "{help:?}");
+    for line in help.lines() {
+        assert!(
+            line.chars().count() <= 80,
+            "a help line is wider than the terminal: {line:?}"
+        );
+    }
+    leave(&mut sh);
 }
