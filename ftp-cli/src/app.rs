@@ -913,6 +913,7 @@ mod tests {
             kind: EntryKind::File,
             size,
             mtime: Some(mtime),
+            digest: None,
         }
     }
 
