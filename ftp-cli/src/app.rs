@@ -275,6 +275,7 @@ impl App {
                 let items = tree::mput(&patterns, &self.output)?;
                 self.batch(items, flags)?;
             }
+            Command::Mirror(args) => self.mirror(args)?,
             Command::Mget { patterns, flags } => {
                 let list = |dir: &str| remote_again!(self, c => c.list(dir));
                 let items = tree::mget(&patterns, &self.output, list)?;
@@ -773,6 +774,52 @@ impl App {
         self.runtime.block_on(job)
     }
 
+    /// `mirror`: the target by default is the source's last name, here (locally, or in the
+    /// remote directory with `-R`).
+    fn mirror(&mut self, args: crate::command::MirrorArgs) -> Result<()> {
+        let pattern = |g: &String| glob::Pattern::new(g).expect("checked by the parser");
+        let opts = crate::mirror::Options {
+            reverse: args.reverse,
+            delete: args.delete,
+            dry_run: args.dry_run,
+            checksum: args.checksum,
+            include: args.include.iter().map(pattern).collect(),
+            exclude: args.exclude.iter().map(pattern).collect(),
+        };
+        let source = if args.reverse {
+            local_cmds::expand_pattern(&args.source)
+        } else {
+            args.source.clone()
+        };
+        let target = match args.target {
+            Some(t) if !args.reverse => local_cmds::expand_pattern(&t),
+            Some(t) => t,
+            None => {
+                let last = source
+                    .trim_end_matches('/')
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("");
+                let last = crate::client::safe_name(last)
+                    .map_err(|_| ClientError::Usage(format!("mirror {source}: name a target")))?;
+                last.to_owned()
+            }
+        };
+        let (dial, link, output) = (&self.dial, &mut self.link, &self.output);
+        let parallel = args.parallel.unwrap_or(self.parallel).max(1);
+        let job = crate::mirror::run(
+            dial,
+            link,
+            self.retries,
+            parallel,
+            output,
+            &source,
+            &target,
+            &opts,
+        );
+        self.runtime.block_on(job)
+    }
+
     /// Says goodbye to the server, if connected.
     pub fn close(&mut self) {
         self.runtime.block_on(self.link.close());
@@ -798,6 +845,7 @@ fn needs_server(cmd: &Command) -> bool {
         | Command::Get { .. }
         | Command::Mput { .. }
         | Command::Mget { .. }
+        | Command::Mirror(_)
         | Command::Ls { .. }
         | Command::Cd(_)
         | Command::Pwd

@@ -15,6 +15,29 @@ pub struct Flags {
     pub parallel: Option<usize>,
 }
 
+/// What `mirror` was given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MirrorArgs {
+    /// `-R`: upload, the local tree being the source.
+    pub reverse: bool,
+    /// `--delete`: remove from the target what the source no longer has.
+    pub delete: bool,
+    /// `--dry-run` (`-n`): say what would be done; change nothing.
+    pub dry_run: bool,
+    /// `--checksum` (`-C`): compare content, not size and time.
+    pub checksum: bool,
+    /// `--include GLOB`, any number.
+    pub include: Vec<String>,
+    /// `--exclude GLOB`, any number.
+    pub exclude: Vec<String>,
+    /// `-P N`.
+    pub parallel: Option<usize>,
+    /// The source tree (remote, or local with `-R`).
+    pub source: String,
+    /// The target tree; by default the source's last name, in the current directory.
+    pub target: Option<String>,
+}
+
 /// How `ls` lists, from its options (`ls -lath` and the like).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ListOpts {
@@ -58,6 +81,8 @@ pub enum Command {
         local: Option<String>,
         flags: Flags,
     },
+    /// Make a tree like another, moving only what is new or changed.
+    Mirror(MirrorArgs),
     /// Upload every local file matching the patterns into the remote directory.
     Mput {
         patterns: Vec<String>,
@@ -199,6 +224,22 @@ pub const COMMANDS: &[Spec] = &[
             "-P N  files moved at once with -r (default: --parallel)",
             "REMOTE may be a directory (put f dir/). ~ is your home here. For several files, \
              use mput.",
+        ],
+    },
+    Spec {
+        name: "mirror",
+        aliases: &[],
+        usage: "mirror [-R] [--delete] [--dry-run] [--checksum] [--exclude GLOB] [--include GLOB] [-P N] SOURCE [TARGET]",
+        summary: "make a local tree like a remote one (-R: a remote tree like a local one)",
+        details: &[
+            "Moves only files that are new or changed (size or modification time differ).",
+            "-R  upload: SOURCE is local, TARGET remote",
+            "--delete  remove from TARGET what SOURCE no longer has",
+            "--dry-run, -n  print what would be done; change nothing",
+            "--checksum, -C  compare content (the server's recorded digests), not times",
+            "--exclude GLOB, --include GLOB  leave out, or take only, matching paths or names",
+            "-P N  files moved at once (default: --parallel)",
+            "TARGET defaults to SOURCE's last name, in the current directory.",
         ],
     },
     Spec {
@@ -377,6 +418,7 @@ pub const COMMAND_WORDS: &[&str] = &[
     "put",
     "mget",
     "mput",
+    "mirror",
     "reget",
     "reput",
     "cat",
@@ -580,6 +622,44 @@ fn split_commands(line: &str) -> Result<Split, ClientError> {
     Ok((out, None))
 }
 
+/// `mirror`'s words: its long options take values, which the other commands' do not.
+fn parse_mirror(words: &[String]) -> Result<MirrorArgs, String> {
+    let mut m = MirrorArgs::default();
+    let mut paths = Vec::new();
+    let mut words = words.iter();
+    let mut flags_done = false;
+    while let Some(w) = words.next() {
+        let mut value = |what: &str| {
+            words
+                .next()
+                .cloned()
+                .ok_or_else(|| format!("{w} needs {what}"))
+        };
+        match w.as_str() {
+            _ if flags_done || !w.starts_with('-') || w == "-" => paths.push(w.clone()),
+            "--" => flags_done = true,
+            "-R" | "--reverse" => m.reverse = true,
+            "--delete" => m.delete = true,
+            "-n" | "--dry-run" => m.dry_run = true,
+            "-C" | "--checksum" => m.checksum = true,
+            "--exclude" | "-x" => m.exclude.push(value("a glob")?),
+            "--include" | "-i" => m.include.push(value("a glob")?),
+            "-P" | "--parallel" => m.parallel = Some(count(&value("a number of files")?)?),
+            p if p.starts_with("-P") => m.parallel = Some(count(&p[2..])?),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    for glob in m.include.iter().chain(&m.exclude) {
+        glob::Pattern::new(glob).map_err(|e| format!("bad pattern {glob:?}: {e}"))?;
+    }
+    match paths.as_slice() {
+        [source] => m.source = source.clone(),
+        [source, target] => (m.source, m.target) = (source.clone(), Some(target.clone())),
+        _ => return Err("takes a source and at most a target".into()),
+    }
+    Ok(m)
+}
+
 /// Parses one command's words.
 pub fn parse_words(words: &[String]) -> Result<Command, ClientError> {
     let (first, rest) = words
@@ -596,6 +676,9 @@ pub fn parse_words(words: &[String]) -> Result<Command, ClientError> {
         )));
     };
     let bad = |why: &str| ClientError::Usage(format!("{first}: {why}; usage: {}", spec.usage));
+    if name == "mirror" {
+        return parse_mirror(rest).map(Command::Mirror).map_err(|e| bad(&e));
+    }
     // Which single-letter options each command takes; `--md5` is stat's long one, `P` takes a
     // number.
     let allowed = match name {

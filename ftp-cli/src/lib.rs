@@ -10,9 +10,10 @@ pub mod error; // every error, with its exit status and retry policy
 pub mod keys; // the client's own key, for logins without a password
 pub mod link; // the session's connections: how to dial, the link that reconnects
 mod local_cmds; // commands on this machine only: lcd, lpwd, lls, !
+mod mirror; // mirror: a tree made like another, moving only what changed
 pub mod output; // all printing: command output to stdout, diagnostics to stderr
 pub mod progress; // progress bars on stderr
 pub mod repl; // the interactive shell and the script runners
 mod retry; // one file moved in spite of a failing link: reconnect, resume
-mod tree;
-pub mod trust; // whom the client trusts to be the server: known_hosts, a key, a CA // directory trees and patterns expanded into the files they move
+mod tree; // directory trees and patterns expanded into the files they move
+pub mod trust; // whom the client trusts to be the server: known_hosts, a key, a CA

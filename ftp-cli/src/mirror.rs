@@ -112,9 +112,7 @@ pub(crate) async fn run(
     let remote_tree = match remote_walk(client, remote, opts).await {
         Ok(tree) => tree,
         // Uploading to a directory not made yet: it is all new.
-        Err(ClientError::Remote(e))
-            if opts.reverse && e.code == protocol::ErrorCode::NotFound =>
-        {
+        Err(ClientError::Remote(e)) if opts.reverse && e.code == protocol::ErrorCode::NotFound => {
             Tree::new()
         }
         Err(e) => return Err(e),
@@ -154,7 +152,7 @@ pub(crate) async fn run(
         plan.changed.sort();
     }
     let bytes: u64 = plan.new.iter().chain(&plan.changed).map(|(_, s)| *s).sum();
-    let what = if opts.dry_run { "would be" } else { "" };
+    let what = if opts.dry_run { "would be " } else { "" };
     if opts.dry_run {
         for (rel, _) in &plan.new {
             output.line(format_args!("new {}", Shown(rel)))?;
@@ -174,7 +172,10 @@ pub(crate) async fn run(
     }
     let mut failed = plan.conflicts.len();
     if !opts.dry_run {
-        failed += apply(dial, link, retries, parallel, output, remote, &local, opts, &plan).await?;
+        failed += apply(
+            dial, link, retries, parallel, output, remote, &local, opts, &plan,
+        )
+        .await?;
     }
     let summary = format!(
         "mirror: {} new, {} changed, {} deleted, {} unchanged, {} {what}moved{}",
@@ -183,9 +184,13 @@ pub(crate) async fn run(
         plan.delete.len(),
         plan.unchanged,
         HumanBytes(bytes),
-        if opts.dry_run { " (dry run: nothing changed)" } else { "" },
+        if opts.dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        },
     );
-    output.line(summary.replace("  ", " "))?;
+    output.line(summary)?;
     match failed {
         0 => Ok(()),
         failed => Err(ClientError::SomeFailed {
@@ -210,9 +215,13 @@ async fn apply(
     plan: &Plan,
 ) -> Result<usize> {
     let mut failed = 0;
-    for dir in &plan.dirs {
+    // The target's top first: the source may have no directory of its own to make.
+    for dir in std::iter::once(&String::new()).chain(&plan.dirs) {
         if opts.reverse {
-            link.client(dial).await?.mkdir(&join(remote, dir), true).await?;
+            link.client(dial)
+                .await?
+                .mkdir(&join(remote, dir), true)
+                .await?;
         } else {
             let path = local.join(dir);
             fs::create_dir_all(&path).map_err(|e| ClientError::local(&path, e))?;
@@ -302,9 +311,10 @@ fn compare(src: &Tree, dst: &Tree, delete: bool) -> Plan {
 
 /// Whether `rel` lies under a path left alone for a conflict.
 fn under_conflict(rel: &str, conflicts: &[String]) -> bool {
-    conflicts
-        .iter()
-        .any(|c| rel.strip_prefix(c.as_str()).is_some_and(|rest| rest.starts_with('/')))
+    conflicts.iter().any(|c| {
+        rel.strip_prefix(c.as_str())
+            .is_some_and(|rest| rest.starts_with('/'))
+    })
 }
 
 /// The files both trees hold with the same size and time.
@@ -389,7 +399,9 @@ fn local_walk(top: &Path, opts: &Options) -> Result<Tree> {
             if child.ends_with(".ftp-part") {
                 continue; // a download in progress, not part of the tree
             }
-            let meta = entry.metadata().map_err(|e| ClientError::local(&entry.path(), e))?;
+            let meta = entry
+                .metadata()
+                .map_err(|e| ClientError::local(&entry.path(), e))?;
             if ft.is_dir() && depth < MAX_DEPTH {
                 pending.push((child.clone(), depth + 1));
             }

@@ -77,6 +77,11 @@ struct Framed {
 type Reading = JoinHandle<(Job, Result<Framed>)>;
 
 impl Client {
+    /// The session's transfer digest.
+    pub fn digest_kind(&self) -> DigestKind {
+        self.server.digest
+    }
+
     /// Whether the server takes pipelined commands.
     pub fn pipelines(&self) -> bool {
         self.server

@@ -26,6 +26,10 @@ mod transfer;
 // file's fate its own, a cut pipeline resumed where it stopped.
 mod batch;
 
+// mirror both ways: only what changed moves, a second run moves nothing, --delete, --dry-run,
+// --checksum, filters.
+mod mirror;
+
 // Several clients at once, and a client killed mid-upload that leaves nothing half-written.
 mod concurrency;
 
