@@ -147,10 +147,13 @@ class Timed:
         )
 
     def wait(self, timeout=3600):
+        self.timed_out = False
         try:
             rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            # /usr/bin/time and what it runs (sftp and its ssh, ftp-cli), by PID.
+            self.timed_out = True
+            kill_tree(self.proc.pid)
             rc = self.proc.wait()
         self.wall = time.monotonic() - self.t0
         self.out.close()
@@ -180,8 +183,36 @@ class Timed:
             return ""
 
 
-def run_timed(env, argv, cwd=None, tag="cmd"):
-    return Timed(env, argv, cwd=cwd, tag=tag).wait()
+def run_timed(env, argv, cwd=None, tag="cmd", timeout=3600):
+    return Timed(env, argv, cwd=cwd, tag=tag).wait(timeout)
+
+
+def descendants(pid):
+    """The PIDs of pid's children, their children, ... (from /proc), deepest last."""
+    kids = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        kids.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.append(k)
+            todo.append(k)
+    return out
+
+
+def kill_tree(pid):
+    """SIGKILL pid and every process below it, by PID: a run over its time cap."""
+    for p in [pid, *descendants(pid)]:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def sh(*argv, check=True):
@@ -482,43 +513,50 @@ def peer_cpu_before(env, daemon):
     return sum(daemon.cpu()) if daemon else 0.0
 
 
-def peer_run(env, argv, daemon, tag, check, nbytes, nfiles, extra_procs=()):
+def failure_note(t, timeout):
+    if t.timed_out:
+        return f"timed out: stopped after the time cap of {timeout:.0f} s"
+    return f"rc={t.rc} {t.output(500)!r}"
+
+
+def peer_run(env, argv, daemon, tag, check, nbytes, nfiles, extra_procs=(), timeout=3600):
     """Time a peer's client command; the server side's CPU is the daemon's own and its reaped
     children's (sshd and rsync fork one child per connection and wait for it)."""
     settle()
     before = peer_cpu_before(env, daemon)
-    t = run_timed(env, argv, tag=tag)
+    t = run_timed(env, argv, tag=tag, timeout=timeout)
     srv = 0.0
     if daemon:
         # the connection's child is reaped just after the client exits
         time.sleep(0.3)
         srv = sum(daemon.cpu()) - before
-    ok = t.rc == 0 and check()
+    ok = t.rc == 0 and not t.timed_out and check()
     return Run(ok, t.wall, nbytes, nfiles, cli_cpu=t.cpu, srv_cpu=srv,
-               note="" if ok else f"rc={t.rc} {t.output(500)!r}")
+               note="" if ok else failure_note(t, timeout))
 
 
 def ours_run(env, root, commands, tag, check, nbytes, nfiles, extra=(), plaintext=False,
-             far=False):
-    """One run of ftp-cli against a fresh ftpd; with `far`, through a fresh delay relay."""
+             far=False, ftpd_args=(), timeout=3600):
+    """One run of ftp-cli against a fresh ftpd (with `ftpd_args` added to its usual flags);
+    with `far`, through a fresh delay relay."""
     settle()
-    d = env.start_ftpd(root, plaintext)
+    d = env.start_ftpd(root, plaintext, extra=[*env.ftpd_extra, *ftpd_args] if ftpd_args else None)
     relay = None
     try:
         addr = None
         if far:
             relay = env.start_relay(d.addr)
             addr = relay.addr
-        t = run_timed(env, env.cli_argv(d, commands, extra, addr=addr), tag=tag)
+        t = run_timed(env, env.cli_argv(d, commands, extra, addr=addr), tag=tag, timeout=timeout)
         own, _ = d.cpu()
         hwm = d.hwm_kib()
     finally:
         if relay:
             relay.stop()
         d.stop()
-    ok = t.rc == 0 and check()
+    ok = t.rc == 0 and not t.timed_out and check()
     return Run(ok, t.wall, nbytes, nfiles, cli_cpu=t.cpu, srv_cpu=own, cli_rss=t.rss_kib,
-               srv_rss=hwm, note="" if ok else f"rc={t.rc} {t.output(500)!r}")
+               srv_rss=hwm, note="" if ok else failure_note(t, timeout))
 
 
 def md5sum_run(env, paths, nbytes, nfiles, tag):
