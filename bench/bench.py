@@ -1079,7 +1079,7 @@ def bench_many(env, res, runs, cases, src, cap_s, timeout):
     for count, size, _ in cases:
         for kind in ("put", "get"):
             res.workload(many_key(kind, count, size),
-                         f"many: {count} x {fmt_bytes(size)} {kind} -r", "files/s")
+                         f"many: {count:,} x {fmt_bytes(size)} {kind} -r", "files/s")
 
     def limits_for(count, size):
         smaller = [c for c, s, large in cases if s == size and not large and c < count]

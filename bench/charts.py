@@ -279,18 +279,19 @@ def many_cpu_chart(raw, outdir):
     runs = raw["runs"]
     c = Chart(raw, outdir, "many-cpu")
     title = ("many small files on loopback: CPU milliseconds per file (user+sys), client and "
-             "server side; lower is better" + chr(10) +
+             "server side, per tool, grouped by tree (files x size); lower is better" + chr(10) +
              "client: ftp-cli / rsync client / sftp+ssh; server: ftpd / rsync daemon / "
              "sshd+sftp-server")
     c.lines += [
         f"set multiplot layout 2,1 title {q(title + chr(10) + c.footer)}",
         "set style data histograms", "set style histogram rowstacked",
         "set style fill solid 0.8 border -1", "set boxwidth 0.8", "set yrange [0:*]",
-        "set key inside top left", "set ylabel 'CPU ms per file'", "set xtics rotate by -30",
-        "set xlabel 'tool, grouped by tree (number of files x file size)' offset 0,-1.5", "set bmargin 6",
+        "set key inside top left", "set ylabel 'CPU ms per file (client + server)'",
+        "set xtics rotate by -30",
     ]
     for kind in ("put", "get"):
         parts = []
+        top = 0.0
         for j, (n, s) in enumerate(cases):
             key = f"many-{kind}-{n}-{s}"
             rows = []
@@ -303,6 +304,7 @@ def many_cpu_chart(raw, outdir):
                 label = MANY_SHORT.get(t, t) + ("*" if (key, t) in capped else "")
                 rows.append([label, median(rs, "cli_cpu") / files * 1000,
                              median(rs, "srv_cpu") / files * 1000])
+                top = max(top, rows[-1][1] + rows[-1][2])
             if not rows:
                 continue
             f = c.data(rows)
@@ -312,8 +314,9 @@ def many_cpu_chart(raw, outdir):
                          f"'' using 3 {titles[1]} lc rgb '#ee6677'")
         if not parts:
             continue
+        # gnuplot's autoscale misses the tops of stacks after the first newhistogram.
         c.lines += [f"set title {q(kind + ' -r' + ('  (* capped: a prefix of the tree)' if capped else ''))}",
-                    "plot " + ", ".join(parts)]
+                    f"set yrange [0:{top * 1.12 if top else 1}]", "plot " + ", ".join(parts)]
     c.lines.append("unset multiplot")
     c.draw(1300, 900)
 
