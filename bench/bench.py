@@ -1848,7 +1848,8 @@ NOTES = [
     "plaintext blake3` are the same with `--insecure-plaintext` on both sides, run next to "
     "their TLS twins in the same rounds; the TLS targets compare those pairs. sftp and scp "
     "encrypt too (AES-128-GCM).",
-    "ftpd is started afresh for each run of ours, with default settings except the connection "
+    "ftpd is started afresh for each run of ours (an upload's root and ftpd's state for it are "
+    "removed between runs), with default settings except the connection "
     "caps (`--max-connections-per-ip 512`, `--max-connections 1024`, "
     "`--max-unauthenticated 1024`, `--max-unauthenticated-per-range 512`).",
     f"sftp and scp use a private sshd on 127.0.0.1 with cipher {CIPHER}; this OpenSSH's scp "
