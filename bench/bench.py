@@ -1615,11 +1615,11 @@ def report(env, res, info, params, started, path):
         "",
         "### Issue 16: many small files, and a far link",
         "",
-        "Ours is the default (TLS 1.3, MD5, fsync before `stored`, `put -r`/`get -r` with the "
-        "default `-P 4`); the rsync daemon is default rsync (`-a`, no fsync); sftp is OpenSSH's "
-        "`put -r`/`get -r`. files/s and MB/s are medians of the ok runs, in the same rounds.",
-        "",
-        md_table(th, irows) if irows else "Not measured: neither `many` nor `far` ran.",
+        ("Ours is the default (TLS 1.3, MD5, fsync before `stored`, `put -r`/`get -r` with the "
+         "default `-P 4`); the rsync daemon is default rsync (`-a`, no fsync); sftp is "
+         "OpenSSH's `put -r`/`get -r`. files/s and MB/s are medians of the ok runs, in the "
+         "same rounds.\n\n" + md_table(th, irows)) if irows else
+        "Not measured: neither `many` nor `far` ran (`bench/run --only many,far`).",
         "",
         *caps,
         "",
