@@ -1621,8 +1621,7 @@ def report(env, res, info, params, started, path):
          "same rounds.\n\n" + md_table(th, irows)) if irows else
         "Not measured: neither `many` nor `far` ran (`bench/run --only many,far`).",
         "",
-        *caps,
-        "",
+        *([*caps, ""] if caps else []),
         "### Other parts",
         "",
         md_table(th, orows) if orows else "None of the other parts ran.",
