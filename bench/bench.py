@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import signal
 import socket
@@ -147,12 +148,37 @@ class Timed:
         )
 
     def wait(self, timeout=3600):
+        # Block in waitid (Popen.wait with a timeout polls, up to 50 ms late: half of a
+        # 100-file run); a timer enforces the time cap. WNOWAIT leaves the process unreaped
+        # until the timer can no longer fire, so that the PIDs it kills are still ours.
+        self.timed_out = False
+        lock, done = threading.Lock(), []
+
+        def expire():
+            with lock:
+                if not done:
+                    # /usr/bin/time and what it runs (sftp and its ssh, ftp-cli), by PID.
+                    self.timed_out = True
+                    kill_tree(self.proc.pid)
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        timer.start()
         try:
-            rc = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
+            while True:
+                try:
+                    os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOWAIT)
+                    break
+                except InterruptedError:
+                    continue
+                except ChildProcessError:  # already reaped
+                    break
+        finally:
+            with lock:
+                done.append(True)
+            timer.cancel()
         self.wall = time.monotonic() - self.t0
+        rc = self.proc.wait()
         self.out.close()
         self.rc = rc
         self.user = self.sys = 0.0
@@ -180,8 +206,36 @@ class Timed:
             return ""
 
 
-def run_timed(env, argv, cwd=None, tag="cmd"):
-    return Timed(env, argv, cwd=cwd, tag=tag).wait()
+def run_timed(env, argv, cwd=None, tag="cmd", timeout=3600):
+    return Timed(env, argv, cwd=cwd, tag=tag).wait(timeout)
+
+
+def descendants(pid):
+    """The PIDs of pid's children, their children, ... (from /proc), deepest last."""
+    kids = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        kids.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.append(k)
+            todo.append(k)
+    return out
+
+
+def kill_tree(pid):
+    """SIGKILL pid and every process below it, by PID: a run over its time cap."""
+    for p in [pid, *descendants(pid)]:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def sh(*argv, check=True):
@@ -197,6 +251,25 @@ def fresh_dir(path):
     rmtree(path)
     path.mkdir(parents=True)
     return path
+
+
+def state_dir(root):
+    """Where ftpd keeps the private state of `root` by default: beside it."""
+    return root.parent / f".{root.name}.ftpd-state"
+
+
+def drop_root(root):
+    """Remove an upload root and ftpd's state for it (a digest record per file it stored),
+    so that the next run's fresh ftpd starts as clean as a peer's empty destination: ftpd
+    sweeps stale records at start-up (4 s for 10,000 of them on this machine)."""
+    rmtree(root)
+    rmtree(state_dir(root))
+
+
+def fresh_root(root):
+    drop_root(root)
+    root.mkdir(parents=True)
+    return root
 
 
 def settle():
@@ -250,6 +323,11 @@ class Env:
         if "--max-unauthenticated-per-range" in help_text:
             self.ftpd_extra += ["--max-unauthenticated", "1024"]
             self.ftpd_extra += ["--max-unauthenticated-per-range", "512"]
+        # Relaxed durability (issue 16's group commits): run that variant only with binaries
+        # that have the flag, so that the bench works before and after it lands.
+        cli_help = subprocess.run([self.cli, "--help"], capture_output=True, text=True).stdout
+        self.ftpd_no_fsync = re.search(r"(^|\s)--no-fsync\b(?!-)", help_text) is not None
+        self.cli_no_fsync = re.search(r"(^|\s)--no-fsync\b(?!-)", cli_help) is not None
         self.sshd = None
         self.rsyncd = None
 
@@ -447,6 +525,8 @@ class Results:
             self.tools[key].append(tool)
         self.runs[key][tool].append(run)
         status = "ok" if run.ok else f"FAILED {run.note}"
+        if getattr(run, "capped_of", None):
+            status += f" (capped: first {run.nfiles} of {run.capped_of} files)"
         log(f"  {key:8} {tool:22} {run.wall:8.2f} s {run.mbps:9.1f} MB/s {run.fps:9.1f} files/s "
             f"cpu {run.cli_cpu:.2f}+{run.srv_cpu:.2f} s  {status}")
 
@@ -473,7 +553,10 @@ OURS_B3 = "ours --digest blake3"
 # default, and what the targets other than the TLS ones are judged on, is TLS 1.3.
 OURS_PT = "ours --insecure-plaintext"
 OURS_PT_B3 = "ours plaintext blake3"
-OUR_TOOLS = (OURS, OURS_B3, OURS_PT, OURS_PT_B3)
+# Relaxed durability, when this ftpd has `--no-fsync`: uploads are not fsync'd before they
+# are stored (and downloads not either, if ftp-cli has a `--no-fsync` too).
+OURS_NOFSYNC = "ours --no-fsync"
+OUR_TOOLS = (OURS, OURS_B3, OURS_PT, OURS_PT_B3, OURS_NOFSYNC)
 # (digest, over TLS, in plaintext): the pairs the TLS targets compare.
 TLS_PAIRS = (("md5", OURS, OURS_PT), ("blake3", OURS_B3, OURS_PT_B3))
 
@@ -482,43 +565,50 @@ def peer_cpu_before(env, daemon):
     return sum(daemon.cpu()) if daemon else 0.0
 
 
-def peer_run(env, argv, daemon, tag, check, nbytes, nfiles, extra_procs=()):
+def failure_note(t, timeout):
+    if t.timed_out:
+        return f"timed out: stopped after the time cap of {timeout:.0f} s"
+    return f"rc={t.rc} {t.output(500)!r}"
+
+
+def peer_run(env, argv, daemon, tag, check, nbytes, nfiles, extra_procs=(), timeout=3600):
     """Time a peer's client command; the server side's CPU is the daemon's own and its reaped
     children's (sshd and rsync fork one child per connection and wait for it)."""
     settle()
     before = peer_cpu_before(env, daemon)
-    t = run_timed(env, argv, tag=tag)
+    t = run_timed(env, argv, tag=tag, timeout=timeout)
     srv = 0.0
     if daemon:
         # the connection's child is reaped just after the client exits
         time.sleep(0.3)
         srv = sum(daemon.cpu()) - before
-    ok = t.rc == 0 and check()
+    ok = t.rc == 0 and not t.timed_out and check()
     return Run(ok, t.wall, nbytes, nfiles, cli_cpu=t.cpu, srv_cpu=srv,
-               note="" if ok else f"rc={t.rc} {t.output(500)!r}")
+               note="" if ok else failure_note(t, timeout))
 
 
 def ours_run(env, root, commands, tag, check, nbytes, nfiles, extra=(), plaintext=False,
-             far=False):
-    """One run of ftp-cli against a fresh ftpd; with `far`, through a fresh delay relay."""
+             far=False, ftpd_args=(), timeout=3600):
+    """One run of ftp-cli against a fresh ftpd (with `ftpd_args` added to its usual flags);
+    with `far`, through a fresh delay relay."""
     settle()
-    d = env.start_ftpd(root, plaintext)
+    d = env.start_ftpd(root, plaintext, extra=[*env.ftpd_extra, *ftpd_args] if ftpd_args else None)
     relay = None
     try:
         addr = None
         if far:
             relay = env.start_relay(d.addr)
             addr = relay.addr
-        t = run_timed(env, env.cli_argv(d, commands, extra, addr=addr), tag=tag)
+        t = run_timed(env, env.cli_argv(d, commands, extra, addr=addr), tag=tag, timeout=timeout)
         own, _ = d.cpu()
         hwm = d.hwm_kib()
     finally:
         if relay:
             relay.stop()
         d.stop()
-    ok = t.rc == 0 and check()
+    ok = t.rc == 0 and not t.timed_out and check()
     return Run(ok, t.wall, nbytes, nfiles, cli_cpu=t.cpu, srv_cpu=own, cli_rss=t.rss_kib,
-               srv_rss=hwm, note="" if ok else f"rc={t.rc} {t.output(500)!r}")
+               srv_rss=hwm, note="" if ok else failure_note(t, timeout))
 
 
 def md5sum_run(env, paths, nbytes, nfiles, tag):
@@ -562,10 +652,10 @@ def bench_one_file(env, res, runs, size, src, served_rel):
     warm(src, served)
 
     def ours_put(extra=(), plaintext=False):
-        fresh_dir(put_root)
+        fresh_root(put_root)
         r = ours_run(env, put_root, f"put {shlex.quote(str(src))} {name}", "ours-put",
                      lambda: same_file(src, put_root / name), size, 1, extra, plaintext)
-        rmtree(put_root)
+        drop_root(put_root)
         return r
 
     def ours_get(extra=(), plaintext=False):
@@ -652,10 +742,10 @@ def bench_tree(env, res, runs, nfiles, fsize, src):
     warm(src, served)
 
     def ours_put():
-        fresh_dir(put_root)
+        fresh_root(put_root)
         r = ours_run(env, put_root, f"put -r {shlex.quote(str(src))} small", "ours-putr",
                      lambda: same_tree(src, put_root / "small"), total, nfiles)
-        rmtree(put_root)
+        drop_root(put_root)
         return r
 
     def ours_get():
@@ -730,7 +820,7 @@ def bench_concurrent(env, res, runs, nclients, fsize, src):
     warm(src)
     for i in range(runs):
         log(f"{nclients} concurrent clients, run {i + 1}/{runs}")
-        fresh_dir(root)
+        fresh_root(root)
         fresh_dir(out)
         settle()
         d = env.start_ftpd(root)
@@ -759,7 +849,7 @@ def bench_concurrent(env, res, runs, nclients, fsize, src):
         r.client_failures = len(failed)
         r.not_identical = len(bad)
         res.add(key, OURS, r)
-        rmtree(root)
+        drop_root(root)
         rmtree(out)
 
 
@@ -772,18 +862,40 @@ def bench_huge(env, res, runs, size, src):
     warm(src)
     for i in range(runs):
         log(f"{fmt_bytes(size)} put, run {i + 1}/{runs}")
-        fresh_dir(root)
+        fresh_root(root)
         res.add(key, OURS, ours_run(env, root, f"put {src} {src.name}", "ours-huge",
                                     lambda: same_file(src, root / src.name), size, 1))
-        rmtree(root)
+        drop_root(root)
         res.add(key, "md5sum", md5sum_run(env, [src], size, 1, "md5sum-huge"))
 
 
-def transfer_tools(env, src, served_rel, nbytes, nfiles, tag, tools, far=None):
+def subset_tree(env, tree, served, n, tag):
+    """The first n files (sorted by name) of the directory `tree` and of its served copy,
+    hard-linked into WORK/subsets under the same directory name: what a capped peer moves
+    instead of the whole tree. Returns (src, served, nbytes)."""
+    base = env.work / "subsets" / f"{tag}-{n}"
+    out = []
+    for i, d in enumerate((tree, served)):
+        dst = base / str(i) / tree.name
+        if not dst.is_dir():
+            dst.mkdir(parents=True)
+            for f in sorted(d.iterdir())[:n]:
+                os.link(f, dst / f.name)
+        out.append(dst)
+    nbytes = sum(f.stat().st_size for f in out[0].iterdir())
+    return out[0], out[1], nbytes
+
+
+def transfer_tools(env, src, served_rel, nbytes, nfiles, tag, tools, far=None, limits=None,
+                   timeout=3600):
     """(puts, gets): (tool, fn) lists that move `src` (a directory, with `put -r`/`get -r`,
     or one file) to a peer and `served_rel` (what ftp-cli uploaded into WORK/served) back,
     each checked byte for byte. `far` is (ssh relay port, rsync relay port): the peers go
-    through those relays, and ours through a fresh relay in front of each fresh ftpd."""
+    through those relays, and ours through a fresh relay in front of each fresh ftpd.
+
+    `limits` caps a peer (not ours) of a directory: {(tool, "put" or "get"): n} moves only
+    the first n files (a hard-linked subset with the same name), and its runs say so
+    (`capped_of`: the whole tree's count). `timeout` is each run's time cap, in seconds."""
     w = env.work
     name = src.name
     tree = src.is_dir()
@@ -792,67 +904,92 @@ def transfer_tools(env, src, served_rel, nbytes, nfiles, tag, tools, far=None):
     put_root = w / "put-root"
     peer_put = w / "peer-root" / "put"
     get_dst = w / "get-dst"
-    served = w / "served" / served_rel
+    served_all = w / "served" / served_rel
     ssh_port, rsync_port = far or (None, None)
     rs = lambda rel: env.rsync_url(rel, rsync_port)
     slash = "/" if tree else ""
     rsync_a = ["-a"] if tree else []
+    limits = limits or {}
 
-    def ours_put(extra=()):
+    def ours_put(extra=(), plaintext=False, ftpd_args=()):
         def go():
-            fresh_dir(put_root)
+            fresh_root(put_root)
             r = ours_run(env, put_root, f"put {r_}{shlex.quote(str(src))} {name}", f"ours-put-{tag}",
-                         lambda: same(src, put_root / name), nbytes, nfiles, extra, far=bool(far))
-            rmtree(put_root)
+                         lambda: same(src, put_root / name), nbytes, nfiles, extra, plaintext,
+                         far=bool(far), ftpd_args=ftpd_args, timeout=timeout)
+            drop_root(put_root)
             return r
         return go
 
-    def ours_get(extra=()):
+    def ours_get(extra=(), plaintext=False, ftpd_args=()):
         def go():
             fresh_dir(get_dst)
             r = ours_run(env, w / "served",
                          f"get {r_}{served_rel} {shlex.quote(str(get_dst / name))}",
                          f"ours-get-{tag}", lambda: same(src, get_dst / name), nbytes, nfiles,
-                         extra, far=bool(far))
+                         extra, plaintext, far=bool(far), ftpd_args=ftpd_args, timeout=timeout)
             rmtree(get_dst)
             return r
         return go
 
-    def peer(argv, kind, daemon):
+    def peer(tool, kind, argv, daemon):
+        """argv(src, served, served relative to WORK) -> the command; run on the whole tree,
+        or on the first n files of it if the tool is capped."""
         dst = peer_put if kind == "put" else get_dst
+        n = limits.get((tool, kind))
+        capped = tree and n is not None and n < nfiles
 
         def go():
+            if capped:
+                s_src, s_served, s_bytes = subset_tree(env, src, served_all, n, tag)
+                s_n = n
+            else:
+                s_src, s_served, s_bytes, s_n = src, served_all, nbytes, nfiles
             fresh_dir(dst)
-            r = peer_run(env, argv(), daemon, f"{kind}-{tag}", lambda: same(src, dst / name),
-                         nbytes, nfiles)
+            r = peer_run(env, argv(s_src, s_served, os.path.relpath(s_served, w)), daemon,
+                         f"{kind}-{tag}", lambda: same(s_src, dst / name), s_bytes, s_n,
+                         timeout=timeout)
+            if capped:
+                r.capped_of = nfiles
             rmtree(dst)
             return r
         return go
 
     blake3 = ("--digest", "blake3")
+    # Relaxed durability: ftpd does not fsync an upload before it is stored (only when this
+    # ftpd has the flag; the caller checks env.ftpd_no_fsync). A get is relaxed only if
+    # ftp-cli has a --no-fsync of its own for what it writes.
+    no_fsync = ("--no-fsync",)
     puts = {
         OURS: ours_put(),
         OURS_B3: ours_put(blake3),
-        "sftp": peer(lambda: env.sftp_argv([f"put {r_}{src} {peer_put}{'' if tree else '/' + name}"],
-                                           "put", ssh_port), "put", env.sshd),
-        "scp": peer(lambda: env.scp_argv(*(["-r"] if tree else []), str(src),
-                                         f"root@127.0.0.1:{peer_put}/{name}", port=ssh_port),
-                    "put", env.sshd),
-        "rsync": peer(lambda: ["rsync", *rsync_a, f"{src}{slash}", rs(f"peer-root/put/{name}{slash}")],
-                      "put", env.rsyncd),
+        OURS_PT: ours_put(plaintext=True),
+        OURS_NOFSYNC: ours_put(ftpd_args=no_fsync),
+        "sftp": peer("sftp", "put", lambda s, _v, _r: env.sftp_argv(
+            [f"put {r_}{s} {peer_put}{'' if tree else '/' + name}"], "put", ssh_port),
+            env.sshd),
+        "scp": peer("scp", "put", lambda s, _v, _r: env.scp_argv(
+            *(["-r"] if tree else []), str(s), f"root@127.0.0.1:{peer_put}/{name}",
+            port=ssh_port), env.sshd),
+        "rsync": peer("rsync", "put", lambda s, _v, _r: [
+            "rsync", *rsync_a, f"{s}{slash}", rs(f"peer-root/put/{name}{slash}")], env.rsyncd),
         "md5sum": lambda: md5sum_run(env, sorted(src.iterdir()) if tree else [src], nbytes,
                                      nfiles, f"md5sum-{tag}"),
     }
     gets = {
         OURS: ours_get(),
         OURS_B3: ours_get(blake3),
-        "sftp": peer(lambda: env.sftp_argv([f"get {r_}{served} {get_dst}/{name}"], "get", ssh_port),
-                     "get", env.sshd),
-        "scp": peer(lambda: env.scp_argv(*(["-r"] if tree else []), f"root@127.0.0.1:{served}",
-                                         f"{get_dst}/{name}", port=ssh_port), "get", env.sshd),
-        "rsync": peer(lambda: ["rsync", *rsync_a, rs(f"served/{served_rel}{slash}"),
-                               f"{get_dst}/{name}{slash}"], "get", env.rsyncd),
+        OURS_PT: ours_get(plaintext=True),
+        "sftp": peer("sftp", "get", lambda _s, v, _r: env.sftp_argv(
+            [f"get {r_}{v} {get_dst}/{name}"], "get", ssh_port), env.sshd),
+        "scp": peer("scp", "get", lambda _s, v, _r: env.scp_argv(
+            *(["-r"] if tree else []), f"root@127.0.0.1:{v}", f"{get_dst}/{name}",
+            port=ssh_port), env.sshd),
+        "rsync": peer("rsync", "get", lambda _s, _v, rel: [
+            "rsync", *rsync_a, rs(f"{rel}{slash}"), f"{get_dst}/{name}{slash}"], env.rsyncd),
     }
+    if env.cli_no_fsync:
+        gets[OURS_NOFSYNC] = ours_get(no_fsync, ftpd_args=no_fsync)
     return ([(t, puts[t]) for t in tools if t in puts], [(t, gets[t]) for t in tools if t in gets])
 
 
@@ -887,10 +1024,13 @@ def far_key(kind, what):
     return f"far-{kind}-{what}"
 
 
-def bench_far(env, res, runs, nfiles, fsize, big, src):
+def bench_far(env, res, runs, nfiles, fsize, big, src, sftp_files, timeout):
     """The many-small-files and the one-large-file transfers again, every tool through the
-    same delay relay (FAR_DELAY_MS each way): what round trips cost."""
+    same delay relay (FAR_DELAY_MS each way): what round trips cost. sftp pays a round trip
+    or more per file (about 0.2 s a file here), so on the tree it moves only the first
+    `sftp_files` files: its files/s hardly depends on how many. Returns what was capped."""
     tools = (OURS, "sftp", "rsync")
+    caps = []
     relays = [env.start_relay(f"127.0.0.1:{env.ssh_port}"),
               env.start_relay(f"127.0.0.1:{env.rsync_port}")]
     far = (relays[0].port, relays[1].port)
@@ -905,7 +1045,16 @@ def bench_far(env, res, runs, nfiles, fsize, big, src):
         kput, kget = far_key("put", what), far_key("get", what)
         res.workload(kput, f"far ({rt}): {title} put{' -r' if n > 1 else ''}", unit)
         res.workload(kget, f"far ({rt}): {title} get{' -r' if n > 1 else ''}", unit)
-        puts, gets = transfer_tools(env, path, path.name, nbytes, n, f"far-{what}", tools, far)
+        limits = {}
+        if n > 1 and sftp_files < n:
+            for kind, key in (("put", kput), ("get", kget)):
+                limits[("sftp", kind)] = sftp_files
+                caps.append({"key": key, "tool": "sftp", "kind": kind, "moved": sftp_files,
+                             "of": n, "why": f"fixed for the far part: sftp waits a round trip "
+                                             f"or more per file, about 0.2 s each, so all {n} "
+                                             f"would take about {n * 0.2:.0f} s a run"})
+        puts, gets = transfer_tools(env, path, path.name, nbytes, n, f"far-{what}", tools, far,
+                                    limits=limits, timeout=timeout)
         parts.append((what, path, kput, kget, puts, gets))
     try:
         for i in range(runs):
@@ -919,6 +1068,87 @@ def bench_far(env, res, runs, nfiles, fsize, big, src):
     finally:
         for r in relays:
             r.stop()
+    return caps
+
+
+def many_key(kind, count, size):
+    return f"many-{kind}-{count}-{size}"
+
+
+def many_dir(count, size):
+    return f"many-{count}x{size}"
+
+
+# The tools of the `many` part, in the order they take turns; OURS_NOFSYNC only if this ftpd
+# has --no-fsync.
+MANY_TOOLS = (OURS, OURS_PT, OURS_NOFSYNC, "rsync", "sftp")
+MANY_PEERS = ("rsync", "sftp")
+
+
+def bench_many(env, res, runs, cases, src, cap_s, timeout):
+    """Issue 16: `put -r` and `get -r` of trees of many small files (COUNT x SIZE for each
+    case), for ours (TLS, plaintext, and --no-fsync if ftpd has it), the rsync daemon and
+    sftp, round-robin within each case. `cases` is [(count, size, large)]: the small cases run
+    `runs` rounds first; the large ones one round after them, with each peer capped so that
+    a run stays within `cap_s` seconds: predicted from its files/s on the small case of the
+    same file size, a peer that would take longer moves only the first N files of the tree
+    (N a multiple of the small case's count), and the report says so. Ours is never capped;
+    `timeout` stops any run (ours too) that goes on longer. Returns what was capped."""
+    tools = [t for t in MANY_TOOLS if t != OURS_NOFSYNC or env.ftpd_no_fsync]
+    caps = []
+    for count, size, _ in cases:
+        for kind in ("put", "get"):
+            res.workload(many_key(kind, count, size),
+                         f"many: {count:,} x {fmt_bytes(size)} {kind} -r", "files/s")
+
+    def limits_for(count, size):
+        smaller = [c for c, s, large in cases if s == size and not large and c < count]
+        if not smaller:
+            return {}
+        base = max(smaller)
+        limits = {}
+        for tool in MANY_PEERS:
+            for kind in ("put", "get"):
+                fps = res.median(many_key(kind, base, size), tool, "fps")
+                if not fps or count / fps <= cap_s:
+                    continue
+                n = max(base, int(cap_s * fps) // base * base)
+                if n >= count:
+                    continue
+                limits[(tool, kind)] = n
+                caps.append({"key": many_key(kind, count, size), "tool": tool, "kind": kind,
+                             "moved": n, "of": count,
+                             "why": f"time cap {cap_s:.0f} s per run: at {fps:.0f} files/s "
+                                    f"(its {base} x {fmt_bytes(size)} {kind} -r) all {count} "
+                                    f"would take about {count / fps:.0f} s"})
+                log(f"  capped: {tool} {count} x {fmt_bytes(size)} {kind} -r moves the first {n} "
+                    f"files ({count / fps:.0f} s predicted for all {count})")
+        return limits
+
+    def stage(group, nruns):
+        plan = []
+        for count, size in group:
+            d = src / many_dir(count, size)
+            puts, gets = transfer_tools(env, d, d.name, count * size, count,
+                                        f"many{count}x{size}", tools,
+                                        limits=limits_for(count, size), timeout=timeout)
+            plan.append((count, size, d, puts, gets))
+        for i in range(nruns):
+            for count, size, d, puts, gets in plan:
+                log(f"many: {count} x {fmt_bytes(size)}, run {i + 1}/{nruns}")
+                warm(d, env.work / "served" / d.name)
+                # Round-robin, and each round starts with another tool, so that no tool is
+                # always the one right after another's writeback or daemon start.
+                k = i % len(puts)
+                for tool, fn in puts[k:] + puts[:k]:
+                    res.add(many_key("put", count, size), tool, fn())
+                k = i % len(gets)
+                for tool, fn in gets[k:] + gets[:k]:
+                    res.add(many_key("get", count, size), tool, fn())
+
+    stage([(c, s) for c, s, large in cases if not large], runs)
+    stage([(c, s) for c, s, large in cases if large], 1)
+    return caps
 
 
 class Sampler:
@@ -970,7 +1200,7 @@ def bench_clients(env, res, runs, counts, fsize, src):
     for i in range(runs):
         for n in counts:
             log(f"{n} concurrent clients, run {i + 1}/{runs}")
-            fresh_dir(root)
+            fresh_root(root)
             fresh_dir(out)
             settle()
             d = env.start_ftpd(root, extra=clients_ftpd_args(n))
@@ -1018,7 +1248,7 @@ def bench_clients(env, res, runs, counts, fsize, src):
             res.add(clients_key(n), OURS, r)
             log(f"  {n} clients: p50 {f2(r.p50)} s, p99 {f2(r.p99)} s per client, ftpd peak "
                 f"{mib(hwm)} MiB, {fds} fds, {len(failed)} failed, {len(bad)} differ")
-            rmtree(root)
+            drop_root(root)
             rmtree(out)
 
 
@@ -1079,14 +1309,16 @@ def results_rows(res):
 
 
 def targets(res):
-    """(target, measured, threshold, met) rows; met is True/False/None (report only)."""
-    out = []
+    """(header, issue 16's rows, the other rows): (target, measured, threshold, met) rows;
+    met is True/False/None (report only)."""
+    issue, out = [], []
+    sink = [out]
     med = res.median
 
     def row(name, value, shown, threshold, met):
-        out.append([name, shown if value is not None else "not measured", threshold,
-                    "report" if met is None else ("met" if met else "NOT MET")
-                    if value is not None else "NOT MET (not measured)"])
+        sink[0].append([name, shown if value is not None else "not measured", threshold,
+                        "report" if met is None else ("met" if met else "NOT MET")
+                        if value is not None else "NOT MET (not measured)"])
 
     md5 = med("put1", "md5sum", "mbps")
     copy = med("put1", "socat (TCP copy)", "mbps")
@@ -1149,18 +1381,6 @@ def targets(res):
         title = next((t for k, t, _ in res.workloads if k == "huge"), "big file put")
         row(f"{title}: ftpd peak RSS", hwm, f"{mib(hwm)} MiB", "< 32 MiB",
             hwm is not None and hwm < 32 * 1024)
-    rt = f"{2 * FAR_DELAY_MS} ms RTT"
-    for what, attr, unit, limits in (("tree", "fps", "files/s", (("rsync", 1.0), ("sftp", 3.0))),
-                                     ("big", "mbps", "MB/s", (("rsync", 1.0), ("sftp", 1.0)))):
-        for kind in ("put", "get"):
-            key = far_key(kind, what)
-            if key not in res.runs:
-                continue
-            for peer, limit in limits:
-                r = ratio(med(key, OURS, attr), med(key, peer, attr))
-                row(f"far ({rt}) {what} {kind}, {unit} vs {peer}", r,
-                    f"{f2(r)}x ({f2(med(key, OURS, attr), 1)} vs {f2(med(key, peer, attr), 1)} "
-                    f"{unit})", f">= {limit:.2f}x", r is not None and r >= limit)
     for key in res.runs:
         if not key.startswith("clients-"):
             continue
@@ -1172,7 +1392,65 @@ def targets(res):
             str(fails), "0", fails == 0)
         row(f"{n} concurrent clients: ftpd peak RSS", hwm, f"{mib(hwm)} MiB", "< 128 MiB",
             hwm is not None and hwm < 128 * 1024)
-    return ["target", "measured (same run)", "threshold", "result"], out
+    sink[0] = issue
+    issue16_targets(res, row)
+    return ["target", "measured (same run)", "threshold", "result"], issue, out
+
+
+def many_cases_run(res):
+    """[(count, size)] of the `many` workloads in this run, in order."""
+    out = []
+    for key, _, _ in res.workloads:
+        if key.startswith("many-put-"):
+            _, _, count, size = key.split("-")
+            out.append((int(count), int(size)))
+    return out
+
+
+def capped(res, key, tool):
+    """'first N of M files' when the tool's runs of this workload were capped, else ''."""
+    for r in res.runs.get(key, {}).get(tool, []):
+        if getattr(r, "capped_of", None):
+            return f"{tool} moved the first {r.nfiles:,} of {r.capped_of:,} files"
+    return ""
+
+
+# Issue 16: ours (TLS, default settings) against each peer, files/s, in each `many` case.
+MANY_TARGETS = (("rsync", "the rsync daemon", 1.0), ("sftp", "sftp", 1.5))
+# and through the delay relay: (what, attr, unit, ((peer, threshold), ...)).
+FAR_TARGETS = (("tree", "fps", "files/s", (("rsync", 1.0), ("sftp", 3.0))),
+               ("big", "mbps", "MB/s", (("rsync", 1.0), ("sftp", 1.0))))
+
+
+def issue16_targets(res, row):
+    med = res.median
+    for count, size in many_cases_run(res):
+        for kind in ("put", "get"):
+            key = many_key(kind, count, size)
+            ours = med(key, OURS, "fps")
+            for peer, name, limit in MANY_TARGETS:
+                theirs = med(key, peer, "fps")
+                r = ratio(ours, theirs)
+                cap = capped(res, key, peer)
+                row(f"{count:,} x {fmt_bytes(size)} {kind} -r, files/s, ours vs {name}", r,
+                    f"{f2(r)}x ({f2(ours, 1)} vs {f2(theirs, 1)} files/s"
+                    f"{'; ' + cap if cap else ''})", f">= {limit:.2f}x",
+                    r is not None and r >= limit)
+    rt = f"{2 * FAR_DELAY_MS} ms RTT"
+    for what, attr, unit, limits in FAR_TARGETS:
+        for kind in ("put", "get"):
+            key = far_key(kind, what)
+            if key not in res.runs:
+                continue
+            title = next(t for k, t, _ in res.workloads if k == key)
+            title = title.split(": ", 1)[1] if ": " in title else title
+            for peer, limit in limits:
+                r = ratio(med(key, OURS, attr), med(key, peer, attr))
+                cap = capped(res, key, peer)
+                row(f"far ({rt}): {title}, {unit}, ours vs {peer}", r,
+                    f"{f2(r)}x ({f2(med(key, OURS, attr), 1)} vs {f2(med(key, peer, attr), 1)} "
+                    f"{unit}{'; ' + cap if cap else ''})", f">= {limit:.2f}x",
+                    r is not None and r >= limit)
 
 
 # The TLS targets, as ratios or differences of medians within one run: what TLS may cost in
@@ -1285,10 +1563,16 @@ def machine():
 
 
 def report(env, res, info, params, started, path):
-    th, trows = targets(res)
+    th, irows, orows = targets(res)
+    trows = irows + orows
     rh, rrows = results_rows(res)
     tlh, tlrows = tls_rows(res)
-    text = ["", "== Targets (ratios from this one run) ==", text_table(th, trows), "",
+    mh, mrows = many_rows(res)
+    caps = caps_lines(res, params)
+    text = ["", "== Targets of issue 16 (ratios from this one run) ==", text_table(th, irows),
+            *caps, "",
+            "== Other targets (ratios from this one run) ==", text_table(th, orows), "",
+            "== Many small files (medians of the ok runs) ==", text_table(mh, mrows), "",
             "== TLS vs plaintext (medians of the ok runs) ==", text_table(tlh, tlrows), "",
             "== Results (medians of the ok runs) ==", text_table(rh, rrows), ""]
     print("\n".join(text))
@@ -1305,7 +1589,9 @@ def report(env, res, info, params, started, path):
                 per_run.append([key, tool, i, "yes" if r.ok else "NO", f"{r.wall:.2f}",
                                 f"{r.mbps:.1f}", f"{r.fps:.1f}", f"{r.cli_cpu:.2f}",
                                 f"{r.srv_cpu:.2f}", mib(r.srv_rss), mib(r.cli_rss),
-                                (r.note or "")[:120].replace("\n", " ")])
+                                ((f"capped: first {r.nfiles} of {r.capped_of} files. "
+                                  if getattr(r, "capped_of", None) else "")
+                                 + (r.note or ""))[:160].replace("\n", " ")])
     elapsed = time.monotonic() - started
     info = dict(info)
     info["load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -1320,16 +1606,30 @@ def report(env, res, info, params, started, path):
         "Every ratio below is taken between tools measured in this same run, round-robin, on a "
         "machine that other work shares; absolute numbers move from run to run, ratios much less.",
         "",
+        "## Targets",
+        "",
+        f"{met} met, {not_met} not met, {len(trows) - met - not_met} reported without a target. "
+        f"Product: {params['git']}; parts run: {', '.join(params['parts'])}"
+        + (" (" + ", ".join(f"{k} {v / 60:.1f} min" for k, v in params['part_seconds'].items())
+           + ")" if params.get("part_seconds") else "") + ".",
+        "",
+        "### Issue 16: many small files, and a far link",
+        "",
+        ("Ours is the default (TLS 1.3, MD5, fsync before `stored`, `put -r`/`get -r` with the "
+         "default `-P 4`); the rsync daemon is default rsync (`-a`, no fsync); sftp is "
+         "OpenSSH's `put -r`/`get -r`. files/s and MB/s are medians of the ok runs, in the "
+         "same rounds.\n\n" + md_table(th, irows)) if irows else
+        "Not measured: neither `many` nor `far` ran (`bench/run --only many,far`).",
+        "",
+        *([*caps, ""] if caps else []),
+        "### Other parts",
+        "",
+        md_table(th, orows) if orows else "None of the other parts ran.",
+        "",
         "## Machine",
         "",
         *[f"- {k}: {v}" for k, v in info.items()],
         f"- product: {params['git']}",
-        "",
-        "## Targets",
-        "",
-        md_table(th, trows),
-        "",
-        f"{met} met, {not_met} not met, {len(trows) - met - not_met} reported without a target.",
         "",
         "## Results",
         "",
@@ -1344,6 +1644,7 @@ def report(env, res, info, params, started, path):
         "",
         md_table(rh, rrows),
         "",
+        *many_section(res, params, mh, mrows),
         "## TLS vs plaintext",
         "",
         "The same binaries over TLS 1.3 (the default) and with `--insecure-plaintext` on both "
@@ -1372,6 +1673,94 @@ def report(env, res, info, params, started, path):
     (Path(params["repo"]) / "target" / "bench-last.json").write_text(json.dumps(raw, indent=1))
     log(f"wrote {path} and target/bench-last.json")
     return not_met
+
+
+MANY_LABEL = {OURS: "ours (TLS)", OURS_PT: "ours --insecure-plaintext",
+              OURS_NOFSYNC: "ours (TLS), ftpd --no-fsync", "rsync": "rsync daemon",
+              "sftp": "sftp"}
+
+
+def many_rows(res):
+    """One row per `many` case, direction and tool: files/s, the ratios to the peers, CPU
+    per file on each side."""
+    header = ["tree", "direction", "tool", "ok runs", "files/s", "vs rsync daemon", "vs sftp",
+              "client CPU ms/file", "server CPU ms/file", "both, ms/file", "note"]
+    rows = []
+    med = res.median
+    for count, size in many_cases_run(res):
+        for kind in ("put", "get"):
+            key = many_key(kind, count, size)
+            rsync, sftp = med(key, "rsync", "fps"), med(key, "sftp", "fps")
+            for tool in res.tools.get(key, []):
+                good = res.good(key, tool)
+                fps = med(key, tool, "fps")
+                n = good[0].nfiles if good else None
+                ms = lambda attr: f2(med(key, tool, attr) / n * 1000, 3) if n else "—"
+                failed = [r for r in res.runs[key][tool] if not r.ok]
+                note = "; ".join(x for x in (
+                    capped(res, key, tool).replace(f"{tool} moved", "moved"),
+                    f"{len(failed)} failed: {failed[0].note[:60]}" if failed else "") if x)
+                rows.append([f"{count:,} x {fmt_bytes(size)}", f"{kind} -r",
+                             MANY_LABEL.get(tool, tool),
+                             f"{len(good)}/{len(res.runs[key][tool])}", f2(fps, 1),
+                             f2(ratio(fps, rsync), 2, "x"), f2(ratio(fps, sftp), 2, "x"),
+                             ms("cli_cpu"), ms("srv_cpu"), ms("cpu"), note or "—"])
+    return header, rows
+
+
+def caps_lines(res, params):
+    """What was capped or stopped, in words (empty when neither part ran)."""
+    lines = []
+    for part in ("many", "far"):
+        p = params.get(part)
+        if not p:
+            continue
+        for c in p.get("caps", []):
+            title = next((t for k, t, _ in res.workloads if k == c["key"]), c["key"])
+            lines.append(f"- capped: {c['tool']} in \"{title}\" moved only the first "
+                         f"{c['moved']:,} of the {c['of']:,} files ({c['why']}); its files/s "
+                         "and CPU per file are of those.")
+        if part == "many" and not p.get("caps"):
+            lines.append(f"- many: nothing was capped (time cap {p['cap_s']:.0f} s a run for the "
+                         "large cases, predicted from each peer's files/s on the small ones).")
+    for key, _, _ in res.workloads:
+        if not key.startswith(("many-", "far-")):
+            continue
+        for tool, rs in res.runs[key].items():
+            for r in rs:
+                if r.note.startswith("timed out"):
+                    lines.append(f"- stopped: {tool} in {key}: {r.note}; not counted.")
+    if params.get("many"):
+        m = params["many"]
+        if m["ftpd_no_fsync"]:
+            lines.append("- `ours --no-fsync`: this ftpd has `--no-fsync`, so ours also ran with "
+                         "it (uploads not fsync'd before `stored`), reported beside the default"
+                         + ("; ftp-cli has one too, so the gets ran with it on both sides."
+                            if m["cli_no_fsync"] else "; ftp-cli has none, so only the puts."))
+        else:
+            lines.append("- `ours --no-fsync` not run: this ftpd's `--help` lists no "
+                         "`--no-fsync`.")
+    return lines
+
+
+def many_section(res, params, header, rows):
+    if not rows:
+        return []
+    m = params.get("many") or {}
+    cases = ", ".join(f"{c:,} x {fmt_bytes(sz)} ({r} run{'s' if r > 1 else ''})"
+                      for c, sz, r in m.get("cases", []))
+    return ["## Many small files (issue 16)", "",
+            f"`put -r` and `get -r` of trees of {cases}, on loopback, every tool in turn in "
+            "each round (each round starting with the next tool). Ours: ftpd started afresh "
+            "for each run, TLS 1.3 pinning its key (the default), the same with "
+            "`--insecure-plaintext` on both sides, and, when ftpd has it, with ftpd "
+            "`--no-fsync`. CPU per file is user+sys seconds over the files moved: client = "
+            "ftp-cli / the rsync client / sftp and its ssh (`/usr/bin/time`, children "
+            "included); server = ftpd (`/proc/PID/stat`) / the rsync daemon's and sshd's "
+            "per-connection processes, sftp-server included (how much the daemon's reaped "
+            "children grew). A capped run moved a prefix of the tree (see Targets); "
+            f"every run has a time cap of {m.get('timeout_s', 0):.0f} s.", "",
+            md_table(header, rows), ""]
 
 
 def clients_section(res):
@@ -1408,7 +1797,9 @@ def clients_section(res):
 
 def charts_section(path, params):
     """Links to the charts bench/run draws from this run's JSON (bench/charts.py)."""
-    charts = [("sizes", "sizes-mbps.svg", "MB/s against file size"),
+    charts = [("many", "many.svg", "many small files: files/s of put -r and get -r"),
+              ("many", "many-cpu.svg", "many small files: CPU ms per file, client and server"),
+              ("sizes", "sizes-mbps.svg", "MB/s against file size"),
               ("sizes", "sizes-files.svg", "files/s against file size"),
               ("sizes", "cpu.svg", "CPU seconds per GiB, client and server, per tool"),
               ("clients", "clients.svg", "the concurrency sweep"),
@@ -1457,7 +1848,8 @@ NOTES = [
     "plaintext blake3` are the same with `--insecure-plaintext` on both sides, run next to "
     "their TLS twins in the same rounds; the TLS targets compare those pairs. sftp and scp "
     "encrypt too (AES-128-GCM).",
-    "ftpd is started afresh for each run of ours, with default settings except the connection "
+    "ftpd is started afresh for each run of ours (an upload's root and ftpd's state for it are "
+    "removed between runs), with default settings except the connection "
     "caps (`--max-connections-per-ip 512`, `--max-connections 1024`, "
     "`--max-unauthenticated 1024`, `--max-unauthenticated-per-range 512`).",
     f"sftp and scp use a private sshd on 127.0.0.1 with cipher {CIPHER}; this OpenSSH's scp "
@@ -1478,6 +1870,14 @@ NOTES = [
 ]
 
 
+# Every part, in the order they run; the default set is what `bench/run` without --only
+# runs: the targets of the one-file, concurrency and memory workloads, and issue 16's
+# (`many`, `far`). `tree` (1000 x 64 KiB against scp and rsync md5 as well) is covered by
+# `many` and runs only when asked for; `sizes` and `clients` take another 10-15 minutes.
+ALL_PARTS = ("one", "tree", "conc", "huge", "many", "sizes", "clients", "far")
+DEFAULT_PARTS = ("one", "conc", "huge", "many", "far")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True)
@@ -1486,7 +1886,10 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--runs", type=int)
-    ap.add_argument("--only", default="one,tree,conc,huge")
+    ap.add_argument("--only", default=",".join(DEFAULT_PARTS))
+    ap.add_argument("--cap", type=float,
+                    help="time cap in seconds per run for the large `many` cases (default 60, "
+                         "20 with --quick): a peer predicted to take longer moves a prefix")
     ap.add_argument("--command", default="bench/run")
     ap.add_argument("--charts", help="where bench/run draws the charts (for the report's links)")
     args = ap.parse_args()
@@ -1508,8 +1911,19 @@ def main():
     client_counts = [1, 10, 50] if quick else [1, 10, 100, 500, 1000]
     far_n = 100 if quick else 1000
     far_big = 64 * MiB if quick else 256 * MiB
+    # sftp through the relay moves this many of the far tree's files (about 0.2 s each).
+    far_sftp = 30 if quick else 100
+    far_timeout = 300 if quick else 600
+    # `many` (issue 16): (files, size, large). The small cases take `runs` rounds, the large
+    # ones one round, with the peers capped at `many_cap` seconds a run (see bench_many).
+    many_cases = [(1000, 64 * KiB, False), (1000, 4 * KiB, False),
+                  (10000, 64 * KiB, True), (10000, 4 * KiB, True)]
+    if quick:
+        many_cases = [(c // 10, sz, large) for c, sz, large in many_cases]
+    many_cap = args.cap if args.cap is not None else (20.0 if quick else 60.0)
+    many_timeout = 120 if quick else 300
     only = set(args.only.split(","))
-    unknown = only - {"one", "tree", "conc", "huge", "sizes", "clients", "far"}
+    unknown = only - set(ALL_PARTS)
     if unknown:
         raise SystemExit(f"bench.py: unknown part(s) {', '.join(sorted(unknown))}")
 
@@ -1523,7 +1937,15 @@ def main():
               "sizes": sizes if "sizes" in only else [],
               "client_counts": client_counts if "clients" in only else [],
               "far": {"nfiles": far_n, "fsize": small, "big": far_big,
-                      "delay_ms_each_way": FAR_DELAY_MS} if "far" in only else None}
+                      "delay_ms_each_way": FAR_DELAY_MS, "sftp_files": far_sftp,
+                      "timeout_s": far_timeout, "caps": []} if "far" in only else None,
+              "many": {"cases": [[c, sz, 1 if large else runs] for c, sz, large in many_cases],
+                       "tools": [t for t in MANY_TOOLS
+                                 if t != OURS_NOFSYNC or env.ftpd_no_fsync],
+                       "ftpd_no_fsync": env.ftpd_no_fsync, "cli_no_fsync": env.cli_no_fsync,
+                       "cap_s": many_cap, "timeout_s": many_timeout,
+                       "caps": []} if "many" in only else None,
+              "part_seconds": {}}
     res = Results()
     src = env.work / "src"
     try:
@@ -1549,6 +1971,10 @@ def main():
             for i in range(far_n):
                 make_random(src / "far-tree" / f"f{i:04}.bin", small)
             make_random(src / "far-big.bin", far_big)
+        if "many" in only:
+            for count, size, _ in many_cases:
+                for i in range(count):
+                    make_random(src / many_dir(count, size) / f"f{i:05}.bin", size)
         sh("sync")
 
         # What the gets read: uploaded with ftp-cli, as in real use (digests recorded).
@@ -1562,6 +1988,8 @@ def main():
             setup += [f"put -r {src / f'sz-{size}'} sz-{size}" for size, _ in sizes]
         if "far" in only:
             setup += [f"put -r {src / 'far-tree'} far-tree", f"put {src / 'far-big.bin'} far-big.bin"]
+        if "many" in only:
+            setup += [f"put -r {src / many_dir(c, sz)} {many_dir(c, sz)}" for c, sz, _ in many_cases]
         if setup:
             d = env.start_ftpd(served)
             try:
@@ -1571,25 +1999,30 @@ def main():
             if t.rc != 0:
                 raise RuntimeError(f"setup upload failed: {t.output()}")
 
-        if only & {"one", "tree", "sizes", "far"}:
+        if only & {"one", "tree", "sizes", "far", "many"}:
             env.start_sshd()
             env.start_rsyncd()
             log(f"sshd on 127.0.0.1:{env.ssh_port}, rsync daemon on 127.0.0.1:{env.rsync_port}")
 
-        if "one" in only:
-            bench_one_file(env, res, runs, big, src / "big.bin", "big.bin")
-        if "tree" in only:
-            bench_tree(env, res, runs, nsmall, small, src / "small")
-        if "conc" in only:
-            bench_concurrent(env, res, runs, nclients, conc_size, src / "conc")
-        if "huge" in only:
-            bench_huge(env, res, runs, huge, src / "huge.bin")
-        if "sizes" in only:
-            bench_sizes(env, res, runs, sizes, src)
-        if "clients" in only:
-            bench_clients(env, res, runs, client_counts, conc_size, src / "clients")
-        if "far" in only:
-            bench_far(env, res, runs, far_n, small, far_big, src)
+        def part(name, fn):
+            if name in only:
+                t0 = time.monotonic()
+                out = fn()
+                params["part_seconds"][name] = round(time.monotonic() - t0)
+                log(f"part {name} took {(time.monotonic() - t0) / 60:.1f} minutes")
+                return out
+
+        part("one", lambda: bench_one_file(env, res, runs, big, src / "big.bin", "big.bin"))
+        part("tree", lambda: bench_tree(env, res, runs, nsmall, small, src / "small"))
+        part("conc", lambda: bench_concurrent(env, res, runs, nclients, conc_size, src / "conc"))
+        part("huge", lambda: bench_huge(env, res, runs, huge, src / "huge.bin"))
+        part("many", lambda: params["many"]["caps"].extend(
+            bench_many(env, res, runs, many_cases, src, many_cap, many_timeout)))
+        part("sizes", lambda: bench_sizes(env, res, runs, sizes, src))
+        part("clients", lambda: bench_clients(env, res, runs, client_counts, conc_size,
+                                              src / "clients"))
+        part("far", lambda: params["far"]["caps"].extend(
+            bench_far(env, res, runs, far_n, small, far_big, src, far_sftp, far_timeout)))
     finally:
         env.stop_all()
     report(env, res, info, params, started, Path(args.out))

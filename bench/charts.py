@@ -9,6 +9,8 @@ Draws each chart whose part is in the results, and leaves the others in OUTDIR a
   clients.svg                      the concurrency sweep (the `clients` part)
   cpu.svg                          CPU seconds per GiB, client + server (`sizes`, largest size)
   far.svg                          through the delay relay (the `far` part)
+  many.svg                         files/s of the small-file trees (the `many` part)
+  many-cpu.svg                     CPU ms per file, client + server (the `many` part)
 """
 
 import json
@@ -214,11 +216,116 @@ def far_chart(raw, outdir):
     c.draw(1200, 520)
 
 
+MANY_TOOLS = ("ours (ftpd+ftp-cli)", "ours --insecure-plaintext", "ours --no-fsync", "rsync", "sftp")
+MANY_LABEL = {"ours (ftpd+ftp-cli)": "ours (TLS)", "ours --insecure-plaintext": "ours (plaintext)",
+              "ours --no-fsync": "ours (TLS, ftpd --no-fsync)", "rsync": "rsync daemon",
+              "sftp": "sftp (OpenSSH)"}
+MANY_SHORT = {"ours (ftpd+ftp-cli)": "ours TLS", "ours --insecure-plaintext": "ours plain",
+              "ours --no-fsync": "ours no-fsync", "rsync": "rsync", "sftp": "sftp"}
+
+
+def many_plan(raw):
+    """(cases sorted by file size then count, tools that ran, {(key, tool)} capped)."""
+    m = raw["params"].get("many")
+    if not m:
+        return None
+    runs = raw["runs"]
+    cases = sorted(((c, s) for c, s, _ in m["cases"]), key=lambda x: (x[1], x[0]))
+    keys = [f"many-{k}-{c}-{s}" for k in ("put", "get") for c, s in cases]
+    tools = [t for t in MANY_TOOLS if any(t in runs.get(k, {}) for k in keys)]
+    capped = {(c["key"], c["tool"]) for c in m.get("caps", [])}
+    return cases, tools, capped
+
+
+def many_chart(raw, outdir):
+    plan = many_plan(raw)
+    if not plan:
+        return
+    cases, tools, capped = plan
+    runs = raw["runs"]
+    c = Chart(raw, outdir, "many")
+    title = ("many small files on loopback: put -r and get -r of a tree, files per second"
+             " (median of the ok runs; higher is better)")
+    if capped:
+        title += chr(10) + ("* a peer moved only the first files of that tree (a time cap per run; "
+                            "the report says which)")
+    c.lines += [
+        f"set multiplot layout 1,2 title {q(title + chr(10) + c.footer)}",
+        "set style data histograms", "set style histogram clustered gap 1",
+        "set style fill solid 0.8 border -1", "set yrange [0:*]",
+        "set key outside bottom center horizontal",
+        "set xlabel 'tree (number of files x file size)'", "set ylabel 'files/s'",
+    ]
+    for kind in ("put", "get"):
+        rows = []
+        for n, s in cases:
+            key = f"many-{kind}-{n}-{s}"
+            star = "*" if any((key, t) in capped for t in tools) else ""
+            rows.append([f"{n:,} x {size_label(s)}{star}",
+                         *[median(runs.get(key, {}).get(t, []), "fps") for t in tools]])
+        f = c.data(rows)
+        plots = [f"{f} using {i + 2}{':xtic(1)' if i == 0 else ''} title {q(MANY_LABEL.get(t, t))}"
+                 for i, t in enumerate(tools)]
+        c.lines += [f"set title {q(kind + ' -r')}", "plot " + ", ".join(plots)]
+    c.lines.append("unset multiplot")
+    c.draw(1300, 600)
+
+
+def many_cpu_chart(raw, outdir):
+    plan = many_plan(raw)
+    if not plan:
+        return
+    cases, tools, capped = plan
+    runs = raw["runs"]
+    c = Chart(raw, outdir, "many-cpu")
+    title = ("many small files on loopback: CPU milliseconds per file (user+sys), client and "
+             "server side, per tool, grouped by tree (files x size); lower is better" + chr(10) +
+             "client: ftp-cli / rsync client / sftp+ssh; server: ftpd / rsync daemon / "
+             "sshd+sftp-server")
+    c.lines += [
+        f"set multiplot layout 2,1 title {q(title + chr(10) + c.footer)}",
+        "set style data histograms", "set style histogram rowstacked",
+        "set style fill solid 0.8 border -1", "set boxwidth 0.8", "set yrange [0:*]",
+        "set key inside top left", "set ylabel 'CPU ms per file (client + server)'",
+        "set xtics rotate by -30",
+    ]
+    for kind in ("put", "get"):
+        parts = []
+        top = 0.0
+        for j, (n, s) in enumerate(cases):
+            key = f"many-{kind}-{n}-{s}"
+            rows = []
+            for t in tools:
+                rs = runs.get(key, {}).get(t, [])
+                good = [r for r in rs if r["ok"]]
+                if not good:
+                    continue
+                files = good[0]["nfiles"]
+                label = MANY_SHORT.get(t, t) + ("*" if (key, t) in capped else "")
+                rows.append([label, median(rs, "cli_cpu") / files * 1000,
+                             median(rs, "srv_cpu") / files * 1000])
+                top = max(top, rows[-1][1] + rows[-1][2])
+            if not rows:
+                continue
+            f = c.data(rows)
+            titles = ("title 'client'", "title 'server'") if j == 0 else ("notitle", "notitle")
+            parts.append(f"newhistogram {q(f'{n:,} x {size_label(s)}')} lt 1, "
+                         f"{f} using 2:xtic(1) {titles[0]} lc rgb '#4477aa', "
+                         f"'' using 3 {titles[1]} lc rgb '#ee6677'")
+        if not parts:
+            continue
+        # gnuplot's autoscale misses the tops of stacks after the first newhistogram.
+        c.lines += [f"set title {q(kind + ' -r' + ('  (* capped: a prefix of the tree)' if capped else ''))}",
+                    f"set yrange [0:{top * 1.12 if top else 1}]", "plot " + ", ".join(parts)]
+    c.lines.append("unset multiplot")
+    c.draw(1300, 900)
+
+
 def main():
     raw = json.loads(Path(sys.argv[1]).read_text())
     outdir = Path(sys.argv[2])
     outdir.mkdir(parents=True, exist_ok=True)
-    for chart in (sizes_charts, cpu_chart, clients_chart, far_chart):
+    for chart in (sizes_charts, cpu_chart, clients_chart, far_chart, many_chart, many_cpu_chart):
         chart(raw, outdir)
 
 
