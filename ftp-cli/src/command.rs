@@ -229,17 +229,18 @@ pub const COMMANDS: &[Spec] = &[
     Spec {
         name: "mirror",
         aliases: &[],
-        usage: "mirror [-R] [--delete] [--dry-run] [--checksum] [--exclude GLOB] [--include GLOB] [-P N] SOURCE [TARGET]",
+        usage: "mirror [-R] [OPTIONS] SRC [DST]",
         summary: "make a local tree like a remote one (-R: a remote tree like a local one)",
         details: &[
             "Moves only files that are new or changed (size or modification time differ).",
-            "-R  upload: SOURCE is local, TARGET remote",
-            "--delete  remove from TARGET what SOURCE no longer has",
+            "-R  upload: SRC is local, DST remote",
+            "--delete  remove from DST what SRC no longer has",
             "--dry-run, -n  print what would be done; change nothing",
             "--checksum, -C  compare content (the server's recorded digests), not times",
-            "--exclude GLOB, --include GLOB  leave out, or take only, matching paths or names",
+            "--exclude GLOB, -x GLOB  leave out matching paths or names (any number)",
+            "--include GLOB, -i GLOB  take only matching paths or names (any number)",
             "-P N  files moved at once (default: --parallel)",
-            "TARGET defaults to SOURCE's last name, in the current directory.",
+            "DST defaults to SRC's last name, in the current directory.",
         ],
     },
     Spec {
