@@ -21,7 +21,7 @@ use crate::error::{ClientError, Result};
 use crate::link::{Dial, Link};
 use crate::output::{Output, Shown};
 use crate::retry::Transfer;
-use crate::tree::MAX_TREE_ENTRIES;
+use crate::tree::{join, MAX_TREE_ENTRIES};
 
 /// Deepest tree walked on either side.
 const MAX_DEPTH: usize = 64;
@@ -430,16 +430,6 @@ fn local_digest(path: &Path, kind: DigestKind) -> Result<Digest> {
         .update_from(&mut file, u64::MAX)
         .map_err(|e| ClientError::local(path, e))?;
     Ok(hasher.finish())
-}
-
-/// `base/rel`, for paths on either side (`rel` may be empty).
-fn join(base: &str, rel: &str) -> String {
-    match (base, rel) {
-        (b, "") => b.to_owned(),
-        ("", r) | (".", r) => r.to_owned(),
-        (b, r) if b.ends_with('/') => format!("{b}{r}"),
-        (b, r) => format!("{b}/{r}"),
-    }
 }
 
 #[cfg(test)]

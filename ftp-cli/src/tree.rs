@@ -187,7 +187,7 @@ pub(crate) fn mget(
 }
 
 /// `base/rel`, for remote paths (`rel` may be empty).
-fn join(base: &str, rel: &str) -> String {
+pub(crate) fn join(base: &str, rel: &str) -> String {
     match (base, rel) {
         (b, "") => b.to_owned(),
         ("", r) | (".", r) => r.to_owned(),

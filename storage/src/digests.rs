@@ -6,8 +6,6 @@
 //! A record is keyed by the file's path and trusted only while the file keeps the inode, size
 //! and modification time it had when the record was made; anything else is treated as no record.
 
-use std::os::unix::fs::MetadataExt;
-
 use cap_std::fs::Dir;
 use checksum::Digest;
 use md5::{Digest as _, Md5};
@@ -59,34 +57,28 @@ pub(crate) trait StampSource {
     fn stamp(&self) -> Stamp;
 }
 
-impl StampSource for std::fs::Metadata {
-    fn stamp(&self) -> Stamp {
-        let m = self;
-        (
-            m.ino(),
-            m.len(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec(),
-        )
-    }
+/// Both kinds of metadata spell these the same, through their own `MetadataExt`.
+macro_rules! stamp_source {
+    ($meta:ty, $ext:path) => {
+        impl StampSource for $meta {
+            fn stamp(&self) -> Stamp {
+                use $ext as _;
+                let m = self;
+                (
+                    m.ino(),
+                    m.len(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                )
+            }
+        }
+    };
 }
 
-impl StampSource for cap_std::fs::Metadata {
-    fn stamp(&self) -> Stamp {
-        use cap_std::fs::MetadataExt as _;
-        let m = self;
-        (
-            m.ino(),
-            m.len(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec(),
-        )
-    }
-}
+stamp_source!(std::fs::Metadata, std::os::unix::fs::MetadataExt);
+stamp_source!(cap_std::fs::Metadata, cap_std::fs::MetadataExt);
 
 impl Recorded {
     pub(crate) fn new(
