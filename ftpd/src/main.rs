@@ -23,8 +23,9 @@ fn main() -> ExitCode {
             Ok(admin) => admin,
             Err(e) => e.exit(),
         };
+        ftpd::logging::init_admin();
         return match ftpd::admin::run(admin.command) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(code) => code,
             Err(e) => {
                 eprintln!("ftpd: {e:#}");
                 ExitCode::FAILURE
