@@ -68,8 +68,8 @@ fn rot(ftpd: &Daemon, name: &str, offset: u64) {
 fn scrub_finds_rot_passes_clean_files_and_counts_unverifiable_ones() {
     let ftpd = Daemon::start();
     let work = tmpdir();
-    write_random(&work.path().join("a.bin"), 3 * MIB + 5, 1);
-    write_random(&work.path().join("b.bin"), 1000, 2);
+    write_random(work.path().join("a.bin"), 3 * MIB + 5, 1);
+    write_random(work.path().join("b.bin"), 1000, 2);
     ftpd.cli()
         .cwd(&work)
         .cmds("put a.bin; put b.bin")
