@@ -1,5 +1,7 @@
 //! `ftpd passwd` and `ftpd adduser`: change the users file without a text editor and without
-//! ever writing a password into it (only its SCRAM verifier).
+//! ever writing a password into it (only its SCRAM verifier). `ftpd scrub` and `ftpd rerecord`:
+//! check stored files against the digests recorded at upload, and record a file changed on
+//! purpose.
 //!
 //! The file is rewritten atomically (a temporary file beside it, synced, renamed over it) with
 //! its mode 0600 and everything else in it, comments included, kept as it was. A running
@@ -7,6 +9,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -64,19 +67,97 @@ pub enum Command {
         /// The user.
         name: String,
     },
+    /// Read every stored file again and compare it with the digest recorded at its upload:
+    /// prints each damaged file (its bytes changed, its inode times did not: bit rot), counts
+    /// the files without a valid record (changed through the file system, or never recorded),
+    /// and exits 1 if any file is damaged.
+    Scrub {
+        #[command(flatten)]
+        store: Store,
+        /// Also list the unverifiable files, each with why.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Hash files now and record that as their digest: for files an admin changed on purpose,
+    /// which a scrub then checks again.
+    Rerecord {
+        #[command(flatten)]
+        store: Store,
+        /// The digest to record (what downloads of it are then checked with).
+        #[arg(long, value_enum, default_value = "md5")]
+        digest: DigestArg,
+        /// Files, as paths relative to the root (a leading / is allowed).
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+}
+
+/// Where the stored files and their records are, as the daemon is told.
+#[derive(clap::Args, Debug)]
+pub struct Store {
+    /// The storage root.
+    #[arg(long, env = "FTPD_ROOT")]
+    root: PathBuf,
+    /// The daemon's private state directory (default: beside the root, as for the daemon).
+    #[arg(long, env = "FTPD_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+impl Store {
+    fn open(&self) -> anyhow::Result<storage::Root> {
+        let state = match &self.state_dir {
+            Some(dir) => dir.clone(),
+            None => storage::default_state_dir(&self.root)
+                .with_context(|| format!("no state directory for {}", self.root.display()))?,
+        };
+        storage::Root::open(&self.root, &state)
+            .with_context(|| format!("cannot open the storage root {}", self.root.display()))
+    }
+}
+
+/// A digest kind on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum DigestArg {
+    Md5,
+    Blake3,
 }
 
 /// Whether `args` name an admin command (`ftpd passwd ...`, `ftpd adduser ...`).
 pub fn is_admin(args: &[std::ffi::OsString]) -> bool {
     matches!(
         args.get(1).and_then(|a| a.to_str()),
-        Some("passwd" | "adduser")
+        Some("passwd" | "adduser" | "scrub" | "rerecord")
     )
 }
 
-/// Runs an admin command.
-pub fn run(command: Command) -> anyhow::Result<()> {
+/// Runs an admin command; a scrub that found damage exits 1.
+pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Scrub { store, verbose } => return scrub(&store.open()?, verbose),
+        Command::Rerecord {
+            store,
+            digest,
+            paths,
+        } => {
+            let root = store.open()?;
+            let kind = match digest {
+                DigestArg::Md5 => protocol::DigestKind::Md5,
+                DigestArg::Blake3 => protocol::DigestKind::Blake3,
+            };
+            for path in &paths {
+                let vpath = storage::VPath::resolve(&storage::VPath::root(), path)
+                    .with_context(|| format!("bad path {path:?}"))?;
+                let digest = root
+                    .rerecord(&vpath, kind)
+                    .with_context(|| format!("cannot rerecord {vpath}"))?;
+                println!(
+                    "recorded {} {}:{digest}",
+                    crate::logging::Wire(&vpath.to_string()),
+                    kind.key()
+                );
+                tracing::info!(path = %crate::logging::Wire(&vpath.to_string()), digest = %format!("{}:{digest}", kind.key()), "rerecorded");
+            }
+        }
         Command::Passwd {
             users,
             iterations,
@@ -163,7 +244,42 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             );
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ftpd scrub`: damaged files on stdout, one line each (and unverifiable ones with
+/// `--verbose`); the counts as one log line, at ERROR when anything is damaged.
+fn scrub(root: &storage::Root, verbose: bool) -> anyhow::Result<ExitCode> {
+    use storage::Verdict;
+    let (mut intact, mut damaged, mut unverifiable) = (0u64, 0u64, 0u64);
+    let mut out = std::io::stdout().lock();
+    for found in root.scrub() {
+        let path = crate::logging::Wire(&found.path);
+        match found.verdict {
+            Verdict::Intact => intact += 1,
+            Verdict::Damaged { from } => {
+                damaged += 1;
+                match from {
+                    Some(at) => writeln!(out, "damaged {path} (from byte {at})")?,
+                    None => writeln!(out, "damaged {path}")?,
+                }
+            }
+            Verdict::Unverifiable(why) => {
+                unverifiable += 1;
+                if verbose {
+                    writeln!(out, "unverifiable {path}: {why}")?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    if damaged > 0 {
+        tracing::error!(intact, damaged, unverifiable, "scrub found damaged files");
+        Ok(ExitCode::from(1))
+    } else {
+        tracing::info!(intact, damaged, unverifiable, "scrub found no damage");
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 /// The users file as a document to edit; a missing one is empty when `may_create`.

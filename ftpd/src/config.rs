@@ -38,7 +38,8 @@ pub struct Config {
 
     /// Address to listen on; port 0 picks a free port (the bound address is logged). Ignored
     /// when systemd passes a listening socket (socket activation).
-    #[arg(long, env = "FTPD_LISTEN", default_value = "127.0.0.1:2121")]
+    /// A host name (`localhost:2121`) is resolved, and its first address used.
+    #[arg(long, env = "FTPD_LISTEN", default_value = "127.0.0.1:2121", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
     /// Settings file (TOML): any flag's long name as a key.
@@ -262,9 +263,16 @@ impl Config {
         let shown = path.display();
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read settings file {shown}"))?;
-        let table: toml::Table = text
-            .parse()
-            .with_context(|| format!("settings file {shown} is not valid TOML"))?;
+        // toml's own message spans lines (a snippet, a caret): one line for logs, with the line.
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e.span().map_or(0, |at| {
+                text[..at.start.min(text.len())].matches('\n').count() + 1
+            });
+            anyhow::anyhow!(
+                "settings file {shown}, line {line}: not valid TOML: {}",
+                e.message().trim()
+            )
+        })?;
         let mut from_file: Vec<OsString> = Vec::new();
         for (key, value) in table {
             let arg = cmd
@@ -284,20 +292,40 @@ impl Config {
                 continue; // a flag or the environment said otherwise
             }
             let flag = OsString::from(format!("--{key}"));
-            match value {
-                toml::Value::String(s) => from_file.extend([flag, s.into()]),
-                toml::Value::Integer(i) => from_file.extend([flag, i.to_string().into()]),
-                toml::Value::Boolean(b) if !arg.get_action().takes_values() => {
-                    if b {
-                        from_file.push(flag);
-                    }
-                }
+            let given = match value {
+                toml::Value::String(s) => vec![flag, s.into()],
+                toml::Value::Integer(i) => vec![flag, i.to_string().into()],
+                toml::Value::Boolean(true) if !arg.get_action().takes_values() => vec![flag],
+                toml::Value::Boolean(false) if !arg.get_action().takes_values() => vec![],
                 other => bail!(
                     "settings file {shown}, line {}: `{key}` cannot be {}",
                     line_of(&text, &key),
                     other.type_str()
                 ),
+            };
+            // Each value checked on its own, so that a bad one is blamed on its line of the
+            // file, not on a flag nobody typed.
+            let mut alone = vec![OsString::from("ftpd")];
+            alone.extend(given.iter().cloned());
+            // Only the value's own faults: alone, a setting may lack its companion (a
+            // certificate without its key), which the whole command line still checks.
+            if let Err(e) =
+                Config::command()
+                    .try_get_matches_from(alone)
+                    .or_else(|e| match e.kind() {
+                        clap::error::ErrorKind::InvalidValue
+                        | clap::error::ErrorKind::ValueValidation => Err(e),
+                        _ => Ok(Default::default()),
+                    })
+            {
+                let why = std::error::Error::source(&e)
+                    .map_or_else(|| e.kind().to_string(), ToString::to_string);
+                bail!(
+                    "settings file {shown}, line {}: bad value for `{key}`: {why}",
+                    line_of(&text, &key)
+                );
             }
+            from_file.extend(given);
         }
         let mut all = vec![args.first().cloned().unwrap_or_else(|| "ftpd".into())];
         all.extend(from_file);
@@ -323,6 +351,19 @@ fn line_of(text: &str, key: &str) -> usize {
                 .is_some_and(|rest| rest.trim_start().starts_with('='))
         })
         .map_or(0, |i| i + 1)
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let mut addrs = s
+        .to_socket_addrs()
+        .map_err(|e| format!("{e} (give HOST:PORT, e.g. 127.0.0.1:2121 or localhost:2121)"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{s} resolves to no address"))
 }
 
 fn parse_bytes(s: &str) -> Result<u64, String> {
@@ -398,7 +439,7 @@ mod tests {
             load("root = \"/x\"\nidle-timeout = \"soon\"\n", &[], &[]).unwrap_err()
         );
         assert!(
-            err.contains("idle-timeout") || err.contains("soon"),
+            err.contains("line 2") && err.contains("`idle-timeout`") && !err.contains("--"),
             "{err}"
         );
         let err = load("root = [1]\n", &[], &[]).unwrap_err().to_string();

@@ -46,6 +46,17 @@ pub fn init(config: &Config) -> anyhow::Result<LogLevel> {
     Ok(LogLevel(handle))
 }
 
+/// Logging for the admin commands (`ftpd scrub`): human lines on stderr at INFO, or what
+/// `RUST_LOG` says, so that a scrub run by a timer leaves its result in the journal.
+pub fn init_admin() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
 /// Whether [`Wire`] puts quotes around what it writes: the human format does, so that a value
 /// with spaces cannot pass for more fields (`user="bob peer=10.0.0.1"`); the JSON format does
 /// not, since JSON quotes every string itself. [`init`] sets it.

@@ -23,8 +23,9 @@ fn main() -> ExitCode {
             Ok(admin) => admin,
             Err(e) => e.exit(),
         };
+        ftpd::logging::init_admin();
         return match ftpd::admin::run(admin.command) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(code) => code,
             Err(e) => {
                 eprintln!("ftpd: {e:#}");
                 ExitCode::FAILURE
@@ -106,6 +107,9 @@ async fn run(config: Config, args: Vec<OsString>, log: LogLevel) -> anyhow::Resu
         return Ok(());
     }
     if check_only {
+        // What the daemon would refuse once bound, refused here too (the address as given:
+        // a socket systemd passes is not known until then).
+        server.check_exposure(listen)?;
         print!("{}", config.effective());
         if let Some(fp) = fingerprint {
             println!("# TLS key fingerprint: {fp}");
@@ -175,7 +179,11 @@ async fn reload_on_hangup(mut hup: Signal, shared: Shared, args: Vec<OsString>, 
         match outcome {
             Ok(Some(n)) => info!(users = n, "reloaded settings and users"),
             Ok(None) => info!("reloaded settings"),
-            Err(e) => error!("reload failed, keeping the settings in force: {e:#}"),
+            // One line, whatever the error's text holds: a collector reads one event a line.
+            Err(e) => error!(
+                "reload failed, keeping the settings in force: {}",
+                format!("{e:#}").replace('\n', " ")
+            ),
         }
         if let Some(identity) = &shared.identity {
             match identity.reload() {

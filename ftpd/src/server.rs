@@ -97,7 +97,7 @@ impl Server {
                 .context("cannot serve the storage root")?,
         };
         let root = Root::open_with_limits(config.root(), &state, limits)
-            .map_err(with_remedy)
+            .map_err(|e| with_remedy(e, config.root(), &state))
             .context("cannot serve the storage root")?;
         if root.migrated() {
             info!(
@@ -303,9 +303,31 @@ fn warn_legacy(users: &Users) {
     }
 }
 
-/// A refusal to open the root, with what the operator can do about it.
-fn with_remedy(e: storage::Error) -> anyhow::Error {
+/// A refusal to open the root, with what the operator can do about it, as one line (the
+/// storage error's text already holds its cause: it is not chained again).
+fn with_remedy(
+    e: storage::Error,
+    root: &std::path::Path,
+    state: &std::path::Path,
+) -> anyhow::Error {
+    let read_only = matches!(&e, storage::Error::Io { source, .. }
+        if source.raw_os_error() == Some(libc::EROFS));
+    if read_only {
+        return anyhow::anyhow!(
+            "{} (or its state directory {}) is on a read-only file system: ftpd writes uploads \
+             there; mount it read-write (under systemd, list both in ReadWritePaths=)",
+            root.display(),
+            state.display()
+        );
+    }
     match e {
+        storage::Error::Denied { path, .. } => {
+            let (uid, name) = service_user();
+            anyhow::anyhow!(
+                "ftpd runs as user {name} (uid {uid}), which cannot write {path}: give that \
+                 user the directory (chown {name} {path}) or run ftpd as its owner"
+            )
+        }
         storage::Error::State { .. } => anyhow::anyhow!(
             "{e}: give --state-dir a directory on the root's filesystem, outside the root"
         ),
@@ -313,8 +335,28 @@ fn with_remedy(e: storage::Error) -> anyhow::Error {
             "{e}: move its staging/ and digests/ into the state directory by hand (or remove \
              them), remove it, and start again"
         ),
-        e => e.into(),
+        e => anyhow::anyhow!("{e}"),
     }
+}
+
+/// The user this process runs as (its effective uid, the owner of `/proc/self`), with its name
+/// from `/etc/passwd` when it has one.
+fn service_user() -> (String, String) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return ("?".into(), "?".into());
+    };
+    let name = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                (fields.nth(1)? == uid.to_string()).then(|| name.to_owned())
+            })
+        })
+        .unwrap_or_else(|| uid.to_string());
+    (uid.to_string(), name)
 }
 
 /// Counts the root again and removes staged uploads older than `max_age` or never resumable
@@ -339,5 +381,49 @@ async fn sweep_every(root: Root, max_age: Duration, period: Duration) {
         tick.tick().await;
         let root = root.clone();
         let _ = tokio::task::spawn_blocking(move || sweep(&root, max_age)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a read-only root said "create staging directory in failed: Read-only file
+    /// system (os error 30): Read-only file system (os error 30)".
+    #[test]
+    fn a_read_only_root_is_one_clear_line() {
+        let e = storage::Error::io(
+            "/srv/.files.ftpd-state",
+            "create a directory in",
+            std::io::Error::from_raw_os_error(libc::EROFS),
+        );
+        let root = std::path::Path::new("/srv/files");
+        let state = std::path::Path::new("/srv/.files.ftpd-state");
+        let text = format!("{:#}", with_remedy(e, root, state));
+        assert!(
+            text.contains("/srv/files") && text.contains("read-only file system"),
+            "{text}"
+        );
+        assert_eq!(text.matches("os error").count(), 0, "{text}");
+        assert!(!text.contains('\n'), "{text}");
+    }
+
+    /// A directory the service user may not write names the user and the directory.
+    #[test]
+    fn an_unwritable_directory_names_user_and_directory() {
+        let e = storage::Error::io(
+            "/var/lib/ftpd/state",
+            "write to",
+            std::io::Error::from_raw_os_error(libc::EACCES),
+        );
+        let root = std::path::Path::new("/var/lib/ftpd/files");
+        let text = format!("{:#}", with_remedy(e, root, root));
+        let (uid, name) = service_user();
+        for needle in [
+            format!("user {name} (uid {uid})"),
+            "/var/lib/ftpd/state".to_owned(),
+        ] {
+            assert!(text.contains(&needle), "no {needle:?} in {text}");
+        }
     }
 }

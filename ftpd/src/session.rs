@@ -11,7 +11,7 @@ use protocol::{
     ErrorReply, Frame, Hello, Incoming, Message, Scram,
 };
 use storage::{Home, Root, VPath};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::admission::{AddrRange, Admission};
 use crate::auth::{retry_secs, Authenticator, Refusal};
@@ -621,7 +621,10 @@ impl Session {
         result.map(|()| Flow::Continue)
     }
 
-    /// One log line per command: transfers at INFO (like vsftpd's xferlog), the rest at DEBUG.
+    /// One log line per command: transfers at INFO (like vsftpd's xferlog); other commands at
+    /// DEBUG when they succeed. A refusal is logged by what it tells the admin: the client's
+    /// doing (not found, denied, read-only, quota, too large) at INFO, a failed login at WARN,
+    /// a fault of the server's own (disk full, an I/O error, a bug) at ERROR.
     fn record(
         &self,
         op: &'static str,
@@ -634,36 +637,63 @@ impl Session {
             Ok(()) => "ok",
             Err(reply) => reply.code.as_str(),
         };
-        let user = Wire(self.user.as_ref().map_or("-", |u| u.name.as_str()));
-        if !matches!(op, "get" | "put") {
-            debug!(peer = %self.peer, %user, op, outcome = code, "command");
-            return;
-        }
-        let secs = elapsed.as_secs_f64();
-        let rate = if secs > 0.0 {
-            moved.bytes as f64 / secs / 1e6
-        } else {
-            0.0
+        let severity = match &outcome {
+            Ok(()) => Severity::Done,
+            Err(reply) => Severity::of(reply.code),
         };
+        let user = Wire(self.user.as_ref().map_or("-", |u| u.name.as_str()));
+        let peer = &self.peer;
         let detail = match &outcome {
             Ok(()) => "ok".to_owned(),
             Err(reply) => reply.to_string(),
         };
-        info!(
-            target: "ftpd::xfer",
-            peer = %self.peer,
-            %user,
-            op,
-            path = %Wire(moved.path.as_deref().unwrap_or("-")),
-            bytes = moved.bytes,
-            secs = format!("{secs:.3}"),
-            mb_per_s = format!("{rate:.1}"),
-            digest = %moved
-                .digest
-                .map_or_else(|| "-".into(), |d| format!("{}:{d}", d.kind().key())),
-            outcome = %Wire(&detail),
-            "transfer"
-        );
+        if !matches!(op, "get" | "put") {
+            macro_rules! command {
+                ($level:ident, $msg:literal) => {
+                    $level!(%peer, %user, op, outcome = code,
+                        detail = %Wire(&detail), $msg)
+                };
+            }
+            match severity {
+                Severity::Done => debug!(%peer, %user, op, outcome = code, "command"),
+                Severity::Refused => command!(info, "refused"),
+                Severity::Auth => command!(warn, "refused"),
+                Severity::Fault => command!(error, "failed"),
+            }
+            return;
+        }
+        // Numbers, not strings, in the JSON format: rounded here rather than formatted.
+        let secs = (elapsed.as_secs_f64() * 1000.0).round() / 1000.0;
+        let rate = if elapsed.as_secs_f64() > 0.0 {
+            ((moved.bytes as f64 / elapsed.as_secs_f64() / 1e6) * 10.0).round() / 10.0
+        } else {
+            0.0
+        };
+        let digest = moved
+            .digest
+            .map_or_else(|| "-".into(), |d| format!("{}:{d}", d.kind().key()));
+        macro_rules! transfer {
+            ($level:ident) => {
+                $level!(
+                    target: "ftpd::xfer",
+                    %peer,
+                    %user,
+                    op,
+                    path = %Wire(moved.path.as_deref().unwrap_or("-")),
+                    bytes = moved.bytes,
+                    secs,
+                    mb_per_s = rate,
+                    digest = %digest,
+                    outcome = %Wire(&detail),
+                    "transfer"
+                )
+            };
+        }
+        match severity {
+            Severity::Done | Severity::Refused => transfer!(info),
+            Severity::Auth => transfer!(warn),
+            Severity::Fault => transfer!(error),
+        }
     }
 
     /// Sends one frame, failing the session if the client does not take it in time.
@@ -797,4 +827,45 @@ fn incoming_in_transfer(item: Incoming) -> Result<Frame, SessionError> {
     item.map_err(|r| {
         SessionError::Protocol(format!("unexpected {:?} message in a transfer", r.kind))
     })
+}
+
+/// How loud a command's outcome is in the log.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Severity {
+    /// It succeeded.
+    Done,
+    /// The client asked for something the server may not or cannot do: INFO.
+    Refused,
+    /// A login failed or was missing: WARN, as for logins.
+    Auth,
+    /// The server failed at its own job (disk full, I/O, a bug): ERROR, for the admin to act.
+    Fault,
+}
+
+impl Severity {
+    fn of(code: ErrorCode) -> Severity {
+        match code {
+            ErrorCode::NoSpace | ErrorCode::Io | ErrorCode::Internal => Severity::Fault,
+            ErrorCode::AuthRequired | ErrorCode::AuthFailed | ErrorCode::BadAuth => Severity::Auth,
+            ErrorCode::NotFound
+            | ErrorCode::Exists
+            | ErrorCode::Denied
+            | ErrorCode::BadRequest
+            | ErrorCode::ChecksumMismatch
+            | ErrorCode::SizeMismatch
+            | ErrorCode::PastEnd
+            | ErrorCode::Cancelled
+            | ErrorCode::PrefixMismatch
+            | ErrorCode::IsDirectory
+            | ErrorCode::NotADirectory
+            | ErrorCode::NotEmpty
+            | ErrorCode::TooLarge
+            | ErrorCode::VersionMismatch
+            | ErrorCode::Unsupported
+            | ErrorCode::Busy
+            | ErrorCode::Timeout
+            | ErrorCode::TlsRequired
+            | ErrorCode::Unknown => Severity::Refused,
+        }
+    }
 }

@@ -3,8 +3,9 @@
 //! They also prove, end to end, that the bytes downloaded are the bytes that were uploaded: a
 //! file changed or rotted on disk no longer matches them, and the client's check says so.
 //!
-//! A record is keyed by the file's path and trusted only while the file keeps the inode, size
-//! and modification time it had when the record was made; anything else is treated as no record.
+//! A record is keyed by the file's path and trusted only while the file keeps the inode, size,
+//! modification and change times it had when the record was made; anything else is treated as
+//! no record. `scrub` reads files again against their records to find bytes rotted on disk.
 
 use cap_std::fs::Dir;
 use checksum::Digest;
@@ -143,10 +144,13 @@ fn record_name(path: &VPath) -> String {
 /// by two uploads of one path at once) does not parse or does not describe the file, which
 /// counts as no record.
 pub(crate) fn save(dir: &Dir, rec: &Recorded) {
+    let _ = save_checked(dir, rec);
+}
+
+/// [`save`], saying whether the record was written (a scrub's `rerecord` must know).
+pub(crate) fn save_checked(dir: &Dir, rec: &Recorded) -> std::io::Result<()> {
     let name = record_name(&VPath::from_rel(&rec.path));
-    let Ok(json) = serde_json::to_vec(rec) else {
-        return;
-    };
+    let json = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
     let mut opts = cap_std::fs::OpenOptions::new();
     opts.write(true).create(true);
     let written = dir.open_with(&name, &opts).and_then(|file| {
@@ -157,6 +161,7 @@ pub(crate) fn save(dir: &Dir, rec: &Recorded) {
     if written.is_err() {
         let _ = dir.remove_file(&name);
     }
+    written
 }
 
 /// The record for `path`, if there is one and the file is still as it was recorded.

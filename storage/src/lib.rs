@@ -17,6 +17,7 @@
 mod digests;
 mod error;
 mod path;
+mod scrub;
 mod state;
 mod upload;
 
@@ -34,6 +35,7 @@ pub use digests::Recorded;
 pub use error::{Error, Result};
 // The client still imports it from here until it depends on `fileio` itself.
 pub use path::{is_bidi_control, VPath, MAX_NAME, MAX_PATH, PRIVATE_DIR};
+pub use scrub::{Scrubbed, Verdict};
 pub use state::{default_state_dir, StateProblem};
 pub use upload::{
     commit_group, Staged, Upload, UploadRequest, MAX_RECORDED_CHUNKS, MIN_RECORDED_CHUNK,

@@ -66,3 +66,7 @@ mod abuse;
 // A server that lies: hostile names never leave the destination, and resuming never hides the
 // user's own file.
 mod untrusted;
+
+// `ftpd scrub` against digests recorded at upload: rot found, clean roots pass, files without a
+// record counted; `ftpd rerecord` for files changed on purpose.
+mod scrub;

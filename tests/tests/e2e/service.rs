@@ -723,6 +723,114 @@ fn json_log_format() {
     );
 }
 
+/// In the JSON format numbers are JSON numbers (`secs` and `mb_per_s` were strings), and a
+/// refused request is logged at INFO with its code, whether a transfer or not.
+#[test]
+fn json_log_numbers_are_numbers_and_refusals_are_info() {
+    let site = Site::new();
+    let ftpd = site.daemon().args(["--log-format", "json"]).start();
+    let work = tmpdir();
+    write_random(work.path().join("a.bin"), 100_000, 3);
+    ftpd.cli().cwd(&work).cmds("put a.bin").run().ok();
+    ftpd.cli().cwd(&work).cmds("get missing.bin").run().fails();
+    ftpd.cli().cmds("rm missing.bin").run().fails();
+    let put = wait_for_json(&ftpd, |v| v["target"] == "ftpd::xfer" && v["op"] == "put");
+    for key in ["bytes", "secs", "mb_per_s"] {
+        assert!(put[key].is_number(), "{key} is not a number in {put}");
+    }
+    assert!(put["secs"].as_f64().is_some_and(|s| s >= 0.0), "{put}");
+    let get = wait_for_json(&ftpd, |v| v["target"] == "ftpd::xfer" && v["op"] == "get");
+    assert_eq!(get["level"], "INFO", "{get}");
+    assert!(get["secs"].is_number(), "{get}");
+    assert!(
+        get["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("not_found")),
+        "{get}"
+    );
+    let rm = wait_for_json(&ftpd, |v| v["op"] == "rm");
+    assert_eq!(rm["level"], "INFO", "{rm}");
+    assert_eq!(rm["outcome"], "not_found", "{rm}");
+    assert_eq!(rm["message"], "refused", "{rm}");
+}
+
+/// A settings file that stops parsing at reload leaves one log line, not toml's snippet.
+#[test]
+fn a_failed_reload_is_one_line() {
+    let site = Site::new();
+    let config = site.path("ftpd.toml");
+    write_file(&config, "");
+    let ftpd = site
+        .daemon()
+        .args(["--log-format", "json", "--config"])
+        .arg(&config)
+        .start();
+    write_file(&config, "max-connections = = 3\n");
+    ftpd.signal("HUP");
+    let failed = wait_for_json(&ftpd, |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("reload failed"))
+    });
+    let message = failed["message"].as_str().unwrap();
+    assert!(
+        !message.contains('\n') && message.contains("line 1"),
+        "{message}"
+    );
+}
+
+/// `--check-config` refuses what the daemon would refuse to run: anonymous on a public address.
+#[test]
+fn check_config_refuses_anonymous_on_a_public_address() {
+    let site = Site::new();
+    let mut cmd = bare(bin("ftpd"));
+    cmd.arg("--root")
+        .arg(site.root())
+        .args(["--listen", "0.0.0.0:0", "--check-config"]);
+    let out = output(cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("refusing to serve anonymously"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// A bad value in the settings file names the file, the line and the key, not a flag.
+#[test]
+fn a_bad_setting_value_names_file_and_line() {
+    let site = Site::new();
+    let config = site.path("ftpd.toml");
+    write_file(
+        &config,
+        format!(
+            "root = {:?}\n\nidle-timeout = \"soon\"\n",
+            site.root().to_str().unwrap()
+        ),
+    );
+    let mut cmd = bare(bin("ftpd"));
+    cmd.arg("--config").arg(&config).arg("--check-config");
+    let out = output(cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for needle in ["ftpd.toml", "line 3", "`idle-timeout`"] {
+        assert!(stderr.contains(needle), "no {needle:?} in {stderr}");
+    }
+    assert!(!stderr.contains("--idle-timeout"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
+/// `--listen localhost:PORT`: a host name is resolved.
+#[test]
+fn listen_takes_a_host_name() {
+    let site = Site::new();
+    let ftpd = site.daemon().listen("localhost:0").start();
+    assert!(ftpd.addr().ip().is_loopback(), "{}", ftpd.addr());
+    ftpd.cli().cmds("ls").run().ok();
+}
+
 /// Each connection leaves a pair of lines: opened, and closed with why.
 #[test]
 fn connection_open_and_close_are_logged_with_a_reason() {
