@@ -66,3 +66,7 @@ mod abuse;
 // A server that lies: hostile names never leave the destination, and resuming never hides the
 // user's own file.
 mod untrusted;
+
+// A transfer through a daemon that is killed and restarted; --json sessions whose every line
+// parses.
+mod scripts;

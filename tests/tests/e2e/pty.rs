@@ -223,6 +223,9 @@ fn ctrl_c_during_a_transfer_cancels_it_and_keeps_the_session() {
         file_len(&part) > 0
     });
     sh.send_control('c').unwrap();
+    // It says what is kept, and how to go on.
+    expect(&mut sh, "kept in big.bin.ftp-part");
+    expect(&mut sh, "get -c big.bin continues it");
     expect(&mut sh, "ftp-cli: cancelled");
     expect(&mut sh, &prompt);
     let status = format!("{:?}", sh.process().status());
@@ -274,6 +277,15 @@ fn ctrl_c_during_a_transfer_cancels_it_and_keeps_the_session() {
     );
     expect(&mut sh, &prompt);
     assert_same_file(&upload, daemon.path("upload.bin"));
+
+    // A plain `get` of it asks rather than throwing the kept bytes away; cancel keeps them.
+    let kept = file_len(&part);
+    type_keys(&mut sh, "get big.bin\r");
+    expect(&mut sh, "or cancel?");
+    type_keys(&mut sh, "n\r");
+    expect(&mut sh, "big.bin.ftp-part kept");
+    expect(&mut sh, &prompt);
+    assert_eq!(file_len(&part), kept, "the kept part changed");
 
     leave(&mut sh);
     // Only the cancelled download's verified bytes may be left beside what was asked for.
