@@ -229,7 +229,8 @@ pub(crate) async fn transfer_again(
                 continue;
             }
         }
-        if !err.is_retriable() || (connect && attempt == 0) || attempt >= retries || connect {
+        // A server never reached is not retried, nor one still gone after `--retry-for`.
+        if !err.is_retriable() || connect || attempt >= retries {
             // An internal failure is not retried, but it may have stopped mid-exchange, so the
             // connection is not trusted either.
             if err.is_retriable() || matches!(err, ClientError::Internal(_)) {
