@@ -250,7 +250,7 @@ pub const COMMANDS: &[Spec] = &[
     Spec {
         name: "mget",
         aliases: &[],
-        usage: "mget [-f] [-c] [-v] [-P N] NAME|GLOB...",
+        usage: "mget [-f] [-c] [-P N] NAME|GLOB...",
         summary: "download every remote file named or matching the patterns",
         details: &[
             "-f  replace existing local files;  -c  continue partial downloads",
@@ -261,7 +261,7 @@ pub const COMMANDS: &[Spec] = &[
     Spec {
         name: "mput",
         aliases: &[],
-        usage: "mput [-f] [-c] [-v] [-P N] NAME|GLOB...",
+        usage: "mput [-f] [-c] [-P N] NAME|GLOB...",
         summary: "upload every local file named or matching the patterns",
         details: &[
             "-f  replace existing remote files;  -c  continue interrupted uploads",
