@@ -234,7 +234,7 @@ pub const COMMANDS: &[Spec] = &[
     Spec {
         name: "mirror",
         aliases: &[],
-        usage: "mirror [-R] [--delete] [--dry-run] [--checksum] [--exclude GLOB] [--include GLOB] [-P N] SOURCE [TARGET]",
+        usage: "mirror [-R] [OPTIONS] SOURCE [TARGET]",
         summary: "make a local tree like a remote one (-R: a remote tree like a local one)",
         details: &[
             "Moves only files that are new or changed (size or modification time differ).",
