@@ -167,6 +167,12 @@ impl App {
         format!("ftp {who}:{}> ", Shown(&self.link.cwd))
     }
 
+    /// How long a lost server is tried again before a command fails (`--retry-for`), apart
+    /// from the retries: it may be restarting.
+    pub fn set_retry_for(&mut self, d: std::time::Duration) {
+        crate::retry::set_reconnect_for(d);
+    }
+
     /// Where everything the session prints goes.
     pub fn output(&self) -> &Output {
         &self.output
@@ -273,13 +279,13 @@ impl App {
                     .map(|p| local_cmds::expand_pattern(p))
                     .collect();
                 let items = tree::mput(&patterns, &self.output)?;
-                self.batch(items, flags)?;
+                self.batch(items, flags, "mput")?;
             }
             Command::Mirror(args) => self.mirror(args)?,
             Command::Mget { patterns, flags } => {
                 let list = |dir: &str| remote_again!(self, c => c.list(dir));
                 let items = tree::mget(&patterns, &self.output, list)?;
-                self.batch(items, flags)?;
+                self.batch(items, flags, "mget")?;
             }
             Command::Ls { opts, paths } => self.ls(opts, paths)?,
             Command::Cd(path) => {
@@ -299,7 +305,7 @@ impl App {
             }
             Command::Pwd => {
                 let cwd = remote_again!(self, c => c.pwd())?;
-                self.output.line(Shown(&cwd))?;
+                self.output.directory("pwd", &cwd)?;
                 self.link.cwd = cwd;
             }
             Command::Mkdir { parents, path } => remote!(self, c => c.mkdir(&path, parents))?,
@@ -394,7 +400,8 @@ impl App {
             for dir in &dirs {
                 remote_again!(self, c => c.mkdir(dir, true))?;
             }
-            self.batch(items, flags)
+            let what = format!("put -r {}", local.display());
+            self.batch(items, flags, &what)
         } else {
             self.single(Transfer::Put { local, remote }, flags)
         }
@@ -408,7 +415,7 @@ impl App {
         if flags.recursive {
             let list = |dir: &str| remote_again!(self, c => c.list(dir));
             let items = tree::get_tree(&remote, &local, &self.output, list)?;
-            return self.batch(items, flags);
+            return self.batch(items, flags, &format!("get -r {remote}"));
         }
         let mut local = if local.is_dir() {
             local.join(file_name(Path::new(&remote))?)
@@ -427,13 +434,42 @@ impl App {
                 }
             }
         }
-        match self.single(
+        let part = crate::client::part_path(&local);
+        let kept = part
+            .symlink_metadata()
+            .ok()
+            .filter(|m| m.is_file() && m.len() > 0)
+            .map(|m| m.len());
+        if let (Some(bytes), false, false) = (kept, flags.resume, flags.force) {
+            match self.about_a_kept_part(&remote, &part, bytes) {
+                Kept::Continue => flags.resume = true,
+                Kept::StartOver => {}
+                Kept::Cancel => {
+                    let shown = Shown(part.display());
+                    return self
+                        .output
+                        .line(format_args!("get {remote}: cancelled, {shown} kept"));
+                }
+            }
+        }
+        let result = self.single(
             Transfer::Get {
                 remote: remote.clone(),
                 local,
             },
             flags,
-        ) {
+        );
+        if let Err(ClientError::Cancelled) = &result {
+            if let Ok(m) = part.symlink_metadata() {
+                self.output.diagnostic(format_args!(
+                    "get {remote}: stopped; the {} verified so far are kept in {}: \
+                     get -c {remote} continues it",
+                    human_size(m.len()),
+                    part.display()
+                ));
+            }
+        }
+        match result {
             // Say what to do instead of the server's "is a directory".
             Err(ClientError::Remote(e)) if e.code == ErrorCode::IsDirectory => {
                 Err(ClientError::Usage(format!(
@@ -441,6 +477,35 @@ impl App {
                 )))
             }
             other => other,
+        }
+    }
+
+    /// What to do with the `.ftp-part` of an earlier download of `remote` (`bytes` long) that a
+    /// plain `get` would start over: at a terminal, asked; in a script, it starts over, saying
+    /// so, rather than silently throwing the bytes away.
+    fn about_a_kept_part(&mut self, remote: &str, part: &Path, bytes: u64) -> Kept {
+        let (size, shown) = (human_size(bytes), Shown(part.display()));
+        if self.ask.is_none() {
+            self.output.diagnostic(format_args!(
+                "get {remote}: starting over; the {size} of an earlier download in {shown} \
+                 are discarded (get -c continues instead)"
+            ));
+            return Kept::StartOver;
+        }
+        let question = format!(
+            "{shown} holds {size} of an earlier download: continue it, start over, or cancel? \
+             [c/s/n] "
+        );
+        loop {
+            let Some(answer) = self.ask(&question) else {
+                return Kept::Cancel;
+            };
+            match answer.trim().to_lowercase().as_str() {
+                "c" | "continue" | "y" | "yes" | "" => return Kept::Continue,
+                "s" | "start over" | "over" | "o" => return Kept::StartOver,
+                "n" | "no" | "cancel" | "q" => return Kept::Cancel,
+                _ => self.output.diagnostic("please answer c, s or n"),
+            }
         }
     }
 
@@ -765,12 +830,24 @@ impl App {
     }
 
     /// Many files, side by side (see [`batch::run`]), `-P N` at once or the session's number.
-    fn batch(&mut self, files: impl Into<batch::Files>, flags: Flags) -> Result<()> {
+    /// It ends with one total line under `what` (the command as typed: `put -r src`).
+    fn batch(&mut self, files: impl Into<batch::Files>, flags: Flags, what: &str) -> Result<()> {
         let (dial, link, output) = (&self.dial, &mut self.link, &self.output);
         let retries = self.retries;
         let parallel = flags.parallel.unwrap_or(self.parallel).max(1);
         let files = files.into();
-        let job = batch::run(dial, link, retries, parallel, output, files, options(flags));
+        let opts = options(flags);
+        let job = batch::run_command(
+            dial,
+            link,
+            retries,
+            parallel,
+            output,
+            files,
+            opts,
+            what,
+            flags.verbose,
+        );
         self.runtime.block_on(job)
     }
 
@@ -868,6 +945,16 @@ fn needs_server(cmd: &Command) -> bool {
         | Command::Help(_)
         | Command::Quit => false,
     }
+}
+
+/// What a plain `get` does with the `.ftp-part` an earlier download left.
+enum Kept {
+    /// Continue it, as `get -c` does.
+    Continue,
+    /// Download the whole file again.
+    StartOver,
+    /// Download nothing; the part stays.
+    Cancel,
 }
 
 /// The first of `NAME (1).EXT`, `NAME (2).EXT`, ... that does not exist, beside `path`: where

@@ -5,9 +5,14 @@ use std::cell::{Cell, RefCell};
 use crate::client::{self, Cut, Job, Jobs, Summary, TransferOptions};
 use crate::error::{ClientError, Result};
 use crate::link::{Dial, Link};
-use crate::output::Output;
+use crate::output::{Output, Total};
 use crate::progress::{BatchBars, SlotProgress};
 use crate::retry::{transfer_again, Transfer};
+
+/// Past this many files, a many-file command prints its total line only, not one line per file,
+/// unless told `-v` (or the session `--verbose`): a thousand "verified" lines hide the one
+/// that says whether all went well.
+pub(crate) const QUIET_ABOVE: usize = 10;
 
 /// One file of a batch: what to move, and its size, for the overall bar.
 pub(crate) type Item = (Transfer, u64);
@@ -36,6 +41,8 @@ impl From<Vec<Item>> for Files {
 /// overall bar and one per connection.
 /// A failure is reported and the rest go on; the command fails at the end if any did (or if
 /// `files` says some were refused before it began).
+/// A line per file up to [`QUIET_ABOVE`] files (or with `--verbose`); no total line: the
+/// caller (`mirror`) prints its own.
 pub(crate) async fn run(
     dial: &Dial,
     link: &mut Link,
@@ -45,7 +52,39 @@ pub(crate) async fn run(
     files: Files,
     opts: TransferOptions,
 ) -> Result<()> {
+    let dial = (dial, retries, parallel);
+    run_batch(dial, link, output, files, opts, None).await
+}
+
+/// [`run`] for a command of its own (`put -r`, `mget`, ...): it ends with one total line under
+/// `what`, and `verbose` (`-v`) prints every file's line however many there are.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_command(
+    dial: &Dial,
+    link: &mut Link,
+    retries: u32,
+    parallel: usize,
+    output: &Output,
+    files: Files,
+    opts: TransferOptions,
+    what: &str,
+    verbose: bool,
+) -> Result<()> {
+    let dial = (dial, retries, parallel);
+    run_batch(dial, link, output, files, opts, Some((what, verbose))).await
+}
+
+async fn run_batch(
+    (dial, retries, parallel): (&Dial, u32, usize),
+    link: &mut Link,
+    output: &Output,
+    files: Files,
+    opts: TransferOptions,
+    command: Option<(&str, bool)>,
+) -> Result<()> {
+    let started = std::time::Instant::now();
     let Files { items, refused } = files;
+    let verbose = command.is_some_and(|(_, v)| v) || output.every_file();
     let (moving, total) = (items.len(), items.len() + refused);
     // The sizes are the server's word for `get -r` and `mget`: their sum must not overflow.
     let bytes = items
@@ -64,6 +103,8 @@ pub(crate) async fn run(
         bars: BatchBars::new(output.bars(), moving, bytes, slots),
         failed: Cell::new(refused),
         stopped: RefCell::new(None),
+        each: verbose || moving <= QUIET_ABOVE,
+        done: Cell::new((0, 0)),
     };
     let mut extra: Vec<Link> = (1..slots).map(|_| Link::new(link.cwd.clone())).collect();
     let links = std::iter::once(link).chain(extra.iter_mut());
@@ -73,7 +114,21 @@ pub(crate) async fn run(
         link.close().await;
     }
     batch.bars.finish();
-    if let Some(why) = batch.stopped.take() {
+    let stopped = batch.stopped.take();
+    if let Some((what, _)) = command {
+        // Also after Ctrl-C, to say how far it got; not once nobody reads stdout.
+        if !matches!(stopped, Some(ClientError::Stdout(_))) {
+            let (files, bytes) = batch.done.get();
+            let total = Total {
+                files,
+                bytes,
+                elapsed: started.elapsed(),
+                failed: batch.failed.get(),
+            };
+            output.total(what, &total)?;
+        }
+    }
+    if let Some(why) = stopped {
         return Err(why);
     }
     match batch.failed.get() {
@@ -106,6 +161,10 @@ struct Batch<'a> {
     /// Why the batch stopped early, if it did: the user pressed Ctrl-C, or nobody reads stdout
     /// any more. Nothing more is started, and the command fails with it.
     stopped: RefCell<Option<ClientError>>,
+    /// Print a line for every file, not only the total: few files, or `-v`.
+    each: bool,
+    /// Files verified so far, and their bytes, for the total line.
+    done: Cell<(usize, u64)>,
 }
 
 impl Batch<'_> {
@@ -205,6 +264,12 @@ impl Batch<'_> {
         match result {
             Ok(summary) => {
                 self.bars.file_done(progress, size);
+                let (files, bytes) = self.done.get();
+                self.done
+                    .set((files + 1, bytes.saturating_add(summary.size)));
+                if !self.each {
+                    return;
+                }
                 if let Err(e) = self.bars.suspend(|| self.output.summary(t.op(), &summary)) {
                     self.stop(e);
                 }
@@ -215,7 +280,7 @@ impl Batch<'_> {
                 self.failed.set(self.failed.get() + 1);
                 self.bars.suspend(|| {
                     let what = format!("{} {}", t.op(), t.name());
-                    self.output.diagnostic(format_args!("{what}: {e}"));
+                    self.output.failure(format_args!("{what}: {e}"), &e);
                 });
             }
         }

@@ -13,6 +13,9 @@ pub struct Flags {
     pub recursive: bool,
     /// `-P N`: files moved at once by a many-file command; the session's `--parallel` without it.
     pub parallel: Option<usize>,
+    /// `-v`: a line for every file of a many-file command, even past
+    /// [`crate::batch::QUIET_ABOVE`] files (the session's `--verbose` does it for all).
+    pub verbose: bool,
 }
 
 /// What `mirror` was given.
@@ -207,6 +210,7 @@ pub const COMMANDS: &[Spec] = &[
             "-c  continue a partial download (with -f: start over if it does not match)",
             "-r  a whole directory tree",
             "-P N  files moved at once with -r (default: --parallel)",
+            "-v  with -r, a line for every file (past 10 files, only the total by default)",
             "LOCAL may be a directory. At a terminal, an existing LOCAL is not replaced without \
              asking: overwrite, keep both (the new one as NAME (1)), or skip. For several \
              files, use mget.",
@@ -222,6 +226,7 @@ pub const COMMANDS: &[Spec] = &[
             "-c  continue an interrupted upload",
             "-r  a whole directory tree",
             "-P N  files moved at once with -r (default: --parallel)",
+            "-v  with -r, a line for every file (past 10 files, only the total by default)",
             "REMOTE may be a directory (put f dir/). ~ is your home here. For several files, \
              use mput.",
         ],
@@ -251,6 +256,7 @@ pub const COMMANDS: &[Spec] = &[
         details: &[
             "-f  replace existing local files;  -c  continue partial downloads",
             "-P N  files moved at once (default: --parallel)",
+            "-v  a line for every file (past 10 files, only the total by default)",
         ],
     },
     Spec {
@@ -261,6 +267,7 @@ pub const COMMANDS: &[Spec] = &[
         details: &[
             "-f  replace existing remote files;  -c  continue interrupted uploads",
             "-P N  files moved at once (default: --parallel)",
+            "-v  a line for every file (past 10 files, only the total by default)",
         ],
     },
     Spec {
@@ -683,8 +690,8 @@ pub fn parse_words(words: &[String]) -> Result<Command, ClientError> {
     // Which single-letter options each command takes; `--md5` is stat's long one, `P` takes a
     // number.
     let allowed = match name {
-        "put" | "get" | "reput" | "reget" => "fcrP",
-        "mput" | "mget" => "fcP",
+        "put" | "get" | "reput" | "reget" => "fcrvP",
+        "mput" | "mget" => "fcvP",
         "ls" => "laRhtSr1",
         "mkdir" => "p",
         "stat" => "m",
@@ -710,6 +717,7 @@ pub fn parse_words(words: &[String]) -> Result<Command, ClientError> {
             "--force" => "f",
             "--continue" => "c",
             "--recursive" => "r",
+            "--verbose" => "v",
             "--long" => "l",
             "--all" => "a",
             "--human-readable" => "h",
@@ -748,6 +756,7 @@ pub fn parse_words(words: &[String]) -> Result<Command, ClientError> {
         resume: has('c') || matches!(name, "reput" | "reget"),
         recursive: has('r'),
         parallel,
+        verbose: has('v'),
     };
     let one = |args: &[String]| match args {
         [a] => Ok(a.clone()),
@@ -888,6 +897,7 @@ mod tests {
             resume: spec.contains('c'),
             recursive: spec.contains('r'),
             parallel: None,
+            verbose: spec.contains('v'),
         }
     }
 
@@ -944,6 +954,8 @@ mod tests {
             ("put a", Ok(vec![put("a", None, "")])),
             ("put a b", Ok(vec![put("a", Some("b"), "")])),
             ("put -f a b", Ok(vec![put("a", Some("b"), "f")])),
+            ("put -rv a b", Ok(vec![put("a", Some("b"), "rv")])),
+            ("put --verbose a", Ok(vec![put("a", None, "v")])),
             ("put a -f", Ok(vec![put("a", None, "f")])),
             ("put -- -f", Ok(vec![put("-f", None, "")])),
             ("put -rf dir", Ok(vec![put("dir", None, "fr")])),

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{ClientError, Result};
-use crate::output::{Output, Shown};
+use crate::output::Output;
 
 /// A local path as a shell reads it: `~` and `~/...` start at the home directory; anything
 /// else (`~user`, `a/~`) is taken as it is.
@@ -44,24 +44,26 @@ pub(crate) fn lcd(path: Option<String>) -> Result<()> {
 /// `lpwd`: prints the local directory.
 pub(crate) fn lpwd(output: &Output) -> Result<()> {
     let dir = std::env::current_dir().map_err(|e| ClientError::local(Path::new("."), e))?;
-    output.line(dir.display())
+    output.directory("lpwd", &dir.to_string_lossy())
 }
 
 /// `lls [PATH]`: prints the names in a local directory, sorted, directories with a `/`.
 pub(crate) fn lls(path: Option<String>, output: &Output) -> Result<()> {
     let dir = expand(path.as_deref().unwrap_or("."));
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
+    let mut names: Vec<(String, bool)> = std::fs::read_dir(&dir)
         .map_err(|e| ClientError::local(&dir, e))?
         .flatten()
         .map(|e| {
-            let slash = if e.path().is_dir() { "/" } else { "" };
-            format!("{}{slash}", e.file_name().to_string_lossy())
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.path().is_dir(),
+            )
         })
         .collect();
     names.sort();
-    for n in names {
+    for (name, is_dir) in names {
         // Someone else may have named a file here (a shared directory): shown escaped.
-        output.line(Shown(n))?;
+        output.local_name(&name, is_dir)?;
     }
     Ok(())
 }

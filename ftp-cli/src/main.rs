@@ -77,6 +77,12 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     retries: u32,
 
+    /// How long to keep trying to reach a server lost in the middle of a command (it may be
+    /// restarting), waiting longer between tries, before the command fails; apart from
+    /// --retries. 0 gives up at the first failed reconnect.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    retry_for: Duration,
+
     /// Files moved at once by put -r, get -r, mput and mget, each on a connection of its own
     /// (1: one after another).
     #[arg(short = 'P', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
@@ -120,6 +126,11 @@ struct Args {
     /// Print listings, stat and transfer summaries as JSON lines, for scripts.
     #[arg(long)]
     json: bool,
+
+    /// A line for every file a many-file command moves (put -r, mget, mirror, ...), not only
+    /// its total line, however many files there are (as -v on the command).
+    #[arg(short = 'v', long)]
+    verbose: bool,
 
     /// Print the man page (roff) and exit: `ftp-cli --man > ftp-cli.1`.
     #[arg(long, hide = true)]
@@ -301,7 +312,9 @@ fn run(args: Args) -> Result<(), ClientError> {
         }
         None => None,
     };
-    let output = Output::new(interactive && !args.quiet, args.json);
+    // Bars in `-c` and `-b` mode too, as scp draws them, when stderr is a terminal (which
+    // `Output` checks): a person is watching even if the commands come from a script.
+    let output = Output::new(!args.quiet, args.json).verbose(args.verbose);
     let shown_host = std::sync::Arc::new(std::sync::Mutex::new(host.clone()));
     let security = security(&args)?;
     let dial = Dial {
@@ -320,6 +333,7 @@ fn run(args: Args) -> Result<(), ClientError> {
         }),
     };
     let mut app = App::new(dial, args.retries, usize::from(args.parallel), output)?;
+    app.set_retry_for(args.retry_for);
     // `user NAME` logs in with the same key and password source as -u.
     app.set_login(Login {
         key,
@@ -336,6 +350,10 @@ fn run(args: Args) -> Result<(), ClientError> {
         repl::run_script(&mut app, std::io::stdin().lock().lines(), Source::Stdin)
     };
     app.close();
+    // The human line is `main`'s to print, on stderr; a script reading JSON gets it too.
+    if let Err(e) = &result {
+        app.output().json_error(&e.to_string(), e);
+    }
     result
 }
 

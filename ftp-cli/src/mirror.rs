@@ -190,7 +190,15 @@ pub(crate) async fn run(
             ""
         },
     );
-    output.line(summary)?;
+    let counts = crate::output::Mirrored {
+        new: plan.new.len(),
+        changed: plan.changed.len(),
+        deleted: plan.delete.len(),
+        unchanged: plan.unchanged,
+        bytes,
+        dry_run: opts.dry_run,
+    };
+    output.mirror(&summary, &counts)?;
     match failed {
         0 => Ok(()),
         failed => Err(ClientError::SomeFailed {

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 
 use indicatif::HumanBytes;
-use protocol::{DigestKind, Entry, EntryKind, StatReply};
+use protocol::{Entry, EntryKind, StatReply};
 use serde::Serialize;
 
 use crate::client::Summary;
@@ -93,6 +93,8 @@ pub struct Output {
     bars: bool,
     /// Print listings, stat and transfer summaries as JSON lines.
     json: bool,
+    /// `--verbose`: a line for every file of a many-file command, however many it moves.
+    verbose: bool,
     /// The command's output, read by a person or a script.
     stdout: std::io::Stdout,
     /// Diagnostics: failures, retries, skipped files.
@@ -106,9 +108,20 @@ impl Output {
         Output {
             bars: bars && stderr.is_terminal(),
             json,
+            verbose: false,
             stdout: std::io::stdout(),
             stderr,
         }
+    }
+
+    /// The same, with a line for every file of a many-file command (`--verbose`).
+    pub fn verbose(self, verbose: bool) -> Self {
+        Output { verbose, ..self }
+    }
+
+    /// Whether every file of a many-file command gets its own line.
+    pub fn every_file(&self) -> bool {
+        self.verbose
     }
 
     /// Whether transfers draw progress bars.
@@ -123,7 +136,20 @@ impl Output {
 
     /// One line on stdout. A failed write is an error, so that the command stops: the reader
     /// may have gone (`ftp-cli HOST -c ls | head`), which `main` turns into a quiet exit.
+    /// With `--json`, a line that has no record of its own (`mirror -n`'s plan, a skipped
+    /// file, `help`) is a `message` object, so that every line a script reads parses.
     pub fn line(&self, text: impl std::fmt::Display) -> Result<()> {
+        if self.json {
+            let text = text.to_string();
+            return self.json_line(&json::Message {
+                r#type: "message",
+                text: &text,
+            });
+        }
+        self.raw_line(text)
+    }
+
+    fn raw_line(&self, text: impl std::fmt::Display) -> Result<()> {
         use std::io::Write as _;
         writeln!(self.stdout.lock(), "{text}").map_err(ClientError::Stdout)
     }
@@ -134,12 +160,74 @@ impl Output {
         let mut out = Vec::new();
         let mut json = serde_json::Serializer::with_formatter(&mut out, TerminalSafeJson);
         value.serialize(&mut json).expect("plain data serializes");
-        self.line(String::from_utf8(out).expect("serde_json writes UTF-8"))
+        self.raw_line(String::from_utf8(out).expect("serde_json writes UTF-8"))
     }
 
     /// One line on stderr: see [`diagnostic`].
     pub fn diagnostic(&self, text: impl std::fmt::Display) {
         diagnostic_to(&self.stderr, text);
+    }
+
+    /// A failure: its line on stderr, and with `--json` an `error` object on stdout too, with
+    /// the exit status it stands for. A failed write of that object is ignored: the error is
+    /// what the command ends with.
+    pub fn error(&self, e: &ClientError) {
+        self.failure(e.for_person(), e);
+    }
+
+    /// [`Output::error`] with the line given: `get a.bin: already exists` for a file of a batch.
+    pub fn failure(&self, text: impl std::fmt::Display, e: &ClientError) {
+        let text = text.to_string();
+        self.diagnostic(&text);
+        self.json_error(&text, e);
+    }
+
+    /// The `error` object alone, for an error whose human line is printed elsewhere (`main`).
+    pub fn json_error(&self, text: &str, e: &ClientError) {
+        if self.json && !matches!(e, ClientError::Stdout(_)) {
+            let _ = self.json_line(&json::Error {
+                r#type: "error",
+                message: &Shown(text).to_string(),
+                status: e.exit_code(),
+            });
+        }
+    }
+
+    /// `pwd` (`"pwd"`), `lpwd` (`"lpwd"`): a directory.
+    pub fn directory(&self, kind: &'static str, path: &str) -> Result<()> {
+        if self.json {
+            return self.json_line(&json::Directory { r#type: kind, path });
+        }
+        self.raw_line(Shown(path))
+    }
+
+    /// One name of `lls`.
+    pub fn local_name(&self, name: &str, dir: bool) -> Result<()> {
+        if self.json {
+            return self.json_line(&json::Local {
+                r#type: "lls",
+                name,
+                kind: if dir { "dir" } else { "file" },
+            });
+        }
+        let slash = if dir { "/" } else { "" };
+        self.raw_line(format_args!("{}{slash}", Shown(name)))
+    }
+
+    /// `mirror`'s one summary line (`text`), or its counts as a `mirror` object.
+    pub fn mirror(&self, text: &str, m: &Mirrored) -> Result<()> {
+        if self.json {
+            return self.json_line(&json::Mirror {
+                r#type: "mirror",
+                new: m.new,
+                changed: m.changed,
+                deleted: m.deleted,
+                unchanged: m.unchanged,
+                bytes: m.bytes,
+                dry_run: m.dry_run,
+            });
+        }
+        self.raw_line(text)
     }
 
     /// Bytes of a file (`cat`) on stdout: as they are into a pipe or a file; at a terminal,
@@ -183,7 +271,7 @@ impl Output {
     pub fn listing(&self, entries: &[Entry], long: bool, human: bool) -> Result<()> {
         if self.json {
             for e in entries {
-                self.json_line(e)?;
+                self.json_line(&json::Entry::of("entry", e))?;
             }
             return Ok(());
         }
@@ -215,7 +303,9 @@ impl Output {
     /// What `stat` learned about a remote path.
     pub fn stat(&self, r: &StatReply) -> Result<()> {
         if self.json {
-            return self.json_line(r);
+            let mut line = json::Entry::of("stat", &r.entry);
+            line.digest = line.digest.or(r.md5.as_ref().map(json::Digest::of));
+            return self.json_line(&line);
         }
         let md5 = r.md5.map(|m| format!("  MD5 {m}")).unwrap_or_default();
         let e = &r.entry;
@@ -232,34 +322,15 @@ impl Output {
     pub fn summary(&self, op: &str, s: &Summary) -> Result<()> {
         let secs = s.elapsed.as_secs_f64().max(1e-6);
         if self.json {
-            #[derive(Serialize)]
-            struct Line<'a> {
-                op: &'a str,
-                name: &'a str,
-                size: u64,
-                sent: u64,
-                seconds: f64,
-                /// The digest under its own name: `md5` (the default) or `blake3`.
-                #[serde(skip_serializing_if = "Option::is_none")]
-                md5: Option<String>,
-                #[serde(skip_serializing_if = "Option::is_none")]
-                blake3: Option<String>,
-            }
-            let mut line = Line {
+            return self.json_line(&json::Transfer {
+                r#type: "transfer",
                 op,
                 name: &s.name,
                 size: s.size,
                 sent: s.sent,
                 seconds: s.elapsed.as_secs_f64(),
-                md5: None,
-                blake3: None,
-            };
-            let slot = match s.digest.kind() {
-                DigestKind::Md5 => &mut line.md5,
-                DigestKind::Blake3 => &mut line.blake3,
-            };
-            *slot = Some(s.digest.to_string());
-            return self.json_line(&line);
+                digest: json::Digest::of(&s.digest),
+            });
         }
         let resumed = if s.sent == 0 && s.size > 0 {
             ", already complete: nothing sent".to_owned()
@@ -278,6 +349,170 @@ impl Output {
             s.digest
         ))
     }
+}
+
+/// What a many-file command did, for its one total line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Total {
+    /// Files moved and verified.
+    pub files: usize,
+    /// Their bytes (each file's whole size, resumed or not).
+    pub bytes: u64,
+    /// From the start of the batch to its end.
+    pub elapsed: std::time::Duration,
+    /// Files that failed, or were refused before the batch began.
+    pub failed: usize,
+}
+
+impl Output {
+    /// The one line a many-file command ends with: `put -r src: 1000 files, 62.5 MiB in 1.2 s,
+    /// 52.1 MiB/s, 0 failed`.
+    pub fn total(&self, what: &str, t: &Total) -> Result<()> {
+        if self.json {
+            return self.json_line(&json::Total {
+                r#type: "total",
+                op: what,
+                files: t.files,
+                bytes: t.bytes,
+                seconds: t.elapsed.as_secs_f64(),
+                failed: t.failed,
+            });
+        }
+        self.raw_line(total_line(what, t))
+    }
+}
+
+/// What `mirror` found and did, for its `mirror` JSON object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mirrored {
+    pub new: usize,
+    pub changed: usize,
+    pub deleted: usize,
+    pub unchanged: usize,
+    /// The bytes of the new and changed files: moved, or with `dry_run` to be moved.
+    pub bytes: u64,
+    pub dry_run: bool,
+}
+
+/// The JSON lines `--json` prints, one struct a `type` (docs/JSON.md is their schema): the
+/// keys are the same whatever `--digest` is.
+mod json {
+    use serde::Serialize;
+
+    #[derive(Serialize)]
+    pub(super) struct Digest {
+        /// `md5` or `blake3`.
+        kind: protocol::DigestKind,
+        hex: String,
+    }
+
+    impl Digest {
+        pub(super) fn of(d: &protocol::Digest) -> Digest {
+            Digest {
+                kind: d.kind(),
+                hex: d.to_string(),
+            }
+        }
+    }
+
+    /// `entry` (a listing's) and `stat`.
+    #[derive(Serialize)]
+    pub(super) struct Entry<'a> {
+        pub(super) r#type: &'static str,
+        name: &'a str,
+        kind: protocol::EntryKind,
+        size: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mtime: Option<i64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub(super) digest: Option<Digest>,
+    }
+
+    impl Entry<'_> {
+        pub(super) fn of<'a>(r#type: &'static str, e: &'a protocol::Entry) -> Entry<'a> {
+            Entry {
+                r#type,
+                name: &e.name,
+                kind: e.kind,
+                size: e.size,
+                mtime: e.mtime,
+                digest: e.digest.as_ref().map(Digest::of),
+            }
+        }
+    }
+
+    #[derive(Serialize)]
+    pub(super) struct Transfer<'a> {
+        pub(super) r#type: &'static str,
+        pub(super) op: &'a str,
+        pub(super) name: &'a str,
+        pub(super) size: u64,
+        pub(super) sent: u64,
+        pub(super) seconds: f64,
+        pub(super) digest: Digest,
+    }
+
+    #[derive(Serialize)]
+    pub(super) struct Total<'a> {
+        pub(super) r#type: &'static str,
+        pub(super) op: &'a str,
+        pub(super) files: usize,
+        pub(super) bytes: u64,
+        pub(super) seconds: f64,
+        pub(super) failed: usize,
+    }
+
+    #[derive(Serialize)]
+    pub(super) struct Directory<'a> {
+        pub(super) r#type: &'static str,
+        pub(super) path: &'a str,
+    }
+
+    #[derive(Serialize)]
+    pub(super) struct Local<'a> {
+        pub(super) r#type: &'static str,
+        pub(super) name: &'a str,
+        pub(super) kind: &'static str,
+    }
+
+    #[derive(Serialize)]
+    pub(super) struct Mirror {
+        pub(super) r#type: &'static str,
+        pub(super) new: usize,
+        pub(super) changed: usize,
+        pub(super) deleted: usize,
+        pub(super) unchanged: usize,
+        pub(super) bytes: u64,
+        pub(super) dry_run: bool,
+    }
+
+    #[derive(Serialize)]
+    pub(super) struct Error<'a> {
+        pub(super) r#type: &'static str,
+        pub(super) message: &'a str,
+        /// The exit status this failure stands for (`ftp-cli --help`).
+        pub(super) status: u8,
+    }
+
+    #[derive(Serialize)]
+    pub(super) struct Message<'a> {
+        pub(super) r#type: &'static str,
+        pub(super) text: &'a str,
+    }
+}
+
+fn total_line(what: &str, t: &Total) -> String {
+    let secs = t.elapsed.as_secs_f64().max(1e-6);
+    let files = if t.files == 1 { "file" } else { "files" };
+    format!(
+        "{}: {} {files}, {} in {:.1} s, {}/s, {} failed",
+        Shown(what),
+        t.files,
+        HumanBytes(t.bytes),
+        t.elapsed.as_secs_f64(),
+        HumanBytes((t.bytes as f64 / secs) as u64),
+        t.failed
+    )
 }
 
 fn kind_char(kind: EntryKind) -> char {
@@ -394,6 +629,27 @@ mod tests {
         let india = chrono::FixedOffset::east_opt(5 * 3600 + 1800).unwrap();
         assert_eq!(time_in(Some(0), &india), "1970-01-01 05:30:00");
         assert_eq!(time(Some(0)).len(), 19);
+    }
+
+    #[test]
+    fn total_lines() {
+        let t = Total {
+            files: 1000,
+            bytes: 62 * 1024 * 1024 + 512 * 1024,
+            elapsed: std::time::Duration::from_millis(1200),
+            failed: 0,
+        };
+        assert_eq!(
+            total_line("put -r src", &t),
+            "put -r src: 1000 files, 62.50 MiB in 1.2 s, 52.08 MiB/s, 0 failed"
+        );
+        let one = Total {
+            files: 1,
+            bytes: 5,
+            elapsed: std::time::Duration::ZERO,
+            failed: 2,
+        };
+        assert!(total_line("mget", &one).starts_with("mget: 1 file, 5 B in 0.0 s, "));
     }
 
     #[test]

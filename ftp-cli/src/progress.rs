@@ -1,20 +1,125 @@
 //! Progress bars on stderr, drawn only for a person watching a terminal.
 
 use std::cell::Cell;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressStyle;
+use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState};
 
 use crate::client::Progress;
 
-const FILE_TEMPLATE: &str =
-    "{msg:24!} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}";
-const OVERALL_TEMPLATE: &str =
-    "{prefix:>9} files [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}";
+// Both fit a 60-column terminal: a name of at most [`NAME_WIDTH`] columns, a short bar, and
+// a rate and ETA of at most 24 ("1023.99 MiB/s ETA 59m59s").
+const FILE_TEMPLATE: &str = "{msg} [{bar:9}] {percent:>3}% {speed}";
+const OVERALL_TEMPLATE: &str = "{prefix:>9} files [{bar:9}] {percent:>3}% {speed}";
+/// Longest name on a bar, in characters; a longer one loses its middle to an ellipsis.
+const NAME_WIDTH: usize = 18;
+/// No byte for this long, and the rate says "stalled" instead of a figure from before.
+const STALLED: Duration = Duration::from_secs(3);
 
-fn style(template: &str) -> ProgressStyle {
+/// `name` in at most `width` characters: a longer one keeps its start and its end (where the
+/// extension is), with an ellipsis between.
+pub fn shorten(name: &str, width: usize) -> String {
+    let count = name.chars().count();
+    if count <= width {
+        return name.to_owned();
+    }
+    let keep = width.saturating_sub(1);
+    let tail = keep / 2;
+    let head = keep - tail;
+    let start: String = name.chars().take(head).collect();
+    let end: String = name.chars().skip(count - tail).collect();
+    format!("{start}\u{2026}{end}")
+}
+
+/// When a bar's bytes last moved: its rate shows nothing before the first byte (rather than
+/// "0 B/s ETA 0s") and "stalled" once bytes stop coming.
+#[derive(Clone, Debug)]
+struct Watch(Arc<Mutex<Moved>>);
+
+#[derive(Debug)]
+struct Moved {
+    /// The position last seen.
+    pos: u64,
+    /// When it last changed (or the transfer started).
+    at: Instant,
+    /// Whether a byte has moved since the transfer started.
+    any: bool,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        Watch(Arc::new(Mutex::new(Moved {
+            pos: 0,
+            at: Instant::now(),
+            any: false,
+        })))
+    }
+
+    /// A transfer (re)starts at `pos`.
+    fn start(&self, pos: u64) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *m = Moved {
+            pos,
+            at: Instant::now(),
+            any: false,
+        };
+    }
+
+    /// The `{speed}` of a bar at `state`.
+    fn speed(&self, state: &ProgressState, now: Instant) -> String {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if state.pos() != m.pos {
+            m.pos = state.pos();
+            m.at = now;
+            m.any = true;
+        }
+        speed(
+            m.any,
+            now.duration_since(m.at),
+            state.per_sec(),
+            state.eta(),
+        )
+    }
+}
+
+/// What a bar shows of its rate: nothing before the first byte, `stalled` after [`STALLED`]
+/// without one, else the rate and the time left.
+fn speed(any: bool, idle: Duration, per_sec: f64, eta: Duration) -> String {
+    if !any {
+        return String::new();
+    }
+    if idle >= STALLED {
+        return "stalled".to_owned();
+    }
+    format!(
+        "{}/s ETA {}",
+        HumanBytes(per_sec as u64),
+        short_duration(eta)
+    )
+}
+
+/// `45s`, `3m04s`, `2h05m`: short, for a bar.
+fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", (s / 3600).min(99), s % 3600 / 60),
+    }
+}
+
+fn style(template: &str, watch: &Watch) -> ProgressStyle {
+    let watch = watch.clone();
     ProgressStyle::with_template(template)
         .expect("a valid template")
+        .with_key(
+            "speed",
+            move |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = w.write_str(&watch.speed(state, Instant::now()));
+            },
+        )
         .progress_chars("=> ")
 }
 
@@ -27,9 +132,11 @@ pub struct Bar {
 impl Progress for Bar {
     fn start(&mut self, name: &str, total: u64, done: u64) {
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-        bar.set_style(style(FILE_TEMPLATE));
-        bar.set_message(name.to_owned());
+        let watch = Watch::new();
+        bar.set_style(style(FILE_TEMPLATE, &watch));
+        bar.set_message(shorten(name, NAME_WIDTH));
         bar.set_position(done);
+        watch.start(done);
         bar.enable_steady_tick(Duration::from_millis(200));
         self.bar = Some(bar);
     }
@@ -52,7 +159,8 @@ impl Progress for Bar {
 pub struct BatchBars {
     multi: MultiProgress,
     overall: ProgressBar,
-    slots: Vec<ProgressBar>,
+    /// Each slot's bar, and when its bytes last moved.
+    slots: Vec<(ProgressBar, Watch)>,
     /// Files finished (well or not), and how many in all.
     files: Cell<(usize, usize)>,
 }
@@ -66,12 +174,13 @@ impl BatchBars {
         };
         let multi = MultiProgress::with_draw_target(target);
         let overall = multi.add(ProgressBar::new(bytes));
-        overall.set_style(style(OVERALL_TEMPLATE));
+        overall.set_style(style(OVERALL_TEMPLATE, &Watch::new()));
         let slots = (0..slots)
             .map(|_| {
                 let bar = multi.add(ProgressBar::new(0));
-                bar.set_style(style(FILE_TEMPLATE));
-                bar
+                let watch = Watch::new();
+                bar.set_style(style(FILE_TEMPLATE, &watch));
+                (bar, watch)
             })
             .collect();
         let bars = BatchBars {
@@ -87,7 +196,8 @@ impl BatchBars {
     /// The progress of the files moved in slot `i`.
     pub fn slot(&self, i: usize) -> SlotProgress {
         SlotProgress {
-            file: self.slots[i].clone(),
+            file: self.slots[i].0.clone(),
+            watch: self.slots[i].1.clone(),
             overall: self.overall.clone(),
             counted: 0,
         }
@@ -113,7 +223,7 @@ impl BatchBars {
     }
 
     pub fn finish(&self) {
-        for bar in &self.slots {
+        for (bar, _) in &self.slots {
             bar.finish_and_clear();
         }
         self.overall.finish_and_clear();
@@ -123,6 +233,8 @@ impl BatchBars {
 /// One slot's file bar, feeding the overall bar too.
 pub struct SlotProgress {
     file: ProgressBar,
+    /// When the file's bytes last moved.
+    watch: Watch,
     overall: ProgressBar,
     /// Bytes of the current file the overall bar counts, so that a retry that starts the
     /// file again (or resumes it) moves the overall bar exactly.
@@ -143,7 +255,8 @@ impl Progress for SlotProgress {
     fn start(&mut self, name: &str, total: u64, done: u64) {
         self.file.set_length(total);
         self.file.set_position(done);
-        self.file.set_message(name.to_owned());
+        self.file.set_message(shorten(name, NAME_WIDTH));
+        self.watch.start(done);
         self.recount(done);
     }
 
@@ -154,4 +267,57 @@ impl Progress for SlotProgress {
     }
 
     fn finish(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_lose_their_middle() {
+        assert_eq!(shorten("beach.jpg", 18), "beach.jpg");
+        let short = shorten("2024/holidays/very-long-name-of-a-photo.jpg", 18);
+        assert_eq!(short, "2024/holi\u{2026}hoto.jpg");
+        assert_eq!(short.chars().count(), 18);
+        assert_eq!(
+            shorten("日本語のとても長いファイル名です.txt", 10)
+                .chars()
+                .count(),
+            10
+        );
+    }
+
+    #[test]
+    fn the_rate_is_blank_before_the_first_byte_and_says_stalled() {
+        let eta = Duration::from_secs(184);
+        assert_eq!(speed(false, Duration::ZERO, 0.0, Duration::ZERO), "");
+        assert_eq!(speed(true, STALLED, 1e6, eta), "stalled");
+        assert_eq!(
+            speed(true, Duration::ZERO, 1048576.0, eta),
+            "1.00 MiB/s ETA 3m04s"
+        );
+        assert_eq!(short_duration(Duration::from_secs(7500)), "2h05m");
+    }
+
+    /// The widest a bar's line gets fits 60 columns.
+    #[test]
+    fn bars_fit_sixty_columns() {
+        let widest_speed = speed(true, Duration::ZERO, 1023.99 * 1048576.0, eta_max());
+        let line = format!(
+            "{} [{}] 100% {widest_speed}",
+            "n".repeat(NAME_WIDTH),
+            "=".repeat(9)
+        );
+        assert!(line.chars().count() <= 60, "{line}");
+        let overall = format!(
+            "{:>9} files [{}] 100% {widest_speed}",
+            "1000/1000",
+            "=".repeat(9)
+        );
+        assert!(overall.chars().count() <= 60, "{overall}");
+    }
+
+    fn eta_max() -> Duration {
+        Duration::from_secs(3599)
+    }
 }

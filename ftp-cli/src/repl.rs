@@ -285,7 +285,7 @@ pub fn interactive(app: App) -> Result<()> {
     if app.borrow().has_host() {
         let connected = app.borrow_mut().connect_interactively();
         if let Err(e) = connected {
-            app.borrow().output().diagnostic(e.for_person());
+            app.borrow().output().error(&e);
         }
     }
     let mut result = Ok(());
@@ -317,7 +317,7 @@ pub fn interactive(app: App) -> Result<()> {
         let cmds = match command::parse_line(&line) {
             Ok(cmds) => cmds,
             Err(e) => {
-                app.borrow().output().diagnostic(e.for_person());
+                app.borrow().output().error(&e);
                 continue;
             }
         };
@@ -336,7 +336,7 @@ pub fn interactive(app: App) -> Result<()> {
                     result = Err(e);
                     quit = true;
                 }
-                Err(e) => app.borrow().output().diagnostic(e.for_person()),
+                Err(e) => app.borrow().output().error(&e),
             }
             break;
         }

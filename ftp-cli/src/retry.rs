@@ -1,6 +1,7 @@
 //! Moving one file in spite of a failing link: reconnect, resume from the last verified byte.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use indicatif::HumanBytes;
@@ -15,6 +16,64 @@ use crate::output::Output;
 const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// How long, by default, a client keeps trying to reach a server that went away mid-command:
+/// long enough for it to be restarted (a service manager's restart, an upgrade), so that a
+/// failed connect does not spend the `--retries` of the link in under two seconds.
+pub(crate) const RECONNECT_FOR: Duration = Duration::from_secs(60);
+
+/// `--retry-for`, set once by `main` before any command runs: how long reconnecting goes on.
+/// A process-wide setting rather than a parameter, since it is the same for every transfer and
+/// every batch slot of the session.
+static RECONNECT_FOR_MS: AtomicU64 = AtomicU64::new(RECONNECT_FOR.as_millis() as u64);
+
+/// Sets how long the client keeps trying to reconnect to a server it lost (`--retry-for`).
+pub(crate) fn set_reconnect_for(d: Duration) {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    RECONNECT_FOR_MS.store(ms, Ordering::Relaxed);
+}
+
+fn reconnect_for() -> Duration {
+    Duration::from_millis(RECONNECT_FOR_MS.load(Ordering::Relaxed))
+}
+
+/// The wait before the `n`th try (from 1) of a series: 0.25 s, 0.5 s, 1 s, ... up to 4 s.
+fn backoff(n: u32) -> Duration {
+    RETRY_BACKOFF
+        .saturating_mul(2u32.saturating_pow(n.saturating_sub(1)))
+        .min(MAX_BACKOFF)
+}
+
+/// Tries to reach a server that went away, counted apart from the `--retries` of the link:
+/// each connect that fails waits a little longer, until [`reconnect_for`] has been spent.
+#[derive(Debug, Default)]
+struct Reconnecting {
+    /// Failed connects in a row.
+    tries: u32,
+    /// Time spent waiting between them.
+    waited: Duration,
+}
+
+impl Reconnecting {
+    /// The wait before the next connect, or `None` once the time for reconnecting is spent.
+    fn next(&mut self) -> Option<Duration> {
+        if self.waited >= reconnect_for() {
+            return None;
+        }
+        self.tries += 1;
+        let wait = backoff(self.tries).min(reconnect_for() - self.waited);
+        self.waited += wait;
+        Some(wait)
+    }
+}
+
+/// A wait as people read it: `250 ms`, `4 s`.
+fn shown(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{} s", d.as_secs_f64().round())
+    }
+}
 
 /// One file to move.
 #[derive(Debug, Clone)]
@@ -69,12 +128,18 @@ impl Progress for Tracked<'_> {
 /// should be sent again after `err`, its `attempt`th failure (from 1): the wait before it if
 /// so. As for transfers, a server that cannot be reached at all on the first try is not
 /// retried; a link that failed under the request is.
+/// A connect that fails on a later try waits longer, up to `--retry-for` in all, without
+/// spending the retries: the server may be restarting.
 pub(crate) fn again(err: &ClientError, attempt: u32, retries: u32) -> Option<std::time::Duration> {
-    let first_connect = attempt == 1 && matches!(err, ClientError::Connect { .. });
-    if !err.is_retriable() || first_connect || attempt > retries {
+    let connect = matches!(err, ClientError::Connect { .. });
+    if !err.is_retriable() || (connect && attempt == 1) {
         return None;
     }
-    Some((RETRY_BACKOFF * 2u32.pow(attempt - 1)).min(MAX_BACKOFF))
+    if connect {
+        let waited: Duration = (1..attempt).map(backoff).sum();
+        return (waited < reconnect_for()).then(|| backoff(attempt));
+    }
+    (attempt <= retries).then(|| backoff(attempt))
 }
 
 /// Moves one file over `link`. When the link fails or garbles data, reconnects and resumes
@@ -107,6 +172,7 @@ pub(crate) async fn transfer_again(
 ) -> Result<Summary> {
     let mut progress = Tracked { inner, pos: 0 };
     let mut attempt = 0;
+    let mut reconnecting = Reconnecting::default();
     loop {
         let result = match link.client(dial).await {
             Ok(client) => {
@@ -150,8 +216,21 @@ pub(crate) async fn transfer_again(
                 }
             }
         }
-        let first_connect = attempt == 0 && matches!(err, ClientError::Connect { .. });
-        if !err.is_retriable() || first_connect || attempt >= retries {
+        let connect = matches!(err, ClientError::Connect { .. });
+        // The link failed and the server cannot be reached again yet: it may be restarting.
+        // Wait and connect again, up to `--retry-for`, without spending a retry.
+        if connect && attempt > 0 {
+            if let Some(wait) = reconnecting.next() {
+                output.diagnostic(format_args!(
+                    "cannot reach the server; reconnecting in {}",
+                    shown(wait)
+                ));
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        }
+        // A server never reached is not retried, nor one still gone after `--retry-for`.
+        if !err.is_retriable() || connect || attempt >= retries {
             // An internal failure is not retried, but it may have stopped mid-exchange, so the
             // connection is not trusted either.
             if err.is_retriable() || matches!(err, ClientError::Internal(_)) {
@@ -168,7 +247,7 @@ pub(crate) async fn transfer_again(
                     digest.name()
                 )
             }
-            ClientError::Connect { .. } => "cannot reconnect".to_owned(),
+            ClientError::Connect { .. } => "cannot reach the server".to_owned(),
             other => match t {
                 Transfer::Put { .. } => {
                     format!("{other} (after sending {})", HumanBytes(progress.pos))
@@ -176,9 +255,54 @@ pub(crate) async fn transfer_again(
                 Transfer::Get { .. } => format!("{other} (at {})", HumanBytes(progress.pos)),
             },
         };
-        output.diagnostic(format_args!("{what}, resuming ({attempt}/{retries})"));
-        let backoff = RETRY_BACKOFF * 2u32.pow(attempt - 1);
-        tokio::time::sleep(backoff.min(MAX_BACKOFF)).await;
+        let wait = backoff(attempt);
+        output.diagnostic(format_args!(
+            "{what}; reconnecting in {}, resuming ({attempt}/{retries})",
+            shown(wait)
+        ));
+        tokio::time::sleep(wait).await;
+        reconnecting = Reconnecting::default();
         opts.resume = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let ms = |n| backoff(n).as_millis();
+        assert_eq!(
+            [ms(1), ms(2), ms(3), ms(4), ms(5)],
+            [250, 500, 1000, 2000, 4000]
+        );
+        assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+
+    /// Regression: every retry was spent 1.9 s after a daemon died, too soon for a restart.
+    #[test]
+    fn reconnecting_covers_a_restart() {
+        let mut r = Reconnecting::default();
+        let mut total = Duration::ZERO;
+        while let Some(wait) = r.next() {
+            total += wait;
+        }
+        assert_eq!(total, RECONNECT_FOR);
+        assert!(r.tries > 10, "{r:?}");
+        // Idempotent requests wait as long for a lost server, whatever `--retries` says.
+        let lost = ClientError::Connect {
+            addr: "x".into(),
+            reason: "refused".into(),
+        };
+        assert_eq!(
+            again(&lost, 1, 3),
+            None,
+            "a server never reached is not retried"
+        );
+        let tries = (2..100)
+            .take_while(|&n| again(&lost, n, 3).is_some())
+            .count();
+        assert!(tries > 10, "{tries}");
     }
 }

@@ -211,10 +211,11 @@ fn trees_of_small_and_large_files_round_trip_pipelined() {
         .cwd(work.path())
         .arg("-P")
         .arg("1")
-        .cmds("put -r src up")
+        .cmds("put -r -v src up")
         .run()
         .ok();
     assert_eq!(put.stdout.matches("verified").count(), 152, "{put}");
+    assert!(put.stdout.contains("put -r src: 152 files, "), "{put}");
     assert_eq!(tree(&daemon.path("up")), want, "put -r changed the tree");
     let get = daemon
         .cli()
@@ -222,7 +223,11 @@ fn trees_of_small_and_large_files_round_trip_pipelined() {
         .cmds("get -r up back")
         .run()
         .ok();
-    assert_eq!(get.stdout.matches("verified").count(), 152, "{get}");
+    // Past 10 files, only the total line, unless told -v.
+    assert_eq!(get.stdout.matches("verified").count(), 0, "{get}");
+    let total = get.stdout.lines().last().unwrap_or_default();
+    assert!(total.starts_with("get -r up: 152 files, "), "{get}");
+    assert!(total.ends_with(", 0 failed"), "{get}");
     assert_eq!(
         tree(&work.path().join("back")),
         want,
@@ -260,7 +265,7 @@ fn a_cut_pipeline_resumes_where_it_stopped() {
         .arg("--timeout")
         .arg("5s")
         .timeout(Duration::from_secs(120))
-        .cmds("put -r src up")
+        .cmds("put -rv src up")
         .run()
         .ok();
     assert!(
@@ -287,12 +292,14 @@ fn get_r_refuses_an_existing_file_alone() {
     let run = daemon
         .cli()
         .cwd(work.path())
-        .cmds("get -r up back")
+        .cmds("get -r -v up back")
         .run()
         .exits(8);
     assert!(run.stderr.contains("f07: already exists"), "{run}");
     assert_eq!(fs::read(work.path().join("back/f07")).unwrap(), b"mine");
     assert_eq!(run.stdout.matches("verified").count(), 19, "{run}");
+    assert!(run.stdout.contains("get -r up: 19 files, "), "{run}");
+    assert!(run.stdout.contains(", 1 failed"), "{run}");
     assert_eq!(fs::read_dir(work.path().join("back")).unwrap().count(), 20);
 }
 

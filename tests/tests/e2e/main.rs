@@ -70,3 +70,7 @@ mod untrusted;
 // `ftpd scrub` against digests recorded at upload: rot found, clean roots pass, files without a
 // record counted; `ftpd rerecord` for files changed on purpose.
 mod scrub;
+
+// A transfer through a daemon that is killed and restarted; --json sessions whose every line
+// parses.
+mod scripts;

@@ -223,6 +223,9 @@ fn ctrl_c_during_a_transfer_cancels_it_and_keeps_the_session() {
         file_len(&part) > 0
     });
     sh.send_control('c').unwrap();
+    // It says what is kept, and how to go on.
+    expect(&mut sh, "kept in big.bin.ftp-part");
+    expect(&mut sh, "get -c big.bin continues it");
     expect(&mut sh, "ftp-cli: cancelled");
     expect(&mut sh, &prompt);
     let status = format!("{:?}", sh.process().status());
@@ -274,6 +277,15 @@ fn ctrl_c_during_a_transfer_cancels_it_and_keeps_the_session() {
     );
     expect(&mut sh, &prompt);
     assert_same_file(&upload, daemon.path("upload.bin"));
+
+    // A plain `get` of it asks rather than throwing the kept bytes away; cancel keeps them.
+    let kept = file_len(&part);
+    type_keys(&mut sh, "get big.bin\r");
+    expect(&mut sh, "or cancel?");
+    type_keys(&mut sh, "n\r");
+    expect(&mut sh, "big.bin.ftp-part kept");
+    expect(&mut sh, &prompt);
+    assert_eq!(file_len(&part), kept, "the kept part changed");
 
     leave(&mut sh);
     // Only the cancelled download's verified bytes may be left beside what was asked for.
@@ -597,4 +609,82 @@ fn history_suggestions_a_local_shell_and_help() {
         );
     }
     leave(&mut sh);
+}
+
+/// `-c` at a terminal draws a bar, as scp does (scripts whose stderr is not a terminal get
+/// none: every other test's stderr is a pipe); a long name loses its middle to an ellipsis;
+/// before the first byte the bar shows no "0 B/s".
+#[test]
+fn commands_given_with_c_draw_a_bar_at_a_terminal() {
+    let daemon = Daemon::start();
+    let work = tmpdir();
+    let home = tmpdir();
+    let name = "a-rather-long-name-for-an-upload-of-some-size.bin";
+    write_repeated(&work.path().join(name), 64 * MIB, 61);
+    let addr = daemon.addr().to_string();
+    let put = format!("put {name}");
+    let mut sh = shell_with(
+        &[addr.as_str(), "-c", &put],
+        &daemon,
+        work.path(),
+        home.path(),
+    );
+    let before = expect(&mut sh, "verified");
+    // The terminal's bytes come back as Latin-1 here: the ellipsis between is three of them.
+    let bar = before.split('\r').next().unwrap_or_default();
+    assert!(
+        bar.starts_with("a-rather-") && bar.contains("size.bin ["),
+        "no bar: {before:?}"
+    );
+    assert!(
+        !bar.contains("long-name"),
+        "the name is not shortened: {bar:?}"
+    );
+    assert!(
+        !before.contains("0 B/s"),
+        "a rate before the first byte: {before:?}"
+    );
+    sh.exp_eof().expect("ftp-cli -c did not exit");
+    assert_same_file(work.path().join(name), daemon.path(name));
+}
+
+/// The README's "A short tour", typed into the shell as written (in temp directories, with
+/// the key trusted by --fingerprint): each step works.
+#[test]
+fn the_readme_tour_runs_as_written() {
+    let daemon = Daemon::start();
+    let work = tmpdir();
+    let home = tmpdir();
+    let pictures = home.path().join("Pictures/2024");
+    fs::create_dir_all(pictures.join("party")).unwrap();
+    write_random(pictures.join("beach.jpg"), 2_483_921, 71);
+    write_random(pictures.join("party/cake.jpg"), 10_000, 72);
+    let addr = daemon.addr();
+    let prompt = |dir: &str| format!("ftp {addr}:{dir}> ");
+    let mut sh = shell(&daemon, work.path(), home.path());
+    expect(&mut sh, &prompt("/"));
+    type_keys(&mut sh, "mkdir photos\r");
+    expect(&mut sh, &prompt("/"));
+    type_keys(&mut sh, "cd photos\r");
+    expect(&mut sh, &prompt("/photos"));
+    for (typed, shows) in [
+        ("put -r ~/Pictures/2024", "0 failed".to_owned()),
+        ("ls -l 2024", "party/".to_owned()),
+        ("get 2024/beach.jpg", "verified".to_owned()),
+        (
+            "stat --md5 2024/beach.jpg",
+            md5_file(pictures.join("beach.jpg")),
+        ),
+        // -f: beach.jpg is here already, from the get before.
+        ("mget -f 2024/*.jpg", "0 failed".to_owned()),
+        ("!ls -l", "beach.jpg".to_owned()),
+        ("help", "mkdir".to_owned()),
+    ] {
+        type_keys(&mut sh, &format!("{typed}\r"));
+        expect(&mut sh, &shows);
+        expect(&mut sh, &prompt("/photos"));
+    }
+    assert_same_file(pictures.join("beach.jpg"), work.path().join("beach.jpg"));
+    type_keys(&mut sh, "quit\r");
+    sh.exp_eof().expect("quit did not end the shell");
 }
