@@ -19,6 +19,15 @@ use crate::{Budget, CodecError, Frame, FrameCodec, Incoming, Permit};
 /// after an upload must not keep a chunk's worth of memory.
 const KEEP_READ_BUFFER: usize = 64 * 1024;
 
+/// The read buffer a connection starts with, and gets back after a chunk: room for a
+/// command's header; a larger frame reserves what its length prefix says. Small, because a
+/// connection whose chunk waits for the budget holds this much of the body meanwhile.
+const READ_CAPACITY: usize = 2 * 1024;
+
+/// A write buffer larger than this is given up once flushed: a connection that sent a long
+/// listing must not keep the listing's worth of memory while idle.
+const KEEP_WRITE_BUFFER: usize = 16 * 1024;
+
 /// A byte stream a connection can run over: TCP, TLS, an in-memory pipe.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
@@ -142,7 +151,7 @@ impl Encoder<crate::Message> for Gated {
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// A connection with the protocol's default caps.
     pub fn new(stream: S) -> Self {
-        Self::with_codec(stream, FrameCodec::new(), 8 * 1024)
+        Self::with_codec(stream, FrameCodec::new(), READ_CAPACITY)
     }
 
     /// A connection with the given codec (its caps) and initial read buffer size: a peer that
@@ -153,8 +162,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             hold_bodies: false,
             granted: false,
         };
+        let mut framed = Framed::with_capacity(stream, gated, read_capacity);
+        // The write buffer starts empty (tokio-util's is 8 KiB at once): most connections
+        // only ever send short replies, and sit idle most of the time.
+        *framed.write_buffer_mut() = BytesMut::new();
         Connection {
-            framed: Framed::with_capacity(stream, gated, read_capacity),
+            framed,
             budget: None,
             body_permit: None,
             granted: None,
@@ -180,9 +193,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         frame: impl Into<Frame>,
         within: Duration,
     ) -> Result<(), ConnectionError> {
-        match tokio::time::timeout(within, self.send_now(frame.into())).await {
+        let sent = match tokio::time::timeout(within, self.send_now(frame.into())).await {
             Err(_) => Err(ConnectionError::SendTimeout(within)),
             Ok(r) => r.map_err(Into::into),
+        };
+        self.shrink_write_buffer();
+        sent
+    }
+
+    /// Gives up a write buffer grown for a large frame once it is flushed.
+    fn shrink_write_buffer(&mut self) {
+        let buf = self.framed.write_buffer_mut();
+        if buf.is_empty() && buf.capacity() > KEEP_WRITE_BUFFER {
+            *buf = BytesMut::new();
         }
     }
 
@@ -269,7 +292,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     fn shrink_read_buffer(&mut self) {
         let buf = self.framed.read_buffer_mut();
         if buf.capacity() > KEEP_READ_BUFFER {
-            let mut fresh = BytesMut::with_capacity(8 * 1024.max(buf.len()));
+            let mut fresh = BytesMut::with_capacity(READ_CAPACITY.max(buf.len()));
             fresh.extend_from_slice(buf);
             *buf = fresh;
         }
@@ -436,6 +459,23 @@ mod tests {
         assert_eq!(b.recv(SEC).await.unwrap().unwrap(), frame);
         assert!(b.take_body_permit().is_some());
         assert_eq!(budget.available(), 2 << 20);
+    }
+
+    /// A connection starts without a write buffer, and one grown for a long frame is given
+    /// up once sent: an idle connection holds no more than a short reply's worth.
+    #[tokio::test]
+    async fn a_write_buffer_grown_for_a_long_frame_is_given_up() {
+        let (mut a, mut b) = pair();
+        assert_eq!(a.framed.write_buffer().capacity(), 0);
+        let long = ErrorReply::new(ErrorCode::Busy, "x".repeat(40_000));
+        let reading = tokio::spawn(async move {
+            let got = b.recv(SEC).await.unwrap().unwrap();
+            (b, got)
+        });
+        a.send(Message::Error(long.clone()), SEC).await.unwrap();
+        assert!(a.framed.write_buffer().capacity() <= KEEP_WRITE_BUFFER);
+        let (_b, got) = reading.await.unwrap();
+        assert_eq!(got.message, Message::Error(long));
     }
 
     #[tokio::test]
