@@ -220,11 +220,12 @@ async fn shutdown_signal(mut term: Signal, mut int: Signal) {
 /// threshold climbs to the size of the first chunk freed (1 MiB). Above it, 1,000 uploads at
 /// once placed their write buffers side by side in the heap, calloc zeroed (touched) those
 /// that reused freed memory, and memory freed between live blocks stayed resident: peak RSS
-/// anywhere from 145 to 353 MiB over three runs of 1,000 clients with a 32 MiB budget, 129 to
-/// 139 MiB with this (mimalloc and jemalloc, tried in glibc's place: 489-595 and 336-347). The cost is an mmap and the page faults of a fresh block per chunk, which
-/// the 256 MiB put and get over loopback did not show beyond the machine's noise. Freed memory
-/// at the top of an arena is kept up to 4 MiB (the threshold no longer adapts either), so the
-/// small buffers that come and go with each connection do not make it shrink and grow.
+/// anywhere from 145 to 353 MiB over runs of 1,000 clients with a 32 MiB budget, 129 to 139
+/// MiB with this (mimalloc and jemalloc in glibc's place: 489-595 and 336-347). A fresh
+/// mapping costs a page fault per page, so chunk buffers are reused rather than freed (the
+/// budget keeps received ones, a download its own). Freed memory at the top of an arena is
+/// kept up to 4 MiB (that threshold no longer adapts either), so the small buffers that come
+/// and go with each connection do not make it shrink and grow.
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
