@@ -8,7 +8,6 @@ use std::time::Instant;
 use bytes::BytesMut;
 use protocol::tls::{self, Fingerprint};
 use protocol::{BoxStream, ErrorCode, ErrorReply, FrameCodec, Message};
-use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Encoder;
@@ -86,8 +85,9 @@ pub async fn establish(
         }
         Ok(Ok(_)) => {}
     }
-    // rustls reads about a record a call; the buffer makes that one syscall for several.
-    let tcp = BufReader::with_capacity(tls::READ_BUFFER, tcp);
+    // rustls reads about a record a call; the buffer makes that one syscall for several, and
+    // holds no memory while the connection is idle.
+    let tcp = tls::SocketReader::new(tcp);
     let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Err(_) => return Err(Refused::Timeout),
         Ok(Err(e)) => return Err(Refused::Handshake(e)),

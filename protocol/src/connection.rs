@@ -19,6 +19,15 @@ use crate::{Budget, CodecError, Frame, FrameCodec, Incoming, Permit};
 /// after an upload must not keep a chunk's worth of memory.
 const KEEP_READ_BUFFER: usize = 64 * 1024;
 
+/// The read buffer a connection starts with, and gets back after a chunk: room for a
+/// command's header; a larger frame reserves what its length prefix says. Small, because a
+/// connection whose chunk waits for the budget holds this much of the body meanwhile.
+const READ_CAPACITY: usize = 2 * 1024;
+
+/// A write buffer larger than this is given up once flushed: a connection that sent a long
+/// listing must not keep the listing's worth of memory while idle.
+const KEEP_WRITE_BUFFER: usize = 16 * 1024;
+
 /// A byte stream a connection can run over: TCP, TLS, an in-memory pipe.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
@@ -142,7 +151,7 @@ impl Encoder<crate::Message> for Gated {
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// A connection with the protocol's default caps.
     pub fn new(stream: S) -> Self {
-        Self::with_codec(stream, FrameCodec::new(), 8 * 1024)
+        Self::with_codec(stream, FrameCodec::new(), READ_CAPACITY)
     }
 
     /// A connection with the given codec (its caps) and initial read buffer size: a peer that
@@ -153,8 +162,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             hold_bodies: false,
             granted: false,
         };
+        let mut framed = Framed::with_capacity(stream, gated, read_capacity);
+        // The write buffer starts empty (tokio-util's is 8 KiB at once): most connections
+        // only ever send short replies, and sit idle most of the time.
+        *framed.write_buffer_mut() = BytesMut::new();
         Connection {
-            framed: Framed::with_capacity(stream, gated, read_capacity),
+            framed,
             budget: None,
             body_permit: None,
             granted: None,
@@ -180,9 +193,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         frame: impl Into<Frame>,
         within: Duration,
     ) -> Result<(), ConnectionError> {
-        match tokio::time::timeout(within, self.send_now(frame.into())).await {
+        let sent = match tokio::time::timeout(within, self.send_now(frame.into())).await {
             Err(_) => Err(ConnectionError::SendTimeout(within)),
             Ok(r) => r.map_err(Into::into),
+        };
+        self.shrink_write_buffer();
+        sent
+    }
+
+    /// Gives up a write buffer grown for a large frame once it is flushed.
+    fn shrink_write_buffer(&mut self) {
+        let buf = self.framed.write_buffer_mut();
+        if buf.is_empty() && buf.capacity() > KEEP_WRITE_BUFFER {
+            *buf = BytesMut::new();
         }
     }
 
@@ -252,11 +275,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     // `select!`) must not lose the grant the codec already counts on.
                     self.granted = Some(budget.take(len as usize).await);
                     self.framed.codec_mut().granted = true;
+                    // The body is received in the memory of an earlier one, if one is free.
+                    // (What the buffer holds already is the body's start.)
+                    let buf = self.framed.read_buffer_mut();
+                    let room = len as usize;
+                    if buf.capacity() < room {
+                        if let Some(mut reused) = budget.reuse(room) {
+                            reused.extend_from_slice(buf);
+                            *buf = reused;
+                        }
+                    }
                 }
                 Step::Frame(incoming) => {
-                    if matches!(&incoming, Ok(f) if matches!(f.message, crate::Message::Chunk(_))) {
-                        self.body_permit = self.granted.take();
-                        self.shrink_read_buffer();
+                    if let Ok(f) = &incoming {
+                        if matches!(f.message, crate::Message::Chunk(_)) {
+                            self.body_permit = self.granted.take();
+                            self.shrink_read_buffer(f.body.len());
+                        }
                     }
                     return Ok(incoming);
                 }
@@ -264,14 +299,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Gives up a read buffer grown for a chunk: the chunk's body shares its memory, which
-    /// must go when the body does, not stay with the connection.
-    fn shrink_read_buffer(&mut self) {
+    /// Gives up a read buffer grown for a chunk (whose body of `body` bytes was split from
+    /// it): the chunk's body shares its memory, which must go when the body does, not stay
+    /// with the connection. With a budget, the budget keeps it to receive a later chunk in.
+    fn shrink_read_buffer(&mut self, body: usize) {
         let buf = self.framed.read_buffer_mut();
-        if buf.capacity() > KEEP_READ_BUFFER {
-            let mut fresh = BytesMut::with_capacity(8 * 1024.max(buf.len()));
+        // What is left after the split reports only its own capacity, not the memory's.
+        if buf.capacity() + body > KEEP_READ_BUFFER {
+            let mut fresh = BytesMut::with_capacity(READ_CAPACITY.max(buf.len()));
             fresh.extend_from_slice(buf);
-            *buf = fresh;
+            let old = std::mem::replace(buf, fresh);
+            if let Some(budget) = &self.budget {
+                let size = old.capacity() + body;
+                budget.keep(old, size);
+            }
         }
     }
 
@@ -436,6 +477,81 @@ mod tests {
         assert_eq!(b.recv(SEC).await.unwrap().unwrap(), frame);
         assert!(b.take_body_permit().is_some());
         assert_eq!(budget.available(), 2 << 20);
+    }
+
+    /// A connection starts without a write buffer, and one grown for a long frame is given
+    /// up once sent: an idle connection holds no more than a short reply's worth.
+    #[tokio::test]
+    async fn a_write_buffer_grown_for_a_long_frame_is_given_up() {
+        let (mut a, mut b) = pair();
+        assert_eq!(a.framed.write_buffer().capacity(), 0);
+        let long = ErrorReply::new(ErrorCode::Busy, "x".repeat(40_000));
+        let reading = tokio::spawn(async move {
+            let got = b.recv(SEC).await.unwrap().unwrap();
+            (b, got)
+        });
+        a.send(Message::Error(long.clone()), SEC).await.unwrap();
+        assert!(a.framed.write_buffer().capacity() <= KEEP_WRITE_BUFFER);
+        let (_b, got) = reading.await.unwrap();
+        assert_eq!(got.message, Message::Error(long));
+    }
+
+    /// A chunk is received in the memory of one received earlier once that one's body is
+    /// gone, not in a fresh allocation; never while the earlier body is still held.
+    #[tokio::test]
+    async fn chunks_reuse_the_memory_of_earlier_ones_whose_bodies_are_gone() {
+        let (a, b) = tokio::io::duplex(4 << 20);
+        let (mut a, mut b) = (Connection::new(a), Connection::new(b));
+        let budget = Budget::new(8 << 20);
+        b.set_budget(budget.clone());
+        let chunk = |n: u8| {
+            let body = Bytes::from(vec![n; 300_000]);
+            Frame::chunk(0, body.clone(), crate::Digest::md5(&body))
+        };
+        let mut held = Vec::new();
+        for n in 0..2 {
+            a.send(chunk(n), SEC).await.unwrap();
+            held.push(b.recv(SEC).await.unwrap().unwrap());
+        }
+        assert_eq!(budget.kept(), 2, "both bodies still held: two buffers");
+        drop(held);
+        for n in 2..6 {
+            a.send(chunk(n), SEC).await.unwrap();
+            let got = b.recv(SEC).await.unwrap().unwrap();
+            assert_eq!(got, chunk(n));
+        }
+        assert_eq!(
+            budget.kept(),
+            2,
+            "each chunk took a kept buffer and gave it back"
+        );
+    }
+
+    /// Regression: the read buffer was given up after a chunk only if its capacity was over
+    /// `KEEP_READ_BUFFER`, but after the body is split off, what is left reports almost none;
+    /// once the body was gone, the next read reclaimed the whole chunk's memory for the
+    /// connection, and an idle connection kept a chunk's worth (300,070 bytes here).
+    #[tokio::test]
+    async fn a_connection_keeps_no_chunk_memory_once_the_body_is_gone() {
+        for budget in [None, Some(Budget::new(8 << 20))] {
+            let (a, b) = tokio::io::duplex(4 << 20);
+            let (mut a, mut b) = (Connection::new(a), Connection::new(b));
+            if let Some(budget) = budget {
+                b.set_budget(budget);
+            }
+            let body = Bytes::from(vec![5u8; 300_000]);
+            a.send(
+                Frame::chunk(0, body.clone(), crate::Digest::md5(&body)),
+                SEC,
+            )
+            .await
+            .unwrap();
+            drop(b.recv(SEC).await.unwrap().unwrap());
+            a.send(Message::Pwd, SEC).await.unwrap();
+            assert_eq!(b.recv(SEC).await.unwrap().unwrap().message, Message::Pwd);
+            let kept = b.framed.read_buffer().capacity();
+            assert!(kept <= KEEP_READ_BUFFER, "{kept} bytes kept");
+        }
     }
 
     #[tokio::test]
