@@ -7,7 +7,7 @@ use crate::error::{ClientError, Result};
 use crate::link::{Dial, Link};
 use crate::output::{Output, Total};
 use crate::progress::{BatchBars, SlotProgress};
-use crate::retry::{transfer_again, Transfer};
+use crate::retry::{transfer_again, until_done_or_ctrl_c, Transfer};
 
 /// Past this many files, a many-file command prints its total line only, not one line per file,
 /// unless told `-v` (or the session `--verbose`): a thousand "verified" lines hide the one
@@ -227,14 +227,7 @@ impl Batch<'_> {
                         c.get_many(&mut jobs, overwrite).await
                     }
                 };
-                tokio::pin!(run);
-                tokio::select! {
-                    r = &mut run => r,
-                    _ = tokio::signal::ctrl_c() => {
-                        cancel.cancel();
-                        run.await
-                    }
-                }
+                until_done_or_ctrl_c(run, cancel).await
             };
             let Err(Cut { error, unanswered }) = result else {
                 return;

@@ -187,14 +187,7 @@ pub(crate) async fn transfer_again(
                         }
                     }
                 };
-                tokio::pin!(run);
-                tokio::select! {
-                    r = &mut run => r,
-                    _ = tokio::signal::ctrl_c() => {
-                        cancel.cancel();
-                        run.await
-                    }
-                }
+                until_done_or_ctrl_c(run, cancel).await
             }
             Err(e) => Err(e),
         };
@@ -263,6 +256,22 @@ pub(crate) async fn transfer_again(
         tokio::time::sleep(wait).await;
         reconnecting = Reconnecting::default();
         opts.resume = true;
+    }
+}
+
+/// Runs `run` to its end; Ctrl-C meanwhile sets `cancel`, which makes it stop cleanly (what it
+/// moved stays resumable), and it is still awaited to that end.
+pub(crate) async fn until_done_or_ctrl_c<T>(
+    run: impl std::future::Future<Output = T>,
+    cancel: tokio_util::sync::CancellationToken,
+) -> T {
+    tokio::pin!(run);
+    tokio::select! {
+        r = &mut run => r,
+        _ = tokio::signal::ctrl_c() => {
+            cancel.cancel();
+            run.await
+        }
     }
 }
 

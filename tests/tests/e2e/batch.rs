@@ -2,7 +2,6 @@
 //! answers in command order and each file's fate its own, a cut pipeline resumed where it
 //! stopped, and the daemon's group commits.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use e2e::proxy::{Direction, Fault, Proxy};
 use protocol::{ChunkHeader, Digest, ErrorCode, Message, Put};
 
 use crate::raw::{self, Raw};
-use crate::util::{md5_file, tmpdir, write_random, Daemon, MIB};
+use crate::util::{file_digests as tree, md5_file, tmpdir, write_random, Daemon, MIB};
 
 /// A pipelined upload of `body` to `path`: the `put`, its one chunk (if any) and its `eof`,
 /// sent without waiting for anything.
@@ -160,28 +159,6 @@ fn gets_pipelined_behind_a_download_run_in_order() {
         );
     }
     assert!(matches!(raw.recv(), Message::Cwd(_)), "pwd answered last");
-}
-
-/// Files of a tree with their MD5s, by path relative to `dir`.
-fn tree(dir: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![dir.to_owned()];
-    while let Some(d) = todo.pop() {
-        for entry in fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                todo.push(path);
-            } else {
-                let rel = path
-                    .strip_prefix(dir)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                out.insert(rel, md5_file(&path));
-            }
-        }
-    }
-    out
 }
 
 /// `n` small files (sizes from 0 up) in `dir/a`, `dir/b/c`, and two larger than a pipeline

@@ -5,30 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::util::{tmpdir, write_random, Daemon};
-
-/// Every file under `dir` with its bytes, `/`-joined.
-fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_owned()];
-    while let Some(d) = todo.pop() {
-        for entry in fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                todo.push(path);
-            } else {
-                let rel = path
-                    .strip_prefix(dir)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                out.push((rel, fs::read(&path).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
+use crate::util::{file_digests as tree, tmpdir, write_random, Daemon, Run};
 
 /// A source tree: `n` files in two directories, one empty directory.
 fn source(dir: &Path, n: u64) {
@@ -38,6 +15,12 @@ fn source(dir: &Path, n: u64) {
         let sub = if i % 2 == 0 { "a" } else { "a/b" };
         write_random(dir.join(sub).join(format!("f{i:02}")), 1000 + i * 97, i);
     }
+}
+
+/// `commands` run by the client in `work`, expected to succeed.
+#[track_caller]
+fn ok(daemon: &Daemon, work: &tempfile::TempDir, commands: &str) -> Run {
+    daemon.cli().cwd(work.path()).cmds(commands).run().ok()
 }
 
 /// The summary line of a run.
@@ -57,12 +40,7 @@ fn mirror_up_then_down_moves_only_what_changed() {
     source(&src, 20);
 
     // Up: all new; again: nothing moves.
-    let run = daemon
-        .cli()
-        .cwd(work.path())
-        .cmds("mirror -R src up")
-        .run()
-        .ok();
+    let run = ok(&daemon, &work, "mirror -R src up");
     assert!(
         summary(&run.stdout).starts_with("mirror: 20 new, 0 changed, 0 deleted, 0 unchanged"),
         "{run}"
@@ -72,12 +50,7 @@ fn mirror_up_then_down_moves_only_what_changed() {
         daemon.path("up/empty").is_dir(),
         "empty directories are made too"
     );
-    let run = daemon
-        .cli()
-        .cwd(work.path())
-        .cmds("mirror -R src up")
-        .run()
-        .ok();
+    let run = ok(&daemon, &work, "mirror -R src up");
     assert!(
         summary(&run.stdout).starts_with("mirror: 0 new, 0 changed, 0 deleted, 20 unchanged, 0 B"),
         "{run}"
@@ -86,12 +59,7 @@ fn mirror_up_then_down_moves_only_what_changed() {
     // One file changed, one new: exactly those move.
     write_random(src.join("a/f00"), 5000, 99);
     write_random(src.join("new.txt"), 10, 98);
-    let run = daemon
-        .cli()
-        .cwd(work.path())
-        .cmds("mirror -R src up")
-        .run()
-        .ok();
+    let run = ok(&daemon, &work, "mirror -R src up");
     assert!(
         summary(&run.stdout).starts_with("mirror: 1 new, 1 changed, 0 deleted, 19 unchanged"),
         "{run}"
@@ -99,20 +67,10 @@ fn mirror_up_then_down_moves_only_what_changed() {
     assert_eq!(tree(&daemon.path("up")), tree(&src));
 
     // Down into a new directory, then again: nothing moves.
-    let run = daemon
-        .cli()
-        .cwd(work.path())
-        .cmds("mirror up back")
-        .run()
-        .ok();
+    let run = ok(&daemon, &work, "mirror up back");
     assert!(summary(&run.stdout).starts_with("mirror: 21 new"), "{run}");
     assert_eq!(tree(&work.path().join("back")), tree(&src));
-    let run = daemon
-        .cli()
-        .cwd(work.path())
-        .cmds("mirror up back")
-        .run()
-        .ok();
+    let run = ok(&daemon, &work, "mirror up back");
     assert!(
         summary(&run.stdout).starts_with("mirror: 0 new, 0 changed, 0 deleted, 21 unchanged"),
         "{run}"
@@ -125,33 +83,18 @@ fn mirror_delete_and_dry_run() {
     let work = tmpdir();
     let src = work.path().join("src");
     source(&src, 6);
-    daemon
-        .cli()
-        .cwd(work.path())
-        .cmds("mirror -R src up")
-        .run()
-        .ok();
+    ok(&daemon, &work, "mirror -R src up");
     fs::remove_file(src.join("a/b/f01")).unwrap();
     fs::remove_dir_all(src.join("empty")).unwrap();
 
     // Without --delete, what the source lost stays.
-    let run = daemon
-        .cli()
-        .cwd(work.path())
-        .cmds("mirror -R src up")
-        .run()
-        .ok();
+    let run = ok(&daemon, &work, "mirror -R src up");
     assert!(summary(&run.stdout).contains("0 deleted"), "{run}");
     assert!(daemon.path("up/a/b/f01").exists());
 
     // A dry run says what it would do and changes nothing.
     let before = tree(&daemon.path("up"));
-    let run = daemon
-        .cli()
-        .cwd(work.path())
-        .cmds("mirror -R --delete --dry-run src up")
-        .run()
-        .ok();
+    let run = ok(&daemon, &work, "mirror -R --delete --dry-run src up");
     assert!(run.stdout.contains("delete a/b/f01"), "{run}");
     assert!(run.stdout.contains("delete empty"), "{run}");
     assert!(summary(&run.stdout).contains("2 deleted"), "{run}");
@@ -159,30 +102,15 @@ fn mirror_delete_and_dry_run() {
     assert_eq!(tree(&daemon.path("up")), before);
     assert!(daemon.path("up/empty").is_dir());
 
-    let run = daemon
-        .cli()
-        .cwd(work.path())
-        .cmds("mirror -R --delete src up")
-        .run()
-        .ok();
+    let run = ok(&daemon, &work, "mirror -R --delete src up");
     assert!(summary(&run.stdout).contains("2 deleted"), "{run}");
     assert_eq!(tree(&daemon.path("up")), tree(&src));
     assert!(!daemon.path("up/empty").exists());
 
     // Down, with --delete: a local file the remote tree lacks goes.
-    daemon
-        .cli()
-        .cwd(work.path())
-        .cmds("mirror up back")
-        .run()
-        .ok();
+    ok(&daemon, &work, "mirror up back");
     fs::write(work.path().join("back/stray"), "x").unwrap();
-    daemon
-        .cli()
-        .cwd(work.path())
-        .cmds("mirror --delete up back")
-        .run()
-        .ok();
+    ok(&daemon, &work, "mirror --delete up back");
     assert!(!work.path().join("back/stray").exists());
     assert_eq!(tree(&work.path().join("back")), tree(&src));
 }
@@ -196,18 +124,8 @@ fn mirror_checksum_catches_a_same_size_same_mtime_change() {
     let work = tmpdir();
     let src = work.path().join("src");
     source(&src, 4);
-    daemon
-        .cli()
-        .cwd(work.path())
-        .cmds("mirror -R src up")
-        .run()
-        .ok();
-    daemon
-        .cli()
-        .cwd(work.path())
-        .cmds("mirror up back")
-        .run()
-        .ok();
+    ok(&daemon, &work, "mirror -R src up");
+    ok(&daemon, &work, "mirror up back");
 
     // Locally: the downloaded copy altered, size and mtime kept.
     let copy = work.path().join("back/a/f00");
@@ -216,22 +134,12 @@ fn mirror_checksum_catches_a_same_size_same_mtime_change() {
     bytes[0] ^= 0xff;
     fs::write(&copy, &bytes).unwrap();
     set_mtime(&copy, mtime);
-    let run = daemon
-        .cli()
-        .cwd(work.path())
-        .cmds("mirror up back")
-        .run()
-        .ok();
+    let run = ok(&daemon, &work, "mirror up back");
     assert!(
         summary(&run.stdout).contains("0 changed"),
         "size and time cannot see it: {run}"
     );
-    let run = daemon
-        .cli()
-        .cwd(work.path())
-        .cmds("mirror --checksum up back")
-        .run()
-        .ok();
+    let run = ok(&daemon, &work, "mirror --checksum up back");
     assert!(
         summary(&run.stdout).starts_with("mirror: 0 new, 1 changed"),
         "{run}"
@@ -245,12 +153,7 @@ fn mirror_checksum_catches_a_same_size_same_mtime_change() {
     bytes[0] ^= 0xff;
     fs::write(&stored, &bytes).unwrap();
     set_mtime(&stored, mtime);
-    let run = daemon
-        .cli()
-        .cwd(work.path())
-        .cmds("mirror -R --checksum src up")
-        .run()
-        .ok();
+    let run = ok(&daemon, &work, "mirror -R --checksum src up");
     assert!(
         summary(&run.stdout).starts_with("mirror: 0 new, 1 changed"),
         "{run}"
@@ -267,12 +170,11 @@ fn mirror_filters_leave_out_and_take_only() {
     fs::write(src.join("a.jpg"), "a").unwrap();
     fs::write(src.join("b.png"), "b").unwrap();
     fs::write(src.join("tmp/c.jpg"), "c").unwrap();
-    daemon
-        .cli()
-        .cwd(work.path())
-        .cmds("mirror -R --include '*.jpg' --exclude tmp src up")
-        .run()
-        .ok();
+    ok(
+        &daemon,
+        &work,
+        "mirror -R --include '*.jpg' --exclude tmp src up",
+    );
     assert!(daemon.path("up/a.jpg").exists());
     assert!(!daemon.path("up/b.png").exists());
     assert!(!daemon.path("up/tmp").exists());

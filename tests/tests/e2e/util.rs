@@ -1295,3 +1295,26 @@ pub fn holds_within(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// Every file under `dir` with its MD5, by path relative to `dir` (`/`-joined): two trees are
+/// the same when these are equal.
+pub fn file_digests(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(rel, md5_file(&path));
+            }
+        }
+    }
+    out
+}
