@@ -80,7 +80,8 @@ struct Plan {
     delete: Vec<(String, bool)>,
     /// Directories to make on the target, parents first.
     dirs: Vec<String>,
-    unchanged: usize,
+    /// Files the same on both sides (by size and time; with `--checksum`, by content too).
+    unchanged: Vec<String>,
     /// Paths that are a file on one side and a directory on the other: reported, not moved.
     conflicts: Vec<String>,
 }
@@ -126,29 +127,24 @@ pub(crate) async fn run(
     };
     let mut plan = compare(src, dst, opts.delete);
     if opts.checksum {
-        let same: Vec<String> = plan_unchanged(src, dst);
-        let mut differ = Vec::new();
-        for rel in same {
-            let theirs = remote_tree.get(&rel).and_then(|n| n.digest);
-            let local_file = local.join(&rel);
-            let agree = match theirs {
-                Some(d) => local_digest(&local_file, kind)? == d,
-                // No record on the server: it hashes this one file (MD5).
-                None => {
-                    let at = join(remote, &rel);
-                    let theirs = client.stat(&at, true).await?.md5;
-                    theirs == Some(local_digest(&local_file, DigestKind::Md5)?)
-                }
+        let mut same = Vec::new();
+        for rel in std::mem::take(&mut plan.unchanged) {
+            let recorded = remote_tree.get(&rel).and_then(|n| n.digest);
+            // No record on the server: it hashes this one file (MD5, all `stat` gives).
+            let theirs = match recorded {
+                Some(d) => Some(d),
+                None => client.stat(&join(remote, &rel), true).await?.md5,
             };
-            if !agree {
-                differ.push(rel);
+            let kind = theirs.map_or(kind, |d| d.kind());
+            let ours = local_digest(local.join(&rel), kind).await?;
+            if theirs == Some(ours) {
+                same.push(rel);
+            } else {
+                let size = src[&rel].size;
+                plan.changed.push((rel, size));
             }
         }
-        plan.unchanged -= differ.len();
-        for rel in differ {
-            let size = src[&rel].size;
-            plan.changed.push((rel, size));
-        }
+        plan.unchanged = same;
         plan.changed.sort();
     }
     let bytes: u64 = plan.new.iter().chain(&plan.changed).map(|(_, s)| *s).sum();
@@ -182,7 +178,7 @@ pub(crate) async fn run(
         plan.new.len(),
         plan.changed.len(),
         plan.delete.len(),
-        plan.unchanged,
+        plan.unchanged.len(),
         HumanBytes(bytes),
         if opts.dry_run {
             " (dry run: nothing changed)"
@@ -194,7 +190,7 @@ pub(crate) async fn run(
         new: plan.new.len(),
         changed: plan.changed.len(),
         deleted: plan.delete.len(),
-        unchanged: plan.unchanged,
+        unchanged: plan.unchanged.len(),
         bytes,
         dry_run: opts.dry_run,
     };
@@ -300,7 +296,7 @@ fn compare(src: &Tree, dst: &Tree, delete: bool) -> Plan {
             (Some(d), false) if d.size != s.size || d.mtime != s.mtime => {
                 plan.changed.push((rel.clone(), s.size));
             }
-            (Some(_), false) => plan.unchanged += 1,
+            (Some(_), false) => plan.unchanged.push(rel.clone()),
         }
     }
     if delete {
@@ -323,19 +319,6 @@ fn under_conflict(rel: &str, conflicts: &[String]) -> bool {
         rel.strip_prefix(c.as_str())
             .is_some_and(|rest| rest.starts_with('/'))
     })
-}
-
-/// The files both trees hold with the same size and time.
-fn plan_unchanged(src: &Tree, dst: &Tree) -> Vec<String> {
-    src.iter()
-        .filter(|(rel, s)| {
-            !s.dir
-                && dst
-                    .get(*rel)
-                    .is_some_and(|d| !d.dir && d.size == s.size && d.mtime == s.mtime)
-        })
-        .map(|(rel, _)| rel.clone())
-        .collect()
 }
 
 /// The remote tree under `top`, with recorded digests when `--checksum` wants them. Names
@@ -430,14 +413,19 @@ fn local_walk(top: &Path, opts: &Options) -> Result<Tree> {
     Ok(tree)
 }
 
-/// The whole-file digest of a local file.
-fn local_digest(path: &Path, kind: DigestKind) -> Result<Digest> {
-    let mut file = fs::File::open(path).map_err(|e| ClientError::local(path, e))?;
-    let mut hasher = Hasher::new(kind);
-    hasher
-        .update_from(&mut file, u64::MAX)
-        .map_err(|e| ClientError::local(path, e))?;
-    Ok(hasher.finish())
+/// The whole-file digest of a local file, hashed off the reactor.
+async fn local_digest(path: PathBuf, kind: DigestKind) -> Result<Digest> {
+    let hashed = tokio::task::spawn_blocking(move || {
+        let mut file = fs::File::open(&path).map_err(|e| ClientError::local(&path, e))?;
+        let mut hasher = Hasher::new(kind);
+        hasher
+            .update_from(&mut file, u64::MAX)
+            .map_err(|e| ClientError::local(&path, e))?;
+        Ok(hasher.finish())
+    });
+    hashed
+        .await
+        .map_err(|e| ClientError::Internal(format!("hashing failed: {e}")))?
 }
 
 #[cfg(test)]
@@ -482,7 +470,7 @@ mod tests {
         ]
         .into();
         let plan = compare(&src, &dst, true);
-        assert_eq!(plan.unchanged, 1);
+        assert_eq!(plan.unchanged, ["a"]);
         assert_eq!(plan.changed, [("b".to_owned(), 2)]);
         assert_eq!(plan.new, [("d/e".to_owned(), 3)]);
         assert_eq!(plan.dirs, ["d"]);

@@ -48,11 +48,6 @@ pub struct Recorded {
 /// What a record must match of a file: inode, size, modification and change times (s, ns).
 type Stamp = (u64, u64, i64, i64, i64, i64);
 
-/// A file's [`Stamp`].
-fn stamp_of(m: &impl StampSource) -> Stamp {
-    m.stamp()
-}
-
 /// Metadata that gives a [`Stamp`]: std's, and cap-std's.
 pub(crate) trait StampSource {
     fn stamp(&self) -> Stamp;
@@ -89,7 +84,7 @@ impl Recorded {
         chunks: Vec<Digest>,
         digest: Digest,
     ) -> Self {
-        let (ino, size, mtime, mtime_nsec, ctime, ctime_nsec) = stamp_of(meta);
+        let (ino, size, mtime, mtime_nsec, ctime, ctime_nsec) = meta.stamp();
         Recorded {
             path: path.rel().to_owned(),
             ino,
@@ -105,7 +100,7 @@ impl Recorded {
     }
 
     fn describes(&self, path: &VPath, meta: &std::fs::Metadata) -> bool {
-        self.describes_stamp(path, stamp_of(meta))
+        self.describes_stamp(path, meta.stamp())
     }
 
     /// Like `describes`, from the file's [`Stamp`]. A record holds either every chunk's
@@ -179,7 +174,7 @@ pub(crate) fn load_stamped(
 ) -> Option<Recorded> {
     let json = dir.read(record_name(path)).ok()?;
     let rec: Recorded = serde_json::from_slice(&json).ok()?;
-    rec.describes_stamp(path, stamp_of(meta)).then_some(rec)
+    rec.describes_stamp(path, meta.stamp()).then_some(rec)
 }
 
 /// Forgets the record of `path` (the file was removed or renamed).
@@ -202,7 +197,7 @@ pub(crate) fn sweep(digests: &Dir, root: &Dir) -> usize {
                     // for a writer, and hang the sweep (and startup) for good.
                     let path = VPath::from_rel(&rec.path);
                     let meta = root.metadata(path.rel());
-                    !meta.is_ok_and(|m| m.is_file() && rec.describes_stamp(&path, stamp_of(&m)))
+                    !meta.is_ok_and(|m| m.is_file() && rec.describes_stamp(&path, m.stamp()))
                 }
                 Err(_) => true,
             },
