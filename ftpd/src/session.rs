@@ -88,7 +88,8 @@ pub struct Session {
 /// What a transfer moved, as the dispatcher records it.
 #[derive(Debug, Default)]
 pub struct Moved {
-    /// The file, as the client named it.
+    /// The file, resolved inside the home (`/photos/2024/beach.jpg` after `cd photos/2024`
+    /// and `put beach.jpg`), or as the client named it when it did not resolve.
     pub path: Option<String>,
     /// Bytes of content that crossed the wire (not those a resume skipped).
     pub bytes: u64,

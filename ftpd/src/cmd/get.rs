@@ -46,7 +46,7 @@ type ReadDone = (ChunkSender, Result<(Frame, Permit), CmdError>);
 
 pub async fn run(s: &mut Session, req: Get) -> Handled {
     let path = s.resolve(&req.path)?;
-    s.moved.path = Some(req.path.clone());
+    s.moved.path = Some(path.to_string());
     let (home, target) = (s.home.clone(), path.clone());
     let offset = req.offset;
     let kind = s.digest;

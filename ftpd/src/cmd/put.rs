@@ -50,7 +50,7 @@ async fn receive(s: &mut Session, req: Put) -> Handled {
     }
     s.check_writable()?;
     let path = s.resolve(&req.path)?;
-    s.moved.path = Some(req.path.clone());
+    s.moved.path = Some(path.to_string());
     let ureq = UploadRequest {
         size: req.size,
         overwrite: req.overwrite,
@@ -171,17 +171,20 @@ pub(crate) async fn pipelined(
     req: Put,
     started: Instant,
 ) -> Result<(), SessionError> {
-    let moved = Moved {
-        path: Some(req.path.clone()),
-        bytes: 0,
-        digest: None,
-    };
     let allowed = if req.resume {
         Err(CmdError::OutOfPlace(
             "a pipelined put cannot resume: it starts at 0",
         ))
     } else {
         s.check_writable().and_then(|()| s.resolve(&req.path))
+    };
+    let moved = Moved {
+        path: Some(match &allowed {
+            Ok(path) => path.to_string(),
+            Err(_) => req.path.clone(),
+        }),
+        bytes: 0,
+        digest: None,
     };
     // The data is read whatever the verdict: it follows the `put` on the wire.
     let mut seq = Sequence::new(0, req.size, protocol::MAX_BODY as u32);

@@ -662,7 +662,8 @@ fn man_and_completions_are_generated() {
 // Logs
 
 /// `--log-format json`: one object per line, and the transfer log (target `ftpd::xfer`) has
-/// the fields a collector keys on.
+/// the fields a collector keys on; its path is the file's inside the home, not what the client
+/// typed after a `cd` (it said `a.bin` for `/photos/a.bin`).
 #[test]
 fn json_log_format() {
     let site = Site::new();
@@ -679,7 +680,7 @@ fn json_log_format() {
     write_random(&src, size, 71);
     login(&ftpd, &keys, "alice", "alice's secret")
         .cwd(&work)
-        .cmds("put a.bin")
+        .cmds("mkdir photos; cd photos; put a.bin")
         .run()
         .ok();
     let xfer = wait_for_json(&ftpd, |v| v["target"] == "ftpd::xfer");
@@ -709,7 +710,7 @@ fn json_log_format() {
     );
 
     assert_eq!(xfer["op"], "put", "{xfer}");
-    assert_eq!(xfer["path"], "a.bin", "{xfer}");
+    assert_eq!(xfer["path"], "/photos/a.bin", "{xfer}");
     assert_eq!(xfer["bytes"], size, "{xfer}");
     assert_eq!(xfer["digest"], format!("md5:{}", md5_file(&src)), "{xfer}");
     assert_eq!(xfer["outcome"], "ok", "{xfer}");
