@@ -75,6 +75,18 @@ pub fn install() -> PrometheusHandle {
                 warn!("a metrics recorder was already installed; ftpd's figures go to it");
             }
             describe();
+            // Series without labels exist from the start, at 0: a rate over them works from
+            // the first scrape, before the first connection.
+            for name in [
+                "ftpd_connections_accepted_total",
+                "ftpd_bytes_received_total",
+                "ftpd_bytes_sent_total",
+            ] {
+                counter!(name).increment(0);
+            }
+            for name in ["ftpd_connections_active", "ftpd_sessions_active"] {
+                gauge!(name).increment(0.0);
+            }
             handle
         })
         .clone()
