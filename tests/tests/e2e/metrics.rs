@@ -331,3 +331,65 @@ fn prometheus_scrapes_the_uploads_made() {
         started.elapsed()
     );
 }
+
+/// Logins by result and method: one that succeeds, a wrong password, the right one refused
+/// unchecked while the user name serves its penalty, and the failed range's next connection
+/// refused at the door; the session still open is counted active.
+#[test]
+fn logins_are_counted_by_result_and_method() {
+    use protocol::{ErrorCode, Message};
+    use std::net::{IpAddr, Ipv4Addr};
+    let site = Site::new();
+    let users = site.private_file(
+        "etc/users.toml",
+        "[[user]]\nname = \"alice\"\nsecret = \"right\"\nhome = \"alice\"\n",
+    );
+    let ftpd = site
+        .daemon()
+        .arg("--users")
+        .arg(users)
+        .args(["--login-penalty", "30s", "--login-penalty-max", "30s"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .start();
+    let metrics = metrics_addr(&ftpd);
+    let range = |n| IpAddr::V4(Ipv4Addr::new(127, 0, n, 1));
+    let login = |n, secret| {
+        let mut peer = Raw::connect_from(range(n), ftpd.addr()).within(Duration::from_secs(30));
+        peer.hello_for_login();
+        let answer = peer.scram("alice", secret);
+        (peer, answer)
+    };
+    let (_open, answer) = login(1, "right");
+    assert!(matches!(answer, Message::AuthOk(_)), "{answer:?}");
+    let (_, answer) = login(2, "guess");
+    assert!(matches!(answer, Message::Error(_)), "{answer:?}");
+    let (_, answer) = login(3, "right");
+    assert!(
+        matches!(&answer, Message::Error(e) if e.code == ErrorCode::AuthFailed),
+        "{answer:?}"
+    );
+    let mut door = Raw::connect_from(range(2), ftpd.addr()).within(Duration::from_secs(30));
+    door.expect_error(ErrorCode::Busy);
+
+    let text = get(metrics, "/metrics").body;
+    for (series, expected) in [
+        (r#"ftpd_logins_total{result="ok",method="password"}"#, 1.0),
+        (
+            r#"ftpd_logins_total{result="failed",method="password"}"#,
+            1.0,
+        ),
+        (
+            r#"ftpd_logins_total{result="throttled",method="password"}"#,
+            1.0,
+        ),
+        (
+            r#"ftpd_connections_refused_total{reason="range_penalty"}"#,
+            1.0,
+        ),
+        ("ftpd_connections_accepted_total", 3.0),
+        ("ftpd_sessions_active", 1.0),
+    ] {
+        assert_series(&text, series, expected);
+    }
+    assert!(!text.contains("alice"), "a user name in a label:\n{text}");
+}
