@@ -195,15 +195,18 @@ impl Gate {
         let range = AddrRange::of(ip);
         // First, so that a range serving a penalty costs nothing else: it cannot log in now.
         if let Some(wait) = self.auth.penalty(range) {
+            crate::metrics::connection_refused("range_penalty");
             return Err(format!(
                 "too many failed logins from your network; try again in {} s",
                 retry_secs(wait)
             ));
         }
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            crate::metrics::connection_refused("max_connections");
             return Err("too many connections".into());
         };
         let Some(per_ip) = Claim::take(&self.per_ip, ip, self.max_per_ip) else {
+            crate::metrics::connection_refused("max_per_ip");
             return Err("too many connections from your address".into());
         };
         let evicted = CancellationToken::new();
@@ -223,6 +226,7 @@ impl Gate {
         let mut all = self.strangers.lock().unwrap();
         let mine = all.by_range.get(&range).map_or(0, VecDeque::len);
         if mine >= self.max_per_range {
+            crate::metrics::connection_refused("busy_range");
             return Err("too many connections not logged in yet from your network".into());
         }
         if all.count >= self.max_strangers {
@@ -242,9 +246,10 @@ impl Gate {
                     oldest.cancel();
                 }
                 _ => {
+                    crate::metrics::connection_refused("strangers_full");
                     return Err(
                         "too many connections not logged in yet; try again in a moment".into(),
-                    )
+                    );
                 }
             }
         }

@@ -42,6 +42,14 @@ pub struct Config {
     #[arg(long, env = "FTPD_LISTEN", default_value = "127.0.0.1:2121", value_parser = parse_listen)]
     pub listen: SocketAddr,
 
+    /// Serve metrics and health over HTTP on this address (off by default): GET /metrics
+    /// (Prometheus text format), /healthz, /readyz and /users. A bare port means
+    /// 127.0.0.1:PORT; an address others can reach is allowed, with a warning at start (the
+    /// figures tell them how the server is used). Port 0 picks a free port; the bound address
+    /// is logged (`metrics listening on ...`).
+    #[arg(long, env = "FTPD_METRICS_LISTEN", value_name = "ADDR", value_parser = parse_metrics_listen)]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Settings file (TOML): any flag's long name as a key.
     #[arg(long, env = "FTPD_CONFIG")]
     #[serde(skip)]
@@ -368,6 +376,14 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{s} resolves to no address"))
 }
 
+/// `--metrics-listen`: HOST:PORT as for --listen, or a bare port on loopback.
+fn parse_metrics_listen(s: &str) -> Result<SocketAddr, String> {
+    match s.parse::<u16>() {
+        Ok(port) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+        Err(_) => parse_listen(s),
+    }
+}
+
 fn parse_bytes(s: &str) -> Result<u64, String> {
     parse_size::Config::new()
         .with_binary()
@@ -450,6 +466,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown setting `config`"), "{err}");
+    }
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_a_bare_port_is_loopback() {
+        let c = load("root = \"/srv/x\"\n", &[], &[]).unwrap();
+        assert_eq!(c.metrics_listen, None);
+        let c = load("root = \"/srv/x\"\nmetrics-listen = \"9100\"\n", &[], &[]).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+        let c = load(
+            "root = \"/srv/x\"\n",
+            &["--metrics-listen", "[::]:9101"],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.metrics_listen, Some("[::]:9101".parse().unwrap()));
+        assert!(c.effective().contains("metrics-listen = \"[::]:9101\""));
+        let err = load(
+            "root = \"/x\"\nmetrics-listen = \"nowhere:port\"\n",
+            &[],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("metrics-listen"),
+            "{err}"
+        );
     }
 
     #[test]

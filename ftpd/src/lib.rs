@@ -9,6 +9,7 @@ pub mod config;
 mod error;
 mod hashing;
 pub mod logging;
+pub mod metrics;
 mod pipeline;
 mod private;
 mod reply;

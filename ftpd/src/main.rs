@@ -10,7 +10,7 @@ use ftpd::{Config, Server, Shared};
 use sd_notify::NotifyState;
 use tokio::net::TcpListener;
 use tokio::signal::unix::Signal;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Most threads for blocking work (disk reads and writes, commits, hashing) at once; more
 /// wait their turn. Every such job is one short disk operation (a chunk, a commit with its
@@ -143,6 +143,22 @@ async fn run(config: Config, args: Vec<OsString>, log: LogLevel) -> anyhow::Resu
         None => info!("plaintext: no TLS (--insecure-plaintext)"),
     }
     info!(root = %root.display(), state = %state.display(), "listening on {addr}");
+    // After the main listener's line, which tests and scripts read first.
+    if let Some(at) = config.metrics_listen {
+        let metrics =
+            ftpd::bind(at).with_context(|| format!("cannot listen for metrics on {at}"))?;
+        let bound = metrics.local_addr()?;
+        if !bound.ip().is_loopback() {
+            warn!(
+                "metrics listening on {bound}, which is not a loopback address: anyone who can \
+                 reach it sees how the server is used"
+            );
+        } else {
+            info!("metrics listening on {bound}");
+        }
+        let handle = ftpd::metrics::install();
+        tokio::spawn(ftpd::metrics::serve(metrics, server.observed(handle)));
+    }
     // Only now is the service usable: the root is checked and the socket accepts.
     let _ = sd_notify::notify(&[NotifyState::Ready]);
     if let Some(period) = sd_notify::watchdog_enabled() {

@@ -34,6 +34,8 @@ const STAGING_SWEEP_PERIOD: Duration = Duration::from_secs(3600);
 /// A daemon ready to serve: its root is open and checked, its users loaded.
 pub struct Server {
     shared: Shared,
+    /// Whether the listener accepts or the daemon drains, for the metrics listener's /readyz.
+    health: Arc<crate::metrics::Health>,
 }
 
 impl Shared {
@@ -151,6 +153,7 @@ impl Server {
                 identity,
                 security,
             },
+            health: Arc::default(),
         })
     }
 
@@ -183,6 +186,21 @@ impl Server {
     /// What sessions share (tests and reload reach the users through it).
     pub fn shared(&self) -> &Shared {
         &self.shared
+    }
+
+    /// What the metrics listener (`--metrics-listen`) reads from this server; `handle` renders
+    /// the recorder [`crate::metrics::install`] put in place.
+    pub fn observed(
+        &self,
+        handle: metrics_exporter_prometheus::PrometheusHandle,
+    ) -> crate::metrics::Observed {
+        crate::metrics::Observed {
+            handle,
+            health: self.health.clone(),
+            root: self.shared.root.clone(),
+            // joined with accounts at merge
+            users: Arc::new(|| serde_json::json!([])),
+        }
     }
 
     /// Serves one connection that is already set up (an in-memory pipe in tests, say) to its
@@ -220,6 +238,7 @@ impl Server {
             STAGING_SWEEP_PERIOD.min((config.staging_max_age / 4).max(Duration::from_secs(1))),
         ));
         tokio::pin!(shutdown);
+        self.health.serving();
         loop {
             let (stream, peer) = tokio::select! {
                 _ = &mut shutdown => break,
@@ -240,6 +259,8 @@ impl Server {
                     continue;
                 }
             };
+            crate::metrics::connection_accepted();
+            let active = crate::metrics::Active::connection();
             let shared = self.shared.clone();
             let shutdown = Shutdown::new(notify.subscribe());
             let done = done_tx.clone();
@@ -251,15 +272,17 @@ impl Server {
                 // slot at once, in the TLS handshake too (there is no channel yet to say why).
                 let established = tokio::select! {
                     established = transport::establish(stream, &shared.security, deadline) => {
-                        established.map_err(|e| e.to_string())
+                        established.map_err(|e| (refused_reason(&e), e.to_string()))
                     }
-                    () = admission.evicted() => {
-                        Err("gave its place to a newcomer before the TLS handshake ended".into())
-                    }
+                    () = admission.evicted() => Err((
+                        "evicted",
+                        "gave its place to a newcomer before the TLS handshake ended".into(),
+                    )),
                 };
                 let channel = match established {
                     Ok(channel) => channel,
-                    Err(e) => {
+                    Err((label, e)) => {
+                        crate::metrics::connection_refused(label);
                         info!(%peer, reason = %Wire(&e), "connection closed");
                         return;
                     }
@@ -274,9 +297,11 @@ impl Server {
                     let e = e.to_string();
                     error!(%peer, error = %Wire(&e), "session task failed; connection closed");
                 }
+                drop(active);
                 drop(done);
             });
         }
+        self.health.draining();
         drop(listener);
         sweeper.abort();
         info!("shutting down: no new connections");
@@ -288,6 +313,20 @@ impl Server {
         {
             warn!("grace period over; closing the remaining connections");
         }
+    }
+}
+
+/// A connection dropped before its session, as a `reason` label of
+/// `ftpd_connections_refused_total`.
+fn refused_reason(e: &transport::Refused) -> &'static str {
+    use transport::Refused;
+    match e {
+        Refused::Closed => "closed_early",
+        Refused::Timeout => "handshake_timeout",
+        Refused::PlaintextClient => "plaintext_client",
+        Refused::Handshake(_) => "tls_failed",
+        Refused::NoAlpn => "no_alpn",
+        Refused::Io(_) => "io_error",
     }
 }
 

@@ -19,6 +19,7 @@ use crate::cmd::{self, Failure, Handled};
 use crate::error::SessionError;
 use crate::hashing::Hashing;
 use crate::logging::Wire;
+use crate::metrics::Direction;
 use crate::pipeline::{Answer, Pipeline};
 use crate::reply::CmdError;
 use crate::server::Shared;
@@ -83,6 +84,8 @@ pub struct Session {
     pipeline: Pipeline,
     /// A command the client sent while a download was going out (pipelined): the next to run.
     stashed: Option<Frame>,
+    /// Counts this session in `ftpd_sessions_active` from its login on.
+    counted: Option<crate::metrics::Active>,
 }
 
 /// What a transfer moved, as the dispatcher records it.
@@ -131,6 +134,7 @@ impl Session {
             deadline: None,
             pipeline: Pipeline::new(),
             stashed: None,
+            counted: None,
         }
     }
 
@@ -210,6 +214,7 @@ impl Session {
             // Serving anonymously, hello is the login; done before the answer, so that a
             // client that has it is no stranger any more.
             self.logged_in();
+            crate::metrics::login(crate::metrics::LoginResult::Ok, "anonymous");
         }
         self.send(Message::Hello(Hello {
             version: agreed.version,
@@ -234,12 +239,12 @@ impl Session {
         let mut auth = self.recv_auth(deadline).await?;
         let (user, scram_final) = match self.auth.by_key(&users, range, &auth.user, self.peer_key) {
             Some(Ok(user)) => (user, None),
-            Some(Err(refusal)) => return Err(self.refused(&auth.user, refusal)),
+            Some(Err(refusal)) => return Err(self.refused(&auth.user, "key", refusal)),
             None => {
                 // A password login: refused unchecked while the range or the name serves a
                 // penalty, before the salt is shown.
                 if let Some(refusal) = self.auth.refused(range, &auth.user) {
-                    return Err(self.refused(&auth.user, refusal));
+                    return Err(self.refused(&auth.user, "password", refusal));
                 }
                 if auth.scram.is_none() {
                     // No key of the user's: a password, then (asking costs the client nothing
@@ -276,6 +281,7 @@ impl Session {
         } else {
             "key"
         };
+        crate::metrics::login(crate::metrics::LoginResult::Ok, method);
         self.send(Message::AuthOk(AuthOk { scram: scram_final }))
             .await?;
         let home_path = user.home.to_string();
@@ -356,14 +362,19 @@ impl Session {
                 }
             }
         });
-        attempt.map_err(|refusal| self.refused(user, refusal))
+        attempt.map_err(|refusal| self.refused(user, "password", refusal))
     }
 
     /// A refused login: every slot is given up before the answer (and before the log line,
     /// which a watcher may act on): the penalty is kept by the authenticator, and a failed
     /// login waiting it out would only hold a slot a real user needs.
-    fn refused(&mut self, user: &str, refusal: Refusal) -> SessionError {
+    fn refused(&mut self, user: &str, method: &'static str, refusal: Refusal) -> SessionError {
         self.admission = None;
+        let result = match refusal {
+            Refusal::Failed => crate::metrics::LoginResult::Failed,
+            Refusal::User(_) | Refusal::Range(_) => crate::metrics::LoginResult::Throttled,
+        };
+        crate::metrics::login(result, method);
         SessionError::Refused(self.refusal(user, refusal))
     }
 
@@ -411,6 +422,7 @@ impl Session {
         if let Some(admission) = &mut self.admission {
             admission.logged_in();
         }
+        self.counted = Some(crate::metrics::Active::session());
     }
 
     async fn command_loop(&mut self) -> Result<(), SessionError> {
@@ -638,6 +650,12 @@ impl Session {
             Ok(()) => "ok",
             Err(reply) => reply.code.as_str(),
         };
+        crate::metrics::command(op, code);
+        match op {
+            "put" => crate::metrics::transfer(Direction::Upload, code, moved.bytes, elapsed),
+            "get" => crate::metrics::transfer(Direction::Download, code, moved.bytes, elapsed),
+            _ => {}
+        }
         let severity = match &outcome {
             Ok(()) => Severity::Done,
             Err(reply) => Severity::of(reply.code),

@@ -129,6 +129,17 @@ impl Usage {
     }
 }
 
+/// The root's usage, as [`Root::usage`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageReport {
+    /// Bytes the files in the root take; counted only when there is a quota.
+    pub used: Option<u64>,
+    /// Bytes held by interrupted uploads kept for a resume.
+    pub staged: u64,
+    /// The quota in force, if any.
+    pub quota: Option<u64>,
+}
+
 /// An open storage root. Cloning is cheap; clones share the same directory handles.
 #[derive(Clone)]
 pub struct Root {
@@ -252,6 +263,29 @@ impl Root {
             usage.files = files;
         }
         let _ = self.scan_staging(None);
+    }
+
+    /// What the root's counts say now (for the daemon's metrics): cheap, no disk access.
+    pub fn usage(&self) -> UsageReport {
+        let usage = self.lock_usage();
+        UsageReport {
+            used: self.inner.limits.quota.map(|_| usage.used),
+            staged: usage.kept_bytes,
+            quota: self.inner.limits.quota,
+        }
+    }
+
+    /// Proves the staging directory still takes a new file (a readiness probe): creates one
+    /// and removes it. Blocking: call it off the reactor.
+    pub fn probe_writable(&self) -> Result<()> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let probe = format!("probe-{}-{n}", std::process::id());
+        let staging = &self.inner.staging;
+        staging
+            .create(&probe)
+            .and_then(|_| staging.remove_file(&probe))
+            .map_err(|e| Error::io("staging directory", "write to", e))
     }
 
     /// The counts behind the limits, locked.

@@ -49,6 +49,9 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
     s.moved.path = Some(path.to_string());
     let (home, target) = (s.home.clone(), path.clone());
     let offset = req.offset;
+    if offset > 0 {
+        crate::metrics::resumed(crate::metrics::Direction::Download);
+    }
     let kind = s.digest;
     // Never more than the configured chunk, whatever the file was recorded in: a file
     // uploaded in 8 MiB chunks is re-cut, not sent (and buffered) 8 MiB at a time.

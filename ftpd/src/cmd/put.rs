@@ -62,6 +62,9 @@ async fn receive(s: &mut Session, req: Put) -> Handled {
     let (home, target) = (s.home.clone(), path.clone());
     let upload = blocking(move || home.begin_upload(&target, &ureq)).await??;
     let offset = upload.offset();
+    if offset > 0 {
+        crate::metrics::resumed(crate::metrics::Direction::Upload);
+    }
     // The largest chunk this server announced in its hello.
     let receiver = ChunkReceiver::new(offset, req.size, protocol::MAX_BODY as u32, upload.prefix());
     if !req.pipelined {

@@ -74,3 +74,7 @@ mod scrub;
 // A transfer through a daemon that is killed and restarted; --json sessions whose every line
 // parses.
 mod scripts;
+
+// The metrics listener: counters matching the transfers made, promtool's lint, readiness
+// through a drain, and a real Prometheus scraping the daemon.
+mod metrics;
