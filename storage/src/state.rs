@@ -22,6 +22,8 @@ use crate::{rename_noreplace, Error, Result, PRIVATE_DIR};
 pub(crate) const STAGING: &str = "staging";
 /// Where recorded digests live, in the state directory.
 pub(crate) const DIGESTS: &str = "digests";
+/// Where files reported damaged wait for the next scrub, in the state directory.
+pub(crate) const SUSPECTS: &str = "suspects";
 
 /// Directories walked up from one to `/` at most, looking for another: far beyond any real
 /// depth (PATH_MAX is 4096 bytes), and a bound should `..` ever loop.
