@@ -12,6 +12,7 @@ pub mod logging;
 mod pipeline;
 mod private;
 mod reply;
+mod scrub;
 mod server;
 mod session;
 mod shutdown;

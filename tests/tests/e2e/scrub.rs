@@ -197,3 +197,21 @@ fn a_rotted_file_is_reported_damaged_once_and_scrubbed_first() {
         std::fs::read(ftpd.path("a.bin")).unwrap()
     );
 }
+
+/// `--scrub-every` finds rot on its own, no client asking, and logs the file and a summary.
+#[test]
+fn the_scheduled_scrub_finds_rot_without_a_client() {
+    let ftpd = Daemon::with_args(["--scrub-every", "1s"]);
+    let work = tmpdir();
+    write_random(work.path().join("a.bin"), MIB + 10, 3);
+    write_random(work.path().join("b.bin"), 100, 4);
+    ftpd.cli()
+        .cwd(&work)
+        .cmds("put a.bin; put b.bin")
+        .run()
+        .ok();
+    rot(&ftpd, "a.bin", 7);
+    ftpd.wait_for_log(&["scrub found a damaged file", "/a.bin"]);
+    ftpd.wait_for_log(&["scheduled scrub done", "damaged=1", "checked=2"]);
+    assert!(!ftpd.log().contains("/b.bin\" from"), "{}", ftpd.log());
+}
