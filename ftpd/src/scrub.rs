@@ -53,7 +53,7 @@ fn run(root: &Root, hashing: &Hashing, stop: &AtomicBool, handle: &tokio::runtim
         Verdict::Damaged { from } => {
             checked += 1;
             damaged += 1;
-            error!(path = %Wire(path), from = ?from, "scrub found a damaged file: its bytes no longer match the digest recorded at upload");
+            error!(path = %Wire(path), from, "scrub found a damaged file: its bytes no longer match the digest recorded at upload");
         }
         Verdict::Unverifiable(_) => unverifiable += 1,
         Verdict::Gone => {}

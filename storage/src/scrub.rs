@@ -89,7 +89,9 @@ pub struct Suspect {
 /// A suspect's mark as stored: the path relative to the root.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Mark {
+    /// The file, relative to the root.
     path: String,
+    /// Where its first failing chunk starts, as the report said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     offset: Option<u64>,
 }

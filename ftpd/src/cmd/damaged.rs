@@ -31,15 +31,15 @@ pub async fn run(s: &mut Session, req: Damaged) -> Handled {
     match marked {
         Marked::Unrecorded => return Err(CmdError::Unrecorded { path }.into()),
         Marked::Full => {
-            warn!(%peer, user = %Wire(&user), path = %shown, ?offset,
+            warn!(%peer, user = %Wire(&user), path = %shown, offset,
                   "client reports a damaged file; not marked: the suspects list is full (run ftpd scrub)");
         }
         Marked::Already => {
-            warn!(%peer, user = %Wire(&user), path = %shown, ?offset,
+            warn!(%peer, user = %Wire(&user), path = %shown, offset,
                   "client reports a damaged file, marked for the next scrub already");
         }
         Marked::New => {
-            warn!(%peer, user = %Wire(&user), path = %shown, ?offset,
+            warn!(%peer, user = %Wire(&user), path = %shown, offset,
                   "client reports a damaged file; marked for the next scrub");
             recheck(s, path, in_root);
         }
@@ -60,7 +60,7 @@ fn recheck(s: &Session, path: storage::VPath, in_root: String) {
         let shown = Wire(&in_root);
         match home.check_against_record(&path) {
             Verdict::Damaged { from } => {
-                error!(path = %shown, from = ?from, "damaged file confirmed: its bytes no longer match the digest recorded at upload");
+                error!(path = %shown, from, "damaged file confirmed: its bytes no longer match the digest recorded at upload");
             }
             Verdict::Intact => {
                 info!(path = %shown, "reported damaged, but it matches its record now");
