@@ -58,6 +58,19 @@ pub enum ClientError {
     BadChunk { offset: u64, digest: DigestKind },
     #[error("verification failed: {0}")]
     Verify(String),
+    /// A download failed against the digests the server recorded when the file was uploaded:
+    /// the server's copy rotted on its disk. Another try would fetch the same bytes.
+    #[error(
+        "{name}: the copy stored on the server is damaged (it no longer matches the digest \
+         recorded at upload); {}",
+        if *told { "the server's admin has been told" } else { "tell the server's admin" }
+    )]
+    Damaged {
+        /// The file, as the user named it on the server.
+        name: String,
+        /// Whether the server knows (it found the damage itself, or took our report).
+        told: bool,
+    },
     #[error("protocol error: {0}")]
     Protocol(String),
     /// A name the server sent that cannot be used as a local file name (`../x`, `/etc/x`, a
@@ -97,6 +110,7 @@ impl ClientError {
             | ClientError::Untrusted(_) => 4,
             ClientError::NotProtocol(_) => 9,
             ClientError::KeyChanged(_) => 10,
+            ClientError::Damaged { .. } => 11,
             ClientError::SomeFailed { .. } => 8,
             ClientError::Cancelled => 130,
             ClientError::Remote(_) => 5,
@@ -162,6 +176,7 @@ impl ClientError {
             | ClientError::LocalExists(_)
             | ClientError::Stdout(_)
             | ClientError::Verify(_)
+            | ClientError::Damaged { .. }
             | ClientError::UnsafeName(_)
             | ClientError::Limit(_)
             | ClientError::Internal(_) => false,
@@ -228,6 +243,31 @@ mod tests {
         let e = ClientError::Internal("file reader failed: task 7 panicked".into());
         assert!(!e.is_retriable());
         assert_eq!(e.exit_code(), 7);
+    }
+
+    /// Regression: a file rotted on the server's disk failed every download against its
+    /// recorded digests, and each failure (a bad chunk) was retried, in vain.
+    #[test]
+    fn a_damaged_copy_is_not_retried_and_says_so_in_one_line() {
+        let e = ClientError::Damaged {
+            name: "x.jpg".into(),
+            told: true,
+        };
+        assert!(!e.is_retriable());
+        assert_eq!(e.exit_code(), 11);
+        assert_eq!(
+            e.for_person(),
+            "x.jpg: the copy stored on the server is damaged (it no longer matches the digest \
+             recorded at upload); the server's admin has been told"
+        );
+        let named = e.in_command("get x.jpg");
+        assert!(!named.is_retriable());
+        assert_eq!(named.exit_code(), 11);
+        let untold = ClientError::Damaged {
+            name: "x".into(),
+            told: false,
+        };
+        assert!(untold.to_string().ends_with("; tell the server's admin"));
     }
 
     #[test]

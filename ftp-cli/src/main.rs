@@ -25,7 +25,9 @@ use protocol::DigestKind;
                   7 verification, protocol or internal failure; 8 some files of a multi-file \
                   command failed; 9 not the protocol expected (not TLS, not ftpd, or TLS and \
                   plaintext mismatched); 10 the server's key is not the one pinned for it \
-                  (changed, not --fingerprint's, or shown without being held); 130 cancelled \
+                  (changed, not --fingerprint's, or shown without being held); 11 the server's \
+                  copy of a file is damaged (it no longer matches the digest recorded at \
+                  upload; not retried); 130 cancelled \
                   (Ctrl-C).\n\n\
                   Every connection is TLS 1.3. The server's key is pinned at first contact in \
                   known_hosts, as ssh does: a changed key is refused.\n\n\

@@ -67,8 +67,9 @@ pub enum Command {
         /// The user.
         name: String,
     },
-    /// Read every stored file again and compare it with the digest recorded at its upload:
-    /// prints each damaged file (its bytes changed, its inode times did not: bit rot), counts
+    /// Read every stored file again and compare it with the digest recorded at its upload,
+    /// the files clients reported damaged first (`reported PATH: damaged|fine|gone`, their
+    /// marks then cleared): prints each damaged file (its bytes changed, its inode times did not: bit rot), counts
     /// the files without a valid record (changed through the file system, or never recorded),
     /// and exits 1 if any file is damaged.
     Scrub {
@@ -79,7 +80,7 @@ pub enum Command {
         verbose: bool,
     },
     /// Hash files now and record that as their digest: for files an admin changed on purpose,
-    /// which a scrub then checks again.
+    /// which a scrub then checks again. A client's report that the file is damaged is cleared.
     Rerecord {
         #[command(flatten)]
         store: Store,
@@ -247,38 +248,86 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `ftpd scrub`: damaged files on stdout, one line each (and unverifiable ones with
-/// `--verbose`); the counts as one log line, at ERROR when anything is damaged.
+/// `ftpd scrub`: the files clients reported damaged first (each as damaged, fine or gone, and
+/// the marks it settled cleared), then every other file; damaged files on stdout, one line
+/// each (and unverifiable ones with `--verbose`); the counts as one log line, at ERROR when
+/// anything is damaged.
 fn scrub(root: &storage::Root, verbose: bool) -> anyhow::Result<ExitCode> {
-    use storage::Verdict;
-    let (mut intact, mut damaged, mut unverifiable) = (0u64, 0u64, 0u64);
     let mut out = std::io::stdout().lock();
-    for found in root.scrub() {
-        let path = crate::logging::Wire(&found.path);
-        match found.verdict {
-            Verdict::Intact => intact += 1,
-            Verdict::Damaged { from } => {
-                damaged += 1;
-                match from {
-                    Some(at) => writeln!(out, "damaged {path} (from byte {at})")?,
-                    None => writeln!(out, "damaged {path}")?,
-                }
-            }
-            Verdict::Unverifiable(why) => {
-                unverifiable += 1;
-                if verbose {
-                    writeln!(out, "unverifiable {path}: {why}")?;
-                }
-            }
+    let mut tally = Tally::default();
+    let mut checked = std::collections::HashSet::new();
+    for suspect in root.suspects() {
+        let shown = suspect.path.to_string();
+        let verdict = root.check_path(&suspect.path);
+        let path = crate::logging::Wire(&shown);
+        let word = match &verdict {
+            storage::Verdict::Intact => "fine",
+            storage::Verdict::Damaged { .. } => "damaged",
+            storage::Verdict::Gone => "gone",
+            storage::Verdict::Unverifiable(_) => "unverifiable",
+        };
+        writeln!(out, "reported {path}: {word}")?;
+        if verdict.settles() {
+            root.clear_suspect(&suspect.path);
         }
+        tally.add(&mut out, &shown, &verdict, verbose)?;
+        checked.insert(shown);
+    }
+    for found in root.scrub_except(checked) {
+        tally.add(&mut out, &found.path, &found.verdict, verbose)?;
     }
     out.flush()?;
+    let Tally {
+        intact,
+        damaged,
+        unverifiable,
+    } = tally;
     if damaged > 0 {
         tracing::error!(intact, damaged, unverifiable, "scrub found damaged files");
         Ok(ExitCode::from(1))
     } else {
         tracing::info!(intact, damaged, unverifiable, "scrub found no damage");
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// What a scrub found, counted.
+#[derive(Default)]
+struct Tally {
+    intact: u64,
+    damaged: u64,
+    unverifiable: u64,
+}
+
+impl Tally {
+    /// Counts one file, printing it if damaged (or, with `verbose`, unverifiable).
+    fn add(
+        &mut self,
+        out: &mut impl Write,
+        path: &str,
+        verdict: &storage::Verdict,
+        verbose: bool,
+    ) -> std::io::Result<()> {
+        use storage::Verdict;
+        let path = crate::logging::Wire(path);
+        match verdict {
+            Verdict::Intact => self.intact += 1,
+            Verdict::Damaged { from } => {
+                self.damaged += 1;
+                match from {
+                    Some(at) => writeln!(out, "damaged {path} (from byte {at})")?,
+                    None => writeln!(out, "damaged {path}")?,
+                }
+            }
+            Verdict::Unverifiable(why) => {
+                self.unverifiable += 1;
+                if verbose {
+                    writeln!(out, "unverifiable {path}: {why}")?;
+                }
+            }
+            Verdict::Gone => {}
+        }
+        Ok(())
     }
 }
 

@@ -204,6 +204,17 @@ pub struct Config {
     #[serde(serialize_with = "duration")]
     pub staging_max_age: Duration,
 
+    /// Scrub the root in the background every DUR (e.g. 7d; off by default): every stored
+    /// file read again and compared with the digest recorded at its upload, the files clients
+    /// reported damaged first, as `ftpd scrub` does. One file at a time, in one of the
+    /// --max-hashing slots; each damaged file is logged at ERROR, then a summary line.
+    #[arg(long, env = "FTPD_SCRUB_EVERY", value_parser = parse_every)]
+    #[serde(
+        serialize_with = "maybe_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub scrub_every: Option<Duration>,
+
     /// Chunk size for downloads, in bytes (capped by what the client accepts).
     #[arg(long, env = "FTPD_CHUNK_SIZE", default_value_t = protocol::DEFAULT_CHUNK,
           value_parser = clap::value_parser!(u32).range(protocol::MIN_CHUNK as i64..=protocol::MAX_BODY as i64))]
@@ -389,6 +400,22 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .with_binary()
         .parse_size(s)
         .map_err(|e| format!("{e} (try 500M, 10G or a number of bytes)"))
+}
+
+/// A period for a background job: a duration of at least a second.
+fn parse_every(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try 7d, 12h or 30m)"))?;
+    if d < Duration::from_secs(1) {
+        return Err("at least 1s".into());
+    }
+    Ok(d)
+}
+
+fn maybe_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => duration(d, s),
+        None => s.serialize_none(),
+    }
 }
 
 fn duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

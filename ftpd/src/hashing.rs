@@ -81,6 +81,21 @@ impl Hashing {
         }
     }
 
+    /// A slot for a whole-file job of the daemon's own (a damage report's re-check, a
+    /// scheduled scrub's file), if one is free now: such jobs never wait ahead of clients.
+    pub fn try_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// A slot for a whole-file job of the daemon's own, waiting for one to be free.
+    pub async fn slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the hashing semaphore is never closed")
+    }
+
     fn cached(&self, key: &Key) -> Option<Hasher> {
         self.cache.lock().unwrap().map.get(key).cloned()
     }

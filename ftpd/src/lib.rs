@@ -13,6 +13,7 @@ pub mod metrics;
 mod pipeline;
 mod private;
 mod reply;
+mod scrub;
 mod server;
 mod session;
 mod shutdown;

@@ -43,8 +43,13 @@ pub enum CmdError {
     #[error("the server is busy ({0}); try again later")]
     Busy(&'static str),
     /// The bytes read no longer have the digest recorded when the file was stored.
-    #[error("{path}: changed on disk since it was stored (its digest no longer matches)")]
-    Changed { path: VPath },
+    #[error(
+        "{path}: the stored copy is damaged (it no longer matches the digest recorded at upload)"
+    )]
+    Damaged { path: VPath },
+    /// A damage report for a file with no recorded digest to have failed against.
+    #[error("{path}: no digest is recorded for it as it is now")]
+    Unrecorded { path: VPath },
     /// The client's hello cannot be taken (no common version, a chunk limit below the
     /// floor); the connection closes.
     #[error("hello refused: {0}")]
@@ -70,7 +75,8 @@ impl CmdError {
             CmdError::Unsupported { .. } => ErrorCode::Unsupported,
             CmdError::OutOfPlace(_) => ErrorCode::BadRequest,
             CmdError::Busy(_) => ErrorCode::Busy,
-            CmdError::Changed { .. } => ErrorCode::Io,
+            CmdError::Damaged { .. } => ErrorCode::Damaged,
+            CmdError::Unrecorded { .. } => ErrorCode::BadRequest,
             CmdError::Hello(e) => hello_code(e),
             CmdError::BadAuth { .. } => ErrorCode::BadAuth,
         }

@@ -237,6 +237,14 @@ impl Server {
             // A quarter of the age: staged bytes outlive it by at most that much.
             STAGING_SWEEP_PERIOD.min((config.staging_max_age / 4).max(Duration::from_secs(1))),
         ));
+        // Off unless asked for; stopped with the listener.
+        let scrubber = config.scrub_every.map(|period| {
+            tokio::spawn(crate::scrub::every(
+                self.shared.root.clone(),
+                self.shared.hashing.clone(),
+                period,
+            ))
+        });
         tokio::pin!(shutdown);
         self.health.serving();
         loop {
@@ -304,6 +312,9 @@ impl Server {
         self.health.draining();
         drop(listener);
         sweeper.abort();
+        if let Some(scrubber) = scrubber {
+            scrubber.abort();
+        }
         info!("shutting down: no new connections");
         let _ = notify.send(());
         drop(done_tx);

@@ -206,6 +206,7 @@ impl Session {
             capability::RESUME.into(),
             capability::FILES.into(),
             capability::PIPELINE.into(),
+            capability::DAMAGED.into(),
         ];
         if self.auth.users().is_some() {
             capabilities.push(capability::AUTH_SCRAM_SHA256.into());
@@ -533,6 +534,7 @@ impl Session {
             Message::Rm(req) => ("rm", cmd::rm::run(self, req).await),
             Message::Rmdir(req) => ("rmdir", cmd::rmdir::run(self, req).await),
             Message::Rename(req) => ("rename", cmd::rename::run(self, req).await),
+            Message::Damaged(req) => ("damaged", cmd::damaged::run(self, req).await),
             Message::Bye => return Ok(Flow::Quit),
             // A cancel that crossed the end of a download on the wire: nothing left to stop,
             // and nothing to answer.
@@ -864,7 +866,9 @@ enum Severity {
 impl Severity {
     fn of(code: ErrorCode) -> Severity {
         match code {
-            ErrorCode::NoSpace | ErrorCode::Io | ErrorCode::Internal => Severity::Fault,
+            ErrorCode::NoSpace | ErrorCode::Io | ErrorCode::Internal | ErrorCode::Damaged => {
+                Severity::Fault
+            }
             ErrorCode::AuthRequired | ErrorCode::AuthFailed | ErrorCode::BadAuth => Severity::Auth,
             ErrorCode::NotFound
             | ErrorCode::Exists

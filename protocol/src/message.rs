@@ -69,6 +69,10 @@ pub enum Message {
     Rmdir(PathArg),
     /// Client: rename (move) a file or directory; fails with `exists` if `to` exists.
     Rename(Rename),
+    /// Client, to servers with capability `damaged`: a download of `path` failed against the
+    /// digests the server sent as recorded at upload (`get_ready` said `recorded`), so the
+    /// stored copy is damaged. Answered by `ok` (the report was taken) or `error`.
+    Damaged(Damaged),
     /// Server: the command succeeded and has nothing else to say.
     Ok,
     /// Client: I am done; the server closes the connection.
@@ -278,6 +282,22 @@ pub struct GetReady {
     /// Modification time, seconds since the Unix epoch, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime: Option<i64>,
+    /// The chunks' running digests and the `eof` digest are the ones recorded when the file was
+    /// uploaded, not hashed from the bytes as they are sent: bytes that fail them were damaged
+    /// on the server's disk, not in transit, and sending them again cannot cure that.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recorded: bool,
+}
+
+/// A client's report that a download failed against the digests recorded at upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Damaged {
+    /// The file, as the `get` named it.
+    pub path: String,
+    /// The offset of the first chunk that failed its digest, when one did (absent when only the
+    /// whole-file digest at `eof` failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 /// Header of one data chunk. Its body is the `len` bytes that follow the header on the wire.
@@ -388,6 +408,10 @@ pub enum ErrorCode {
     Internal,
     /// A TLS server read a plaintext frame first: sent in the clear, then the connection closes.
     TlsRequired,
+    /// The stored file no longer matches the digest recorded when it was uploaded: its bytes
+    /// changed on the server's disk. Trying again cannot help; the server's admin must restore
+    /// or re-record it.
+    Damaged,
     /// Any code this version does not know.
     #[serde(other)]
     Unknown,
@@ -414,6 +438,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::VersionMismatch => "version_mismatch",
             ErrorCode::TlsRequired => "tls_required",
+            ErrorCode::Damaged => "damaged",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Busy => "busy",
             ErrorCode::AuthRequired => "auth_required",
@@ -461,6 +486,42 @@ mod tests {
                 }),
                 r#"{"type":"chunk","offset":5,"len":3,"digest":"900150983cd24fb0d6963f7d28e17f72"}"#,
             ),
+            (
+                Message::GetReady(GetReady {
+                    size: 9,
+                    offset: 0,
+                    mtime: None,
+                    recorded: false,
+                }),
+                r#"{"type":"get_ready","size":9,"offset":0}"#,
+            ),
+            (
+                Message::GetReady(GetReady {
+                    size: 9,
+                    offset: 4,
+                    mtime: Some(7),
+                    recorded: true,
+                }),
+                r#"{"type":"get_ready","size":9,"offset":4,"mtime":7,"recorded":true}"#,
+            ),
+            (
+                Message::Damaged(Damaged {
+                    path: "photos/x.jpg".into(),
+                    offset: Some(1048576),
+                }),
+                r#"{"type":"damaged","path":"photos/x.jpg","offset":1048576}"#,
+            ),
+            (
+                Message::Damaged(Damaged {
+                    path: "x".into(),
+                    offset: None,
+                }),
+                r#"{"type":"damaged","path":"x"}"#,
+            ),
+            (
+                Message::Error(ErrorReply::new(ErrorCode::Damaged, "x: damaged")),
+                r#"{"type":"error","code":"damaged","message":"x: damaged"}"#,
+            ),
         ];
         for (msg, json) in cases {
             assert_eq!(serde_json::to_string(&msg).unwrap(), json);
@@ -495,6 +556,8 @@ mod tests {
             BadAuth,
             Timeout,
             Internal,
+            TlsRequired,
+            Damaged,
             Unknown,
         ] {
             assert_eq!(

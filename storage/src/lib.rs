@@ -35,7 +35,7 @@ pub use digests::Recorded;
 pub use error::{Error, Result};
 // The client still imports it from here until it depends on `fileio` itself.
 pub use path::{is_bidi_control, VPath, MAX_NAME, MAX_PATH, PRIVATE_DIR};
-pub use scrub::{Scrubbed, Verdict};
+pub use scrub::{Marked, Scrubbed, Suspect, Verdict, MAX_SUSPECTS};
 pub use state::{default_state_dir, StateProblem};
 pub use upload::{
     commit_group, Staged, Upload, UploadRequest, MAX_RECORDED_CHUNKS, MIN_RECORDED_CHUNK,
@@ -153,6 +153,8 @@ struct Inner {
     staging: Dir,
     /// Capability handle on the recorded digests.
     digests: Dir,
+    /// Capability handle on the files reported damaged, for the next scrub.
+    suspects: Dir,
     /// Upload size limits.
     limits: Limits,
     /// Whether opening moved an older version's `ROOT/.ftpd` into the state directory.
@@ -224,6 +226,7 @@ impl Root {
         };
         let staging = sub(state::STAGING)?;
         let digests = sub(state::DIGESTS)?;
+        let suspects = sub(state::SUSPECTS)?;
         // Prove we can write, rather than find out at the first upload.
         let probe = format!("probe-{}", std::process::id());
         staging
@@ -235,6 +238,7 @@ impl Root {
                 dir,
                 staging,
                 digests,
+                suspects,
                 limits,
                 migrated,
                 usage: Mutex::new(Usage::default()),

@@ -10,14 +10,25 @@
 //!
 //! Files are opened beneath the root's capability handle with `O_NOFOLLOW`, so no symlink leads
 //! a scrub out of the root, and read in 1 MiB blocks whatever their size.
+//!
+//! A client whose download failed against the recorded digests reports the file; it is marked
+//! a *suspect* (one small file per path in the state directory's `suspects`, at most
+//! [`MAX_SUSPECTS`]) and the next scrub checks the suspects first, then clears the marks it
+//! resolved. Marks are files of their own, so the daemon and an admin's `ftpd scrub` can add
+//! and clear them at once without a lock.
 
+use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
 
 use cap_std::fs::{Dir, OpenOptionsExt as _};
 use checksum::{Digest, DigestKind, Hasher};
 
 use crate::digests::{self, Recorded, StampSource as _};
-use crate::{Error, Result, Root, VPath, PRIVATE_DIR};
+use crate::{Error, Home, Result, Root, VPath, PRIVATE_DIR};
+
+/// Files marked for the next scrub, at most: reports beyond it are counted but not kept (a
+/// client cannot fill the state directory), and the scrub itself finds those files anyway.
+pub const MAX_SUSPECTS: usize = 10_000;
 
 /// What a scrub found about one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +42,67 @@ pub enum Verdict {
     },
     /// No valid record to compare with, or the file could not be read; the reason says which.
     Unverifiable(&'static str),
+    /// A suspect that is no longer there (removed or renamed since it was reported).
+    Gone,
+}
+
+impl Verdict {
+    /// Whether a suspect with this verdict is settled, its mark to be cleared: it was read to
+    /// its end (intact or damaged), it is gone, or it has no record to check it with. A file
+    /// that could not be opened or read, or changed while read, stays marked for the next try.
+    pub fn settles(&self) -> bool {
+        match self {
+            Verdict::Intact | Verdict::Damaged { .. } | Verdict::Gone => true,
+            Verdict::Unverifiable(why) => *why == NO_RECORD || *why == NOT_A_FILE,
+        }
+    }
+}
+
+/// Why a file is unverifiable: it has no record that describes it as it is now.
+const NO_RECORD: &str = "no valid record";
+/// Why a file is unverifiable: it is not a regular file.
+const NOT_A_FILE: &str = "not a regular file";
+
+/// What reporting a file damaged did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marked {
+    /// It is marked for the next scrub now.
+    New,
+    /// It was marked already (reported before, and no scrub has looked at it since).
+    Already,
+    /// [`MAX_SUSPECTS`] files are marked already: not kept.
+    Full,
+    /// It has no record to check it against (changed through the file system, or never
+    /// uploaded): a download of it cannot have failed against one.
+    Unrecorded,
+}
+
+/// A file reported damaged, waiting for a scrub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suspect {
+    /// The file, in the root.
+    pub path: VPath,
+    /// Where its first failing chunk starts, as the report said.
+    pub offset: Option<u64>,
+}
+
+/// A suspect's mark as stored: the path relative to the root.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Mark {
+    /// The file, relative to the root.
+    path: String,
+    /// Where its first failing chunk starts, as the report said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+}
+
+/// The name of `path`'s mark: one per path, so a second report of it finds the first.
+fn mark_name(path: &VPath) -> String {
+    use md5::Digest as _;
+    format!(
+        "{}.json",
+        hex::encode(md5::Md5::digest(path.rel().as_bytes()))
+    )
 }
 
 /// One file a scrub looked at.
@@ -41,11 +113,133 @@ pub struct Scrubbed {
     pub verdict: Verdict,
 }
 
+impl Home {
+    /// Marks the file at `path` in this home for the next scrub, as a client reported it
+    /// damaged: only a regular file (never followed through a symlink) that still has its
+    /// record. The work is bounded whatever the file's size: a stat, the record's read, a count
+    /// of the marks (at most [`MAX_SUSPECTS`]) and a small write.
+    pub fn report_damaged(&self, path: &VPath, offset: Option<u64>) -> Result<Marked> {
+        let shown = path.to_string();
+        let meta = self
+            .dir
+            .symlink_metadata(path.rel())
+            .map_err(|e| Error::io(&shown, "stat", e))?;
+        if meta.is_dir() {
+            return Err(Error::IsDirectory(shown));
+        }
+        if !meta.is_file() {
+            return Err(Error::NotAFile(shown));
+        }
+        let in_root = self.in_root(path);
+        if digests::load_stamped(&self.root.inner.digests, &in_root, &meta).is_none() {
+            return Ok(Marked::Unrecorded);
+        }
+        self.root
+            .mark_suspect(&in_root, offset)
+            .map_err(|e| Error::io(&shown, "mark", e))
+    }
+
+    /// Reads the file at `path` in this home now and checks it against its record, as a scrub
+    /// would (the caller bounds how many such reads run at once).
+    pub fn check_against_record(&self, path: &VPath) -> Verdict {
+        self.root.check_path(&self.in_root(path))
+    }
+
+    /// `path` in this home as the root knows it (for logs an admin reads).
+    pub fn root_path(&self, path: &VPath) -> VPath {
+        self.in_root(path)
+    }
+}
+
 impl Root {
+    /// Marks `path` (in the root) for the next scrub; a path marked already keeps its mark.
+    fn mark_suspect(&self, path: &VPath, offset: Option<u64>) -> std::io::Result<Marked> {
+        let dir = &self.inner.suspects;
+        let name = mark_name(path);
+        if dir.symlink_metadata(&name).is_ok() {
+            return Ok(Marked::Already);
+        }
+        if dir.entries()?.take(MAX_SUSPECTS).count() >= MAX_SUSPECTS {
+            return Ok(Marked::Full);
+        }
+        let mark = Mark {
+            path: path.rel().to_owned(),
+            offset,
+        };
+        let json = serde_json::to_vec(&mark).map_err(std::io::Error::other)?;
+        let mut opts = cap_std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        match dir.open_with(&name, &opts) {
+            Ok(file) => {
+                let written = std::io::Write::write_all(&mut file.into_std(), &json);
+                if written.is_err() {
+                    let _ = dir.remove_file(&name);
+                }
+                written.map(|()| Marked::New)
+            }
+            // Two reports at once: the other one marked it.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(Marked::Already),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The files reported damaged and not settled by a scrub yet, in path order (at most
+    /// [`MAX_SUSPECTS`]; a mark that does not parse is dropped).
+    pub fn suspects(&self) -> Vec<Suspect> {
+        let dir = &self.inner.suspects;
+        let Ok(entries) = dir.entries() else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for entry in entries.flatten().take(MAX_SUSPECTS) {
+            let name = entry.file_name();
+            // Marks are tiny; anything larger is not one of ours.
+            let mark = entry
+                .metadata()
+                .ok()
+                .filter(|m| m.is_file() && m.len() <= 64 * 1024)
+                .and_then(|_| dir.read(&name).ok())
+                .and_then(|json| serde_json::from_slice::<Mark>(&json).ok());
+            match mark {
+                Some(mark) => found.push(Suspect {
+                    path: VPath::from_rel(&mark.path),
+                    offset: mark.offset,
+                }),
+                None => {
+                    let _ = dir.remove_file(&name);
+                }
+            }
+        }
+        found.sort_by(|a, b| a.path.rel().cmp(b.path.rel()));
+        found
+    }
+
+    /// Clears the mark of `path` (in the root), if it has one.
+    pub fn clear_suspect(&self, path: &VPath) {
+        let _ = self.inner.suspects.remove_file(mark_name(path));
+    }
+
+    /// Reads the file at `path` (in the root) and checks it against its record: [`Verdict::Gone`]
+    /// when nothing is there any more.
+    pub fn check_path(&self, path: &VPath) -> Verdict {
+        match self.inner.dir.symlink_metadata(path.rel()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Verdict::Gone,
+            Err(_) => Verdict::Unverifiable("cannot stat"),
+            Ok(m) if !m.is_file() => Verdict::Unverifiable(NOT_A_FILE),
+            Ok(_) => check(&self.inner.dir, path.rel(), path, &self.inner.digests),
+        }
+    }
+
     /// Every regular file in the root, each read and checked against its record, one at a time
     /// as the iterator is driven. Symlinks and special files are skipped, never followed or
     /// opened; directories that cannot be read are reported as unverifiable.
     pub fn scrub(&self) -> impl Iterator<Item = Scrubbed> + '_ {
+        self.scrub_except(HashSet::new())
+    }
+
+    /// [`Root::scrub`], leaving out the files named in `done` (paths with a leading `/`, as
+    /// [`Scrubbed::path`]): the suspects a scrub checked first.
+    pub fn scrub_except(&self, done: HashSet<String>) -> impl Iterator<Item = Scrubbed> + '_ {
         let mut stack = vec![VPath::root()];
         let mut pending: Vec<Scrubbed> = Vec::new();
         std::iter::from_fn(move || loop {
@@ -88,6 +282,9 @@ impl Root {
             // Sorted, and popped from the end: a directory's files come out in name order.
             files.sort_by(|a, b| b.0.cmp(&a.0));
             for (name, path) in files {
+                if done.contains(&path.to_string()) {
+                    continue;
+                }
                 let verdict = check(&dir, &name, &path, &self.inner.digests);
                 pending.push(Scrubbed {
                     path: path.to_string(),
@@ -124,6 +321,8 @@ impl Root {
         let rec = Recorded::new(path, &after, 0, Vec::new(), digest);
         digests::save_checked(&self.inner.digests, &rec)
             .map_err(|e| Error::io(&shown, "record", e))?;
+        // Recorded afresh: a report against the old record is settled.
+        self.clear_suspect(path);
         Ok(digest)
     }
 
@@ -188,10 +387,10 @@ fn check(dir: &Dir, name: &str, path: &VPath, records: &Dir) -> Verdict {
         return Verdict::Unverifiable("cannot stat");
     };
     if !before.is_file() {
-        return Verdict::Unverifiable("not a regular file");
+        return Verdict::Unverifiable(NOT_A_FILE);
     }
     let Some(rec) = digests::load(records, path, &before) else {
-        return Verdict::Unverifiable("no valid record");
+        return Verdict::Unverifiable(NO_RECORD);
     };
     let verdict = match compare(&mut file, &rec) {
         Ok(v) => v,

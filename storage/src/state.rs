@@ -22,6 +22,8 @@ use crate::{rename_noreplace, Error, Result, PRIVATE_DIR};
 pub(crate) const STAGING: &str = "staging";
 /// Where recorded digests live, in the state directory.
 pub(crate) const DIGESTS: &str = "digests";
+/// Where files reported damaged wait for the next scrub, in the state directory.
+pub(crate) const SUSPECTS: &str = "suspects";
 
 /// Directories walked up from one to `/` at most, looking for another: far beyond any real
 /// depth (PATH_MAX is 4096 bytes), and a bound should `..` ever loop.
@@ -253,7 +255,9 @@ fn migrate(root: &Dir, state: &Dir) -> io::Result<bool> {
         Err(e) => return Err(e),
     }
     let old = root.open_dir(PRIVATE_DIR)?;
-    for sub in [STAGING, DIGESTS] {
+    // `suspects` too: none of an older version's, but a state directory put back in the root's
+    // place by hand has one, and `.ftpd` must end empty.
+    for sub in [STAGING, DIGESTS, SUSPECTS] {
         match old.symlink_metadata(sub) {
             Ok(meta) if meta.is_dir() => {}
             Ok(_) => continue, // left in place: removing `.ftpd` below then fails and says so

@@ -135,3 +135,101 @@ fn symlinks_are_not_followed() {
     assert!(scrub(&root).is_empty());
     assert!(root.rerecord(&p("link"), DigestKind::Md5).is_err());
 }
+
+/// A report marks a recorded file once, however often it comes; a file without a record is not
+/// marked. Each suspect then settles as damaged, intact or gone, and rerecording clears a mark.
+#[test]
+fn reported_files_are_marked_once_and_settle_by_verdict() {
+    use storage::{Marked, Suspect};
+    let (dir, root) = site();
+    let home = root.home(&VPath::root()).unwrap();
+    home.mkdir(&p("u"), false).unwrap();
+    let user = root.home(&p("u")).unwrap();
+    upload(&root, "u/rot.bin", &data(5000), DigestKind::Md5);
+    upload(&root, "u/fine.bin", &data(300), DigestKind::Md5);
+    upload(&root, "u/gone.bin", &data(30), DigestKind::Md5);
+    std::fs::write(dir.path().join("root/u/by-hand"), b"x").unwrap();
+    root.rot_byte_for_tests(&p("u/rot.bin"), 4000).unwrap();
+
+    // Paths are the user's (their home is `/`); marks name them in the root.
+    assert_eq!(
+        user.report_damaged(&p("rot.bin"), Some(0)).unwrap(),
+        Marked::New
+    );
+    assert_eq!(
+        user.report_damaged(&p("rot.bin"), None).unwrap(),
+        Marked::Already
+    );
+    assert_eq!(
+        user.report_damaged(&p("by-hand"), None).unwrap(),
+        Marked::Unrecorded
+    );
+    assert!(matches!(
+        user.report_damaged(&p("missing"), None),
+        Err(storage::Error::NotFound(_))
+    ));
+    assert!(user.report_damaged(&p("/"), None).is_err());
+    for f in ["fine.bin", "gone.bin"] {
+        assert_eq!(user.report_damaged(&p(f), None).unwrap(), Marked::New);
+    }
+    std::fs::remove_file(dir.path().join("root/u/gone.bin")).unwrap();
+    let suspects = root.suspects();
+    assert_eq!(
+        suspects,
+        vec![
+            Suspect {
+                path: p("u/fine.bin"),
+                offset: None
+            },
+            Suspect {
+                path: p("u/gone.bin"),
+                offset: None
+            },
+            Suspect {
+                path: p("u/rot.bin"),
+                offset: Some(0)
+            },
+        ]
+    );
+    let verdicts: Vec<Verdict> = suspects.iter().map(|s| root.check_path(&s.path)).collect();
+    assert_eq!(
+        verdicts,
+        vec![
+            Verdict::Intact,
+            Verdict::Gone,
+            Verdict::Damaged { from: Some(0) }
+        ]
+    );
+    assert!(verdicts.iter().all(Verdict::settles));
+    root.clear_suspect(&p("u/fine.bin"));
+    root.clear_suspect(&p("u/gone.bin"));
+    assert_eq!(root.suspects().len(), 1);
+    root.rerecord(&p("u/rot.bin"), DigestKind::Md5).unwrap();
+    assert!(root.suspects().is_empty(), "rerecord clears the mark");
+}
+
+/// The marks are bounded: past MAX_SUSPECTS a report is not kept, and the list read back
+/// never holds more.
+#[test]
+fn the_suspects_list_is_bounded() {
+    use storage::{Marked, MAX_SUSPECTS};
+    let (dir, root) = site();
+    upload(&root, "a.bin", &data(100), DigestKind::Md5);
+    let marks = dir.path().join("state/suspects");
+    for i in 0..MAX_SUSPECTS {
+        std::fs::write(
+            marks.join(format!("{i}.json")),
+            format!(r#"{{"path":"f{i}"}}"#),
+        )
+        .unwrap();
+    }
+    let home = root.home(&VPath::root()).unwrap();
+    assert_eq!(
+        home.report_damaged(&p("a.bin"), None).unwrap(),
+        Marked::Full
+    );
+    assert_eq!(root.suspects().len(), MAX_SUSPECTS);
+    root.clear_suspect(&p("f0"));
+    std::fs::remove_file(marks.join("0.json")).unwrap();
+    assert_eq!(home.report_damaged(&p("a.bin"), None).unwrap(), Marked::New);
+}

@@ -69,9 +69,24 @@ impl Client {
         };
         progress.start(remote, ready.size, offset);
         let result = self
-            .stream_down(file, offset, ready.size, hasher, progress)
+            .stream_down(file, offset, ready.size, hasher, ready.recorded, progress)
             .await;
         progress.finish();
+        // Against the digests recorded at upload, a failed check is the server's disk, not
+        // the link: said so, told to the server, and not retried.
+        let result = match result {
+            Err(ClientError::BadChunk { offset, .. }) if ready.recorded => {
+                Err(self.report_damaged(remote, Some(offset)).await)
+            }
+            Err(ClientError::Damaged { told: false, .. }) if ready.recorded => {
+                Err(self.report_damaged(remote, None).await)
+            }
+            Err(ClientError::Damaged { told, .. }) => Err(ClientError::Damaged {
+                name: remote.to_owned(),
+                told,
+            }),
+            other => other,
+        };
         let (file, digest) = match result {
             Ok(ok) => ok,
             Err(e) => {
@@ -235,6 +250,39 @@ impl Client {
         }
     }
 
+    /// Tells a server that takes reports that `remote` failed against its recorded digests
+    /// (from the chunk at `offset`), once the download has ended; the error to return, saying
+    /// whether the server took the report.
+    async fn report_damaged(&mut self, remote: &str, offset: Option<u64>) -> ClientError {
+        let takes_reports = self
+            .server
+            .capabilities
+            .iter()
+            .any(|c| c == protocol::capability::DAMAGED);
+        let mut told = false;
+        if takes_reports {
+            let sent = self
+                .send(Message::Damaged(protocol::Damaged {
+                    path: remote.to_owned(),
+                    offset,
+                }))
+                .await;
+            match sent {
+                Ok(()) => match self.recv().await.map(|f| f.message) {
+                    Ok(Message::Ok) => told = true,
+                    Ok(Message::Error(_)) => {}
+                    // Not the answer: the connection is not to be trusted for the next command.
+                    Ok(_) | Err(_) => self.out_of_step = true,
+                },
+                Err(_) => self.out_of_step = true,
+            }
+        }
+        ClientError::Damaged {
+            name: remote.to_owned(),
+            told,
+        }
+    }
+
     /// Sends `get` from `offset` (with the digest of what we hold) and reads the server's answer.
     async fn request_get(
         &mut self,
@@ -313,6 +361,7 @@ impl Client {
         offset: u64,
         size: u64,
         hasher: Hasher,
+        recorded: bool,
         progress: &mut dyn Progress,
     ) -> Result<(File, Digest)> {
         // The largest chunk this client announced in its hello.
@@ -358,7 +407,14 @@ impl Client {
                 // After our cancel, its answer (`cancelled`) is no news: `failure` says why.
                 Message::Abort(reply) => {
                     if failure.is_none() {
-                        failure = Some(ClientError::Remote(reply));
+                        failure = Some(match reply.code {
+                            // The server found it, and knows.
+                            ErrorCode::Damaged => ClientError::Damaged {
+                                name: String::new(),
+                                told: true,
+                            },
+                            _ => ClientError::Remote(reply),
+                        });
                     }
                     break None;
                 }
@@ -380,6 +436,11 @@ impl Client {
         // The receiver started with the prefix already on disk, so this covers the whole file.
         match receiver.finish(&eof) {
             Ok(digest) => Ok((file, digest)),
+            // Named, and reported when the digests were recorded ones, by the caller.
+            Err(ChunkError::WholeDigest { .. }) if recorded => Err(ClientError::Damaged {
+                name: String::new(),
+                told: false,
+            }),
             Err(ChunkError::WholeDigest { ours, theirs }) => Err(ClientError::Verify(format!(
                 "whole-file {} is {ours}, server says {theirs}",
                 ours.kind().name()

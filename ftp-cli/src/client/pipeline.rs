@@ -382,9 +382,16 @@ fn write_file(
     started: Instant,
 ) -> Result<Summary> {
     let size = r.ready.size;
+    // Against recorded digests a failure is damage on the server's disk: not retried.
+    let damaged = || ClientError::Damaged {
+        name: job.remote.clone(),
+        told: false,
+    };
+    let recorded = r.ready.recorded;
     let mut receiver = ChunkReceiver::new(0, size, protocol::MAX_BODY as u32, Hasher::new(kind));
     for (h, body) in &r.chunks {
         receiver.accept(h, body).map_err(|e| match e {
+            ChunkError::BadDigest { .. } if recorded => damaged(),
             ChunkError::BadDigest { offset, kind } => ClientError::BadChunk {
                 offset,
                 digest: kind,
@@ -393,6 +400,7 @@ fn write_file(
         })?;
     }
     let digest = receiver.finish(eof).map_err(|e| match e {
+        ChunkError::WholeDigest { .. } if recorded => damaged(),
         ChunkError::WholeDigest { ours, theirs } => ClientError::Verify(format!(
             "whole-file {} is {ours}, server says {theirs}",
             ours.kind().name()

@@ -59,13 +59,16 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
     let o = blocking(move || open(&home, &target, offset, kind)).await??;
     // A record of tiny chunks (left by an older daemon) is not replayed: its chunks would go
     // out as they were, a byte at a time.
-    let replay = o
+    let replay: Option<ChunkSender> = o
         .recorded
         .clone()
         .filter(|r| r.chunk >= storage::MIN_RECORDED_CHUNK || u64::from(r.chunk) >= o.size)
         .and_then(|r| ChunkSender::replaying(offset, o.size, r.chunk, r.chunks, r.digest, chunk));
     // Bytes hashed here are checked against the record at the end, so a re-cut download
     // still proves the file unchanged since it was stored.
+    // The client is told when the digests it checks are the recorded ones: a failure is then
+    // damage on our disk, not in transit, and no retry can cure it.
+    let recorded = replay.is_some();
     let (sender, expect) = match replay {
         Some(sender) => (sender, None),
         None => {
@@ -89,6 +92,7 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
         size: o.size,
         offset,
         mtime: o.mtime,
+        recorded,
     }))
     .await?;
 
@@ -168,7 +172,13 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
     }
     let eof = sender.expect("every read was joined").finish();
     if expect.is_some_and(|recorded| recorded != eof.digest) {
-        return Err(Failure::Aborted(CmdError::Changed { path }));
+        // Found here, not by the client: marked for the next scrub as a report would be.
+        let (home, target) = (s.home.clone(), path.clone());
+        let marked = blocking(move || home.report_damaged(&target, None)).await?;
+        let in_root = s.home.root_path(&path).to_string();
+        tracing::error!(path = %crate::logging::Wire(&in_root), marked = ?marked.ok(),
+                        "damaged file: its bytes no longer match the digest recorded at upload");
+        return Err(Failure::Aborted(CmdError::Damaged { path }));
     }
     s.moved.digest = Some(eof.digest);
     Ok(Message::Eof(eof))

@@ -143,3 +143,75 @@ fn rerecord_refuses_a_path_outside_the_root() {
         text(&out.stderr)
     );
 }
+
+/// Regression: a file rotted on the server's disk (size and times unchanged) failed every
+/// download against its recorded digests, and each failure was retried, in vain. Now the
+/// download says the stored copy is damaged, once, tells the server, which marks it for the
+/// scrub; rerecording it (the admin accepts the bytes as they are) makes downloads work again.
+#[test]
+fn a_rotted_file_is_reported_damaged_once_and_scrubbed_first() {
+    let ftpd = Daemon::start();
+    let work = tmpdir();
+    write_random(work.path().join("a.bin"), 3 * MIB + 5, 1);
+    ftpd.cli().cwd(&work).cmds("put a.bin").run().ok();
+    rot(&ftpd, "a.bin", 2 * MIB + 3);
+
+    let down = tmpdir();
+    let failed = ftpd
+        .cli()
+        .cwd(&down)
+        .cmds("get a.bin")
+        .run()
+        .exits(11)
+        .stderr_has("a.bin: the copy stored on the server is damaged")
+        .stderr_has("the server's admin has been told")
+        .one_line_error();
+    assert!(!failed.stderr.contains("reconnecting"), "{failed}");
+    assert!(!down.path().join("a.bin").exists());
+    ftpd.wait_for_log(&["client reports a damaged file", "/a.bin"]);
+    ftpd.wait_for_log(&["damaged file confirmed", "/a.bin"]);
+    // Exactly one attempt: one download in the transfer log, one connection.
+    let log = ftpd.log();
+    let gets = log
+        .lines()
+        .filter(|l| l.contains("transfer") && l.contains("op=\"get\""))
+        .count();
+    assert_eq!(gets, 1, "{log}");
+    assert_eq!(log.matches("connection opened").count(), 2, "{log}");
+
+    // The scrub checks the reported file first, then the rest, and settles the report.
+    let scrub = admin(&ftpd, &["scrub"]);
+    assert_eq!(scrub.status.code(), Some(1), "{}", text(&scrub.stderr));
+    let out = text(&scrub.stdout);
+    assert!(out.starts_with("reported \"/a.bin\": damaged\n"), "{out}");
+    assert_eq!(out.matches("damaged \"/a.bin\"").count(), 1, "{out}");
+    assert!(text(&scrub.stderr).contains("damaged=1"));
+    let again = admin(&ftpd, &["scrub"]);
+    assert!(!text(&again.stdout).contains("reported"), "settled");
+
+    let rerecord = admin(&ftpd, &["rerecord", "a.bin"]);
+    assert!(rerecord.status.success(), "{}", text(&rerecord.stderr));
+    ftpd.cli().cwd(&down).cmds("get a.bin").run().ok();
+    assert_eq!(
+        std::fs::read(down.path().join("a.bin")).unwrap(),
+        std::fs::read(ftpd.path("a.bin")).unwrap()
+    );
+}
+
+/// `--scrub-every` finds rot on its own, no client asking, and logs the file and a summary.
+#[test]
+fn the_scheduled_scrub_finds_rot_without_a_client() {
+    let ftpd = Daemon::with_args(["--scrub-every", "1s"]);
+    let work = tmpdir();
+    write_random(work.path().join("a.bin"), MIB + 10, 3);
+    write_random(work.path().join("b.bin"), 100, 4);
+    ftpd.cli()
+        .cwd(&work)
+        .cmds("put a.bin; put b.bin")
+        .run()
+        .ok();
+    rot(&ftpd, "a.bin", 7);
+    ftpd.wait_for_log(&["scrub found a damaged file", "/a.bin"]);
+    ftpd.wait_for_log(&["scheduled scrub done", "damaged=1", "checked=2"]);
+    assert!(!ftpd.log().contains("/b.bin\" from"), "{}", ftpd.log());
+}

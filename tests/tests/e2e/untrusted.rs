@@ -140,6 +140,7 @@ fn serve(stream: TcpStream, lies: &Lies) {
                     size,
                     offset: 0,
                     mtime: None,
+                    recorded: false,
                 }));
                 peer.send_chunk(0, BODY);
                 peer.send(&Message::Eof(Eof {
@@ -153,6 +154,7 @@ fn serve(stream: TcpStream, lies: &Lies) {
                     size,
                     offset: get.offset,
                     mtime: None,
+                    recorded: false,
                 }));
                 peer.send_chunk(get.offset, BODY);
                 peer.send(&Message::Eof(Eof {
