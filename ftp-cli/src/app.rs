@@ -139,16 +139,6 @@ impl App {
         !self.dial.addr.is_empty()
     }
 
-    /// An error as this session shows it: for a person at the shell, or with the server's
-    /// code for a script ([`ClientError::for_person`]).
-    fn shown(&self, e: &ClientError) -> String {
-        if self.ask.is_some() {
-            e.for_person()
-        } else {
-            e.to_string()
-        }
-    }
-
     fn ask(&mut self, question: &str) -> Option<String> {
         self.ask.as_mut().and_then(|ask| ask(question))
     }
@@ -220,7 +210,7 @@ impl App {
                 return Err(err);
             }
             if why.contains("requires a user name") {
-                self.output.diagnostic(err.for_person());
+                self.output.diagnostic(&err);
                 let Some(name) = self.ask("Name: ").filter(|n| !n.trim().is_empty()) else {
                     return Err(err);
                 };
@@ -230,8 +220,7 @@ impl App {
                 let Some(creds) = self.dial.creds.clone() else {
                     return Err(err);
                 };
-                self.output
-                    .diagnostic(format_args!("{}; try again", err.for_person()));
+                self.output.diagnostic(format_args!("{err}; try again"));
                 let Some(password) = ask_password(&creds.user) else {
                     return Err(err);
                 };
@@ -600,7 +589,7 @@ impl App {
                 None => match self.list(&dir) {
                     Ok(entries) => entries,
                     Err(e @ ClientError::Remote(_)) => {
-                        let why = self.shown(&e);
+                        let why = e.to_string();
                         self.output.diagnostic(format_args!("ls {dir}: {why}"));
                         continue;
                     }
@@ -679,7 +668,7 @@ impl App {
                 Err(ClientError::Remote(e)) if force && e.code == ErrorCode::NotFound => {}
                 Err(e) if total == 1 => return Err(e),
                 Err(e) => {
-                    let why = self.shown(&e);
+                    let why = e.to_string();
                     self.output.diagnostic(format_args!("rm {path}: {why}"));
                     failed += 1;
                 }

@@ -172,7 +172,7 @@ impl Output {
     /// the exit status it stands for. A failed write of that object is ignored: the error is
     /// what the command ends with.
     pub fn error(&self, e: &ClientError) {
-        self.failure(e.for_person(), e);
+        self.failure(e, e);
     }
 
     /// [`Output::error`] with the line given: `get a.bin: already exists` for a file of a batch.
@@ -188,6 +188,7 @@ impl Output {
             let _ = self.json_line(&json::Error {
                 r#type: "error",
                 message: &Shown(text).to_string(),
+                code: e.wire_code().map(protocol::ErrorCode::as_str),
                 status: e.exit_code(),
             });
         }
@@ -490,6 +491,10 @@ mod json {
     pub(super) struct Error<'a> {
         pub(super) r#type: &'static str,
         pub(super) message: &'a str,
+        /// The server's wire code (`not_found`) when the server refused: stable for programs
+        /// to match on, and left out of `message`, which is for people.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub(super) code: Option<&'static str>,
         /// The exit status this failure stands for (`ftp-cli --help`).
         pub(super) status: u8,
     }

@@ -111,6 +111,12 @@ fn every_json_line_parses_and_has_a_type() {
             error["message"].as_str().unwrap().contains("missing.bin"),
             "{run}"
         );
+        // The code is for programs, in its own field; the message is for people.
+        assert_eq!(error["code"], "not_found", "{run}");
+        assert!(
+            !error["message"].as_str().unwrap().contains("not_found"),
+            "{run}"
+        );
         assert!(run.stderr.contains("missing.bin"), "{run}");
     }
 }
