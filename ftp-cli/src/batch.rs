@@ -7,7 +7,7 @@ use crate::error::{ClientError, Result};
 use crate::link::{Dial, Link};
 use crate::output::{Output, Total};
 use crate::progress::{BatchBars, SlotProgress};
-use crate::retry::{transfer_again, until_done_or_ctrl_c, Transfer};
+use crate::retry::{reconnect, transfer_again, until_done_or_ctrl_c, Transfer};
 
 /// Past this many files, a many-file command prints its total line only, not one line per file,
 /// unless told `-v` (or the session `--verbose`): a thousand "verified" lines hide the one
@@ -105,6 +105,7 @@ async fn run_batch(
         stopped: RefCell::new(None),
         each: verbose || moving <= QUIET_ABOVE,
         done: Cell::new((0, 0)),
+        reached: Cell::new(link.current().is_some()),
     };
     let mut extra: Vec<Link> = (1..slots).map(|_| Link::new(link.cwd.clone())).collect();
     let links = std::iter::once(link).chain(extra.iter_mut());
@@ -165,6 +166,9 @@ struct Batch<'a> {
     each: bool,
     /// Files verified so far, and their bytes, for the total line.
     done: Cell<(usize, u64)>,
+    /// Whether the server answered this command: once it has, a connect that fails means it
+    /// went away (a restart), and is tried again up to `--retry-for`, not taken as final.
+    reached: Cell<bool>,
 }
 
 impl Batch<'_> {
@@ -177,9 +181,22 @@ impl Batch<'_> {
         }
         let mut progress = self.bars.slot(slot);
         if !self.opts.resume {
-            self.pipelined(link, &mut progress).await;
+            self.pipelined(link, &mut progress, slot).await;
         }
         while self.stopped.borrow().is_none() {
+            if self.later.borrow().is_empty() && self.queue.borrow().len() == 0 {
+                break;
+            }
+            // The server went away under an earlier file: wait for it here, once for the slot,
+            // rather than fail every file left in a connect that comes too soon.
+            if link.current().is_none() {
+                if let Err(e) = self.reach(link, slot).await {
+                    if slot == 0 {
+                        self.stop(e);
+                    }
+                    break;
+                }
+            }
             let next = self.later.borrow_mut().pop();
             let next = next.or_else(|| self.queue.borrow_mut().next().map(|item| (item, false)));
             let Some(((t, size), sent_before)) = next else {
@@ -204,10 +221,13 @@ impl Batch<'_> {
     /// Moves the small files of the queue pipelined over `link`, until none is left; a cut
     /// pipeline starts again on a new connection, up to the retries, its unanswered files
     /// left for the one-at-a-time path.
-    async fn pipelined(&self, link: &mut Link, progress: &mut SlotProgress) {
+    async fn pipelined(&self, link: &mut Link, progress: &mut SlotProgress, slot: usize) {
         let mut cuts = 0;
         while self.stopped.borrow().is_none() {
-            let Ok(c) = link.client(self.dial).await else {
+            if self.reach(link, slot).await.is_err() {
+                return;
+            }
+            let Some(c) = link.current() else {
                 return;
             };
             if !c.pipelines() {
@@ -250,6 +270,20 @@ impl Batch<'_> {
                 self.retries
             ));
         }
+    }
+
+    /// Connects `link`: once the server has answered this command, a failed connect is tried
+    /// again up to `--retry-for` (slot 0 saying so), since the server may be restarting.
+    async fn reach(&self, link: &mut Link, slot: usize) -> Result<()> {
+        let result = if self.reached.get() {
+            reconnect(self.dial, link, self.output, slot == 0).await
+        } else {
+            link.client(self.dial).await.map(drop)
+        };
+        if result.is_ok() {
+            self.reached.set(true);
+        }
+        result
     }
 
     /// How a file of the batch ended: reported, counted, or left for another try.
