@@ -274,6 +274,8 @@ impl App {
             Command::Mget { patterns, flags } => {
                 let list = |dir: &str| remote_again!(self, c => c.list(dir));
                 let items = tree::mget(&patterns, &self.output, list)?;
+                let mut flags = flags;
+                let items = self.ask_about_existing_files(items, &mut flags, "mget")?;
                 self.batch(items, flags, "mget")?;
             }
             Command::Ls { opts, paths } => self.ls(opts, paths)?,
@@ -404,7 +406,9 @@ impl App {
         if flags.recursive {
             let list = |dir: &str| remote_again!(self, c => c.list(dir));
             let items = tree::get_tree(&remote, &local, &self.output, list)?;
-            return self.batch(items, flags, &format!("get -r {remote}"));
+            let what = format!("get -r {remote}");
+            let items = self.ask_about_existing_files(items, &mut flags, &what)?;
+            return self.batch(items, flags, &what);
         }
         let mut local = if local.is_dir() {
             local.join(file_name(Path::new(&remote))?)
@@ -514,6 +518,109 @@ impl App {
                 "o" | "overwrite" | "y" | "yes" => return Existing::Overwrite,
                 "k" | "keep" | "keep both" | "b" | "both" => return Existing::KeepBoth(other),
                 "s" | "skip" | "n" | "no" | "" => return Existing::Skip,
+                _ => self.output.diagnostic("please answer o, k or s"),
+            }
+        }
+    }
+
+    /// At a terminal, what to do about each local file a many-file download (`mget`,
+    /// `get -r`) would replace, asked as `get` asks, with "all" answers so that a tree of
+    /// hundreds of conflicts is one question (as lftp and Midnight Commander do): skipped
+    /// files leave the batch, kept-both ones go to a free name. Scripts, `-f` and `-c` are
+    /// left as they are (refused, replaced, continued).
+    fn ask_about_existing_files(
+        &mut self,
+        mut files: batch::Files,
+        flags: &mut Flags,
+        what: &str,
+    ) -> Result<batch::Files> {
+        if self.ask.is_none() || flags.force || flags.resume {
+            return Ok(files);
+        }
+        let exists = |t: &Transfer| match t {
+            Transfer::Get { local, .. } => local.symlink_metadata().is_ok(),
+            Transfer::Put { .. } => false,
+        };
+        let conflicts = files.items.iter().filter(|(t, _)| exists(t)).count();
+        let mut all: Option<Answer> = None;
+        let mut skipped = 0usize;
+        let mut items = Vec::with_capacity(files.items.len());
+        let mut left = conflicts;
+        for (t, size) in std::mem::take(&mut files.items) {
+            let Transfer::Get { remote, local } = t else {
+                items.push((t, size));
+                continue;
+            };
+            if local.symlink_metadata().is_err() {
+                items.push((Transfer::Get { remote, local }, size));
+                continue;
+            }
+            let answer = match all {
+                Some(a) => a,
+                None => {
+                    let (answer, for_all) = self.ask_about_one_of_many(&local, left);
+                    if for_all {
+                        all = Some(answer);
+                    }
+                    answer
+                }
+            };
+            left -= 1;
+            match answer {
+                Answer::Overwrite => {
+                    // Every other file of the batch is new here: overwriting changes only these.
+                    flags.force = true;
+                    items.push((Transfer::Get { remote, local }, size));
+                }
+                Answer::KeepBoth => {
+                    let local = free_name(&local);
+                    items.push((Transfer::Get { remote, local }, size));
+                }
+                Answer::Skip => skipped += 1,
+            }
+        }
+        if skipped > 0 {
+            let files = if skipped == 1 { "file" } else { "files" };
+            self.output.line(format_args!(
+                "{}: {skipped} existing {files} skipped",
+                Shown(what)
+            ))?;
+        }
+        files.items = items;
+        Ok(files)
+    }
+
+    /// One question about `local`, one of `left` files of a batch that exist here: the answer,
+    /// and whether it is for all of them (`O`, `K`, `S`, or "all" after the word).
+    fn ask_about_one_of_many(&mut self, local: &Path, left: usize) -> (Answer, bool) {
+        let question = if left > 1 {
+            format!(
+                "{} exists here ({left} such files): overwrite, keep both, skip; \
+                 O/K/S for all {left}? [o/k/s/O/K/S] ",
+                Shown(local.display())
+            )
+        } else {
+            format!(
+                "{} exists here: overwrite it, keep both, or skip? [o/k/s] ",
+                Shown(local.display())
+            )
+        };
+        loop {
+            let Some(answer) = self.ask(&question) else {
+                return (Answer::Skip, true);
+            };
+            let answer = answer.trim();
+            let for_all = left > 1
+                && (matches!(answer, "O" | "K" | "S") || answer.to_lowercase().ends_with(" all"));
+            let word = answer.to_lowercase();
+            let word = word.trim_end_matches(" all").trim();
+            match word {
+                "o" | "overwrite" | "y" | "yes" => return (Answer::Overwrite, for_all),
+                "k" | "keep" | "keep both" | "b" | "both" => return (Answer::KeepBoth, for_all),
+                "s" | "skip" | "n" | "no" | "" => return (Answer::Skip, for_all),
+                _ if left > 1 => self
+                    .output
+                    .diagnostic("please answer o, k or s, or O, K or S for all"),
                 _ => self.output.diagnostic("please answer o, k or s"),
             }
         }
@@ -901,6 +1008,14 @@ enum Existing {
     Overwrite,
     /// Keep it, and save the new one here instead.
     KeepBoth(PathBuf),
+    Skip,
+}
+
+/// An answer about one existing file of a many-file download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Overwrite,
+    KeepBoth,
     Skip,
 }
 

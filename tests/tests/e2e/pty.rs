@@ -493,6 +493,77 @@ fn get_onto_an_existing_file_asks_what_to_do() {
     assert_eq!(names(work.path()), ["x (1).txt", "x.txt"]);
 }
 
+/// `get -r` and `mget` onto existing local files ask as `get` does, and an answer "for all"
+/// (`K`, `O`, `S`) settles every conflict of the tree with one question.
+#[test]
+fn many_file_downloads_onto_existing_files_ask_once_for_all() {
+    let daemon = Daemon::start();
+    fs::create_dir(daemon.path("t")).unwrap();
+    for (i, name) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+        write_random(
+            daemon.path(&format!("t/{name}.txt")),
+            2000 + i as u64,
+            80 + i as u64,
+        );
+    }
+    write_random(daemon.path("x1.txt"), 1500, 90);
+    write_random(daemon.path("x2.txt"), 1600, 91);
+    let work = tmpdir();
+    let home = tmpdir();
+    fs::create_dir(work.path().join("t")).unwrap();
+    for name in ["a", "b", "c"] {
+        fs::write(work.path().join(format!("t/{name}.txt")), "mine\n").unwrap();
+    }
+    fs::write(work.path().join("x1.txt"), "mine\n").unwrap();
+    let prompt = format!("ftp {}:/> ", daemon.addr());
+    let mut sh = shell(&daemon, work.path(), home.path());
+    expect(&mut sh, &prompt);
+
+    // Three conflicts, one question: keep both, for all.
+    type_keys(&mut sh, "get -r t\r");
+    expect(&mut sh, "(3 such files)");
+    type_keys(&mut sh, "K\r");
+    expect(&mut sh, "get -r t: 5 files");
+    expect(&mut sh, &prompt);
+    for name in ["a", "b", "c"] {
+        assert_eq!(
+            fs::read(work.path().join(format!("t/{name}.txt"))).unwrap(),
+            b"mine\n"
+        );
+        let remote = daemon.path(&format!("t/{name}.txt"));
+        assert_same_file(&remote, work.path().join(format!("t/{name} (1).txt")));
+    }
+    for name in ["d", "e"] {
+        let remote = daemon.path(&format!("t/{name}.txt"));
+        assert_same_file(&remote, work.path().join(format!("t/{name}.txt")));
+    }
+
+    // Now all five exist here: overwrite, for all.
+    type_keys(&mut sh, "get -r t\r");
+    expect(&mut sh, "(5 such files)");
+    type_keys(&mut sh, "O\r");
+    expect(&mut sh, "get -r t: 5 files");
+    expect(&mut sh, &prompt);
+    for name in ["a", "b", "c", "d", "e"] {
+        let remote = daemon.path(&format!("t/{name}.txt"));
+        assert_same_file(&remote, work.path().join(format!("t/{name}.txt")));
+    }
+
+    // One conflict in an mget: the plain question; skipped, the other file fetched.
+    type_keys(&mut sh, "mget x*\r");
+    expect(
+        &mut sh,
+        "x1.txt exists here: overwrite it, keep both, or skip?",
+    );
+    type_keys(&mut sh, "s\r");
+    expect(&mut sh, "mget: 1 existing file skipped");
+    expect(&mut sh, "mget: 1 file");
+    expect(&mut sh, &prompt);
+    assert_eq!(fs::read(work.path().join("x1.txt")).unwrap(), b"mine\n");
+    assert_same_file(daemon.path("x2.txt"), work.path().join("x2.txt"));
+    leave(&mut sh);
+}
+
 /// The shell without a host starts unconnected; `open`, `close`, and commands that need a
 /// server say so until then.
 #[test]
