@@ -43,7 +43,31 @@ fn shell(daemon: &Daemon, cwd: &Path, home: &Path) -> PtySession {
 
 /// `ftp-cli ARGS --fingerprint FP` on a pseudo-terminal, as [`shell`] starts it.
 fn shell_with(args: &[&str], daemon: &Daemon, cwd: &Path, home: &Path) -> PtySession {
-    let mut cmd = Command::new(bin("ftp-cli"));
+    shell_cmd(Command::new(bin("ftp-cli")), args, daemon, cwd, home)
+}
+
+/// [`shell_with`] on a terminal `cols` columns wide (set by `stty` before ftp-cli starts).
+fn shell_at_width(
+    cols: u16,
+    args: &[&str],
+    daemon: &Daemon,
+    cwd: &Path,
+    home: &Path,
+) -> PtySession {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("stty cols {cols} rows 24 && exec \"$0\" \"$@\""))
+        .arg(bin("ftp-cli"));
+    shell_cmd(cmd, args, daemon, cwd, home)
+}
+
+fn shell_cmd(
+    mut cmd: Command,
+    args: &[&str],
+    daemon: &Daemon,
+    cwd: &Path,
+    home: &Path,
+) -> PtySession {
     cmd.args(args)
         .arg("--fingerprint")
         .arg(daemon.fingerprint())
@@ -716,6 +740,50 @@ fn commands_given_with_c_draw_a_bar_at_a_terminal() {
         "a rate before the first byte: {before:?}"
     );
     sh.exp_eof().expect("ftp-cli -c did not exit");
+    assert_same_file(work.path().join(name), daemon.path(name));
+}
+
+/// At a 60-column terminal, every line `-c` draws fits: bars, a file's summary and a tree's
+/// total, with long names shortened and the digest whole.
+#[test]
+fn bars_and_summaries_fit_a_sixty_column_terminal() {
+    let daemon = Daemon::start();
+    let work = tmpdir();
+    let home = tmpdir();
+    let name = "a-rather-long-name-for-an-upload-of-some-size-indeed.bin";
+    write_repeated(&work.path().join(name), 16 * MIB, 62);
+    let tree = work
+        .path()
+        .join("a-tree-with-a-name-long-enough-to-need-shortening");
+    fs::create_dir(&tree).unwrap();
+    for i in 0..3 {
+        write_random(tree.join(format!("f{i}")), 1000, i);
+    }
+    let addr = daemon.addr().to_string();
+    let cmds = format!("put {name}; put -r a-tree-with-a-name-long-enough-to-need-shortening");
+    let mut sh = shell_at_width(
+        60,
+        &[addr.as_str(), "-c", &cmds],
+        &daemon,
+        work.path(),
+        home.path(),
+    );
+    let out = sh.exp_eof().expect("ftp-cli -c did not exit");
+    // The terminal's bytes come back as Latin-1 here: an ellipsis is three of them.
+    let out = out.replace("\u{e2}\u{80}\u{a6}", "\u{2026}");
+    let md5 = md5_file(work.path().join(name));
+    assert!(
+        out.lines()
+            .any(|l| l.trim() == format!("MD5 {md5} verified")),
+        "the digest is not whole on a line of its own: {out:?}"
+    );
+    assert!(out.contains("files, "), "no total line: {out:?}");
+    for line in out.split(['\n', '\r']) {
+        assert!(
+            line.chars().count() <= 60,
+            "wider than 60 columns: {line:?} in {out:?}"
+        );
+    }
     assert_same_file(work.path().join(name), daemon.path(name));
 }
 
