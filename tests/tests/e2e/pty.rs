@@ -657,6 +657,55 @@ fn a_failed_login_asks_for_the_password_again() {
     leave(&mut sh);
 }
 
+/// A line typed ahead of a password prompt is never taken as the password: it is dropped,
+/// and the user told. Here `ls` typed right after a wrong password would have been the
+/// second try's password.
+#[test]
+fn a_line_typed_ahead_is_never_taken_as_the_password() {
+    let site = Site::new();
+    let users = site.path("etc/users.toml");
+    fs::create_dir_all(users.parent().unwrap()).unwrap();
+    write_private(
+        &users,
+        "[[user]]\nname = \"alice\"\nsecret = \"alice's secret\"\nhome = \"alice\"\n",
+    );
+    let daemon = site
+        .daemon()
+        .arg("--users")
+        .arg(&users)
+        .args(["--login-penalty", "0s"])
+        .start();
+    let work = tmpdir();
+    let home = tmpdir();
+    let addr = daemon.addr().to_string();
+    let mut sh = shell_with(
+        &[addr.as_str(), "-u", "alice"],
+        &daemon,
+        work.path(),
+        home.path(),
+    );
+    expect(&mut sh, "Password for alice@");
+    // One write: the terminal hands the prompt one line, and `ls` waits behind it.
+    type_keys(&mut sh, "wrong\rls\r");
+    expect(&mut sh, "try again");
+    let before = expect(&mut sh, "not taken as the password");
+    assert!(
+        !before.contains("ls"),
+        "the typed-ahead line was echoed: {before:?}"
+    );
+    expect(&mut sh, "Password for alice@");
+    type_keys(&mut sh, "alice's secret\r");
+    let prompt = format!("ftp alice@{addr}:/> ");
+    let before = expect(&mut sh, &prompt);
+    assert!(
+        !before.contains("try again"),
+        "a second try failed: {before:?}"
+    );
+    type_keys(&mut sh, "pwd\r");
+    expect(&mut sh, "\n/\r\n");
+    leave(&mut sh);
+}
+
 /// History is written as each command runs, `history` shows it, a mistyped command gets a
 /// suggestion, `!` alone is a shell, and help fits the terminal.
 #[test]
