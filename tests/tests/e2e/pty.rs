@@ -836,6 +836,34 @@ fn bars_and_summaries_fit_a_sixty_column_terminal() {
     assert_same_file(work.path().join(name), daemon.path(name));
 }
 
+/// A transfer whose bytes stop coming says "stalled" on its bar (here the daemon is stopped
+/// with SIGSTOP mid-download), and finishes when they come again.
+#[test]
+fn a_stalled_transfer_says_stalled() {
+    let daemon = Daemon::start();
+    write_sparse(&daemon.path("big.bin"), BIG_DOWNLOAD);
+    let work = tmpdir();
+    let home = tmpdir();
+    let addr = daemon.addr().to_string();
+    let mut sh = shell_with(
+        &[addr.as_str(), "-c", "get big.bin"],
+        &daemon,
+        work.path(),
+        home.path(),
+    );
+    let part = work.path().join("big.bin.ftp-part");
+    wait_until("big.bin.ftp-part holds bytes", START_TIMEOUT, || {
+        file_len(&part) > 0
+    });
+    daemon.signal("STOP");
+    let stalled = sh.exp_string("stalled");
+    daemon.signal("CONT");
+    stalled.unwrap_or_else(|e| panic!("the bar never said stalled: {e}"));
+    expect(&mut sh, "verified");
+    sh.exp_eof().expect("ftp-cli -c did not exit");
+    assert_eq!(file_len(&work.path().join("big.bin")), BIG_DOWNLOAD);
+}
+
 /// The README's "A short tour", typed into the shell as written (in temp directories, with
 /// the key trusted by --fingerprint): each step works.
 #[test]
