@@ -595,9 +595,9 @@ impl App {
     fn ask_about_one_of_many(&mut self, local: &Path, left: usize) -> (Answer, bool) {
         let question = if left > 1 {
             format!(
-                "{} exists here ({left} such files): overwrite, keep both, skip; \
-                 O/K/S for all {left}? [o/k/s/O/K/S] ",
-                Shown(local.display())
+                "{} exists here, and {} more: overwrite, keep both, skip? [o/k/s, O/K/S: all] ",
+                Shown(local.display()),
+                left - 1
             )
         } else {
             format!(

@@ -14,6 +14,20 @@ use crate::retry::{reconnect, transfer_again, until_done_or_ctrl_c, Transfer};
 /// that says whether all went well.
 pub(crate) const QUIET_ABOVE: usize = 10;
 
+/// How many "already exists" failures a batch shows one by one (without `-v`); the rest are
+/// counted in one line with what to do instead.
+const SHOWN_EXISTING: usize = 3;
+
+/// Whether `e` refused a file because its target is there already (remote for a put, local
+/// for a get): the usual failure of a tree sent a second time.
+fn already_there(e: &ClientError) -> bool {
+    match e {
+        ClientError::LocalExists(_) => true,
+        ClientError::Remote(r) => r.code == protocol::ErrorCode::Exists,
+        _ => false,
+    }
+}
+
 /// One file of a batch: what to move, and its size, for the overall bar.
 pub(crate) type Item = (Transfer, u64);
 
@@ -105,6 +119,8 @@ async fn run_batch(
         stopped: RefCell::new(None),
         each: verbose || moving <= QUIET_ABOVE,
         done: Cell::new((0, 0)),
+        existing: Cell::new(0),
+        each_failure: verbose,
         reached: Cell::new(link.current().is_some()),
     };
     let mut extra: Vec<Link> = (1..slots).map(|_| Link::new(link.cwd.clone())).collect();
@@ -128,6 +144,21 @@ async fn run_batch(
             };
             output.total(what, &total)?;
         }
+    }
+    let existing = batch.existing.get();
+    if existing > 0 {
+        let hidden = existing.saturating_sub(SHOWN_EXISTING);
+        let more = if hidden > 0 && !verbose {
+            format!(" ({hidden} more not shown)")
+        } else {
+            String::new()
+        };
+        let side = if put { "on the server" } else { "here" };
+        let files = if existing == 1 { "file" } else { "files" };
+        output.diagnostic(format_args!(
+            "{existing} {files} already {side}{more}: -c skips the complete ones and \
+             continues partial ones, -f replaces them"
+        ));
     }
     if let Some(why) = stopped {
         return Err(why);
@@ -166,6 +197,10 @@ struct Batch<'a> {
     each: bool,
     /// Files verified so far, and their bytes, for the total line.
     done: Cell<(usize, u64)>,
+    /// Files refused because the target is there already (see [`already_there`]).
+    existing: Cell<usize>,
+    /// Print every failure, however many are alike: `-v`.
+    each_failure: bool,
     /// Whether the server answered this command: once it has, a connect that fails means it
     /// went away (a restart), and is tried again up to `--retry-for`, not taken as final.
     reached: Cell<bool>,
@@ -305,6 +340,14 @@ impl Batch<'_> {
             Err(e) => {
                 self.bars.file_done(progress, size);
                 self.failed.set(self.failed.get() + 1);
+                if already_there(&e) {
+                    let n = self.existing.get() + 1;
+                    self.existing.set(n);
+                    // A tree sent again: the first few say so, the total says how many.
+                    if n > SHOWN_EXISTING && !self.each_failure {
+                        return;
+                    }
+                }
                 self.bars.suspend(|| {
                     let what = format!("{} {}", t.op(), t.name());
                     self.output.failure(format_args!("{what}: {e}"), &e);

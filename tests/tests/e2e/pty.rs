@@ -545,7 +545,10 @@ fn many_file_downloads_onto_existing_files_ask_once_for_all() {
 
     // Three conflicts, one question: keep both, for all.
     type_keys(&mut sh, "get -r t\r");
-    expect(&mut sh, "(3 such files)");
+    expect(
+        &mut sh,
+        "t/a.txt exists here, and 2 more: overwrite, keep both, skip?",
+    );
     type_keys(&mut sh, "K\r");
     expect(&mut sh, "get -r t: 5 files");
     expect(&mut sh, &prompt);
@@ -564,7 +567,7 @@ fn many_file_downloads_onto_existing_files_ask_once_for_all() {
 
     // Now all five exist here: overwrite, for all.
     type_keys(&mut sh, "get -r t\r");
-    expect(&mut sh, "(5 such files)");
+    expect(&mut sh, "exists here, and 4 more");
     type_keys(&mut sh, "O\r");
     expect(&mut sh, "get -r t: 5 files");
     expect(&mut sh, &prompt);
