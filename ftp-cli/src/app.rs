@@ -944,7 +944,21 @@ impl App {
             what,
             flags.verbose,
         );
-        self.runtime.block_on(job)
+        let result = self.runtime.block_on(job);
+        if let Err(ClientError::Cancelled) = &result {
+            // As after a single file: nothing moved so far is lost, and how to go on.
+            let again = match what.split_once(" -r ") {
+                Some((op, rest)) => format!("{op} -r -c {rest}"),
+                None => format!("{what} -c with the same names"),
+            };
+            self.output.diagnostic(format_args!(
+                "{}: stopped; the files verified so far are in place and partial ones kept: \
+                 {} continues it",
+                Shown(what),
+                Shown(again)
+            ));
+        }
+        result
     }
 
     /// `mirror`: the target by default is the source's last name, here (locally, or in the

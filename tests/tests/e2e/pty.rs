@@ -867,6 +867,41 @@ fn a_stalled_transfer_says_stalled() {
     assert_eq!(file_len(&work.path().join("big.bin")), BIG_DOWNLOAD);
 }
 
+/// Ctrl-C during `get -r` says, as after one file, that what moved is kept and that
+/// `get -r -c` continues; that then completes the tree.
+#[test]
+fn ctrl_c_during_a_tree_says_how_to_continue() {
+    let daemon = Daemon::start();
+    fs::create_dir(daemon.path("big")).unwrap();
+    for i in 0..4 {
+        write_repeated(&daemon.path(&format!("big/b{i}.bin")), 128 * MIB, 50 + i);
+    }
+    let work = tmpdir();
+    let home = tmpdir();
+    let prompt = format!("ftp {}:/> ", daemon.addr());
+    let mut sh = shell(&daemon, work.path(), home.path());
+    expect(&mut sh, &prompt);
+    type_keys(&mut sh, "get -r big\r");
+    let local = work.path().join("big");
+    wait_until("part of the tree here", START_TIMEOUT, || {
+        fs::read_dir(&local)
+            .map(|d| d.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0)))
+            .unwrap_or(false)
+    });
+    sh.send_control('c').unwrap();
+    expect(&mut sh, "get -r big: stopped;");
+    expect(&mut sh, "get -r -c big continues it");
+    expect(&mut sh, &prompt);
+    type_keys(&mut sh, "get -r -c big\r");
+    expect(&mut sh, "get -r big: 4 files");
+    expect(&mut sh, &prompt);
+    for i in 0..4 {
+        let name = format!("big/b{i}.bin");
+        assert_same_file(daemon.path(&name), work.path().join(&name));
+    }
+    leave(&mut sh);
+}
+
 /// The README's "A short tour", typed into the shell as written (in temp directories, with
 /// the key trusted by --fingerprint): each step works.
 #[test]
