@@ -228,7 +228,10 @@ impl Output {
                 dry_run: m.dry_run,
             });
         }
-        self.raw_line(text)
+        for line in wrapped(text, self.width()) {
+            self.raw_line(line)?;
+        }
+        Ok(())
     }
 
     /// Bytes of a file (`cat`) on stdout: as they are into a pipe or a file; at a terminal,
@@ -592,6 +595,31 @@ fn fitted_total(what: &str, t: &Total, width: Option<usize>) -> Vec<String> {
     ]
 }
 
+/// A line of comma-separated figures (`mirror: 8 new, 0 changed, ...`) at a terminal `width`
+/// columns wide: broken after a comma where it would not fit, the rest indented.
+fn wrapped(text: &str, width: Option<usize>) -> Vec<String> {
+    let Some(width) = width.filter(|&w| text.chars().count() > w) else {
+        return vec![text.to_owned()];
+    };
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for piece in text.split(", ") {
+        let joined = if line.is_empty() {
+            piece.to_owned()
+        } else {
+            format!("{line}, {piece}")
+        };
+        if line.is_empty() || joined.chars().count() < width {
+            line = joined;
+        } else {
+            lines.push(format!("{line},"));
+            line = format!("  {piece}");
+        }
+    }
+    lines.push(line);
+    lines
+}
+
 fn kind_char(kind: EntryKind) -> char {
     match kind {
         EntryKind::File => '-',
@@ -771,6 +799,22 @@ mod tests {
             failed: 0,
         };
         assert_eq!(fitted_total("mget", &small, Some(60)).len(), 1);
+    }
+
+    #[test]
+    fn mirror_lines_fit_sixty_columns() {
+        let text = "mirror: 8 new, 0 changed, 0 deleted, 0 unchanged, 228.88 MiB would be \
+                    moved (dry run: nothing changed)";
+        assert_eq!(wrapped(text, None), [text]);
+        let lines = wrapped(text, Some(60));
+        assert_eq!(
+            lines,
+            [
+                "mirror: 8 new, 0 changed, 0 deleted, 0 unchanged,",
+                "  228.88 MiB would be moved (dry run: nothing changed)"
+            ]
+        );
+        assert_eq!(wrapped("mirror: 1 new", Some(60)), ["mirror: 1 new"]);
     }
 
     #[test]
