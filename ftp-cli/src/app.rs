@@ -558,7 +558,10 @@ impl App {
             let answer = match all {
                 Some(a) => a,
                 None => {
-                    let (answer, for_all) = self.ask_about_one_of_many(&local, left);
+                    // Ctrl-C or Ctrl-D at the question: the command, not a choice.
+                    let Some((answer, for_all)) = self.ask_about_one_of_many(&local, left) else {
+                        return Err(ClientError::Cancelled);
+                    };
                     if for_all {
                         all = Some(answer);
                     }
@@ -591,8 +594,9 @@ impl App {
     }
 
     /// One question about `local`, one of `left` files of a batch that exist here: the answer,
-    /// and whether it is for all of them (`O`, `K`, `S`, or "all" after the word).
-    fn ask_about_one_of_many(&mut self, local: &Path, left: usize) -> (Answer, bool) {
+    /// and whether it is for all of them (`O`, `K`, `S`, or "all" after the word); `None` when
+    /// the user pressed Ctrl-C or Ctrl-D instead.
+    fn ask_about_one_of_many(&mut self, local: &Path, left: usize) -> Option<(Answer, bool)> {
         let question = if left > 1 {
             format!(
                 "{} exists here, and {} more: overwrite, keep both, skip? [o/k/s, O/K/S: all] ",
@@ -606,18 +610,18 @@ impl App {
             )
         };
         loop {
-            let Some(answer) = self.ask(&question) else {
-                return (Answer::Skip, true);
-            };
+            let answer = self.ask(&question)?;
             let answer = answer.trim();
             let for_all = left > 1
                 && (matches!(answer, "O" | "K" | "S") || answer.to_lowercase().ends_with(" all"));
             let word = answer.to_lowercase();
             let word = word.trim_end_matches(" all").trim();
             match word {
-                "o" | "overwrite" | "y" | "yes" => return (Answer::Overwrite, for_all),
-                "k" | "keep" | "keep both" | "b" | "both" => return (Answer::KeepBoth, for_all),
-                "s" | "skip" | "n" | "no" | "" => return (Answer::Skip, for_all),
+                "o" | "overwrite" | "y" | "yes" => return Some((Answer::Overwrite, for_all)),
+                "k" | "keep" | "keep both" | "b" | "both" => {
+                    return Some((Answer::KeepBoth, for_all))
+                }
+                "s" | "skip" | "n" | "no" | "" => return Some((Answer::Skip, for_all)),
                 _ if left > 1 => self
                     .output
                     .diagnostic("please answer o, k or s, or O, K or S for all"),

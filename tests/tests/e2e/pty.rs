@@ -576,6 +576,17 @@ fn many_file_downloads_onto_existing_files_ask_once_for_all() {
         assert_same_file(&remote, work.path().join(format!("t/{name}.txt")));
     }
 
+    // Ctrl-C at the question cancels the command: nothing is fetched, the shell stays.
+    type_keys(&mut sh, "mget x*\r");
+    expect(
+        &mut sh,
+        "x1.txt exists here: overwrite it, keep both, or skip?",
+    );
+    sh.send_control('c').unwrap();
+    expect(&mut sh, "cancelled");
+    expect(&mut sh, &prompt);
+    assert!(!work.path().join("x2.txt").exists(), "fetched after Ctrl-C");
+
     // One conflict in an mget: the plain question; skipped, the other file fetched.
     type_keys(&mut sh, "mget x*\r");
     expect(
