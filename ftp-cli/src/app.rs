@@ -139,16 +139,6 @@ impl App {
         !self.dial.addr.is_empty()
     }
 
-    /// An error as this session shows it: for a person at the shell, or with the server's
-    /// code for a script ([`ClientError::for_person`]).
-    fn shown(&self, e: &ClientError) -> String {
-        if self.ask.is_some() {
-            e.for_person()
-        } else {
-            e.to_string()
-        }
-    }
-
     fn ask(&mut self, question: &str) -> Option<String> {
         self.ask.as_mut().and_then(|ask| ask(question))
     }
@@ -220,7 +210,7 @@ impl App {
                 return Err(err);
             }
             if why.contains("requires a user name") {
-                self.output.diagnostic(err.for_person());
+                self.output.diagnostic(&err);
                 let Some(name) = self.ask("Name: ").filter(|n| !n.trim().is_empty()) else {
                     return Err(err);
                 };
@@ -230,8 +220,7 @@ impl App {
                 let Some(creds) = self.dial.creds.clone() else {
                     return Err(err);
                 };
-                self.output
-                    .diagnostic(format_args!("{}; try again", err.for_person()));
+                self.output.diagnostic(format_args!("{err}; try again"));
                 let Some(password) = ask_password(&creds.user) else {
                     return Err(err);
                 };
@@ -285,6 +274,8 @@ impl App {
             Command::Mget { patterns, flags } => {
                 let list = |dir: &str| remote_again!(self, c => c.list(dir));
                 let items = tree::mget(&patterns, &self.output, list)?;
+                let mut flags = flags;
+                let items = self.ask_about_existing_files(items, &mut flags, "mget")?;
                 self.batch(items, flags, "mget")?;
             }
             Command::Ls { opts, paths } => self.ls(opts, paths)?,
@@ -415,7 +406,9 @@ impl App {
         if flags.recursive {
             let list = |dir: &str| remote_again!(self, c => c.list(dir));
             let items = tree::get_tree(&remote, &local, &self.output, list)?;
-            return self.batch(items, flags, &format!("get -r {remote}"));
+            let what = format!("get -r {remote}");
+            let items = self.ask_about_existing_files(items, &mut flags, &what)?;
+            return self.batch(items, flags, &what);
         }
         let mut local = if local.is_dir() {
             local.join(file_name(Path::new(&remote))?)
@@ -530,6 +523,113 @@ impl App {
         }
     }
 
+    /// At a terminal, what to do about each local file a many-file download (`mget`,
+    /// `get -r`) would replace, asked as `get` asks, with "all" answers so that a tree of
+    /// hundreds of conflicts is one question (as lftp and Midnight Commander do): skipped
+    /// files leave the batch, kept-both ones go to a free name. Scripts, `-f` and `-c` are
+    /// left as they are (refused, replaced, continued).
+    fn ask_about_existing_files(
+        &mut self,
+        mut files: batch::Files,
+        flags: &mut Flags,
+        what: &str,
+    ) -> Result<batch::Files> {
+        if self.ask.is_none() || flags.force || flags.resume {
+            return Ok(files);
+        }
+        let exists = |t: &Transfer| match t {
+            Transfer::Get { local, .. } => local.symlink_metadata().is_ok(),
+            Transfer::Put { .. } => false,
+        };
+        let conflicts = files.items.iter().filter(|(t, _)| exists(t)).count();
+        let mut all: Option<Answer> = None;
+        let mut skipped = 0usize;
+        let mut items = Vec::with_capacity(files.items.len());
+        let mut left = conflicts;
+        for (t, size) in std::mem::take(&mut files.items) {
+            let Transfer::Get { remote, local } = t else {
+                items.push((t, size));
+                continue;
+            };
+            if local.symlink_metadata().is_err() {
+                items.push((Transfer::Get { remote, local }, size));
+                continue;
+            }
+            let answer = match all {
+                Some(a) => a,
+                None => {
+                    // Ctrl-C or Ctrl-D at the question: the command, not a choice.
+                    let Some((answer, for_all)) = self.ask_about_one_of_many(&local, left) else {
+                        return Err(ClientError::Cancelled);
+                    };
+                    if for_all {
+                        all = Some(answer);
+                    }
+                    answer
+                }
+            };
+            left -= 1;
+            match answer {
+                Answer::Overwrite => {
+                    // Every other file of the batch is new here: overwriting changes only these.
+                    flags.force = true;
+                    items.push((Transfer::Get { remote, local }, size));
+                }
+                Answer::KeepBoth => {
+                    let local = free_name(&local);
+                    items.push((Transfer::Get { remote, local }, size));
+                }
+                Answer::Skip => skipped += 1,
+            }
+        }
+        if skipped > 0 {
+            let files = if skipped == 1 { "file" } else { "files" };
+            self.output.line(format_args!(
+                "{}: {skipped} existing {files} skipped",
+                Shown(what)
+            ))?;
+        }
+        files.items = items;
+        Ok(files)
+    }
+
+    /// One question about `local`, one of `left` files of a batch that exist here: the answer,
+    /// and whether it is for all of them (`O`, `K`, `S`, or "all" after the word); `None` when
+    /// the user pressed Ctrl-C or Ctrl-D instead.
+    fn ask_about_one_of_many(&mut self, local: &Path, left: usize) -> Option<(Answer, bool)> {
+        let question = if left > 1 {
+            format!(
+                "{} exists here, and {} more: overwrite, keep both, skip? [o/k/s, O/K/S: all] ",
+                Shown(local.display()),
+                left - 1
+            )
+        } else {
+            format!(
+                "{} exists here: overwrite it, keep both, or skip? [o/k/s] ",
+                Shown(local.display())
+            )
+        };
+        loop {
+            let answer = self.ask(&question)?;
+            let answer = answer.trim();
+            let for_all = left > 1
+                && (matches!(answer, "O" | "K" | "S") || answer.to_lowercase().ends_with(" all"));
+            let word = answer.to_lowercase();
+            let word = word.trim_end_matches(" all").trim();
+            match word {
+                "o" | "overwrite" | "y" | "yes" => return Some((Answer::Overwrite, for_all)),
+                "k" | "keep" | "keep both" | "b" | "both" => {
+                    return Some((Answer::KeepBoth, for_all))
+                }
+                "s" | "skip" | "n" | "no" | "" => return Some((Answer::Skip, for_all)),
+                _ if left > 1 => self
+                    .output
+                    .diagnostic("please answer o, k or s, or O, K or S for all"),
+                _ => self.output.diagnostic("please answer o, k or s"),
+            }
+        }
+    }
+
     /// Whether `path` is a remote directory; `false` when it cannot be told.
     fn is_remote_dir(&mut self, path: &str) -> bool {
         matches!(
@@ -600,7 +700,7 @@ impl App {
                 None => match self.list(&dir) {
                     Ok(entries) => entries,
                     Err(e @ ClientError::Remote(_)) => {
-                        let why = self.shown(&e);
+                        let why = e.to_string();
                         self.output.diagnostic(format_args!("ls {dir}: {why}"));
                         continue;
                     }
@@ -679,7 +779,7 @@ impl App {
                 Err(ClientError::Remote(e)) if force && e.code == ErrorCode::NotFound => {}
                 Err(e) if total == 1 => return Err(e),
                 Err(e) => {
-                    let why = self.shown(&e);
+                    let why = e.to_string();
                     self.output.diagnostic(format_args!("rm {path}: {why}"));
                     failed += 1;
                 }
@@ -848,7 +948,21 @@ impl App {
             what,
             flags.verbose,
         );
-        self.runtime.block_on(job)
+        let result = self.runtime.block_on(job);
+        if let Err(ClientError::Cancelled) = &result {
+            // As after a single file: nothing moved so far is lost, and how to go on.
+            let again = match what.split_once(" -r ") {
+                Some((op, rest)) => format!("{op} -r -c {rest}"),
+                None => format!("{what} -c with the same names"),
+            };
+            self.output.diagnostic(format_args!(
+                "{}: stopped; the files verified so far are in place and partial ones kept: \
+                 {} continues it",
+                Shown(what),
+                Shown(again)
+            ));
+        }
+        result
     }
 
     /// `mirror`: the target by default is the source's last name, here (locally, or in the
@@ -912,6 +1026,14 @@ enum Existing {
     Overwrite,
     /// Keep it, and save the new one here instead.
     KeepBoth(PathBuf),
+    Skip,
+}
+
+/// An answer about one existing file of a many-file download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Overwrite,
+    KeepBoth,
     Skip,
 }
 

@@ -7,12 +7,26 @@ use crate::error::{ClientError, Result};
 use crate::link::{Dial, Link};
 use crate::output::{Output, Total};
 use crate::progress::{BatchBars, SlotProgress};
-use crate::retry::{transfer_again, until_done_or_ctrl_c, Transfer};
+use crate::retry::{reconnect, transfer_again, until_done_or_ctrl_c, Transfer};
 
 /// Past this many files, a many-file command prints its total line only, not one line per file,
 /// unless told `-v` (or the session `--verbose`): a thousand "verified" lines hide the one
 /// that says whether all went well.
 pub(crate) const QUIET_ABOVE: usize = 10;
+
+/// How many "already exists" failures a batch shows one by one (without `-v`); the rest are
+/// counted in one line with what to do instead.
+const SHOWN_EXISTING: usize = 3;
+
+/// Whether `e` refused a file because its target is there already (remote for a put, local
+/// for a get): the usual failure of a tree sent a second time.
+fn already_there(e: &ClientError) -> bool {
+    match e {
+        ClientError::LocalExists(_) => true,
+        ClientError::Remote(r) => r.code == protocol::ErrorCode::Exists,
+        _ => false,
+    }
+}
 
 /// One file of a batch: what to move, and its size, for the overall bar.
 pub(crate) type Item = (Transfer, u64);
@@ -105,6 +119,9 @@ async fn run_batch(
         stopped: RefCell::new(None),
         each: verbose || moving <= QUIET_ABOVE,
         done: Cell::new((0, 0)),
+        existing: Cell::new(0),
+        each_failure: verbose,
+        reached: Cell::new(link.current().is_some()),
     };
     let mut extra: Vec<Link> = (1..slots).map(|_| Link::new(link.cwd.clone())).collect();
     let links = std::iter::once(link).chain(extra.iter_mut());
@@ -127,6 +144,21 @@ async fn run_batch(
             };
             output.total(what, &total)?;
         }
+    }
+    let existing = batch.existing.get();
+    if existing > 0 {
+        let hidden = existing.saturating_sub(SHOWN_EXISTING);
+        let more = if hidden > 0 && !verbose {
+            format!(" ({hidden} more not shown)")
+        } else {
+            String::new()
+        };
+        let side = if put { "on the server" } else { "here" };
+        let files = if existing == 1 { "file" } else { "files" };
+        output.diagnostic(format_args!(
+            "{existing} {files} already {side}{more}: -c skips the complete ones and \
+             continues partial ones, -f replaces them"
+        ));
     }
     if let Some(why) = stopped {
         return Err(why);
@@ -165,6 +197,13 @@ struct Batch<'a> {
     each: bool,
     /// Files verified so far, and their bytes, for the total line.
     done: Cell<(usize, u64)>,
+    /// Files refused because the target is there already (see [`already_there`]).
+    existing: Cell<usize>,
+    /// Print every failure, however many are alike: `-v`.
+    each_failure: bool,
+    /// Whether the server answered this command: once it has, a connect that fails means it
+    /// went away (a restart), and is tried again up to `--retry-for`, not taken as final.
+    reached: Cell<bool>,
 }
 
 impl Batch<'_> {
@@ -177,9 +216,22 @@ impl Batch<'_> {
         }
         let mut progress = self.bars.slot(slot);
         if !self.opts.resume {
-            self.pipelined(link, &mut progress).await;
+            self.pipelined(link, &mut progress, slot).await;
         }
         while self.stopped.borrow().is_none() {
+            if self.later.borrow().is_empty() && self.queue.borrow().len() == 0 {
+                break;
+            }
+            // The server went away under an earlier file: wait for it here, once for the slot,
+            // rather than fail every file left in a connect that comes too soon.
+            if link.current().is_none() {
+                if let Err(e) = self.reach(link, slot).await {
+                    if slot == 0 {
+                        self.stop(e);
+                    }
+                    break;
+                }
+            }
             let next = self.later.borrow_mut().pop();
             let next = next.or_else(|| self.queue.borrow_mut().next().map(|item| (item, false)));
             let Some(((t, size), sent_before)) = next else {
@@ -204,10 +256,13 @@ impl Batch<'_> {
     /// Moves the small files of the queue pipelined over `link`, until none is left; a cut
     /// pipeline starts again on a new connection, up to the retries, its unanswered files
     /// left for the one-at-a-time path.
-    async fn pipelined(&self, link: &mut Link, progress: &mut SlotProgress) {
+    async fn pipelined(&self, link: &mut Link, progress: &mut SlotProgress, slot: usize) {
         let mut cuts = 0;
         while self.stopped.borrow().is_none() {
-            let Ok(c) = link.client(self.dial).await else {
+            if self.reach(link, slot).await.is_err() {
+                return;
+            }
+            let Some(c) = link.current() else {
                 return;
             };
             if !c.pipelines() {
@@ -252,6 +307,20 @@ impl Batch<'_> {
         }
     }
 
+    /// Connects `link`: once the server has answered this command, a failed connect is tried
+    /// again up to `--retry-for` (slot 0 saying so), since the server may be restarting.
+    async fn reach(&self, link: &mut Link, slot: usize) -> Result<()> {
+        let result = if self.reached.get() {
+            reconnect(self.dial, link, self.output, slot == 0).await
+        } else {
+            link.client(self.dial).await.map(drop)
+        };
+        if result.is_ok() {
+            self.reached.set(true);
+        }
+        result
+    }
+
     /// How a file of the batch ended: reported, counted, or left for another try.
     fn ended(&self, progress: &mut SlotProgress, t: &Transfer, size: u64, result: Result<Summary>) {
         match result {
@@ -271,6 +340,14 @@ impl Batch<'_> {
             Err(e) => {
                 self.bars.file_done(progress, size);
                 self.failed.set(self.failed.get() + 1);
+                if already_there(&e) {
+                    let n = self.existing.get() + 1;
+                    self.existing.set(n);
+                    // A tree sent again: the first few say so, the total says how many.
+                    if n > SHOWN_EXISTING && !self.each_failure {
+                        return;
+                    }
+                }
                 self.bars.suspend(|| {
                     let what = format!("{} {}", t.op(), t.name());
                     self.output.failure(format_args!("{what}: {e}"), &e);

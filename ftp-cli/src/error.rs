@@ -4,11 +4,11 @@ use protocol::{ConnectionError, DigestKind, ErrorReply};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("{0}")]
+    #[error("{}", plain(.0))]
     Usage(String),
     #[error("cannot connect to {addr}: {}", plain(reason))]
     Connect { addr: String, reason: String },
-    #[error("{0}")]
+    #[error("{}", plain(.0))]
     Auth(String),
     /// The server did not take the key and wants a password, which the client does not have.
     #[error("{0}: the key was not accepted and there is no password (give --secret-file, FTP_CLI_SECRET, or log in at a terminal)")]
@@ -40,7 +40,9 @@ pub enum ClientError {
     SomeFailed { failed: usize, total: usize },
     #[error("connection to the server lost: {}", plain(.0))]
     ConnectionLost(String),
-    #[error("server: {0}")]
+    /// The server's sentence alone: its wire code is for programs (`--json`'s `code`), not
+    /// for the person reading the line.
+    #[error("server: {}", .0.message)]
     Remote(ErrorReply),
     /// Named as the user named the file: a download's `NAME.ftp-part` is shown as `NAME`, and
     /// the OS's error number is left out.
@@ -87,7 +89,7 @@ pub enum ClientError {
     Stdout(std::io::Error),
     /// A task of the client's own failed (a panic in a disk thread): a bug, which a new
     /// connection would not cure.
-    #[error("internal error: {0}")]
+    #[error("internal error: {}", plain(.0))]
     Internal(String),
     /// A command of a script (`-c`, `-b`, stdin) that failed, named (`-b` adds its line:
     /// `cmds.txt:3: get x.jpg`), so that the user knows which one.
@@ -125,14 +127,13 @@ impl ClientError {
         }
     }
 
-    /// The error as a person at the shell reads it: the server's refusal without its wire code
-    /// (`server: x: no such file or directory`, not `... (not_found)`). Scripts keep the code
-    /// (the `Display` form), which is stable to match on.
-    pub fn for_person(&self) -> String {
+    /// The server's wire code for a refusal (`not_found`), for programs: `--json`'s `code`.
+    /// People read the `Display` form, which leaves it out.
+    pub fn wire_code(&self) -> Option<protocol::ErrorCode> {
         match self {
-            ClientError::Remote(e) => format!("server: {}", e.message),
-            ClientError::InCommand { at, source } => format!("{at}: {}", source.for_person()),
-            other => other.to_string(),
+            ClientError::Remote(e) => Some(e.code),
+            ClientError::InCommand { source, .. } => source.wire_code(),
+            _ => None,
         }
     }
 
@@ -286,15 +287,16 @@ mod tests {
             message: "x: no such file or directory".into(),
             offset: None,
         });
-        assert_eq!(remote.for_person(), "server: x: no such file or directory");
+        assert_eq!(remote.to_string(), "server: x: no such file or directory");
+        assert_eq!(remote.wire_code(), Some(protocol::ErrorCode::NotFound));
         let named = remote.in_command("cmds.txt:3: get x");
         assert_eq!(named.exit_code(), 5);
         assert_eq!(
-            named.for_person(),
+            named.to_string(),
             "cmds.txt:3: get x: server: x: no such file or directory"
         );
-        assert!(named
-            .to_string()
-            .starts_with("cmds.txt:3: get x: server: x: no such"));
+        assert_eq!(named.wire_code(), Some(protocol::ErrorCode::NotFound));
+        let usage = ClientError::Usage("cannot read commands: Is a directory (os error 21)".into());
+        assert_eq!(usage.to_string(), "cannot read commands: Is a directory");
     }
 }

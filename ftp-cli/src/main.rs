@@ -437,8 +437,11 @@ fn given_secret(file: Option<&std::path::Path>) -> Result<Option<Vec<u8>>, Clien
     Ok(Some(secret))
 }
 
-/// The password for `user`, asked for without echo.
+/// The password for `user`, asked for without echo. What was typed at the terminal before
+/// the prompt showed (a command typed ahead while connecting) is dropped first, never taken
+/// as the password, as OpenSSH's readpassphrase does; the user is told.
 fn prompt_secret(user: &str, host: &str) -> Result<Vec<u8>, ClientError> {
+    discard_typed_ahead();
     let secret = rpassword::prompt_password(format!("Password for {user}@{host}: "))
         .map_err(|e| {
             ClientError::Usage(format!(
@@ -452,4 +455,18 @@ fn prompt_secret(user: &str, host: &str) -> Result<Vec<u8>, ClientError> {
         )));
     }
     Ok(secret)
+}
+
+/// Drops input pending at the terminal, saying so when there was some.
+fn discard_typed_ahead() {
+    let Ok(tty) = std::fs::File::open("/dev/tty") else {
+        return;
+    };
+    let pending = rustix::io::ioctl_fionread(&tty).unwrap_or(0);
+    if pending > 0 && rustix::termios::tcflush(&tty, rustix::termios::QueueSelector::IFlush).is_ok()
+    {
+        ftp_cli::output::diagnostic(
+            "what was typed before the password prompt is discarded, not taken as the password",
+        );
+    }
 }

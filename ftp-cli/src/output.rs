@@ -172,7 +172,7 @@ impl Output {
     /// the exit status it stands for. A failed write of that object is ignored: the error is
     /// what the command ends with.
     pub fn error(&self, e: &ClientError) {
-        self.failure(e.for_person(), e);
+        self.failure(e, e);
     }
 
     /// [`Output::error`] with the line given: `get a.bin: already exists` for a file of a batch.
@@ -188,6 +188,7 @@ impl Output {
             let _ = self.json_line(&json::Error {
                 r#type: "error",
                 message: &Shown(text).to_string(),
+                code: e.wire_code().map(protocol::ErrorCode::as_str),
                 status: e.exit_code(),
             });
         }
@@ -227,7 +228,10 @@ impl Output {
                 dry_run: m.dry_run,
             });
         }
-        self.raw_line(text)
+        for line in wrapped(text, self.width()) {
+            self.raw_line(line)?;
+        }
+        Ok(())
     }
 
     /// Bytes of a file (`cat`) on stdout: as they are into a pipe or a file; at a terminal,
@@ -320,7 +324,6 @@ impl Output {
 
     /// One line per finished transfer.
     pub fn summary(&self, op: &str, s: &Summary) -> Result<()> {
-        let secs = s.elapsed.as_secs_f64().max(1e-6);
         if self.json {
             return self.json_line(&json::Transfer {
                 r#type: "transfer",
@@ -332,24 +335,63 @@ impl Output {
                 digest: json::Digest::of(&s.digest),
             });
         }
-        let resumed = if s.sent == 0 && s.size > 0 {
-            ", already complete: nothing sent".to_owned()
-        } else if s.sent < s.size {
-            format!(", {} of it sent this time", HumanBytes(s.sent))
-        } else {
-            String::new()
-        };
-        self.line(format_args!(
-            "{op} {}: {} ({} bytes{resumed}) in {secs:.2} s, {}/s, {} {} verified",
-            Shown(&s.name),
-            HumanBytes(s.size),
-            s.size,
-            HumanBytes((s.sent as f64 / secs) as u64),
-            s.digest.kind().name(),
-            s.digest
-        ))
+        for line in summary_lines(op, s, self.width()) {
+            self.raw_line(line)?;
+        }
+        Ok(())
+    }
+
+    /// The columns of the terminal stdout is, for lines that should fit it; `None` when it is
+    /// not one (a pipe, a file: lines stay whole for programs) or with `--json`.
+    fn width(&self) -> Option<usize> {
+        if self.json {
+            return None;
+        }
+        console::Term::stdout()
+            .size_checked()
+            .map(|(_, cols)| usize::from(cols))
     }
 }
+
+/// A transfer's summary: one line, `get x.bin: 195.31 KiB (200000 bytes) in 0.01 s,
+/// 19.07 MiB/s, md5 ... verified`, as programs read it. At a terminal narrower than that
+/// (`width`), two: the name shortened (its middle, to an ellipsis) and the exact byte count
+/// left out, then the digest on a line of its own, whole, since it is there to be compared.
+fn summary_lines(op: &str, s: &Summary, width: Option<usize>) -> Vec<String> {
+    let secs = s.elapsed.as_secs_f64().max(1e-6);
+    let rate = HumanBytes((s.sent as f64 / secs) as u64);
+    let digest = format!("{} {} verified", s.digest.kind().name(), s.digest);
+    let resumed = if s.sent == 0 && s.size > 0 {
+        ", already complete: nothing sent".to_owned()
+    } else if s.sent < s.size {
+        format!(", {} of it sent this time", HumanBytes(s.sent))
+    } else {
+        String::new()
+    };
+    let name = Shown(&s.name).to_string();
+    let whole = format!(
+        "{op} {name}: {} ({} bytes{resumed}) in {secs:.2} s, {rate}/s, {digest}",
+        HumanBytes(s.size),
+        s.size,
+    );
+    let Some(width) = width.filter(|&w| whole.chars().count() > w) else {
+        return vec![whole];
+    };
+    let rest = format!(": {} in {secs:.1} s, {rate}/s", HumanBytes(s.size));
+    let room = width.saturating_sub(op.chars().count() + 1 + rest.chars().count());
+    let name = crate::progress::shorten(&name, room.max(MIN_NAME));
+    let mut lines = vec![format!("{op} {name}{rest}")];
+    if s.sent == 0 && s.size > 0 {
+        lines.push("  already complete: nothing sent".into());
+    } else if s.sent < s.size {
+        lines.push(format!("  resumed: {} sent this time", HumanBytes(s.sent)));
+    }
+    lines.push(format!("  {digest}"));
+    lines
+}
+
+/// The fewest characters of a name a shortened line keeps, however narrow the terminal.
+const MIN_NAME: usize = 8;
 
 /// What a many-file command did, for its one total line.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -378,7 +420,10 @@ impl Output {
                 failed: t.failed,
             });
         }
-        self.raw_line(total_line(what, t))
+        for line in fitted_total(what, t, self.width()) {
+            self.raw_line(line)?;
+        }
+        Ok(())
     }
 }
 
@@ -490,6 +535,10 @@ mod json {
     pub(super) struct Error<'a> {
         pub(super) r#type: &'static str,
         pub(super) message: &'a str,
+        /// The server's wire code (`not_found`) when the server refused: stable for programs
+        /// to match on, and left out of `message`, which is for people.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub(super) code: Option<&'static str>,
         /// The exit status this failure stands for (`ftp-cli --help`).
         pub(super) status: u8,
     }
@@ -513,6 +562,62 @@ fn total_line(what: &str, t: &Total) -> String {
         HumanBytes((t.bytes as f64 / secs) as u64),
         t.failed
     )
+}
+
+/// [`total_line`], fitted to a terminal `width` columns wide: when it does not fit, the
+/// command (a long path) on a line of its own, shortened in the middle, and the figures under
+/// it, the time in hours and minutes past one.
+fn fitted_total(what: &str, t: &Total, width: Option<usize>) -> Vec<String> {
+    let whole = total_line(what, t);
+    let Some(width) = width.filter(|&w| whole.chars().count() > w) else {
+        return vec![whole];
+    };
+    let shown = Shown(what).to_string();
+    let secs = t.elapsed.as_secs_f64();
+    let time = match t.elapsed.as_secs() {
+        s @ 3600.. => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+        s @ 60.. => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{secs:.1} s"),
+    };
+    let files = if t.files == 1 { "file" } else { "files" };
+    vec![
+        format!(
+            "{}:",
+            crate::progress::shorten(&shown, width.saturating_sub(1).max(MIN_NAME))
+        ),
+        format!(
+            "  {} {files}, {} in {time}, {}/s, {} failed",
+            t.files,
+            HumanBytes(t.bytes),
+            HumanBytes((t.bytes as f64 / secs.max(1e-6)) as u64),
+            t.failed
+        ),
+    ]
+}
+
+/// A line of comma-separated figures (`mirror: 8 new, 0 changed, ...`) at a terminal `width`
+/// columns wide: broken after a comma where it would not fit, the rest indented.
+fn wrapped(text: &str, width: Option<usize>) -> Vec<String> {
+    let Some(width) = width.filter(|&w| text.chars().count() > w) else {
+        return vec![text.to_owned()];
+    };
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for piece in text.split(", ") {
+        let joined = if line.is_empty() {
+            piece.to_owned()
+        } else {
+            format!("{line}, {piece}")
+        };
+        if line.is_empty() || joined.chars().count() < width {
+            line = joined;
+        } else {
+            lines.push(format!("{line},"));
+            line = format!("  {piece}");
+        }
+    }
+    lines.push(line);
+    lines
 }
 
 fn kind_char(kind: EntryKind) -> char {
@@ -629,6 +734,87 @@ mod tests {
         let india = chrono::FixedOffset::east_opt(5 * 3600 + 1800).unwrap();
         assert_eq!(time_in(Some(0), &india), "1970-01-01 05:30:00");
         assert_eq!(time(Some(0)).len(), 19);
+    }
+
+    /// Summary and total lines at a 60-column terminal: every line fits, long names lose their
+    /// middle, the digest stays whole; off a terminal the one line is as before.
+    #[test]
+    fn summaries_fit_sixty_columns() {
+        let mut hasher = protocol::Hasher::new(protocol::DigestKind::Md5);
+        hasher
+            .update_from(&mut &b"some bytes"[..], u64::MAX)
+            .unwrap();
+        let s = Summary {
+            name: "holidays/2024/a-very-long-name-of-a-photo-from-the-beach.jpg".into(),
+            sent: 700 * 1024 * 1024,
+            size: 1023 * 1024 * 1024,
+            elapsed: std::time::Duration::from_millis(123_456),
+            digest: hasher.finish(),
+        };
+        let hex = s.digest.to_string();
+        let whole = summary_lines("get", &s, None);
+        assert_eq!(whole.len(), 1);
+        assert!(
+            whole[0].contains(&s.name) && whole[0].contains(&hex),
+            "{whole:?}"
+        );
+        let narrow = summary_lines("get", &s, Some(60));
+        assert_eq!(narrow.len(), 3, "{narrow:?}");
+        for line in &narrow {
+            assert!(line.chars().count() <= 60, "{line:?} is wider than 60");
+        }
+        assert!(narrow[0].starts_with("get holidays/"), "{narrow:?}");
+        assert!(narrow[0].contains('\u{2026}') && narrow[0].contains("beach.jpg"));
+        assert_eq!(narrow[1], "  resumed: 700.00 MiB sent this time");
+        assert_eq!(narrow[2], format!("  MD5 {hex} verified"));
+        // A line that fits stays one line.
+        let short = Summary {
+            name: "a".into(),
+            ..s
+        };
+        assert_eq!(summary_lines("get", &short, Some(200)).len(), 1);
+        // Wide figures: 10,000 files, most of a TiB, two hours, some failed.
+        let t = Total {
+            files: 10_000,
+            bytes: 999 * 1024 * 1024 * 1024,
+            elapsed: std::time::Duration::from_secs(7261),
+            failed: 12,
+        };
+        let what = "put -r /home/someone/Pictures/holidays/2024/the-beach";
+        let lines = fitted_total(what, &t, Some(60));
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        for line in &lines {
+            assert!(line.chars().count() <= 60, "{line:?} is wider than 60");
+        }
+        assert_eq!(lines[0], format!("{what}:"));
+        assert!(lines[1].contains(" in 2h01m, "), "{lines:?}");
+        let longer = format!("{what}/and/then/some/more/directories/below");
+        let lines = fitted_total(&longer, &t, Some(60));
+        assert!(lines[0].starts_with("put -r /home") && lines[0].ends_with("below:"));
+        assert_eq!(lines[0].chars().count(), 60, "{lines:?}");
+        let small = Total {
+            files: 3,
+            bytes: 10,
+            elapsed: std::time::Duration::from_secs(1),
+            failed: 0,
+        };
+        assert_eq!(fitted_total("mget", &small, Some(60)).len(), 1);
+    }
+
+    #[test]
+    fn mirror_lines_fit_sixty_columns() {
+        let text = "mirror: 8 new, 0 changed, 0 deleted, 0 unchanged, 228.88 MiB would be \
+                    moved (dry run: nothing changed)";
+        assert_eq!(wrapped(text, None), [text]);
+        let lines = wrapped(text, Some(60));
+        assert_eq!(
+            lines,
+            [
+                "mirror: 8 new, 0 changed, 0 deleted, 0 unchanged,",
+                "  228.88 MiB would be moved (dry run: nothing changed)"
+            ]
+        );
+        assert_eq!(wrapped("mirror: 1 new", Some(60)), ["mirror: 1 new"]);
     }
 
     #[test]

@@ -259,6 +259,39 @@ pub(crate) async fn transfer_again(
     }
 }
 
+/// Connects `link` to a server a many-file command was already talking to, as the one-file path
+/// reconnects: a connect that fails waits a little longer each time, up to `--retry-for` in
+/// all, saying so when `say` (one slot speaks for the batch), since the server may be
+/// restarting. Ctrl-C during a wait stops it.
+pub(crate) async fn reconnect(
+    dial: &Dial,
+    link: &mut Link,
+    output: &Output,
+    say: bool,
+) -> Result<()> {
+    let mut reconnecting = Reconnecting::default();
+    loop {
+        let err = match link.client(dial).await {
+            Ok(_) => return Ok(()),
+            Err(e @ ClientError::Connect { .. }) => e,
+            Err(e) => return Err(e),
+        };
+        let Some(wait) = reconnecting.next() else {
+            return Err(err);
+        };
+        if say {
+            output.diagnostic(format_args!(
+                "cannot reach the server; reconnecting in {}",
+                shown(wait)
+            ));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = tokio::signal::ctrl_c() => return Err(ClientError::Cancelled),
+        }
+    }
+}
+
 /// Runs `run` to its end; Ctrl-C meanwhile sets `cancel`, which makes it stop cleanly (what it
 /// moved stays resumable), and it is still awaited to that end.
 pub(crate) async fn until_done_or_ctrl_c<T>(

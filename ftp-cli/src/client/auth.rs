@@ -190,7 +190,9 @@ impl Client {
                         format!("authentication failed for {who}: {more}")
                     }));
                 }
-                Message::Error(e) => return Err(ClientError::Auth(format!("{who}: {e}"))),
+                Message::Error(e) => {
+                    return Err(ClientError::Auth(format!("{who}: {}", e.message)))
+                }
                 other => return Err(unexpected("auth_ok", &other)),
             }
         }

@@ -179,7 +179,7 @@ impl Client {
             Ok(Frame {
                 message: Message::Error(e),
                 ..
-            }) => Err(Refusal::Reason(e.to_string())),
+            }) => Err(Refusal::Reason(e.message)),
             Ok(other) => Err(Refusal::Reason(format!(
                 "unexpected greeting {:?}",
                 other.message

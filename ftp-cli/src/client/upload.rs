@@ -168,9 +168,10 @@ impl Client {
 /// a framing error), so it counts as a lost link, which a retry can cure; the rest are answers.
 fn refused_mid_stream(reply: ErrorReply) -> ClientError {
     match reply.code {
-        ErrorCode::BadRequest | ErrorCode::TooLarge => {
-            ClientError::ConnectionLost(format!("the server received damaged data: {reply}"))
-        }
+        ErrorCode::BadRequest | ErrorCode::TooLarge => ClientError::ConnectionLost(format!(
+            "the server received damaged data: {}",
+            reply.message
+        )),
         _ => ClientError::Remote(reply),
     }
 }

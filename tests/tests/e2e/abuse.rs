@@ -514,7 +514,7 @@ fn max_file_size_is_refused_up_front() {
         .timeout(STEP_TIMEOUT)
         .run()
         .fails()
-        .stderr_has_any(&["too_large", "too large"]);
+        .stderr_has_any(&["too large", "largest file size"]);
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "refusing an oversized put took {:?}",

@@ -321,3 +321,35 @@ fn put_r_c_continues_an_interrupted_tree() {
     assert!(!run.stderr.contains("exists"), "{run}");
     assert_eq!(tree(&daemon.path("up")), tree(&src));
 }
+
+/// A tree sent a second time: not a wall of "already exists" lines (one per file) but the
+/// first few, then one line counting them all and saying what to do (`-c`, `-f`).
+#[test]
+fn a_tree_sent_again_counts_the_existing_files_in_one_line() {
+    let daemon = Daemon::start();
+    let work = tmpdir();
+    let src = work.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..30u64 {
+        write_random(src.join(format!("f{i:02}")), 1000 + i, i);
+    }
+    let cli = daemon.cli().cwd(work.path()).cmds("put -r src");
+    cli.run().ok();
+    let run = cli.run().exits(8);
+    let refusals = run.stderr.matches("already exists").count();
+    assert_eq!(refusals, 3, "{run}");
+    assert!(
+        run.stderr.contains(
+            "30 files already on the server (27 more not shown): -c skips the complete ones"
+        ),
+        "{run}"
+    );
+    assert!(run.stdout.contains("0 files, 0 B"), "{run}");
+    daemon
+        .cli()
+        .cwd(work.path())
+        .cmds("put -r -c src")
+        .run()
+        .ok();
+    assert_eq!(tree(&daemon.path("src")), tree(&src));
+}

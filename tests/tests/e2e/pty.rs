@@ -43,7 +43,31 @@ fn shell(daemon: &Daemon, cwd: &Path, home: &Path) -> PtySession {
 
 /// `ftp-cli ARGS --fingerprint FP` on a pseudo-terminal, as [`shell`] starts it.
 fn shell_with(args: &[&str], daemon: &Daemon, cwd: &Path, home: &Path) -> PtySession {
-    let mut cmd = Command::new(bin("ftp-cli"));
+    shell_cmd(Command::new(bin("ftp-cli")), args, daemon, cwd, home)
+}
+
+/// [`shell_with`] on a terminal `cols` columns wide (set by `stty` before ftp-cli starts).
+fn shell_at_width(
+    cols: u16,
+    args: &[&str],
+    daemon: &Daemon,
+    cwd: &Path,
+    home: &Path,
+) -> PtySession {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("stty cols {cols} rows 24 && exec \"$0\" \"$@\""))
+        .arg(bin("ftp-cli"));
+    shell_cmd(cmd, args, daemon, cwd, home)
+}
+
+fn shell_cmd(
+    mut cmd: Command,
+    args: &[&str],
+    daemon: &Daemon,
+    cwd: &Path,
+    home: &Path,
+) -> PtySession {
     cmd.args(args)
         .arg("--fingerprint")
         .arg(daemon.fingerprint())
@@ -493,6 +517,91 @@ fn get_onto_an_existing_file_asks_what_to_do() {
     assert_eq!(names(work.path()), ["x (1).txt", "x.txt"]);
 }
 
+/// `get -r` and `mget` onto existing local files ask as `get` does, and an answer "for all"
+/// (`K`, `O`, `S`) settles every conflict of the tree with one question.
+#[test]
+fn many_file_downloads_onto_existing_files_ask_once_for_all() {
+    let daemon = Daemon::start();
+    fs::create_dir(daemon.path("t")).unwrap();
+    for (i, name) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+        write_random(
+            daemon.path(&format!("t/{name}.txt")),
+            2000 + i as u64,
+            80 + i as u64,
+        );
+    }
+    write_random(daemon.path("x1.txt"), 1500, 90);
+    write_random(daemon.path("x2.txt"), 1600, 91);
+    let work = tmpdir();
+    let home = tmpdir();
+    fs::create_dir(work.path().join("t")).unwrap();
+    for name in ["a", "b", "c"] {
+        fs::write(work.path().join(format!("t/{name}.txt")), "mine\n").unwrap();
+    }
+    fs::write(work.path().join("x1.txt"), "mine\n").unwrap();
+    let prompt = format!("ftp {}:/> ", daemon.addr());
+    let mut sh = shell(&daemon, work.path(), home.path());
+    expect(&mut sh, &prompt);
+
+    // Three conflicts, one question: keep both, for all.
+    type_keys(&mut sh, "get -r t\r");
+    expect(
+        &mut sh,
+        "t/a.txt exists here, and 2 more: overwrite, keep both, skip?",
+    );
+    type_keys(&mut sh, "K\r");
+    expect(&mut sh, "get -r t: 5 files");
+    expect(&mut sh, &prompt);
+    for name in ["a", "b", "c"] {
+        assert_eq!(
+            fs::read(work.path().join(format!("t/{name}.txt"))).unwrap(),
+            b"mine\n"
+        );
+        let remote = daemon.path(&format!("t/{name}.txt"));
+        assert_same_file(&remote, work.path().join(format!("t/{name} (1).txt")));
+    }
+    for name in ["d", "e"] {
+        let remote = daemon.path(&format!("t/{name}.txt"));
+        assert_same_file(&remote, work.path().join(format!("t/{name}.txt")));
+    }
+
+    // Now all five exist here: overwrite, for all.
+    type_keys(&mut sh, "get -r t\r");
+    expect(&mut sh, "exists here, and 4 more");
+    type_keys(&mut sh, "O\r");
+    expect(&mut sh, "get -r t: 5 files");
+    expect(&mut sh, &prompt);
+    for name in ["a", "b", "c", "d", "e"] {
+        let remote = daemon.path(&format!("t/{name}.txt"));
+        assert_same_file(&remote, work.path().join(format!("t/{name}.txt")));
+    }
+
+    // Ctrl-C at the question cancels the command: nothing is fetched, the shell stays.
+    type_keys(&mut sh, "mget x*\r");
+    expect(
+        &mut sh,
+        "x1.txt exists here: overwrite it, keep both, or skip?",
+    );
+    sh.send_control('c').unwrap();
+    expect(&mut sh, "cancelled");
+    expect(&mut sh, &prompt);
+    assert!(!work.path().join("x2.txt").exists(), "fetched after Ctrl-C");
+
+    // One conflict in an mget: the plain question; skipped, the other file fetched.
+    type_keys(&mut sh, "mget x*\r");
+    expect(
+        &mut sh,
+        "x1.txt exists here: overwrite it, keep both, or skip?",
+    );
+    type_keys(&mut sh, "s\r");
+    expect(&mut sh, "mget: 1 existing file skipped");
+    expect(&mut sh, "mget: 1 file");
+    expect(&mut sh, &prompt);
+    assert_eq!(fs::read(work.path().join("x1.txt")).unwrap(), b"mine\n");
+    assert_same_file(daemon.path("x2.txt"), work.path().join("x2.txt"));
+    leave(&mut sh);
+}
+
 /// The shell without a host starts unconnected; `open`, `close`, and commands that need a
 /// server say so until then.
 #[test]
@@ -559,6 +668,55 @@ fn a_failed_login_asks_for_the_password_again() {
     type_keys(&mut sh, "ls\r");
     expect(&mut sh, "hers.txt");
     expect(&mut sh, &prompt);
+    leave(&mut sh);
+}
+
+/// A line typed ahead of a password prompt is never taken as the password: it is dropped,
+/// and the user told. Here `ls` typed right after a wrong password would have been the
+/// second try's password.
+#[test]
+fn a_line_typed_ahead_is_never_taken_as_the_password() {
+    let site = Site::new();
+    let users = site.path("etc/users.toml");
+    fs::create_dir_all(users.parent().unwrap()).unwrap();
+    write_private(
+        &users,
+        "[[user]]\nname = \"alice\"\nsecret = \"alice's secret\"\nhome = \"alice\"\n",
+    );
+    let daemon = site
+        .daemon()
+        .arg("--users")
+        .arg(&users)
+        .args(["--login-penalty", "0s"])
+        .start();
+    let work = tmpdir();
+    let home = tmpdir();
+    let addr = daemon.addr().to_string();
+    let mut sh = shell_with(
+        &[addr.as_str(), "-u", "alice"],
+        &daemon,
+        work.path(),
+        home.path(),
+    );
+    expect(&mut sh, "Password for alice@");
+    // One write: the terminal hands the prompt one line, and `ls` waits behind it.
+    type_keys(&mut sh, "wrong\rls\r");
+    expect(&mut sh, "try again");
+    let before = expect(&mut sh, "not taken as the password");
+    assert!(
+        !before.contains("ls"),
+        "the typed-ahead line was echoed: {before:?}"
+    );
+    expect(&mut sh, "Password for alice@");
+    type_keys(&mut sh, "alice's secret\r");
+    let prompt = format!("ftp alice@{addr}:/> ");
+    let before = expect(&mut sh, &prompt);
+    assert!(
+        !before.contains("try again"),
+        "a second try failed: {before:?}"
+    );
+    type_keys(&mut sh, "pwd\r");
+    expect(&mut sh, "\n/\r\n");
     leave(&mut sh);
 }
 
@@ -646,6 +804,113 @@ fn commands_given_with_c_draw_a_bar_at_a_terminal() {
     );
     sh.exp_eof().expect("ftp-cli -c did not exit");
     assert_same_file(work.path().join(name), daemon.path(name));
+}
+
+/// At a 60-column terminal, every line `-c` draws fits: bars, a file's summary and a tree's
+/// total, with long names shortened and the digest whole.
+#[test]
+fn bars_and_summaries_fit_a_sixty_column_terminal() {
+    let daemon = Daemon::start();
+    let work = tmpdir();
+    let home = tmpdir();
+    let name = "a-rather-long-name-for-an-upload-of-some-size-indeed.bin";
+    write_repeated(&work.path().join(name), 16 * MIB, 62);
+    let tree = work
+        .path()
+        .join("a-tree-with-a-name-long-enough-to-need-shortening");
+    fs::create_dir(&tree).unwrap();
+    for i in 0..3 {
+        write_random(tree.join(format!("f{i}")), 1000, i);
+    }
+    let addr = daemon.addr().to_string();
+    let cmds = format!("put {name}; put -r a-tree-with-a-name-long-enough-to-need-shortening");
+    let mut sh = shell_at_width(
+        60,
+        &[addr.as_str(), "-c", &cmds],
+        &daemon,
+        work.path(),
+        home.path(),
+    );
+    let out = sh.exp_eof().expect("ftp-cli -c did not exit");
+    // The terminal's bytes come back as Latin-1 here: an ellipsis is three of them.
+    let out = out.replace("\u{e2}\u{80}\u{a6}", "\u{2026}");
+    let md5 = md5_file(work.path().join(name));
+    assert!(
+        out.lines()
+            .any(|l| l.trim() == format!("MD5 {md5} verified")),
+        "the digest is not whole on a line of its own: {out:?}"
+    );
+    assert!(out.contains("files, "), "no total line: {out:?}");
+    for line in out.split(['\n', '\r']) {
+        assert!(
+            line.chars().count() <= 60,
+            "wider than 60 columns: {line:?} in {out:?}"
+        );
+    }
+    assert_same_file(work.path().join(name), daemon.path(name));
+}
+
+/// A transfer whose bytes stop coming says "stalled" on its bar (here the daemon is stopped
+/// with SIGSTOP mid-download), and finishes when they come again.
+#[test]
+fn a_stalled_transfer_says_stalled() {
+    let daemon = Daemon::start();
+    write_sparse(&daemon.path("big.bin"), BIG_DOWNLOAD);
+    let work = tmpdir();
+    let home = tmpdir();
+    let addr = daemon.addr().to_string();
+    let mut sh = shell_with(
+        &[addr.as_str(), "-c", "get big.bin"],
+        &daemon,
+        work.path(),
+        home.path(),
+    );
+    let part = work.path().join("big.bin.ftp-part");
+    wait_until("big.bin.ftp-part holds bytes", START_TIMEOUT, || {
+        file_len(&part) > 0
+    });
+    daemon.signal("STOP");
+    let stalled = sh.exp_string("stalled");
+    daemon.signal("CONT");
+    stalled.unwrap_or_else(|e| panic!("the bar never said stalled: {e}"));
+    expect(&mut sh, "verified");
+    sh.exp_eof().expect("ftp-cli -c did not exit");
+    assert_eq!(file_len(&work.path().join("big.bin")), BIG_DOWNLOAD);
+}
+
+/// Ctrl-C during `get -r` says, as after one file, that what moved is kept and that
+/// `get -r -c` continues; that then completes the tree.
+#[test]
+fn ctrl_c_during_a_tree_says_how_to_continue() {
+    let daemon = Daemon::start();
+    fs::create_dir(daemon.path("big")).unwrap();
+    for i in 0..4 {
+        write_repeated(&daemon.path(&format!("big/b{i}.bin")), 128 * MIB, 50 + i);
+    }
+    let work = tmpdir();
+    let home = tmpdir();
+    let prompt = format!("ftp {}:/> ", daemon.addr());
+    let mut sh = shell(&daemon, work.path(), home.path());
+    expect(&mut sh, &prompt);
+    type_keys(&mut sh, "get -r big\r");
+    let local = work.path().join("big");
+    wait_until("part of the tree here", START_TIMEOUT, || {
+        fs::read_dir(&local)
+            .map(|d| d.flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0)))
+            .unwrap_or(false)
+    });
+    sh.send_control('c').unwrap();
+    expect(&mut sh, "get -r big: stopped;");
+    expect(&mut sh, "get -r -c big continues it");
+    expect(&mut sh, &prompt);
+    type_keys(&mut sh, "get -r -c big\r");
+    expect(&mut sh, "get -r big: 4 files");
+    expect(&mut sh, &prompt);
+    for i in 0..4 {
+        let name = format!("big/b{i}.bin");
+        assert_same_file(daemon.path(&name), work.path().join(&name));
+    }
+    leave(&mut sh);
 }
 
 /// The README's "A short tour", typed into the shell as written (in temp directories, with

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{assert_same_file, staged_bytes, tmpdir, wait_until, write_random, Daemon, MIB};
+use crate::util::{
+    assert_same_file, file_digests, staged_bytes, tmpdir, wait_until, write_random, Daemon, MIB,
+};
 
 /// Regression: every automatic retry was spent 1.9 s after the daemon died, too soon for it to
 /// come back. A `put` through a daemon killed mid-transfer and restarted 5 s later on the same
@@ -45,6 +47,76 @@ fn a_put_outlives_a_daemon_restart() {
     assert!(run.stderr.contains("reconnecting in"), "{run}");
     assert!(!run.stderr.contains("cannot reconnect"), "{run}");
     assert_same_file(&src, second.path("big.bin"));
+}
+
+/// Files under `dir`, however deep.
+fn count_files(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => count_files(&e.path()),
+            Ok(_) => 1,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Regression: a many-file command took a failed first reconnect as final, so a daemon
+/// restart mid-tree failed every file left. `put -r` of a tree through a daemon killed after
+/// some of its files arrived and restarted 5 s later on the same port waits for it, goes on
+/// where it stopped, and ends with exit status 0 and the tree identical.
+#[test]
+fn a_tree_put_outlives_a_daemon_restart() {
+    let dir = tmpdir();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let port = {
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let first = Daemon::builder().root(&root).listen(&listen).start();
+    let work = tmpdir();
+    let tree = work.path().join("tree");
+    // Small files (pipelined) and a few larger than a pipeline holds (one at a time).
+    for i in 0..240u64 {
+        let sub = tree.join(format!("d{}", i % 4));
+        std::fs::create_dir_all(&sub).unwrap();
+        write_random(sub.join(format!("f{i:03}")), 400_000 + i, i);
+    }
+    for i in 0..4u64 {
+        write_random(tree.join(format!("big{i}.bin")), 3 * MIB + i, 100 + i);
+    }
+    let total = count_files(&tree);
+    let cli = first
+        .cli()
+        .cwd(work.path())
+        .timeout(Duration::from_secs(240))
+        .cmds("put -r tree");
+    let client = thread::spawn(move || cli.run());
+    let sent = root.join("tree");
+    wait_until("some of the tree stored", Duration::from_secs(60), || {
+        count_files(&sent) >= 20
+    });
+    first.kill();
+    assert!(
+        count_files(&sent) < total,
+        "the tree was sent before the kill"
+    );
+    // The downtime: the client must keep trying through it.
+    thread::sleep(Duration::from_secs(5));
+    let second = Daemon::builder().root(&root).listen(&listen).start();
+    let run = client.join().unwrap().ok();
+    assert!(run.stderr.contains("reconnecting in"), "{run}");
+    assert!(run.stdout.contains("0 failed"), "{run}");
+    assert_eq!(
+        file_digests(&tree),
+        file_digests(&second.path("tree")),
+        "{run}"
+    );
 }
 
 /// Every line `--json` prints, one object with a `type`, and the types a session expects.
@@ -109,6 +181,12 @@ fn every_json_line_parses_and_has_a_type() {
         assert_eq!(error["status"], 5, "{run}");
         assert!(
             error["message"].as_str().unwrap().contains("missing.bin"),
+            "{run}"
+        );
+        // The code is for programs, in its own field; the message is for people.
+        assert_eq!(error["code"], "not_found", "{run}");
+        assert!(
+            !error["message"].as_str().unwrap().contains("not_found"),
             "{run}"
         );
         assert!(run.stderr.contains("missing.bin"), "{run}");

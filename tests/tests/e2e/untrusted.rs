@@ -376,7 +376,8 @@ fn reget_of_a_file_the_server_lacks_leaves_the_local_file_alone() {
             .cmds(cmd)
             .run()
             .exits(5)
-            .stderr_has("not_found");
+            .stderr_has("no such file or directory")
+            .no_internals();
         assert_eq!(fs::read(&local).unwrap(), b"my own words\n", "{cmd}");
         assert_eq!(names(work.path()), ["precious.txt"], "{cmd}");
         let after = fs::metadata(&local).unwrap();

@@ -997,6 +997,48 @@ impl Run {
         self
     }
 
+    /// Panics if stderr shows internals a person should not read: a wire code in parentheses
+    /// (`(not_found)`), an OS error number (`(os error 2)`), or a download's temp name
+    /// (`x.jpg.ftp-part`).
+    #[track_caller]
+    pub fn no_internals(self) -> Run {
+        const CODES: &[&str] = &[
+            "not_found",
+            "exists",
+            "denied",
+            "bad_request",
+            "checksum_mismatch",
+            "size_mismatch",
+            "past_end",
+            "cancelled",
+            "prefix_mismatch",
+            "is_directory",
+            "not_a_directory",
+            "not_empty",
+            "io",
+            "no_space",
+            "too_large",
+            "version_mismatch",
+            "tls_required",
+            "unsupported",
+            "busy",
+            "auth_required",
+            "auth_failed",
+            "bad_auth",
+            "timeout",
+            "internal",
+            "unknown",
+        ];
+        let shown = |what: &str| self.stderr.contains(what);
+        if let Some(code) = CODES.iter().find(|c| shown(&format!("({c})"))) {
+            panic!("stderr shows the wire code {code:?}: {self}");
+        }
+        if shown("os error") || shown(".ftp-part") {
+            panic!("stderr shows an OS error number or a temp name: {self}");
+        }
+        self
+    }
+
     /// Panics unless the error went to stderr as exactly one non-empty line.
     #[track_caller]
     pub fn one_line_error(self) -> Run {
