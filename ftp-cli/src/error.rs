@@ -257,7 +257,7 @@ mod tests {
         assert!(!e.is_retriable());
         assert_eq!(e.exit_code(), 11);
         assert_eq!(
-            e.for_person(),
+            e.to_string(),
             "x.jpg: the copy stored on the server is damaged (it no longer matches the digest \
              recorded at upload); the server's admin has been told"
         );
