@@ -42,6 +42,7 @@ impl Shared {
         let users = Users::load(path, &self.root, self.auth.salt_key())?;
         warn_legacy(&users);
         let n = users.len();
+        self.accounts.apply(&users);
         self.auth.replace(users);
         Ok(n)
     }
@@ -66,6 +67,8 @@ pub struct Shared {
     pub identity: Option<Arc<Identity>>,
     /// How connections are secured.
     pub security: Security,
+    /// Every user's sessions, rate caps and counters, and the daemon-wide cap.
+    pub accounts: Arc<crate::accounts::Accounts>,
 }
 
 /// Binds `addr` with SO_REUSEADDR, so a restart right after a stop never finds the port taken.
@@ -140,8 +143,14 @@ impl Server {
         let home = root
             .home(&VPath::root())
             .context("cannot serve the storage root")?;
+        let accounts = Arc::new(crate::accounts::Accounts::new(
+            root.clone(),
+            users.as_ref(),
+            config.max_rate,
+        ));
         Ok(Server {
             shared: Shared {
+                accounts,
                 home,
                 root,
                 budget: Budget::new(config.memory_budget),

@@ -83,6 +83,12 @@ pub struct Session {
     pipeline: Pipeline,
     /// A command the client sent while a download was going out (pipelined): the next to run.
     stashed: Option<Frame>,
+    /// The rate caps this session's stream draws from, and its throttled time.
+    pub meter: Arc<crate::throttle::Meter>,
+    /// Every user's account.
+    accounts: Arc<crate::accounts::Accounts>,
+    /// Its place among its user's sessions (`max_sessions`), held until it ends.
+    ticket: Option<crate::accounts::Ticket>,
 }
 
 /// What a transfer moved, as the dispatcher records it.
@@ -105,7 +111,9 @@ enum Flow {
 impl Session {
     /// A session over a stream that the pre-protocol stage has set up.
     pub fn new(channel: Channel, peer: SocketAddr, shared: Shared, shutdown: Shutdown) -> Self {
-        let mut conn = Connection::new(channel.stream);
+        let meter = crate::throttle::Meter::new(shared.accounts.clone());
+        let stream = crate::throttle::Throttled::new(channel.stream, meter.clone());
+        let mut conn = Connection::new(Box::new(stream) as protocol::BoxStream);
         conn.codec_mut()
             .set_limits(PRE_LOGIN_MAX_HEADER, PRE_LOGIN_MAX_BODY);
         conn.set_budget(shared.budget.clone());
@@ -130,6 +138,9 @@ impl Session {
             deadline: None,
             pipeline: Pipeline::new(),
             stashed: None,
+            meter,
+            accounts: shared.accounts,
+            ticket: None,
         }
     }
 
@@ -269,6 +280,12 @@ impl Session {
             warn!(peer = %self.peer, user = %Wire(&user.name), home = %Wire(&home), "cannot open home: {e}");
             SessionError::Internal("cannot open the user's home".into())
         })?;
+        let ticket = self.accounts.login(&user).map_err(|why| {
+            info!(peer = %self.peer, user = %Wire(&user.name), reason = %Wire(&why), "login refused");
+            SessionError::Refused(ErrorReply::new(ErrorCode::Busy, why))
+        })?;
+        self.meter.set_account(ticket.account().clone());
+        self.ticket = Some(ticket);
         self.logged_in();
         let method = if scram_final.is_some() {
             "password"
@@ -618,6 +635,11 @@ impl Session {
         };
         let moved = std::mem::take(&mut self.moved);
         self.record(op, started, outcome, &moved);
+        if matches!(op, "put" | "mkdir" | "rm" | "rmdir" | "rename") {
+            if let Some(ticket) = &self.ticket {
+                self.accounts.check_quota(ticket.account());
+            }
+        }
         result.map(|()| Flow::Continue)
     }
 

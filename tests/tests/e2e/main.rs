@@ -74,3 +74,7 @@ mod scrub;
 // A transfer through a daemon that is killed and restarted; --json sessions whose every line
 // parses.
 mod scripts;
+
+// Per-user limits: one rate cap shared by a user's sessions, caps so low a chunk takes longer
+// than the stall timeout, per-user quotas and session caps, limits changed by SIGHUP.
+mod limits;
