@@ -86,7 +86,7 @@ pub struct Session {
     /// The rate caps this session's stream draws from, and its throttled time.
     pub meter: Arc<crate::throttle::Meter>,
     /// Every user's account.
-    accounts: Arc<crate::accounts::Accounts>,
+    pub accounts: Arc<crate::accounts::Accounts>,
     /// Its place among its user's sessions (`max_sessions`), held until it ends.
     ticket: Option<crate::accounts::Ticket>,
 }
@@ -212,6 +212,7 @@ impl Session {
             capability::RESUME.into(),
             capability::FILES.into(),
             capability::PIPELINE.into(),
+            capability::DF.into(),
         ];
         if self.auth.users().is_some() {
             capabilities.push(capability::AUTH_SCRAM_SHA256.into());
@@ -531,6 +532,7 @@ impl Session {
             Message::Get(req) => ("get", cmd::get::run(self, req).await),
             Message::List(req) => ("list", cmd::list::run(self, req).await),
             Message::Stat(req) => ("stat", cmd::stat::run(self, req).await),
+            Message::Df => ("df", cmd::df::run(self).await),
             Message::Cd(req) => ("cd", cmd::cd::run(self, req).await),
             Message::Pwd => ("pwd", cmd::pwd::run(self).await),
             Message::Mkdir(req) => ("mkdir", cmd::mkdir::run(self, req).await),
@@ -556,6 +558,7 @@ impl Session {
             | Message::Listing(_)
             | Message::ListEnd(_)
             | Message::StatReply(_)
+            | Message::DfReply(_)
             | Message::Cwd(_)
             | Message::Ok
             | Message::Stored(_)

@@ -410,6 +410,35 @@ mod tests {
     }
 
     #[test]
+    fn limits_are_read_and_max_rate_is_each_direction_unless_overridden() {
+        let users = load(
+            r#"
+            [[user]]
+            name = "a"
+            secret = "s"
+            home = "a"
+            max_rate = "2MiB"
+            max_rate_down = 1000
+            quota = "10GiB"
+            max_files = 5
+            max_sessions = 3
+            [[user]]
+            name = "b"
+            secret = "t"
+            home = "b"
+            "#,
+            0o600,
+        )
+        .unwrap();
+        let a = users.get("a").unwrap().limits;
+        assert_eq!(a.rate_up, Some(2 << 20));
+        assert_eq!(a.rate_down, Some(1000));
+        assert_eq!(a.quota, Some(10 << 30));
+        assert_eq!((a.max_files, a.max_sessions), (Some(5), Some(3)));
+        assert_eq!(users.get("b").unwrap().limits, Limits::default());
+    }
+
+    #[test]
     fn refusals() {
         let cases = [
             ("[[user]]\nname='a'\nsecret='s'\nhome='a'\n", 0o644, "chmod 600"),
@@ -420,6 +449,21 @@ mod tests {
             ("[[user]]\nname='a'\npassword='plain'\nhome='a'\n", 0o600, "ftpd passwd"),
             ("[[user]]\nname='a'\nkeys=['SHA256:x']\nhome='a'\n", 0o600, "fingerprint"),
             ("[[user]]\nname='a'\nsecret=''\nhome='a'\n", 0o600, "empty"),
+            (
+                "[[user]]\nname='al'\nsecret='s'\nhome='a'\nquota='lots'\n",
+                0o600,
+                "user al: quota \"lots\"",
+            ),
+            (
+                "[[user]]\nname='al'\nsecret='s'\nhome='a'\nmax_rate_up='0'\n",
+                0o600,
+                "user al: max_rate_up must be more than 0",
+            ),
+            (
+                "[[user]]\nname='al'\nsecret='s'\nhome='a'\nmax_sessions=0\n",
+                0o600,
+                "user al: max_sessions",
+            ),
             (
                 "[[user]]\nname='a'\nsecret='s'\nhome='a'\n[[user]]\nname='a'\nsecret='t'\nhome='b'\n",
                 0o600,

@@ -34,8 +34,9 @@ pub use codec::{CodecError, Frame, FrameCodec, Incoming, Rejected};
 pub use connection::{BoxStream, Connection, ConnectionError, Stream};
 pub use handshake::{Agreed, HelloError, Versions, MIN_CHUNK, MIN_VERSION, VERSION};
 pub use message::{
-    Auth, AuthOk, ChunkHeader, Entry, EntryKind, Eof, ErrorCode, ErrorReply, Get, GetReady, Hello,
-    List, ListEnd, Listing, Message, Mkdir, PathArg, Put, PutReady, Rename, Scram, Stat, StatReply,
+    Auth, AuthOk, ChunkHeader, DfReply, Entry, EntryKind, Eof, ErrorCode, ErrorReply, Get,
+    GetReady, Hello, List, ListEnd, Listing, Message, Mkdir, PathArg, Put, PutReady, Rename, Scram,
+    Space, Stat, StatReply,
 };
 pub use transfer::{ChunkError, ChunkReceiver, ChunkSender, Sequence};
 
@@ -62,4 +63,6 @@ pub mod capability {
     /// Commands may be sent before the replies to earlier ones, which come back in order; a
     /// `put` may be `pipelined` (its data follows at once, without `put_ready`).
     pub const PIPELINE: &str = "pipeline";
+    /// `df`: the user's (and the root's) space and files used, against their limits.
+    pub const DF: &str = "df";
 }

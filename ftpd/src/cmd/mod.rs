@@ -2,6 +2,7 @@
 //! dispatcher sends the final reply and records the outcome.
 
 pub mod cd;
+pub mod df;
 pub mod get;
 pub mod list;
 pub mod mkdir;

@@ -250,3 +250,37 @@ fn sighup_lowers_the_rate_of_a_running_transfer() {
     assert_eq!(done.len(), 1, "{}", d.log());
     assert!(done[0].1 > 4.0, "the lower cap was not applied: {done:?}");
 }
+
+/// `df` shows the user their own quota's use and limit (and `--json` the same as one object);
+/// the server's quota, when it has one, on a line of its own.
+#[test]
+fn df_shows_usage_and_limit() {
+    let site = site_with("quota = \"1MiB\"\nmax_files = 10");
+    let d = daemon(&site).args(["--quota", "1GiB"]).start();
+    let work = tmpdir();
+    write_random(work.path().join("half.bin"), 512 * 1024, 10);
+    let run = alice(&d, &site)
+        .cwd(work.path())
+        .cmds("put half.bin; df")
+        .run()
+        .ok();
+    assert!(
+        run.stdout
+            .contains("you: 512.00 KiB of 1.00 MiB used (50%), 1 of 10 files"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("server: "), "{}", run.stdout);
+    let json = alice(&d, &site).arg("--json").cmds("df").run().ok();
+    let line = json
+        .stdout
+        .lines()
+        .find(|l| l.contains("\"df\""))
+        .unwrap_or_else(|| panic!("no df line: {}", json.stdout));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["type"], "df");
+    assert_eq!(v["user"]["bytes"], 512 * 1024);
+    assert_eq!(v["user"]["quota"], 1024 * 1024);
+    assert_eq!(v["user"]["files"], 1);
+    assert_eq!(v["root"]["quota"], 1u64 << 30);
+}
