@@ -70,8 +70,8 @@ fn two_sessions_of_one_user_share_one_rate_cap() {
     );
     one.join().unwrap().ok();
     two.join().unwrap().ok();
-    assert_same_file(&a, &d.path("alice/a.bin"));
-    assert_same_file(&b, &d.path("alice/b.bin"));
+    assert_same_file(&a, d.path("alice/a.bin"));
+    assert_same_file(&b, d.path("alice/b.bin"));
     let done = transfers(&d.log(), "put");
     assert_eq!(done.len(), 2, "{}", d.log());
     let bytes: u64 = done.iter().map(|t| t.0).sum();
@@ -121,7 +121,7 @@ fn a_cap_of_8_kib_s_completes_under_a_2_s_stall_timeout() {
         done[0].1 >= 4.0,
         "the upload was not held to the cap: {done:?}"
     );
-    assert_same_file(&src, &work.path().join("back.bin"));
+    assert_same_file(&src, work.path().join("back.bin"));
     assert!(
         started.elapsed() >= Duration::from_secs(8),
         "80 KiB at 8 KiB/s took only {:?}",
