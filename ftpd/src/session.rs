@@ -746,8 +746,14 @@ impl Session {
         within: Duration,
         waiting_for: &'static str,
     ) -> Result<Incoming, SessionError> {
+        // Before login a wait is a deadline, not a limit on silence: a stranger dripping its
+        // hello a byte at a time must not stretch it.
         let Some(admission) = &self.admission else {
-            return self.recv(within, waiting_for).await;
+            return self
+                .conn
+                .recv_by(within)
+                .await
+                .map_err(|e| SessionError::connection(e, waiting_for));
         };
         tokio::select! {
             biased;
@@ -755,7 +761,7 @@ impl Session {
                 ErrorCode::Busy,
                 "server busy: too many connections not logged in yet; try again in a moment",
             ))),
-            next = self.conn.recv(within) => {
+            next = self.conn.recv_by(within) => {
                 next.map_err(|e| SessionError::connection(e, waiting_for))
             }
         }

@@ -385,6 +385,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// Like [`Connection::recv`], but the whole frame must be here within `within`, however
+    /// its bytes trickle: for the waits that are deadlines (a hello, a login), which a peer
+    /// dripping a byte at a time must not stretch.
+    pub async fn recv_by(&mut self, within: Duration) -> Result<Incoming, ConnectionError> {
+        match tokio::time::timeout(within, self.next_frame()).await {
+            Err(_) => Err(ConnectionError::RecvTimeout(within)),
+            Ok(r) => r,
+        }
+    }
+
     /// A frame the peer has already sent, if one is here, without waiting.
     pub fn try_recv(&mut self) -> Option<Result<Incoming, ConnectionError>> {
         self.next_frame().now_or_never()
