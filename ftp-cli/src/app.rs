@@ -324,9 +324,12 @@ impl App {
                 }
             }
             Command::Du { human, paths } => self.du(human, paths)?,
-            Command::Df => self.output.diagnostic(
-                "df: the server does not report its disk usage yet (du sums what you have)",
-            ),
+            Command::Df => match remote_again!(self, c => c.df())? {
+                Some(r) => self.output.df(&r)?,
+                None => self
+                    .output
+                    .diagnostic("df: this server does not report usage (du sums what you have)"),
+            },
             Command::Open(host) => {
                 self.close();
                 *self.login.host.lock().unwrap_or_else(|e| e.into_inner()) = host.clone();
@@ -1055,9 +1058,9 @@ fn needs_server(cmd: &Command) -> bool {
         | Command::Stat { .. }
         | Command::Cat(_)
         | Command::Du { .. }
+        | Command::Df
         | Command::User(_) => true,
-        Command::Df
-        | Command::Open(_)
+        Command::Open(_)
         | Command::Close
         | Command::Lcd(_)
         | Command::Lpwd

@@ -322,6 +322,49 @@ impl Output {
         ))
     }
 
+    /// What `df` reports: a line for the user's own limits and one for the root's (those the
+    /// server has); `--json`: `{"type":"df","user":{...},"root":{...}}`.
+    pub fn df(&self, r: &protocol::DfReply) -> Result<()> {
+        if self.json {
+            #[derive(Serialize)]
+            struct Df<'a> {
+                r#type: &'static str,
+                #[serde(flatten)]
+                reply: &'a protocol::DfReply,
+            }
+            return self.json_line(&Df {
+                r#type: "df",
+                reply: r,
+            });
+        }
+        let show = |what: &str, s: &protocol::Space| {
+            let bytes = match s.quota {
+                Some(q) => format!(
+                    "{} of {} used ({}%)",
+                    human_size(s.bytes),
+                    human_size(q),
+                    percent(s.bytes, q)
+                ),
+                None => format!("{} used", human_size(s.bytes)),
+            };
+            let files = match s.max_files {
+                Some(m) => format!("{} of {m} files", s.files),
+                None => format!("{} files", s.files),
+            };
+            format!("{what}: {bytes}, {files}")
+        };
+        if r.user.is_none() && r.root.is_none() {
+            return self.line(format_args!("no quota: neither you nor the server has one"));
+        }
+        if let Some(u) = &r.user {
+            self.line(format_args!("{}", show("you", u)))?;
+        }
+        if let Some(root) = &r.root {
+            self.line(format_args!("{}", show("server", root)))?;
+        }
+        Ok(())
+    }
+
     /// One line per finished transfer.
     pub fn summary(&self, op: &str, s: &Summary) -> Result<()> {
         if self.json {
@@ -662,6 +705,11 @@ where
 }
 
 /// A size as people read it: `512 B`, `2.37 MiB`.
+/// `part` as a whole percentage of `whole`, rounded down.
+fn percent(part: u64, whole: u64) -> u128 {
+    u128::from(part) * 100 / u128::from(whole.max(1))
+}
+
 pub fn human_size(bytes: u64) -> String {
     HumanBytes(bytes).to_string()
 }

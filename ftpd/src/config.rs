@@ -135,6 +135,12 @@ pub struct Config {
     #[arg(long, env = "FTPD_QUOTA", value_parser = parse_bytes)]
     pub quota: Option<u64>,
 
+    /// Bandwidth cap of the whole daemon, in bytes per second for each direction (e.g.
+    /// 100MiB): all uploads together move at most this, and all downloads together too.
+    /// Per-user caps (`max_rate` in the users file) apply on top of it; none by default.
+    #[arg(long, env = "FTPD_MAX_RATE", value_parser = parse_rate)]
+    pub max_rate: Option<u64>,
+
     /// Most files and directories the root may hold (e.g. 100000); none by default. Uploads
     /// of new files and new directories that would go over it are refused up front.
     #[arg(long, env = "FTPD_MAX_FILES")]
@@ -392,6 +398,13 @@ fn parse_metrics_listen(s: &str) -> Result<SocketAddr, String> {
     match s.parse::<u16>() {
         Ok(port) => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
         Err(_) => parse_listen(s),
+    }
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    match parse_bytes(s)? {
+        0 => Err("a rate must be more than 0 (leave it out for no cap)".into()),
+        n => Ok(n),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The ftpd daemon as a library: [`Server::new`] opens the root, [`Server::run`] serves a
 //! listener the caller bound, until the shutdown future the caller chose completes.
 
+pub mod accounts;
 pub mod admin;
 mod admission;
 mod auth;
@@ -17,6 +18,7 @@ mod scrub;
 mod server;
 mod session;
 mod shutdown;
+mod throttle;
 pub mod tls;
 mod transport;
 pub mod users;

@@ -299,10 +299,10 @@ impl Drop for Active {
 
 /// The root's usage gauges, read from storage's counts (at each scrape: always current).
 fn record_usage(root: &Root) {
+    gauge!("ftpd_staged_bytes").set(root.staged_bytes() as f64);
     let usage = root.usage();
-    gauge!("ftpd_staged_bytes").set(usage.staged as f64);
-    if let (Some(used), Some(quota)) = (usage.used, usage.quota) {
-        gauge!("ftpd_quota_used_bytes").set(used as f64);
+    if let Some(quota) = usage.quota {
+        gauge!("ftpd_quota_used_bytes").set(usage.bytes as f64);
         gauge!("ftpd_quota_limit_bytes").set(quota as f64);
     }
 }

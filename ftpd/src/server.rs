@@ -44,6 +44,7 @@ impl Shared {
         let users = Users::load(path, &self.root, self.auth.salt_key())?;
         warn_legacy(&users);
         let n = users.len();
+        self.accounts.apply(&users);
         self.auth.replace(users);
         Ok(n)
     }
@@ -68,6 +69,8 @@ pub struct Shared {
     pub identity: Option<Arc<Identity>>,
     /// How connections are secured.
     pub security: Security,
+    /// Every user's sessions, rate caps and counters, and the daemon-wide cap.
+    pub accounts: Arc<crate::accounts::Accounts>,
 }
 
 /// Binds `addr` with SO_REUSEADDR, so a restart right after a stop never finds the port taken.
@@ -142,8 +145,14 @@ impl Server {
         let home = root
             .home(&VPath::root())
             .context("cannot serve the storage root")?;
+        let accounts = Arc::new(crate::accounts::Accounts::new(
+            root.clone(),
+            users.as_ref(),
+            config.max_rate,
+        ));
         Ok(Server {
             shared: Shared {
+                accounts,
                 home,
                 root,
                 budget: Budget::new(config.memory_budget),
@@ -198,8 +207,10 @@ impl Server {
             handle,
             health: self.health.clone(),
             root: self.shared.root.clone(),
-            // joined with accounts at merge
-            users: Arc::new(|| serde_json::json!([])),
+            users: {
+                let accounts = self.shared.accounts.clone();
+                Arc::new(move || serde_json::json!(accounts.snapshot()))
+            },
         }
     }
 

@@ -86,6 +86,12 @@ pub struct Session {
     stashed: Option<Frame>,
     /// Counts this session in `ftpd_sessions_active` from its login on.
     counted: Option<crate::metrics::Active>,
+    /// The rate caps this session's stream draws from, and its throttled time.
+    pub meter: Arc<crate::throttle::Meter>,
+    /// Every user's account.
+    pub accounts: Arc<crate::accounts::Accounts>,
+    /// Its place among its user's sessions (`max_sessions`), held until it ends.
+    ticket: Option<crate::accounts::Ticket>,
 }
 
 /// What a transfer moved, as the dispatcher records it.
@@ -109,7 +115,9 @@ enum Flow {
 impl Session {
     /// A session over a stream that the pre-protocol stage has set up.
     pub fn new(channel: Channel, peer: SocketAddr, shared: Shared, shutdown: Shutdown) -> Self {
-        let mut conn = Connection::new(channel.stream);
+        let meter = crate::throttle::Meter::new(shared.accounts.clone());
+        let stream = crate::throttle::Throttled::new(channel.stream, meter.clone());
+        let mut conn = Connection::new(Box::new(stream) as protocol::BoxStream);
         conn.codec_mut()
             .set_limits(PRE_LOGIN_MAX_HEADER, PRE_LOGIN_MAX_BODY);
         conn.set_budget(shared.budget.clone());
@@ -135,6 +143,9 @@ impl Session {
             pipeline: Pipeline::new(),
             stashed: None,
             counted: None,
+            meter,
+            accounts: shared.accounts,
+            ticket: None,
         }
     }
 
@@ -207,6 +218,7 @@ impl Session {
             capability::FILES.into(),
             capability::PIPELINE.into(),
             capability::DAMAGED.into(),
+            capability::DF.into(),
         ];
         if self.auth.users().is_some() {
             capabilities.push(capability::AUTH_SCRAM_SHA256.into());
@@ -276,6 +288,12 @@ impl Session {
             warn!(peer = %self.peer, user = %Wire(&user.name), home = %Wire(&home), "cannot open home: {e}");
             SessionError::Internal("cannot open the user's home".into())
         })?;
+        let ticket = self.accounts.login(&user).map_err(|why| {
+            info!(peer = %self.peer, user = %Wire(&user.name), reason = %Wire(&why), "login refused");
+            SessionError::Refused(ErrorReply::new(ErrorCode::Busy, why))
+        })?;
+        self.meter.set_account(ticket.account().clone());
+        self.ticket = Some(ticket);
         self.logged_in();
         let method = if scram_final.is_some() {
             "password"
@@ -528,6 +546,7 @@ impl Session {
             Message::Get(req) => ("get", cmd::get::run(self, req).await),
             Message::List(req) => ("list", cmd::list::run(self, req).await),
             Message::Stat(req) => ("stat", cmd::stat::run(self, req).await),
+            Message::Df => ("df", cmd::df::run(self).await),
             Message::Cd(req) => ("cd", cmd::cd::run(self, req).await),
             Message::Pwd => ("pwd", cmd::pwd::run(self).await),
             Message::Mkdir(req) => ("mkdir", cmd::mkdir::run(self, req).await),
@@ -554,6 +573,7 @@ impl Session {
             | Message::Listing(_)
             | Message::ListEnd(_)
             | Message::StatReply(_)
+            | Message::DfReply(_)
             | Message::Cwd(_)
             | Message::Ok
             | Message::Stored(_)
@@ -633,6 +653,11 @@ impl Session {
         };
         let moved = std::mem::take(&mut self.moved);
         self.record(op, started, outcome, &moved);
+        if matches!(op, "put" | "mkdir" | "rm" | "rmdir" | "rename") {
+            if let Some(ticket) = &self.ticket {
+                self.accounts.check_quota(ticket.account());
+            }
+        }
         result.map(|()| Flow::Continue)
     }
 
@@ -742,8 +767,14 @@ impl Session {
         within: Duration,
         waiting_for: &'static str,
     ) -> Result<Incoming, SessionError> {
+        // Before login a wait is a deadline, not a limit on silence: a stranger dripping its
+        // hello a byte at a time must not stretch it.
         let Some(admission) = &self.admission else {
-            return self.recv(within, waiting_for).await;
+            return self
+                .conn
+                .recv_by(within)
+                .await
+                .map_err(|e| SessionError::connection(e, waiting_for));
         };
         tokio::select! {
             biased;
@@ -751,7 +782,7 @@ impl Session {
                 ErrorCode::Busy,
                 "server busy: too many connections not logged in yet; try again in a moment",
             ))),
-            next = self.conn.recv(within) => {
+            next = self.conn.recv_by(within) => {
                 next.map_err(|e| SessionError::connection(e, waiting_for))
             }
         }

@@ -42,6 +42,90 @@ struct UserEntry {
     home: String,
     #[serde(default)]
     read_only: bool,
+    /// Bytes per second in each direction, for all the user's sessions together.
+    max_rate: Option<Size>,
+    /// Uploads (client to server), over `max_rate`.
+    max_rate_up: Option<Size>,
+    /// Downloads (server to client), over `max_rate`.
+    max_rate_down: Option<Size>,
+    /// Bytes the files in the home may take, uploads in flight and staged bytes included.
+    quota: Option<Size>,
+    /// Files and directories the home may hold.
+    max_files: Option<u64>,
+    /// Sessions the user may have open at once.
+    max_sessions: Option<u32>,
+}
+
+/// A size as the users file gives it: a number of bytes, or a string such as `"20MiB"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    fn bytes(&self, user: &str, field: &str) -> anyhow::Result<u64> {
+        match self {
+            Size::Bytes(n) => Ok(*n),
+            Size::Text(s) => parse_size::Config::new()
+                .with_binary()
+                .parse_size(s)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "user {user}: {field} {s:?}: {e} (try \"20MiB\" or a number of bytes)"
+                    )
+                }),
+        }
+    }
+}
+
+/// What one user may use, all optional. Rates are bytes per second for each direction on its
+/// own, shared by all the user's sessions and connections together: `max_rate` sets both
+/// directions, `max_rate_up` (uploads) and `max_rate_down` (downloads) override it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Uploads, bytes per second.
+    pub rate_up: Option<u64>,
+    /// Downloads, bytes per second.
+    pub rate_down: Option<u64>,
+    /// Bytes the home may hold.
+    pub quota: Option<u64>,
+    /// Files and directories the home may hold.
+    pub max_files: Option<u64>,
+    /// Sessions open at once.
+    pub max_sessions: Option<u32>,
+}
+
+impl UserEntry {
+    /// The limits as written, checked; an error names the user and the field.
+    fn limits(&self) -> anyhow::Result<Limits> {
+        let name = &self.name;
+        let size = |v: &Option<Size>, field: &str| -> anyhow::Result<Option<u64>> {
+            v.as_ref().map(|v| v.bytes(name, field)).transpose()
+        };
+        let positive = |v: Option<u64>, field: &str| -> anyhow::Result<Option<u64>> {
+            match v {
+                Some(0) => {
+                    bail!("user {name}: {field} must be more than 0 (leave it out for no limit)")
+                }
+                v => Ok(v),
+            }
+        };
+        let rate = positive(size(&self.max_rate, "max_rate")?, "max_rate")?;
+        let up = positive(size(&self.max_rate_up, "max_rate_up")?, "max_rate_up")?;
+        let down = positive(size(&self.max_rate_down, "max_rate_down")?, "max_rate_down")?;
+        if self.max_sessions == Some(0) {
+            bail!("user {name}: max_sessions must be more than 0 (leave it out for no limit)");
+        }
+        Ok(Limits {
+            rate_up: up.or(rate),
+            rate_down: down.or(rate),
+            quota: size(&self.quota, "quota")?,
+            max_files: self.max_files,
+            max_sessions: self.max_sessions,
+        })
+    }
 }
 
 /// One account.
@@ -58,6 +142,8 @@ pub struct User {
     pub read_only: bool,
     /// Given by an old `secret` or `secret_file` entry, which still holds the password.
     pub legacy: bool,
+    /// Rates, quota and session cap (a reload changes them without ending sessions).
+    pub limits: Limits,
 }
 
 impl User {
@@ -89,6 +175,7 @@ impl Users {
         let base = path.parent().unwrap_or(Path::new("."));
         let mut by_name = HashMap::new();
         for entry in file.user {
+            let limits = entry.limits()?;
             let name = entry.name;
             if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
                 bail!("user {name:?}: names are 1 to 64 printable characters");
@@ -140,6 +227,7 @@ impl Users {
                 home,
                 read_only: entry.read_only,
                 legacy: legacy.is_some(),
+                limits,
             };
             if by_name.insert(name.clone(), Arc::new(user)).is_some() {
                 bail!("user {name} is defined twice");
@@ -175,6 +263,11 @@ impl Users {
             .collect();
         names.sort_unstable();
         names
+    }
+
+    /// Every account, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<User>> {
+        self.by_name.values()
     }
 
     pub fn len(&self) -> usize {
@@ -317,6 +410,35 @@ mod tests {
     }
 
     #[test]
+    fn limits_are_read_and_max_rate_is_each_direction_unless_overridden() {
+        let users = load(
+            r#"
+            [[user]]
+            name = "a"
+            secret = "s"
+            home = "a"
+            max_rate = "2MiB"
+            max_rate_down = 1000
+            quota = "10GiB"
+            max_files = 5
+            max_sessions = 3
+            [[user]]
+            name = "b"
+            secret = "t"
+            home = "b"
+            "#,
+            0o600,
+        )
+        .unwrap();
+        let a = users.get("a").unwrap().limits;
+        assert_eq!(a.rate_up, Some(2 << 20));
+        assert_eq!(a.rate_down, Some(1000));
+        assert_eq!(a.quota, Some(10 << 30));
+        assert_eq!((a.max_files, a.max_sessions), (Some(5), Some(3)));
+        assert_eq!(users.get("b").unwrap().limits, Limits::default());
+    }
+
+    #[test]
     fn refusals() {
         let cases = [
             ("[[user]]\nname='a'\nsecret='s'\nhome='a'\n", 0o644, "chmod 600"),
@@ -327,6 +449,21 @@ mod tests {
             ("[[user]]\nname='a'\npassword='plain'\nhome='a'\n", 0o600, "ftpd passwd"),
             ("[[user]]\nname='a'\nkeys=['SHA256:x']\nhome='a'\n", 0o600, "fingerprint"),
             ("[[user]]\nname='a'\nsecret=''\nhome='a'\n", 0o600, "empty"),
+            (
+                "[[user]]\nname='al'\nsecret='s'\nhome='a'\nquota='lots'\n",
+                0o600,
+                "user al: quota \"lots\"",
+            ),
+            (
+                "[[user]]\nname='al'\nsecret='s'\nhome='a'\nmax_rate_up='0'\n",
+                0o600,
+                "user al: max_rate_up must be more than 0",
+            ),
+            (
+                "[[user]]\nname='al'\nsecret='s'\nhome='a'\nmax_sessions=0\n",
+                0o600,
+                "user al: max_sessions",
+            ),
             (
                 "[[user]]\nname='a'\nsecret='s'\nhome='a'\n[[user]]\nname='a'\nsecret='t'\nhome='b'\n",
                 0o600,

@@ -5,12 +5,22 @@
 //! handshake) produces a stream; from then on a [`Connection`] is the only thing that reads or
 //! writes it. It is generic over the stream, so the daemon and the client run over TCP, TLS or
 //! an in-memory `tokio::io::duplex` pipe alike.
+//!
+//! A wait fails when no bytes moved for its time limit, not when a whole frame took longer:
+//! a 1 MiB chunk at a rate cap of 8 KiB/s takes 128 s, and crosses a 60 s stall timeout
+//! untouched as long as its bytes keep coming.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder, Framed, FramedParts};
 
 use crate::{Budget, CodecError, Frame, FrameCodec, Incoming, Permit};
@@ -73,10 +83,125 @@ impl From<CodecError> for ConnectionError {
     }
 }
 
+/// When bytes last moved each way on a connection: what its waits measure silence from.
+struct Progress {
+    /// What the stamps count from.
+    base: Instant,
+    /// Microseconds after `base` that bytes were last read.
+    read: AtomicU64,
+    /// Microseconds after `base` that bytes were last written.
+    written: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Arc<Progress> {
+        Arc::new(Progress {
+            base: Instant::now(),
+            read: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+        })
+    }
+
+    fn stamp(&self, which: &AtomicU64) {
+        let micros = u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX);
+        which.store(micros, Ordering::Relaxed);
+    }
+
+    fn last(&self, which: &AtomicU64) -> Instant {
+        self.base + Duration::from_micros(which.load(Ordering::Relaxed))
+    }
+}
+
+/// The stream, stamping [`Progress`] whenever bytes move.
+struct Tracked<S> {
+    inner: S,
+    progress: Arc<Progress>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.progress.stamp(&this.progress.read);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.progress.stamp(&this.progress.written);
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Which way a wait waits for bytes.
+#[derive(Clone, Copy)]
+enum Way {
+    In,
+    Out,
+}
+
+/// Runs `work` until it is done, or until no bytes moved `way` for `within` (counted from the
+/// start at the earliest): `None` then.
+async fn unless_silent<F: Future>(
+    progress: &Progress,
+    way: Way,
+    within: Duration,
+    work: F,
+) -> Option<F::Output> {
+    let stamp = match way {
+        Way::In => &progress.read,
+        Way::Out => &progress.written,
+    };
+    let start = Instant::now();
+    tokio::pin!(work);
+    // A wait without a limit (`Duration::MAX`) is simply a wait.
+    let Some(mut deadline) = start.checked_add(within) else {
+        return Some(work.await);
+    };
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return Some(out),
+            () = tokio::time::sleep_until(deadline) => {
+                match progress.last(stamp).max(start).checked_add(within) {
+                    Some(next) if next > Instant::now() => deadline = next,
+                    _ => return None,
+                }
+            }
+        }
+    }
+}
+
 /// Frames over a stream `S`, with the codec's caps on every length.
 pub struct Connection<S = BoxStream> {
     /// The stream with its read and write buffers, and the codec that checks every length.
-    framed: Framed<S, Gated>,
+    framed: Framed<Tracked<S>, Gated>,
+    /// When bytes last moved, which the waits measure silence from.
+    progress: Arc<Progress>,
     /// Memory that chunk bodies read from this connection are taken from, if any.
     budget: Option<Budget>,
     /// The bytes granted to the chunk last returned, until its holder takes them.
@@ -162,12 +287,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             hold_bodies: false,
             granted: false,
         };
+        let progress = Progress::new();
+        let stream = Tracked {
+            inner: stream,
+            progress: progress.clone(),
+        };
         let mut framed = Framed::with_capacity(stream, gated, read_capacity);
         // The write buffer starts empty (tokio-util's is 8 KiB at once): most connections
         // only ever send short replies, and sit idle most of the time.
         *framed.write_buffer_mut() = BytesMut::new();
         Connection {
             framed,
+            progress,
             budget: None,
             body_permit: None,
             granted: None,
@@ -187,15 +318,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.body_permit.take()
     }
 
-    /// Sends one frame, failing if the peer does not take it within `within`.
+    /// Sends one frame, failing if the peer takes none of its bytes for `within`.
     pub async fn send(
         &mut self,
         frame: impl Into<Frame>,
         within: Duration,
     ) -> Result<(), ConnectionError> {
-        let sent = match tokio::time::timeout(within, self.send_now(frame.into())).await {
-            Err(_) => Err(ConnectionError::SendTimeout(within)),
-            Ok(r) => r.map_err(Into::into),
+        let progress = self.progress.clone();
+        let sending = self.send_now(frame.into());
+        let sent = match unless_silent(&progress, Way::Out, within, sending).await {
+            None => Err(ConnectionError::SendTimeout(within)),
+            Some(r) => r.map_err(Into::into),
         };
         self.shrink_write_buffer();
         sent
@@ -242,8 +375,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 
     /// The next frame, or a header the peer got wrong but that kept the stream in step;
-    /// waits at most `within`. Cancel-safe: a frame half read stays buffered for the next call.
+    /// fails once no bytes arrived for `within`. Cancel-safe: a frame half read stays
+    /// buffered for the next call.
     pub async fn recv(&mut self, within: Duration) -> Result<Incoming, ConnectionError> {
+        let progress = self.progress.clone();
+        match unless_silent(&progress, Way::In, within, self.next_frame()).await {
+            None => Err(ConnectionError::RecvTimeout(within)),
+            Some(r) => r,
+        }
+    }
+
+    /// Like [`Connection::recv`], but the whole frame must be here within `within`, however
+    /// its bytes trickle: for the waits that are deadlines (a hello, a login), which a peer
+    /// dripping a byte at a time must not stretch.
+    pub async fn recv_by(&mut self, within: Duration) -> Result<Incoming, ConnectionError> {
         match tokio::time::timeout(within, self.next_frame()).await {
             Err(_) => Err(ConnectionError::RecvTimeout(within)),
             Ok(r) => r,
@@ -336,7 +481,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// The stream underneath, for what only it knows (a TLS session's exporter, say).
     pub fn get_ref(&self) -> &S {
-        self.framed.get_ref()
+        &self.framed.get_ref().inner
     }
 }
 
@@ -344,11 +489,16 @@ impl<S: Stream> Connection<S> {
     /// The same connection over a boxed stream, what is buffered included.
     pub fn boxed(self) -> Connection<BoxStream> {
         let old = self.framed.into_parts();
-        let mut parts = FramedParts::new::<Frame>(Box::new(old.io) as BoxStream, old.codec);
+        let io = Tracked {
+            inner: Box::new(old.io.inner) as BoxStream,
+            progress: old.io.progress,
+        };
+        let mut parts = FramedParts::new::<Frame>(io, old.codec);
         parts.read_buf = old.read_buf;
         parts.write_buf = old.write_buf;
         Connection {
             framed: Framed::from_parts(parts),
+            progress: self.progress,
             budget: self.budget,
             body_permit: self.body_permit,
             granted: self.granted,
@@ -409,6 +559,66 @@ mod tests {
         assert!(matches!(
             a.send(frame, SEC).await,
             Err(ConnectionError::SendTimeout(_))
+        ));
+    }
+
+    /// Regression (issue 18): a wait failed when a whole frame took longer than its limit, so
+    /// a 1 MiB chunk under a rate cap of 8 KiB/s (128 s) failed a 60 s stall timeout on both
+    /// sides. Now a frame whose bytes keep moving takes as long as it takes, on both sides.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_frame_that_keeps_moving_does_not_time_out() {
+        let (a, b) = tokio::io::duplex(1024);
+        let (mut a, b) = (Connection::new(a), Connection::new(b));
+        let body = Bytes::from(vec![9u8; 64 * 1024]);
+        let frame = Frame::chunk(0, body.clone(), crate::Digest::md5(&body));
+        let want = frame.clone();
+        // The reader takes 1 KiB every 100 ms: 64 KiB take 6.4 s, the limit is 1 s.
+        let slow = tokio::spawn(async move {
+            let mut raw = b.framed.into_parts().io.inner;
+            let mut wire = Vec::new();
+            let mut piece = [0u8; 1024];
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let n = tokio::io::AsyncReadExt::read(&mut raw, &mut piece)
+                    .await
+                    .unwrap();
+                if n == 0 {
+                    break;
+                }
+                wire.extend_from_slice(&piece[..n]);
+            }
+            wire
+        });
+        let started = Instant::now();
+        a.send(frame, SEC).await.unwrap();
+        assert!(
+            started.elapsed() > 5 * SEC,
+            "the frame crossed in {:?}",
+            started.elapsed()
+        );
+        drop(a);
+        let wire = slow.await.unwrap();
+        let mut want_wire = BytesMut::new();
+        tokio_util::codec::Encoder::encode(&mut FrameCodec::new(), want.clone(), &mut want_wire)
+            .unwrap();
+        assert_eq!(wire, want_wire.to_vec());
+
+        // And a receiver fed 1 KiB every 100 ms gets the whole frame within 1 s waits.
+        let (mut raw, b) = tokio::io::duplex(1 << 20);
+        let mut b = Connection::new(b);
+        let feeding = tokio::spawn(async move {
+            for piece in want_wire.chunks(1024) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                raw.write_all(piece).await.unwrap();
+            }
+            raw
+        });
+        assert_eq!(b.recv(SEC).await.unwrap().unwrap(), want);
+        drop(feeding.await.unwrap());
+        // Silence still fails the wait.
+        assert!(matches!(
+            b.recv(SEC).await,
+            Err(ConnectionError::Closed | ConnectionError::RecvTimeout(_))
         ));
     }
 

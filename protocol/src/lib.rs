@@ -34,9 +34,9 @@ pub use codec::{CodecError, Frame, FrameCodec, Incoming, Rejected};
 pub use connection::{BoxStream, Connection, ConnectionError, Stream};
 pub use handshake::{Agreed, HelloError, Versions, MIN_CHUNK, MIN_VERSION, VERSION};
 pub use message::{
-    Auth, AuthOk, ChunkHeader, Damaged, Entry, EntryKind, Eof, ErrorCode, ErrorReply, Get,
+    Auth, AuthOk, ChunkHeader, Damaged, DfReply, Entry, EntryKind, Eof, ErrorCode, ErrorReply, Get,
     GetReady, Hello, List, ListEnd, Listing, Message, Mkdir, PathArg, Put, PutReady, Rename, Scram,
-    Stat, StatReply,
+    Space, Stat, StatReply,
 };
 pub use transfer::{ChunkError, ChunkReceiver, ChunkSender, Sequence};
 
@@ -66,4 +66,6 @@ pub mod capability {
     /// The server takes `damaged`: a client's report that a download failed against the
     /// digests recorded at upload (which `get_ready` marks `recorded`).
     pub const DAMAGED: &str = "damaged";
+    /// `df`: the user's (and the root's) space and files used, against their limits.
+    pub const DF: &str = "df";
 }

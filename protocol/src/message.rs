@@ -55,6 +55,11 @@ pub enum Message {
     Stat(Stat),
     /// Server: the answer to `stat`.
     StatReply(StatReply),
+    /// Client: how much space and how many files do I use, against which limits?
+    /// (Capability `df`.)
+    Df,
+    /// Server: the answer to `df`.
+    DfReply(DfReply),
     /// Client: change the session's current directory.
     Cd(PathArg),
     /// Client: what is the current directory?
@@ -156,6 +161,34 @@ pub struct Stat {
     pub md5: bool,
 }
 
+/// The answer to `df`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DfReply {
+    /// The user's home against the user's own quota and file cap; absent when the user has
+    /// neither (or the server serves anonymously).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<Space>,
+    /// The whole root against the server's quota and file cap; absent when it has neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<Space>,
+}
+
+/// What a home or the root holds, against its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Space {
+    /// Bytes of its files, uploads in flight and staged bytes included.
+    pub bytes: u64,
+    /// Its files and directories, uploads in flight to new files included.
+    pub files: u64,
+    /// The most bytes it may take, if limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u64>,
+    /// The most files and directories it may hold, if limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_files: Option<u64>,
+}
+
+/// The answer to `stat`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatReply {
     pub entry: Entry,

@@ -82,6 +82,74 @@ pub(crate) struct Usage {
     kept: HashMap<String, Kept>,
     /// The bytes of `kept`, together.
     kept_bytes: u64,
+    /// Homes with limits of their own (a user's quota), each charged for every change to a
+    /// path inside it: nested homes are each charged for what lies in both.
+    ledgers: Vec<Ledger>,
+}
+
+/// A home's own limits: a user's quota and cap on files, over the root's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HomeLimits {
+    /// Most bytes the home's files may take, its uploads in flight and its staged bytes
+    /// included.
+    pub quota: Option<u64>,
+    /// Most files and directories the home may hold.
+    pub max_files: Option<u64>,
+}
+
+/// What a home (or the root) holds against its limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HomeUsage {
+    /// Bytes of its files, uploads in flight and staged bytes of interrupted ones.
+    pub bytes: u64,
+    /// Files and directories it holds, uploads in flight to new files included.
+    pub files: u64,
+    /// Its quota, if it has one.
+    pub quota: Option<u64>,
+    /// Its cap on files, if it has one.
+    pub max_files: Option<u64>,
+}
+
+/// The counts of one home with limits of its own.
+#[derive(Debug)]
+pub(crate) struct Ledger {
+    /// Where the home lies in the root.
+    prefix: VPath,
+    /// Its tag in staging names (see `Home::owner`): staged bytes count against the home
+    /// that started the upload.
+    owner: String,
+    /// Whose home it is, for the refusal: "alice's quota".
+    user: String,
+    limits: HomeLimits,
+    /// Bytes of its files.
+    used: u64,
+    /// Its files and directories.
+    files: u64,
+    /// Bytes promised to its uploads in progress.
+    reserved: u64,
+    /// New files promised to its uploads in progress.
+    reserved_files: u64,
+}
+
+impl Ledger {
+    /// Whether `path` (in the root) lies in this home.
+    fn holds(&self, path: &VPath) -> bool {
+        let prefix = self.prefix.rel();
+        prefix.is_empty()
+            || path.rel() == prefix
+            || path
+                .rel()
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
+}
+
+/// `path`'s way up from inside the root, for the ledgers that hold it.
+fn ledgers_of<'a>(
+    ledgers: &'a mut [Ledger],
+    path: &'a VPath,
+) -> impl Iterator<Item = &'a mut Ledger> {
+    ledgers.iter_mut().filter(move |l| l.holds(path))
 }
 
 /// An interrupted upload's staged bytes, waiting for a resume or the sweep.
@@ -110,6 +178,84 @@ impl Usage {
         bytes
     }
 
+    /// Staged bytes of interrupted uploads that the home tagged `owner` started.
+    fn kept_of(&self, owner: &str) -> u64 {
+        self.kept
+            .values()
+            .filter(|k| k.owner.as_deref() == Some(owner))
+            .fold(0u64, |sum, k| sum.saturating_add(k.bytes))
+    }
+
+    /// Refuses an upload to `at` (in the root; `shown` as the client named it) that may add
+    /// `grow` bytes and `new_files` files, when a home that holds it has no room: `held`
+    /// bytes already staged under `staged` become this upload's, not more.
+    pub(crate) fn room_in_homes(
+        &self,
+        at: &VPath,
+        shown: &VPath,
+        staged: &str,
+        grow: u64,
+        new_files: u64,
+    ) -> Result<()> {
+        for l in self.ledgers.iter().filter(|l| l.holds(at)) {
+            if let Some(quota) = l.limits.quota {
+                let mut kept = self.kept_of(&l.owner);
+                if let Some(k) = self.kept.get(staged) {
+                    if k.owner.as_deref() == Some(&l.owner) {
+                        kept = kept.saturating_sub(k.bytes);
+                    }
+                }
+                let total = l
+                    .used
+                    .checked_add(l.reserved)
+                    .and_then(|t| t.checked_add(kept))
+                    .and_then(|t| t.checked_add(grow));
+                if total.is_none_or(|t| t > quota) {
+                    return Err(Error::TooLarge {
+                        path: shown.to_string(),
+                        what: format!(
+                            "storing {grow} more bytes would exceed {}'s quota of {quota} bytes",
+                            l.user
+                        ),
+                    });
+                }
+            }
+            if let Some(max) = l.limits.max_files {
+                let total = l
+                    .files
+                    .saturating_add(l.reserved_files)
+                    .saturating_add(new_files);
+                if new_files > 0 && total > max {
+                    return Err(Error::TooLarge {
+                        path: shown.to_string(),
+                        what: format!(
+                            "{new_files} more files or directories would exceed {}'s limit of {max}",
+                            l.user
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Promises (or, negative, gives back) bytes and files to an upload in the homes that
+    /// hold `at`.
+    pub(crate) fn reserve_in_homes(&mut self, at: &VPath, bytes: i128, files: i128) {
+        for l in ledgers_of(&mut self.ledgers, at) {
+            l.reserved = add_signed(l.reserved, bytes);
+            l.reserved_files = add_signed(l.reserved_files, files);
+        }
+    }
+
+    /// Counts a change to what is stored at `at` in the homes that hold it.
+    pub(crate) fn store_in_homes(&mut self, at: &VPath, bytes: i128, files: i128) {
+        for l in ledgers_of(&mut self.ledgers, at) {
+            l.used = add_signed(l.used, bytes);
+            l.files = add_signed(l.files, files);
+        }
+    }
+
     /// Refuses `n` more files or directories when they would go over `max`.
     fn room_for_files(&self, max: Option<u64>, n: u64, path: &VPath) -> Result<()> {
         let Some(max) = max else { return Ok(()) };
@@ -129,15 +275,9 @@ impl Usage {
     }
 }
 
-/// The root's usage, as [`Root::usage`] reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UsageReport {
-    /// Bytes the files in the root take; counted only when there is a quota.
-    pub used: Option<u64>,
-    /// Bytes held by interrupted uploads kept for a resume.
-    pub staged: u64,
-    /// The quota in force, if any.
-    pub quota: Option<u64>,
+/// `n` plus `delta`, kept within `0..=u64::MAX`.
+fn add_signed(n: u64, delta: i128) -> u64 {
+    (i128::from(n) + delta).clamp(0, i128::from(u64::MAX)) as u64
 }
 
 /// An open storage root. Cloning is cheap; clones share the same directory handles.
@@ -266,17 +406,14 @@ impl Root {
             usage.used = used;
             usage.files = files;
         }
+        self.recount_homes(|_| true);
         let _ = self.scan_staging(None);
     }
 
-    /// What the root's counts say now (for the daemon's metrics): cheap, no disk access.
-    pub fn usage(&self) -> UsageReport {
-        let usage = self.lock_usage();
-        UsageReport {
-            used: self.inner.limits.quota.map(|_| usage.used),
-            staged: usage.kept_bytes,
-            quota: self.inner.limits.quota,
-        }
+    /// Bytes held by interrupted uploads kept for a resume (for the daemon's metrics):
+    /// cheap, no disk access.
+    pub fn staged_bytes(&self) -> u64 {
+        self.lock_usage().kept_bytes
     }
 
     /// Proves the staging directory still takes a new file (a readiness probe): creates one
@@ -290,6 +427,96 @@ impl Root {
             .create(&probe)
             .and_then(|_| staging.remove_file(&probe))
             .map_err(|e| Error::io("staging directory", "write to", e))
+    }
+
+    /// Counts again what the homes with limits of their own hold (those `which` picks).
+    fn recount_homes(&self, which: impl Fn(&Ledger) -> bool) {
+        let mut usage = self.lock_usage();
+        for l in usage.ledgers.iter_mut().filter(|l| which(l)) {
+            let counted = if l.prefix.is_root() {
+                Some(tree_count(&self.inner.dir, true))
+            } else {
+                self.inner
+                    .dir
+                    .open_dir(l.prefix.rel())
+                    .ok()
+                    .map(|d| tree_count(&d, false))
+            };
+            (l.used, l.files) = counted.unwrap_or_default();
+        }
+    }
+
+    /// Puts in force the limits of homes that have their own (users' quotas), `(home, user,
+    /// limits)`; homes not given have none from now on. A home kept from before keeps its
+    /// counts and the uploads it promised; a new one is counted.
+    pub fn set_home_limits(&self, homes: Vec<(VPath, String, HomeLimits)>) {
+        let mut fresh = Vec::new();
+        {
+            let mut usage = self.lock_usage();
+            let mut old = std::mem::take(&mut usage.ledgers);
+            for (prefix, user, limits) in homes {
+                if limits == HomeLimits::default() {
+                    continue;
+                }
+                let kept = old.iter().position(|l| l.prefix == prefix);
+                let ledger = match kept {
+                    Some(i) => {
+                        let mut l = old.swap_remove(i);
+                        (l.user, l.limits) = (user, limits);
+                        l
+                    }
+                    None => {
+                        fresh.push(prefix.clone());
+                        let tag = <md5::Md5 as md5::Digest>::digest(prefix.rel().as_bytes());
+                        Ledger {
+                            owner: hex::encode(&tag[..8]),
+                            prefix,
+                            user,
+                            limits,
+                            used: 0,
+                            files: 0,
+                            reserved: 0,
+                            reserved_files: 0,
+                        }
+                    }
+                };
+                usage.ledgers.push(ledger);
+            }
+        }
+        // Uploads in progress to a newly limited home were promised nothing in it: they are
+        // measured at their commit by the root's limits alone.
+        self.recount_homes(|l| fresh.contains(&l.prefix));
+    }
+
+    /// What the home at `home` holds against its own limits, if it has any.
+    pub fn home_usage(&self, home: &VPath) -> Option<HomeUsage> {
+        let usage = self.lock_usage();
+        let l = usage.ledgers.iter().find(|l| &l.prefix == home)?;
+        Some(HomeUsage {
+            bytes: l
+                .used
+                .saturating_add(l.reserved)
+                .saturating_add(usage.kept_of(&l.owner)),
+            files: l.files.saturating_add(l.reserved_files),
+            quota: l.limits.quota,
+            max_files: l.limits.max_files,
+        })
+    }
+
+    /// What the whole root holds against the server's limits (bytes and files are counted
+    /// only when the server has such a limit).
+    pub fn usage(&self) -> HomeUsage {
+        let limits = self.inner.limits;
+        let usage = self.lock_usage();
+        HomeUsage {
+            bytes: usage
+                .used
+                .saturating_add(usage.reserved)
+                .saturating_add(usage.kept_bytes),
+            files: usage.files.saturating_add(usage.reserved_files),
+            quota: limits.quota,
+            max_files: limits.max_files,
+        }
     }
 
     /// The counts behind the limits, locked.
@@ -556,6 +783,7 @@ impl Home {
             return Err(Error::Exists(shown));
         }
         let limits = self.root.inner.limits;
+        let at = self.in_root(path);
         let mut usage = self.root.lock_usage();
         let r = if parents {
             // Refused whole or made whole: count the missing directories first.
@@ -571,13 +799,16 @@ impl Home {
             }
             let missing = (names.len() - have) as u64;
             usage.room_for_files(limits.max_files, missing, path)?;
+            usage.room_in_homes(&at, path, "", 0, missing)?;
             self.dir.create_dir_all(path.rel()).map(|()| missing)
         } else {
             usage.room_for_files(limits.max_files, 1, path)?;
+            usage.room_in_homes(&at, path, "", 0, 1)?;
             self.dir.create_dir(path.rel()).map(|()| 1)
         };
         let made = r.map_err(|e| Error::io(&shown, "create directory", e))?;
         usage.files = usage.files.saturating_add(made);
+        usage.store_in_homes(&at, 0, i128::from(made));
         Ok(())
     }
 
@@ -599,6 +830,7 @@ impl Home {
             .map_err(|e| Error::io(&shown, "remove", e))?;
         usage.used = usage.used.saturating_sub(size);
         usage.files = usage.files.saturating_sub(1);
+        usage.store_in_homes(&self.in_root(path), -i128::from(size), -1);
         drop(usage);
         digests::forget(&self.root.inner.digests, &self.in_root(path));
         Ok(())
@@ -624,6 +856,7 @@ impl Home {
             }
         })?;
         usage.files = usage.files.saturating_sub(1);
+        usage.store_in_homes(&self.in_root(path), 0, -1);
         Ok(())
     }
 
@@ -666,7 +899,10 @@ impl Home {
             _ => Error::io(&from.to_string(), "rename", e),
         })?;
         drop(usage);
-        digests::forget(&self.root.inner.digests, &self.in_root(from));
+        // Moved from one limited home to another (or out of one): count both again.
+        let (f, t) = (self.in_root(from), self.in_root(to));
+        self.root.recount_homes(|l| l.holds(&f) != l.holds(&t));
+        digests::forget(&self.root.inner.digests, &f);
         Ok(())
     }
 

@@ -212,6 +212,7 @@ impl Upload {
         let older = claim(
             &root,
             target,
+            &home.in_root(target),
             &staged,
             &lease,
             req.size,
@@ -239,7 +240,8 @@ impl Upload {
         let (out, prefix, held) = match opened {
             Ok(opened) => opened,
             Err(e) => {
-                release(&root, &staged, &lease, None, reserved, reserved_files);
+                let at = home.in_root(target);
+                release(&root, &at, &staged, &lease, None, reserved, reserved_files);
                 return Err(e);
             }
         };
@@ -468,6 +470,17 @@ impl Staged {
         usage.files = usage.files.saturating_add(new_file);
         usage.reserved -= up.reserved;
         usage.reserved_files -= up.reserved_files;
+        let at = up.home.in_root(&up.target);
+        usage.reserve_in_homes(
+            &at,
+            -i128::from(up.reserved),
+            -i128::from(up.reserved_files),
+        );
+        usage.store_in_homes(
+            &at,
+            i128::from(up.size) - i128::from(replaced),
+            i128::from(new_file),
+        );
         (up.reserved, up.reserved_files) = (0, 0);
         drop(usage);
         up.committed = true;
@@ -572,9 +585,11 @@ impl Upload {
 /// what it may add, and makes `lease` the active attempt at `staged`; returns the attempt it
 /// takes over from, if any. An interrupted upload of the same name (a resume) stops counting
 /// as kept: its bytes are part of this upload's reservation from now on.
+#[allow(clippy::too_many_arguments)]
 fn claim(
     root: &Root,
     target: &VPath,
+    at: &VPath,
     staged: &str,
     lease: &Arc<Lease>,
     size: u64,
@@ -608,9 +623,11 @@ fn claim(
         }
     }
     usage.room_for_files(limits.max_files, new_files, target)?;
+    usage.room_in_homes(at, target, staged, grow, new_files)?;
     usage.forget_kept(staged);
     usage.reserved += grow;
     usage.reserved_files += new_files;
+    usage.reserve_in_homes(at, i128::from(grow), i128::from(new_files));
     Ok(active.insert(staged.to_owned(), lease.clone()))
 }
 
@@ -618,6 +635,7 @@ fn claim(
 /// what it reserved. `kept`: the bytes it leaves staged for a resume, which count from now on.
 fn release(
     root: &Root,
+    at: &VPath,
     staged: &str,
     lease: &Arc<Lease>,
     kept: Option<u64>,
@@ -642,6 +660,7 @@ fn release(
     }
     usage.reserved -= reserved;
     usage.reserved_files -= reserved_files;
+    usage.reserve_in_homes(at, -i128::from(reserved), -i128::from(reserved_files));
 }
 
 /// Removes the oldest interrupted uploads of the home `owner` until it keeps at most `max`.
@@ -731,6 +750,7 @@ impl Drop for Upload {
         let (reserved, files) = (self.reserved, self.reserved_files);
         release(
             self.home.root(),
+            &self.home.in_root(&self.target),
             &self.staged,
             &self.lease,
             kept,

@@ -1059,3 +1059,50 @@ fn a_change_with_the_old_mtime_put_back_voids_the_record() {
     assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
     assert!(root.open_read(&p("f")).unwrap().recorded.is_none());
 }
+
+/// A user's quota on their home (issue 18): counts what the home holds and its uploads in
+/// flight, refuses before any byte moves naming the user, leaves the rest of the root alone,
+/// and charges nested homes each.
+#[test]
+fn a_home_quota_counts_its_home_and_nested_homes_are_each_charged() {
+    let dir = Site::new();
+    std::fs::create_dir_all(dir.path().join("team/alice")).unwrap();
+    std::fs::write(dir.path().join("team/old"), [0u8; 40]).unwrap();
+    let root = dir.open();
+    let limits = |quota| storage::HomeLimits {
+        quota: Some(quota),
+        max_files: None,
+    };
+    root.set_home_limits(vec![
+        (p("/team"), "team".into(), limits(100)),
+        (p("/team/alice"), "alice".into(), limits(50)),
+    ]);
+    let team = root.home(&p("/team")).unwrap();
+    let alice = root.home(&p("/team/alice")).unwrap();
+    let rest = whole(root.clone());
+    assert_eq!(root.home_usage(&p("/team")).unwrap().bytes, 40);
+    let refused = alice
+        .begin_upload(&p("a"), &req(51))
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("alice's quota of 50"), "{refused}");
+    let mut a = alice.begin_upload(&p("a"), &req(50)).unwrap();
+    // In flight, alice's 50 count in team's home too: 40 + 50 leave 10.
+    assert_eq!(root.home_usage(&p("/team")).unwrap().bytes, 90);
+    let refused = team
+        .begin_upload(&p("b"), &req(11))
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("team's quota of 100"), "{refused}");
+    assert!(rest.begin_upload(&p("elsewhere"), &req(1000)).is_ok());
+    a.write([1u8; 50]).unwrap();
+    a.commit(Digest::md5(&[1u8; 50]), false).unwrap();
+    assert_eq!(root.home_usage(&p("/team/alice")).unwrap().bytes, 50);
+    team.remove_file(&p("old")).unwrap();
+    assert_eq!(root.home_usage(&p("/team")).unwrap().bytes, 50);
+    assert!(team.begin_upload(&p("b"), &req(50)).is_ok());
+    // Limits dropped: no ledger, no refusal.
+    root.set_home_limits(Vec::new());
+    assert!(root.home_usage(&p("/team")).is_none());
+    assert!(alice.begin_upload(&p("c"), &req(500)).is_ok());
+}

@@ -301,6 +301,25 @@ impl Client {
         }
     }
 
+    /// The space and files the user (and the root) use, against their limits; `None` from a
+    /// server without the `df` capability.
+    pub async fn df(&mut self) -> Result<Option<protocol::DfReply>> {
+        let has = self
+            .server
+            .capabilities
+            .iter()
+            .any(|c| c == protocol::capability::DF);
+        if !has {
+            return Ok(None);
+        }
+        self.send(Message::Df).await?;
+        match self.recv().await?.message {
+            Message::DfReply(r) => Ok(Some(r)),
+            Message::Error(e) => Err(ClientError::Remote(e)),
+            other => Err(unexpected("df_reply", &other)),
+        }
+    }
+
     /// Changes the remote directory; returns the new one.
     pub async fn cd(&mut self, path: &str) -> Result<String> {
         self.send(Message::Cd(PathArg { path: path.into() }))

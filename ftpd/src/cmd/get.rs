@@ -101,7 +101,7 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
     let mut sender = Some(sender);
     let mut reading: Option<JoinHandle<ReadDone>> = None;
     let mut sent = offset;
-    let mut pace = Pace::new(&s.config);
+    let mut pace = Pace::new(s);
     let mut client_paced = false;
     // Buffers of chunks already sent, for the next reads.
     let mut spare: Vec<BytesMut> = Vec::new();

@@ -3,6 +3,7 @@
 
 pub mod cd;
 pub mod damaged;
+pub mod df;
 pub mod get;
 pub mod list;
 pub mod mkdir;
@@ -79,24 +80,37 @@ pub(crate) struct Pace {
     since: Instant,
     /// Bytes moved in the current window.
     moved: u64,
+    /// The session's time waiting for rate caps, which is not the client's slowness.
+    meter: std::sync::Arc<crate::throttle::Meter>,
+    /// The meter's throttled time when the current window began.
+    throttled_since: Duration,
 }
 
 impl Pace {
-    pub fn new(config: &crate::Config) -> Self {
-        let window = config.stall_timeout;
+    pub fn new(session: &crate::session::Session) -> Self {
+        let window = session.config.stall_timeout;
         Pace {
             window,
-            least: (config.min_rate as f64 * window.as_secs_f64()) as u64,
+            least: (session.config.min_rate as f64 * window.as_secs_f64()) as u64,
             since: Instant::now(),
             moved: 0,
+            throttled_since: session.meter.throttled(),
+            meter: session.meter.clone(),
         }
+    }
+
+    /// The current window's length, less the time it waited for rate caps: a session held
+    /// back by its own cap is not slow by its client's doing.
+    fn elapsed(&self) -> Duration {
+        let throttled = self.meter.throttled().saturating_sub(self.throttled_since);
+        self.since.elapsed().saturating_sub(throttled)
     }
 
     /// Counts `n` more bytes moved (0 for an empty chunk, which is no progress at all); fails
     /// once a whole window has passed with fewer than the least.
     pub fn moved(&mut self, n: u64) -> Result<(), SessionError> {
         self.moved = self.moved.saturating_add(n);
-        if self.since.elapsed() < self.window {
+        if self.elapsed() < self.window {
             return Ok(());
         }
         if self.moved < self.least {
@@ -105,6 +119,7 @@ impl Pace {
             ));
         }
         self.since = Instant::now();
+        self.throttled_since = self.meter.throttled();
         self.moved = 0;
         Ok(())
     }

@@ -81,7 +81,7 @@ async fn receive(s: &mut Session, req: Put) -> Handled {
     // for the network; the next chunks are read meanwhile.
     let mut queue: VecDeque<Queued> = VecDeque::new();
     let mut writer = Writer::Idle(upload, receiver);
-    let mut pace = Pace::new(&s.config);
+    let mut pace = Pace::new(s);
     let end = loop {
         writer = writer.start(&mut queue, &path);
         // The writer ends early only when it refuses a chunk: say so at once, not at the next

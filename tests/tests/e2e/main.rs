@@ -78,3 +78,6 @@ mod scripts;
 // The metrics listener: counters matching the transfers made, promtool's lint, readiness
 // through a drain, and a real Prometheus scraping the daemon.
 mod metrics;
+// Per-user limits: one rate cap shared by a user's sessions, caps so low a chunk takes longer
+// than the stall timeout, per-user quotas and session caps, limits changed by SIGHUP.
+mod limits;

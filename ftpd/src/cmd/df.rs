@@ -1,0 +1,26 @@
+//! `df`: the space and files the user's home holds against the user's own limits, and the
+//! root's against the server's.
+
+use protocol::{DfReply, Message, Space};
+
+use crate::cmd::Handled;
+use crate::session::Session;
+
+fn space(u: storage::HomeUsage) -> Space {
+    Space {
+        bytes: u.bytes,
+        files: u.files,
+        quota: u.quota,
+        max_files: u.max_files,
+    }
+}
+
+pub async fn run(s: &mut Session) -> Handled {
+    let user = s.user.as_ref().and_then(|u| s.accounts.home_usage(u));
+    let root = s.home.root().usage();
+    let root = (root.quota.is_some() || root.max_files.is_some()).then_some(root);
+    Ok(Message::DfReply(DfReply {
+        user: user.map(space),
+        root: root.map(space),
+    }))
+}
