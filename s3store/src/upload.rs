@@ -486,3 +486,44 @@ pub async fn sweep(client: &Client, max_age: Duration) -> Result<Vec<String>> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt as _;
+
+    #[tokio::test]
+    async fn uploads_beyond_the_budget_wait_for_a_buffer() {
+        let part = PartSize::default();
+        let budget = PartBudget::new(2 * DEFAULT_PART_SIZE + 1);
+        let first = budget.reserve(part).await.unwrap();
+        let _second = budget.reserve(part).await.unwrap();
+        let mut third = Box::pin(budget.reserve(part));
+        assert!(
+            (&mut third).now_or_never().is_none(),
+            "a third buffer fits nowhere"
+        );
+        drop(first);
+        assert!(
+            third.now_or_never().is_some(),
+            "it gets the buffer given back"
+        );
+        let too_big = PartBudget::new(DEFAULT_PART_SIZE - 1).reserve(part).await;
+        assert_eq!(too_big.unwrap_err().kind(), ErrorKind::Config);
+    }
+
+    #[test]
+    fn part_sizes_s3_accepts() {
+        assert!(PartSize::new(MIN_PART_SIZE - 1).is_none());
+        assert!(PartSize::new(MIN_PART_SIZE).is_some());
+        assert!(PartSize::new((5 << 30) + 1).is_none());
+        assert_eq!(PartSize::default().get(), 8 << 20);
+    }
+
+    #[test]
+    fn record_keys_are_short_and_safe_for_any_key() {
+        let k = record_key("a b/../\u{fc}".repeat(200).as_str());
+        assert!(k.starts_with(UPLOADS_PREFIX) && k.len() < 100, "{k}");
+        assert_ne!(record_key("a"), record_key("b"));
+    }
+}

@@ -227,7 +227,13 @@ async fn a_dropped_upload_resumes_from_its_last_recorded_part() {
     let cut = 2 * p + 1000;
     let up = upload(&c, "resumed", &bytes[..cut]).await;
     assert_eq!(up.parts_sent(), 2);
+    let upload_id = up.record().upload_id.clone();
     drop(up); // as a daemon killed mid-upload: the record and the open upload stay
+              // A part stored but not recorded, as when the daemon dies between the two: resumed
+              // uploads do not count it, and send it again.
+    c.upload_part("resumed", &upload_id, 3, Bytes::from(vec![0xEE; 1000]))
+        .await
+        .unwrap();
 
     let b = budget();
     let mut again = ResumableUpload::resume(c.clone(), "resumed", &b, "t2")
