@@ -199,6 +199,10 @@ impl ResumableUpload {
         let permit = budget.reserve(part_size).await?;
         let previous = read_record(&client, key).await?;
         let upload_id = client.create_multipart(key).await?;
+        // A restart of the same key takes over: the next token fences the old writer.
+        let token = previous
+            .as_ref()
+            .map_or(1, |old| old.lease.token.saturating_add(1));
         if let Some(old) = previous {
             // Best effort: a failure leaves it to the sweeper.
             let _ = client.abort(&old.key, &old.upload_id).await;
@@ -213,7 +217,7 @@ impl ResumableUpload {
             digest_state,
             lease: Lease {
                 holder: holder.to_owned(),
-                token: 1,
+                token,
             },
         };
         write_record(&client, &record).await?;
