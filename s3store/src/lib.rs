@@ -1,0 +1,24 @@
+//! An S3 client layer for the object-storage backend (issue 19): the operations a file server
+//! needs, on rusty-s3's signing and reqwest, each with a capped reply and a timeout; resumable
+//! uploads verified before they become visible; the sweeper; and the `--check-config` probe.
+//! The design, and how each promise of the local root is kept on S3, is docs/S3.md.
+
+mod client;
+mod config;
+mod error;
+mod probe;
+mod upload;
+mod xml;
+
+pub use client::{
+    Client, Download, ListPage, ObjectEntry, ObjectMeta, OpenUpload, PartsPage, StoredPart,
+    Timeouts, UploadsPage,
+};
+pub use config::{Config, Credentials};
+pub use error::{Error, ErrorKind, Result};
+pub use probe::{probe, Conditional, ProbeReport};
+pub use upload::{
+    read_digest, record_key, sweep, DigestRecord, Finished, Lease, PartBudget, PartSize,
+    RecordedPart, ResumableUpload, UploadRecord, DEFAULT_PART_SIZE, DIGESTS_PREFIX, MIN_PART_SIZE,
+    RESERVED_PREFIX, UPLOADS_PREFIX,
+};

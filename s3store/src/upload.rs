@@ -1,0 +1,533 @@
+//! Resumable, verified uploads: a multipart upload whose running digest is recorded in a small
+//! state object after each acknowledged part, completed create-only only when the whole-file
+//! digest matches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use checksum::{Digest, DigestKind, Hasher, SavedState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::client::Client;
+use crate::error::{Error, ErrorKind, Result};
+
+/// Keys under this prefix (below the configured one) are the daemon's own records, never
+/// shown to users.
+pub const RESERVED_PREFIX: &str = ".ftpd/";
+/// Where upload-state records live.
+pub const UPLOADS_PREFIX: &str = ".ftpd/uploads/";
+/// Where the digests recorded at upload live, one object per file, at this prefix + the key.
+pub const DIGESTS_PREFIX: &str = ".ftpd/digests/";
+/// S3's smallest part but the last.
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+/// The default part: a power of two, so that BLAKE3 subtrees align with parts.
+pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
+/// S3's largest part number.
+const MAX_PARTS: u32 = 10_000;
+/// A state record is a few hundred bytes plus 80 a part: 10,000 parts fit in 1 MiB.
+const MAX_RECORD: u64 = 1 << 20;
+
+/// A part size S3 accepts: at least 5 MiB, at most 5 GiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartSize(u64);
+
+impl PartSize {
+    pub fn new(bytes: u64) -> Option<PartSize> {
+        (MIN_PART_SIZE..=5 << 30)
+            .contains(&bytes)
+            .then_some(PartSize(bytes))
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for PartSize {
+    fn default() -> Self {
+        PartSize(DEFAULT_PART_SIZE)
+    }
+}
+
+/// The memory all part buffers together may hold: an upload takes one part's worth before it
+/// buffers anything, and waits when the budget is spent.
+#[derive(Debug, Clone)]
+pub struct PartBudget {
+    /// One permit per byte, so uploads of different part sizes share it fairly.
+    permits: Arc<Semaphore>,
+    /// The budget in bytes, to refuse a part larger than the whole budget.
+    total: u64,
+}
+
+impl PartBudget {
+    pub fn new(total_bytes: u64) -> PartBudget {
+        let total = total_bytes.min(Semaphore::MAX_PERMITS as u64);
+        PartBudget {
+            permits: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Waits until one buffer of `part` fits in the budget.
+    pub async fn reserve(&self, part: PartSize) -> Result<OwnedSemaphorePermit> {
+        let n = u32::try_from(part.get())
+            .ok()
+            .filter(|_| part.get() <= self.total)
+            .ok_or_else(|| Error::with(ErrorKind::Config, "part size larger than the budget"))?;
+        self.permits
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|e| Error::with(ErrorKind::Config, e))
+    }
+
+    /// Bytes not reserved now.
+    pub fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+}
+
+/// A part stored and acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedPart {
+    pub number: u32,
+    pub etag: String,
+    pub size: u64,
+}
+
+/// Who writes the upload now. Each start or resume takes the next token; a writer whose token
+/// is no longer the record's has lost the upload (see docs/S3.md on fencing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Which daemon instance (and session) holds it, for the logs.
+    pub holder: String,
+    /// Increases with every takeover.
+    pub token: u64,
+}
+
+/// The upload-state record: everything needed to continue an upload after a restart. Plain
+/// data, so the same record can become a row of issue 20's PostgreSQL registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    /// The record's format; a newer daemon reads older ones.
+    pub version: u32,
+    /// The target key, relative to the configured prefix.
+    pub key: String,
+    pub upload_id: String,
+    pub part_size: u64,
+    /// The parts stored and verified, in order, each `part_size` long.
+    pub parts: Vec<RecordedPart>,
+    pub digest_kind: DigestKind,
+    /// The digest state after the recorded parts (hex of the hash crate's own serialization).
+    pub digest_state: String,
+    pub lease: Lease,
+}
+
+impl UploadRecord {
+    /// The bytes stored under the record: where a resumed upload continues.
+    pub fn offset(&self) -> u64 {
+        self.parts.iter().map(|p| p.size).sum()
+    }
+}
+
+/// The record's key for a target key: a digest of it, so any key (long, odd characters) maps
+/// to a short, safe name.
+pub fn record_key(key: &str) -> String {
+    format!(
+        "{UPLOADS_PREFIX}{}.json",
+        Digest::of(DigestKind::Blake3, key.as_bytes())
+    )
+}
+
+/// What the digest record beside a stored object holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestRecord {
+    pub size: u64,
+    pub digest: Digest,
+}
+
+/// How a finished upload ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    /// Completed under the target name.
+    Stored { size: u64, digest: Digest },
+    /// The bytes did not hash to the expected digest: the upload was aborted, nothing stored.
+    Mismatch { actual: Digest },
+}
+
+/// An upload in progress. Dropping it leaves the upload open and its record in place, to be
+/// resumed or swept.
+#[derive(Debug)]
+pub struct ResumableUpload {
+    client: Arc<Client>,
+    record: UploadRecord,
+    hasher: Hasher,
+    buf: BytesMut,
+    /// This upload's share of the part budget, returned when it ends.
+    _permit: OwnedSemaphorePermit,
+    /// Parts this value sent, for tests and logs.
+    sent: u32,
+}
+
+fn saved_hex(hasher: &Hasher) -> Result<String> {
+    hasher
+        .save()
+        .map(|s| hex::encode(s.as_bytes()))
+        .ok_or_else(|| {
+            Error::with(
+                ErrorKind::Config,
+                "resumable uploads to S3 use MD5 (BLAKE3 state is not saved yet)",
+            )
+        })
+}
+
+impl ResumableUpload {
+    /// Opens a new multipart upload for `key` and records it, replacing any record of an
+    /// earlier attempt (whose upload the sweeper then finds without a record and aborts).
+    pub async fn start(
+        client: Arc<Client>,
+        key: &str,
+        kind: DigestKind,
+        part_size: PartSize,
+        budget: &PartBudget,
+        holder: &str,
+    ) -> Result<ResumableUpload> {
+        let hasher = Hasher::new(kind);
+        let digest_state = saved_hex(&hasher)?;
+        let permit = budget.reserve(part_size).await?;
+        let previous = read_record(&client, key).await?;
+        let upload_id = client.create_multipart(key).await?;
+        // A restart of the same key takes over: the next token fences the old writer.
+        let token = previous
+            .as_ref()
+            .map_or(1, |old| old.lease.token.saturating_add(1));
+        if let Some(old) = previous {
+            // Best effort: a failure leaves it to the sweeper.
+            let _ = client.abort(&old.key, &old.upload_id).await;
+        }
+        let record = UploadRecord {
+            version: 1,
+            key: key.to_owned(),
+            upload_id,
+            part_size: part_size.get(),
+            parts: Vec::new(),
+            digest_kind: kind,
+            digest_state,
+            lease: Lease {
+                holder: holder.to_owned(),
+                token,
+            },
+        };
+        write_record(&client, &record).await?;
+        Ok(ResumableUpload {
+            client,
+            buf: BytesMut::with_capacity(part_size.get() as usize),
+            record,
+            hasher,
+            _permit: permit,
+            sent: 0,
+        })
+    }
+
+    /// Continues the recorded upload of `key`, if there is one and the service still holds
+    /// every recorded part; [`ResumableUpload::offset`] tells where the caller's bytes resume.
+    pub async fn resume(
+        client: Arc<Client>,
+        key: &str,
+        budget: &PartBudget,
+        holder: &str,
+    ) -> Result<Option<ResumableUpload>> {
+        let Some(mut record) = read_record(&client, key).await? else {
+            return Ok(None);
+        };
+        let bad = || Error::with(ErrorKind::Protocol, "unreadable upload record");
+        let part_size = PartSize::new(record.part_size).ok_or_else(bad)?;
+        let state = hex::decode(&record.digest_state).map_err(|_| bad())?;
+        let hasher = Hasher::restore(&SavedState::from_bytes(record.digest_kind, state))
+            .map_err(|_| bad())?;
+        let stored = match client.list_parts(key, &record.upload_id).await {
+            Ok(p) => p,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                client.delete(&record_key(key)).await?;
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        // Every recorded part must be there as recorded; a part stored after the last record
+        // (a crash between the two) is simply sent again under the same number.
+        let intact = record.parts.iter().all(|r| {
+            stored
+                .iter()
+                .any(|s| s.number == r.number && s.etag == r.etag && s.size == r.size)
+        });
+        if !intact {
+            return Err(Error::with(
+                ErrorKind::Protocol,
+                "the service lost recorded parts",
+            ));
+        }
+        let permit = budget.reserve(part_size).await?;
+        record.lease = Lease {
+            holder: holder.to_owned(),
+            token: record.lease.token.saturating_add(1),
+        };
+        write_record(&client, &record).await?;
+        Ok(Some(ResumableUpload {
+            client,
+            buf: BytesMut::with_capacity(part_size.get() as usize),
+            record,
+            hasher,
+            _permit: permit,
+            sent: 0,
+        }))
+    }
+
+    /// Bytes stored and recorded before this value buffered anything.
+    pub fn offset(&self) -> u64 {
+        self.record.offset()
+    }
+
+    /// Parts this value has sent.
+    pub fn parts_sent(&self) -> u32 {
+        self.sent
+    }
+
+    pub fn record(&self) -> &UploadRecord {
+        &self.record
+    }
+
+    /// Takes the next bytes; a part is uploaded, and recorded, whenever one fills.
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        let part = self.record.part_size as usize;
+        while !data.is_empty() {
+            let n = (part - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            self.hasher.update(&data[..n]);
+            data = &data[n..];
+            if self.buf.len() == part {
+                let body = self.buf.split().freeze();
+                self.send_part(body).await?;
+                self.record.digest_state = saved_hex(&self.hasher)?;
+                write_record(&self.client, &self.record).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_part(&mut self, body: Bytes) -> Result<()> {
+        let number = u32::try_from(self.record.parts.len())
+            .ok()
+            .and_then(|n| n.checked_add(1))
+            .filter(|n| *n <= MAX_PARTS)
+            .ok_or_else(|| Error::with(ErrorKind::Config, "file too large for the S3 part size"))?;
+        let size = body.len() as u64;
+        let etag = self
+            .client
+            .upload_part(&self.record.key, &self.record.upload_id, number, body)
+            .await?;
+        self.sent += 1;
+        self.record.parts.push(RecordedPart { number, etag, size });
+        Ok(())
+    }
+
+    /// Sends the last bytes and completes the upload if the whole file hashes to `expected`
+    /// (only if the name is free unless `overwrite`); aborts it otherwise. Either way the
+    /// upload and its record are gone afterwards, except on a transient failure, after which
+    /// the record still allows a resume.
+    pub async fn finish(mut self, expected: Digest, overwrite: bool) -> Result<Finished> {
+        if !self.buf.is_empty() || self.record.parts.is_empty() {
+            // The last part may be short; an empty file is one empty part.
+            let body = self.buf.split().freeze();
+            self.send_part(body).await?;
+        }
+        let actual = self.hasher.digest();
+        if actual != expected {
+            self.discard().await?;
+            return Ok(Finished::Mismatch { actual });
+        }
+        let parts: Vec<(u32, String)> = self
+            .record
+            .parts
+            .iter()
+            .map(|p| (p.number, p.etag.clone()))
+            .collect();
+        let key = self.record.key.clone();
+        match self
+            .client
+            .complete(&key, &self.record.upload_id, &parts, !overwrite)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                self.discard().await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+        let size = self.record.offset();
+        let digest = DigestRecord {
+            size,
+            digest: actual,
+        };
+        let body = serde_json::to_vec(&digest).map_err(|e| Error::with(ErrorKind::Protocol, e))?;
+        self.client
+            .put(&format!("{DIGESTS_PREFIX}{key}"), Bytes::from(body), false)
+            .await?;
+        self.client.delete(&record_key(&key)).await?;
+        Ok(Finished::Stored {
+            size,
+            digest: actual,
+        })
+    }
+
+    /// Gives the upload up: aborts it and removes its record.
+    pub async fn abort(self) -> Result<()> {
+        self.discard().await
+    }
+
+    async fn discard(&self) -> Result<()> {
+        match self
+            .client
+            .abort(&self.record.key, &self.record.upload_id)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.client.delete(&record_key(&self.record.key)).await
+    }
+}
+
+/// The digests recorded when `key` was uploaded, if any.
+pub async fn read_digest(client: &Client, key: &str) -> Result<Option<DigestRecord>> {
+    read_json(client, &format!("{DIGESTS_PREFIX}{key}")).await
+}
+
+async fn read_record(client: &Client, key: &str) -> Result<Option<UploadRecord>> {
+    let record: Option<UploadRecord> = read_json(client, &record_key(key)).await?;
+    Ok(record.filter(|r| r.key == key))
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    key: &str,
+) -> Result<Option<T>> {
+    let mut download = match client.get(key, 0, None).await {
+        Ok(d) => d,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if download.len > MAX_RECORD {
+        return Err(Error::with(ErrorKind::Protocol, "record too long"));
+    }
+    let mut body = Vec::with_capacity(download.len as usize);
+    while let Some(chunk) = download.chunk().await? {
+        if (body.len() + chunk.len()) as u64 > MAX_RECORD {
+            return Err(Error::with(ErrorKind::Protocol, "record too long"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body)
+        .map(Some)
+        .map_err(|e| Error::with(ErrorKind::Protocol, e))
+}
+
+async fn write_record(client: &Client, record: &UploadRecord) -> Result<()> {
+    let body = serde_json::to_vec(record).map_err(|e| Error::with(ErrorKind::Protocol, e))?;
+    client
+        .put(&record_key(&record.key), Bytes::from(body), false)
+        .await?;
+    Ok(())
+}
+
+/// Aborts every open multipart upload under the configured prefix started more than `max_age`
+/// ago (by the service's clock in `Initiated`), with its record; returns the keys it aborted.
+/// Run periodically, so that no upload leaks forever, whatever crashed when.
+pub async fn sweep(client: &Client, max_age: Duration) -> Result<Vec<String>> {
+    let cutoff = jiff::Timestamp::now()
+        .checked_sub(jiff::SignedDuration::try_from(max_age).unwrap_or(jiff::SignedDuration::MAX))
+        .unwrap_or(jiff::Timestamp::MIN);
+    let mut aborted = Vec::new();
+    let mut marker: Option<(String, String)> = None;
+    loop {
+        let page = client
+            .list_uploads_page("", marker.as_ref().map(|(k, u)| (k.as_str(), u.as_str())))
+            .await?;
+        for u in page.uploads {
+            // An unreadable time is taken as old: better swept than leaked.
+            let old = u
+                .initiated
+                .parse::<jiff::Timestamp>()
+                .map_or(true, |t| t <= cutoff);
+            if !old {
+                continue;
+            }
+            match client.abort(&u.key, &u.upload_id).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            if read_record(client, &u.key)
+                .await?
+                .is_some_and(|r| r.upload_id == u.upload_id)
+            {
+                client.delete(&record_key(&u.key)).await?;
+            }
+            aborted.push(u.key);
+        }
+        match page.next {
+            Some(m) if Some(&m) != marker.as_ref() => marker = Some(m),
+            Some(_) => {
+                return Err(Error::with(
+                    ErrorKind::Protocol,
+                    "upload listing does not advance",
+                ))
+            }
+            None => return Ok(aborted),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt as _;
+
+    #[tokio::test]
+    async fn uploads_beyond_the_budget_wait_for_a_buffer() {
+        let part = PartSize::default();
+        let budget = PartBudget::new(2 * DEFAULT_PART_SIZE + 1);
+        let first = budget.reserve(part).await.unwrap();
+        let _second = budget.reserve(part).await.unwrap();
+        let mut third = Box::pin(budget.reserve(part));
+        assert!(
+            (&mut third).now_or_never().is_none(),
+            "a third buffer fits nowhere"
+        );
+        drop(first);
+        assert!(
+            third.now_or_never().is_some(),
+            "it gets the buffer given back"
+        );
+        let too_big = PartBudget::new(DEFAULT_PART_SIZE - 1).reserve(part).await;
+        assert_eq!(too_big.unwrap_err().kind(), ErrorKind::Config);
+    }
+
+    #[test]
+    fn part_sizes_s3_accepts() {
+        assert!(PartSize::new(MIN_PART_SIZE - 1).is_none());
+        assert!(PartSize::new(MIN_PART_SIZE).is_some());
+        assert!(PartSize::new((5 << 30) + 1).is_none());
+        assert_eq!(PartSize::default().get(), 8 << 20);
+    }
+
+    #[test]
+    fn record_keys_are_short_and_safe_for_any_key() {
+        let k = record_key("a b/../\u{fc}".repeat(200).as_str());
+        assert!(k.starts_with(UPLOADS_PREFIX) && k.len() < 100, "{k}");
+        assert_ne!(record_key("a"), record_key("b"));
+    }
+}
