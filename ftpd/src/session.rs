@@ -34,6 +34,10 @@ const PRE_LOGIN_MAX_HEADER: usize = 4 * 1024;
 /// Before login no message has a body: a chunk is refused from its header as too large, before
 /// a byte of its body is read.
 const PRE_LOGIN_MAX_BODY: usize = 0;
+/// How long an upload's next frame may take to arrive before the client is told that the
+/// server is still receiving (`progress`, to clients that take it): well under any wait a
+/// client would give up after, and rare (a frame at speed takes milliseconds).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Longest part of a client's own words that a refusal before login quotes back, so that the
 /// refusal always fits the small frames of that stage.
 const PRE_LOGIN_MAX_QUOTE: usize = 256;
@@ -84,6 +88,9 @@ pub struct Session {
     pipeline: Pipeline,
     /// A command the client sent while a download was going out (pipelined): the next to run.
     stashed: Option<Frame>,
+    /// The client reads past `progress` frames (capability `progress`): a slow upload is told
+    /// that the server still receives.
+    progress_frames: bool,
     /// Counts this session in `ftpd_sessions_active` from its login on.
     counted: Option<crate::metrics::Active>,
     /// The rate caps this session's stream draws from, and its throttled time.
@@ -142,6 +149,7 @@ impl Session {
             deadline: None,
             pipeline: Pipeline::new(),
             stashed: None,
+            progress_frames: false,
             counted: None,
             meter,
             accounts: shared.accounts,
@@ -213,6 +221,7 @@ impl Session {
             .map_err(|e| SessionError::Refused(CmdError::from(e).reply()))?;
         self.client_max_chunk = agreed.max_chunk;
         self.digest = agreed.digest;
+        self.progress_frames = hello.capabilities.iter().any(|c| c == capability::PROGRESS);
         let mut capabilities = vec![
             capability::RESUME.into(),
             capability::FILES.into(),
@@ -577,6 +586,7 @@ impl Session {
             | Message::Cwd(_)
             | Message::Ok
             | Message::Stored(_)
+            | Message::Progress
             | Message::Error(_) => (
                 "server-message",
                 out_of_place("that message is sent by servers, not clients"),
@@ -805,6 +815,35 @@ impl Session {
             .recv(self.config.stall_timeout, "data from the client")
             .await?;
         incoming_in_transfer(item)
+    }
+
+    /// The next frame of an upload, within the stall timeout, telling a client that takes
+    /// them (`progress`) every [`PROGRESS_EVERY`] that bytes still come in: under a
+    /// low rate cap one chunk takes longer than the client waits in silence, and after its
+    /// last chunk the client waits for `stored` while the server still reads what the network
+    /// holds. The stall timeout still counts from when bytes last came in.
+    pub async fn next_upload_frame(&mut self) -> Result<Frame, SessionError> {
+        if !self.progress_frames {
+            return self.next_in_transfer().await;
+        }
+        let stall = self.config.stall_timeout;
+        let since = tokio::time::Instant::now();
+        let mut told = since;
+        loop {
+            let waiting = self.recv(stall, "data from the client");
+            if let Ok(item) = tokio::time::timeout(PROGRESS_EVERY.min(stall), waiting).await {
+                return incoming_in_transfer(item?);
+            }
+            // Told only while bytes come in: a client whose bytes stopped on the way must see
+            // the silence, to give up on the link and resume on a new one.
+            let last = self.conn.last_read().max(since);
+            if last > told {
+                self.send(Message::Progress).await?;
+                told = tokio::time::Instant::now();
+            } else if last.elapsed() >= stall {
+                return Err(SessionError::Timeout("data from the client"));
+            }
+        }
     }
 
     /// A frame the client has already sent, if any, without waiting (a download's `cancel`).

@@ -474,6 +474,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// When bytes last came in (the connection's start if none has yet).
+    pub fn last_read(&self) -> Instant {
+        self.progress.last(&self.progress.read)
+    }
+
     /// The codec, to change its caps (smaller frames before login, say).
     pub fn codec_mut(&mut self) -> &mut FrameCodec {
         &mut self.framed.codec_mut().codec

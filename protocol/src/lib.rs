@@ -68,4 +68,7 @@ pub mod capability {
     pub const DAMAGED: &str = "damaged";
     /// `df`: the user's (and the root's) space and files used, against their limits.
     pub const DF: &str = "df";
+    /// From a client: it reads past `progress` frames, which the server may then send while
+    /// an upload comes in slowly.
+    pub const PROGRESS: &str = "progress";
 }

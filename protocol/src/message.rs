@@ -43,6 +43,12 @@ pub enum Message {
     Cancel,
     /// Server: the upload was verified and is now visible at its path.
     Stored(Eof),
+    /// Server, to clients with capability `progress`, while an upload comes in: still
+    /// receiving. Sent when the upload's next frame has been arriving for a while (a rate cap
+    /// makes a chunk take longer than a client waits in silence, and after its last chunk the
+    /// client waits for `stored` while the server still reads what the network holds). It
+    /// answers nothing: the client reads past it.
+    Progress,
     /// A command failed, or the connection is about to close; see [`ErrorCode`].
     Error(ErrorReply),
     /// Client: list the directory at `path`; answered by `listing` frames, then `list_end`.
@@ -499,6 +505,7 @@ mod tests {
         let cases: Vec<(Message, &str)> = vec![
             (Message::Bye, r#"{"type":"bye"}"#),
             (Message::Cancel, r#"{"type":"cancel"}"#),
+            (Message::Progress, r#"{"type":"progress"}"#),
             (
                 Message::Get(Get {
                     path: "a b".into(),

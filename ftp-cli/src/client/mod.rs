@@ -130,7 +130,10 @@ impl Client {
             version: VERSION,
             min_version: Some(MIN_VERSION),
             agent: concat!("ftp-cli/", env!("CARGO_PKG_VERSION")).into(),
-            capabilities: vec![protocol::capability::RESUME.into()],
+            capabilities: vec![
+                protocol::capability::RESUME.into(),
+                protocol::capability::PROGRESS.into(),
+            ],
             max_chunk: protocol::MAX_BODY as u32,
             digest,
         };
@@ -214,8 +217,15 @@ impl Client {
         Ok(self.conn.send(frame, self.timeout).await?)
     }
 
+    /// The next frame but `progress` (the server telling us it still receives our upload:
+    /// its bytes are what the wait needed).
     async fn recv(&mut self) -> Result<Frame> {
-        known(self.conn.recv(self.timeout).await?)
+        loop {
+            let frame = known(self.conn.recv(self.timeout).await?)?;
+            if !matches!(frame.message, Message::Progress) {
+                return Ok(frame);
+            }
+        }
     }
 
     /// Sends a request whose answer is `ok`.

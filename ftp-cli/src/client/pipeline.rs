@@ -124,6 +124,7 @@ impl Client {
                 }
                 frame = self.conn.recv(self.timeout), if !sent.is_empty() => {
                     let frame = match frame.map_err(ClientError::from).and_then(known) {
+                        Ok(frame) if matches!(frame.message, Message::Progress) => continue,
                         Ok(frame) => frame,
                         Err(e) => return Err(cut(e, sent.into_iter().map(|s| s.0), reading).await),
                     };

@@ -119,11 +119,12 @@ impl Client {
                 // The server may refuse part-way; it then skips our chunks until eof or abort.
                 // It owes nothing while we send, so this waits for as long as sending takes.
                 early = self.conn.recv(Duration::MAX) => {
-                    drop(rx);
                     let reply = match known(early?)?.message {
+                        Message::Progress => continue,
                         Message::Error(e) => e,
                         other => return Err(unexpected("error", &other)),
                     };
+                    drop(rx);
                     self.send(Message::Abort(ErrorReply::new(reply.code, "stopping after the server's error"))).await?;
                     return Err(refused_mid_stream(reply));
                 }

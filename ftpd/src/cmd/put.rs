@@ -95,7 +95,7 @@ async fn receive(s: &mut Session, req: Put) -> Handled {
                 }
                 continue;
             }
-            frame = s.next_in_transfer(), if queue.len() < PIPELINE_DEPTH => match frame {
+            frame = s.next_upload_frame(), if queue.len() < PIPELINE_DEPTH => match frame {
                 Ok(frame) => frame,
                 Err(e) => break End::Lost(e),
             },
@@ -194,7 +194,7 @@ pub(crate) async fn pipelined(
     let mut chunks: Vec<Queued> = Vec::new();
     let mut refused: Option<CmdError> = None;
     let eof = loop {
-        let frame = s.next_in_transfer().await?;
+        let frame = s.next_upload_frame().await?;
         match frame.message {
             Message::Chunk(h) => {
                 if refused.is_some() {

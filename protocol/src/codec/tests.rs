@@ -284,6 +284,7 @@ fn arb_message() -> impl Strategy<Value = Frame> {
         )
         .into()),
         Just(Message::Cancel.into()),
+        Just(Message::Progress.into()),
     ]
 }
 

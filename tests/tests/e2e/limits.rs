@@ -97,8 +97,9 @@ fn two_sessions_of_one_user_share_one_rate_cap() {
 
 /// Regression: a 40 KiB chunk at 8 KiB/s takes 5 s, longer than a 2 s stall timeout; when
 /// waits timed whole frames, the daemon cut the upload, and the client the download. Now they
-/// time silence, and the cap's bytes keep coming. (The client's wait for an upload's `stored`
-/// still sees silence while the kernel's buffers drain at the cap: its default 60 s here.)
+/// time silence, and the cap's bytes keep coming. The client, with a 2 s limit of its own,
+/// waits for the upload's `stored` while the kernel's buffers drain at the cap: the daemon's
+/// `progress` frames tell it the upload still comes in (it gave up after 2 s before them).
 #[test]
 fn a_cap_of_8_kib_s_completes_under_a_2_s_stall_timeout() {
     let site = site_with("max_rate = \"8KiB\"");
@@ -108,6 +109,8 @@ fn a_cap_of_8_kib_s_completes_under_a_2_s_stall_timeout() {
     write_random(&src, 40 * 1024, 3);
     let started = Instant::now();
     alice(&d, &site)
+        .arg("--timeout")
+        .arg("2s")
         .cwd(work.path())
         .cmds("put slow.bin")
         .timeout(Duration::from_secs(60))
