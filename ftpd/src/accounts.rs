@@ -33,10 +33,11 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The `direction` label, spelled as every other metric spells it.
     pub fn label(self) -> &'static str {
         match self {
-            Direction::Up => "up",
-            Direction::Down => "down",
+            Direction::Up => "upload",
+            Direction::Down => "download",
         }
     }
 }
