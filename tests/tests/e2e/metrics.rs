@@ -393,3 +393,52 @@ fn logins_are_counted_by_result_and_method() {
     }
     assert!(!text.contains("alice"), "a user name in a label:\n{text}");
 }
+
+/// `GET /users`: one object per user of the users file, with what their sessions moved and
+/// their quota against its limit (the accounts registry the limits keep), and no other user's.
+#[test]
+fn users_shows_each_users_bytes_and_quota() {
+    let site = Site::new();
+    let users = site.private_file(
+        "etc/users.toml",
+        "[[user]]\nname = \"alice\"\nsecret_file = \"alice.secret\"\nhome = \"alice\"\n\
+         quota = \"1MiB\"\n\
+         [[user]]\nname = \"bob\"\nsecret_file = \"alice.secret\"\nhome = \"bob\"\n",
+    );
+    let secret = site.private_file("etc/alice.secret", "alice's secret");
+    let ftpd = site
+        .daemon()
+        .arg("--users")
+        .arg(users)
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .start();
+    let metrics = metrics_addr(&ftpd);
+    let work = tmpdir();
+    write_random(work.path().join("a.bin"), 60 * 1024, 9);
+    ftpd.cli()
+        .user("alice", &secret)
+        .cwd(work.path())
+        .cmds("put a.bin; get a.bin back.bin")
+        .run()
+        .ok();
+    let answer = get(metrics, "/users");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let list: Value = serde_json::from_str(&answer.body).expect("/users is JSON");
+    let list = list.as_array().expect("/users is an array");
+    let names: Vec<&str> = list.iter().filter_map(|u| u["name"].as_str()).collect();
+    assert_eq!(names, ["alice", "bob"], "{list:?}");
+    let alice = &list[0];
+    // Bytes of her sessions' streams: the file's, and a little for the frames around them.
+    for key in ["bytes_in", "bytes_out"] {
+        let n = alice[key].as_u64().unwrap_or_default();
+        assert!(
+            (60 * 1024..64 * 1024).contains(&n),
+            "{key} is not the file's 60 KiB and its frames: {alice}"
+        );
+    }
+    assert_eq!(alice["quota_used"], 60 * 1024, "{alice}");
+    assert_eq!(alice["quota_limit"], 1024 * 1024, "{alice}");
+    let bob = &list[1];
+    assert_eq!(bob["bytes_in"], 0, "{bob}");
+    assert!(bob["quota_limit"].is_null(), "{bob}");
+}
