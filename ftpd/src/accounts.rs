@@ -23,24 +23,7 @@ const MAX_BURST: u64 = 64 * 1024;
 /// The fewest: a cap of a few bytes a second still moves a TLS record's worth in pieces.
 const MIN_BURST: u64 = 256;
 
-/// Which way bytes go, seen from the daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// From the client: uploads (and commands).
-    Up,
-    /// To the client: downloads (and replies).
-    Down,
-}
-
-impl Direction {
-    /// The `direction` label, spelled as every other metric spells it.
-    pub fn label(self) -> &'static str {
-        match self {
-            Direction::Up => "upload",
-            Direction::Down => "download",
-        }
-    }
-}
+pub use crate::metrics::Direction;
 
 /// One rate cap, shared by everything it limits.
 pub struct Rate {
@@ -91,8 +74,8 @@ impl Caps {
 
     pub fn get(&self, direction: Direction) -> Option<Arc<Rate>> {
         match direction {
-            Direction::Up => self.up.read().unwrap().clone(),
-            Direction::Down => self.down.read().unwrap().clone(),
+            Direction::Upload => self.up.read().unwrap().clone(),
+            Direction::Download => self.down.read().unwrap().clone(),
         }
     }
 }
@@ -147,8 +130,8 @@ impl Account {
     /// Counts `n` bytes moved by one of the user's sessions.
     pub fn moved(&self, direction: Direction, n: u64) {
         let counter = match direction {
-            Direction::Up => &self.bytes_in,
-            Direction::Down => &self.bytes_out,
+            Direction::Upload => &self.bytes_in,
+            Direction::Download => &self.bytes_out,
         };
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -382,8 +365,8 @@ mod tests {
         let a = accounts.login(&bob).unwrap();
         let b = accounts.login(&bob).unwrap();
         assert!(Arc::ptr_eq(a.account(), b.account()));
-        a.account().moved(Direction::Up, 10);
-        b.account().moved(Direction::Down, 5);
+        a.account().moved(Direction::Upload, 10);
+        b.account().moved(Direction::Download, 5);
         b.account().throttled(Duration::from_millis(1500));
         let report = &accounts.snapshot()[0];
         assert_eq!((report.bytes_in, report.bytes_out), (10, 5));
@@ -405,12 +388,15 @@ mod tests {
     fn an_unchanged_cap_keeps_its_state_and_a_changed_one_is_new() {
         let caps = Caps::default();
         caps.set(Some(1000), None);
-        let first = caps.get(Direction::Up).unwrap();
-        assert!(caps.get(Direction::Down).is_none());
+        let first = caps.get(Direction::Upload).unwrap();
+        assert!(caps.get(Direction::Download).is_none());
         caps.set(Some(1000), None);
-        assert!(Arc::ptr_eq(&first, &caps.get(Direction::Up).unwrap()));
+        assert!(Arc::ptr_eq(&first, &caps.get(Direction::Upload).unwrap()));
         caps.set(Some(500), Some(7));
-        assert_eq!(caps.get(Direction::Up).unwrap().bytes_per_sec, 500);
-        assert_eq!(caps.get(Direction::Down).unwrap().burst as u64, MIN_BURST);
+        assert_eq!(caps.get(Direction::Upload).unwrap().bytes_per_sec, 500);
+        assert_eq!(
+            caps.get(Direction::Download).unwrap().burst as u64,
+            MIN_BURST
+        );
     }
 }

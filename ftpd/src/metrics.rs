@@ -197,7 +197,8 @@ fn describe() {
 // ---------------------------------------------------------------------------------------------
 // What the daemon records
 
-/// The way a transfer goes, as a label.
+/// Which way bytes go, seen from the daemon: uploads (and commands) come in, downloads (and
+/// replies) go out. One type for the metrics' `direction` label and the rate caps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     Upload,
@@ -205,7 +206,8 @@ pub enum Direction {
 }
 
 impl Direction {
-    fn label(self) -> &'static str {
+    /// The `direction` label.
+    pub fn label(self) -> &'static str {
         match self {
             Direction::Upload => "upload",
             Direction::Download => "download",

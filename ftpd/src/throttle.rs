@@ -163,7 +163,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Throttled<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let most = ready!(pay(&this.meter, Direction::Up, &mut this.read, cx));
+        let most = ready!(pay(&this.meter, Direction::Upload, &mut this.read, cx));
         let n = match most {
             None => {
                 let before = buf.filled().len();
@@ -181,7 +181,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Throttled<S> {
                 n
             }
         };
-        this.meter.moved(Direction::Up, n);
+        this.meter.moved(Direction::Upload, n);
         Poll::Ready(Ok(()))
     }
 }
@@ -193,10 +193,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Throttled<S> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        let most = ready!(pay(&this.meter, Direction::Down, &mut this.write, cx));
+        let most = ready!(pay(&this.meter, Direction::Download, &mut this.write, cx));
         let part = &buf[..buf.len().min(most.unwrap_or(usize::MAX))];
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, part))?;
-        this.meter.moved(Direction::Down, n);
+        this.meter.moved(Direction::Download, n);
         if most.is_some() {
             this.write.owed = n as u32;
         }
