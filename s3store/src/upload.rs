@@ -220,15 +220,7 @@ impl ResumableUpload {
                 token,
             },
         };
-        write_record(&client, &record).await?;
-        Ok(ResumableUpload {
-            client,
-            buf: BytesMut::with_capacity(part_size.get() as usize),
-            record,
-            hasher,
-            _permit: permit,
-            sent: 0,
-        })
+        Self::recorded(client, record, hasher, permit).await
     }
 
     /// Continues the recorded upload of `key`, if there is one and the service still holds
@@ -273,15 +265,27 @@ impl ResumableUpload {
             holder: holder.to_owned(),
             token: record.lease.token.saturating_add(1),
         };
+        Self::recorded(client, record, hasher, permit)
+            .await
+            .map(Some)
+    }
+
+    /// Writes `record` (a new lease on it), then writes bytes under it.
+    async fn recorded(
+        client: Arc<Client>,
+        record: UploadRecord,
+        hasher: Hasher,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<ResumableUpload> {
         write_record(&client, &record).await?;
-        Ok(Some(ResumableUpload {
+        Ok(ResumableUpload {
             client,
-            buf: BytesMut::with_capacity(part_size.get() as usize),
+            buf: BytesMut::with_capacity(record.part_size as usize),
             record,
             hasher,
             _permit: permit,
             sent: 0,
-        }))
+        })
     }
 
     /// Bytes stored and recorded before this value buffered anything.
