@@ -117,6 +117,8 @@ fn storage_code(e: &storage::Error) -> ErrorCode {
         E::NoSpace { .. } => ErrorCode::NoSpace,
         E::TooLarge { .. } => ErrorCode::TooLarge,
         E::Io { .. } => ErrorCode::Io,
+        E::Unavailable { .. } => ErrorCode::Busy,
+        E::Unsupported { .. } => ErrorCode::Unsupported,
         // Only opening the root at startup fails these way; no session ever meets them.
         E::State { .. } | E::Migrate { .. } => ErrorCode::Io,
     }

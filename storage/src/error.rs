@@ -35,6 +35,13 @@ pub enum Error {
     },
     #[error("{path}: {what}")]
     TooLarge { path: String, what: String },
+    /// The storage service could not be reached or asked us to come back later: worth a
+    /// retry.
+    #[error("{path}: the storage service is unavailable ({why})")]
+    Unavailable { path: String, why: String },
+    /// The backend cannot do this safely (renaming a large directory on an object store).
+    #[error("{path}: {what}")]
+    Unsupported { path: String, what: String },
     #[error("{path}: no space left on the server")]
     NoSpace { path: String },
     /// The state directory cannot hold the root's private state (the daemon's settings are

@@ -14,6 +14,7 @@
 //! outside. The private state lies in a directory of its own outside the root (see `state`),
 //! beneath no home, so no path and no link reaches it.
 
+mod backend;
 mod digests;
 mod error;
 mod path;
@@ -31,6 +32,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
+pub use backend::{Backend, ChunkDigests, Reading, Writing};
 pub use digests::Recorded;
 pub use error::{Error, Result};
 // The client still imports it from here until it depends on `fileio` itself.
