@@ -1,0 +1,89 @@
+//! The one error type of this crate: one line for a person, the database's own words kept for logs.
+
+use std::fmt;
+
+/// The database's or the driver's own message, kept out of `Display` and of `source()` so that
+/// a `{:#}` chain stays one line; [`Error::detail`] gives it, for a debug log.
+pub struct Detail(String);
+
+impl fmt::Debug for Detail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// What went wrong with the shared state.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No connection, no answer in time, or the server is shutting down: worth a retry.
+    #[error("the database did not answer")]
+    Unavailable(Detail),
+    /// The server refused a statement (a constraint, a permission): not worth a retry.
+    #[error("the database refused a request")]
+    Database(Detail),
+    /// The caller's lease of an upload is no longer the current one: a newer attempt took the
+    /// upload over, and this writer must stop.
+    #[error("the upload was taken over by a newer attempt")]
+    Fenced,
+    /// The schema was migrated by a newer ftpd than this one.
+    #[error("the database schema is version {found}, newer than this ftpd knows ({known}); upgrade ftpd")]
+    SchemaTooNew { found: i32, known: i32 },
+    /// The caller's input cannot be stored (a bad URL, a name too long); the message says which.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The line with the cause's internals, for a debug log.
+    pub fn detail(&self) -> String {
+        match self {
+            Error::Unavailable(d) | Error::Database(d) => format!("{self}: {}", d.0),
+            _ => self.to_string(),
+        }
+    }
+
+    /// Whether trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
+
+    pub(crate) fn unavailable(what: impl fmt::Display) -> Error {
+        Error::Unavailable(Detail(what.to_string()))
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let detail = Detail(e.to_string());
+        match e.as_db_error() {
+            // No server reply at all: the connection is gone or never was.
+            None => Error::Unavailable(detail),
+            Some(db) => {
+                let code = db.code().code();
+                // 08: connection exceptions; 57014: statement timeout; 57P0x: shutting down,
+                // starting up; 40001/40P01: serialization failure, deadlock (retry).
+                if code.starts_with("08")
+                    || code == "57014"
+                    || code.starts_with("57P")
+                    || code == "40001"
+                    || code == "40P01"
+                {
+                    Error::Unavailable(detail)
+                } else {
+                    Error::Database(detail)
+                }
+            }
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => Error::unavailable(other),
+        }
+    }
+}
