@@ -56,25 +56,32 @@ impl Error {
 
 impl From<tokio_postgres::Error> for Error {
     fn from(e: tokio_postgres::Error) -> Self {
-        let detail = Detail(e.to_string());
-        match e.as_db_error() {
-            // No server reply at all: the connection is gone or never was.
-            None => Error::Unavailable(detail),
-            Some(db) => {
-                let code = db.code().code();
-                // 08: connection exceptions; 57014: statement timeout; 57P0x: shutting down,
-                // starting up; 40001/40P01: serialization failure, deadlock (retry).
-                if code.starts_with("08")
-                    || code == "57014"
-                    || code.starts_with("57P")
-                    || code == "40001"
-                    || code == "40P01"
-                {
-                    Error::Unavailable(detail)
-                } else {
-                    Error::Database(detail)
-                }
-            }
+        let Some(db) = e.as_db_error() else {
+            // No server reply: the connection is gone, never was, or timed out; or the
+            // driver could not put a value into a statement, which is our bug, not the
+            // network's.
+            let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+            let detail = Detail(e.to_string());
+            return if e.is_closed() || io || e.to_string().contains("timeout") {
+                Error::Unavailable(detail)
+            } else {
+                Error::Database(detail)
+            };
+        };
+        let code = db.code().code();
+        let detail = Detail(format!("{} (SQLSTATE {code})", db.message()));
+        // 08: connection exceptions; 57014: statement timeout; 55P03: lock timeout; 57P0x:
+        // shutting down, starting up; 40001/40P01: serialization failure, deadlock (retry).
+        if code.starts_with("08")
+            || code == "57014"
+            || code == "55P03"
+            || code.starts_with("57P")
+            || code == "40001"
+            || code == "40P01"
+        {
+            Error::Unavailable(detail)
+        } else {
+            Error::Database(detail)
         }
     }
 }

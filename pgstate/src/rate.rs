@@ -63,14 +63,14 @@ impl State {
         let burst = burst(rate, self.inner.options.rate_window).max(1.0);
         let want = (want as f64).min(burst);
         let rate_f = rate as f64;
-        const AVAIL: &str = "LEAST($3, b.tokens + $5 * GREATEST(0,
+        const AVAIL: &str = "LEAST($3::float8, b.tokens + $5::float8 * GREATEST(0,
                                extract(epoch FROM clock_timestamp() - b.updated)::float8))";
         let sql = format!(
             "INSERT INTO rate_buckets AS b (user_name, direction, tokens, updated, last_grant)
-             VALUES ($1, $2, $3 - $4, clock_timestamp(), $4)
+             VALUES ($1, $2, $3::float8 - $4::float8, clock_timestamp(), $4::float8)
              ON CONFLICT (user_name, direction) DO UPDATE SET
-               tokens = {AVAIL} - GREATEST(0, LEAST($4, {AVAIL})),
-               last_grant = GREATEST(0, LEAST($4, {AVAIL})),
+               tokens = {AVAIL} - GREATEST(0, LEAST($4::float8, {AVAIL})),
+               last_grant = GREATEST(0, LEAST($4::float8, {AVAIL})),
                updated = GREATEST(b.updated, clock_timestamp())
              RETURNING last_grant"
         );
@@ -102,7 +102,7 @@ impl State {
         let client = self.client().await?;
         client
             .execute(
-                "UPDATE rate_buckets SET tokens = LEAST($3, tokens + $4)
+                "UPDATE rate_buckets SET tokens = LEAST($3::float8, tokens + $4::float8)
                  WHERE user_name = $1 AND direction = $2",
                 &[&user, &direction.as_str(), &burst, &(bytes as f64)],
             )

@@ -33,7 +33,7 @@ pub(crate) async fn heartbeat(pool: Pool, instance: String, ttl: Duration) {
             let client = pool.get().await?;
             client
                 .execute(
-                    "UPDATE sessions SET expires = now() + make_interval(secs => $2)
+                    "UPDATE sessions SET expires = now() + make_interval(secs => $2::float8)
                      WHERE instance = $1",
                     &[&instance, &secs(ttl)],
                 )
@@ -95,7 +95,7 @@ impl State {
         let id: i64 = tx
             .query_one(
                 "INSERT INTO sessions (user_name, instance, expires)
-                 VALUES ($1, $2, now() + make_interval(secs => $3)) RETURNING id",
+                 VALUES ($1, $2, now() + make_interval(secs => $3::float8)) RETURNING id",
                 &[&user, &options.instance, &secs(options.session_ttl)],
             )
             .await?

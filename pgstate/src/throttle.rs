@@ -75,16 +75,16 @@ async fn fail(
 ) -> Result<Duration> {
     // The new count, written once for SET count and once for the penalty it earns (SET
     // expressions all see the old row).
-    const COUNT: &str = "CASE WHEN f.last <= now() - make_interval(secs => $4)
+    const COUNT: &str = "CASE WHEN f.last <= now() - make_interval(secs => $4::float8)
                           THEN 1 ELSE LEAST(f.count, 1000000) + 1 END";
     let sql = format!(
         "INSERT INTO login_failures AS f (key, count, last, until)
-         VALUES ($1, 1, now(), now() + make_interval(secs => LEAST($2, $3, $4)))
+         VALUES ($1, 1, now(), now() + make_interval(secs => LEAST($2::float8, $3::float8, $4::float8)))
          ON CONFLICT (key) DO UPDATE SET
            count = {COUNT},
            last = now(),
            until = now() + make_interval(secs =>
-             LEAST($2 * power(2, LEAST({COUNT} - 1, 20)), $3, $4))
+             LEAST($2::float8 * power(2, LEAST({COUNT} - 1, 20)), $3::float8, $4::float8))
          RETURNING extract(epoch FROM f.until - now())::float8"
     );
     let row = client
@@ -130,7 +130,7 @@ async fn trusts(
     let row = client
         .query_opt(
             "SELECT 1 FROM login_trust WHERE range = $1 AND name = $2
-             AND at > now() - make_interval(secs => $3)",
+             AND at > now() - make_interval(secs => $3::float8)",
             &[&range.as_str(), &name.as_str(), &secs(TRUST_FOR)],
         )
         .await?;
@@ -166,13 +166,13 @@ async fn refusal(
 pub(crate) async fn sweep(client: &impl GenericClient) -> Result<()> {
     client
         .execute(
-            "DELETE FROM login_failures WHERE last <= now() - make_interval(secs => $1)",
+            "DELETE FROM login_failures WHERE last <= now() - make_interval(secs => $1::float8)",
             &[&secs(FORGET_AFTER)],
         )
         .await?;
     client
         .execute(
-            "DELETE FROM login_trust WHERE at <= now() - make_interval(secs => $1)",
+            "DELETE FROM login_trust WHERE at <= now() - make_interval(secs => $1::float8)",
             &[&secs(TRUST_FOR)],
         )
         .await?;

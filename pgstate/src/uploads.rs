@@ -354,7 +354,7 @@ impl State {
         let rows = client
             .query(
                 "SELECT key, upload_id FROM uploads
-                 WHERE updated < now() - make_interval(secs => $1)
+                 WHERE updated < now() - make_interval(secs => $1::float8)
                  ORDER BY updated LIMIT $2",
                 &[&crate::secs(age), &limit],
             )

@@ -33,9 +33,9 @@ impl State {
         let row = client
             .query_one(
                 "INSERT INTO usage AS u (home, bytes, files)
-                 VALUES ($1, GREATEST(0, $2), GREATEST(0, $3))
+                 VALUES ($1, GREATEST(0, $2::bigint), GREATEST(0, $3::bigint))
                  ON CONFLICT (home) DO UPDATE SET
-                   bytes = GREATEST(0, u.bytes + $2), files = GREATEST(0, u.files + $3)
+                   bytes = GREATEST(0, u.bytes + $2::bigint), files = GREATEST(0, u.files + $3::bigint)
                  RETURNING bytes, files",
                 &[&home, &bytes, &files],
             )
