@@ -22,6 +22,10 @@ pub const KNOWN: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 /// catalog's unique index.) A failed migration rolls back whole.
 pub async fn apply(client: &mut tokio_postgres::Client) -> Result<()> {
     let tx = client.transaction().await?;
+    // A migration of a large table may take longer than the 10 s every other statement is
+    // allowed, and so may the wait of a second instance for the first one's migration.
+    tx.batch_execute("SET LOCAL statement_timeout = '5min'; SET LOCAL lock_timeout = '5min'")
+        .await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     tx.batch_execute(
