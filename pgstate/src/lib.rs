@@ -166,8 +166,18 @@ impl State {
         &self.inner.options
     }
 
+    /// A pooled connection that is still open. One the server closed while it sat in the
+    /// pool (a restart, an idle timeout) is thrown away rather than handed out to fail:
+    /// after a database restart every pooled connection is such a one.
     async fn client(&self) -> Result<deadpool_postgres::Object> {
-        Ok(self.inner.pool.get().await?)
+        for _ in 0..=self.inner.options.pool_size {
+            let client = self.inner.pool.get().await?;
+            if !client.is_closed() {
+                return Ok(client);
+            }
+            drop(deadpool_postgres::Object::take(client));
+        }
+        Err(Error::unavailable("every pooled connection was closed"))
     }
 }
 

@@ -18,6 +18,7 @@ const SESSION_LOCK: i32 = 0x7365_7373; // "sess"
 pub struct SessionLease {
     /// The row's id.
     pub id: i64,
+    /// Whose session it is.
     pub user: String,
 }
 

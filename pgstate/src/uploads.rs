@@ -27,9 +27,11 @@ pub struct Lease {
 /// A new upload to register.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewUpload {
+    /// The target key (relative to the service root): one upload per key at a time.
     pub key: String,
     /// The S3 multipart upload id.
     pub upload_id: String,
+    /// Every part but the last is this long, so a part number gives its offset.
     pub part_size: u64,
     /// `md5`, `blake3`: as `checksum::DigestKind` names it.
     pub digest_kind: String,
@@ -42,8 +44,11 @@ pub struct NewUpload {
 /// A part stored and acknowledged by S3, and the digest state after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Part {
+    /// 1 to 10,000, in file order.
     pub number: u32,
+    /// S3's ETag for it: what CompleteMultipartUpload names the part by, and checks.
     pub etag: String,
+    /// Its bytes.
     pub size: u64,
     /// The running digest state once this part is hashed: where a resume continues.
     pub digest_state: String,
@@ -52,14 +57,21 @@ pub struct Part {
 /// An upload as registered, with the parts recorded (in order).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upload {
+    /// The target key.
     pub key: String,
+    /// The S3 multipart upload id.
     pub upload_id: String,
+    /// As registered at the start.
     pub part_size: u64,
+    /// As registered at the start.
     pub digest_kind: String,
     /// The digest state before any part.
     pub digest_state: String,
+    /// Who holds the lease now.
     pub holder: String,
+    /// The current lease token.
     pub token: i64,
+    /// Recorded, in order of number.
     pub parts: Vec<Part>,
 }
 

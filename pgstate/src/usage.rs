@@ -5,7 +5,9 @@ use crate::{to_i64, Error, Result, State};
 /// What a home holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Bytes of the files, uploads in flight included when they were reserved.
     pub bytes: u64,
+    /// Files and directories.
     pub files: u64,
 }
 

@@ -40,6 +40,7 @@ pub struct Limits {
 /// with the code that parses the file, so the two sources cannot disagree on a format.
 #[derive(Clone, PartialEq, Eq)]
 pub struct UserRow {
+    /// The login name: 1 to 64 printable characters.
     pub name: String,
     /// `None`: keys only.
     pub verifier: Option<String>,
@@ -49,6 +50,7 @@ pub struct UserRow {
     pub home: String,
     /// Downloads only.
     pub read_only: bool,
+    /// Rates, quota and session cap.
     pub limits: Limits,
 }
 

@@ -57,3 +57,32 @@ async fn an_unreachable_database_is_one_line() {
     assert!(err.is_transient());
     assert_eq!(err.to_string(), "the database did not answer");
 }
+
+/// Every connection of an instance cut by the server (as at a database restart): the next
+/// calls get new connections and succeed, after at most a brief failure.
+#[tokio::test]
+async fn an_instance_reconnects_after_its_connections_are_cut() {
+    let Some(db) = fresh_db().await else { return };
+    let a = db.state("a").await;
+    let _held = a.acquire_session("ann", None).await.unwrap();
+    let sql = db.sql().await;
+    let cut: i64 = sql
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cut >= 1);
+    let back = crate::util::until_some(std::time::Duration::from_secs(10), || async {
+        a.sessions("ann").await.ok()
+    })
+    .await;
+    assert_eq!(
+        back,
+        Some(1),
+        "the state is still there, and reachable again"
+    );
+}
