@@ -79,3 +79,43 @@ async fn a_crashed_instances_sessions_expire() {
     let again = db.state("live").await;
     assert_eq!(again.release_instance().await.unwrap(), 1);
 }
+
+/// The sweep deletes what no longer counts (an expired session, failures older than the
+/// forgetting time) and nothing that still does.
+#[tokio::test]
+async fn the_sweep_deletes_only_what_no_longer_counts() {
+    let Some(db) = fresh_db().await else { return };
+    let a = db.state("a").await;
+    let _live = a.acquire_session("ann", None).await.unwrap();
+    let key = pgstate::ThrottleKey::range("192.0.2.0/24").unwrap();
+    let penalty = pgstate::Penalty {
+        first: Duration::from_secs(60),
+        max: Duration::from_secs(60),
+    };
+    a.login_failed(&key, penalty).await.unwrap();
+    let sql = db.sql().await;
+    sql.batch_execute(
+        "INSERT INTO sessions (user_name, instance, expires)
+           VALUES ('ann', 'gone', now() - interval '1 second');
+         INSERT INTO login_failures (key, count, last, until)
+           VALUES ('range:old', 3, now() - interval '1 hour', now() - interval '50 minutes');
+         INSERT INTO login_trust (range, name, at)
+           VALUES ('range:old', 'name:x', now() - interval '8 days');",
+    )
+    .await
+    .unwrap();
+    a.sweep().await.unwrap();
+    let count = |table: &'static str| {
+        let sql = &sql;
+        async move {
+            sql.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(count("sessions").await, 1, "the live session stays");
+    assert_eq!(count("login_failures").await, 1, "the recent failure stays");
+    assert_eq!(count("login_trust").await, 0);
+    assert!(a.penalty(&key).await.unwrap().is_some());
+}
