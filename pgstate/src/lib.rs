@@ -113,6 +113,10 @@ impl State {
             .map_err(|_| Error::Invalid("the database URL is not valid".into()))?;
         config.connect_timeout(CONNECT_TIMEOUT);
         config.application_name("ftpd");
+        // A database host that vanished without a reset (a partition, a power cut) is noticed
+        // in about a minute, not the system's default two hours: the LISTEN connection of a
+        // users watch is idle for long stretches and would otherwise never learn it is dead.
+        config.keepalives_idle(Duration::from_secs(30));
         // The server cancels a statement that runs longer, and a lock wait too: no call of
         // this crate waits on the database longer than this, even when a row is held.
         let ms = STATEMENT_TIMEOUT.as_millis();
@@ -170,15 +174,20 @@ impl State {
     /// pool (a restart, an idle timeout) is thrown away rather than handed out to fail:
     /// after a database restart every pooled connection is such a one.
     async fn client(&self) -> Result<deadpool_postgres::Object> {
-        for _ in 0..=self.inner.options.pool_size {
-            let client = self.inner.pool.get().await?;
-            if !client.is_closed() {
-                return Ok(client);
-            }
-            drop(deadpool_postgres::Object::take(client));
-        }
-        Err(Error::unavailable("every pooled connection was closed"))
+        open_client(&self.inner.pool).await
     }
+}
+
+/// A pooled connection that is still open; see [`State::client`].
+async fn open_client(pool: &Pool) -> Result<deadpool_postgres::Object> {
+    for _ in 0..=pool.status().max_size {
+        let client = pool.get().await?;
+        if !client.is_closed() {
+            return Ok(client);
+        }
+        drop(deadpool_postgres::Object::take(client));
+    }
+    Err(Error::unavailable("every pooled connection was closed"))
 }
 
 /// A duration as the float seconds SQL's `make_interval(secs => ...)` takes.

@@ -31,7 +31,7 @@ pub(crate) async fn heartbeat(pool: Pool, instance: String, ttl: Duration) {
     loop {
         beats.tick().await;
         let renewed = async {
-            let client = pool.get().await?;
+            let client = crate::open_client(&pool).await?;
             client
                 .execute(
                     "UPDATE sessions SET expires = now() + make_interval(secs => $2::float8)

@@ -296,7 +296,7 @@ impl State {
 }
 
 async fn version(pool: &Pool) -> Result<i64> {
-    let client = pool.get().await?;
+    let client = crate::open_client(pool).await?;
     Ok(client
         .query_one("SELECT version FROM users_version", &[])
         .await?
@@ -314,10 +314,11 @@ struct Watcher {
     poll: Duration,
 }
 
-/// Keeps `tx` at the users version until every receiver is gone: LISTEN on a connection of
-/// its own (a pooled one would be recycled under it), read the version at each notification
-/// and at each poll; on a lost connection, go on polling and try again at each poll.
 impl Watcher {
+    /// Keeps `tx` at the users version until every receiver is gone: LISTEN on a connection
+    /// of its own (a pooled one would be recycled under it), read the version at each
+    /// notification and at each poll; on a lost connection, go on polling and try again at
+    /// each poll.
     async fn run(self, tx: watch::Sender<i64>) {
         let mut ticks = tokio::time::interval(self.poll);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
