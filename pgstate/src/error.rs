@@ -94,3 +94,21 @@ impl From<deadpool_postgres::PoolError> for Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a person reads is one line without the server's words; the log line has them.
+    #[test]
+    fn display_is_one_line_and_detail_has_the_internals() {
+        let e = Error::Database(Detail("duplicate key value (SQLSTATE 23505)".into()));
+        assert_eq!(e.to_string(), "the database refused a request");
+        assert!(e.detail().contains("SQLSTATE 23505"));
+        assert!(std::error::Error::source(&e).is_none());
+        assert!(!e.is_transient());
+        assert!(Error::unavailable("refused").is_transient());
+        let newer = Error::SchemaTooNew { found: 3, known: 1 };
+        assert!(!newer.to_string().contains('\n'));
+    }
+}

@@ -374,3 +374,49 @@ impl State {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upload(numbers: &[u32]) -> Upload {
+        Upload {
+            key: "k".into(),
+            upload_id: "u".into(),
+            part_size: 10,
+            digest_kind: "md5".into(),
+            digest_state: "s0".into(),
+            holder: "h".into(),
+            token: 1,
+            parts: numbers
+                .iter()
+                .map(|&number| Part {
+                    number,
+                    etag: format!("e{number}"),
+                    size: 10,
+                    digest_state: format!("s{number}"),
+                })
+                .collect(),
+        }
+    }
+
+    /// A resume continues after the parts without a gap, from the state recorded with the
+    /// last of them: a part after a gap is sent again, not trusted.
+    #[test]
+    fn a_resume_continues_after_the_parts_without_a_gap() {
+        let cases: [(&[u32], u64, &str); 4] = [
+            (&[], 0, "s0"),
+            (&[1, 2, 3], 30, "s3"),
+            (&[1, 2, 4], 20, "s2"),
+            (&[2, 3], 0, "s0"),
+        ];
+        for (numbers, offset, state) in cases {
+            let u = upload(numbers);
+            assert_eq!(
+                (u.offset(), u.resume_state()),
+                (offset, state),
+                "{numbers:?}"
+            );
+        }
+    }
+}
