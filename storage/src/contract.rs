@@ -145,7 +145,11 @@ pub async fn odd_names(b: Arc<dyn Backend>) {
         let data = pattern(100 + i, i as u8);
         put(&b, &path, &data, false).await;
         assert_eq!(stat(&b, &path).await.name, path.to_string(), "stat {path}");
-        same(&format!("read {path}"), &body(read(&b, &path, 0).await).await, &data);
+        same(
+            &format!("read {path}"),
+            &body(read(&b, &path, 0).await).await,
+            &data,
+        );
     }
     let mut want: Vec<&str> = names.to_vec();
     want.sort();
@@ -156,7 +160,11 @@ pub async fn odd_names(b: Arc<dyn Backend>) {
     let inner = odd_dir.join(&p("in & out"));
     put(&b, &inner, b"inner", false).await;
     assert_eq!(names_in(&b, &odd_dir).await, ["in & out"], "list {odd_dir}");
-    same(&format!("read {inner}"), &body(read(&b, &inner, 0).await).await, b"inner");
+    same(
+        &format!("read {inner}"),
+        &body(read(&b, &inner, 0).await).await,
+        b"inner",
+    );
 }
 
 /// A listing holds files and directories, sorted by name (a directory `d` before a file
@@ -177,10 +185,20 @@ pub async fn listings(b: Arc<dyn Backend>) {
     // One upload in progress, one interrupted and kept for a resume: neither is listed.
     let pending = dir.join(&p("pending"));
     let mut open = begin(&b, &pending, &with_id(2 * MIB as u64, "contract-pending")).await;
-    send(&mut open, &pattern(MIB, 2), &mut Hasher::new(DigestKind::Md5)).await;
+    send(
+        &mut open,
+        &pattern(MIB, 2),
+        &mut Hasher::new(DigestKind::Md5),
+    )
+    .await;
     let dropped = dir.join(&p("dropped"));
     let mut gone = begin(&b, &dropped, &with_id(2 * MIB as u64, "contract-dropped")).await;
-    send(&mut gone, &pattern(MIB, 3), &mut Hasher::new(DigestKind::Md5)).await;
+    send(
+        &mut gone,
+        &pattern(MIB, 3),
+        &mut Hasher::new(DigestKind::Md5),
+    )
+    .await;
     drop(gone);
 
     let want = ["a", "b", "c c", "d", "d-1", "d.txt", "d0", "sub"];
@@ -200,7 +218,11 @@ pub async fn listings(b: Arc<dyn Backend>) {
         }
     }
     for max in [0, 1, 3, want.len()] {
-        let names: Vec<String> = list(&b, &dir, max).await.into_iter().map(|e| e.name).collect();
+        let names: Vec<String> = list(&b, &dir, max)
+            .await
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
         assert_eq!(names, want[..max], "list {dir} with at most {max}");
     }
     assert_eq!(names_in(&b, &dir.join(&p("sub"))).await, ["inner"]);
@@ -216,16 +238,37 @@ pub async fn listings(b: Arc<dyn Backend>) {
     );
     let file = dir.join(&p("a"));
     let missing = dir.join(&p("nope"));
-    refused!(b.list(&file, 10).await, Error::NotADirectory(_), "list {file}");
-    refused!(b.list(&missing, 10).await, Error::NotFound(_), "list {missing}");
-    b.check_dir(&dir).await.unwrap_or_else(|e| panic!("cd {dir}: {e}"));
-    refused!(b.check_dir(&file).await, Error::NotADirectory(_), "cd {file}");
-    refused!(b.check_dir(&missing).await, Error::NotFound(_), "cd {missing}");
+    refused!(
+        b.list(&file, 10).await,
+        Error::NotADirectory(_),
+        "list {file}"
+    );
+    refused!(
+        b.list(&missing, 10).await,
+        Error::NotFound(_),
+        "list {missing}"
+    );
+    b.check_dir(&dir)
+        .await
+        .unwrap_or_else(|e| panic!("cd {dir}: {e}"));
+    refused!(
+        b.check_dir(&file).await,
+        Error::NotADirectory(_),
+        "cd {file}"
+    );
+    refused!(
+        b.check_dir(&missing).await,
+        Error::NotFound(_),
+        "cd {missing}"
+    );
     assert_eq!(stat(&b, &dir.join(&p("d"))).await.kind, FileKind::Dir);
 
     open.abort().await;
     let again = begin(&b, &dropped, &resuming(2 * MIB as u64, "contract-dropped")).await;
-    assert!(again.offset() <= MIB as u64, "resumed past what was written");
+    assert!(
+        again.offset() <= MIB as u64,
+        "resumed past what was written"
+    );
     again.abort().await;
 }
 
@@ -238,7 +281,11 @@ pub async fn directories(b: Arc<dyn Backend>) {
     let a = dir.join(&p("a"));
     mkdir(&b, &a, false).await;
     assert_eq!(stat(&b, &a).await.kind, FileKind::Dir, "stat {a}");
-    refused!(b.mkdir(&a, false).await, Error::Exists(_), "mkdir {a} again");
+    refused!(
+        b.mkdir(&a, false).await,
+        Error::Exists(_),
+        "mkdir {a} again"
+    );
     b.mkdir(&a, true)
         .await
         .unwrap_or_else(|e| panic!("mkdir -p {a}, which exists: {e}"));
@@ -251,7 +298,11 @@ pub async fn directories(b: Arc<dyn Backend>) {
         assert_eq!(stat(&b, &d).await.kind, FileKind::Dir, "stat {d}");
     }
     let orphan = dir.join(&p("q/r"));
-    refused!(b.mkdir(&orphan, false).await, Error::NotFound(_), "mkdir {orphan}");
+    refused!(
+        b.mkdir(&orphan, false).await,
+        Error::NotFound(_),
+        "mkdir {orphan}"
+    );
     refused!(
         b.stat(&dir.join(&p("q"))).await,
         Error::NotFound(_),
@@ -260,23 +311,49 @@ pub async fn directories(b: Arc<dyn Backend>) {
 
     let f = a.join(&p("f"));
     put(&b, &f, b"one", false).await;
-    refused!(b.mkdir(&f, false).await, Error::Exists(_), "mkdir {f}, a file");
-    refused!(b.remove_dir(&a).await, Error::NotEmpty(_), "rmdir {a} holding a file");
+    refused!(
+        b.mkdir(&f, false).await,
+        Error::Exists(_),
+        "mkdir {f}, a file"
+    );
+    refused!(
+        b.remove_dir(&a).await,
+        Error::NotEmpty(_),
+        "rmdir {a} holding a file"
+    );
     let x = dir.join(&p("x"));
-    refused!(b.remove_dir(&x).await, Error::NotEmpty(_), "rmdir {x} holding a directory");
+    refused!(
+        b.remove_dir(&x).await,
+        Error::NotEmpty(_),
+        "rmdir {x} holding a directory"
+    );
     refused!(b.remove_file(&a).await, Error::IsDirectory(_), "rm {a}");
     refused!(b.remove_dir(&f).await, Error::NotADirectory(_), "rmdir {f}");
-    b.remove_file(&f).await.unwrap_or_else(|e| panic!("rm {f}: {e}"));
+    b.remove_file(&f)
+        .await
+        .unwrap_or_else(|e| panic!("rm {f}: {e}"));
     refused!(b.stat(&f).await, Error::NotFound(_), "stat {f} after rm");
     refused!(b.remove_file(&f).await, Error::NotFound(_), "rm {f} again");
-    assert_eq!(stat(&b, &a).await.kind, FileKind::Dir, "{a} after rm of its only file");
+    assert_eq!(
+        stat(&b, &a).await.kind,
+        FileKind::Dir,
+        "{a} after rm of its only file"
+    );
     assert!(names_in(&b, &a).await.is_empty(), "list {a} after rm");
-    b.remove_dir(&a).await.unwrap_or_else(|e| panic!("rmdir {a}: {e}"));
+    b.remove_dir(&a)
+        .await
+        .unwrap_or_else(|e| panic!("rmdir {a}: {e}"));
     refused!(b.stat(&a).await, Error::NotFound(_), "stat {a} after rmdir");
-    refused!(b.remove_dir(&a).await, Error::NotFound(_), "rmdir {a} again");
+    refused!(
+        b.remove_dir(&a).await,
+        Error::NotFound(_),
+        "rmdir {a} again"
+    );
     for d in ["x/y/z", "x/y", "x"] {
         let d = dir.join(&p(d));
-        b.remove_dir(&d).await.unwrap_or_else(|e| panic!("rmdir {d}: {e}"));
+        b.remove_dir(&d)
+            .await
+            .unwrap_or_else(|e| panic!("rmdir {d}: {e}"));
     }
     assert!(names_in(&b, &dir).await.is_empty(), "list {dir} at the end");
 }
@@ -290,21 +367,49 @@ pub async fn renames(b: Arc<dyn Backend>) {
     let one = pattern(3 * MIB + 1, 7);
     put(&b, &f, &one, false).await;
     rename(&b, &f, &g).await;
-    refused!(b.stat(&f).await, Error::NotFound(_), "stat {f} after rename");
-    same(&format!("read {g}"), &body(read(&b, &g, 0).await).await, &one);
+    refused!(
+        b.stat(&f).await,
+        Error::NotFound(_),
+        "stat {f} after rename"
+    );
+    same(
+        &format!("read {g}"),
+        &body(read(&b, &g, 0).await).await,
+        &one,
+    );
 
     let other = dir.join(&p("other"));
     mkdir(&b, &other, false).await;
     let moved = other.join(&p("g"));
     rename(&b, &g, &moved).await;
-    same(&format!("read {moved}"), &body(read(&b, &moved, 0).await).await, &one);
+    same(
+        &format!("read {moved}"),
+        &body(read(&b, &moved, 0).await).await,
+        &one,
+    );
 
     let h = dir.join(&p("h"));
     put(&b, &h, b"hhh", false).await;
-    refused!(b.rename(&h, &moved).await, Error::Exists(_), "rename {h} onto {moved}");
-    refused!(b.rename(&h, &other).await, Error::Exists(_), "rename {h} onto {other}");
-    same(&format!("read {h}"), &body(read(&b, &h, 0).await).await, b"hhh");
-    same(&format!("read {moved}"), &body(read(&b, &moved, 0).await).await, &one);
+    refused!(
+        b.rename(&h, &moved).await,
+        Error::Exists(_),
+        "rename {h} onto {moved}"
+    );
+    refused!(
+        b.rename(&h, &other).await,
+        Error::Exists(_),
+        "rename {h} onto {other}"
+    );
+    same(
+        &format!("read {h}"),
+        &body(read(&b, &h, 0).await).await,
+        b"hhh",
+    );
+    same(
+        &format!("read {moved}"),
+        &body(read(&b, &moved, 0).await).await,
+        &one,
+    );
     let missing = dir.join(&p("missing"));
     refused!(
         b.rename(&missing, &dir.join(&p("m2"))).await,
@@ -320,19 +425,39 @@ pub async fn renames(b: Arc<dyn Backend>) {
     put(&b, &tree.join(&p("sub/c")), b"ccc", false).await;
     let to = dir.join(&p("tree2"));
     rename(&b, &tree, &to).await;
-    refused!(b.stat(&tree).await, Error::NotFound(_), "stat {tree} after rename");
-    assert_eq!(names_in(&b, &to).await, ["a", "b", "empty", "sub"], "list {to}");
+    refused!(
+        b.stat(&tree).await,
+        Error::NotFound(_),
+        "stat {tree} after rename"
+    );
+    assert_eq!(
+        names_in(&b, &to).await,
+        ["a", "b", "empty", "sub"],
+        "list {to}"
+    );
     assert_eq!(stat(&b, &to.join(&p("empty"))).await.kind, FileKind::Dir);
     let c = to.join(&p("sub/c"));
-    same(&format!("read {c}"), &body(read(&b, &c, 0).await).await, b"ccc");
+    same(
+        &format!("read {c}"),
+        &body(read(&b, &c, 0).await).await,
+        b"ccc",
+    );
     let inside = to.join(&p("sub/in"));
-    refused!(b.rename(&to, &inside).await, Error::Denied { .. }, "rename {to} into itself");
+    refused!(
+        b.rename(&to, &inside).await,
+        Error::Denied { .. },
+        "rename {to} into itself"
+    );
 
     let (e1, e2) = (dir.join(&p("e1")), dir.join(&p("e2")));
     mkdir(&b, &e1, false).await;
     rename(&b, &e1, &e2).await;
     assert_eq!(stat(&b, &e2).await.kind, FileKind::Dir, "stat {e2}");
-    refused!(b.stat(&e1).await, Error::NotFound(_), "stat {e1} after rename");
+    refused!(
+        b.stat(&e1).await,
+        Error::NotFound(_),
+        "stat {e1} after rename"
+    );
 }
 
 /// An upload never replaces a file unless it asked to: one that exists is refused at
@@ -348,7 +473,11 @@ pub async fn no_clobber(b: Arc<dyn Backend>) {
         Error::Exists(_),
         "upload to {f}, which exists, without overwrite"
     );
-    same(&format!("read {f}"), &body(read(&b, &f, 0).await).await, &old);
+    same(
+        &format!("read {f}"),
+        &body(read(&b, &f, 0).await).await,
+        &old,
+    );
 
     let g = dir.join(&p("g"));
     let mine = pattern(2 * MIB, 2);
@@ -361,7 +490,11 @@ pub async fn no_clobber(b: Arc<dyn Backend>) {
         Error::Exists(_),
         "commit to {g}, which appeared meanwhile, without overwrite"
     );
-    same(&format!("read {g}"), &body(read(&b, &g, 0).await).await, &theirs);
+    same(
+        &format!("read {g}"),
+        &body(read(&b, &g, 0).await).await,
+        &theirs,
+    );
 
     let new = pattern(2 * MIB + 5, 4);
     let mut r = req(new.len() as u64);
@@ -422,13 +555,21 @@ pub async fn resume_after_drop(b: Arc<dyn Backend>) -> u64 {
     send(&mut w, &data[..written], &mut Hasher::new(DigestKind::Md5)).await;
     assert_eq!(w.offset(), written as u64, "offset after writing");
     drop(w);
-    refused!(b.stat(&f).await, Error::NotFound(_), "stat {f} after a dropped upload");
+    refused!(
+        b.stat(&f).await,
+        Error::NotFound(_),
+        "stat {f} after a dropped upload"
+    );
     b.sweep(Duration::from_secs(3600))
         .await
         .unwrap_or_else(|e| panic!("sweep: {e}"));
 
     let other = begin(&b, &f, &resuming(data.len() as u64, "contract-other-id")).await;
-    assert_eq!(other.offset(), 0, "a resume with another id starts from nothing");
+    assert_eq!(
+        other.offset(),
+        0,
+        "a resume with another id starts from nothing"
+    );
     other.abort().await;
 
     let mut w = begin(&b, &f, &resuming(data.len() as u64, id)).await;
@@ -451,7 +592,11 @@ pub async fn resume_after_drop(b: Arc<dyn Backend>) -> u64 {
     if let Some(rec) = &r.recorded {
         assert_eq!(rec.digest, Digest::md5(&data), "{f}: recorded digest");
     }
-    same(&format!("read {f} resumed at {offset}"), &body(r).await, &data);
+    same(
+        &format!("read {f} resumed at {offset}"),
+        &body(r).await,
+        &data,
+    );
     offset
 }
 
@@ -463,10 +608,18 @@ pub async fn abort_leaves_nothing(b: Arc<dyn Backend>) {
     let id = "contract-abort";
     let size = 7 * MIB as u64;
     let mut w = begin(&b, &f, &with_id(size, id)).await;
-    send(&mut w, &pattern(6 * MIB, 8), &mut Hasher::new(DigestKind::Md5)).await;
+    send(
+        &mut w,
+        &pattern(6 * MIB, 8),
+        &mut Hasher::new(DigestKind::Md5),
+    )
+    .await;
     w.abort().await;
     refused!(b.stat(&f).await, Error::NotFound(_), "stat {f} after abort");
-    assert!(names_in(&b, &dir).await.is_empty(), "list {dir} after abort");
+    assert!(
+        names_in(&b, &dir).await.is_empty(),
+        "list {dir} after abort"
+    );
     let again = begin(&b, &f, &resuming(size, id)).await;
     assert_eq!(again.offset(), 0, "resuming an aborted upload");
     again.abort().await;
@@ -499,16 +652,42 @@ pub async fn home_view(b: Arc<dyn Backend>) {
         shown
     };
 
-    assert_eq!(names_in(&view, &VPath::root()).await, ["sub"], "list / in the home");
+    assert_eq!(
+        names_in(&view, &VPath::root()).await,
+        ["sub"],
+        "list / in the home"
+    );
     put(&view, &p("mine"), b"mine", false).await;
-    assert_eq!(stat(&b, &at.join(&p("mine"))).await.size, 4, "the home's /mine seen whole");
-    same("read /mine in the home", &body(read(&view, &p("mine"), 0).await).await, b"mine");
-    assert_eq!(stat(&view, &p("mine")).await.name, "/mine", "stat /mine in the home");
-    refused!(view.stat(&p("outside")).await, Error::NotFound(_), "stat /outside in the home");
+    assert_eq!(
+        stat(&b, &at.join(&p("mine"))).await.size,
+        4,
+        "the home's /mine seen whole"
+    );
+    same(
+        "read /mine in the home",
+        &body(read(&view, &p("mine"), 0).await).await,
+        b"mine",
+    );
+    assert_eq!(
+        stat(&view, &p("mine")).await.name,
+        "/mine",
+        "stat /mine in the home"
+    );
+    refused!(
+        view.stat(&p("outside")).await,
+        Error::NotFound(_),
+        "stat /outside in the home"
+    );
 
-    let e = view.stat(&p("nope")).await.expect_err("stat /nope in the home");
+    let e = view
+        .stat(&p("nope"))
+        .await
+        .expect_err("stat /nope in the home");
     assert_eq!(confined(e, "stat"), "/nope: no such file or directory");
-    let e = view.remove_file(&p("gone")).await.expect_err("rm /gone in the home");
+    let e = view
+        .remove_file(&p("gone"))
+        .await
+        .expect_err("rm /gone in the home");
     assert_eq!(confined(e, "rm"), "/gone: no such file or directory");
     let e = match view.begin_upload(&p("missing/x"), &req(1)).await {
         Ok(_) => panic!("upload to /missing/x in the home succeeded"),
@@ -527,11 +706,18 @@ pub async fn home_view(b: Arc<dyn Backend>) {
     view.rename(&p("mine"), &p("sub/mine"))
         .await
         .unwrap_or_else(|e| panic!("rename in the home: {e}"));
-    assert_eq!(stat(&b, &at.join(&p("sub/mine"))).await.kind, FileKind::File);
+    assert_eq!(
+        stat(&b, &at.join(&p("sub/mine"))).await.kind,
+        FileKind::File
+    );
     let nested = view
         .home(&p("sub"), "alice")
         .unwrap_or_else(|e| panic!("home /sub in the home: {e}"));
-    assert_eq!(names_in(&nested, &VPath::root()).await, ["mine"], "list / in /sub");
+    assert_eq!(
+        names_in(&nested, &VPath::root()).await,
+        ["mine"],
+        "list / in /sub"
+    );
 }
 
 /// Bytes past the declared size are refused; a commit short of it is refused (Incomplete)
@@ -543,7 +729,8 @@ pub async fn size_limits(b: Arc<dyn Backend>) {
 
     let mut w = begin(&b, &f, &req(10)).await;
     refused!(
-        w.write(Bytes::copy_from_slice(&data), Digest::md5(&data)).await,
+        w.write(Bytes::copy_from_slice(&data), Digest::md5(&data))
+            .await,
         Error::TooLarge { .. },
         "11 bytes to {f}, declared 10"
     );
@@ -575,7 +762,11 @@ pub async fn size_limits(b: Arc<dyn Backend>) {
         }
         other => panic!("commit of 4 of 10 bytes to {f}: {other:?}, expected Incomplete"),
     }
-    refused!(b.stat(&f).await, Error::NotFound(_), "stat {f} after a short commit");
+    refused!(
+        b.stat(&f).await,
+        Error::NotFound(_),
+        "stat {f} after a short commit"
+    );
     refused!(
         b.begin_upload(&f, &req(MAX_SIZE + 1)).await,
         Error::TooLarge { .. },
@@ -599,10 +790,18 @@ pub async fn home_quota(b: Arc<dyn Backend>) {
         .home(&at, "carol")
         .unwrap_or_else(|e| panic!("home {at}: {e}"));
     let u = usage(&view).await;
-    assert_eq!((u.bytes, u.quota), (0, Some(1000)), "usage of an empty home");
+    assert_eq!(
+        (u.bytes, u.quota),
+        (0, Some(1000)),
+        "usage of an empty home"
+    );
     put(&view, &p("a"), &pattern(600, 1), false).await;
     let u = usage(&view).await;
-    assert_eq!((u.bytes, u.files), (600, 1), "usage with one file of 600 bytes");
+    assert_eq!(
+        (u.bytes, u.files),
+        (600, 1),
+        "usage with one file of 600 bytes"
+    );
     refused!(
         view.begin_upload(&p("b"), &req(500)).await,
         Error::TooLarge { .. },
@@ -613,7 +812,6 @@ pub async fn home_quota(b: Arc<dyn Backend>) {
 }
 
 // --- Helpers -------------------------------------------------------------------------------
-
 
 /// A path from the top.
 fn p(s: &str) -> VPath {
@@ -728,7 +926,11 @@ async fn list(b: &Arc<dyn Backend>, dir: &VPath, max: usize) -> Vec<FileInfo> {
 }
 
 async fn names_in(b: &Arc<dyn Backend>, dir: &VPath) -> Vec<String> {
-    list(b, dir, 10_000).await.into_iter().map(|e| e.name).collect()
+    list(b, dir, 10_000)
+        .await
+        .into_iter()
+        .map(|e| e.name)
+        .collect()
 }
 
 async fn usage(b: &Arc<dyn Backend>) -> crate::HomeUsage {
@@ -768,12 +970,19 @@ fn recorded_as_sent(path: &VPath, rec: Option<ChunkDigests>, running: &[Digest],
     let rec = rec.unwrap_or_else(|| {
         panic!("read {path}: no digests recorded, though the file is as it was uploaded")
     });
-    assert_eq!(rec.digest, Digest::md5(data), "read {path}: recorded digest");
+    assert_eq!(
+        rec.digest,
+        Digest::md5(data),
+        "read {path}: recorded digest"
+    );
     assert_eq!(
         rec.chunks, running,
         "read {path}: recorded running digests are not the chunks'"
     );
     if running.len() > 1 {
-        assert_eq!(rec.chunk as usize, CHUNK, "read {path}: recorded chunk length");
+        assert_eq!(
+            rec.chunk as usize, CHUNK,
+            "read {path}: recorded chunk length"
+        );
     }
 }

@@ -181,7 +181,11 @@ impl MemoryBackend {
 
     /// Moves the store's clock ahead by `by`, for tests of the sweep without sleeping.
     pub fn advance(&self, by: Duration) {
-        let mut skew = self.shared.skew.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut skew = self
+            .shared
+            .skew
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         *skew = skew.saturating_add(by);
     }
 
@@ -846,7 +850,10 @@ impl Writing for MemoryWriting {
                 size: s.size,
             });
         }
-        let (parent, _) = self.target.split_last().expect("uploads never target the root");
+        let (parent, _) = self
+            .target
+            .split_last()
+            .expect("uploads never target the root");
         let key = s.target.clone();
         let parent_key = key.rsplit_once('/').map_or("", |(p, _)| p);
         if !st.is_dir(parent_key) {

@@ -1,7 +1,8 @@
-//! The backend contract (`storage::contract`) against the memory backend and the local root.
+//! The backend contract (`storage::contract`) against the memory backend and the local root:
+//! `cargo test -p storage --features contract`.
+#![cfg(feature = "contract")]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use storage::contract;
 use storage::{Backend, LocalBackend, MemoryBackend, Root};
