@@ -269,8 +269,21 @@ impl State {
         match self.nodes.get(key) {
             _ if self.is_dir(key) => Ok(()),
             Some(_) => Err(Error::NotADirectory(shown.to_string())),
-            None => Err(Error::NotFound(shown.to_string())),
+            None => Err(self.missing(key, shown)),
         }
+    }
+
+    /// Why nothing is at `key` (`shown` as the view names it): a path through a file is not
+    /// a directory, as the local root's system calls say (ENOTDIR); else there is no such name.
+    fn missing(&self, key: &str, shown: &VPath) -> Error {
+        let mut above = key;
+        while let Some((parent, _)) = above.rsplit_once('/') {
+            if let Some(Node::File(_)) = self.nodes.get(parent) {
+                return Error::NotADirectory(shown.to_string());
+            }
+            above = parent;
+        }
+        Error::NotFound(shown.to_string())
     }
 
     /// The entries of the directory `dir`, in name order.
@@ -399,7 +412,7 @@ impl Backend for MemoryBackend {
             _ if key.is_empty() => (FileKind::Dir, 0, self.shared.root_mtime),
             Some(Node::Dir { mtime }) => (FileKind::Dir, 0, *mtime),
             Some(Node::File(f)) => (FileKind::File, f.size, f.mtime),
-            None => return Err(Error::NotFound(path.to_string())),
+            None => return Err(st.missing(&key, path)),
         };
         Ok(FileInfo {
             name: path.to_string(),
@@ -492,7 +505,7 @@ impl Backend for MemoryBackend {
                 Ok(())
             }
             Some(Node::Dir { .. }) => Err(Error::IsDirectory(path.to_string())),
-            None => Err(Error::NotFound(path.to_string())),
+            None => Err(st.missing(&key, path)),
         }
     }
 
@@ -515,7 +528,7 @@ impl Backend for MemoryBackend {
                 Ok(())
             }
             Some(Node::File(_)) => Err(Error::NotADirectory(shown)),
-            None => Err(Error::NotFound(shown)),
+            None => Err(st.missing(&key, path)),
         }
     }
 
@@ -566,7 +579,7 @@ impl Backend for MemoryBackend {
             _ if key.is_empty() => return Err(Error::IsDirectory(path.to_string())),
             Some(Node::File(f)) => f.clone(),
             Some(Node::Dir { .. }) => return Err(Error::IsDirectory(path.to_string())),
-            None => return Err(Error::NotFound(path.to_string())),
+            None => return Err(st.missing(&key, path)),
         };
         drop(st);
         if offset > file.size {
@@ -636,7 +649,10 @@ impl Backend for MemoryBackend {
             Some(Node::Dir { .. }) => return Err(Error::IsDirectory(shown)),
             Some(Node::File(_)) if !req.overwrite => return Err(Error::Exists(shown)),
             Some(Node::File(f)) => Some(f.size),
-            None => None,
+            None => match st.missing(&key, path) {
+                e @ Error::NotADirectory(_) => return Err(e),
+                _ => None,
+            },
         };
         if !st.is_dir(&self.key(&parent)) {
             return Err(Error::NotFound(parent.to_string()));
