@@ -55,6 +55,10 @@ const CASE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Runs every case against `backend`, in turn.
 pub async fn all(backend: Arc<dyn Backend>) {
     let b = &backend;
+    assert!(
+        !b.location().is_empty(),
+        "a backend says where its files are"
+    );
     run("round_trips", round_trips(b.clone())).await;
     run("odd_names", odd_names(b.clone())).await;
     run("listings", listings(b.clone())).await;
