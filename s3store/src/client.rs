@@ -48,6 +48,8 @@ impl Default for Timeouts {
 pub struct ObjectMeta {
     pub size: u64,
     pub etag: String,
+    /// Last-Modified, seconds since the Unix epoch, when the service sent a readable one.
+    pub modified: Option<i64>,
 }
 
 /// One object in a listing, its key relative to the configured prefix.
@@ -327,6 +329,7 @@ impl Client {
         Ok(ObjectMeta {
             size,
             etag: header(&h, "etag").unwrap_or_default(),
+            modified: header(&h, "last-modified").and_then(|t| http_date(&t)),
         })
     }
 
@@ -655,6 +658,18 @@ impl Client {
             .await?;
         Ok(())
     }
+}
+
+/// An HTTP date (`Wed, 21 Oct 2015 07:28:00 GMT`, RFC 2822's form) as Unix seconds.
+fn http_date(text: &str) -> Option<i64> {
+    jiff::fmt::rfc2822::parse(text)
+        .ok()
+        .map(|z| z.timestamp().as_second())
+}
+
+/// A listing's `LastModified` (RFC 3339) as Unix seconds.
+pub fn listing_time(text: &str) -> Option<i64> {
+    text.parse::<Timestamp>().ok().map(|t| t.as_second())
 }
 
 fn header(h: &HeaderMap, name: &str) -> Option<String> {
