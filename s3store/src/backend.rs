@@ -305,6 +305,17 @@ fn map(shown: &str, e: Error) -> storage::Error {
     }
 }
 
+/// Refuses a key in the reserved `.ftpd/` prefix (where upload and digest records live).
+fn refuse_reserved(key: &str, shown: &str) -> storage::Result<()> {
+    if key.split('/').next() == Some(PRIVATE_DIR) {
+        return Err(storage::Error::Denied {
+            path: shown.to_owned(),
+            reason: "reserved name",
+        });
+    }
+    Ok(())
+}
+
 /// `/a/b` for the key names `a`, `b` as a client sees them.
 fn shown_of(names: &[&str]) -> String {
     format!("/{}", names.join("/"))
@@ -375,24 +386,17 @@ impl S3Backend {
     fn key(&self, path: &VPath) -> storage::Result<String> {
         let rel = if path.is_root() { "" } else { path.rel() };
         let key = format!("{}{rel}", self.base);
-        self.refuse_reserved(&key, &path.to_string())?;
+        refuse_reserved(&key, &path.to_string())?;
         Ok(key)
     }
 
-    fn refuse_reserved(&self, key: &str, shown: &str) -> storage::Result<()> {
-        if key.split('/').next() == Some(PRIVATE_DIR) {
-            return Err(storage::Error::Denied {
-                path: shown.to_owned(),
-                reason: "reserved name",
-            });
-        }
-        Ok(())
-    }
-
-    /// The key prefix of the directory `path`: empty for the store's root, else ending in `/`.
+    /// The key prefix of the directory `path`: the view's base for its root (empty for the
+    /// store's), else ending in `/`.
     fn dir_prefix(&self, path: &VPath) -> storage::Result<String> {
-        let key = self.key(path)?;
-        Ok(if key.is_empty() { key } else { key + "/" })
+        if path.is_root() {
+            return Ok(self.base.clone());
+        }
+        Ok(self.key(path)? + "/")
     }
 
     /// What `key` is: an object, a directory (a marker, or objects below it), or nothing. A
@@ -639,7 +643,7 @@ impl Backend for S3Backend {
         } else {
             format!("{}{}/", self.base, home.rel())
         };
-        self.refuse_reserved(&base, &home.to_string())?;
+        refuse_reserved(&base, &home.to_string())?;
         Ok(Arc::new(S3Backend {
             shared: self.shared.clone(),
             base,
@@ -750,7 +754,7 @@ impl Backend for S3Backend {
                     continue;
                 };
                 let name = name.trim_end_matches('/');
-                if name.is_empty() || (prefix.is_empty() && name == PRIVATE_DIR) {
+                if name.is_empty() || refuse_reserved(&p, "").is_err() {
                     continue;
                 }
                 entries.entry(name.to_owned()).or_insert_with(|| FileInfo {
@@ -795,7 +799,7 @@ impl Backend for S3Backend {
             for i in 0..names.len() {
                 let sub = shown_of(&names[..=i]);
                 let key = format!("{}{}", self.base, names[..=i].join("/"));
-                self.refuse_reserved(&key, &sub)?;
+                refuse_reserved(&key, &sub)?;
                 match self.find_key(&key, &sub).await? {
                     Found::Dir => {}
                     Found::File(_) => return Err(storage::Error::NotADirectory(sub)),
@@ -1352,6 +1356,15 @@ mod tests {
             map("/a", Error::with(ErrorKind::Protocol, "x")),
             storage::Error::Io { .. }
         ));
+    }
+
+    #[test]
+    fn the_reserved_prefix_is_never_a_key() {
+        assert!(refuse_reserved(".ftpd", "/.ftpd").is_err());
+        assert!(refuse_reserved(".ftpd/digests/x", "/x").is_err());
+        assert!(refuse_reserved(".ftpd/", "/").is_err());
+        assert!(refuse_reserved("ann/.ftpd/x", "/.ftpd/x").is_ok());
+        assert!(refuse_reserved(".ftpdx", "/.ftpdx").is_ok());
     }
 
     #[test]
