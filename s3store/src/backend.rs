@@ -376,6 +376,11 @@ impl S3Backend {
         self.shared.report
     }
 
+    /// Bytes of part memory no upload holds now (for metrics, and tests of the budget).
+    pub fn part_memory_available(&self) -> usize {
+        self.shared.budget.available()
+    }
+
     /// The client, for tests and tools that look at the bucket itself.
     pub fn client(&self) -> &Arc<Client> {
         &self.shared.client
@@ -409,7 +414,7 @@ impl S3Backend {
         }
         let page = self
             .client()
-            .list_page(&format!("{key}/"), Some("/"), None)
+            .list_page_of(&format!("{key}/"), Some("/"), None, Some(1))
             .await
             .map_err(|e| map(shown, e))?;
         Ok(if page.objects.is_empty() && page.prefixes.is_empty() {
@@ -882,7 +887,7 @@ impl Backend for S3Backend {
         // Two objects are enough to tell: the marker and one other.
         let page = self
             .client()
-            .list_page(&marker, None, None)
+            .list_page_of(&marker, None, None, Some(2))
             .await
             .map_err(|e| map(&shown, e))?;
         if page.objects.iter().any(|o| o.key != marker) {
@@ -1100,6 +1105,7 @@ impl Backend for S3Backend {
             written: offset,
             chunks: (offset == 0).then(ChunkLog::default),
             resumable,
+            failed: false,
             _reservation: reservation,
         }))
     }
@@ -1209,17 +1215,24 @@ struct S3Writing {
     chunks: Option<ChunkLog>,
     /// Whether a dropped upload is kept to resume; otherwise it is aborted.
     resumable: bool,
+    /// A write failed: what the upload buffered is no longer known to match what the client
+    /// sent, so it takes no more bytes (a resume continues from the last recorded part).
+    failed: bool,
     /// The quota this upload holds until it ends.
     _reservation: Reservation,
 }
 
 impl S3Writing {
     fn up(&mut self) -> storage::Result<&mut ResumableUpload> {
-        self.up.as_mut().ok_or_else(|| storage::Error::Io {
-            path: self.shown.clone(),
-            op: "write",
-            source: io::Error::other("the upload has ended"),
-        })
+        let ended = || io::Error::other("the upload has ended after an earlier failure");
+        match &mut self.up {
+            Some(up) if !self.failed => Ok(up),
+            _ => Err(storage::Error::Io {
+                path: self.shown.clone(),
+                op: "write",
+                source: ended(),
+            }),
+        }
     }
 }
 
@@ -1242,7 +1255,10 @@ impl Writing for S3Writing {
             });
         }
         let shown = self.shown.clone();
-        self.up()?.write(&data).await.map_err(|e| map(&shown, e))?;
+        if let Err(e) = self.up()?.write(&data).await {
+            self.failed = true;
+            return Err(map(&shown, e));
+        }
         self.written += data.len() as u64;
         let last = self.written == self.size;
         if let Some(log) = &mut self.chunks {
@@ -1262,6 +1278,8 @@ impl Writing for S3Writing {
                 size: self.size,
             });
         }
+        // After a failed write, dropping `self` keeps (or aborts) the upload as a drop does.
+        self.up()?;
         let up = self.up.take().ok_or_else(|| storage::Error::Io {
             path: shown.clone(),
             op: "commit",

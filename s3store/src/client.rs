@@ -492,10 +492,26 @@ impl Client {
         delimiter: Option<&str>,
         token: Option<&str>,
     ) -> Result<ListPage> {
+        self.list_page_of(prefix, delimiter, token, None).await
+    }
+
+    /// [`Client::list_page`] of at most `max_keys` entries (the service's default is 1,000):
+    /// a question that one or two entries answer (is this prefix empty?) asks for no more.
+    pub async fn list_page_of(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<&str>,
+        max_keys: Option<u16>,
+    ) -> Result<ListPage> {
         let full = self.full_key(prefix);
+        let max = max_keys.map(|m| m.to_string());
         let mut query = vec![("list-type", "2"), ("prefix", full.as_str())];
         if let Some(d) = delimiter {
             query.push(("delimiter", d));
+        }
+        if let Some(m) = &max {
+            query.push(("max-keys", m));
         }
         if let Some(t) = token {
             query.push(("continuation-token", t));

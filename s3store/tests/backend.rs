@@ -644,3 +644,56 @@ async fn opening_fails_with_one_line() {
         .iter()
         .all(|l| !l.starts_with("no clobber is a HEAD")));
 }
+
+#[tokio::test]
+async fn part_memory_is_held_only_while_a_part_fills() {
+    use futures::FutureExt as _;
+    let Some(m) = moto() else { return };
+    let b = open_with(
+        &m,
+        S3Options {
+            part_budget: PART as u64,
+            ..options()
+        },
+    )
+    .await;
+    let bytes = data(PART + 1);
+    // Opened and idle, neither holds memory.
+    let mut first = b.begin_upload(&p("a"), &req(bytes.len())).await.unwrap();
+    let mut second = b.begin_upload(&p("b"), &req(bytes.len())).await.unwrap();
+    assert_eq!(b.part_memory_available(), PART);
+    let d = Digest::md5(b"");
+    first
+        .write(Bytes::copy_from_slice(&bytes[..10]), d)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.part_memory_available(),
+        0,
+        "a part filling holds its buffer"
+    );
+    assert!(
+        second
+            .write(Bytes::copy_from_slice(&bytes[..10]), d)
+            .now_or_never()
+            .is_none(),
+        "an upload beyond the budget waits"
+    );
+    first
+        .write(Bytes::copy_from_slice(&bytes[10..PART]), d)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.part_memory_available(),
+        PART,
+        "given back once the part is sent"
+    );
+    second
+        .write(Bytes::copy_from_slice(&bytes[..10]), d)
+        .await
+        .unwrap();
+    first.abort().await;
+    second.abort().await;
+    assert_eq!(b.part_memory_available(), PART);
+    assert_eq!(open_uploads(&raw(&m)).await, 0);
+}
