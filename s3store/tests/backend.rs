@@ -338,6 +338,17 @@ async fn no_clobber_unless_overwrite() {
     write_to(&mut w, b"second", 6).await;
     w.commit(Digest::md5(b"second"), true).await.unwrap();
     assert_eq!(read(&b, "f", 0).await.0, b"second");
+    // Bytes that do not hash to the digest the engine verified: lost on the way, not stored.
+    let mut w = b.begin_upload(&p("m"), &req(6)).await.unwrap();
+    write_to(&mut w, b"second", 6).await;
+    let e = w.commit(Digest::md5(b"other!"), false).await.unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+    assert!(matches!(b.stat(&p("m")).await, Err(Error::NotFound(_))));
+    assert_eq!(
+        open_uploads(&raw(&m)).await,
+        0,
+        "the mismatched upload is aborted"
+    );
     // Short of the declared size.
     let mut w = b.begin_upload(&p("h"), &req(10)).await.unwrap();
     write_to(&mut w, b"abc", 3).await;
