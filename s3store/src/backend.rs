@@ -159,6 +159,7 @@ fn add_signed(n: u64, delta: i128) -> u64 {
 struct Ledger {
     /// Whose home it is, for refusals.
     user: String,
+    /// Its quota and cap on files (none for a home only asked about by `df`).
     limits: HomeLimits,
     /// Counted by a listing the first time it is needed, then kept up to date by every change
     /// this process makes; `None` until then.
@@ -177,7 +178,9 @@ struct Counts {
 /// What every view of one store shares.
 #[derive(Debug)]
 struct Shared {
+    /// The one client every view and upload sends through.
     client: Arc<Client>,
+    /// The limits and sizes the backend was opened with.
     opts: S3Options,
     /// Memory for part buffers, for all uploads.
     budget: PartBudget,
@@ -276,6 +279,7 @@ pub struct S3Backend {
 
 /// Where a path leads.
 enum Found {
+    /// An object, with what HEAD said of it.
     File(ObjectMeta),
     /// A marker, or objects below it.
     Dir,
@@ -622,9 +626,13 @@ impl S3Backend {
 /// Bytes and files promised to an upload in flight, given back when it ends however it ends.
 #[derive(Debug)]
 struct Reservation {
+    /// Whose counts hold the promise.
     shared: Arc<Shared>,
+    /// Where the upload goes: the homes holding it hold the promise too.
     key: String,
+    /// Bytes promised.
     bytes: u64,
+    /// New files promised (0 or 1).
     files: u64,
 }
 
@@ -1169,7 +1177,9 @@ impl Backend for S3Backend {
 /// 65,536 of them, are not recorded, and downloads hash instead).
 #[derive(Debug, Default)]
 struct ChunkLog {
+    /// Length of every chunk but possibly the last; 0 before the first.
     len: u32,
+    /// Each chunk's running digest, in order.
     digests: Vec<Digest>,
     /// A chunk shorter than `len` arrived: it must have been the last.
     ended: bool,
@@ -1200,7 +1210,9 @@ impl ChunkLog {
 struct S3Writing {
     /// `None` once committed or aborted.
     up: Option<ResumableUpload>,
+    /// The counts to charge once stored.
     shared: Arc<Shared>,
+    /// The target's key.
     key: String,
     /// The path as the view sees it, for errors.
     shown: String,

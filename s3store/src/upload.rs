@@ -184,7 +184,9 @@ pub fn bare_etag(etag: &str) -> &str {
 /// How an upload is started: the parts of [`ResumableUpload::start_with`] beyond its key.
 #[derive(Debug, Clone)]
 pub struct UploadSpec {
+    /// The session's digest, which the upload hashes its bytes with.
     pub kind: DigestKind,
+    /// Every part but the last is this long.
     pub part_size: PartSize,
     /// Who writes it, for the lease.
     pub holder: String,

@@ -159,6 +159,18 @@ async fn round_trips_replay_the_recorded_digests() {
         assert!(stat.mtime.is_some_and(|t| t > 1_600_000_000), "{stat:?}");
     }
     assert_eq!(open_uploads(&raw(&m)).await, 0);
+    // Replaced by another tool, same size: the record no longer describes it.
+    raw(&m)
+        .put("srv/part+1", Bytes::from(vec![0u8; PART + 1]), false)
+        .await
+        .unwrap();
+    let (got, recorded, _) = read(&b, "part+1", 0).await;
+    assert!(got == vec![0u8; PART + 1]);
+    assert!(recorded.is_none(), "a record of another object is void");
+    // Removed with its record.
+    b.remove_file(&p("big")).await.unwrap();
+    let e = raw(&m).head("srv/.ftpd/digests/big").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
     let (end, _, _) = read(&b, "one", 1).await;
     assert!(end.is_empty(), "a read at the end is empty");
     assert!(matches!(
