@@ -685,6 +685,9 @@ impl Backend for S3Backend {
                 .to_owned(),
             "uploads in a BLAKE3 session cannot be resumed (the hasher's state is not saved)"
                 .to_owned(),
+            "a file's modification time is when it was stored: S3 keeps no other, so the \
+             time a client sends with an upload is not kept"
+                .to_owned(),
         ];
         if self.shared.report.complete_if_none_match == Conditional::Ignored {
             lines.push(
