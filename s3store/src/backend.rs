@@ -750,8 +750,8 @@ impl Backend for S3Backend {
                 let Some(name) = o.key.strip_prefix(prefix.as_str()) else {
                     continue;
                 };
-                if name.is_empty() {
-                    continue; // the directory's own marker
+                if name.is_empty() || refuse_reserved(&o.key, "").is_err() {
+                    continue; // the directory's own marker, or the daemon's
                 }
                 // A file and a directory of the same name: the file.
                 entries.insert(
@@ -1083,11 +1083,18 @@ impl Backend for S3Backend {
         let mut up = None;
         if resumable && req.resume {
             let (id, size, kind) = (client_id.clone(), req.size, req.digest);
-            up = ResumableUpload::resume_if(client.clone(), &key, budget, &holder, move |r| {
-                r.client_id == id && r.size == Some(size) && r.digest_kind == kind
-            })
-            .await
-            .map_err(|e| map(&shown, e))?;
+            let resumed =
+                ResumableUpload::resume_if(client.clone(), &key, budget, &holder, move |r| {
+                    r.client_id == id && r.size == Some(size) && r.digest_kind == kind
+                })
+                .await;
+            up = match resumed {
+                Ok(up) => up,
+                // An unreadable record, or parts the service no longer holds as recorded:
+                // nothing to continue, so start anew (which aborts the old upload).
+                Err(e) if e.kind() == ErrorKind::Protocol => None,
+                Err(e) => return Err(map(&shown, e)),
+            };
         }
         let up = match up {
             Some(up) => up,

@@ -292,10 +292,14 @@ impl ResumableUpload {
         budget.check(part_size)?;
         // An unrecorded upload leaves a resumable one of the same key alone (it may be
         // another client's); the first to complete wins, as between any two uploads.
-        let previous = if recorded {
-            read_record(&client, key).await?
-        } else {
-            None
+        let previous = match recorded {
+            true => match read_record(&client, key).await {
+                Ok(r) => r,
+                // Unreadable: replaced below; its upload, if any, is left to the sweeper.
+                Err(e) if e.kind() == ErrorKind::Protocol => None,
+                Err(e) => return Err(e),
+            },
+            false => None,
         };
         let upload_id = client.create_multipart(key).await?;
         // A restart of the same key takes over: the next token fences the old writer.

@@ -278,11 +278,24 @@ async fn only_the_same_client_upload_of_the_same_size_is_resumed() {
         let w = who.begin_upload(&p("f"), &request).await.unwrap();
         assert_eq!(w.offset(), 0, "{request:?}");
     }
-    let w = ann
+    let mut w = ann
         .begin_upload(&p("f"), &with_id(bytes.len(), "u1", false))
         .await
         .unwrap();
     assert_eq!(w.offset(), 0, "without resume, an upload starts anew");
+    write_to(&mut w, &bytes, PART + 5).await;
+    drop(w);
+    // A record that cannot be read is nothing to continue: the upload starts anew.
+    let record = format!("srv/{}", s3store::record_key("f"));
+    raw(&m)
+        .put(&record, Bytes::from_static(b"{not json"), false)
+        .await
+        .unwrap();
+    let w = ann
+        .begin_upload(&p("f"), &with_id(bytes.len(), "u1", true))
+        .await
+        .unwrap();
+    assert_eq!(w.offset(), 0);
 }
 
 #[tokio::test]
