@@ -12,7 +12,7 @@ use bytes::Bytes;
 use checksum::{Digest, Hasher};
 use storage::{
     Backend, ChunkDigests, FileInfo, FileKind, HomeLimits, HomeUsage, Reading, UploadRequest,
-    VPath, Writing, MAX_RECORDED_CHUNKS, MAX_SIZE, MIN_RECORDED_CHUNK, PRIVATE_DIR,
+    VPath, Writing, MAX_SIZE, PRIVATE_DIR,
 };
 
 use crate::client::{listing_time, Client, ObjectMeta, Timeouts};
@@ -1121,7 +1121,6 @@ impl Backend for S3Backend {
             shown,
             size: req.size,
             written: offset,
-            chunks: (offset == 0).then(ChunkLog::default),
             resumable,
             failed: false,
             _reservation: reservation,
@@ -1182,40 +1181,6 @@ impl Backend for S3Backend {
     }
 }
 
-/// The chunks of an upload so far, for the digest record: their common length and running
-/// digests (the local root's rules: chunks shorter than 64 KiB but the last, or more than
-/// 65,536 of them, are not recorded, and downloads hash instead).
-#[derive(Debug, Default)]
-struct ChunkLog {
-    /// Length of every chunk but possibly the last; 0 before the first.
-    len: u32,
-    /// Each chunk's running digest, in order.
-    digests: Vec<Digest>,
-    /// A chunk shorter than `len` arrived: it must have been the last.
-    ended: bool,
-}
-
-impl ChunkLog {
-    /// Records a chunk; false when the chunks no longer make a record worth keeping.
-    fn push(&mut self, len: u32, digest: Digest, last: bool) -> bool {
-        if self.ended || len == 0 || self.digests.len() >= MAX_RECORDED_CHUNKS {
-            return false;
-        }
-        if len < MIN_RECORDED_CHUNK && !last {
-            return false;
-        }
-        if self.len == 0 {
-            self.len = len;
-        } else if len > self.len {
-            return false;
-        } else if len < self.len {
-            self.ended = true;
-        }
-        self.digests.push(digest);
-        true
-    }
-}
-
 /// An upload through [`S3Backend`].
 struct S3Writing {
     /// `None` once committed or aborted.
@@ -1232,9 +1197,6 @@ struct S3Writing {
     written: u64,
     /// The running digest at the resume offset.
     prefix: Hasher,
-    /// Running digests to record; `None` when resumed (the earlier chunks are not known) or
-    /// when the chunks make no record worth keeping.
-    chunks: Option<ChunkLog>,
     /// Whether a dropped upload is kept to resume; otherwise it is aborted.
     resumable: bool,
     /// A write failed: what the upload buffered is no longer known to match what the client
@@ -1277,17 +1239,12 @@ impl Writing for S3Writing {
             });
         }
         let shown = self.shown.clone();
-        if let Err(e) = self.up()?.write(&data).await {
+        let last = end == Some(self.size);
+        if let Err(e) = self.up()?.write_chunk(&data, running, last).await {
             self.failed = true;
             return Err(map(&shown, e));
         }
         self.written += data.len() as u64;
-        let last = self.written == self.size;
-        if let Some(log) = &mut self.chunks {
-            if !log.push(data.len() as u32, running, last) {
-                self.chunks = None;
-            }
-        }
         Ok(())
     }
 
@@ -1321,11 +1278,7 @@ impl Writing for S3Writing {
             let _ = up.abort().await;
             return Err(storage::Error::Exists(shown));
         }
-        let (chunk, chunks) = match self.chunks.take() {
-            Some(log) => (log.len, log.digests),
-            None => (0, Vec::new()),
-        };
-        match up.finish_recording(digest, overwrite, chunk, chunks).await {
+        match up.finish(digest, overwrite).await {
             Ok(Finished::Stored { size, .. }) => {
                 let replaced = now.unwrap_or(0);
                 self.shared.charge(
@@ -1405,15 +1358,5 @@ mod tests {
         assert!(refuse_reserved(".ftpd/", "/").is_err());
         assert!(refuse_reserved("ann/.ftpd/x", "/.ftpd/x").is_ok());
         assert!(refuse_reserved(".ftpdx", "/.ftpdx").is_ok());
-    }
-
-    #[test]
-    fn chunk_logs_follow_the_local_roots_rules() {
-        let d = Digest::md5(b"");
-        let mut log = ChunkLog::default();
-        assert!(log.push(MIN_RECORDED_CHUNK, d, false));
-        assert!(log.push(10, d, true), "the last may be short");
-        assert!(!log.push(10, d, true), "nothing after the last");
-        assert!(!ChunkLog::default().push(MIN_RECORDED_CHUNK - 1, d, false));
     }
 }

@@ -26,8 +26,13 @@ pub const MIN_PART_SIZE: u64 = 5 << 20;
 pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
 /// S3's largest part number.
 const MAX_PARTS: u32 = 10_000;
-/// A state record is a few hundred bytes plus 80 a part: 10,000 parts fit in 1 MiB.
-const MAX_RECORD: u64 = 1 << 20;
+/// A state record is a few hundred bytes plus 80 a part (10,000 parts: 800 KB) plus 35 a
+/// chunk digest kept for a resume (at most [`MAX_RESUMED_CHUNKS`]: 150 KB).
+const MAX_RECORD: u64 = 2 << 20;
+/// The most chunk digests a state record keeps across a resume: 4 GiB in 1 MiB chunks. The
+/// record is written again after every part, so longer lists would cost more than they save;
+/// beyond it a resumed upload records only its whole digest.
+const MAX_RESUMED_CHUNKS: usize = 4096;
 /// A digest record holds up to 65,536 running digests of 32 bytes in hex: about 4.5 MB.
 const MAX_DIGEST_RECORD: u64 = 6 << 20;
 
@@ -137,6 +142,10 @@ pub struct UploadRecord {
     /// The size the client declared, so that a resume of a different file starts anew.
     #[serde(default)]
     pub size: Option<u64>,
+    /// The running digests of the chunks in the recorded parts, when chunks and parts align,
+    /// so that a resumed upload still records every chunk's digest for downloads.
+    #[serde(default)]
+    pub chunks: Option<ChunkLog>,
 }
 
 impl UploadRecord {
@@ -174,6 +183,57 @@ pub struct DigestRecord {
     /// when the upload was resumed (the earlier chunks were never seen by this daemon).
     #[serde(default)]
     pub chunks: Vec<Digest>,
+}
+
+/// The chunks of an upload so far, for the digest record: their common length and running
+/// digests, by the local root's rules (chunks shorter than 64 KiB but the last, or more than
+/// 65,536 of them, are not recorded, and downloads hash instead).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkLog {
+    /// Length of every chunk but possibly the last; 0 before the first.
+    pub len: u32,
+    /// Each chunk's running digest (of the file from byte 0 through the chunk's end).
+    pub digests: Vec<Digest>,
+    /// A chunk shorter than `len` arrived: it must have been the last. (Never true in a
+    /// state record: the last chunk ends the file, past every recorded part.)
+    #[serde(skip)]
+    ended: bool,
+}
+
+impl ChunkLog {
+    /// Records a chunk (`last` when it ends the file); false when the chunks no longer make
+    /// a record worth keeping.
+    pub fn push(&mut self, len: u32, digest: Digest, last: bool) -> bool {
+        if self.ended || len == 0 || self.digests.len() >= storage::MAX_RECORDED_CHUNKS {
+            return false;
+        }
+        if len < storage::MIN_RECORDED_CHUNK && !last {
+            return false;
+        }
+        if self.len == 0 {
+            self.len = len;
+        } else if len > self.len {
+            return false;
+        } else if len < self.len {
+            self.ended = true;
+        }
+        self.digests.push(digest);
+        true
+    }
+
+    /// The chunks that end within the first `offset` bytes, when one ends exactly there.
+    fn up_to(&self, offset: u64) -> Option<ChunkLog> {
+        let len = u64::from(self.len);
+        if offset == 0 || len == 0 || offset % len != 0 {
+            return None;
+        }
+        let n = usize::try_from(offset / len).ok()?;
+        (n <= self.digests.len() && n <= MAX_RESUMED_CHUNKS).then(|| ChunkLog {
+            len: self.len,
+            digests: self.digests[..n].to_vec(),
+            ended: false,
+        })
+    }
 }
 
 /// An ETag as services quote it or not, for comparing.
@@ -229,6 +289,9 @@ pub struct ResumableUpload {
     permit: Option<OwnedSemaphorePermit>,
     /// Whether a state record is kept (see [`UploadSpec::recorded`]).
     recorded: bool,
+    /// The chunks written so far ([`ResumableUpload::write_chunk`]), for the digest record;
+    /// `None` once they make no record worth keeping, or when a resume did not know them.
+    chunks: Option<ChunkLog>,
     /// Parts this value sent, for tests and logs.
     sent: u32,
 }
@@ -321,8 +384,17 @@ impl ResumableUpload {
             lease: Lease { holder, token },
             client_id,
             size,
+            chunks: None,
         };
-        Self::recorded(client, record, hasher, budget, recorded).await
+        Self::recorded(
+            client,
+            record,
+            hasher,
+            budget,
+            recorded,
+            Some(ChunkLog::default()),
+        )
+        .await
     }
 
     /// Continues the recorded upload of `key`, if there is one and the service still holds
@@ -382,7 +454,17 @@ impl ResumableUpload {
             holder: holder.to_owned(),
             token: record.lease.token.saturating_add(1),
         };
-        Self::recorded(client, record, hasher, budget, true)
+        // The chunk digests recorded with the parts, if they cover exactly the parts.
+        let offset = record.offset();
+        let chunks = record
+            .chunks
+            .as_ref()
+            .filter(|c| {
+                c.up_to(offset)
+                    .is_some_and(|u| u.digests.len() == c.digests.len())
+            })
+            .cloned();
+        Self::recorded(client, record, hasher, budget, true, chunks)
             .await
             .map(Some)
     }
@@ -394,6 +476,7 @@ impl ResumableUpload {
         hasher: Hasher,
         budget: &PartBudget,
         recorded: bool,
+        chunks: Option<ChunkLog>,
     ) -> Result<ResumableUpload> {
         if recorded {
             write_record(&client, &record).await?;
@@ -406,6 +489,7 @@ impl ResumableUpload {
             budget: budget.clone(),
             permit: None,
             recorded,
+            chunks,
             sent: 0,
         })
     }
@@ -429,7 +513,21 @@ impl ResumableUpload {
         &self.record
     }
 
-    /// Takes the next bytes; a part is uploaded, and recorded, whenever one fills.
+    /// Takes the next chunk the transfer engine verified, with its running digest (of the
+    /// file from byte 0 through the chunk's end; `last` when it ends the file), to record with
+    /// the object and, across a resume, in the state record.
+    pub async fn write_chunk(&mut self, data: &[u8], running: Digest, last: bool) -> Result<()> {
+        if let Some(log) = &mut self.chunks {
+            // Noted before the bytes, so that a part that this chunk completes records it.
+            if !log.push(data.len() as u32, running, last) {
+                self.chunks = None;
+            }
+        }
+        self.write(data).await
+    }
+
+    /// Takes the next bytes; a part is uploaded, and recorded, whenever one fills. Bytes
+    /// given here, not through [`ResumableUpload::write_chunk`], leave no chunk digests.
     pub async fn write(&mut self, mut data: &[u8]) -> Result<()> {
         let part = self.record.part_size as usize;
         while !data.is_empty() {
@@ -444,6 +542,8 @@ impl ResumableUpload {
                 drop(share);
                 if self.recorded {
                     self.record.digest_state = saved_hex(&self.hasher)?;
+                    let offset = self.record.offset();
+                    self.record.chunks = self.chunks.as_ref().and_then(|c| c.up_to(offset));
                     write_record(&self.client, &self.record).await?;
                 }
             }
@@ -487,20 +587,10 @@ impl ResumableUpload {
     /// (only if the name is free unless `overwrite`); aborts it otherwise. Either way the
     /// upload and its record are gone afterwards, except on a transient failure, after which
     /// the record still allows a resume.
-    pub async fn finish(self, expected: Digest, overwrite: bool) -> Result<Finished> {
-        self.finish_recording(expected, overwrite, 0, Vec::new())
-            .await
-    }
-
-    /// [`ResumableUpload::finish`], recording with the object every chunk's running digest
-    /// (`chunks`, of `chunk` bytes each but the last) for downloads to send again.
-    pub async fn finish_recording(
-        mut self,
-        expected: Digest,
-        overwrite: bool,
-        chunk: u32,
-        chunks: Vec<Digest>,
-    ) -> Result<Finished> {
+    /// The digest record holds every chunk's running digest given through
+    /// [`ResumableUpload::write_chunk`], when they follow the rules of [`ChunkLog::push`] and
+    /// (after a resume) were kept in the state record.
+    pub async fn finish(mut self, expected: Digest, overwrite: bool) -> Result<Finished> {
         if !self.buf.is_empty() || self.record.parts.is_empty() {
             // The last part may be short; an empty file is one empty part.
             let (body, share) = self.take_part();
@@ -532,6 +622,10 @@ impl ResumableUpload {
             Err(e) => return Err(e),
         };
         let size = self.record.offset();
+        let (chunk, chunks) = match self.chunks.take() {
+            Some(log) if !log.digests.is_empty() => (log.len, log.digests),
+            _ => (0, Vec::new()),
+        };
         let digest = DigestRecord {
             size,
             digest: actual,
@@ -682,6 +776,22 @@ pub async fn sweep(client: &Client, max_age: Duration) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_logs_follow_the_local_roots_rules() {
+        let d = Digest::md5(b"");
+        let min = storage::MIN_RECORDED_CHUNK;
+        let mut log = ChunkLog::default();
+        assert!(log.push(min, d, false));
+        assert!(log.push(min, d, false));
+        assert!(log.push(10, d, true), "the last may be short");
+        assert!(!log.push(10, d, true), "nothing after the last");
+        assert!(!ChunkLog::default().push(min - 1, d, false));
+        // Kept across a resume only when a chunk ends at the part boundary.
+        assert_eq!(log.up_to(u64::from(min)).unwrap().digests.len(), 1);
+        assert!(log.up_to(u64::from(min) + 1).is_none());
+        assert!(log.up_to(0).is_none());
+    }
     use futures::FutureExt as _;
 
     #[tokio::test]

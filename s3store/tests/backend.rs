@@ -243,11 +243,19 @@ async fn a_dropped_upload_resumes_after_a_restart_from_its_last_part() {
     w.commit(Digest::md5(&bytes), false).await.unwrap();
     let (got, recorded, _) = read(&restarted, "big", 0).await;
     assert!(got == bytes);
-    let recorded = recorded.expect("the whole digest is recorded");
+    let recorded = recorded.expect("the digests are recorded");
     assert_eq!(recorded.digest, Digest::md5(&bytes));
-    assert!(
-        recorded.chunks.is_empty(),
-        "a resumed upload records no chunks"
+    let mut h = Hasher::new(DigestKind::Md5);
+    let every: Vec<Digest> = bytes
+        .chunks(CHUNK)
+        .map(|c| {
+            h.update(c);
+            h.digest()
+        })
+        .collect();
+    assert_eq!(
+        recorded.chunks, every,
+        "the chunks before the resume were kept in the upload record"
     );
     assert_eq!(open_uploads(&raw(&m)).await, 0);
     let records = raw(&m)
@@ -255,6 +263,37 @@ async fn a_dropped_upload_resumes_after_a_restart_from_its_last_part() {
         .await
         .unwrap();
     assert!(records.objects.is_empty(), "{records:?}");
+
+    // Chunks that straddle the part boundary cannot be kept: only the whole digest is.
+    let odd = 3 * CHUNK / 2 - 1;
+    let mut w = restarted
+        .begin_upload(&p("odd"), &with_id(bytes.len(), "u2", false))
+        .await
+        .unwrap();
+    let mut h = w.prefix();
+    for piece in bytes[..cut].chunks(odd) {
+        h.update(piece);
+        w.write(Bytes::copy_from_slice(piece), h.digest())
+            .await
+            .unwrap();
+    }
+    drop(w);
+    let mut w = restarted
+        .begin_upload(&p("odd"), &with_id(bytes.len(), "u2", true))
+        .await
+        .unwrap();
+    assert_eq!(w.offset(), 2 * PART as u64);
+    write_to(&mut w, &bytes, bytes.len()).await;
+    w.commit(Digest::md5(&bytes), false).await.unwrap();
+    let (got, recorded, _) = read(&restarted, "odd", 0).await;
+    assert!(got == bytes);
+    let recorded = recorded.unwrap();
+    assert_eq!(recorded.digest, Digest::md5(&bytes));
+    assert!(
+        recorded.chunks.is_empty(),
+        "{} chunks",
+        recorded.chunks.len()
+    );
 }
 
 #[tokio::test]
