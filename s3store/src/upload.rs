@@ -224,7 +224,7 @@ impl ChunkLog {
     /// The chunks that end within the first `offset` bytes, when one ends exactly there.
     fn up_to(&self, offset: u64) -> Option<ChunkLog> {
         let len = u64::from(self.len);
-        if offset == 0 || len == 0 || offset % len != 0 {
+        if offset == 0 || len == 0 || !offset.is_multiple_of(len) {
             return None;
         }
         let n = usize::try_from(offset / len).ok()?;
