@@ -524,14 +524,14 @@ impl S3Backend {
     async fn copy_object(
         &self,
         from: &str,
-        meta_size: u64,
+        meta: &ObjectMeta,
         to: &str,
         shown: &str,
     ) -> storage::Result<()> {
         let client = self.client();
         let record = read_digest(client, from).await.ok().flatten();
         let etag = client.copy(from, to).await.map_err(|e| map(shown, e))?;
-        if let Some(mut rec) = record.filter(|r| r.size == meta_size) {
+        if let Some(mut rec) = record.filter(|r| describes(r, meta)) {
             // The copy has an ETag of its own (a copied multipart object's differs).
             rec.etag = (!etag.is_empty()).then(|| bare_etag(&etag).to_owned());
             write_digest(client, to, &rec)
@@ -570,7 +570,14 @@ impl S3Backend {
                 .map_err(|e| map(&shown, e))?;
             for o in page.objects {
                 bytes = bytes.saturating_add(o.size);
-                objects.push((o.key, o.size));
+                objects.push((
+                    o.key,
+                    ObjectMeta {
+                        size: o.size,
+                        etag: o.etag,
+                        modified: None,
+                    },
+                ));
             }
             if objects.len() > MAX_DIR_RENAME_OBJECTS {
                 return Err(refuse(format!(
@@ -595,16 +602,16 @@ impl S3Backend {
                 None => break,
             }
         }
-        if let Some((k, _)) = objects.iter().find(|(_, size)| *size > MAX_COPY) {
+        if let Some((k, _)) = objects.iter().find(|(_, meta)| meta.size > MAX_COPY) {
             return Err(refuse(format!(
                 "not renamed: it holds a file over 5 GiB ({}), which S3 cannot copy in one request",
                 &k[prefix.len()..]
             )));
         }
         let mut copied: Vec<String> = Vec::new();
-        for (key, size) in &objects {
+        for (key, meta) in &objects {
             let to = format!("{tk}/{}", &key[prefix.len()..]);
-            if let Err(e) = self.copy_object(key, *size, &to, &shown).await {
+            if let Err(e) = self.copy_object(key, meta, &to, &shown).await {
                 // Refused whole rather than half done: take the copies back.
                 for c in &copied {
                     let _ = self.delete_object(c, &shown).await;
@@ -613,7 +620,7 @@ impl S3Backend {
             }
             copied.push(to);
         }
-        for (key, size) in &objects {
+        for (key, ObjectMeta { size, .. }) in &objects {
             self.delete_object(key, &shown).await?;
             let to = format!("{tk}/{}", &key[prefix.len()..]);
             self.shared.charge(key, -i128::from(*size), -1);
@@ -952,7 +959,7 @@ impl Backend for S3Backend {
                             .to_owned(),
                     });
                 }
-                self.copy_object(&fk, meta.size, &tk, &shown).await?;
+                self.copy_object(&fk, &meta, &tk, &shown).await?;
                 self.delete_object(&fk, &shown).await?;
                 self.shared.charge(&fk, -i128::from(meta.size), -1);
                 self.shared.charge(&tk, i128::from(meta.size), 1);

@@ -561,7 +561,9 @@ async fn directories_mkdir_rmdir_rename() {
     // A small directory, markers and all.
     b.rename(&p("x"), &p("w")).await.unwrap();
     assert!(matches!(b.stat(&p("x")).await, Err(Error::NotFound(_))));
-    assert_eq!(read(&b, "w/g", 0).await.0, b"hello");
+    let (got, recorded, _) = read(&b, "w/g", 0).await;
+    assert_eq!(got, b"hello");
+    assert!(recorded.is_some(), "digest records move with the directory");
     b.check_dir(&p("w/y/z")).await.unwrap();
     b.remove_dir(&p("w/y/z")).await.unwrap();
     b.remove_dir(&p("w/y")).await.unwrap();
