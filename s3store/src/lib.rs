@@ -1,6 +1,7 @@
 //! An S3 client layer for the object-storage backend (issue 19): the operations a file server
 //! needs, on rusty-s3's signing and reqwest, each with a capped reply and a timeout; resumable
-//! uploads verified before they become visible; the sweeper; and the `--check-config` probe.
+//! uploads verified before they become visible; the sweeper; the `--check-config` probe; and
+//! [`S3Backend`], the `storage::Backend` on all of it.
 //! The design, and how each promise of the local root is kept on S3, is docs/S3.md.
 
 mod backend;
