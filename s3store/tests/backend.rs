@@ -774,3 +774,13 @@ async fn part_memory_is_held_only_while_a_part_fills() {
     assert_eq!(b.part_memory_available(), PART);
     assert_eq!(open_uploads(&raw(&m)).await, 0);
 }
+
+/// The contract every backend answers (`storage::contract`: round trips, odd names, listings,
+/// directories, renames, no clobber, nothing visible before commit, resume after a drop,
+/// abort, home views, size limits, home quotas), here on S3, as on memory and the local root.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_storage_contract_holds_on_s3() {
+    let Some(m) = moto() else { return };
+    let b = open(&m).await;
+    storage::contract::all(Arc::new(b)).await;
+}
