@@ -137,8 +137,9 @@ async fn read_header_within<S: AsyncRead + Unpin>(
 async fn read_header_unbounded<S: AsyncRead + Unpin>(
     stream: &mut S,
 ) -> Result<Source, HeaderError> {
+    // A health check may reset the connection as soon as it is up: no fault of anyone's.
     let closed = |e: io::Error| match e.kind() {
-        io::ErrorKind::UnexpectedEof => HeaderError::Closed,
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => HeaderError::Closed,
         _ => HeaderError::Io(e),
     };
     let mut buf = [0u8; MAX_HEADER];
