@@ -428,6 +428,9 @@ mod tests {
         assert_eq!(read(&bytes).await.0.unwrap(), Source::Local);
     }
 
+    /// Whether a refusal is the one a case expects.
+    type Expected = fn(&HeaderError) -> bool;
+
     #[tokio::test]
     async fn garbage_truncated_and_unsupported_headers_are_refused() {
         let v4 = header(
@@ -455,7 +458,7 @@ mod tests {
         let unspec = Builder::new(Version::Two | Command::Proxy, 0)
             .build()
             .unwrap();
-        let cases: Vec<(&str, Vec<u8>, fn(&HeaderError) -> bool)> = vec![
+        let cases: Vec<(&str, Vec<u8>, Expected)> = vec![
             (
                 "a TLS hello",
                 b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03abcdefgh".to_vec(),
