@@ -133,6 +133,17 @@ pub struct Config {
     #[arg(long, env = "FTPD_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
 
+    /// Load balancers in front of the daemon (HAProxy with `send-proxy-v2`): CIDRs or bare
+    /// addresses, comma-separated or repeated (e.g. 10.0.0.0/8,fd00::1). A connection from
+    /// one of them must begin with a PROXY protocol v2 header, read before TLS within 5 s,
+    /// and the client address in it is the one every per-address limit, the login throttle
+    /// and the logs see; a LOCAL header (a health check) is served as the proxy's own. A
+    /// PROXY header from any other address is refused. None by default.
+    #[arg(long, env = "FTPD_PROXY_PROTOCOL_FROM", value_name = "CIDR", value_delimiter = ',',
+          value_parser = crate::proxy::parse_source)]
+    #[serde(serialize_with = "nets", skip_serializing_if = "Vec::is_empty")]
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
+
     /// Most connections served at once; more are refused with a `busy` error.
     #[arg(long, env = "FTPD_MAX_CONNECTIONS", default_value_t = 512)]
     pub max_connections: usize,
@@ -496,6 +507,12 @@ fn maybe_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S:
         Some(d) => duration(d, s),
         None => s.serialize_none(),
     }
+}
+
+/// A list of networks as one comma-separated string, as the flag and a settings file take it.
+fn nets<S: serde::Serializer>(nets: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
+    let text: Vec<String> = nets.iter().map(ToString::to_string).collect();
+    s.collect_str(&text.join(","))
 }
 
 fn duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -13,6 +13,7 @@ pub mod logging;
 pub mod metrics;
 mod pipeline;
 mod private;
+mod proxy;
 mod reply;
 mod scrub;
 mod server;

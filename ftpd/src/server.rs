@@ -288,6 +288,8 @@ impl Server {
                     period,
                 ))
             });
+        // Connections from --proxy-protocol-from come out of it under the client's address.
+        let mut listener = crate::proxy::Incoming::new(listener, &config);
         tokio::pin!(shutdown);
         self.health.serving();
         loop {
@@ -322,9 +324,14 @@ impl Server {
                 // A connection evicted by a newcomer from a less crowded range gives up its
                 // slot at once, in the TLS handshake too (there is no channel yet to say why).
                 let established = tokio::select! {
-                    established = transport::establish(stream, &shared.security, deadline) => {
-                        established.map_err(|e| (refused_reason(&e), e.to_string()))
-                    }
+                    established = async {
+                        if let Err(e) = crate::proxy::screen(&stream, deadline).await {
+                            return Err(("proxy_header_untrusted", e.to_string()));
+                        }
+                        transport::establish(stream, &shared.security, deadline)
+                            .await
+                            .map_err(|e| (refused_reason(&e), e.to_string()))
+                    } => established,
                     () = admission.evicted() => Err((
                         "evicted",
                         "gave its place to a newcomer before the TLS handshake ended".into(),

@@ -81,3 +81,7 @@ mod metrics;
 // Per-user limits: one rate cap shared by a user's sessions, caps so low a chunk takes longer
 // than the stall timeout, per-user quotas and session caps, limits changed by SIGHUP.
 mod limits;
+
+// Behind a load balancer: HAProxy with send-proxy-v2 in front of the daemon, the client's
+// address in the logs and limits, and PROXY headers from anyone else refused.
+mod proxy;
