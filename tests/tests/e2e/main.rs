@@ -81,3 +81,8 @@ mod metrics;
 // Per-user limits: one rate cap shared by a user's sessions, caps so low a chunk takes longer
 // than the stall timeout, per-user quotas and session caps, limits changed by SIGHUP.
 mod limits;
+
+// The daemon on S3 against a real S3 server (moto): round trips, odd names, listings as on the
+// local root, no clobber, cut and killed uploads resumed from the last part, the sweeper,
+// startup refusals in one line, homes as prefixes.
+mod s3;
