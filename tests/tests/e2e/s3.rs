@@ -200,14 +200,23 @@ fn without_times(text: &str) -> String {
     out.into_iter().collect()
 }
 
+/// A transfer summary (`put a.txt: 6 B (6 bytes) in 0.06 s, 105 B/s, MD5 … verified`) without
+/// its duration and rate, which differ from run to run.
+fn without_rate(line: &str) -> String {
+    match (line.find(") in "), line.find(", MD5 ")) {
+        (Some(from), Some(to)) if from < to => format!("{}) in …{}", &line[..from], &line[to..]),
+        _ => line.to_owned(),
+    }
+}
+
 /// What a command answered, comparable between two daemons: the exit status, stdout without
-/// times, stderr.
+/// times and rates, stderr.
 fn answer(run: &Run) -> (Option<i32>, String, String) {
-    (
-        run.status.code(),
-        without_times(&run.stdout),
-        run.stderr.clone(),
-    )
+    let stdout: Vec<String> = without_times(&run.stdout)
+        .lines()
+        .map(without_rate)
+        .collect();
+    (run.status.code(), stdout.join("\n"), run.stderr.clone())
 }
 
 /// The same commands, one client run each (a failure stops a run), against a daemon on a local
