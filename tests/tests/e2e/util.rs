@@ -1466,7 +1466,8 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    fn new(endpoint: &str, name: &str) -> Bucket {
+    /// A client of bucket `name` at `endpoint`, with the tests' credentials.
+    pub fn new(endpoint: &str, name: &str) -> Bucket {
         let config = s3store::Config {
             bucket: name.to_owned(),
             prefix: String::new(),
@@ -1792,8 +1793,8 @@ impl CannedHttp {
                 let Ok(mut conn) = conn else { continue };
                 thread::spawn(move || {
                     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                    // The request's head, up to the blank line; a body (a put) is not read: the
-                    // reply comes first and the connection closes, as S3 does on a refusal.
+                    // The request's head, up to the blank line, then its body (a put's), so
+                    // the client has sent everything when the refusal comes.
                     let mut head = Vec::new();
                     let mut byte = [0u8; 1];
                     while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
@@ -1801,6 +1802,17 @@ impl CannedHttp {
                             Ok(1) => head.push(byte[0]),
                             _ => return,
                         }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .unwrap_or(0);
+                    // Capped: the probe's body is a few bytes.
+                    let mut request_body = (&mut conn).take(length.min(16 * MIB));
+                    if std::io::copy(&mut request_body, &mut std::io::sink()).is_err() {
+                        return;
                     }
                     let reply = format!(
                         "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\n\
