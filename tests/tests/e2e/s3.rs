@@ -3,7 +3,8 @@
 //! clients cannot see, through the bucket's own API.
 //!
 //! Without `moto_server` every test prints a note and passes, except under CI (`CI` set), where
-//! it fails: CI installs it (`pip install 'moto[server]'`).
+//! it fails: CI installs it (`pip install 'moto[server]'`). With `E2E_S3_ENDPOINT` set they run
+//! against that server instead, a bucket each (bench/garage runs them on a Garage cluster).
 
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ const PART: u64 = 5 * MIB;
 const PART_FLAG: [&str; 2] = ["--s3-part-size", "5MiB"];
 /// How long one client run may take before the test fails instead of hanging.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
-/// The bucket every test makes on its own moto.
+/// The bucket every test makes on its own moto (with a suffix on an external server).
 const BUCKET: &str = "files";
 
 /// A moto server with one empty bucket, and a client working directory.
@@ -590,7 +591,7 @@ fn a_missing_bucket_stops_startup_with_one_line() {
     let bucket = moto.bucket_named("no-such-bucket");
     let stderr = bucket.daemon().refuses_to_start();
     assert_one_clear_line(&stderr, &["bucket", "not found", "no such"]);
-    assert!(stderr.contains("no-such-bucket"), "{stderr}");
+    assert!(stderr.contains(bucket.name()), "{stderr}");
 }
 
 /// `--check-config` names the storage and what the service honours, and what is weaker on it.
@@ -604,7 +605,7 @@ fn check_config_reports_the_storage_and_what_it_honours() {
         .filter(|l| l.starts_with("# storage:"))
         .collect();
     assert!(
-        storage.iter().any(|l| l.contains("s3://files/p")),
+        storage.iter().any(|l| l.contains(&t.bucket.location("p"))),
         "no `# storage:` line for the bucket: {run}"
     );
     // moto 5 honours If-None-Match on both; the probe says so.

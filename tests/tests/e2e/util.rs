@@ -1364,16 +1364,35 @@ pub fn file_digests(dir: &Path) -> std::collections::BTreeMap<String, String> {
 // ---------------------------------------------------------------------------------------------
 // S3: a moto server, a bucket on it, a daemon serving the bucket
 
-/// The credentials and region every S3 daemon and bucket client of the tests uses; moto accepts
-/// any.
+/// The credentials and region every S3 daemon and bucket client of the tests uses against
+/// moto, which accepts any.
 const S3_ENV: [(&str, &str); 3] = [
     ("AWS_ACCESS_KEY_ID", "testing"),
     ("AWS_SECRET_ACCESS_KEY", "testing"),
     ("AWS_REGION", "us-east-1"),
 ];
 
+/// Set to an S3 endpoint's URL, the S3 tests run against it instead of a moto of their own
+/// (bench/garage does, for a Garage cluster), with the credentials and region of
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_REGION`, and a bucket of their own each
+/// (the key must be allowed to create buckets).
+const EXTERNAL_S3: &str = "E2E_S3_ENDPOINT";
+
 /// How long moto may take to accept connections: it is a Python program that imports a lot.
 const MOTO_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The credentials and region of the S3 tests: [`S3_ENV`] for moto, the environment's own for
+/// an [`EXTERNAL_S3`] server.
+fn s3_credentials() -> [(&'static str, String); 3] {
+    S3_ENV.map(|(key, moto)| {
+        let value = match std::env::var_os(EXTERNAL_S3) {
+            Some(_) => std::env::var(key)
+                .unwrap_or_else(|_| panic!("{EXTERNAL_S3} is set but {key} is not")),
+            None => moto.to_owned(),
+        };
+        (key, value)
+    })
+}
 
 /// A port of 127.0.0.1 that was free a moment ago, and nothing listens on now.
 pub fn free_port() -> u16 {
@@ -1384,18 +1403,29 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A `moto_server` (a real S3 implementation) on a free loopback port, killed on drop.
+/// A `moto_server` (a real S3 implementation) on a free loopback port, killed on drop; or the
+/// server [`EXTERNAL_S3`] names, left alone.
 pub struct Moto {
-    /// The server process.
-    _child: KillOnDrop,
-    /// The port it listens on.
-    port: u16,
+    /// The server process; `None` for an external server.
+    _child: Option<KillOnDrop>,
+    /// Its URL.
+    endpoint: String,
+    /// Whether bucket names must be made unique: an external server outlives the test run and
+    /// is shared by its tests.
+    external: bool,
 }
 
 impl Moto {
     /// Starts moto and returns once it accepts connections; `None`, with a note on stderr, when
     /// it is not installed, except under CI (`CI` set), which installs it: there it panics.
     pub fn start() -> Option<Moto> {
+        if let Ok(endpoint) = std::env::var(EXTERNAL_S3) {
+            return Some(Moto {
+                _child: None,
+                endpoint,
+                external: true,
+            });
+        }
         let port = free_port();
         let spawned = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -1403,7 +1433,7 @@ impl Moto {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
-        let child = match spawned {
+        let mut child = match spawned {
             Ok(child) => KillOnDrop::new(child),
             Err(e) if std::env::var_os("CI").is_some() => {
                 panic!("moto_server is required in CI (pip install 'moto[server]'): {e}")
@@ -1413,14 +1443,10 @@ impl Moto {
                 return None;
             }
         };
-        let mut moto = Moto {
-            _child: child,
-            port,
-        };
         // moto prints no line to wait for: it is ready when it accepts a connection.
         let deadline = Instant::now() + MOTO_START_TIMEOUT;
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = moto._child.try_wait().expect("cannot poll moto_server") {
+            if let Some(status) = child.try_wait().expect("cannot poll moto_server") {
                 panic!("moto_server exited ({status}) before listening on port {port}");
             }
             assert!(
@@ -1429,17 +1455,32 @@ impl Moto {
             );
             thread::sleep(Duration::from_millis(20));
         }
-        Some(moto)
+        Some(Moto {
+            _child: Some(child),
+            endpoint: format!("http://127.0.0.1:{port}"),
+            external: false,
+        })
     }
 
     /// The URL daemons and clients reach it at: `--s3-endpoint`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.endpoint.clone()
     }
 
-    /// A client of bucket `name` on this server, the bucket not created.
+    /// `name` on moto; on an external server, `name` made unique to this test run and test.
+    fn unique(&self, name: &str) -> String {
+        static COUNT: AtomicU32 = AtomicU32::new(0);
+        if !self.external {
+            return name.to_owned();
+        }
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        format!("{name}-{}-{n}", std::process::id())
+    }
+
+    /// A client of bucket `name` on this server (made unique on an external one), the bucket
+    /// not created.
     pub fn bucket_named(&self, name: &str) -> Bucket {
-        Bucket::new(&self.endpoint(), name)
+        Bucket::new(&self.endpoint(), &self.unique(name))
     }
 
     /// A new, empty bucket `name` on this server.
@@ -1468,14 +1509,15 @@ pub struct Bucket {
 impl Bucket {
     /// A client of bucket `name` at `endpoint`, with the tests' credentials.
     pub fn new(endpoint: &str, name: &str) -> Bucket {
+        let [(_, key), (_, secret), (_, region)] = s3_credentials();
         let config = s3store::Config {
             bucket: name.to_owned(),
             prefix: String::new(),
             endpoint: Some(endpoint.parse().expect("the endpoint is a URL")),
-            region: S3_ENV[2].1.to_owned(),
+            region,
             credentials: s3store::Credentials {
-                key: S3_ENV[0].1.to_owned(),
-                secret: S3_ENV[1].1.to_owned(),
+                key,
+                secret,
                 token: None,
             },
         };
@@ -1583,6 +1625,11 @@ impl Bucket {
             }
             Some(out)
         })
+    }
+
+    /// The bucket's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// `s3://BUCKET` followed by `/PREFIX` unless `prefix` is empty: `--storage`.
@@ -1749,8 +1796,8 @@ impl S3DaemonBuilder {
     }
 }
 
-/// The S3 part of a daemon's environment: only the tests' credentials and region, none of the
-/// test runner's own (a profile, a session token, a shared credentials file).
+/// The S3 part of a daemon's environment: only the tests' credentials and region, nothing else
+/// of the test runner's (a profile, a session token, a shared credentials file).
 fn s3_env(cmd: &mut Command) {
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("AWS_") {
@@ -1762,7 +1809,7 @@ fn s3_env(cmd: &mut Command) {
         "/nonexistent/e2e-no-credentials",
     )
     .env("AWS_CONFIG_FILE", "/nonexistent/e2e-no-config");
-    for (key, value) in S3_ENV {
+    for (key, value) in s3_credentials() {
         cmd.env(key, value);
     }
 }
