@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota};
 use serde::Serialize;
-use storage::{HomeLimits, Root, VPath};
+use storage::{HomeLimits, VPath};
+
+use crate::store::Store;
 use tracing::warn;
 
 use crate::logging::Wire;
@@ -182,17 +184,17 @@ pub struct Accounts {
     /// All transfers of the daemon together, each direction on its own.
     pub global: Caps,
     /// Where the quotas are counted.
-    root: Root,
+    store: Store,
 }
 
 impl Accounts {
     /// The accounts of `users` (none when serving anonymously), with the daemon-wide cap
     /// `max_rate` (bytes per second, each direction).
-    pub fn new(root: Root, users: Option<&Users>, max_rate: Option<u64>) -> Accounts {
+    pub fn new(store: Store, users: Option<&Users>, max_rate: Option<u64>) -> Accounts {
         let accounts = Accounts {
             by_name: Mutex::new(HashMap::new()),
             global: Caps::default(),
-            root,
+            store,
         };
         accounts.global.set(max_rate, max_rate);
         if let Some(users) = users {
@@ -228,7 +230,10 @@ impl Accounts {
             })
             .collect();
         drop(by_name);
-        self.root.set_home_limits(homes);
+        match &self.store {
+            Store::Local(root) => root.set_home_limits(homes),
+            Store::Remote(backend) => backend.set_home_limits(homes),
+        }
     }
 
     /// A place among `user`'s sessions, or why not (`max_sessions` reached).
@@ -255,16 +260,21 @@ impl Accounts {
         }
     }
 
-    /// What `user`'s home holds against their own limits, if they have any.
+    /// What `user`'s home holds against their own limits, if they have any (counted here on
+    /// the local root only; a remote backend answers `df` itself).
     pub fn home_usage(&self, user: &User) -> Option<storage::HomeUsage> {
-        self.root.home_usage(&user.home)
+        self.usage_of(&user.home)
+    }
+
+    fn usage_of(&self, home: &VPath) -> Option<storage::HomeUsage> {
+        self.store.local()?.home_usage(home)
     }
 
     /// Warns (once per crossing, not per command) when `account` has passed 90 % of its quota
     /// or file cap; a drop below re-arms the warning.
     pub fn check_quota(&self, account: &Account) {
         let home = account.home.read().unwrap().clone();
-        let Some(usage) = self.root.home_usage(&home) else {
+        let Some(usage) = self.usage_of(&home) else {
             return;
         };
         let over = |used: u64, limit: Option<u64>| {
@@ -294,7 +304,7 @@ impl Accounts {
         let mut reports: Vec<UserReport> = accounts
             .iter()
             .map(|a| {
-                let usage = self.root.home_usage(&a.home.read().unwrap());
+                let usage = self.usage_of(&a.home.read().unwrap());
                 UserReport {
                     name: a.name.clone(),
                     sessions: a.sessions.load(Ordering::Acquire),
@@ -332,8 +342,8 @@ mod tests {
     fn accounts() -> (Accounts, tempfile::TempDir, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
-        let root = Root::open(dir.path(), state.path()).unwrap();
-        (Accounts::new(root, None, None), dir, state)
+        let root = storage::Root::open(dir.path(), state.path()).unwrap();
+        (Accounts::new(Store::Local(root), None, None), dir, state)
     }
 
     #[test]

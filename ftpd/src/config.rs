@@ -28,6 +28,46 @@ pub struct Config {
     #[arg(long, env = "FTPD_ROOT")]
     pub root: Option<PathBuf>,
 
+    /// Keep the files on an S3-compatible object store instead of a directory (instead of
+    /// --root): s3://BUCKET[/PREFIX]. Credentials and region come from AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, or the shared credentials file
+    /// (AWS_PROFILE); --state-dir is required (it holds the TLS key). At start the bucket is
+    /// probed: reachable, writable, and whether it honours If-None-Match. What differs from a
+    /// directory: a rename is a copy then a delete (not atomic; files over 5 GiB and
+    /// directories of over 1,000 objects or 10 GiB are refused), an empty directory is a
+    /// marker object, uploads resume from the last 8 MiB part boundary, there is no scrub,
+    /// and where the service ignores If-None-Match two racing uploads to one new name can
+    /// both succeed (--check-config says which).
+    #[arg(
+        long,
+        env = "FTPD_STORAGE",
+        value_name = "URL",
+        conflicts_with = "root"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
+
+    /// The S3-compatible service's address (MinIO, Garage, Ceph, R2...), e.g.
+    /// http://127.0.0.1:3900; without it, AWS's regional endpoint. Path-style requests.
+    #[arg(
+        long,
+        env = "FTPD_S3_ENDPOINT",
+        value_name = "URL",
+        requires = "storage"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_endpoint: Option<String>,
+
+    /// Part size of uploads to S3 (at least 5MiB): a resumed upload continues from the last
+    /// whole part.
+    #[arg(long, env = "FTPD_S3_PART_SIZE", default_value = "8MiB", value_parser = parse_bytes)]
+    pub s3_part_size: u64,
+
+    /// Memory all uploads to S3 share for their part buffers (one part each); uploads beyond
+    /// it wait for room.
+    #[arg(long, env = "FTPD_S3_PART_MEMORY", default_value = "256MiB", value_parser = parse_bytes)]
+    pub s3_part_memory: u64,
+
     /// Directory for the daemon's private state (staged uploads, recorded digests), created
     /// mode 0700 if missing. It must be on the root's filesystem (uploads are committed by
     /// renaming them into the root), and neither inside the root nor holding it. Default:
@@ -265,15 +305,42 @@ const NOT_IN_FILE: &[&str] = &[
 ];
 
 impl Config {
-    /// The storage root (present in every loaded configuration).
+    /// The storage root (present in every loaded configuration without --storage).
     pub fn root(&self) -> &std::path::Path {
-        self.root.as_deref().expect("Config::load requires a root")
+        self.root
+            .as_deref()
+            .expect("Config::load requires a root without --storage")
+    }
+
+    /// Where the files are, for logs: the root directory or the --storage URL.
+    pub fn location(&self) -> String {
+        match (&self.storage, &self.root) {
+            (Some(url), _) => url.clone(),
+            (None, Some(root)) => root.display().to_string(),
+            (None, None) => String::new(),
+        }
     }
 
     /// Settings that only make sense together.
     fn checked(self) -> anyhow::Result<Config> {
-        if self.root.is_none() && !self.man && self.completions.is_none() {
-            bail!("no storage root: give --root DIR (or root = \"DIR\" in the --config file)");
+        if self.man || self.completions.is_some() {
+            return Ok(self);
+        }
+        if self.root.is_none() && self.storage.is_none() {
+            bail!(
+                "no storage root: give --root DIR or --storage s3://BUCKET (or root = \"DIR\" in \
+                 the --config file)"
+            );
+        }
+        if self.storage.is_some() {
+            if self.state_dir.is_none() {
+                bail!(
+                    "--storage needs --state-dir DIR: a directory on this machine for the TLS key"
+                );
+            }
+            if self.scrub_every.is_some() {
+                bail!("--scrub-every reads files on the local root only, not with --storage");
+            }
         }
         Ok(self)
     }

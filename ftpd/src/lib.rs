@@ -18,6 +18,7 @@ mod scrub;
 mod server;
 mod session;
 mod shutdown;
+pub mod store;
 mod throttle;
 pub mod tls;
 mod transport;

@@ -106,8 +106,13 @@ fn print_docs(man: bool, shell: Option<clap_complete::Shell>) -> ExitCode {
 async fn run(config: Config, args: Vec<OsString>, log: LogLevel) -> anyhow::Result<()> {
     let check_only = config.check_config;
     let listen = config.listen;
-    let root = config.root().to_owned();
-    let server = Server::new(config)?;
+    let location = config.location();
+    let remote = match config.storage {
+        Some(_) => Some(ftpd::store::open_remote(&config).await?),
+        None => None,
+    };
+    let summary = remote.as_ref().map(|r| r.summary.clone());
+    let server = Server::with_backend(config, remote.map(|r| r.backend))?;
     // The settings as the server resolved them (the state directory's default filled in).
     let config = server.shared().config.clone();
     let fingerprint = server.shared().identity.as_ref().map(|id| id.fingerprint());
@@ -123,6 +128,12 @@ async fn run(config: Config, args: Vec<OsString>, log: LogLevel) -> anyhow::Resu
         // a socket systemd passes is not known until then).
         server.check_exposure(listen)?;
         print!("{}", config.effective());
+        if let Some(summary) = &summary {
+            println!("# storage: {summary}");
+            for weaker in server.shared().store.weaker() {
+                println!("# weaker: {weaker}");
+            }
+        }
         if let Some(fp) = fingerprint {
             println!("# TLS key fingerprint: {fp}");
         }
@@ -137,12 +148,15 @@ async fn run(config: Config, args: Vec<OsString>, log: LogLevel) -> anyhow::Resu
     let listener = listener(listen)?;
     let addr = listener.local_addr()?;
     server.check_exposure(addr)?;
-    let state = config.state_dir.as_deref().unwrap_or(root.as_path());
+    let state = config
+        .state_dir
+        .as_deref()
+        .unwrap_or(std::path::Path::new(""));
     match fingerprint {
         Some(fp) => info!("TLS 1.3; clients pin the server key {fp}"),
         None => info!("plaintext: no TLS (--insecure-plaintext)"),
     }
-    info!(root = %root.display(), state = %state.display(), "listening on {addr}");
+    info!(root = %location, state = %state.display(), "listening on {addr}");
     // After the main listener's line, which tests and scripts read first.
     if let Some(at) = config.metrics_listen {
         let metrics =

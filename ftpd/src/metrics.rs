@@ -23,6 +23,8 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use storage::Root;
+
+use crate::store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
@@ -345,8 +347,8 @@ pub struct Observed {
     pub handle: PrometheusHandle,
     /// Whether the main listener accepts, or the daemon drains.
     pub health: Arc<Health>,
-    /// The storage root: its usage for the gauges, its staging directory for readiness.
-    pub root: Root,
+    /// The store: the local root's usage for the gauges, and readiness.
+    pub store: Store,
     /// The per-user figures.
     pub users: UsersReport,
 }
@@ -447,7 +449,9 @@ async fn respond<B: Body>(observed: &Observed, req: Request<B>) -> Response<Full
     }
     match path {
         "/metrics" => {
-            record_usage(&observed.root);
+            if let Some(root) = observed.store.local() {
+                record_usage(root);
+            }
             let text = observed.handle.render();
             with_type(
                 StatusCode::OK,
@@ -475,8 +479,17 @@ async fn readiness(observed: &Observed) -> Result<(), &'static str> {
         DRAINING => return Err("not ready: shutting down\n"),
         _ => return Err("not ready: starting\n"),
     }
-    let root = observed.root.clone();
-    let probe = tokio::task::spawn_blocking(move || root.probe_writable());
+    let probe = match &observed.store {
+        Store::Local(root) => {
+            let root = root.clone();
+            tokio::task::spawn_blocking(move || root.probe_writable())
+        }
+        // An object store's root listing: the service answers, with these credentials.
+        Store::Remote(backend) => {
+            let backend = backend.clone();
+            tokio::spawn(async move { backend.check_dir(&storage::VPath::root()).await })
+        }
+    };
     match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(e))) => {
@@ -525,7 +538,7 @@ mod tests {
                 // A recorder of the test's own, not installed: nothing global.
                 handle: builder().build_recorder().handle(),
                 health: Arc::default(),
-                root,
+                store: Store::Local(root),
                 users,
             },
             _dir: dir,

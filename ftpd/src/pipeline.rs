@@ -65,11 +65,15 @@ pub struct Pipeline {
     answers: VecDeque<Answer>,
     /// How many of `pending` are still being written.
     writing: usize,
+    /// The root uploads are committed to; pipelined uploads run only on the local root (on
+    /// other backends a pipelined put is an ordinary one).
+    root: Option<Root>,
 }
 
 impl Pipeline {
-    pub fn new() -> Self {
+    pub fn new(root: Option<Root>) -> Self {
         Pipeline {
+            root,
             pending: VecDeque::new(),
             committing: None,
             answers: VecDeque::new(),
@@ -121,8 +125,8 @@ impl Pipeline {
     /// Waits until something moves on: an upload written, or a group committed (its answers
     /// then wait in [`Pipeline::next_answer`]). Starts the next group whenever none is being
     /// committed. Cancel-safe: the tasks run on, and a later call waits for them again.
-    pub async fn progress(&mut self, root: &Root) -> Result<(), SessionError> {
-        self.start_group(root);
+    pub async fn progress(&mut self) -> Result<(), SessionError> {
+        self.start_group();
         let (has_group, has_writing) = (self.committing.is_some(), self.writing > 0);
         let first_writing = self.pending.iter_mut().find_map(|p| match &mut p.state {
             State::Writing(job) => Some(job),
@@ -163,12 +167,15 @@ impl Pipeline {
             }
             Event::Nothing => {}
         }
-        self.start_group(root);
+        self.start_group();
         Ok(())
     }
 
     /// Commits the written uploads at the front, all of them, if no group is being committed.
-    fn start_group(&mut self, root: &Root) {
+    fn start_group(&mut self) {
+        let Some(root) = &self.root else {
+            return;
+        };
         if self.committing.is_some() {
             return;
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::{Budget, Stream};
-use storage::{Home, Root, VPath};
+use storage::Root;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{broadcast, mpsc};
 use tracing::{error, info, warn};
@@ -20,6 +20,7 @@ use crate::hashing::Hashing;
 use crate::logging::Wire;
 use crate::session::Session;
 use crate::shutdown::Shutdown;
+use crate::store::{Files, Store};
 use crate::tls::{Identity, Source};
 use crate::transport::{self, Channel, Security};
 use crate::users::Users;
@@ -41,7 +42,7 @@ pub struct Server {
 impl Shared {
     /// Loads the users file again and puts it in force for new connections.
     pub fn reload_users(&self, path: &std::path::Path) -> anyhow::Result<usize> {
-        let users = Users::load(path, &self.root, self.auth.salt_key())?;
+        let users = Users::load(path, self.store.local(), self.auth.salt_key())?;
         warn_legacy(&users);
         let n = users.len();
         self.accounts.apply(&users);
@@ -53,10 +54,10 @@ impl Shared {
 /// What every session shares.
 #[derive(Clone)]
 pub struct Shared {
-    /// The storage root.
-    pub root: Root,
-    /// The whole root as a home: what an anonymous session works in.
-    pub home: Home,
+    /// Where the files are.
+    pub store: Store,
+    /// The whole store as a home: what an anonymous session works in.
+    pub files: Files,
     /// The daemon's settings.
     pub config: Arc<Config>,
     /// Who may log in.
@@ -71,6 +72,37 @@ pub struct Shared {
     pub security: Security,
     /// Every user's sessions, rate caps and counters, and the daemon-wide cap.
     pub accounts: Arc<crate::accounts::Accounts>,
+}
+
+/// Opens the local root `config` names and its state directory (resolving the default).
+fn open_root(config: &mut Config) -> anyhow::Result<Root> {
+    let limits = storage::Limits {
+        max_file_size: config.max_file_size,
+        quota: config.quota,
+        max_files: config.max_files,
+        max_staged: Some(usize::try_from(config.max_staged_uploads).unwrap_or(usize::MAX)),
+        no_fsync: config.no_fsync,
+    };
+    let state = match &config.state_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            storage::default_state_dir(config.root()).context("cannot serve the storage root")?
+        }
+    };
+    let root = Root::open_with_limits(config.root(), &state, limits)
+        .map_err(|e| with_remedy(e, config.root(), &state))
+        .context("cannot serve the storage root")?;
+    if root.migrated() {
+        info!(
+            root = %config.root().display(),
+            state = %state.display(),
+            "moved an older version's staged uploads and digests from ROOT/.ftpd into the \
+             state directory"
+        );
+    }
+    // What --check-config prints, and the log names: the directory in force.
+    config.state_dir = Some(state);
+    Ok(root)
 }
 
 /// Binds `addr` with SO_REUSEADDR, so a restart right after a stop never finds the port taken.
@@ -88,37 +120,33 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 impl Server {
     /// Opens the storage root named by `config`, and its state directory; fails when the root
     /// is missing or not writable, or the state directory cannot hold its private state.
-    pub fn new(mut config: Config) -> anyhow::Result<Server> {
-        let limits = storage::Limits {
-            max_file_size: config.max_file_size,
-            quota: config.quota,
-            max_files: config.max_files,
-            max_staged: Some(usize::try_from(config.max_staged_uploads).unwrap_or(usize::MAX)),
-            no_fsync: config.no_fsync,
+    pub fn new(config: Config) -> anyhow::Result<Server> {
+        Server::with_backend(config, None)
+    }
+
+    /// As [`Server::new`], with the files on `backend` instead of a root directory when given
+    /// (opened by the caller: opening an object store is a few requests, see
+    /// [`crate::store::open_remote`]).
+    pub fn with_backend(
+        mut config: Config,
+        backend: Option<Arc<dyn storage::Backend>>,
+    ) -> anyhow::Result<Server> {
+        let store = match backend {
+            Some(backend) => {
+                let state = config
+                    .state_dir
+                    .clone()
+                    .context("--storage needs --state-dir DIR")?;
+                crate::private::create_dir(&state)?;
+                Store::Remote(backend)
+            }
+            None => Store::Local(open_root(&mut config)?),
         };
-        let state = match &config.state_dir {
-            Some(dir) => dir.clone(),
-            None => storage::default_state_dir(config.root())
-                .context("cannot serve the storage root")?,
-        };
-        let root = Root::open_with_limits(config.root(), &state, limits)
-            .map_err(|e| with_remedy(e, config.root(), &state))
-            .context("cannot serve the storage root")?;
-        if root.migrated() {
-            info!(
-                root = %config.root().display(),
-                state = %state.display(),
-                "moved an older version's staged uploads and digests from ROOT/.ftpd into the \
-                 state directory"
-            );
-        }
-        // What --check-config prints, and the log names: the directory in force.
-        config.state_dir = Some(state);
         let state_dir = config.state_dir.as_ref().expect("resolved above");
         let salt_key = crate::private::secret_key(&state_dir.join(SALT_KEY))
             .context("cannot set up the key of login salts")?;
         let users = match &config.users {
-            Some(path) => Some(Users::load(path, &root, &salt_key)?),
+            Some(path) => Some(Users::load(path, store.local(), &salt_key)?),
             None => None,
         };
         if let Some(users) = &users {
@@ -137,24 +165,25 @@ impl Server {
             Some(identity) => Security::Tls(identity.acceptor()),
             None => Security::Plaintext,
         };
-        sweep(&root, config.staging_max_age);
+        // An object store is swept by the sweeper's first round, which is a few requests.
+        if let Some(root) = store.local() {
+            sweep(root, config.staging_max_age);
+        }
         let penalty = Penalty {
             first: config.login_penalty,
             max: config.login_penalty_max,
         };
-        let home = root
-            .home(&VPath::root())
-            .context("cannot serve the storage root")?;
+        let files = store.whole().context("cannot serve the storage root")?;
         let accounts = Arc::new(crate::accounts::Accounts::new(
-            root.clone(),
+            store.clone(),
             users.as_ref(),
             config.max_rate,
         ));
         Ok(Server {
             shared: Shared {
                 accounts,
-                home,
-                root,
+                files,
+                store,
                 budget: Budget::new(config.memory_budget),
                 hashing: Arc::new(Hashing::new(config.max_hashing)),
                 config: Arc::new(config),
@@ -206,7 +235,7 @@ impl Server {
         crate::metrics::Observed {
             handle,
             health: self.health.clone(),
-            root: self.shared.root.clone(),
+            store: self.shared.store.clone(),
             users: {
                 let accounts = self.shared.accounts.clone();
                 Arc::new(move || serde_json::json!(accounts.snapshot()))
@@ -243,19 +272,22 @@ impl Server {
         let config = self.shared.config.clone();
         let gate = Gate::new(&config, self.shared.auth.clone());
         let sweeper = tokio::spawn(sweep_every(
-            self.shared.root.clone(),
+            self.shared.store.clone(),
             config.staging_max_age,
             // A quarter of the age: staged bytes outlive it by at most that much.
             STAGING_SWEEP_PERIOD.min((config.staging_max_age / 4).max(Duration::from_secs(1))),
         ));
-        // Off unless asked for; stopped with the listener.
-        let scrubber = config.scrub_every.map(|period| {
-            tokio::spawn(crate::scrub::every(
-                self.shared.root.clone(),
-                self.shared.hashing.clone(),
-                period,
-            ))
-        });
+        // Off unless asked for (on the local root only); stopped with the listener.
+        let scrubber = config
+            .scrub_every
+            .zip(self.shared.store.local().cloned())
+            .map(|(period, root)| {
+                tokio::spawn(crate::scrub::every(
+                    root,
+                    self.shared.hashing.clone(),
+                    period,
+                ))
+            });
         tokio::pin!(shutdown);
         self.health.serving();
         loop {
@@ -435,13 +467,25 @@ fn sweep(root: &Root, max_age: Duration) {
     }
 }
 
-async fn sweep_every(root: Root, max_age: Duration, period: Duration) {
+async fn sweep_every(store: Store, max_age: Duration, period: Duration) {
     let mut tick = tokio::time::interval(period);
-    tick.tick().await; // the first tick is immediate; startup already swept
+    // The first tick is immediate: startup already swept a local root, not an object store.
+    if store.local().is_some() {
+        tick.tick().await;
+    }
     loop {
         tick.tick().await;
-        let root = root.clone();
-        let _ = tokio::task::spawn_blocking(move || sweep(&root, max_age)).await;
+        match &store {
+            Store::Local(root) => {
+                let root = root.clone();
+                let _ = tokio::task::spawn_blocking(move || sweep(&root, max_age)).await;
+            }
+            Store::Remote(backend) => match backend.sweep(max_age).await {
+                Ok(0) => {}
+                Ok(n) => info!(removed = n, "removed abandoned multipart uploads"),
+                Err(e) => warn!("cannot sweep abandoned uploads: {e}"),
+            },
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use protocol::{
     capability, handshake, scram, AuthOk, Budget, Connection, Digest, DigestKind, ErrorCode,
     ErrorReply, Frame, Hello, Incoming, Message, Scram,
 };
-use storage::{Home, Root, VPath};
+use storage::VPath;
 use tracing::{debug, error, info, warn};
 
 use crate::admission::{AddrRange, Admission};
@@ -24,6 +24,7 @@ use crate::pipeline::{Answer, Pipeline};
 use crate::reply::CmdError;
 use crate::server::Shared;
 use crate::shutdown::Shutdown;
+use crate::store::{Files, Store};
 use crate::transport::Channel;
 use crate::users::User;
 use crate::Config;
@@ -48,12 +49,12 @@ pub struct Session {
     conn: Connection,
     /// Who is on the other end, for logs.
     pub peer: SocketAddr,
-    /// The whole storage root, until login picks the home.
-    root: Root,
-    /// The part of the root this session may touch: the user's home, or the whole root when
+    /// The whole store, until login picks the home.
+    store: Store,
+    /// The part of the store this session may touch: the user's home, or the whole store when
     /// the daemon serves anonymously. Every path it is given, and every path its errors name,
     /// is relative to it.
-    pub home: Home,
+    pub files: Files,
     /// Who may log in.
     auth: Arc<Authenticator>,
     /// The logged-in user; `None` when the daemon serves anonymously.
@@ -133,8 +134,9 @@ impl Session {
             budget: shared.budget,
             hashing: shared.hashing,
             peer,
-            home: shared.home.clone(),
-            root: shared.root,
+            files: shared.files.clone(),
+            pipeline: Pipeline::new(shared.store.local().cloned()),
+            store: shared.store,
             auth: shared.auth,
             user: None,
             cwd: VPath::root(),
@@ -147,7 +149,6 @@ impl Session {
             binding: channel.binding,
             peer_key: channel.peer_key,
             deadline: None,
-            pipeline: Pipeline::new(),
             stashed: None,
             progress_frames: false,
             counted: None,
@@ -291,8 +292,7 @@ impl Session {
                 (user, Some(answer))
             }
         };
-        let home = self.root.home(&user.home).map(|h| h.for_user(&user.name));
-        let home = home.map_err(|e| {
+        let home = self.store.home(&user.home, &user.name).map_err(|e| {
             let home = user.home.to_string();
             warn!(peer = %self.peer, user = %Wire(&user.name), home = %Wire(&home), "cannot open home: {e}");
             SessionError::Internal("cannot open the user's home".into())
@@ -314,7 +314,7 @@ impl Session {
             .await?;
         let home_path = user.home.to_string();
         info!(peer = %self.peer, user = %Wire(&user.name), home = %Wire(&home_path), method, "authenticated");
-        self.home = home;
+        self.files = home;
         self.user = Some(user);
         Ok(())
     }
@@ -464,11 +464,10 @@ impl Session {
                     let idle = self.config.idle_timeout;
                     let busy = self.pipeline.busy();
                     let room = self.pipeline.has_room();
-                    let root = self.home.root();
                     tokio::select! {
                         biased;
                         _ = self.shutdown.recv() => return Err(SessionError::Shutdown),
-                        moved = self.pipeline.progress(root), if busy => {
+                        moved = self.pipeline.progress(), if busy => {
                             moved?;
                             continue;
                         }
@@ -505,11 +504,10 @@ impl Session {
             if self.pipeline.idle() {
                 return Ok(());
             }
-            let root = self.home.root().clone();
             tokio::select! {
                 biased;
                 _ = self.shutdown.recv() => return Err(SessionError::Shutdown),
-                moved = self.pipeline.progress(&root) => moved?,
+                moved = self.pipeline.progress() => moved?,
             }
         }
     }
@@ -538,8 +536,8 @@ impl Session {
         let started = Instant::now();
         self.moved = Moved::default();
         self.recheck_user()?;
-        let small_upload =
-            matches!(&message, Message::Put(p) if p.pipelined && p.size <= crate::pipeline::SMALL);
+        let small_upload = matches!(&message, Message::Put(p) if p.pipelined && p.size <= crate::pipeline::SMALL)
+            && self.files.local().is_some();
         if small_upload {
             if let Message::Put(req) = message {
                 cmd::put::pipelined(self, req, started).await?;

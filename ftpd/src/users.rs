@@ -166,7 +166,7 @@ pub struct Users {
 impl Users {
     /// Reads and checks the users file, creating missing homes inside `root`. Refuses files
     /// (the users file, a secret file) that others than the owner may read.
-    pub fn load(path: &Path, root: &Root, salt_key: &[u8; 32]) -> anyhow::Result<Users> {
+    pub fn load(path: &Path, root: Option<&Root>, salt_key: &[u8; 32]) -> anyhow::Result<Users> {
         check_private(path, "users file")?;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read users file {}", path.display()))?;
@@ -218,8 +218,11 @@ impl Users {
             }
             let home = VPath::resolve(&VPath::root(), &entry.home)
                 .map_err(|e| anyhow::anyhow!("user {name}: home {:?}: {e}", entry.home))?;
-            root.create_dir_all(&home)
-                .with_context(|| format!("user {name}: cannot create home {home}"))?;
+            // On an object store a home is a prefix, there without being made.
+            if let Some(root) = root {
+                root.create_dir_all(&home)
+                    .with_context(|| format!("user {name}: cannot create home {home}"))?;
+            }
             let user = User {
                 name: name.clone(),
                 verifier,
@@ -358,7 +361,7 @@ mod tests {
         let root = Root::open(dir.path(), state.path()).unwrap();
         write(dir.path(), "alice.secret", "from file\n", 0o600);
         let p = write(dir.path(), "users.toml", text, mode);
-        Users::load(&p, &root, &[0; 32])
+        Users::load(&p, Some(&root), &[0; 32])
     }
 
     #[test]

@@ -20,12 +20,18 @@ use crate::session::Session;
 
 pub async fn run(s: &mut Session, req: Damaged) -> Handled {
     let path = s.resolve(&req.path)?;
-    let home = s.home.clone();
-    let target = path.clone();
     let offset = req.offset;
-    let marked = blocking(move || home.report_damaged(&target, offset)).await??;
-    let in_root = s.home.root_path(&path).to_string();
     let user = s.user.as_ref().map(|u| u.name.clone()).unwrap_or_default();
+    let Some(home) = s.files.local().cloned() else {
+        // An object store keeps no suspects list and has no scrub: the report is logged.
+        metrics::counter!("ftpd_damaged_reports_total").increment(1);
+        warn!(peer = %s.peer, user = %Wire(&user), path = %Wire(&path.to_string()), offset,
+              "client reports a damaged file (on object storage: not marked, no scrub)");
+        return Ok(Message::Ok);
+    };
+    let target = path.clone();
+    let in_root = home.root_path(&path).to_string();
+    let marked = blocking(move || home.report_damaged(&target, offset)).await??;
     let (peer, shown) = (s.peer, Wire(&in_root));
     metrics::counter!("ftpd_damaged_reports_total").increment(1);
     match marked {
@@ -54,7 +60,9 @@ fn recheck(s: &Session, path: storage::VPath, in_root: String) {
         debug!(path = %Wire(&in_root), "no hashing slot free: the report waits for the next scrub");
         return;
     };
-    let home = s.home.clone();
+    let Some(home) = s.files.local().cloned() else {
+        return;
+    };
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
         let shown = Wire(&in_root);

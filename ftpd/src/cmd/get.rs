@@ -11,9 +11,10 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use futures::stream::{BoxStream, StreamExt};
 use protocol::{ChunkSender, DigestKind, Frame, Get, GetReady, Hasher, Message, Permit};
-use storage::{Home, Recorded, VPath};
+use storage::{Backend, Home, Recorded, VPath};
 use tokio::task::JoinHandle;
 
 use crate::cmd::{Failure, Handled, Pace};
@@ -21,6 +22,7 @@ use crate::error::{blocking, SessionError};
 use crate::hashing::{self, Key};
 use crate::reply::CmdError;
 use crate::session::Session;
+use crate::store::Files;
 
 /// Chunks read and hashed ahead of the socket.
 const READ_AHEAD: usize = 4;
@@ -47,16 +49,21 @@ type ReadDone = (ChunkSender, Result<(Frame, Permit), CmdError>);
 pub async fn run(s: &mut Session, req: Get) -> Handled {
     let path = s.resolve(&req.path)?;
     s.moved.path = Some(path.to_string());
-    let (home, target) = (s.home.clone(), path.clone());
     let offset = req.offset;
     if offset > 0 {
         crate::metrics::resumed(crate::metrics::Direction::Download);
     }
+    let home = match &s.files {
+        Files::Local(home) => home.clone(),
+        Files::Remote(backend) => return remote(s, req, backend.clone(), path).await,
+    };
+    let target = path.clone();
     let kind = s.digest;
     // Never more than the configured chunk, whatever the file was recorded in: a file
     // uploaded in 8 MiB chunks is re-cut, not sent (and buffered) 8 MiB at a time.
     let chunk = s.config.chunk_size.min(s.client_max_chunk);
-    let o = blocking(move || open(&home, &target, offset, kind)).await??;
+    let opened = home.clone();
+    let o = blocking(move || open(&opened, &target, offset, kind)).await??;
     // A record of tiny chunks (left by an older daemon) is not replayed: its chunks would go
     // out as they were, a byte at a time.
     let replay: Option<ChunkSender> = o
@@ -173,9 +180,9 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
     let eof = sender.expect("every read was joined").finish();
     if expect.is_some_and(|recorded| recorded != eof.digest) {
         // Found here, not by the client: marked for the next scrub as a report would be.
-        let (home, target) = (s.home.clone(), path.clone());
+        let in_root = home.root_path(&path).to_string();
+        let target = path.clone();
         let marked = blocking(move || home.report_damaged(&target, None)).await?;
-        let in_root = s.home.root_path(&path).to_string();
         tracing::error!(path = %crate::logging::Wire(&in_root), marked = ?marked.ok(),
                         "damaged file: its bytes no longer match the digest recorded at upload");
         return Err(Failure::Aborted(CmdError::Damaged { path }));
@@ -247,4 +254,183 @@ fn read_one(
     }
     let frame = sender.seal(buf.freeze());
     (sender, Ok((frame, permit)))
+}
+
+/// A download from a backend behind the storage trait (object storage): its bytes arrive as a
+/// stream, cut here into the session's chunks, one chunk of the memory budget at a time; the
+/// digests recorded at upload are sent again when there are any, so nothing is hashed.
+async fn remote(s: &mut Session, req: Get, backend: Arc<dyn Backend>, path: VPath) -> Handled {
+    let offset = req.offset;
+    let kind = s.digest;
+    let chunk = s.config.chunk_size.min(s.client_max_chunk);
+    if offset > 0 {
+        let size = backend.stat(&path).await?.size;
+        if offset > size {
+            return Err(CmdError::PastEnd { path, offset, size }.into());
+        }
+    }
+    let reading = backend.read(&path, offset).await?;
+    let size = reading.size;
+    let recorded = reading.recorded.filter(|r| r.digest.kind() == kind);
+    let replay = recorded
+        .clone()
+        .filter(|r| r.chunk >= storage::MIN_RECORDED_CHUNK || u64::from(r.chunk) >= size)
+        .and_then(|r| ChunkSender::replaying(offset, size, r.chunk, r.chunks, r.digest, chunk));
+    let replayed = replay.is_some();
+    let (mut sender, expect) = match replay {
+        Some(sender) => (sender, None),
+        None => {
+            let prefix = match offset {
+                0 => Hasher::new(kind),
+                _ => {
+                    let body = backend.read(&path, 0).await?.body;
+                    hash_stream(s.config.stall_timeout, body, offset, kind, &path).await?
+                }
+            };
+            let expect = recorded.map(|r| r.digest);
+            (ChunkSender::new(offset, size, chunk, prefix), expect)
+        }
+    };
+    if req
+        .prefix_digest
+        .is_some_and(|theirs| theirs != sender.digest_so_far())
+    {
+        return Err(CmdError::PrefixMismatch { path, offset }.into());
+    }
+    s.send(Message::GetReady(GetReady {
+        size,
+        offset,
+        mtime: reading.mtime,
+        recorded: replayed,
+    }))
+    .await?;
+    let mut body = reading.body;
+    // What the stream gave that the last chunk did not take.
+    let mut pending = Bytes::new();
+    let mut pace = Pace::new(s);
+    let mut sent = offset;
+    while let Some(n) = sender.next_len() {
+        if let Some(incoming) = s.poll_incoming() {
+            let frame = incoming?;
+            match frame.message {
+                Message::Cancel => {
+                    return Err(Failure::Aborted(CmdError::Cancelled { offset: sent }));
+                }
+                _ => s.stash(frame),
+            }
+        }
+        let permit = match tokio::time::timeout(s.config.stall_timeout, s.budget.take(n)).await {
+            Ok(permit) => permit,
+            Err(_) => return Err(Failure::Aborted(CmdError::Busy("memory"))),
+        };
+        let bytes = match pending.len() >= n {
+            // A whole chunk in what the stream gave: no copy.
+            true => pending.split_to(n),
+            false => {
+                let mut buf = BytesMut::with_capacity(n);
+                while buf.len() < n {
+                    if pending.is_empty() {
+                        let at = sent + buf.len() as u64;
+                        pending = next_piece(s.config.stall_timeout, &mut body, &path, at).await?;
+                    }
+                    let take = (n - buf.len()).min(pending.len());
+                    buf.extend_from_slice(&pending.split_to(take));
+                }
+                buf.freeze()
+            }
+        };
+        let (back, frame) = blocking(move || {
+            let frame = sender.seal(bytes);
+            (sender, frame)
+        })
+        .await?;
+        sender = back;
+        s.send_chunk(frame).await?;
+        drop(permit);
+        let n = n as u64;
+        sent += n;
+        s.moved.bytes += n;
+        pace.moved(n)?;
+    }
+    let eof = sender.finish();
+    if expect.is_some_and(|recorded| recorded != eof.digest) {
+        tracing::error!(path = %crate::logging::Wire(&path.to_string()),
+                        "damaged object: its bytes no longer match the digest recorded at upload");
+        return Err(Failure::Aborted(CmdError::Damaged { path }));
+    }
+    s.moved.digest = Some(eof.digest);
+    Ok(Message::Eof(eof))
+}
+
+/// The next piece of a stored file's bytes, `at` bytes into it; a stream that ends early or
+/// goes silent for the stall timeout ends the download.
+async fn next_piece(
+    stall: Duration,
+    body: &mut BoxStream<'static, storage::Result<Bytes>>,
+    path: &VPath,
+    at: u64,
+) -> Result<Bytes, Failure> {
+    loop {
+        match tokio::time::timeout(stall, body.next()).await {
+            Ok(Some(Ok(piece))) if piece.is_empty() => continue,
+            Ok(Some(Ok(piece))) => return Ok(piece),
+            Ok(Some(Err(e))) => return Err(Failure::Aborted(e.into())),
+            Ok(None) => {
+                let path = path.clone();
+                return Err(Failure::Aborted(CmdError::Shrank { path, offset: at }));
+            }
+            Err(_) => {
+                let e = storage::Error::Unavailable {
+                    path: path.to_string(),
+                    why: "it stopped sending the file".into(),
+                };
+                return Err(Failure::Aborted(e.into()));
+            }
+        }
+    }
+}
+
+/// Hashes the first `upto` bytes of a stored file's stream, off the reactor.
+async fn hash_stream(
+    stall: Duration,
+    mut body: BoxStream<'static, storage::Result<Bytes>>,
+    upto: u64,
+    kind: DigestKind,
+    path: &VPath,
+) -> Result<Hasher, Failure> {
+    let mut hasher = Hasher::new(kind);
+    let mut done = 0u64;
+    while done < upto {
+        let mut piece = next_piece(stall, &mut body, path, done).await?;
+        let left = usize::try_from(upto - done).unwrap_or(usize::MAX);
+        piece.truncate(left);
+        done += piece.len() as u64;
+        hasher = blocking(move || {
+            hasher.update(&piece);
+            hasher
+        })
+        .await?;
+    }
+    Ok(hasher)
+}
+
+/// A stored file's MD5 (`stat --md5`): recorded at upload, or hashed from its bytes.
+pub(crate) async fn remote_md5(
+    stall: Duration,
+    backend: &dyn Backend,
+    path: &VPath,
+) -> Result<protocol::Digest, Failure> {
+    let reading = backend.read(path, 0).await?;
+    if let Some(r) = reading
+        .recorded
+        .filter(|r| r.digest.kind() == DigestKind::Md5)
+    {
+        return Ok(r.digest);
+    }
+    let size = reading.size;
+    Ok(
+        hash_stream(stall, reading.body, size, DigestKind::Md5, path)
+            .await?
+            .finish(),
+    )
 }

@@ -9,6 +9,11 @@ use crate::cmd::Handled;
 use crate::error::{blocking, SessionError};
 use crate::reply;
 use crate::session::Session;
+use crate::store::Files;
+
+/// Most entries a listing of an object store holds (it is gathered before it is sent); the
+/// rest are left off.
+const MAX_REMOTE_ENTRIES: usize = 100_000;
 
 /// The directory being read, handed to each blocking task and back.
 struct Reader {
@@ -23,16 +28,27 @@ struct Reader {
 
 pub async fn run(s: &mut Session, req: List) -> Handled {
     let path = s.resolve(&req.path)?;
-    let home = s.home.clone();
-    let digests = req.digests.then(|| (home.clone(), path.clone(), s.digest));
-    let reader = blocking(move || {
-        home.list(&path).map(|entries| Reader {
-            entries: Box::new(entries),
+    let reader = match &s.files {
+        Files::Local(home) => {
+            let home = home.clone();
+            let digests = req.digests.then(|| (home.clone(), path.clone(), s.digest));
+            blocking(move || {
+                home.list(&path).map(|entries| Reader {
+                    entries: Box::new(entries),
+                    carry: None,
+                    digests,
+                })
+            })
+            .await??
+        }
+        // Without digests: on an object store they are a request a file (`mirror --checksum`
+        // asks `stat` for the ones it needs).
+        Files::Remote(backend) => Reader {
+            entries: Box::new(backend.list(&path, MAX_REMOTE_ENTRIES).await?.into_iter()),
             carry: None,
-            digests,
-        })
-    })
-    .await??;
+            digests: None,
+        },
+    };
     // One batch is read by a blocking task while the last one is sent; the task returns after
     // each batch, so no blocking thread waits for a slow client.
     let mut next = tokio::task::spawn_blocking(move || batch(reader));

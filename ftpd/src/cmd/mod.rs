@@ -17,9 +17,8 @@ pub mod stat;
 use std::time::{Duration, Instant};
 
 use protocol::Message;
-use storage::Home;
 
-use crate::error::{blocking, SessionError};
+use crate::error::SessionError;
 use crate::reply::CmdError;
 
 /// How a command ended, when it did not succeed.
@@ -56,16 +55,6 @@ impl From<storage::Error> for Failure {
 
 /// What a command handler gives the dispatcher: the final frame to send, or why not.
 pub type Handled = Result<Message, Failure>;
-
-/// Runs a storage change off the reactor; its success is answered `ok`.
-pub(crate) async fn storage_ok<F>(home: &Home, f: F) -> Handled
-where
-    F: FnOnce(&Home) -> storage::Result<()> + Send + 'static,
-{
-    let home = home.clone();
-    blocking(move || f(&home)).await??;
-    Ok(Message::Ok)
-}
 
 /// The slowest a transfer may move for long (`--min-rate`). Without it, a frame per stall
 /// timeout kept a transfer open forever while it moved next to nothing: one upload that

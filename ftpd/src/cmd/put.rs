@@ -9,13 +9,16 @@ use std::time::Instant;
 use protocol::{
     ChunkHeader, ChunkReceiver, Eof, ErrorReply, Message, Permit, Put, PutReady, Sequence,
 };
-use storage::{Upload, UploadRequest, VPath};
+use std::sync::Arc;
+
+use storage::{Backend, Upload, UploadRequest, VPath};
 use tokio::task::JoinHandle;
 
 use crate::cmd::{Failure, Handled, Pace};
 use crate::error::{blocking, SessionError};
 use crate::reply::CmdError;
 use crate::session::{Moved, Session};
+use crate::store::Files;
 
 /// Chunks verified and written while the next ones are read off the socket.
 const PIPELINE_DEPTH: usize = 4;
@@ -59,7 +62,11 @@ async fn receive(s: &mut Session, req: Put) -> Handled {
         mtime: req.mtime,
         digest: s.digest,
     };
-    let (home, target) = (s.home.clone(), path.clone());
+    let home = match &s.files {
+        Files::Local(home) => home.clone(),
+        Files::Remote(backend) => return remote(s, req, backend.clone(), path, ureq).await,
+    };
+    let target = path.clone();
     let upload = blocking(move || home.begin_upload(&target, &ureq)).await??;
     let offset = upload.offset();
     if offset > 0 {
@@ -166,6 +173,103 @@ async fn receive(s: &mut Session, req: Put) -> Handled {
     }
 }
 
+/// An upload to a backend behind the storage trait (object storage): each chunk is checked by
+/// the transfer engine, off the reactor, and handed to the backend, which stores it in parts;
+/// nothing is visible under the name until the whole file's digest is checked and the backend
+/// commits. A connection lost part-way leaves what the backend stored for `put -c`.
+async fn remote(
+    s: &mut Session,
+    req: Put,
+    backend: Arc<dyn Backend>,
+    path: VPath,
+    ureq: UploadRequest,
+) -> Handled {
+    let mut upload = backend.begin_upload(&path, &ureq).await?;
+    let offset = upload.offset();
+    if offset > 0 {
+        crate::metrics::resumed(crate::metrics::Direction::Upload);
+    }
+    let mut receiver =
+        ChunkReceiver::new(offset, req.size, protocol::MAX_BODY as u32, upload.prefix());
+    if !req.pipelined {
+        s.send(Message::PutReady(PutReady {
+            offset,
+            digest: receiver.digest_so_far(),
+        }))
+        .await?;
+    }
+    let mut seq = receiver.sequence();
+    let mut pace = Pace::new(s);
+    let end = loop {
+        let frame = match s.next_upload_frame().await {
+            Ok(frame) => frame,
+            Err(e) => break End::Lost(e),
+        };
+        match frame.message {
+            Message::Chunk(h) => {
+                if let Err(e) = pace.moved(u64::from(h.len)) {
+                    break End::Lost(e);
+                }
+                if let Err(error) = seq.advance(&h) {
+                    let path = path.clone();
+                    break End::Refused(CmdError::Transfer { path, error });
+                }
+                let permit = s.take_body_permit();
+                let body = frame.body;
+                let (back, checked) = blocking(move || {
+                    let checked = receiver.accept(&h, &body).map(|()| (body, h.digest));
+                    (receiver, checked)
+                })
+                .await?;
+                receiver = back;
+                let written = match checked {
+                    Ok((body, digest)) => upload.write(body, digest).await.map_err(CmdError::from),
+                    Err(error) => Err(CmdError::Transfer {
+                        path: path.clone(),
+                        error,
+                    }),
+                };
+                drop(permit);
+                if let Err(e) = written {
+                    break End::Refused(e);
+                }
+            }
+            Message::Eof(eof) => break End::Eof(eof),
+            Message::Abort(r) => break End::Aborted(r),
+            other => {
+                let msg = format!("{other:?} in the middle of an upload");
+                break End::Lost(SessionError::Protocol(msg));
+            }
+        }
+    };
+    s.moved.bytes = receiver.position() - offset;
+    // Every other end drops the upload, which keeps what is stored for a resume.
+    match end {
+        End::Eof(eof) => {
+            let digest = match receiver.finish(&eof) {
+                Ok(digest) => digest,
+                Err(error) => {
+                    upload.abort().await;
+                    return Err(CmdError::Transfer { path, error }.into());
+                }
+            };
+            upload.commit(digest, req.overwrite).await?;
+            s.moved.digest = Some(digest);
+            Ok(Message::Stored(Eof {
+                size: eof.size,
+                digest,
+            }))
+        }
+        End::Aborted(r) => Err(Failure::Refused(CmdError::AbortedByClient {
+            code: r.code,
+            message: r.message,
+        })),
+        End::Refused(refusal) => Err(Failure::RefusedUpload(refusal)),
+        End::Lost(e) => Err(e.into()),
+        End::WriterStopped => unreachable!("no writer task on this path"),
+    }
+}
+
 /// A small pipelined upload (see [`crate::pipeline`]): its frames are read whole now, and a
 /// blocking task writes and checks it while the session reads the next command; its answer
 /// comes from the pipeline, in order.
@@ -245,7 +349,11 @@ pub(crate) async fn pipelined(
         mtime: req.mtime,
         digest: s.digest,
     };
-    let home = s.home.clone();
+    let Some(home) = s.files.local().cloned() else {
+        let why = CmdError::OutOfPlace("pipelined uploads are taken on the local root only");
+        s.pipeline_refuse(moved, started, why);
+        return Ok(());
+    };
     let moved = Moved {
         bytes: seq.position(),
         ..moved

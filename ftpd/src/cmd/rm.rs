@@ -1,12 +1,13 @@
 //! `rm`: remove a file (not a directory).
 
-use protocol::PathArg;
+use protocol::{Message, PathArg};
 
-use crate::cmd::{storage_ok, Handled};
+use crate::cmd::Handled;
 use crate::session::Session;
 
 pub async fn run(s: &mut Session, req: PathArg) -> Handled {
     s.check_writable()?;
     let path = s.resolve(&req.path)?;
-    storage_ok(&s.home, move |home| home.remove_file(&path)).await
+    s.files.remove_file(&path).await?;
+    Ok(Message::Ok)
 }

@@ -5,15 +5,30 @@ use std::sync::Arc;
 use protocol::{DigestKind, Message, Stat, StatReply};
 use storage::FileKind;
 
-use crate::cmd::Handled;
+use crate::cmd::{get, Handled};
 use crate::error::blocking;
 use crate::hashing::{self, Key};
 use crate::reply;
 use crate::session::Session;
+use crate::store::Files;
 
 pub async fn run(s: &mut Session, req: Stat) -> Handled {
     let path = s.resolve(&req.path)?;
-    let home = s.home.clone();
+    let home = match &s.files {
+        Files::Local(home) => home.clone(),
+        Files::Remote(backend) => {
+            let mut info = backend.stat(&path).await?;
+            info.name = path.to_string();
+            let md5 = match req.md5 && info.kind == FileKind::File {
+                true => {
+                    Some(get::remote_md5(s.config.stall_timeout, backend.as_ref(), &path).await?)
+                }
+                false => None,
+            };
+            let entry = reply::entry(info);
+            return Ok(Message::StatReply(StatReply { entry, md5 }));
+        }
+    };
     let target = path.clone();
     let (info, file) = blocking(move || {
         let mut info = home.stat(&target)?;

@@ -1,0 +1,117 @@
+use std::time::{Duration, Instant};
+
+use pgstate::{Direction, Usage};
+
+use crate::util::fresh_db;
+
+/// Two instances drawing on one user's rate for a while get at most rate × time plus one
+/// bucket (the window's worth), and not much less than rate × time.
+#[tokio::test]
+async fn two_instances_share_one_rate() {
+    let Some(db) = fresh_db().await else { return };
+    let (a, b) = (db.state("a").await, db.state("b").await);
+    const RATE: u64 = 1 << 20;
+    let window = a.options().rate_window;
+    let burst = RATE as f64 * window.as_secs_f64();
+    let run_for = Duration::from_millis(1500);
+    let start = Instant::now();
+    let draw = |s: pgstate::State| async move {
+        let mut total = 0u64;
+        while start.elapsed() < run_for {
+            let grant = s
+                .lease_rate("ann", Direction::Down, RATE, burst as u64)
+                .await
+                .unwrap();
+            total += grant.bytes;
+            // As a transfer would: spend the grant at the rate, or wait for more.
+            let pause = grant.retry_after.max(Duration::from_millis(5));
+            tokio::time::sleep(pause).await;
+        }
+        total
+    };
+    let (ta, tb) = tokio::join!(draw(a.clone()), draw(b.clone()));
+    let elapsed = start.elapsed().as_secs_f64();
+    let total = (ta + tb) as f64;
+    let most = RATE as f64 * elapsed + burst;
+    assert!(total <= most, "{total} granted, at most {most}");
+    assert!(
+        total >= 0.5 * RATE as f64 * elapsed,
+        "{total} granted in {elapsed} s"
+    );
+    assert!(ta > 0 && tb > 0, "both instances got some: {ta} {tb}");
+    // The other direction has a bucket of its own, full.
+    let up = a
+        .lease_rate("ann", Direction::Up, RATE, burst as u64)
+        .await
+        .unwrap();
+    assert_eq!(up.bytes, burst as u64);
+    assert_eq!(up.retry_after, Duration::ZERO);
+}
+
+/// Usage added by two instances at once adds up exactly; a reservation past the quota is
+/// refused and changes nothing.
+#[tokio::test]
+async fn usage_adds_up_across_instances_and_the_quota_holds() {
+    let Some(db) = fresh_db().await else { return };
+    let (a, b) = (db.state("a").await, db.state("b").await);
+    let adds = (0..40).map(|i| {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move { s.add_usage("ann", 100, 1).await.unwrap() }
+    });
+    futures::future::join_all(adds).await;
+    assert_eq!(
+        a.usage("ann").await.unwrap(),
+        Usage {
+            bytes: 4000,
+            files: 40
+        }
+    );
+    assert_eq!(
+        b.add_usage("ann", -1000, -10).await.unwrap(),
+        Usage {
+            bytes: 3000,
+            files: 30
+        }
+    );
+    assert_eq!(
+        b.add_usage("ann", -9000, 0).await.unwrap().bytes,
+        0,
+        "never below zero"
+    );
+    b.set_usage(
+        "ann",
+        Usage {
+            bytes: 900,
+            files: 3,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        a.try_add_usage("ann", 100, 1, Some(1000), Some(4))
+            .await
+            .unwrap(),
+        Some(Usage {
+            bytes: 1000,
+            files: 4
+        })
+    );
+    assert_eq!(
+        a.try_add_usage("ann", 1, 0, Some(1000), None)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        a.try_add_usage("ann", 0, 1, None, Some(4)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        a.usage("ann").await.unwrap(),
+        Usage {
+            bytes: 1000,
+            files: 4
+        }
+    );
+    assert_eq!(a.usage("nobody").await.unwrap(), Usage::default());
+}
