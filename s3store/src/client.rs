@@ -48,6 +48,8 @@ impl Default for Timeouts {
 pub struct ObjectMeta {
     pub size: u64,
     pub etag: String,
+    /// Last-Modified, seconds since the Unix epoch, when the service sent a readable one.
+    pub modified: Option<i64>,
 }
 
 /// One object in a listing, its key relative to the configured prefix.
@@ -327,6 +329,7 @@ impl Client {
         Ok(ObjectMeta {
             size,
             etag: header(&h, "etag").unwrap_or_default(),
+            modified: header(&h, "last-modified").and_then(|t| http_date(&t)),
         })
     }
 
@@ -489,10 +492,26 @@ impl Client {
         delimiter: Option<&str>,
         token: Option<&str>,
     ) -> Result<ListPage> {
+        self.list_page_of(prefix, delimiter, token, None).await
+    }
+
+    /// [`Client::list_page`] of at most `max_keys` entries (the service's default is 1,000):
+    /// a question that one or two entries answer (is this prefix empty?) asks for no more.
+    pub async fn list_page_of(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<&str>,
+        max_keys: Option<u16>,
+    ) -> Result<ListPage> {
         let full = self.full_key(prefix);
+        let max = max_keys.map(|m| m.to_string());
         let mut query = vec![("list-type", "2"), ("prefix", full.as_str())];
         if let Some(d) = delimiter {
             query.push(("delimiter", d));
+        }
+        if let Some(m) = &max {
+            query.push(("max-keys", m));
         }
         if let Some(t) = token {
             query.push(("continuation-token", t));
@@ -655,6 +674,18 @@ impl Client {
             .await?;
         Ok(())
     }
+}
+
+/// An HTTP date (`Wed, 21 Oct 2015 07:28:00 GMT`, RFC 2822's form) as Unix seconds.
+fn http_date(text: &str) -> Option<i64> {
+    jiff::fmt::rfc2822::parse(text)
+        .ok()
+        .map(|z| z.timestamp().as_second())
+}
+
+/// A listing's `LastModified` (RFC 3339) as Unix seconds.
+pub fn listing_time(text: &str) -> Option<i64> {
+    text.parse::<Timestamp>().ok().map(|t| t.as_second())
 }
 
 fn header(h: &HeaderMap, name: &str) -> Option<String> {

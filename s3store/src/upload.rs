@@ -26,8 +26,15 @@ pub const MIN_PART_SIZE: u64 = 5 << 20;
 pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
 /// S3's largest part number.
 const MAX_PARTS: u32 = 10_000;
-/// A state record is a few hundred bytes plus 80 a part: 10,000 parts fit in 1 MiB.
-const MAX_RECORD: u64 = 1 << 20;
+/// A state record is a few hundred bytes plus 80 a part (10,000 parts: 800 KB) plus 35 a
+/// chunk digest kept for a resume (at most [`MAX_RESUMED_CHUNKS`]: 150 KB).
+const MAX_RECORD: u64 = 2 << 20;
+/// The most chunk digests a state record keeps across a resume: 4 GiB in 1 MiB chunks. The
+/// record is written again after every part, so longer lists would cost more than they save;
+/// beyond it a resumed upload records only its whole digest.
+const MAX_RESUMED_CHUNKS: usize = 4096;
+/// A digest record holds up to 65,536 running digests of 32 bytes in hex: about 4.5 MB.
+const MAX_DIGEST_RECORD: u64 = 6 << 20;
 
 /// A part size S3 accepts: at least 5 MiB, at most 5 GiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,12 +77,17 @@ impl PartBudget {
         }
     }
 
-    /// Waits until one buffer of `part` fits in the budget.
-    pub async fn reserve(&self, part: PartSize) -> Result<OwnedSemaphorePermit> {
-        let n = u32::try_from(part.get())
+    /// Refuses a part that could never fit, before an upload starts.
+    pub fn check(&self, part: PartSize) -> Result<u32> {
+        u32::try_from(part.get())
             .ok()
             .filter(|_| part.get() <= self.total)
-            .ok_or_else(|| Error::with(ErrorKind::Config, "part size larger than the budget"))?;
+            .ok_or_else(|| Error::with(ErrorKind::Config, "part size larger than the budget"))
+    }
+
+    /// Waits until one buffer of `part` fits in the budget.
+    pub async fn reserve(&self, part: PartSize) -> Result<OwnedSemaphorePermit> {
+        let n = self.check(part)?;
         self.permits
             .clone()
             .acquire_many_owned(n)
@@ -123,6 +135,17 @@ pub struct UploadRecord {
     /// The digest state after the recorded parts (hex of the hash crate's own serialization).
     pub digest_state: String,
     pub lease: Lease,
+    /// The client's own name for the upload (with its user), so that a resume continues only
+    /// the same client upload; `None` in records of uploads without one.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The size the client declared, so that a resume of a different file starts anew.
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// The running digests of the chunks in the recorded parts, when chunks and parts align,
+    /// so that a resumed upload still records every chunk's digest for downloads.
+    #[serde(default)]
+    pub chunks: Option<ChunkLog>,
 }
 
 impl UploadRecord {
@@ -141,11 +164,99 @@ pub fn record_key(key: &str) -> String {
     )
 }
 
-/// What the digest record beside a stored object holds.
+/// What the digest record beside a stored object holds: enough for a download to send every
+/// chunk's running digest again without hashing, while the object is the one recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DigestRecord {
+    /// The object's size when recorded: a record of another size describes another object.
     pub size: u64,
+    /// The whole object's digest.
     pub digest: Digest,
+    /// The object's ETag when recorded (quotes trimmed): an object replaced by another tool
+    /// with the same size voids the record too. `None` in records that predate it.
+    #[serde(default)]
+    pub etag: Option<String>,
+    /// Every chunk but the last has this length; 0 when no chunks are recorded.
+    #[serde(default)]
+    pub chunk: u32,
+    /// Each chunk's running digest (of the object from byte 0 through the chunk's end); empty
+    /// when the upload was resumed (the earlier chunks were never seen by this daemon).
+    #[serde(default)]
+    pub chunks: Vec<Digest>,
+}
+
+/// The chunks of an upload so far, for the digest record: their common length and running
+/// digests, by the local root's rules (chunks shorter than 64 KiB but the last, or more than
+/// 65,536 of them, are not recorded, and downloads hash instead).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkLog {
+    /// Length of every chunk but possibly the last; 0 before the first.
+    pub len: u32,
+    /// Each chunk's running digest (of the file from byte 0 through the chunk's end).
+    pub digests: Vec<Digest>,
+    /// A chunk shorter than `len` arrived: it must have been the last. (Never true in a
+    /// state record: the last chunk ends the file, past every recorded part.)
+    #[serde(skip)]
+    ended: bool,
+}
+
+impl ChunkLog {
+    /// Records a chunk (`last` when it ends the file); false when the chunks no longer make
+    /// a record worth keeping.
+    pub fn push(&mut self, len: u32, digest: Digest, last: bool) -> bool {
+        if self.ended || len == 0 || self.digests.len() >= storage::MAX_RECORDED_CHUNKS {
+            return false;
+        }
+        if len < storage::MIN_RECORDED_CHUNK && !last {
+            return false;
+        }
+        if self.len == 0 {
+            self.len = len;
+        } else if len > self.len {
+            return false;
+        } else if len < self.len {
+            self.ended = true;
+        }
+        self.digests.push(digest);
+        true
+    }
+
+    /// The chunks that end within the first `offset` bytes, when one ends exactly there.
+    fn up_to(&self, offset: u64) -> Option<ChunkLog> {
+        let len = u64::from(self.len);
+        if offset == 0 || len == 0 || !offset.is_multiple_of(len) {
+            return None;
+        }
+        let n = usize::try_from(offset / len).ok()?;
+        (n <= self.digests.len() && n <= MAX_RESUMED_CHUNKS).then(|| ChunkLog {
+            len: self.len,
+            digests: self.digests[..n].to_vec(),
+            ended: false,
+        })
+    }
+}
+
+/// An ETag as services quote it or not, for comparing.
+pub fn bare_etag(etag: &str) -> &str {
+    etag.trim().trim_matches('"')
+}
+
+/// How an upload is started: the parts of [`ResumableUpload::start_with`] beyond its key.
+#[derive(Debug, Clone)]
+pub struct UploadSpec {
+    /// The session's digest, which the upload hashes its bytes with.
+    pub kind: DigestKind,
+    /// Every part but the last is this long.
+    pub part_size: PartSize,
+    /// Who writes it, for the lease.
+    pub holder: String,
+    /// The client's name for the upload, kept in the record for a resume to match.
+    pub client_id: Option<String>,
+    /// The size the client declared, kept in the record for a resume to match.
+    pub size: Option<u64>,
+    /// Whether the upload keeps a state record (to resume). An unrecorded upload needs no
+    /// saved digest state (BLAKE3) and is found only by the sweeper when abandoned.
+    pub recorded: bool,
 }
 
 /// How a finished upload ended.
@@ -159,14 +270,28 @@ pub enum Finished {
 
 /// An upload in progress. Dropping it leaves the upload open and its record in place, to be
 /// resumed or swept.
+///
+/// Its part buffer comes from the [`PartBudget`] only while it holds bytes: the share is taken
+/// when the first byte of a part arrives and given back as soon as the part is sent, so an
+/// upload at a part boundary, or opened and idle, holds no memory. An upload waiting for its
+/// client in the middle of a part does hold its (partly filled) buffer: those bytes cannot be
+/// sent as a part until there are 5 MiB of them, and cannot be dropped.
 #[derive(Debug)]
 pub struct ResumableUpload {
     client: Arc<Client>,
     record: UploadRecord,
     hasher: Hasher,
+    /// The bytes of the part being filled; empty, without capacity, between parts.
     buf: BytesMut,
-    /// This upload's share of the part budget, returned when it ends.
-    _permit: OwnedSemaphorePermit,
+    /// Where buffers come from.
+    budget: PartBudget,
+    /// This upload's share of the part budget while `buf` holds bytes.
+    permit: Option<OwnedSemaphorePermit>,
+    /// Whether a state record is kept (see [`UploadSpec::recorded`]).
+    recorded: bool,
+    /// The chunks written so far ([`ResumableUpload::write_chunk`]), for the digest record;
+    /// `None` once they make no record worth keeping, or when a resume did not know them.
+    chunks: Option<ChunkLog>,
     /// Parts this value sent, for tests and logs.
     sent: u32,
 }
@@ -194,10 +319,51 @@ impl ResumableUpload {
         budget: &PartBudget,
         holder: &str,
     ) -> Result<ResumableUpload> {
+        let spec = UploadSpec {
+            kind,
+            part_size,
+            holder: holder.to_owned(),
+            client_id: None,
+            size: None,
+            recorded: true,
+        };
+        Self::start_with(client, key, budget, spec).await
+    }
+
+    /// [`ResumableUpload::start`] with everything said: the client's id and size to record,
+    /// and whether to keep a record at all.
+    pub async fn start_with(
+        client: Arc<Client>,
+        key: &str,
+        budget: &PartBudget,
+        spec: UploadSpec,
+    ) -> Result<ResumableUpload> {
+        let UploadSpec {
+            kind,
+            part_size,
+            holder,
+            client_id,
+            size,
+            recorded,
+        } = spec;
         let hasher = Hasher::new(kind);
-        let digest_state = saved_hex(&hasher)?;
-        let permit = budget.reserve(part_size).await?;
-        let previous = read_record(&client, key).await?;
+        let digest_state = if recorded {
+            saved_hex(&hasher)?
+        } else {
+            String::new()
+        };
+        budget.check(part_size)?;
+        // An unrecorded upload leaves a resumable one of the same key alone (it may be
+        // another client's); the first to complete wins, as between any two uploads.
+        let previous = match recorded {
+            true => match read_record(&client, key).await {
+                Ok(r) => r,
+                // Unreadable: replaced below; its upload, if any, is left to the sweeper.
+                Err(e) if e.kind() == ErrorKind::Protocol => None,
+                Err(e) => return Err(e),
+            },
+            false => None,
+        };
         let upload_id = client.create_multipart(key).await?;
         // A restart of the same key takes over: the next token fences the old writer.
         let token = previous
@@ -215,12 +381,20 @@ impl ResumableUpload {
             parts: Vec::new(),
             digest_kind: kind,
             digest_state,
-            lease: Lease {
-                holder: holder.to_owned(),
-                token,
-            },
+            lease: Lease { holder, token },
+            client_id,
+            size,
+            chunks: None,
         };
-        Self::recorded(client, record, hasher, permit).await
+        Self::recorded(
+            client,
+            record,
+            hasher,
+            budget,
+            recorded,
+            Some(ChunkLog::default()),
+        )
+        .await
     }
 
     /// Continues the recorded upload of `key`, if there is one and the service still holds
@@ -231,9 +405,24 @@ impl ResumableUpload {
         budget: &PartBudget,
         holder: &str,
     ) -> Result<Option<ResumableUpload>> {
+        Self::resume_if(client, key, budget, holder, |_| true).await
+    }
+
+    /// [`ResumableUpload::resume`] of a record that `accept` takes (the same client upload, of
+    /// the same size); a record it refuses is left alone, and `None` returned.
+    pub async fn resume_if(
+        client: Arc<Client>,
+        key: &str,
+        budget: &PartBudget,
+        holder: &str,
+        accept: impl FnOnce(&UploadRecord) -> bool + Send,
+    ) -> Result<Option<ResumableUpload>> {
         let Some(mut record) = read_record(&client, key).await? else {
             return Ok(None);
         };
+        if !accept(&record) {
+            return Ok(None);
+        }
         let bad = || Error::with(ErrorKind::Protocol, "unreadable upload record");
         let part_size = PartSize::new(record.part_size).ok_or_else(bad)?;
         let state = hex::decode(&record.digest_state).map_err(|_| bad())?;
@@ -260,32 +449,54 @@ impl ResumableUpload {
                 "the service lost recorded parts",
             ));
         }
-        let permit = budget.reserve(part_size).await?;
+        budget.check(part_size)?;
         record.lease = Lease {
             holder: holder.to_owned(),
             token: record.lease.token.saturating_add(1),
         };
-        Self::recorded(client, record, hasher, permit)
+        // The chunk digests recorded with the parts, if they cover exactly the parts.
+        let offset = record.offset();
+        let chunks = record
+            .chunks
+            .as_ref()
+            .filter(|c| {
+                c.up_to(offset)
+                    .is_some_and(|u| u.digests.len() == c.digests.len())
+            })
+            .cloned();
+        Self::recorded(client, record, hasher, budget, true, chunks)
             .await
             .map(Some)
     }
 
-    /// Writes `record` (a new lease on it), then writes bytes under it.
+    /// Writes `record` (a new lease on it) unless unrecorded, then writes bytes under it.
     async fn recorded(
         client: Arc<Client>,
         record: UploadRecord,
         hasher: Hasher,
-        permit: OwnedSemaphorePermit,
+        budget: &PartBudget,
+        recorded: bool,
+        chunks: Option<ChunkLog>,
     ) -> Result<ResumableUpload> {
-        write_record(&client, &record).await?;
+        if recorded {
+            write_record(&client, &record).await?;
+        }
         Ok(ResumableUpload {
             client,
-            buf: BytesMut::with_capacity(record.part_size as usize),
+            buf: BytesMut::new(),
             record,
             hasher,
-            _permit: permit,
+            budget: budget.clone(),
+            permit: None,
+            recorded,
+            chunks,
             sent: 0,
         })
+    }
+
+    /// The running digest of the recorded parts, where the caller's hashing continues.
+    pub fn hasher(&self) -> &Hasher {
+        &self.hasher
     }
 
     /// Bytes stored and recorded before this value buffered anything.
@@ -302,22 +513,58 @@ impl ResumableUpload {
         &self.record
     }
 
-    /// Takes the next bytes; a part is uploaded, and recorded, whenever one fills.
+    /// Takes the next chunk the transfer engine verified, with its running digest (of the
+    /// file from byte 0 through the chunk's end; `last` when it ends the file), to record with
+    /// the object and, across a resume, in the state record.
+    pub async fn write_chunk(&mut self, data: &[u8], running: Digest, last: bool) -> Result<()> {
+        if let Some(log) = &mut self.chunks {
+            // Noted before the bytes, so that a part that this chunk completes records it.
+            if !log.push(data.len() as u32, running, last) {
+                self.chunks = None;
+            }
+        }
+        self.write(data).await
+    }
+
+    /// Takes the next bytes; a part is uploaded, and recorded, whenever one fills. Bytes
+    /// given here, not through [`ResumableUpload::write_chunk`], leave no chunk digests.
     pub async fn write(&mut self, mut data: &[u8]) -> Result<()> {
         let part = self.record.part_size as usize;
         while !data.is_empty() {
+            self.take_buffer().await?;
             let n = (part - self.buf.len()).min(data.len());
             self.buf.extend_from_slice(&data[..n]);
             self.hasher.update(&data[..n]);
             data = &data[n..];
             if self.buf.len() == part {
-                let body = self.buf.split().freeze();
+                let (body, share) = self.take_part();
                 self.send_part(body).await?;
-                self.record.digest_state = saved_hex(&self.hasher)?;
-                write_record(&self.client, &self.record).await?;
+                drop(share);
+                if self.recorded {
+                    self.record.digest_state = saved_hex(&self.hasher)?;
+                    let offset = self.record.offset();
+                    self.record.chunks = self.chunks.as_ref().and_then(|c| c.up_to(offset));
+                    write_record(&self.client, &self.record).await?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Waits for this upload's share of the budget, when it holds none, and sizes the buffer.
+    async fn take_buffer(&mut self) -> Result<()> {
+        if self.permit.is_none() {
+            let part = PartSize(self.record.part_size);
+            self.permit = Some(self.budget.reserve(part).await?);
+            self.buf.reserve(part.get() as usize);
+        }
+        Ok(())
+    }
+
+    /// The buffered bytes as a part's body, with their share of the budget: it goes back
+    /// only once the part is sent, since the memory is the body's until then.
+    fn take_part(&mut self) -> (Bytes, Option<OwnedSemaphorePermit>) {
+        (std::mem::take(&mut self.buf).freeze(), self.permit.take())
     }
 
     async fn send_part(&mut self, body: Bytes) -> Result<()> {
@@ -340,11 +587,15 @@ impl ResumableUpload {
     /// (only if the name is free unless `overwrite`); aborts it otherwise. Either way the
     /// upload and its record are gone afterwards, except on a transient failure, after which
     /// the record still allows a resume.
+    /// The digest record holds every chunk's running digest given through
+    /// [`ResumableUpload::write_chunk`], when they follow the rules of [`ChunkLog::push`] and
+    /// (after a resume) were kept in the state record.
     pub async fn finish(mut self, expected: Digest, overwrite: bool) -> Result<Finished> {
         if !self.buf.is_empty() || self.record.parts.is_empty() {
             // The last part may be short; an empty file is one empty part.
-            let body = self.buf.split().freeze();
+            let (body, share) = self.take_part();
             self.send_part(body).await?;
+            drop(share);
         }
         let actual = self.hasher.digest();
         if actual != expected {
@@ -358,28 +609,37 @@ impl ResumableUpload {
             .map(|p| (p.number, p.etag.clone()))
             .collect();
         let key = self.record.key.clone();
-        match self
+        let etag = match self
             .client
             .complete(&key, &self.record.upload_id, &parts, !overwrite)
             .await
         {
-            Ok(_) => {}
+            Ok(etag) => etag,
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 self.discard().await?;
                 return Err(e);
             }
             Err(e) => return Err(e),
-        }
+        };
         let size = self.record.offset();
+        let (chunk, chunks) = match self.chunks.take() {
+            Some(log) if !log.digests.is_empty() => (log.len, log.digests),
+            _ => (0, Vec::new()),
+        };
         let digest = DigestRecord {
             size,
             digest: actual,
+            etag: (!etag.is_empty()).then(|| bare_etag(&etag).to_owned()),
+            chunk,
+            chunks,
         };
         let body = serde_json::to_vec(&digest).map_err(|e| Error::with(ErrorKind::Protocol, e))?;
         self.client
-            .put(&format!("{DIGESTS_PREFIX}{key}"), Bytes::from(body), false)
+            .put(&digest_key(&key), Bytes::from(body), false)
             .await?;
-        self.client.delete(&record_key(&key)).await?;
+        if self.recorded {
+            self.client.delete(&record_key(&key)).await?;
+        }
         Ok(Finished::Stored {
             size,
             digest: actual,
@@ -401,35 +661,53 @@ impl ResumableUpload {
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
+        if !self.recorded {
+            return Ok(());
+        }
         self.client.delete(&record_key(&self.record.key)).await
     }
 }
 
+/// Where the digests recorded with `key` are kept.
+pub fn digest_key(key: &str) -> String {
+    format!("{DIGESTS_PREFIX}{key}")
+}
+
 /// The digests recorded when `key` was uploaded, if any.
 pub async fn read_digest(client: &Client, key: &str) -> Result<Option<DigestRecord>> {
-    read_json(client, &format!("{DIGESTS_PREFIX}{key}")).await
+    read_json(client, &digest_key(key), MAX_DIGEST_RECORD).await
+}
+
+/// Records `record` as the digests of `key`.
+pub async fn write_digest(client: &Client, key: &str, record: &DigestRecord) -> Result<()> {
+    let body = serde_json::to_vec(record).map_err(|e| Error::with(ErrorKind::Protocol, e))?;
+    client
+        .put(&digest_key(key), Bytes::from(body), false)
+        .await?;
+    Ok(())
 }
 
 async fn read_record(client: &Client, key: &str) -> Result<Option<UploadRecord>> {
-    let record: Option<UploadRecord> = read_json(client, &record_key(key)).await?;
+    let record: Option<UploadRecord> = read_json(client, &record_key(key), MAX_RECORD).await?;
     Ok(record.filter(|r| r.key == key))
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(
     client: &Client,
     key: &str,
+    cap: u64,
 ) -> Result<Option<T>> {
     let mut download = match client.get(key, 0, None).await {
         Ok(d) => d,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    if download.len > MAX_RECORD {
+    if download.len > cap {
         return Err(Error::with(ErrorKind::Protocol, "record too long"));
     }
     let mut body = Vec::with_capacity(download.len as usize);
     while let Some(chunk) = download.chunk().await? {
-        if (body.len() + chunk.len()) as u64 > MAX_RECORD {
+        if (body.len() + chunk.len()) as u64 > cap {
             return Err(Error::with(ErrorKind::Protocol, "record too long"));
         }
         body.extend_from_slice(&chunk);
@@ -498,6 +776,22 @@ pub async fn sweep(client: &Client, max_age: Duration) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_logs_follow_the_local_roots_rules() {
+        let d = Digest::md5(b"");
+        let min = storage::MIN_RECORDED_CHUNK;
+        let mut log = ChunkLog::default();
+        assert!(log.push(min, d, false));
+        assert!(log.push(min, d, false));
+        assert!(log.push(10, d, true), "the last may be short");
+        assert!(!log.push(10, d, true), "nothing after the last");
+        assert!(!ChunkLog::default().push(min - 1, d, false));
+        // Kept across a resume only when a chunk ends at the part boundary.
+        assert_eq!(log.up_to(u64::from(min)).unwrap().digests.len(), 1);
+        assert!(log.up_to(u64::from(min) + 1).is_none());
+        assert!(log.up_to(0).is_none());
+    }
     use futures::FutureExt as _;
 
     #[tokio::test]

@@ -1,86 +1,24 @@
-//! s3store against a real S3 server: moto's, started per test on a free loopback port.
-//! Without `moto_server` the tests print a note and pass, except under CI (env CI set), where
-//! they fail: CI installs it (.ci/run).
+//! s3store's client layer against a real S3 server: moto's, started per test on a free
+//! loopback port (see `common`).
 
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::{config, data, free_port, get_all, moto, open_uploads, Moto};
 
 use bytes::Bytes;
 use checksum::{Digest, DigestKind};
 use s3store::{
-    Client, Conditional, Config, Credentials, ErrorKind, Finished, PartBudget, PartSize,
-    ResumableUpload, Timeouts, MIN_PART_SIZE,
+    Client, Conditional, ErrorKind, Finished, PartBudget, PartSize, ResumableUpload, Timeouts,
+    MIN_PART_SIZE,
 };
-
-/// A moto server on its own port, killed when dropped.
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// Starts moto, or `None` when it is not installed and this is not CI.
-fn moto() -> Option<Moto> {
-    let port = free_port();
-    let mut cmd = Command::new("moto_server");
-    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) if std::env::var_os("CI").is_some() => panic!("moto_server is required in CI: {e}"),
-        Err(_) => {
-            eprintln!("note: moto_server not installed (pip install 'moto[server]'); skipped");
-            return None;
-        }
-    };
-    let moto = Moto { child, port };
-    // Ready when it accepts a connection; moto prints no line to wait for.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(moto)
-}
-
-fn config(port: u16, bucket: &str, prefix: &str) -> Config {
-    Config {
-        bucket: bucket.to_owned(),
-        prefix: prefix.to_owned(),
-        endpoint: Some(format!("http://127.0.0.1:{port}").parse().unwrap()),
-        region: "us-east-1".to_owned(),
-        credentials: Credentials {
-            key: "testing".to_owned(),
-            secret: "testing".to_owned(),
-            token: None,
-        },
-    }
-}
 
 async fn bucket(m: &Moto) -> Arc<Client> {
     let c = Client::new(config(m.port, "files", "home/ann/"), Timeouts::default()).unwrap();
     c.create_bucket().await.unwrap();
     Arc::new(c)
-}
-
-/// Deterministic bytes that differ at every offset within a part.
-fn data(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
 }
 
 fn part() -> PartSize {
@@ -91,16 +29,6 @@ fn budget() -> PartBudget {
     PartBudget::new(64 << 20)
 }
 
-async fn get_all(c: &Client, key: &str, offset: u64) -> Vec<u8> {
-    let mut d = c.get(key, offset, None).await.unwrap();
-    let mut out = Vec::new();
-    while let Some(chunk) = d.chunk().await.unwrap() {
-        out.extend_from_slice(&chunk);
-    }
-    assert_eq!(out.len() as u64, d.len);
-    out
-}
-
 async fn upload(c: &Arc<Client>, key: &str, bytes: &[u8]) -> ResumableUpload {
     let mut up = ResumableUpload::start(c.clone(), key, DigestKind::Md5, part(), &budget(), "t")
         .await
@@ -109,10 +37,6 @@ async fn upload(c: &Arc<Client>, key: &str, bytes: &[u8]) -> ResumableUpload {
         up.write(piece).await.unwrap();
     }
     up
-}
-
-async fn open_uploads(c: &Client) -> usize {
-    c.list_uploads_page("", None).await.unwrap().uploads.len()
 }
 
 #[tokio::test]

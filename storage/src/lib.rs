@@ -15,8 +15,12 @@
 //! beneath no home, so no path and no link reaches it.
 
 mod backend;
+#[cfg(feature = "contract")]
+pub mod contract;
 mod digests;
 mod error;
+mod local;
+mod memory;
 mod path;
 mod scrub;
 mod state;
@@ -35,6 +39,8 @@ use cap_std::fs::Dir;
 pub use backend::{Backend, ChunkDigests, Reading, Writing};
 pub use digests::Recorded;
 pub use error::{Error, Result};
+pub use local::LocalBackend;
+pub use memory::{MemoryBackend, MemoryLimits};
 // The client still imports it from here until it depends on `fileio` itself.
 pub use path::{is_bidi_control, VPath, MAX_NAME, MAX_PATH, PRIVATE_DIR};
 pub use scrub::{Marked, Scrubbed, Suspect, Verdict, MAX_SUSPECTS};

@@ -27,3 +27,7 @@ mod session;
 
 // Users: what a user is told never names where their home is in the root.
 mod auth;
+
+// The daemon on a backend behind `storage::Backend` (in memory, standing in for S3): transfers,
+// resume, listings and the namespace commands through the remote path.
+mod remote;

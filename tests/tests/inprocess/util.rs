@@ -17,6 +17,7 @@ use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ftp_cli::client::Credentials;
@@ -47,6 +48,8 @@ pub struct InProcess {
     args: Vec<OsString>,
     /// The users file's text, when the daemon should have users.
     users: Option<String>,
+    /// Files kept by this backend instead of the temp root (the daemon's remote path).
+    backend: Option<Arc<storage::MemoryBackend>>,
 }
 
 impl InProcess {
@@ -55,6 +58,7 @@ impl InProcess {
         InProcess {
             args: Vec::new(),
             users: None,
+            backend: None,
         }
     }
 
@@ -68,6 +72,13 @@ impl InProcess {
     /// demands).
     pub fn users(mut self, toml: &str) -> InProcess {
         self.users = Some(toml.to_owned());
+        self
+    }
+
+    /// Keeps the files in `backend` (in memory, behind `storage::Backend`, as S3 would be)
+    /// instead of the temp root: the daemon's path for object storage, without a service.
+    pub fn on(mut self, backend: Arc<storage::MemoryBackend>) -> InProcess {
+        self.backend = Some(backend);
         self
     }
 
@@ -92,9 +103,14 @@ impl InProcess {
                 .expect("cannot chmod 600 the users file");
             argv.extend(["--users".into(), file.into()]);
         }
+        if self.backend.is_some() {
+            argv.extend(["--state-dir".into(), site.path().join("state").into()]);
+        }
         argv.extend(self.args);
         let config = ftpd::Config::load(&argv).expect("the test's settings are valid");
-        let server = ftpd::Server::new(config).expect("the daemon serves the temp root");
+        let backend = self.backend.map(|b| b as Arc<dyn storage::Backend>);
+        let server =
+            ftpd::Server::with_backend(config, backend).expect("the daemon serves the temp root");
         Daemon {
             server,
             site,
