@@ -139,6 +139,12 @@ async fn run(config: Config, args: Vec<OsString>, log: LogLevel) -> anyhow::Resu
         }
         return Ok(());
     }
+    if let Some(summary) = &summary {
+        info!("storage {summary}");
+        for weaker in server.shared().store.weaker() {
+            info!("storage: {weaker}");
+        }
+    }
     // Signal handlers exist before READY=1: a stop or reload right after start must be handled,
     // not kill the process with the default action.
     use tokio::signal::unix::{signal, SignalKind};

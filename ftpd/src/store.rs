@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use anyhow::Context;
+
 use storage::{Backend, FileInfo, Home, Root, VPath};
 
 use crate::error::{blocking, SessionError};
@@ -155,8 +157,41 @@ where
 /// Opens the object store `config.storage` names (probing it: reachable, writable, which
 /// conditional requests it honours); fails with one line saying what is wrong.
 pub async fn open_remote(config: &crate::Config) -> anyhow::Result<Remote> {
+    use s3store::{Conditional, PartSize, S3Backend, S3Options};
     let url = config.storage.as_deref().unwrap_or_default();
-    anyhow::bail!("{url}: object storage is not wired in yet")
+    let s3 = s3store::Config::from_env(url, config.s3_endpoint.as_deref())
+        .with_context(|| format!("cannot use --storage {url}"))?;
+    let part_size = PartSize::new(config.s3_part_size).with_context(|| {
+        format!(
+            "--s3-part-size {} is below S3's least part size, 5MiB",
+            config.s3_part_size
+        )
+    })?;
+    let opts = S3Options {
+        part_budget: config.s3_part_memory,
+        part_size,
+        max_file_size: config.max_file_size,
+        quota: config.quota,
+        max_files: config.max_files,
+        ..S3Options::default()
+    };
+    let backend = S3Backend::open(s3, opts)
+        .await
+        .with_context(|| format!("cannot serve {url}"))?;
+    let report = backend.probe_report();
+    let said = |c: Conditional| match c {
+        Conditional::Honoured => "honoured",
+        Conditional::Ignored => "ignored",
+    };
+    let summary = format!(
+        "{url}: put If-None-Match {}; complete If-None-Match {}",
+        said(report.put_if_none_match),
+        said(report.complete_if_none_match)
+    );
+    Ok(Remote {
+        backend: Arc::new(backend),
+        summary,
+    })
 }
 
 /// An opened object store and what its probe found.
