@@ -1707,6 +1707,8 @@ impl S3DaemonBuilder {
         let mut cmd = Command::new(bin("ftpd"));
         cmd.arg("--storage")
             .arg(&self.storage)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
             .arg("--s3-endpoint")
             .arg(&self.endpoint)
             .arg("--state-dir")
