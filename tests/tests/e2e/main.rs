@@ -85,3 +85,8 @@ mod limits;
 // Behind a load balancer: HAProxy with send-proxy-v2 in front of the daemon, the client's
 // address in the logs and limits, and PROXY headers from anyone else refused.
 mod proxy;
+
+// The daemon on S3 against a real S3 server (moto): round trips, odd names, listings as on the
+// local root, no clobber, cut and killed uploads resumed from the last part, the sweeper,
+// startup refusals in one line, homes as prefixes.
+mod s3;

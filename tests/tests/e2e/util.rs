@@ -1360,3 +1360,531 @@ pub fn file_digests(dir: &Path) -> std::collections::BTreeMap<String, String> {
     }
     out
 }
+
+// ---------------------------------------------------------------------------------------------
+// S3: a moto server, a bucket on it, a daemon serving the bucket
+
+/// The credentials and region every S3 daemon and bucket client of the tests uses against
+/// moto, which accepts any.
+const S3_ENV: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_REGION", "us-east-1"),
+];
+
+/// Set to an S3 endpoint's URL, the S3 tests run against it instead of a moto of their own
+/// (bench/garage does, for a Garage cluster), with the credentials and region of
+/// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_REGION`, and a bucket of their own each
+/// (the key must be allowed to create buckets).
+const EXTERNAL_S3: &str = "E2E_S3_ENDPOINT";
+
+/// How long moto may take to accept connections: it is a Python program that imports a lot.
+const MOTO_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The credentials and region of the S3 tests: [`S3_ENV`] for moto, the environment's own for
+/// an [`EXTERNAL_S3`] server.
+fn s3_credentials() -> [(&'static str, String); 3] {
+    S3_ENV.map(|(key, moto)| {
+        let value = match std::env::var_os(EXTERNAL_S3) {
+            Some(_) => std::env::var(key)
+                .unwrap_or_else(|_| panic!("{EXTERNAL_S3} is set but {key} is not")),
+            None => moto.to_owned(),
+        };
+        (key, value)
+    })
+}
+
+/// A port of 127.0.0.1 that was free a moment ago, and nothing listens on now.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind a free port");
+    listener
+        .local_addr()
+        .expect("a bound socket has an address")
+        .port()
+}
+
+/// A `moto_server` (a real S3 implementation) on a free loopback port, killed on drop; or the
+/// server [`EXTERNAL_S3`] names, left alone.
+pub struct Moto {
+    /// The server process; `None` for an external server.
+    _child: Option<KillOnDrop>,
+    /// Its URL.
+    endpoint: String,
+    /// Whether bucket names must be made unique: an external server outlives the test run and
+    /// is shared by its tests.
+    external: bool,
+}
+
+impl Moto {
+    /// Starts moto and returns once it accepts connections; `None`, with a note on stderr, when
+    /// it is not installed, except under CI (`CI` set), which installs it: there it panics.
+    pub fn start() -> Option<Moto> {
+        if let Ok(endpoint) = std::env::var(EXTERNAL_S3) {
+            return Some(Moto {
+                _child: None,
+                endpoint,
+                external: true,
+            });
+        }
+        let port = free_port();
+        let spawned = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => KillOnDrop::new(child),
+            Err(e) if std::env::var_os("CI").is_some() => {
+                panic!("moto_server is required in CI (pip install 'moto[server]'): {e}")
+            }
+            Err(_) => {
+                eprintln!("note: moto_server not installed (pip install 'moto[server]'); skipped");
+                return None;
+            }
+        };
+        // moto prints no line to wait for: it is ready when it accepts a connection.
+        let deadline = Instant::now() + MOTO_START_TIMEOUT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait().expect("cannot poll moto_server") {
+                panic!("moto_server exited ({status}) before listening on port {port}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen on port {port} within {MOTO_START_TIMEOUT:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        Some(Moto {
+            _child: Some(child),
+            endpoint: format!("http://127.0.0.1:{port}"),
+            external: false,
+        })
+    }
+
+    /// The URL daemons and clients reach it at: `--s3-endpoint`.
+    pub fn endpoint(&self) -> String {
+        self.endpoint.clone()
+    }
+
+    /// `name` on moto; on an external server, `name` made unique to this test run and test.
+    fn unique(&self, name: &str) -> String {
+        static COUNT: AtomicU32 = AtomicU32::new(0);
+        if !self.external {
+            return name.to_owned();
+        }
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        format!("{name}-{}-{n}", std::process::id())
+    }
+
+    /// A client of bucket `name` on this server (made unique on an external one), the bucket
+    /// not created.
+    pub fn bucket_named(&self, name: &str) -> Bucket {
+        Bucket::new(&self.endpoint(), &self.unique(name))
+    }
+
+    /// A new, empty bucket `name` on this server.
+    pub fn bucket(&self, name: &str) -> Bucket {
+        let bucket = self.bucket_named(name);
+        bucket
+            .block(bucket.client.create_bucket())
+            .unwrap_or_else(|e| panic!("cannot create bucket {name}: {e}"));
+        bucket
+    }
+}
+
+/// One bucket seen through the S3 API itself (s3store's client, not the daemon), whole: no
+/// prefix, so tests see every key the daemon wrote, its private ones included.
+pub struct Bucket {
+    /// The async client's runtime: the tests are synchronous.
+    rt: tokio::runtime::Runtime,
+    /// A client of the whole bucket.
+    client: s3store::Client,
+    /// The bucket's name.
+    name: String,
+    /// The server's URL.
+    endpoint: String,
+}
+
+impl Bucket {
+    /// A client of bucket `name` at `endpoint`, with the tests' credentials.
+    pub fn new(endpoint: &str, name: &str) -> Bucket {
+        let [(_, key), (_, secret), (_, region)] = s3_credentials();
+        let config = s3store::Config {
+            bucket: name.to_owned(),
+            prefix: String::new(),
+            endpoint: Some(endpoint.parse().expect("the endpoint is a URL")),
+            region,
+            credentials: s3store::Credentials {
+                key,
+                secret,
+                token: None,
+            },
+        };
+        let client = s3store::Client::new(config, s3store::Timeouts::default())
+            .expect("a valid S3 client config");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("cannot build a runtime");
+        Bucket {
+            rt,
+            client,
+            name: name.to_owned(),
+            endpoint: endpoint.to_owned(),
+        }
+    }
+
+    /// Runs one request of the client to completion.
+    pub fn block<T>(&self, request: impl std::future::Future<Output = T>) -> T {
+        self.rt.block_on(request)
+    }
+
+    /// The client, for requests the helpers below do not make.
+    pub fn client(&self) -> &s3store::Client {
+        &self.client
+    }
+
+    /// Every key in the bucket, sorted (S3 lists in key order).
+    #[track_caller]
+    pub fn keys(&self) -> Vec<String> {
+        let listing = self
+            .block(self.client.list_all("", None, 100_000))
+            .unwrap_or_else(|e| panic!("cannot list bucket {}: {e}", self.name));
+        listing.objects.into_iter().map(|o| o.key).collect()
+    }
+
+    /// The keys clients may see: everything outside the daemon's private `.ftpd/` under
+    /// `prefix` (`""` or ending in `/`), relative to it.
+    #[track_caller]
+    pub fn visible_keys(&self, prefix: &str) -> Vec<String> {
+        self.keys()
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(prefix).map(str::to_owned))
+            .filter(|k| !k.starts_with(".ftpd/"))
+            .collect()
+    }
+
+    /// The size of the object `key`, `None` when there is none.
+    #[track_caller]
+    pub fn size(&self, key: &str) -> Option<u64> {
+        match self.block(self.client.head(key)) {
+            Ok(meta) => Some(meta.size),
+            Err(e) if e.kind() == s3store::ErrorKind::NotFound => None,
+            Err(e) => panic!("cannot head {key} in bucket {}: {e}", self.name),
+        }
+    }
+
+    /// The multipart uploads open in the bucket (the first page: tests open a few).
+    #[track_caller]
+    pub fn open_uploads(&self) -> Vec<s3store::OpenUpload> {
+        self.block(self.client.list_uploads_page("", None))
+            .unwrap_or_else(|e| panic!("cannot list uploads in bucket {}: {e}", self.name))
+            .uploads
+    }
+
+    /// The upload-state records the daemon keeps under `.ftpd/uploads/` of `prefix`, parsed.
+    #[track_caller]
+    pub fn upload_records(&self, prefix: &str) -> Vec<s3store::UploadRecord> {
+        let dir = format!("{prefix}{}", s3store::UPLOADS_PREFIX);
+        let listing = self
+            .block(self.client.list_all(&dir, None, 1000))
+            .unwrap_or_else(|e| panic!("cannot list {dir}: {e}"));
+        listing
+            .objects
+            .iter()
+            // A record being replaced may be gone between the listing and the read.
+            .filter_map(|o| self.read(&o.key))
+            .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+            .collect()
+    }
+
+    /// The parts recorded so far of the upload to `key` (relative to `prefix`): 0 without one.
+    #[track_caller]
+    pub fn recorded_parts(&self, prefix: &str, key: &str) -> usize {
+        self.upload_records(prefix)
+            .iter()
+            .filter(|r| r.key == key || r.key == format!("{prefix}{key}"))
+            .map(|r| r.parts.len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The bytes of object `key`, `None` when there is none. For small objects: records.
+    #[track_caller]
+    pub fn read(&self, key: &str) -> Option<Vec<u8>> {
+        self.block(async {
+            let mut download = match self.client.get(key, 0, None).await {
+                Ok(d) => d,
+                Err(e) if e.kind() == s3store::ErrorKind::NotFound => return None,
+                Err(e) => panic!("cannot get {key}: {e}"),
+            };
+            let mut out = Vec::new();
+            while let Some(chunk) = download.chunk().await.expect("cannot read an object") {
+                out.extend_from_slice(&chunk);
+            }
+            Some(out)
+        })
+    }
+
+    /// The bucket's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `s3://BUCKET` followed by `/PREFIX` unless `prefix` is empty: `--storage`.
+    pub fn location(&self, prefix: &str) -> String {
+        match prefix.trim_end_matches('/') {
+            "" => format!("s3://{}", self.name),
+            p => format!("s3://{}/{p}", self.name),
+        }
+    }
+
+    /// `ftpd --storage s3://BUCKET --s3-endpoint URL --state-dir DIR --listen 127.0.0.1:0`,
+    /// with the tests' credentials, not started yet.
+    pub fn daemon(&self) -> S3DaemonBuilder {
+        S3DaemonBuilder::new(&self.location(""), &self.endpoint)
+    }
+}
+
+/// How to start a [`Daemon`] on S3 instead of a root: `bucket.daemon().prefix("p").start()`.
+/// The daemon's `root()` and `path()` mean nothing then: look in the [`Bucket`].
+pub struct S3DaemonBuilder {
+    /// `--storage`.
+    storage: String,
+    /// `--s3-endpoint`.
+    endpoint: String,
+    /// `--state-dir`, a directory the caller keeps (to restart a daemon on it); a fresh one in
+    /// the daemon's temp dir when `None`.
+    state: Option<PathBuf>,
+    /// Flags after those.
+    args: Vec<OsString>,
+}
+
+impl S3DaemonBuilder {
+    /// A daemon on `storage` (`s3://BUCKET[/PREFIX]`) at `endpoint`, which need not be moto:
+    /// a closed port, or a fake server.
+    pub fn new(storage: &str, endpoint: &str) -> S3DaemonBuilder {
+        S3DaemonBuilder {
+            storage: storage.to_owned(),
+            endpoint: endpoint.to_owned(),
+            state: None,
+            args: Vec::new(),
+        }
+    }
+
+    /// Serves `PREFIX/` of the bucket: `--storage s3://BUCKET/PREFIX`.
+    pub fn prefix(mut self, prefix: &str) -> S3DaemonBuilder {
+        let bucket = self.storage.trim_start_matches("s3://");
+        let bucket = bucket.split('/').next().unwrap_or_default().to_owned();
+        self.storage = format!("s3://{bucket}/{}", prefix.trim_end_matches('/'));
+        self
+    }
+
+    /// Keeps the daemon's private state in `dir`, which the caller keeps.
+    pub fn state_dir(mut self, dir: impl AsRef<Path>) -> S3DaemonBuilder {
+        self.state = Some(dir.as_ref().to_owned());
+        self
+    }
+
+    /// Appends one flag or value.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> S3DaemonBuilder {
+        self.args.push(arg.as_ref().to_owned());
+        self
+    }
+
+    /// Appends flags and values.
+    pub fn args<I, S>(self, args: I) -> S3DaemonBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        args.into_iter().fold(self, S3DaemonBuilder::arg)
+    }
+
+    /// The command line and its environment, with the state directory `state`.
+    fn command(&self, state: &Path) -> Command {
+        let mut cmd = Command::new(bin("ftpd"));
+        cmd.arg("--storage")
+            .arg(&self.storage)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--s3-endpoint")
+            .arg(&self.endpoint)
+            .arg("--state-dir")
+            .arg(state)
+            .args(&self.args);
+        clean_env(&mut cmd);
+        s3_env(&mut cmd);
+        cmd
+    }
+
+    /// Starts the daemon and returns once it prints the address it listens on; panics with its
+    /// log if it exits first or stays silent for 30 s.
+    #[track_caller]
+    pub fn start(self) -> Daemon {
+        let daemon = self.spawn();
+        daemon.addr();
+        daemon
+    }
+
+    /// Starts the daemon and returns at once.
+    pub fn spawn(self) -> Daemon {
+        let dir = tmpdir_named("e2e-ftpd-s3-");
+        let state = match &self.state {
+            Some(state) => state.clone(),
+            None => dir.path().join("state"),
+        };
+        let mut cmd = self.command(&state);
+        let plaintext = self.args.iter().any(|a| a == "--insecure-plaintext");
+        let log = dir.path().join("ftpd.log");
+        let file = File::create(&log).expect("cannot create the log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("cannot spawn ftpd");
+        Daemon {
+            child: Mutex::new(KillOnDrop::new(child)),
+            addr: OnceLock::new(),
+            plaintext,
+            // Nothing is served from disk; a path that does not exist, so a test that looks
+            // there by mistake finds nothing rather than something else.
+            root: dir.path().join("no-root-on-s3"),
+            state,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// Runs the daemon, which must exit with a failure status within 30 s without listening;
+    /// returns its stderr.
+    #[track_caller]
+    pub fn refuses_to_start(self) -> String {
+        let what = format!("ftpd --storage {} {:?}", self.storage, self.args);
+        let daemon = self.spawn();
+        let status = daemon.wait_exit(LOG_TIMEOUT);
+        let log = daemon.log();
+        assert!(
+            !status.success() && status.code().is_some(),
+            "{what} was expected to exit with a failure, got {status}; stderr:\n{log}"
+        );
+        assert!(
+            !log.contains(READY_MARKER),
+            "{what} listened before refusing; stderr:\n{log}"
+        );
+        log
+    }
+
+    /// Runs `ftpd --check-config` with this storage and flags to completion.
+    pub fn check_config(self) -> Run {
+        let dir = tmpdir_named("e2e-ftpd-s3-");
+        let state = self
+            .state
+            .clone()
+            .unwrap_or_else(|| dir.path().join("state"));
+        let mut cmd = self.command(&state);
+        cmd.arg("--check-config")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        run_to_end(
+            cmd,
+            None,
+            LOG_TIMEOUT,
+            format!("`ftpd --storage {} --check-config`", self.storage),
+        )
+    }
+}
+
+/// The S3 part of a daemon's environment: only the tests' credentials and region, nothing else
+/// of the test runner's (a profile, a session token, a shared credentials file).
+fn s3_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("AWS_") {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env(
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "/nonexistent/e2e-no-credentials",
+    )
+    .env("AWS_CONFIG_FILE", "/nonexistent/e2e-no-config");
+    for (key, value) in s3_credentials() {
+        cmd.env(key, value);
+    }
+}
+
+/// An HTTP server on loopback that answers every request with one canned reply, as an S3
+/// service that refuses our credentials does. Stops on drop.
+pub struct CannedHttp {
+    /// Where it listens.
+    addr: SocketAddr,
+    /// Tells the accept loop to stop at the next connection.
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CannedHttp {
+    /// Answers every request with `status` (`403 Forbidden`) and the XML `body`.
+    pub fn start(status: &'static str, body: &'static str) -> CannedHttp {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind");
+        let addr = listener
+            .local_addr()
+            .expect("a bound socket has an address");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                    // The request's head, up to the blank line, then its body (a put's), so
+                    // the client has sent everything when the refusal comes.
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+                        match conn.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .unwrap_or(0);
+                    // Capped: the probe's body is a few bytes.
+                    let mut request_body = (&mut conn).take(length.min(16 * MIB));
+                    if std::io::copy(&mut request_body, &mut std::io::sink()).is_err() {
+                        return;
+                    }
+                    let reply = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(reply.as_bytes());
+                });
+            }
+        });
+        CannedHttp { addr, stop }
+    }
+
+    /// Its URL: `--s3-endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for CannedHttp {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect(self.addr);
+    }
+}
