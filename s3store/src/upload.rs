@@ -591,8 +591,9 @@ impl ResumableUpload {
     /// [`ResumableUpload::write_chunk`], when they follow the rules of [`ChunkLog::push`] and
     /// (after a resume) were kept in the state record.
     pub async fn finish(mut self, expected: Digest, overwrite: bool) -> Result<Finished> {
-        if !self.buf.is_empty() || self.record.parts.is_empty() {
-            // The last part may be short; an empty file is one empty part.
+        let empty = self.buf.is_empty() && self.record.parts.is_empty();
+        if !self.buf.is_empty() {
+            // The last part may be short.
             let (body, share) = self.take_part();
             self.send_part(body).await?;
             drop(share);
@@ -609,11 +610,24 @@ impl ResumableUpload {
             .map(|p| (p.number, p.etag.clone()))
             .collect();
         let key = self.record.key.clone();
-        let etag = match self
-            .client
-            .complete(&key, &self.record.upload_id, &parts, !overwrite)
-            .await
-        {
+        let stored = match empty {
+            // An empty file is one create-only PutObject: Garage refuses an empty part
+            // ("Empty body"). The multipart upload opened for it is given up after.
+            true => {
+                let put = self.client.put(&key, Bytes::new(), !overwrite).await;
+                let _ = self
+                    .client
+                    .abort(&self.record.key, &self.record.upload_id)
+                    .await;
+                put
+            }
+            false => {
+                self.client
+                    .complete(&key, &self.record.upload_id, &parts, !overwrite)
+                    .await
+            }
+        };
+        let etag = match stored {
             Ok(etag) => etag,
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {
                 self.discard().await?;
@@ -726,7 +740,8 @@ async fn write_record(client: &Client, record: &UploadRecord) -> Result<()> {
 }
 
 /// Aborts every open multipart upload under the configured prefix started more than `max_age`
-/// ago (by the service's clock in `Initiated`), with its record; returns the keys it aborted.
+/// ago (by the service's clock in `Initiated`) and not written to since (its record's
+/// Last-Modified), with its record; returns the keys it aborted.
 /// Run periodically, so that no upload leaks forever, whatever crashed when.
 pub async fn sweep(client: &Client, max_age: Duration) -> Result<Vec<String>> {
     let cutoff = jiff::Timestamp::now()
@@ -747,15 +762,29 @@ pub async fn sweep(client: &Client, max_age: Duration) -> Result<Vec<String>> {
             if !old {
                 continue;
             }
+            // Initiated says when an upload began, not when it was last written to (and some
+            // servers, moto among them, report a fixed one): its record, rewritten at every
+            // part, says that. An upload still being written, or resumable for its full age
+            // since its last part, is spared.
+            let recorded = read_record(client, &u.key)
+                .await?
+                .is_some_and(|r| r.upload_id == u.upload_id);
+            if recorded {
+                let touched = match client.head(&record_key(&u.key)).await {
+                    Ok(meta) => meta.modified,
+                    Err(e) if e.kind() == ErrorKind::NotFound => None,
+                    Err(e) => return Err(e),
+                };
+                if touched.is_some_and(|t| t > cutoff.as_second()) {
+                    continue;
+                }
+            }
             match client.abort(&u.key, &u.upload_id).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
-            if read_record(client, &u.key)
-                .await?
-                .is_some_and(|r| r.upload_id == u.upload_id)
-            {
+            if recorded {
                 client.delete(&record_key(&u.key)).await?;
             }
             aborted.push(u.key);
