@@ -46,7 +46,7 @@ pub use path::{is_bidi_control, VPath, MAX_NAME, MAX_PATH, PRIVATE_DIR};
 pub use scrub::{Marked, Scrubbed, Suspect, Verdict, MAX_SUSPECTS};
 pub use state::{default_state_dir, StateProblem};
 pub use upload::{
-    commit_group, Staged, Upload, UploadRequest, MAX_RECORDED_CHUNKS, MIN_RECORDED_CHUNK,
+    commit_group, ChunkLog, Staged, Upload, UploadRequest, MAX_RECORDED_CHUNKS, MIN_RECORDED_CHUNK,
 };
 
 /// The largest size an upload may declare, whatever the limits: sizes cross the wire as JSON

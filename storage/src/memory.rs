@@ -18,8 +18,8 @@ use bytes::Bytes;
 use checksum::{Digest, Hasher};
 
 use crate::{
-    Backend, ChunkDigests, Error, FileInfo, FileKind, HomeLimits, HomeUsage, Reading, Result,
-    UploadRequest, VPath, Writing, MAX_RECORDED_CHUNKS, MAX_SIZE, MIN_RECORDED_CHUNK,
+    Backend, ChunkDigests, ChunkLog, Error, FileInfo, FileKind, HomeLimits, HomeUsage, Reading,
+    Result, UploadRequest, VPath, Writing, MAX_SIZE,
 };
 
 /// Limits a memory backend enforces over everything it holds (a home's own limits come from
@@ -117,43 +117,6 @@ struct Staged {
     touched: Instant,
     /// Whether its bytes outlive its attempt (uploads with an id can be resumed).
     keep: bool,
-}
-
-/// The chunks of an upload so far, by the local root's rules (`upload.rs`), so that both
-/// record the same uploads.
-#[derive(Default)]
-struct ChunkLog {
-    /// Length of every chunk but possibly the last; 0 before the first.
-    len: u32,
-    /// Each chunk's running digest.
-    digests: Vec<Digest>,
-    /// A chunk shorter than `len` arrived: it must have been the last.
-    ended: bool,
-}
-
-impl ChunkLog {
-    /// Records a chunk (`last` when it ends the file); false when the chunks no longer follow
-    /// one length, or make a record not worth keeping.
-    fn push(&mut self, len: usize, digest: Digest, last: bool) -> bool {
-        let Ok(len) = u32::try_from(len) else {
-            return false;
-        };
-        if self.ended || len == 0 || self.digests.len() >= MAX_RECORDED_CHUNKS {
-            return false;
-        }
-        if len < MIN_RECORDED_CHUNK && !last {
-            return false;
-        }
-        if self.len == 0 {
-            self.len = len;
-        } else if len > self.len {
-            return false;
-        } else if len < self.len {
-            self.ended = true;
-        }
-        self.digests.push(digest);
-        true
-    }
 }
 
 /// Anonymous uploads' keys: never met again, so never resumed.
@@ -837,7 +800,7 @@ impl Writing for MemoryWriting {
         }
         let last = s.written == s.size;
         if let Some(log) = &mut s.chunks {
-            if !log.push(len, running, last) {
+            if !u32::try_from(len).is_ok_and(|len| log.push(len, running, last)) {
                 s.chunks = None;
             }
         }

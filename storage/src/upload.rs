@@ -81,29 +81,24 @@ pub struct Upload {
 
 static ANON: AtomicU64 = AtomicU64::new(0);
 
-/// The chunks of an upload so far: their common length and running digests.
-#[derive(Default)]
-struct ChunkLog {
+/// The chunks of an upload so far: their common length and running digests, by the rules every
+/// backend records them with (so a download replays them the same way whatever stores the file).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChunkLog {
     /// Length of every chunk but possibly the last; 0 before the first.
-    len: u32,
-    digests: Vec<Digest>,
-    /// A chunk shorter than `len` arrived: it must have been the last.
+    pub len: u32,
+    /// Each chunk's running digest (of the file from byte 0 through the chunk's end).
+    pub digests: Vec<Digest>,
+    /// A chunk shorter than `len` arrived: it must have been the last. (Never true in a
+    /// saved log of a resumable upload: the last chunk ends the file.)
+    #[serde(skip)]
     ended: bool,
 }
-
-/// The shortest chunk worth recording, but for a file's last: an upload in 1-byte chunks made
-/// a 1 MiB file's record 35 MiB, held 33 bytes of memory per chunk while it ran, and made every
-/// later download replay 1-byte chunks. Such uploads are simply not recorded (downloads hash).
-pub const MIN_RECORDED_CHUNK: u32 = 64 * 1024;
-
-/// The most chunks a record holds (about 2.3 MB of JSON): 4 GiB in chunks of the shortest
-/// length recorded, 64 GiB in the default 1 MiB chunks. Longer files are not recorded.
-pub const MAX_RECORDED_CHUNKS: usize = 65_536;
 
 impl ChunkLog {
     /// Records a chunk (`last` when it ends the file); false when the chunks no longer follow
     /// one length, or make a record not worth keeping.
-    fn push(&mut self, len: u32, digest: Digest, last: bool) -> bool {
+    pub fn push(&mut self, len: u32, digest: Digest, last: bool) -> bool {
         if self.ended || len == 0 || self.digests.len() >= MAX_RECORDED_CHUNKS {
             return false;
         }
@@ -120,7 +115,31 @@ impl ChunkLog {
         self.digests.push(digest);
         true
     }
+
+    /// The chunks that end within the first `offset` bytes, when one ends exactly there and
+    /// they are at most `max`: what a resumed upload still knows of its chunks.
+    pub fn up_to(&self, offset: u64, max: usize) -> Option<ChunkLog> {
+        let len = u64::from(self.len);
+        if offset == 0 || len == 0 || !offset.is_multiple_of(len) {
+            return None;
+        }
+        let n = usize::try_from(offset / len).ok()?;
+        (n <= self.digests.len() && n <= max).then(|| ChunkLog {
+            len: self.len,
+            digests: self.digests[..n].to_vec(),
+            ended: false,
+        })
+    }
 }
+
+/// The shortest chunk worth recording, but for a file's last: an upload in 1-byte chunks made
+/// a 1 MiB file's record 35 MiB, held 33 bytes of memory per chunk while it ran, and made every
+/// later download replay 1-byte chunks. Such uploads are simply not recorded (downloads hash).
+pub const MIN_RECORDED_CHUNK: u32 = 64 * 1024;
+
+/// The most chunks a record holds (about 2.3 MB of JSON): 4 GiB in chunks of the shortest
+/// length recorded, 64 GiB in the default 1 MiB chunks. Longer files are not recorded.
+pub const MAX_RECORDED_CHUNKS: usize = 65_536;
 
 /// One upload's claim on its staging file. A newer attempt at the same upload sets
 /// `superseded` while holding the lock, so the older attempt never writes again after that.
