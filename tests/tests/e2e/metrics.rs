@@ -93,22 +93,9 @@ fn assert_series(text: &str, series: &str, expected: f64) {
     );
 }
 
-/// Whether a tool the test needs is here; fails under CI (which installs it), skips elsewhere.
+/// Whether a tool of Prometheus the test needs is here; fails under CI, skips elsewhere.
 fn have(tool: &str) -> bool {
-    let found = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{tool} is missing (Debian package prometheus; .ci/run installs it)"
-        );
-        eprintln!("skipped: {tool} is missing (apt-get install prometheus)");
-    }
-    found
+    crate::util::have_tool(tool, "--version", "prometheus")
 }
 
 /// A put, a get and a refused get, counted; the text passes `promtool check metrics`; health

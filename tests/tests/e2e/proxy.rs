@@ -36,20 +36,7 @@ fn daemon(extra: &[&str]) -> Daemon {
 
 /// Whether HAProxy is here; fails under CI (which installs it), skips elsewhere.
 fn have_haproxy() -> bool {
-    let found = Command::new("haproxy")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "haproxy is missing (Debian package haproxy; .ci/run installs it)"
-        );
-        eprintln!("skipped: haproxy is missing (apt-get install haproxy)");
-    }
-    found
+    crate::util::have_tool("haproxy", "-v", "haproxy")
 }
 
 /// A port nobody listens on now, for HAProxy's frontends (it binds its own).

@@ -1888,3 +1888,25 @@ impl Drop for CannedHttp {
         let _ = std::net::TcpStream::connect(self.addr);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Outside tools
+
+/// Whether `tool` (from the Debian package `package`) answers `flag`; fails under CI (which
+/// installs it), skips elsewhere with a note.
+pub fn have_tool(tool: &str, flag: &str, package: &str) -> bool {
+    let found = Command::new(tool)
+        .arg(flag)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{tool} is missing (Debian package {package}; .ci/run installs it)"
+        );
+        eprintln!("skipped: {tool} is missing (apt-get install {package})");
+    }
+    found
+}
