@@ -1317,7 +1317,9 @@ impl S3Writing {
 #[async_trait]
 impl Writing for S3Writing {
     fn offset(&self) -> u64 {
-        self.up.as_ref().map_or(self.written, |u| u.offset())
+        // Where this writing's client continues: every byte it took, the part still in the
+        // buffer included (only a new attempt falls back to the last recorded part).
+        self.written
     }
 
     fn prefix(&self) -> Hasher {
