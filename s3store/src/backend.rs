@@ -18,6 +18,7 @@ use storage::{
 use crate::client::{listing_time, Client, ObjectMeta, Timeouts};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
+use crate::mtime;
 use crate::probe::{probe, Conditional, ProbeReport};
 use crate::upload::{
     bare_etag, digest_key, read_digest, sweep, write_digest, DigestRecord, Finished, PartBudget,
@@ -436,6 +437,20 @@ impl S3Backend {
         self.find_key(&key, &path.to_string()).await
     }
 
+    /// The time the client sent with the upload of `key`, while the object is the one that
+    /// upload stored; else its Last-Modified.
+    async fn mtime_of(
+        &self,
+        key: &str,
+        meta: &ObjectMeta,
+        shown: &str,
+    ) -> storage::Result<Option<i64>> {
+        let kept = mtime::kept(self.client(), key, &meta.etag)
+            .await
+            .map_err(|e| map(shown, e))?;
+        Ok(kept.or(meta.modified))
+    }
+
     /// Refuses what an upload of `size` bytes to `key` (replacing `existing` bytes) would take
     /// over the store's or a home's limits, or promises it to the upload.
     async fn reserve(
@@ -530,7 +545,20 @@ impl S3Backend {
     ) -> storage::Result<()> {
         let client = self.client();
         let record = read_digest(client, from).await.ok().flatten();
+        let kept = if from.ends_with('/') {
+            None // a directory marker has no time of its own
+        } else {
+            mtime::kept(client, from, &meta.etag)
+                .await
+                .map_err(|e| map(shown, e))?
+        };
         let etag = client.copy(from, to).await.map_err(|e| map(shown, e))?;
+        if !to.ends_with('/') {
+            // Tied to the copy's own ETag; also clears what an earlier file there left.
+            mtime::keep(client, to, kept, &etag)
+                .await
+                .map_err(|e| map(shown, e))?;
+        }
         if let Some(mut rec) = record.filter(|r| describes(r, meta)) {
             // The copy has an ETag of its own (a copied multipart object's differs).
             rec.etag = (!etag.is_empty()).then(|| bare_etag(&etag).to_owned());
@@ -541,15 +569,62 @@ impl S3Backend {
         Ok(())
     }
 
-    /// Deletes an object and its digest record (the record first: a failure between the two
-    /// leaves an object the daemon hashes, never a record that outlives its object).
+    /// Deletes an object, its digest record and its kept time (those first: a failure between
+    /// them leaves an object the daemon hashes and shows with its Last-Modified, never a record
+    /// that outlives its object and could describe the next one of the same bytes).
     async fn delete_object(&self, key: &str, shown: &str) -> storage::Result<()> {
         let client = self.client();
+        if !key.ends_with('/') {
+            mtime::forget(client, key)
+                .await
+                .map_err(|e| map(shown, e))?;
+        }
         client
             .delete(&digest_key(key))
             .await
             .map_err(|e| map(shown, e))?;
         client.delete(key).await.map_err(|e| map(shown, e))
+    }
+
+    /// Puts the kept times of the directory `prefix` on its listed files whose ETag is the
+    /// one kept: one listing of the directory's index, a page per 1,000 entries.
+    async fn kept_times(
+        &self,
+        prefix: &str,
+        entries: &mut BTreeMap<String, (FileInfo, Option<String>)>,
+        shown: &str,
+    ) -> storage::Result<()> {
+        let index = mtime::dir_index(prefix);
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client()
+                .list_page(&index, Some("/"), token.as_deref())
+                .await
+                .map_err(|e| map(shown, e))?;
+            for o in page.objects {
+                let Some((name, t, etag)) =
+                    o.key.strip_prefix(index.as_str()).and_then(mtime::parse)
+                else {
+                    continue;
+                };
+                if let Some((info, Some(current))) = entries.get_mut(name) {
+                    if current == etag {
+                        info.mtime = Some(t);
+                    }
+                }
+            }
+            match page.next {
+                Some(t) if Some(&t) != token.as_ref() => token = Some(t),
+                Some(_) => {
+                    return Err(map(
+                        shown,
+                        Error::with(ErrorKind::Protocol, "listing does not advance"),
+                    ))
+                }
+                None => return Ok(()),
+            }
+        }
     }
 
     async fn rename_dir(&self, from: &VPath, fk: &str, tk: &str) -> storage::Result<()> {
@@ -692,9 +767,6 @@ impl Backend for S3Backend {
                 .to_owned(),
             "uploads in a BLAKE3 session cannot be resumed (the hasher's state is not saved)"
                 .to_owned(),
-            "a file's modification time is when it was stored: S3 keeps no other, so the \
-             time a client sends with an upload is not kept"
-                .to_owned(),
         ];
         if self.shared.report.complete_if_none_match == Conditional::Ignored {
             lines.push(
@@ -715,10 +787,10 @@ impl Backend for S3Backend {
         let shown = path.to_string();
         match self.find(path).await? {
             Found::File(meta) => Ok(FileInfo {
+                mtime: self.mtime_of(&self.key(path)?, &meta, &shown).await?,
                 name: shown,
                 kind: FileKind::File,
                 size: meta.size,
-                mtime: meta.modified,
             }),
             Found::Dir => Ok(FileInfo {
                 name: shown,
@@ -743,7 +815,8 @@ impl Backend for S3Backend {
         let prefix = self.dir_prefix(dir)?;
         // The `max` first names, whatever order the pages come in (S3 sorts keys, and `a b`
         // comes before the prefix `a/` but after the name `a`): memory stays bounded by `max`.
-        let mut entries: BTreeMap<String, FileInfo> = BTreeMap::new();
+        // Each with its object's ETag (files only), to match the kept times against.
+        let mut entries: BTreeMap<String, (FileInfo, Option<String>)> = BTreeMap::new();
         let mut anything = false;
         let mut token: Option<String> = None;
         loop {
@@ -763,12 +836,15 @@ impl Backend for S3Backend {
                 // A file and a directory of the same name: the file.
                 entries.insert(
                     name.to_owned(),
-                    FileInfo {
-                        name: name.to_owned(),
-                        kind: FileKind::File,
-                        size: o.size,
-                        mtime: listing_time(&o.last_modified),
-                    },
+                    (
+                        FileInfo {
+                            name: name.to_owned(),
+                            kind: FileKind::File,
+                            size: o.size,
+                            mtime: listing_time(&o.last_modified),
+                        },
+                        Some(bare_etag(&o.etag).to_owned()),
+                    ),
                 );
             }
             for p in page.prefixes {
@@ -780,11 +856,16 @@ impl Backend for S3Backend {
                 if name.is_empty() || refuse_reserved(&p, "").is_err() {
                     continue;
                 }
-                entries.entry(name.to_owned()).or_insert_with(|| FileInfo {
-                    name: name.to_owned(),
-                    kind: FileKind::Dir,
-                    size: 0,
-                    mtime: None,
+                entries.entry(name.to_owned()).or_insert_with(|| {
+                    (
+                        FileInfo {
+                            name: name.to_owned(),
+                            kind: FileKind::Dir,
+                            size: 0,
+                            mtime: None,
+                        },
+                        None,
+                    )
                 });
             }
             while entries.len() > max {
@@ -807,7 +888,10 @@ impl Backend for S3Backend {
                 _ => Err(storage::Error::NotFound(shown)),
             };
         }
-        Ok(entries.into_values().collect())
+        if entries.values().any(|(_, etag)| etag.is_some()) {
+            self.kept_times(&prefix, &mut entries, &shown).await?;
+        }
+        Ok(entries.into_values().map(|(info, _)| info).collect())
     }
 
     async fn mkdir(&self, path: &VPath, parents: bool) -> storage::Result<()> {
@@ -1038,7 +1122,7 @@ impl Backend for S3Backend {
             };
         Ok(Reading {
             size: meta.size,
-            mtime: meta.modified,
+            mtime: self.mtime_of(&key, &meta, &path.to_string()).await?,
             recorded,
             body,
         })
@@ -1127,6 +1211,7 @@ impl Backend for S3Backend {
             key,
             shown,
             size: req.size,
+            mtime: req.mtime,
             written: offset,
             resumable,
             failed: false,
@@ -1200,6 +1285,8 @@ struct S3Writing {
     shown: String,
     /// The size the client declared.
     size: u64,
+    /// The modification time the client sent, kept once the file is stored.
+    mtime: Option<i64>,
     /// Bytes stored and buffered, the resumed ones included.
     written: u64,
     /// The running digest at the resume offset.
@@ -1230,7 +1317,9 @@ impl S3Writing {
 #[async_trait]
 impl Writing for S3Writing {
     fn offset(&self) -> u64 {
-        self.up.as_ref().map_or(self.written, |u| u.offset())
+        // Where this writing's client continues: every byte it took, the part still in the
+        // buffer included (only a new attempt falls back to the last recorded part).
+        self.written
     }
 
     fn prefix(&self) -> Hasher {
@@ -1286,13 +1375,16 @@ impl Writing for S3Writing {
             return Err(storage::Error::Exists(shown));
         }
         match up.finish(digest, overwrite).await {
-            Ok(Finished::Stored { size, .. }) => {
+            Ok(Finished::Stored { size, etag, .. }) => {
                 let replaced = now.unwrap_or(0);
                 self.shared.charge(
                     &self.key,
                     i128::from(size) - i128::from(replaced),
                     i128::from(now.is_none()),
                 );
+                // The file is stored and visible: a time that cannot be kept is not a failed
+                // upload (the file shows its Last-Modified, and a mirror sends it again).
+                let _ = mtime::keep(&self.shared.client, &self.key, self.mtime, &etag).await;
                 Ok(())
             }
             // The transfer engine verified these bytes: a difference here is bytes lost on

@@ -8,6 +8,7 @@ mod backend;
 mod client;
 mod config;
 mod error;
+mod mtime;
 mod probe;
 mod upload;
 mod xml;
@@ -19,6 +20,7 @@ pub use client::{
 };
 pub use config::{Config, Credentials};
 pub use error::{Error, ErrorKind, Result};
+pub use mtime::MTIME_PREFIX;
 pub use probe::{probe, Conditional, ProbeReport};
 pub use upload::{
     bare_etag, digest_key, read_digest, record_key, sweep, write_digest, ChunkLog, DigestRecord,

@@ -262,8 +262,12 @@ pub struct UploadSpec {
 /// How a finished upload ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finished {
-    /// Completed under the target name.
-    Stored { size: u64, digest: Digest },
+    /// Completed under the target name, which now has this ETag (as the service sent it).
+    Stored {
+        size: u64,
+        digest: Digest,
+        etag: String,
+    },
     /// The bytes did not hash to the expected digest: the upload was aborted, nothing stored.
     Mismatch { actual: Digest },
 }
@@ -657,6 +661,7 @@ impl ResumableUpload {
         Ok(Finished::Stored {
             size,
             digest: actual,
+            etag,
         })
     }
 

@@ -55,13 +55,10 @@ async fn round_trips_at_the_part_boundaries() {
         let sent_before_finish = up.parts_sent();
         let digest = Digest::md5(&bytes);
         let done = up.finish(digest, false).await.unwrap();
-        assert_eq!(
-            done,
-            Finished::Stored {
-                size: len as u64,
-                digest
-            },
-            "{name}"
+        assert!(
+            matches!(&done, Finished::Stored { size, digest: d, etag }
+                if *size == len as u64 && *d == digest && !etag.is_empty()),
+            "{name}: {done:?}"
         );
         assert_eq!(
             sent_before_finish as usize,
