@@ -230,10 +230,7 @@ impl Accounts {
             })
             .collect();
         drop(by_name);
-        match &self.store {
-            Store::Local(root) => root.set_home_limits(homes),
-            Store::Remote(backend) => backend.set_home_limits(homes),
-        }
+        self.store.backend().set_home_limits(homes);
     }
 
     /// A place among `user`'s sessions, or why not (`max_sessions` reached).
@@ -343,7 +340,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
         let root = storage::Root::open(dir.path(), state.path()).unwrap();
-        (Accounts::new(Store::Local(root), None, None), dir, state)
+        (
+            Accounts::new(
+                Store::Local(crate::store::LocalBackend::new(root).unwrap()),
+                None,
+                None,
+            ),
+            dir,
+            state,
+        )
     }
 
     #[test]

@@ -130,7 +130,7 @@ async fn run(config: Config, args: Vec<OsString>, log: LogLevel) -> anyhow::Resu
         print!("{}", config.effective());
         if let Some(summary) = &summary {
             println!("# storage: {summary}");
-            for weaker in server.shared().store.weaker() {
+            for weaker in server.shared().store.backend().weaker() {
                 println!("# weaker: {weaker}");
             }
         }
@@ -141,7 +141,7 @@ async fn run(config: Config, args: Vec<OsString>, log: LogLevel) -> anyhow::Resu
     }
     if let Some(summary) = &summary {
         info!("storage {summary}");
-        for weaker in server.shared().store.weaker() {
+        for weaker in server.shared().store.backend().weaker() {
             info!("storage: {weaker}");
         }
     }

@@ -480,8 +480,8 @@ async fn readiness(observed: &Observed) -> Result<(), &'static str> {
         _ => return Err("not ready: starting\n"),
     }
     let probe = match &observed.store {
-        Store::Local(root) => {
-            let root = root.clone();
+        Store::Local(local) => {
+            let root = local.root().clone();
             tokio::task::spawn_blocking(move || root.probe_writable())
         }
         // An object store's root listing: the service answers, with these credentials.
@@ -538,7 +538,7 @@ mod tests {
                 // A recorder of the test's own, not installed: nothing global.
                 handle: builder().build_recorder().handle(),
                 health: Arc::default(),
-                store: Store::Local(root),
+                store: Store::Local(crate::store::LocalBackend::new(root).unwrap()),
                 users,
             },
             _dir: dir,

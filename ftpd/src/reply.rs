@@ -17,9 +17,6 @@ pub enum CmdError {
     /// The user may only read.
     #[error("user {0} has read-only access")]
     ReadOnly(String),
-    /// A download asked to start past the end of the file.
-    #[error("{path}: offset {offset} is past the end ({size} bytes)")]
-    PastEnd { path: VPath, offset: u64, size: u64 },
     /// A resumed download's prefix, as the client holds it, is not the file's.
     #[error("{path}: the first {offset} bytes differ from the client's")]
     PrefixMismatch { path: VPath, offset: u64 },
@@ -67,7 +64,6 @@ impl CmdError {
             CmdError::Storage(e) => storage_code(e),
             CmdError::Transfer { error, .. } => chunk_code(error),
             CmdError::ReadOnly(_) => ErrorCode::Denied,
-            CmdError::PastEnd { .. } => ErrorCode::PastEnd,
             CmdError::PrefixMismatch { .. } => ErrorCode::PrefixMismatch,
             CmdError::Shrank { .. } => ErrorCode::Io,
             CmdError::Cancelled { .. } => ErrorCode::Cancelled,
@@ -114,6 +110,7 @@ fn storage_code(e: &storage::Error) -> ErrorCode {
         E::NotEmpty(_) => ErrorCode::NotEmpty,
         E::Busy { .. } => ErrorCode::Busy,
         E::Incomplete { .. } => ErrorCode::BadRequest,
+        E::PastEnd { .. } => ErrorCode::PastEnd,
         E::NoSpace { .. } => ErrorCode::NoSpace,
         E::TooLarge { .. } => ErrorCode::TooLarge,
         E::Io { .. } => ErrorCode::Io,

@@ -20,7 +20,7 @@ use crate::hashing::Hashing;
 use crate::logging::Wire;
 use crate::session::Session;
 use crate::shutdown::Shutdown;
-use crate::store::{Files, Store};
+use crate::store::{Files, LocalBackend, Store};
 use crate::tls::{Identity, Source};
 use crate::transport::{self, Channel, Security};
 use crate::users::Users;
@@ -140,7 +140,13 @@ impl Server {
                 crate::private::create_dir(&state)?;
                 Store::Remote(backend)
             }
-            None => Store::Local(open_root(&mut config)?),
+            None => {
+                let root = open_root(&mut config)?;
+                let local = LocalBackend::new(root)
+                    .context("cannot serve the storage root")?
+                    .located(config.root().display().to_string());
+                Store::Local(local)
+            }
         };
         let state_dir = config.state_dir.as_ref().expect("resolved above");
         let salt_key = crate::private::secret_key(&state_dir.join(SALT_KEY))
@@ -173,7 +179,7 @@ impl Server {
             first: config.login_penalty,
             max: config.login_penalty_max,
         };
-        let files = store.whole().context("cannot serve the storage root")?;
+        let files = store.whole();
         let accounts = Arc::new(crate::accounts::Accounts::new(
             store.clone(),
             users.as_ref(),
@@ -483,8 +489,8 @@ async fn sweep_every(store: Store, max_age: Duration, period: Duration) {
     loop {
         tick.tick().await;
         match &store {
-            Store::Local(root) => {
-                let root = root.clone();
+            Store::Local(local) => {
+                let root = local.root().clone();
                 let _ = tokio::task::spawn_blocking(move || sweep(&root, max_age)).await;
             }
             Store::Remote(backend) => match backend.sweep(max_age).await {

@@ -1065,9 +1065,10 @@ impl Backend for S3Backend {
             Found::Nothing => return Err(storage::Error::NotFound(shown)),
         };
         if offset > meta.size {
-            return Err(storage::Error::TooLarge {
+            return Err(storage::Error::PastEnd {
                 path: shown,
-                what: format!("offset {offset} is past the end ({} bytes)", meta.size),
+                offset,
+                size: meta.size,
             });
         }
         // No record, or one that cannot be read, is the same to a download: it hashes.

@@ -48,10 +48,6 @@ const MIB: usize = 1 << 20;
 /// The modification time every upload asks for, to see it kept.
 const MTIME: i64 = 1_600_000_000;
 
-/// How long one case may take: its 40 MiB or so of uploads and reads, over a slow network
-/// service, are far within it; a backend that hangs fails instead of stalling the tests.
-const CASE_TIMEOUT: Duration = Duration::from_secs(300);
-
 /// Runs every case against `backend`, in turn.
 pub async fn all(backend: Arc<dyn Backend>) {
     let b = &backend;
@@ -73,16 +69,13 @@ pub async fn all(backend: Arc<dyn Backend>) {
     run("home_quota", home_quota(b.clone())).await;
 }
 
-/// Runs one case, naming it when it fails or takes too long.
+/// Runs one case, naming it when it fails. (A time limit is the caller's: this crate has no
+/// runtime, so no timer.)
 async fn run(name: &str, case: impl Future<Output = ()>) {
     let case = std::panic::AssertUnwindSafe(case).catch_unwind();
-    match tokio::time::timeout(CASE_TIMEOUT, case).await {
-        Ok(Ok(())) => {}
-        Ok(Err(panic)) => {
-            eprintln!("contract case {name} failed");
-            std::panic::resume_unwind(panic)
-        }
-        Err(_) => panic!("contract case {name} took longer than {CASE_TIMEOUT:?}"),
+    if let Err(panic) = case.await {
+        eprintln!("contract case {name} failed");
+        std::panic::resume_unwind(panic)
     }
 }
 
@@ -122,7 +115,7 @@ pub async fn round_trips(b: Arc<dyn Backend>) {
         }
         refused!(
             b.read(&path, size as u64 + 1).await,
-            Error::TooLarge { .. },
+            Error::PastEnd { .. },
             "read {path} from past its end"
         );
     }

@@ -27,6 +27,13 @@ pub enum Error {
     NotEmpty(String),
     #[error("{path}: a newer attempt at the same upload took over")]
     Busy { path: String },
+    /// A read asked to start past the end of the file.
+    #[error("{path}: offset {offset} is past the end ({size} bytes)")]
+    PastEnd {
+        path: String,
+        offset: u64,
+        size: u64,
+    },
     #[error("{path}: got {written} of {size} bytes")]
     Incomplete {
         path: String,

@@ -19,7 +19,6 @@ mod backend;
 pub mod contract;
 mod digests;
 mod error;
-mod local;
 mod memory;
 mod path;
 mod scrub;
@@ -39,7 +38,6 @@ use cap_std::fs::Dir;
 pub use backend::{Backend, ChunkDigests, Reading, Writing};
 pub use digests::Recorded;
 pub use error::{Error, Result};
-pub use local::LocalBackend;
 pub use memory::{MemoryBackend, MemoryLimits};
 // The client still imports it from here until it depends on `fileio` itself.
 pub use path::{is_bidi_control, VPath, MAX_NAME, MAX_PATH, PRIVATE_DIR};

@@ -546,7 +546,11 @@ impl Backend for MemoryBackend {
         };
         drop(st);
         if offset > file.size {
-            return Err(past_end(path, offset, file.size));
+            return Err(Error::PastEnd {
+                path: path.to_string(),
+                offset,
+                size: file.size,
+            });
         }
         // The pieces from `offset` on, the first cut where the offset falls.
         let mut skip = offset;
@@ -726,15 +730,6 @@ fn cut(pieces: Vec<Bytes>, size: u64) -> (Vec<Bytes>, u64) {
         kept.push(piece);
     }
     (kept, size - left)
-}
-
-/// The refusal of a read from past a file's end (the daemon checks first, and says it in its
-/// own terms; this is for other callers).
-pub(crate) fn past_end(path: &VPath, offset: u64, size: u64) -> Error {
-    Error::TooLarge {
-        path: path.to_string(),
-        what: format!("offset {offset} is past the end of the file ({size} bytes)"),
-    }
 }
 
 /// An upload to a memory backend.

@@ -7,7 +7,7 @@ use crate::session::Session;
 
 pub async fn run(s: &mut Session, req: PathArg) -> Handled {
     let path = s.resolve(&req.path)?;
-    s.files.check_dir(&path).await?;
+    s.files.backend().check_dir(&path).await?;
     s.cwd = path;
     Ok(Message::Cwd(PathArg {
         path: s.cwd.to_string(),

@@ -18,7 +18,7 @@ fn space(u: storage::HomeUsage) -> Space {
 
 pub async fn run(s: &mut Session) -> Handled {
     let home = match &s.files {
-        Files::Local(home) => home,
+        Files::Local(view) => view.home(),
         Files::Remote(backend) => {
             // What the view holds against its limits: the user's home, or the whole store.
             let usage = space(backend.usage().await?);

@@ -54,7 +54,7 @@ pub async fn run(s: &mut Session, req: Get) -> Handled {
         crate::metrics::resumed(crate::metrics::Direction::Download);
     }
     let home = match &s.files {
-        Files::Local(home) => home.clone(),
+        Files::Local(view) => view.home().clone(),
         Files::Remote(backend) => return remote(s, req, backend.clone(), path).await,
     };
     let target = path.clone();
@@ -202,11 +202,8 @@ async fn joined(job: JoinHandle<ReadDone>) -> Result<(ChunkSender, (Frame, Permi
 fn open(home: &Home, path: &VPath, offset: u64, kind: DigestKind) -> Result<Opened, CmdError> {
     let f = home.open_read(path)?;
     if offset > f.size {
-        return Err(CmdError::PastEnd {
-            path: path.clone(),
-            offset,
-            size: f.size,
-        });
+        let (path, size) = (path.to_string(), f.size);
+        return Err(storage::Error::PastEnd { path, offset, size }.into());
     }
     let meta = f
         .file
@@ -263,12 +260,7 @@ async fn remote(s: &mut Session, req: Get, backend: Arc<dyn Backend>, path: VPat
     let offset = req.offset;
     let kind = s.digest;
     let chunk = s.config.chunk_size.min(s.client_max_chunk);
-    if offset > 0 {
-        let size = backend.stat(&path).await?.size;
-        if offset > size {
-            return Err(CmdError::PastEnd { path, offset, size }.into());
-        }
-    }
+    // A start past the end is the backend's refusal (`PastEnd`): no stat first.
     let reading = backend.read(&path, offset).await?;
     let size = reading.size;
     let recorded = reading.recorded.filter(|r| r.digest.kind() == kind);

@@ -29,8 +29,8 @@ struct Reader {
 pub async fn run(s: &mut Session, req: List) -> Handled {
     let path = s.resolve(&req.path)?;
     let reader = match &s.files {
-        Files::Local(home) => {
-            let home = home.clone();
+        Files::Local(view) => {
+            let home = view.home().clone();
             let digests = req.digests.then(|| (home.clone(), path.clone(), s.digest));
             blocking(move || {
                 home.list(&path).map(|entries| Reader {

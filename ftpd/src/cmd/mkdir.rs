@@ -8,6 +8,6 @@ use crate::session::Session;
 pub async fn run(s: &mut Session, req: Mkdir) -> Handled {
     s.check_writable()?;
     let path = s.resolve(&req.path)?;
-    s.files.mkdir(&path, req.parents).await?;
+    s.files.backend().mkdir(&path, req.parents).await?;
     Ok(Message::Ok)
 }

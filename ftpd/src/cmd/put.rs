@@ -63,7 +63,7 @@ async fn receive(s: &mut Session, req: Put) -> Handled {
         digest: s.digest,
     };
     let home = match &s.files {
-        Files::Local(home) => home.clone(),
+        Files::Local(view) => view.home().clone(),
         Files::Remote(backend) => return remote(s, req, backend.clone(), path, ureq).await,
     };
     let target = path.clone();

@@ -8,6 +8,6 @@ use crate::session::Session;
 pub async fn run(s: &mut Session, req: Rename) -> Handled {
     s.check_writable()?;
     let (from, to) = (s.resolve(&req.from)?, s.resolve(&req.to)?);
-    s.files.rename(&from, &to).await?;
+    s.files.backend().rename(&from, &to).await?;
     Ok(Message::Ok)
 }

@@ -8,6 +8,6 @@ use crate::session::Session;
 pub async fn run(s: &mut Session, req: PathArg) -> Handled {
     s.check_writable()?;
     let path = s.resolve(&req.path)?;
-    s.files.remove_dir(&path).await?;
+    s.files.backend().remove_dir(&path).await?;
     Ok(Message::Ok)
 }

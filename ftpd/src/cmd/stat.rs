@@ -15,7 +15,7 @@ use crate::store::Files;
 pub async fn run(s: &mut Session, req: Stat) -> Handled {
     let path = s.resolve(&req.path)?;
     let home = match &s.files {
-        Files::Local(home) => home.clone(),
+        Files::Local(view) => view.home().clone(),
         Files::Remote(backend) => {
             let mut info = backend.stat(&path).await?;
             info.name = path.to_string();

@@ -1,7 +1,8 @@
 //! The local root as a [`Backend`]: [`Root`] and [`Home`] behind the async trait, each of their
-//! blocking calls on tokio's blocking threads, so that the local root answers the same contract
-//! tests as every other backend. The daemon keeps its own faster paths to the local root
-//! (zero-copy reads, batch commits); this adapter changes nothing of its behaviour.
+//! blocking calls on tokio's blocking threads (the daemon's runtime: `storage` itself has
+//! none), so that the local root answers the same contract as every other backend and the
+//! namespace commands take one path. Transfers, listings and scrub keep the daemon's own faster
+//! paths to the root (zero-copy reads, batch commits, the hashing cache).
 
 use std::collections::BinaryHeap;
 use std::fmt;
@@ -13,10 +14,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use checksum::{Digest, Hasher};
 use futures::stream::{self, StreamExt as _};
+use protocol::{Digest, Hasher};
 
-use crate::{
+use storage::{
     Backend, ChunkDigests, Error, FileInfo, Home, HomeLimits, HomeUsage, Reading, Result, Root,
     Upload, UploadRequest, VPath, Writing,
 };
@@ -48,6 +49,31 @@ impl LocalBackend {
             prefix: VPath::root(),
             location: "the local root".to_owned(),
         })
+    }
+
+    /// The view of `home` (beneath this view's) for `user`, as [`Backend::home`] gives it.
+    pub fn view(&self, home: &VPath, user: &str) -> Result<LocalBackend> {
+        // Checked from this view first, so that a refusal names the home as the caller sees
+        // it, not where it lies in the root. (A stat and an open: the trait has this sync.)
+        self.home.check_dir(home)?;
+        let prefix = self.prefix.join(home);
+        let opened = self.root.home(&prefix)?.for_user(user);
+        Ok(LocalBackend {
+            root: self.root.clone(),
+            home: opened,
+            prefix,
+            location: self.location.clone(),
+        })
+    }
+
+    /// The root, for the daemon's own paths to it.
+    pub fn root(&self) -> &Root {
+        &self.root
+    }
+
+    /// This view's home, for the daemon's own paths to it.
+    pub fn home(&self) -> &Home {
+        &self.home
     }
 
     /// The same backend, saying in logs that it is at `location` (the root knows its
@@ -118,17 +144,7 @@ impl Backend for LocalBackend {
     }
 
     fn home(&self, home: &VPath, user: &str) -> Result<Arc<dyn Backend>> {
-        // Checked from this view first, so that a refusal names the home as the caller sees
-        // it, not where it lies in the root. (A stat and an open: the trait has this sync.)
-        self.home.check_dir(home)?;
-        let prefix = self.prefix.join(home);
-        let opened = self.root.home(&prefix)?.for_user(user);
-        Ok(Arc::new(LocalBackend {
-            root: self.root.clone(),
-            home: opened,
-            prefix,
-            location: self.location.clone(),
-        }))
+        Ok(Arc::new(self.view(home, user)?))
     }
 
     fn weaker(&self) -> Vec<String> {
@@ -186,7 +202,11 @@ impl Backend for LocalBackend {
         let (home, p) = (self.home.clone(), path.clone());
         let opened = blocking(path, "open", move || home.open_read(&p)).await?;
         if offset > opened.size {
-            return Err(crate::memory::past_end(path, offset, opened.size));
+            return Err(Error::PastEnd {
+                path: path.to_string(),
+                offset,
+                size: opened.size,
+            });
         }
         let recorded = opened.recorded.map(|r| ChunkDigests {
             chunk: r.chunk,

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use checksum::{Digest, DigestKind};
+use protocol::{Digest, DigestKind};
+use ftpd::store::LocalBackend;
 use futures::StreamExt as _;
-use storage::{Backend, Error, LocalBackend, Root, UploadRequest, VPath};
+use storage::{Backend, Error, Root, UploadRequest, VPath};
 
 /// A local root in a temp dir, with its state directory beside it.
 struct Site {
