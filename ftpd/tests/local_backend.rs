@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use protocol::{Digest, DigestKind};
 use ftpd::store::LocalBackend;
 use futures::StreamExt as _;
+use protocol::{Digest, DigestKind};
 use storage::{Backend, Error, Root, UploadRequest, VPath};
 
 /// A local root in a temp dir, with its state directory beside it.

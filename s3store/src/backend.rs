@@ -1134,10 +1134,8 @@ impl Backend for S3Backend {
         path: &VPath,
         req: &UploadRequest,
     ) -> storage::Result<Box<dyn Writing>> {
+        req.check(path)?;
         let shown = path.to_string();
-        if path.is_root() {
-            return Err(storage::Error::IsDirectory(shown));
-        }
         let key = self.key(path)?;
         let limit = self
             .shared

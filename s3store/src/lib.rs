@@ -23,7 +23,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use mtime::MTIME_PREFIX;
 pub use probe::{probe, Conditional, ProbeReport};
 pub use upload::{
-    bare_etag, digest_key, read_digest, record_key, sweep, write_digest, ChunkLog, DigestRecord,
-    Finished, Lease, PartBudget, PartSize, RecordedPart, ResumableUpload, UploadRecord, UploadSpec,
+    bare_etag, digest_key, read_digest, record_key, sweep, write_digest, DigestRecord, Finished,
+    Lease, PartBudget, PartSize, RecordedPart, ResumableUpload, UploadRecord, UploadSpec,
     DEFAULT_PART_SIZE, DIGESTS_PREFIX, MIN_PART_SIZE, RESERVED_PREFIX, UPLOADS_PREFIX,
 };

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use checksum::{Digest, DigestKind, Hasher, SavedState};
 use serde::{Deserialize, Serialize};
+use storage::ChunkLog;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::client::Client;
@@ -183,57 +184,6 @@ pub struct DigestRecord {
     /// when the upload was resumed (the earlier chunks were never seen by this daemon).
     #[serde(default)]
     pub chunks: Vec<Digest>,
-}
-
-/// The chunks of an upload so far, for the digest record: their common length and running
-/// digests, by the local root's rules (chunks shorter than 64 KiB but the last, or more than
-/// 65,536 of them, are not recorded, and downloads hash instead).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChunkLog {
-    /// Length of every chunk but possibly the last; 0 before the first.
-    pub len: u32,
-    /// Each chunk's running digest (of the file from byte 0 through the chunk's end).
-    pub digests: Vec<Digest>,
-    /// A chunk shorter than `len` arrived: it must have been the last. (Never true in a
-    /// state record: the last chunk ends the file, past every recorded part.)
-    #[serde(skip)]
-    ended: bool,
-}
-
-impl ChunkLog {
-    /// Records a chunk (`last` when it ends the file); false when the chunks no longer make
-    /// a record worth keeping.
-    pub fn push(&mut self, len: u32, digest: Digest, last: bool) -> bool {
-        if self.ended || len == 0 || self.digests.len() >= storage::MAX_RECORDED_CHUNKS {
-            return false;
-        }
-        if len < storage::MIN_RECORDED_CHUNK && !last {
-            return false;
-        }
-        if self.len == 0 {
-            self.len = len;
-        } else if len > self.len {
-            return false;
-        } else if len < self.len {
-            self.ended = true;
-        }
-        self.digests.push(digest);
-        true
-    }
-
-    /// The chunks that end within the first `offset` bytes, when one ends exactly there.
-    fn up_to(&self, offset: u64) -> Option<ChunkLog> {
-        let len = u64::from(self.len);
-        if offset == 0 || len == 0 || !offset.is_multiple_of(len) {
-            return None;
-        }
-        let n = usize::try_from(offset / len).ok()?;
-        (n <= self.digests.len() && n <= MAX_RESUMED_CHUNKS).then(|| ChunkLog {
-            len: self.len,
-            digests: self.digests[..n].to_vec(),
-            ended: false,
-        })
-    }
 }
 
 /// An ETag as services quote it or not, for comparing.
@@ -464,7 +414,7 @@ impl ResumableUpload {
             .chunks
             .as_ref()
             .filter(|c| {
-                c.up_to(offset)
+                c.up_to(offset, MAX_RESUMED_CHUNKS)
                     .is_some_and(|u| u.digests.len() == c.digests.len())
             })
             .cloned();
@@ -547,7 +497,10 @@ impl ResumableUpload {
                 if self.recorded {
                     self.record.digest_state = saved_hex(&self.hasher)?;
                     let offset = self.record.offset();
-                    self.record.chunks = self.chunks.as_ref().and_then(|c| c.up_to(offset));
+                    self.record.chunks = self
+                        .chunks
+                        .as_ref()
+                        .and_then(|c| c.up_to(offset, MAX_RESUMED_CHUNKS));
                     write_record(&self.client, &self.record).await?;
                 }
             }
@@ -822,9 +775,15 @@ mod tests {
         assert!(!log.push(10, d, true), "nothing after the last");
         assert!(!ChunkLog::default().push(min - 1, d, false));
         // Kept across a resume only when a chunk ends at the part boundary.
-        assert_eq!(log.up_to(u64::from(min)).unwrap().digests.len(), 1);
-        assert!(log.up_to(u64::from(min) + 1).is_none());
-        assert!(log.up_to(0).is_none());
+        assert_eq!(
+            log.up_to(u64::from(min), MAX_RESUMED_CHUNKS)
+                .unwrap()
+                .digests
+                .len(),
+            1
+        );
+        assert!(log.up_to(u64::from(min) + 1, MAX_RESUMED_CHUNKS).is_none());
+        assert!(log.up_to(0, MAX_RESUMED_CHUNKS).is_none());
     }
     use futures::FutureExt as _;
 

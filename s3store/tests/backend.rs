@@ -175,7 +175,7 @@ async fn round_trips_replay_the_recorded_digests() {
     assert!(end.is_empty(), "a read at the end is empty");
     assert!(matches!(
         b.read(&p("one"), 2).await,
-        Err(Error::TooLarge { .. })
+        Err(Error::PastEnd { .. })
     ));
 }
 

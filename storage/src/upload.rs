@@ -150,28 +150,44 @@ pub(crate) struct Lease {
     owner: String,
 }
 
-fn valid_upload_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-impl Upload {
-    pub(crate) fn begin(home: Home, target: &VPath, req: &UploadRequest) -> Result<Upload> {
+impl UploadRequest {
+    /// Refuses what no store takes, before any work: an upload to the root itself, a size over
+    /// [`MAX_SIZE`], an `upload_id` that is not 1 to 64 of `[0-9A-Za-z_-]`. Gives the target's
+    /// parent. Every backend starts its uploads with this.
+    pub fn check(&self, target: &VPath) -> Result<VPath> {
         let shown = target.to_string();
         let Some((parent, _)) = target.split_last() else {
             return Err(Error::IsDirectory(shown));
         };
-        if req.size > MAX_SIZE {
+        if self.size > MAX_SIZE {
             return Err(Error::TooLarge {
                 path: shown,
                 what: format!(
                     "{} bytes is over the largest size this server takes, 2^53 bytes",
-                    req.size
+                    self.size
                 ),
             });
         }
+        let valid = |id: &str| {
+            (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if self.upload_id.as_deref().is_some_and(|id| !valid(id)) {
+            return Err(Error::BadPath {
+                path: shown,
+                reason: "upload_id must be 1 to 64 of [0-9A-Za-z_-]",
+            });
+        }
+        Ok(parent)
+    }
+}
+
+impl Upload {
+    pub(crate) fn begin(home: Home, target: &VPath, req: &UploadRequest) -> Result<Upload> {
+        let parent = req.check(target)?;
+        let shown = target.to_string();
         let root = home.root().clone();
         let dir = &*home.dir;
         match dir.metadata(target.rel()) {
@@ -194,7 +210,7 @@ impl Upload {
         };
         let owner = home.owner();
         let (staged, keep) = match &req.upload_id {
-            Some(id) if valid_upload_id(id) => {
+            Some(id) => {
                 // The key binds the id to the target and the user, so one client's id never
                 // meets another path, nor another user's upload to a shared home.
                 let key = Md5::new()
@@ -205,12 +221,6 @@ impl Upload {
                     .chain_update(id);
                 let key = hex::encode(key.finalize());
                 (format!("{owner}-{key}.part"), true)
-            }
-            Some(_) => {
-                return Err(Error::BadPath {
-                    path: shown,
-                    reason: "upload_id must be 1 to 64 of [0-9A-Za-z_-]",
-                })
             }
             None => (
                 format!(
