@@ -1072,16 +1072,22 @@ impl Backend for S3Backend {
             });
         }
         // No record, or one that cannot be read, is the same to a download: it hashes.
-        let recorded = read_digest(self.client(), &key)
+        let record = read_digest(self.client(), &key)
             .await
             .ok()
             .flatten()
-            .filter(|r| describes(r, &meta))
-            .map(|r| ChunkDigests {
-                chunk: r.chunk,
-                chunks: r.chunks,
-                digest: r.digest,
-            });
+            .filter(|r| describes(r, &meta));
+        // The record holds the client's time too; only a file without one (put by another
+        // tool) costs the index's listing.
+        let mtime = match &record {
+            Some(r) => r.mtime.or(meta.modified),
+            None => self.mtime_of(&key, &meta, &shown).await?,
+        };
+        let recorded = record.map(|r| ChunkDigests {
+            chunk: r.chunk,
+            chunks: r.chunks,
+            digest: r.digest,
+        });
         let body: futures::stream::BoxStream<'static, storage::Result<Bytes>> =
             if offset == meta.size {
                 Box::pin(futures::stream::empty())
@@ -1123,7 +1129,7 @@ impl Backend for S3Backend {
             };
         Ok(Reading {
             size: meta.size,
-            mtime: self.mtime_of(&key, &meta, &path.to_string()).await?,
+            mtime,
             recorded,
             body,
         })
@@ -1373,7 +1379,7 @@ impl Writing for S3Writing {
             let _ = up.abort().await;
             return Err(storage::Error::Exists(shown));
         }
-        match up.finish(digest, overwrite).await {
+        match up.finish(digest, overwrite, self.mtime).await {
             Ok(Finished::Stored { size, etag, .. }) => {
                 let replaced = now.unwrap_or(0);
                 self.shared.charge(

@@ -184,6 +184,10 @@ pub struct DigestRecord {
     /// when the upload was resumed (the earlier chunks were never seen by this daemon).
     #[serde(default)]
     pub chunks: Vec<Digest>,
+    /// The modification time the client sent with the upload (seconds since the epoch), so a
+    /// download has it from the record it reads anyway, not from another request.
+    #[serde(default)]
+    pub mtime: Option<i64>,
 }
 
 /// An ETag as services quote it or not, for comparing.
@@ -547,7 +551,13 @@ impl ResumableUpload {
     /// The digest record holds every chunk's running digest given through
     /// [`ResumableUpload::write_chunk`], when they follow the rules of [`ChunkLog::push`] and
     /// (after a resume) were kept in the state record.
-    pub async fn finish(mut self, expected: Digest, overwrite: bool) -> Result<Finished> {
+    /// `mtime` is the client's time for the file, kept in the digest record.
+    pub async fn finish(
+        mut self,
+        expected: Digest,
+        overwrite: bool,
+        mtime: Option<i64>,
+    ) -> Result<Finished> {
         let empty = self.buf.is_empty() && self.record.parts.is_empty();
         if !self.buf.is_empty() {
             // The last part may be short.
@@ -603,6 +613,7 @@ impl ResumableUpload {
             etag: (!etag.is_empty()).then(|| bare_etag(&etag).to_owned()),
             chunk,
             chunks,
+            mtime,
         };
         let body = serde_json::to_vec(&digest).map_err(|e| Error::with(ErrorKind::Protocol, e))?;
         self.client

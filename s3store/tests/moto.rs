@@ -54,7 +54,7 @@ async fn round_trips_at_the_part_boundaries() {
         let up = upload(&c, name, &bytes).await;
         let sent_before_finish = up.parts_sent();
         let digest = Digest::md5(&bytes);
-        let done = up.finish(digest, false).await.unwrap();
+        let done = up.finish(digest, false, None).await.unwrap();
         assert!(
             matches!(&done, Finished::Stored { size, digest: d, etag }
                 if *size == len as u64 && *d == digest && !etag.is_empty()),
@@ -99,14 +99,17 @@ async fn create_only_refuses_an_existing_name() {
 
     let bytes = data(10);
     let up = upload(&c, "taken", &bytes).await;
-    let e = up.finish(Digest::md5(&bytes), false).await.unwrap_err();
+    let e = up
+        .finish(Digest::md5(&bytes), false, None)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists);
     assert_eq!(get_all(&c, "taken", 0).await, b"first");
     assert_eq!(open_uploads(&c).await, 0, "the refused upload is aborted");
 
     // With overwrite the same upload replaces it.
     let up = upload(&c, "taken", &bytes).await;
-    up.finish(Digest::md5(&bytes), true).await.unwrap();
+    up.finish(Digest::md5(&bytes), true, None).await.unwrap();
     assert_eq!(get_all(&c, "taken", 0).await, bytes);
 }
 
@@ -130,7 +133,7 @@ async fn nothing_is_visible_before_completion() {
     );
     let listing = c.list_all("dir/", Some("/"), 10).await.unwrap();
     assert!(listing.objects.is_empty() && listing.prefixes.is_empty());
-    up.finish(Digest::md5(&bytes), false).await.unwrap();
+    up.finish(Digest::md5(&bytes), false, None).await.unwrap();
     let listing = c.list_all("", Some("/"), 10).await.unwrap();
     assert_eq!(listing.prefixes, [".ftpd/", "dir/"]);
     assert_eq!(
@@ -169,7 +172,10 @@ async fn a_dropped_upload_resumes_from_its_last_recorded_part() {
         1,
         "only the third part is sent before finish"
     );
-    let done = again.finish(Digest::md5(&bytes), false).await.unwrap();
+    let done = again
+        .finish(Digest::md5(&bytes), false, None)
+        .await
+        .unwrap();
     assert!(matches!(done, Finished::Stored { .. }), "{done:?}");
     assert!(get_all(&c, "resumed", 0).await == bytes);
     assert!(
@@ -187,7 +193,7 @@ async fn a_digest_mismatch_aborts_and_leaves_nothing() {
     let c = bucket(&m).await;
     let bytes = data(MIN_PART_SIZE as usize + 1);
     let up = upload(&c, "bad", &bytes).await;
-    let done = up.finish(Digest::md5(b"other"), false).await.unwrap();
+    let done = up.finish(Digest::md5(b"other"), false, None).await.unwrap();
     assert_eq!(
         done,
         Finished::Mismatch {
