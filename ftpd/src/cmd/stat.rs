@@ -20,9 +20,10 @@ pub async fn run(s: &mut Session, req: Stat) -> Handled {
             let mut info = backend.stat(&path).await?;
             info.name = path.to_string();
             let md5 = match req.md5 && info.kind == FileKind::File {
-                true => {
-                    Some(get::remote_md5(s.config.stall_timeout, backend.as_ref(), &path).await?)
-                }
+                true => Some(
+                    get::remote_md5(s.config.stall_timeout, backend.as_ref(), &path, info.size)
+                        .await?,
+                ),
                 false => None,
             };
             let entry = reply::entry(info);
