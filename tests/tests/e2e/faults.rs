@@ -20,8 +20,8 @@ use protocol::{Digest, DigestKind};
 use tempfile::TempDir;
 
 use crate::util::{
-    assert_missing, assert_same_file, names, staged_bytes, tmpdir, wait_until, write_random,
-    Daemon, Keys, Run, Site, MIB,
+    assert_missing, assert_same_file, names, sent_this_time, staged_bytes, tmpdir, wait_until,
+    write_random, Daemon, Keys, Run, Site, MIB,
 };
 
 use Direction::{ClientToServer as C2S, ServerToClient as S2C};
@@ -933,26 +933,6 @@ fn an_older_roots_staged_upload_moves_to_the_state_directory_and_still_resumes()
         sent.is_some_and(|sent| (sent - rest).abs() < 0.01 * MIB as f64),
         "put -c did not continue from the migrated bytes (summary says {sent:?} sent); {run}"
     );
-}
-
-/// How much the client's summary says it sent this time, from a line like `put big.bin: 8.00 MiB
-/// (8388613 bytes, 5.00 MiB of it sent this time) in ...`; `None` without such a line (a
-/// transfer that sent the whole file says nothing of the kind).
-fn sent_this_time(stdout: &str) -> Option<f64> {
-    let line = stdout
-        .lines()
-        .find(|l| l.contains(" of it sent this time"))?;
-    let (before, _) = line.split_once(" of it sent this time")?;
-    let amount = before.rsplit(", ").next()?;
-    let (number, unit) = amount.split_once(' ')?;
-    let scale = match unit {
-        "B" => 1.0,
-        "KiB" => 1024.0,
-        "MiB" => MIB as f64,
-        "GiB" => (1024 * MIB) as f64,
-        _ => return None,
-    };
-    Some(number.parse::<f64>().ok()? * scale)
 }
 
 /// A tmpfs mounted on a temp dir, unmounted on drop.

@@ -12,8 +12,9 @@ use e2e::proxy::{Direction, Fault, Proxy};
 use tempfile::TempDir;
 
 use crate::util::{
-    assert_same_file, free_port, tmpdir, tmpdir_named, wait_until, write_file, write_private,
-    write_random, Bucket, CannedHttp, Cli, Daemon, Keys, Moto, Run, S3DaemonBuilder, MIB,
+    assert_same_file, free_port, sent_this_time, tmpdir, tmpdir_named, wait_until, write_file,
+    write_private, write_random, Bucket, CannedHttp, Cli, Daemon, DaemonBuilder, Keys, Moto, Run,
+    MIB,
 };
 
 /// The part size the daemons here use: S3's smallest, so that tests cross part boundaries with
@@ -48,7 +49,7 @@ impl S3 {
     }
 
     /// A daemon on the whole bucket with 5 MiB parts, not started yet.
-    fn daemon(&self) -> S3DaemonBuilder {
+    fn daemon(&self) -> DaemonBuilder {
         self.bucket.daemon().args(PART_FLAG)
     }
 
@@ -395,26 +396,6 @@ fn stall_after_one_part(t: &S3, daemon: &Daemon, prefix: &str) -> (crate::util::
     (upload, proxy)
 }
 
-/// How much the client's summary says it sent this time, from a line like `put big.bin: 8.00 MiB
-/// (8388613 bytes, 5.00 MiB of it sent this time) in ...`; `None` without such a line (a
-/// transfer that sent the whole file says nothing of the kind).
-fn sent_this_time(stdout: &str) -> Option<f64> {
-    let line = stdout
-        .lines()
-        .find(|l| l.contains(" of it sent this time"))?;
-    let (before, _) = line.split_once(" of it sent this time")?;
-    let amount = before.rsplit(", ").next()?;
-    let (number, unit) = amount.split_once(' ')?;
-    let scale = match unit {
-        "B" => 1.0,
-        "KiB" => 1024.0,
-        "MiB" => MIB as f64,
-        "GiB" => (1024 * MIB) as f64,
-        _ => return None,
-    };
-    Some(number.parse::<f64>().ok()? * scale)
-}
-
 /// Panics unless the run's summary says it sent only what follows the first part.
 #[track_caller]
 fn assert_sent_after_the_first_part(run: &Run, daemon: &Daemon) {
@@ -569,7 +550,7 @@ fn bad_credentials_stop_startup_with_one_line() {
         .expect_err("the fake service refuses everything");
     assert_eq!(refused.kind(), s3store::ErrorKind::Denied, "{refused}");
     let state = tmpdir_named("e2e-s3-state-");
-    let stderr = S3DaemonBuilder::new("s3://files", &refusing.endpoint())
+    let stderr = DaemonBuilder::s3("s3://files", &refusing.endpoint())
         .state_dir(state.path())
         .refuses_to_start();
     assert_one_clear_line(&stderr, &["credential", "denied", "access", "key"]);
@@ -579,7 +560,7 @@ fn bad_credentials_stop_startup_with_one_line() {
 fn an_unreachable_endpoint_stops_startup_with_one_line() {
     let closed = format!("http://127.0.0.1:{}", free_port());
     let state = tmpdir_named("e2e-s3-state-");
-    let stderr = S3DaemonBuilder::new("s3://files", &closed)
+    let stderr = DaemonBuilder::s3("s3://files", &closed)
         .state_dir(state.path())
         .refuses_to_start();
     assert_one_clear_line(&stderr, &["answer", "reach", "connect", "unavailable"]);

@@ -174,6 +174,8 @@ pub struct Daemon {
 pub struct DaemonBuilder {
     /// The directory to serve; a fresh temp dir when `None`.
     root: Option<PathBuf>,
+    /// The bucket to serve instead of a directory, when set.
+    s3: Option<S3Target>,
     /// The `--listen` address.
     listen: String,
     /// Flags after `--root` and `--listen`.
@@ -212,6 +214,7 @@ impl Daemon {
     pub fn builder() -> DaemonBuilder {
         DaemonBuilder {
             root: None,
+            s3: None,
             listen: "127.0.0.1:0".into(),
             args: Vec::new(),
             env: Vec::new(),
@@ -483,14 +486,6 @@ impl DaemonBuilder {
     /// Starts the daemon and returns at once, for tests that watch it come up.
     pub fn spawn(self) -> Daemon {
         let dir = tmpdir_named("e2e-ftpd-");
-        let root = match self.root {
-            Some(root) => root,
-            None => {
-                let root = dir.path().join("root");
-                fs::create_dir(&root).expect("cannot create the root");
-                root
-            }
-        };
         let mut cmd = match self.socket {
             // LISTEN_PID must be the daemon's own pid, unknown before it is spawned: the
             // shell's `$$` is the pid that `exec` hands on to ftpd.
@@ -503,12 +498,9 @@ impl DaemonBuilder {
             }
             None => Command::new(bin("ftpd")),
         };
-        cmd.arg("--root")
-            .arg(&root)
-            .arg("--listen")
-            .arg(&self.listen)
-            .args(&self.args);
-        clean_env(&mut cmd);
+        let (root, state) = self.files(&mut cmd, dir.path());
+        cmd.arg("--listen").arg(&self.listen).args(&self.args);
+        self.environment(&mut cmd);
         if let Some(listener) = self.socket {
             cmd.env("LISTEN_FDS", "1");
             cmd.fd_mappings(vec![FdMapping {
@@ -517,13 +509,6 @@ impl DaemonBuilder {
             }])
             .expect("fd 3 is free in the child");
         }
-        for (key, value) in &self.env {
-            match value {
-                Some(value) => cmd.env(key, value),
-                None => cmd.env_remove(key),
-            };
-        }
-        let state = state_dir(&root, &self.args);
         let plaintext = self.args.iter().any(|a| a == "--insecure-plaintext");
         let log = dir.path().join("ftpd.log");
         let file = File::create(&log).expect("cannot create the log file");
@@ -541,6 +526,40 @@ impl DaemonBuilder {
             state,
             log,
             _dir: dir,
+        }
+    }
+
+    /// Where the files are, on `cmd`'s command line: `--root` (a fresh root in `dir` unless
+    /// one was given) or the S3 flags. Gives the root (on S3 a path that does not exist, so a
+    /// test that looks there by mistake finds nothing) and the state directory.
+    fn files(&self, cmd: &mut Command, dir: &Path) -> (PathBuf, PathBuf) {
+        if let Some(s3) = &self.s3 {
+            let state = s3.state.clone().unwrap_or_else(|| dir.join("state"));
+            s3.flags(cmd, &state);
+            return (dir.join("no-root-on-s3"), state);
+        }
+        let root = self.root.clone().unwrap_or_else(|| {
+            let root = dir.join("root");
+            fs::create_dir(&root).expect("cannot create the root");
+            root
+        });
+        cmd.arg("--root").arg(&root);
+        let state = state_dir(&root, &self.args);
+        (root, state)
+    }
+
+    /// A clean environment, with the tests' S3 credentials for a daemon on S3, then the
+    /// variables the test set or removed.
+    fn environment(&self, cmd: &mut Command) {
+        clean_env(cmd);
+        if self.s3.is_some() {
+            s3_env(cmd);
+        }
+        for (key, value) in &self.env {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
         }
     }
 
@@ -1642,159 +1661,80 @@ impl Bucket {
 
     /// `ftpd --storage s3://BUCKET --s3-endpoint URL --state-dir DIR --listen 127.0.0.1:0`,
     /// with the tests' credentials, not started yet.
-    pub fn daemon(&self) -> S3DaemonBuilder {
-        S3DaemonBuilder::new(&self.location(""), &self.endpoint)
+    pub fn daemon(&self) -> DaemonBuilder {
+        DaemonBuilder::s3(&self.location(""), &self.endpoint)
     }
 }
 
-/// How to start a [`Daemon`] on S3 instead of a root: `bucket.daemon().prefix("p").start()`.
-/// The daemon's `root()` and `path()` mean nothing then: look in the [`Bucket`].
-pub struct S3DaemonBuilder {
-    /// `--storage`.
+/// Where a daemon on S3 keeps its files: `--storage`, `--s3-endpoint` and `--state-dir`.
+struct S3Target {
+    /// `--storage s3://BUCKET[/PREFIX]`.
     storage: String,
     /// `--s3-endpoint`.
     endpoint: String,
     /// `--state-dir`, a directory the caller keeps (to restart a daemon on it); a fresh one in
     /// the daemon's temp dir when `None`.
     state: Option<PathBuf>,
-    /// Flags after those.
-    args: Vec<OsString>,
 }
 
-impl S3DaemonBuilder {
-    /// A daemon on `storage` (`s3://BUCKET[/PREFIX]`) at `endpoint`, which need not be moto:
-    /// a closed port, or a fake server.
-    pub fn new(storage: &str, endpoint: &str) -> S3DaemonBuilder {
-        S3DaemonBuilder {
-            storage: storage.to_owned(),
-            endpoint: endpoint.to_owned(),
-            state: None,
-            args: Vec::new(),
-        }
-    }
-
-    /// Serves `PREFIX/` of the bucket: `--storage s3://BUCKET/PREFIX`.
-    pub fn prefix(mut self, prefix: &str) -> S3DaemonBuilder {
-        let bucket = self.storage.trim_start_matches("s3://");
-        let bucket = bucket.split('/').next().unwrap_or_default().to_owned();
-        self.storage = format!("s3://{bucket}/{}", prefix.trim_end_matches('/'));
-        self
-    }
-
-    /// Keeps the daemon's private state in `dir`, which the caller keeps.
-    pub fn state_dir(mut self, dir: impl AsRef<Path>) -> S3DaemonBuilder {
-        self.state = Some(dir.as_ref().to_owned());
-        self
-    }
-
-    /// Appends one flag or value.
-    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> S3DaemonBuilder {
-        self.args.push(arg.as_ref().to_owned());
-        self
-    }
-
-    /// Appends flags and values.
-    pub fn args<I, S>(self, args: I) -> S3DaemonBuilder
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
-        args.into_iter().fold(self, S3DaemonBuilder::arg)
-    }
-
-    /// The command line and its environment, with the state directory `state`.
-    fn command(&self, state: &Path) -> Command {
-        let mut cmd = Command::new(bin("ftpd"));
+impl S3Target {
+    fn flags(&self, cmd: &mut Command, state: &Path) {
         cmd.arg("--storage")
             .arg(&self.storage)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
             .arg("--s3-endpoint")
             .arg(&self.endpoint)
             .arg("--state-dir")
-            .arg(state)
-            .args(&self.args);
-        clean_env(&mut cmd);
-        s3_env(&mut cmd);
-        cmd
+            .arg(state);
+    }
+}
+
+impl DaemonBuilder {
+    /// A daemon on `storage` (`s3://BUCKET[/PREFIX]`) at `endpoint`, which need not be moto:
+    /// a closed port, or a fake server. Only the tests' S3 credentials reach it.
+    pub fn s3(storage: &str, endpoint: &str) -> DaemonBuilder {
+        let mut builder = Daemon::builder();
+        builder.s3 = Some(S3Target {
+            storage: storage.to_owned(),
+            endpoint: endpoint.to_owned(),
+            state: None,
+        });
+        builder
     }
 
-    /// Starts the daemon and returns once it prints the address it listens on; panics with its
-    /// log if it exits first or stays silent for 30 s.
-    #[track_caller]
-    pub fn start(self) -> Daemon {
-        let daemon = self.spawn();
-        daemon.addr();
-        daemon
+    fn s3_target(&mut self) -> &mut S3Target {
+        self.s3
+            .as_mut()
+            .expect("an S3 setting on a daemon not on S3 (DaemonBuilder::s3)")
     }
 
-    /// Starts the daemon and returns at once.
-    pub fn spawn(self) -> Daemon {
-        let dir = tmpdir_named("e2e-ftpd-s3-");
-        let state = match &self.state {
-            Some(state) => state.clone(),
-            None => dir.path().join("state"),
-        };
-        let mut cmd = self.command(&state);
-        let plaintext = self.args.iter().any(|a| a == "--insecure-plaintext");
-        let log = dir.path().join("ftpd.log");
-        let file = File::create(&log).expect("cannot create the log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file))
-            .spawn()
-            .expect("cannot spawn ftpd");
-        Daemon {
-            child: Mutex::new(KillOnDrop::new(child)),
-            addr: OnceLock::new(),
-            plaintext,
-            // Nothing is served from disk; a path that does not exist, so a test that looks
-            // there by mistake finds nothing rather than something else.
-            root: dir.path().join("no-root-on-s3"),
-            state,
-            log,
-            _dir: dir,
-        }
+    /// Serves `PREFIX/` of the bucket: `--storage s3://BUCKET/PREFIX`.
+    pub fn prefix(mut self, prefix: &str) -> DaemonBuilder {
+        let s3 = self.s3_target();
+        let bucket = s3.storage.trim_start_matches("s3://");
+        let bucket = bucket.split('/').next().unwrap_or_default().to_owned();
+        s3.storage = format!("s3://{bucket}/{}", prefix.trim_end_matches('/'));
+        self
     }
 
-    /// Runs the daemon, which must exit with a failure status within 30 s without listening;
-    /// returns its stderr.
-    #[track_caller]
-    pub fn refuses_to_start(self) -> String {
-        let what = format!("ftpd --storage {} {:?}", self.storage, self.args);
-        let daemon = self.spawn();
-        let status = daemon.wait_exit(LOG_TIMEOUT);
-        let log = daemon.log();
-        assert!(
-            !status.success() && status.code().is_some(),
-            "{what} was expected to exit with a failure, got {status}; stderr:\n{log}"
-        );
-        assert!(
-            !log.contains(READY_MARKER),
-            "{what} listened before refusing; stderr:\n{log}"
-        );
-        log
+    /// Keeps the S3 daemon's private state in `dir`, which the caller keeps.
+    pub fn state_dir(mut self, dir: impl AsRef<Path>) -> DaemonBuilder {
+        self.s3_target().state = Some(dir.as_ref().to_owned());
+        self
     }
 
-    /// Runs `ftpd --check-config` with this storage and flags to completion.
+    /// Runs `ftpd --check-config` with these settings to completion.
     pub fn check_config(self) -> Run {
-        let dir = tmpdir_named("e2e-ftpd-s3-");
-        let state = self
-            .state
-            .clone()
-            .unwrap_or_else(|| dir.path().join("state"));
-        let mut cmd = self.command(&state);
-        cmd.arg("--check-config")
-            .stdin(Stdio::null())
+        let daemon = self.arg("--check-config");
+        let what = format!("`ftpd {:?}`", daemon.args);
+        let dir = tmpdir_named("e2e-ftpd-check-");
+        let mut cmd = Command::new(bin("ftpd"));
+        daemon.files(&mut cmd, dir.path());
+        cmd.args(&daemon.args);
+        daemon.environment(&mut cmd);
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        run_to_end(
-            cmd,
-            None,
-            LOG_TIMEOUT,
-            format!("`ftpd --storage {} --check-config`", self.storage),
-        )
+        run_to_end(cmd, None, LOG_TIMEOUT, what)
     }
 }
 
@@ -1909,4 +1849,24 @@ pub fn have_tool(tool: &str, flag: &str, package: &str) -> bool {
         eprintln!("skipped: {tool} is missing (apt-get install {package})");
     }
     found
+}
+
+/// How much the client's summary says it sent this time, from a line like `put big.bin: 8.00 MiB
+/// (8388613 bytes, 5.00 MiB of it sent this time) in ...`; `None` without such a line (a
+/// transfer that sent the whole file says nothing of the kind).
+pub fn sent_this_time(stdout: &str) -> Option<f64> {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(" of it sent this time"))?;
+    let (before, _) = line.split_once(" of it sent this time")?;
+    let amount = before.rsplit(", ").next()?;
+    let (number, unit) = amount.split_once(' ')?;
+    let scale = match unit {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => MIB as f64,
+        "GiB" => (1024 * MIB) as f64,
+        _ => return None,
+    };
+    Some(number.parse::<f64>().ok()? * scale)
 }
