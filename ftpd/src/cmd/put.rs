@@ -107,24 +107,9 @@ async fn receive(s: &mut Session, req: Put) -> Handled {
                 Err(e) => break End::Lost(e),
             },
         };
-        match frame.message {
-            Message::Chunk(h) => {
-                if let Err(e) = pace.moved(u64::from(h.len)) {
-                    break End::Lost(e);
-                }
-                if let Err(error) = seq.advance(&h) {
-                    let path = path.clone();
-                    break End::Refused(CmdError::Transfer { path, error });
-                }
-                let permit = s.take_body_permit();
-                queue.push_back((h, frame.body, permit));
-            }
-            Message::Eof(eof) => break End::Eof(eof),
-            Message::Abort(r) => break End::Aborted(r),
-            other => {
-                let msg = format!("{other:?} in the middle of an upload");
-                break End::Lost(SessionError::Protocol(msg));
-            }
+        match next_chunk(s, frame, &mut pace, &mut seq, &path) {
+            Ok(chunk) => queue.push_back(chunk),
+            Err(end) => break end,
         }
     };
     // Verified chunks already received are written whatever the end: they stay resumable. The
@@ -205,41 +190,26 @@ async fn remote(
             Ok(frame) => frame,
             Err(e) => break End::Lost(e),
         };
-        match frame.message {
-            Message::Chunk(h) => {
-                if let Err(e) = pace.moved(u64::from(h.len)) {
-                    break End::Lost(e);
-                }
-                if let Err(error) = seq.advance(&h) {
-                    let path = path.clone();
-                    break End::Refused(CmdError::Transfer { path, error });
-                }
-                let permit = s.take_body_permit();
-                let body = frame.body;
-                let (back, checked) = blocking(move || {
-                    let checked = receiver.accept(&h, &body).map(|()| (body, h.digest));
-                    (receiver, checked)
-                })
-                .await?;
-                receiver = back;
-                let written = match checked {
-                    Ok((body, digest)) => upload.write(body, digest).await.map_err(CmdError::from),
-                    Err(error) => Err(CmdError::Transfer {
-                        path: path.clone(),
-                        error,
-                    }),
-                };
-                drop(permit);
-                if let Err(e) = written {
-                    break End::Refused(e);
-                }
-            }
-            Message::Eof(eof) => break End::Eof(eof),
-            Message::Abort(r) => break End::Aborted(r),
-            other => {
-                let msg = format!("{other:?} in the middle of an upload");
-                break End::Lost(SessionError::Protocol(msg));
-            }
+        let (h, body, permit) = match next_chunk(s, frame, &mut pace, &mut seq, &path) {
+            Ok(chunk) => chunk,
+            Err(end) => break end,
+        };
+        let (back, checked) = blocking(move || {
+            let checked = receiver.accept(&h, &body).map(|()| (body, h.digest));
+            (receiver, checked)
+        })
+        .await?;
+        receiver = back;
+        let written = match checked {
+            Ok((body, digest)) => upload.write(body, digest).await.map_err(CmdError::from),
+            Err(error) => Err(CmdError::Transfer {
+                path: path.clone(),
+                error,
+            }),
+        };
+        drop(permit);
+        if let Err(e) = written {
+            break End::Refused(e);
         }
     };
     s.moved.bytes = receiver.position() - offset;
@@ -401,6 +371,33 @@ pub(crate) async fn drain(s: &mut Session) -> Result<(), SessionError> {
 
 /// A received chunk waiting to be written, and the budget bytes its body holds.
 type Queued = (ChunkHeader, Bytes, Option<Permit>);
+
+/// One frame of an upload's data stream: a chunk that keeps the pace and follows the last one
+/// in order (with the budget bytes its body holds), or how the stream ended.
+fn next_chunk(
+    s: &mut Session,
+    frame: protocol::Frame,
+    pace: &mut Pace,
+    seq: &mut Sequence,
+    path: &VPath,
+) -> Result<Queued, End> {
+    match frame.message {
+        Message::Chunk(h) => {
+            pace.moved(u64::from(h.len)).map_err(End::Lost)?;
+            if let Err(error) = seq.advance(&h) {
+                let path = path.clone();
+                return Err(End::Refused(CmdError::Transfer { path, error }));
+            }
+            Ok((h, frame.body, s.take_body_permit()))
+        }
+        Message::Eof(eof) => Err(End::Eof(eof)),
+        Message::Abort(r) => Err(End::Aborted(r)),
+        other => {
+            let msg = format!("{other:?} in the middle of an upload");
+            Err(End::Lost(SessionError::Protocol(msg)))
+        }
+    }
+}
 
 /// What a write task gives back.
 type WriteDone = (Upload, ChunkReceiver, Result<(), CmdError>);
