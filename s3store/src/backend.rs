@@ -15,7 +15,7 @@ use storage::{
     VPath, Writing, MAX_SIZE, PRIVATE_DIR,
 };
 
-use crate::client::{listing_time, Client, ObjectMeta, Timeouts};
+use crate::client::{listing_time, next_page, Client, ObjectMeta, Timeouts};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
 use crate::mtime;
@@ -237,12 +237,8 @@ impl Shared {
                     tally.add(i128::from(o.size), 1);
                 }
             }
-            match page.next {
-                Some(t) if Some(&t) != token.as_ref() => token = Some(t),
-                Some(_) => {
-                    return Err(Error::with(ErrorKind::Protocol, "listing does not advance"))
-                }
-                None => return Ok(tally),
+            if !next_page(&mut token, page.next)? {
+                return Ok(tally);
             }
         }
     }
@@ -614,15 +610,8 @@ impl S3Backend {
                     }
                 }
             }
-            match page.next {
-                Some(t) if Some(&t) != token.as_ref() => token = Some(t),
-                Some(_) => {
-                    return Err(map(
-                        shown,
-                        Error::with(ErrorKind::Protocol, "listing does not advance"),
-                    ))
-                }
-                None => return Ok(()),
+            if !next_page(&mut token, page.next).map_err(|e| map(shown, e))? {
+                return Ok(());
             }
         }
     }
@@ -666,15 +655,8 @@ impl S3Backend {
                     MAX_DIR_RENAME_BYTES >> 30
                 )));
             }
-            match page.next {
-                Some(t) if Some(&t) != token.as_ref() => token = Some(t),
-                Some(_) => {
-                    return Err(map(
-                        &shown,
-                        Error::with(ErrorKind::Protocol, "listing does not advance"),
-                    ))
-                }
-                None => break,
+            if !next_page(&mut token, page.next).map_err(|e| map(&shown, e))? {
+                break;
             }
         }
         if let Some((k, _)) = objects.iter().find(|(_, meta)| meta.size > MAX_COPY) {
@@ -871,15 +853,8 @@ impl Backend for S3Backend {
             while entries.len() > max {
                 entries.pop_last();
             }
-            match page.next {
-                Some(t) if Some(&t) != token.as_ref() => token = Some(t),
-                Some(_) => {
-                    return Err(map(
-                        &shown,
-                        Error::with(ErrorKind::Protocol, "listing does not advance"),
-                    ))
-                }
-                None => break,
+            if !next_page(&mut token, page.next).map_err(|e| map(&shown, e))? {
+                break;
             }
         }
         if !anything && !dir.is_root() {

@@ -144,6 +144,20 @@ fn method(m: Method) -> reqwest::Method {
     }
 }
 
+/// Moves a paginated listing on: `true` with `token` set to the next page's, `false` after the
+/// last page. A service that hands back the token it was given would have us loop forever, so
+/// that is an error.
+pub(crate) fn next_page<T: PartialEq>(token: &mut Option<T>, next: Option<T>) -> Result<bool> {
+    match next {
+        Some(t) if token.as_ref() != Some(&t) => {
+            *token = Some(t);
+            Ok(true)
+        }
+        Some(_) => Err(protocol("a listing does not advance")),
+        None => Ok(false),
+    }
+}
+
 fn protocol(what: &str) -> Error {
     Error::with(ErrorKind::Protocol, what.to_owned())
 }
@@ -555,9 +569,8 @@ impl Client {
             if all.objects.len() + all.prefixes.len() > max {
                 return Err(protocol("listing longer than the cap"));
             }
-            match page.next {
-                Some(t) => token = Some(t),
-                None => return Ok(all),
+            if !next_page(&mut token, page.next)? {
+                return Ok(all);
             }
         }
     }
@@ -635,10 +648,8 @@ impl Client {
             if all.len() > 10_000 {
                 return Err(protocol("more parts than S3 allows"));
             }
-            match page.next {
-                Some(m) if Some(m) != marker => marker = Some(m),
-                Some(_) => return Err(protocol("part listing does not advance")),
-                None => return Ok(all),
+            if !next_page(&mut marker, page.next)? {
+                return Ok(all);
             }
         }
     }
@@ -719,4 +730,21 @@ async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Bytes> {
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_page;
+
+    /// A listing moves on while the service gives a new token, ends without one, and a
+    /// service that gives back the token it was sent is refused, not followed forever.
+    #[test]
+    fn a_listing_that_does_not_advance_is_an_error() {
+        let mut token = None;
+        assert!(next_page(&mut token, Some("a")).unwrap());
+        assert_eq!(token, Some("a"));
+        assert!(next_page(&mut token, Some("b")).unwrap());
+        assert!(next_page(&mut token, Some("b")).is_err());
+        assert!(!next_page(&mut token, None).unwrap());
+    }
 }

@@ -9,8 +9,8 @@
 
 use bytes::Bytes;
 
-use crate::client::Client;
-use crate::error::{Error, ErrorKind, Result};
+use crate::client::{next_page, Client};
+use crate::error::Result;
 use crate::upload::bare_etag;
 
 /// Where the index lives (relative to the configured prefix), mirroring the keys it describes.
@@ -73,10 +73,8 @@ pub async fn entries(client: &Client, key: &str) -> Result<Vec<Kept>> {
                 }
             }
         }
-        match page.next {
-            Some(t) if Some(&t) != token.as_ref() => token = Some(t),
-            Some(_) => return Err(Error::with(ErrorKind::Protocol, "listing does not advance")),
-            None => return Ok(out),
+        if !next_page(&mut token, page.next)? {
+            return Ok(out);
         }
     }
 }

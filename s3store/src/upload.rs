@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use storage::ChunkLog;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::client::Client;
+use crate::client::{next_page, Client};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Keys under this prefix (below the configured one) are the daemon's own records, never
@@ -758,15 +758,8 @@ pub async fn sweep(client: &Client, max_age: Duration) -> Result<Vec<String>> {
             }
             aborted.push(u.key);
         }
-        match page.next {
-            Some(m) if Some(&m) != marker.as_ref() => marker = Some(m),
-            Some(_) => {
-                return Err(Error::with(
-                    ErrorKind::Protocol,
-                    "upload listing does not advance",
-                ))
-            }
-            None => return Ok(aborted),
+        if !next_page(&mut marker, page.next)? {
+            return Ok(aborted);
         }
     }
 }
