@@ -9,7 +9,7 @@ use ftp_cli::client::{NoProgress, TransferOptions};
 use protocol::{Digest, DigestKind, Message, Put};
 use storage::{Backend, MemoryBackend, VPath};
 
-use crate::util::{assert_holds, framed, pattern, put, InProcess};
+use crate::util::{assert_holds, framed, pattern, put, put_then_get, InProcess};
 
 const CHUNK: usize = 16 * 1024;
 
@@ -29,26 +29,13 @@ async fn put_then_get_through_a_backend_gives_back_the_same_bytes() {
             let case = format!("{size} bytes with {}", digest.name());
             let data = pattern(size, seed as u64);
             let name = format!("{size}.bin");
-            let (local, back) = (d.local_path(&name), d.local_path(&format!("{size}.back")));
-            fs::write(&local, &data).unwrap();
-            let want = Digest::of(digest, &data);
-
-            let up = c
-                .put(&local, &name, TransferOptions::default(), &mut NoProgress)
-                .await
-                .unwrap_or_else(|e| panic!("{case}: put failed: {e}"));
-            assert_eq!((up.size, up.digest), (size as u64, want), "{case}: put");
-            let at = VPath::resolve(&VPath::root(), &name).unwrap();
-            let stored = backend.stat(&at).await.unwrap();
-            assert_eq!(stored.size, size as u64, "{case}: stored");
-            assert!(d.visible().is_empty(), "{case}: the temp root was written");
-
-            let down = c
-                .get(&name, &back, TransferOptions::default(), &mut NoProgress)
-                .await
-                .unwrap_or_else(|e| panic!("{case}: get failed: {e}"));
-            assert_eq!((down.size, down.digest), (size as u64, want), "{case}: get");
-            assert_holds(&back, &data);
+            let stored = async || {
+                let at = VPath::resolve(&VPath::root(), &name).unwrap();
+                let stored = backend.stat(&at).await.unwrap();
+                assert_eq!(stored.size, size as u64, "{case}: stored");
+                assert!(d.visible().is_empty(), "{case}: the temp root was written");
+            };
+            put_then_get(&d, &mut c, &name, &data, digest, &case, stored).await;
         }
         c.bye().await;
     }

@@ -1,11 +1,8 @@
 //! Round trips through the real client: put, then get, byte for byte.
 
-use std::fs;
+use protocol::DigestKind;
 
-use ftp_cli::client::{NoProgress, TransferOptions};
-use protocol::{Digest, DigestKind};
-
-use crate::util::{assert_holds, pattern, InProcess};
+use crate::util::{assert_holds, pattern, put_then_get, InProcess};
 
 /// The sizes where chunking goes wrong if it does: nothing, one byte, exactly one chunk, and
 /// one byte into a second chunk; with the default digest and the fast one.
@@ -19,23 +16,8 @@ async fn put_then_get_gives_back_the_same_bytes_around_one_chunk_with_either_dig
             let case = format!("{size} bytes with {}", digest.name());
             let data = pattern(size, seed as u64);
             let name = format!("{size}.bin");
-            let (local, back) = (d.local_path(&name), d.local_path(&format!("{size}.back")));
-            fs::write(&local, &data).unwrap();
-            let want = Digest::of(digest, &data);
-
-            let up = c
-                .put(&local, &name, TransferOptions::default(), &mut NoProgress)
-                .await
-                .unwrap_or_else(|e| panic!("{case}: put failed: {e}"));
-            assert_eq!((up.size, up.digest), (size as u64, want), "{case}: put");
-            assert_holds(&d.root_path(&name), &data);
-
-            let down = c
-                .get(&name, &back, TransferOptions::default(), &mut NoProgress)
-                .await
-                .unwrap_or_else(|e| panic!("{case}: get failed: {e}"));
-            assert_eq!((down.size, down.digest), (size as u64, want), "{case}: get");
-            assert_holds(&back, &data);
+            let stored = async || assert_holds(&d.root_path(&name), &data);
+            put_then_get(&d, &mut c, &name, &data, digest, &case, stored).await;
         }
         c.bye().await;
     }

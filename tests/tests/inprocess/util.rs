@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ftp_cli::client::Credentials;
+use ftp_cli::client::{Credentials, NoProgress, TransferOptions};
 use futures::FutureExt;
 use protocol::scram;
 use protocol::{
@@ -525,6 +525,35 @@ pub fn put(path: &str, size: usize) -> Put {
 
 // ---------------------------------------------------------------------------------------------
 // Data and frames
+
+/// Puts `data` as `name` through `c`, then gets it back among the client's files: both
+/// transfers report `data`'s size and its `digest`, and the copy holds `data`. `case` names a
+/// failure. Between the two, `stored` checks where the daemon keeps it.
+pub async fn put_then_get(
+    d: &Daemon,
+    c: &mut Client,
+    name: &str,
+    data: &[u8],
+    digest: DigestKind,
+    case: &str,
+    stored: impl AsyncFnOnce(),
+) {
+    let (local, back) = (d.local_path(name), d.local_path(&format!("{name}.back")));
+    fs::write(&local, data).unwrap();
+    let want = (data.len() as u64, Digest::of(digest, data));
+    let up = c
+        .put(&local, name, TransferOptions::default(), &mut NoProgress)
+        .await
+        .unwrap_or_else(|e| panic!("{case}: put failed: {e}"));
+    assert_eq!((up.size, up.digest), want, "{case}: put");
+    stored().await;
+    let down = c
+        .get(name, &back, TransferOptions::default(), &mut NoProgress)
+        .await
+        .unwrap_or_else(|e| panic!("{case}: get failed: {e}"));
+    assert_eq!((down.size, down.digest), want, "{case}: get");
+    assert_holds(&back, data);
+}
 
 /// `len` bytes that differ for each `seed` and look random (xorshift64*).
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
