@@ -3,10 +3,10 @@
 //! kept in memory for tests plug in beside the local root without a generic parameter threaded
 //! through the daemon.
 //!
-//! The local root ([`crate::Root`] and [`crate::Home`]) keeps its own synchronous API, which the
-//! daemon runs on blocking threads with its zero-copy reads, staged hard-link commits and batch
-//! commits; it implements this trait too ([`crate::LocalBackend`]), so that every backend answers
-//! the same contract tests. A backend is opened on the whole store; [`Backend::home`] gives one
+//! The local root ([`crate::Root`] and [`crate::Home`]) keeps its own synchronous API: this crate
+//! has no async runtime. The daemon puts it behind this trait on its own blocking threads
+//! (`ftpd::store::LocalBackend`), so that every backend answers the same contract tests, and
+//! keeps its zero-copy reads, staged hard-link commits and batch commits beside. A backend is opened on the whole store; [`Backend::home`] gives one
 //! session's view, whose paths are relative to its home and whose errors name paths as that
 //! session sees them, exactly as [`crate::Home`] does.
 //!
