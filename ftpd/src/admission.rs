@@ -171,7 +171,9 @@ pub struct Gate {
     max_strangers: usize,
     /// `--max-unauthenticated-per-range`.
     max_per_range: usize,
-    /// Knows which address ranges are serving a login penalty.
+    /// Knows which address ranges are serving a login penalty: counted here, or, on a service
+    /// (`--database`), those the database named at this instance's logins (a cache; see
+    /// [`Authenticator::penalty`]).
     auth: Arc<Authenticator>,
 }
 
@@ -190,7 +192,12 @@ impl Gate {
     }
 
     /// Admits a new connection from `ip`, or says why not, for a `busy` refusal. Cheap and
-    /// never waits: a refused connection is answered and closed at once.
+    /// never waits: a refused connection is answered and closed at once. On a service the
+    /// range's penalty comes from what this instance learned from the database at logins, not
+    /// from a query per connection (which would let a flood of connections flood the
+    /// database): a range shut out by failures on another instance gets through here until
+    /// its first login attempt, which the database refuses unchecked (`busy`, the same answer),
+    /// and from then on it is refused here too, until the penalty the database named ends.
     pub fn admit(&self, ip: IpAddr) -> Result<Admission, String> {
         let range = AddrRange::of(ip);
         // First, so that a range serving a penalty costs nothing else: it cannot log in now.

@@ -1,6 +1,8 @@
 //! Authentication: the users in force, how a login is checked against them (a key, or a SCRAM
 //! proof against a verifier), and the penalty for address ranges and user names that keep
-//! failing.
+//! failing: counted in this process, or, for one instance of a service (`--database`), in the
+//! database every instance shares (docs/CLUSTER.md), so that guesses spread over instances
+//! meet one count.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -8,8 +10,11 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use hmac::{Hmac, Mac};
 use protocol::scram::{self, Verifier};
 use protocol::tls::Fingerprint;
+use sha2::Sha256;
+use tracing::debug;
 
 use crate::admission::AddrRange;
 use crate::users::{made_up_salt, User, Users};
@@ -24,6 +29,18 @@ const MAX_TRACKED: usize = 10_000;
 /// with it, the owner still gets in from where they logged in lately (and an attacker there is
 /// still held to that range's own penalty).
 const TRUST_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The longest a login waits for one answer of the shared throttle (its statements and the
+/// pool's wait for a connection, 5 s, together): a little over the pool's wait, so that a
+/// database that does not answer is noticed by the pool first, and one whose connection hangs
+/// (a partition, no reset) by this.
+const SHARED_PATIENCE: Duration = Duration::from_secs(6);
+/// How long a failed login waits to learn its range's penalty for the accept loop.
+const LEARN_PATIENCE: Duration = Duration::from_secs(1);
+/// What the keyed hash of a user name is taken over before the name, so that the throttle's
+/// name keys differ from the salts made up for names without a verifier (the same key's HMAC
+/// of the bare name, which any client is shown): a reader of the database cannot match a row
+/// to a name by asking the server for its salt.
+const NAME_KEY_CONTEXT: &[u8] = b"ftpd login throttle name\0";
 
 /// How long a failed login shuts out its address range and its user name: `first` after one
 /// failure, doubled for each further one, up to `max` (`--login-penalty`,
@@ -47,6 +64,15 @@ impl Penalty {
     }
 }
 
+impl From<Penalty> for pgstate::Penalty {
+    fn from(p: Penalty) -> Self {
+        pgstate::Penalty {
+            first: p.first,
+            max: p.max,
+        }
+    }
+}
+
 /// Why a login was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -57,6 +83,19 @@ pub enum Refusal {
     Range(Duration),
     /// Its user name is serving a penalty (known or not: the same for both): not checked.
     User(Duration),
+    /// The shared throttle (the database) did not answer in time: nothing was checked, and the
+    /// client may try again in a moment. A login is never let through unthrottled.
+    Unavailable,
+}
+
+impl From<pgstate::Refusal> for Refusal {
+    fn from(r: pgstate::Refusal) -> Self {
+        match r {
+            pgstate::Refusal::Failed => Refusal::Failed,
+            pgstate::Refusal::Range(wait) => Refusal::Range(wait),
+            pgstate::Refusal::User(wait) => Refusal::User(wait),
+        }
+    }
 }
 
 /// Whole seconds to tell a client to wait for `wait`: rounded up, and at least one, so that
@@ -173,6 +212,102 @@ impl Failures {
     }
 }
 
+/// Where failures are counted: the seam between one instance and a service.
+enum Throttle {
+    /// In this process (no `--database`).
+    Local(Mutex<Failures>),
+    /// In the database every instance of the service shares (`--database`).
+    Shared(SharedThrottle),
+}
+
+/// The throttle of a service: its rows in the database, and what this instance has learned
+/// from them for its accept loop.
+struct SharedThrottle {
+    /// The state the instances share.
+    state: pgstate::State,
+    /// Address ranges the database said serve a penalty, and until when, learned at each
+    /// login it refused or counted a failure for: what [`Authenticator::penalty`] answers the
+    /// accept loop from, which must not wait on the database for every connection. A range
+    /// shut out by failures on another instance is refused here from its first login attempt
+    /// on (the database refuses that attempt unchecked, and says how long).
+    ranges: KnownPenalties,
+}
+
+impl SharedThrottle {
+    /// Waits at most [`SHARED_PATIENCE`] for `call`; a database that does not answer (or
+    /// refuses) is [`Refusal::Unavailable`], its words kept for a debug line.
+    async fn ask<T>(
+        &self,
+        call: impl std::future::Future<Output = pgstate::Result<T>>,
+    ) -> Result<T, Refusal> {
+        match tokio::time::timeout(SHARED_PATIENCE, call).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => {
+                debug!(detail = %e.detail(), "the shared login throttle failed");
+                Err(Refusal::Unavailable)
+            }
+            Err(_) => {
+                debug!(
+                    waited_s = SHARED_PATIENCE.as_secs(),
+                    "the shared login throttle did not answer in time"
+                );
+                Err(Refusal::Unavailable)
+            }
+        }
+    }
+
+    /// Learns the range's penalty from a refusal that names it.
+    fn learn_from(&self, range: AddrRange, refusal: Refusal) -> Refusal {
+        if let Refusal::Range(wait) = refusal {
+            self.ranges.learn(range, wait, Instant::now());
+        }
+        refusal
+    }
+}
+
+/// Address ranges known to serve a penalty, and until when, bounded in size.
+#[derive(Default)]
+struct KnownPenalties {
+    /// Until when each range is shut out.
+    map: Mutex<HashMap<AddrRange, Instant>>,
+}
+
+impl KnownPenalties {
+    /// Notes that `range` serves a penalty for `wait` more from `now`, as the database said.
+    fn learn(&self, range: AddrRange, wait: Duration, now: Instant) {
+        // The database's answer is never longer than FORGET_AFTER; a row it computed oddly
+        // must not overflow the clock either.
+        let Some(until) = now.checked_add(wait.min(FORGET_AFTER)) else {
+            return;
+        };
+        let mut map = self.map.lock().unwrap();
+        if !map.contains_key(&range) && map.len() >= MAX_TRACKED {
+            map.retain(|_, until| *until > now);
+            // All still serving: forget the one ending soonest (the database still refuses
+            // its logins; only the early refusal at accept is lost).
+            if map.len() >= MAX_TRACKED {
+                let soonest = map.iter().min_by_key(|(_, u)| **u).map(|(r, _)| *r);
+                if let Some(soonest) = soonest {
+                    map.remove(&soonest);
+                }
+            }
+        }
+        map.insert(range, until);
+    }
+
+    /// How long `range` is known to be shut out still at `now`, if it is.
+    fn wait(&self, range: AddrRange, now: Instant) -> Option<Duration> {
+        let mut map = self.map.lock().unwrap();
+        let until = *map.get(&range)?;
+        if until > now {
+            Some(until - now)
+        } else {
+            map.remove(&range);
+            None
+        }
+    }
+}
+
 /// Who may log in, shared by every session and replaced whole on reload, and who is serving a
 /// penalty for failing.
 pub struct Authenticator {
@@ -180,13 +315,15 @@ pub struct Authenticator {
     users: RwLock<Option<Arc<Users>>>,
     /// How long a failure shuts its address range and user name out.
     penalty: Penalty,
-    /// Recent failures by address range and by user name.
-    failures: Mutex<Failures>,
+    /// Recent failures by address range and by user name: here, or in the shared database.
+    throttle: Throttle,
     /// Keys the hash of user names with a secret of this process, so that nobody can pick
     /// names that collide with another's.
     names: RandomState,
     /// Keys the salts made up for names that have no verifier (a secret of the daemon's, kept
-    /// in its state directory, so the salt of a name is the same at every attempt and restart).
+    /// in its state directory, so the salt of a name is the same at every attempt and restart;
+    /// every instance of a service has the same one), and the throttle's name keys in the
+    /// shared database.
     salt_key: [u8; 32],
     /// What a proof is checked against when the name has no verifier: the same work, and a
     /// certain failure.
@@ -208,13 +345,25 @@ impl Authenticator {
             dummy,
             users: RwLock::new(users.map(Arc::new)),
             penalty,
-            failures: Mutex::new(Failures {
+            throttle: Throttle::Local(Mutex::new(Failures {
                 by_range: Ledger::new(),
                 by_name: Ledger::new(),
                 trusted: HashMap::new(),
-            }),
+            })),
             names: RandomState::new(),
         }
+    }
+
+    /// With `state` (one instance of a service, `--database`), failures are counted in the
+    /// database every instance shares instead of in this process; with `None`, as before.
+    pub fn shared_by(mut self, state: Option<pgstate::State>) -> Self {
+        if let Some(state) = state {
+            self.throttle = Throttle::Shared(SharedThrottle {
+                state,
+                ranges: KnownPenalties::default(),
+            });
+        }
+        self
     }
 
     /// The key of made-up salts, for loading users files.
@@ -243,24 +392,64 @@ impl Authenticator {
         }
     }
 
-    /// A refusal, unchecked, while `range` or `user` serves a penalty.
-    pub fn refused(&self, range: AddrRange, user: &str) -> Option<Refusal> {
-        let now = Instant::now();
-        let name = self.names.hash_one(user);
-        let failures = self.failures.lock().unwrap();
-        if let Some(wait) = failures.by_range.wait(&range, now) {
-            return Some(Refusal::Range(wait));
-        }
-        match failures.by_name.wait(&name, now) {
-            Some(wait) if !failures.trusts(range, name, now) => Some(Refusal::User(wait)),
-            _ => None,
+    /// The shared throttle's keys of a login as `user` from `range`: the range's text, and a
+    /// keyed hash of the name (the same on every instance, which share the salt key; no raw
+    /// name is stored, and a long one makes no longer row).
+    fn shared_keys(
+        &self,
+        range: AddrRange,
+        user: &str,
+    ) -> Result<(pgstate::ThrottleKey, pgstate::ThrottleKey), Refusal> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.salt_key).expect("HMAC takes keys of any length");
+        mac.update(NAME_KEY_CONTEXT);
+        mac.update(user.as_bytes());
+        let name: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let keys = pgstate::ThrottleKey::range(&range.to_string())
+            .and_then(|r| Ok((r, pgstate::ThrottleKey::name(&name)?)));
+        keys.map_err(|e| {
+            debug!(detail = %e.detail(), "no throttle key");
+            Refusal::Unavailable
+        })
+    }
+
+    /// A refusal, unchecked, while `range` or `user` serves a penalty (or, on a service, while
+    /// the shared throttle does not answer).
+    pub async fn refused(&self, range: AddrRange, user: &str) -> Option<Refusal> {
+        let shared = match &self.throttle {
+            Throttle::Local(failures) => {
+                let now = Instant::now();
+                let name = self.names.hash_one(user);
+                let failures = failures.lock().unwrap();
+                if let Some(wait) = failures.by_range.wait(&range, now) {
+                    return Some(Refusal::Range(wait));
+                }
+                return match failures.by_name.wait(&name, now) {
+                    Some(wait) if !failures.trusts(range, name, now) => Some(Refusal::User(wait)),
+                    _ => None,
+                };
+            }
+            Throttle::Shared(shared) => shared,
+        };
+        let (r, n) = match self.shared_keys(range, user) {
+            Ok(keys) => keys,
+            Err(refusal) => return Some(refusal),
+        };
+        match shared.ask(shared.state.refused(&r, &n)).await {
+            Ok(refusal) => refusal.map(|r| shared.learn_from(range, r.into())),
+            Err(unavailable) => Some(unavailable),
         }
     }
 
     /// A key login: `user` if `key` (the TLS client certificate's) is one of theirs, refused
     /// only while its address range serves a penalty. A key that is not theirs is no failure
     /// by itself (the client may go on with a password).
-    pub fn by_key(
+    pub async fn by_key(
         &self,
         users: &Users,
         range: AddrRange,
@@ -274,28 +463,42 @@ impl Authenticator {
         }
         // Only the range's penalty holds: a key cannot be guessed, so guesses at the name's
         // password must not keep its key out.
-        let now = Instant::now();
-        let name = self.names.hash_one(user);
-        let mut failures = self.failures.lock().unwrap();
-        if let Some(wait) = failures.by_range.wait(&range, now) {
-            return Some(Err(Refusal::Range(wait)));
-        }
-        failures.by_name.clear(&name);
-        failures.trust(range, name, now);
-        Some(Ok(found.clone()))
+        let shared = match &self.throttle {
+            Throttle::Local(failures) => {
+                let now = Instant::now();
+                let name = self.names.hash_one(user);
+                let mut failures = failures.lock().unwrap();
+                if let Some(wait) = failures.by_range.wait(&range, now) {
+                    return Some(Err(Refusal::Range(wait)));
+                }
+                failures.by_name.clear(&name);
+                failures.trust(range, name, now);
+                return Some(Ok(found.clone()));
+            }
+            Throttle::Shared(shared) => shared,
+        };
+        let (r, n) = match self.shared_keys(range, user) {
+            Ok(keys) => keys,
+            Err(refusal) => return Some(Err(refusal)),
+        };
+        Some(match shared.ask(shared.state.key_login(&r, &n)).await {
+            Ok(Ok(())) => Ok(found.clone()),
+            Ok(Err(refusal)) => Err(shared.learn_from(range, refusal.into())),
+            Err(unavailable) => Err(unavailable),
+        })
     }
 
     /// A password login: `check` runs SCRAM's last step against `user`'s verifier (a dummy
     /// one for names without, so that the work is the same) and gives the server's final
     /// message when the proof is right.
-    pub fn by_password(
+    pub async fn by_password(
         &self,
         users: &Users,
         range: AddrRange,
         user: &str,
-        check: impl FnOnce(&Verifier) -> Option<String>,
+        check: impl FnOnce(&Verifier) -> Option<String> + Send,
     ) -> Result<(Arc<User>, String), Refusal> {
-        self.attempt_at(Instant::now(), range, user, |name| {
+        let attempt = |name: &str| {
             let found = users.get(name);
             let verifier = found.and_then(|u| u.verifier.as_ref());
             let answer = check(verifier.unwrap_or(&self.dummy));
@@ -303,20 +506,54 @@ impl Authenticator {
                 (Some(u), Some(_), Some(answer)) => Some((u.clone(), answer)),
                 _ => None,
             }
-        })
+        };
+        let shared = match &self.throttle {
+            Throttle::Local(_) => return self.attempt_at(Instant::now(), range, user, attempt),
+            Throttle::Shared(shared) => shared,
+        };
+        let (r, n) = self.shared_keys(range, user)?;
+        let penalty = self.penalty.into();
+        let outcome = shared
+            .ask(
+                shared
+                    .state
+                    .login_attempt(&r, &n, penalty, || attempt(user)),
+            )
+            .await?;
+        match outcome {
+            Ok(found) => Ok(found),
+            Err(pgstate::Refusal::Failed) => {
+                // The range's penalty now, for the accept loop: only a hint, so a database
+                // that has just stopped answering costs the failed client no more than this.
+                let now = tokio::time::timeout(LEARN_PATIENCE, shared.state.penalty(&r)).await;
+                if let Ok(Ok(Some(wait))) = now {
+                    shared.ranges.learn(range, wait, Instant::now());
+                }
+                Err(Refusal::Failed)
+            }
+            Err(refusal) => Err(shared.learn_from(range, refusal.into())),
+        }
     }
 
-    /// How long logins from `range` are still refused, if they are.
+    /// How long logins from `range` are still refused, if they are: what the accept loop asks
+    /// of every connection, so it never waits. On a service, what this instance has learned
+    /// from the database at logins (see [`SharedThrottle::ranges`]).
     pub fn penalty(&self, range: AddrRange) -> Option<Duration> {
-        let failures = self.failures.lock().unwrap();
-        failures.by_range.wait(&range, Instant::now())
+        match &self.throttle {
+            Throttle::Local(failures) => {
+                let failures = failures.lock().unwrap();
+                failures.by_range.wait(&range, Instant::now())
+            }
+            Throttle::Shared(shared) => shared.ranges.wait(range, Instant::now()),
+        }
     }
 
-    /// One login as `user` from `range` at the time `now`, with `check` for the proof. Refused
-    /// unchecked while the range or the user name serves a penalty (the name's does not hold
-    /// for a range that logged in as it lately); a failure starts (or lengthens) the penalty of
-    /// both; a success clears its user name's failures alone (a login as one user must not
-    /// wash away the guesses at another), never its range's.
+    /// One login as `user` from `range` at the time `now`, with `check` for the proof, counted
+    /// in this process. Refused unchecked while the range or the user name serves a penalty
+    /// (the name's does not hold for a range that logged in as it lately); a failure starts
+    /// (or lengthens) the penalty of both; a success clears its user name's failures alone (a
+    /// login as one user must not wash away the guesses at another), never its range's. On a
+    /// service the database does the same (pgstate's `login_attempt`).
     fn attempt_at<T>(
         &self,
         now: Instant,
@@ -324,11 +561,14 @@ impl Authenticator {
         user: &str,
         check: impl FnOnce(&str) -> Option<T>,
     ) -> Result<T, Refusal> {
+        let Throttle::Local(failures) = &self.throttle else {
+            unreachable!("attempt_at counts in this process only")
+        };
         let name = self.names.hash_one(user);
         // The check, the proof and the count under one lock: of attempts made at once, the
         // first failure shuts out the rest, so parallel connections cannot multiply the
         // guessing rate. A SCRAM proof is three HMACs, microseconds.
-        let mut failures = self.failures.lock().unwrap();
+        let mut failures = failures.lock().unwrap();
         if let Some(wait) = failures.by_range.wait(&range, now) {
             return Err(Refusal::Range(wait));
         }
@@ -355,6 +595,16 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Authenticator {
+        /// The failures counted in this process.
+        fn local(&self) -> &Mutex<Failures> {
+            match &self.throttle {
+                Throttle::Local(failures) => failures,
+                Throttle::Shared(_) => panic!("a shared throttle"),
+            }
+        }
+    }
 
     const PENALTY: Penalty = Penalty {
         first: Duration::from_millis(250),
@@ -415,7 +665,7 @@ mod tests {
                 a.attempt_at(now, guesser, "admin", wrong),
                 Err(Refusal::Failed)
             );
-            windows.push(a.failures.lock().unwrap().by_name.wait(&admin, now));
+            windows.push(a.local().lock().unwrap().by_name.wait(&admin, now));
             now += PENALTY.max; // past every penalty so far
             assert_eq!(a.attempt_at(now, guesser, "low", right), Ok(()));
         }
@@ -430,7 +680,7 @@ mod tests {
             a.attempt_at(now, guesser, "other", wrong),
             Err(Refusal::Failed)
         );
-        let by_range = a.failures.lock().unwrap().by_range.wait(&guesser, now);
+        let by_range = a.local().lock().unwrap().by_range.wait(&guesser, now);
         assert_eq!(by_range, ms(2000));
     }
 
@@ -516,9 +766,76 @@ mod tests {
             let r = AddrRange::of(std::net::IpAddr::V4((i << 8).into()));
             let _ = a.attempt_at(now, r, &format!("user{i}"), wrong);
         }
-        let failures = a.failures.lock().unwrap();
+        let failures = a.local().lock().unwrap();
         assert!(failures.by_range.map.len() <= MAX_TRACKED);
         assert!(failures.by_name.map.len() <= MAX_TRACKED);
+    }
+
+    /// The shared throttle's keys: the same name gives the same key on every instance (they
+    /// share the salt key), no raw name is stored, however long, and a key is not the salt a
+    /// client is shown for the name (the salt would tell a reader of the database which row is
+    /// whose).
+    #[test]
+    fn shared_keys_are_keyed_hashes_of_names_apart_from_their_salts() {
+        let (a, b) = (
+            Authenticator::new(None, PENALTY, [7; 32]),
+            Authenticator::new(None, PENALTY, [7; 32]),
+        );
+        let other = Authenticator::new(None, PENALTY, [8; 32]);
+        let net = range("10.0.1.9");
+        let key = |auth: &Authenticator, user: &str| {
+            let (r, n) = auth.shared_keys(net, user).unwrap();
+            (r.as_str().to_owned(), n.as_str().to_owned())
+        };
+        let (r, n) = key(&a, "alice");
+        assert_eq!(r, "range:10.0.1.0/24");
+        assert_eq!((r.clone(), n.clone()), key(&b, "alice"), "another instance");
+        assert_ne!(n, key(&a, "bob").1);
+        assert_ne!(n, key(&other, "alice").1, "keyed by the salt key");
+        let hex = n.strip_prefix("name:").unwrap();
+        assert_eq!(hex.len(), 64);
+        assert!(!hex.contains("alice"));
+        let salt: String = made_up_salt(&[7; 32], "alice")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(!hex.starts_with(&salt), "not the name's made-up salt");
+        let long = "x".repeat(10_000);
+        assert_eq!(
+            key(&a, &long).1.len(),
+            n.len(),
+            "a long name, a key as short"
+        );
+    }
+
+    /// The accept loop's knowledge of shared penalties: until the database said, then gone;
+    /// bounded however many ranges it hears of.
+    #[test]
+    fn known_penalties_end_when_the_database_said_and_stay_bounded() {
+        let known = KnownPenalties::default();
+        let now = Instant::now();
+        let net = range("10.0.1.1");
+        known.learn(net, Duration::from_secs(2), now);
+        assert_eq!(known.wait(net, now), Some(Duration::from_secs(2)));
+        assert_eq!(known.wait(range("10.0.2.1"), now), None);
+        let later = now + Duration::from_secs(1);
+        assert_eq!(known.wait(net, later), Some(Duration::from_secs(1)));
+        assert_eq!(known.wait(net, now + Duration::from_secs(2)), None);
+        assert!(
+            known.map.lock().unwrap().is_empty(),
+            "an ended one is dropped"
+        );
+        known.learn(net, Duration::MAX, now);
+        assert_eq!(
+            known.wait(net, now),
+            Some(FORGET_AFTER),
+            "never longer than that"
+        );
+        for i in 0..(MAX_TRACKED as u32 + 50) {
+            let r = AddrRange::of(std::net::IpAddr::V4((i << 8).into()));
+            known.learn(r, Duration::from_secs(60), now);
+        }
+        assert!(known.map.lock().unwrap().len() <= MAX_TRACKED);
     }
 
     #[test]

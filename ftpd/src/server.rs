@@ -234,7 +234,10 @@ impl Server {
                 budget: Budget::new(config.memory_budget),
                 hashing: Arc::new(Hashing::new(config.max_hashing)),
                 config: Arc::new(config),
-                auth: Arc::new(Authenticator::new(users, penalty, salt_key)),
+                auth: Arc::new(
+                    Authenticator::new(users, penalty, salt_key)
+                        .shared_by(cluster.as_ref().map(|c| c.state.clone())),
+                ),
                 identity,
                 security,
                 cluster,

@@ -260,13 +260,17 @@ impl Session {
         };
         let range = AddrRange::of(self.peer.ip());
         let mut auth = self.recv_auth(deadline).await?;
-        let (user, scram_final) = match self.auth.by_key(&users, range, &auth.user, self.peer_key) {
+        let by_key = self
+            .auth
+            .by_key(&users, range, &auth.user, self.peer_key)
+            .await;
+        let (user, scram_final) = match by_key {
             Some(Ok(user)) => (user, None),
             Some(Err(refusal)) => return Err(self.refused(&auth.user, "key", refusal)),
             None => {
                 // A password login: refused unchecked while the range or the name serves a
                 // penalty, before the salt is shown.
-                if let Some(refusal) = self.auth.refused(range, &auth.user) {
+                if let Some(refusal) = self.auth.refused(range, &auth.user).await {
                     return Err(self.refused(&auth.user, "password", refusal));
                 }
                 if auth.scram.is_none() {
@@ -381,15 +385,19 @@ impl Session {
                 )))
             }
         };
-        let attempt = self.auth.by_password(users, range, user, |verifier| {
-            match server.finish(&last, verifier) {
-                Ok(answer) => Some(answer),
-                Err(e) => {
-                    debug!(peer = %self.peer, "SCRAM refused: {e}");
-                    None
+        let peer = self.peer;
+        let attempt = self
+            .auth
+            .by_password(users, range, user, |verifier| {
+                match server.finish(&last, verifier) {
+                    Ok(answer) => Some(answer),
+                    Err(e) => {
+                        debug!(%peer, "SCRAM refused: {e}");
+                        None
+                    }
                 }
-            }
-        });
+            })
+            .await;
         attempt.map_err(|refusal| self.refused(user, "password", refusal))
     }
 
@@ -401,6 +409,8 @@ impl Session {
         let result = match refusal {
             Refusal::Failed => crate::metrics::LoginResult::Failed,
             Refusal::User(_) | Refusal::Range(_) => crate::metrics::LoginResult::Throttled,
+            // Not checked at all: neither a failure nor a penalty.
+            Refusal::Unavailable => return SessionError::Refused(self.refusal(user, refusal)),
         };
         crate::metrics::login(result, method);
         SessionError::Refused(self.refusal(user, refusal))
@@ -436,6 +446,14 @@ impl Session {
                         "server busy: too many failed logins from your network; \
                          try again in {secs} s"
                     ),
+                )
+            }
+            Refusal::Unavailable => {
+                warn!(peer = %self.peer, user = %Wire(user),
+                      "login refused unchecked: the shared login throttle (the database) did not answer");
+                ErrorReply::new(
+                    ErrorCode::Busy,
+                    "server busy: logins cannot be checked right now; try again in a moment",
                 )
             }
         }
