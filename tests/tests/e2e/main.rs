@@ -90,3 +90,8 @@ mod proxy;
 // local root, no clobber, cut and killed uploads resumed from the last part, the sweeper,
 // startup refusals in one line, homes as prefixes.
 mod s3;
+
+// Several instances as one service: login failures counted in their shared PostgreSQL, so a
+// guesser spreading over instances is throttled as on one; a database that does not answer
+// refuses logins with a retryable busy.
+mod cluster_auth;

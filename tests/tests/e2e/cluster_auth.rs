@@ -1,0 +1,478 @@
+//! The login throttle of a service (issue 20): two instances `--root DIR --shared-root
+//! --database URL` on a private PostgreSQL count failed logins in the database, so failures on
+//! one are throttled on the other exactly as on one daemon (auth.rs's tests of one daemon), and
+//! a database that does not answer refuses logins with a retryable `busy`, never lets one in
+//! unchecked.
+//!
+//! The PostgreSQL here is this file's own, one per test (initdb into a temp dir, a free
+//! loopback port; as root through `runuser postgres`, as pgstate's tests do), because one test
+//! freezes it. Without the binaries (/usr/lib/postgresql/15/bin, or `PG_BIN`) the tests print
+//! a note and pass; under CI they fail.
+
+use std::fs;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use protocol::{ErrorCode, ErrorReply, Message};
+
+use crate::raw::Raw;
+use crate::util::{free_port, holds_within, tmpdir_named, Daemon, Tool};
+
+/// How long one frame from a daemon may take: over the daemon's own wait on the database.
+const STEP_TIMEOUT: Duration = Duration::from_secs(20);
+/// The penalty after the first failure; long enough to look at, short enough to wait out.
+const FIRST: u64 = 4;
+const PENALTY: [&str; 4] = ["--login-penalty", "4s", "--login-penalty-max", "60s"];
+/// The fewest key-derivation iterations `ftpd adduser` takes: logins stay fast in debug builds.
+const FAST: &str = "4096";
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+/// Failures for one name on instance A shut that name and that range out on instance B, with
+/// the same penalty and the same answers as one daemon gives (auth.rs), the penalty grows per
+/// failure in a row wherever the failures happen, and once it is over the right password
+/// works.
+#[test]
+fn failures_on_one_instance_are_throttled_on_another_as_on_one() {
+    let Some(c) = Service::new() else { return };
+    c.adduser("alice", "alice's secret");
+    c.adduser("bob", "bob's secret");
+    let (a, b) = (c.instance(&PENALTY), c.instance(&PENALTY));
+
+    let checked = refusal(login_from(&a, range(1), "alice", "guess"));
+    assert_eq!(checked.code, ErrorCode::AuthFailed, "{checked:?}");
+    assert_eq!(retry_in(&checked), None, "the first guess is checked");
+
+    // On B: the name is shut out from another range, unchecked even with the right password.
+    let by_name = refusal(login_from(&b, range(2), "alice", "alice's secret"));
+    assert_eq!(by_name.code, ErrorCode::AuthFailed, "{by_name:?}");
+    assert_retry_in_about(&by_name, FIRST);
+    // The range too, for another name: B's first attempt from it is refused by the database
+    // (after hello), and from then on B refuses the range at once, before TLS, as A does.
+    let by_range = refusal(login_from(&b, range(1), "bob", "bob's secret"));
+    assert_eq!(by_range.code, ErrorCode::Busy, "{by_range:?}");
+    assert_retry_in_about(&by_range, FIRST);
+    for d in [&a, &b] {
+        let mut early = Raw::connect_from(range(1), d.addr()).within(STEP_TIMEOUT);
+        let refused = early.expect_error(ErrorCode::Busy);
+        assert_retry_in_about(&refused, FIRST);
+        early.expect_closed();
+    }
+    // Others are not affected.
+    assert!(matches!(
+        login_from(&b, range(3), "bob", "bob's secret"),
+        Message::AuthOk(_)
+    ));
+
+    // The range's second failure in a row, on B once the first penalty is over: twice as long,
+    // seen on A.
+    let second = poll_checked(&b, range(1), "carol", "guess");
+    assert_eq!(second.code, ErrorCode::AuthFailed, "{second:?}");
+    // (A's own note of the first penalty is over: the database refuses this attempt.)
+    let doubled = refusal(login_from(&a, range(1), "bob", "bob's secret"));
+    assert_eq!(doubled.code, ErrorCode::Busy, "{doubled:?}");
+    assert_retry_in_about(&doubled, 2 * FIRST);
+
+    // Alice's penalty ends; her right password works on B (refused attempts are not failures,
+    // so polling for the end costs nothing).
+    let deadline = Instant::now() + Duration::from_secs(3 * FIRST);
+    loop {
+        match login_from(&b, range(2), "alice", "alice's secret") {
+            Message::AuthOk(_) => break,
+            Message::Error(e) if retry_in(&e).is_some() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => panic!("alice after her penalty got {other:?}"),
+        }
+    }
+    // The shared rows hold keyed hashes, never the names guessed at.
+    let rows = c.pg.query("SELECT key FROM login_failures ORDER BY key");
+    assert!(rows.contains("range:127.0.1.0/24"), "{rows}");
+    assert!(
+        !rows.contains("alice") && !rows.contains("carol"),
+        "raw names stored: {rows}"
+    );
+}
+
+/// A database that does not answer (frozen: its connections stay open, nothing comes back):
+/// a login waits for it, then gets a retryable `busy` and the daemon one WARN line; nothing is
+/// let in unchecked. Once it answers again, logins work again.
+#[test]
+fn a_database_that_does_not_answer_refuses_logins_with_busy() {
+    let Some(c) = Service::new() else { return };
+    c.adduser("alice", "alice's secret");
+    let a = c.instance(&PENALTY);
+    assert!(matches!(
+        login_from(&a, range(1), "alice", "alice's secret"),
+        Message::AuthOk(_)
+    ));
+
+    let frozen = c.pg.freeze();
+    let started = Instant::now();
+    let busy = refusal(login_from(&a, range(2), "alice", "alice's secret"));
+    assert_eq!(busy.code, ErrorCode::Busy, "{busy:?}");
+    assert!(
+        busy.message.contains("try again in a moment"),
+        "retryable: {busy:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "waited {:?}",
+        started.elapsed()
+    );
+    a.wait_for_log(&["WARN", "login refused unchecked", "did not answer"]);
+    let warnings = a
+        .log()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("login refused unchecked"))
+        .count();
+    assert_eq!(warnings, 1, "one WARN line per refused login:\n{}", a.log());
+    assert!(a.exited().is_none(), "the daemon is still up");
+
+    drop(frozen);
+    let back = holds_within(Duration::from_secs(30), || {
+        matches!(
+            login_from(&a, range(3), "alice", "alice's secret"),
+            Message::AuthOk(_)
+        )
+    });
+    assert!(back, "logins did not work again:\n{}", a.log());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers: the service, logins from chosen ranges
+
+/// A database, a shared root, and the state all instances of the service are given copies of.
+struct Service {
+    /// Declared first: the instances go before the database and the directories.
+    pg: Postgres,
+    /// Holds the root and every instance's state directory.
+    dir: tempfile::TempDir,
+}
+
+impl Service {
+    /// `None` (after a note) without PostgreSQL.
+    fn new() -> Option<Service> {
+        let pg = Postgres::start()?;
+        let dir = tmpdir_named("e2e-cluster-auth-");
+        fs::create_dir(dir.path().join("root")).unwrap();
+        Some(Service { pg, dir })
+    }
+
+    /// `ftpd adduser --database URL NAME`, the password on stdin.
+    fn adduser(&self, name: &str, password: &str) {
+        Tool::ftpd()
+            .args([
+                "adduser",
+                "--database",
+                &self.pg.url(),
+                "--iterations",
+                FAST,
+            ])
+            .arg(name)
+            .stdin(format!("{password}\n"))
+            .run()
+            .ok();
+    }
+
+    /// One more instance with its own state directory, holding copies of the first one's TLS
+    /// key and login-salt key (docs/CLUSTER.md): the same name must hash to the same throttle
+    /// key on every instance.
+    fn instance(&self, extra: &[&str]) -> Daemon {
+        let first = self.dir.path().join("state-0");
+        let mut n = 0;
+        let state = loop {
+            let state = self.dir.path().join(format!("state-{n}"));
+            if !state.exists() {
+                break state;
+            }
+            n += 1;
+        };
+        if n > 0 {
+            fs::DirBuilder::new().mode(0o700).create(&state).unwrap();
+            copy_private(&first.join("login-salt.key"), &state.join("login-salt.key"));
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(state.join("tls"))
+                .unwrap();
+            for f in fs::read_dir(first.join("tls")).unwrap() {
+                let f = f.unwrap().path();
+                copy_private(&f, &state.join("tls").join(f.file_name().unwrap()));
+            }
+        }
+        Daemon::builder()
+            .root(self.dir.path().join("root"))
+            .arg("--shared-root")
+            .arg("--database")
+            .arg(self.pg.url())
+            .arg("--state-dir")
+            .arg(&state)
+            .args(extra)
+            .start()
+    }
+}
+
+fn copy_private(from: &Path, to: &Path) {
+    fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    fs::set_permissions(to, fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// An address in 127.0.`n`.0/24: each `n` its own address range for the throttle.
+fn range(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, n, 1))
+}
+
+/// What `d` answers a password login from `ip`: `auth_ok`, or the error that refused it (before
+/// TLS, at its `auth` or at its proof).
+#[track_caller]
+fn login_from(d: &Daemon, ip: IpAddr, user: &str, secret: &str) -> Message {
+    let mut peer = Raw::connect_from(ip, d.addr()).within(STEP_TIMEOUT);
+    if peer.binding().is_none() {
+        return peer.recv(); // refused in the clear before TLS
+    }
+    peer.hello_for_login();
+    peer.scram(user, secret)
+}
+
+/// A wrong login from `ip` polled until the throttle checks it (its penalty over): the answer.
+#[track_caller]
+fn poll_checked(d: &Daemon, ip: IpAddr, user: &str, secret: &str) -> ErrorReply {
+    let deadline = Instant::now() + Duration::from_secs(3 * FIRST);
+    loop {
+        let e = refusal(login_from(d, ip, user, secret));
+        if retry_in(&e).is_none() || Instant::now() > deadline {
+            return e;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[track_caller]
+fn refusal(answer: Message) -> ErrorReply {
+    match answer {
+        Message::Error(e) => e,
+        other => panic!("expected the login to be refused, got {other:?}"),
+    }
+}
+
+/// The seconds a refusal says to wait before trying again ("... try again in N s"), if it says.
+fn retry_in(refusal: &ErrorReply) -> Option<u64> {
+    let (_, after) = refusal.message.split_once("try again in ")?;
+    after.strip_suffix(" s")?.parse().ok()
+}
+
+/// Panics unless `refusal` says to try again in `secs` seconds, or a second or two less (the
+/// penalty started a moment before): the penalty one daemon would give.
+#[track_caller]
+fn assert_retry_in_about(refusal: &ErrorReply, secs: u64) {
+    match retry_in(refusal) {
+        Some(n) if n <= secs && n + 2 >= secs => {}
+        _ => panic!("expected a refusal saying to try again in about {secs} s, got {refusal:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A private PostgreSQL, one per test
+
+/// Where the PostgreSQL binaries are (PG_BIN overrides).
+fn pg_bin() -> PathBuf {
+    std::env::var_os("PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
+
+/// The script run as the server's owner: initdb, postgres in the background, then wait for
+/// stdin to close (the test done, or its process gone) to stop it and remove the directory.
+const SCRIPT: &str = r#"
+set -e
+"$BIN/initdb" -D "$DIR/data" -A trust -U postgres -E UTF8 --no-sync >"$DIR/initdb.log" 2>&1
+"$BIN/postgres" -D "$DIR/data" -p "$PORT" -k "$DIR" -c listen_addresses=127.0.0.1 \
+    -c fsync=off >"$DIR/postgres.log" 2>&1 &
+pid=$!
+cat >/dev/null || true
+kill -INT "$pid" 2>/dev/null || true
+wait "$pid" 2>/dev/null || true
+rm -rf "$DIR"
+"#;
+
+/// A running PostgreSQL, stopped (and its directory removed) when dropped.
+struct Postgres {
+    port: u16,
+    dir: PathBuf,
+    /// Our end of the pipe the stopping shell reads; closed to stop the server.
+    stdin: Option<ChildStdin>,
+    /// The shell that runs the server and stops it.
+    child: Child,
+}
+
+impl Postgres {
+    /// Starts one and waits until it takes connections; `None` (after a note) without the
+    /// binaries, except under CI.
+    fn start() -> Option<Postgres> {
+        let bin = pg_bin();
+        if !bin.join("initdb").exists() || !bin.join("postgres").exists() {
+            let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+            assert!(
+                !ci,
+                "PostgreSQL is needed under CI: none in {}",
+                bin.display()
+            );
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: skipped, no PostgreSQL in {}",
+                bin.display()
+            );
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("e2e-pg-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let port = free_port();
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        let mut command = if root {
+            // initdb refuses to run as root: the server runs as the postgres user.
+            let chown = Command::new("chown")
+                .arg("postgres:")
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(
+                chown.success(),
+                "running as root and there is no postgres user"
+            );
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", "sh", "-c", SCRIPT]);
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.args(["-c", SCRIPT]);
+            c
+        };
+        let mut child = command
+            .env("BIN", &bin)
+            .env("DIR", &dir)
+            .env("PORT", port.to_string())
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("cannot start PostgreSQL");
+        let stdin = child.stdin.take();
+        let pg = Postgres {
+            port,
+            dir,
+            stdin,
+            child,
+        };
+        let ready = holds_within(Duration::from_secs(60), || {
+            Command::new(pg_bin().join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        assert!(ready, "PostgreSQL did not start: {}", pg.logs());
+        Some(pg)
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn logs(&self) -> String {
+        let read = |p: &Path| fs::read_to_string(p).unwrap_or_default();
+        format!(
+            "initdb: {}\npostgres: {}",
+            read(&self.dir.join("initdb.log")),
+            read(&self.dir.join("postgres.log"))
+        )
+    }
+
+    /// The rows of one statement (`psql -At`), one a line.
+    #[track_caller]
+    fn query(&self, sql: &str) -> String {
+        let out = Command::new(pg_bin().join("psql"))
+            .args([
+                "-X",
+                "-At",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["-p", &self.port.to_string(), "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Stops (SIGSTOP) the server and every backend it runs, so that connections stay open
+    /// but nothing answers, until the guard is dropped.
+    fn freeze(&self) -> Frozen {
+        let pid_file = fs::read_to_string(self.dir.join("data/postmaster.pid")).unwrap();
+        let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+        let mut pids = vec![postmaster];
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...: the command may hold spaces, the part after `)` not.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if parent == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        signal("-STOP", &pids);
+        Frozen(pids)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// A frozen server's processes, continued when dropped.
+struct Frozen(Vec<u32>);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("-CONT", &self.0);
+    }
+}
+
+fn signal(which: &str, pids: &[u32]) {
+    let status = Command::new("kill")
+        .arg(which)
+        .args(pids.iter().map(u32::to_string))
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {which} {pids:?}");
+}
