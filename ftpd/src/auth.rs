@@ -83,9 +83,30 @@ pub enum Refusal {
     Range(Duration),
     /// Its user name is serving a penalty (known or not: the same for both): not checked.
     User(Duration),
-    /// The shared throttle (the database) did not answer in time: nothing was checked, and the
+    /// The shared throttle (the database) could not be asked: nothing was checked, and the
     /// client may try again in a moment. A login is never let through unthrottled.
-    Unavailable,
+    Unavailable(Unchecked),
+}
+
+/// Why the shared throttle could not be asked, for the log line of the refused login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unchecked {
+    /// No answer within [`SHARED_PATIENCE`] (a connection that hangs).
+    Timeout,
+    /// No connection, or it broke (the pool's own wait is over, the database restarts).
+    NoAnswer,
+    /// The database refused the statements (a permission, a schema): the admin must act.
+    Refused,
+}
+
+impl std::fmt::Display for Unchecked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unchecked::Timeout => "the database did not answer in time",
+            Unchecked::NoAnswer => "the database did not answer",
+            Unchecked::Refused => "the database refused a request",
+        })
+    }
 }
 
 impl From<pgstate::Refusal> for Refusal {
@@ -235,7 +256,7 @@ struct SharedThrottle {
 
 impl SharedThrottle {
     /// Waits at most [`SHARED_PATIENCE`] for `call`; a database that does not answer (or
-    /// refuses) is [`Refusal::Unavailable`], its words kept for a debug line.
+    /// refuses) is [`Refusal::Unavailable`], its own words kept for a debug line.
     async fn ask<T>(
         &self,
         call: impl std::future::Future<Output = pgstate::Result<T>>,
@@ -244,14 +265,18 @@ impl SharedThrottle {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => {
                 debug!(detail = %e.detail(), "the shared login throttle failed");
-                Err(Refusal::Unavailable)
+                Err(Refusal::Unavailable(if e.is_transient() {
+                    Unchecked::NoAnswer
+                } else {
+                    Unchecked::Refused
+                }))
             }
             Err(_) => {
                 debug!(
                     waited_s = SHARED_PATIENCE.as_secs(),
                     "the shared login throttle did not answer in time"
                 );
-                Err(Refusal::Unavailable)
+                Err(Refusal::Unavailable(Unchecked::Timeout))
             }
         }
     }
@@ -414,7 +439,7 @@ impl Authenticator {
             .and_then(|r| Ok((r, pgstate::ThrottleKey::name(&name)?)));
         keys.map_err(|e| {
             debug!(detail = %e.detail(), "no throttle key");
-            Refusal::Unavailable
+            Refusal::Unavailable(Unchecked::Refused)
         })
     }
 

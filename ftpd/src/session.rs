@@ -410,7 +410,7 @@ impl Session {
             Refusal::Failed => crate::metrics::LoginResult::Failed,
             Refusal::User(_) | Refusal::Range(_) => crate::metrics::LoginResult::Throttled,
             // Not checked at all: neither a failure nor a penalty.
-            Refusal::Unavailable => return SessionError::Refused(self.refusal(user, refusal)),
+            Refusal::Unavailable(_) => return SessionError::Refused(self.refusal(user, refusal)),
         };
         crate::metrics::login(result, method);
         SessionError::Refused(self.refusal(user, refusal))
@@ -448,9 +448,9 @@ impl Session {
                     ),
                 )
             }
-            Refusal::Unavailable => {
-                warn!(peer = %self.peer, user = %Wire(user),
-                      "login refused unchecked: the shared login throttle (the database) did not answer");
+            Refusal::Unavailable(why) => {
+                warn!(peer = %self.peer, user = %Wire(user), cause = %why,
+                      "login refused unchecked: the shared login throttle cannot be asked");
                 ErrorReply::new(
                     ErrorCode::Busy,
                     "server busy: logins cannot be checked right now; try again in a moment",

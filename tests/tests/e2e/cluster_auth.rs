@@ -125,7 +125,11 @@ fn a_database_that_does_not_answer_refuses_logins_with_busy() {
         "waited {:?}",
         started.elapsed()
     );
-    a.wait_for_log(&["WARN", "login refused unchecked", "did not answer"]);
+    a.wait_for_log(&[
+        "WARN",
+        "login refused unchecked",
+        "the database did not answer",
+    ]);
     let warnings = a
         .log()
         .lines()
