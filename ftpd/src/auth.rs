@@ -533,7 +533,9 @@ impl Authenticator {
             }
         };
         let shared = match &self.throttle {
-            Throttle::Local(_) => return self.attempt_at(Instant::now(), range, user, attempt),
+            Throttle::Local(failures) => {
+                return self.attempt_in(failures, Instant::now(), range, user, attempt)
+            }
             Throttle::Shared(shared) => shared,
         };
         let (r, n) = self.shared_keys(range, user)?;
@@ -574,21 +576,19 @@ impl Authenticator {
     }
 
     /// One login as `user` from `range` at the time `now`, with `check` for the proof, counted
-    /// in this process. Refused unchecked while the range or the user name serves a penalty
+    /// in `failures`, this process's. Refused unchecked while the range or the user name serves a penalty
     /// (the name's does not hold for a range that logged in as it lately); a failure starts
     /// (or lengthens) the penalty of both; a success clears its user name's failures alone (a
     /// login as one user must not wash away the guesses at another), never its range's. On a
     /// service the database does the same (pgstate's `login_attempt`).
-    fn attempt_at<T>(
+    fn attempt_in<T>(
         &self,
+        failures: &Mutex<Failures>,
         now: Instant,
         range: AddrRange,
         user: &str,
         check: impl FnOnce(&str) -> Option<T>,
     ) -> Result<T, Refusal> {
-        let Throttle::Local(failures) = &self.throttle else {
-            unreachable!("attempt_at counts in this process only")
-        };
         let name = self.names.hash_one(user);
         // The check, the proof and the count under one lock: of attempts made at once, the
         // first failure shuts out the rest, so parallel connections cannot multiply the
@@ -628,6 +628,17 @@ mod tests {
                 Throttle::Local(failures) => failures,
                 Throttle::Shared(_) => panic!("a shared throttle"),
             }
+        }
+
+        /// One login at the time `now`, counted in this process.
+        fn attempt_at<T>(
+            &self,
+            now: Instant,
+            range: AddrRange,
+            user: &str,
+            check: impl FnOnce(&str) -> Option<T>,
+        ) -> Result<T, Refusal> {
+            self.attempt_in(self.local(), now, range, user, check)
         }
     }
 
