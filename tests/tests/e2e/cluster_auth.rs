@@ -24,9 +24,10 @@ use crate::util::{free_port, holds_within, tmpdir_named, Daemon, Tool};
 
 /// How long one frame from a daemon may take: over the daemon's own wait on the database.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
-/// The penalty after the first failure; long enough to look at, short enough to wait out.
-const FIRST: u64 = 4;
-const PENALTY: [&str; 4] = ["--login-penalty", "4s", "--login-penalty-max", "60s"];
+/// The penalty after the first failure, in seconds: long enough to look at on a loaded
+/// machine, short enough to wait out. [`PENALTY`] gives it to the daemons.
+const FIRST: u64 = 8;
+const PENALTY: [&str; 4] = ["--login-penalty", "8s", "--login-penalty-max", "60s"];
 /// The fewest key-derivation iterations `ftpd adduser` takes: logins stay fast in debug builds.
 const FAST: &str = "4096";
 
@@ -270,12 +271,12 @@ fn retry_in(refusal: &ErrorReply) -> Option<u64> {
     after.strip_suffix(" s")?.parse().ok()
 }
 
-/// Panics unless `refusal` says to try again in `secs` seconds, or a second or two less (the
-/// penalty started a moment before): the penalty one daemon would give.
+/// Panics unless `refusal` says to try again in `secs` seconds, or a few less (the penalty
+/// started a moment before): the penalty one daemon would give, and never the next step's.
 #[track_caller]
 fn assert_retry_in_about(refusal: &ErrorReply, secs: u64) {
     match retry_in(refusal) {
-        Some(n) if n <= secs && n + 2 >= secs => {}
+        Some(n) if n <= secs && n + FIRST / 2 >= secs => {}
         _ => panic!("expected a refusal saying to try again in about {secs} s, got {refusal:?}"),
     }
 }
