@@ -407,12 +407,14 @@ impl Session {
     fn refused(&mut self, user: &str, method: &'static str, refusal: Refusal) -> SessionError {
         self.admission = None;
         let result = match refusal {
-            Refusal::Failed => crate::metrics::LoginResult::Failed,
-            Refusal::User(_) | Refusal::Range(_) => crate::metrics::LoginResult::Throttled,
-            // Not checked at all: neither a failure nor a penalty.
-            Refusal::Unavailable(_) => return SessionError::Refused(self.refusal(user, refusal)),
+            Refusal::Failed => Some(crate::metrics::LoginResult::Failed),
+            Refusal::User(_) | Refusal::Range(_) => Some(crate::metrics::LoginResult::Throttled),
+            // Not checked at all: neither a failure nor a penalty; its WARN line counts it.
+            Refusal::Unavailable(_) => None,
         };
-        crate::metrics::login(result, method);
+        if let Some(result) = result {
+            crate::metrics::login(result, method);
+        }
         SessionError::Refused(self.refusal(user, refusal))
     }
 
