@@ -48,6 +48,15 @@ impl Error {
         }
     }
 
+    /// An error of `kind` for code outside this crate (an [`crate::UploadRegistry`] of its
+    /// own): `source` is kept for [`Error::detail`].
+    pub fn new(
+        kind: ErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::with(kind, source)
+    }
+
     /// The registry's lease of this upload is another writer's now.
     pub fn fenced() -> Self {
         Error {
