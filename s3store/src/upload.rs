@@ -584,7 +584,9 @@ impl ResumableUpload {
     /// Sends the last bytes and completes the upload if the whole file hashes to `expected`
     /// (only if the name is free unless `overwrite`); aborts it otherwise. Either way the
     /// upload and its record are gone afterwards, except on a transient failure, after which
-    /// the record still allows a resume.
+    /// the record still allows a resume. Only the parts the registry holds under this
+    /// writer's lease are completed: a fenced writer gets [`ErrorKind::Fenced`] and leaves
+    /// the upload to its new holder.
     /// The digest record holds every chunk's running digest given through
     /// [`ResumableUpload::write_chunk`], when they follow the rules of [`ChunkLog::push`] and
     /// (after a resume) were kept in the state record.
@@ -673,11 +675,11 @@ impl ResumableUpload {
             .put(&digest_key(&key), Bytes::from(body), false)
             .await?;
         if self.recorded {
-            // Fenced only if taken over after completion: the object is stored either way.
-            match self.registry.finish(&self.record).await {
-                Err(e) if e.kind() == ErrorKind::Fenced => {}
-                other => other?,
-            }
+            // The object and its digests are stored: that is the upload's outcome, whether
+            // or not its record can be forgotten now (fenced, if taken over after completion;
+            // the registry not answering). A record left behind is harmless: a resume of it
+            // finds its upload gone (NoSuchUpload) and forgets it, the sweeper too.
+            let _ = self.registry.finish(&self.record).await;
         }
         Ok(Finished::Stored {
             size,
