@@ -122,7 +122,7 @@ pub struct Lease {
 }
 
 /// The upload-state record: everything needed to continue an upload after a restart. Plain
-/// data, so the same record can become a row of issue 20's PostgreSQL registry.
+/// data, kept by an [`UploadRegistry`]: an object in the bucket, or rows of PostgreSQL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadRecord {
     /// The record's format; a newer daemon reads older ones.
