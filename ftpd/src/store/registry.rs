@@ -6,7 +6,8 @@
 //! s3store stays free of the database driver (a daemon without `--database` needs none of
 //! it), pgstate of S3's record format.
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use protocol::{Digest, DigestKind};
@@ -16,6 +17,36 @@ use storage::ChunkLog;
 
 /// The most abandoned uploads one sweep forgets; the next sweep (a minute later) takes more.
 const SWEEP_BATCH: i64 = 1000;
+/// How long a call keeps trying while the database does not answer (a restart, a fail-over),
+/// so that an upload in flight rides over it: each try is itself bounded by pgstate's
+/// timeouts (5 s to connect or get a pooled connection), so a call gives up within about
+/// this plus 5 s.
+const PATIENCE: Duration = Duration::from_secs(15);
+/// The longest pause between two tries.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// `call` until it succeeds, fails for good, or [`PATIENCE`] runs out; only an error that
+/// says the database did not answer is tried again. Every call of the registry may be: a
+/// part recorded twice under one lease is the same row, and a start or takeover repeated
+/// takes a newer lease.
+async fn patiently<T, F, Fut>(mut call: F) -> pgstate::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = pgstate::Result<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Err(e) if e.is_transient() && Instant::now() + delay < deadline => {
+                tracing::debug!(error = %e.detail(), "the upload registry did not answer; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(BACKOFF_MAX);
+            }
+            other => return other,
+        }
+    }
+}
 
 /// The registry of uploads in the shared database.
 #[derive(Clone)]
@@ -151,8 +182,7 @@ fn last_part_chunks(record: &UploadRecord) -> s3store::Result<Option<String>> {
 #[async_trait]
 impl UploadRegistry for PgRegistry {
     async fn load(&self, key: &str) -> s3store::Result<Option<UploadRecord>> {
-        self.state
-            .upload(key)
+        patiently(|| self.state.upload(key))
             .await
             .map_err(fail)?
             .map(to_record)
@@ -170,7 +200,9 @@ impl UploadRegistry for PgRegistry {
             client_id: record.client_id.clone(),
             size: record.size,
         };
-        let (lease, replaced) = self.state.start_upload(&new).await.map_err(fail)?;
+        let (lease, replaced) = patiently(|| self.state.start_upload(&new))
+            .await
+            .map_err(fail)?;
         record.lease.token =
             u64::try_from(lease.token).map_err(|_| unreadable("a negative lease"))?;
         Ok(replaced)
@@ -181,8 +213,7 @@ impl UploadRegistry for PgRegistry {
         loaded: &UploadRecord,
         holder: &str,
     ) -> s3store::Result<Option<UploadRecord>> {
-        self.state
-            .take_lease(&loaded.key, holder)
+        patiently(|| self.state.take_lease(&loaded.key, holder))
             .await
             .map_err(fail)?
             .map(to_record)
@@ -200,14 +231,15 @@ impl UploadRegistry for PgRegistry {
             digest_state: record.digest_state.clone(),
             chunks: last_part_chunks(record)?,
         };
-        self.state
-            .record_part(&lease_of(record)?, &part)
+        let lease = lease_of(record)?;
+        patiently(|| self.state.record_part(&lease, &part))
             .await
             .map_err(fail)
     }
 
     async fn parts(&self, record: &UploadRecord) -> s3store::Result<Vec<RecordedPart>> {
-        let parts = self.state.parts(&lease_of(record)?).await.map_err(fail)?;
+        let lease = lease_of(record)?;
+        let parts = patiently(|| self.state.parts(&lease)).await.map_err(fail)?;
         Ok(parts
             .into_iter()
             .map(|p| RecordedPart {
@@ -219,13 +251,14 @@ impl UploadRegistry for PgRegistry {
     }
 
     async fn finish(&self, record: &UploadRecord) -> s3store::Result<()> {
-        self.state
-            .finish_upload(&lease_of(record)?)
+        let lease = lease_of(record)?;
+        patiently(|| self.state.finish_upload(&lease))
             .await
             .map_err(fail)
     }
 
     async fn abandoned(&self, max_age: Duration) -> s3store::Result<Vec<(String, String)>> {
+        // Not patient: the sweeper tries again at its next round anyway.
         self.state
             .sweep_uploads(max_age, SWEEP_BATCH)
             .await

@@ -373,3 +373,61 @@ async fn a_late_part_of_a_fenced_writer_is_never_completed() {
         e.detail()
     );
 }
+
+/// The database restarted under an upload in flight: the part sent while it was down is
+/// recorded once it is back, and the upload completes with the file's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_in_flight_rides_over_a_database_restart() {
+    let Some(m) = moto() else { return };
+    let Some(pg) = services::Restartable::start() else {
+        return;
+    };
+    let pg = Arc::new(pg);
+    let c = raw(&m);
+    c.create_bucket().await.unwrap();
+    let a = Instance::start(&m, &pg.url(), "a").await;
+    let bytes = Arc::new(data(2 * PART + 7));
+    let mut w = a
+        .backend
+        .begin_upload(&p("big"), &resumable(bytes.len(), false))
+        .await
+        .unwrap();
+    write_to(&mut w, &bytes, PART).await.unwrap();
+    let upload_id = c.list_uploads_page("", None).await.unwrap().uploads[0]
+        .upload_id
+        .clone();
+
+    let down = pg.clone();
+    tokio::task::spawn_blocking(move || down.down())
+        .await
+        .unwrap();
+    let sent = bytes.clone();
+    let writer = tokio::spawn(async move { write_to(&mut w, &sent, 2 * PART).await.map(|()| w) });
+    // Part 2 on S3 while the database is down: its record is being tried now.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !c
+        .list_parts("big", &upload_id)
+        .await
+        .unwrap()
+        .iter()
+        .any(|s| s.number == 2)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "part 2 never reached S3"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!writer.is_finished(), "recorded with the database down?");
+    let up = pg.clone();
+    tokio::task::spawn_blocking(move || up.up()).await.unwrap();
+
+    let mut w = writer
+        .await
+        .unwrap()
+        .expect("the part is recorded once the database is back");
+    write_to(&mut w, &bytes, bytes.len()).await.unwrap();
+    w.commit(Digest::md5(&bytes), false).await.unwrap();
+    assert!(read_all(&a.backend, "big").await == *bytes);
+    assert_eq!(a.state.upload("big").await.unwrap(), None);
+}
