@@ -80,6 +80,7 @@ impl Rate {
             Box::new(bucket),
             user,
             direction.label(),
+            rate.bytes_per_sec,
             u64::from(rate.burst),
             window_bytes,
         ));

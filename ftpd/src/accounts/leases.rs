@@ -106,6 +106,8 @@ struct Inner {
     low: u64,
     /// The most the allowance holds: one window of the rate (at least two draws).
     most: u64,
+    /// The cap, bytes per second: how long a drawn-down bucket takes to have a draw's worth.
+    rate: u64,
     /// Bytes drawn so far: the refill's sign that someone still transfers.
     drawn: AtomicU64,
     /// Tells the refill a draw left the allowance low.
@@ -119,12 +121,13 @@ struct Inner {
 }
 
 impl Leased {
-    /// A cap drawing on `bucket` in draws of at most `draw` bytes, holding at most `window`
-    /// bytes at a time (raised to two draws when smaller).
+    /// A cap of `rate` bytes per second drawing on `bucket` in draws of at most `draw` bytes,
+    /// holding at most `window` bytes at a time (raised to two draws when smaller).
     pub fn new(
         bucket: Box<dyn Bucket>,
         user: &str,
         direction: &'static str,
+        rate: u64,
         draw: u64,
         window: u64,
     ) -> Leased {
@@ -137,6 +140,7 @@ impl Leased {
                 allowance: RwLock::new(Arc::new(Semaphore::new(0))),
                 low,
                 most: window.max(low.saturating_mul(2)).min(MOST),
+                rate: rate.max(1),
                 drawn: AtomicU64::new(0),
                 wake: Notify::new(),
                 running: Mutex::new(false),
@@ -268,10 +272,12 @@ async fn refill(inner: Arc<Inner>) {
                 Ok(grant) => {
                     let bytes = grant.bytes.min(want);
                     allowance.add_permits(bytes as usize);
-                    if held + bytes < inner.low {
-                        // The bucket is drawn down (the user's sessions elsewhere): wait for
-                        // it to fill, not spin on it.
-                        let wait = grant.retry_after.clamp(SHORT_WAIT, LONG_WAIT);
+                    if let Some(missing) = inner.low.checked_sub(held + bytes).filter(|m| *m > 0) {
+                        // The bucket is drawn down (the user's sessions elsewhere): wait until
+                        // it may have a draw's worth, not spin on it, nor wait for a whole
+                        // window while the bucket fills and overflows.
+                        let wait = Duration::from_secs_f64(missing as f64 / inner.rate as f64);
+                        let wait = wait.min(grant.retry_after).clamp(SHORT_WAIT, LONG_WAIT);
                         tokio::time::sleep(wait).await;
                     }
                 }
@@ -383,7 +389,7 @@ mod tests {
     #[tokio::test]
     async fn draws_are_served_from_leases_and_the_rest_is_given_back() {
         let bucket = fake(1000);
-        let leased = Leased::new(Box::new(bucket.clone()), "alice", "up", 100, 1000);
+        let leased = Leased::new(Box::new(bucket.clone()), "alice", "up", 4000, 100, 1000);
         for _ in 0..25 {
             assert!(spend(&leased, 100).await);
         }
@@ -407,7 +413,7 @@ mod tests {
     async fn a_bucket_granting_little_still_serves_a_whole_draw() {
         // Other instances drain the bucket: each lease gets 30 bytes of the 100 wanted.
         let bucket = fake(30);
-        let leased = Leased::new(Box::new(bucket.clone()), "alice", "down", 100, 250);
+        let leased = Leased::new(Box::new(bucket.clone()), "alice", "down", 1000, 100, 250);
         assert!(spend(&leased, 100).await);
         assert!(bucket.leases.load(Ordering::Acquire) >= 4);
     }
@@ -415,7 +421,7 @@ mod tests {
     #[tokio::test]
     async fn a_debt_larger_than_a_draw_is_not_waited_for_forever() {
         let bucket = fake(1000);
-        let leased = Leased::new(Box::new(bucket.clone()), "alice", "up", 100, 250);
+        let leased = Leased::new(Box::new(bucket.clone()), "alice", "up", 1000, 100, 250);
         assert!(spend(&leased, 64 * 1024).await);
     }
 
@@ -424,8 +430,8 @@ mod tests {
         let bucket = fake(1000);
         bucket.down.store(true, Ordering::Release);
         let retry = Duration::from_millis(50);
-        let leased =
-            Leased::new(Box::new(bucket.clone()), "alice", "up", 100, 1000).retrying_every(retry);
+        let leased = Leased::new(Box::new(bucket.clone()), "alice", "up", 4000, 100, 1000)
+            .retrying_every(retry);
         // The first draw waits for a lease that fails: it is let through (the local cap).
         assert!(spend(&leased, 100).await);
         assert!(leased.degraded());
