@@ -14,6 +14,9 @@ use crate::util::{assert_same_file, tmpdir, write_random, Daemon, Site, Tool};
 const MIB: u64 = 1024 * 1024;
 const METRICS_MARKER: &str = "metrics listening on ";
 const PASSWORD: &str = "a shared secret";
+/// The fewest key-derivation iterations allowed: 600,000 take seconds in a debug build on a
+/// busy machine, on both sides of each login.
+const FAST: &str = "4096";
 
 /// A private PostgreSQL for this file's tests (the approach of pgstate/tests/state/util.rs,
 /// with its command-line tools instead of a driver).
@@ -213,7 +216,7 @@ impl Service {
     /// `ftpd adduser --database URL FLAGS... NAME`, the password on stdin, and the home made.
     fn adduser(&self, name: &str, flags: &[&str]) {
         Tool::ftpd()
-            .args(["adduser", "--database", &self.url])
+            .args(["adduser", "--iterations", FAST, "--database", &self.url])
             .args(flags)
             .arg(name)
             .stdin(format!("{PASSWORD}\n"))
