@@ -35,12 +35,12 @@ mod pg {
     }
 
     /// The server; stopped and its directory removed when the test binary exits, however it
-    /// exits (a shell waits for our end of a pipe to close).
-    struct Server {
+    /// exits (a shell waits for our end of a pipe to close), or at [`Server::stop`].
+    pub struct Server {
         port: u16,
         dir: PathBuf,
-        _stdin: Mutex<ChildStdin>,
-        _child: Mutex<Child>,
+        stdin: Mutex<Option<ChildStdin>>,
+        child: Mutex<Child>,
     }
 
     const SCRIPT: &str = r#"
@@ -107,9 +107,72 @@ rm -rf "$DIR"
             Ok(Server {
                 port,
                 dir,
-                _stdin: Mutex::new(stdin),
-                _child: Mutex::new(child),
+                stdin: Mutex::new(Some(stdin)),
+                child: Mutex::new(child),
             })
+        }
+
+        /// A server of the caller's own, which it may stop; `None` as for [`fresh_db`].
+        pub fn private() -> Option<Server> {
+            available(Server::start())
+        }
+
+        /// Stops the server (a fast shutdown: its clients are cut off) and waits for it.
+        pub fn stop(&self) {
+            drop(self.stdin.lock().unwrap().take());
+            let mut child = self.child.lock().unwrap();
+            let stopped = crate::util::wait_child(&mut child, Duration::from_secs(30));
+            assert!(stopped.is_some(), "PostgreSQL did not stop");
+        }
+
+        /// The URL of a fresh database; waits for the server to accept connections.
+        pub fn create_db(&self) -> String {
+            let name = format!(
+                "cl{}_{}",
+                std::process::id(),
+                NEXT_DB.fetch_add(1, Ordering::Relaxed)
+            );
+            // Readiness is the first createdb that succeeds (initdb and startup take seconds).
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let created = Command::new(bin_dir().join("createdb"))
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &self.port.to_string(),
+                        "-U",
+                        "postgres",
+                    ])
+                    .arg(&name)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if created {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let log = std::fs::read_to_string(self.dir.join("postgres.log"));
+                    panic!("PostgreSQL did not start: {}", log.unwrap_or_default());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+        }
+    }
+
+    /// The server, or `None` with a note when PostgreSQL is not installed (a failure under CI).
+    fn available(started: Result<Server, String>) -> Option<Server> {
+        match started {
+            Ok(s) => Some(s),
+            Err(e) if std::env::var_os("CI").is_some() => {
+                panic!("PostgreSQL is needed under CI: {e}")
+            }
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "skipped: {e}");
+                None
+            }
         }
     }
 
@@ -119,53 +182,8 @@ rm -rf "$DIR"
     /// The URL of a fresh database of its own; `None` (with a note) when PostgreSQL is not
     /// installed, which fails instead under CI.
     pub fn fresh_db() -> Option<String> {
-        let server = SERVER
-            .get_or_init(|| match Server::start() {
-                Ok(s) => Some(s),
-                Err(e) if std::env::var_os("CI").is_some() => {
-                    panic!("PostgreSQL is needed under CI: {e}")
-                }
-                Err(e) => {
-                    let _ = writeln!(std::io::stderr(), "skipped: {e}");
-                    None
-                }
-            })
-            .as_ref()?;
-        let name = format!(
-            "cl{}_{}",
-            std::process::id(),
-            NEXT_DB.fetch_add(1, Ordering::Relaxed)
-        );
-        // Readiness is the first createdb that succeeds (initdb and startup take seconds).
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let created = Command::new(bin_dir().join("createdb"))
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &server.port.to_string(),
-                    "-U",
-                    "postgres",
-                ])
-                .arg(&name)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if created {
-                break;
-            }
-            if Instant::now() > deadline {
-                let log = std::fs::read_to_string(server.dir.join("postgres.log"));
-                panic!("PostgreSQL did not start: {}", log.unwrap_or_default());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(format!(
-            "postgres://postgres@127.0.0.1:{}/{name}",
-            server.port
-        ))
+        let server = SERVER.get_or_init(|| available(Server::start())).as_ref()?;
+        Some(server.create_db())
     }
 
     /// The one value `query` gives in the database at `url`, as psql prints it.
@@ -195,7 +213,11 @@ struct Service {
 impl Service {
     /// Two instances of a service in a fresh database; `None` without PostgreSQL.
     fn start() -> Option<Service> {
-        let url = pg::fresh_db()?;
+        Some(Service::on(pg::fresh_db()?))
+    }
+
+    /// Two instances of a service in the database at `url`.
+    fn on(url: String) -> Service {
         let site = Site::new();
         site.private_file("secret", PASSWORD);
         let instance = |name: &str| {
@@ -210,7 +232,7 @@ impl Service {
         };
         let a = instance("state-a");
         let b = instance("state-b");
-        Some(Service { site, url, a, b })
+        Service { site, url, a, b }
     }
 
     /// `ftpd adduser --database URL FLAGS... NAME`, the password on stdin, and the home made.
@@ -430,5 +452,51 @@ fn two_instances_share_one_users_rate_cap() {
     assert!(
         (moved as f64) <= bound,
         "{moved} bytes in {wall:.2} s: over the service-wide cap's bound of {bound:.0}"
+    );
+}
+
+/// The database stops while a capped download runs (step 6 of docs/CLUSTER.md): the download
+/// goes on at the instance's own cap and completes, the instance says so once (one WARN), and a
+/// new login is refused with a one-line error rather than let in uncounted or left hanging.
+#[test]
+fn without_the_database_transfers_go_on_at_the_local_cap_and_logins_are_refused() {
+    let Some(server) = pg::Server::private() else {
+        return;
+    };
+    let service = Service::on(server.create_db());
+    service.adduser("solo", &["--max-sessions", "2", "--max-rate", "512KiB"]);
+    service.wait_user("solo");
+    service.wait_sessions("solo", 0);
+    let home = service.site.root().join("solo");
+    // 4 s at the cap.
+    write_file(&home, "big.bin", 2 * MIB, 4);
+    let work = tmpdir();
+    let download = service
+        .cli(&service.a, "solo")
+        .cwd(work.path())
+        .cmds("get big.bin");
+    let download = thread::spawn(move || download.run());
+    service.wait_sessions("solo", 1);
+    server.stop();
+    let refused = service
+        .cli(&service.b, "solo")
+        .cmds("pwd")
+        .timeout(Duration::from_secs(120))
+        .run()
+        .fails()
+        .one_line_error()
+        .no_internals();
+    eprintln!("a login without the database: {}", refused.stderr.trim());
+    download.join().unwrap().ok();
+    assert_same_file(home.join("big.bin"), work.path().join("big.bin"));
+    let log = service.a.log();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("cannot lease rate from the database"))
+        .count();
+    assert_eq!(warned, 1, "one WARN for the lost leases; log:\n{log}");
+    assert!(
+        !log.contains("panicked"),
+        "instance A panicked; log:\n{log}\n{refused}"
     );
 }
