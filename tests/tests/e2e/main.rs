@@ -91,6 +91,10 @@ mod proxy;
 // startup refusals in one line, homes as prefixes.
 mod s3;
 
+// A user's limits across two instances of a service on one PostgreSQL: a session cap held on
+// one instance refuses a session on another; one rate cap leased by both.
+mod cluster_limits;
+
 // Several instances as one service: login failures counted in their shared PostgreSQL, so a
 // guesser spreading over instances is throttled as on one; a database that does not answer
 // refuses logins with a retryable busy.
