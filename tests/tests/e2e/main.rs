@@ -90,3 +90,9 @@ mod proxy;
 // local root, no clobber, cut and killed uploads resumed from the last part, the sweeper,
 // startup refusals in one line, homes as prefixes.
 mod s3;
+
+// Several instances as one service (issue 20): two daemons on one PostgreSQL (postgres.rs, a
+// private server per test binary) and one shared root or bucket: users, files, limits, the
+// login throttle and interrupted uploads the same whichever instance answers.
+mod cluster;
+mod postgres;

@@ -1,0 +1,657 @@
+//! Several instances as one service (issue 20, docs/CLUSTER.md): two `ftpd` on loopback with
+//! `--database` on a private PostgreSQL ([`crate::postgres`]), sharing one root
+//! (`--root DIR --shared-root`) or one bucket on moto (`--storage s3://…`), each with a state
+//! directory of its own holding copies of the first instance's TLS key and login-salt key.
+//! What a client must see the same whichever instance answers: users and their changes, files,
+//! the session cap, the login throttle, an interrupted upload, a user's bandwidth cap.
+//!
+//! Without PostgreSQL (or moto, for the tests on S3) each test prints a note and passes; under
+//! CI (`CI` set) that is a failure: CI installs both.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use e2e::proxy::{Direction, Fault, Proxy};
+use protocol::{ErrorCode, ErrorReply, Message};
+use tempfile::TempDir;
+
+use crate::postgres::Database;
+use crate::raw::Raw;
+use crate::util::{
+    assert_same_file, holds_within, sent_this_time, staged_bytes, tmpdir, tmpdir_named, wait_until,
+    write_random, Bucket, Cli, Daemon, DaemonBuilder, Keys, Moto, Run, Tool, MIB,
+};
+
+/// How long one client run, one admin command or one frame may take here: every step is small.
+const STEP: Duration = Duration::from_secs(30);
+/// How long a change of users may take to reach every instance: its NOTIFY is milliseconds,
+/// the poll that catches a lost one 5 s; the rest is margin for a loaded machine.
+const PICKUP: Duration = Duration::from_secs(20);
+/// The fewest key-derivation iterations `ftpd adduser` takes: logins stay fast in debug builds.
+const FAST: &str = "4096";
+/// S3's smallest part, so that an upload crosses a part boundary with a file of a few MiB.
+const PART: u64 = 5 * MIB;
+/// The files of the state directory every instance must have the same copy of
+/// (docs/CLUSTER.md, "One server key for all instances").
+const IDENTITY: [&str; 3] = [
+    "tls/server-key.pem",
+    "tls/server-cert.pem",
+    "login-salt.key",
+];
+
+// ---------------------------------------------------------------------------------------------
+// The cluster: a database, shared storage, instances with one identity
+
+/// Where the instances keep files: all of them the same.
+enum Storage {
+    /// One directory every instance serves with `--root DIR --shared-root`.
+    SharedRoot(TempDir),
+    /// One bucket on moto every instance serves with `--storage s3://BUCKET`.
+    S3 {
+        /// The bucket, through the S3 API (boxed: its client and runtime are large).
+        bucket: Box<Bucket>,
+        /// Declared last: the server outlives the bucket's client.
+        _moto: Moto,
+    },
+}
+
+/// A database and shared storage for instances of one service, and the client's side.
+/// Instances are the test's own locals ([`Cluster::instance`]), declared after the cluster, so
+/// they are gone before its directories and its database.
+struct Cluster {
+    /// `--database`: a fresh database of this test's own.
+    db: Database,
+    /// The files every instance serves.
+    storage: Storage,
+    /// The state directory of each instance started, in order; the first one's identity is
+    /// copied into every later one.
+    states: Mutex<Vec<TempDir>>,
+    /// The client's working directory.
+    work: TempDir,
+    /// The client's secret files, one per login.
+    secrets: Keys,
+}
+
+impl Cluster {
+    /// A database and a shared root; `None` (after a note) without PostgreSQL.
+    fn shared_root() -> Option<Cluster> {
+        let db = Database::fresh()?;
+        Some(Cluster::new(
+            db,
+            Storage::SharedRoot(tmpdir_named("e2e-shared-root-")),
+        ))
+    }
+
+    /// A database and a bucket on moto; `None` (after a note) without PostgreSQL or moto.
+    fn s3() -> Option<Cluster> {
+        let db = Database::fresh()?;
+        let moto = Moto::start()?;
+        let bucket = Box::new(moto.bucket("cluster"));
+        Some(Cluster::new(
+            db,
+            Storage::S3 {
+                bucket,
+                _moto: moto,
+            },
+        ))
+    }
+
+    fn new(db: Database, storage: Storage) -> Cluster {
+        Cluster {
+            db,
+            storage,
+            states: Mutex::new(Vec::new()),
+            work: tmpdir(),
+            secrets: Keys::new(),
+        }
+    }
+
+    /// The shared root; panics on S3.
+    fn root(&self) -> &Path {
+        match &self.storage {
+            Storage::SharedRoot(dir) => dir.path(),
+            Storage::S3 { .. } => panic!("a test on S3 asked for the shared root"),
+        }
+    }
+
+    /// A path in the client's working directory.
+    fn local(&self, rel: &str) -> PathBuf {
+        self.work.path().join(rel)
+    }
+
+    /// An instance of the service with a state directory of its own, not started yet: the
+    /// shared storage, `--database`, and these flags.
+    fn builder(&self, state: &Path, extra: &[&str]) -> DaemonBuilder {
+        let builder = match &self.storage {
+            Storage::SharedRoot(root) => Daemon::builder()
+                .root(root.path())
+                .arg("--shared-root")
+                .arg("--state-dir")
+                .arg(state),
+            Storage::S3 { bucket, .. } => bucket
+                .daemon()
+                .state_dir(state)
+                .args(["--s3-part-size", "5MiB"]),
+        };
+        builder.arg("--database").arg(self.db.url()).args(extra)
+    }
+
+    /// Starts one more instance with `extra` flags. Every instance after the first gets a copy
+    /// of the first one's TLS key and certificate and its key of login salts before it starts,
+    /// as docs/CLUSTER.md says to provision them; checked: it presents the first one's key.
+    #[track_caller]
+    fn instance(&self, extra: &[&str]) -> Daemon {
+        let state = tmpdir_named("e2e-cluster-state-");
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(first) = states.first() {
+            copy_identity(first.path(), state.path());
+        }
+        let daemon = self.builder(state.path(), extra).start();
+        states.push(state);
+        daemon
+    }
+
+    /// `ftpd adduser --database URL --iterations FAST EXTRA NAME`, the password on stdin (not a
+    /// terminal); the user's home made on the shared root. Panics unless it succeeds.
+    #[track_caller]
+    fn adduser(&self, name: &str, password: &str, extra: &[&str]) -> Run {
+        let run = self
+            .admin(&["adduser", "--iterations", FAST])
+            .args(extra)
+            .arg(name)
+            .stdin(format!("{password}\n"))
+            .run()
+            .ok();
+        if let Storage::SharedRoot(root) = &self.storage {
+            fs::create_dir_all(root.path().join(name)).expect("cannot make the user's home");
+        }
+        run
+    }
+
+    /// `ftpd COMMAND --database URL` with the arguments to come.
+    fn admin(&self, command: &[&str]) -> Tool {
+        Tool::ftpd()
+            .args(command)
+            .arg("--database")
+            .arg(self.db.url())
+    }
+
+    /// A client of `daemon` logging in as `user` with `password` (from a secret file), with
+    /// short timeouts, in the working directory.
+    fn login(&self, daemon: &Daemon, user: &str, password: &str) -> Cli {
+        self.login_as(daemon.cli(), user, password)
+            .arg("--timeout")
+            .arg("10s")
+            .timeout(STEP)
+    }
+
+    /// `cli` (aimed at an instance, or at a proxy in front of one) logging in as `user` with
+    /// `password`, in the working directory, with the client's own timeouts.
+    fn login_as(&self, cli: Cli, user: &str, password: &str) -> Cli {
+        cli.cwd(&self.work)
+            .user(user, self.secrets.secret(user, password))
+    }
+}
+
+/// Copies the identity files of state directory `from` into `to`, private as ftpd keeps them.
+fn copy_identity(from: &Path, to: &Path) {
+    for rel in IDENTITY {
+        let (src, dst) = (from.join(rel), to.join(rel));
+        let dir = dst.parent().expect("a file in a directory");
+        fs::create_dir_all(dir).expect("cannot make a state directory");
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).expect("cannot chmod");
+        fs::copy(&src, &dst)
+            .unwrap_or_else(|e| panic!("cannot copy {} of the first instance: {e}", src.display()));
+        fs::set_permissions(&dst, fs::Permissions::from_mode(0o600)).expect("cannot chmod");
+    }
+}
+
+/// Polls a login of `user` with `password` on `daemon` until it succeeds; panics after
+/// [`PICKUP`] with the last refusal.
+#[track_caller]
+fn wait_until_logged_in(c: &Cluster, daemon: &Daemon, user: &str, password: &str) {
+    let deadline = Instant::now() + PICKUP;
+    loop {
+        let run = c.login(daemon, user, password).cmds("pwd").run();
+        if run.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{user} could not log in on an instance within {PICKUP:?}: {run}\nlog:\n{}",
+            daemon.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An address in 127.0.`n`.0/24: each `n` its own address range for the throttle, none of
+/// them the real client's (127.0.0.1).
+fn range(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, n, 1))
+}
+
+/// What `daemon` answers a password login from `ip`: `auth_ok`, or the refusal, whether it
+/// came at the connection (a range shut out: `busy`) or at the login (`auth_failed`).
+#[track_caller]
+fn login_from(daemon: &Daemon, ip: IpAddr, user: &str, password: &str) -> Message {
+    let mut peer = Raw::connect_from(ip, daemon.addr()).within(STEP);
+    peer.send(&crate::raw::hello_message());
+    match peer.recv() {
+        Message::Hello(_) => peer.scram(user, password),
+        refusal => refusal,
+    }
+}
+
+/// The refusal of a login; panics if it was not refused.
+#[track_caller]
+fn refused(answer: Message) -> ErrorReply {
+    match answer {
+        Message::Error(e) => e,
+        other => panic!("expected the login to be refused, got {other:?}"),
+    }
+}
+
+/// The seconds a refusal says to wait before trying again ("... try again in N s"), if it says.
+fn retry_in(refusal: &ErrorReply) -> Option<u64> {
+    let (_, after) = refusal.message.split_once("try again in ")?;
+    after.strip_suffix(" s")?.parse().ok()
+}
+
+/// Panics unless `refusal` says to try again in about `secs` seconds (a little less is fine:
+/// the penalty started a moment before).
+#[track_caller]
+fn assert_retry_in_about(refusal: &ErrorReply, secs: u64) {
+    match retry_in(refusal) {
+        Some(n) if n <= secs && n + 5 >= secs => {}
+        _ => panic!("expected a refusal saying to try again in about {secs} s, got {refusal:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Starting: shared storage or nothing
+
+/// `--database` says instances share state; a local root no other instance sees would make
+/// them disagree on every file. Without `--shared-root` the daemon refuses to start, in one
+/// line that names the way out.
+#[test]
+fn database_with_a_root_not_declared_shared_is_refused_in_one_line() {
+    let Some(db) = Database::fresh() else { return };
+    let root = tmpdir_named("e2e-cluster-root-");
+    let state = tmpdir_named("e2e-cluster-state-");
+    let log = Daemon::builder()
+        .root(root.path())
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--database")
+        .arg(db.url())
+        .refuses_to_start();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{log}");
+    assert!(lines[0].contains("--shared-root"), "{log}");
+    for internal in ["panicked", "os error", "SQLSTATE", "tokio_postgres"] {
+        assert!(
+            !log.contains(internal),
+            "the refusal shows {internal:?}: {log}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users: added and changed in the database, in force everywhere without a restart
+
+/// A user added with `ftpd adduser --database` logs in on both running instances; `ftpd passwd
+/// --database` changes the password, and within seconds both accept the new one and refuse
+/// the old, with no restart and no signal; `ftpd users --database` lists the user.
+#[test]
+fn a_user_added_in_the_database_logs_in_everywhere_and_a_new_password_applies_everywhere() {
+    let Some(c) = Cluster::shared_root() else {
+        return;
+    };
+    // No penalty: polling with a password not yet in force must not shut the name out.
+    let a = c.instance(&["--login-penalty", "0s"]);
+    let b = c.instance(&["--login-penalty", "0s"]);
+    assert_eq!(
+        a.fingerprint(),
+        b.fingerprint(),
+        "the instances present different keys"
+    );
+
+    let added = c.adduser("alice", "old secret", &[]);
+    assert!(!added.stdout.contains("old secret") && !added.stderr.contains("old secret"));
+    for d in [&a, &b] {
+        wait_until_logged_in(&c, d, "alice", "old secret");
+    }
+    let listed = c.admin(&["users"]).run().ok();
+    assert!(
+        listed
+            .stdout
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("alice")),
+        "`ftpd users` does not list alice on a line of her own: {listed}"
+    );
+    assert!(
+        !listed.stdout.contains("old secret"),
+        "`ftpd users` shows a password: {listed}"
+    );
+
+    c.admin(&["passwd", "--iterations", FAST, "alice"])
+        .stdin("new secret\n")
+        .run()
+        .ok();
+    for d in [&a, &b] {
+        wait_until_logged_in(&c, d, "alice", "new secret");
+        c.login(d, "alice", "old secret")
+            .cmds("pwd")
+            .run()
+            .fails()
+            .one_line_error()
+            .no_internals();
+    }
+    // Both changes were picked up by the running instances: neither was restarted.
+    assert!(a.exited().is_none() && b.exited().is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files: put through one instance, got through the other
+
+/// Puts a file of `size` bytes through the first instance and gets it through the second:
+/// both transfers verified, the bytes identical.
+fn put_on_one_get_on_the_other(c: &Cluster, size: u64) {
+    let a = c.instance(&[]);
+    let b = c.instance(&[]);
+    c.adduser("alice", "secret", &[]);
+    let src = c.local("src.bin");
+    write_random(&src, size, size ^ 0xc1);
+    c.login(&a, "alice", "secret")
+        .cmds("put src.bin shared.bin")
+        .run()
+        .ok()
+        .verified(&src, 1);
+    c.login(&b, "alice", "secret")
+        .cmds("get shared.bin back.bin; ls")
+        .run()
+        .ok()
+        .verified(&src, 1);
+    assert_same_file(&src, c.local("back.bin"));
+}
+
+#[test]
+fn a_put_on_one_instance_is_got_identically_on_the_other_on_a_shared_root() {
+    let Some(c) = Cluster::shared_root() else {
+        return;
+    };
+    put_on_one_get_on_the_other(&c, 3 * MIB + 17);
+    assert_same_file(c.local("src.bin"), c.root().join("alice/shared.bin"));
+}
+
+#[test]
+fn a_put_on_one_instance_is_got_identically_on_the_other_on_s3() {
+    let Some(c) = Cluster::s3() else { return };
+    put_on_one_get_on_the_other(&c, PART + 17);
+    let Storage::S3 { bucket, .. } = &c.storage else {
+        unreachable!()
+    };
+    assert_eq!(
+        bucket.size("alice/shared.bin"),
+        Some(PART + 17),
+        "{:?}",
+        bucket.keys()
+    );
+    assert!(bucket.open_uploads().is_empty(), "an upload was left open");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits of the whole service
+
+/// `--max-sessions 1` holds for the service: with a session open on one instance, the other
+/// refuses a second with the cap's one-line error, and lets one in once the first has ended.
+#[test]
+fn the_session_cap_holds_across_instances() {
+    let Some(c) = Cluster::shared_root() else {
+        return;
+    };
+    let a = c.instance(&[]);
+    let b = c.instance(&[]);
+    c.adduser("carol", "secret", &["--max-sessions", "1"]);
+
+    let mut held = Raw::connect(a.addr()).within(STEP).login("carol", "secret");
+    let run = c
+        .login(&b, "carol", "secret")
+        .cmds("pwd")
+        .run()
+        .fails()
+        .one_line_error()
+        .no_internals();
+    assert!(run.stderr.contains("too many sessions"), "{run}");
+
+    held.send(&Message::Bye);
+    held.expect_closed();
+    wait_until_logged_in(&c, &b, "carol", "secret");
+}
+
+/// The login throttle is the service's: a failed login for a name on one instance shuts that
+/// name out on the other (the right password from another range is refused unchecked, saying
+/// when to retry), and the failing range too, while other names from other ranges get in.
+/// The same observations as auth.rs makes on one instance.
+#[test]
+fn a_failed_login_on_one_instance_is_penalised_on_the_other() {
+    let Some(c) = Cluster::shared_root() else {
+        return;
+    };
+    let penalty = ["--login-penalty", "30s", "--login-penalty-max", "30s"];
+    let a = c.instance(&penalty);
+    let b = c.instance(&penalty);
+    c.adduser("alice", "alice's secret", &[]);
+    c.adduser("bob", "bob's secret", &[]);
+
+    let failed = refused(login_from(&a, range(1), "alice", "guess"));
+    assert_eq!(failed.code, ErrorCode::AuthFailed, "{failed:?}");
+    assert_eq!(
+        retry_in(&failed),
+        None,
+        "the first guess is checked: {failed:?}"
+    );
+
+    let by_name = refused(login_from(&b, range(2), "alice", "alice's secret"));
+    assert_eq!(by_name.code, ErrorCode::AuthFailed, "{by_name:?}");
+    assert_retry_in_about(&by_name, 30);
+
+    let by_range = refused(login_from(&b, range(1), "bob", "bob's secret"));
+    assert!(
+        matches!(by_range.code, ErrorCode::Busy | ErrorCode::AuthFailed),
+        "{by_range:?}"
+    );
+    assert_retry_in_about(&by_range, 30);
+
+    let other = login_from(&b, range(3), "bob", "bob's secret");
+    assert!(
+        matches!(other, Message::AuthOk(_)),
+        "bob, from a range with no failures, got {other:?}"
+    );
+    // The real client says why, and when to retry.
+    c.login(&b, "alice", "alice's secret")
+        .cmds("pwd")
+        .run()
+        .fails()
+        .one_line_error()
+        .stderr_has("try again in");
+}
+
+// ---------------------------------------------------------------------------------------------
+// An upload interrupted on one instance, continued on another
+
+/// Puts `big.bin` through instance `a` via a proxy that stalls after `stall_at` bytes, waits
+/// until `stored` says the instance has kept what came before, then kills the instance with
+/// SIGKILL (and the client).
+fn kill_mid_upload(c: &Cluster, a: Daemon, stall_at: u64, mut stored: impl FnMut(&Daemon) -> bool) {
+    let proxy = Proxy::start(
+        a.addr(),
+        vec![Fault::stall_forever(Direction::ClientToServer, stall_at)],
+    );
+    let mut upload = c
+        .login_as(a.cli_via(proxy.addr()), "alice", "secret")
+        .cmds("put big.bin")
+        .spawn();
+    wait_until(
+        "the instance has kept the first bytes",
+        Duration::from_secs(60),
+        || {
+            upload.assert_running();
+            stored(&a)
+        },
+    );
+    a.kill();
+    upload.kill();
+    drop(proxy);
+}
+
+/// Panics unless `put -c` on the second instance sent only what follows `kept` bytes.
+#[track_caller]
+fn assert_sent_only_after(run: &Run, size: u64, kept: u64, daemon: &Daemon) {
+    let sent = sent_this_time(&run.stdout);
+    let rest = (size - kept) as f64;
+    assert!(
+        sent.is_some_and(|sent| (sent - rest).abs() < 0.01 * MIB as f64),
+        "put -c on the other instance did not continue from {kept} bytes (summary says \
+         {sent:?} sent, expected {rest}); {run}\ndaemon log:\n{}",
+        daemon.log()
+    );
+}
+
+/// On S3: instance A killed with one part stored; `put -c` on instance B sends only the rest,
+/// and the object is the file. The upload's parts are found in the database's registry, or
+/// (without it) in the bucket's upload record.
+#[test]
+fn an_upload_cut_by_killing_its_instance_continues_on_another_on_s3() {
+    let Some(c) = Cluster::s3() else { return };
+    let Storage::S3 { bucket, .. } = &c.storage else {
+        unreachable!()
+    };
+    let a = c.instance(&[]);
+    let b = c.instance(&[]);
+    c.adduser("alice", "secret", &[]);
+    let size = 2 * PART + 12345;
+    write_random(c.local("big.bin"), size, 0x5e);
+
+    kill_mid_upload(&c, a, PART + 2 * MIB, |_| {
+        bucket.recorded_parts("", "alice/big.bin") >= 1
+            || c.db.query("SELECT count(*) FROM upload_parts").trim() != "0"
+    });
+    assert_eq!(
+        bucket.size("alice/big.bin"),
+        None,
+        "the cut upload is visible"
+    );
+
+    let run = c
+        .login(&b, "alice", "secret")
+        .timeout(Duration::from_secs(120))
+        .cmds("put -c big.bin; get big.bin back.bin")
+        .run()
+        .ok()
+        .verified(c.local("big.bin"), 2);
+    assert_sent_only_after(&run, size, PART, &b);
+    assert_same_file(c.local("big.bin"), c.local("back.bin"));
+    assert!(bucket.open_uploads().is_empty(), "an upload was left open");
+}
+
+/// On a shared root: instance A killed with 3 MiB of an upload staged; `put -c` on instance B
+/// continues from what A staged, not from 0, and the file is identical.
+#[test]
+fn an_upload_cut_by_killing_its_instance_continues_on_another_on_a_shared_root() {
+    let Some(c) = Cluster::shared_root() else {
+        return;
+    };
+    let a = c.instance(&[]);
+    let b = c.instance(&[]);
+    c.adduser("alice", "secret", &[]);
+    let size = 8 * MIB + 5;
+    write_random(c.local("big.bin"), size, 0x5f);
+
+    // Wherever the instance stages (its state directory, or the shared root's private
+    // directory), the file being staged is the largest under either.
+    let root = c.root().to_owned();
+    kill_mid_upload(&c, a, 3 * MIB + 64 * 1024, |a| {
+        staged_bytes(&a.state()).max(staged_bytes(&root)) >= 3 * MIB
+    });
+
+    let run = c
+        .login(&b, "alice", "secret")
+        .timeout(Duration::from_secs(120))
+        .cmds("put -c big.bin")
+        .run()
+        .ok()
+        .verified(c.local("big.bin"), 1);
+    assert_sent_only_after(&run, size, 3 * MIB, &b);
+    assert_same_file(c.local("big.bin"), root.join("alice/big.bin"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A user's bandwidth cap across instances
+
+/// Two downloads of one user capped at 1 MiB/s, one on each instance at once: both instances
+/// lease the user's bytes from the one bucket row in the database (its row is there after,
+/// with a grant), and together they move no more than the design's bound,
+/// `r × (T + (N + 1) × 250 ms)` (docs/CLUSTER.md) plus a chunk, T measured from outside the
+/// clients (from before both start to after both end, so a slow machine only loosens it): two
+/// instances each capping the user alone would move twice the cap.
+#[test]
+fn a_users_rate_cap_is_leased_from_the_database_by_both_instances() {
+    let Some(c) = Cluster::shared_root() else {
+        return;
+    };
+    let a = c.instance(&[]);
+    let b = c.instance(&[]);
+    c.adduser("dave", "secret", &["--max-rate", "1MiB"]);
+    let size = 3 * MIB;
+    write_random(c.root().join("dave/one.bin"), size, 1);
+    write_random(c.root().join("dave/two.bin"), size, 2);
+
+    let started = Instant::now();
+    let runs: Vec<_> = [(&a, "one.bin"), (&b, "two.bin")]
+        .into_iter()
+        .map(|(d, name)| {
+            let cli = c.login(d, "dave", "secret").cmds(&format!("get {name}"));
+            thread::spawn(move || cli.run())
+        })
+        .collect();
+    let both_open = holds_within(Duration::from_secs(20), || {
+        c.db.query("SELECT count(DISTINCT instance) FROM sessions WHERE user_name = 'dave'")
+            .trim()
+            == "2"
+    });
+    let runs: Vec<Run> = runs.into_iter().map(|r| r.join().unwrap().ok()).collect();
+    let wall = started.elapsed().as_secs_f64();
+    assert!(
+        both_open,
+        "the two sessions were never open at once on two instances"
+    );
+    assert_same_file(c.root().join("dave/one.bin"), c.local("one.bin"));
+    assert_same_file(c.root().join("dave/two.bin"), c.local("two.bin"));
+
+    let bucket = c.db.query(
+        "SELECT last_grant > 0 FROM rate_buckets WHERE user_name = 'dave' AND direction = 'down'",
+    );
+    assert_eq!(
+        bucket.trim(),
+        "t",
+        "no lease of dave's download rate in the database"
+    );
+
+    let rate = MIB as f64;
+    let bound = rate * (wall + 3.0 * 0.25) + MIB as f64;
+    let moved = (2 * size) as f64;
+    assert!(
+        moved <= bound,
+        "{moved} bytes moved in {wall:.2} s, over the shared cap's bound of {bound:.0}: the \
+         instances did not share the cap; {}\n{}",
+        runs[0],
+        runs[1]
+    );
+}
