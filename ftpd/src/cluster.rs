@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use tracing::{info, warn};
 
 use crate::logging::Wire;
@@ -54,14 +53,13 @@ impl Cluster {
             match pgstate::State::connect_with(url, pgstate::Options::new(instance.clone())).await {
                 Ok(state) => break state,
                 Err(e) if e.is_transient() && Instant::now() + delay < deadline => {
-                    warn!(database = %shown, "the database does not answer yet: {e}; trying again");
+                    warn!(database = %shown, "the database does not answer yet ({}); trying again", e.detail());
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
-                Err(e) => {
-                    return Err(anyhow::anyhow!("{e}"))
-                        .with_context(|| format!("cannot use the database {shown}"))
-                }
+                // The database's own words: the admin who configured it reads them (a wrong
+                // password, a missing database), no client does.
+                Err(e) => anyhow::bail!("cannot use the database {shown}: {}", e.detail()),
             }
         };
         Ok(Cluster { state, shown })

@@ -632,6 +632,33 @@ mod tests {
     }
 
     #[test]
+    fn a_database_needs_shared_files_and_never_shows_its_password() {
+        let url = "postgres://ftpd:s3cret@db:5432/ftpd";
+        let err = load("root = \"/srv/x\"\n", &["--database", url], &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("--shared-root"), "{err:#}");
+        let c = load(
+            "root = \"/srv/x\"\nshared-root = true\n",
+            &["--database", url],
+            &[],
+        )
+        .unwrap();
+        assert!(c.shared_root);
+        let shown = c.effective();
+        assert!(
+            shown.contains("postgres://ftpd:***@db:5432/ftpd"),
+            "{shown}"
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let err = load(
+            "root = \"/srv/x\"\nusers = \"/etc/ftpd/users.toml\"\n",
+            &["--database", url, "--shared-root"],
+            &[],
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("--users"), "{err:#}");
+    }
+
+    #[test]
     fn metrics_listen_is_off_by_default_and_a_bare_port_is_loopback() {
         let c = load("root = \"/srv/x\"\n", &[], &[]).unwrap();
         assert_eq!(c.metrics_listen, None);

@@ -406,6 +406,50 @@ mod tests {
         Users::load(&p, Some(&root), &[0; 32])
     }
 
+    /// The database's rows are checked by the users file's code: the same limits, the same
+    /// refusals.
+    #[test]
+    fn rows_of_the_database_load_as_the_file_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path(), state.path()).unwrap();
+        let verifier = Verifier::generate(b"pw", scram::MIN_ITERATIONS).to_string();
+        let row = |name: &str, verifier: Option<String>, home: &str| pgstate::UserRow {
+            name: name.into(),
+            verifier,
+            keys: Vec::new(),
+            home: home.into(),
+            read_only: true,
+            limits: pgstate::Limits {
+                rate_up: Some(1 << 20),
+                max_sessions: Some(2),
+                ..Default::default()
+            },
+        };
+        let rows = |users| pgstate::UsersSnapshot { version: 7, users };
+        let users = Users::from_rows(
+            &rows(vec![row("alice", Some(verifier.clone()), "homes/alice")]),
+            Some(&root),
+            &[0; 32],
+        )
+        .unwrap();
+        let alice = users.get("alice").unwrap();
+        assert!(alice.read_only && alice.verifier.is_some());
+        assert_eq!(alice.limits.rate_up, Some(1 << 20));
+        assert_eq!(alice.limits.rate_down, None);
+        assert_eq!(alice.limits.max_sessions, Some(2));
+        assert!(dir.path().join("homes/alice").is_dir());
+        let bad = [
+            (row("bob", Some("not a verifier".into()), "bob"), "password"),
+            (row("eve", Some(verifier.clone()), "../out"), "home"),
+            (row("nil", None, "nil"), "no way to log in"),
+        ];
+        for (row, why) in bad {
+            let e = Users::from_rows(&rows(vec![row]), Some(&root), &[0; 32]).unwrap_err();
+            assert!(format!("{e:#}").contains(why), "{e:#}");
+        }
+    }
+
     #[test]
     fn loads_users_and_creates_homes() {
         let users = load(
