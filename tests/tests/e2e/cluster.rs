@@ -561,6 +561,42 @@ fn the_session_cap_holds_across_instances() {
     wait_until_logged_in(&c, &b, "carol", "secret");
 }
 
+/// A user's quota holds for the service: what one instance stored counts on the other, which
+/// refuses an upload that would pass the quota (naming it, up front), and a removal through
+/// the other instance gives the room back.
+#[test]
+fn the_quota_holds_across_instances() {
+    let Some(c) = Cluster::shared_root() else {
+        return;
+    };
+    c.adduser("erin", "secret", &["--quota", "100KiB"]);
+    let a = c.instance(&[]);
+    let b = c.instance(&[]);
+    write_random(c.local("first.bin"), 60 * 1024, 6);
+    write_random(c.local("second.bin"), 60 * 1024, 7);
+    c.login(&a, "erin", "secret")
+        .cmds("put first.bin")
+        .run()
+        .ok();
+    let refused = c
+        .login(&b, "erin", "secret")
+        .cmds("put second.bin")
+        .run()
+        .fails()
+        .one_line_error()
+        .no_internals();
+    assert!(refused.stderr.contains("erin's quota"), "{refused}");
+    assert!(!c.root().join("erin/second.bin").exists());
+    c.login(&a, "erin", "secret")
+        .cmds("rm first.bin")
+        .run()
+        .ok();
+    c.login(&b, "erin", "secret")
+        .cmds("put second.bin")
+        .run()
+        .ok();
+}
+
 /// The login throttle is the service's: a failed login for a name on one instance shuts that
 /// name out on the other (the right password from another range is refused unchecked, saying
 /// when to retry), and the failing range too, while other names from other ranges get in.
