@@ -2,11 +2,12 @@
 //! `--database` on a private PostgreSQL ([`crate::postgres`]), sharing one root
 //! (`--root DIR --shared-root`) or one bucket on moto (`--storage s3://…`), each with a state
 //! directory of its own holding copies of the first instance's TLS key and login-salt key.
-//! What a client must see the same whichever instance answers: users and their changes, files,
-//! the session cap, the login throttle, an interrupted upload, a user's bandwidth cap.
+//! What a client must see the same whichever instance answers: users and their changes, files
+//! (also through HAProxy in front of both), the session cap, the quota, the login throttle, an
+//! interrupted upload, a user's bandwidth cap.
 //!
-//! Without PostgreSQL (or moto, for the tests on S3) each test prints a note and passes; under
-//! CI (`CI` set) that is a failure: CI installs both.
+//! Without PostgreSQL (or moto for the tests on S3, or HAProxy for the one behind it) a test
+//! prints a note and passes; under CI (`CI` set) that is a failure: CI installs all three.
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
