@@ -6,9 +6,11 @@
 //! exits: the shell that runs it waits for our end of a pipe to close, as pgstate's tests do
 //! (pgstate/tests/state/util.rs). As root (CI runs as root, and initdb refuses it) the server
 //! runs as the `postgres` user through `runuser`. The binaries are looked for in
-//! /usr/lib/postgresql/15/bin (`PG_BIN` overrides); without them [`Database::fresh`] prints a
-//! note and gives `None`, and under CI (`CI` set) it panics instead: CI installs them.
+//! /usr/lib/postgresql/N/bin, the newest N (`PG_BIN` overrides); without them
+//! [`Database::fresh`] prints a note and gives `None`, and under CI (`CI` set) it panics
+//! instead: CI installs them.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -38,11 +40,27 @@ wait "$pid" 2>/dev/null || true
 rm -rf "$DIR"
 "#;
 
-/// Where the PostgreSQL binaries are (`PG_BIN` overrides).
+/// Where Debian's packages put each major version's binaries: `/usr/lib/postgresql/N/bin`.
+const DEBIAN_PREFIX: &str = "/usr/lib/postgresql";
+
+/// Where the PostgreSQL binaries are: `PG_BIN`, else the newest major version Debian's
+/// packages installed (.ci/run installs whichever the release has), else version 15's place.
 fn bin_dir() -> PathBuf {
-    std::env::var_os("PG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+    if let Some(dir) = std::env::var_os("PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let newest = fs::read_dir(DEBIAN_PREFIX)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|major| {
+            Path::new(DEBIAN_PREFIX)
+                .join(format!("{major}/bin/initdb"))
+                .exists()
+        })
+        .max();
+    Path::new(DEBIAN_PREFIX).join(format!("{}/bin", newest.unwrap_or(15)))
 }
 
 /// Under CI a missing PostgreSQL fails the tests instead of skipping them.
