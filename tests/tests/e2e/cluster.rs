@@ -688,8 +688,9 @@ fn assert_sent_only_after(run: &Run, size: u64, kept: u64, daemon: &Daemon) {
 }
 
 /// On S3: instance A killed with one part stored; `put -c` on instance B sends only the rest,
-/// and the object is the file. The upload's parts are found in the database's registry, or
-/// (without it) in the bucket's upload record.
+/// and the object is the file. With `--database` the upload goes through the database's
+/// registry (its part recorded there, no upload record in the bucket), and the registry
+/// forgets it once complete.
 #[test]
 fn an_upload_cut_by_killing_its_instance_continues_on_another_on_s3() {
     let Some(c) = Cluster::s3() else { return };
@@ -702,10 +703,17 @@ fn an_upload_cut_by_killing_its_instance_continues_on_another_on_s3() {
     let size = 2 * PART + 12345;
     write_random(c.local("big.bin"), size, 0x5e);
 
-    kill_mid_upload(&c, a, PART + 2 * MIB, |_| {
-        bucket.recorded_parts("", "alice/big.bin") >= 1
-            || c.db.query("SELECT count(*) FROM upload_parts").trim() != "0"
-    });
+    let parts = || {
+        c.db.query("SELECT count(*) FROM upload_parts")
+            .trim()
+            .to_owned()
+    };
+    kill_mid_upload(&c, a, PART + 2 * MIB, |_| parts() != "0");
+    assert_eq!(parts(), "1", "the one part before the stall is recorded");
+    assert!(
+        bucket.upload_records("").is_empty(),
+        "an upload record in the bucket beside the database's registry"
+    );
     assert_eq!(
         bucket.size("alice/big.bin"),
         None,
@@ -722,6 +730,11 @@ fn an_upload_cut_by_killing_its_instance_continues_on_another_on_s3() {
     assert_sent_only_after(&run, size, PART, &b);
     assert_same_file(c.local("big.bin"), c.local("back.bin"));
     assert!(bucket.open_uploads().is_empty(), "an upload was left open");
+    assert_eq!(
+        c.db.query("SELECT count(*) FROM uploads").trim(),
+        "0",
+        "the registry kept the completed upload"
+    );
 }
 
 /// On a shared root, staged uploads are each instance's own (docs/CLUSTER.md: an upload
