@@ -96,3 +96,7 @@ mod s3;
 // login throttle and interrupted uploads the same whichever instance answers.
 mod cluster;
 mod postgres;
+
+// A user's limits across two instances of a service on one PostgreSQL: a session cap held on
+// one instance refuses a session on another; one rate cap leased by both.
+mod cluster_limits;
