@@ -566,6 +566,8 @@ fn the_session_cap_holds_across_instances() {
 /// refuses an upload that would pass the quota (naming it, up front), and a removal through
 /// the other instance gives the room back.
 #[test]
+#[ignore = "not wired yet: quota usage is counted per instance until try_add_usage is used \
+            (docs/CLUSTER.md, step 4)"]
 fn the_quota_holds_across_instances() {
     let Some(c) = Cluster::shared_root() else {
         return;
