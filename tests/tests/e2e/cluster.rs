@@ -1,0 +1,844 @@
+//! Several instances as one service (issue 20, docs/CLUSTER.md): two `ftpd` on loopback with
+//! `--database` on a private PostgreSQL ([`crate::postgres`]), sharing one root
+//! (`--root DIR --shared-root`) or one bucket on moto (`--storage s3://…`), each with a state
+//! directory of its own holding copies of the first instance's TLS key and login-salt key.
+//! What a client must see the same whichever instance answers: users and their changes, files
+//! (also through HAProxy in front of both), the session cap, the quota, the login throttle, an
+//! interrupted upload, a user's bandwidth cap.
+//!
+//! Without PostgreSQL (or moto for the tests on S3, or HAProxy for the one behind it) a test
+//! prints a note and passes; under CI (`CI` set) that is a failure: CI installs all three.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use e2e::proxy::{Direction, Fault, Proxy};
+use protocol::{ErrorCode, ErrorReply, Message};
+use tempfile::TempDir;
+
+use crate::postgres::Database;
+use crate::raw::Raw;
+use crate::util::{
+    assert_same_file, free_port, have_tool, holds_within, names, sent_this_time, staged_bytes,
+    tmpdir, tmpdir_named, wait_until, write_random, Bucket, Cli, Daemon, DaemonBuilder, Keys,
+    KillOnDrop, Moto, Run, Tool, MIB,
+};
+
+/// How long one client run, one admin command or one frame may take here: every step is small.
+const STEP: Duration = Duration::from_secs(30);
+/// How long a change of users may take to reach every instance: its NOTIFY is milliseconds,
+/// the poll that catches a lost one 5 s; the rest is margin for a loaded machine.
+const PICKUP: Duration = Duration::from_secs(20);
+/// The fewest key-derivation iterations `ftpd adduser` takes: logins stay fast in debug builds.
+const FAST: &str = "4096";
+/// S3's smallest part, so that an upload crosses a part boundary with a file of a few MiB.
+const PART: u64 = 5 * MIB;
+/// The files of the state directory every instance must have the same copy of
+/// (docs/CLUSTER.md, "One server key for all instances").
+const IDENTITY: [&str; 3] = [
+    "tls/server-key.pem",
+    "tls/server-cert.pem",
+    "login-salt.key",
+];
+
+// ---------------------------------------------------------------------------------------------
+// The cluster: a database, shared storage, instances with one identity
+
+/// Where the instances keep files: all of them the same.
+enum Storage {
+    /// One directory every instance serves with `--root DIR --shared-root`.
+    SharedRoot(TempDir),
+    /// One bucket on moto every instance serves with `--storage s3://BUCKET`.
+    S3 {
+        /// The bucket, through the S3 API (boxed: its client and runtime are large).
+        bucket: Box<Bucket>,
+        /// Declared last: the server outlives the bucket's client.
+        _moto: Moto,
+    },
+}
+
+/// A database and shared storage for instances of one service, and the client's side.
+/// Instances are the test's own locals ([`Cluster::instance`]), declared after the cluster, so
+/// they are gone before its directories and its database.
+struct Cluster {
+    /// `--database`: a fresh database of this test's own.
+    db: Database,
+    /// The files every instance serves.
+    storage: Storage,
+    /// The state directory of each instance started, in order; the first one's identity is
+    /// copied into every later one.
+    states: Mutex<Vec<TempDir>>,
+    /// The client's working directory.
+    work: TempDir,
+    /// The client's secret files, one per login.
+    secrets: Keys,
+}
+
+impl Cluster {
+    /// A database and a shared root; `None` (after a note) without PostgreSQL.
+    fn shared_root() -> Option<Cluster> {
+        let db = Database::fresh()?;
+        Some(Cluster::new(
+            db,
+            Storage::SharedRoot(tmpdir_named("e2e-shared-root-")),
+        ))
+    }
+
+    /// A database and a bucket on moto; `None` (after a note) without PostgreSQL or moto.
+    fn s3() -> Option<Cluster> {
+        let db = Database::fresh()?;
+        let moto = Moto::start()?;
+        let bucket = Box::new(moto.bucket("cluster"));
+        Some(Cluster::new(
+            db,
+            Storage::S3 {
+                bucket,
+                _moto: moto,
+            },
+        ))
+    }
+
+    fn new(db: Database, storage: Storage) -> Cluster {
+        Cluster {
+            db,
+            storage,
+            states: Mutex::new(Vec::new()),
+            work: tmpdir(),
+            secrets: Keys::new(),
+        }
+    }
+
+    /// The shared root; panics on S3.
+    fn root(&self) -> &Path {
+        match &self.storage {
+            Storage::SharedRoot(dir) => dir.path(),
+            Storage::S3 { .. } => panic!("a test on S3 asked for the shared root"),
+        }
+    }
+
+    /// A path in the client's working directory.
+    fn local(&self, rel: &str) -> PathBuf {
+        self.work.path().join(rel)
+    }
+
+    /// An instance of the service with a state directory of its own, not started yet: the
+    /// shared storage, `--database`, and these flags.
+    fn builder(&self, state: &Path, extra: &[&str]) -> DaemonBuilder {
+        let builder = match &self.storage {
+            Storage::SharedRoot(root) => Daemon::builder()
+                .root(root.path())
+                .arg("--shared-root")
+                .arg("--state-dir")
+                .arg(state),
+            Storage::S3 { bucket, .. } => bucket
+                .daemon()
+                .state_dir(state)
+                .args(["--s3-part-size", "5MiB"]),
+        };
+        builder.arg("--database").arg(self.db.url()).args(extra)
+    }
+
+    /// Starts one more instance with `extra` flags. Every instance after the first gets a copy
+    /// of the first one's TLS key and certificate and its key of login salts before it starts,
+    /// as docs/CLUSTER.md says to provision them; checked: it presents the first one's key.
+    #[track_caller]
+    fn instance(&self, extra: &[&str]) -> Daemon {
+        let state = tmpdir_named("e2e-cluster-state-");
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(first) = states.first() {
+            copy_identity(first.path(), state.path());
+        }
+        let daemon = self.builder(state.path(), extra).start();
+        states.push(state);
+        daemon
+    }
+
+    /// `ftpd adduser --database URL --iterations FAST EXTRA NAME`, the password on stdin (not a
+    /// terminal); the user's home made on the shared root. Panics unless it succeeds.
+    ///
+    /// Tests add their users before they start the instances, which then load them before
+    /// they listen: no login races a reload (a failed one would count for the throttle). Only
+    /// the test of changes picked up while running adds one later.
+    #[track_caller]
+    fn adduser(&self, name: &str, password: &str, extra: &[&str]) -> Run {
+        let run = self
+            .admin(&["adduser", "--iterations", FAST])
+            .args(extra)
+            .arg(name)
+            .stdin(format!("{password}\n"))
+            .run()
+            .ok();
+        if let Storage::SharedRoot(root) = &self.storage {
+            fs::create_dir_all(root.path().join(name)).expect("cannot make the user's home");
+        }
+        run
+    }
+
+    /// `ftpd COMMAND --database URL` with the arguments to come.
+    fn admin(&self, command: &[&str]) -> Tool {
+        Tool::ftpd()
+            .args(command)
+            .arg("--database")
+            .arg(self.db.url())
+    }
+
+    /// A client of `daemon` logging in as `user` with `password` (from a secret file), with
+    /// short timeouts, in the working directory.
+    fn login(&self, daemon: &Daemon, user: &str, password: &str) -> Cli {
+        self.login_as(daemon.cli(), user, password)
+            .arg("--timeout")
+            .arg("10s")
+            .timeout(STEP)
+    }
+
+    /// `cli` (aimed at an instance, or at a proxy in front of one) logging in as `user` with
+    /// `password`, in the working directory, with the client's own timeouts.
+    fn login_as(&self, cli: Cli, user: &str, password: &str) -> Cli {
+        cli.cwd(&self.work)
+            .user(user, self.secrets.secret(user, password))
+    }
+}
+
+/// Copies the identity files of state directory `from` into `to`, private as ftpd keeps them.
+fn copy_identity(from: &Path, to: &Path) {
+    for rel in IDENTITY {
+        let (src, dst) = (from.join(rel), to.join(rel));
+        let dir = dst.parent().expect("a file in a directory");
+        fs::create_dir_all(dir).expect("cannot make a state directory");
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).expect("cannot chmod");
+        fs::copy(&src, &dst)
+            .unwrap_or_else(|e| panic!("cannot copy {} of the first instance: {e}", src.display()));
+        fs::set_permissions(&dst, fs::Permissions::from_mode(0o600)).expect("cannot chmod");
+    }
+}
+
+/// Polls a login of `user` with `password` on `daemon` until it succeeds; panics after
+/// [`PICKUP`] with the last refusal.
+#[track_caller]
+fn wait_until_logged_in(c: &Cluster, daemon: &Daemon, user: &str, password: &str) {
+    let deadline = Instant::now() + PICKUP;
+    loop {
+        let run = c.login(daemon, user, password).cmds("pwd").run();
+        if run.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{user} could not log in on an instance within {PICKUP:?}: {run}\nlog:\n{}",
+            daemon.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// An address in 127.0.`n`.0/24: each `n` its own address range for the throttle, none of
+/// them the real client's (127.0.0.1).
+fn range(n: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, n, 1))
+}
+
+/// What `daemon` answers a password login from `ip`: `auth_ok`, or the refusal, whether it
+/// came at the connection (a range shut out: `busy`) or at the login (`auth_failed`).
+#[track_caller]
+fn login_from(daemon: &Daemon, ip: IpAddr, user: &str, password: &str) -> Message {
+    let mut peer = Raw::connect_from(ip, daemon.addr()).within(STEP);
+    peer.send(&crate::raw::hello_message());
+    match peer.recv() {
+        Message::Hello(_) => peer.scram(user, password),
+        refusal => refusal,
+    }
+}
+
+/// The refusal of a login; panics if it was not refused.
+#[track_caller]
+fn refused(answer: Message) -> ErrorReply {
+    match answer {
+        Message::Error(e) => e,
+        other => panic!("expected the login to be refused, got {other:?}"),
+    }
+}
+
+/// The seconds a refusal says to wait before trying again ("... try again in N s"), if it says.
+fn retry_in(refusal: &ErrorReply) -> Option<u64> {
+    let (_, after) = refusal.message.split_once("try again in ")?;
+    after.strip_suffix(" s")?.parse().ok()
+}
+
+/// Panics unless `refusal` says to try again in about `secs` seconds (a little less is fine:
+/// the penalty started a moment before).
+#[track_caller]
+fn assert_retry_in_about(refusal: &ErrorReply, secs: u64) {
+    match retry_in(refusal) {
+        Some(n) if n <= secs && n + 5 >= secs => {}
+        _ => panic!("expected a refusal saying to try again in about {secs} s, got {refusal:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Starting: shared storage or nothing
+
+/// `--database` says instances share state; a local root no other instance sees would make
+/// them disagree on every file. Without `--shared-root` the daemon refuses to start, in one
+/// line that names the way out.
+#[test]
+fn database_with_a_root_not_declared_shared_is_refused_in_one_line() {
+    let Some(db) = Database::fresh() else { return };
+    let root = tmpdir_named("e2e-cluster-root-");
+    let state = tmpdir_named("e2e-cluster-state-");
+    let log = Daemon::builder()
+        .root(root.path())
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--database")
+        .arg(db.url())
+        .refuses_to_start();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{log}");
+    assert!(lines[0].contains("--shared-root"), "{log}");
+    for internal in ["panicked", "os error", "SQLSTATE", "tokio_postgres"] {
+        assert!(
+            !log.contains(internal),
+            "the refusal shows {internal:?}: {log}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users: added and changed in the database, in force everywhere without a restart
+
+/// A user added with `ftpd adduser --database` logs in on both running instances; `ftpd passwd
+/// --database` changes the password, and within seconds both accept the new one and refuse
+/// the old, with no restart and no signal; `ftpd users --database` lists the user.
+#[test]
+fn a_user_added_in_the_database_logs_in_everywhere_and_a_new_password_applies_everywhere() {
+    let Some(c) = Cluster::shared_root() else {
+        return;
+    };
+    // No penalty: polling with a password not yet in force must not shut the name out.
+    let a = c.instance(&["--login-penalty", "0s"]);
+    let b = c.instance(&["--login-penalty", "0s"]);
+    assert_eq!(
+        a.fingerprint(),
+        b.fingerprint(),
+        "the instances present different keys"
+    );
+
+    let added = c.adduser("alice", "old secret", &[]);
+    assert!(!added.stdout.contains("old secret") && !added.stderr.contains("old secret"));
+    for d in [&a, &b] {
+        wait_until_logged_in(&c, d, "alice", "old secret");
+    }
+    let listed = c.admin(&["users"]).run().ok();
+    assert!(
+        listed
+            .stdout
+            .lines()
+            .any(|l| l.split_whitespace().next().map(|n| n.trim_matches('"')) == Some("alice")),
+        "`ftpd users` does not list alice on a line of her own: {listed}"
+    );
+    assert!(
+        !listed.stdout.contains("old secret"),
+        "`ftpd users` shows a password: {listed}"
+    );
+
+    c.admin(&["passwd", "--iterations", FAST, "alice"])
+        .stdin("new secret\n")
+        .run()
+        .ok();
+    for d in [&a, &b] {
+        wait_until_logged_in(&c, d, "alice", "new secret");
+        c.login(d, "alice", "old secret")
+            .cmds("pwd")
+            .run()
+            .fails()
+            .one_line_error()
+            .no_internals();
+    }
+    // Both changes were picked up by the running instances: neither was restarted.
+    assert!(a.exited().is_none() && b.exited().is_none());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files: put through one instance, got through the other
+
+/// Puts a file of `size` bytes through the first instance and gets it through the second:
+/// both transfers verified, the bytes identical.
+fn put_on_one_get_on_the_other(c: &Cluster, size: u64) {
+    c.adduser("alice", "secret", &[]);
+    let a = c.instance(&[]);
+    let b = c.instance(&[]);
+    let src = c.local("src.bin");
+    write_random(&src, size, size ^ 0xc1);
+    c.login(&a, "alice", "secret")
+        .cmds("put src.bin shared.bin")
+        .run()
+        .ok()
+        .verified(&src, 1);
+    c.login(&b, "alice", "secret")
+        .cmds("get shared.bin back.bin; ls")
+        .run()
+        .ok()
+        .verified(&src, 1);
+    assert_same_file(&src, c.local("back.bin"));
+}
+
+#[test]
+fn a_put_on_one_instance_is_got_identically_on_the_other_on_a_shared_root() {
+    let Some(c) = Cluster::shared_root() else {
+        return;
+    };
+    put_on_one_get_on_the_other(&c, 3 * MIB + 17);
+    assert_same_file(c.local("src.bin"), c.root().join("alice/shared.bin"));
+}
+
+#[test]
+fn a_put_on_one_instance_is_got_identically_on_the_other_on_s3() {
+    let Some(c) = Cluster::s3() else { return };
+    put_on_one_get_on_the_other(&c, PART + 17);
+    let Storage::S3 { bucket, .. } = &c.storage else {
+        unreachable!()
+    };
+    assert_eq!(
+        bucket.size("alice/shared.bin"),
+        Some(PART + 17),
+        "{:?}",
+        bucket.keys()
+    );
+    assert!(bucket.open_uploads().is_empty(), "an upload was left open");
+}
+
+/// HAProxy in TCP mode (TLS passing through) in front of the instances, `balance roundrobin`,
+/// each server sent a PROXY v2 header from [`BALANCER_SOURCE`]; killed on drop.
+struct Balancer {
+    /// Where clients connect.
+    addr: SocketAddr,
+    /// The process, in the foreground (`-db`).
+    _child: KillOnDrop,
+    /// Its configuration and log.
+    dir: TempDir,
+}
+
+/// The address HAProxy connects to the instances from: the one in `--proxy-protocol-from`.
+const BALANCER_SOURCE: &str = "127.0.0.3";
+
+impl Balancer {
+    /// Starts HAProxy over `instances` and returns once it listens; `None` (after a note)
+    /// when it is not installed, which fails instead under CI.
+    fn start(instances: &[&Daemon]) -> Option<Balancer> {
+        if !have_tool("haproxy", "-v", "haproxy") {
+            return None;
+        }
+        let dir = tmpdir_named("e2e-balancer-");
+        let port = free_port();
+        // Refuses every connection: once it takes one, the frontend above it is bound too
+        // (HAProxy binds its listeners in order before it serves).
+        let ready = free_port();
+        let mut config = format!(
+            "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    \
+             timeout server 30s\n\
+             frontend ftp\n    bind 127.0.0.1:{port}\n    default_backend ftpd\n\
+             frontend ready\n    bind 127.0.0.1:{ready}\n    tcp-request connection reject\n\
+             backend ftpd\n    balance roundrobin\n"
+        );
+        for (i, d) in instances.iter().enumerate() {
+            config += &format!(
+                "    server ftpd{i} {} send-proxy-v2 source {BALANCER_SOURCE}\n",
+                d.addr()
+            );
+        }
+        let path = dir.path().join("haproxy.cfg");
+        fs::write(&path, config).expect("cannot write haproxy.cfg");
+        let log = fs::File::create(dir.path().join("haproxy.log")).expect("cannot make a log");
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cannot clone a file"))
+            .stderr(log)
+            .spawn()
+            .expect("cannot start haproxy");
+        let mut child = KillOnDrop::new(child);
+        let ready = SocketAddr::from(([127, 0, 0, 1], ready));
+        wait_until("haproxy listens", STEP, || {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default();
+                panic!("haproxy exited ({status}):\n{log}");
+            }
+            TcpStream::connect_timeout(&ready, STEP).is_ok()
+        });
+        Some(Balancer {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            _child: child,
+            dir,
+        })
+    }
+}
+
+/// Through HAProxy in front of both instances: a file put through the balancer is got
+/// identically through each instance directly, the balancer's connections reach both
+/// instances, and each saw the client's own address (127.0.0.1), never the balancer's.
+#[test]
+fn a_file_put_through_the_balancer_is_got_identically_from_each_instance() {
+    let Some(c) = Cluster::shared_root() else {
+        return;
+    };
+    c.adduser("alice", "secret", &[]);
+    let behind = ["--proxy-protocol-from", BALANCER_SOURCE];
+    let a = c.instance(&behind);
+    let b = c.instance(&behind);
+    let Some(balancer) = Balancer::start(&[&a, &b]) else {
+        return;
+    };
+    let src = c.local("src.bin");
+    write_random(&src, 2 * MIB + 3, 0xba1);
+    // Round robin: the put and the listing go to one instance each.
+    c.login_as(a.cli_via(balancer.addr), "alice", "secret")
+        .cmds("put src.bin")
+        .timeout(STEP)
+        .run()
+        .ok()
+        .verified(&src, 1);
+    c.login_as(a.cli_via(balancer.addr), "alice", "secret")
+        .cmds("ls")
+        .timeout(STEP)
+        .run()
+        .ok();
+    for (d, back) in [(&a, "back-a.bin"), (&b, "back-b.bin")] {
+        c.login(d, "alice", "secret")
+            .cmds(&format!("get src.bin {back}"))
+            .run()
+            .ok()
+            .verified(&src, 1);
+        assert_same_file(&src, c.local(back));
+        let log = d.log();
+        let relayed = log
+            .lines()
+            .filter(|l| l.contains("connection opened") && l.contains("peer=127.0.0.1:"))
+            .count();
+        // One connection of its own (the get), one at least through the balancer.
+        assert!(
+            relayed >= 2,
+            "the balancer's connection did not reach this instance as the client's; log:\n\
+             {log}\nhaproxy:\n{}",
+            fs::read_to_string(balancer.dir.path().join("haproxy.log")).unwrap_or_default()
+        );
+        assert!(!log.contains("peer=127.0.0.3"), "{log}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits of the whole service
+
+/// `--max-sessions 1` holds for the service: with a session open on one instance, the other
+/// refuses a second with the cap's one-line error, and lets one in once the first has ended.
+#[test]
+fn the_session_cap_holds_across_instances() {
+    let Some(c) = Cluster::shared_root() else {
+        return;
+    };
+    c.adduser("carol", "secret", &["--max-sessions", "1"]);
+    let a = c.instance(&[]);
+    let b = c.instance(&[]);
+
+    let mut held = Raw::connect(a.addr()).within(STEP).login("carol", "secret");
+    let run = c
+        .login(&b, "carol", "secret")
+        .cmds("pwd")
+        .run()
+        .fails()
+        .one_line_error()
+        .no_internals();
+    assert!(run.stderr.contains("too many sessions"), "{run}");
+
+    held.send(&Message::Bye);
+    held.expect_closed();
+    wait_until_logged_in(&c, &b, "carol", "secret");
+}
+
+/// A user's quota holds for the service: what one instance stored counts on the other, which
+/// refuses an upload that would pass the quota (naming it, up front), and a removal through
+/// the other instance gives the room back.
+#[test]
+#[ignore = "not wired yet: quota usage is counted per instance until try_add_usage is used \
+            (docs/CLUSTER.md, step 4)"]
+fn the_quota_holds_across_instances() {
+    let Some(c) = Cluster::shared_root() else {
+        return;
+    };
+    c.adduser("erin", "secret", &["--quota", "100KiB"]);
+    let a = c.instance(&[]);
+    let b = c.instance(&[]);
+    write_random(c.local("first.bin"), 60 * 1024, 6);
+    write_random(c.local("second.bin"), 60 * 1024, 7);
+    c.login(&a, "erin", "secret")
+        .cmds("put first.bin")
+        .run()
+        .ok();
+    let refused = c
+        .login(&b, "erin", "secret")
+        .cmds("put second.bin")
+        .run()
+        .fails()
+        .one_line_error()
+        .no_internals();
+    assert!(refused.stderr.contains("erin's quota"), "{refused}");
+    assert!(!c.root().join("erin/second.bin").exists());
+    c.login(&a, "erin", "secret")
+        .cmds("rm first.bin")
+        .run()
+        .ok();
+    c.login(&b, "erin", "secret")
+        .cmds("put second.bin")
+        .run()
+        .ok();
+}
+
+/// The login throttle is the service's: a failed login for a name on one instance shuts that
+/// name out on the other (the right password from another range is refused unchecked, saying
+/// when to retry), and the failing range too, while other names from other ranges get in.
+/// The same observations as auth.rs makes on one instance.
+#[test]
+fn a_failed_login_on_one_instance_is_penalised_on_the_other() {
+    let Some(c) = Cluster::shared_root() else {
+        return;
+    };
+    let penalty = ["--login-penalty", "30s", "--login-penalty-max", "30s"];
+    c.adduser("alice", "alice's secret", &[]);
+    c.adduser("bob", "bob's secret", &[]);
+    let a = c.instance(&penalty);
+    let b = c.instance(&penalty);
+
+    let failed = refused(login_from(&a, range(1), "alice", "guess"));
+    assert_eq!(failed.code, ErrorCode::AuthFailed, "{failed:?}");
+    assert_eq!(
+        retry_in(&failed),
+        None,
+        "the first guess is checked: {failed:?}"
+    );
+
+    let by_name = refused(login_from(&b, range(2), "alice", "alice's secret"));
+    assert_eq!(by_name.code, ErrorCode::AuthFailed, "{by_name:?}");
+    assert_retry_in_about(&by_name, 30);
+
+    let by_range = refused(login_from(&b, range(1), "bob", "bob's secret"));
+    assert!(
+        matches!(by_range.code, ErrorCode::Busy | ErrorCode::AuthFailed),
+        "{by_range:?}"
+    );
+    assert_retry_in_about(&by_range, 30);
+
+    let other = login_from(&b, range(3), "bob", "bob's secret");
+    assert!(
+        matches!(other, Message::AuthOk(_)),
+        "bob, from a range with no failures, got {other:?}"
+    );
+    // The real client says why, and when to retry.
+    c.login(&b, "alice", "alice's secret")
+        .cmds("pwd")
+        .run()
+        .fails()
+        .one_line_error()
+        .stderr_has("try again in");
+}
+
+// ---------------------------------------------------------------------------------------------
+// An upload interrupted on one instance, continued on another
+
+/// Puts `big.bin` through instance `a` via a proxy that stalls after `stall_at` bytes, waits
+/// until `stored` says the instance has kept what came before, then kills the instance with
+/// SIGKILL (and the client).
+fn kill_mid_upload(c: &Cluster, a: Daemon, stall_at: u64, mut stored: impl FnMut(&Daemon) -> bool) {
+    let proxy = Proxy::start(
+        a.addr(),
+        vec![Fault::stall_forever(Direction::ClientToServer, stall_at)],
+    );
+    let mut upload = c
+        .login_as(a.cli_via(proxy.addr()), "alice", "secret")
+        .cmds("put big.bin")
+        .spawn();
+    wait_until(
+        "the instance has kept the first bytes",
+        Duration::from_secs(60),
+        || {
+            upload.assert_running();
+            stored(&a)
+        },
+    );
+    a.kill();
+    upload.kill();
+    drop(proxy);
+}
+
+/// Panics unless `put -c` on the second instance sent only what follows `kept` bytes.
+#[track_caller]
+fn assert_sent_only_after(run: &Run, size: u64, kept: u64, daemon: &Daemon) {
+    let sent = sent_this_time(&run.stdout);
+    let rest = (size - kept) as f64;
+    assert!(
+        sent.is_some_and(|sent| (sent - rest).abs() < 0.01 * MIB as f64),
+        "put -c on the other instance did not continue from {kept} bytes (summary says \
+         {sent:?} sent, expected {rest}); {run}\ndaemon log:\n{}",
+        daemon.log()
+    );
+}
+
+/// On S3: instance A killed with one part stored; `put -c` on instance B sends only the rest,
+/// and the object is the file. With `--database` the upload goes through the database's
+/// registry (its part recorded there, no upload record in the bucket), and the registry
+/// forgets it once complete.
+#[test]
+fn an_upload_cut_by_killing_its_instance_continues_on_another_on_s3() {
+    let Some(c) = Cluster::s3() else { return };
+    let Storage::S3 { bucket, .. } = &c.storage else {
+        unreachable!()
+    };
+    c.adduser("alice", "secret", &[]);
+    let a = c.instance(&[]);
+    let b = c.instance(&[]);
+    let size = 2 * PART + 12345;
+    write_random(c.local("big.bin"), size, 0x5e);
+
+    let parts = || {
+        c.db.query("SELECT count(*) FROM upload_parts")
+            .trim()
+            .to_owned()
+    };
+    kill_mid_upload(&c, a, PART + 2 * MIB, |_| parts() != "0");
+    assert_eq!(parts(), "1", "the one part before the stall is recorded");
+    assert!(
+        bucket.upload_records("").is_empty(),
+        "an upload record in the bucket beside the database's registry"
+    );
+    assert_eq!(
+        bucket.size("alice/big.bin"),
+        None,
+        "the cut upload is visible"
+    );
+
+    let run = c
+        .login(&b, "alice", "secret")
+        .timeout(Duration::from_secs(120))
+        .cmds("put -c big.bin; get big.bin back.bin")
+        .run()
+        .ok()
+        .verified(c.local("big.bin"), 2);
+    assert_sent_only_after(&run, size, PART, &b);
+    assert_same_file(c.local("big.bin"), c.local("back.bin"));
+    assert!(bucket.open_uploads().is_empty(), "an upload was left open");
+    assert_eq!(
+        c.db.query("SELECT count(*) FROM uploads").trim(),
+        "0",
+        "the registry kept the completed upload"
+    );
+}
+
+/// On a shared root, staged uploads are each instance's own (docs/CLUSTER.md: an upload
+/// interrupted on one instance resumes only there): instance A killed with 3 MiB of an upload
+/// staged, `put -c` on instance B still ends in the whole file, identical, and nothing of A's
+/// half upload ever shows in the shared root.
+#[test]
+fn an_upload_cut_by_killing_its_instance_completes_on_another_on_a_shared_root() {
+    let Some(c) = Cluster::shared_root() else {
+        return;
+    };
+    c.adduser("alice", "secret", &[]);
+    let a = c.instance(&[]);
+    let b = c.instance(&[]);
+    let size = 8 * MIB + 5;
+    write_random(c.local("big.bin"), size, 0x5f);
+
+    kill_mid_upload(&c, a, 3 * MIB + 64 * 1024, |a| {
+        staged_bytes(&a.state()) >= 3 * MIB
+    });
+    let home = c.root().join("alice");
+    assert!(
+        names(&home).is_empty(),
+        "the cut upload shows: {:?}",
+        names(&home)
+    );
+
+    c.login(&b, "alice", "secret")
+        .timeout(Duration::from_secs(120))
+        .cmds("put -c big.bin")
+        .run()
+        .ok()
+        .verified(c.local("big.bin"), 1);
+    assert_same_file(c.local("big.bin"), home.join("big.bin"));
+    assert_eq!(names(&home), ["big.bin"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A user's bandwidth cap across instances
+
+/// Two downloads of one user capped at 1 MiB/s, one on each instance at once: both instances
+/// lease the user's bytes from the one bucket row in the database (its row is there after,
+/// with a grant), and together they move no more than the design's bound,
+/// `r × (T + (N + 1) × 250 ms)` (docs/CLUSTER.md) plus a chunk, T measured from outside the
+/// clients (from before both start to after both end, so a slow machine only loosens it): two
+/// instances each capping the user alone would move twice the cap.
+#[test]
+fn a_users_rate_cap_is_leased_from_the_database_by_both_instances() {
+    let Some(c) = Cluster::shared_root() else {
+        return;
+    };
+    c.adduser("dave", "secret", &["--max-rate", "1MiB"]);
+    let a = c.instance(&[]);
+    let b = c.instance(&[]);
+    let size = 3 * MIB;
+    write_random(c.root().join("dave/one.bin"), size, 1);
+    write_random(c.root().join("dave/two.bin"), size, 2);
+
+    let started = Instant::now();
+    let runs: Vec<_> = [(&a, "one.bin"), (&b, "two.bin")]
+        .into_iter()
+        .map(|(d, name)| {
+            let cli = c.login(d, "dave", "secret").cmds(&format!("get {name}"));
+            thread::spawn(move || cli.run())
+        })
+        .collect();
+    // Both sessions open at once: each instance has let dave in while neither client is done.
+    let authenticated = |d: &Daemon| {
+        d.log()
+            .lines()
+            .any(|l| l.contains("authenticated") && l.contains("\"dave\""))
+    };
+    let both_open = holds_within(Duration::from_secs(20), || {
+        authenticated(&a) && authenticated(&b)
+    }) && runs.iter().all(|r| !r.is_finished());
+    let runs: Vec<Run> = runs.into_iter().map(|r| r.join().unwrap().ok()).collect();
+    let wall = started.elapsed().as_secs_f64();
+    assert!(
+        both_open,
+        "the two downloads did not run at once on the two instances: {}\n{}",
+        runs[0], runs[1]
+    );
+    assert_same_file(c.root().join("dave/one.bin"), c.local("one.bin"));
+    assert_same_file(c.root().join("dave/two.bin"), c.local("two.bin"));
+
+    let bucket = c.db.query(
+        "SELECT last_grant > 0 FROM rate_buckets WHERE user_name = 'dave' AND direction = 'down'",
+    );
+    assert_eq!(
+        bucket.trim(),
+        "t",
+        "no lease of dave's download rate in the database"
+    );
+
+    let rate = MIB as f64;
+    let bound = rate * (wall + 3.0 * 0.25) + MIB as f64;
+    let moved = (2 * size) as f64;
+    assert!(
+        moved <= bound,
+        "{moved} bytes moved in {wall:.2} s, over the shared cap's bound of {bound:.0}: the \
+         instances did not share the cap; {}\n{}",
+        runs[0],
+        runs[1]
+    );
+}
