@@ -32,9 +32,8 @@ pub enum Command {
     /// Set or change a user's password: asked twice without echo (read from stdin when it is
     /// not a terminal); only its SCRAM-SHA-256 verifier is written.
     Passwd {
-        /// The users file (it must be readable by its owner only).
-        #[arg(long, env = "FTPD_USERS")]
-        users: PathBuf,
+        #[command(flatten)]
+        users: Accounts,
         /// Iterations of the key derivation (each guess at a stolen verifier costs as much).
         #[arg(long, default_value_t = scram::DEFAULT_ITERATIONS,
               value_parser = clap::value_parser!(u32).range(i64::from(scram::MIN_ITERATIONS)..=i64::from(scram::MAX_ITERATIONS)))]
@@ -44,9 +43,9 @@ pub enum Command {
     },
     /// Add a user: with a password (asked as for passwd) unless only keys are given.
     Adduser {
-        /// The users file (made, mode 0600, if missing).
-        #[arg(long, env = "FTPD_USERS")]
-        users: PathBuf,
+        /// Where the users are (a users file is made, mode 0600, if missing).
+        #[command(flatten)]
+        users: Accounts,
         /// The user's directory inside the root (default: the user's name).
         #[arg(long)]
         home: Option<String>,
@@ -60,12 +59,27 @@ pub enum Command {
         /// Ask for a password too, when keys are given.
         #[arg(long)]
         password: bool,
+        /// Bytes per second in each direction, for all the user's sessions together (on every
+        /// instance of a service together), e.g. 10MiB.
+        #[arg(long, value_name = "RATE", value_parser = parse_size)]
+        max_rate: Option<u64>,
+        /// Sessions the user may have open at once.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        max_sessions: Option<u32>,
+        /// Bytes the user's home may hold, e.g. 10GiB.
+        #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+        quota: Option<u64>,
         /// Iterations of the key derivation.
         #[arg(long, default_value_t = scram::DEFAULT_ITERATIONS,
               value_parser = clap::value_parser!(u32).range(i64::from(scram::MIN_ITERATIONS)..=i64::from(scram::MAX_ITERATIONS)))]
         iterations: u32,
         /// The user.
         name: String,
+    },
+    /// List the users: name, home, how they log in, limits.
+    Users {
+        #[command(flatten)]
+        users: Accounts,
     },
     /// Read every stored file again and compare it with the digest recorded at its upload,
     /// the files clients reported damaged first (`reported PATH: damaged|fine|gone`, their
@@ -91,6 +105,26 @@ pub enum Command {
         #[arg(required = true)]
         paths: Vec<String>,
     },
+}
+
+/// Where the users are: a users file, or the database of a service (`--database`).
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct Accounts {
+    /// The users file (it must be readable by its owner only).
+    #[arg(long, env = "FTPD_USERS")]
+    users: Option<PathBuf>,
+    /// The database the instances of a service share (postgres://...): a change there is in
+    /// force on every instance within seconds, without a reload.
+    #[arg(long, env = "FTPD_DATABASE", value_name = "URL")]
+    database: Option<String>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|e| format!("{e} (try 10MiB or a number of bytes)"))
 }
 
 /// Where the stored files and their records are, as the daemon is told.
@@ -127,7 +161,7 @@ pub enum DigestArg {
 pub fn is_admin(args: &[std::ffi::OsString]) -> bool {
     matches!(
         args.get(1).and_then(|a| a.to_str()),
-        Some("passwd" | "adduser" | "scrub" | "rerecord")
+        Some("passwd" | "adduser" | "users" | "scrub" | "rerecord")
     )
 }
 
@@ -160,7 +194,31 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Passwd {
-            users,
+            users: Accounts {
+                database: Some(url),
+                ..
+            },
+            iterations,
+            name,
+        } => {
+            let verifier = Verifier::generate(&ask_password(&name)?, iterations);
+            database(&url, |state| async move {
+                match state
+                    .set_verifier(&name, Some(&verifier.to_string()))
+                    .await?
+                {
+                    Some(_) => {
+                        eprintln!("password of {name} set (only its verifier is stored); every instance uses it within seconds");
+                        Ok(())
+                    }
+                    None => bail!("no user {name:?} in the database (add one with ftpd adduser)"),
+                }
+            })?;
+        }
+        Command::Passwd {
+            users: Accounts {
+                users: Some(users), ..
+            },
             iterations,
             name,
         } => {
@@ -198,11 +256,58 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             keys,
             password,
             iterations,
+            max_rate,
+            max_sessions,
+            quota,
             name,
         } => {
             if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
                 bail!("user names are 1 to 64 printable characters");
             }
+            let home = home.unwrap_or_else(|| name.clone());
+            // Checked before a password is asked for: a home outside the root never loads.
+            storage::VPath::resolve(&storage::VPath::root(), &home)
+                .map_err(|e| anyhow::anyhow!("home {home:?}: {e}"))?;
+            let users = match users {
+                Accounts {
+                    database: Some(url),
+                    ..
+                } => {
+                    let verifier = (keys.is_empty() || password)
+                        .then(|| ask_password(&name))
+                        .transpose()?
+                        .map(|p| Verifier::generate(&p, iterations).to_string());
+                    let row = pgstate::UserRow {
+                        name: name.clone(),
+                        verifier,
+                        keys: keys.iter().map(ToString::to_string).collect(),
+                        home,
+                        read_only,
+                        limits: pgstate::Limits {
+                            rate_up: max_rate,
+                            rate_down: max_rate,
+                            quota,
+                            max_files: None,
+                            max_sessions,
+                        },
+                    };
+                    return database(&url, |state| async move {
+                        if state.user(&row.name).await?.is_some() {
+                            bail!(
+                                "user {:?} exists in the database (ftpd passwd changes a password)",
+                                row.name
+                            );
+                        }
+                        state.put_user(&row).await?;
+                        eprintln!("added {name}; every instance lets them in within seconds");
+                        Ok(ExitCode::SUCCESS)
+                    });
+                }
+                Accounts {
+                    users: Some(users), ..
+                } => users,
+                Accounts { .. } => unreachable!("clap requires one of --users and --database"),
+            };
             let mut doc = read(&users, true)?;
             if find(&mut doc, &name).is_some() {
                 bail!(
@@ -223,8 +328,18 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 entry.insert("keys", value(list));
             }
-            entry.insert("home", value(home.unwrap_or_else(|| name.clone())));
+            entry.insert("home", value(home));
             entry.insert("read_only", value(read_only));
+            let size = |n: u64| value(i64::try_from(n).unwrap_or(i64::MAX));
+            if let Some(rate) = max_rate {
+                entry.insert("max_rate", size(rate));
+            }
+            if let Some(n) = max_sessions {
+                entry.insert("max_sessions", value(i64::from(n)));
+            }
+            if let Some(q) = quota {
+                entry.insert("quota", size(q));
+            }
             match doc.get_mut("user") {
                 Some(Item::ArrayOfTables(list)) => list.push(entry),
                 Some(_) => bail!(
@@ -244,8 +359,107 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
                 users.display()
             );
         }
+        Command::Passwd { .. } => unreachable!("clap requires one of --users and --database"),
+        Command::Users { users } => list_users(users)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ftpd users`: one line a user, sorted by name.
+fn list_users(accounts: Accounts) -> anyhow::Result<()> {
+    let rows = match accounts {
+        Accounts {
+            database: Some(url),
+            ..
+        } => database(&url, |state| async move { Ok(state.users().await?.users) })?,
+        Accounts {
+            users: Some(path), ..
+        } => {
+            let key = [0; 32]; // only for old `secret` entries' verifiers, not shown here
+            let users = crate::users::Users::load(&path, None, &key)?;
+            let mut rows: Vec<pgstate::UserRow> = users
+                .iter()
+                .map(|u| pgstate::UserRow {
+                    name: u.name.clone(),
+                    verifier: u.verifier.as_ref().map(|_| String::new()),
+                    keys: u.keys.iter().map(ToString::to_string).collect(),
+                    home: u.home.to_string(),
+                    read_only: u.read_only,
+                    limits: pgstate::Limits {
+                        rate_up: u.limits.rate_up,
+                        rate_down: u.limits.rate_down,
+                        quota: u.limits.quota,
+                        max_files: u.limits.max_files,
+                        max_sessions: u.limits.max_sessions,
+                    },
+                })
+                .collect();
+            rows.sort_by(|a, b| a.name.cmp(&b.name));
+            rows
+        }
+        Accounts { .. } => unreachable!("clap requires one of --users and --database"),
+    };
+    let mut out = std::io::stdout().lock();
+    for row in rows {
+        writeln!(out, "{}", user_line(&row))?;
+    }
+    Ok(())
+}
+
+/// A user as `ftpd users` prints it: `name home=... login=password,2 keys read-only
+/// max_rate_up=... ...`, with names and homes quoted when odd.
+fn user_line(row: &pgstate::UserRow) -> String {
+    use crate::logging::Wire;
+    let mut login = Vec::new();
+    if row.verifier.is_some() {
+        login.push("password".to_owned());
+    }
+    match row.keys.len() {
+        0 => {}
+        1 => login.push("1 key".to_owned()),
+        n => login.push(format!("{n} keys")),
+    }
+    let mut line = format!(
+        "{} home={} login={}",
+        Wire(&row.name),
+        Wire(&row.home),
+        login.join("+").replace(' ', "_")
+    );
+    if row.read_only {
+        line.push_str(" read-only");
+    }
+    let l = &row.limits;
+    let sizes = [
+        ("max_rate_up", l.rate_up),
+        ("max_rate_down", l.rate_down),
+        ("quota", l.quota),
+        ("max_files", l.max_files),
+        ("max_sessions", l.max_sessions.map(u64::from)),
+    ];
+    for (key, n) in sizes {
+        if let Some(n) = n {
+            line.push_str(&format!(" {key}={n}"));
+        }
+    }
+    line
+}
+
+/// Runs `work` on the database at `url`, as an admin command does: one short connection, the
+/// schema migrated as a daemon's start would.
+fn database<T, F, Fut>(url: &str, work: F) -> anyhow::Result<T>
+where
+    F: FnOnce(pgstate::State) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let name = format!("admin:{}", crate::cluster::instance_name());
+        let cluster = crate::cluster::Cluster::connect_as(url, name).await?;
+        work(cluster.state).await
+    })
 }
 
 /// `ftpd scrub`: the files clients reported damaged first (each as damaged, fine or gone, and

@@ -107,6 +107,29 @@ pub struct Config {
     #[arg(long, env = "FTPD_USERS")]
     pub users: Option<PathBuf>,
 
+    /// Share users, the login throttle, session and rate caps, quota usage and the registry of
+    /// resumable uploads with the other instances of one service, in PostgreSQL:
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DB (or key=value form). Users then come from the
+    /// database (`ftpd adduser --database`), not from --users; changes reach every instance
+    /// within seconds. The files must be shared too: --storage, or a --root every instance
+    /// mounts, said with --shared-root. See docs/CLUSTER.md.
+    #[arg(
+        long,
+        env = "FTPD_DATABASE",
+        value_name = "URL",
+        conflicts_with = "users"
+    )]
+    #[serde(
+        serialize_with = "redacted_url",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub database: Option<String>,
+
+    /// With --database and --root: the root is one filesystem every instance mounts (NFS,
+    /// CephFS...), so that a file one instance stored is there for all.
+    #[arg(long, env = "FTPD_SHARED_ROOT", requires = "database")]
+    pub shared_root: bool,
+
     /// Print the SHA-256 fingerprint of the server's TLS key (what clients pin, in the form
     /// `SHA256:<base64>`) and exit; makes the key first if this is the first start.
     #[arg(long)]
@@ -343,6 +366,13 @@ impl Config {
                  the --config file)"
             );
         }
+        if self.database.is_some() && self.storage.is_none() && !self.shared_root {
+            bail!(
+                "--database shares the service's state, but --root is this machine's own \
+                 directory: use --storage s3://BUCKET, or say --shared-root if every instance \
+                 mounts the same root"
+            );
+        }
         if self.storage.is_some() {
             if self.state_dir.is_none() {
                 bail!(
@@ -515,6 +545,15 @@ fn nets<S: serde::Serializer>(nets: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::E
     s.collect_str(&text.join(","))
 }
 
+/// The database URL without its password, for `--check-config` and the logs.
+fn redacted_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(
+        &url.as_deref()
+            .map(crate::cluster::redact)
+            .unwrap_or_default(),
+    )
+}
+
 fn duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&humantime::format_duration(*d))
 }
@@ -590,6 +629,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown setting `config`"), "{err}");
+    }
+
+    #[test]
+    fn a_database_needs_shared_files_and_never_shows_its_password() {
+        let url = "postgres://ftpd:s3cret@db:5432/ftpd";
+        let err = load("root = \"/srv/x\"\n", &["--database", url], &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("--shared-root"), "{err:#}");
+        let c = load(
+            "root = \"/srv/x\"\nshared-root = true\n",
+            &["--database", url],
+            &[],
+        )
+        .unwrap();
+        assert!(c.shared_root);
+        let shown = c.effective();
+        assert!(
+            shown.contains("postgres://ftpd:***@db:5432/ftpd"),
+            "{shown}"
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let err = load(
+            "root = \"/srv/x\"\nusers = \"/etc/ftpd/users.toml\"\n",
+            &["--database", url, "--shared-root"],
+            &[],
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("--users"), "{err:#}");
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod admin;
 mod admission;
 mod auth;
+pub mod cluster;
 pub mod cmd;
 pub mod config;
 mod error;

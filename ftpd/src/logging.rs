@@ -12,6 +12,10 @@ use tracing_subscriber::{EnvFilter, Registry};
 
 use crate::config::{Config, LogFormat};
 
+/// What is logged unless told otherwise: INFO, but of the PostgreSQL driver only its warnings
+/// (it logs every NOTICE the server sends at INFO, such as a migration's "already exists").
+const DEFAULT: &str = "info,tokio_postgres=warn";
+
 /// Changes the log filter of the running daemon.
 #[derive(Clone)]
 pub struct LogLevel(reload::Handle<EnvFilter, Registry>);
@@ -27,7 +31,7 @@ impl LogLevel {
 fn filter(config: &Config) -> anyhow::Result<EnvFilter> {
     Ok(match &config.log_level {
         Some(level) => EnvFilter::try_new(level)?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT)),
     })
 }
 
@@ -49,7 +53,7 @@ pub fn init(config: &Config) -> anyhow::Result<LogLevel> {
 /// Logging for the admin commands (`ftpd scrub`): human lines on stderr at INFO, or what
 /// `RUST_LOG` says, so that a scrub run by a timer leaves its result in the journal.
 pub fn init_admin() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

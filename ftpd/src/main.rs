@@ -112,7 +112,14 @@ async fn run(config: Config, args: Vec<OsString>, log: LogLevel) -> anyhow::Resu
         None => None,
     };
     let summary = remote.as_ref().map(|r| r.summary.clone());
-    let server = Server::with_backend(config, remote.map(|r| r.backend))?;
+    let backend = remote.map(|r| r.backend);
+    let server = match &config.database {
+        Some(url) => {
+            let cluster = ftpd::cluster::Cluster::connect(url).await?;
+            Server::clustered(config, backend, cluster).await?
+        }
+        None => Server::with_backend(config, backend)?,
+    };
     // The settings as the server resolved them (the state directory's default filled in).
     let config = server.shared().config.clone();
     let fingerprint = server.shared().identity.as_ref().map(|id| id.fingerprint());
@@ -219,11 +226,18 @@ async fn reload_on_hangup(mut hup: Signal, shared: Shared, args: Vec<OsString>, 
     while hup.recv().await.is_some() {
         let outcome = Config::load(&args).and_then(|config| {
             log.set(&config)?;
-            match &config.users {
-                Some(path) => shared.reload_users(path).map(Some),
-                None => Ok(None),
-            }
+            Ok(config.users)
         });
+        // The users of a service are the database's, which every change reaches anyway; a
+        // SIGHUP reads them again all the same.
+        let outcome = match (outcome, &shared.cluster) {
+            (Ok(_), Some(cluster)) => ftpd::cluster::reload(cluster, &shared)
+                .await
+                .map(|(_, n)| Some(n)),
+            (Ok(Some(path)), None) => shared.reload_users(&path).map(Some),
+            (Ok(None), None) => Ok(None),
+            (Err(e), _) => Err(e),
+        };
         match outcome {
             Ok(Some(n)) => info!(users = n, "reloaded settings and users"),
             Ok(None) => info!("reloaded settings"),

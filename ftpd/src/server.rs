@@ -16,6 +16,7 @@ use anyhow::Context;
 
 use crate::admission::Gate;
 use crate::auth::{Authenticator, Penalty};
+use crate::cluster::Cluster;
 use crate::hashing::Hashing;
 use crate::logging::Wire;
 use crate::session::Session;
@@ -44,10 +45,20 @@ impl Shared {
     pub fn reload_users(&self, path: &std::path::Path) -> anyhow::Result<usize> {
         let users = Users::load(path, self.store.local(), self.auth.salt_key())?;
         warn_legacy(&users);
+        Ok(self.apply_users(users))
+    }
+
+    /// Puts the users the database holds in force for new connections (`--database`).
+    pub fn apply_rows(&self, rows: &pgstate::UsersSnapshot) -> anyhow::Result<usize> {
+        let users = Users::from_rows(rows, self.store.local(), self.auth.salt_key())?;
+        Ok(self.apply_users(users))
+    }
+
+    fn apply_users(&self, users: Users) -> usize {
         let n = users.len();
         self.accounts.apply(&users);
         self.auth.replace(users);
-        Ok(n)
+        n
     }
 }
 
@@ -72,6 +83,8 @@ pub struct Shared {
     pub security: Security,
     /// Every user's sessions, rate caps and counters, and the daemon-wide cap.
     pub accounts: Arc<crate::accounts::Accounts>,
+    /// The state shared with the service's other instances (`--database`).
+    pub cluster: Option<Cluster>,
 }
 
 /// Opens the local root `config` names and its state directory (resolving the default).
@@ -128,8 +141,27 @@ impl Server {
     /// (opened by the caller: opening an object store is a few requests, see
     /// [`crate::store::open_remote`]).
     pub fn with_backend(
+        config: Config,
+        backend: Option<Arc<dyn storage::Backend>>,
+    ) -> anyhow::Result<Server> {
+        Server::build(config, backend, None)
+    }
+
+    /// As [`Server::with_backend`], one instance of a service whose users and limits are in
+    /// the database `cluster` holds (`--database`): the users are read from it now.
+    pub async fn clustered(
+        config: Config,
+        backend: Option<Arc<dyn storage::Backend>>,
+        cluster: Cluster,
+    ) -> anyhow::Result<Server> {
+        let rows = cluster.users().await?;
+        Server::build(config, backend, Some((cluster, rows)))
+    }
+
+    fn build(
         mut config: Config,
         backend: Option<Arc<dyn storage::Backend>>,
+        cluster: Option<(Cluster, pgstate::UsersSnapshot)>,
     ) -> anyhow::Result<Server> {
         let store = match backend {
             Some(backend) => {
@@ -151,10 +183,19 @@ impl Server {
         let state_dir = config.state_dir.as_ref().expect("resolved above");
         let salt_key = crate::private::secret_key(&state_dir.join(SALT_KEY))
             .context("cannot set up the key of login salts")?;
-        let users = match &config.users {
-            Some(path) => Some(Users::load(path, store.local(), &salt_key)?),
-            None => None,
+        let users = match (&cluster, &config.users) {
+            (Some((_, rows)), _) => Some(Users::from_rows(rows, store.local(), &salt_key)?),
+            (None, Some(path)) => Some(Users::load(path, store.local(), &salt_key)?),
+            (None, None) => None,
         };
+        let cluster = cluster.map(|(cluster, _)| cluster);
+        if let Some(cluster) = &cluster {
+            info!(
+                database = %cluster.shown,
+                instance = %cluster.instance(),
+                "one instance of a service: users, throttle, caps and uploads in the database"
+            );
+        }
         if let Some(users) = &users {
             info!(users = users.len(), "authentication required");
             warn_legacy(users);
@@ -196,6 +237,7 @@ impl Server {
                 auth: Arc::new(Authenticator::new(users, penalty, salt_key)),
                 identity,
                 security,
+                cluster,
             },
             health: Arc::default(),
         })
@@ -294,6 +336,15 @@ impl Server {
                     period,
                 ))
             });
+        // One instance of a service: users follow the database, old rows are swept.
+        let followers = self.shared.cluster.clone().map(|cluster| {
+            let users = tokio::spawn(crate::cluster::follow_users(
+                cluster.clone(),
+                self.shared.clone(),
+            ));
+            let sweeper = tokio::spawn(crate::cluster::sweep_every(cluster));
+            (users, sweeper)
+        });
         // Connections from --proxy-protocol-from come out of it under the client's address.
         let mut listener = crate::proxy::Incoming::new(listener, &config);
         tokio::pin!(shutdown);
@@ -371,6 +422,10 @@ impl Server {
         if let Some(scrubber) = scrubber {
             scrubber.abort();
         }
+        if let Some((users, sweeper)) = followers {
+            users.abort();
+            sweeper.abort();
+        }
         info!("shutting down: no new connections");
         let _ = notify.send(());
         drop(done_tx);
@@ -379,6 +434,15 @@ impl Server {
             .is_err()
         {
             warn!("grace period over; closing the remaining connections");
+        }
+        // The sessions this instance held no longer count against their users' caps at once,
+        // not a heartbeat's time to live later.
+        if let Some(cluster) = &self.shared.cluster {
+            let released =
+                tokio::time::timeout(Duration::from_secs(5), cluster.state.release_instance());
+            if let Ok(Err(e)) = released.await {
+                warn!("cannot release this instance's sessions in the database: {e}");
+            }
         }
     }
 }

@@ -98,6 +98,26 @@ pub struct Limits {
 }
 
 impl UserEntry {
+    /// A row of the database in the users file's form, so that both are checked by one code.
+    fn of_row(row: &pgstate::UserRow) -> UserEntry {
+        let size = |n: Option<u64>| n.map(Size::Bytes);
+        UserEntry {
+            name: row.name.clone(),
+            password: row.verifier.clone(),
+            secret: None,
+            secret_file: None,
+            keys: row.keys.clone(),
+            home: row.home.clone(),
+            read_only: row.read_only,
+            max_rate: None,
+            max_rate_up: size(row.limits.rate_up),
+            max_rate_down: size(row.limits.rate_down),
+            quota: size(row.limits.quota),
+            max_files: row.limits.max_files,
+            max_sessions: row.limits.max_sessions,
+        }
+    }
+
     /// The limits as written, checked; an error names the user and the field.
     fn limits(&self) -> anyhow::Result<Limits> {
         let name = &self.name;
@@ -173,8 +193,30 @@ impl Users {
         let file: UsersFile = toml::from_str(&text)
             .with_context(|| format!("users file {} is not valid", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        Users::of_entries(file.user, base, root, salt_key)
+    }
+
+    /// The users as the database holds them (`--database`), checked as the users file is,
+    /// creating missing homes inside `root`.
+    pub fn from_rows(
+        rows: &pgstate::UsersSnapshot,
+        root: Option<&Root>,
+        salt_key: &[u8; 32],
+    ) -> anyhow::Result<Users> {
+        let entries = rows.users.iter().map(UserEntry::of_row).collect();
+        Users::of_entries(entries, Path::new("."), root, salt_key)
+    }
+
+    /// Checks entries and makes users of them; `base` is what a secret file's path is
+    /// relative to.
+    fn of_entries(
+        entries: Vec<UserEntry>,
+        base: &Path,
+        root: Option<&Root>,
+        salt_key: &[u8; 32],
+    ) -> anyhow::Result<Users> {
         let mut by_name = HashMap::new();
-        for entry in file.user {
+        for entry in entries {
             let limits = entry.limits()?;
             let name = entry.name;
             if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
@@ -362,6 +404,50 @@ mod tests {
         write(dir.path(), "alice.secret", "from file\n", 0o600);
         let p = write(dir.path(), "users.toml", text, mode);
         Users::load(&p, Some(&root), &[0; 32])
+    }
+
+    /// The database's rows are checked by the users file's code: the same limits, the same
+    /// refusals.
+    #[test]
+    fn rows_of_the_database_load_as_the_file_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path(), state.path()).unwrap();
+        let verifier = Verifier::generate(b"pw", scram::MIN_ITERATIONS).to_string();
+        let row = |name: &str, verifier: Option<String>, home: &str| pgstate::UserRow {
+            name: name.into(),
+            verifier,
+            keys: Vec::new(),
+            home: home.into(),
+            read_only: true,
+            limits: pgstate::Limits {
+                rate_up: Some(1 << 20),
+                max_sessions: Some(2),
+                ..Default::default()
+            },
+        };
+        let rows = |users| pgstate::UsersSnapshot { version: 7, users };
+        let users = Users::from_rows(
+            &rows(vec![row("alice", Some(verifier.clone()), "homes/alice")]),
+            Some(&root),
+            &[0; 32],
+        )
+        .unwrap();
+        let alice = users.get("alice").unwrap();
+        assert!(alice.read_only && alice.verifier.is_some());
+        assert_eq!(alice.limits.rate_up, Some(1 << 20));
+        assert_eq!(alice.limits.rate_down, None);
+        assert_eq!(alice.limits.max_sessions, Some(2));
+        assert!(dir.path().join("homes/alice").is_dir());
+        let bad = [
+            (row("bob", Some("not a verifier".into()), "bob"), "password"),
+            (row("eve", Some(verifier.clone()), "../out"), "home"),
+            (row("nil", None, "nil"), "no way to log in"),
+        ];
+        for (row, why) in bad {
+            let e = Users::from_rows(&rows(vec![row]), Some(&root), &[0; 32]).unwrap_err();
+            assert!(format!("{e:#}").contains(why), "{e:#}");
+        }
     }
 
     #[test]
