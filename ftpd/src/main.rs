@@ -107,17 +107,19 @@ async fn run(config: Config, args: Vec<OsString>, log: LogLevel) -> anyhow::Resu
     let check_only = config.check_config;
     let listen = config.listen;
     let location = config.location();
+    // The database first: the object store registers its uploads there.
+    let cluster = match &config.database {
+        Some(url) => Some(ftpd::cluster::Cluster::connect(url).await?),
+        None => None,
+    };
     let remote = match config.storage {
-        Some(_) => Some(ftpd::store::open_remote(&config).await?),
+        Some(_) => Some(ftpd::store::open_remote(&config, cluster.as_ref()).await?),
         None => None,
     };
     let summary = remote.as_ref().map(|r| r.summary.clone());
     let backend = remote.map(|r| r.backend);
-    let server = match &config.database {
-        Some(url) => {
-            let cluster = ftpd::cluster::Cluster::connect(url).await?;
-            Server::clustered(config, backend, cluster).await?
-        }
+    let server = match cluster {
+        Some(cluster) => Server::clustered(config, backend, cluster).await?,
         None => Server::with_backend(config, backend)?,
     };
     // The settings as the server resolved them (the state directory's default filled in).

@@ -7,7 +7,10 @@ use crate::{Error, Result};
 
 /// Every migration, in order; the number is the schema version it brings the database to.
 /// A migration never changes once released: a change is a new file.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/001_initial.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/001_initial.sql")),
+    (2, include_str!("../migrations/002_upload_fields.sql")),
+];
 
 /// The advisory lock of migrations (single-key space; "ftpd" in ASCII, then 1). Other locks of
 /// this crate use the two-key space, which never conflicts with this one.

@@ -11,6 +11,9 @@ use crate::{to_i64, Error, Result, State};
 const MAX_FIELD: usize = 4096;
 /// S3's largest part number.
 const MAX_PART: u32 = 10_000;
+/// A part's chunk digests at most: 4,096 digests of 64 hex digits and their JSON (the
+/// caller keeps at most that many across a resume).
+const MAX_CHUNKS: usize = 300 << 10;
 
 /// Who writes an upload now. Tokens come from one database sequence: each start or takeover
 /// gets a larger one than any before, for any key, so a token names one lease ever.
@@ -39,6 +42,11 @@ pub struct NewUpload {
     pub digest_state: String,
     /// Which instance and session writes it, for the logs.
     pub holder: String,
+    /// The client's own name for the upload (with its user): a resume continues only the
+    /// same client upload.
+    pub client_id: Option<String>,
+    /// The size the client declared: a resume of a different file starts anew.
+    pub size: Option<u64>,
 }
 
 /// A part stored and acknowledged by S3, and the digest state after it.
@@ -52,6 +60,9 @@ pub struct Part {
     pub size: u64,
     /// The running digest state once this part is hashed: where a resume continues.
     pub digest_state: String,
+    /// The running digests of the chunks that end within this part, in the caller's text
+    /// form (opaque here); `None` when the part does not end on a chunk boundary.
+    pub chunks: Option<String>,
 }
 
 /// An upload as registered, with the parts recorded (in order).
@@ -69,6 +80,10 @@ pub struct Upload {
     pub digest_state: String,
     /// Who holds the lease now.
     pub holder: String,
+    /// As registered at the start.
+    pub client_id: Option<String>,
+    /// As registered at the start.
+    pub size: Option<u64>,
     /// The current lease token.
     pub token: i64,
     /// Recorded, in order of number.
@@ -114,17 +129,25 @@ fn check(fields: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// An optional size as the bigint column holds it.
+fn to_i64_opt(n: Option<u64>, what: &str) -> Result<Option<i64>> {
+    n.map(|n| to_i64(n, what)).transpose()
+}
+
+const PART_COLUMNS: &str = "number, etag, size, digest_state, chunks";
+
 fn row_to_part(row: &Row) -> Part {
     Part {
         number: row.get::<_, i32>(0).max(0) as u32,
         etag: row.get(1),
         size: row.get::<_, i64>(2).max(0) as u64,
         digest_state: row.get(3),
+        chunks: row.get(4),
     }
 }
 
-const UPLOAD_COLUMNS: &str =
-    "key, upload_id, part_size, digest_kind, digest_state, lease_holder, lease_token";
+const UPLOAD_COLUMNS: &str = "key, upload_id, part_size, digest_kind, digest_state, \
+     lease_holder, lease_token, client_id, size";
 
 fn row_to_upload(row: &Row, parts: Vec<Part>) -> Upload {
     Upload {
@@ -135,6 +158,8 @@ fn row_to_upload(row: &Row, parts: Vec<Part>) -> Upload {
         digest_state: row.get(4),
         holder: row.get(5),
         token: row.get(6),
+        client_id: row.get(7),
+        size: row.get::<_, Option<i64>>(8).map(|n| n.max(0) as u64),
         parts,
     }
 }
@@ -150,8 +175,10 @@ impl State {
             &upload.digest_kind,
             &upload.digest_state,
             &upload.holder,
+            upload.client_id.as_deref().unwrap_or_default(),
         ])?;
         let part_size = to_i64(upload.part_size, "the part size")?;
+        let size = to_i64_opt(upload.size, "the upload size")?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let previous = tx
@@ -168,12 +195,13 @@ impl State {
         let row = tx
             .query_one(
                 "INSERT INTO uploads (key, upload_id, part_size, digest_kind, digest_state,
-                   lease_holder, lease_token)
-                 VALUES ($1, $2, $3, $4, $5, $6, nextval('upload_lease_token'))
+                   lease_holder, lease_token, client_id, size)
+                 VALUES ($1, $2, $3, $4, $5, $6, nextval('upload_lease_token'), $7, $8)
                  ON CONFLICT (key) DO UPDATE SET upload_id = excluded.upload_id,
                    part_size = excluded.part_size, digest_kind = excluded.digest_kind,
                    digest_state = excluded.digest_state, lease_holder = excluded.lease_holder,
-                   lease_token = excluded.lease_token, created = now(), updated = now()
+                   lease_token = excluded.lease_token, client_id = excluded.client_id,
+                   size = excluded.size, created = now(), updated = now()
                  RETURNING lease_token",
                 &[
                     &upload.key,
@@ -182,6 +210,8 @@ impl State {
                     &upload.digest_kind,
                     &upload.digest_state,
                     &upload.holder,
+                    &upload.client_id,
+                    &size,
                 ],
             )
             .await?;
@@ -220,8 +250,7 @@ impl State {
         // so these are all the parts there are under the new token.
         let parts = tx
             .query(
-                "SELECT number, etag, size, digest_state FROM upload_parts
-                 WHERE key = $1 ORDER BY number",
+                &format!("SELECT {PART_COLUMNS} FROM upload_parts WHERE key = $1 ORDER BY number"),
                 &[&key],
             )
             .await?;
@@ -246,8 +275,7 @@ impl State {
         };
         let parts = client
             .query(
-                "SELECT number, etag, size, digest_state FROM upload_parts
-                 WHERE key = $1 ORDER BY number",
+                &format!("SELECT {PART_COLUMNS} FROM upload_parts WHERE key = $1 ORDER BY number"),
                 &[&key],
             )
             .await?;
@@ -263,6 +291,9 @@ impl State {
     /// holder must stop; its part is not counted.
     pub async fn record_part(&self, lease: &Lease, part: &Part) -> Result<()> {
         check(&[&part.etag, &part.digest_state])?;
+        if part.chunks.as_ref().is_some_and(|c| c.len() > MAX_CHUNKS) {
+            return Err(Error::Invalid("a part's chunk digests are too long".into()));
+        }
         if !(1..=MAX_PART).contains(&part.number) {
             return Err(Error::Invalid("a part number is 1 to 10000".into()));
         }
@@ -275,11 +306,12 @@ impl State {
                    UPDATE uploads SET updated = now()
                    WHERE key = $1 AND upload_id = $2 AND lease_token = $3
                    RETURNING key)
-                 INSERT INTO upload_parts (key, number, etag, size, digest_state, lease_token)
-                 SELECT key, $4, $5, $6, $7, $3 FROM current
+                 INSERT INTO upload_parts (key, number, etag, size, digest_state, lease_token,
+                   chunks)
+                 SELECT key, $4, $5, $6, $7, $3, $8 FROM current
                  ON CONFLICT (key, number) DO UPDATE SET etag = excluded.etag,
                    size = excluded.size, digest_state = excluded.digest_state,
-                   lease_token = excluded.lease_token",
+                   lease_token = excluded.lease_token, chunks = excluded.chunks",
                 &[
                     &lease.key,
                     &lease.upload_id,
@@ -288,6 +320,7 @@ impl State {
                     &part.etag,
                     &size,
                     &part.digest_state,
+                    &part.chunks,
                 ],
             )
             .await?;
@@ -320,8 +353,7 @@ impl State {
         }
         let rows = tx
             .query(
-                "SELECT number, etag, size, digest_state FROM upload_parts
-                 WHERE key = $1 ORDER BY number",
+                &format!("SELECT {PART_COLUMNS} FROM upload_parts WHERE key = $1 ORDER BY number"),
                 &[&lease.key],
             )
             .await?;
@@ -373,6 +405,31 @@ impl State {
             .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
+
+    /// Forgets the uploads not written to for `age`, oldest first, at most `limit`, and
+    /// returns them (key, upload id) for the caller to abort on S3. One statement: an upload
+    /// resumed (its lease taken, so `updated` set) at the same moment is either taken before
+    /// and not stale, or taken after and finds no upload (and starts anew); a sweeper on
+    /// another instance at once skips the rows this one holds. If the abort then fails, the
+    /// S3 upload is unregistered, and the sweeper's listing of S3 finds it next time.
+    pub async fn sweep_uploads(
+        &self,
+        age: std::time::Duration,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "DELETE FROM uploads WHERE key IN (
+                   SELECT key FROM uploads
+                   WHERE updated < now() - make_interval(secs => $1::float8)
+                   ORDER BY updated LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING key, upload_id",
+                &[&crate::secs(age), &limit],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
 }
 
 #[cfg(test)]
@@ -387,6 +444,8 @@ mod tests {
             digest_kind: "md5".into(),
             digest_state: "s0".into(),
             holder: "h".into(),
+            client_id: None,
+            size: None,
             token: 1,
             parts: numbers
                 .iter()
@@ -395,6 +454,7 @@ mod tests {
                     etag: format!("e{number}"),
                     size: 10,
                     digest_state: format!("s{number}"),
+                    chunks: None,
                 })
                 .collect(),
         }

@@ -20,8 +20,9 @@ use crate::config::Config;
 use crate::error::{Error, ErrorKind};
 use crate::mtime;
 use crate::probe::{probe, Conditional, ProbeReport};
+use crate::registry::{BucketRegistry, UploadRegistry};
 use crate::upload::{
-    bare_etag, digest_key, read_digest, sweep, write_digest, DigestRecord, Finished, PartBudget,
+    bare_etag, digest_key, read_digest, sweep_in, write_digest, DigestRecord, Finished, PartBudget,
     PartSize, ResumableUpload, UploadSpec, RESERVED_PREFIX,
 };
 
@@ -54,6 +55,9 @@ pub struct S3Options {
     pub holder: String,
     /// How long each kind of request may take.
     pub timeouts: Timeouts,
+    /// Where upload-state records are kept: `None` for objects in the bucket
+    /// ([`BucketRegistry`], one daemon); a registry that fences for several (`--database`).
+    pub registry: Option<Arc<dyn UploadRegistry>>,
 }
 
 impl Default for S3Options {
@@ -71,6 +75,7 @@ impl Default for S3Options {
             max_files: None,
             holder: format!("{host}/{}", std::process::id()),
             timeouts: Timeouts::default(),
+            registry: None,
         }
     }
 }
@@ -185,6 +190,8 @@ struct Shared {
     opts: S3Options,
     /// Memory for part buffers, for all uploads.
     budget: PartBudget,
+    /// Where every upload's record is kept.
+    registry: Arc<dyn UploadRegistry>,
     /// What the service honoured when opened, for [`S3Backend::weaker`] and no clobber.
     report: ProbeReport,
     /// Usage, for quotas and `df`.
@@ -298,6 +305,12 @@ fn map(shown: &str, e: Error) -> storage::Error {
             path,
             why: e.to_string(),
         },
+        // The local root's word for it: the upload goes on elsewhere, this writer stops.
+        ErrorKind::Fenced => storage::Error::Busy { path },
+        ErrorKind::Registry => storage::Error::Unavailable {
+            path,
+            why: e.to_string(),
+        },
         ErrorKind::Protocol | ErrorKind::Config => storage::Error::Io {
             path,
             op: "S3 request",
@@ -356,10 +369,15 @@ impl S3Backend {
             ),
             _ => e,
         })?;
+        let registry = opts
+            .registry
+            .clone()
+            .unwrap_or_else(|| Arc::new(BucketRegistry::new(client.clone())));
         let shared = Arc::new(Shared {
             client,
             opts,
             budget,
+            registry,
             report,
             counts: Mutex::default(),
         });
@@ -1154,11 +1172,15 @@ impl Backend for S3Backend {
         let mut up = None;
         if resumable && req.resume {
             let (id, size, kind) = (client_id.clone(), req.size, req.digest);
-            let resumed =
-                ResumableUpload::resume_if(client.clone(), &key, budget, &holder, move |r| {
-                    r.client_id == id && r.size == Some(size) && r.digest_kind == kind
-                })
-                .await;
+            let resumed = ResumableUpload::resume_in(
+                self.shared.registry.clone(),
+                client.clone(),
+                &key,
+                budget,
+                &holder,
+                move |r| r.client_id == id && r.size == Some(size) && r.digest_kind == kind,
+            )
+            .await;
             up = match resumed {
                 Ok(up) => up,
                 // An unreadable record, or parts the service no longer holds as recorded:
@@ -1178,7 +1200,7 @@ impl Backend for S3Backend {
                     size: Some(req.size),
                     recorded: resumable,
                 };
-                ResumableUpload::start_with(client, &key, budget, spec)
+                ResumableUpload::start_in(self.shared.registry.clone(), client, &key, budget, spec)
                     .await
                     .map_err(|e| map(&shown, e))?
             }
@@ -1246,7 +1268,7 @@ impl Backend for S3Backend {
     }
 
     async fn sweep(&self, max_age: Duration) -> storage::Result<usize> {
-        sweep(&self.shared.client, max_age)
+        sweep_in(self.shared.registry.as_ref(), &self.shared.client, max_age)
             .await
             .map(|v| v.len())
             .map_err(|e| map("/", e))

@@ -19,6 +19,11 @@ pub enum ErrorKind {
     Protocol,
     /// The caller's configuration or input is not usable (no credentials, a bad endpoint).
     Config,
+    /// A newer attempt at the same upload holds its lease now: this writer must stop, and
+    /// what it sends no longer counts.
+    Fenced,
+    /// The registry of uploads (PostgreSQL with `--database`) did not answer or refused.
+    Registry,
 }
 
 /// An S3 operation that failed. Its `Display` is one line for a person, without the service's
@@ -43,6 +48,28 @@ impl Error {
         }
     }
 
+    /// An error of `kind` for code outside this crate (an [`crate::UploadRegistry`] of its
+    /// own): `source` is kept for [`Error::detail`].
+    pub fn new(
+        kind: ErrorKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Error::with(kind, source)
+    }
+
+    /// The registry's lease of this upload is another writer's now.
+    pub fn fenced() -> Self {
+        Error {
+            kind: ErrorKind::Fenced,
+            source: None,
+        }
+    }
+
+    /// A failure of the registry of uploads, `why` being its own one-line message.
+    pub fn registry(why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Error::with(ErrorKind::Registry, why)
+    }
+
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
@@ -65,6 +92,11 @@ impl fmt::Display for Error {
             ErrorKind::Unreachable => "the S3 endpoint did not answer",
             ErrorKind::Transient => "the S3 service is busy or failing; try again",
             ErrorKind::Protocol => "the S3 service sent a reply this client does not understand",
+            ErrorKind::Fenced => "the upload was taken over by a newer attempt",
+            ErrorKind::Registry => match &self.source {
+                Some(s) => return write!(f, "upload registry: {s}"),
+                None => "the upload registry did not answer",
+            },
             ErrorKind::Config => match &self.source {
                 // A configuration error's source is our own one-line message for the admin.
                 Some(s) => return write!(f, "S3 configuration: {s}"),

@@ -10,6 +10,7 @@ mod config;
 mod error;
 mod mtime;
 mod probe;
+mod registry;
 mod upload;
 mod xml;
 
@@ -22,8 +23,9 @@ pub use config::{Config, Credentials};
 pub use error::{Error, ErrorKind, Result};
 pub use mtime::MTIME_PREFIX;
 pub use probe::{probe, Conditional, ProbeReport};
+pub use registry::{BucketRegistry, UploadRegistry};
 pub use upload::{
-    bare_etag, digest_key, read_digest, record_key, sweep, write_digest, DigestRecord, Finished,
-    Lease, PartBudget, PartSize, RecordedPart, ResumableUpload, UploadRecord, UploadSpec,
+    bare_etag, digest_key, read_digest, record_key, sweep, sweep_in, write_digest, DigestRecord,
+    Finished, Lease, PartBudget, PartSize, RecordedPart, ResumableUpload, UploadRecord, UploadSpec,
     DEFAULT_PART_SIZE, DIGESTS_PREFIX, MIN_PART_SIZE, RESERVED_PREFIX, UPLOADS_PREFIX,
 };

@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::client::{next_page, Client};
 use crate::error::{Error, ErrorKind, Result};
+use crate::registry::{BucketRegistry, UploadRegistry};
 
 /// Keys under this prefix (below the configured one) are the daemon's own records, never
 /// shown to users.
@@ -121,7 +122,7 @@ pub struct Lease {
 }
 
 /// The upload-state record: everything needed to continue an upload after a restart. Plain
-/// data, so the same record can become a row of issue 20's PostgreSQL registry.
+/// data, kept by an [`UploadRegistry`]: an object in the bucket, or rows of PostgreSQL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadRecord {
     /// The record's format; a newer daemon reads older ones.
@@ -237,6 +238,8 @@ pub enum Finished {
 #[derive(Debug)]
 pub struct ResumableUpload {
     client: Arc<Client>,
+    /// Where the record is kept, and whether this writer still holds its lease.
+    registry: Arc<dyn UploadRegistry>,
     record: UploadRecord,
     hasher: Hasher,
     /// The bytes of the part being filled; empty, without capacity, between parts.
@@ -296,6 +299,18 @@ impl ResumableUpload {
         budget: &PartBudget,
         spec: UploadSpec,
     ) -> Result<ResumableUpload> {
+        let registry = Arc::new(BucketRegistry::new(client.clone()));
+        Self::start_in(registry, client, key, budget, spec).await
+    }
+
+    /// [`ResumableUpload::start_with`] recording in `registry`.
+    pub async fn start_in(
+        registry: Arc<dyn UploadRegistry>,
+        client: Arc<Client>,
+        key: &str,
+        budget: &PartBudget,
+        spec: UploadSpec,
+    ) -> Result<ResumableUpload> {
         let UploadSpec {
             kind,
             part_size,
@@ -311,27 +326,8 @@ impl ResumableUpload {
             String::new()
         };
         budget.check(part_size)?;
-        // An unrecorded upload leaves a resumable one of the same key alone (it may be
-        // another client's); the first to complete wins, as between any two uploads.
-        let previous = match recorded {
-            true => match read_record(&client, key).await {
-                Ok(r) => r,
-                // Unreadable: replaced below; its upload, if any, is left to the sweeper.
-                Err(e) if e.kind() == ErrorKind::Protocol => None,
-                Err(e) => return Err(e),
-            },
-            false => None,
-        };
         let upload_id = client.create_multipart(key).await?;
-        // A restart of the same key takes over: the next token fences the old writer.
-        let token = previous
-            .as_ref()
-            .map_or(1, |old| old.lease.token.saturating_add(1));
-        if let Some(old) = previous {
-            // Best effort: a failure leaves it to the sweeper.
-            let _ = client.abort(&old.key, &old.upload_id).await;
-        }
-        let record = UploadRecord {
+        let mut record = UploadRecord {
             version: 1,
             key: key.to_owned(),
             upload_id,
@@ -339,20 +335,37 @@ impl ResumableUpload {
             parts: Vec::new(),
             digest_kind: kind,
             digest_state,
-            lease: Lease { holder, token },
+            lease: Lease { holder, token: 0 },
             client_id,
             size,
             chunks: None,
         };
-        Self::recorded(
+        // An unrecorded upload leaves a resumable one of the same key alone (it may be
+        // another client's); the first to complete wins, as between any two uploads.
+        if recorded {
+            // A restart of the same key takes over: the new lease fences the old writer.
+            let replaced = match registry.start(&mut record).await {
+                Ok(replaced) => replaced,
+                Err(e) => {
+                    // Nobody can resume what was never recorded.
+                    let _ = client.abort(key, &record.upload_id).await;
+                    return Err(e);
+                }
+            };
+            if let Some(old) = replaced {
+                // Best effort: a failure leaves it to the sweeper.
+                let _ = client.abort(key, &old).await;
+            }
+        }
+        Ok(Self::new(
             client,
+            registry,
             record,
             hasher,
             budget,
             recorded,
             Some(ChunkLog::default()),
-        )
-        .await
+        ))
     }
 
     /// Continues the recorded upload of `key`, if there is one and the service still holds
@@ -373,12 +386,34 @@ impl ResumableUpload {
         key: &str,
         budget: &PartBudget,
         holder: &str,
-        accept: impl FnOnce(&UploadRecord) -> bool + Send,
+        accept: impl Fn(&UploadRecord) -> bool + Send,
     ) -> Result<Option<ResumableUpload>> {
-        let Some(mut record) = read_record(&client, key).await? else {
+        let registry = Arc::new(BucketRegistry::new(client.clone()));
+        Self::resume_in(registry, client, key, budget, holder, accept).await
+    }
+
+    /// [`ResumableUpload::resume_if`] of an upload recorded in `registry`: the lease is taken
+    /// only of a record `accept` takes (so another client's upload of the same key is never
+    /// fenced), and checked again as taken, since another start may have come in between.
+    pub async fn resume_in(
+        registry: Arc<dyn UploadRegistry>,
+        client: Arc<Client>,
+        key: &str,
+        budget: &PartBudget,
+        holder: &str,
+        accept: impl Fn(&UploadRecord) -> bool + Send,
+    ) -> Result<Option<ResumableUpload>> {
+        let Some(loaded) = registry.load(key).await? else {
+            return Ok(None);
+        };
+        if !accept(&loaded) {
+            return Ok(None);
+        }
+        let Some(record) = registry.take_over(&loaded, holder).await? else {
             return Ok(None);
         };
         if !accept(&record) {
+            // Another client's upload, started since: it goes on once its writer resumes.
             return Ok(None);
         }
         let bad = || Error::with(ErrorKind::Protocol, "unreadable upload record");
@@ -389,7 +424,7 @@ impl ResumableUpload {
         let stored = match client.list_parts(key, &record.upload_id).await {
             Ok(p) => p,
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                client.delete(&record_key(key)).await?;
+                registry.finish(&record).await?;
                 return Ok(None);
             }
             Err(e) => return Err(e),
@@ -408,10 +443,6 @@ impl ResumableUpload {
             ));
         }
         budget.check(part_size)?;
-        record.lease = Lease {
-            holder: holder.to_owned(),
-            token: record.lease.token.saturating_add(1),
-        };
         // The chunk digests recorded with the parts, if they cover exactly the parts.
         let offset = record.offset();
         let chunks = record
@@ -422,25 +453,24 @@ impl ResumableUpload {
                     .is_some_and(|u| u.digests.len() == c.digests.len())
             })
             .cloned();
-        Self::recorded(client, record, hasher, budget, true, chunks)
-            .await
-            .map(Some)
+        Ok(Some(Self::new(
+            client, registry, record, hasher, budget, true, chunks,
+        )))
     }
 
-    /// Writes `record` (a new lease on it) unless unrecorded, then writes bytes under it.
-    async fn recorded(
+    /// An upload writing under `record`'s lease.
+    fn new(
         client: Arc<Client>,
+        registry: Arc<dyn UploadRegistry>,
         record: UploadRecord,
         hasher: Hasher,
         budget: &PartBudget,
         recorded: bool,
         chunks: Option<ChunkLog>,
-    ) -> Result<ResumableUpload> {
-        if recorded {
-            write_record(&client, &record).await?;
-        }
-        Ok(ResumableUpload {
+    ) -> ResumableUpload {
+        ResumableUpload {
             client,
+            registry,
             buf: BytesMut::new(),
             record,
             hasher,
@@ -449,7 +479,7 @@ impl ResumableUpload {
             recorded,
             chunks,
             sent: 0,
-        })
+        }
     }
 
     /// The running digest of the recorded parts, where the caller's hashing continues.
@@ -498,18 +528,25 @@ impl ResumableUpload {
                 let (body, share) = self.take_part();
                 self.send_part(body).await?;
                 drop(share);
-                if self.recorded {
-                    self.record.digest_state = saved_hex(&self.hasher)?;
-                    let offset = self.record.offset();
-                    self.record.chunks = self
-                        .chunks
-                        .as_ref()
-                        .and_then(|c| c.up_to(offset, MAX_RESUMED_CHUNKS));
-                    write_record(&self.client, &self.record).await?;
-                }
+                self.record_part().await?;
             }
         }
         Ok(())
+    }
+
+    /// Records the part just sent, with the digest state and chunks after it, under this
+    /// writer's lease: a fenced writer learns here that it must stop.
+    async fn record_part(&mut self) -> Result<()> {
+        if !self.recorded {
+            return Ok(());
+        }
+        self.record.digest_state = saved_hex(&self.hasher)?;
+        let offset = self.record.offset();
+        self.record.chunks = self
+            .chunks
+            .as_ref()
+            .and_then(|c| c.up_to(offset, MAX_RESUMED_CHUNKS));
+        self.registry.record_part(&self.record).await
     }
 
     /// Waits for this upload's share of the budget, when it holds none, and sizes the buffer.
@@ -547,7 +584,9 @@ impl ResumableUpload {
     /// Sends the last bytes and completes the upload if the whole file hashes to `expected`
     /// (only if the name is free unless `overwrite`); aborts it otherwise. Either way the
     /// upload and its record are gone afterwards, except on a transient failure, after which
-    /// the record still allows a resume.
+    /// the record still allows a resume. Only the parts the registry holds under this
+    /// writer's lease are completed: a fenced writer gets [`ErrorKind::Fenced`] and leaves
+    /// the upload to its new holder.
     /// The digest record holds every chunk's running digest given through
     /// [`ResumableUpload::write_chunk`], when they follow the rules of [`ChunkLog::push`] and
     /// (after a resume) were kept in the state record.
@@ -560,19 +599,35 @@ impl ResumableUpload {
     ) -> Result<Finished> {
         let empty = self.buf.is_empty() && self.record.parts.is_empty();
         if !self.buf.is_empty() {
-            // The last part may be short.
+            // The last part may be short; it is recorded like the others, since completion
+            // lists the registry's parts.
             let (body, share) = self.take_part();
             self.send_part(body).await?;
             drop(share);
+            self.record_part().await?;
         }
         let actual = self.hasher.digest();
         if actual != expected {
             self.discard().await?;
             return Ok(Finished::Mismatch { actual });
         }
-        let parts: Vec<(u32, String)> = self
-            .record
-            .parts
+        // Only the parts recorded under the current lease count: a writer fenced since its
+        // last part is refused here and never completes. The ETags are the registry's, so a
+        // part a fenced writer stored over a recorded one under the same number makes S3
+        // refuse the completion (InvalidPart) rather than take those bytes.
+        let recorded = match self.recorded {
+            true => self.registry.parts(&self.record).await?,
+            false => self.record.parts.clone(),
+        };
+        if recorded.len() != self.record.parts.len()
+            || recorded.iter().map(|p| p.size).sum::<u64>() != self.record.offset()
+        {
+            return Err(Error::with(
+                ErrorKind::Protocol,
+                "the registry's parts are not the ones this upload sent",
+            ));
+        }
+        let parts: Vec<(u32, String)> = recorded
             .iter()
             .map(|p| (p.number, p.etag.clone()))
             .collect();
@@ -620,7 +675,11 @@ impl ResumableUpload {
             .put(&digest_key(&key), Bytes::from(body), false)
             .await?;
         if self.recorded {
-            self.client.delete(&record_key(&key)).await?;
+            // The object and its digests are stored: that is the upload's outcome, whether
+            // or not its record can be forgotten now (fenced, if taken over after completion;
+            // the registry not answering). A record left behind is harmless: a resume of it
+            // finds its upload gone (NoSuchUpload) and forgets it, the sweeper too.
+            let _ = self.registry.finish(&self.record).await;
         }
         Ok(Finished::Stored {
             size,
@@ -635,19 +694,21 @@ impl ResumableUpload {
     }
 
     async fn discard(&self) -> Result<()> {
+        // Forgotten first, under this writer's lease: a fenced writer leaves the upload to
+        // its new holder, on S3 too. (A failure to abort after leaves an unregistered upload,
+        // which the sweeper aborts.)
+        if self.recorded {
+            self.registry.finish(&self.record).await?;
+        }
         match self
             .client
             .abort(&self.record.key, &self.record.upload_id)
             .await
         {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
         }
-        if !self.recorded {
-            return Ok(());
-        }
-        self.client.delete(&record_key(&self.record.key)).await
     }
 }
 
@@ -670,7 +731,7 @@ pub async fn write_digest(client: &Client, key: &str, record: &DigestRecord) -> 
     Ok(())
 }
 
-async fn read_record(client: &Client, key: &str) -> Result<Option<UploadRecord>> {
+pub(crate) async fn read_record(client: &Client, key: &str) -> Result<Option<UploadRecord>> {
     let record: Option<UploadRecord> = read_json(client, &record_key(key), MAX_RECORD).await?;
     Ok(record.filter(|r| r.key == key))
 }
@@ -700,7 +761,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| Error::with(ErrorKind::Protocol, e))
 }
 
-async fn write_record(client: &Client, record: &UploadRecord) -> Result<()> {
+pub(crate) async fn write_record(client: &Client, record: &UploadRecord) -> Result<()> {
     let body = serde_json::to_vec(record).map_err(|e| Error::with(ErrorKind::Protocol, e))?;
     client
         .put(&record_key(&record.key), Bytes::from(body), false)
@@ -708,15 +769,40 @@ async fn write_record(client: &Client, record: &UploadRecord) -> Result<()> {
     Ok(())
 }
 
+/// The time `max_age` ago, by this machine's clock.
+pub(crate) fn cutoff(max_age: Duration) -> jiff::Timestamp {
+    jiff::Timestamp::now()
+        .checked_sub(jiff::SignedDuration::try_from(max_age).unwrap_or(jiff::SignedDuration::MAX))
+        .unwrap_or(jiff::Timestamp::MIN)
+}
+
 /// Aborts every open multipart upload under the configured prefix started more than `max_age`
 /// ago (by the service's clock in `Initiated`) and not written to since (its record's
 /// Last-Modified), with its record; returns the keys it aborted.
 /// Run periodically, so that no upload leaks forever, whatever crashed when.
-pub async fn sweep(client: &Client, max_age: Duration) -> Result<Vec<String>> {
-    let cutoff = jiff::Timestamp::now()
-        .checked_sub(jiff::SignedDuration::try_from(max_age).unwrap_or(jiff::SignedDuration::MAX))
-        .unwrap_or(jiff::Timestamp::MIN);
+pub async fn sweep(client: &Arc<Client>, max_age: Duration) -> Result<Vec<String>> {
+    let registry = BucketRegistry::new(client.clone());
+    sweep_in(&registry, client, max_age).await
+}
+
+/// [`sweep`] of the uploads recorded in `registry`: first those it holds abandoned (not
+/// written to for `max_age`), then every S3 upload older than `max_age` it does not spare
+/// (never registered, or registered and abandoned).
+pub async fn sweep_in(
+    registry: &dyn UploadRegistry,
+    client: &Client,
+    max_age: Duration,
+) -> Result<Vec<String>> {
     let mut aborted = Vec::new();
+    for (key, upload_id) in registry.abandoned(max_age).await? {
+        match client.abort(&key, &upload_id).await {
+            Ok(()) => aborted.push(key),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            // Unregistered now: the listing below, or the next sweep, finds it.
+            Err(_) => {}
+        }
+    }
+    let cutoff = cutoff(max_age);
     let mut marker: Option<(String, String)> = None;
     loop {
         let page = client
@@ -728,33 +814,13 @@ pub async fn sweep(client: &Client, max_age: Duration) -> Result<Vec<String>> {
                 .initiated
                 .parse::<jiff::Timestamp>()
                 .map_or(true, |t| t <= cutoff);
-            if !old {
+            if !old || registry.spare(&u.key, &u.upload_id, max_age).await? {
                 continue;
-            }
-            // Initiated says when an upload began, not when it was last written to (and some
-            // servers, moto among them, report a fixed one): its record, rewritten at every
-            // part, says that. An upload still being written, or resumable for its full age
-            // since its last part, is spared.
-            let recorded = read_record(client, &u.key)
-                .await?
-                .is_some_and(|r| r.upload_id == u.upload_id);
-            if recorded {
-                let touched = match client.head(&record_key(&u.key)).await {
-                    Ok(meta) => meta.modified,
-                    Err(e) if e.kind() == ErrorKind::NotFound => None,
-                    Err(e) => return Err(e),
-                };
-                if touched.is_some_and(|t| t > cutoff.as_second()) {
-                    continue;
-                }
             }
             match client.abort(&u.key, &u.upload_id).await {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
-            }
-            if recorded {
-                client.delete(&record_key(&u.key)).await?;
             }
             aborted.push(u.key);
         }

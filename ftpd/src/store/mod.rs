@@ -4,6 +4,7 @@
 //! ([`Files::backend`]); the commands whose local path is faster match on the variant.
 
 mod local;
+mod registry;
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use anyhow::Context;
 use storage::{Backend, Home, Root, VPath};
 
 pub use local::LocalBackend;
+pub use registry::PgRegistry;
 
 /// The whole store the daemon serves.
 #[derive(Clone)]
@@ -82,8 +84,13 @@ impl Files {
 }
 
 /// Opens the object store `config.storage` names (probing it: reachable, writable, which
-/// conditional requests it honours); fails with one line saying what is wrong.
-pub async fn open_remote(config: &crate::Config) -> anyhow::Result<Remote> {
+/// conditional requests it honours); fails with one line saying what is wrong. With a
+/// `cluster` (`--database`), uploads are registered in its database, fenced, so that any
+/// instance continues them; without, their records are objects in the bucket (one instance).
+pub async fn open_remote(
+    config: &crate::Config,
+    cluster: Option<&crate::cluster::Cluster>,
+) -> anyhow::Result<Remote> {
     use s3store::{Conditional, PartSize, S3Backend, S3Options};
     let url = config.storage.as_deref().unwrap_or_default();
     let s3 = s3store::Config::from_env(url, config.s3_endpoint.as_deref())
@@ -100,6 +107,9 @@ pub async fn open_remote(config: &crate::Config) -> anyhow::Result<Remote> {
         max_file_size: config.max_file_size,
         quota: config.quota,
         max_files: config.max_files,
+        registry: cluster.map(|c| {
+            Arc::new(PgRegistry::new(c.state.clone())) as Arc<dyn s3store::UploadRegistry>
+        }),
         ..S3Options::default()
     };
     let backend = S3Backend::open(s3, opts)

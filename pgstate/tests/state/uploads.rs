@@ -12,6 +12,8 @@ fn new_upload(upload_id: &str) -> NewUpload {
         digest_kind: "md5".into(),
         digest_state: "s0".into(),
         holder: "a/session-1".into(),
+        client_id: Some("ann:c-1".into()),
+        size: Some(20 << 20),
     }
 }
 
@@ -21,6 +23,7 @@ fn part(number: u32, etag: &str) -> Part {
         etag: etag.into(),
         size: 8 << 20,
         digest_state: format!("s{number}"),
+        chunks: Some(format!("[\"c{number}\"]")),
     }
 }
 
@@ -151,4 +154,77 @@ async fn a_takeover_racing_with_records_hands_over_exactly_what_was_recorded() {
         "handed exactly the parts recorded"
     );
     assert_eq!(b.parts(&taken.lease()).await.unwrap().len(), recorded);
+}
+
+/// Schema 2's fields: what the registry is handed at the start and with each part comes back
+/// with the upload, to whoever takes it over.
+#[tokio::test]
+async fn the_client_id_size_and_chunks_come_back_with_a_takeover() {
+    let Some(db) = fresh_db().await else { return };
+    let (a, b) = (db.state("a").await, db.state("b").await);
+    let (lease, _) = a.start_upload(&new_upload("u1")).await.unwrap();
+    let unaligned = Part {
+        chunks: None,
+        ..part(2, "e2")
+    };
+    a.record_part(&lease, &part(1, "e1")).await.unwrap();
+    a.record_part(&lease, &unaligned).await.unwrap();
+    let taken = b.take_lease("ann/big.iso", "b").await.unwrap().unwrap();
+    assert_eq!(taken.client_id.as_deref(), Some("ann:c-1"));
+    assert_eq!(taken.size, Some(20 << 20));
+    assert_eq!(taken.parts, [part(1, "e1"), unaligned]);
+    assert_eq!(b.upload("ann/big.iso").await.unwrap(), Some(taken));
+    let without = NewUpload {
+        client_id: None,
+        size: None,
+        ..new_upload("u2")
+    };
+    b.start_upload(&without).await.unwrap();
+    let found = b.upload("ann/big.iso").await.unwrap().unwrap();
+    assert_eq!((found.client_id, found.size), (None, None));
+    let huge = Part {
+        chunks: Some("x".repeat(400 << 10)),
+        ..part(1, "e1")
+    };
+    let (lease, _) = b.start_upload(&new_upload("u3")).await.unwrap();
+    assert!(matches!(
+        b.record_part(&lease, &huge).await,
+        Err(Error::Invalid(_))
+    ));
+}
+
+/// The sweeper's take of abandoned uploads forgets them in the statement that finds them, so
+/// that a resume at the same moment either comes first (and the upload is not stale) or finds
+/// nothing; two sweepers at once never both get one upload.
+#[tokio::test]
+async fn the_sweep_of_uploads_forgets_what_it_returns() {
+    let Some(db) = fresh_db().await else { return };
+    let (a, b) = (db.state("a").await, db.state("b").await);
+    let (lease, _) = a.start_upload(&new_upload("u1")).await.unwrap();
+    a.record_part(&lease, &part(1, "e1")).await.unwrap();
+    let recent = a
+        .sweep_uploads(Duration::from_secs(3600), 10)
+        .await
+        .unwrap();
+    assert!(recent.is_empty(), "written to just now");
+    let (first, second) = tokio::join!(
+        a.sweep_uploads(Duration::ZERO, 10),
+        b.sweep_uploads(Duration::ZERO, 10)
+    );
+    let mut swept = first.unwrap();
+    swept.extend(second.unwrap());
+    assert_eq!(swept, [("ann/big.iso".to_string(), "u1".to_string())]);
+    assert_eq!(a.upload("ann/big.iso").await.unwrap(), None);
+    assert!(matches!(
+        a.record_part(&lease, &part(2, "e2")).await,
+        Err(Error::Fenced)
+    ));
+    let parts: i64 = db
+        .sql()
+        .await
+        .query_one("SELECT count(*) FROM upload_parts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(parts, 0, "its parts went with it");
 }

@@ -1,0 +1,324 @@
+//! The services the registry tests need, private to this test binary: a PostgreSQL server
+//! (initdb into a temp dir, as pgstate's tests do) with a fresh database per test, and a moto
+//! S3 server per test, both on free loopback ports. Without their binaries the tests print a
+//! note and pass, except under CI (env CI set), where they fail.
+
+use std::io::Write as _;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free port");
+    l.local_addr().expect("its address").port()
+}
+
+/// Where the PostgreSQL binaries are (PG_BIN overrides).
+fn bin_dir() -> PathBuf {
+    std::env::var_os("PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Run as the server's owner: initdb, postgres in the background, then wait for stdin to
+/// close (this test binary gone, however it ended) to stop it and remove the directory.
+const SCRIPT: &str = r#"
+set -e
+"$BIN/initdb" -D "$DIR/data" -A trust -U postgres -E UTF8 --no-sync >"$DIR/initdb.log" 2>&1
+"$BIN/postgres" -D "$DIR/data" -p "$PORT" -k "$DIR" -c listen_addresses=127.0.0.1 \
+    -c fsync=off >"$DIR/postgres.log" 2>&1 &
+pid=$!
+cat >/dev/null || true
+kill -INT "$pid" 2>/dev/null || true
+wait "$pid" 2>/dev/null || true
+rm -rf "$DIR"
+"#;
+
+/// The running PostgreSQL of this test binary.
+struct Postgres {
+    port: u16,
+    /// Our end of the pipe the stopping shell reads.
+    _stdin: Mutex<ChildStdin>,
+    /// The shell that runs the server and stops it.
+    _child: Mutex<Child>,
+}
+
+impl Postgres {
+    fn start() -> Result<Postgres, String> {
+        let bin = bin_dir();
+        if !bin.join("initdb").exists() || !bin.join("postgres").exists() {
+            return Err(format!("no PostgreSQL binaries in {}", bin.display()));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("ftpd-registry-test")
+            .tempdir()
+            .map_err(|e| e.to_string())?
+            .keep();
+        let port = free_port();
+        let mut command = if is_root() {
+            // initdb refuses to run as root: the server runs as the postgres user.
+            let chown = Command::new("chown")
+                .arg("postgres:")
+                .arg(&dir)
+                .status()
+                .map_err(|e| e.to_string())?;
+            if !chown.success() {
+                return Err("running as root and there is no postgres user".into());
+            }
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", "sh", "-c", SCRIPT]);
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.args(["-c", SCRIPT]);
+            c
+        };
+        let mut child = command
+            .env("BIN", &bin)
+            .env("DIR", &dir)
+            .env("PORT", port.to_string())
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start PostgreSQL: {e}"))?;
+        let stdin = child.stdin.take().expect("piped");
+        Ok(Postgres {
+            port,
+            _stdin: Mutex::new(stdin),
+            _child: Mutex::new(child),
+        })
+    }
+}
+
+static POSTGRES: OnceLock<Option<Postgres>> = OnceLock::new();
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+/// The URL of a fresh, empty database for one test; `None` (with a note) without PostgreSQL.
+pub fn fresh_db() -> Option<String> {
+    let server = POSTGRES
+        .get_or_init(|| match Postgres::start() {
+            Ok(s) => Some(s),
+            Err(e) if in_ci() => panic!("PostgreSQL is needed under CI: {e}"),
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "skipping the registry tests: {e}");
+                None
+            }
+        })
+        .as_ref()?;
+    let name = format!("t{}", NEXT_DB.fetch_add(1, Ordering::Relaxed));
+    // Ready once createdb gets through (initdb and startup take a few seconds).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = Command::new(bin_dir().join("createdb"))
+            .args(["-h", "127.0.0.1", "-p", &server.port.to_string()])
+            .args(["-U", "postgres", &name])
+            .output()
+            .expect("createdb runs");
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PostgreSQL did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(format!(
+        "host=127.0.0.1 port={} user=postgres dbname={name}",
+        server.port
+    ))
+}
+
+/// A moto server on its own port, killed when dropped.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts moto, or `None` when it is not installed and this is not CI.
+pub fn moto() -> Option<Moto> {
+    let port = free_port();
+    let mut cmd = Command::new("moto_server");
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) if in_ci() => panic!("moto_server is required in CI: {e}"),
+        Err(_) => {
+            eprintln!("note: moto_server not installed (pip install 'moto[server]'); skipped");
+            return None;
+        }
+    };
+    let moto = Moto { child, port };
+    // Ready when it accepts a connection; moto prints no line to wait for.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+        assert!(Instant::now() < deadline, "moto_server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(moto)
+}
+
+/// A PostgreSQL of one test's own, which the test stops and starts again (`pg_ctl`): a
+/// restart of the database under an upload in flight. Stopped and removed when dropped.
+pub struct Restartable {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Restartable {
+    /// Initialised and started with a database `ftpd`; `None` (with a note) without the
+    /// PostgreSQL binaries, which fails instead under CI.
+    pub fn start() -> Option<Restartable> {
+        let bin = bin_dir();
+        if !bin.join("initdb").exists() || !bin.join("pg_ctl").exists() {
+            assert!(!in_ci(), "PostgreSQL is needed under CI");
+            eprintln!("skipping: no PostgreSQL binaries in {}", bin.display());
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("ftpd-registry-restart")
+            .tempdir()
+            .expect("a temp dir")
+            .keep();
+        if is_root() {
+            let chown = Command::new("chown").arg("postgres:").arg(&dir).status();
+            assert!(chown.is_ok_and(|s| s.success()), "chown to postgres");
+        }
+        let pg = Restartable {
+            dir,
+            port: free_port(),
+        };
+        let data = pg.dir.join("data");
+        pg.run(
+            "initdb",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-A trust -U postgres -E UTF8 --no-sync".as_ref(),
+            ],
+        );
+        pg.up();
+        let created = Command::new(bin.join("createdb"))
+            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string()])
+            .args(["-U", "postgres", "ftpd"])
+            .status();
+        assert!(created.is_ok_and(|s| s.success()), "createdb");
+        Some(pg)
+    }
+
+    /// Runs a PostgreSQL program as the server's owner, through a shell (so that `args`
+    /// may hold several words), and checks that it succeeded.
+    fn run(&self, program: &str, args: &[&std::ffi::OsStr]) {
+        let mut line = bin_dir().join(program).into_os_string();
+        for a in args {
+            line.push(" ");
+            line.push(a);
+        }
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", "sh", "-c"]);
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.arg("-c");
+            c
+        };
+        let out = command
+            .arg(&line)
+            .current_dir(&self.dir)
+            .output()
+            .expect("a PostgreSQL program runs");
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            line.to_string_lossy(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the server and waits until it accepts connections (`pg_ctl -w`).
+    pub fn up(&self) {
+        let options = format!(
+            "'-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off'",
+            self.port,
+            self.dir.display()
+        );
+        let data = self.dir.join("data");
+        let log = self.dir.join("postgres.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-o".as_ref(),
+                options.as_ref(),
+                "-w start".as_ref(),
+            ],
+        );
+    }
+
+    /// Stops the server (fast: open connections are cut) and waits until it is down.
+    pub fn down(&self) {
+        let data = self.dir.join("data");
+        self.run(
+            "pg_ctl",
+            &["-D".as_ref(), data.as_os_str(), "-w -m fast stop".as_ref()],
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=ftpd",
+            self.port
+        )
+    }
+}
+
+impl Drop for Restartable {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        let stop = format!(
+            "{} -D {} -m immediate stop",
+            bin_dir().join("pg_ctl").display(),
+            data.display()
+        );
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", "sh", "-c", &stop]);
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.args(["-c", &stop]);
+            c
+        };
+        let _ = command.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
