@@ -1,7 +1,14 @@
 //! The per-user registry every session of a user shares, across connections: how many
 //! sessions they have open (`max_sessions`), the rate caps all of them draw from together, what
 //! they moved and how long they waited for the caps, and their quota's use. One [`Accounts`]
-//! per daemon; [`Accounts::snapshot`] is what `GET /users` serves.
+//! per daemon; [`Accounts::snapshot`] is what `GET /users` serves. With `--database` the
+//! session caps and the users' rate caps hold for the whole service: a session also takes a
+//! place in the database's count, and the rate caps draw on leases of the database's buckets
+//! (`leases`).
+
+mod leases;
+
+pub use leases::Draw;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -24,6 +31,9 @@ use crate::users::{Limits, User, Users};
 const MAX_BURST: u64 = 64 * 1024;
 /// The fewest: a cap of a few bytes a second still moves a TLS record's worth in pieces.
 const MIN_BURST: u64 = 256;
+/// How long a login waits for the database's count of sessions (the pool waits 5 s for a
+/// connection) before the client is told to try again.
+const SESSION_PATIENCE: Duration = Duration::from_secs(6);
 
 pub use crate::metrics::Direction;
 
@@ -35,11 +45,49 @@ pub struct Rate {
     pub(crate) burst: u32,
     /// The cap, bytes per second.
     bytes_per_sec: u64,
+    /// The service-wide bucket the bytes are also leased from (a user's cap with
+    /// `--database`); the limiter then paces them.
+    pub(crate) leased: Option<leases::Leased>,
 }
 
 impl Rate {
     /// A cap of `bytes_per_sec` (more than 0).
     pub fn new(bytes_per_sec: u64) -> Arc<Rate> {
+        Arc::new(Rate::local(bytes_per_sec))
+    }
+
+    /// A cap of `user`'s `bytes_per_sec` in `direction` for the whole service: the bytes are
+    /// leased from the database's bucket one window at a time, and paced here.
+    fn shared(
+        bytes_per_sec: u64,
+        state: &pgstate::State,
+        user: &str,
+        direction: Direction,
+    ) -> Arc<Rate> {
+        let mut rate = Rate::local(bytes_per_sec);
+        let window = state.options().rate_window;
+        let bucket = leases::DbBucket {
+            state: state.clone(),
+            user: user.to_owned(),
+            direction: match direction {
+                Direction::Upload => pgstate::Direction::Up,
+                Direction::Download => pgstate::Direction::Down,
+            },
+            rate: rate.bytes_per_sec,
+        };
+        let window_bytes = (rate.bytes_per_sec as f64 * window.as_secs_f64()) as u64;
+        rate.leased = Some(leases::Leased::new(
+            Box::new(bucket),
+            user,
+            direction.label(),
+            rate.bytes_per_sec,
+            u64::from(rate.burst),
+            window_bytes,
+        ));
+        Arc::new(rate)
+    }
+
+    fn local(bytes_per_sec: u64) -> Rate {
         let bytes_per_sec = bytes_per_sec.max(1);
         let burst = (bytes_per_sec / 10).clamp(MIN_BURST, MAX_BURST) as u32;
         let period =
@@ -47,11 +95,12 @@ impl Rate {
         let quota = Quota::with_period(period)
             .expect("the period is at least a nanosecond")
             .allow_burst(NonZeroU32::new(burst).expect("the burst is at least MIN_BURST"));
-        Arc::new(Rate {
+        Rate {
             limiter: DefaultDirectRateLimiter::direct(quota),
             burst,
             bytes_per_sec,
-        })
+            leased: None,
+        }
     }
 }
 
@@ -66,10 +115,22 @@ impl Caps {
     /// Puts `up` and `down` (bytes per second) in force; a cap that did not change keeps its
     /// state, so a reload does not hand out a fresh burst.
     pub fn set(&self, up: Option<u64>, down: Option<u64>) {
-        for (slot, want) in [(&self.up, up), (&self.down, down)] {
+        self.set_for(up, down, None);
+    }
+
+    /// [`Caps::set`] for `user`'s caps, leased from the service's buckets when `shared` (the
+    /// state of `--database`) is given.
+    fn set_for(&self, up: Option<u64>, down: Option<u64>, shared: Option<(&pgstate::State, &str)>) {
+        for (slot, want, direction) in [
+            (&self.up, up, Direction::Upload),
+            (&self.down, down, Direction::Download),
+        ] {
             let mut slot = slot.write().unwrap();
             if slot.as_ref().map(|r| r.bytes_per_sec) != want {
-                *slot = want.map(Rate::new);
+                *slot = want.map(|bps| match shared {
+                    Some((state, user)) => Rate::shared(bps, state, user, direction),
+                    None => Rate::new(bps),
+                });
             }
         }
     }
@@ -103,10 +164,12 @@ pub struct Account {
     warned_bytes: AtomicBool,
     /// Over 90 % of the file cap: likewise.
     warned_files: AtomicBool,
+    /// The service's shared state (`--database`), which the caps lease from.
+    cluster: Option<pgstate::State>,
 }
 
 impl Account {
-    fn new(user: &User) -> Account {
+    fn new(user: &User, cluster: Option<&pgstate::State>) -> Account {
         let account = Account {
             name: user.name.clone(),
             home: RwLock::new(user.home.clone()),
@@ -118,15 +181,24 @@ impl Account {
             caps: Caps::default(),
             warned_bytes: AtomicBool::new(false),
             warned_files: AtomicBool::new(false),
+            cluster: cluster.cloned(),
         };
-        account.caps.set(user.limits.rate_up, user.limits.rate_down);
+        account.set_caps(&user.limits);
         account
     }
 
     fn update(&self, user: &User) {
         *self.home.write().unwrap() = user.home.clone();
         *self.limits.write().unwrap() = user.limits;
-        self.caps.set(user.limits.rate_up, user.limits.rate_down);
+        self.set_caps(&user.limits);
+    }
+
+    fn set_caps(&self, limits: &Limits) {
+        let shared = self
+            .cluster
+            .as_ref()
+            .map(|state| (state, self.name.as_str()));
+        self.caps.set_for(limits.rate_up, limits.rate_down, shared);
     }
 
     /// Counts `n` bytes moved by one of the user's sessions.
@@ -148,6 +220,9 @@ impl Account {
 /// A logged-in session's place in its user's count; given back when dropped.
 pub struct Ticket {
     account: Arc<Account>,
+    /// Its place in the service's count (`--database`), given back when dropped; if this
+    /// instance dies first, its heartbeat stops and the place expires.
+    lease: Option<(pgstate::State, pgstate::SessionLease)>,
 }
 
 impl Ticket {
@@ -159,7 +234,35 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.account.sessions.fetch_sub(1, Ordering::AcqRel);
+        let Some((state, lease)) = self.lease.take() else {
+            return;
+        };
+        // Dropped outside a runtime (at exit): the heartbeat's expiry gives the place back.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let released = tokio::time::timeout(SESSION_PATIENCE, state.release_session(lease));
+            match released.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("cannot give a session's place back in the database (it expires): {e}"),
+                Err(_) => warn!("cannot give a session's place back in the database (it expires): no answer in time"),
+            }
+        });
     }
+}
+
+/// Why a login gets no session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// `max_sessions` of the user are open (on this instance, or across the service).
+    #[error(
+        "too many sessions: {user} has {open} open, the most allowed; close one and try again"
+    )]
+    TooMany { user: String, open: u32 },
+    /// The database that counts sessions across the service did not answer in time.
+    #[error("the service cannot count sessions now (its database does not answer); try again in a moment")]
+    Unavailable,
 }
 
 /// One user's figures, as `GET /users` serves them.
@@ -185,16 +288,25 @@ pub struct Accounts {
     pub global: Caps,
     /// Where the quotas are counted.
     store: Store,
+    /// The service's shared state (`--database`): session places and rate leases.
+    cluster: Option<pgstate::State>,
 }
 
 impl Accounts {
     /// The accounts of `users` (none when serving anonymously), with the daemon-wide cap
-    /// `max_rate` (bytes per second, each direction).
-    pub fn new(store: Store, users: Option<&Users>, max_rate: Option<u64>) -> Accounts {
+    /// `max_rate` (bytes per second, each direction); their session and rate caps hold for
+    /// the whole service with `cluster` (`--database`), for this instance without.
+    pub fn new(
+        store: Store,
+        users: Option<&Users>,
+        max_rate: Option<u64>,
+        cluster: Option<pgstate::State>,
+    ) -> Accounts {
         let accounts = Accounts {
             by_name: Mutex::new(HashMap::new()),
             global: Caps::default(),
             store,
+            cluster,
         };
         accounts.global.set(max_rate, max_rate);
         if let Some(users) = users {
@@ -212,7 +324,8 @@ impl Accounts {
             match by_name.get(&user.name) {
                 Some(account) => account.update(user),
                 None => {
-                    by_name.insert(user.name.clone(), Arc::new(Account::new(user)));
+                    let account = Account::new(user, self.cluster.as_ref());
+                    by_name.insert(user.name.clone(), Arc::new(account));
                 }
             }
         }
@@ -233,13 +346,43 @@ impl Accounts {
         self.store.backend().set_home_limits(homes);
     }
 
-    /// A place among `user`'s sessions, or why not (`max_sessions` reached).
-    pub fn login(&self, user: &User) -> Result<Ticket, String> {
+    /// A place among `user`'s sessions, or why not (`max_sessions` reached here or, with
+    /// `--database`, across the service; or the database does not answer).
+    pub async fn login(&self, user: &User) -> Result<Ticket, Refused> {
+        let mut ticket = self.login_here(user)?;
+        let Some(state) = &self.cluster else {
+            return Ok(ticket);
+        };
+        let max = ticket.account.limits.read().unwrap().max_sessions;
+        let taken =
+            tokio::time::timeout(SESSION_PATIENCE, state.acquire_session(&user.name, max)).await;
+        match taken {
+            Ok(Ok(Some(lease))) => {
+                ticket.lease = Some((state.clone(), lease));
+                Ok(ticket)
+            }
+            Ok(Ok(None)) => Err(Refused::TooMany {
+                user: user.name.clone(),
+                open: max.unwrap_or_default(),
+            }),
+            Ok(Err(e)) => {
+                warn!(user = %Wire(&user.name), error = %Wire(&e.detail().to_string()), "cannot count the user's sessions in the database");
+                Err(Refused::Unavailable)
+            }
+            Err(_) => {
+                warn!(user = %Wire(&user.name), "cannot count the user's sessions in the database: no answer in time");
+                Err(Refused::Unavailable)
+            }
+        }
+    }
+
+    /// A place among `user`'s sessions on this instance.
+    fn login_here(&self, user: &User) -> Result<Ticket, Refused> {
         let account = {
             let mut by_name = self.by_name.lock().unwrap();
             by_name
                 .entry(user.name.clone())
-                .or_insert_with(|| Arc::new(Account::new(user)))
+                .or_insert_with(|| Arc::new(Account::new(user, self.cluster.as_ref())))
                 .clone()
         };
         let max = account.limits.read().unwrap().max_sessions;
@@ -249,11 +392,14 @@ impl Accounts {
                 (max.is_none_or(|max| n < max)).then_some(n + 1)
             });
         match taken {
-            Ok(_) => Ok(Ticket { account }),
-            Err(n) => Err(format!(
-                "too many sessions: {} has {n} open, the most allowed; close one and try again",
-                user.name
-            )),
+            Ok(_) => Ok(Ticket {
+                account,
+                lease: None,
+            }),
+            Err(open) => Err(Refused::TooMany {
+                user: user.name.clone(),
+                open,
+            }),
         }
     }
 
@@ -345,14 +491,15 @@ mod tests {
                 Store::Local(crate::store::LocalBackend::new(root).unwrap()),
                 None,
                 None,
+                None,
             ),
             dir,
             state,
         )
     }
 
-    #[test]
-    fn max_sessions_holds_and_a_closed_session_gives_its_place_back() {
+    #[tokio::test]
+    async fn max_sessions_holds_and_a_closed_session_gives_its_place_back() {
         let (accounts, _d, _s) = accounts();
         let alice = user(
             "alice",
@@ -361,24 +508,24 @@ mod tests {
                 ..Limits::default()
             },
         );
-        let one = accounts.login(&alice).unwrap();
-        let two = accounts.login(&alice).unwrap();
-        let refused = accounts.login(&alice).err().unwrap();
+        let one = accounts.login(&alice).await.unwrap();
+        let two = accounts.login(&alice).await.unwrap();
+        let refused = accounts.login(&alice).await.err().unwrap().to_string();
         assert!(refused.contains("too many sessions"), "{refused}");
         assert!(refused.contains("alice"), "{refused}");
         assert_eq!(accounts.snapshot()[0].sessions, 2);
         drop(one);
-        let _three = accounts.login(&alice).unwrap();
+        let _three = accounts.login(&alice).await.unwrap();
         drop(two);
         assert_eq!(accounts.snapshot()[0].sessions, 1);
     }
 
-    #[test]
-    fn the_sessions_of_one_user_share_one_account() {
+    #[tokio::test]
+    async fn the_sessions_of_one_user_share_one_account() {
         let (accounts, _d, _s) = accounts();
         let bob = user("bob", Limits::default());
-        let a = accounts.login(&bob).unwrap();
-        let b = accounts.login(&bob).unwrap();
+        let a = accounts.login(&bob).await.unwrap();
+        let b = accounts.login(&bob).await.unwrap();
         assert!(Arc::ptr_eq(a.account(), b.account()));
         a.account().moved(Direction::Upload, 10);
         b.account().moved(Direction::Download, 5);

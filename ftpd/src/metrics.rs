@@ -194,6 +194,21 @@ fn describe() {
         Unit::Count,
         "Times a user passed 90 % of a quota."
     );
+    describe_counter!(
+        "ftpd_rate_leases_total",
+        Unit::Count,
+        "Leases of users' service-wide rate caps taken from the database (--database)."
+    );
+    describe_counter!(
+        "ftpd_rate_leased_bytes_total",
+        Unit::Bytes,
+        "Bytes of users' service-wide rate caps leased from the database (--database)."
+    );
+    describe_counter!(
+        "ftpd_rate_lease_failures_total",
+        Unit::Count,
+        "Times leasing a user's rate from the database failed and the local cap took over."
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -225,6 +225,7 @@ impl Server {
             store.clone(),
             users.as_ref(),
             config.max_rate,
+            cluster.as_ref().map(|c| c.state.clone()),
         ));
         Ok(Server {
             shared: Shared {

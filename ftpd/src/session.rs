@@ -297,7 +297,8 @@ impl Session {
             warn!(peer = %self.peer, user = %Wire(&user.name), home = %Wire(&home), "cannot open home: {e}");
             SessionError::Internal("cannot open the user's home".into())
         })?;
-        let ticket = self.accounts.login(&user).map_err(|why| {
+        let ticket = self.accounts.login(&user).await.map_err(|why| {
+            let why = why.to_string();
             info!(peer = %self.peer, user = %Wire(&user.name), reason = %Wire(&why), "login refused");
             SessionError::Refused(ErrorReply::new(ErrorCode::Busy, why))
         })?;

@@ -2,7 +2,8 @@
 //! time and, after each read or write, takes its bytes from every cap in force (the user's,
 //! shared by all their sessions, and the daemon's `--max-rate`), waiting when one has none.
 //! Bytes keep flowing at the cap in pieces of a tenth of a second, so the progress-based waits
-//! of `protocol::Connection` never see a stall, however low the cap.
+//! of `protocol::Connection` never see a stall, however low the cap. A user's cap for the whole
+//! service (`--database`) is also paid from the bytes this instance leased for them.
 
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use governor::clock::Clock;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::accounts::{Account, Accounts, Direction, Rate};
+use crate::accounts::{Account, Accounts, Direction, Draw, Rate};
 
 /// Daemon-wide throttled time per direction, in nanoseconds: whole seconds go to the metric.
 static THROTTLED_NS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
@@ -89,8 +90,12 @@ struct Debt {
     owed: u32,
     /// The caps (in `Meter::rates` order) already charged for them.
     paid: usize,
+    /// The cap at `paid` has paced them; its service-wide lease is still to be drawn on.
+    paced: bool,
     /// The wait for the cap that had no room.
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The wait for the bytes leased for a service-wide cap.
+    lease: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// When this wait began.
     since: Option<Instant>,
 }
@@ -127,23 +132,43 @@ fn pay(
             ready!(sleep.as_mut().poll(cx));
             debt.sleep = None;
         }
+        if let Some(lease) = &mut debt.lease {
+            ready!(lease.as_mut().poll(cx));
+            debt.lease = None;
+            debt.paced = false;
+            debt.paid += 1;
+        }
         let rates = meter.rates(direction);
         if let Some(owed) = NonZeroU32::new(debt.owed) {
             while debt.paid < rates.len() {
                 let rate = &rates[debt.paid];
-                match rate.limiter.check_n(owed) {
-                    Ok(Ok(())) => debt.paid += 1,
-                    Ok(Err(not_until)) => {
-                        let wait = not_until.wait_time_from(rate.limiter.clock().now());
-                        debt.since.get_or_insert_with(Instant::now);
-                        debt.sleep = Some(Box::pin(tokio::time::sleep(wait)));
-                        break;
+                if !debt.paced {
+                    match rate.limiter.check_n(owed) {
+                        Ok(Ok(())) => debt.paced = true,
+                        Ok(Err(not_until)) => {
+                            let wait = not_until.wait_time_from(rate.limiter.clock().now());
+                            debt.since.get_or_insert_with(Instant::now);
+                            debt.sleep = Some(Box::pin(tokio::time::sleep(wait)));
+                            break;
+                        }
+                        // More than the cap's burst (a reload made it smaller): let it pass.
+                        Err(_) => debt.paced = true,
                     }
-                    // More than the cap's burst (a reload made it smaller): let it pass.
-                    Err(_) => debt.paid += 1,
                 }
+                if let Some(leased) = &rate.leased {
+                    match leased.draw(owed.get()) {
+                        Draw::Taken | Draw::Local => {}
+                        Draw::Wait(wait) => {
+                            debt.since.get_or_insert_with(Instant::now);
+                            debt.lease = Some(wait);
+                            break;
+                        }
+                    }
+                }
+                debt.paced = false;
+                debt.paid += 1;
             }
-            if debt.sleep.is_some() {
+            if debt.sleep.is_some() || debt.lease.is_some() {
                 continue;
             }
             debt.owed = 0;

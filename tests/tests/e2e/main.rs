@@ -90,3 +90,7 @@ mod proxy;
 // local root, no clobber, cut and killed uploads resumed from the last part, the sweeper,
 // startup refusals in one line, homes as prefixes.
 mod s3;
+
+// A user's limits across two instances of a service on one PostgreSQL: a session cap held on
+// one instance refuses a session on another; one rate cap leased by both.
+mod cluster_limits;

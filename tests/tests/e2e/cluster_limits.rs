@@ -1,0 +1,502 @@
+//! A user's limits across the instances of a service (issue 20): two daemons on one shared
+//! root and one private PostgreSQL. A session cap of one held on instance A refuses a session
+//! on instance B until A's ends; two sessions of one user on the two instances share one rate
+//! cap: both instances lease it from the database, and together they stay within the stated
+//! bound r × (T + (N + 1) × 250 ms) (docs/CLUSTER.md).
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::util::{assert_same_file, tmpdir, write_random, Daemon, Site, Tool};
+
+const MIB: u64 = 1024 * 1024;
+const METRICS_MARKER: &str = "metrics listening on ";
+const PASSWORD: &str = "a shared secret";
+/// The fewest key-derivation iterations allowed: 600,000 take seconds in a debug build on a
+/// busy machine, on both sides of each login.
+const FAST: &str = "4096";
+
+/// A private PostgreSQL for this file's tests (the approach of pgstate/tests/state/util.rs,
+/// with its command-line tools instead of a driver).
+mod pg {
+    use std::io::Write as _;
+    use std::path::PathBuf;
+    use std::process::{Child, ChildStdin, Command, Stdio};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    fn bin_dir() -> PathBuf {
+        std::env::var_os("PG_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+    }
+
+    /// The server; stopped and its directory removed when the test binary exits, however it
+    /// exits (a shell waits for our end of a pipe to close), or at [`Server::stop`].
+    pub struct Server {
+        port: u16,
+        dir: PathBuf,
+        stdin: Mutex<Option<ChildStdin>>,
+        child: Mutex<Child>,
+    }
+
+    const SCRIPT: &str = r#"
+set -e
+"$BIN/initdb" -D "$DIR/data" -A trust -U postgres -E UTF8 --no-sync >"$DIR/initdb.log" 2>&1
+"$BIN/postgres" -D "$DIR/data" -p "$PORT" -k "$DIR" -c listen_addresses=127.0.0.1 \
+    -c fsync=off -c max_connections=200 >"$DIR/postgres.log" 2>&1 &
+pid=$!
+cat >/dev/null || true
+kill -INT "$pid" 2>/dev/null || true
+wait "$pid" 2>/dev/null || true
+rm -rf "$DIR"
+"#;
+
+    fn is_root() -> bool {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    }
+
+    impl Server {
+        fn start() -> Result<Server, String> {
+            let bin = bin_dir();
+            if !bin.join("initdb").exists() || !bin.join("postgres").exists() {
+                return Err(format!("no PostgreSQL binaries in {}", bin.display()));
+            }
+            let dir = tempfile::Builder::new()
+                .prefix("e2e-pg-")
+                .tempdir()
+                .map_err(|e| e.to_string())?
+                .keep();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| e.to_string())?
+                .port();
+            let mut command = if is_root() {
+                // initdb refuses to run as root: the server runs as the postgres user.
+                let chown = Command::new("chown")
+                    .arg("postgres:")
+                    .arg(&dir)
+                    .status()
+                    .map_err(|e| e.to_string())?;
+                if !chown.success() {
+                    return Err("running as root and there is no postgres user".into());
+                }
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--", "sh", "-c", SCRIPT]);
+                c
+            } else {
+                let mut c = Command::new("sh");
+                c.args(["-c", SCRIPT]);
+                c
+            };
+            let mut child = command
+                .env("BIN", &bin)
+                .env("DIR", &dir)
+                .env("PORT", port.to_string())
+                .current_dir(&dir)
+                .stdin(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("cannot start PostgreSQL: {e}"))?;
+            let stdin = child.stdin.take().expect("piped");
+            Ok(Server {
+                port,
+                dir,
+                stdin: Mutex::new(Some(stdin)),
+                child: Mutex::new(child),
+            })
+        }
+
+        /// A server of the caller's own, which it may stop; `None` as for [`fresh_db`].
+        pub fn private() -> Option<Server> {
+            available(Server::start())
+        }
+
+        /// Stops the server (a fast shutdown: its clients are cut off) and waits for it.
+        pub fn stop(&self) {
+            drop(self.stdin.lock().unwrap().take());
+            let mut child = self.child.lock().unwrap();
+            let stopped = crate::util::wait_child(&mut child, Duration::from_secs(30));
+            assert!(stopped.is_some(), "PostgreSQL did not stop");
+        }
+
+        /// The URL of a fresh database; waits for the server to accept connections.
+        pub fn create_db(&self) -> String {
+            let name = format!(
+                "cl{}_{}",
+                std::process::id(),
+                NEXT_DB.fetch_add(1, Ordering::Relaxed)
+            );
+            // Readiness is the first createdb that succeeds (initdb and startup take seconds).
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let created = Command::new(bin_dir().join("createdb"))
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &self.port.to_string(),
+                        "-U",
+                        "postgres",
+                    ])
+                    .arg(&name)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if created {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let log = std::fs::read_to_string(self.dir.join("postgres.log"));
+                    panic!("PostgreSQL did not start: {}", log.unwrap_or_default());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+        }
+    }
+
+    /// The server, or `None` with a note when PostgreSQL is not installed (a failure under CI).
+    fn available(started: Result<Server, String>) -> Option<Server> {
+        match started {
+            Ok(s) => Some(s),
+            Err(e) if std::env::var_os("CI").is_some() => {
+                panic!("PostgreSQL is needed under CI: {e}")
+            }
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "skipped: {e}");
+                None
+            }
+        }
+    }
+
+    static SERVER: OnceLock<Option<Server>> = OnceLock::new();
+    static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+    /// The URL of a fresh database of its own; `None` (with a note) when PostgreSQL is not
+    /// installed, which fails instead under CI.
+    pub fn fresh_db() -> Option<String> {
+        let server = SERVER.get_or_init(|| available(Server::start())).as_ref()?;
+        Some(server.create_db())
+    }
+
+    /// The one value `query` gives in the database at `url`, as psql prints it.
+    pub fn value(url: &str, query: &str) -> String {
+        let out = Command::new(bin_dir().join("psql"))
+            .args(["-X", "-A", "-t", "-c", query, url])
+            .stdin(Stdio::null())
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql {query:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+/// A service of two instances on one shared root, and the users' password file.
+struct Service {
+    site: Site,
+    url: String,
+    a: Daemon,
+    b: Daemon,
+}
+
+impl Service {
+    /// Two instances of a service in a fresh database; `None` without PostgreSQL.
+    fn start() -> Option<Service> {
+        Some(Service::on(pg::fresh_db()?))
+    }
+
+    /// Two instances of a service in the database at `url`.
+    fn on(url: String) -> Service {
+        let site = Site::new();
+        site.private_file("secret", PASSWORD);
+        let instance = |name: &str| {
+            site.daemon()
+                .arg("--shared-root")
+                .arg("--database")
+                .arg(&url)
+                .arg("--state-dir")
+                .arg(site.path(name))
+                .args(["--metrics-listen", "127.0.0.1:0"])
+                .start()
+        };
+        let a = instance("state-a");
+        let b = instance("state-b");
+        Service { site, url, a, b }
+    }
+
+    /// `ftpd adduser --database URL FLAGS... NAME`, the password on stdin, and the home made.
+    fn adduser(&self, name: &str, flags: &[&str]) {
+        Tool::ftpd()
+            .args(["adduser", "--iterations", FAST, "--database", &self.url])
+            .args(flags)
+            .arg(name)
+            .stdin(format!("{PASSWORD}\n"))
+            .run()
+            .ok();
+        std::fs::create_dir_all(self.site.root().join(name)).unwrap();
+    }
+
+    /// Waits until both instances know `name` (they load users at each change).
+    fn wait_user(&self, name: &str) {
+        for d in [&self.a, &self.b] {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let run = self.cli(d, name).cmds("pwd").run();
+                if run.status.success() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{name} never logged in: {run}");
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn cli(&self, d: &Daemon, name: &str) -> crate::util::Cli {
+        d.cli().user(name, self.site.path("secret"))
+    }
+
+    /// Sessions of `name` the database counts now.
+    fn sessions(&self, name: &str) -> u64 {
+        let query =
+            format!("SELECT count(*) FROM sessions WHERE user_name = '{name}' AND expires > now()");
+        pg::value(&self.url, &query).parse().unwrap()
+    }
+
+    /// Waits (polling, for at most 30 s) until the database counts `n` sessions of `name`.
+    #[track_caller]
+    fn wait_sessions(&self, name: &str, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.sessions(name) != n {
+            assert!(
+                Instant::now() < deadline,
+                "{name} never had {n} sessions; logs:\n{}\n{}",
+                self.a.log(),
+                self.b.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The metrics address from a daemon's log.
+fn metrics_addr(d: &Daemon) -> SocketAddr {
+    d.wait_for_log(&[METRICS_MARKER]);
+    let log = d.log();
+    let line = log.lines().find(|l| l.contains(METRICS_MARKER)).unwrap();
+    let (_, rest) = line.split_once(METRICS_MARKER).unwrap();
+    let token = rest
+        .split(|c: char| c.is_whitespace() || c == '"' || c == ',')
+        .next()
+        .unwrap_or_default();
+    token
+        .parse()
+        .unwrap_or_else(|_| panic!("no address in {line:?}"))
+}
+
+/// The value of `series` (exactly as rendered, labels included) in a scrape of `d`.
+fn metric(d: &Daemon, series: &str) -> Option<f64> {
+    use std::io::{Read as _, Write as _};
+    let addr = metrics_addr(d);
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(tcp, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).unwrap();
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Each download the daemon logged as done: (bytes, seconds).
+fn downloads(log: &str) -> Vec<(u64, f64)> {
+    let field = |line: &str, key: &str| -> Option<String> {
+        let at = line.find(&format!(" {key}="))? + key.len() + 2;
+        let rest = &line[at..];
+        Some(
+            rest[..rest.find(' ').unwrap_or(rest.len())]
+                .trim_matches('"')
+                .to_owned(),
+        )
+    };
+    log.lines()
+        .filter(|l| l.contains("transfer") && l.contains("op=\"get\""))
+        .filter(|l| l.contains("outcome=\"ok\""))
+        .filter_map(|l| {
+            Some((
+                field(l, "bytes")?.parse().ok()?,
+                field(l, "secs")?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+fn write_file(dir: &Path, name: &str, size: u64, seed: u64) {
+    write_random(dir.join(name), size, seed);
+}
+
+/// max_sessions = 1 for the whole service: a session open on A (a download held back by the
+/// rate cap) refuses a login on B with the local cap's reply; once A's session ends, B admits
+/// one (polled with a deadline: the place is given back just after the session ends).
+#[test]
+fn a_session_on_one_instance_counts_against_the_cap_on_another() {
+    let Some(service) = Service::start() else {
+        return;
+    };
+    service.adduser("solo", &["--max-sessions", "1", "--max-rate", "256KiB"]);
+    service.wait_user("solo");
+    // The probes' places are given back just after their sessions end.
+    service.wait_sessions("solo", 0);
+    let home = service.site.root().join("solo");
+    // 16 s at the cap: it holds the session while the test looks at B.
+    write_file(&home, "big.bin", 4 * MIB, 1);
+    let work = tmpdir();
+    let mut held = service
+        .cli(&service.a, "solo")
+        .cwd(work.path())
+        .cmds("get big.bin")
+        .spawn();
+    service.wait_sessions("solo", 1);
+    let refused = service
+        .cli(&service.b, "solo")
+        .cmds("pwd")
+        .run()
+        .fails()
+        .stderr_has("too many sessions")
+        .one_line_error();
+    assert!(refused.stderr.contains("solo"), "{refused}");
+    held.assert_running();
+    held.kill();
+    service.wait_sessions("solo", 0);
+    service.cli(&service.b, "solo").cmds("pwd").run().ok();
+}
+
+/// One user's two downloads, one through each instance, share a cap of 1 MiB/s: both
+/// instances leased from the database, and the bytes both moved stay within the bound
+/// r × (T + (N + 1) × 250 ms) plus what each session moves before it pays (one burst, at most
+/// 64 KiB), T the clients' wall time, which is longer than the transfers took. (Without the
+/// shared cap they would move 2 MiB a second; a loaded machine only moves fewer.)
+#[test]
+fn two_instances_share_one_users_rate_cap() {
+    let Some(service) = Service::start() else {
+        return;
+    };
+    service.adduser("pair", &["--max-sessions", "2", "--max-rate", "1MiB"]);
+    service.wait_user("pair");
+    let home = service.site.root().join("pair");
+    write_file(&home, "a.bin", 3 * MIB, 2);
+    write_file(&home, "b.bin", 3 * MIB, 3);
+    let work = tmpdir();
+    let one = service
+        .cli(&service.a, "pair")
+        .cwd(work.path())
+        .cmds("get a.bin");
+    let two = service
+        .cli(&service.b, "pair")
+        .cwd(work.path())
+        .cmds("get b.bin");
+    let started = Instant::now();
+    let (one, two) = (
+        thread::spawn(move || one.run()),
+        thread::spawn(move || two.run()),
+    );
+    one.join().unwrap().ok();
+    two.join().unwrap().ok();
+    let wall = started.elapsed().as_secs_f64();
+    assert_same_file(home.join("a.bin"), work.path().join("a.bin"));
+    assert_same_file(home.join("b.bin"), work.path().join("b.bin"));
+    for (name, d) in [("A", &service.a), ("B", &service.b)] {
+        let leased = metric(d, "ftpd_rate_leased_bytes_total{direction=\"download\"}");
+        assert!(
+            leased.is_some_and(|b| b > 0.0),
+            "instance {name} leased no rate from the database ({leased:?}); log:\n{}",
+            d.log()
+        );
+    }
+    let buckets = pg::value(
+        &service.url,
+        "SELECT count(*) FROM rate_buckets WHERE user_name = 'pair' AND direction = 'down'",
+    );
+    assert_eq!(buckets, "1", "one bucket for both instances");
+    let done: Vec<(u64, f64)> = [&service.a, &service.b]
+        .iter()
+        .flat_map(|d| downloads(&d.log()))
+        .collect();
+    let moved: u64 = done.iter().map(|t| t.0).sum();
+    assert_eq!(moved, 6 * MIB, "{done:?}");
+    // The longer transfer ran while the other did for most of it: the daemon's own time.
+    let secs = done.iter().map(|t| t.1).fold(0.0, f64::max);
+    let rate = MIB as f64;
+    let bound = rate * (wall + 3.0 * 0.25) + 2.0 * 64.0 * 1024.0;
+    eprintln!(
+        "two instances, one cap of 1 MiB/s: {moved} bytes in {wall:.2} s wall, the longer \
+         transfer {secs:.2} s: {:.3} MiB/s over it (bound {:.2} MiB over the wall time); \
+         each (bytes, s): {done:?}",
+        moved as f64 / secs / rate,
+        bound / rate
+    );
+    assert!(
+        (moved as f64) <= bound,
+        "{moved} bytes in {wall:.2} s: over the service-wide cap's bound of {bound:.0}"
+    );
+}
+
+/// The database stops while a capped download runs (step 6 of docs/CLUSTER.md): the download
+/// goes on at the instance's own cap and completes, the instance says so once (one WARN), and a
+/// new login is refused with a one-line error rather than let in uncounted or left hanging.
+#[test]
+fn without_the_database_transfers_go_on_at_the_local_cap_and_logins_are_refused() {
+    let Some(server) = pg::Server::private() else {
+        return;
+    };
+    let service = Service::on(server.create_db());
+    service.adduser("solo", &["--max-sessions", "2", "--max-rate", "512KiB"]);
+    service.wait_user("solo");
+    service.wait_sessions("solo", 0);
+    let home = service.site.root().join("solo");
+    // 4 s at the cap.
+    write_file(&home, "big.bin", 2 * MIB, 4);
+    let work = tmpdir();
+    let download = service
+        .cli(&service.a, "solo")
+        .cwd(work.path())
+        .cmds("get big.bin");
+    let download = thread::spawn(move || download.run());
+    service.wait_sessions("solo", 1);
+    server.stop();
+    let refused = service
+        .cli(&service.b, "solo")
+        .cmds("pwd")
+        .timeout(Duration::from_secs(120))
+        .run()
+        .fails()
+        .one_line_error()
+        .no_internals();
+    eprintln!("a login without the database: {}", refused.stderr.trim());
+    download.join().unwrap().ok();
+    assert_same_file(home.join("big.bin"), work.path().join("big.bin"));
+    let log = service.a.log();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("cannot lease rate from the database"))
+        .count();
+    assert_eq!(warned, 1, "one WARN for the lost leases; log:\n{log}");
+    assert!(
+        !log.contains("panicked"),
+        "instance A panicked; log:\n{log}\n{refused}"
+    );
+}
