@@ -4,10 +4,9 @@
 //! a database that does not answer refuses logins with a retryable `busy`, never lets one in
 //! unchecked.
 //!
-//! The PostgreSQL here is this file's own, one per test (initdb into a temp dir, a free
-//! loopback port; as root through `runuser postgres`, as pgstate's tests do), because one test
-//! freezes it. Without the binaries (/usr/lib/postgresql/15/bin, or `PG_BIN`) the tests print
-//! a note and pass; under CI they fail.
+//! Each test has a PostgreSQL server of its own ([`crate::postgres::Server::private`]),
+//! because one test freezes it. Without the binaries the tests print a note and pass; under CI
+//! they fail.
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
