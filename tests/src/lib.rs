@@ -2,3 +2,6 @@
 
 // A TCP proxy that corrupts, cuts or stalls the connections between `ftp-cli` and `ftpd`.
 pub mod proxy;
+
+// A private PostgreSQL: one server per test binary, a fresh database per test.
+pub mod postgres;

@@ -1,14 +1,11 @@
-//! The services the registry tests need, private to this test binary: a PostgreSQL server
-//! (initdb into a temp dir, as pgstate's tests do) with a fresh database per test, and a moto
-//! S3 server per test, both on free loopback ports. Without their binaries the tests print a
+//! The services the registry tests need, private to this test binary: a fresh database per
+//! test (on the e2e crate's private PostgreSQL), one that can be stopped and started again,
+//! and a moto S3 server per test, on free loopback ports. Without their binaries the tests print a
 //! note and pass, except under CI (env CI set), where they fail.
 
-use std::io::Write as _;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn in_ci() -> bool {
@@ -34,114 +31,10 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-/// Run as the server's owner: initdb, postgres in the background, then wait for stdin to
-/// close (this test binary gone, however it ended) to stop it and remove the directory.
-const SCRIPT: &str = r#"
-set -e
-"$BIN/initdb" -D "$DIR/data" -A trust -U postgres -E UTF8 --no-sync >"$DIR/initdb.log" 2>&1
-"$BIN/postgres" -D "$DIR/data" -p "$PORT" -k "$DIR" -c listen_addresses=127.0.0.1 \
-    -c fsync=off >"$DIR/postgres.log" 2>&1 &
-pid=$!
-cat >/dev/null || true
-kill -INT "$pid" 2>/dev/null || true
-wait "$pid" 2>/dev/null || true
-rm -rf "$DIR"
-"#;
-
-/// The running PostgreSQL of this test binary.
-struct Postgres {
-    port: u16,
-    /// Our end of the pipe the stopping shell reads.
-    _stdin: Mutex<ChildStdin>,
-    /// The shell that runs the server and stops it.
-    _child: Mutex<Child>,
-}
-
-impl Postgres {
-    fn start() -> Result<Postgres, String> {
-        let bin = bin_dir();
-        if !bin.join("initdb").exists() || !bin.join("postgres").exists() {
-            return Err(format!("no PostgreSQL binaries in {}", bin.display()));
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("ftpd-registry-test")
-            .tempdir()
-            .map_err(|e| e.to_string())?
-            .keep();
-        let port = free_port();
-        let mut command = if is_root() {
-            // initdb refuses to run as root: the server runs as the postgres user.
-            let chown = Command::new("chown")
-                .arg("postgres:")
-                .arg(&dir)
-                .status()
-                .map_err(|e| e.to_string())?;
-            if !chown.success() {
-                return Err("running as root and there is no postgres user".into());
-            }
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", "sh", "-c", SCRIPT]);
-            c
-        } else {
-            let mut c = Command::new("sh");
-            c.args(["-c", SCRIPT]);
-            c
-        };
-        let mut child = command
-            .env("BIN", &bin)
-            .env("DIR", &dir)
-            .env("PORT", port.to_string())
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start PostgreSQL: {e}"))?;
-        let stdin = child.stdin.take().expect("piped");
-        Ok(Postgres {
-            port,
-            _stdin: Mutex::new(stdin),
-            _child: Mutex::new(child),
-        })
-    }
-}
-
-static POSTGRES: OnceLock<Option<Postgres>> = OnceLock::new();
-static NEXT_DB: AtomicU32 = AtomicU32::new(0);
-
-/// The URL of a fresh, empty database for one test; `None` (with a note) without PostgreSQL.
+/// The URL of a fresh, empty database for one test on the e2e crate's private PostgreSQL (one
+/// server per test binary); `None` (with a note) without PostgreSQL, a failure under CI.
 pub fn fresh_db() -> Option<String> {
-    let server = POSTGRES
-        .get_or_init(|| match Postgres::start() {
-            Ok(s) => Some(s),
-            Err(e) if in_ci() => panic!("PostgreSQL is needed under CI: {e}"),
-            Err(e) => {
-                let _ = writeln!(std::io::stderr(), "skipping the registry tests: {e}");
-                None
-            }
-        })
-        .as_ref()?;
-    let name = format!("t{}", NEXT_DB.fetch_add(1, Ordering::Relaxed));
-    // Ready once createdb gets through (initdb and startup take a few seconds).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = Command::new(bin_dir().join("createdb"))
-            .args(["-h", "127.0.0.1", "-p", &server.port.to_string()])
-            .args(["-U", "postgres", &name])
-            .output()
-            .expect("createdb runs");
-        if out.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "PostgreSQL did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(format!(
-        "host=127.0.0.1 port={} user=postgres dbname={name}",
-        server.port
-    ))
+    e2e::postgres::Database::fresh().map(|db| db.url())
 }
 
 /// A moto server on its own port, killed when dropped.

@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 use e2e::proxy::{Direction, Fault, Proxy};
 use tempfile::TempDir;
 
-use crate::postgres::Database;
 use crate::util::{
     assert_same_file, free_port, have_tool, names, sent_this_time, staged_bytes, tmpdir,
     tmpdir_named, wait_until, write_random, Bucket, Cli, Daemon, DaemonBuilder, Keys, KillOnDrop,
     Moto, Run, Tool, MIB,
 };
+use e2e::postgres::Database;
 
 /// How long one client run, one admin command or one frame may take here: every step is small.
 const STEP: Duration = Duration::from_secs(30);

@@ -4,7 +4,7 @@
 //! a database that does not answer refuses logins with a retryable `busy`, never lets one in
 //! unchecked.
 //!
-//! Each test has a PostgreSQL server of its own ([`crate::postgres::Server::private`]),
+//! Each test has a PostgreSQL server of its own ([`e2e::postgres::Server::private`]),
 //! because one test freezes it. Without the binaries the tests print a note and pass; under CI
 //! they fail.
 
@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use protocol::{ErrorCode, ErrorReply, Message};
 
-use crate::postgres::{Database, Server};
 use crate::raw::Raw;
 use crate::util::{holds_within, tmpdir_named, Daemon, Tool};
+use e2e::postgres::{Database, Server};
 
 /// How long one frame from a daemon may take: over the daemon's own wait on the database.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::postgres::{Database, Server};
 use crate::util::{assert_same_file, tmpdir, write_random, Daemon, Site, Tool};
+use e2e::postgres::{Database, Server};
 
 const MIB: u64 = 1024 * 1024;
 const METRICS_MARKER: &str = "metrics listening on ";

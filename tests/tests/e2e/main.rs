@@ -91,11 +91,10 @@ mod proxy;
 // startup refusals in one line, homes as prefixes.
 mod s3;
 
-// Several instances as one service (issue 20): two daemons on one PostgreSQL (postgres.rs, a
+// Several instances as one service (issue 20): two daemons on one PostgreSQL (e2e::postgres, a
 // private server per test binary) and one shared root or bucket: users, files, limits, the
 // login throttle and interrupted uploads the same whichever instance answers.
 mod cluster;
-mod postgres;
 
 // A user's limits across two instances of a service on one PostgreSQL: a session cap held on
 // one instance refuses a session on another; one rate cap leased by both.

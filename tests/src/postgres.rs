@@ -1,4 +1,4 @@
-//! A private PostgreSQL for the cluster tests: one server per test binary (initdb into a temp
+//! A private PostgreSQL for the tests of pgstate, of ftpd's registry and of the cluster: one server per test binary (initdb into a temp
 //! dir, postgres on a free loopback port, its socket in the same dir), a fresh database per
 //! test (`CREATE DATABASE`, through `createdb`), so tests stay independent.
 //!
@@ -18,7 +18,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::free_port;
+/// A free loopback port for the server.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
 
 /// How long initdb and the server's start may take before the test fails: a few seconds on
 /// an idle machine, more on a shared one.
@@ -286,8 +292,14 @@ impl Server {
     pub fn stop(&self) {
         drop(self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take());
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        let stopped = crate::util::wait_child(&mut child, Duration::from_secs(30));
-        assert!(stopped.is_some(), "PostgreSQL did not stop");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("PostgreSQL did not stop within 30 s");
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Stops (SIGSTOP) the server and every backend it runs, so that connections stay open but
