@@ -205,6 +205,10 @@ struct Shared {
     report: ProbeReport,
     /// Usage, for quotas and `df`.
     counts: Mutex<Counts>,
+    /// Held while a home is first counted, so that with a shared ledger no upload of this
+    /// instance reserves in it before its recount is written (which would forget that
+    /// reservation).
+    counting: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -284,14 +288,20 @@ impl Shared {
 
     /// Counts the homes holding `key` that are not counted yet.
     async fn count_homes_of(&self, key: &str) -> Result<(), Error> {
-        let uncounted: Vec<String> = self
-            .counts()
-            .homes
-            .iter()
-            .filter(|(p, l)| key.starts_with(p.as_str()) && l.tally.is_none())
-            .map(|(p, _)| p.clone())
-            .collect();
-        for prefix in uncounted {
+        let uncounted = || -> Vec<String> {
+            self.counts()
+                .homes
+                .iter()
+                .filter(|(p, l)| key.starts_with(p.as_str()) && l.tally.is_none())
+                .map(|(p, _)| p.clone())
+                .collect()
+        };
+        if uncounted().is_empty() {
+            return Ok(());
+        }
+        // Counted once; a home's tally is set only after its recount is written.
+        let _counting = self.counting.lock().await;
+        for prefix in uncounted() {
             let tally = self.count(&prefix).await?;
             if let Some(ledger) = &self.opts.usage {
                 let to = HomeCount {
@@ -419,6 +429,7 @@ impl S3Backend {
             registry,
             report,
             counts: Mutex::default(),
+            counting: tokio::sync::Mutex::default(),
         });
         let total = shared.count("").await?;
         shared.counts().total = total;
