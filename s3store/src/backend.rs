@@ -25,6 +25,7 @@ use crate::upload::{
     bare_etag, digest_key, read_digest, sweep_in, write_digest, DigestRecord, Finished, PartBudget,
     PartSize, ResumableUpload, UploadSpec, RESERVED_PREFIX,
 };
+use crate::usage::{HomeCount, UsageLedger};
 
 /// The memory all uploads' part buffers may take together unless told otherwise.
 pub const DEFAULT_PART_BUDGET: u64 = 256 << 20;
@@ -58,6 +59,9 @@ pub struct S3Options {
     /// Where upload-state records are kept: `None` for objects in the bucket
     /// ([`BucketRegistry`], one daemon); a registry that fences for several (`--database`).
     pub registry: Option<Arc<dyn UploadRegistry>>,
+    /// Where homes' usage is kept for their quotas: `None` for this process's own counts
+    /// (one daemon); a ledger every daemon reserves through for several (`--database`).
+    pub usage: Option<Arc<dyn UsageLedger>>,
 }
 
 impl Default for S3Options {
@@ -76,6 +80,7 @@ impl Default for S3Options {
             holder: format!("{host}/{}", std::process::id()),
             timeouts: Timeouts::default(),
             registry: None,
+            usage: None,
         }
     }
 }
@@ -156,6 +161,10 @@ impl Tally {
     }
 }
 
+fn clamp_i64(n: i128) -> i64 {
+    n.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
 fn add_signed(n: u64, delta: i128) -> u64 {
     (i128::from(n) + delta).clamp(0, i128::from(u64::MAX)) as u64
 }
@@ -196,6 +205,10 @@ struct Shared {
     report: ProbeReport,
     /// Usage, for quotas and `df`.
     counts: Mutex<Counts>,
+    /// Held while a home is first counted, so that with a shared ledger no upload of this
+    /// instance reserves in it before its recount is written (which would forget that
+    /// reservation).
+    counting: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -230,6 +243,29 @@ impl Shared {
         }
     }
 
+    /// The homes holding `key`, by key prefix: those whose usage a change to `key` changes.
+    fn homes_of(&self, key: &str) -> Vec<String> {
+        self.counts()
+            .homes
+            .keys()
+            .filter(|p| key.starts_with(p.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// Counts a change to `key` here and in the shared ledger, if any. The change is made on
+    /// the storage already: a ledger that does not answer misses it until the home is
+    /// recounted (docs/CLUSTER.md).
+    async fn charge_all(&self, key: &str, bytes: i128, files: i128) {
+        self.charge(key, bytes, files);
+        if let Some(ledger) = &self.opts.usage {
+            let (bytes, files) = (clamp_i64(bytes), clamp_i64(files));
+            for home in self.homes_of(key) {
+                let _ = ledger.add(&home, bytes, files).await;
+            }
+        }
+    }
+
     /// Bytes and objects under `prefix` (`.ftpd/` aside), by a full listing.
     async fn count(&self, prefix: &str) -> Result<Tally, Error> {
         let mut tally = Tally::default();
@@ -252,15 +288,28 @@ impl Shared {
 
     /// Counts the homes holding `key` that are not counted yet.
     async fn count_homes_of(&self, key: &str) -> Result<(), Error> {
-        let uncounted: Vec<String> = self
-            .counts()
-            .homes
-            .iter()
-            .filter(|(p, l)| key.starts_with(p.as_str()) && l.tally.is_none())
-            .map(|(p, _)| p.clone())
-            .collect();
-        for prefix in uncounted {
+        let uncounted = || -> Vec<String> {
+            self.counts()
+                .homes
+                .iter()
+                .filter(|(p, l)| key.starts_with(p.as_str()) && l.tally.is_none())
+                .map(|(p, _)| p.clone())
+                .collect()
+        };
+        if uncounted().is_empty() {
+            return Ok(());
+        }
+        // Counted once; a home's tally is set only after its recount is written.
+        let _counting = self.counting.lock().await;
+        for prefix in uncounted() {
             let tally = self.count(&prefix).await?;
+            if let Some(ledger) = &self.opts.usage {
+                let to = HomeCount {
+                    bytes: tally.bytes,
+                    files: tally.files,
+                };
+                ledger.recount(&prefix, to).await?;
+            }
             if let Some(l) = self.counts().homes.get_mut(&prefix) {
                 l.tally.get_or_insert(tally);
             }
@@ -380,6 +429,7 @@ impl S3Backend {
             registry,
             report,
             counts: Mutex::default(),
+            counting: tokio::sync::Mutex::default(),
         });
         let total = shared.count("").await?;
         shared.counts().total = total;
@@ -480,12 +530,67 @@ impl S3Backend {
             .map_err(|e| map(shown, e))?;
         let grow = size.saturating_sub(existing.unwrap_or(0));
         let new_files = u64::from(existing.is_none());
+        let mut reservation = Reservation {
+            shared: self.shared.clone(),
+            key: key.to_owned(),
+            bytes: 0,
+            files: 0,
+            shared_homes: Vec::new(),
+            shared_bytes: grow,
+            shared_files: new_files,
+        };
+        if let Some(ledger) = &self.shared.opts.usage {
+            let homes: Vec<(String, String, HomeLimits)> = self
+                .shared
+                .counts()
+                .homes
+                .iter()
+                .filter(|(p, _)| key.starts_with(p.as_str()))
+                .map(|(p, l)| (p.clone(), l.user.clone(), l.limits))
+                .collect();
+            for (home, user, limits) in homes {
+                // A ledger that does not answer cannot say there is room: the upload is
+                // refused as worth a retry, never let over the quota.
+                let fits = ledger
+                    .reserve(&home, grow, new_files, limits)
+                    .await
+                    .map_err(|e| map(shown, e))?;
+                if !fits {
+                    // Refused with the words the local count uses, from the shared count.
+                    let now = ledger.usage(&home).await.map_err(|e| map(shown, e))?;
+                    let t = Tally {
+                        bytes: now.bytes,
+                        files: now.files,
+                        ..Tally::default()
+                    };
+                    let whose = format!("{user}'s");
+                    t.room(
+                        limits.quota,
+                        limits.max_files,
+                        grow,
+                        new_files,
+                        &whose,
+                        shown,
+                    )?;
+                    // Room again by now (a delete elsewhere): still refused, this once.
+                    return Err(storage::Error::Unavailable {
+                        path: shown.to_owned(),
+                        why: "the quota changed while reserving".to_owned(),
+                    });
+                }
+                reservation.shared_homes.push(home);
+            }
+        }
         {
             let c = self.shared.counts();
             let o = &self.shared.opts;
             c.total
                 .room(o.quota, o.max_files, grow, new_files, "the server's", shown)?;
             for (prefix, l) in &c.homes {
+                if self.shared.opts.usage.is_some() {
+                    // The shared ledger checked the homes above.
+                    break;
+                }
                 if let (true, Some(t)) = (key.starts_with(prefix.as_str()), &l.tally) {
                     let whose = format!("{}'s", l.user);
                     t.room(
@@ -501,12 +606,9 @@ impl S3Backend {
         }
         self.shared
             .promise(key, i128::from(grow), i128::from(new_files));
-        Ok(Reservation {
-            shared: self.shared.clone(),
-            key: key.to_owned(),
-            bytes: grow,
-            files: new_files,
-        })
+        reservation.bytes = grow;
+        reservation.files = new_files;
+        Ok(reservation)
     }
 
     /// Refuses `n` more directory markers over the limits.
@@ -698,8 +800,8 @@ impl S3Backend {
         for (key, ObjectMeta { size, .. }) in &objects {
             self.delete_object(key, &shown).await?;
             let to = format!("{tk}/{}", &key[prefix.len()..]);
-            self.shared.charge(key, -i128::from(*size), -1);
-            self.shared.charge(&to, i128::from(*size), 1);
+            self.shared.charge_all(key, -i128::from(*size), -1).await;
+            self.shared.charge_all(&to, i128::from(*size), 1).await;
         }
         Ok(())
     }
@@ -716,12 +818,51 @@ struct Reservation {
     bytes: u64,
     /// New files promised (0 or 1).
     files: u64,
+    /// The homes the shared ledger holds the promise in; emptied once settled.
+    shared_homes: Vec<String>,
+    /// Bytes promised in the ledger.
+    shared_bytes: u64,
+    /// Files promised in the ledger.
+    shared_files: u64,
+}
+
+impl Reservation {
+    /// The upload stored a change of `bytes` and `files`: the ledger's promise becomes that,
+    /// before the upload's command is answered (so the next upload sees the room it left).
+    async fn settle(&mut self, bytes: i128, files: i128) {
+        let homes = std::mem::take(&mut self.shared_homes);
+        if let Some(ledger) = &self.shared.opts.usage {
+            let bytes = clamp_i64(bytes - i128::from(self.shared_bytes));
+            let files = clamp_i64(files - i128::from(self.shared_files));
+            for home in homes {
+                // The file is stored: a ledger that does not answer keeps the promise instead
+                // (the same but for a replaced file's size) until the home is recounted.
+                let _ = ledger.add(&home, bytes, files).await;
+            }
+        }
+    }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.shared
             .promise(&self.key, -i128::from(self.bytes), -i128::from(self.files));
+        let homes = std::mem::take(&mut self.shared_homes);
+        if let (false, Some(ledger)) = (homes.is_empty(), self.shared.opts.usage.clone()) {
+            // An upload that ended without storing gives its promise back; without a runtime
+            // (shutting down) the promise stays until the home is recounted.
+            let (bytes, files) = (
+                clamp_i64(-i128::from(self.shared_bytes)),
+                clamp_i64(-i128::from(self.shared_files)),
+            );
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    for home in homes {
+                        let _ = ledger.add(&home, bytes, files).await;
+                    }
+                });
+            }
+        }
     }
 }
 
@@ -935,7 +1076,7 @@ impl Backend for S3Backend {
             let sub = shown_of(&names[..=i]);
             let marker = format!("{}{}/", self.base, names[..=i].join("/"));
             match self.client().put(&marker, Bytes::new(), true).await {
-                Ok(_) => self.shared.charge(&marker, 0, 1),
+                Ok(_) => self.shared.charge_all(&marker, 0, 1).await,
                 // Made meanwhile by someone else: there, as asked, unless it was the one asked
                 // for without parents.
                 Err(e)
@@ -956,7 +1097,9 @@ impl Backend for S3Backend {
         match self.find_key(&key, &shown).await? {
             Found::File(meta) => {
                 self.delete_object(&key, &shown).await?;
-                self.shared.charge(&key, -i128::from(meta.size), -1);
+                self.shared
+                    .charge_all(&key, -i128::from(meta.size), -1)
+                    .await;
                 Ok(())
             }
             Found::Dir => Err(storage::Error::IsDirectory(shown)),
@@ -995,7 +1138,7 @@ impl Backend for S3Backend {
             .delete(&marker)
             .await
             .map_err(|e| map(&shown, e))?;
-        self.shared.charge(&marker, 0, -1);
+        self.shared.charge_all(&marker, 0, -1).await;
         Ok(())
     }
 
@@ -1038,8 +1181,10 @@ impl Backend for S3Backend {
                 }
                 self.copy_object(&fk, &meta, &tk, &shown).await?;
                 self.delete_object(&fk, &shown).await?;
-                self.shared.charge(&fk, -i128::from(meta.size), -1);
-                self.shared.charge(&tk, i128::from(meta.size), 1);
+                self.shared
+                    .charge_all(&fk, -i128::from(meta.size), -1)
+                    .await;
+                self.shared.charge_all(&tk, i128::from(meta.size), 1).await;
                 Ok(())
             }
             Found::Dir => self.rename_dir(from, &fk, &tk).await,
@@ -1239,6 +1384,18 @@ impl Backend for S3Backend {
             .count_homes_of(&self.base)
             .await
             .map_err(|e| map(shown, e))?;
+        if let Some(ledger) = &self.shared.opts.usage {
+            // Every daemon's writes; when the ledger does not answer, this one's count.
+            if let Ok(now) = ledger.usage(&self.base).await {
+                let limits = self.shared.counts().homes[&self.base].limits;
+                return Ok(HomeUsage {
+                    bytes: now.bytes,
+                    files: now.files,
+                    quota: limits.quota,
+                    max_files: limits.max_files,
+                });
+            }
+        }
         let c = self.shared.counts();
         let l = &c.homes[&self.base];
         Ok(l.tally
@@ -1379,11 +1536,12 @@ impl Writing for S3Writing {
         match up.finish(digest, overwrite, self.mtime).await {
             Ok(Finished::Stored { size, etag, .. }) => {
                 let replaced = now.unwrap_or(0);
-                self.shared.charge(
-                    &self.key,
+                let (bytes, files) = (
                     i128::from(size) - i128::from(replaced),
                     i128::from(now.is_none()),
                 );
+                self.shared.charge(&self.key, bytes, files);
+                self._reservation.settle(bytes, files).await;
                 // The file is stored and visible: a time that cannot be kept is not a failed
                 // upload (the file shows its Last-Modified, and a mirror sends it again).
                 let _ = mtime::keep(&self.shared.client, &self.key, self.mtime, &etag).await;

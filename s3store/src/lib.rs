@@ -12,6 +12,7 @@ mod mtime;
 mod probe;
 mod registry;
 mod upload;
+mod usage;
 mod xml;
 
 pub use backend::{S3Backend, S3Options, DEFAULT_PART_BUDGET};
@@ -29,3 +30,4 @@ pub use upload::{
     Finished, Lease, PartBudget, PartSize, RecordedPart, ResumableUpload, UploadRecord, UploadSpec,
     DEFAULT_PART_SIZE, DIGESTS_PREFIX, MIN_PART_SIZE, RESERVED_PREFIX, UPLOADS_PREFIX,
 };
+pub use usage::{HomeCount, UsageLedger};

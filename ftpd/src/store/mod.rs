@@ -5,6 +5,7 @@
 
 mod local;
 mod registry;
+mod usage;
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use storage::{Backend, Home, Root, VPath};
 
 pub use local::LocalBackend;
 pub use registry::PgRegistry;
+pub use usage::PgUsage;
 
 /// The whole store the daemon serves.
 #[derive(Clone)]
@@ -86,7 +88,8 @@ impl Files {
 /// Opens the object store `config.storage` names (probing it: reachable, writable, which
 /// conditional requests it honours); fails with one line saying what is wrong. With a
 /// `cluster` (`--database`), uploads are registered in its database, fenced, so that any
-/// instance continues them; without, their records are objects in the bucket (one instance).
+/// instance continues them, and homes' usage is counted there, so that a quota holds across
+/// instances; without, their records are objects in the bucket (one instance).
 pub async fn open_remote(
     config: &crate::Config,
     cluster: Option<&crate::cluster::Cluster>,
@@ -110,6 +113,8 @@ pub async fn open_remote(
         registry: cluster.map(|c| {
             Arc::new(PgRegistry::new(c.state.clone())) as Arc<dyn s3store::UploadRegistry>
         }),
+        usage: cluster
+            .map(|c| Arc::new(PgUsage::new(c.state.clone())) as Arc<dyn s3store::UsageLedger>),
         ..S3Options::default()
     };
     let backend = S3Backend::open(s3, opts)

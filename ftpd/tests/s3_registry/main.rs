@@ -2,6 +2,7 @@
 //! two backends on one bucket, each with its own `pgstate::State`, play two ftpd instances.
 //! A takeover fences the old writer; the new holder completes with the registry's parts.
 
+mod quota;
 mod services;
 
 use std::sync::Arc;
