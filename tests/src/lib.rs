@@ -5,3 +5,6 @@ pub mod proxy;
 
 // A private PostgreSQL: one server per test binary, a fresh database per test.
 pub mod postgres;
+
+// A moto S3 server per test.
+pub mod moto;

@@ -3,10 +3,9 @@
 //! and a moto S3 server per test, on free loopback ports. Without their binaries the tests print a
 //! note and pass, except under CI (env CI set), where they fail.
 
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
@@ -37,44 +36,7 @@ pub fn fresh_db() -> Option<String> {
     e2e::postgres::Database::fresh().map(|db| db.url())
 }
 
-/// A moto server on its own port, killed when dropped.
-pub struct Moto {
-    child: Child,
-    pub port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts moto, or `None` when it is not installed and this is not CI.
-pub fn moto() -> Option<Moto> {
-    let port = free_port();
-    let mut cmd = Command::new("moto_server");
-    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) if in_ci() => panic!("moto_server is required in CI: {e}"),
-        Err(_) => {
-            eprintln!("note: moto_server not installed (pip install 'moto[server]'); skipped");
-            return None;
-        }
-    };
-    let moto = Moto { child, port };
-    // Ready when it accepts a connection; moto prints no line to wait for.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(moto)
-}
+pub use e2e::moto::{start as moto, Moto};
 
 /// A PostgreSQL of one test's own, which the test stops and starts again (`pg_ctl`): a
 /// restart of the database under an upload in flight. Stopped and removed when dropped.

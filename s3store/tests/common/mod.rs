@@ -3,54 +3,15 @@
 //! pass, except under CI (env CI set), where they fail: CI installs it (.ci/run).
 #![allow(dead_code)] // each test binary uses its own part of it
 
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::{Ipv4Addr, TcpListener};
 
 use s3store::{Client, Config, Credentials};
 
-/// A moto server on its own port, killed when dropped.
-pub struct Moto {
-    child: Child,
-    pub port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use e2e::moto::{start as moto, Moto};
 
 pub fn free_port() -> u16 {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     l.local_addr().unwrap().port()
-}
-
-/// Starts moto, or `None` when it is not installed and this is not CI.
-pub fn moto() -> Option<Moto> {
-    let port = free_port();
-    let mut cmd = Command::new("moto_server");
-    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) if std::env::var_os("CI").is_some() => panic!("moto_server is required in CI: {e}"),
-        Err(_) => {
-            eprintln!("note: moto_server not installed (pip install 'moto[server]'); skipped");
-            return None;
-        }
-    };
-    let moto = Moto { child, port };
-    // Ready when it accepts a connection; moto prints no line to wait for.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(moto)
 }
 
 pub fn config(port: u16, bucket: &str, prefix: &str) -> Config {
