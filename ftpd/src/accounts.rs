@@ -354,8 +354,10 @@ impl Accounts {
             return Ok(ticket);
         };
         let max = ticket.account.limits.read().unwrap().max_sessions;
-        let taken =
-            tokio::time::timeout(SESSION_PATIENCE, state.acquire_session(&user.name, max)).await;
+        // A database restarting for a few seconds delays the login rather than refusing it.
+        let deadline = std::time::Instant::now() + SESSION_PATIENCE;
+        let taken = crate::cluster::retrying(deadline, || state.acquire_session(&user.name, max));
+        let taken = tokio::time::timeout(SESSION_PATIENCE, taken).await;
         match taken {
             Ok(Ok(Some(lease))) => {
                 ticket.lease = Some((state.clone(), lease));

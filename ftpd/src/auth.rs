@@ -255,30 +255,24 @@ struct SharedThrottle {
 }
 
 impl SharedThrottle {
-    /// Waits at most [`SHARED_PATIENCE`] for `call`; a database that does not answer (or
-    /// refuses) is [`Refusal::Unavailable`], its own words kept for a debug line.
+    /// Waits at most [`SHARED_PATIENCE`] for `call` (see [`settle`]).
     async fn ask<T>(
         &self,
         call: impl std::future::Future<Output = pgstate::Result<T>>,
     ) -> Result<T, Refusal> {
-        match tokio::time::timeout(SHARED_PATIENCE, call).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) => {
-                debug!(detail = %e.detail(), "the shared login throttle failed");
-                Err(Refusal::Unavailable(if e.is_transient() {
-                    Unchecked::NoAnswer
-                } else {
-                    Unchecked::Refused
-                }))
-            }
-            Err(_) => {
-                debug!(
-                    waited_s = SHARED_PATIENCE.as_secs(),
-                    "the shared login throttle did not answer in time"
-                );
-                Err(Refusal::Unavailable(Unchecked::Timeout))
-            }
-        }
+        settle(tokio::time::timeout(SHARED_PATIENCE, call).await)
+    }
+
+    /// As [`SharedThrottle::ask`], calling again while the database does not answer, within
+    /// the same patience: for the checks that change nothing, so that a restart of the
+    /// database delays a login rather than refusing it.
+    async fn ask_again<T, Fut>(&self, call: impl FnMut() -> Fut) -> Result<T, Refusal>
+    where
+        Fut: std::future::Future<Output = pgstate::Result<T>>,
+    {
+        let deadline = Instant::now() + SHARED_PATIENCE;
+        let retried = crate::cluster::retrying(deadline, call);
+        settle(tokio::time::timeout(SHARED_PATIENCE, retried).await)
     }
 
     /// Learns the range's penalty from a refusal that names it.
@@ -287,6 +281,32 @@ impl SharedThrottle {
             self.ranges.learn(range, wait, Instant::now());
         }
         refusal
+    }
+}
+
+/// What the shared throttle's answer within [`SHARED_PATIENCE`] means for a login: a database
+/// that does not answer (or refuses) is [`Refusal::Unavailable`], its own words kept for a
+/// debug line.
+fn settle<T>(
+    answer: Result<pgstate::Result<T>, tokio::time::error::Elapsed>,
+) -> Result<T, Refusal> {
+    match answer {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => {
+            debug!(detail = %e.detail(), "the shared login throttle failed");
+            Err(Refusal::Unavailable(if e.is_transient() {
+                Unchecked::NoAnswer
+            } else {
+                Unchecked::Refused
+            }))
+        }
+        Err(_) => {
+            debug!(
+                waited_s = SHARED_PATIENCE.as_secs(),
+                "the shared login throttle did not answer in time"
+            );
+            Err(Refusal::Unavailable(Unchecked::Timeout))
+        }
     }
 }
 
@@ -465,7 +485,7 @@ impl Authenticator {
             Ok(keys) => keys,
             Err(refusal) => return Some(refusal),
         };
-        match shared.ask(shared.state.refused(&r, &n)).await {
+        match shared.ask_again(|| shared.state.refused(&r, &n)).await {
             Ok(refusal) => refusal.map(|r| shared.learn_from(range, r.into())),
             Err(unavailable) => Some(unavailable),
         }
@@ -506,11 +526,13 @@ impl Authenticator {
             Ok(keys) => keys,
             Err(refusal) => return Some(Err(refusal)),
         };
-        Some(match shared.ask(shared.state.key_login(&r, &n)).await {
-            Ok(Ok(())) => Ok(found.clone()),
-            Ok(Err(refusal)) => Err(shared.learn_from(range, refusal.into())),
-            Err(unavailable) => Err(unavailable),
-        })
+        Some(
+            match shared.ask_again(|| shared.state.key_login(&r, &n)).await {
+                Ok(Ok(())) => Ok(found.clone()),
+                Ok(Err(refusal)) => Err(shared.learn_from(range, refusal.into())),
+                Err(unavailable) => Err(unavailable),
+            },
+        )
     }
 
     /// A password login: `check` runs SCRAM's last step against `user`'s verifier (a dummy

@@ -79,6 +79,29 @@ impl Cluster {
     }
 }
 
+/// Calls `call` again while the database does not answer (a restart, a failover), backing off
+/// from 100 ms to 1 s, until `deadline`; returns the first answer that is not such a failure,
+/// or the last failure. So a login during a database restart of a few seconds waits and then
+/// succeeds, rather than being refused. Only for calls that are safe to repeat.
+pub async fn retrying<T, Fut>(
+    deadline: Instant,
+    mut call: impl FnMut() -> Fut,
+) -> pgstate::Result<T>
+where
+    Fut: std::future::Future<Output = pgstate::Result<T>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Err(e) if e.is_transient() && Instant::now() + delay < deadline => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            answer => return answer,
+        }
+    }
+}
+
 /// A name unique among the instances running at once: the host, the process and when it
 /// started, so that a restarted instance never takes over the sessions its predecessor left
 /// (they expire with their heartbeat).

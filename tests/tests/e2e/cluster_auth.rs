@@ -4,23 +4,22 @@
 //! a database that does not answer refuses logins with a retryable `busy`, never lets one in
 //! unchecked.
 //!
-//! The PostgreSQL here is this file's own, one per test (initdb into a temp dir, a free
-//! loopback port; as root through `runuser postgres`, as pgstate's tests do), because one test
-//! freezes it. Without the binaries (/usr/lib/postgresql/15/bin, or `PG_BIN`) the tests print
-//! a note and pass; under CI they fail.
+//! Each test has a PostgreSQL server of its own ([`crate::postgres::Server::private`]),
+//! because one test freezes it. Without the binaries the tests print a note and pass; under CI
+//! they fail.
 
 use std::fs;
-use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::{ErrorCode, ErrorReply, Message};
 
+use crate::postgres::{Database, Server};
 use crate::raw::Raw;
-use crate::util::{free_port, holds_within, tmpdir_named, Daemon, Tool};
+use crate::util::{holds_within, tmpdir_named, Daemon, Tool};
 
 /// How long one frame from a daemon may take: over the daemon's own wait on the database.
 const STEP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -92,7 +91,7 @@ fn failures_on_one_instance_are_throttled_on_another_as_on_one() {
         }
     }
     // The shared rows hold keyed hashes, never the names guessed at.
-    let rows = c.pg.query("SELECT key FROM login_failures ORDER BY key");
+    let rows = c.db.query("SELECT key FROM login_failures ORDER BY key");
     assert!(rows.contains("range:127.0.1.0/24"), "{rows}");
     assert!(
         !rows.contains("alice") && !rows.contains("carol"),
@@ -155,7 +154,9 @@ fn a_database_that_does_not_answer_refuses_logins_with_busy() {
 /// A database, a shared root, and the state all instances of the service are given copies of.
 struct Service {
     /// Declared first: the instances go before the database and the directories.
-    pg: Postgres,
+    db: Database,
+    /// The database's own server, which a test freezes.
+    pg: Arc<Server>,
     /// Holds the root and every instance's state directory.
     dir: tempfile::TempDir,
 }
@@ -163,10 +164,11 @@ struct Service {
 impl Service {
     /// `None` (after a note) without PostgreSQL.
     fn new() -> Option<Service> {
-        let pg = Postgres::start()?;
+        let pg = Server::private()?;
+        let db = pg.database();
         let dir = tmpdir_named("e2e-cluster-auth-");
         fs::create_dir(dir.path().join("root")).unwrap();
-        Some(Service { pg, dir })
+        Some(Service { db, pg, dir })
     }
 
     /// `ftpd adduser --database URL NAME`, the password on stdin.
@@ -175,7 +177,7 @@ impl Service {
             .args([
                 "adduser",
                 "--database",
-                &self.pg.url(),
+                &self.db.url(),
                 "--iterations",
                 FAST,
             ])
@@ -214,7 +216,7 @@ impl Service {
             .root(self.dir.path().join("root"))
             .arg("--shared-root")
             .arg("--database")
-            .arg(self.pg.url())
+            .arg(self.db.url())
             .arg("--state-dir")
             .arg(&state)
             .args(extra)
@@ -283,201 +285,3 @@ fn assert_retry_in_about(refusal: &ErrorReply, secs: u64) {
 
 // ---------------------------------------------------------------------------------------------
 // A private PostgreSQL, one per test
-
-/// Where the PostgreSQL binaries are (PG_BIN overrides).
-fn pg_bin() -> PathBuf {
-    std::env::var_os("PG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
-}
-
-/// The script run as the server's owner: initdb, postgres in the background, then wait for
-/// stdin to close (the test done, or its process gone) to stop it and remove the directory.
-const SCRIPT: &str = r#"
-set -e
-"$BIN/initdb" -D "$DIR/data" -A trust -U postgres -E UTF8 --no-sync >"$DIR/initdb.log" 2>&1
-"$BIN/postgres" -D "$DIR/data" -p "$PORT" -k "$DIR" -c listen_addresses=127.0.0.1 \
-    -c fsync=off >"$DIR/postgres.log" 2>&1 &
-pid=$!
-cat >/dev/null || true
-kill -INT "$pid" 2>/dev/null || true
-wait "$pid" 2>/dev/null || true
-rm -rf "$DIR"
-"#;
-
-/// A running PostgreSQL, stopped (and its directory removed) when dropped.
-struct Postgres {
-    port: u16,
-    dir: PathBuf,
-    /// Our end of the pipe the stopping shell reads; closed to stop the server.
-    stdin: Option<ChildStdin>,
-    /// The shell that runs the server and stops it.
-    child: Child,
-}
-
-impl Postgres {
-    /// Starts one and waits until it takes connections; `None` (after a note) without the
-    /// binaries, except under CI.
-    fn start() -> Option<Postgres> {
-        let bin = pg_bin();
-        if !bin.join("initdb").exists() || !bin.join("postgres").exists() {
-            let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
-            assert!(
-                !ci,
-                "PostgreSQL is needed under CI: none in {}",
-                bin.display()
-            );
-            let _ = writeln!(
-                std::io::stderr(),
-                "note: skipped, no PostgreSQL in {}",
-                bin.display()
-            );
-            return None;
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("e2e-pg-")
-            .tempdir()
-            .unwrap()
-            .keep();
-        let port = free_port();
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-        let mut command = if root {
-            // initdb refuses to run as root: the server runs as the postgres user.
-            let chown = Command::new("chown")
-                .arg("postgres:")
-                .arg(&dir)
-                .status()
-                .unwrap();
-            assert!(
-                chown.success(),
-                "running as root and there is no postgres user"
-            );
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", "sh", "-c", SCRIPT]);
-            c
-        } else {
-            let mut c = Command::new("sh");
-            c.args(["-c", SCRIPT]);
-            c
-        };
-        let mut child = command
-            .env("BIN", &bin)
-            .env("DIR", &dir)
-            .env("PORT", port.to_string())
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("cannot start PostgreSQL");
-        let stdin = child.stdin.take();
-        let pg = Postgres {
-            port,
-            dir,
-            stdin,
-            child,
-        };
-        let ready = holds_within(Duration::from_secs(60), || {
-            Command::new(pg_bin().join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        assert!(ready, "PostgreSQL did not start: {}", pg.logs());
-        Some(pg)
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    fn logs(&self) -> String {
-        let read = |p: &Path| fs::read_to_string(p).unwrap_or_default();
-        format!(
-            "initdb: {}\npostgres: {}",
-            read(&self.dir.join("initdb.log")),
-            read(&self.dir.join("postgres.log"))
-        )
-    }
-
-    /// The rows of one statement (`psql -At`), one a line.
-    #[track_caller]
-    fn query(&self, sql: &str) -> String {
-        let out = Command::new(pg_bin().join("psql"))
-            .args([
-                "-X",
-                "-At",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
-            .args(["-p", &self.port.to_string(), "-c", sql])
-            .output()
-            .expect("psql");
-        assert!(
-            out.status.success(),
-            "psql {sql:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Stops (SIGSTOP) the server and every backend it runs, so that connections stay open
-    /// but nothing answers, until the guard is dropped.
-    fn freeze(&self) -> Frozen {
-        let pid_file = fs::read_to_string(self.dir.join("data/postmaster.pid")).unwrap();
-        let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
-        let mut pids = vec![postmaster];
-        for entry in fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            // pid (comm) state ppid ...: the command may hold spaces, the part after `)` not.
-            let parent = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if parent == Some(postmaster) {
-                pids.push(pid);
-            }
-        }
-        signal("-STOP", &pids);
-        Frozen(pids)
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let _ = self.child.wait();
-    }
-}
-
-/// A frozen server's processes, continued when dropped.
-struct Frozen(Vec<u32>);
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        signal("-CONT", &self.0);
-    }
-}
-
-fn signal(which: &str, pids: &[u32]) {
-    let status = Command::new("kill")
-        .arg(which)
-        .args(pids.iter().map(u32::to_string))
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {which} {pids:?}");
-}

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::postgres::{Database, Server};
 use crate::util::{assert_same_file, tmpdir, write_random, Daemon, Site, Tool};
 
 const MIB: u64 = 1024 * 1024;
@@ -18,193 +19,10 @@ const PASSWORD: &str = "a shared secret";
 /// busy machine, on both sides of each login.
 const FAST: &str = "4096";
 
-/// A private PostgreSQL for this file's tests (the approach of pgstate/tests/state/util.rs,
-/// with its command-line tools instead of a driver).
-mod pg {
-    use std::io::Write as _;
-    use std::path::PathBuf;
-    use std::process::{Child, ChildStdin, Command, Stdio};
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::{Mutex, OnceLock};
-    use std::time::{Duration, Instant};
-
-    fn bin_dir() -> PathBuf {
-        std::env::var_os("PG_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
-    }
-
-    /// The server; stopped and its directory removed when the test binary exits, however it
-    /// exits (a shell waits for our end of a pipe to close), or at [`Server::stop`].
-    pub struct Server {
-        port: u16,
-        dir: PathBuf,
-        stdin: Mutex<Option<ChildStdin>>,
-        child: Mutex<Child>,
-    }
-
-    const SCRIPT: &str = r#"
-set -e
-"$BIN/initdb" -D "$DIR/data" -A trust -U postgres -E UTF8 --no-sync >"$DIR/initdb.log" 2>&1
-"$BIN/postgres" -D "$DIR/data" -p "$PORT" -k "$DIR" -c listen_addresses=127.0.0.1 \
-    -c fsync=off -c max_connections=200 >"$DIR/postgres.log" 2>&1 &
-pid=$!
-cat >/dev/null || true
-kill -INT "$pid" 2>/dev/null || true
-wait "$pid" 2>/dev/null || true
-rm -rf "$DIR"
-"#;
-
-    fn is_root() -> bool {
-        Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-    }
-
-    impl Server {
-        fn start() -> Result<Server, String> {
-            let bin = bin_dir();
-            if !bin.join("initdb").exists() || !bin.join("postgres").exists() {
-                return Err(format!("no PostgreSQL binaries in {}", bin.display()));
-            }
-            let dir = tempfile::Builder::new()
-                .prefix("e2e-pg-")
-                .tempdir()
-                .map_err(|e| e.to_string())?
-                .keep();
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map_err(|e| e.to_string())?
-                .port();
-            let mut command = if is_root() {
-                // initdb refuses to run as root: the server runs as the postgres user.
-                let chown = Command::new("chown")
-                    .arg("postgres:")
-                    .arg(&dir)
-                    .status()
-                    .map_err(|e| e.to_string())?;
-                if !chown.success() {
-                    return Err("running as root and there is no postgres user".into());
-                }
-                let mut c = Command::new("runuser");
-                c.args(["-u", "postgres", "--", "sh", "-c", SCRIPT]);
-                c
-            } else {
-                let mut c = Command::new("sh");
-                c.args(["-c", SCRIPT]);
-                c
-            };
-            let mut child = command
-                .env("BIN", &bin)
-                .env("DIR", &dir)
-                .env("PORT", port.to_string())
-                .current_dir(&dir)
-                .stdin(Stdio::piped())
-                .spawn()
-                .map_err(|e| format!("cannot start PostgreSQL: {e}"))?;
-            let stdin = child.stdin.take().expect("piped");
-            Ok(Server {
-                port,
-                dir,
-                stdin: Mutex::new(Some(stdin)),
-                child: Mutex::new(child),
-            })
-        }
-
-        /// A server of the caller's own, which it may stop; `None` as for [`fresh_db`].
-        pub fn private() -> Option<Server> {
-            available(Server::start())
-        }
-
-        /// Stops the server (a fast shutdown: its clients are cut off) and waits for it.
-        pub fn stop(&self) {
-            drop(self.stdin.lock().unwrap().take());
-            let mut child = self.child.lock().unwrap();
-            let stopped = crate::util::wait_child(&mut child, Duration::from_secs(30));
-            assert!(stopped.is_some(), "PostgreSQL did not stop");
-        }
-
-        /// The URL of a fresh database; waits for the server to accept connections.
-        pub fn create_db(&self) -> String {
-            let name = format!(
-                "cl{}_{}",
-                std::process::id(),
-                NEXT_DB.fetch_add(1, Ordering::Relaxed)
-            );
-            // Readiness is the first createdb that succeeds (initdb and startup take seconds).
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let created = Command::new(bin_dir().join("createdb"))
-                    .args([
-                        "-h",
-                        "127.0.0.1",
-                        "-p",
-                        &self.port.to_string(),
-                        "-U",
-                        "postgres",
-                    ])
-                    .arg(&name)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if created {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let log = std::fs::read_to_string(self.dir.join("postgres.log"));
-                    panic!("PostgreSQL did not start: {}", log.unwrap_or_default());
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
-        }
-    }
-
-    /// The server, or `None` with a note when PostgreSQL is not installed (a failure under CI).
-    fn available(started: Result<Server, String>) -> Option<Server> {
-        match started {
-            Ok(s) => Some(s),
-            Err(e) if std::env::var_os("CI").is_some() => {
-                panic!("PostgreSQL is needed under CI: {e}")
-            }
-            Err(e) => {
-                let _ = writeln!(std::io::stderr(), "skipped: {e}");
-                None
-            }
-        }
-    }
-
-    static SERVER: OnceLock<Option<Server>> = OnceLock::new();
-    static NEXT_DB: AtomicU32 = AtomicU32::new(0);
-
-    /// The URL of a fresh database of its own; `None` (with a note) when PostgreSQL is not
-    /// installed, which fails instead under CI.
-    pub fn fresh_db() -> Option<String> {
-        let server = SERVER.get_or_init(|| available(Server::start())).as_ref()?;
-        Some(server.create_db())
-    }
-
-    /// The one value `query` gives in the database at `url`, as psql prints it.
-    pub fn value(url: &str, query: &str) -> String {
-        let out = Command::new(bin_dir().join("psql"))
-            .args(["-X", "-A", "-t", "-c", query, url])
-            .stdin(Stdio::null())
-            .output()
-            .expect("psql runs");
-        assert!(
-            out.status.success(),
-            "psql {query:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-}
-
 /// A service of two instances on one shared root, and the users' password file.
 struct Service {
     site: Site,
+    db: Database,
     url: String,
     a: Daemon,
     b: Daemon,
@@ -213,11 +31,12 @@ struct Service {
 impl Service {
     /// Two instances of a service in a fresh database; `None` without PostgreSQL.
     fn start() -> Option<Service> {
-        Some(Service::on(pg::fresh_db()?))
+        Some(Service::on(Database::fresh()?))
     }
 
     /// Two instances of a service in the database at `url`.
-    fn on(url: String) -> Service {
+    fn on(db: Database) -> Service {
+        let url = db.url();
         let site = Site::new();
         site.private_file("secret", PASSWORD);
         let instance = |name: &str| {
@@ -232,7 +51,13 @@ impl Service {
         };
         let a = instance("state-a");
         let b = instance("state-b");
-        Service { site, url, a, b }
+        Service {
+            site,
+            db,
+            url,
+            a,
+            b,
+        }
     }
 
     /// `ftpd adduser --database URL FLAGS... NAME`, the password on stdin, and the home made.
@@ -270,7 +95,7 @@ impl Service {
     fn sessions(&self, name: &str) -> u64 {
         let query =
             format!("SELECT count(*) FROM sessions WHERE user_name = '{name}' AND expires > now()");
-        pg::value(&self.url, &query).parse().unwrap()
+        self.db.query(&query).trim().parse().unwrap()
     }
 
     /// Waits (polling, for at most 30 s) until the database counts `n` sessions of `name`.
@@ -427,10 +252,10 @@ fn two_instances_share_one_users_rate_cap() {
             d.log()
         );
     }
-    let buckets = pg::value(
-        &service.url,
-        "SELECT count(*) FROM rate_buckets WHERE user_name = 'pair' AND direction = 'down'",
-    );
+    let buckets = service
+        .db
+        .query("SELECT count(*) FROM rate_buckets WHERE user_name = 'pair' AND direction = 'down'");
+    let buckets = buckets.trim();
     assert_eq!(buckets, "1", "one bucket for both instances");
     let done: Vec<(u64, f64)> = [&service.a, &service.b]
         .iter()
@@ -460,10 +285,10 @@ fn two_instances_share_one_users_rate_cap() {
 /// new login is refused with a one-line error rather than let in uncounted or left hanging.
 #[test]
 fn without_the_database_transfers_go_on_at_the_local_cap_and_logins_are_refused() {
-    let Some(server) = pg::Server::private() else {
+    let Some(server) = Server::private() else {
         return;
     };
-    let service = Service::on(server.create_db());
+    let service = Service::on(server.database());
     service.adduser("solo", &["--max-sessions", "2", "--max-rate", "512KiB"]);
     service.wait_user("solo");
     service.wait_sessions("solo", 0);

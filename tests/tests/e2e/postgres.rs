@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -75,16 +75,24 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-/// The running server of this test binary.
-struct Server {
+/// A running server: the one this test binary shares, or one a test has to itself (to stop or
+/// freeze it), stopped when the last handle goes.
+pub struct Server {
     /// Its loopback port.
     port: u16,
     /// The temp dir of data, socket and logs (for the message of a failed start).
     dir: PathBuf,
-    /// Our end of the pipe the stopping shell reads; closed when this process exits.
-    _stdin: Mutex<ChildStdin>,
+    /// Our end of the pipe the stopping shell reads; closed to stop the server (or when this
+    /// process exits).
+    stdin: Mutex<Option<ChildStdin>>,
     /// The shell that runs the server and stops it.
     child: Mutex<Child>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl Server {
@@ -134,7 +142,7 @@ impl Server {
         let server = Server {
             port,
             dir,
-            _stdin: Mutex::new(stdin),
+            stdin: Mutex::new(Some(stdin)),
             child: Mutex::new(child),
         };
         server.wait_ready();
@@ -233,36 +241,34 @@ fn output_within(mut cmd: Command, what: &str) -> Output {
 
 /// The server of this test binary, started by the first test that asks; `None` (after a
 /// note) when PostgreSQL is not installed, which panics instead under CI.
-fn server() -> Option<&'static Server> {
-    static SERVER: OnceLock<Option<Server>> = OnceLock::new();
-    SERVER
-        .get_or_init(|| match Server::start() {
-            Ok(s) => Some(s),
+fn server() -> Option<Arc<Server>> {
+    static SERVER: OnceLock<Option<Arc<Server>>> = OnceLock::new();
+    SERVER.get_or_init(Server::available).clone()
+}
+
+impl Server {
+    /// A server of the caller's own, which it may stop or freeze; `None` as for
+    /// [`Database::fresh`].
+    pub fn private() -> Option<Arc<Server>> {
+        Server::available()
+    }
+
+    fn available() -> Option<Arc<Server>> {
+        match Server::start() {
+            Ok(s) => Some(Arc::new(s)),
             Err(e) if in_ci() => panic!("PostgreSQL is needed under CI (.ci/run installs it): {e}"),
             Err(e) => {
                 eprintln!("note: skipped, PostgreSQL is not here: {e}");
                 None
             }
-        })
-        .as_ref()
-}
+        }
+    }
 
-/// One test's own database on the private server: what `--database` points at.
-pub struct Database {
-    /// The server it lives on.
-    server: &'static Server,
-    /// Its name: `cluster<pid>_<n>`, unique in the test binary.
-    name: String,
-}
-
-impl Database {
-    /// A fresh, empty database for one test; `None` (with a note) when PostgreSQL is not
-    /// installed, except under CI, where that panics.
-    pub fn fresh() -> Option<Database> {
+    /// A fresh, empty database on this server.
+    pub fn database(self: &Arc<Server>) -> Database {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let server = server()?;
         let name = format!("cluster_{}", NEXT.fetch_add(1, Ordering::Relaxed));
-        let mut cmd = server.tool("createdb");
+        let mut cmd = self.tool("createdb");
         cmd.arg(&name);
         let out = output_within(cmd, "createdb");
         assert!(
@@ -270,7 +276,82 @@ impl Database {
             "createdb {name} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Some(Database { server, name })
+        Database {
+            server: self.clone(),
+            name,
+        }
+    }
+
+    /// Stops the server (a fast shutdown) and waits for it to be gone.
+    pub fn stop(&self) {
+        drop(self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let stopped = crate::util::wait_child(&mut child, Duration::from_secs(30));
+        assert!(stopped.is_some(), "PostgreSQL did not stop");
+    }
+
+    /// Stops (SIGSTOP) the server and every backend it runs, so that connections stay open but
+    /// nothing answers, until the guard is dropped.
+    pub fn freeze(&self) -> Frozen {
+        let pid_file = fs::read_to_string(self.dir.join("data/postmaster.pid")).unwrap();
+        let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+        let mut pids = vec![postmaster];
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...: the command may hold spaces, the part after `)` not.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if parent == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        signal("-STOP", &pids);
+        Frozen(pids)
+    }
+}
+
+/// A frozen server's processes, continued when dropped.
+pub struct Frozen(Vec<u32>);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("-CONT", &self.0);
+    }
+}
+
+fn signal(which: &str, pids: &[u32]) {
+    let status = Command::new("kill")
+        .arg(which)
+        .args(pids.iter().map(u32::to_string))
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {which} {pids:?} failed");
+}
+
+/// One test's own database: what `--database` points at.
+pub struct Database {
+    /// The server it lives on.
+    server: Arc<Server>,
+    /// Its name: `cluster_<n>`, unique in the test binary.
+    name: String,
+}
+
+impl Database {
+    /// A fresh, empty database on the test binary's server, for one test; `None` (with a
+    /// note) when PostgreSQL is not installed, except under CI, where that panics.
+    pub fn fresh() -> Option<Database> {
+        Some(server()?.database())
     }
 
     /// The URL instances and admin commands are given: `--database`.
