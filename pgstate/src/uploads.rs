@@ -387,25 +387,6 @@ impl State {
             > 0)
     }
 
-    /// Uploads not written to for `age` (and so abandoned), oldest first, at most `limit`:
-    /// for the sweeper, which aborts them on S3 and then removes them.
-    pub async fn stale_uploads(
-        &self,
-        age: std::time::Duration,
-        limit: i64,
-    ) -> Result<Vec<(String, String)>> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT key, upload_id FROM uploads
-                 WHERE updated < now() - make_interval(secs => $1::float8)
-                 ORDER BY updated LIMIT $2",
-                &[&crate::secs(age), &limit],
-            )
-            .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-    }
-
     /// Forgets the uploads not written to for `age`, oldest first, at most `limit`, and
     /// returns them (key, upload id) for the caller to abort on S3. One statement: an upload
     /// resumed (its lease taken, so `updated` set) at the same moment is either taken before
