@@ -78,8 +78,28 @@ impl Instance {
         Instance { state, backend }
     }
 
+    /// Instances "a" and "b" on one bucket and one database.
+    async fn pair(m: &Moto, db: &str) -> (Instance, Instance) {
+        (
+            Instance::start(m, db, "a").await,
+            Instance::start(m, db, "b").await,
+        )
+    }
+
     fn registry(&self) -> Arc<dyn UploadRegistry> {
         Arc::new(PgRegistry::new(self.state.clone()))
+    }
+}
+
+/// A resumable upload of MD5 digests in minimum-size parts, started by instance "a".
+fn held_by_a(client_id: Option<&str>, size: Option<u64>) -> UploadSpec {
+    UploadSpec {
+        kind: DigestKind::Md5,
+        part_size: PartSize::new(MIN_PART_SIZE).unwrap(),
+        holder: "a".to_owned(),
+        client_id: client_id.map(str::to_owned),
+        size,
+        recorded: true,
     }
 }
 
@@ -137,10 +157,7 @@ async fn a_writer_whose_upload_was_taken_over_is_fenced_and_the_new_holder_compl
     let Some((m, db)) = services().await else {
         return;
     };
-    let (a, b) = (
-        Instance::start(&m, &db, "a").await,
-        Instance::start(&m, &db, "b").await,
-    );
+    let (a, b) = Instance::pair(&m, &db).await;
     let bytes = data(3 * PART + 7);
     let mut on_a = a
         .backend
@@ -196,21 +213,11 @@ async fn a_fenced_writer_never_completes() {
     let Some((m, db)) = services().await else {
         return;
     };
-    let (a, b) = (
-        Instance::start(&m, &db, "a").await,
-        Instance::start(&m, &db, "b").await,
-    );
+    let (a, b) = Instance::pair(&m, &db).await;
     let c = raw(&m);
     let budget = PartBudget::new(64 << 20);
     let bytes = data(PART + 10);
-    let spec = UploadSpec {
-        kind: DigestKind::Md5,
-        part_size: PartSize::new(MIN_PART_SIZE).unwrap(),
-        holder: "a".to_owned(),
-        client_id: Some(":u1".to_owned()),
-        size: Some(bytes.len() as u64),
-        recorded: true,
-    };
+    let spec = held_by_a(Some(":u1"), Some(bytes.len() as u64));
     let mut old = ResumableUpload::start_in(a.registry(), c.clone(), "f", &budget, spec)
         .await
         .unwrap();
@@ -333,21 +340,11 @@ async fn a_late_part_of_a_fenced_writer_is_never_completed() {
     let Some((m, db)) = services().await else {
         return;
     };
-    let (a, b) = (
-        Instance::start(&m, &db, "a").await,
-        Instance::start(&m, &db, "b").await,
-    );
+    let (a, b) = Instance::pair(&m, &db).await;
     let c = raw(&m);
     let budget = PartBudget::new(64 << 20);
     let bytes = data(2 * PART + 10);
-    let spec = UploadSpec {
-        kind: DigestKind::Md5,
-        part_size: PartSize::new(MIN_PART_SIZE).unwrap(),
-        holder: "a".to_owned(),
-        client_id: None,
-        size: None,
-        recorded: true,
-    };
+    let spec = held_by_a(None, None);
     let mut old = ResumableUpload::start_in(a.registry(), c.clone(), "f", &budget, spec)
         .await
         .unwrap();

@@ -718,7 +718,7 @@ fn login_from(d: &Daemon, ip: IpAddr, user: &str, secret: &str) -> Message {
 
 /// The error a login was refused with; panics if it was not refused.
 #[track_caller]
-fn expect_refusal(answer: Message) -> ErrorReply {
+pub(crate) fn expect_refusal(answer: Message) -> ErrorReply {
     match answer {
         Message::Error(e) => e,
         other => panic!("expected the login to be refused, got {other:?}"),
@@ -726,7 +726,7 @@ fn expect_refusal(answer: Message) -> ErrorReply {
 }
 
 /// The seconds a refusal says to wait before trying again ("... try again in N s"), if it says.
-fn retry_in(refusal: &ErrorReply) -> Option<u64> {
+pub(crate) fn retry_in(refusal: &ErrorReply) -> Option<u64> {
     let (_, after) = refusal.message.split_once("try again in ")?;
     after.strip_suffix(" s")?.parse().ok()
 }
@@ -734,7 +734,7 @@ fn retry_in(refusal: &ErrorReply) -> Option<u64> {
 /// Panics unless `refusal` says to try again in about `secs` seconds (a little less is fine:
 /// the penalty started a moment before).
 #[track_caller]
-fn assert_retry_in_about(refusal: &ErrorReply, secs: u64) {
+pub(crate) fn assert_retry_in_about(refusal: &ErrorReply, secs: u64) {
     match retry_in(refusal) {
         Some(n) if n <= secs && n + 5 >= secs => {}
         _ => panic!("expected a refusal saying to try again in about {secs} s, got {refusal:?}"),

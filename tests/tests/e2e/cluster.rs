@@ -10,10 +10,8 @@
 //! prints a note and passes; under CI (`CI` set) that is a failure: CI installs all three.
 
 use std::fs;
-use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -22,9 +20,9 @@ use e2e::proxy::{Direction, Fault, Proxy};
 use tempfile::TempDir;
 
 use crate::util::{
-    assert_same_file, free_port, have_tool, names, sent_this_time, staged_bytes, tmpdir,
-    tmpdir_named, wait_until, write_random, Bucket, Cli, Daemon, DaemonBuilder, Keys, KillOnDrop,
-    Moto, Run, Tool, MIB,
+    assert_same_file, have_tool, names, sent_this_time, staged_bytes, tmpdir, tmpdir_named,
+    wait_until, write_random, Bucket, Cli, Daemon, DaemonBuilder, Haproxy, Keys, Moto, Run, Tool,
+    MIB,
 };
 use e2e::postgres::Database;
 
@@ -367,72 +365,24 @@ fn a_put_on_one_instance_is_got_identically_on_the_other_on_s3() {
     assert!(bucket.open_uploads().is_empty(), "an upload was left open");
 }
 
-/// HAProxy in TCP mode (TLS passing through) in front of the instances, `balance roundrobin`,
-/// each server sent a PROXY v2 header from [`BALANCER_SOURCE`]; killed on drop.
-struct Balancer {
-    /// Where clients connect.
-    addr: SocketAddr,
-    /// The process, in the foreground (`-db`).
-    _child: KillOnDrop,
-    /// Its configuration and log.
-    dir: TempDir,
-}
-
 /// The address HAProxy connects to the instances from: the one in `--proxy-protocol-from`.
 const BALANCER_SOURCE: &str = "127.0.0.3";
 
-impl Balancer {
-    /// Starts HAProxy over `instances` and returns once it listens; `None` (after a note)
-    /// when it is not installed, which fails instead under CI.
-    fn start(instances: &[&Daemon]) -> Option<Balancer> {
-        if !have_tool("haproxy", "-v", "haproxy") {
-            return None;
-        }
-        let dir = tmpdir_named("e2e-balancer-");
-        let port = free_port();
-        // Refuses every connection: once it takes one, the frontend above it is bound too
-        // (HAProxy binds its listeners in order before it serves).
-        let ready = free_port();
-        let mut config = format!(
-            "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    \
-             timeout server 30s\n\
-             frontend ftp\n    bind 127.0.0.1:{port}\n    default_backend ftpd\n\
-             frontend ready\n    bind 127.0.0.1:{ready}\n    tcp-request connection reject\n\
-             backend ftpd\n    balance roundrobin\n"
-        );
-        for (i, d) in instances.iter().enumerate() {
-            config += &format!(
-                "    server ftpd{i} {} send-proxy-v2 source {BALANCER_SOURCE}\n",
-                d.addr()
-            );
-        }
-        let path = dir.path().join("haproxy.cfg");
-        fs::write(&path, config).expect("cannot write haproxy.cfg");
-        let log = fs::File::create(dir.path().join("haproxy.log")).expect("cannot make a log");
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("cannot clone a file"))
-            .stderr(log)
-            .spawn()
-            .expect("cannot start haproxy");
-        let mut child = KillOnDrop::new(child);
-        let ready = SocketAddr::from(([127, 0, 0, 1], ready));
-        wait_until("haproxy listens", STEP, || {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default();
-                panic!("haproxy exited ({status}):\n{log}");
-            }
-            TcpStream::connect_timeout(&ready, STEP).is_ok()
-        });
-        Some(Balancer {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            _child: child,
-            dir,
-        })
+/// HAProxy in front of `instances`, `balance roundrobin`, each sent a PROXY v2 header from
+/// [`BALANCER_SOURCE`]; `None` (after a note) when it is not installed, which fails instead
+/// under CI.
+fn balancer(instances: &[&Daemon]) -> Option<Haproxy> {
+    if !have_tool("haproxy", "-v", "haproxy") {
+        return None;
     }
+    let mut backend = "    balance roundrobin\n".to_owned();
+    for (i, d) in instances.iter().enumerate() {
+        backend += &format!(
+            "    server ftpd{i} {} send-proxy-v2 source {BALANCER_SOURCE}\n",
+            d.addr()
+        );
+    }
+    Some(Haproxy::start(&backend))
 }
 
 /// Through HAProxy in front of both instances: a file put through the balancer is got
@@ -447,7 +397,7 @@ fn a_file_put_through_the_balancer_is_got_identically_from_each_instance() {
     let behind = ["--proxy-protocol-from", BALANCER_SOURCE];
     let a = c.instance(&behind);
     let b = c.instance(&behind);
-    let Some(balancer) = Balancer::start(&[&a, &b]) else {
+    let Some(balancer) = balancer(&[&a, &b]) else {
         return;
     };
     let src = c.local("src.bin");
@@ -481,7 +431,7 @@ fn a_file_put_through_the_balancer_is_got_identically_from_each_instance() {
             relayed >= 2,
             "the balancer's connection did not reach this instance as the client's; log:\n\
              {log}\nhaproxy:\n{}",
-            fs::read_to_string(balancer.dir.path().join("haproxy.log")).unwrap_or_default()
+            balancer.log()
         );
         assert!(!log.contains("peer=127.0.0.3"), "{log}");
     }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use protocol::{ErrorCode, ErrorReply, Message};
 
+use crate::auth::{assert_retry_in_about, expect_refusal, retry_in};
 use crate::raw::Raw;
 use crate::util::{holds_within, tmpdir_named, Daemon, Tool};
 use e2e::postgres::{Database, Server};
@@ -44,17 +45,17 @@ fn failures_on_one_instance_are_throttled_on_another_as_on_one() {
     c.adduser("bob", "bob's secret");
     let (a, b) = (c.instance(&PENALTY), c.instance(&PENALTY));
 
-    let checked = refusal(login_from(&a, range(1), "alice", "guess"));
+    let checked = expect_refusal(login_from(&a, range(1), "alice", "guess"));
     assert_eq!(checked.code, ErrorCode::AuthFailed, "{checked:?}");
     assert_eq!(retry_in(&checked), None, "the first guess is checked");
 
     // On B: the name is shut out from another range, unchecked even with the right password.
-    let by_name = refusal(login_from(&b, range(2), "alice", "alice's secret"));
+    let by_name = expect_refusal(login_from(&b, range(2), "alice", "alice's secret"));
     assert_eq!(by_name.code, ErrorCode::AuthFailed, "{by_name:?}");
     assert_retry_in_about(&by_name, FIRST);
     // The range too, for another name: B's first attempt from it is refused by the database
     // (after hello), and from then on B refuses the range at once, before TLS, as A does.
-    let by_range = refusal(login_from(&b, range(1), "bob", "bob's secret"));
+    let by_range = expect_refusal(login_from(&b, range(1), "bob", "bob's secret"));
     assert_eq!(by_range.code, ErrorCode::Busy, "{by_range:?}");
     assert_retry_in_about(&by_range, FIRST);
     for d in [&a, &b] {
@@ -74,7 +75,7 @@ fn failures_on_one_instance_are_throttled_on_another_as_on_one() {
     let second = poll_checked(&b, range(1), "carol", "guess");
     assert_eq!(second.code, ErrorCode::AuthFailed, "{second:?}");
     // (A's own note of the first penalty is over: the database refuses this attempt.)
-    let doubled = refusal(login_from(&a, range(1), "bob", "bob's secret"));
+    let doubled = expect_refusal(login_from(&a, range(1), "bob", "bob's secret"));
     assert_eq!(doubled.code, ErrorCode::Busy, "{doubled:?}");
     assert_retry_in_about(&doubled, 2 * FIRST);
 
@@ -114,7 +115,7 @@ fn a_database_that_does_not_answer_refuses_logins_with_busy() {
 
     let frozen = c.pg.freeze();
     let started = Instant::now();
-    let busy = refusal(login_from(&a, range(2), "alice", "alice's secret"));
+    let busy = expect_refusal(login_from(&a, range(2), "alice", "alice's secret"));
     assert_eq!(busy.code, ErrorCode::Busy, "{busy:?}");
     assert!(
         busy.message.contains("try again in a moment"),
@@ -251,35 +252,11 @@ fn login_from(d: &Daemon, ip: IpAddr, user: &str, secret: &str) -> Message {
 fn poll_checked(d: &Daemon, ip: IpAddr, user: &str, secret: &str) -> ErrorReply {
     let deadline = Instant::now() + Duration::from_secs(3 * FIRST);
     loop {
-        let e = refusal(login_from(d, ip, user, secret));
+        let e = expect_refusal(login_from(d, ip, user, secret));
         if retry_in(&e).is_none() || Instant::now() > deadline {
             return e;
         }
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-#[track_caller]
-fn refusal(answer: Message) -> ErrorReply {
-    match answer {
-        Message::Error(e) => e,
-        other => panic!("expected the login to be refused, got {other:?}"),
-    }
-}
-
-/// The seconds a refusal says to wait before trying again ("... try again in N s"), if it says.
-fn retry_in(refusal: &ErrorReply) -> Option<u64> {
-    let (_, after) = refusal.message.split_once("try again in ")?;
-    after.strip_suffix(" s")?.parse().ok()
-}
-
-/// Panics unless `refusal` says to try again in `secs` seconds, or a few less (the penalty
-/// started a moment before): the penalty one daemon would give, and never the next step's.
-#[track_caller]
-fn assert_retry_in_about(refusal: &ErrorReply, secs: u64) {
-    match retry_in(refusal) {
-        Some(n) if n <= secs && n + FIRST / 2 >= secs => {}
-        _ => panic!("expected a refusal saying to try again in about {secs} s, got {refusal:?}"),
     }
 }
 

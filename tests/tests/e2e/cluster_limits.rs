@@ -4,16 +4,16 @@
 //! cap: both instances lease it from the database, and together they stay within the stated
 //! bound r × (T + (N + 1) × 250 ms) (docs/CLUSTER.md).
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::{assert_same_file, tmpdir, write_random, Daemon, Site, Tool};
+use crate::limits::transfers;
+use crate::metrics::value;
+use crate::util::{assert_same_file, tmpdir, write_random, Daemon, Site, Tool, MIB};
 use e2e::postgres::{Database, Server};
 
-const MIB: u64 = 1024 * 1024;
-const METRICS_MARKER: &str = "metrics listening on ";
 const PASSWORD: &str = "a shared secret";
 /// The fewest key-derivation iterations allowed: 600,000 take seconds in a debug build on a
 /// busy machine, on both sides of each login.
@@ -114,60 +114,16 @@ impl Service {
     }
 }
 
-/// The metrics address from a daemon's log.
-fn metrics_addr(d: &Daemon) -> SocketAddr {
-    d.wait_for_log(&[METRICS_MARKER]);
-    let log = d.log();
-    let line = log.lines().find(|l| l.contains(METRICS_MARKER)).unwrap();
-    let (_, rest) = line.split_once(METRICS_MARKER).unwrap();
-    let token = rest
-        .split(|c: char| c.is_whitespace() || c == '"' || c == ',')
-        .next()
-        .unwrap_or_default();
-    token
-        .parse()
-        .unwrap_or_else(|_| panic!("no address in {line:?}"))
-}
-
 /// The value of `series` (exactly as rendered, labels included) in a scrape of `d`.
 fn metric(d: &Daemon, series: &str) -> Option<f64> {
     use std::io::{Read as _, Write as _};
-    let addr = metrics_addr(d);
+    let addr = d.metrics_addr();
     let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(tcp, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut text = String::new();
     tcp.read_to_string(&mut text).unwrap();
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
-/// Each download the daemon logged as done: (bytes, seconds).
-fn downloads(log: &str) -> Vec<(u64, f64)> {
-    let field = |line: &str, key: &str| -> Option<String> {
-        let at = line.find(&format!(" {key}="))? + key.len() + 2;
-        let rest = &line[at..];
-        Some(
-            rest[..rest.find(' ').unwrap_or(rest.len())]
-                .trim_matches('"')
-                .to_owned(),
-        )
-    };
-    log.lines()
-        .filter(|l| l.contains("transfer") && l.contains("op=\"get\""))
-        .filter(|l| l.contains("outcome=\"ok\""))
-        .filter_map(|l| {
-            Some((
-                field(l, "bytes")?.parse().ok()?,
-                field(l, "secs")?.parse().ok()?,
-            ))
-        })
-        .collect()
+    value(&text, series)
 }
 
 fn write_file(dir: &Path, name: &str, size: u64, seed: u64) {
@@ -259,7 +215,7 @@ fn two_instances_share_one_users_rate_cap() {
     assert_eq!(buckets, "1", "one bucket for both instances");
     let done: Vec<(u64, f64)> = [&service.a, &service.b]
         .iter()
-        .flat_map(|d| downloads(&d.log()))
+        .flat_map(|d| transfers(&d.log(), "get"))
         .collect();
     let moved: u64 = done.iter().map(|t| t.0).sum();
     assert_eq!(moved, 6 * MIB, "{done:?}");

@@ -32,7 +32,7 @@ fn alice(d: &Daemon, site: &Site) -> crate::util::Cli {
 }
 
 /// Each transfer the daemon logged for `op`: (bytes, seconds).
-fn transfers(log: &str, op: &str) -> Vec<(u64, f64)> {
+pub(crate) fn transfers(log: &str, op: &str) -> Vec<(u64, f64)> {
     let field = |line: &str, key: &str| -> Option<String> {
         let at = line.find(&format!(" {key}="))? + key.len() + 2;
         let rest = &line[at..];

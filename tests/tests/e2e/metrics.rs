@@ -6,17 +6,15 @@
 //! connection): three GETs need no client crate.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::raw::{self, Raw};
-use crate::util::{tmpdir, write_random, Daemon, KillOnDrop, Site, MIB};
+use crate::util::{free_port, tmpdir, write_random, KillOnDrop, Site, MIB};
 
-/// What the daemon prints before the metrics listener's bound address.
-const METRICS_MARKER: &str = "metrics listening on ";
 /// How long a real Prometheus may take to start, scrape and answer with the counter.
 const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -58,23 +56,8 @@ fn get(addr: SocketAddr, path: &str) -> Answer {
     }
 }
 
-/// The metrics address from the daemon's log, waiting for the line.
-fn metrics_addr(ftpd: &Daemon) -> SocketAddr {
-    ftpd.wait_for_log(&[METRICS_MARKER]);
-    let log = ftpd.log();
-    let line = log.lines().find(|l| l.contains(METRICS_MARKER)).unwrap();
-    let (_, rest) = line.split_once(METRICS_MARKER).unwrap();
-    let token = rest
-        .split(|c: char| c.is_whitespace() || c == '"' || c == ',')
-        .next()
-        .unwrap_or_default();
-    token
-        .parse()
-        .unwrap_or_else(|_| panic!("no address in {line:?}"))
-}
-
 /// The value of one series (`name{labels}` exactly as rendered) in a scrape, if present.
-fn value(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn value(text: &str, series: &str) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         l.strip_prefix(series)?
             .strip_prefix(' ')?
@@ -109,7 +92,7 @@ fn counters_match_the_transfers_and_readiness_follows_the_drain() {
         .arg("--metrics-listen")
         .arg("127.0.0.1:0")
         .start();
-    let metrics = metrics_addr(&ftpd);
+    let metrics = ftpd.metrics_addr();
     assert!(metrics.ip().is_loopback());
     let work = tmpdir();
     let size = 3 * MIB + 7;
@@ -227,15 +210,6 @@ fn counters_match_the_transfers_and_readiness_follows_the_drain() {
     assert!(status.success(), "ftpd exited with {status}");
 }
 
-/// A free loopback port: bound, then released for Prometheus to take.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A real Prometheus scrapes the daemon every second; its query API gives back the number of
 /// uploads made.
 #[test]
@@ -250,7 +224,7 @@ fn prometheus_scrapes_the_uploads_made() {
         .arg("--metrics-listen")
         .arg("127.0.0.1:0")
         .start();
-    let metrics = metrics_addr(&ftpd);
+    let metrics = ftpd.metrics_addr();
     let work = tmpdir();
     let mut names = Vec::new();
     for i in 0..UPLOADS {
@@ -338,7 +312,7 @@ fn logins_are_counted_by_result_and_method() {
         .args(["--login-penalty", "30s", "--login-penalty-max", "30s"])
         .args(["--metrics-listen", "127.0.0.1:0"])
         .start();
-    let metrics = metrics_addr(&ftpd);
+    let metrics = ftpd.metrics_addr();
     let range = |n| IpAddr::V4(Ipv4Addr::new(127, 0, n, 1));
     let login = |n, secret| {
         let mut peer = Raw::connect_from(range(n), ftpd.addr()).within(Duration::from_secs(30));
@@ -399,7 +373,7 @@ fn users_shows_each_users_bytes_and_quota() {
         .arg(users)
         .args(["--metrics-listen", "127.0.0.1:0"])
         .start();
-    let metrics = metrics_addr(&ftpd);
+    let metrics = ftpd.metrics_addr();
     let work = tmpdir();
     write_random(work.path().join("a.bin"), 60 * 1024, 9);
     ftpd.cli()

@@ -8,15 +8,13 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use protocol::{ErrorCode, Message};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tempfile::TempDir;
 
 use crate::raw::Raw;
-use crate::util::{tmpdir, wait_until, write_random, Daemon, KillOnDrop, Site};
+use crate::util::{tmpdir, write_random, Daemon, Haproxy, Site};
 
 /// The address HAProxy connects to the daemon from: the listed proxy.
 const PROXY: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
@@ -39,78 +37,13 @@ fn have_haproxy() -> bool {
     crate::util::have_tool("haproxy", "-v", "haproxy")
 }
 
-/// A port nobody listens on now, for HAProxy's frontends (it binds its own).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// HAProxy in TCP mode, TLS passing through, in front of one daemon; killed on drop.
-struct Haproxy {
-    /// Where clients connect.
-    addr: SocketAddr,
-    /// The process (in the foreground, `-db`).
-    _child: KillOnDrop,
-    /// Its configuration and log.
-    dir: TempDir,
-}
-
-impl Haproxy {
-    /// Starts HAProxy relaying to `backend` with `send-proxy-v2` from [`PROXY`], with health
-    /// checks when `checks`, and returns once it listens.
-    fn start(backend: SocketAddr, checks: bool) -> Haproxy {
-        let dir = tmpdir();
-        let port = free_port();
-        // Refuses every connection: once it takes one, the frontend above it is bound too
-        // (HAProxy binds its listeners in order before it serves), and no probe reaches ftpd.
-        let ready = free_port();
-        let check = if checks { " check inter 100ms" } else { "" };
-        let config = format!(
-            "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    \
-             timeout server 30s\n\
-             frontend ftp\n    bind 127.0.0.1:{port}\n    default_backend ftpd\n\
-             backend ftpd\n    server ftpd1 {backend} send-proxy-v2 source {PROXY}{check}\n\
-             frontend ready\n    bind 127.0.0.1:{ready}\n    \
-             tcp-request connection reject\n"
-        );
-        let path = dir.path().join("haproxy.cfg");
-        std::fs::write(&path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("haproxy.log")).unwrap();
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start haproxy");
-        let mut child = KillOnDrop::new(child);
-        let ready = SocketAddr::from(([127, 0, 0, 1], ready));
-        wait_until("haproxy listens", STEP, || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("haproxy exited ({status}):\n{}", read_log(&dir));
-            }
-            TcpStream::connect_timeout(&ready, STEP).is_ok()
-        });
-        Haproxy {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            _child: child,
-            dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        read_log(&self.dir)
-    }
-}
-
-/// What HAProxy in `dir` has printed.
-fn read_log(dir: &TempDir) -> String {
-    std::fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default()
+/// HAProxy relaying to `backend` with `send-proxy-v2` from [`PROXY`], with health checks when
+/// `checks`.
+fn haproxy(backend: SocketAddr, checks: bool) -> Haproxy {
+    let check = if checks { " check inter 100ms" } else { "" };
+    Haproxy::start(&format!(
+        "    server ftpd1 {backend} send-proxy-v2 source {PROXY}{check}\n"
+    ))
 }
 
 /// A TCP connection to `addr` from the loopback address `ip`.
@@ -175,7 +108,7 @@ fn a_transfer_through_haproxy_is_logged_under_the_clients_address() {
         return;
     }
     let d = daemon(&[]);
-    let haproxy = Haproxy::start(d.addr(), false);
+    let haproxy = haproxy(d.addr(), false);
     let work = tmpdir();
     write_random(work.path().join("a.bin"), 3_000_000, 20);
     d.cli_via(haproxy.addr)
@@ -215,7 +148,7 @@ fn haproxys_health_checks_are_local_and_served() {
         return;
     }
     let d = daemon(&[]);
-    let haproxy = Haproxy::start(d.addr(), true);
+    let haproxy = haproxy(d.addr(), true);
     d.wait_for_log(&["PROXY LOCAL", "proxy=127.0.0.3:"]);
     d.wait_for_log(&["connection opened", "peer=127.0.0.3:"]);
     let work = tmpdir();
@@ -236,7 +169,7 @@ fn the_per_address_limit_counts_the_client_behind_haproxy() {
         return;
     }
     let d = daemon(&["--max-connections-per-ip", "1"]);
-    let haproxy = Haproxy::start(d.addr(), false);
+    let haproxy = haproxy(d.addr(), false);
     let _held = Raw::connect_from(IpAddr::V4(OTHER_CLIENT), haproxy.addr);
     d.wait_for_log(&["connection opened", "peer=127.0.0.2:"]);
     let refused =
@@ -276,7 +209,7 @@ fn the_login_throttle_falls_on_the_client_behind_haproxy() {
         .args(["--proxy-protocol-from", "127.0.0.3"])
         .args(["--login-penalty", "30s", "--login-penalty-max", "30s"])
         .start();
-    let haproxy = Haproxy::start(d.addr(), false);
+    let haproxy = haproxy(d.addr(), false);
     let via = |ip: [u8; 4]| Raw::connect_from(IpAddr::from(ip), haproxy.addr);
 
     let mut guesser = via([127, 0, 7, 1]);

@@ -385,6 +385,23 @@ impl Daemon {
         self.child().kill();
     }
 
+    /// The metrics address (`--metrics`) the daemon logged it listens on, waiting for the line.
+    #[track_caller]
+    pub fn metrics_addr(&self) -> SocketAddr {
+        const MARKER: &str = "metrics listening on ";
+        self.wait_for_log(&[MARKER]);
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains(MARKER)).unwrap();
+        let (_, rest) = line.split_once(MARKER).unwrap();
+        let token = rest
+            .split(|c: char| c.is_whitespace() || c == '"' || c == ',')
+            .next()
+            .unwrap_or_default();
+        token
+            .parse()
+            .unwrap_or_else(|_| panic!("no address in {line:?}"))
+    }
+
     /// Waits until one log line has all of `words`.
     #[track_caller]
     pub fn wait_for_log(&self, words: &[&str]) {
@@ -1420,6 +1437,67 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("a bound socket has an address")
         .port()
+}
+
+/// HAProxy (Debian's package) in TCP mode, so TLS passes through it, with one frontend on a free
+/// loopback port in front of one backend; killed on drop.
+pub struct Haproxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    /// The process, in the foreground (`-db`).
+    _child: KillOnDrop,
+    /// Its configuration and log.
+    dir: TempDir,
+}
+
+impl Haproxy {
+    /// Starts HAProxy whose backend is `backend` (its `server` lines, and a `balance` line if
+    /// any, each ending in a newline) and returns once it listens.
+    pub fn start(backend: &str) -> Haproxy {
+        let dir = tmpdir_named("e2e-haproxy-");
+        let port = free_port();
+        // Refuses every connection: once it takes one, the frontend above it is bound too
+        // (HAProxy binds its listeners in order before it serves), and no probe reaches ftpd.
+        let ready = free_port();
+        let config = format!(
+            "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    \
+             timeout server 30s\n\
+             frontend ftp\n    bind 127.0.0.1:{port}\n    default_backend ftpd\n\
+             frontend ready\n    bind 127.0.0.1:{ready}\n    tcp-request connection reject\n\
+             backend ftpd\n{backend}"
+        );
+        let path = dir.path().join("haproxy.cfg");
+        fs::write(&path, config).expect("cannot write haproxy.cfg");
+        let log = File::create(dir.path().join("haproxy.log")).expect("cannot make a log");
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cannot clone a file"))
+            .stderr(log)
+            .spawn()
+            .expect("cannot start haproxy");
+        let mut child = KillOnDrop::new(child);
+        let ready = SocketAddr::from(([127, 0, 0, 1], ready));
+        let haproxy_log = || fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default();
+        wait_until("haproxy listens", Duration::from_secs(30), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("haproxy exited ({status}):\n{}", haproxy_log());
+            }
+            std::net::TcpStream::connect_timeout(&ready, Duration::from_secs(5)).is_ok()
+        });
+        Haproxy {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            _child: child,
+            dir,
+        }
+    }
+
+    /// What HAProxy has printed.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("haproxy.log")).unwrap_or_default()
+    }
 }
 
 /// A `moto_server` (a real S3 implementation) on a free loopback port, killed on drop; or the
