@@ -1,6 +1,8 @@
 //! The service-wide session cap: a row per open session, renewed by its instance's heartbeat,
 //! counted across instances under a per-user lock.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -22,25 +24,41 @@ pub struct SessionLease {
     pub user: String,
 }
 
-/// Renews every session of `instance` each third of `ttl`, until aborted (when the last clone
-/// of its [`State`] goes). A failed renewal is logged and tried again at the next beat; three
-/// failed in a row and the sessions expire, which is the price of an unreachable database.
-pub(crate) async fn heartbeat(pool: Pool, instance: String, ttl: Duration) {
+/// The ids of the sessions this instance holds now: the only ones its heartbeat renews. An id
+/// leaves it when its release is tried, whether or not the database answered, so a place whose
+/// release failed (or whose acquire was given up after the database had taken it) expires
+/// with its time to live instead of being renewed for as long as the instance runs.
+pub(crate) type Live = Arc<Mutex<HashSet<i64>>>;
+
+fn live(set: &Live) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+    // Plain ids: a panic elsewhere leaves them usable.
+    set.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Renews the sessions of `instance` in `held` each third of `ttl`, until aborted (when the
+/// last clone of its [`State`] goes). A failed renewal is logged and tried again at the next
+/// beat; three failed in a row and the sessions expire, which is the price of an unreachable
+/// database.
+pub(crate) async fn heartbeat(pool: Pool, instance: String, ttl: Duration, held: Live) {
     let mut beats = tokio::time::interval((ttl / 3).max(Duration::from_millis(50)));
     beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         beats.tick().await;
-        let renewed = async {
+        let ids: Vec<i64> = live(&held).iter().copied().collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let renewed = crate::within(async {
             let client = crate::open_client(&pool).await?;
             client
                 .execute(
                     "UPDATE sessions SET expires = now() + make_interval(secs => $2::float8)
-                     WHERE instance = $1",
-                    &[&instance, &secs(ttl)],
+                     WHERE instance = $1 AND id = ANY($3)",
+                    &[&instance, &secs(ttl), &ids],
                 )
                 .await?;
             Ok::<_, Error>(())
-        }
+        })
         .await;
         if let Err(e) = renewed {
             tracing::warn!(error = %e.detail(), "cannot renew this instance's sessions");
@@ -102,14 +120,17 @@ impl State {
             .await?
             .get(0);
         tx.commit().await?;
+        live(&self.inner.sessions).insert(id);
         Ok(Some(SessionLease {
             id,
             user: user.to_owned(),
         }))
     }
 
-    /// Gives a session's place back.
+    /// Gives a session's place back. It is no longer renewed from now on, so if the database
+    /// does not take the release, the place expires with its time to live.
     pub async fn release_session(&self, lease: SessionLease) -> Result<()> {
+        live(&self.inner.sessions).remove(&lease.id);
         let client = self.client().await?;
         client
             .execute("DELETE FROM sessions WHERE id = $1", &[&lease.id])

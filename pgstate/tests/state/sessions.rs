@@ -80,6 +80,42 @@ async fn a_crashed_instances_sessions_expire() {
     assert_eq!(again.release_instance().await.unwrap(), 1);
 }
 
+/// The heartbeat renews the sessions its instance holds, and no row of its name besides: a
+/// place whose acquire answer was lost (the row is there, the instance never learnt its id) or
+/// whose release the database missed expires with its time to live while the instance runs.
+#[tokio::test]
+async fn a_place_the_instance_does_not_hold_expires_while_it_runs() {
+    let Some(db) = fresh_db().await else { return };
+    let ttl = Duration::from_millis(600);
+    let live = db
+        .state_with(Options {
+            session_ttl: ttl,
+            ..Options::new("live")
+        })
+        .await;
+    let other = db.state("other").await;
+    let _held = live.acquire_session("ann", Some(1)).await.unwrap().unwrap();
+    db.sql()
+        .await
+        .execute(
+            "INSERT INTO sessions (user_name, instance, expires)
+               VALUES ('bob', 'live', now() + interval '600 milliseconds')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let lease = until_some(Duration::from_secs(10), || async {
+        other.acquire_session("bob", Some(1)).await.unwrap()
+    })
+    .await;
+    assert!(lease.is_some(), "the place nobody holds expired");
+    assert_eq!(
+        other.acquire_session("ann", Some(1)).await.unwrap(),
+        None,
+        "the held one is renewed"
+    );
+}
+
 /// The sweep deletes what no longer counts (an expired session, failures older than the
 /// forgetting time) and nothing that still does.
 #[tokio::test]
