@@ -36,6 +36,20 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a caller waits for a free connection of the pool.
 const POOL_WAIT: Duration = Duration::from_secs(5);
+/// How long one call waits for the database on the caller's own clock, at most: the server's
+/// statement timeout cannot end a wait on a server that does not answer at all (stopped, or
+/// its host gone without a reset, before TCP notices). A free connection, then a statement.
+pub const CALL_TIMEOUT: Duration =
+    Duration::from_secs(POOL_WAIT.as_secs() + STATEMENT_TIMEOUT.as_secs() + 1);
+
+/// `call`, or [`Error::Unavailable`] (worth a retry) if it has not ended within
+/// [`CALL_TIMEOUT`]. Callers wrap each call of [`State`] in it (or in a shorter wait of their
+/// own) where the database's silence must not hold them.
+pub async fn within<T>(call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(Error::unavailable("no answer in time")))
+}
 
 /// Settings of one instance's [`State`]; `Options::new(instance)` has the defaults.
 #[derive(Debug, Clone)]
@@ -85,6 +99,8 @@ struct Inner {
     options: Options,
     /// Renews this instance's sessions every third of their time to live.
     heartbeat: tokio::task::JoinHandle<()>,
+    /// The sessions it renews.
+    sessions: sessions::Live,
 }
 
 impl Drop for Inner {
@@ -139,10 +155,12 @@ impl State {
         let mut client = pool.get().await?;
         migrate::apply(&mut client).await?;
         drop(client);
+        let held = sessions::Live::default();
         let heartbeat = tokio::spawn(sessions::heartbeat(
             pool.clone(),
             options.instance.clone(),
             options.session_ttl,
+            held.clone(),
         ));
         Ok(State {
             inner: Arc::new(Inner {
@@ -150,6 +168,7 @@ impl State {
                 config,
                 options,
                 heartbeat,
+                sessions: held,
             }),
         })
     }

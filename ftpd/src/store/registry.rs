@@ -18,9 +18,8 @@ use storage::ChunkLog;
 /// The most abandoned uploads one sweep forgets; the next sweep (a minute later) takes more.
 const SWEEP_BATCH: i64 = 1000;
 /// How long a call keeps trying while the database does not answer (a restart, a fail-over),
-/// so that an upload in flight rides over it: each try is itself bounded by pgstate's
-/// timeouts (5 s to connect or get a pooled connection), so a call gives up within about
-/// this plus 5 s.
+/// so that an upload in flight rides over it: each try is itself bounded
+/// ([`pgstate::within`], 16 s), so a call gives up within this plus that.
 const PATIENCE: Duration = Duration::from_secs(15);
 /// The longest pause between two tries.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -37,7 +36,7 @@ where
     let deadline = Instant::now() + PATIENCE;
     let mut delay = Duration::from_millis(100);
     loop {
-        match call().await {
+        match pgstate::within(call()).await {
             Err(e) if e.is_transient() && Instant::now() + delay < deadline => {
                 tracing::debug!(error = %e.detail(), "the upload registry did not answer; trying again");
                 tokio::time::sleep(delay).await;
@@ -82,7 +81,7 @@ fn fail(e: pgstate::Error) -> s3store::Error {
     match e {
         pgstate::Error::Fenced => s3store::Error::fenced(),
         // One line, the database's own message left for pgstate's detail.
-        e => s3store::Error::registry(e.to_string()),
+        e => s3store::Error::registry(format!("upload registry: {e}")),
     }
 }
 

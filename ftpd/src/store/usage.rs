@@ -6,6 +6,7 @@
 //! both s3store and pgstate.
 
 use async_trait::async_trait;
+use pgstate::within;
 use s3store::{HomeCount, UsageLedger};
 use storage::HomeLimits;
 
@@ -45,17 +46,18 @@ impl UsageLedger for PgUsage {
         files: u64,
         limits: HomeLimits,
     ) -> s3store::Result<bool> {
-        let added = self
-            .state
-            .try_add_usage(home, bytes, files, limits.quota, limits.max_files)
+        let added =
+            within(
+                self.state
+                    .try_add_usage(home, bytes, files, limits.quota, limits.max_files),
+            )
             .await
             .map_err(fail)?;
         Ok(added.is_some())
     }
 
     async fn add(&self, home: &str, bytes: i64, files: i64) -> s3store::Result<()> {
-        self.state
-            .add_usage(home, bytes, files)
+        within(self.state.add_usage(home, bytes, files))
             .await
             .map_err(fail)?;
         Ok(())
@@ -66,11 +68,11 @@ impl UsageLedger for PgUsage {
             bytes: to.bytes,
             files: to.files,
         };
-        self.state.set_usage(home, to).await.map_err(fail)
+        within(self.state.set_usage(home, to)).await.map_err(fail)
     }
 
     async fn usage(&self, home: &str) -> s3store::Result<HomeCount> {
-        let now = self.state.usage(home).await.map_err(fail)?;
+        let now = within(self.state.usage(home)).await.map_err(fail)?;
         Ok(HomeCount {
             bytes: now.bytes,
             files: now.files,
