@@ -22,7 +22,8 @@ pub enum ErrorKind {
     /// A newer attempt at the same upload holds its lease now: this writer must stop, and
     /// what it sends no longer counts.
     Fenced,
-    /// The registry of uploads (PostgreSQL with `--database`) did not answer or refused.
+    /// The service's shared state (PostgreSQL with `--database`: the registry of uploads, the
+    /// quota ledger) did not answer or refused.
     Registry,
 }
 
@@ -65,7 +66,8 @@ impl Error {
         }
     }
 
-    /// A failure of the registry of uploads, `why` being its own one-line message.
+    /// A failure of the shared state, `why` being its own one-line message, naming which part
+    /// failed ("upload registry: ...", "quota usage: ...").
     pub fn registry(why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Error::with(ErrorKind::Registry, why)
     }
@@ -94,8 +96,8 @@ impl fmt::Display for Error {
             ErrorKind::Protocol => "the S3 service sent a reply this client does not understand",
             ErrorKind::Fenced => "the upload was taken over by a newer attempt",
             ErrorKind::Registry => match &self.source {
-                Some(s) => return write!(f, "upload registry: {s}"),
-                None => "the upload registry did not answer",
+                Some(s) => return write!(f, "{s}"),
+                None => "the service's shared state did not answer",
             },
             ErrorKind::Config => match &self.source {
                 // A configuration error's source is our own one-line message for the admin.

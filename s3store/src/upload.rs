@@ -670,10 +670,12 @@ impl ResumableUpload {
             chunks,
             mtime,
         };
-        let body = serde_json::to_vec(&digest).map_err(|e| Error::with(ErrorKind::Protocol, e))?;
-        self.client
-            .put(&digest_key(&key), Bytes::from(body), false)
-            .await?;
+        if let Err(e) = write_digest(&self.client, &key, &digest).await {
+            // The object is stored and complete: that is the upload's outcome. Without its
+            // record a download hashes the object as it reads (as for an object another tool
+            // stored), and its time is the store's Last-Modified.
+            tracing::warn!(key = ?key, error = ?e.detail(), "stored, but its digests could not be recorded");
+        }
         if self.recorded {
             // The object and its digests are stored: that is the upload's outcome, whether
             // or not its record can be forgotten now (fenced, if taken over after completion;
