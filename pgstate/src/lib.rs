@@ -99,8 +99,8 @@ struct Inner {
     options: Options,
     /// Renews this instance's sessions every third of their time to live.
     heartbeat: tokio::task::JoinHandle<()>,
-    /// The sessions it renews.
-    sessions: sessions::Live,
+    /// The sessions and quota reservations it renews.
+    live: sessions::Live,
 }
 
 impl Drop for Inner {
@@ -168,7 +168,7 @@ impl State {
                 config,
                 options,
                 heartbeat,
-                sessions: held,
+                live: held,
             }),
         })
     }

@@ -10,6 +10,7 @@ use crate::{Error, Result};
 const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/001_initial.sql")),
     (2, include_str!("../migrations/002_upload_fields.sql")),
+    (3, include_str!("../migrations/003_usage_reservations.sql")),
 ];
 
 /// The advisory lock of migrations (single-key space; "ftpd" in ASCII, then 1). Other locks of

@@ -24,51 +24,76 @@ pub struct SessionLease {
     pub user: String,
 }
 
-/// The ids of the sessions this instance holds now: the only ones its heartbeat renews. An id
-/// leaves it when its release is tried, whether or not the database answered, so a place whose
-/// release failed (or whose acquire was given up after the database had taken it) expires
-/// with its time to live instead of being renewed for as long as the instance runs.
-pub(crate) type Live = Arc<Mutex<HashSet<i64>>>;
+/// The ids of the rows this instance holds now, sessions and quota reservations: the only
+/// ones its heartbeat renews. An id leaves it when its release is tried, whether or not the
+/// database answered, so a row whose release failed (or whose insert was given up after the
+/// database had made it) expires with its time to live instead of being renewed for as long
+/// as the instance runs.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    pub(crate) sessions: HashSet<i64>,
+    pub(crate) reservations: HashSet<i64>,
+}
 
-fn live(set: &Live) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+pub(crate) type Live = Arc<Mutex<Held>>;
+
+pub(crate) fn held(set: &Live) -> std::sync::MutexGuard<'_, Held> {
     // Plain ids: a panic elsewhere leaves them usable.
     set.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Renews the sessions of `instance` in `held` each third of `ttl`, until aborted (when the
-/// last clone of its [`State`] goes). A failed renewal is logged and tried again at the next
-/// beat; three failed in a row and the sessions expire, which is the price of an unreachable
-/// database.
-pub(crate) async fn heartbeat(pool: Pool, instance: String, ttl: Duration, held: Live) {
+/// Renews the rows of `instance` in `live` each third of `ttl`, until aborted (when the last
+/// clone of its [`State`] goes). A failed renewal is logged and tried again at the next beat;
+/// three failed in a row and the rows expire, which is the price of an unreachable database.
+pub(crate) async fn heartbeat(pool: Pool, instance: String, ttl: Duration, live: Live) {
     let mut beats = tokio::time::interval((ttl / 3).max(Duration::from_millis(50)));
     beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         beats.tick().await;
-        let ids: Vec<i64> = live(&held).iter().copied().collect();
-        if ids.is_empty() {
+        let (sessions, reservations): (Vec<i64>, Vec<i64>) = {
+            let h = held(&live);
+            (
+                h.sessions.iter().copied().collect(),
+                h.reservations.iter().copied().collect(),
+            )
+        };
+        if sessions.is_empty() && reservations.is_empty() {
             continue;
         }
         let renewed = crate::within(async {
             let client = crate::open_client(&pool).await?;
-            client
-                .execute(
-                    "UPDATE sessions SET expires = now() + make_interval(secs => $2::float8)
-                     WHERE instance = $1 AND id = ANY($3)",
-                    &[&instance, &secs(ttl), &ids],
-                )
-                .await?;
+            for (table, ids) in [
+                ("sessions", &sessions),
+                ("usage_reservations", &reservations),
+            ] {
+                if ids.is_empty() {
+                    continue;
+                }
+                client
+                    .execute(
+                        &format!(
+                            "UPDATE {table} SET expires = now() + make_interval(secs => $2::float8)
+                             WHERE instance = $1 AND id = ANY($3)"
+                        ),
+                        &[&instance, &secs(ttl), ids],
+                    )
+                    .await?;
+            }
             Ok::<_, Error>(())
         })
         .await;
         if let Err(e) = renewed {
-            tracing::warn!(error = %e.detail(), "cannot renew this instance's sessions");
+            tracing::warn!(error = %e.detail(), "cannot renew this instance's sessions and reservations");
         }
     }
 }
 
 pub(crate) async fn sweep(client: &impl GenericClient) -> Result<()> {
     client
-        .execute("DELETE FROM sessions WHERE expires <= now()", &[])
+        .batch_execute(
+            "DELETE FROM sessions WHERE expires <= now();
+             DELETE FROM usage_reservations WHERE expires <= now()",
+        )
         .await?;
     Ok(())
 }
@@ -120,7 +145,7 @@ impl State {
             .await?
             .get(0);
         tx.commit().await?;
-        live(&self.inner.sessions).insert(id);
+        held(&self.inner.live).sessions.insert(id);
         Ok(Some(SessionLease {
             id,
             user: user.to_owned(),
@@ -130,7 +155,7 @@ impl State {
     /// Gives a session's place back. It is no longer renewed from now on, so if the database
     /// does not take the release, the place expires with its time to live.
     pub async fn release_session(&self, lease: SessionLease) -> Result<()> {
-        live(&self.inner.sessions).remove(&lease.id);
+        held(&self.inner.live).sessions.remove(&lease.id);
         let client = self.client().await?;
         client
             .execute("DELETE FROM sessions WHERE id = $1", &[&lease.id])
@@ -151,15 +176,20 @@ impl State {
         Ok(n.max(0) as u64)
     }
 
-    /// Gives back every session of this instance at once: at start (the sessions a previous
-    /// run of the same name left), and at the end of a graceful shutdown.
+    /// Gives back every session and quota reservation of this instance at once: at start (what
+    /// a previous run of the same name left), and at the end of a graceful shutdown. Returns
+    /// how many sessions.
     pub async fn release_instance(&self) -> Result<u64> {
+        let instance = &self.inner.options.instance;
         let client = self.client().await?;
-        Ok(client
+        client
             .execute(
-                "DELETE FROM sessions WHERE instance = $1",
-                &[&self.inner.options.instance],
+                "DELETE FROM usage_reservations WHERE instance = $1",
+                &[instance],
             )
+            .await?;
+        Ok(client
+            .execute("DELETE FROM sessions WHERE instance = $1", &[instance])
             .await?)
     }
 }

@@ -1,6 +1,9 @@
 //! Quota usage per home (bytes, files), updated atomically by every instance.
 
-use crate::{to_i64, Error, Result, State};
+use tokio_postgres::GenericClient;
+
+use crate::sessions::held;
+use crate::{secs, to_i64, Error, Result, State};
 
 /// What a home holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,70 +28,144 @@ fn check(home: &str) -> Result<()> {
     Ok(())
 }
 
+/// Adds `bytes` and `files` (negative: a delete) to the usage of `home` and returns the new
+/// usage; never below zero.
+async fn add(client: &impl GenericClient, home: &str, bytes: i64, files: i64) -> Result<Usage> {
+    let row = client
+        .query_one(
+            "INSERT INTO usage AS u (home, bytes, files)
+             VALUES ($1, GREATEST(0, $2::bigint), GREATEST(0, $3::bigint))
+             ON CONFLICT (home) DO UPDATE SET
+               bytes = GREATEST(0, u.bytes + $2::bigint), files = GREATEST(0, u.files + $3::bigint)
+             RETURNING bytes, files",
+            &[&home, &bytes, &files],
+        )
+        .await?;
+    Ok(usage(&row))
+}
+
 impl State {
     /// Adds `bytes` and `files` (negative: a delete) to the usage of `home` in one statement and
     /// returns the new usage. Never below zero: a count that drifted (a file removed behind
     /// the daemon's back) is set right by [`State::set_usage`] after a recount.
     pub async fn add_usage(&self, home: &str, bytes: i64, files: i64) -> Result<Usage> {
         check(home)?;
-        let client = self.client().await?;
-        let row = client
-            .query_one(
-                "INSERT INTO usage AS u (home, bytes, files)
-                 VALUES ($1, GREATEST(0, $2::bigint), GREATEST(0, $3::bigint))
-                 ON CONFLICT (home) DO UPDATE SET
-                   bytes = GREATEST(0, u.bytes + $2::bigint), files = GREATEST(0, u.files + $3::bigint)
-                 RETURNING bytes, files",
-                &[&home, &bytes, &files],
-            )
-            .await?;
-        Ok(usage(&row))
+        add(&**self.client().await?, home, bytes, files).await
     }
 
-    /// Adds `bytes` and `files` only if the home then stays within `quota` bytes and
-    /// `max_files` files (`None`: no limit); `None` back, and nothing added, otherwise. One
-    /// statement, so instances reserving at once cannot together pass the quota.
-    pub async fn try_add_usage(
+    /// Reserves `bytes` and `files` in `home` for an upload in flight, only if the home's
+    /// stored usage and every live reservation with these stay within `quota` bytes and
+    /// `max_files` files (`None`: no limit): the reservation's id, or `None` and nothing
+    /// reserved. Reservers of one home queue on its usage row, so instances reserving at once
+    /// cannot together pass the quota. The reservation lives while this instance's heartbeat
+    /// renews it: until [`State::settle_usage`] or [`State::release_usage`], or for its time to
+    /// live (the sessions') after the instance dies.
+    pub async fn reserve_usage(
         &self,
         home: &str,
         bytes: u64,
         files: u64,
         quota: Option<u64>,
         max_files: Option<u64>,
-    ) -> Result<Option<Usage>> {
+    ) -> Result<Option<i64>> {
         check(home)?;
         let (bytes, files) = (to_i64(bytes, "a size")?, to_i64(files, "a file count")?);
         let quota = quota.map(|q| to_i64(q, "a quota")).transpose()?;
         let max_files = max_files.map(|q| to_i64(q, "a file limit")).transpose()?;
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO usage (home) VALUES ($1) ON CONFLICT (home) DO NOTHING",
-                &[&home],
-            )
+        let options = &self.inner.options;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO usage (home) VALUES ($1) ON CONFLICT (home) DO NOTHING",
+            &[&home],
+        )
+        .await?;
+        tx.execute("SELECT 1 FROM usage WHERE home = $1 FOR UPDATE", &[&home])
             .await?;
-        let row = client
+        tx.execute(
+            "DELETE FROM usage_reservations WHERE home = $1 AND expires <= now()",
+            &[&home],
+        )
+        .await?;
+        let row = tx
             .query_opt(
-                "UPDATE usage SET bytes = bytes + $2, files = files + $3
-                 WHERE home = $1 AND ($4::bigint IS NULL OR bytes + $2 <= $4)
-                   AND ($5::bigint IS NULL OR files + $3 <= $5)
-                 RETURNING bytes, files",
-                &[&home, &bytes, &files, &quota, &max_files],
+                "INSERT INTO usage_reservations (home, bytes, files, instance, expires)
+                 SELECT $1, $2::bigint, $3::bigint, $6, now() + make_interval(secs => $7::float8)
+                 FROM (SELECT u.bytes + COALESCE(sum(r.bytes), 0) AS bytes,
+                              u.files + COALESCE(sum(r.files), 0) AS files
+                       FROM usage u LEFT JOIN usage_reservations r ON r.home = u.home
+                       WHERE u.home = $1 GROUP BY u.bytes, u.files) now
+                 WHERE ($4::bigint IS NULL OR now.bytes + $2::bigint <= $4)
+                   AND ($5::bigint IS NULL OR now.files + $3::bigint <= $5)
+                 RETURNING id",
+                &[
+                    &home,
+                    &bytes,
+                    &files,
+                    &quota,
+                    &max_files,
+                    &options.instance,
+                    &secs(options.session_ttl),
+                ],
             )
             .await?;
-        Ok(row.as_ref().map(usage))
+        tx.commit().await?;
+        let id = row.map(|r| r.get::<_, i64>(0));
+        if let Some(id) = id {
+            held(&self.inner.live).reservations.insert(id);
+        }
+        Ok(id)
     }
 
-    /// The usage of `home` (zero when nothing was counted yet).
+    /// The upload of reservation `id` stored a change of `bytes` and `files` to `home`: the
+    /// reservation becomes that, in one transaction (the home is never counted without
+    /// either). A reservation that already expired is no matter: the change is added all the
+    /// same. If the database does not answer, the reservation stays renewed, standing for
+    /// the stored file (about its size) until this instance stops and the home is recounted.
+    pub async fn settle_usage(&self, id: i64, home: &str, bytes: i64, files: i64) -> Result<()> {
+        check(home)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("DELETE FROM usage_reservations WHERE id = $1", &[&id])
+            .await?;
+        add(&*tx, home, bytes, files).await?;
+        tx.commit().await?;
+        // Renewed until here, so a settle that fails leaves the reservation standing.
+        held(&self.inner.live).reservations.remove(&id);
+        Ok(())
+    }
+
+    /// Gives reservation `id` back (its upload ended without storing). It is no longer
+    /// renewed from now on, so if the database does not take this, it expires.
+    pub async fn release_usage(&self, id: i64) -> Result<()> {
+        held(&self.inner.live).reservations.remove(&id);
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM usage_reservations WHERE id = $1", &[&id])
+            .await?;
+        Ok(())
+    }
+
+    /// The usage of `home`: what it stores and what uploads in flight have reserved (zero
+    /// when nothing was counted yet).
     pub async fn usage(&self, home: &str) -> Result<Usage> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT bytes, files FROM usage WHERE home = $1", &[&home])
+            .query_one(
+                "SELECT COALESCE((SELECT bytes FROM usage WHERE home = $1), 0)
+                          + COALESCE((SELECT sum(bytes) FROM usage_reservations
+                                      WHERE home = $1 AND expires > now()), 0)::bigint,
+                        COALESCE((SELECT files FROM usage WHERE home = $1), 0)
+                          + COALESCE((SELECT sum(files) FROM usage_reservations
+                                      WHERE home = $1 AND expires > now()), 0)::bigint",
+                &[&home],
+            )
             .await?;
-        Ok(row.as_ref().map(usage).unwrap_or_default())
+        Ok(usage(&row))
     }
 
-    /// Sets the usage of `home` to a recount (the listing at start).
+    /// Sets what `home` stores to a recount (the listing at start); the reservations of
+    /// uploads in flight stay as they are.
     pub async fn set_usage(&self, home: &str, to: Usage) -> Result<()> {
         check(home)?;
         let (bytes, files) = (

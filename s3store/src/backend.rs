@@ -531,13 +531,11 @@ impl S3Backend {
         let grow = size.saturating_sub(existing.unwrap_or(0));
         let new_files = u64::from(existing.is_none());
         let mut reservation = Reservation {
-            shared: self.shared.clone(),
+            counts: self.shared.clone(),
             key: key.to_owned(),
             bytes: 0,
             files: 0,
-            shared_homes: Vec::new(),
-            shared_bytes: grow,
-            shared_files: new_files,
+            shared: Vec::new(),
         };
         if let Some(ledger) = &self.shared.opts.usage {
             let homes: Vec<(String, String, HomeLimits)> = self
@@ -551,11 +549,11 @@ impl S3Backend {
             for (home, user, limits) in homes {
                 // A ledger that does not answer cannot say there is room: the upload is
                 // refused as worth a retry, never let over the quota.
-                let fits = ledger
+                let reserved = ledger
                     .reserve(&home, grow, new_files, limits)
                     .await
                     .map_err(|e| map(shown, e))?;
-                if !fits {
+                let Some(id) = reserved else {
                     // Refused with the words the local count uses, from the shared count.
                     let now = ledger.usage(&home).await.map_err(|e| map(shown, e))?;
                     let t = Tally {
@@ -577,8 +575,8 @@ impl S3Backend {
                         path: shown.to_owned(),
                         why: "the quota changed while reserving".to_owned(),
                     });
-                }
-                reservation.shared_homes.push(home);
+                };
+                reservation.shared.push((home, id));
             }
         }
         {
@@ -811,33 +809,30 @@ impl S3Backend {
 #[derive(Debug)]
 struct Reservation {
     /// Whose counts hold the promise.
-    shared: Arc<Shared>,
+    counts: Arc<Shared>,
     /// Where the upload goes: the homes holding it hold the promise too.
     key: String,
     /// Bytes promised.
     bytes: u64,
     /// New files promised (0 or 1).
     files: u64,
-    /// The homes the shared ledger holds the promise in; emptied once settled.
-    shared_homes: Vec<String>,
-    /// Bytes promised in the ledger.
-    shared_bytes: u64,
-    /// Files promised in the ledger.
-    shared_files: u64,
+    /// The homes the shared ledger holds the promise in, with its reservation there; emptied
+    /// once settled.
+    shared: Vec<(String, i64)>,
 }
 
 impl Reservation {
-    /// The upload stored a change of `bytes` and `files`: the ledger's promise becomes that,
-    /// before the upload's command is answered (so the next upload sees the room it left).
+    /// The upload stored a change of `bytes` and `files`: the ledger's reservations become
+    /// that, before the upload's command is answered (so the next upload sees the room it
+    /// left).
     async fn settle(&mut self, bytes: i128, files: i128) {
-        let homes = std::mem::take(&mut self.shared_homes);
-        if let Some(ledger) = &self.shared.opts.usage {
-            let bytes = clamp_i64(bytes - i128::from(self.shared_bytes));
-            let files = clamp_i64(files - i128::from(self.shared_files));
-            for home in homes {
-                // The file is stored: a ledger that does not answer keeps the promise instead
-                // (the same but for a replaced file's size) until the home is recounted.
-                let _ = ledger.add(&home, bytes, files).await;
+        let reserved = std::mem::take(&mut self.shared);
+        if let Some(ledger) = &self.counts.opts.usage {
+            let (bytes, files) = (clamp_i64(bytes), clamp_i64(files));
+            for (home, id) in reserved {
+                // The file is stored: a ledger that does not answer keeps the reservation
+                // standing for it instead (about its size) until the home is recounted.
+                let _ = ledger.settle(id, &home, bytes, files).await;
             }
         }
     }
@@ -845,20 +840,16 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.shared
+        self.counts
             .promise(&self.key, -i128::from(self.bytes), -i128::from(self.files));
-        let homes = std::mem::take(&mut self.shared_homes);
-        if let (false, Some(ledger)) = (homes.is_empty(), self.shared.opts.usage.clone()) {
-            // An upload that ended without storing gives its promise back; without a runtime
-            // (shutting down) the promise stays until the home is recounted.
-            let (bytes, files) = (
-                clamp_i64(-i128::from(self.shared_bytes)),
-                clamp_i64(-i128::from(self.shared_files)),
-            );
+        let reserved = std::mem::take(&mut self.shared);
+        if let (false, Some(ledger)) = (reserved.is_empty(), self.counts.opts.usage.clone()) {
+            // An upload that ended without storing gives its reservations back; without a
+            // runtime (shutting down), or if the ledger does not answer, they expire.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
-                    for home in homes {
-                        let _ = ledger.add(&home, bytes, files).await;
+                    for (_, id) in reserved {
+                        let _ = ledger.release(id).await;
                     }
                 });
             }

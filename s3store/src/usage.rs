@@ -22,18 +22,32 @@ pub struct HomeCount {
 /// its key prefix (`ann/`).
 #[async_trait]
 pub trait UsageLedger: Send + Sync + fmt::Debug {
-    /// Adds `bytes` and `files` to `home` if it then stays within `limits`, in one step that
-    /// daemons reserving at once cannot together pass: `false`, and nothing added, when it
-    /// would not.
-    async fn reserve(&self, home: &str, bytes: u64, files: u64, limits: HomeLimits)
-        -> Result<bool>;
+    /// Reserves `bytes` and `files` in `home` for an upload in flight if the home then stays
+    /// within `limits` (what it stores and every live reservation counted), in one step that
+    /// daemons reserving at once cannot together pass: the reservation's id, or `None` and
+    /// nothing reserved. A reservation lives until [`UsageLedger::settle`] or
+    /// [`UsageLedger::release`], or, if its daemon dies, for a time to live of the ledger's.
+    async fn reserve(
+        &self,
+        home: &str,
+        bytes: u64,
+        files: u64,
+        limits: HomeLimits,
+    ) -> Result<Option<i64>>;
+
+    /// The upload of reservation `id` stored a change of `bytes` and `files` to `home` (its
+    /// size less a replaced file's): the reservation becomes that.
+    async fn settle(&self, id: i64, home: &str, bytes: i64, files: i64) -> Result<()>;
+
+    /// Gives reservation `id` back: its upload ended without storing.
+    async fn release(&self, id: i64) -> Result<()>;
 
     /// Adds `bytes` and `files` to `home` (negative: given back, or a delete), unconditionally.
     async fn add(&self, home: &str, bytes: i64, files: i64) -> Result<()>;
 
-    /// Sets `home` to what a listing of it found.
+    /// Sets what `home` stores to what a listing of it found (reservations stay).
     async fn recount(&self, home: &str, to: HomeCount) -> Result<()>;
 
-    /// What `home` holds now, as every daemon has counted it.
+    /// What `home` holds now, as every daemon has counted it, reservations included.
     async fn usage(&self, home: &str) -> Result<HomeCount>;
 }

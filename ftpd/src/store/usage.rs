@@ -45,15 +45,23 @@ impl UsageLedger for PgUsage {
         bytes: u64,
         files: u64,
         limits: HomeLimits,
-    ) -> s3store::Result<bool> {
-        let added =
-            within(
-                self.state
-                    .try_add_usage(home, bytes, files, limits.quota, limits.max_files),
-            )
+    ) -> s3store::Result<Option<i64>> {
+        within(
+            self.state
+                .reserve_usage(home, bytes, files, limits.quota, limits.max_files),
+        )
+        .await
+        .map_err(fail)
+    }
+
+    async fn settle(&self, id: i64, home: &str, bytes: i64, files: i64) -> s3store::Result<()> {
+        within(self.state.settle_usage(id, home, bytes, files))
             .await
-            .map_err(fail)?;
-        Ok(added.is_some())
+            .map_err(fail)
+    }
+
+    async fn release(&self, id: i64) -> s3store::Result<()> {
+        within(self.state.release_usage(id)).await.map_err(fail)
     }
 
     async fn add(&self, home: &str, bytes: i64, files: i64) -> s3store::Result<()> {

@@ -1,8 +1,8 @@
 use std::time::{Duration, Instant};
 
-use pgstate::{Direction, Usage};
+use pgstate::{Direction, Options, Usage};
 
-use crate::util::fresh_db;
+use crate::util::{fresh_db, until_some};
 
 /// Two instances drawing on one user's rate for a while get at most rate × time plus one
 /// bucket (the window's worth), and not much less than rate × time.
@@ -87,31 +87,122 @@ async fn usage_adds_up_across_instances_and_the_quota_holds() {
     )
     .await
     .unwrap();
+    let reserved = a
+        .reserve_usage("ann", 100, 1, Some(1000), Some(4))
+        .await
+        .unwrap()
+        .expect("fits exactly");
+    let full = Usage {
+        bytes: 1000,
+        files: 4,
+    };
+    assert_eq!(a.usage("ann").await.unwrap(), full, "reserved counts");
     assert_eq!(
-        a.try_add_usage("ann", 100, 1, Some(1000), Some(4))
-            .await
-            .unwrap(),
-        Some(Usage {
-            bytes: 1000,
-            files: 4
-        })
-    );
-    assert_eq!(
-        a.try_add_usage("ann", 1, 0, Some(1000), None)
+        b.reserve_usage("ann", 1, 0, Some(1000), None)
             .await
             .unwrap(),
         None
     );
     assert_eq!(
-        a.try_add_usage("ann", 0, 1, None, Some(4)).await.unwrap(),
+        b.reserve_usage("ann", 0, 1, None, Some(4)).await.unwrap(),
         None
     );
+    // A recount sets what the home stores and leaves the upload in flight reserved.
+    b.set_usage(
+        "ann",
+        Usage {
+            bytes: 900,
+            files: 3,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        b.reserve_usage("ann", 1, 0, Some(1000), None)
+            .await
+            .unwrap(),
+        None,
+        "still reserved after a recount"
+    );
+    // The upload stored 60 bytes and its file: the reservation becomes that.
+    a.settle_usage(reserved, "ann", 60, 1).await.unwrap();
     assert_eq!(
         a.usage("ann").await.unwrap(),
         Usage {
-            bytes: 1000,
+            bytes: 960,
             files: 4
         }
     );
+    let small = b
+        .reserve_usage("ann", 40, 0, Some(1000), None)
+        .await
+        .unwrap()
+        .expect("the room the settle left");
+    b.release_usage(small).await.unwrap();
+    assert_eq!(a.usage("ann").await.unwrap().bytes, 960, "given back");
     assert_eq!(a.usage("nobody").await.unwrap(), Usage::default());
+}
+
+/// Twenty reservations at once over two instances under a quota of ten's worth: exactly ten
+/// are taken.
+#[tokio::test]
+async fn reservations_at_once_on_two_instances_cannot_pass_the_quota() {
+    let Some(db) = fresh_db().await else { return };
+    let (a, b) = (db.state("a").await, db.state("b").await);
+    let tries = (0..20).map(|i| {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move {
+            s.reserve_usage("ann", 100, 1, Some(1000), None)
+                .await
+                .unwrap()
+        }
+    });
+    let got = futures::future::join_all(tries).await;
+    assert_eq!(got.iter().filter(|g| g.is_some()).count(), 10);
+    assert_eq!(a.usage("ann").await.unwrap().bytes, 1000);
+}
+
+/// The reservations of an instance that died (its State gone: no more heartbeats) expire with
+/// their time to live, and give their room back; a live instance's are kept past it.
+#[tokio::test]
+async fn a_dead_instances_reservations_expire() {
+    let Some(db) = fresh_db().await else { return };
+    let ttl = Duration::from_millis(600);
+    let short = |name: &str| Options {
+        session_ttl: ttl,
+        ..Options::new(name)
+    };
+    let live = db.state_with(short("live")).await;
+    let other = db.state("other").await;
+    let _kept = live
+        .reserve_usage("ann", 100, 0, Some(100), None)
+        .await
+        .unwrap()
+        .expect("fits");
+    // Several times the time to live: only the heartbeat keeps it.
+    tokio::time::sleep(ttl * 4).await;
+    assert_eq!(
+        other
+            .reserve_usage("ann", 1, 0, Some(100), None)
+            .await
+            .unwrap(),
+        None,
+        "kept alive"
+    );
+
+    let dead = db.state_with(short("dead")).await;
+    let _lost = dead
+        .reserve_usage("bob", 100, 0, Some(100), None)
+        .await
+        .unwrap()
+        .expect("fits");
+    drop(dead);
+    let room = until_some(Duration::from_secs(10), || async {
+        other
+            .reserve_usage("bob", 100, 0, Some(100), None)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(room.is_some(), "the dead instance's reservation expired");
 }
