@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use pgstate::{Direction, Options, Usage};
+use pgstate::{Direction, Usage};
 
 use crate::util::{fresh_db, until_some};
 
@@ -168,11 +168,7 @@ async fn reservations_at_once_on_two_instances_cannot_pass_the_quota() {
 async fn a_dead_instances_reservations_expire() {
     let Some(db) = fresh_db().await else { return };
     let ttl = Duration::from_millis(600);
-    let short = |name: &str| Options {
-        session_ttl: ttl,
-        ..Options::new(name)
-    };
-    let live = db.state_with(short("live")).await;
+    let live = db.short_lived("live", ttl).await;
     let other = db.state("other").await;
     let _kept = live
         .reserve_usage("ann", 100, 0, Some(100), None)
@@ -190,7 +186,7 @@ async fn a_dead_instances_reservations_expire() {
         "kept alive"
     );
 
-    let dead = db.state_with(short("dead")).await;
+    let dead = db.short_lived("dead", ttl).await;
     let _lost = dead
         .reserve_usage("bob", 100, 0, Some(100), None)
         .await

@@ -1,7 +1,5 @@
 use std::time::{Duration, Instant};
 
-use pgstate::Options;
-
 use crate::util::{fresh_db, until_some};
 
 /// A cap of two holds across two instances, and a place given back is taken again.
@@ -41,11 +39,7 @@ async fn logins_at_once_on_two_instances_cannot_pass_the_cap() {
 async fn a_crashed_instances_sessions_expire() {
     let Some(db) = fresh_db().await else { return };
     let ttl = Duration::from_millis(600);
-    let short = |name: &str| Options {
-        session_ttl: ttl,
-        ..Options::new(name)
-    };
-    let live = db.state_with(short("live")).await;
+    let live = db.short_lived("live", ttl).await;
     let other = db.state("other").await;
     let _held = live.acquire_session("ann", Some(1)).await.unwrap().unwrap();
     // Several times the time to live: only the heartbeat keeps the session.
@@ -56,7 +50,7 @@ async fn a_crashed_instances_sessions_expire() {
         "kept alive"
     );
 
-    let crashed = db.state_with(short("crashed")).await;
+    let crashed = db.short_lived("crashed", ttl).await;
     let _lost = crashed
         .acquire_session("bob", Some(1))
         .await
@@ -87,12 +81,7 @@ async fn a_crashed_instances_sessions_expire() {
 async fn a_place_the_instance_does_not_hold_expires_while_it_runs() {
     let Some(db) = fresh_db().await else { return };
     let ttl = Duration::from_millis(600);
-    let live = db
-        .state_with(Options {
-            session_ttl: ttl,
-            ..Options::new("live")
-        })
-        .await;
+    let live = db.short_lived("live", ttl).await;
     let other = db.state("other").await;
     let _held = live.acquire_session("ann", Some(1)).await.unwrap().unwrap();
     db.sql()

@@ -34,6 +34,16 @@ impl Db {
             .unwrap_or_else(|e| panic!("connect: {}", e.detail()))
     }
 
+    /// An instance whose sessions and reservations live `ttl` unless renewed: short, so that
+    /// a test sees them expire.
+    pub async fn short_lived(&self, instance: &str, ttl: std::time::Duration) -> State {
+        self.state_with(Options {
+            session_ttl: ttl,
+            ..Options::new(instance)
+        })
+        .await
+    }
+
     /// A plain connection, to look at the tables behind the crate's back.
     pub async fn sql(&self) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
