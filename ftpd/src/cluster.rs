@@ -114,31 +114,49 @@ pub fn instance_name() -> String {
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let mut name = format!("{host}:{}:{started}", std::process::id());
-    name.truncate(200);
-    name
+    let name = format!("{host}:{}:{started}", std::process::id());
+    // At most 200 bytes, cut between characters (a host name may be anything).
+    let mut end = name.len().min(200);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_owned()
 }
 
 /// `url` without its password: `postgres://u:secret@h/db` as `postgres://u:***@h/db`, and
 /// `password=secret` of the key=value form as `password=***`.
 pub fn redact(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://") {
-        let (auth, host) = match rest.rsplit_once('@') {
-            Some((auth, host)) => (auth, host),
-            None => return url.to_owned(),
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, Some(query)),
+            None => (rest, None),
         };
-        return match auth.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_owned(),
+        let rest = match rest.rsplit_once('@') {
+            Some((auth, host)) => match auth.split_once(':') {
+                Some((user, _)) => format!("{user}:***@{host}"),
+                None => format!("{auth}@{host}"),
+            },
+            None => rest.to_owned(),
+        };
+        // `?password=...` is the URL form's other place for it.
+        let query = query.map(|q| redact_pairs(q.split('&'), "&"));
+        return match query {
+            Some(q) => format!("{scheme}://{rest}?{q}"),
+            None => format!("{scheme}://{rest}"),
         };
     }
-    url.split_whitespace()
+    redact_pairs(url.split_whitespace(), " ")
+}
+
+/// `key=value` pairs joined by `sep`, the value of `password` as `***`.
+fn redact_pairs<'a>(pairs: impl Iterator<Item = &'a str>, sep: &str) -> String {
+    pairs
         .map(|kv| match kv.split_once('=') {
             Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
             _ => kv.to_owned(),
         })
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(sep)
 }
 
 /// Keeps this instance's users the database's: reloads at every change any instance makes
@@ -213,6 +231,14 @@ mod tests {
             "postgres://ftpd:***@db.example:5432/ftpd"
         );
         assert_eq!(redact("postgres://ftpd@db/ftpd"), "postgres://ftpd@db/ftpd");
+        assert_eq!(
+            redact("postgres://ftpd@db/ftpd?sslmode=disable&password=s3cret"),
+            "postgres://ftpd@db/ftpd?sslmode=disable&password=***"
+        );
+        assert_eq!(
+            redact("postgres://ftpd:a@b@db/ftpd?password=x"),
+            "postgres://ftpd:***@db/ftpd?password=***"
+        );
         assert_eq!(
             redact("host=db user=ftpd password=s3cret dbname=ftpd"),
             "host=db user=ftpd password=*** dbname=ftpd"
