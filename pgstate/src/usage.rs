@@ -28,6 +28,15 @@ fn check(home: &str) -> Result<()> {
     Ok(())
 }
 
+/// What home `$1` stores plus what live reservations hold in it: the usage a quota is checked
+/// against. (Expired reservations count for nothing; the sweep deletes them.)
+const HOME_USAGE: &str = "SELECT COALESCE((SELECT bytes FROM usage WHERE home = $1), 0)
+            + COALESCE((SELECT sum(bytes) FROM usage_reservations
+                        WHERE home = $1 AND expires > now()), 0)::bigint,
+        COALESCE((SELECT files FROM usage WHERE home = $1), 0)
+            + COALESCE((SELECT sum(files) FROM usage_reservations
+                        WHERE home = $1 AND expires > now()), 0)::bigint";
+
 /// Adds `bytes` and `files` (negative: a delete) to the usage of `home` and returns the new
 /// usage; never below zero.
 async fn add(client: &impl GenericClient, home: &str, bytes: i64, files: i64) -> Result<Usage> {
@@ -69,9 +78,7 @@ impl State {
         max_files: Option<u64>,
     ) -> Result<Option<i64>> {
         check(home)?;
-        let (bytes, files) = (to_i64(bytes, "a size")?, to_i64(files, "a file count")?);
-        let quota = quota.map(|q| to_i64(q, "a quota")).transpose()?;
-        let max_files = max_files.map(|q| to_i64(q, "a file limit")).transpose()?;
+        let (row_bytes, row_files) = (to_i64(bytes, "a size")?, to_i64(files, "a file count")?);
         let options = &self.inner.options;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -80,41 +87,34 @@ impl State {
             &[&home],
         )
         .await?;
+        // Reservers of the home queue here until this transaction ends.
         tx.execute("SELECT 1 FROM usage WHERE home = $1 FOR UPDATE", &[&home])
             .await?;
-        tx.execute(
-            "DELETE FROM usage_reservations WHERE home = $1 AND expires <= now()",
-            &[&home],
-        )
-        .await?;
-        let row = tx
-            .query_opt(
+        let now = usage(&tx.query_one(HOME_USAGE, &[&home]).await?);
+        let fits = |held: u64, more: u64, limit: Option<u64>| {
+            limit.is_none_or(|l| held.saturating_add(more) <= l)
+        };
+        if !(fits(now.bytes, bytes, quota) && fits(now.files, files, max_files)) {
+            return Ok(None); // the transaction rolls back as it drops
+        }
+        let id: i64 = tx
+            .query_one(
                 "INSERT INTO usage_reservations (home, bytes, files, instance, expires)
-                 SELECT $1, $2::bigint, $3::bigint, $6, now() + make_interval(secs => $7::float8)
-                 FROM (SELECT u.bytes + COALESCE(sum(r.bytes), 0) AS bytes,
-                              u.files + COALESCE(sum(r.files), 0) AS files
-                       FROM usage u LEFT JOIN usage_reservations r ON r.home = u.home
-                       WHERE u.home = $1 GROUP BY u.bytes, u.files) now
-                 WHERE ($4::bigint IS NULL OR now.bytes + $2::bigint <= $4)
-                   AND ($5::bigint IS NULL OR now.files + $3::bigint <= $5)
+                 VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5::float8))
                  RETURNING id",
                 &[
                     &home,
-                    &bytes,
-                    &files,
-                    &quota,
-                    &max_files,
+                    &row_bytes,
+                    &row_files,
                     &options.instance,
                     &secs(options.session_ttl),
                 ],
             )
-            .await?;
+            .await?
+            .get(0);
         tx.commit().await?;
-        let id = row.map(|r| r.get::<_, i64>(0));
-        if let Some(id) = id {
-            held(&self.inner.live).reservations.insert(id);
-        }
-        Ok(id)
+        held(&self.inner.live).reservations.insert(id);
+        Ok(Some(id))
     }
 
     /// The upload of reservation `id` stored a change of `bytes` and `files` to `home`: the
@@ -150,17 +150,7 @@ impl State {
     /// when nothing was counted yet).
     pub async fn usage(&self, home: &str) -> Result<Usage> {
         let client = self.client().await?;
-        let row = client
-            .query_one(
-                "SELECT COALESCE((SELECT bytes FROM usage WHERE home = $1), 0)
-                          + COALESCE((SELECT sum(bytes) FROM usage_reservations
-                                      WHERE home = $1 AND expires > now()), 0)::bigint,
-                        COALESCE((SELECT files FROM usage WHERE home = $1), 0)
-                          + COALESCE((SELECT sum(files) FROM usage_reservations
-                                      WHERE home = $1 AND expires > now()), 0)::bigint",
-                &[&home],
-            )
-            .await?;
+        let row = client.query_one(HOME_USAGE, &[&home]).await?;
         Ok(usage(&row))
     }
 

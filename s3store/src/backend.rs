@@ -531,11 +531,11 @@ impl S3Backend {
         let grow = size.saturating_sub(existing.unwrap_or(0));
         let new_files = u64::from(existing.is_none());
         let mut reservation = Reservation {
-            counts: self.shared.clone(),
+            shared: self.shared.clone(),
             key: key.to_owned(),
             bytes: 0,
             files: 0,
-            shared: Vec::new(),
+            in_ledger: Vec::new(),
         };
         if let Some(ledger) = &self.shared.opts.usage {
             let homes: Vec<(String, String, HomeLimits)> = self
@@ -576,7 +576,7 @@ impl S3Backend {
                         why: "the quota changed while reserving".to_owned(),
                     });
                 };
-                reservation.shared.push((home, id));
+                reservation.in_ledger.push((home, id));
             }
         }
         {
@@ -809,7 +809,7 @@ impl S3Backend {
 #[derive(Debug)]
 struct Reservation {
     /// Whose counts hold the promise.
-    counts: Arc<Shared>,
+    shared: Arc<Shared>,
     /// Where the upload goes: the homes holding it hold the promise too.
     key: String,
     /// Bytes promised.
@@ -818,7 +818,7 @@ struct Reservation {
     files: u64,
     /// The homes the shared ledger holds the promise in, with its reservation there; emptied
     /// once settled.
-    shared: Vec<(String, i64)>,
+    in_ledger: Vec<(String, i64)>,
 }
 
 impl Reservation {
@@ -826,8 +826,8 @@ impl Reservation {
     /// that, before the upload's command is answered (so the next upload sees the room it
     /// left).
     async fn settle(&mut self, bytes: i128, files: i128) {
-        let reserved = std::mem::take(&mut self.shared);
-        if let Some(ledger) = &self.counts.opts.usage {
+        let reserved = std::mem::take(&mut self.in_ledger);
+        if let Some(ledger) = &self.shared.opts.usage {
             let (bytes, files) = (clamp_i64(bytes), clamp_i64(files));
             for (home, id) in reserved {
                 // The file is stored: a ledger that does not answer keeps the reservation
@@ -840,10 +840,10 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.counts
+        self.shared
             .promise(&self.key, -i128::from(self.bytes), -i128::from(self.files));
-        let reserved = std::mem::take(&mut self.shared);
-        if let (false, Some(ledger)) = (reserved.is_empty(), self.counts.opts.usage.clone()) {
+        let reserved = std::mem::take(&mut self.in_ledger);
+        if let (false, Some(ledger)) = (reserved.is_empty(), self.shared.opts.usage.clone()) {
             // An upload that ended without storing gives its reservations back; without a
             // runtime (shutting down), or if the ledger does not answer, they expire.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {

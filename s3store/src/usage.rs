@@ -42,7 +42,7 @@ pub trait UsageLedger: Send + Sync + fmt::Debug {
     /// Gives reservation `id` back: its upload ended without storing.
     async fn release(&self, id: i64) -> Result<()>;
 
-    /// Adds `bytes` and `files` to `home` (negative: given back, or a delete), unconditionally.
+    /// Adds `bytes` and `files` to `home` (negative: a delete), unconditionally.
     async fn add(&self, home: &str, bytes: i64, files: i64) -> Result<()>;
 
     /// Sets what `home` stores to what a listing of it found (reservations stay).

@@ -78,15 +78,11 @@ async fn usage_adds_up_across_instances_and_the_quota_holds() {
         0,
         "never below zero"
     );
-    b.set_usage(
-        "ann",
-        Usage {
-            bytes: 900,
-            files: 3,
-        },
-    )
-    .await
-    .unwrap();
+    let stored = Usage {
+        bytes: 900,
+        files: 3,
+    };
+    b.set_usage("ann", stored).await.unwrap();
     let reserved = a
         .reserve_usage("ann", 100, 1, Some(1000), Some(4))
         .await
@@ -108,15 +104,7 @@ async fn usage_adds_up_across_instances_and_the_quota_holds() {
         None
     );
     // A recount sets what the home stores and leaves the upload in flight reserved.
-    b.set_usage(
-        "ann",
-        Usage {
-            bytes: 900,
-            files: 3,
-        },
-    )
-    .await
-    .unwrap();
+    b.set_usage("ann", stored).await.unwrap();
     assert_eq!(
         b.reserve_usage("ann", 1, 0, Some(1000), None)
             .await

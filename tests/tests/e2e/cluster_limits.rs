@@ -4,13 +4,12 @@
 //! cap: both instances lease it from the database, and together they stay within the stated
 //! bound r × (T + (N + 1) × 250 ms) (docs/CLUSTER.md).
 
-use std::net::TcpStream;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::limits::transfers;
-use crate::metrics::value;
+use crate::metrics::{get, value};
 use crate::util::{assert_same_file, tmpdir, write_random, Daemon, Site, Tool, MIB};
 use e2e::postgres::{Database, Server};
 
@@ -116,14 +115,7 @@ impl Service {
 
 /// The value of `series` (exactly as rendered, labels included) in a scrape of `d`.
 fn metric(d: &Daemon, series: &str) -> Option<f64> {
-    use std::io::{Read as _, Write as _};
-    let addr = d.metrics_addr();
-    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(tcp, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).unwrap();
-    value(&text, series)
+    value(&get(d.metrics_addr(), "/metrics").body, series)
 }
 
 fn write_file(dir: &Path, name: &str, size: u64, seed: u64) {

@@ -19,14 +19,14 @@ use crate::util::{free_port, tmpdir, write_random, KillOnDrop, Site, MIB};
 const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An HTTP answer: status, content type, body.
-struct Answer {
+pub(crate) struct Answer {
     status: u16,
     content_type: String,
-    body: String,
+    pub(crate) body: String,
 }
 
 /// One GET over a fresh connection.
-fn get(addr: SocketAddr, path: &str) -> Answer {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> Answer {
     let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
